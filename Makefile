@@ -1,0 +1,74 @@
+# cloudseg: set-up, demo, tests and packaging on Debian 12 (bookworm).
+#   make demo   installs everything missing, then segments a real Sentinel-2 chip
+#   make test   installs everything missing, then runs lint and all tests
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV          ?= .venv
+PY            := $(VENV)/bin/python
+SYSTEM_PYTHON := /usr/bin/python3
+APT_PACKAGES  := qgis python3-qgis qgis-providers python3-rasterio python3-venv xvfb
+SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP         := $(VENV)/.cloudseg-installed
+CLOUDSEG_REAL_DATA ?= $(abspath ../shared/data/real)
+QGIS_PROFILE  ?= default
+QGIS_PLUGINS_DIR ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/$(QGIS_PROFILE)/python/plugins
+export CLOUDSEG_REAL_DATA
+
+.PHONY: help install system-deps demo test test-backend test-plugin lint format deploy package clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## system packages (QGIS 3.22, rasterio), .venv, torch, the project (editable)
+
+system-deps: ## apt-get install the Debian packages that are missing
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "Installing Debian packages:" $$missing; \
+	    $(SUDO) apt-get update -q && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml setup.py constraints.txt | system-deps
+	$(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24" "setuptools>=64"
+	$(PY) -m pip install -c constraints.txt torch torchvision
+	$(PY) -m pip install -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: install ## segment a real Sentinel-2 chip from ../shared/data/real
+	$(PY) scripts/demo.py --data "$(CLOUDSEG_REAL_DATA)" --out demo_output
+
+test: install lint test-backend test-plugin ## lint, then all tests
+
+test-backend: install ## backend and training tests (QGIS never imported)
+	$(VENV)/bin/pytest -p no:qgis tests/backend tests/training
+
+test-plugin: install ## plugin tests with pytest-qgis, offscreen
+	QT_QPA_PLATFORM=offscreen $(VENV)/bin/pytest tests/plugin
+
+lint: install ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+deploy: ## link this folder into a QGIS profile as the plugin "cloudseg"
+	@mkdir -p "$(QGIS_PLUGINS_DIR)"
+	@if [ -e "$(QGIS_PLUGINS_DIR)/cloudseg" ] && [ ! -L "$(QGIS_PLUGINS_DIR)/cloudseg" ]; then \
+	    echo "$(QGIS_PLUGINS_DIR)/cloudseg exists and is not a link; remove it first"; exit 1; fi
+	ln -sfn "$(CURDIR)" "$(QGIS_PLUGINS_DIR)/cloudseg"
+	@echo "Linked. Restart QGIS and enable cloudseg in Plugins > Manage and Install Plugins."
+
+PACKAGE_DIR ?= dist
+package: ## build dist/cloudseg-VERSION.zip for "Install from ZIP"
+	$(SYSTEM_PYTHON) scripts/package_plugin.py --output-dir "$(PACKAGE_DIR)"
+
+clean: ## remove build outputs and caches (keeps .venv)
+	rm -rf dist build demo_output .pytest_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""QGIS side of cloudseg: provider, algorithms, GUI. The only package importing qgis."""

@@ -1,0 +1,12 @@
+"""Processing algorithms: thin adapters from Processing parameters to the backend."""
+
+from __future__ import annotations
+
+from qgis.core import QgsProcessingAlgorithm
+
+from .environment import EnvironmentAlgorithm
+
+
+def all_algorithms() -> list[QgsProcessingAlgorithm]:
+    """Return a fresh instance of every algorithm of the provider."""
+    return [EnvironmentAlgorithm()]

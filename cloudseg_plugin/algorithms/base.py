@@ -1,0 +1,38 @@
+"""Shared base class of the cloudseg Processing algorithms."""
+
+from __future__ import annotations
+
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
+from qgis.PyQt.QtGui import QIcon
+
+from ...backend.dependencies import Requirement, install_hint, missing_requirements
+from ..resources import icon
+
+
+class CloudsegAlgorithm(QgsProcessingAlgorithm):
+    """Base class: icon, help URL and the dependency check every algorithm needs."""
+
+    #: Packages the algorithm needs at run time (checked before running).
+    requirements: tuple[Requirement, ...] = ()
+
+    def icon(self) -> QIcon:
+        """Return the cloudseg icon."""
+        return icon()
+
+    def helpUrl(self) -> str:
+        """Return the project's documentation URL."""
+        return "https://github.com/cloudseg/cloudseg#readme"
+
+    def createInstance(self) -> QgsProcessingAlgorithm:
+        """Return a new instance of the same class (Processing runs copies)."""
+        return type(self)()
+
+    def require_dependencies(self) -> None:
+        """Raise a clear :class:`QgsProcessingException` if a needed package is missing.
+
+        Raises:
+            QgsProcessingException: With the install command for the missing packages.
+        """
+        missing = missing_requirements(self.requirements)
+        if missing:
+            raise QgsProcessingException(install_hint(missing))

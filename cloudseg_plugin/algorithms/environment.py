@@ -1,0 +1,95 @@
+"""``cloudseg:environment``: report versions and whether the GPU is used."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingOutputBoolean,
+    QgsProcessingOutputString,
+    QgsProcessingParameterFileDestination,
+)
+
+from ...backend.dependencies import install_hint, missing_requirements
+from ...backend.environment import environment_report
+from .base import CloudsegAlgorithm
+
+
+class EnvironmentAlgorithm(CloudsegAlgorithm):
+    """Report cloudseg's environment: package versions, GPU, onnxruntime providers."""
+
+    OUTPUT = "OUTPUT"
+    DEVICE = "DEVICE"
+    DEVICE_REASON = "DEVICE_REASON"
+    CUDA_AVAILABLE = "CUDA_AVAILABLE"
+    MISSING = "MISSING"
+
+    def name(self) -> str:
+        """Return the stable algorithm name."""
+        return "environment"
+
+    def displayName(self) -> str:
+        """Return the name shown in the toolbox."""
+        return "Check environment (GPU, packages)"
+
+    def group(self) -> str:
+        """Return the group name."""
+        return "Tools"
+
+    def groupId(self) -> str:
+        """Return the stable group id."""
+        return "tools"
+
+    def shortHelpString(self) -> str:
+        """Return the help shown beside the dialog."""
+        return (
+            "Reports which device cloudseg runs models on (a CUDA GPU, or the CPU and "
+            "why), the onnxruntime execution providers, and the versions of the Python "
+            "packages it uses. Missing packages are listed with the command that "
+            "installs them.\n\nOptionally writes the full report as JSON. Useful on "
+            "servers: qgis_process run cloudseg:environment"
+        )
+
+    def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
+        """Declare the parameters and outputs."""
+        self.addParameter(
+            QgsProcessingParameterFileDestination(
+                self.OUTPUT,
+                "Report (JSON)",
+                "JSON files (*.json)",
+                optional=True,
+                createByDefault=False,
+            )
+        )
+        self.addOutput(QgsProcessingOutputString(self.DEVICE, "Device (cuda or cpu)"))
+        self.addOutput(QgsProcessingOutputString(self.DEVICE_REASON, "Device, in words"))
+        self.addOutput(QgsProcessingOutputBoolean(self.CUDA_AVAILABLE, "CUDA GPU available"))
+        self.addOutput(QgsProcessingOutputString(self.MISSING, "Missing packages"))
+
+    def processAlgorithm(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
+        """Build the report, log it, and write it if asked."""
+        report = environment_report()
+        for line in report.summary().splitlines():
+            feedback.pushInfo(line)
+        if report.missing:
+            feedback.reportError(install_hint(missing_requirements()), fatalError=False)
+        results: dict[str, Any] = {
+            self.DEVICE: report.device,
+            self.DEVICE_REASON: report.device_reason,
+            self.CUDA_AVAILABLE: report.torch_cuda,
+            self.MISSING: ",".join(report.missing),
+        }
+        destination = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
+        if destination:
+            Path(destination).write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+            results[self.OUTPUT] = destination
+        return results

@@ -1,0 +1,79 @@
+"""Fixtures shared by all test groups. Imports nothing from QGIS."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA_ENV = "CLOUDSEG_REAL_DATA"
+REQUIRE_REAL_DATA_ENV = "CLOUDSEG_REQUIRE_REAL_DATA"
+
+_IMPORT_ALL = """
+import importlib, json, pkgutil, sys
+package = importlib.import_module(sys.argv[1])
+names = [sys.argv[1]] + [m.name for m in pkgutil.walk_packages(package.__path__, sys.argv[1] + ".")]
+for name in names:
+    importlib.import_module(name)
+bad = sorted(m for m in sys.modules if m.split(".")[0] in {"qgis", "PyQt5", "processing"})
+print(json.dumps({"modules": names, "qgis_modules": bad}))
+"""
+
+
+def real_data_dir() -> Path:
+    """Where the real data lives: $CLOUDSEG_REAL_DATA, else ../shared/data/real."""
+    configured = os.environ.get(REAL_DATA_ENV)
+    return Path(configured) if configured else ROOT.parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The folder of real Sentinel-2 / Landsat data (see its PROVENANCE.md).
+
+    Tests that use it skip when it is absent, and fail instead when
+    CLOUDSEG_REQUIRE_REAL_DATA=1 (as in CI), so that CI never passes by skipping.
+    """
+    path = real_data_dir()
+    if not (path / "PROVENANCE.md").is_file():
+        reason = (
+            f"real data folder {path} is absent: put the shared folder beside the checkout "
+            f"or set {REAL_DATA_ENV}"
+        )
+        if os.environ.get(REQUIRE_REAL_DATA_ENV) == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
+def venv_env() -> dict[str, str]:
+    """Environment for subprocesses that must see this venv (as an activated one would)."""
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
+    env["VIRTUAL_ENV"] = str(Path(sys.executable).parents[1])
+    env.setdefault("QT_QPA_PLATFORM", "offscreen")
+    return env
+
+
+@pytest.fixture(scope="session")
+def import_all() -> Callable[[str], dict[str, list[str]]]:
+    """Import a package and all its submodules in a fresh interpreter.
+
+    Returns a function ``package -> {"modules": [...], "qgis_modules": [...]}`` where
+    ``qgis_modules`` lists the qgis / PyQt5 / processing modules that got loaded.
+    """
+
+    def run(package: str) -> dict[str, list[str]]:
+        out = subprocess.run(
+            [sys.executable, "-c", _IMPORT_ALL, package], check=True, capture_output=True, text=True
+        )
+        return json.loads(out.stdout)
+
+    return run

@@ -1,0 +1,53 @@
+"""Headless use: qgis_process enables the plugin, lists the provider and runs algorithms."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+QGIS_PROCESS = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
+
+
+@pytest.fixture
+def qgis_process_env(venv_env, tmp_path):
+    """An empty QGIS profile and a plugin folder holding a link to this checkout."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "cloudseg").symlink_to(ROOT, target_is_directory=True)
+    env = dict(venv_env)
+    env["QGIS_PLUGINPATH"] = str(plugins)
+    env["QGIS_CUSTOM_CONFIG_PATH"] = str(tmp_path / "profile")
+    return env
+
+
+def qgis_process(*args, env):
+    return subprocess.run(
+        [QGIS_PROCESS, *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_qgis_process_lists_and_runs_the_cloudseg_provider(qgis_process_env, tmp_path):
+    enabled = qgis_process("plugins", "enable", "cloudseg", env=qgis_process_env)
+    assert enabled.returncode == 0, enabled.stderr
+
+    listing = qgis_process("list", env=qgis_process_env)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert "Cloud segmentation (cloudseg)" in lines
+    assert any(
+        line.split() == ["cloudseg:environment", "Check", "environment", "(GPU,", "packages)"]
+        for line in lines
+    )
+
+    report = tmp_path / "env.json"
+    run = qgis_process(
+        "--json", "run", "cloudseg:environment", "--", f"OUTPUT={report}", env=qgis_process_env
+    )
+    assert run.returncode == 0, run.stderr
+    results = json.loads(run.stdout)["results"]
+    assert results["DEVICE"] in {"cpu", "cuda"}
+    assert results["MISSING"] == ""
+    assert json.loads(report.read_text())["device"] == results["DEVICE"]

@@ -32,6 +32,67 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    """List the built-in models."""
+    from .registry import builtin_models, models_json
+
+    if args.json:
+        print(models_json())
+        return 0
+    for model in builtin_models():
+        card = model.card
+        classes = ", ".join(f"{c.value}={c.name}" for c in card.classes)
+        print(
+            f"{card.name}  {card.product_level}  {card.resolution_m:g} m  "
+            f"bands {','.join(card.bands)}  classes {classes}  ({card.license})"
+        )
+    return 0
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    """Segment a scene and print a summary (or JSON)."""
+    from tqdm import tqdm
+
+    from .bands import parse_band_list
+    from .segment import SegmentOptions, segment
+
+    options = SegmentOptions(
+        model=args.model,
+        bands=parse_band_list(args.bands) if args.bands else None,
+        product_level=args.product_level,
+        scale=args.scale,
+        offset=args.offset,
+        device=args.device,
+        batch_size=args.batch_size,
+        tta=args.tta,
+        resolution=args.resolution,
+        probabilities=args.probabilities,
+        stats=args.stats,
+        overwrite=args.overwrite,
+    )
+    with tqdm(
+        total=100,
+        unit="%",
+        disable=args.quiet or None,
+        file=sys.stderr,
+        bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+    ) as bar:
+
+        def progress(percent: float, message: str) -> None:
+            bar.update(percent - bar.n)
+            bar.set_postfix_str(message, refresh=False)
+
+        result = segment(args.input, args.output, options, progress=progress)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    shares = ", ".join(f"{name} {pct:.1f} %" for name, pct in result.class_percent.items())
+    print(f"{result.output}: {shares} ({result.model} on {result.runner}, {result.seconds:.1f} s)")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with all subcommands.
 
@@ -55,6 +116,75 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_cmd_info)
+
+    models = sub.add_parser(
+        "models",
+        help="list the built-in models",
+        description="List models with bands, level, resolution, classes.",
+    )
+    models.add_argument("--json", action="store_true", help="print JSON")
+    models.set_defaults(handler=_cmd_models)
+
+    seg = sub.add_parser(
+        "segment",
+        help="find clouds and cloud shadows in a Sentinel-2 scene",
+        description="Write a class GeoTIFF (COG): 0 clear, 1 cloud, 2 cloud shadow, "
+        "255 nodata. INPUT is a multi-band raster whose band descriptions "
+        "name the bands, a folder of band files (B02.tif ...), or a SAFE "
+        "product (.SAFE folder or .zip).",
+    )
+    seg.add_argument("input", metavar="INPUT")
+    seg.add_argument("output", metavar="OUTPUT", help="class raster to write (.tif)")
+    seg.add_argument(
+        "--model",
+        help="built-in model name (see 'cloudseg models') or a "
+        "model file; default: the best built-in model for the input",
+    )
+    seg.add_argument(
+        "--bands",
+        help="band names in file order, e.g. B04,B03,B02,B08 "
+        "(overrides the file's band descriptions)",
+    )
+    seg.add_argument(
+        "--product-level",
+        choices=["L1C", "L2A"],
+        type=str.upper,
+        help="override the product level (default: from metadata, else L1C)",
+    )
+    seg.add_argument(
+        "--scale",
+        type=float,
+        help="reflectance per digital number (default: from metadata, else 0.0001 for S2 DN)",
+    )
+    seg.add_argument(
+        "--offset",
+        type=float,
+        help="reflectance added after scaling "
+        "(e.g. -0.1 for baseline >= 04.00 products outside SAFE)",
+    )
+    seg.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    seg.add_argument("--batch-size", type=int, default=4, help="tiles per model call")
+    seg.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average flips and rotation (4x slower)",
+    )
+    seg.add_argument(
+        "--resolution",
+        choices=["model", "native"],
+        default="model",
+        help="run at the model card's resolution (default) or the input's",
+    )
+    seg.add_argument(
+        "--probabilities",
+        metavar="PATH",
+        help="also write class probabilities (uint8 percent) here",
+    )
+    seg.add_argument("--stats", metavar="PATH", help="also write class statistics as JSON")
+    seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    seg.add_argument("--json", action="store_true", help="print the result as JSON")
+    seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    seg.set_defaults(handler=_cmd_segment)
     return parser
 
 

@@ -9,3 +9,23 @@ class CloudsegError(Exception):
 
 class MissingDependencyError(CloudsegError, ImportError):
     """A Python package that this operation needs is not installed."""
+
+
+class BandError(CloudsegError, ValueError):
+    """A band name is unknown, repeated, or a band the model needs is missing."""
+
+
+class InputError(CloudsegError, ValueError):
+    """The input raster or product cannot be used as it is (CRS, size, format)."""
+
+
+class ModelError(CloudsegError, ValueError):
+    """A model or its card is missing, invalid or does not fit the input."""
+
+
+class OutputExistsError(CloudsegError, FileExistsError):
+    """The output exists and overwriting was not asked for."""
+
+
+class CancelledError(CloudsegError):
+    """The run was cancelled; nothing that looks like a result was left behind."""

@@ -1,0 +1,163 @@
+"""Model cards: one JSON document that says what a model needs and what it returns.
+
+A card travels with its model: embedded in an ONNX file's metadata (key
+:data:`ONNX_CARD_KEY`), stored inside a torch checkpoint (``{"card": ..., "state_dict":
+...}``) or beside it as ``<checkpoint>.card.json``. Built-in models have cards of our
+own under ``resources/models``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .bands import canonical_band
+from .errors import ModelError
+
+ONNX_CARD_KEY = "cloudseg.card"
+PRODUCT_LEVELS = ("L1C", "L2A", "any")
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One output class of a model.
+
+    Attributes:
+        value: The pixel value in the class raster.
+        name: Class name (``cloud``).
+        color: ``#RRGGBB`` or ``#RRGGBBAA``.
+    """
+
+    value: int
+    name: str
+    color: str
+
+    def rgba(self) -> tuple[int, int, int, int]:
+        """Return the color as an (r, g, b, a) tuple of 0-255 ints."""
+        text = self.color.lstrip("#")
+        if len(text) == 6:
+            text += "ff"
+        return tuple(int(text[i : i + 2], 16) for i in range(0, 8, 2))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model needs (bands, scale, resolution) and what it returns (classes).
+
+    Attributes:
+        name: Registry name, unique (``ukis-csmask-6b-l1c``).
+        version: Model version.
+        description: One paragraph for users.
+        license: SPDX id of the weights' license.
+        source: Where the weights come from (package, file, url, citation).
+        architecture: ``{"name": "Unet", "encoder": "efficientnet-b4", ...}``.
+        format: ``"onnx"`` or ``"torch"``.
+        bands: Sentinel-2 band names in the order the model takes them.
+        product_level: ``"L1C"``, ``"L2A"`` or ``"any"``.
+        normalization: ``{"mean": [...], "std": [...]}`` applied to reflectance (0-1).
+        resolution_m: Ground sampling distance the model was trained at.
+        tile_size: Input tile edge in pixels.
+        overlap: Overlap of neighbouring tiles in pixels.
+        output: ``"logits"`` or ``"probabilities"``.
+        classes: Output classes in channel order.
+        metrics: Measured metrics, each with the data they were measured on.
+    """
+
+    name: str
+    version: str
+    bands: tuple[str, ...]
+    product_level: str
+    resolution_m: float
+    tile_size: int
+    overlap: int
+    classes: tuple[ClassInfo, ...]
+    normalization: dict[str, list[float]]
+    format: str = "onnx"
+    output: str = "logits"
+    description: str = ""
+    license: str = ""
+    source: dict[str, Any] = field(default_factory=dict)
+    architecture: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.product_level not in PRODUCT_LEVELS:
+            problems.append(f"product_level must be one of {', '.join(PRODUCT_LEVELS)}")
+        if self.format not in ("onnx", "torch"):
+            problems.append("format must be 'onnx' or 'torch'")
+        if self.output not in ("logits", "probabilities"):
+            problems.append("output must be 'logits' or 'probabilities'")
+        for key in ("mean", "std"):
+            if len(self.normalization.get(key, ())) != len(self.bands):
+                problems.append(f"normalization.{key} needs one value per band")
+        if any(s <= 0 for s in self.normalization.get("std", ())):
+            problems.append("normalization.std must be positive")
+        if not 0 <= self.overlap < self.tile_size // 2 + 1 or self.tile_size < 16:
+            problems.append("tile_size must be >= 16 and overlap at most half of it")
+        if [c.value for c in self.classes] != list(range(len(self.classes))):
+            problems.append("class values must be 0, 1, 2... in channel order")
+        if self.resolution_m <= 0:
+            problems.append("resolution_m must be positive")
+        if problems:
+            raise ModelError(f"invalid model card {self.name!r}: {'; '.join(problems)}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        """Build a card from parsed JSON.
+
+        Raises:
+            ModelError: If a field is missing or invalid.
+        """
+        try:
+            fields = dict(data)
+            fields["bands"] = tuple(canonical_band(b) for b in data["bands"])
+            fields["classes"] = tuple(ClassInfo(**c) for c in data["classes"])
+            fields["product_level"] = (
+                "any" if data["product_level"].lower() == "any" else data["product_level"].upper()
+            )
+            return cls(**fields)
+        except (KeyError, TypeError) as exc:
+            name = data.get("name", "?") if isinstance(data, dict) else "?"
+            raise ModelError(f"invalid model card {name!r}: missing or bad field {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        """Parse a card from JSON text.
+
+        Raises:
+            ModelError: If the text is not a valid card.
+        """
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"model card is not valid JSON: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the card as JSON-serialisable data."""
+        data = asdict(self)
+        data["bands"] = list(self.bands)
+        return data
+
+    def to_json(self) -> str:
+        """Return the card as indented JSON text."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    def class_names(self) -> list[str]:
+        """Return the class names in value order."""
+        return [c.name for c in self.classes]
+
+    def summary(self) -> dict[str, Any]:
+        """Return what ``cloudseg models`` lists for this model."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "format": self.format,
+            "bands": list(self.bands),
+            "product_level": self.product_level,
+            "resolution_m": self.resolution_m,
+            "tile_size": self.tile_size,
+            "classes": [asdict(c) for c in self.classes],
+            "license": self.license,
+        }

@@ -1,0 +1,383 @@
+"""Read Sentinel-2 scenes by window, whatever form they come in.
+
+A :class:`SceneReader` knows which band is which, how digital numbers become
+reflectance, where nodata is, and the scene's grid (CRS, transform). It reads windows,
+never the whole scene. Inputs: a multi-band raster (GeoTIFF, COG, VRT) whose band
+descriptions name the bands, a folder of single-band files (``B02.tif``...), or a
+SAFE product (``.SAFE`` folder or ``.zip``, L1C or L2A).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from .bands import band_from_filename, canonical_band
+from .errors import BandError, InputError
+from .safe import is_safe, open_safe
+
+logger = logging.getLogger(__name__)
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
+S2_DN_SCALE = 1e-4
+
+
+@dataclass(frozen=True)
+class BandSource:
+    """Where one band's pixels come from, and how its values become reflectance.
+
+    Reflectance = DN * ``scale`` + ``offset``.
+    """
+
+    path: str
+    index: int
+    scale: float
+    offset: float
+
+
+class SceneReader:
+    """Windowed, band-aware reading of one scene on one reference grid.
+
+    The reference grid is that of the finest-resolution band file; coarser bands are
+    resampled to it on read. Use :func:`open_scene` to create one.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        sources: dict[str, BandSource],
+        product_level: str | None,
+        description: str,
+    ) -> None:
+        import rasterio
+
+        self.path = path
+        self.sources = sources
+        self.product_level = product_level
+        self.description = description
+        self._datasets: dict[str, Any] = {}
+        try:
+            for band_source in sources.values():
+                if band_source.path not in self._datasets:
+                    self._datasets[band_source.path] = rasterio.open(band_source.path)
+        except rasterio.errors.RasterioIOError as exc:
+            self.close()
+            raise InputError(f"cannot read {path}: {exc}") from exc
+        reference = min(self._datasets.values(), key=lambda ds: abs(ds.res[0]))
+        self.crs = reference.crs
+        self.transform = reference.transform
+        self.width = reference.width
+        self.height = reference.height
+        self.bounds = reference.bounds
+        self._check_grid()
+
+    # -- grid --------------------------------------------------------------------------
+    @property
+    def bands(self) -> list[str]:
+        """Canonical names of the bands this scene has."""
+        return list(self.sources)
+
+    @property
+    def resolution_m(self) -> float | None:
+        """Pixel size in metres, or None when the scene has no projected CRS."""
+        if self.crs is None or not self.crs.is_projected:
+            return None
+        return abs(self.transform.a) * self.crs.linear_units_factor[1]
+
+    def _check_grid(self) -> None:
+        if self.crs is not None and self.crs.is_geographic:
+            lon = (self.bounds.left + self.bounds.right) / 2
+            lat = (self.bounds.bottom + self.bounds.top) / 2
+            zone = int((lon + 180) // 6) + 1
+            epsg = (32600 if lat >= 0 else 32700) + zone
+            raise InputError(
+                f"{self.path} is in a geographic CRS ({self.crs.to_string()}, degrees); "
+                f"reproject it to a projected CRS first, e.g. gdalwarp -t_srs EPSG:{epsg} "
+                "-tr 10 10 IN OUT"
+            )
+        if (
+            abs(abs(self.transform.a) - abs(self.transform.e)) > 1e-6 * abs(self.transform.a)
+            or self.transform.b
+            or self.transform.d
+        ):
+            raise InputError(f"{self.path}: pixels must be square and north-up; warp it first")
+        for ds in self._datasets.values():
+            if ds.crs != self.crs or not _same_extent(ds.bounds, self.bounds, ds.res[0]):
+                raise InputError(
+                    f"{self.path}: band files differ in CRS or extent "
+                    f"({ds.name}); they must cover the same area"
+                )
+
+    # -- reading -----------------------------------------------------------------------
+    def read(
+        self,
+        bands: list[str],
+        row_off: int,
+        col_off: int,
+        height: int,
+        width: int,
+        out_shape: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """Read reflectance of a window of the reference grid.
+
+        The window may extend past the scene; pixels outside, and nodata pixels, are NaN.
+        With ``out_shape`` the window is resampled (area average when shrinking,
+        bilinear when enlarging).
+
+        Args:
+            bands: Canonical band names, in the order wanted.
+            row_off: First row of the window in the reference grid.
+            col_off: First column.
+            height: Rows in the window.
+            width: Columns in the window.
+            out_shape: ``(rows, cols)`` of the result; the window's size if None.
+
+        Returns:
+            float32 array of shape ``(len(bands), *out_shape)``.
+        """
+        from rasterio.enums import Resampling
+        from rasterio.windows import Window, from_bounds
+
+        out_h, out_w = out_shape or (height, width)
+        out = np.full((len(bands), out_h, out_w), np.nan, dtype=np.float32)
+        # The part of the window inside the scene, and where it lands in `out`.
+        r0, c0 = max(row_off, 0), max(col_off, 0)
+        r1, c1 = min(row_off + height, self.height), min(col_off + width, self.width)
+        if r1 <= r0 or c1 <= c0:
+            return out
+        sy, sx = out_h / height, out_w / width
+        o_r0, o_c0 = round((r0 - row_off) * sy), round((c0 - col_off) * sx)
+        o_r1, o_c1 = round((r1 - row_off) * sy), round((c1 - col_off) * sx)
+        if o_r1 <= o_r0 or o_c1 <= o_c0:
+            return out
+        part = (o_r1 - o_r0, o_c1 - o_c0)
+        shrink = part[0] < (r1 - r0)
+        left, top = self.transform * (c0, r0)
+        right, bottom = self.transform * (c1, r1)
+        for i, band in enumerate(bands):
+            try:
+                source = self.sources[band]
+            except KeyError:
+                raise BandError(f"{self.path} has no band {band}") from None
+            ds = self._datasets[source.path]
+            if ds.transform == self.transform:
+                window = Window(c0, r0, c1 - c0, r1 - r0)
+            else:
+                window = from_bounds(left, bottom, right, top, ds.transform)
+            same_size = (window.height, window.width) == part
+            resampling = (
+                Resampling.nearest
+                if same_size
+                else (Resampling.average if shrink else Resampling.bilinear)
+            )
+            data = ds.read(
+                source.index, window=window, out_shape=part, masked=True, resampling=resampling
+            )
+            values = data.data.astype(np.float32) * np.float32(source.scale) + np.float32(
+                source.offset
+            )
+            values[np.ma.getmaskarray(data)] = np.nan
+            out[i, o_r0:o_r1, o_c0:o_c1] = values
+        return out
+
+    def sample_reflectance(self, bands: list[str], size: int = 512) -> np.ndarray:
+        """Read the whole scene shrunk to at most ``size`` pixels a side (for checks)."""
+        scale = max(self.height, self.width) / size
+        shape = (
+            max(1, math.ceil(self.height / max(scale, 1))),
+            max(1, math.ceil(self.width / max(scale, 1))),
+        )
+        return self.read(bands, 0, 0, self.height, self.width, out_shape=shape)
+
+    def close(self) -> None:
+        """Close the band files."""
+        for ds in self._datasets.values():
+            ds.close()
+        self._datasets.clear()
+
+    def __enter__(self) -> SceneReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _same_extent(a: Any, b: Any, tolerance: float) -> bool:
+    return all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
+
+
+def _default_scale(path: str, dtype: str, band_count: int) -> tuple[float, str]:
+    """Guess the DN scale of a raster that does not declare one."""
+    if dtype.startswith(("uint", "int")):
+        return S2_DN_SCALE, "integer digital numbers, reflectance x 10000"
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        sample = ds.read(1, out_shape=(min(ds.height, 256), min(ds.width, 256)), masked=True)
+    values = sample.compressed()
+    values = values[np.isfinite(values)]
+    if values.size and float(np.percentile(values, 99)) <= 2.0:
+        return 1.0, "floating point reflectance 0-1"
+    return S2_DN_SCALE, "floating point reflectance x 10000"
+
+
+def _sources_from_multiband(
+    path: Path, bands: list[str] | None, scale: float | None, offset: float | None
+) -> tuple[dict[str, BandSource], str]:
+    import rasterio
+
+    try:
+        ds = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    with ds:
+        if bands is not None:
+            if len(bands) != ds.count:
+                raise BandError(
+                    f"--bands names {len(bands)} band(s) but {path.name} has "
+                    f"{ds.count}; name every band in file order"
+                )
+            names = bands
+        else:
+            names = []
+            for i, desc in enumerate(ds.descriptions, start=1):
+                name = band_from_filename(desc) if desc else None
+                if name is None:
+                    raise BandError(
+                        f"{path.name}: band {i} has no recognisable name (description "
+                        f"{desc!r}); pass the band order, e.g. --bands "
+                        f"{','.join(['B02', 'B03', 'B04', 'B08', 'B11', 'B12'][: ds.count])}"
+                    )
+                names.append(name)
+        declared = [(s, o) for s, o in zip(ds.scales, ds.offsets, strict=True)]
+        dtype = ds.dtypes[0]
+    if scale is None and any(d != (1.0, 0.0) for d in declared):
+        how = "scale and offset from the file"
+        pairs = declared
+    else:
+        if scale is None:
+            scale, how = _default_scale(str(path), dtype, len(names))
+        else:
+            how = "scale given"
+        pairs = [(scale, offset or 0.0)] * len(names)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise BandError(f"{path.name}: band(s) {', '.join(repeated)} appear twice")
+    sources = {
+        n: BandSource(str(path), i, s, o)
+        for i, (n, (s, o)) in enumerate(zip(names, pairs, strict=True), start=1)
+    }
+    return sources, how
+
+
+def _sources_from_folder(
+    path: Path, scale: float | None, offset: float | None
+) -> tuple[dict[str, BandSource], str]:
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
+    sources: dict[str, BandSource] = {}
+    how = ""
+    for file in files:
+        band = band_from_filename(file.stem)
+        if band is None:
+            continue
+        if band in sources:
+            raise BandError(f"{path}: two files hold band {band} ({file.name}); keep one")
+        if scale is None:
+            import rasterio
+
+            with rasterio.open(file) as ds:
+                band_scale, how = _default_scale(str(file), ds.dtypes[0], 1)
+        else:
+            band_scale, how = scale, "scale given"
+        sources[band] = BandSource(str(file), 1, band_scale, offset or 0.0)
+    if not sources:
+        raise InputError(
+            f"{path}: no band files found (expected names like B02.tif, "
+            "T32TQM_20200101T101421_B02_10m.jp2)"
+        )
+    return sources, how
+
+
+def open_scene(
+    path: str | Path,
+    bands: list[str] | None = None,
+    product_level: str | None = None,
+    scale: float | None = None,
+    offset: float | None = None,
+) -> SceneReader:
+    """Open a scene for windowed reading.
+
+    Args:
+        path: A multi-band raster, a folder of single-band files, or a SAFE product.
+        bands: Band names in file order, overriding the file's band descriptions.
+        product_level: ``"L1C"`` or ``"L2A"``, overriding the product metadata.
+        scale: Reflectance per DN, overriding metadata and defaults (0.0001 for S2 DN).
+        offset: Reflectance added after scaling (e.g. -0.1 for baseline >= 04.00).
+
+    Returns:
+        An open :class:`SceneReader` (use it as a context manager).
+
+    Raises:
+        InputError: If the path is missing or unreadable, or the grid is unusable.
+        BandError: If bands cannot be identified.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"input {path} does not exist")
+    level = product_level.upper() if product_level else None
+    if level not in (None, "L1C", "L2A"):
+        raise InputError(f"product level must be L1C or L2A, not {product_level!r}")
+    canonical = [canonical_band(b) for b in bands] if bands else None
+
+    if is_safe(path):
+        product = open_safe(path)
+        sources = {}
+        for band, file in product.band_files.items():
+            band_scale = scale if scale is not None else 1.0 / product.quantification
+            band_offset = (
+                offset
+                if offset is not None
+                else product.offsets.get(band, 0.0) / product.quantification
+            )
+            sources[band] = BandSource(file, 1, band_scale, band_offset)
+        description = (
+            f"SAFE {product.product_level} baseline {product.baseline}, "
+            f"reflectance = (DN + offset) / {product.quantification:g}"
+        )
+        return SceneReader(path, sources, level or product.product_level, description)
+    if path.is_dir():
+        sources, how = _sources_from_folder(path, scale, offset)
+        return SceneReader(path, sources, level, f"folder of band files, {how}")
+    sources, how = _sources_from_multiband(path, canonical, scale, offset)
+    return SceneReader(path, sources, level, f"multi-band raster, {how}")
+
+
+def check_reflectance(reader: SceneReader, bands: list[str]) -> str | None:
+    """Warn when the scaled values do not look like reflectance.
+
+    Returns:
+        A warning message, or None when the values look plausible.
+    """
+    sample = reader.sample_reflectance(bands, size=256)
+    valid = sample[np.isfinite(sample)]
+    if valid.size == 0:
+        return f"{reader.path}: the scene holds only nodata"
+    median = float(np.median(valid))
+    if median > 1.5 or median < 0.002:
+        return (
+            f"{reader.path}: values do not look like reflectance after scaling "
+            f"(median {median:.4g}; {reader.description}); pass --scale (and --offset) "
+            "if the result looks wrong"
+        )
+    return None

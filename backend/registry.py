@@ -1,0 +1,203 @@
+"""The model registry: built-in models, and models given by file path.
+
+Built-in cards live in ``resources/models``; their weights come from installed
+packages (the four ukis-csmask ONNX models). A path may name an ONNX file with an
+embedded card or a torch checkpoint with its card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from .cards import ONNX_CARD_KEY, ModelCard
+from .errors import BandError, ModelError
+
+logger = logging.getLogger(__name__)
+
+CARDS_DIR = Path(__file__).resolve().parents[1] / "resources" / "models"
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model card together with the file that holds the weights.
+
+    Attributes:
+        card: The model card.
+        path: The ONNX file or torch checkpoint.
+        builtin: Whether it ships with cloudseg.
+    """
+
+    card: ModelCard
+    path: Path
+    builtin: bool = False
+
+    @cached_property
+    def sha256(self) -> str:
+        """Return the SHA-256 of the weights file (computed once)."""
+        digest = hashlib.sha256()
+        with self.path.open("rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+
+def _package_file(package: str, name: str) -> Path | None:
+    spec = importlib.util.find_spec(package.replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / name
+    return path if path.is_file() else None
+
+
+def builtin_models() -> list[Model]:
+    """Return the built-in models whose weights are installed, in name order."""
+    models = []
+    for card_file in sorted(CARDS_DIR.glob("*.json")):
+        card = ModelCard.from_json(card_file.read_text(encoding="utf-8"))
+        weights = _package_file(card.source["package"], card.source["file"])
+        if weights is None:
+            logger.warning(
+                "built-in model %s is unavailable: install the Python package %s",
+                card.name,
+                card.source["package"],
+            )
+            continue
+        models.append(Model(card, weights, builtin=True))
+    return models
+
+
+def read_onnx_card(path: Path) -> ModelCard:
+    """Read the card embedded in an ONNX file's metadata.
+
+    Raises:
+        ModelError: If the file has no card or is not ONNX.
+    """
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others from protobuf
+        raise ModelError(f"{path} is not a readable ONNX model: {exc}") from exc
+    props = {p.key: p.value for p in proto.metadata_props}
+    if ONNX_CARD_KEY not in props:
+        raise ModelError(
+            f"{path} has no cloudseg model card (ONNX metadata key {ONNX_CARD_KEY!r}); "
+            "export it with 'cloudseg export' or add the card with cloudseg.backend.registry."
+            "embed_onnx_card"
+        )
+    return ModelCard.from_json(props[ONNX_CARD_KEY])
+
+
+def embed_onnx_card(path: Path, card: ModelCard, target: Path | None = None) -> Path:
+    """Write ``card`` into an ONNX file's metadata (in place, or into ``target``).
+
+    Returns:
+        The path written.
+    """
+    import onnx
+
+    proto = onnx.load(str(path))
+    kept = [p for p in proto.metadata_props if p.key != ONNX_CARD_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = ONNX_CARD_KEY, card.to_json()
+    target = target or path
+    onnx.save(proto, str(target))
+    return target
+
+
+def read_torch_card(path: Path) -> ModelCard:
+    """Read the card of a torch checkpoint: inside it, or in ``<path>.card.json``.
+
+    Raises:
+        ModelError: If no card is found.
+    """
+    beside = path.with_name(path.name + ".card.json")
+    if beside.is_file():
+        return ModelCard.from_json(beside.read_text(encoding="utf-8"))
+    import torch
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("card"), dict):
+        return ModelCard.from_dict(checkpoint["card"])
+    raise ModelError(
+        f"{path} has no model card: put it in the checkpoint under 'card' "
+        f"or beside it as {beside.name}"
+    )
+
+
+def load_model(name_or_path: str | Path) -> Model:
+    """Find a model by built-in name or file path.
+
+    Raises:
+        ModelError: If no such model exists, listing the valid names.
+    """
+    text = str(name_or_path)
+    for model in builtin_models():
+        if model.card.name == text:
+            return model
+    path = Path(text).expanduser()
+    if path.is_file():
+        if path.suffix.lower() == ".onnx":
+            return Model(read_onnx_card(path), path)
+        if path.suffix.lower() in TORCH_SUFFIXES:
+            return Model(read_torch_card(path), path)
+        raise ModelError(
+            f"{path}: unknown model format; use an .onnx file or a torch "
+            f"checkpoint ({', '.join(TORCH_SUFFIXES)})"
+        )
+    names = ", ".join(m.card.name for m in builtin_models()) or "none installed"
+    raise ModelError(f"no model named {text!r} and no such file; built-in models: {names}")
+
+
+def choose_model(bands: list[str], product_level: str | None) -> tuple[Model, str]:
+    """Pick the built-in model that fits the input best.
+
+    Prefers the product level of the input and, among those, the model using the most
+    of the input's bands.
+
+    Args:
+        bands: Canonical names of the bands the input has.
+        product_level: ``"L1C"``, ``"L2A"`` or None if unknown (then L1C models).
+
+    Returns:
+        The model and one line that says why it was chosen.
+
+    Raises:
+        BandError: If no built-in model's bands are all present, naming what is missing.
+    """
+    level = product_level or "L1C"
+    candidates = [m for m in builtin_models() if m.card.product_level in (level, "any")]
+    if not candidates:
+        raise ModelError(f"no built-in model for product level {level}")
+    fitting = [m for m in candidates if set(m.card.bands) <= set(bands)]
+    if not fitting:
+        fewest = min(candidates, key=lambda m: len(set(m.card.bands) - set(bands)))
+        missing = [b for b in fewest.card.bands if b not in bands]
+        raise BandError(
+            f"the input lacks band(s) {', '.join(missing)} that the smallest fitting model "
+            f"{fewest.card.name} needs (it has {', '.join(bands) or 'no named bands'}); "
+            "if the bands are there but unnamed, pass --bands"
+        )
+    best = max(fitting, key=lambda m: len(m.card.bands))
+    why = (
+        f"chose {best.card.name}: {level} input"
+        f"{' (level unknown, assumed L1C)' if product_level is None else ''} with bands "
+        f"{', '.join(best.card.bands)}"
+    )
+    return best, why
+
+
+def models_json() -> str:
+    """Return the built-in models' summaries as JSON (for ``cloudseg models --json``)."""
+    return json.dumps(
+        [m.card.summary() | {"path": str(m.path)} for m in builtin_models()], indent=2
+    )

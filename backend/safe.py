@@ -1,0 +1,139 @@
+"""Sentinel-2 SAFE products (folder or zip): band files, level, scale and offsets.
+
+Reads the product metadata (``MTD_MSIL1C.xml`` / ``MTD_MSIL2A.xml``): processing level,
+processing baseline, quantification value and the per-band radiometric offsets that
+baseline 04.00 (January 2022) introduced.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .bands import S2_BANDS, band_from_filename
+from .errors import InputError
+
+#: The band order of ``band_id`` attributes in the product metadata.
+BAND_IDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
+            "B11", "B12")  # fmt: skip
+DEFAULT_QUANTIFICATION = 10000.0
+BASELINE_OFFSET_DN = -1000.0  # products from baseline 04.00 on
+
+
+@dataclass(frozen=True)
+class SafeProduct:
+    """What cloudseg needs from a SAFE product.
+
+    Attributes:
+        path: The ``.SAFE`` folder or ``.zip``.
+        product_level: ``"L1C"`` or ``"L2A"``.
+        baseline: Processing baseline, e.g. ``"04.00"``.
+        quantification: DN per unit reflectance (10000).
+        offsets: Per-band additive offset in DN (``-1000`` from baseline 04.00).
+        band_files: GDAL paths of the finest-resolution file of each band.
+        band_resolution: Resolution in metres of each file in ``band_files``.
+    """
+
+    path: Path
+    product_level: str
+    baseline: str
+    quantification: float
+    offsets: dict[str, float] = field(default_factory=dict)
+    band_files: dict[str, str] = field(default_factory=dict)
+    band_resolution: dict[str, int] = field(default_factory=dict)
+
+
+def is_safe(path: Path) -> bool:
+    """Tell whether ``path`` looks like a SAFE product (folder or zip)."""
+    name = path.name.upper()
+    return (
+        name.endswith(".SAFE")
+        or (name.endswith(".ZIP") and ".SAFE" in name)
+        or (path.is_dir() and any(path.glob("MTD_MSIL*.xml")))
+    )
+
+
+def _baseline_tuple(baseline: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", baseline)) or (0,)
+
+
+def _text(root: ET.Element, tag: str) -> str | None:
+    node = next(root.iter(tag), None)
+    return node.text.strip() if node is not None and node.text else None
+
+
+def parse_metadata(xml_text: str, gdal_prefix: str, path: Path) -> SafeProduct:
+    """Parse a product metadata document.
+
+    Args:
+        xml_text: Contents of ``MTD_MSIL1C.xml`` or ``MTD_MSIL2A.xml``.
+        gdal_prefix: GDAL path of the product root (``/vsizip/...`` for zips), to which
+            the metadata's relative image paths are appended.
+        path: The product path, for messages.
+
+    Raises:
+        InputError: If the document is not Sentinel-2 product metadata.
+    """
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError as exc:
+        raise InputError(f"{path}: unreadable product metadata: {exc}") from exc
+    level_text = _text(root, "PROCESSING_LEVEL") or ""
+    level = "L2A" if "2A" in level_text else "L1C" if "1C" in level_text else None
+    if level is None:
+        raise InputError(f"{path}: product level {level_text!r} is not Level-1C or Level-2A")
+    baseline = _text(root, "PROCESSING_BASELINE") or "00.00"
+    quant_tag = "BOA_QUANTIFICATION_VALUE" if level == "L2A" else "QUANTIFICATION_VALUE"
+    quantification = float(_text(root, quant_tag) or DEFAULT_QUANTIFICATION)
+
+    offset_tag = "BOA_ADD_OFFSET" if level == "L2A" else "RADIO_ADD_OFFSET"
+    offsets = {
+        BAND_IDS[int(node.get("band_id", "0"))]: float(node.text or 0)
+        for node in root.iter(offset_tag)
+    }
+    if not offsets and _baseline_tuple(baseline) >= (4, 0):
+        offsets = dict.fromkeys(BAND_IDS, BASELINE_OFFSET_DN)
+
+    band_files: dict[str, str] = {}
+    band_resolution: dict[str, int] = {}
+    for node in root.iter("IMAGE_FILE"):
+        rel = (node.text or "").strip()
+        band = band_from_filename(Path(rel).name)
+        if band is None or "/QI_DATA/" in rel:
+            continue
+        match = re.search(r"_(\d{2})m$", rel)
+        resolution = int(match.group(1)) if match else S2_BANDS[band]
+        if band not in band_resolution or resolution < band_resolution[band]:
+            band_files[band] = f"{gdal_prefix}/{rel}.jp2"
+            band_resolution[band] = resolution
+    if not band_files:
+        raise InputError(f"{path}: the product metadata lists no band images")
+    return SafeProduct(path, level, baseline, quantification, offsets, band_files, band_resolution)
+
+
+def open_safe(path: Path) -> SafeProduct:
+    """Read a SAFE product's metadata from its folder or zip.
+
+    Raises:
+        InputError: If no product metadata is found.
+    """
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [
+                n
+                for n in archive.namelist()
+                if re.search(r"(^|/)MTD_MSIL(1C|2A)\.xml$", n) and n.count("/") <= 1
+            ]
+            if not names:
+                raise InputError(f"{path}: no MTD_MSIL1C.xml or MTD_MSIL2A.xml in the zip")
+            inner = names[0].rsplit("/", 1)[0] if "/" in names[0] else ""
+            xml_text = archive.read(names[0]).decode("utf-8")
+        prefix = f"/vsizip/{path.resolve()}" + (f"/{inner}" if inner else "")
+        return parse_metadata(xml_text, prefix, path)
+    candidates = sorted(path.glob("MTD_MSIL*.xml"))
+    if not candidates:
+        raise InputError(f"{path}: no MTD_MSIL1C.xml or MTD_MSIL2A.xml in the product folder")
+    return parse_metadata(candidates[0].read_text(encoding="utf-8"), str(path.resolve()), path)

@@ -1,0 +1,476 @@
+"""Segment a Sentinel-2 scene into clear / cloud / cloud-shadow: the engine.
+
+Read (by window) -> match the model card -> tile -> run -> blend -> write, streamed by
+tile rows so that memory stays bounded whatever the scene's size. Probabilities are
+computed on the model's grid (its card's resolution, or the input's own grid with
+``resolution="native"``) and brought back to the input grid by bilinear interpolation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._version import __version__
+from .cards import ModelCard
+from .errors import BandError, CancelledError, InputError
+from .reader import SceneReader, check_reflectance, open_scene
+from .registry import Model, choose_model, load_model
+from .runners import Runner, create_runner
+from .tiling import RowBlender, TileGrid
+from .writer import block_profile, check_target, cleanup_on_failure, publish_cog, temporary_sibling
+
+logger = logging.getLogger(__name__)
+
+NODATA = 255
+ProgressCallback = Callable[[float, str], None]
+CancelCallback = Callable[[], bool]
+
+
+@dataclass
+class SegmentOptions:
+    """Everything a segmentation run can be told (the CLI and QGIS map onto it).
+
+    Attributes:
+        model: Built-in model name or model file; None picks the best built-in model.
+        bands: Band names in file order, overriding the file's band descriptions.
+        product_level: ``"L1C"`` or ``"L2A"``, overriding the product metadata.
+        scale: Reflectance per digital number (default from metadata or 0.0001).
+        offset: Reflectance added after scaling.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        batch_size: Tiles per model call.
+        tta: Average predictions over flips and a 90-degree rotation (4x slower).
+        resolution: ``"model"`` (the card's resolution) or ``"native"`` (input grid).
+        probabilities: Also write per-class probabilities (uint8 percent) here.
+        stats: Also write per-class pixel counts and percentages as JSON here.
+        overwrite: Replace existing outputs.
+    """
+
+    model: str | None = None
+    bands: list[str] | None = None
+    product_level: str | None = None
+    scale: float | None = None
+    offset: float | None = None
+    device: str = "auto"
+    batch_size: int = 4
+    tta: bool = False
+    resolution: str = "model"
+    probabilities: Path | None = None
+    stats: Path | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.probabilities is not None:
+            self.probabilities = Path(self.probabilities).expanduser()
+        if self.stats is not None:
+            self.stats = Path(self.stats).expanduser()
+
+
+@dataclass
+class SegmentResult:
+    """What a run produced and how it went."""
+
+    output: Path
+    probabilities: Path | None
+    stats_path: Path | None
+    model: str
+    model_reason: str
+    runner: str
+    device: str
+    seconds: float
+    width: int
+    height: int
+    class_pixels: dict[str, int]
+    class_percent: dict[str, float]
+    nodata_pixels: int
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the result as JSON-serialisable data."""
+        data = asdict(self)
+        for key in ("output", "probabilities", "stats_path"):
+            data[key] = str(data[key]) if data[key] else None
+        data["megapixels_per_second"] = round(self.width * self.height / 1e6 / self.seconds, 3)
+        return data
+
+
+# -- model grid and resampling ----------------------------------------------------------
+@dataclass(frozen=True)
+class ModelGrid:
+    """The grid the model runs on: the input grid scaled by ``factor`` (model px / input px)."""
+
+    factor: float
+    height: int
+    width: int
+
+    @classmethod
+    def for_scene(cls, reader: SceneReader, card: ModelCard, resolution: str) -> ModelGrid:
+        """Choose the model grid for a scene.
+
+        Raises:
+            InputError: If the card's resolution is asked for but the scene's is unknown.
+        """
+        if resolution not in ("model", "native"):
+            raise InputError(f"resolution must be 'model' or 'native', not {resolution!r}")
+        factor = 1.0
+        if resolution == "model":
+            res = reader.resolution_m
+            if res is None:
+                raise InputError(
+                    f"{reader.path} has no projected CRS, so its pixel size in metres is "
+                    f"unknown; georeference it or pass --resolution native"
+                )
+            factor = card.resolution_m / res
+            if abs(factor - 1) < 0.02:
+                factor = 1.0
+        return cls(factor, math.ceil(reader.height / factor), math.ceil(reader.width / factor))
+
+
+class Upsampler:
+    """Turns blended model-grid rows into input-grid rows (bilinear), block by block."""
+
+    def __init__(self, grid: ModelGrid, out_height: int, out_width: int) -> None:
+        self.grid = grid
+        self.out_height = out_height
+        self.next_row = 0
+        self._rows: np.ndarray | None = None  # model rows kept for interpolation
+        self._first = 0  # model row index of self._rows[:, 0]
+        f = grid.factor
+        xm = np.clip((np.arange(out_width) + 0.5) / f - 0.5, 0, grid.width - 1)
+        self._x0 = np.floor(xm).astype(np.intp)
+        self._x1 = np.minimum(self._x0 + 1, grid.width - 1)
+        self._wx = (xm - self._x0).astype(np.float32)
+
+    def push(self, first: int, block: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Add model rows ``first..`` and yield ``(row, (C, n, W))`` input-grid blocks."""
+        if self.grid.factor == 1.0:
+            self.next_row = first + block.shape[1]
+            yield first, block
+            return
+        if self._rows is None:
+            self._rows, self._first = block, first
+        else:
+            self._rows = np.concatenate([self._rows, block], axis=1)
+        available = self._first + self._rows.shape[1]
+        last = available >= self.grid.height
+        f = self.grid.factor
+        end = self.out_height
+        if not last:  # rows whose lower neighbour row is already available
+            end = min(end, math.floor((available - 1 + 0.5) * f - 0.5) + 1)
+            while end > self.next_row and math.floor((end - 1 + 0.5) / f - 0.5) + 1 > available - 1:
+                end -= 1
+        if end > self.next_row:
+            rows = np.arange(self.next_row, end)
+            ym = np.clip((rows + 0.5) / f - 0.5, 0, self.grid.height - 1)
+            y0 = np.floor(ym).astype(np.intp)
+            y1 = np.minimum(y0 + 1, self.grid.height - 1)
+            wy = (ym - y0).astype(np.float32)[None, :, None]
+            top, bottom = self._rows[:, y0 - self._first], self._rows[:, y1 - self._first]
+            vertical = top + (bottom - top) * wy
+            left, right = vertical[:, :, self._x0], vertical[:, :, self._x1]
+            yield self.next_row, left + (right - left) * self._wx
+            self.next_row = end
+            keep_from = max(math.floor((end + 0.5) / f - 0.5), 0)
+            self._rows = self._rows[:, keep_from - self._first :]
+            self._first = keep_from
+
+
+# -- inference helpers -------------------------------------------------------------------
+def _pad_to(strip: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pad a (C, h, w) strip to (C, height, width) by mirroring its edges."""
+    pad_h, pad_w = height - strip.shape[1], width - strip.shape[2]
+    if pad_h <= 0 and pad_w <= 0:
+        return strip
+    return np.pad(strip, ((0, 0), (0, max(pad_h, 0)), (0, max(pad_w, 0))), mode="symmetric")
+
+
+def _predict(runner: Runner, tiles: np.ndarray, tta: bool) -> np.ndarray:
+    if not tta:
+        return runner(tiles)
+    total = runner(tiles)
+    total += runner(np.ascontiguousarray(tiles[..., ::-1]))[..., ::-1]
+    total += runner(np.ascontiguousarray(tiles[..., ::-1, :]))[..., ::-1, :]
+    total += np.rot90(runner(np.ascontiguousarray(np.rot90(tiles, 1, (2, 3)))), -1, (2, 3))
+    return total / 4
+
+
+def _resolve_model(reader: SceneReader, options: SegmentOptions) -> tuple[Model, str]:
+    if options.model is None:
+        return choose_model(reader.bands, reader.product_level)
+    model = load_model(options.model)
+    missing = [b for b in model.card.bands if b not in reader.bands]
+    if missing:
+        raise BandError(
+            f"model {model.card.name} needs band(s) {', '.join(missing)} that "
+            f"{reader.path.name} lacks (it has {', '.join(reader.bands)}); "
+            "if they are there but unnamed, pass --bands"
+        )
+    return model, f"model {model.card.name} as asked"
+
+
+def _provenance(
+    model: Model, reader: SceneReader, runner: Runner, options: SegmentOptions, grid: ModelGrid
+) -> dict[str, str]:
+    card = model.card
+    return {
+        "CLOUDSEG_VERSION": __version__,
+        "CLOUDSEG_MODEL": card.name,
+        "CLOUDSEG_MODEL_VERSION": card.version,
+        "CLOUDSEG_MODEL_SHA256": model.sha256,
+        "CLOUDSEG_CLASSES": json.dumps([asdict(c) for c in card.classes]),
+        "CLOUDSEG_BAND_MAPPING": json.dumps(
+            {b: f"{reader.sources[b].path}#{reader.sources[b].index}" for b in card.bands}
+        ),
+        "CLOUDSEG_SCALING": reader.description,
+        "CLOUDSEG_PRODUCT_LEVEL": str(reader.product_level or "unknown"),
+        "CLOUDSEG_RUN_RESOLUTION": (
+            f"{card.resolution_m:g} m (model card)"
+            if options.resolution == "model"
+            else "input grid"
+        ),
+        "CLOUDSEG_RESAMPLING_FACTOR": f"{grid.factor:g}",
+        "CLOUDSEG_TTA": str(options.tta),
+        "CLOUDSEG_RUNNER": runner.description,
+        "CLOUDSEG_DEVICE": runner.device,
+        "CLOUDSEG_CREATED": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# -- the run ---------------------------------------------------------------------------
+def segment(
+    input_path: str | Path,
+    output_path: str | Path,
+    options: SegmentOptions | None = None,
+    progress: ProgressCallback | None = None,
+    cancelled: CancelCallback | None = None,
+) -> SegmentResult:
+    """Segment clouds and cloud shadows in a Sentinel-2 scene and write a class COG.
+
+    The class raster (uint8, color table, class names in the ``CLOUDSEG_CLASSES`` tag,
+    255 = nodata) is written under a temporary name and renamed when complete: a
+    failed or cancelled run leaves nothing that looks like a result.
+
+    Args:
+        input_path: Multi-band raster, folder of band files, or SAFE product.
+        output_path: Where the class GeoTIFF (COG) goes.
+        options: Run options; defaults pick the model automatically.
+        progress: Called with (percent 0-100, message) as work proceeds.
+        cancelled: Polled once per batch; returning True stops the run.
+
+    Returns:
+        A :class:`SegmentResult` with per-class statistics.
+
+    Raises:
+        CloudsegError: Subclasses for bad input, missing bands, an existing output
+            (without ``overwrite``), a model that does not fit, or cancellation.
+    """
+    import rasterio
+
+    options = options or SegmentOptions()
+    progress = progress or (lambda percent, message: None)
+    cancelled = cancelled or (lambda: False)
+    output = Path(output_path).expanduser()
+    targets = [p for p in (output, options.probabilities, options.stats) if p is not None]
+    for target in targets:
+        check_target(Path(target), options.overwrite)
+    if options.batch_size < 1:
+        raise InputError("batch size must be at least 1")
+
+    start = time.perf_counter()
+    with (
+        open_scene(
+            input_path, options.bands, options.product_level, options.scale, options.offset
+        ) as reader,
+        rasterio.Env(GDAL_PAM_ENABLED="NO"),
+    ):
+        model, reason = _resolve_model(reader, options)
+        card = model.card
+        logger.info("%s", reason)
+        warnings = []
+        if reader.product_level and card.product_level not in ("any", reader.product_level):
+            warnings.append(
+                f"model {card.name} is for {card.product_level} but the input "
+                f"is {reader.product_level}"
+            )
+        reflectance_warning = check_reflectance(reader, list(card.bands))
+        if reflectance_warning:
+            warnings.append(reflectance_warning)
+        for message in warnings:
+            logger.warning("%s", message)
+        grid = ModelGrid.for_scene(reader, card, options.resolution)
+        runner = create_runner(model, options.device)
+        logger.info(
+            "running on %s; model grid %d x %d (factor %g)",
+            runner.description,
+            grid.width,
+            grid.height,
+            grid.factor,
+        )
+        progress(0.0, f"{card.name} on {runner.description}")
+
+        tmp_classes = temporary_sibling(output)
+        tmp_probs = temporary_sibling(options.probabilities) if options.probabilities else None
+        profile = {
+            "width": reader.width,
+            "height": reader.height,
+            "crs": reader.crs,
+            "transform": reader.transform,
+        }
+        tag_values = _provenance(model, reader, runner, options, grid)
+        counts = np.zeros(len(card.classes) + 1, dtype=np.int64)
+        with cleanup_on_failure(*(p for p in (tmp_classes, tmp_probs) if p)):
+            with rasterio.open(
+                tmp_classes, "w", **block_profile(profile, 1, "uint8", NODATA)
+            ) as classes_ds:
+                probs_ds = (
+                    rasterio.open(
+                        tmp_probs, "w", **block_profile(profile, len(card.classes), "uint8", NODATA)
+                    )
+                    if tmp_probs
+                    else None
+                )
+                try:
+                    _run(
+                        reader,
+                        card,
+                        runner,
+                        grid,
+                        options,
+                        classes_ds,
+                        probs_ds,
+                        counts,
+                        progress,
+                        cancelled,
+                    )
+                    _describe(classes_ds, probs_ds, card, tag_values)
+                finally:
+                    if probs_ds is not None:
+                        probs_ds.close()
+            progress(99.0, "writing Cloud-Optimized GeoTIFF")
+            if tmp_probs is not None and options.probabilities is not None:
+                publish_cog(tmp_probs, Path(options.probabilities), "AVERAGE")
+            publish_cog(tmp_classes, output, "NEAREST")
+
+    seconds = time.perf_counter() - start
+    valid = int(counts[:-1].sum())
+    pixels = {c.name: int(counts[c.value]) for c in card.classes}
+    percent = {name: round(100.0 * n / valid, 3) if valid else 0.0 for name, n in pixels.items()}
+    result = SegmentResult(
+        output=output,
+        probabilities=options.probabilities,
+        stats_path=options.stats,
+        model=card.name,
+        model_reason=reason,
+        runner=runner.description,
+        device=runner.device,
+        seconds=round(seconds, 3),
+        width=reader.width,
+        height=reader.height,
+        class_pixels=pixels,
+        class_percent=percent,
+        nodata_pixels=int(counts[-1]),
+        warnings=warnings,
+    )
+    if options.stats is not None:
+        stats_tmp = temporary_sibling(Path(options.stats))
+        stats_tmp.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
+        stats_tmp.replace(options.stats)
+    progress(100.0, f"done in {seconds:.1f} s")
+    return result
+
+
+def _run(
+    reader: SceneReader,
+    card: ModelCard,
+    runner: Runner,
+    grid: ModelGrid,
+    options: SegmentOptions,
+    classes_ds: Any,
+    probs_ds: Any,
+    counts: np.ndarray,
+    progress: ProgressCallback,
+    cancelled: CancelCallback,
+) -> None:
+    """Stream tile rows through the model, blend, upsample and write block rows."""
+    from rasterio.windows import Window
+
+    tile = card.tile_size
+    overlap = min(card.overlap, tile // 2)
+    tiles = TileGrid(grid.height, grid.width, tile, overlap)
+    blender = RowBlender(tiles, len(card.classes))
+    upsampler = Upsampler(grid, reader.height, reader.width)
+    mean = np.asarray(card.normalization["mean"], dtype=np.float32)[:, None, None]
+    std = np.asarray(card.normalization["std"], dtype=np.float32)[:, None, None]
+    bands = list(card.bands)
+    f = grid.factor
+    total, done = len(tiles), 0
+    strip_width = max(grid.width, tile)
+
+    for y in tiles.rows:
+        rows = min(tile, grid.height - y)
+        strip = reader.read(bands, y * f, 0, rows * f, grid.width * f, out_shape=(rows, grid.width))
+        strip = (strip - mean) / std
+        np.nan_to_num(strip, copy=False, nan=0.0)
+        strip = _pad_to(strip, tile, strip_width)
+        cols = tiles.cols
+        for i in range(0, len(cols), options.batch_size):
+            if cancelled():
+                raise CancelledError("cancelled; no output was written")
+            batch_cols = cols[i : i + options.batch_size]
+            batch = np.stack([strip[:, :, c : c + tile] for c in batch_cols])
+            probabilities = _predict(runner, np.ascontiguousarray(batch), options.tta)
+            for c, p in zip(batch_cols, probabilities, strict=True):
+                blender.add(c, p)
+            done += len(batch_cols)
+            progress(98.0 * done / total, f"tile {done} of {total}")
+        first, block = blender.finish_row()
+        for row, probs in upsampler.push(first, block):
+            _write_block(reader, bands, row, probs, classes_ds, probs_ds, counts, Window)
+
+
+def _write_block(
+    reader: SceneReader,
+    bands: list[str],
+    row: int,
+    probs: np.ndarray,
+    classes_ds: Any,
+    probs_ds: Any,
+    counts: np.ndarray,
+    window_cls: Any,
+) -> None:
+    n = probs.shape[1]
+    classes = probs.argmax(axis=0).astype(np.uint8)
+    native = reader.read(bands, row, 0, n, reader.width)
+    nodata = np.isnan(native).any(axis=0)
+    classes[nodata] = NODATA
+    window = window_cls(0, row, reader.width, n)
+    classes_ds.write(classes, 1, window=window)
+    counts[: probs.shape[0]] += np.bincount(classes[~nodata].ravel(), minlength=probs.shape[0])[
+        : probs.shape[0]
+    ]
+    counts[-1] += int(nodata.sum())
+    if probs_ds is not None:
+        percent = np.rint(np.clip(probs, 0, 1) * 100).astype(np.uint8)
+        percent[:, nodata] = NODATA
+        probs_ds.write(percent, window=window)
+
+
+def _describe(classes_ds: Any, probs_ds: Any, card: ModelCard, tags: dict[str, str]) -> None:
+    classes_ds.write_colormap(1, {c.value: c.rgba() for c in card.classes} | {NODATA: (0, 0, 0, 0)})
+    classes_ds.set_band_description(
+        1, "class: " + ", ".join(f"{c.value}={c.name}" for c in card.classes)
+    )
+    classes_ds.update_tags(**tags)
+    if probs_ds is not None:
+        for c in card.classes:
+            probs_ds.set_band_description(c.value + 1, f"P({c.name}) %")
+        probs_ds.update_tags(**tags, CLOUDSEG_PROBABILITY_SCALE="percent 0-100")

@@ -1,0 +1,135 @@
+"""Tiling and blending as pure geometry and arithmetic: no I/O, no models.
+
+Tiles cover the scene with at least ``overlap`` pixels shared between neighbours; the
+last tile of a row or column is aligned to the scene edge, so no tile reaches past it
+unless the scene is smaller than a tile. Overlapping predictions are blended with
+weights that fall smoothly to a small positive floor at tile edges and are divided by
+their sum, so a model that predicts a constant gives exactly that constant, with no
+seam at tile edges.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Weight at the very edge of a tile, relative to 1 at its centre (never 0, so border
+#: pixels of the scene, covered by one tile only, keep a defined value).
+EDGE_WEIGHT = 1e-3
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles along one axis.
+
+    Args:
+        length: Pixels along the axis.
+        tile: Tile size.
+        overlap: Minimum pixels shared by neighbouring tiles (``< tile``).
+
+    Returns:
+        Increasing offsets; the last is ``length - tile`` (or 0 when ``length <= tile``).
+    """
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    count = math.ceil((length - tile) / step) + 1
+    starts = [min(i * step, length - tile) for i in range(count)]
+    return sorted(set(starts))
+
+
+def blend_weights(tile: int, overlap: int) -> np.ndarray:
+    """Separable 2-D blending window, 1 in the centre.
+
+    A raised-cosine ramp of width ``overlap`` at each edge falls to :data:`EDGE_WEIGHT`.
+
+    Returns:
+        float32 array of shape ``(tile, tile)``.
+    """
+    ramp = np.ones(tile, dtype=np.float64)
+    if overlap > 0:
+        x = (np.arange(overlap) + 0.5) / overlap
+        taper = EDGE_WEIGHT + (1 - EDGE_WEIGHT) * 0.5 * (1 - np.cos(np.pi * x))
+        ramp[:overlap] = taper
+        ramp[-overlap:] = taper[::-1]
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiles covering a ``height`` x ``width`` grid, in row-major order."""
+
+    height: int
+    width: int
+    tile: int
+    overlap: int
+
+    @property
+    def rows(self) -> list[int]:
+        """Start rows of the tile rows."""
+        return tile_starts(self.height, self.tile, self.overlap)
+
+    @property
+    def cols(self) -> list[int]:
+        """Start columns of the tiles in each row."""
+        return tile_starts(self.width, self.tile, self.overlap)
+
+    def __len__(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+
+class RowBlender:
+    """Blends tile predictions one tile row at a time in a buffer of ``tile`` rows.
+
+    Feed each tile row with :meth:`add`, then :meth:`finish_row` returns the rows that
+    no later tile touches (normalised by the summed weights) and shifts the buffer.
+    Memory is ``channels x tile x width`` floats, whatever the scene's height.
+    """
+
+    def __init__(self, grid: TileGrid, channels: int) -> None:
+        self.grid = grid
+        self.channels = channels
+        self.weights = blend_weights(grid.tile, grid.overlap)
+        buffer_rows = grid.tile
+        self._sum = np.zeros((channels, buffer_rows, grid.width), dtype=np.float32)
+        self._wsum = np.zeros((buffer_rows, grid.width), dtype=np.float32)
+        self._row_starts = grid.rows
+        self._index = 0  # index of the tile row being filled
+        self._base = 0  # grid row held in buffer row 0
+
+    def add(self, col: int, prediction: np.ndarray) -> None:
+        """Add one tile's prediction at column ``col`` of the current tile row.
+
+        Args:
+            col: Start column of the tile.
+            prediction: ``(channels, tile, tile)`` probabilities; rows/cols past the
+                grid (padding) are ignored.
+        """
+        y = self._row_starts[self._index] - self._base
+        h = min(self.grid.tile, self.grid.height - self._row_starts[self._index])
+        w = min(self.grid.tile, self.grid.width - col)
+        weights = self.weights[:h, :w]
+        self._sum[:, y : y + h, col : col + w] += prediction[:, :h, :w] * weights
+        self._wsum[y : y + h, col : col + w] += weights
+
+    def finish_row(self) -> tuple[int, np.ndarray]:
+        """Close the current tile row.
+
+        Returns:
+            ``(first_row, blended)``: the grid row where the finished block starts and
+            the ``(channels, rows, width)`` blended values of the rows now final.
+        """
+        last = self._index == len(self._row_starts) - 1
+        end = self.grid.height if last else self._row_starts[self._index + 1]
+        count = end - self._base
+        blended = self._sum[:, :count] / self._wsum[:count]
+        first = self._base
+        # Shift the buffer up by `count` rows and clear what enters at the bottom.
+        self._sum = np.roll(self._sum, -count, axis=1)
+        self._wsum = np.roll(self._wsum, -count, axis=0)
+        self._sum[:, -count:] = 0
+        self._wsum[-count:] = 0
+        self._base = end
+        self._index += 1
+        return first, blended

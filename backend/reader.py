@@ -65,13 +65,21 @@ class SceneReader:
         try:
             for band_source in sources.values():
                 if band_source.path not in self._datasets:
-                    self._datasets[band_source.path] = rasterio.open(band_source.path)
+                    # Full-resolution pixels only: internal overviews (JPEG 2000 levels,
+                    # COG overviews) would make results depend on the file format.
+                    self._datasets[band_source.path] = rasterio.open(
+                        band_source.path, OVERVIEW_LEVEL="NONE"
+                    )
         except rasterio.errors.RasterioIOError as exc:
             self.close()
             raise InputError(f"cannot read {path}: {exc}") from exc
         reference = min(self._datasets.values(), key=lambda ds: abs(ds.res[0]))
         self.crs = reference.crs
         self.transform = reference.transform
+        if self.transform.determinant == 0:  # not georeferenced: pixel coordinates
+            from affine import Affine
+
+            self.transform = Affine.identity()
         self.width = reference.width
         self.height = reference.height
         self.bounds = reference.bounds
@@ -166,7 +174,7 @@ class SceneReader:
             except KeyError:
                 raise BandError(f"{self.path} has no band {band}") from None
             ds = self._datasets[source.path]
-            if ds.transform == self.transform:
+            if ds.transform == self.transform or ds.transform.determinant == 0:
                 window = Window(c0, r0, c1 - c0, r1 - r0)
             else:
                 window = from_bounds(left, bottom, right, top, ds.transform)
@@ -179,9 +187,10 @@ class SceneReader:
             data = ds.read(
                 source.index, window=window, out_shape=part, masked=True, resampling=resampling
             )
-            values = data.data.astype(np.float32) * np.float32(source.scale) + np.float32(
-                source.offset
-            )
+            # The offset is applied in DN units first: integer DNs stay exact, so products
+            # with and without the baseline-04.00 offset give identical reflectance.
+            dn_offset = np.float32(source.offset / source.scale)
+            values = (data.data.astype(np.float32) + dn_offset) * np.float32(source.scale)
             values[np.ma.getmaskarray(data)] = np.nan
             out[i, o_r0:o_r1, o_c0:o_c1] = values
         return out
@@ -242,6 +251,8 @@ def _sources_from_multiband(
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
     with ds:
+        if ds.count == 0:
+            raise InputError(f"{path} holds no raster bands")
         if bands is not None:
             if len(bands) != ds.count:
                 raise BandError(
@@ -338,6 +349,8 @@ def open_scene(
     level = product_level.upper() if product_level else None
     if level not in (None, "L1C", "L2A"):
         raise InputError(f"product level must be L1C or L2A, not {product_level!r}")
+    if scale is not None and not scale > 0:
+        raise InputError(f"scale must be a positive number of reflectance per DN, not {scale}")
     canonical = [canonical_band(b) for b in bands] if bands else None
 
     if is_safe(path):

@@ -48,12 +48,12 @@ class SafeProduct:
 
 def is_safe(path: Path) -> bool:
     """Tell whether ``path`` looks like a SAFE product (folder or zip)."""
-    name = path.name.upper()
-    return (
-        name.endswith(".SAFE")
-        or (name.endswith(".ZIP") and ".SAFE" in name)
-        or (path.is_dir() and any(path.glob("MTD_MSIL*.xml")))
-    )
+    if path.is_dir():
+        return path.name.upper().endswith(".SAFE") or any(path.glob("MTD_MSIL*.xml"))
+    if path.suffix.lower() == ".zip" and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return any(re.search(r"(^|/)MTD_MSIL(1C|2A)\.xml$", n) for n in archive.namelist())
+    return False
 
 
 def _baseline_tuple(baseline: str) -> tuple[int, ...]:

@@ -185,14 +185,6 @@ class Upsampler:
 
 
 # -- inference helpers -------------------------------------------------------------------
-def _pad_to(strip: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Pad a (C, h, w) strip to (C, height, width) by mirroring its edges."""
-    pad_h, pad_w = height - strip.shape[1], width - strip.shape[2]
-    if pad_h <= 0 and pad_w <= 0:
-        return strip
-    return np.pad(strip, ((0, 0), (0, max(pad_h, 0)), (0, max(pad_w, 0))), mode="symmetric")
-
-
 def _predict(runner: Runner, tiles: np.ndarray, tta: bool) -> np.ndarray:
     if not tta:
         return runner(tiles)
@@ -405,7 +397,10 @@ def _run(
 
     tile = card.tile_size
     overlap = min(card.overlap, tile // 2)
-    tiles = TileGrid(grid.height, grid.width, tile, overlap)
+    # A mirrored margin of a fifth of a tile around the scene: border pixels are then
+    # predicted with context, not at the weak edge of a tile (as ukis-csmask does).
+    margin = tile // 5
+    tiles = TileGrid(grid.height + 2 * margin, grid.width + 2 * margin, tile, overlap)
     blender = RowBlender(tiles, len(card.classes))
     upsampler = Upsampler(grid, reader.height, reader.width)
     mean = np.asarray(card.normalization["mean"], dtype=np.float32)[:, None, None]
@@ -413,14 +408,19 @@ def _run(
     bands = list(card.bands)
     f = grid.factor
     total, done = len(tiles), 0
-    strip_width = max(grid.width, tile)
 
     for y in tiles.rows:
-        rows = min(tile, grid.height - y)
-        strip = reader.read(bands, y * f, 0, rows * f, grid.width * f, out_shape=(rows, grid.width))
+        top = y - margin  # first model-grid row of this tile row (may be negative)
+        r0, r1 = max(top, 0), min(top + tile, grid.height)
+        strip = reader.read(
+            bands, r0 * f, 0, (r1 - r0) * f, grid.width * f, out_shape=(r1 - r0, grid.width)
+        )
         strip = (strip - mean) / std
         np.nan_to_num(strip, copy=False, nan=0.0)
-        strip = _pad_to(strip, tile, strip_width)
+        pad_right = tiles.cols[-1] + tile - margin - grid.width
+        strip = np.pad(
+            strip, ((0, 0), (r0 - top, top + tile - r1), (margin, pad_right)), mode="symmetric"
+        )
         cols = tiles.cols
         for i in range(0, len(cols), options.batch_size):
             if cancelled():
@@ -433,7 +433,12 @@ def _run(
             done += len(batch_cols)
             progress(98.0 * done / total, f"tile {done} of {total}")
         first, block = blender.finish_row()
-        for row, probs in upsampler.push(first, block):
+        # Back to scene rows and columns: drop the mirrored margin.
+        lo, hi = max(first, margin), min(first + block.shape[1], margin + grid.height)
+        if hi <= lo:
+            continue
+        block = block[:, lo - first : hi - first, margin : margin + grid.width]
+        for row, probs in upsampler.push(lo - margin, block):
             _write_block(reader, bands, row, probs, classes_ds, probs_ds, counts, Window)
 
 

@@ -1,9 +1,8 @@
 """Tiling and blending as pure geometry and arithmetic: no I/O, no models.
 
-Tiles cover the scene with at least ``overlap`` pixels shared between neighbours; the
-last tile of a row or column is aligned to the scene edge, so no tile reaches past it
-unless the scene is smaller than a tile. Overlapping predictions are blended with
-weights that fall smoothly to a small positive floor at tile edges and are divided by
+Tiles cover the scene at a fixed stride, ``overlap`` pixels shared between neighbours;
+the last tile of a row or column may reach past the scene edge into mirrored padding.
+Overlapping predictions are blended with weights that fall smoothly to a small positive floor at tile edges and are divided by
 their sum, so a model that predicts a constant gives exactly that constant, with no
 seam at tile edges.
 """
@@ -29,14 +28,15 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
         overlap: Minimum pixels shared by neighbouring tiles (``< tile``).
 
     Returns:
-        Increasing offsets; the last is ``length - tile`` (or 0 when ``length <= tile``).
+        Offsets ``0, step, 2 * step...`` (``step = tile - overlap``); the last tile may
+        reach past ``length`` (callers pad by mirroring), so the grid of tile positions
+        does not depend on the scene's size.
     """
     if length <= tile:
         return [0]
     step = tile - overlap
     count = math.ceil((length - tile) / step) + 1
-    starts = [min(i * step, length - tile) for i in range(count)]
-    return sorted(set(starts))
+    return [i * step for i in range(count)]
 
 
 def blend_weights(tile: int, overlap: int) -> np.ndarray:

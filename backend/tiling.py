@@ -2,9 +2,9 @@
 
 Tiles cover the scene at a fixed stride, ``overlap`` pixels shared between neighbours;
 the last tile of a row or column may reach past the scene edge into mirrored padding.
-Overlapping predictions are blended with weights that fall smoothly to a small positive floor at tile edges and are divided by
-their sum, so a model that predicts a constant gives exactly that constant, with no
-seam at tile edges.
+Overlapping predictions are blended with weights that fall smoothly to a small
+positive floor at tile edges and are divided by their sum, so a model that predicts
+a constant gives exactly that constant, with no seam at tile edges.
 """
 
 from __future__ import annotations

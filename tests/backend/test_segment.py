@@ -356,3 +356,30 @@ def test_models_json_lists_bands_level_resolution_and_classes(venv_env):
         (1, "cloud"),
         (2, "cloud shadow"),
     ]
+
+
+def test_l1c_safe_is_read_as_l1c(band_folder, make_safe, tmp_path):
+    product = make_safe(band_folder, tmp_path, level="L1C", baseline="05.09")
+    out = tmp_path / "mask.tif"
+    result = segment(product, out)
+    assert result.model == "ukis-csmask-4b-l1c"
+    folder_out = tmp_path / "folder.tif"
+    segment(band_folder, folder_out, SegmentOptions(product_level="L1C"))
+    np.testing.assert_array_equal(read(out), read(folder_out))
+
+
+def test_values_that_are_not_reflectance_are_warned_about(multiband, tmp_path):
+    # DNs of 0..10000 read with scale 1 would be "reflectance" in the thousands.
+    result = segment(multiband, tmp_path / "m.tif", SegmentOptions(product_level="L2A", scale=1.0))
+    assert any("do not look like reflectance" in w for w in result.warnings)
+
+
+def test_tta_keeps_constants_and_stays_close_on_real_data(reference, multiband, tmp_path):
+    model = constant_onnx(tmp_path / "constant.onnx", [0.3, -1.0, 2.0])
+    segment(multiband, tmp_path / "c.tif", SegmentOptions(model=str(model), tta=True))
+    assert (read(tmp_path / "c.tif") == 2).all()
+    out = tmp_path / "tta.tif"
+    segment(multiband, out, SegmentOptions(product_level="L2A", tta=True))
+    with rasterio.open(out) as ds:
+        assert ds.tags()["CLOUDSEG_TTA"] == "True"
+    assert (read(out) == read(reference[0])).mean() > 0.9

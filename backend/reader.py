@@ -226,7 +226,7 @@ def _same_extent(a: Any, b: Any, tolerance: float) -> bool:
     return all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
 
 
-def _default_scale(path: str, dtype: str, band_count: int) -> tuple[float, str]:
+def _default_scale(path: str, dtype: str) -> tuple[float, str]:
     """Guess the DN scale of a raster that does not declare one."""
     if dtype.startswith(("uint", "int")):
         return S2_DN_SCALE, "integer digital numbers, reflectance x 10000"
@@ -278,7 +278,7 @@ def _sources_from_multiband(
         pairs = declared
     else:
         if scale is None:
-            scale, how = _default_scale(str(path), dtype, len(names))
+            scale, how = _default_scale(str(path), dtype)
         else:
             how = "scale given"
         pairs = [(scale, offset or 0.0)] * len(names)
@@ -308,7 +308,7 @@ def _sources_from_folder(
             import rasterio
 
             with rasterio.open(file) as ds:
-                band_scale, how = _default_scale(str(file), ds.dtypes[0], 1)
+                band_scale, how = _default_scale(str(file), ds.dtypes[0])
         else:
             band_scale, how = scale, "scale given"
         sources[band] = BandSource(str(file), 1, band_scale, offset or 0.0)

@@ -161,13 +161,12 @@ class Upsampler:
         else:
             self._rows = np.concatenate([self._rows, block], axis=1)
         available = self._first + self._rows.shape[1]
-        last = available >= self.grid.height
         f = self.grid.factor
         end = self.out_height
-        if not last:  # rows whose lower neighbour row is already available
-            end = min(end, math.floor((available - 1 + 0.5) * f - 0.5) + 1)
-            while end > self.next_row and math.floor((end - 1 + 0.5) / f - 0.5) + 1 > available - 1:
-                end -= 1
+        if available < self.grid.height:
+            # Output row r interpolates model rows floor(y) and floor(y) + 1, with
+            # y = max((r + 0.5) / f - 0.5, 0); both are loaded while y < available - 1.
+            end = min(end, math.ceil((available - 0.5) * f - 0.5)) if available >= 2 else 0
         if end > self.next_row:
             rows = np.arange(self.next_row, end)
             ym = np.clip((rows + 0.5) / f - 0.5, 0, self.grid.height - 1)

@@ -12,7 +12,7 @@ import importlib.util
 import json
 import logging
 from dataclasses import dataclass
-from functools import cached_property
+from functools import lru_cache
 from pathlib import Path
 
 from .cards import ONNX_CARD_KEY, ModelCard
@@ -38,14 +38,21 @@ class Model:
     path: Path
     builtin: bool = False
 
-    @cached_property
+    @property
     def sha256(self) -> str:
-        """Return the SHA-256 of the weights file (computed once)."""
-        digest = hashlib.sha256()
-        with self.path.open("rb") as stream:
-            for chunk in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
+        """Return the SHA-256 of the weights file (hashed once per file version)."""
+        stat = self.path.stat()
+        return _file_sha256(self.path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """Hash a file; ``size`` and ``mtime_ns`` key the cache so a changed file is rehashed."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _package_file(package: str, name: str) -> Path | None:

@@ -163,7 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. -0.1 for baseline >= 04.00 products outside SAFE)",
     )
     seg.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    seg.add_argument("--batch-size", type=int, default=4, help="tiles per model call")
+    seg.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="tiles per model call (default: 1 on the CPU, 16 on a GPU)",
+    )
     seg.add_argument(
         "--tta",
         action="store_true",

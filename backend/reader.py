@@ -168,12 +168,15 @@ class SceneReader:
         shrink = part[0] < (r1 - r0)
         left, top = self.transform * (c0, r0)
         right, bottom = self.transform * (c1, r1)
+        # Bands that share a file are read in one call: for a pixel-interleaved file
+        # GDAL then decompresses each block once, not once per band.
+        by_file: dict[str, list[int]] = {}
         for i, band in enumerate(bands):
-            try:
-                source = self.sources[band]
-            except KeyError:
-                raise BandError(f"{self.path} has no band {band}") from None
-            ds = self._datasets[source.path]
+            if band not in self.sources:
+                raise BandError(f"{self.path} has no band {band}")
+            by_file.setdefault(self.sources[band].path, []).append(i)
+        for file, positions in by_file.items():
+            ds = self._datasets[file]
             if ds.transform == self.transform or ds.transform.determinant == 0:
                 window = Window(c0, r0, c1 - c0, r1 - r0)
             else:
@@ -184,15 +187,23 @@ class SceneReader:
                 if same_size
                 else (Resampling.average if shrink else Resampling.bilinear)
             )
+            sources = [self.sources[bands[i]] for i in positions]
             data = ds.read(
-                source.index, window=window, out_shape=part, masked=True, resampling=resampling
+                [source.index for source in sources],
+                window=window,
+                out_shape=(len(sources), *part),
+                masked=True,
+                resampling=resampling,
             )
-            # The offset is applied in DN units first: integer DNs stay exact, so products
-            # with and without the baseline-04.00 offset give identical reflectance.
-            dn_offset = np.float32(source.offset / source.scale)
-            values = (data.data.astype(np.float32) + dn_offset) * np.float32(source.scale)
-            values[np.ma.getmaskarray(data)] = np.nan
-            out[i, o_r0:o_r1, o_c0:o_c1] = values
+            invalid = np.ma.getmaskarray(data)
+            for k, (i, source) in enumerate(zip(positions, sources, strict=True)):
+                # The offset is applied in DN units first: integer DNs stay exact, so
+                # products with and without the baseline-04.00 offset give identical
+                # reflectance.
+                dn_offset = np.float32(source.offset / source.scale)
+                values = (data.data[k].astype(np.float32) + dn_offset) * np.float32(source.scale)
+                values[invalid[k]] = np.nan
+                out[i, o_r0:o_r1, o_c0:o_c1] = values
         return out
 
     def sample_reflectance(self, bands: list[str], size: int = 512) -> np.ndarray:

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,14 @@ from .reader import SceneReader, check_reflectance, open_scene
 from .registry import Model, choose_model, load_model
 from .runners import Runner, create_runner
 from .tiling import RowBlender, TileGrid
-from .writer import block_profile, check_target, cleanup_on_failure, publish_cog, temporary_sibling
+from .writer import (
+    BlockRowWriter,
+    block_profile,
+    check_target,
+    cleanup_on_failure,
+    publish_cog,
+    temporary_sibling,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +55,8 @@ class SegmentOptions:
         scale: Reflectance per digital number (default from metadata or 0.0001).
         offset: Reflectance added after scaling.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        batch_size: Tiles per model call.
+        batch_size: Tiles per model call; None picks 1 on the CPU (fastest there, and
+            the least memory) and 16 on a GPU.
         tta: Average predictions over flips and a 90-degree rotation (4x slower).
         resolution: ``"model"`` (the card's resolution) or ``"native"`` (input grid).
         probabilities: Also write per-class probabilities (uint8 percent) here.
@@ -61,7 +70,7 @@ class SegmentOptions:
     scale: float | None = None
     offset: float | None = None
     device: str = "auto"
-    batch_size: int = 4
+    batch_size: int | None = None
     tta: bool = False
     resolution: str = "model"
     probabilities: Path | None = None
@@ -236,6 +245,17 @@ def _provenance(
     }
 
 
+def _cache_limit() -> dict[str, int]:
+    """GDAL's block cache for a run: 256 MiB unless the user set GDAL_CACHEMAX.
+
+    GDAL's default (5 % of RAM) lets a run's memory grow with the scene up to that
+    share; strips are read once each, so a small cache costs little time.
+    """
+    if "GDAL_CACHEMAX" in os.environ:
+        return {}
+    return {"GDAL_CACHEMAX": 256 * 1024 * 1024}
+
+
 # -- the run ---------------------------------------------------------------------------
 def segment(
     input_path: str | Path,
@@ -273,7 +293,7 @@ def segment(
     targets = [p for p in (output, options.probabilities, options.stats) if p is not None]
     for target in targets:
         check_target(Path(target), options.overwrite)
-    if options.batch_size < 1:
+    if options.batch_size is not None and options.batch_size < 1:
         raise InputError("batch size must be at least 1")
 
     start = time.perf_counter()
@@ -281,7 +301,7 @@ def segment(
         open_scene(
             input_path, options.bands, options.product_level, options.scale, options.offset
         ) as reader,
-        rasterio.Env(GDAL_PAM_ENABLED="NO"),
+        rasterio.Env(GDAL_PAM_ENABLED="NO", **_cache_limit()),
     ):
         model, reason = _resolve_model(reader, options)
         card = model.card
@@ -336,8 +356,8 @@ def segment(
                         runner,
                         grid,
                         options,
-                        classes_ds,
-                        probs_ds,
+                        BlockRowWriter(classes_ds),
+                        BlockRowWriter(probs_ds) if probs_ds is not None else None,
                         counts,
                         progress,
                         cancelled,
@@ -385,15 +405,13 @@ def _run(
     runner: Runner,
     grid: ModelGrid,
     options: SegmentOptions,
-    classes_ds: Any,
-    probs_ds: Any,
+    classes_out: BlockRowWriter,
+    probs_out: BlockRowWriter | None,
     counts: np.ndarray,
     progress: ProgressCallback,
     cancelled: CancelCallback,
 ) -> None:
     """Stream tile rows through the model, blend, upsample and write block rows."""
-    from rasterio.windows import Window
-
     tile = card.tile_size
     overlap = min(card.overlap, tile // 2)
     # A mirrored margin of a fifth of a tile around the scene: border pixels are then
@@ -407,6 +425,10 @@ def _run(
     bands = list(card.bands)
     f = grid.factor
     total, done = len(tiles), 0
+    batch_size = options.batch_size or (16 if runner.device == "cuda" else 1)
+    # On the input grid the strips already show which pixels are nodata; on another
+    # grid the input rows are read again at native resolution when they are written.
+    known_nodata = _RowMasks() if f == 1 else None
 
     for y in tiles.rows:
         top = y - margin  # first model-grid row of this tile row (may be negative)
@@ -414,6 +436,8 @@ def _run(
         strip = reader.read(
             bands, r0 * f, 0, (r1 - r0) * f, grid.width * f, out_shape=(r1 - r0, grid.width)
         )
+        if known_nodata is not None:
+            known_nodata.add(r0, np.isnan(strip).any(axis=0))
         strip = (strip - mean) / std
         np.nan_to_num(strip, copy=False, nan=0.0)
         pad_right = tiles.cols[-1] + tile - margin - grid.width
@@ -421,10 +445,10 @@ def _run(
             strip, ((0, 0), (r0 - top, top + tile - r1), (margin, pad_right)), mode="symmetric"
         )
         cols = tiles.cols
-        for i in range(0, len(cols), options.batch_size):
+        for i in range(0, len(cols), batch_size):
             if cancelled():
                 raise CancelledError("cancelled; no output was written")
-            batch_cols = cols[i : i + options.batch_size]
+            batch_cols = cols[i : i + batch_size]
             batch = np.stack([strip[:, :, c : c + tile] for c in batch_cols])
             probabilities = _predict(runner, np.ascontiguousarray(batch), options.tta)
             for c, p in zip(batch_cols, probabilities, strict=True):
@@ -438,7 +462,35 @@ def _run(
             continue
         block = block[:, lo - first : hi - first, margin : margin + grid.width]
         for row, probs in upsampler.push(lo - margin, block):
-            _write_block(reader, bands, row, probs, classes_ds, probs_ds, counts, Window)
+            nodata = known_nodata.take(row, probs.shape[1]) if known_nodata else None
+            _write_block(reader, bands, row, probs, nodata, classes_out, probs_out, counts)
+    classes_out.close()
+    if probs_out is not None:
+        probs_out.close()
+
+
+class _RowMasks:
+    """Rolling buffer of per-row boolean masks, added and taken in row order."""
+
+    def __init__(self) -> None:
+        self.first = 0
+        self.rows: np.ndarray | None = None
+
+    def add(self, row: int, mask: np.ndarray) -> None:
+        """Add ``mask`` for rows ``row..``; rows already held are skipped."""
+        if self.rows is None:
+            self.first, self.rows = row, mask
+            return
+        end = self.first + self.rows.shape[0]
+        if row + mask.shape[0] > end:
+            self.rows = np.concatenate([self.rows, mask[end - row :]])
+
+    def take(self, row: int, n: int) -> np.ndarray:
+        """Masks of rows ``row..row + n``; rows before ``row`` are dropped."""
+        assert self.rows is not None and row >= self.first
+        self.rows = self.rows[row - self.first :]
+        self.first = row
+        return self.rows[:n]
 
 
 def _write_block(
@@ -446,26 +498,25 @@ def _write_block(
     bands: list[str],
     row: int,
     probs: np.ndarray,
-    classes_ds: Any,
-    probs_ds: Any,
+    nodata: np.ndarray | None,
+    classes_out: BlockRowWriter,
+    probs_out: BlockRowWriter | None,
     counts: np.ndarray,
-    window_cls: Any,
 ) -> None:
     n = probs.shape[1]
     classes = probs.argmax(axis=0).astype(np.uint8)
-    native = reader.read(bands, row, 0, n, reader.width)
-    nodata = np.isnan(native).any(axis=0)
+    if nodata is None:
+        nodata = np.isnan(reader.read(bands, row, 0, n, reader.width)).any(axis=0)
     classes[nodata] = NODATA
-    window = window_cls(0, row, reader.width, n)
-    classes_ds.write(classes, 1, window=window)
+    classes_out.write(row, classes[None])
     counts[: probs.shape[0]] += np.bincount(classes[~nodata].ravel(), minlength=probs.shape[0])[
         : probs.shape[0]
     ]
     counts[-1] += int(nodata.sum())
-    if probs_ds is not None:
+    if probs_out is not None:
         percent = np.rint(np.clip(probs, 0, 1) * 100).astype(np.uint8)
         percent[:, nodata] = NODATA
-        probs_ds.write(percent, window=window)
+        probs_out.write(row, percent)
 
 
 def _describe(classes_ds: Any, probs_ds: Any, card: ModelCard, tags: dict[str, str]) -> None:

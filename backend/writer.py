@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .errors import OutputExistsError
 
 
@@ -86,3 +88,45 @@ def publish_cog(source: Path, target: Path, overview_resampling: str) -> None:
     for leftover in (source, source.with_name(source.name + ".aux.xml")):
         with contextlib.suppress(FileNotFoundError):
             leftover.unlink()
+
+
+class BlockRowWriter:
+    """Collects row chunks of a tiled GeoTIFF and writes whole block rows at once.
+
+    Writing a chunk that covers only part of a block makes GDAL keep the half-filled
+    block in its cache, or, once the cache is full, compress it, write it and read it
+    back for the next chunk. Buffering until a block row is complete avoids both, so
+    the block cache can stay small whatever the size of the scene.
+    """
+
+    def __init__(self, dataset: Any, block_rows: int | None = None) -> None:
+        """Buffer rows for ``dataset`` (open for writing); blocks of ``block_rows`` rows."""
+        self.dataset = dataset
+        self.block_rows = block_rows or dataset.block_shapes[0][0]
+        self._chunks: list[np.ndarray] = []
+        self._first = 0
+        self._buffered = 0
+
+    def write(self, row: int, data: np.ndarray) -> None:
+        """Add ``data`` (``(bands, n, width)``) for rows ``row..row + n``; rows come in order."""
+        from rasterio.windows import Window
+
+        if row != self._first + self._buffered:
+            raise ValueError(f"rows must come in order: expected {self._first + self._buffered}")
+        self._chunks.append(data)
+        self._buffered += data.shape[1]
+        end = self._first + self._buffered
+        complete = end - end % self.block_rows if end < self.dataset.height else end
+        if complete <= self._first:
+            return
+        rows = np.concatenate(self._chunks, axis=1) if len(self._chunks) > 1 else data
+        n = complete - self._first
+        self.dataset.write(rows[:, :n], window=Window(0, self._first, self.dataset.width, n))
+        rest = rows[:, n:]
+        self._chunks = [rest] if rest.shape[1] else []
+        self._first, self._buffered = complete, rest.shape[1]
+
+    def close(self) -> None:
+        """Check that every row was written."""
+        if self._buffered or self._first != self.dataset.height:
+            raise ValueError(f"only {self._first} of {self.dataset.height} rows were written")

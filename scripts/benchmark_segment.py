@@ -3,8 +3,9 @@
 
 (a) pixel agreement on the labeled real Landsat scenes of ``ukis_landsat`` (same model,
 same resolution), and each one's agreement with the labels; (b) throughput in megapixels
-per second and (c) peak memory (max RSS) on a 4096 x 4096, 6-band scene, each run in its
-own process, whole process included (read GeoTIFF, segment, write GeoTIFF).
+per second and (c) peak memory (VmHWM of the run's own process) on a 4096 x 4096,
+6-band scene, each run in its own process, whole process included (read GeoTIFF,
+segment, write GeoTIFF).
 
 The 4096 x 4096 scene is built from the real ``landsat5.npz`` chip mirrored 8 x 8, at
 30 m in UTM, so both tools run at the model's own resolution. Writes JSON with the
@@ -66,7 +67,10 @@ def run_ours(src: Path, dst: Path, batch_size: int) -> dict:
         src,
         dst,
         SegmentOptions(
-            model="ukis-csmask-6b-l1c", scale=1.0, overwrite=True, batch_size=batch_size
+            model="ukis-csmask-6b-l1c",
+            scale=1.0,
+            overwrite=True,
+            batch_size=batch_size or None,
         ),
     )
     return {"runner": result.runner, "factor_note": "model grid = input grid (30 m)"}
@@ -87,16 +91,26 @@ def run_ukis(src: Path, dst: Path) -> dict:
     return {"runner": "ukis-csmask CSmask (onnxruntime default providers, batch 1)"}
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM), in MiB.
+
+    Not ``ru_maxrss``: Linux carries the parent's peak into a child's ``ru_maxrss``
+    across fork and exec, so a child would report at least the parent's memory.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def timed_child(args: list[str]) -> dict:
-    """Run this script in a child process; return its JSON plus wall time and max RSS."""
+    """Run this script in a child process; return its JSON (with peak RSS) and wall time."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    out = subprocess.run(
+        [sys.executable, __file__, *args], stdout=subprocess.PIPE, check=True
+    ).stdout
     seconds = time.perf_counter() - start
-    out = json.loads(proc.stdout.read())
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"child failed: {args}")
-    return out | {"seconds": round(seconds, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+    return json.loads(out) | {"seconds": round(seconds, 2)}
 
 
 def agreement(data: Path, workdir: Path) -> list[dict]:
@@ -141,7 +155,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/segment_cpu.json"))
     parser.add_argument("--size", type=int, default=4096)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=0, help="0: the engine's default")
     parser.add_argument("--run", choices=["ours", "ukis"], help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--dst", type=Path, help=argparse.SUPPRESS)
@@ -152,7 +166,7 @@ def main() -> int:
             if args.run == "ours"
             else run_ukis(args.src, args.dst)
         )
-        print(json.dumps(info))
+        print(json.dumps(info | {"peak_rss_mib": peak_rss_mib()}))
         return 0
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,7 +226,8 @@ def main() -> int:
         "versions": {
             p: metadata.version(p) for p in ("cloudseg", "onnxruntime", "numpy", "ukis-csmask")
         },
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size or "engine default (1 on the CPU)",
+        "gdal_cachemax": os.environ.get("GDAL_CACHEMAX", "engine default (256 MiB)"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

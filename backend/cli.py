@@ -69,6 +69,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         probabilities=args.probabilities,
         stats=args.stats,
         overwrite=args.overwrite,
+        bounds=tuple(args.extent) if args.extent else None,
     )
     with tqdm(
         total=100,
@@ -186,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write class probabilities (uint8 percent) here",
     )
     seg.add_argument("--stats", metavar="PATH", help="also write class statistics as JSON")
+    seg.add_argument(
+        "--extent",
+        nargs=4,
+        type=float,
+        metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
+        help="segment only this extent (in the input's CRS)",
+    )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     seg.add_argument("--json", action="store_true", help="print the result as JSON")
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

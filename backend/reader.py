@@ -84,6 +84,42 @@ class SceneReader:
         self.height = reference.height
         self.bounds = reference.bounds
         self._check_grid()
+        # The whole scene's grid; a crop (see :meth:`crop`) is a window of it.
+        self._scene_transform, self._scene_shape = self.transform, (self.height, self.width)
+        self._row0 = self._col0 = 0
+
+    def crop(self, bounds: tuple[float, float, float, float]) -> None:
+        """Restrict the scene to ``bounds`` (left, bottom, right, top, in its CRS).
+
+        The crop is widened to whole pixels and clipped to the scene; every grid
+        attribute (``transform``, ``width``, ``height``, ``bounds``) then describes it.
+
+        Raises:
+            InputError: If ``bounds`` does not overlap the scene.
+        """
+        from rasterio.windows import from_bounds
+
+        window = from_bounds(*bounds, transform=self._scene_transform)
+        row0, col0 = (
+            max(math.floor(window.row_off + 1e-6), 0),
+            max(math.floor(window.col_off + 1e-6), 0),
+        )
+        row1 = min(math.ceil(window.row_off + window.height - 1e-6), self._scene_shape[0])
+        col1 = min(math.ceil(window.col_off + window.width - 1e-6), self._scene_shape[1])
+        if row1 <= row0 or col1 <= col0:
+            raise InputError(
+                f"the extent {tuple(round(v, 2) for v in bounds)} does not overlap "
+                f"{self.path.name} ({tuple(round(v, 2) for v in self.bounds)})"
+            )
+        from rasterio.coords import BoundingBox
+        from rasterio.windows import Window, transform
+
+        self._row0, self._col0 = row0, col0
+        self.transform = transform(Window(col0, row0, 1, 1), self._scene_transform)
+        self.height, self.width = row1 - row0, col1 - col0
+        left, top = self.transform * (0, 0)
+        right, bottom = self.transform * (self.width, self.height)
+        self.bounds = BoundingBox(left, min(bottom, top), right, max(bottom, top))
 
     # -- grid --------------------------------------------------------------------------
     @property
@@ -154,9 +190,12 @@ class SceneReader:
 
         out_h, out_w = out_shape or (height, width)
         out = np.full((len(bands), out_h, out_w), np.nan, dtype=np.float32)
-        # The part of the window inside the scene, and where it lands in `out`.
-        r0, c0 = max(row_off, 0), max(col_off, 0)
-        r1, c1 = min(row_off + height, self.height), min(col_off + width, self.width)
+        # The part of the window inside the (cropped) scene, in whole-scene pixels, and
+        # where it lands in `out`.
+        row_off, col_off = row_off + self._row0, col_off + self._col0
+        r0, c0 = max(row_off, self._row0), max(col_off, self._col0)
+        r1 = min(row_off + height, self._row0 + self.height)
+        c1 = min(col_off + width, self._col0 + self.width)
         if r1 <= r0 or c1 <= c0:
             return out
         sy, sx = out_h / height, out_w / width
@@ -166,8 +205,8 @@ class SceneReader:
             return out
         part = (o_r1 - o_r0, o_c1 - o_c0)
         shrink = part[0] < (r1 - r0)
-        left, top = self.transform * (c0, r0)
-        right, bottom = self.transform * (c1, r1)
+        left, top = self._scene_transform * (c0, r0)
+        right, bottom = self._scene_transform * (c1, r1)
         # Bands that share a file are read in one call: for a pixel-interleaved file
         # GDAL then decompresses each block once, not once per band.
         by_file: dict[str, list[int]] = {}
@@ -177,7 +216,7 @@ class SceneReader:
             by_file.setdefault(self.sources[band].path, []).append(i)
         for file, positions in by_file.items():
             ds = self._datasets[file]
-            if ds.transform == self.transform or ds.transform.determinant == 0:
+            if ds.transform == self._scene_transform or ds.transform.determinant == 0:
                 window = Window(c0, r0, c1 - c0, r1 - r0)
             else:
                 window = from_bounds(left, bottom, right, top, ds.transform)
@@ -405,3 +444,37 @@ def check_reflectance(reader: SceneReader, bands: list[str]) -> str | None:
             "if the result looks wrong"
         )
     return None
+
+
+def scene_path_from_gdal_source(source: str) -> Path:
+    """The scene cloudseg should read for a GDAL data source string (as QGIS shows it).
+
+    - ``SENTINEL2_L2A:/p/S2..SAFE/MTD_MSIL2A.xml:10m:EPSG_32632`` (GDAL's Sentinel-2
+      subdatasets) and ``.../MTD_MSIL1C.xml`` give the SAFE folder (or its ``.zip``).
+    - A single-band file named like a band (``B04.tif``, ``..._B04_10m.jp2``) whose folder
+      holds other band files gives the folder, so that all bands are used.
+    - Anything else is the file itself.
+
+    Raises:
+        InputError: If the source is not a local file or folder.
+    """
+    text = source.split("|")[0]
+    if text.upper().startswith("SENTINEL2_"):
+        parts = text.split(":")
+        # SENTINEL2_L2A:<path, may hold ':' on Windows>:10m:EPSG_32632
+        text = ":".join(parts[1:-2]) if len(parts) >= 4 else ":".join(parts[1:])
+    if text.startswith("/vsizip/"):
+        zipped = text[len("/vsizip/") :]
+        cut = zipped.lower().find(".zip")
+        if cut >= 0:
+            return Path(zipped[: cut + 4])
+    path = Path(text)
+    if path.name.upper().startswith("MTD_MSI") and path.parent.suffix.upper() == ".SAFE":
+        return path.parent
+    if path.is_file() and band_from_filename(path.stem):
+        siblings = [p for p in path.parent.iterdir() if p != path and band_from_filename(p.stem)]
+        if siblings:
+            return path.parent
+    if not path.exists():
+        raise InputError(f"{source} is not a local file or folder that cloudseg can read")
+    return path

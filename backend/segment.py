@@ -62,6 +62,8 @@ class SegmentOptions:
         probabilities: Also write per-class probabilities (uint8 percent) here.
         stats: Also write per-class pixel counts and percentages as JSON here.
         overwrite: Replace existing outputs.
+        bounds: Segment only this extent, ``(left, bottom, right, top)`` in the input's
+            CRS (widened to whole pixels); the outputs then cover just that extent.
     """
 
     model: str | None = None
@@ -76,6 +78,7 @@ class SegmentOptions:
     probabilities: Path | None = None
     stats: Path | None = None
     overwrite: bool = False
+    bounds: tuple[float, float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.probabilities is not None:
@@ -303,6 +306,8 @@ def segment(
         ) as reader,
         rasterio.Env(GDAL_PAM_ENABLED="NO", **_cache_limit()),
     ):
+        if options.bounds is not None:
+            reader.crop(options.bounds)
         model, reason = _resolve_model(reader, options)
         card = model.card
         logger.info("%s", reason)
@@ -529,3 +534,15 @@ def _describe(classes_ds: Any, probs_ds: Any, card: ModelCard, tags: dict[str, s
         for c in card.classes:
             probs_ds.set_band_description(c.value + 1, f"P({c.name}) %")
         probs_ds.update_tags(**tags, CLOUDSEG_PROBABILITY_SCALE="percent 0-100")
+
+
+def load_classes(path: str | Path) -> list[dict[str, Any]]:
+    """The classes (value, name, color) recorded in a class raster written by :func:`segment`.
+
+    Returns:
+        One dict per class; empty when the raster has no cloudseg class list.
+    """
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return json.loads(ds.tags().get("CLOUDSEG_CLASSES", "[]"))

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,3 +78,39 @@ def import_all() -> Callable[[str], dict[str, list[str]]]:
         return json.loads(out.stdout)
 
     return run
+
+
+CHIP = "oncloudn_l2a/adwp"
+BANDS = ["B02", "B03", "B04", "B08"]
+
+
+@pytest.fixture(scope="session")
+def band_folder(real_data) -> Path:
+    """A real Sentinel-2 L2A chip as a folder of single-band files (B02.tif ...)."""
+    return real_data / CHIP
+
+
+def stack_bands(
+    band_folder: Path, target: Path, order: list[str], describe: bool = True, **profile_changes
+) -> Path:
+    """Write the chip's bands into one multi-band GeoTIFF in ``order``."""
+    import rasterio
+
+    arrays = []
+    for band in order:
+        with rasterio.open(band_folder / f"{band}.tif") as src:
+            arrays.append(src.read(1))
+            profile = src.profile
+    profile.update(count=len(order), **profile_changes)
+    with rasterio.open(target, "w", **profile) as dst:
+        dst.write(np.stack(arrays))
+        if describe:
+            for i, band in enumerate(order, start=1):
+                dst.set_band_description(i, band)
+    return target
+
+
+@pytest.fixture(scope="session")
+def multiband(band_folder, tmp_path_factory) -> Path:
+    """The same chip as one 4-band GeoTIFF whose band descriptions name the bands."""
+    return stack_bands(band_folder, tmp_path_factory.mktemp("mb") / "chip.tif", BANDS)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from qgis.core import QgsProcessingAlgorithm
 
 from .environment import EnvironmentAlgorithm
+from .segment import SegmentAlgorithm
 
 
 def all_algorithms() -> list[QgsProcessingAlgorithm]:
     """Return a fresh instance of every algorithm of the provider."""
-    return [EnvironmentAlgorithm()]
+    return [EnvironmentAlgorithm(), SegmentAlgorithm()]

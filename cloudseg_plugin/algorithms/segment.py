@@ -1,0 +1,353 @@
+"""``cloudseg:segment``: clouds and cloud shadows in a Sentinel-2 raster layer."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsMapLayer,
+    QgsProcessing,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+
+from ...backend.dependencies import REQUIREMENTS
+from ...backend.errors import CloudsegError
+from .. import styling
+from .base import CloudsegAlgorithm
+
+AUTO = "auto"
+DEVICES = ["auto", "cpu", "cuda"]
+LEVELS = [AUTO, "L1C", "L2A"]
+RESOLUTIONS = ["model", "native"]
+WIDGETS = __name__.rsplit(".", 2)[0] + ".widgets"
+# Processing keeps only a C++ pointer to a post-processor and runs each algorithm on a
+# copy that is deleted before results are loaded: the stylers must live here.
+_STYLERS: deque[QgsProcessingLayerPostProcessorInterface] = deque(maxlen=64)
+
+
+def builtin_model_names() -> list[str]:
+    """Names of the built-in models whose weights are installed."""
+    try:
+        from ...backend.registry import builtin_models
+
+        return [m.card.name for m in builtin_models()]
+    except CloudsegError:
+        return []
+
+
+class ResultStyler(QgsProcessingLayerPostProcessorInterface):
+    """Styles a result layer once Processing has loaded it, and files it in the group."""
+
+    def __init__(self, kind: str, classes: list[dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self.kind = kind
+        self.classes = classes or []
+
+    def postProcessLayer(
+        self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> None:
+        """Apply the style for this kind of result (classes, probabilities, polygons)."""
+        if isinstance(layer, QgsRasterLayer) and self.kind == "classes":
+            styling.style_classes(layer)
+        elif isinstance(layer, QgsRasterLayer) and self.kind == "probabilities":
+            styling.style_probabilities(layer)
+        elif isinstance(layer, QgsVectorLayer):
+            styling.style_polygons(layer, self.classes)
+        project = context.project()
+        if project is not None:
+            styling.move_to_group(project, layer, styling.results_group(project))
+
+
+class SegmentAlgorithm(CloudsegAlgorithm):
+    """Segment clouds and cloud shadows with a deep-learning model."""
+
+    requirements = tuple(r for r in REQUIREMENTS if r.module == "onnxruntime")
+
+    INPUT = "INPUT"
+    MODEL = "MODEL"
+    MODEL_FILE = "MODEL_FILE"
+    DEVICE = "DEVICE"
+    BANDS = "BANDS"
+    PRODUCT_LEVEL = "PRODUCT_LEVEL"
+    EXTENT = "EXTENT"
+    TTA = "TTA"
+    RESOLUTION = "RESOLUTION"
+    OUTPUT = "OUTPUT"
+    PROBABILITIES = "PROBABILITIES"
+    VECTOR = "VECTOR"
+    MIN_AREA = "MIN_AREA"
+    CLOUD_PERCENT = "CLOUD_PERCENT"
+    SHADOW_PERCENT = "SHADOW_PERCENT"
+    CLEAR_PERCENT = "CLEAR_PERCENT"
+    MODEL_USED = "MODEL_USED"
+    RUNNER = "RUNNER"
+
+    def name(self) -> str:
+        """Return the stable algorithm name."""
+        return "segment"
+
+    def displayName(self) -> str:
+        """Return the name shown in the toolbox."""
+        return "Segment clouds and cloud shadows"
+
+    def group(self) -> str:
+        """Return the group name."""
+        return "Cloud segmentation"
+
+    def groupId(self) -> str:
+        """Return the stable group id."""
+        return "segmentation"
+
+    def tags(self) -> list[str]:
+        """Search words for the toolbox."""
+        return ["cloud", "shadow", "mask", "sentinel-2", "deep learning", "onnx"]
+
+    def shortHelpString(self) -> str:
+        """Return the help shown beside the dialog."""
+        return """Finds clouds and cloud shadows in a Sentinel-2 scene with a \
+deep-learning model and writes a class raster: 0 clear, 1 cloud, 2 cloud shadow, \
+255 nodata.
+
+<b>Input</b>: a multi-band raster whose band descriptions name the bands (B02, B8A, \
+or blue, nir, swir16...), one band file of a folder of band files (B02.tif, B03.tif... \
+the whole folder is used), or a Sentinel-2 SAFE product opened in QGIS.
+
+<b>Bands</b>: band names in file order, filled in from the layer. Edit them when the \
+file does not name its bands, e.g. B04,B03,B02,B08 for a red-green-blue-NIR stack.
+
+<b>Scaling</b>: digital numbers become reflectance with the SAFE product's \
+quantification and processing-baseline offsets (baseline 04.00 and later subtract \
+1000), otherwise DN / 10000. Floating-point reflectance (0-1) is used as is. Values \
+that do not look like reflectance are warned about in the log.
+
+<b>Product level</b>: L1C (top of atmosphere) or L2A (surface reflectance). Read from \
+SAFE metadata when it can be; the model made for that level is chosen.
+
+<b>Model</b>: auto picks the built-in model that fits the bands and product level \
+best, and says which in the log. A model file (ONNX with an embedded cloudseg card, \
+or a torch checkpoint with its card) overrides it.
+
+<b>Extent</b>: segment only this area (for example the canvas extent).
+
+<b>Device</b>: auto uses a CUDA GPU when one is usable; the log says what ran where.
+
+Outputs: the class raster (styled with the model's class colours; clear is \
+transparent), optionally the cloud probability (percent) and polygons of clouds and \
+shadows larger than the minimum area, and the cloud, shadow and clear percentages."""
+
+    def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
+        """Declare the parameters and outputs."""
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Sentinel-2 raster layer"))
+        model = QgsProcessingParameterEnum(
+            self.MODEL,
+            "Model",
+            options=[AUTO, *builtin_model_names()],
+            defaultValue=AUTO,
+        )
+        model.setUsesStaticStrings(True)
+        self.addParameter(model)
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL_FILE,
+                "Model file (ONNX or torch checkpoint; overrides Model)",
+                optional=True,
+                fileFilter="Models (*.onnx *.pt *.pth *.ckpt)",
+            )
+        )
+        bands = QgsProcessingParameterString(
+            self.BANDS, "Bands, in file order (empty: from the layer)", optional=True
+        )
+        # Named by path so that headless qgis_process never imports the GUI module.
+        bands.setMetadata({"widget_wrapper": {"class": WIDGETS + ".BandsWidgetWrapper"}})
+        self.addParameter(bands)
+        level = QgsProcessingParameterEnum(
+            self.PRODUCT_LEVEL, "Product level", options=LEVELS, defaultValue=AUTO
+        )
+        level.setUsesStaticStrings(True)
+        self.addParameter(level)
+        self.addParameter(
+            QgsProcessingParameterExtent(self.EXTENT, "Segment only this extent", optional=True)
+        )
+        device = QgsProcessingParameterEnum(
+            self.DEVICE, "Device", options=DEVICES, defaultValue="auto"
+        )
+        device.setUsesStaticStrings(True)
+        self.addParameter(device)
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                self.TTA, "Test-time augmentation (flips; 4x slower, smoother)", False
+            )
+        )
+        resolution = QgsProcessingParameterEnum(
+            self.RESOLUTION,
+            "Run at (model: the model's resolution, faster; native: the input's)",
+            options=RESOLUTIONS,
+            defaultValue="model",
+        )
+        resolution.setUsesStaticStrings(True)
+        resolution.setFlags(resolution.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(resolution)
+        min_area = QgsProcessingParameterNumber(
+            self.MIN_AREA,
+            "Smallest polygon kept (m²)",
+            QgsProcessingParameterNumber.Double,
+            defaultValue=1000.0,
+            minValue=0.0,
+        )
+        self.addParameter(min_area)
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Cloud mask"))
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                self.PROBABILITIES,
+                "Class probabilities (percent)",
+                optional=True,
+                createByDefault=False,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterVectorDestination(
+                self.VECTOR,
+                "Cloud and shadow polygons",
+                QgsProcessing.TypeVectorPolygon,
+                optional=True,
+                createByDefault=False,
+            )
+        )
+        for key, label in (
+            (self.CLOUD_PERCENT, "Cloud (% of valid pixels)"),
+            (self.SHADOW_PERCENT, "Cloud shadow (% of valid pixels)"),
+            (self.CLEAR_PERCENT, "Clear (% of valid pixels)"),
+        ):
+            self.addOutput(QgsProcessingOutputNumber(key, label))
+        self.addOutput(QgsProcessingOutputString(self.MODEL_USED, "Model used"))
+        self.addOutput(QgsProcessingOutputString(self.RUNNER, "What ran where"))
+
+    def processAlgorithm(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
+        """Run the backend engine with Processing's progress and cancel."""
+        self.require_dependencies()
+        from ...backend.reader import scene_path_from_gdal_source
+        from ...backend.segment import SegmentOptions, segment
+        from ...backend.vectorize import polygonize
+
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None:
+            raise QgsProcessingException("no input raster layer given")
+        model_file = self.parameterAsFile(parameters, self.MODEL_FILE, context)
+        model = model_file or self.parameterAsEnumString(parameters, self.MODEL, context)
+        level = self.parameterAsEnumString(parameters, self.PRODUCT_LEVEL, context)
+        bands_text = self.parameterAsString(parameters, self.BANDS, context).strip()
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        probabilities = self.parameterAsOutputLayer(parameters, self.PROBABILITIES, context)
+        vector = self.parameterAsOutputLayer(parameters, self.VECTOR, context)
+        bounds = None
+        if parameters.get(self.EXTENT):
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+            if not extent.isNull() and not extent.isEmpty():
+                bounds = (
+                    extent.xMinimum(),
+                    extent.yMinimum(),
+                    extent.xMaximum(),
+                    extent.yMaximum(),
+                )
+        try:
+            from ...backend.bands import parse_band_list
+
+            source = scene_path_from_gdal_source(layer.source())
+            options = SegmentOptions(
+                model=None if model == AUTO else model,
+                bands=parse_band_list(bands_text) if bands_text else None,
+                product_level=None if level == AUTO else level,
+                device=self.parameterAsEnumString(parameters, self.DEVICE, context),
+                tta=self.parameterAsBool(parameters, self.TTA, context),
+                resolution=self.parameterAsEnumString(parameters, self.RESOLUTION, context),
+                probabilities=Path(probabilities) if probabilities else None,
+                overwrite=True,  # the destination widget has already asked
+                bounds=bounds,
+            )
+            feedback.pushInfo(f"Input: {source}")
+            span = 90.0 if vector else 100.0
+            result = segment(
+                source,
+                output,
+                options,
+                progress=lambda percent, message: _progress(
+                    feedback, percent * span / 100, message
+                ),
+                cancelled=feedback.isCanceled,
+            )
+            feedback.pushInfo(f"{result.model_reason}; ran on {result.runner}")
+            for warning in result.warnings:
+                feedback.reportError(warning, fatalError=False)
+            if vector:
+                counts = polygonize(
+                    output,
+                    vector,
+                    min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+                    overwrite=True,
+                )
+                feedback.pushInfo(f"Polygons: {counts}")
+        except CloudsegError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+
+        self._style_on_load(context, output, probabilities, vector)
+        percent = result.class_percent
+        feedback.pushInfo(
+            f"Cloud {percent.get('cloud', 0):.2f} %, "
+            f"shadow {percent.get('cloud shadow', 0):.2f} %, "
+            f"clear {percent.get('clear', 0):.2f} % in {result.seconds:.1f} s"
+        )
+        results: dict[str, Any] = {
+            self.OUTPUT: output,
+            self.CLOUD_PERCENT: percent.get("cloud", 0.0),
+            self.SHADOW_PERCENT: percent.get("cloud shadow", 0.0),
+            self.CLEAR_PERCENT: percent.get("clear", 0.0),
+            self.MODEL_USED: result.model,
+            self.RUNNER: result.runner,
+        }
+        if probabilities:
+            results[self.PROBABILITIES] = probabilities
+        if vector:
+            results[self.VECTOR] = vector
+        return results
+
+    def _style_on_load(
+        self, context: QgsProcessingContext, output: str, probabilities: str, vector: str
+    ) -> None:
+        """Have Processing style each result it loads into the project."""
+        from ...backend.segment import load_classes
+
+        classes = load_classes(output)
+        for path, kind in ((output, "classes"), (probabilities, "probabilities"), (vector, "")):
+            if path and context.willLoadLayerOnCompletion(path):
+                styler = ResultStyler(kind or "polygons", classes)
+                _STYLERS.append(styler)
+                context.layerToLoadOnCompletionDetails(path).setPostProcessor(styler)
+
+
+def _progress(feedback: QgsProcessingFeedback, percent: float, message: str) -> None:
+    feedback.setProgress(percent)
+    feedback.setProgressText(message)

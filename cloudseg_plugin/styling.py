@@ -1,0 +1,171 @@
+"""Style cloudseg results as analysts expect them, and put them in one layer group.
+
+Everything is read from the result files themselves (the ``CLOUDSEG_*`` tags the
+engine writes), so a mask made by the CLI and opened later is styled the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsCategorizedSymbolRenderer,
+    QgsColorRampShader,
+    QgsFillSymbol,
+    QgsLayerMetadata,
+    QgsLayerTreeGroup,
+    QgsMapLayer,
+    QgsPalettedRasterRenderer,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRasterShader,
+    QgsRendererCategory,
+    QgsSingleBandPseudoColorRenderer,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtGui import QColor
+
+GROUP_NAME = "Cloud segmentation"
+CLEAR = "clear"
+PROBABILITY_CLASS = "cloud"
+
+
+def cloudseg_tags(layer: QgsRasterLayer) -> dict[str, str]:
+    """The ``CLOUDSEG_*`` metadata tags of a raster layer's file (empty if none)."""
+    from osgeo import gdal
+
+    dataset = gdal.Open(layer.source())
+    if dataset is None:
+        return {}
+    return {k: v for k, v in (dataset.GetMetadata() or {}).items() if k.startswith("CLOUDSEG_")}
+
+
+def _classes(tags: dict[str, str]) -> list[dict[str, Any]]:
+    return json.loads(tags.get("CLOUDSEG_CLASSES", "[]"))
+
+
+def _color(text: str, alpha: int | None = None) -> QColor:
+    text = text.lstrip("#")
+    color = QColor(f"#{text[:6]}")
+    color.setAlpha(alpha if alpha is not None else int(text[6:8], 16) if len(text) == 8 else 255)
+    return color
+
+
+def describe(layer: QgsMapLayer, tags: dict[str, str], what: str) -> None:
+    """Set the layer's metadata: which model made it, how, and when."""
+    metadata = QgsLayerMetadata()
+    metadata.setTitle(f"{what} by {tags.get('CLOUDSEG_MODEL', 'cloudseg')}")
+    metadata.setAbstract(
+        "\n".join(f"{key[len('CLOUDSEG_') :].lower()}: {value}" for key, value in tags.items())
+    )
+    metadata.setKeywords({"cloudseg": ["cloud", "cloud shadow", tags.get("CLOUDSEG_MODEL", "")]})
+    layer.setMetadata(metadata)
+
+
+def style_classes(layer: QgsRasterLayer, tags: dict[str, str] | None = None) -> None:
+    """Paletted renderer with the card's class names and colours; clear is transparent."""
+    tags = tags if tags is not None else cloudseg_tags(layer)
+    classes = [
+        QgsPalettedRasterRenderer.Class(
+            int(c["value"]), _color(c["color"], 0 if c["name"] == CLEAR else None), c["name"]
+        )
+        for c in _classes(tags)
+    ]
+    layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes))
+    describe(layer, tags, "Cloud mask")
+    layer.triggerRepaint()
+
+
+def style_probabilities(layer: QgsRasterLayer, tags: dict[str, str] | None = None) -> None:
+    """Pseudocolor ramp on the cloud probability band (percent, 0-100)."""
+    tags = tags if tags is not None else cloudseg_tags(layer)
+    band = next((int(c["value"]) + 1 for c in _classes(tags) if c["name"] == PROBABILITY_CLASS), 1)
+    ramp = QgsColorRampShader(0, 100)
+    ramp.setColorRampType(QgsColorRampShader.Interpolated)
+    ramp.setColorRampItemList(
+        [
+            QgsColorRampShader.ColorRampItem(0, QColor(0, 0, 0, 0), "0 %"),
+            QgsColorRampShader.ColorRampItem(50, QColor(255, 200, 0, 160), "50 %"),
+            QgsColorRampShader.ColorRampItem(100, QColor(0, 229, 255, 230), "100 %"),
+        ]
+    )
+    shader = QgsRasterShader()
+    shader.setRasterShaderFunction(ramp)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), band, shader)
+    renderer.setClassificationMin(0)
+    renderer.setClassificationMax(100)
+    layer.setRenderer(renderer)
+    describe(layer, tags, f"P({PROBABILITY_CLASS}) %")
+    layer.triggerRepaint()
+
+
+def style_polygons(layer: QgsVectorLayer, classes: list[dict[str, Any]]) -> None:
+    """Categorized fill by class name: outlines in the class colour over a light fill."""
+    categories = []
+    for c in classes:
+        if c["name"] == CLEAR:
+            continue
+        symbol = QgsFillSymbol.createSimple(
+            {
+                "color": _color(c["color"], 60).name(QColor.HexArgb),
+                "outline_color": _color(c["color"], 255).name(),
+                "outline_width": "0.4",
+            }
+        )
+        categories.append(QgsRendererCategory(c["name"], symbol, c["name"]))
+    layer.setRenderer(QgsCategorizedSymbolRenderer("name", categories))
+    layer.triggerRepaint()
+
+
+def results_group(project: QgsProject, name: str = GROUP_NAME) -> QgsLayerTreeGroup:
+    """The project's layer group for cloudseg results (created on top if missing)."""
+    root = project.layerTreeRoot()
+    return root.findGroup(name) or root.insertGroup(0, name)
+
+
+def move_to_group(project: QgsProject, layer: QgsMapLayer, group: QgsLayerTreeGroup) -> None:
+    """Move a layer already in the project into ``group`` (on top)."""
+    root = project.layerTreeRoot()
+    node = root.findLayer(layer.id())
+    if node is None:  # in the project but not in the layer tree
+        group.insertLayer(0, layer)
+        return
+    if node.parent() is group:
+        return
+    clone = node.clone()
+    group.insertChildNode(0, clone)
+    node.parent().removeChildNode(node)
+
+
+def add_results(
+    project: QgsProject,
+    mask: Path,
+    probabilities: Path | None = None,
+    polygons: Path | None = None,
+    name: str = "clouds",
+) -> list[QgsMapLayer]:
+    """Load a run's outputs as styled layers in a sub-group of the results group.
+
+    Returns:
+        The layers added (mask first).
+    """
+    mask_layer = QgsRasterLayer(str(mask), f"{name} mask")
+    tags = cloudseg_tags(mask_layer)
+    style_classes(mask_layer, tags)
+    layers: list[QgsMapLayer] = [mask_layer]
+    if probabilities is not None:
+        probs = QgsRasterLayer(str(probabilities), f"{name} cloud probability")
+        style_probabilities(probs, tags)
+        layers.append(probs)
+    if polygons is not None:
+        vector = QgsVectorLayer(str(polygons), f"{name} polygons", "ogr")
+        style_polygons(vector, _classes(tags))
+        describe(vector, tags, "Cloud and shadow polygons")
+        layers.append(vector)
+    group = results_group(project).insertGroup(0, name)
+    for layer in reversed(layers):  # polygons on top, mask at the bottom
+        project.addMapLayer(layer, False)
+        group.addLayer(layer)
+    return layers

@@ -1,0 +1,142 @@
+"""cloudseg:segment through Processing: masks, percentages, styled layers, errors."""
+
+import numpy as np
+import processing
+import pytest
+import rasterio
+from qgis.core import (
+    QgsCategorizedSymbolRenderer,
+    QgsPalettedRasterRenderer,
+    QgsProcessingException,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsSingleBandPseudoColorRenderer,
+    QgsVectorLayer,
+)
+
+from cloudseg.backend.segment import NODATA, SegmentOptions, segment
+
+L2A = "ukis-csmask-4b-l2a"
+
+
+@pytest.fixture
+def chip_layer(multiband):
+    layer = QgsRasterLayer(str(multiband), "chip")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    yield layer
+    QgsProject.instance().removeAllMapLayers()
+    QgsProject.instance().layerTreeRoot().removeAllChildren()
+
+
+def test_algorithm_writes_the_engines_mask_and_percentages(plugin, chip_layer, multiband, tmp_path):
+    reference = tmp_path / "reference.tif"
+    expected = segment(multiband, reference, SegmentOptions(product_level="L2A"))
+
+    out = tmp_path / "mask.tif"
+    result = processing.run(
+        "cloudseg:segment", {"INPUT": chip_layer, "PRODUCT_LEVEL": "L2A", "OUTPUT": str(out)}
+    )
+    with rasterio.open(out) as got, rasterio.open(reference) as want:
+        np.testing.assert_array_equal(got.read(1), want.read(1))
+        assert got.tags()["CLOUDSEG_MODEL"] == L2A
+    assert result["MODEL_USED"] == L2A
+    assert result["CLOUD_PERCENT"] == pytest.approx(expected.class_percent["cloud"])
+    assert result["SHADOW_PERCENT"] == pytest.approx(expected.class_percent["cloud shadow"])
+    assert result["CLEAR_PERCENT"] == pytest.approx(expected.class_percent["clear"])
+    total = result["CLOUD_PERCENT"] + result["SHADOW_PERCENT"] + result["CLEAR_PERCENT"]
+    assert total == pytest.approx(100, abs=0.01)
+    assert 0 < result["CLOUD_PERCENT"] < 100
+
+
+def test_results_load_as_styled_layers_in_a_group(plugin, chip_layer, tmp_path):
+    result = processing.runAndLoadResults(
+        "cloudseg:segment",
+        {
+            "INPUT": chip_layer,
+            "PRODUCT_LEVEL": "L2A",
+            "OUTPUT": str(tmp_path / "mask.tif"),
+            "PROBABILITIES": str(tmp_path / "probs.tif"),
+            "VECTOR": str(tmp_path / "polygons.gpkg"),
+            "MIN_AREA": 2000,
+        },
+    )
+    project = QgsProject.instance()
+    group = project.layerTreeRoot().findGroup("Cloud segmentation")
+    assert group is not None
+    layers = {node.layer().source().split("|")[0]: node.layer() for node in group.findLayers()}
+    mask = layers[result["OUTPUT"]]
+    renderer = mask.renderer()
+    assert isinstance(renderer, QgsPalettedRasterRenderer)
+    classes = {c.value: (c.label, c.color.name(), c.color.alpha()) for c in renderer.classes()}
+    assert classes == {
+        0: ("clear", "#2e7d32", 0),
+        1: ("cloud", "#00e5ff", 255),
+        2: ("cloud shadow", "#7b1fa2", 255),
+    }
+    assert L2A in mask.metadata().title()
+    assert "sha256" in mask.metadata().abstract()
+
+    probs = layers[result["PROBABILITIES"]]
+    assert isinstance(probs.renderer(), QgsSingleBandPseudoColorRenderer)
+    assert probs.renderer().band() == 2  # P(cloud)
+
+    polygons = layers[result["VECTOR"]]
+    assert isinstance(polygons, QgsVectorLayer)
+    assert isinstance(polygons.renderer(), QgsCategorizedSymbolRenderer)
+    names = {f["name"] for f in polygons.getFeatures()}
+    assert names <= {"cloud", "cloud shadow"} and "cloud" in names
+    assert min(f["area_m2"] for f in polygons.getFeatures()) >= 2000
+
+
+def test_polygons_cover_the_cloud_pixels(plugin, chip_layer, tmp_path):
+    result = processing.run(
+        "cloudseg:segment",
+        {
+            "INPUT": chip_layer,
+            "PRODUCT_LEVEL": "L2A",
+            "OUTPUT": str(tmp_path / "mask.tif"),
+            "VECTOR": str(tmp_path / "polygons.gpkg"),
+            "MIN_AREA": 0,
+        },
+    )
+    with rasterio.open(result["OUTPUT"]) as ds:
+        mask = ds.read(1)
+        pixel_area = abs(ds.transform.a * ds.transform.e)
+    polygons = QgsVectorLayer(result["VECTOR"], "p", "ogr")
+    cloud_area = sum(f["area_m2"] for f in polygons.getFeatures() if f["name"] == "cloud")
+    assert cloud_area == pytest.approx((mask == 1).sum() * pixel_area)
+
+
+def test_extent_segments_only_that_area(plugin, chip_layer, tmp_path):
+    full = chip_layer.extent()
+    part = QgsRectangle(
+        full.xMinimum(),
+        full.yMinimum() + full.height() / 2,
+        full.xMinimum() + full.width() / 2,
+        full.yMaximum(),
+    )
+    result = processing.run(
+        "cloudseg:segment",
+        {
+            "INPUT": chip_layer,
+            "PRODUCT_LEVEL": "L2A",
+            "EXTENT": part,
+            "OUTPUT": str(tmp_path / "mask.tif"),
+        },
+    )
+    with rasterio.open(result["OUTPUT"]) as ds:
+        assert (ds.width, ds.height) == (chip_layer.width() // 2, chip_layer.height() // 2)
+        assert ds.bounds.left == pytest.approx(part.xMinimum())
+        assert ds.bounds.top == pytest.approx(part.yMaximum())
+        assert (ds.read(1) != NODATA).all()
+
+
+def test_backend_errors_become_processing_exceptions(plugin, chip_layer, tmp_path):
+    with pytest.raises(QgsProcessingException, match=r"needs band.*B11"):
+        processing.run(
+            "cloudseg:segment",
+            {"INPUT": chip_layer, "MODEL": "ukis-csmask-6b-l2a", "OUTPUT": str(tmp_path / "m.tif")},
+        )
+    assert list(tmp_path.iterdir()) == []

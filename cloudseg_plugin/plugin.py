@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from qgis.core import Qgis, QgsApplication, QgsMessageLog
+from qgis.core import Qgis, QgsApplication, QgsMapLayer, QgsMapLayerType, QgsMessageLog
+from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import QAction
 
 from ..backend.dependencies import REQUIREMENTS, Requirement, install_hint, missing_requirements
@@ -27,6 +28,10 @@ class CloudSegPlugin:
         self.iface = iface
         self.provider: CloudSegProvider | None = None
         self.actions: list[QAction] = []
+        self.layer_action: QAction | None = None
+        self.panel_action: QAction | None = None
+        self.dock: Any = None
+        self.dialog: Any = None
         self._log_handler: logging.Handler | None = None
 
     # -- Processing --------------------------------------------------------------
@@ -47,12 +52,43 @@ class CloudSegPlugin:
         action.triggered.connect(self._open_environment_dialog)
         self.iface.addPluginToRasterMenu(MENU, action)
         self.actions.append(action)
+
+        panel = QAction(icon(), "Cloud segmentation panel", self.iface.mainWindow())
+        panel.setObjectName("cloudsegShowPanel")
+        panel.setCheckable(True)
+        panel.toggled.connect(self._toggle_dock)
+        self.iface.addPluginToRasterMenu(MENU, panel)
+        self.iface.addToolBarIcon(panel)
+        self.actions.append(panel)
+        self.panel_action = panel
+
+        # Layers panel, right-click on a raster layer (QGIS offers it for rasters only).
+        self.layer_action = QAction(icon(), "Segment clouds...", self.iface.mainWindow())
+        self.layer_action.setObjectName("cloudsegSegmentLayer")
+        self.layer_action.triggered.connect(lambda: self.open_segment_dialog())
+        self.iface.addCustomActionForLayerType(
+            self.layer_action, "", QgsMapLayerType.RasterLayer, True
+        )
         self.report_missing_dependencies()
 
     def unload(self) -> None:
         """Remove the provider, actions and log handler that this plugin added."""
+        if self.layer_action is not None:
+            self.iface.removeCustomActionForLayerType(self.layer_action)
+            self.layer_action.deleteLater()
+            self.layer_action = None
+        if self.dock is not None:
+            if self.dock.task is not None:
+                self.dock.task.cancel()
+            self.iface.removeDockWidget(self.dock)
+            self.dock.deleteLater()
+            self.dock = None
+        if self.dialog is not None:
+            self.dialog.close()
+            self.dialog = None
         for action in self.actions:
             self.iface.removePluginRasterMenu(MENU, action)
+            self.iface.removeToolBarIcon(action)
             action.deleteLater()
         self.actions.clear()
         if self.provider is not None:
@@ -86,3 +122,32 @@ class CloudSegPlugin:
         import processing
 
         processing.execAlgorithmDialog(f"{PROVIDER_ID}:environment", {})
+
+    def open_segment_dialog(self, layer: QgsMapLayer | None = None) -> Any:
+        """Open the cloudseg:segment dialog for ``layer`` (default: the active layer).
+
+        Returns:
+            The dialog, or None (with a message) when the layer is not a raster.
+        """
+        import processing
+
+        layer = layer or self.iface.activeLayer()
+        if layer is None or layer.type() != QgsMapLayerType.RasterLayer:
+            self.iface.messageBar().pushMessage(
+                "cloudseg", "Segment clouds needs a raster layer", Qgis.Warning, 5
+            )
+            return None
+        self.dialog = processing.createAlgorithmDialog(
+            f"{PROVIDER_ID}:segment", {"INPUT": layer.id()}
+        )
+        self.dialog.show()
+        return self.dialog
+
+    def _toggle_dock(self, visible: bool) -> None:
+        if self.dock is None:
+            from .dock import CloudSegDock
+
+            self.dock = CloudSegDock(self.iface, self.iface.mainWindow())
+            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+            self.dock.visibilityChanged.connect(self.panel_action.setChecked)
+        self.dock.setVisible(visible)

@@ -24,8 +24,13 @@ def test_init_gui_registers_provider_and_actions(plugin, qgis_iface):
     assert provider is not None
     assert provider.name() == "Cloud segmentation (cloudseg)"
     assert not provider.icon().isNull()
-    assert "cloudseg:environment" in [a.id() for a in provider.algorithms()]
-    assert [a.objectName() for a in cloudseg_actions(qgis_iface)] == ["cloudsegCheckEnvironment"]
+    ids = [a.id() for a in provider.algorithms()]
+    assert "cloudseg:environment" in ids and "cloudseg:segment" in ids
+    assert sorted(a.objectName() for a in cloudseg_actions(qgis_iface)) == [
+        "cloudsegCheckEnvironment",
+        "cloudsegSegmentLayer",
+        "cloudsegShowPanel",
+    ]
 
 
 def test_unload_leaves_nothing_behind(qgis_iface, qgis_processing):

@@ -51,3 +51,37 @@ def test_qgis_process_lists_and_runs_the_cloudseg_provider(qgis_process_env, tmp
     assert results["DEVICE"] in {"cpu", "cuda"}
     assert results["MISSING"] == ""
     assert json.loads(report.read_text())["device"] == results["DEVICE"]
+
+
+def test_qgis_process_segments_a_real_chip(qgis_process_env, multiband, tmp_path):
+    assert qgis_process("plugins", "enable", "cloudseg", env=qgis_process_env).returncode == 0
+    out = tmp_path / "mask.tif"
+    run = qgis_process(
+        "--json",
+        "run",
+        "cloudseg:segment",
+        "--",
+        f"INPUT={multiband}",
+        "PRODUCT_LEVEL=L2A",
+        f"OUTPUT={out}",
+        env=qgis_process_env,
+    )
+    assert run.returncode == 0, run.stderr
+    results = json.loads(run.stdout)["results"]
+    assert results["OUTPUT"] == str(out) and out.is_file()
+    assert results["MODEL_USED"] == "ukis-csmask-4b-l2a"
+    total = results["CLOUD_PERCENT"] + results["SHADOW_PERCENT"] + results["CLEAR_PERCENT"]
+    assert total == pytest.approx(100, abs=0.01)
+
+    failed = qgis_process(
+        "run",
+        "cloudseg:segment",
+        "--",
+        f"INPUT={multiband}",
+        "MODEL=ukis-csmask-6b-l2a",
+        f"OUTPUT={tmp_path / 'other.tif'}",
+        env=qgis_process_env,
+    )
+    assert failed.returncode != 0
+    assert "needs band(s) B11, B12" in failed.stdout + failed.stderr
+    assert not (tmp_path / "other.tif").exists()

@@ -1,0 +1,374 @@
+"""The "Cloud segmentation" dock: pick a model, see the device, segment the active layer.
+
+The run happens in a :class:`SegmentTask` (a QgsTask) so QGIS stays responsive; the
+task reports progress and can be cancelled, and a cancelled or failed run leaves no
+file and no layer behind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsMapLayer,
+    QgsMessageLog,
+    QgsProject,
+    QgsRasterLayer,
+    QgsTask,
+)
+from qgis.gui import QgsFileWidget
+from qgis.PyQt.QtCore import QSettings, Qt
+from qgis.PyQt.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDockWidget,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..backend.errors import CancelledError, CloudsegError
+from . import logbridge, styling
+
+AUTO_LABEL = "auto (best for the layer's bands and level)"
+SETTINGS_OUTPUT_DIR = "cloudseg/output_dir"
+
+
+@dataclass
+class RunRequest:
+    """One segmentation run asked for from the dock."""
+
+    layer_name: str
+    source: Path
+    output_dir: Path
+    model: str | None = None
+    product_level: str | None = None
+    tta: bool = False
+    probabilities: bool = False
+    polygons: bool = False
+
+    def paths(self, stamp: str) -> dict[str, Path | None]:
+        """Output paths for this run, unique by time stamp."""
+        stem = f"{_safe_name(self.layer_name)}_{stamp}"
+        return {
+            "mask": self.output_dir / f"{stem}_mask.tif",
+            "probabilities": (
+                self.output_dir / f"{stem}_probabilities.tif" if self.probabilities else None
+            ),
+            "polygons": self.output_dir / f"{stem}_polygons.gpkg" if self.polygons else None,
+        }
+
+
+@dataclass
+class RunRecord:
+    """What the recent-runs list shows for one run."""
+
+    layer_name: str
+    status: str
+    model: str = ""
+    seconds: float = 0.0
+    cloud_percent: float | None = None
+    outputs: dict[str, Path | None] = field(default_factory=dict)
+    message: str = ""
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:60] or "layer"
+
+
+class SegmentTask(QgsTask):
+    """Runs the backend engine in a QGIS worker thread."""
+
+    def __init__(self, request: RunRequest, on_done: Callable[[SegmentTask], None]) -> None:
+        super().__init__(f"Segment clouds in {request.layer_name}", QgsTask.CanCancel)
+        self.request = request
+        self.on_done = on_done
+        self.outputs = request.paths(dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
+        self.result: Any = None
+        self.error = ""
+
+    def run(self) -> bool:
+        """Segment (and polygonize); runs off the UI thread. Returns success."""
+        from ..backend.segment import SegmentOptions, segment
+        from ..backend.vectorize import polygonize
+
+        outputs = self.outputs
+        try:
+            share = 90.0 if outputs["polygons"] else 100.0
+            self.result = segment(
+                self.request.source,
+                outputs["mask"],
+                SegmentOptions(
+                    model=self.request.model,
+                    product_level=self.request.product_level,
+                    tta=self.request.tta,
+                    probabilities=outputs["probabilities"],
+                ),
+                progress=lambda percent, message: self.setProgress(percent * share / 100),
+                cancelled=self.isCanceled,
+            )
+            if outputs["polygons"] is not None:
+                if self.isCanceled():
+                    raise CancelledError("cancelled")
+                polygonize(outputs["mask"], outputs["polygons"])
+            return True
+        except CancelledError:
+            self._remove_outputs()
+            return False
+        except CloudsegError as exc:
+            self.error = str(exc)
+            self._remove_outputs()
+            return False
+        except Exception as exc:  # report anything else instead of losing it in a thread
+            self.error = f"unexpected error: {exc}"
+            self._remove_outputs()
+            return False
+
+    def _remove_outputs(self) -> None:
+        for path in self.outputs.values():
+            if path is not None and path.exists():
+                path.unlink()
+
+    def finished(self, ok: bool) -> None:
+        """Back on the UI thread: hand the outcome to the dock."""
+        self.on_done(self)
+
+
+class CloudSegDock(QDockWidget):
+    """Model picker, device line, Run/Cancel with progress, and recent runs."""
+
+    def __init__(self, iface: Any, parent: QWidget | None = None) -> None:
+        super().__init__("Cloud segmentation", parent)
+        self.setObjectName("cloudsegDock")
+        self.iface = iface
+        self.task: SegmentTask | None = None
+        self.runs: list[RunRecord] = []
+        self._models = self._load_models()
+
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        form = QFormLayout()
+        self.model_combo = QComboBox()
+        self.model_combo.addItem(AUTO_LABEL, None)
+        for name in self._models:
+            self.model_combo.addItem(name, name)
+        self.model_combo.currentIndexChanged.connect(self._show_card)
+        form.addRow("Model", self.model_combo)
+        self.level_combo = QComboBox()
+        self.level_combo.addItem("auto (from metadata, else L1C)", None)
+        self.level_combo.addItem("L1C (top of atmosphere)", "L1C")
+        self.level_combo.addItem("L2A (surface reflectance)", "L2A")
+        form.addRow("Product level", self.level_combo)
+        self.device_label = QLabel("checking the device...")
+        self.device_label.setWordWrap(True)
+        form.addRow("Device", self.device_label)
+        self.output_dir = QgsFileWidget()
+        self.output_dir.setStorageMode(QgsFileWidget.GetDirectory)
+        self.output_dir.setFilePath(
+            QSettings().value(SETTINGS_OUTPUT_DIR, str(Path.home() / "cloudseg"))
+        )
+        form.addRow("Output folder", self.output_dir)
+        layout.addLayout(form)
+
+        self.card_view = QTextBrowser()
+        self.card_view.setMaximumHeight(170)
+        layout.addWidget(self.card_view)
+
+        options = QHBoxLayout()
+        self.tta_check = QCheckBox("TTA")
+        self.tta_check.setToolTip("Average flips and a rotation: 4x slower, smoother")
+        self.probabilities_check = QCheckBox("Probabilities")
+        self.polygons_check = QCheckBox("Polygons")
+        for widget in (self.tta_check, self.probabilities_check, self.polygons_check):
+            options.addWidget(widget)
+        layout.addLayout(options)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run on active layer")
+        self.run_button.clicked.connect(self.run_active_layer)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status_label)
+
+        layout.addWidget(QLabel("Recent runs"))
+        self.runs_table = QTableWidget(0, 5)
+        self.runs_table.setHorizontalHeaderLabels(["Layer", "Status", "Model", "Cloud %", "s"])
+        self.runs_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.runs_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        layout.addWidget(self.runs_table)
+        self.setWidget(body)
+        self._show_card()
+        self._check_device()
+
+    # -- models and device --------------------------------------------------------------
+    @staticmethod
+    def _load_models() -> dict[str, Any]:
+        try:
+            from ..backend.registry import builtin_models
+
+            return {m.card.name: m.card for m in builtin_models()}
+        except CloudsegError:
+            return {}
+
+    def _show_card(self) -> None:
+        name = self.model_combo.currentData()
+        if name is None:
+            names = ", ".join(self._models) or "none installed"
+            self.card_view.setHtml(
+                "<p>Picks the built-in model made for the layer's product level that uses "
+                f"the most of its bands, and says which in the log.</p><p>Built in: {names}</p>"
+            )
+            return
+        card = self._models[name]
+        swatches = "".join(
+            f'<span style="background:{c.color[:7]}">&nbsp;&nbsp;&nbsp;</span> '
+            f"{c.value} {html.escape(c.name)}<br>"
+            for c in card.classes
+        )
+        self.card_view.setHtml(
+            f"<b>{html.escape(card.name)}</b> {html.escape(card.version)}<br>"
+            f"{html.escape(card.description)}<br>"
+            f"Bands: {', '.join(card.bands)}<br>Level: {card.product_level}, "
+            f"resolution {card.resolution_m:g} m, tiles {card.tile_size} px<br>"
+            f"Classes:<br>{swatches}License: {html.escape(card.license)}"
+        )
+
+    def _check_device(self) -> None:
+        """Find the device in a task: it imports torch, which takes a second or two."""
+        from ..backend.environment import environment_report
+
+        def report(_task: QgsTask) -> Any:
+            return environment_report()
+
+        def done(exception: Exception | None, result: Any = None) -> None:
+            if exception is not None or result is None:
+                self.device_label.setText(f"unknown ({exception})")
+                return
+            if result.device == "cuda" and result.gpus:
+                text = f"GPU: {result.gpus[0].name} (CUDA {result.torch_cuda_version})"
+            else:
+                text = f"CPU only: {result.device_reason}"
+            self.device_label.setText(text)
+
+        self._device_task = QgsTask.fromFunction("cloudseg: check device", report, on_finished=done)
+        QgsApplication.taskManager().addTask(self._device_task)
+
+    # -- running --------------------------------------------------------------------------
+    def run_active_layer(self) -> SegmentTask | None:
+        """Start a run on the active raster layer; returns its task (None if refused)."""
+        from ..backend.reader import scene_path_from_gdal_source
+
+        layer = self.iface.activeLayer()
+        if self.task is not None:
+            self._say("a run is already going; cancel it or wait", Qgis.Warning)
+            return None
+        if not isinstance(layer, QgsRasterLayer) or layer.type() != QgsMapLayer.RasterLayer:
+            self._say("select a Sentinel-2 raster layer in the Layers panel first", Qgis.Warning)
+            return None
+        folder = Path(self.output_dir.filePath() or Path.home() / "cloudseg").expanduser()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            source = scene_path_from_gdal_source(layer.source())
+        except (OSError, CloudsegError) as exc:
+            self._say(str(exc), Qgis.Critical)
+            return None
+        QSettings().setValue(SETTINGS_OUTPUT_DIR, str(folder))
+        request = RunRequest(
+            layer_name=layer.name(),
+            source=source,
+            output_dir=folder,
+            model=self.model_combo.currentData(),
+            product_level=self.level_combo.currentData(),
+            tta=self.tta_check.isChecked(),
+            probabilities=self.probabilities_check.isChecked(),
+            polygons=self.polygons_check.isChecked(),
+        )
+        self.task = SegmentTask(request, self._task_done)
+        self.task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setValue(0)
+        self.status_label.setText(f"segmenting {layer.name()}...")
+        QgsApplication.taskManager().addTask(self.task)
+        return self.task
+
+    def cancel(self) -> None:
+        """Cancel the running task (its outputs are removed)."""
+        if self.task is not None:
+            self.task.cancel()
+            self.status_label.setText("cancelling...")
+
+    def _task_done(self, task: SegmentTask) -> None:
+        self.task = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        name = task.request.layer_name
+        if task.result is not None and not task.isCanceled():
+            result = task.result
+            styling.add_results(
+                QgsProject.instance(),
+                task.outputs["mask"],
+                task.outputs["probabilities"],
+                task.outputs["polygons"],
+                name=f"{name} ({result.model})",
+            )
+            cloud = result.class_percent.get("cloud", 0.0)
+            record = RunRecord(
+                name, "done", result.model, result.seconds, cloud, task.outputs, result.runner
+            )
+            self.progress.setValue(100)
+            self._say(
+                f"{name}: {cloud:.1f} % cloud in {result.seconds:.1f} s on {result.runner}",
+                Qgis.Info,
+            )
+        elif task.error:
+            record = RunRecord(name, "failed", message=task.error)
+            self._say(f"{name}: {task.error}", Qgis.Critical)
+        else:
+            record = RunRecord(name, "cancelled", message="cancelled; nothing was written")
+            self._say(f"{name}: cancelled; nothing was written", Qgis.Info)
+        self.runs.insert(0, record)
+        self._add_run_row(record)
+
+    def _add_run_row(self, record: RunRecord) -> None:
+        self.runs_table.insertRow(0)
+        cloud = "" if record.cloud_percent is None else f"{record.cloud_percent:.1f}"
+        values = [record.layer_name, record.status, record.model, cloud, f"{record.seconds:.1f}"]
+        tip = "\n".join(str(p) for p in record.outputs.values() if p) or record.message
+        for column, value in enumerate(values):
+            item = QTableWidgetItem(value)
+            item.setToolTip(tip)
+            if column >= 3:
+                item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
+            self.runs_table.setItem(0, column, item)
+
+    def _say(self, text: str, level: Qgis.MessageLevel) -> None:
+        self.status_label.setText(text)
+        QgsMessageLog.logMessage(text, logbridge.LOG_TAG, level)
+        if level in (Qgis.Warning, Qgis.Critical):
+            self.iface.messageBar().pushMessage("cloudseg", text, level, 8)

@@ -1,0 +1,144 @@
+"""The layer context menu action and the dock: real layers, real runs in QgsTasks."""
+
+import time
+
+import pytest
+import rasterio
+from qgis.core import (
+    QgsApplication,
+    QgsMapLayerType,
+    QgsPalettedRasterRenderer,
+    QgsProject,
+    QgsRasterLayer,
+    QgsTask,
+    QgsVectorLayer,
+)
+from qgis.gui import QgsBrowserGuiModel
+from qgis.PyQt.QtWidgets import QDockWidget
+
+
+@pytest.fixture
+def layers(multiband, band_folder):
+    project = QgsProject.instance()
+    chip = QgsRasterLayer(str(multiband), "chip")
+    band = QgsRasterLayer(str(band_folder / "B04.tif"), "B04")
+    vector = QgsVectorLayer("Polygon?crs=EPSG:32633", "areas", "memory")
+    for layer in (chip, band, vector):
+        assert layer.isValid()
+        project.addMapLayer(layer)
+    yield {"chip": chip, "band": band, "vector": vector}
+    project.removeAllMapLayers()
+    project.layerTreeRoot().removeAllChildren()
+
+
+def wait_for(task: QgsTask, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while task.status() not in (QgsTask.Complete, QgsTask.Terminated):
+        QgsApplication.processEvents()
+        assert time.monotonic() < end, "task did not finish"
+        time.sleep(0.02)
+    for _ in range(20):  # let finished() run on this thread
+        QgsApplication.processEvents()
+
+
+def test_context_menu_action_is_for_raster_layers_only(plugin, qgis_iface):
+    calls = [
+        c
+        for c in qgis_iface.addCustomActionForLayerType.call_args_list
+        if c.args[0] is plugin.layer_action
+    ]
+    assert len(calls) == 1
+    action, _menu, layer_type, all_layers = calls[0].args
+    assert action.text() == "Segment clouds..."
+    assert layer_type == QgsMapLayerType.RasterLayer and all_layers is True
+
+
+@pytest.fixture
+def dialog_iface(qgis_iface, monkeypatch):
+    """pytest-qgis's iface, with the browser model that Processing dialogs ask it for."""
+    model = QgsBrowserGuiModel()
+    monkeypatch.setattr(qgis_iface, "browserModel", lambda: model, raising=False)
+    return qgis_iface
+
+
+def test_context_menu_opens_the_dialog_for_the_clicked_layer(plugin, dialog_iface, layers):
+    qgis_iface = dialog_iface
+    qgis_iface.setActiveLayer(layers["chip"])
+    plugin.layer_action.trigger()
+    dialog = plugin.dialog
+    assert dialog is not None and dialog.isVisible()
+    assert dialog.algorithm().id() == "cloudseg:segment"
+    parameters = dialog.createProcessingParameters()
+    assert parameters["INPUT"] in (layers["chip"].id(), layers["chip"].source())
+    wrapper = dialog.mainWidget().wrappers["BANDS"]
+    assert wrapper.widgetValue() == "B02,B03,B04,B08"  # filled in from the layer
+    dialog.close()
+
+
+def test_dialog_is_refused_for_a_vector_layer(plugin, qgis_iface, layers):
+    plugin.dialog = None
+    assert plugin.open_segment_dialog(layers["vector"]) is None
+    assert plugin.dialog is None
+
+
+def open_dock(plugin, tmp_path):
+    plugin.panel_action.setChecked(True)
+    dock = plugin.dock
+    assert isinstance(dock, QDockWidget) and dock.windowTitle() == "Cloud segmentation"
+    dock.output_dir.setFilePath(str(tmp_path / "runs"))
+    return dock
+
+
+def test_dock_shows_the_model_card_and_the_device(plugin, tmp_path):
+    dock = open_dock(plugin, tmp_path)
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("ukis-csmask-6b-l2a"))
+    card = dock.card_view.toPlainText()
+    assert "B02, B03, B04, B08, B11, B12" in card and "30 m" in card
+    assert "cloud shadow" in card and "Apache-2.0" in card
+    wait_for(dock._device_task)
+    assert dock.device_label.text().startswith(("CPU only:", "GPU:"))
+
+
+def test_dock_runs_a_task_to_completion_and_adds_styled_layers(
+    plugin, qgis_iface, layers, tmp_path
+):
+    dock = open_dock(plugin, tmp_path)
+    dock.polygons_check.setChecked(True)
+    dock.level_combo.setCurrentIndex(dock.level_combo.findData("L2A"))
+    qgis_iface.setActiveLayer(layers["band"])  # one band file of a band folder
+    task = dock.run_active_layer()
+    assert task is not None and not dock.run_button.isEnabled()
+    wait_for(task)
+    assert dock.runs[0].status == "done", dock.runs[0].message
+    mask = task.outputs["mask"]
+    with rasterio.open(mask) as ds:
+        assert ds.tags()["CLOUDSEG_MODEL"] == "ukis-csmask-4b-l2a"
+        assert ds.count == 1 and ds.width == 512
+    group = QgsProject.instance().layerTreeRoot().findGroup("Cloud segmentation")
+    added = [node.layer() for node in group.findLayers()]
+    assert [layer.source() for layer in added if isinstance(layer, QgsRasterLayer)] == [str(mask)]
+    assert isinstance(added[-1].renderer(), QgsPalettedRasterRenderer)
+    assert any(isinstance(layer, QgsVectorLayer) for layer in added)
+    assert dock.runs_table.rowCount() == 1
+    assert dock.runs_table.item(0, 1).text() == "done"
+    assert dock.run_button.isEnabled() and dock.progress.value() == 100
+
+
+def test_cancelled_dock_run_leaves_nothing_behind(plugin, qgis_iface, layers, tmp_path):
+    dock = open_dock(plugin, tmp_path)
+    dock.probabilities_check.setChecked(True)
+    qgis_iface.setActiveLayer(layers["chip"])
+    task = dock.run_active_layer()
+    task.progressChanged.connect(lambda value: value > 0 and task.cancel())
+    wait_for(task)
+    assert dock.runs[0].status == "cancelled"
+    assert list((tmp_path / "runs").iterdir()) == []
+    assert QgsProject.instance().layerTreeRoot().findGroup("Cloud segmentation") is None
+    assert len(QgsProject.instance().mapLayers()) == 3
+
+
+def test_dock_refuses_a_vector_layer_with_a_clear_message(plugin, qgis_iface, layers, tmp_path):
+    dock = open_dock(plugin, tmp_path)
+    qgis_iface.setActiveLayer(layers["vector"])
+    assert dock.run_active_layer() is None
+    assert "raster layer" in dock.status_label.text()

@@ -16,7 +16,7 @@ QGIS_PROFILE  ?= default
 QGIS_PLUGINS_DIR ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/$(QGIS_PROFILE)/python/plugins
 export CLOUDSEG_REAL_DATA
 
-.PHONY: help install system-deps demo test test-backend test-plugin lint format deploy package clean
+.PHONY: help install system-deps demo test test-backend test-plugin lint format deploy package clean qgis screenshot
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -72,3 +72,23 @@ package: ## build dist/cloudseg-VERSION.zip for "Install from ZIP"
 clean: ## remove build outputs and caches (keeps .venv)
 	rm -rf dist build demo_output .pytest_cache .ruff_cache *.egg-info
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+QGIS_PLUGIN_LINK := $(CURDIR)/.qgis-plugins
+SITE_PACKAGES = $(shell $(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+
+$(QGIS_PLUGIN_LINK)/cloudseg:
+	mkdir -p $(QGIS_PLUGIN_LINK) && ln -sfn $(CURDIR) $@
+
+qgis: install $(QGIS_PLUGIN_LINK)/cloudseg ## start QGIS with this checkout as plugin and the venv's packages
+	PYTHONPATH=$(SITE_PACKAGES) QGIS_PLUGINPATH=$(QGIS_PLUGIN_LINK) qgis
+
+screenshot: install $(QGIS_PLUGIN_LINK)/cloudseg ## docs/qgis.png: QGIS under Xvfb with the dock and a segmented real chip
+	rm -rf .qgis-screenshot-profile && mkdir -p .qgis-screenshot-profile/profiles/default/QGIS
+	printf '[PythonPlugins]\ncloudseg=true\n' > .qgis-screenshot-profile/profiles/default/QGIS/QGIS3.ini
+	PYTHONPATH=$(SITE_PACKAGES) QGIS_PLUGINPATH=$(QGIS_PLUGIN_LINK) \
+	    CLOUDSEG_SCREENSHOT=$(CURDIR)/docs/qgis.png CLOUDSEG_SCREENSHOT_LOG=$(CURDIR)/.qgis-screenshot-profile/log.txt \
+	    xvfb-run -a -s "-screen 0 1600x1000x24" \
+	    timeout 120 qgis --nologo --noversioncheck \
+	        --profiles-path $(CURDIR)/.qgis-screenshot-profile \
+	        --code $(CURDIR)/scripts/screenshot_qgis.py
+	test -s docs/qgis.png

@@ -272,7 +272,8 @@ class CloudSegDock(QDockWidget):
             if result.device == "cuda" and result.gpus:
                 text = f"GPU: {result.gpus[0].name} (CUDA {result.torch_cuda_version})"
             else:
-                text = f"CPU only: {result.device_reason}"
+                reason = result.device_reason
+                text = reason if reason.lower().startswith("cpu") else f"CPU only: {reason}"
             self.device_label.setText(text)
 
         self._device_task = QgsTask.fromFunction("cloudseg: check device", report, on_finished=done)

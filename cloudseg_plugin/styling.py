@@ -30,6 +30,7 @@ from qgis.PyQt.QtGui import QColor
 GROUP_NAME = "Cloud segmentation"
 CLEAR = "clear"
 PROBABILITY_CLASS = "cloud"
+MASK_OPACITY = 0.7
 
 
 def cloudseg_tags(layer: QgsRasterLayer) -> dict[str, str]:
@@ -73,7 +74,9 @@ def style_classes(layer: QgsRasterLayer, tags: dict[str, str] | None = None) -> 
         )
         for c in _classes(tags)
     ]
-    layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes))
+    renderer = QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes)
+    renderer.setOpacity(MASK_OPACITY)  # the scene stays visible under the classes
+    layer.setRenderer(renderer)
     describe(layer, tags, "Cloud mask")
     layer.triggerRepaint()
 

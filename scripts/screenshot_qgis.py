@@ -1,0 +1,123 @@
+"""Screenshot of QGIS with the cloudseg dock and a segmented real chip (docs/qgis.png).
+
+Run by ``make screenshot``, which starts the real QGIS under Xvfb with this file as
+``--code``: QGIS is up, the plugin is enabled, and ``iface`` is the real interface.
+The script loads the On Cloud N chip ``adwp`` as a true-colour layer, opens the dock,
+segments the chip there (a QgsTask, as a user would), then saves the window and quits.
+
+Environment: CLOUDSEG_REAL_DATA (the real data folder), CLOUDSEG_SCREENSHOT (PNG path).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from osgeo import gdal
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+from qgis.PyQt.QtCore import QSize, QTimer
+from qgis.utils import iface, plugins
+
+OUT = Path(os.environ.get("CLOUDSEG_SCREENSHOT", "docs/qgis.png")).resolve()
+CHIP = Path(os.environ["CLOUDSEG_REAL_DATA"]) / "oncloudn_l2a" / "adwp"
+WORK = Path(tempfile.mkdtemp(prefix="cloudseg-screenshot-"))
+
+
+LOG = Path(os.environ.get("CLOUDSEG_SCREENSHOT_LOG", WORK / "screenshot.log"))
+
+
+def say(message: str) -> None:
+    """Log a line (QGIS's own Python console swallows stdout)."""
+    with LOG.open("a", encoding="utf-8") as log:
+        log.write(message + "\n")
+    print(f"screenshot: {message}", file=sys.stderr, flush=True)
+
+
+def fail(message: str) -> None:
+    """Say why, and leave QGIS with a non-zero status."""
+    say(message)
+    QgsApplication.exit(1)
+
+
+def true_colour_layer() -> QgsRasterLayer:
+    """B04/B03/B02 of the chip as one RGB layer (a VRT; QGIS stretches it for display)."""
+    vrt = WORK / "adwp_rgb.vrt"
+    gdal.BuildVRT(str(vrt), [str(CHIP / f"{b}.tif") for b in ("B04", "B03", "B02")], separate=True)
+    return QgsRasterLayer(str(vrt), "adwp (true colour)")
+
+
+def start() -> None:
+    """Load the chip, open the dock and start a run on the B04 band of the chip folder."""
+    say("loading the chip")
+    try:
+        plugin = plugins["cloudseg"]
+        QgsProject.instance().addMapLayer(true_colour_layer())
+        band = QgsRasterLayer(str(CHIP / "B04.tif"), "adwp B04")
+        QgsProject.instance().addMapLayer(band)  # the run's input, hidden on the map
+        QgsProject.instance().layerTreeRoot().findLayer(band.id()).setItemVisibilityChecked(False)
+        iface.mainWindow().resize(QSize(1500, 900))
+        plugin.panel_action.setChecked(True)
+        dock = plugin.dock
+        dock.output_dir.setFilePath(str(WORK / "runs"))
+        dock.level_combo.setCurrentIndex(dock.level_combo.findData("L2A"))
+        dock.probabilities_check.setChecked(True)
+        dock.model_combo.setCurrentIndex(dock.model_combo.findData("ukis-csmask-4b-l2a"))
+        iface.setActiveLayer(band)
+        task = dock.run_active_layer()
+        say("run started")
+        if task is None:
+            fail(dock.status_label.text())
+            return
+        wait(dock)
+    except Exception:
+        fail("could not start the run:\n" + traceback.format_exc())
+
+
+def wait(dock: object) -> None:
+    """Poll the dock; when its run is done, hide the probability layer and take the picture."""
+    try:
+        _wait(dock)
+    except Exception:
+        fail("failed after the run:\n" + traceback.format_exc())
+
+
+def _wait(dock: object) -> None:
+    if dock.task is not None or not dock.runs:  # QGIS deletes a task once it is finished
+        QTimer.singleShot(500, lambda: wait(dock))
+        return
+    if dock.runs[0].status != "done":
+        fail(f"the run ended as {dock.runs[0].status}: {dock.runs[0].message}")
+        return
+    root = QgsProject.instance().layerTreeRoot()
+    for node in root.findLayers():
+        if "probability" in node.name():
+            node.setItemVisibilityChecked(False)
+    iface.mapCanvas().setExtent(iface.mapCanvas().fullExtent())
+    iface.mapCanvas().refresh()
+    QTimer.singleShot(3000, grab)
+
+
+def grab() -> None:
+    """Save the main window to the PNG and quit."""
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    image = iface.mainWindow().grab().scaledToWidth(1000)
+    if not image.save(str(OUT)):
+        fail(f"cannot write {OUT}")
+        return
+    try:  # a 128-colour palette keeps the PNG small for the README
+        from PIL import Image
+
+        with Image.open(OUT) as picture:
+            small = picture.convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT)
+        small.save(OUT, optimize=True)
+    except ImportError:
+        pass
+    say(f"wrote {OUT}")
+    QgsApplication.exit(0)
+
+
+say(f"started; plugins loaded: {sorted(plugins)}")
+QTimer.singleShot(1000, start)

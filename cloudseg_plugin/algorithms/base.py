@@ -14,6 +14,27 @@ class CloudsegAlgorithm(QgsProcessingAlgorithm):
 
     #: Packages the algorithm needs at run time (checked before running).
     requirements: tuple[Requirement, ...] = ()
+    #: Stable name (the part after ``cloudseg:``), toolbox name, group and group id.
+    algorithm_name = ""
+    display_name = ""
+    group_name = ""
+    group_id = ""
+
+    def name(self) -> str:
+        """Return the stable algorithm name."""
+        return self.algorithm_name
+
+    def displayName(self) -> str:
+        """Return the name shown in the toolbox."""
+        return self.display_name
+
+    def group(self) -> str:
+        """Return the group name."""
+        return self.group_name
+
+    def groupId(self) -> str:
+        """Return the stable group id."""
+        return self.group_id
 
     def icon(self) -> QIcon:
         """Return the cloudseg icon."""

@@ -22,27 +22,15 @@ from .base import CloudsegAlgorithm
 class EnvironmentAlgorithm(CloudsegAlgorithm):
     """Report cloudseg's environment: package versions, GPU, onnxruntime providers."""
 
+    algorithm_name = "environment"
+    display_name = "Check environment (GPU, packages)"
+    group_name = "Tools"
+    group_id = "tools"
     OUTPUT = "OUTPUT"
     DEVICE = "DEVICE"
     DEVICE_REASON = "DEVICE_REASON"
     CUDA_AVAILABLE = "CUDA_AVAILABLE"
     MISSING = "MISSING"
-
-    def name(self) -> str:
-        """Return the stable algorithm name."""
-        return "environment"
-
-    def displayName(self) -> str:
-        """Return the name shown in the toolbox."""
-        return "Check environment (GPU, packages)"
-
-    def group(self) -> str:
-        """Return the group name."""
-        return "Tools"
-
-    def groupId(self) -> str:
-        """Return the stable group id."""
-        return "tools"
 
     def shortHelpString(self) -> str:
         """Return the help shown beside the dialog."""

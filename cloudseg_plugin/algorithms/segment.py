@@ -80,6 +80,10 @@ class ResultStyler(QgsProcessingLayerPostProcessorInterface):
 class SegmentAlgorithm(CloudsegAlgorithm):
     """Segment clouds and cloud shadows with a deep-learning model."""
 
+    algorithm_name = "segment"
+    display_name = "Segment clouds and cloud shadows"
+    group_name = "Cloud segmentation"
+    group_id = "segmentation"
     requirements = tuple(r for r in REQUIREMENTS if r.module == "onnxruntime")
 
     INPUT = "INPUT"
@@ -100,22 +104,6 @@ class SegmentAlgorithm(CloudsegAlgorithm):
     CLEAR_PERCENT = "CLEAR_PERCENT"
     MODEL_USED = "MODEL_USED"
     RUNNER = "RUNNER"
-
-    def name(self) -> str:
-        """Return the stable algorithm name."""
-        return "segment"
-
-    def displayName(self) -> str:
-        """Return the name shown in the toolbox."""
-        return "Segment clouds and cloud shadows"
-
-    def group(self) -> str:
-        """Return the group name."""
-        return "Cloud segmentation"
-
-    def groupId(self) -> str:
-        """Return the stable group id."""
-        return "segmentation"
 
     def tags(self) -> list[str]:
         """Search words for the toolbox."""

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from ._version import __version__
 from .errors import CloudsegError
@@ -91,6 +92,42 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     print(f"{result.output}: {shares} ({result.model} on {result.runner}, {result.seconds:.1f} s)")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    """Ingest a labeled dataset into a Zarr + STAC store and print a summary."""
+    from tqdm import tqdm
+
+    from .ingest import ingest
+
+    with tqdm(total=0, unit="scene", disable=args.quiet or None, file=sys.stderr) as bar:
+
+        def progress(done: int, total: int, scene: str) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+            bar.set_postfix_str(scene, refresh=False)
+
+        result = ingest(
+            args.source,
+            args.dest,
+            layout=args.layout,
+            name=args.name,
+            endpoint_url=args.endpoint_url,
+            env_file=args.env_file,
+            report=not args.no_report,
+            progress=progress,
+        )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(
+            f"{result.store}: {len(result.ingested)} scene(s) ingested, {len(result.skipped)} "
+            f"already there, {len(result.failed)} not ingested ({result.layout} layout, "
+            f"{result.megabytes:.1f} MB in {result.seconds:.1f} s)"
+        )
+    for name, reason in result.failed:
+        print(f"not ingested: {name}: {reason}", file=sys.stderr)
     return 0
 
 
@@ -198,7 +235,31 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--json", action="store_true", help="print the result as JSON")
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(handler=_cmd_segment)
+    _add_ingest_parser(sub)
     return parser
+
+
+def _add_ingest_parser(sub: Any) -> None:
+    from .layouts import LAYOUTS
+
+    ing = sub.add_parser(
+        "ingest",
+        help="labeled scenes and masks into a Zarr + STAC store (folder or S3)",
+        description="Ingest a labeled dataset into chunked Zarr with STAC metadata. "
+        "DEST is a folder or s3://bucket/prefix (S3 settings from MINIO_ENDPOINT, "
+        "MINIO_ACCESS_KEY, MINIO_SECRET_KEY, S3_BUCKET_NAME or the AWS variables, "
+        "in the environment or a .env file). Re-running skips stored scenes.",
+    )
+    ing.add_argument("source", metavar="SOURCE", help="the dataset folder")
+    ing.add_argument("dest", metavar="DEST", help="a folder or s3://bucket/prefix")
+    ing.add_argument("--layout", choices=LAYOUTS, help="the source layout (default: detected)")
+    ing.add_argument("--endpoint-url", help="S3 endpoint, e.g. http://127.0.0.1:9000 (MinIO)")
+    ing.add_argument("--env-file", default=".env", help="file with S3 settings (default .env)")
+    ing.add_argument("--name", default="cloudseg-dataset", help="STAC collection id")
+    ing.add_argument("--no-report", action="store_true", help="skip the dataset report")
+    ing.add_argument("--json", action="store_true", help="print the result as JSON")
+    ing.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ing.set_defaults(handler=_cmd_ingest)
 
 
 def _configure_logging(verbosity: int) -> None:

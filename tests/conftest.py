@@ -114,3 +114,80 @@ def stack_bands(
 def multiband(band_folder, tmp_path_factory) -> Path:
     """The same chip as one 4-band GeoTIFF whose band descriptions name the bands."""
     return stack_bands(band_folder, tmp_path_factory.mktemp("mb") / "chip.tif", BANDS)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 endpoint over HTTP: moto's server on 127.0.0.1, with IAM auth on.
+
+    Yields ``{"endpoint", "access_key", "secret_key"}`` of a user allowed everything;
+    other credentials are refused, as MinIO or AWS would refuse them.
+    """
+    import socket
+    import time
+    import urllib.request
+
+    import boto3
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        setup = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+        iam = boto3.client("iam", aws_access_key_id="setup", aws_secret_access_key="setup", **setup)
+        iam.create_user(UserName="cloudseg")
+        key = iam.create_access_key(UserName="cloudseg")["AccessKey"]
+        iam.put_user_policy(
+            UserName="cloudseg",
+            PolicyName="all",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+                }
+            ),
+        )
+        yield {
+            "endpoint": endpoint,
+            "access_key": key["AccessKeyId"],
+            "secret_key": key["SecretAccessKey"],
+        }
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch, request):
+    """A fresh bucket on the moto endpoint, with MINIO_* variables pointing at it."""
+    import boto3
+
+    name = "t-" + "".join(c for c in request.node.name.lower() if c.isalnum())[:40]
+    boto3.client(
+        "s3",
+        endpoint_url=s3_server["endpoint"],
+        aws_access_key_id=s3_server["access_key"],
+        aws_secret_access_key=s3_server["secret_key"],
+        region_name="us-east-1",
+    ).create_bucket(Bucket=name)
+    monkeypatch.setenv("MINIO_ENDPOINT", s3_server["endpoint"])
+    monkeypatch.setenv("MINIO_ACCESS_KEY", s3_server["access_key"])
+    monkeypatch.setenv("MINIO_SECRET_KEY", s3_server["secret_key"])
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    return name

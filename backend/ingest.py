@@ -1,0 +1,349 @@
+"""Ingest labeled scenes into a chunked Zarr + STAC store, on a local folder or S3.
+
+Store layout (keys below the destination)::
+
+    stac/collection.json        STAC Collection: bands and classes, recorded once
+    stac/items/<scene>.json     one STAC Item per scene (written last: it makes the scene visible)
+    zarr/<scene>.zarr           imagery, (bands, rows, cols), chunks of (bands, 256, 256)
+    masks/<scene>.zarr          class values, (rows, cols), the same grid and chunks
+    report/report.json, *.png   dataset report (class balance, cloud fraction, bands, dates)
+
+Re-running skips scenes whose Item records the same source checksum; a scene with
+chunks but no Item (a run killed while writing it) is written again from scratch, so a
+killed run re-run to completion ends identical to a clean one. A bad scene is reported
+by name and reason and the others are ingested.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CancelledError
+from .layouts import IGNORE, LoadedScene, SceneError, Scheme, SourceScene, scan_source
+from .storage import Storage, open_storage
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 256
+COLLECTION_KEY = "stac/collection.json"
+ITEMS_PREFIX = "stac/items/"
+ZARR_MEDIA_TYPE = "application/vnd+zarr"
+SENTINEL2_START = dt.datetime(2015, 6, 23, tzinfo=dt.timezone.utc)
+OPEN_END = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc)
+
+
+@dataclass
+class IngestResult:
+    """What an ingestion did."""
+
+    store: str
+    layout: str
+    ingested: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    megabytes: float = 0.0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+
+def image_key(scene_id: str) -> str:
+    """Store prefix of a scene's imagery."""
+    return f"zarr/{scene_id}.zarr"
+
+
+def mask_key(scene_id: str) -> str:
+    """Store prefix of a scene's mask."""
+    return f"masks/{scene_id}.zarr"
+
+
+def item_key(scene_id: str) -> str:
+    """Store key of a scene's STAC Item."""
+    return f"{ITEMS_PREFIX}{scene_id}.json"
+
+
+def _write_array(storage: Storage, prefix: str, data: np.ndarray, chunks: tuple[int, ...]) -> None:
+    import zarr
+    from numcodecs import Blosc, blosc
+
+    # Blosc's own threads make the compressed bytes vary from run to run; without them
+    # a scene always gives the same chunks, so a resumed ingestion equals a clean one.
+    threads, blosc.use_threads = blosc.use_threads, False
+    try:
+        array = zarr.open_array(
+            store=storage.mapping(prefix),
+            mode="w",
+            shape=data.shape,
+            chunks=chunks,
+            dtype=data.dtype,
+            compressor=Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE),
+            # A fill value also fixes the padding of edge chunks (zarr leaves it
+            # uninitialised without one), so the same scene always gives the same bytes.
+            fill_value=IGNORE if data.dtype == np.uint8 else 0,
+            write_empty_chunks=True,
+        )
+        array[...] = data
+    finally:
+        blosc.use_threads = threads
+
+
+def _band_stats(image: np.ndarray) -> list[dict[str, float]]:
+    data = image.reshape(image.shape[0], -1).astype(np.float64)
+    return [
+        {
+            "mean": round(float(b.mean()), 6),
+            "std": round(float(b.std()), 6),
+            "min": float(b.min()),
+            "max": float(b.max()),
+        }
+        for b in data
+    ]
+
+
+def _make_item(
+    scene: SourceScene, loaded: LoadedScene, scheme: Scheme, checksum: str
+) -> dict[str, Any]:
+    """The scene's STAC Item, built with pystac (projection and eo extensions)."""
+    import pystac
+    from pystac.extensions.eo import Band, EOExtension
+    from pystac.extensions.projection import ProjectionExtension
+
+    geometry, bbox = None, None
+    rows, cols = loaded.mask.shape
+    if loaded.crs and loaded.transform:
+        from affine import Affine
+        from rasterio.crs import CRS
+        from rasterio.warp import transform_bounds
+
+        transform = Affine(*loaded.transform)
+        left, top = transform * (0, 0)
+        right, bottom = transform * (cols, rows)
+        west, south, east, north = transform_bounds(
+            CRS.from_wkt(loaded.crs),
+            "EPSG:4326",
+            min(left, right),
+            min(top, bottom),
+            max(left, right),
+            max(top, bottom),
+        )
+        bbox = [round(v, 7) for v in (west, south, east, north)]
+        geometry = {
+            "type": "Polygon",
+            "coordinates": [
+                [[west, south], [east, south], [east, north], [west, north], [west, south]]
+            ],
+        }
+    counts = np.bincount(loaded.mask.ravel(), minlength=256)
+    properties: dict[str, Any] = {
+        "cloudseg:source_sha256": checksum,
+        "cloudseg:class_pixels": {c["name"]: int(counts[c["value"]]) for c in scheme.classes}
+        | {"ignore": int(counts[IGNORE])},
+        "cloudseg:band_stats": dict(zip(scheme.bands, _band_stats(loaded.image), strict=True)),
+        **loaded.properties,
+    }
+    if loaded.datetime is None:
+        properties |= {
+            "start_datetime": SENTINEL2_START.isoformat(),
+            "end_datetime": OPEN_END.isoformat(),
+            "cloudseg:datetime_unknown": True,
+        }
+    item = pystac.Item(
+        id=scene.scene_id,
+        geometry=geometry,
+        bbox=bbox,
+        datetime=loaded.datetime,
+        properties=properties,
+    )
+    projection = ProjectionExtension.ext(item, add_if_missing=True)
+    projection.shape = [rows, cols]
+    if loaded.crs:
+        from rasterio.crs import CRS
+
+        crs = CRS.from_wkt(loaded.crs)
+        projection.epsg = crs.to_epsg()
+        if projection.epsg is None:
+            projection.wkt2 = loaded.crs
+        projection.transform = [float(v) for v in loaded.transform]
+    image_asset = pystac.Asset(
+        href=f"../../{image_key(scene.scene_id)}",
+        media_type=ZARR_MEDIA_TYPE,
+        roles=["data"],
+        title="imagery (bands, rows, cols)",
+        extra_fields={
+            "cloudseg:dtype": str(loaded.image.dtype),
+            "cloudseg:chunks": [len(scheme.bands), CHUNK, CHUNK],
+        },
+    )
+    item.add_asset("image", image_asset)
+    EOExtension.ext(item, add_if_missing=True)
+    EOExtension.ext(image_asset).bands = [Band.create(name=b) for b in scheme.bands]
+    item.add_asset(
+        "mask",
+        pystac.Asset(
+            href=f"../../{mask_key(scene.scene_id)}",
+            media_type=ZARR_MEDIA_TYPE,
+            roles=["labels"],
+            title="class values (rows, cols), 255 = ignore",
+        ),
+    )
+    item.set_self_href(None)
+    return item.to_dict(include_self_link=False, transform_hrefs=False)
+
+
+def write_collection(storage: Storage, scheme: Scheme, name: str) -> dict[str, Any]:
+    """(Re)write the STAC Collection from the Items in the store; deterministic."""
+    import pystac
+
+    items = [json.loads(storage.read_bytes(k)) for k in storage.list(ITEMS_PREFIX)]
+    boxes = [i["bbox"] for i in items if i.get("bbox")]
+    spatial = (
+        [
+            [
+                min(b[0] for b in boxes),
+                min(b[1] for b in boxes),
+                max(b[2] for b in boxes),
+                max(b[3] for b in boxes),
+            ]
+        ]
+        if boxes
+        else [[-180.0, -90.0, 180.0, 90.0]]
+    )
+    times = sorted(i["properties"]["datetime"] for i in items if i["properties"].get("datetime"))
+    temporal = [[times[0], times[-1]]] if times else [[SENTINEL2_START.isoformat(), None]]
+    collection = pystac.Collection(
+        id=name,
+        description=f"Labeled cloud and cloud-shadow scenes, ingested by cloudseg ({len(items)})",
+        extent=pystac.Extent(
+            pystac.SpatialExtent(spatial),
+            pystac.TemporalExtent(
+                [[dt.datetime.fromisoformat(t) if t else None for t in temporal[0]]]
+            ),
+        ),
+        license="other",
+        summaries=pystac.Summaries(
+            {
+                "eo:bands": [{"name": b} for b in scheme.bands],
+                "label:classes": [{"name": None, "classes": [c["name"] for c in scheme.classes]}],
+            }
+        ),
+        extra_fields={"cloudseg:scheme": scheme.to_json(), "cloudseg:chunk_size": CHUNK},
+    )
+    data = collection.to_dict(include_self_link=False, transform_hrefs=False)
+    data["links"] = [link for link in data["links"] if link["rel"] not in ("root",)] + [
+        {"rel": "item", "href": f"items/{i['id']}.json", "type": "application/json"} for i in items
+    ]
+    storage.write_bytes(
+        COLLECTION_KEY, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+    )
+    return data
+
+
+def ingest(
+    source: str | Path,
+    dest: str | Path,
+    layout: str | None = None,
+    scheme: Scheme | None = None,
+    name: str = "cloudseg-dataset",
+    endpoint_url: str | None = None,
+    env_file: str | Path | None = ".env",
+    report: bool = True,
+    progress: Callable[[int, int, str], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> IngestResult:
+    """Ingest a source folder into a store (local folder or ``s3://bucket/prefix``).
+
+    Args:
+        source: The source folder (see :mod:`cloudseg.backend.layouts`).
+        dest: Local folder or ``s3://bucket/prefix``.
+        layout: Layout name; detected when None.
+        scheme: Bands and classes; from the source's ``data.json`` (or the layout) if None.
+        name: The STAC Collection id.
+        endpoint_url: S3 endpoint (MinIO, ...); else from MINIO_ENDPOINT / AWS settings.
+        env_file: A ``.env`` file with S3 settings, if present.
+        report: Also write the dataset report (JSON and PNG plots) under ``report/``.
+        progress: Called with (scenes done, scenes in all, scene name).
+        cancelled: Polled between scenes; True stops the run (it can be resumed).
+
+    Returns:
+        An :class:`IngestResult` listing ingested, skipped and failed scenes.
+
+    Raises:
+        InputError: For an unusable source, or a store that cannot be reached.
+        CancelledError: When cancelled; what was complete stays, the rest is not visible.
+    """
+    import time
+
+    start = time.perf_counter()
+    found = scan_source(source, layout, scheme)
+    storage = open_storage(dest, endpoint_url, env_file)
+    existing = _stored_scheme(storage)
+    if existing is not None and existing.to_json() != found.scheme.to_json():
+        raise SceneError(
+            f"{storage.url} holds a dataset with other bands or classes "
+            f"({existing.bands}, {[c['name'] for c in existing.classes]}); use another destination"
+        )
+    result = IngestResult(store=storage.url, layout=found.layout, failed=list(found.problems))
+    for name_, reason in found.problems:
+        logger.info("skipped %s: %s", name_, reason)
+    progress = progress or (lambda done, total, scene: None)
+    cancelled = cancelled or (lambda: False)
+    total = len(found.scenes)
+    for done, scene in enumerate(found.scenes):
+        if cancelled():
+            raise CancelledError("ingestion cancelled; re-run to complete it")
+        progress(done, total, scene.scene_id)
+        try:
+            checksum = scene.checksum()
+        except OSError as exc:
+            result.failed.append((scene.scene_id, f"unreadable file: {exc}"))
+            continue
+        if storage.exists(item_key(scene.scene_id)):
+            stored = json.loads(storage.read_bytes(item_key(scene.scene_id)))
+            if stored["properties"].get("cloudseg:source_sha256") == checksum:
+                result.skipped.append(scene.scene_id)
+                continue
+            # The source changed: hide the old version before its chunks are replaced.
+            storage.delete_prefix(item_key(scene.scene_id))
+        try:
+            loaded = scene.load()
+        except SceneError as exc:
+            result.failed.append((scene.scene_id, str(exc)))
+            logger.warning("%s", exc)
+            continue
+        _write_array(
+            storage, image_key(scene.scene_id), loaded.image, (loaded.image.shape[0], CHUNK, CHUNK)
+        )
+        _write_array(storage, mask_key(scene.scene_id), loaded.mask, (CHUNK, CHUNK))
+        item = _make_item(scene, loaded, found.scheme, checksum)
+        storage.write_bytes(
+            item_key(scene.scene_id), (json.dumps(item, indent=2, sort_keys=True) + "\n").encode()
+        )
+        result.ingested.append(scene.scene_id)
+        result.megabytes += (loaded.image.nbytes + loaded.mask.nbytes) / 1e6
+    progress(total, total, "")
+    write_collection(storage, found.scheme, name)
+    if report:
+        from .report import write_report
+
+        write_report(storage)
+    result.seconds = round(time.perf_counter() - start, 3)
+    result.megabytes = round(result.megabytes, 3)
+    return result
+
+
+def _stored_scheme(storage: Storage) -> Scheme | None:
+    try:
+        collection = json.loads(storage.read_bytes(COLLECTION_KEY))
+    except KeyError:
+        return None
+    return Scheme.from_json(collection["cloudseg:scheme"], storage.url)

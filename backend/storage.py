@@ -1,0 +1,313 @@
+"""Where a dataset store lives: a local folder or an S3 prefix (MinIO, AWS, any endpoint).
+
+Both offer the same small interface (bytes by key, listing, deleting, and a
+``MutableMapping`` that zarr uses as its store), so ingestion and training code never
+care which one they write to. S3 goes through boto3 with an endpoint URL and
+credentials from the environment or a ``.env`` file; credentials never appear in
+messages.
+
+zarr's own fsspec/s3fs route is not used: s3fs brings aiobotocore, which pins botocore
+versions that conflict with boto3's, and the errors it raises for bad credentials or a
+missing bucket are not ones we can turn into a clear one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+
+class StorageError(InputError):
+    """The store cannot be reached or used (bad credentials, missing bucket, ...)."""
+
+
+class Storage:
+    """A place for keys (``a/b/c``) holding bytes."""
+
+    url: str
+
+    def read_bytes(self, key: str) -> bytes:
+        """Return the bytes at ``key``; raise KeyError if absent."""
+        raise NotImplementedError
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Store ``data`` at ``key`` (replacing it)."""
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` holds data."""
+        raise NotImplementedError
+
+    def list(self, prefix: str) -> list[str]:
+        """All keys under ``prefix`` (relative to the store), sorted."""
+        raise NotImplementedError
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every key under ``prefix``."""
+        raise NotImplementedError
+
+    def mapping(self, prefix: str) -> MutableMapping[str, bytes]:
+        """A ``MutableMapping`` over the keys under ``prefix`` (a zarr store)."""
+        raise NotImplementedError
+
+
+class LocalStorage(Storage):
+    """A folder on disk; writes go to a temporary name and are renamed."""
+
+    def __init__(self, root: Path) -> None:
+        """Use (and create) the folder ``root``."""
+        self.root = root.expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.url = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def read_bytes(self, key: str) -> bytes:
+        """See :class:`Storage`."""
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """See :class:`Storage`."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+    def exists(self, key: str) -> bool:
+        """See :class:`Storage`."""
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        """See :class:`Storage`."""
+        base = self._path(prefix)
+        if not base.exists():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
+
+    def delete_prefix(self, prefix: str) -> None:
+        """See :class:`Storage`."""
+        path = self._path(prefix)
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+    def mapping(self, prefix: str) -> MutableMapping[str, bytes]:
+        """See :class:`Storage` (zarr's DirectoryStore)."""
+        import zarr
+
+        return zarr.DirectoryStore(str(self._path(prefix)))
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How to reach an S3 endpoint. ``repr`` never shows the secret."""
+
+    endpoint_url: str | None
+    access_key: str | None
+    secret_key: str | None
+    region: str | None = None
+
+    def __repr__(self) -> str:
+        return f"S3Settings(endpoint_url={self.endpoint_url!r}, access_key=***, secret_key=***)"
+
+    @classmethod
+    def from_environment(
+        cls, endpoint_url: str | None = None, env_file: str | Path | None = ".env"
+    ) -> S3Settings:
+        """Settings from arguments, the environment and a ``.env`` file.
+
+        MinIO-style variables (``MINIO_ENDPOINT``, ``MINIO_ACCESS_KEY``,
+        ``MINIO_SECRET_KEY``) are used when set; otherwise boto3 finds the usual AWS
+        ones (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``...).
+        Values already in the environment win over the ``.env`` file.
+        """
+        values = _environment(env_file)
+        endpoint = endpoint_url or values.get("MINIO_ENDPOINT") or values.get("AWS_ENDPOINT_URL")
+        if endpoint and "://" not in endpoint:
+            secure = values.get("MINIO_SECURE", "false").lower() in ("1", "true", "yes")
+            endpoint = f"{'https' if secure else 'http'}://{endpoint}"
+        return cls(
+            endpoint_url=endpoint,
+            access_key=values.get("MINIO_ACCESS_KEY") or values.get("AWS_ACCESS_KEY_ID"),
+            secret_key=values.get("MINIO_SECRET_KEY") or values.get("AWS_SECRET_ACCESS_KEY"),
+            region=values.get("AWS_REGION") or values.get("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+
+
+class S3Storage(Storage):
+    """An S3 prefix through boto3."""
+
+    def __init__(self, bucket: str, prefix: str, settings: S3Settings) -> None:
+        """Connect and check at once that the bucket exists and the credentials work.
+
+        Raises:
+            StorageError: With a one-line reason (never the credentials).
+        """
+        import boto3
+        from botocore.config import Config
+
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=settings.endpoint_url,
+            aws_access_key_id=settings.access_key,
+            aws_secret_access_key=settings.secret_key,
+            region_name=settings.region,
+            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10),
+        )
+        where = settings.endpoint_url or "AWS"
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except Exception as exc:  # botocore raises several unrelated types
+            raise StorageError(_explain_s3_error(exc, bucket, where)) from None
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def read_bytes(self, key: str) -> bytes:
+        """See :class:`Storage`."""
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            raise KeyError(key) from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """See :class:`Storage` (an S3 PUT is atomic: readers see all or nothing)."""
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def exists(self, key: str) -> bool:
+        """See :class:`Storage`."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def list(self, prefix: str) -> list[str]:
+        """See :class:`Storage`."""
+        full = self._key(prefix)
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        keys = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=full
+        ):
+            keys.extend(obj["Key"][cut:] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+    def delete_prefix(self, prefix: str) -> None:
+        """See :class:`Storage`."""
+        keys = self.list(prefix)
+        for start in range(0, len(keys), 1000):
+            self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": self._key(k)} for k in keys[start : start + 1000]]},
+            )
+
+    def mapping(self, prefix: str) -> MutableMapping[str, bytes]:
+        """See :class:`Storage`."""
+        return S3Mapping(self, prefix.strip("/"))
+
+
+class S3Mapping(MutableMapping):
+    """The keys under one prefix of an :class:`S3Storage`, as zarr's store."""
+
+    def __init__(self, storage: S3Storage, prefix: str) -> None:
+        """Map ``prefix/<key>`` of ``storage`` to ``<key>``."""
+        self.storage, self.prefix = storage, prefix
+
+    def __getitem__(self, key: str) -> bytes:
+        return self.storage.read_bytes(f"{self.prefix}/{key}")
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.storage.write_bytes(f"{self.prefix}/{key}", bytes(value))
+
+    def __delitem__(self, key: str) -> None:
+        self.storage.client.delete_object(
+            Bucket=self.storage.bucket, Key=self.storage._key(f"{self.prefix}/{key}")
+        )
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.storage.exists(f"{self.prefix}/{key}")
+
+    def __iter__(self) -> Iterator[str]:
+        cut = len(self.prefix) + 1
+        return iter([k[cut:] for k in self.storage.list(self.prefix + "/")])
+
+    def __len__(self) -> int:
+        return len(self.storage.list(self.prefix + "/"))
+
+    def rmdir(self, path: str = "") -> None:
+        """Delete everything under ``path`` (zarr calls this when overwriting)."""
+        self.storage.delete_prefix(f"{self.prefix}/{path}".rstrip("/") + "/")
+
+
+def _environment(env_file: str | Path | None) -> dict[str, str]:
+    """The process environment over the values of a ``.env`` file (if there is one)."""
+    values = dict(os.environ)
+    if env_file is not None and Path(env_file).is_file():
+        from dotenv import dotenv_values
+
+        values = {k: v for k, v in dotenv_values(env_file).items() if v} | values
+    return values
+
+
+def _explain_s3_error(exc: Exception, bucket: str, where: str) -> str:
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    if isinstance(exc, NoCredentialsError):
+        return (
+            f"no S3 credentials for {where}: set MINIO_ACCESS_KEY and MINIO_SECRET_KEY "
+            "(or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or put them in .env"
+        )
+    if isinstance(exc, EndpointConnectionError):
+        return f"cannot connect to the S3 endpoint {where}; check MINIO_ENDPOINT / --endpoint-url"
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            return f"bucket {bucket} does not exist at {where}; create it first"
+        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            return (
+                f"S3 at {where} refused the credentials for bucket {bucket}; check "
+                "MINIO_ACCESS_KEY / MINIO_SECRET_KEY (or the AWS variables)"
+            )
+        return f"S3 at {where} answered {code or 'an error'} for bucket {bucket}"
+    return f"cannot reach S3 at {where} ({type(exc).__name__})"
+
+
+def open_storage(
+    url: str | Path, endpoint_url: str | None = None, env_file: str | Path | None = ".env"
+) -> Storage:
+    """Open a store location: a local folder, or ``s3://bucket/prefix``.
+
+    ``s3://`` alone (or ``s3:///prefix``) takes the bucket from ``S3_BUCKET_NAME``.
+
+    Raises:
+        StorageError: When S3 cannot be reached, refuses the credentials, or lacks the bucket.
+    """
+    text = str(url)
+    if not text.startswith("s3://"):
+        return LocalStorage(Path(text))
+    settings = S3Settings.from_environment(endpoint_url, env_file)
+    bucket, _, prefix = text[len("s3://") :].partition("/")
+    if not bucket:
+        bucket = _environment(env_file).get("S3_BUCKET_NAME", "")
+        if not bucket:
+            raise StorageError(f"{text} names no bucket and S3_BUCKET_NAME is not set")
+    return S3Storage(bucket, prefix, settings)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from qgis.core import QgsProcessingAlgorithm
 
 from .environment import EnvironmentAlgorithm
+from .ingest import IngestAlgorithm
 from .segment import SegmentAlgorithm
 
 
 def all_algorithms() -> list[QgsProcessingAlgorithm]:
     """Return a fresh instance of every algorithm of the provider."""
-    return [EnvironmentAlgorithm(), SegmentAlgorithm()]
+    return [EnvironmentAlgorithm(), SegmentAlgorithm(), IngestAlgorithm()]

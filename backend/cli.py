@@ -71,6 +71,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         stats=args.stats,
         overwrite=args.overwrite,
         bounds=tuple(args.extent) if args.extent else None,
+        polygons=args.polygons,
+        min_polygon_area_m2=args.min_area,
     )
     with tqdm(
         total=100,
@@ -224,6 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write class probabilities (uint8 percent) here",
     )
     seg.add_argument("--stats", metavar="PATH", help="also write class statistics as JSON")
+    seg.add_argument(
+        "--polygons", metavar="PATH", help="also write cloud and shadow polygons (GeoPackage)"
+    )
+    seg.add_argument(
+        "--min-area",
+        type=float,
+        default=0.0,
+        metavar="M2",
+        help="leave out polygons smaller than this, in m2 (default 0)",
+    )
     seg.add_argument(
         "--extent",
         nargs=4,

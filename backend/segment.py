@@ -64,6 +64,8 @@ class SegmentOptions:
         overwrite: Replace existing outputs.
         bounds: Segment only this extent, ``(left, bottom, right, top)`` in the input's
             CRS (widened to whole pixels); the outputs then cover just that extent.
+        polygons: Also write the cloud and shadow polygons (GeoPackage) here.
+        min_polygon_area_m2: Polygons smaller than this are left out.
     """
 
     model: str | None = None
@@ -79,12 +81,16 @@ class SegmentOptions:
     stats: Path | None = None
     overwrite: bool = False
     bounds: tuple[float, float, float, float] | None = None
+    polygons: Path | None = None
+    min_polygon_area_m2: float = 0.0
 
     def __post_init__(self) -> None:
         if self.probabilities is not None:
             self.probabilities = Path(self.probabilities).expanduser()
         if self.stats is not None:
             self.stats = Path(self.stats).expanduser()
+        if self.polygons is not None:
+            self.polygons = Path(self.polygons).expanduser()
 
 
 @dataclass
@@ -105,11 +111,13 @@ class SegmentResult:
     class_percent: dict[str, float]
     nodata_pixels: int
     warnings: list[str] = field(default_factory=list)
+    polygons: Path | None = None
+    polygon_counts: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result as JSON-serialisable data."""
         data = asdict(self)
-        for key in ("output", "probabilities", "stats_path"):
+        for key in ("output", "probabilities", "stats_path", "polygons"):
             data[key] = str(data[key]) if data[key] else None
         data["megapixels_per_second"] = round(self.width * self.height / 1e6 / self.seconds, 3)
         return data
@@ -293,7 +301,9 @@ def segment(
     progress = progress or (lambda percent, message: None)
     cancelled = cancelled or (lambda: False)
     output = Path(output_path).expanduser()
-    targets = [p for p in (output, options.probabilities, options.stats) if p is not None]
+    targets = [
+        p for p in (output, options.probabilities, options.stats, options.polygons) if p is not None
+    ]
     for target in targets:
         check_target(Path(target), options.overwrite)
     if options.batch_size is not None and options.batch_size < 1:
@@ -375,6 +385,9 @@ def segment(
             if tmp_probs is not None and options.probabilities is not None:
                 publish_cog(tmp_probs, Path(options.probabilities), "AVERAGE")
             publish_cog(tmp_classes, output, "NEAREST")
+    polygon_counts = (
+        _polygonize_published(output, options, progress, cancelled) if options.polygons else {}
+    )
 
     seconds = time.perf_counter() - start
     valid = int(counts[:-1].sum())
@@ -395,6 +408,8 @@ def segment(
         class_percent=percent,
         nodata_pixels=int(counts[-1]),
         warnings=warnings,
+        polygons=options.polygons,
+        polygon_counts=polygon_counts,
     )
     if options.stats is not None:
         stats_tmp = temporary_sibling(Path(options.stats))
@@ -402,6 +417,33 @@ def segment(
         stats_tmp.replace(options.stats)
     progress(100.0, f"done in {seconds:.1f} s")
     return result
+
+
+def _polygonize_published(
+    output: Path,
+    options: SegmentOptions,
+    progress: ProgressCallback,
+    cancelled: CancelCallback,
+) -> dict[str, int]:
+    """Trace the polygons of a published mask; if that fails, remove what was published."""
+    from .vectorize import polygonize
+
+    assert options.polygons is not None
+    try:
+        if cancelled():
+            raise CancelledError("cancelled; no output was written")
+        progress(99.5, "tracing cloud and shadow polygons")
+        return polygonize(
+            output,
+            options.polygons,
+            min_area_m2=options.min_polygon_area_m2,
+            overwrite=options.overwrite,
+        )
+    except BaseException:
+        for path in (output, options.probabilities):
+            if path is not None:
+                Path(path).unlink(missing_ok=True)
+        raise
 
 
 def _run(

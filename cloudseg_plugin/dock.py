@@ -17,7 +17,6 @@ from typing import Any
 from qgis.core import (
     Qgis,
     QgsApplication,
-    QgsMapLayer,
     QgsMessageLog,
     QgsProject,
     QgsRasterLayer,
@@ -106,11 +105,9 @@ class SegmentTask(QgsTask):
     def run(self) -> bool:
         """Segment (and polygonize); runs off the UI thread. Returns success."""
         from ..backend.segment import SegmentOptions, segment
-        from ..backend.vectorize import polygonize
 
         outputs = self.outputs
         try:
-            share = 90.0 if outputs["polygons"] else 100.0
             self.result = segment(
                 self.request.source,
                 outputs["mask"],
@@ -119,31 +116,20 @@ class SegmentTask(QgsTask):
                     product_level=self.request.product_level,
                     tta=self.request.tta,
                     probabilities=outputs["probabilities"],
+                    polygons=outputs["polygons"],
                 ),
-                progress=lambda percent, message: self.setProgress(percent * share / 100),
+                progress=lambda percent, message: self.setProgress(percent),
                 cancelled=self.isCanceled,
             )
-            if outputs["polygons"] is not None:
-                if self.isCanceled():
-                    raise CancelledError("cancelled")
-                polygonize(outputs["mask"], outputs["polygons"])
             return True
-        except CancelledError:
-            self._remove_outputs()
+        except CancelledError:  # the engine leaves no output behind
             return False
         except CloudsegError as exc:
             self.error = str(exc)
-            self._remove_outputs()
             return False
         except Exception as exc:  # report anything else instead of losing it in a thread
             self.error = f"unexpected error: {exc}"
-            self._remove_outputs()
             return False
-
-    def _remove_outputs(self) -> None:
-        for path in self.outputs.values():
-            if path is not None and path.exists():
-                path.unlink()
 
     def finished(self, ok: bool) -> None:
         """Back on the UI thread: hand the outcome to the dock."""
@@ -288,7 +274,7 @@ class CloudSegDock(QDockWidget):
         if self.task is not None:
             self._say("a run is already going; cancel it or wait", Qgis.Warning)
             return None
-        if not isinstance(layer, QgsRasterLayer) or layer.type() != QgsMapLayer.RasterLayer:
+        if not isinstance(layer, QgsRasterLayer):
             self._say("select a Sentinel-2 raster layer in the Layers panel first", Qgis.Warning)
             return None
         folder = Path(self.output_dir.filePath() or Path.home() / "cloudseg").expanduser()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingException
+from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingFeedback
 from qgis.PyQt.QtGui import QIcon
 
 from ...backend.dependencies import Requirement, install_hint, missing_requirements
@@ -57,3 +57,10 @@ class CloudsegAlgorithm(QgsProcessingAlgorithm):
         missing = missing_requirements(self.requirements)
         if missing:
             raise QgsProcessingException(install_hint(missing))
+
+    @staticmethod
+    def report_progress(feedback: QgsProcessingFeedback, percent: float, message: str) -> None:
+        """Pass a backend progress callback (percent, message) on to Processing."""
+        feedback.setProgress(percent)
+        if message:
+            feedback.setProgressText(message)

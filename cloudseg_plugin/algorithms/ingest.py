@@ -105,9 +105,7 @@ ingested."""
         layout = self.parameterAsEnumString(parameters, self.LAYOUT, context)
 
         def progress(done: int, total: int, scene: str) -> None:
-            feedback.setProgress(100.0 * done / total if total else 100.0)
-            if scene:
-                feedback.setProgressText(scene)
+            self.report_progress(feedback, 100.0 * done / total if total else 100.0, scene)
 
         try:
             result = ingest(

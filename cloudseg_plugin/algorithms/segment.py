@@ -237,9 +237,9 @@ shadows larger than the minimum area, and the cloud, shadow and clear percentage
     ) -> dict[str, Any]:
         """Run the backend engine with Processing's progress and cancel."""
         self.require_dependencies()
+        from ...backend.bands import parse_band_list
         from ...backend.reader import scene_path_from_gdal_source
         from ...backend.segment import SegmentOptions, segment
-        from ...backend.vectorize import polygonize
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
@@ -262,8 +262,6 @@ shadows larger than the minimum area, and the cloud, shadow and clear percentage
                     extent.yMaximum(),
                 )
         try:
-            from ...backend.bands import parse_band_list
-
             source = scene_path_from_gdal_source(layer.source())
             options = SegmentOptions(
                 model=None if model == AUTO else model,
@@ -275,29 +273,22 @@ shadows larger than the minimum area, and the cloud, shadow and clear percentage
                 probabilities=Path(probabilities) if probabilities else None,
                 overwrite=True,  # the destination widget has already asked
                 bounds=bounds,
+                polygons=Path(vector) if vector else None,
+                min_polygon_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
             )
             feedback.pushInfo(f"Input: {source}")
-            span = 90.0 if vector else 100.0
             result = segment(
                 source,
                 output,
                 options,
-                progress=lambda percent, message: _progress(
-                    feedback, percent * span / 100, message
-                ),
+                progress=lambda percent, message: self.report_progress(feedback, percent, message),
                 cancelled=feedback.isCanceled,
             )
             feedback.pushInfo(f"{result.model_reason}; ran on {result.runner}")
             for warning in result.warnings:
                 feedback.reportError(warning, fatalError=False)
             if vector:
-                counts = polygonize(
-                    output,
-                    vector,
-                    min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
-                    overwrite=True,
-                )
-                feedback.pushInfo(f"Polygons: {counts}")
+                feedback.pushInfo(f"Polygons: {result.polygon_counts}")
         except CloudsegError as exc:
             raise QgsProcessingException(str(exc)) from exc
 
@@ -334,8 +325,3 @@ shadows larger than the minimum area, and the cloud, shadow and clear percentage
                 styler = ResultStyler(kind or "polygons", classes)
                 _STYLERS.append(styler)
                 context.layerToLoadOnCompletionDetails(path).setPostProcessor(styler)
-
-
-def _progress(feedback: QgsProcessingFeedback, percent: float, message: str) -> None:
-    feedback.setProgress(percent)
-    feedback.setProgressText(message)

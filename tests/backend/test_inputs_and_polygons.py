@@ -76,3 +76,29 @@ def test_polygons_keep_cloud_and_shadow_above_the_minimum_area(multiband, tmp_pa
         polygonize(multiband, tmp_path / "y.gpkg")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["all.gpkg", "big.gpkg", "m.tif"]
     assert np.isin(classes, [0, 1, 2]).all()
+
+
+def test_segment_writes_polygons_and_a_late_cancel_removes_everything(multiband, tmp_path):
+    mask, polygons = tmp_path / "m.tif", tmp_path / "p.gpkg"
+    options = SegmentOptions(product_level="L2A", polygons=polygons, min_polygon_area_m2=2000)
+    result = segment(multiband, mask, options)
+    assert result.polygons == polygons and polygons.is_file()
+    assert result.polygon_counts == polygonize(mask, tmp_path / "again.gpkg", min_area_m2=2000)
+
+    from cloudseg.backend.errors import CancelledError
+
+    late = tmp_path / "late"
+    late.mkdir()
+    seen = []
+    options = SegmentOptions(
+        product_level="L2A", polygons=late / "p.gpkg", probabilities=late / "probs.tif"
+    )
+    with pytest.raises(CancelledError):
+        segment(
+            multiband,
+            late / "m.tif",
+            options,
+            progress=lambda percent, message: seen.append(percent),
+            cancelled=lambda: bool(seen) and seen[-1] >= 99.0,
+        )
+    assert list(late.iterdir()) == []

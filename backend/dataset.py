@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .ingest import COLLECTION_KEY, ITEMS_PREFIX, image_key, item_key, mask_key
+from .ingest import COLLECTION_KEY, image_key, item_key, item_keys, mask_key
 from .layouts import Scheme
 from .storage import Storage, open_storage
 
@@ -54,7 +54,7 @@ class StoredDataset:
 
     def scenes(self) -> list[str]:
         """Ids of the visible scenes, sorted."""
-        return [Path(k).stem for k in self.storage.list(ITEMS_PREFIX) if k.endswith(".json")]
+        return [Path(k).stem for k in item_keys(self.storage)]
 
     def item(self, scene_id: str) -> Any:
         """The scene's STAC Item (a ``pystac.Item``)."""

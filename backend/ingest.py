@@ -200,11 +200,12 @@ def _make_item(
     return item.to_dict(include_self_link=False, transform_hrefs=False)
 
 
-def write_collection(storage: Storage, scheme: Scheme, name: str) -> dict[str, Any]:
-    """(Re)write the STAC Collection from the Items in the store; deterministic."""
+def write_collection(
+    storage: Storage, scheme: Scheme, name: str, items: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """(Re)write the STAC Collection for ``items`` (those in the store); deterministic."""
     import pystac
 
-    items = [json.loads(storage.read_bytes(k)) for k in storage.list(ITEMS_PREFIX)]
     boxes = [i["bbox"] for i in items if i.get("bbox")]
     spatial = (
         [
@@ -307,8 +308,8 @@ def ingest(
         except OSError as exc:
             result.failed.append((scene.scene_id, f"unreadable file: {exc}"))
             continue
-        if storage.exists(item_key(scene.scene_id)):
-            stored = json.loads(storage.read_bytes(item_key(scene.scene_id)))
+        stored = _stored_item(storage, scene.scene_id)
+        if stored is not None:
             if stored["properties"].get("cloudseg:source_sha256") == checksum:
                 result.skipped.append(scene.scene_id)
                 continue
@@ -331,14 +332,32 @@ def ingest(
         result.ingested.append(scene.scene_id)
         result.megabytes += (loaded.image.nbytes + loaded.mask.nbytes) / 1e6
     progress(total, total, "")
-    write_collection(storage, found.scheme, name)
+    items = stored_items(storage)
+    write_collection(storage, found.scheme, name, items)
     if report:
         from .report import write_report
 
-        write_report(storage)
+        write_report(storage, items)
     result.seconds = round(time.perf_counter() - start, 3)
     result.megabytes = round(result.megabytes, 3)
     return result
+
+
+def _stored_item(storage: Storage, scene_id: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(storage.read_bytes(item_key(scene_id)))
+    except KeyError:
+        return None
+
+
+def item_keys(storage: Storage) -> list[str]:
+    """Keys of the STAC Items in the store, in id order (no half-written files)."""
+    return [k for k in storage.list(ITEMS_PREFIX) if k.endswith(".json") and "/." not in f"/{k}"]
+
+
+def stored_items(storage: Storage) -> list[dict[str, Any]]:
+    """Every STAC Item in the store, in id order."""
+    return [json.loads(storage.read_bytes(k)) for k in item_keys(storage)]
 
 
 def _stored_scheme(storage: Storage) -> Scheme | None:

@@ -12,7 +12,7 @@ import math
 from collections import Counter
 from typing import Any
 
-from .ingest import COLLECTION_KEY, ITEMS_PREFIX
+from .ingest import COLLECTION_KEY, stored_items
 from .storage import Storage
 
 
@@ -20,10 +20,15 @@ def _cloudy(name: str) -> bool:
     return "cloud" in name and "shadow" not in name
 
 
-def dataset_report(storage: Storage) -> dict[str, Any]:
-    """Figures of the dataset: class balance, cloud fractions, bands, dates, places."""
+def dataset_report(storage: Storage, items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Figures of the dataset: class balance, cloud fractions, bands, dates, places.
+
+    Args:
+        storage: The store.
+        items: Its STAC Items, if already read; read from the store when None.
+    """
     collection = json.loads(storage.read_bytes(COLLECTION_KEY))
-    items = [json.loads(storage.read_bytes(k)) for k in storage.list(ITEMS_PREFIX)]
+    items = stored_items(storage) if items is None else items
     classes = [c["name"] for c in collection["cloudseg:scheme"]["classes"]]
     bands = collection["cloudseg:scheme"]["bands"]
     balance: Counter[str] = Counter()
@@ -84,14 +89,21 @@ def _histogram(values: list[float], bins: int = 10) -> dict[str, int]:
     return {f"{i / bins:.1f}-{(i + 1) / bins:.1f}": c for i, c in enumerate(counts)}
 
 
-def write_report(storage: Storage) -> dict[str, Any]:
+def _save_png(storage: Storage, figure: Any, name: str) -> None:
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    storage.write_bytes(f"report/{name}", buffer.getvalue())
+
+
+def write_report(storage: Storage, items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write ``report/report.json`` and its PNG plots into the store; return the report."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    report = dataset_report(storage)
+    report = dataset_report(storage, items)
     storage.write_bytes(
         "report/report.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
     )
@@ -113,10 +125,7 @@ def write_report(storage: Storage) -> dict[str, Any]:
         axes.bar(list(values), list(values.values()), yerr=errors, color="#00838f")
         axes.set_title(title)
         axes.tick_params(axis="x", labelrotation=30)
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", metadata={"Software": None})
-        storage.write_bytes(f"report/{name}", buffer.getvalue())
+        _save_png(storage, figure, name)
     if report["places"]:
         figure = Figure(figsize=(5, 4), dpi=100)
         axes = figure.subplots()
@@ -124,8 +133,5 @@ def write_report(storage: Storage) -> dict[str, Any]:
         axes.set_xlabel("longitude")
         axes.set_ylabel("latitude")
         axes.set_title("Scenes by place")
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", metadata={"Software": None})
-        storage.write_bytes("report/places.png", buffer.getvalue())
+        _save_png(storage, figure, "places.png")
     return report

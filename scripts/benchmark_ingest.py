@@ -15,9 +15,7 @@ Usage: benchmark_ingest.py --data ../shared/data/real --out benchmarks/ingest.js
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -25,10 +23,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from benchmark_common import write_results
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:
@@ -121,19 +119,8 @@ def main() -> int:
         "s3_moto_server_http_127_0_0_1": s3,
         "notes": "MB = image + mask bytes before compression; windows are 256 x 256, "
         "all bands, random scene and position, one read each (no cache)",
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
-        "versions": {
-            p: metadata.version(p)
-            for p in ("cloudseg", "zarr", "numcodecs", "boto3", "moto", "pystac")
-        },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=2))
+    write_results(report, ("cloudseg", "zarr", "numcodecs", "boto3", "moto", "pystac"), args.out)
     return 0
 
 

@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from benchmark_common import write_results
 
 UKIS_BANDS = ["blue", "green", "red", "nir", "swir16", "swir22"]
 
@@ -217,21 +216,10 @@ def main() -> int:
         "runs": runs,
         "speedup": round(runs["ukis"]["seconds"] / runs["ours"]["seconds"], 2),
         "peak_memory_ratio": round(runs["ours"]["peak_rss_mib"] / runs["ukis"]["peak_rss_mib"], 3),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.machine(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
-        "versions": {
-            p: metadata.version(p) for p in ("cloudseg", "onnxruntime", "numpy", "ukis-csmask")
-        },
         "batch_size": args.batch_size or "engine default (1 on the CPU)",
         "gdal_cachemax": os.environ.get("GDAL_CACHEMAX", "engine default (256 MiB)"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(report, indent=2))
+    write_results(report, ("cloudseg", "onnxruntime", "numpy", "ukis-csmask"), args.out)
     return 0
 
 

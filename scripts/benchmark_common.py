@@ -1,0 +1,26 @@
+"""What every benchmark's JSON records besides its figures: the machine and versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+def write_results(report: dict[str, Any], packages: tuple[str, ...], out: Path) -> None:
+    """Add the machine and package versions to ``report``, write it as JSON and print it."""
+    report = report | {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "versions": {p: metadata.version(p) for p in packages},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(report, indent=2))

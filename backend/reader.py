@@ -97,6 +97,9 @@ class SceneReader:
         Raises:
             InputError: If ``bounds`` does not overlap the scene.
         """
+        from affine import Affine
+        from rasterio.coords import BoundingBox
+        from rasterio.transform import array_bounds
         from rasterio.windows import from_bounds
 
         window = from_bounds(*bounds, transform=self._scene_transform)
@@ -111,15 +114,11 @@ class SceneReader:
                 f"the extent {tuple(round(v, 2) for v in bounds)} does not overlap "
                 f"{self.path.name} ({tuple(round(v, 2) for v in self.bounds)})"
             )
-        from rasterio.coords import BoundingBox
-        from rasterio.windows import Window, transform
-
         self._row0, self._col0 = row0, col0
-        self.transform = transform(Window(col0, row0, 1, 1), self._scene_transform)
+        self.transform = self._scene_transform * Affine.translation(col0, row0)
         self.height, self.width = row1 - row0, col1 - col0
-        left, top = self.transform * (0, 0)
-        right, bottom = self.transform * (self.width, self.height)
-        self.bounds = BoundingBox(left, min(bottom, top), right, max(bottom, top))
+        west, south, east, north = array_bounds(self.height, self.width, self.transform)
+        self.bounds = BoundingBox(west, south, east, north)
 
     # -- grid --------------------------------------------------------------------------
     @property

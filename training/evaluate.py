@@ -1,0 +1,245 @@
+"""Evaluate a model on labeled data: an ingested store's scenes, or rasters with labels.
+
+Predictions come from the same engine analysts run (:func:`cloudseg.backend.segment`):
+tiling, blending, resampling to the model's resolution and back, scaling. A store scene
+is written to a temporary GeoTIFF with its CRS, transform and band names first, so a
+model is judged exactly as it will behave in QGIS. Reference classes are mapped to the
+model's classes by name (``thick cloud`` and ``thin cloud`` -> ``cloud``) unless a
+mapping is given; unmapped and unlabeled pixels are ignored.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backend.errors import CancelledError, InputError
+from ..backend.registry import load_model
+from ..backend.segment import SegmentOptions, segment
+from .data import lookup_table, map_classes
+from .metrics import confusion_matrix, metrics_from_confusion, write_report
+
+ProgressCallback = Callable[[float, str], None]
+CancelCallback = Callable[[], bool]
+
+
+@dataclass
+class Evaluation:
+    """Metrics over all scenes, per scene, and the files written."""
+
+    model: str
+    metrics: dict[str, Any]
+    scenes: dict[str, dict[str, Any]]
+    seconds: float
+    metrics_path: Path | None = None
+    confusion_png: Path | None = None
+    class_map: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the evaluation as JSON-serialisable data."""
+        data = self.__dict__.copy()
+        data["metrics_path"] = str(self.metrics_path) if self.metrics_path else None
+        data["confusion_png"] = str(self.confusion_png) if self.confusion_png else None
+        return data
+
+
+def _predict(image: Path, model: str, folder: Path, options: dict[str, Any]) -> np.ndarray:
+    import rasterio
+
+    output = folder / f"{image.stem}.classes.tif"
+    segment(image, output, SegmentOptions(model=model, overwrite=True, **options))
+    with rasterio.open(output) as ds:
+        classes = ds.read(1)
+    output.unlink()
+    return classes
+
+
+def _store_scene_to_tiff(dataset: Any, scene: str, path: Path) -> tuple[Path, np.ndarray]:
+    """Write a store scene as GeoTIFF (CRS, transform, band names); return it and its mask."""
+    import rasterio
+    from affine import Affine
+
+    image, mask = dataset.read(scene)
+    props = dataset.item(scene).properties
+    crs = props.get("proj:code")
+    transform = (
+        Affine(*props["proj:transform"]) if props.get("proj:transform") else Affine.identity()
+    )
+    profile = {
+        "driver": "GTiff",
+        "height": image.shape[1],
+        "width": image.shape[2],
+        "count": image.shape[0],
+        "dtype": image.dtype.name,
+        "crs": crs,
+        "transform": transform,
+    }
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(image)
+        for i, band in enumerate(dataset.bands, start=1):
+            ds.set_band_description(i, band)
+    return path, mask
+
+
+def _finish(
+    name: str,
+    class_names: list[str],
+    matrix: np.ndarray,
+    scenes: dict[str, dict[str, Any]],
+    started: float,
+    out: Path | None,
+    mapping_names: dict[str, str],
+) -> Evaluation:
+    metrics = metrics_from_confusion(matrix, class_names)
+    evaluation = Evaluation(name, metrics, scenes, round(time.perf_counter() - started, 2))
+    evaluation.class_map = mapping_names
+    if out is not None:
+        evaluation.metrics_path, evaluation.confusion_png = write_report(
+            metrics | {"model": name, "scenes": scenes, "class_map": mapping_names},
+            Path(out),
+            f"{name}: mIoU {metrics['mean_iou'] or 0:.3f}",
+        )
+    return evaluation
+
+
+def _scene_metrics(matrix: np.ndarray, names: list[str]) -> dict[str, Any]:
+    m = metrics_from_confusion(matrix, names)
+    return {
+        "pixels": m["pixels"],
+        "mean_iou": m["mean_iou"],
+        "pixel_accuracy": m["pixel_accuracy"],
+        "iou": {k: v["iou"] for k, v in m["per_class"].items()},
+    }
+
+
+def evaluate_store(
+    model: str,
+    store: str | Path,
+    scenes: list[str] | None = None,
+    out: str | Path | None = None,
+    class_map: dict[str, str | None] | None = None,
+    endpoint_url: str | None = None,
+    options: dict[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
+    cancelled: CancelCallback | None = None,
+) -> Evaluation:
+    """Evaluate ``model`` on scenes of an ingested store.
+
+    Args:
+        model: Built-in name or model file (``.onnx``, ``model.pt``).
+        store: Ingested store (folder or ``s3://``).
+        scenes: Scene ids; all scenes when None.
+        out: Folder for ``metrics.json`` and ``confusion.png``; nothing written when None.
+        class_map: Store class name -> model class name (None: ignore).
+        endpoint_url: S3 endpoint.
+        options: More :class:`SegmentOptions` fields (``resolution``, ``device``, ``tta``).
+        progress: Called with (percent, message) per scene.
+        cancelled: Polled per scene.
+
+    Returns:
+        An :class:`Evaluation`.
+
+    Raises:
+        CloudsegError: For an unknown model, store or scene, or missing bands.
+    """
+    from ..backend.dataset import open_dataset
+
+    started = time.perf_counter()
+    card = load_model(model).card
+    names = card.class_names()
+    dataset = open_dataset(store, endpoint_url)
+    mapping = map_classes(dataset.classes, names, class_map)
+    table = lookup_table(mapping)
+    chosen = scenes or dataset.scenes()
+    matrix = np.zeros((len(names), len(names)), dtype=np.int64)
+    per_scene: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="cloudseg-eval-") as tmp:
+        for i, scene in enumerate(chosen):
+            if cancelled and cancelled():
+                raise CancelledError("evaluation cancelled; nothing was written")
+            if progress:
+                progress(100.0 * i / len(chosen), f"scene {scene}")
+            image, mask = _store_scene_to_tiff(dataset, scene, Path(tmp) / f"{scene}.tif")
+            prediction = _predict(image, model, Path(tmp), options or {})
+            image.unlink()
+            scene_matrix = confusion_matrix(table[mask], prediction, len(names))
+            matrix += scene_matrix
+            per_scene[scene] = _scene_metrics(scene_matrix, names)
+    by_name = {
+        c["name"]: names[mapping[c["value"]]] for c in dataset.classes if c["value"] in mapping
+    }
+    return _finish(
+        card.name, names, matrix, per_scene, started, Path(out) if out else None, by_name
+    )
+
+
+def evaluate_rasters(
+    model: str,
+    images: list[str | Path],
+    labels: list[str | Path],
+    label_classes: list[str] | None = None,
+    out: str | Path | None = None,
+    class_map: dict[str, str | None] | None = None,
+    options: dict[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
+    cancelled: CancelCallback | None = None,
+) -> Evaluation:
+    """Evaluate ``model`` on rasters with label rasters of the same grid.
+
+    Args:
+        model: Built-in name or model file.
+        images: Scenes (anything ``cloudseg segment`` reads).
+        labels: One label raster per scene; its nodata is ignored.
+        label_classes: Names of the label values 0, 1, 2...; default the model's classes.
+        out: Folder for ``metrics.json`` and ``confusion.png``.
+        class_map: Label class name -> model class name (None: ignore).
+        options: More :class:`SegmentOptions` fields.
+        progress: Called with (percent, message) per scene.
+        cancelled: Polled per scene.
+
+    Raises:
+        InputError: If the lists differ in length or a label's grid differs.
+    """
+    import rasterio
+
+    if len(images) != len(labels) or not images:
+        raise InputError(
+            f"give one label raster per image ({len(images)} images, {len(labels)} labels)"
+        )
+    started = time.perf_counter()
+    card = load_model(model).card
+    names = card.class_names()
+    source = [{"value": i, "name": n} for i, n in enumerate(label_classes or names)]
+    mapping = map_classes(source, names, class_map)
+    table = lookup_table(mapping)
+    matrix = np.zeros((len(names), len(names)), dtype=np.int64)
+    per_scene: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="cloudseg-eval-") as tmp:
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            if cancelled and cancelled():
+                raise CancelledError("evaluation cancelled; nothing was written")
+            if progress:
+                progress(100.0 * i / len(images), f"scene {Path(image).name}")
+            prediction = _predict(Path(image), model, Path(tmp), options or {})
+            with rasterio.open(label) as ds:
+                reference = ds.read(1, masked=True)
+            if reference.shape != prediction.shape:
+                raise InputError(
+                    f"{label} is {reference.shape[1]} x {reference.shape[0]} px but the "
+                    f"prediction of {image} is {prediction.shape[1]} x {prediction.shape[0]}"
+                )
+            values = np.ma.filled(reference, 255)
+            values = np.where(np.isfinite(values) & (values >= 0) & (values < 255), values, 255)
+            scene_matrix = confusion_matrix(table[values.astype(np.uint8)], prediction, len(names))
+            matrix += scene_matrix
+            per_scene[str(image)] = _scene_metrics(scene_matrix, names)
+    by_name = {c["name"]: names[mapping[c["value"]]] for c in source if c["value"] in mapping}
+    return _finish(
+        card.name, names, matrix, per_scene, started, Path(out) if out else None, by_name
+    )

@@ -1,0 +1,203 @@
+"""Model factory over segmentation-models-pytorch, and the import of the real cloud models.
+
+``create_model`` builds any of the supported smp architectures for any band and class
+count. ``import_onnx_unet`` loads the weights of a built-in ukis-csmask ONNX model into
+the matching smp U-Net (EfficientNet-B4 encoder), optionally for other bands or classes,
+so that fine-tuning starts from a real cloud model rather than from random weights (no
+pretrained weights can be downloaded where our users often work).
+
+The ukis-csmask graphs hold float16 weights and compute in float16; the imported network
+computes in float32. It reproduces onnxruntime running the same graph in float32 to about
+3e-5 on real inputs; against the float16 graph the difference is that graph's own
+rounding (see :func:`onnx_as_float32`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backend.bands import canonical_band
+from ..backend.cards import ClassInfo, ModelCard
+from ..backend.errors import BandError, ModelError
+from ..backend.registry import load_model
+
+# Architecture names as smp spells them, and a sensible encoder for each when none is
+# given (Segformer's own Mix Transformer; resnet34 elsewhere).
+ARCHITECTURES: dict[str, str] = {
+    "Unet": "resnet34",
+    "UnetPlusPlus": "resnet34",
+    "FPN": "resnet34",
+    "DeepLabV3Plus": "resnet34",
+    "PSPNet": "resnet34",
+    "Segformer": "mit_b0",
+}
+
+
+def architecture_name(name: str) -> str:
+    """Return the canonical spelling of an architecture name (case-insensitive).
+
+    Raises:
+        ModelError: For an unknown name, listing the valid ones.
+    """
+    for known in ARCHITECTURES:
+        if known.lower() == name.lower().replace("-", "").replace("_", ""):
+            return known
+    raise ModelError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+
+
+def create_model(
+    architecture: str, in_channels: int, classes: int, encoder: str | None = None
+) -> Any:
+    """Build a segmentation-models-pytorch network with random weights.
+
+    Args:
+        architecture: One of :data:`ARCHITECTURES` (any case).
+        in_channels: Number of input bands.
+        classes: Number of output classes.
+        encoder: smp encoder name; the architecture's default when None.
+
+    Returns:
+        The ``torch.nn.Module``; it returns logits of shape (N, classes, H, W).
+
+    Raises:
+        ModelError: For an unknown architecture or encoder, listing valid names.
+    """
+    import segmentation_models_pytorch as smp
+
+    arch = architecture_name(architecture)
+    encoder = encoder or ARCHITECTURES[arch]
+    if encoder not in smp.encoders.get_encoder_names():
+        raise ModelError(
+            f"unknown encoder {encoder!r}; e.g. resnet18, resnet34, efficientnet-b4, "
+            "mit_b0 (all: segmentation_models_pytorch.encoders.get_encoder_names())"
+        )
+    if in_channels < 1 or classes < 2:
+        raise ModelError("a model needs at least 1 input band and 2 classes")
+    return smp.create_model(
+        arch, encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes
+    )
+
+
+def onnx_as_float32(proto: Any) -> Any:
+    """Return a copy of an ONNX graph with float16 weights and casts turned into float32.
+
+    Used to check the weight import: the same graph and weights, without float16 rounding.
+    """
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    for init in proto.graph.initializer:
+        if init.data_type == TensorProto.FLOAT16:
+            array = numpy_helper.to_array(init).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(array, init.name))
+    for node in proto.graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT16:
+                attr.i = TensorProto.FLOAT
+            if attr.t is not None and attr.t.data_type == TensorProto.FLOAT16:
+                attr.t.CopyFrom(
+                    numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32))
+                )
+    del proto.graph.value_info[:]
+    return proto
+
+
+def onnx_weights(path: str | Path) -> dict[str, np.ndarray]:
+    """Read an smp-exported ONNX file's weights as float32 arrays keyed by state-dict name."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    weights = {}
+    for init in proto.graph.initializer:
+        name = init.name.removeprefix("model.")
+        weights[name] = numpy_helper.to_array(init).astype(np.float32)
+    return weights
+
+
+def import_onnx_unet(
+    model: str,
+    bands: list[str] | None = None,
+    classes: int | None = None,
+) -> tuple[Any, ModelCard]:
+    """Load a built-in ukis-csmask ONNX model into an smp U-Net (EfficientNet-B4).
+
+    Args:
+        model: Built-in model name (``ukis-csmask-4b-l1c``) or ONNX file with a card.
+        bands: Input bands of the new network; a band the source model has keeps its
+            first-layer weights, a new band starts from their mean. Default: the card's.
+        classes: Output classes; when it differs from the card's, the segmentation head
+            starts anew (the encoder and decoder keep their weights).
+
+    Returns:
+        The network (float32, eval mode) and the source model's card.
+
+    Raises:
+        ModelError: If the file is not such a model or its weights do not fit.
+        BandError: For an unknown band name.
+    """
+    import torch
+
+    source = load_model(model)
+    card = source.card
+    if source.path.suffix.lower() != ".onnx":
+        raise ModelError(f"{model}: expected an ONNX model, got {source.path.name}")
+    arch = card.architecture
+    if arch.get("name") != "Unet" or not str(arch.get("encoder", "")).startswith("efficientnet"):
+        raise ModelError(f"{card.name} is not an smp U-Net with an EfficientNet encoder")
+    bands = [canonical_band(b) for b in (bands or card.bands)]
+    n_classes = classes or len(card.classes)
+    weights = onnx_weights(source.path)
+    network = create_model("Unet", len(bands), n_classes, encoder=arch["encoder"])
+    stem_key = "encoder._conv_stem.weight"
+    stem = weights.get(stem_key)
+    if stem is None:
+        raise ModelError(f"{source.path} does not hold smp U-Net weights ({stem_key} missing)")
+    mean_kernel = stem.mean(axis=1)
+    weights[stem_key] = np.stack(
+        [stem[:, card.bands.index(b)] if b in card.bands else mean_kernel for b in bands], axis=1
+    )
+    if n_classes != len(card.classes):
+        weights = {k: v for k, v in weights.items() if not k.startswith("segmentation_head.")}
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
+    result = network.load_state_dict(state, strict=False)
+    unexpected = list(result.unexpected_keys)
+    missing = [
+        k
+        for k in result.missing_keys
+        if not k.endswith("num_batches_tracked") and not k.startswith("segmentation_head.")
+    ]
+    if unexpected or missing:
+        raise ModelError(
+            f"{source.path.name}: weights do not fit Unet/{arch['encoder']} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return network.eval(), card
+
+
+def class_infos(classes: list[dict[str, Any]]) -> tuple[ClassInfo, ...]:
+    """Turn store classes (value, name[, color]) into card classes, with default colors."""
+    palette = ["#2e7d3200", "#00e5ff", "#b2ebf2", "#7b1fa2", "#ff9800", "#795548", "#9e9e9e"]
+    return tuple(
+        ClassInfo(i, c["name"], c.get("color") or palette[i % len(palette)])
+        for i, c in enumerate(classes)
+    )
+
+
+def check_bands(wanted: list[str], available: list[str], where: str) -> list[int]:
+    """Return the indexes of ``wanted`` bands in ``available``.
+
+    Raises:
+        BandError: Naming the missing bands and what is there.
+    """
+    wanted = [canonical_band(b) for b in wanted]
+    missing = [b for b in wanted if b not in available]
+    if missing:
+        raise BandError(
+            f"{where} lacks band(s) {', '.join(missing)}; it has {', '.join(available)}"
+        )
+    return [available.index(b) for b in wanted]

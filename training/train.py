@@ -1,0 +1,497 @@
+"""Train or fine-tune a segmentation model on an ingested store, with PyTorch Lightning.
+
+A run folder holds what a run produced::
+
+    runs/model/
+      config.yaml              the config as run (resolved: bands, normalization)
+      checkpoints/best.ckpt    best validation IoU (Lightning, resumable)
+      checkpoints/last.ckpt    the latest epoch (``--resume`` continues from it)
+      logs/metrics.csv         losses, IoU and learning rate per step and epoch
+      tensorboard/             the same for TensorBoard
+      model.pt                 the best weights with their model card: give it to
+                               ``cloudseg segment --model`` or ``cloudseg export``
+
+``model.pt`` is written last, under a temporary name: a run that failed or was
+cancelled has no ``model.pt``, only checkpoints to resume from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L  # noqa: N812 (Lightning's own convention)
+import numpy as np
+import torch
+
+from ..backend._version import __version__
+from ..backend.cards import ModelCard
+from ..backend.dataset import StoredDataset, open_dataset
+from ..backend.errors import CancelledError, InputError, OutputExistsError
+from ..backend.registry import load_model, read_torch_card
+from .augment import make_augmentation
+from .config import CONFIG_NAME, Config
+from .data import WindowDataset, make_sampler, split_scenes, store_normalization
+from .losses import create_loss
+from .metrics import confusion_matrix, metrics_from_confusion
+from .models import ARCHITECTURES, architecture_name, class_infos, create_model, import_onnx_unet
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME = "model.pt"
+ProgressCallback = Callable[[float, str], None]
+CancelCallback = Callable[[], bool]
+
+
+class SegmentationModule(L.LightningModule):
+    """A network, its loss and optimiser, and the validation confusion matrix."""
+
+    def __init__(self, network: torch.nn.Module, classes: list[str], config: Config) -> None:
+        super().__init__()
+        self.network = network
+        self.classes = classes
+        self.settings = config.train
+        self.ignore_index = config.data.ignore_index
+        self.loss = create_loss(
+            config.train.loss,
+            config.data.ignore_index,
+            config.train.class_weights,
+            config.train.focal_weight,
+            config.train.dice_weight,
+        )
+        self.augment = make_augmentation() if config.train.augment else None
+        self.confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
+        self.epoch_losses: list[float] = []
+        self._loss_sum = 0.0
+        self._loss_count = 0
+        self.val_metrics: dict[str, Any] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits."""
+        return self.network(x)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augment training batches on the device they are on."""
+        if self.augment is not None and self.trainer is not None and self.trainer.training:
+            return self.augment(*batch)
+        return batch
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """One optimisation step."""
+        images, masks = batch
+        loss = self.loss(self(images), masks)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self._loss_sum += float(loss.detach())
+        self._loss_count += 1
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        """Record the epoch's mean training loss."""
+        if self._loss_count:
+            self.epoch_losses.append(self._loss_sum / self._loss_count)
+        self._loss_sum, self._loss_count = 0.0, 0
+
+    def on_validation_epoch_start(self) -> None:
+        """Start a new confusion matrix."""
+        self.confusion[:] = 0
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Accumulate the confusion matrix and log the loss."""
+        images, masks = batch
+        logits = self(images)
+        self.log("val_loss", self.loss(logits, masks), on_epoch=True, prog_bar=True)
+        self.confusion += confusion_matrix(
+            masks.cpu().numpy(),
+            logits.argmax(1).cpu().numpy(),
+            len(self.classes),
+            self.ignore_index,
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        """Log mean IoU and per-class IoU."""
+        metrics = metrics_from_confusion(self.confusion, self.classes)
+        self.val_metrics = metrics
+        self.log("val_iou", metrics["mean_iou"] or 0.0, prog_bar=True)
+        for name, values in metrics["per_class"].items():
+            if values["iou"] is not None:
+                self.log(f"val_iou_{name.replace(' ', '_')}", values["iou"])
+
+    def configure_optimizers(self) -> Any:
+        """AdamW, with the learning rate reduced when validation IoU stops improving."""
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.settings.lr, weight_decay=self.settings.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=0.5, patience=max(1, self.settings.patience // 2)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": "val_iou"},
+        }
+
+
+class _Progress(L.Callback):
+    """Reports progress per batch and stops the run when asked to."""
+
+    def __init__(self, progress: ProgressCallback | None, cancelled: CancelCallback | None) -> None:
+        self.progress = progress
+        self.cancelled = cancelled
+        self.was_cancelled = False
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        batches = max(1, int(trainer.num_training_batches))
+        done = (trainer.current_epoch + (idx + 1) / batches) / max(1, trainer.max_epochs)
+        if self.progress:
+            loss = trainer.callback_metrics.get("train_loss_step")
+            text = f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+            if loss is not None:
+                text += f", loss {float(loss):.4f}"
+            self.progress(100.0 * min(done, 1.0), text)
+        if self.cancelled and self.cancelled():
+            self.was_cancelled = True
+            trainer.should_stop = True
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    model_path: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    epochs: int
+    best_val_iou: float | None
+    epoch_losses: list[float]
+    val_metrics: dict[str, Any]
+    seconds: float
+    windows_per_second: float
+    device: str
+    train_scenes: list[str] = field(default_factory=list)
+    val_scenes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the result as JSON-serialisable data."""
+        data = self.__dict__.copy()
+        for key in ("model_path", "best_checkpoint", "last_checkpoint"):
+            data[key] = str(data[key])
+        return data
+
+
+def _initial_network(
+    config: Config, bands: list[str], classes: list[str]
+) -> tuple[Any, ModelCard | None]:
+    """Build the network: random, from a built-in ONNX model, or from a cloudseg checkpoint."""
+    init = config.model.init
+    if not init:
+        network = create_model(
+            config.model.architecture, len(bands), len(classes), config.model.encoder
+        )
+        return network, None
+    if str(init).endswith((".pt", ".pth")):
+        card = read_torch_card(Path(init))
+        network = create_model(
+            card.architecture["name"],
+            len(card.bands),
+            len(card.classes),
+            card.architecture.get("encoder"),
+        )
+        state = torch.load(init, map_location="cpu", weights_only=True)["state_dict"]
+        network.load_state_dict(state)
+        if list(card.bands) != bands or len(card.classes) != len(classes):
+            raise InputError(
+                f"{init} takes bands {', '.join(card.bands)} and {len(card.classes)} classes; "
+                "to change bands or classes start from a built-in ONNX model"
+            )
+        return network, card
+    model = load_model(init)
+    if model.path.suffix.lower() != ".onnx":
+        raise InputError(f"model.init {init!r}: use a built-in ONNX model name or a model.pt")
+    network, card = import_onnx_unet(init, bands, len(classes))
+    return network, card
+
+
+def _normalization(
+    config: Config,
+    dataset: StoredDataset,
+    scenes: list[str],
+    bands: list[str],
+    card: ModelCard | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    norm = config.data.normalization
+    mean, std = store_normalization(dataset, scenes, bands, config.data.scale)
+    if isinstance(norm, dict):
+        mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
+        if len(mean) != len(bands) or len(std) != len(bands):
+            raise InputError(f"normalization needs {len(bands)} mean and std values")
+    elif norm == "card":
+        if card is None:
+            raise InputError("normalization: card needs model.init (a model with a card)")
+        for i, band in enumerate(bands):  # the card's values where it has the band
+            if band in card.bands:
+                mean[i] = card.normalization["mean"][card.bands.index(band)]
+                std[i] = card.normalization["std"][card.bands.index(band)]
+    elif norm != "store":
+        raise InputError("normalization must be store, card or {mean: [...], std: [...]}")
+    return mean, std
+
+
+def _device(config: Config) -> str:
+    wanted = config.train.device
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise InputError("train.device cuda: torch sees no CUDA GPU here; use cpu or auto")
+    return "cuda" if wanted != "cpu" and torch.cuda.is_available() else "cpu"
+
+
+def prepare_output(folder: Path, resume: bool, overwrite: bool) -> None:
+    """Check the run folder: refuse to mix runs unless told to resume or overwrite.
+
+    Raises:
+        OutputExistsError: If the folder holds a run and neither flag is given.
+        InputError: If resume is asked but there is nothing to resume.
+    """
+    last = folder / "checkpoints" / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise InputError(f"nothing to resume: {last} does not exist")
+        return
+    if (folder / "checkpoints").exists() or (folder / MODEL_NAME).exists():
+        if not overwrite:
+            raise OutputExistsError(
+                f"{folder} holds a training run; use --resume to continue it or "
+                "--overwrite to start again"
+            )
+        for name in ("checkpoints", "logs", "tensorboard", MODEL_NAME, CONFIG_NAME):
+            path = folder / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def train(
+    config: Config,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    cancelled: CancelCallback | None = None,
+    progress_bar: bool = False,
+) -> TrainResult:
+    """Train a model as ``config`` says and write the run folder.
+
+    Args:
+        config: The run's settings.
+        resume: Continue from ``checkpoints/last.ckpt`` of the run folder.
+        overwrite: Replace an earlier run in the folder.
+        progress: Called with (percent, message) after every batch.
+        cancelled: Polled after every batch; True stops the run (checkpoints stay,
+            ``model.pt`` is not written) and raises :class:`CancelledError`.
+        progress_bar: Show Lightning's progress bar (the CLI does).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        CloudsegError: For a bad config, store or model, an existing run, or cancellation.
+    """
+    started = time.perf_counter()
+    out = Path(config.output).expanduser()
+    prepare_output(out, resume, overwrite)
+    dataset = open_dataset(config.data.store, config.data.endpoint_url)
+    bands = [*(config.data.bands or dataset.bands)]
+    classes = [*(config.data.classes or [c["name"] for c in dataset.classes])]
+    train_scenes, val_scenes = split_scenes(dataset.scenes(), config.data.split, config.train.seed)
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    network, init_card = _initial_network(config, bands, classes)
+    mean, std = _normalization(config, dataset, train_scenes, bands, init_card)
+    data_config = replace(config.data, bands=bands)
+    train_set = WindowDataset(dataset, train_scenes, data_config, classes, mean, std)
+    val_set = WindowDataset(
+        dataset, val_scenes, replace(data_config, stride=config.data.window), classes, mean, std
+    )
+    sampler = make_sampler(
+        train_set, config.data.sampler, config.data.samples_per_epoch, config.train.seed
+    )
+    loader_args = {
+        "batch_size": config.train.batch_size,
+        "num_workers": config.train.num_workers,
+        "persistent_workers": config.train.num_workers > 0,
+        "pin_memory": torch.cuda.is_available(),
+    }
+    train_loader = torch.utils.data.DataLoader(
+        train_set, sampler=sampler, drop_last=True, **loader_args
+    )
+    val_loader = torch.utils.data.DataLoader(val_set, shuffle=False, **loader_args)
+    if len(train_loader) == 0:
+        raise InputError(
+            f"samples_per_epoch ({config.data.samples_per_epoch}) is below one batch "
+            f"({config.train.batch_size})"
+        )
+
+    resolved = replace(
+        config,
+        data=replace(
+            data_config,
+            classes=classes,
+            normalization={"mean": mean.tolist(), "std": std.tolist()},
+            resolution_m=config.data.resolution_m or _store_resolution(dataset, train_scenes[0]),
+        ),
+    )
+    resolved.save(out / CONFIG_NAME)
+    module = SegmentationModule(network, classes, resolved)
+    device = _device(config)
+    precision = config.train.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if device == "cuda" else "32-true"
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    checkpoints = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="best",
+        monitor="val_iou",
+        mode="max",
+        save_top_k=1,
+        save_last=True,
+        enable_version_counter=False,
+    )
+    watcher = _Progress(progress, cancelled)
+    trainer = L.Trainer(
+        default_root_dir=out,
+        max_epochs=config.train.epochs,
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        precision=precision,
+        callbacks=[
+            checkpoints,
+            EarlyStopping(monitor="val_iou", mode="max", patience=config.train.patience),
+            LearningRateMonitor(logging_interval="epoch"),
+            watcher,
+        ],
+        logger=[
+            CSVLogger(out, name="logs", version=""),
+            TensorBoardLogger(out, name="tensorboard", version="", default_hp_metric=False),
+        ],
+        log_every_n_steps=1,
+        check_val_every_n_epoch=config.train.val_every,
+        num_sanity_val_steps=0,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        deterministic="warn" if device == "cpu" else False,
+    )
+    os.environ.setdefault("PYTHONHASHSEED", str(config.train.seed))
+    ckpt_path = out / "checkpoints" / "last.ckpt" if resume else None
+    fit_started = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
+    fit_seconds = time.perf_counter() - fit_started
+    if watcher.was_cancelled:
+        raise CancelledError(
+            f"training cancelled at epoch {trainer.current_epoch + 1}; "
+            f"continue with --resume (checkpoints in {out / 'checkpoints'})"
+        )
+    best = Path(checkpoints.best_model_path or out / "checkpoints" / "last.ckpt")
+    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    module.load_state_dict(state)
+    # Metrics of the best weights on the validation scenes, for the card.
+    trainer.validate(module, val_loader, verbose=False)
+    card = build_card(
+        resolved, bands, classes, mean, std, init_card, module.val_metrics, val_scenes
+    )
+    model_path = save_model(module.network, card, resolved, out / MODEL_NAME)
+    windows = trainer.global_step * config.train.batch_size
+    return TrainResult(
+        model_path=model_path,
+        best_checkpoint=best,
+        last_checkpoint=out / "checkpoints" / "last.ckpt",
+        epochs=trainer.current_epoch,
+        best_val_iou=module.val_metrics.get("mean_iou"),
+        epoch_losses=module.epoch_losses,
+        val_metrics=module.val_metrics,
+        seconds=round(time.perf_counter() - started, 2),
+        windows_per_second=round(windows / fit_seconds, 3) if fit_seconds else 0.0,
+        device=torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        train_scenes=train_scenes,
+        val_scenes=val_scenes,
+    )
+
+
+def _store_resolution(dataset: StoredDataset, scene: str) -> float:
+    transform = dataset.item(scene).properties.get("proj:transform") or [10.0]
+    return abs(float(transform[0])) or 10.0
+
+
+def build_card(
+    config: Config,
+    bands: list[str],
+    classes: list[str],
+    mean: np.ndarray,
+    std: np.ndarray,
+    init_card: ModelCard | None,
+    metrics: dict[str, Any],
+    val_scenes: list[str],
+) -> ModelCard:
+    """The model card of a trained model: what it needs, what it returns, how it scored."""
+    store_colors = {}
+    if init_card is not None:
+        store_colors = {c.name: c.color for c in init_card.classes}
+    infos = class_infos([{"name": n, "color": store_colors.get(n)} for n in classes])
+    encoder = config.model.encoder
+    architecture = config.model.architecture
+    if init_card is not None:
+        architecture = init_card.architecture["name"]
+        encoder = init_card.architecture.get("encoder")
+    architecture = architecture_name(architecture)
+    window = config.data.window
+    return ModelCard(
+        name=config.name,
+        version=f"{__version__}+{time.strftime('%Y%m%d')}",
+        description=(
+            f"{architecture} ({encoder or ARCHITECTURES[architecture]}) trained with cloudseg on "
+            f"{config.data.store}"
+            + (f", starting from {init_card.name}" if init_card else "")
+            + "."
+        ),
+        license=init_card.license if init_card else "",
+        source={"trained_with": f"cloudseg {__version__}", "init": config.model.init},
+        architecture={
+            "framework": "segmentation-models-pytorch",
+            "name": architecture,
+            "encoder": encoder or ARCHITECTURES[architecture],
+        },
+        format="torch",
+        bands=tuple(bands),
+        product_level=config.data.product_level.upper()
+        if config.data.product_level.lower() != "any"
+        else "any",
+        normalization={"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+        resolution_m=float(config.data.resolution_m or 10.0),
+        tile_size=window,
+        overlap=window // 8,
+        output="logits",
+        classes=infos,
+        metrics=[
+            {
+                "data": f"{config.data.store}: validation scenes {', '.join(val_scenes)}",
+                "mean_iou": metrics.get("mean_iou"),
+                "pixel_accuracy": metrics.get("pixel_accuracy"),
+                "per_class_iou": {k: v["iou"] for k, v in metrics.get("per_class", {}).items()},
+            }
+        ],
+    )
+
+
+def save_model(network: torch.nn.Module, card: ModelCard, config: Config, path: Path) -> Path:
+    """Write ``{"card", "state_dict", "config"}`` to ``path`` atomically."""
+    partial = path.with_name(f".{path.name}.part")
+    state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    torch.save({"card": card.to_dict(), "state_dict": state, "config": config.to_dict()}, partial)
+    partial.replace(path)
+    return path

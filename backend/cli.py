@@ -248,7 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(handler=_cmd_segment)
     _add_ingest_parser(sub)
+    _add_training_parsers(sub)
     return parser
+
+
+def _add_training_parsers(sub: Any) -> None:
+    """Add train, evaluate and export from the training package (a lazy, optional hook)."""
+    try:
+        from ..training.cli import add_parsers
+    except ImportError as exc:  # Lightning or kornia missing: the backend works without
+        logger.debug("training commands unavailable: %s", exc)
+        return
+    add_parsers(sub)
 
 
 def _add_ingest_parser(sub: Any) -> None:

@@ -178,18 +178,7 @@ class Config:
         Raises:
             InputError: If the file is missing or not a valid config.
         """
-        import yaml
-
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"no config file {path}") from None
-        except yaml.YAMLError as exc:
-            raise InputError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-        if not isinstance(data, dict):
-            raise InputError(f"{path}: expected a mapping with data, model and train")
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(load_yaml(path), str(path))
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as plain data."""
@@ -202,6 +191,26 @@ class Config:
         path = Path(path)
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
         return path
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping from ``path``.
+
+    Raises:
+        InputError: If the file is missing, not YAML, or not a mapping.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"no config file {path}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping with data, model and train")
+    return data
 
 
 _SECTIONS = {c.__name__: c for c in (SplitConfig, DataConfig, ModelConfig, TrainConfig)}

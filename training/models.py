@@ -119,6 +119,11 @@ def onnx_weights(path: str | Path) -> dict[str, np.ndarray]:
     return weights
 
 
+# The EfficientNet classification head stays in smp's encoder but is never run, so the
+# exported graphs do not hold it.
+_UNUSED_ENCODER_HEAD = ("encoder._conv_head.", "encoder._bn1.")
+
+
 def import_onnx_unet(
     model: str,
     bands: list[str] | None = None,
@@ -169,7 +174,8 @@ def import_onnx_unet(
     missing = [
         k
         for k in result.missing_keys
-        if not k.endswith("num_batches_tracked") and not k.startswith("segmentation_head.")
+        if not k.endswith("num_batches_tracked")
+        and not k.startswith(("segmentation_head.", *_UNUSED_ENCODER_HEAD))
     ]
     if unexpected or missing:
         raise ModelError(

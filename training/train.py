@@ -54,7 +54,7 @@ class SegmentationModule(L.LightningModule):
 
     def __init__(self, network: torch.nn.Module, classes: list[str], config: Config) -> None:
         super().__init__()
-        self.network = network
+        self.network = network.train()  # imported models come in eval mode
         self.classes = classes
         self.settings = config.train
         self.ignore_index = config.data.ignore_index
@@ -364,6 +364,7 @@ def train(
         enable_version_counter=False,
     )
     watcher = _Progress(progress, cancelled)
+    log_version = f"resumed-{time.strftime('%Y%m%d-%H%M%S')}" if resume else ""
     trainer = L.Trainer(
         default_root_dir=out,
         max_epochs=config.train.epochs,
@@ -376,9 +377,11 @@ def train(
             LearningRateMonitor(logging_interval="epoch"),
             watcher,
         ],
-        logger=[
-            CSVLogger(out, name="logs", version=""),
-            TensorBoardLogger(out, name="tensorboard", version="", default_hp_metric=False),
+        logger=[  # a resumed run logs beside the first one instead of replacing its logs
+            CSVLogger(out, name="logs", version=log_version),
+            TensorBoardLogger(
+                out, name="tensorboard", version=log_version, default_hp_metric=False
+            ),
         ],
         log_every_n_steps=1,
         check_val_every_n_epoch=config.train.val_every,

@@ -1,0 +1,231 @@
+"""Real training runs on the ingested CloudSEN12 patches, evaluation and ONNX export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+import yaml
+
+from cloudseg.backend.errors import CancelledError, InputError, OutputExistsError
+from cloudseg.backend.registry import load_model
+from cloudseg.backend.runners import create_runner
+from cloudseg.training.config import Config
+from cloudseg.training.evaluate import evaluate_rasters, evaluate_store
+from cloudseg.training.export import load_checkpoint
+from cloudseg.training.train import train
+
+from .conftest import VAL_SCENES, tiny_config
+
+PATCH = "ROI_2507/low-cloudy"
+CS12_CLASSES = "clear,thick cloud,thin cloud,cloud shadow"
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "cloudseg.backend.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def test_short_real_training_lowers_the_loss_and_writes_a_run(trained_run):
+    _config, result = trained_run
+    out = result.model_path.parent
+    assert result.epoch_losses[-1] < result.epoch_losses[0]
+    assert result.val_scenes == VAL_SCENES and VAL_SCENES[0] not in result.train_scenes
+    assert result.best_checkpoint.name == "best.ckpt" and result.last_checkpoint.is_file()
+    assert result.windows_per_second > 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["data"]["bands"] == ["B02", "B03", "B04"]
+    assert len(saved["data"]["normalization"]["mean"]) == 3  # resolved from the store
+    assert saved["data"]["resolution_m"] == 10.0
+    log = (out / "logs" / "metrics.csv").read_text().splitlines()
+    assert {"train_loss_epoch", "val_iou", "val_loss"} <= set(log[0].split(","))
+    assert any((out / "tensorboard").glob("events.out.tfevents.*"))
+    card = load_model(result.model_path).card
+    assert card.bands == ("B02", "B03", "B04") and card.class_names() == [
+        "clear",
+        "cloud",
+        "cloud shadow",
+    ]
+    assert card.metrics[0]["mean_iou"] == pytest.approx(result.best_val_iou)
+
+
+def test_checkpoint_reloads_to_identical_outputs(trained_run, cs12_store):
+    _, result = trained_run
+    network, _card = load_checkpoint(result.model_path)
+    best = torch.load(result.best_checkpoint, map_location="cpu", weights_only=False)
+    state = {k.removeprefix("network."): v for k, v in best["state_dict"].items()}
+    state = {k: v for k, v in state.items() if not k.startswith("loss.")}
+    from cloudseg.training.models import create_model
+
+    again = create_model("Unet", 3, 3, "resnet18")
+    again.load_state_dict(state)
+    x = torch.randn(2, 3, 128, 128)
+    with torch.inference_mode():
+        assert torch.equal(network(x), again.eval()(x))
+    runner = create_runner(load_model(result.model_path), device="cpu")
+    probabilities = runner(x.numpy())
+    assert np.allclose(probabilities, network(x).softmax(1).detach().numpy(), atol=1e-6)
+
+
+def test_export_parity_and_the_onnx_file_segments_like_the_checkpoint(
+    trained_run, real_data, tmp_path
+):
+    _, result = trained_run
+    onnx_path = tmp_path / "tiny.onnx"
+    done = _cli("export", result.model_path, onnx_path, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["max_abs_diff"] <= 1e-3 and report["batch_sizes"] == [1, 3]
+    card = load_model(onnx_path).card  # the card is embedded
+    assert card.format == "onnx" and card.name == "tiny-rgb"
+    again = _cli("export", result.model_path, onnx_path)
+    assert again.returncode == 1 and "exists; use --overwrite" in again.stderr
+    image = real_data / "cloudsen12_figures" / PATCH / "S2L1C.tif"
+    masks = {}
+    for model in (result.model_path, onnx_path):
+        out = tmp_path / f"{model.suffix[1:]}.tif"
+        seg = _cli("segment", image, out, "--model", model, "--bands", "B02,B03,B04", "-q")
+        assert seg.returncode == 0, seg.stderr
+        with rasterio.open(out) as ds:
+            masks[model.suffix] = ds.read(1)
+    assert (masks[".pt"] == masks[".onnx"]).mean() >= 0.999
+
+
+def test_evaluation_on_a_store_matches_evaluation_on_the_rasters(
+    trained_run, cs12_store, real_data, tmp_path
+):
+    _, result = trained_run
+    on_store = evaluate_store(
+        str(result.model_path), cs12_store, scenes=["ROI_2507-low-cloudy"], out=tmp_path / "s"
+    )
+    patch = real_data / "cloudsen12_figures" / PATCH
+    label = next(p for p in (patch / "manual_hq.tif", patch / "manual_sc.tif") if p.is_file())
+    on_rasters = evaluate_rasters(
+        str(result.model_path),
+        [patch / "S2L1C.tif"],
+        [label],
+        label_classes=CS12_CLASSES.split(","),
+        options={"bands": ["B02", "B03", "B04"]},
+    )
+    assert on_store.metrics["confusion_matrix"] == on_rasters.metrics["confusion_matrix"]
+    with rasterio.open(label) as ds:
+        values = ds.read(1, masked=True)
+    labeled = int(((~np.ma.getmaskarray(values)) & (values.filled(255) <= 3)).sum())
+    assert on_store.metrics["pixels"] == labeled
+    assert on_store.class_map == {
+        "clear": "clear",
+        "thick cloud": "cloud",
+        "thin cloud": "cloud",
+        "cloud shadow": "cloud shadow",
+    }
+    saved = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert saved["mean_iou"] == pytest.approx(on_store.metrics["mean_iou"])
+    assert (tmp_path / "s" / "confusion.png").stat().st_size > 1000
+
+
+def test_evaluate_cli_reports_metrics_and_refuses_missing_bands(cs12_store, trained_run, tmp_path):
+    _, result = trained_run
+    done = _cli(
+        "evaluate",
+        "--model",
+        result.model_path,
+        "--store",
+        cs12_store,
+        "--scenes",
+        "ROI_2507-clear",
+        "--out",
+        tmp_path / "e",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "mIoU" in done.stdout and (tmp_path / "e" / "metrics.json").is_file()
+    builtin = _cli("evaluate", "--model", "ukis-csmask-4b-l1c", "--store", cs12_store, "-q")
+    assert builtin.returncode == 1
+    assert builtin.stderr.strip().splitlines()[-1].startswith("cloudseg: error:")
+    assert "B08" in builtin.stderr
+
+
+def test_rerun_refuses_resume_continues_and_cancel_leaves_no_model(cs12_store, tmp_path):
+    config = Config.from_dict(tiny_config(cs12_store, tmp_path / "run", epochs=1))
+    first = train(config)
+    with pytest.raises(OutputExistsError, match="--resume"):
+        train(config)
+    longer = Config.from_dict(tiny_config(cs12_store, tmp_path / "run", epochs=2))
+    resumed = train(longer, resume=True)
+    assert resumed.epochs == 2 and len(resumed.epoch_losses) == 1  # only the new epoch ran
+    assert resumed.model_path.stat().st_mtime_ns >= first.model_path.stat().st_mtime_ns
+    logs = tmp_path / "run" / "logs"
+    assert (logs / "metrics.csv").is_file()  # the first run's log survives the resume
+    assert any(logs.glob("resumed-*/metrics.csv"))
+    calls = []
+    with pytest.raises(CancelledError, match="--resume"):
+        train(
+            config,
+            overwrite=True,
+            progress=lambda pct, msg: calls.append((pct, msg)),
+            cancelled=lambda: len(calls) >= 2,
+        )
+    assert not (tmp_path / "run" / "model.pt").exists()
+    assert calls[0][1].startswith("epoch 1/1") and 0 < calls[0][0] < 100
+    with pytest.raises(InputError, match="nothing to resume"):
+        train(Config.from_dict(tiny_config(cs12_store, tmp_path / "other")), resume=True)
+
+
+def test_fine_tune_the_real_cloud_model_with_three_bands(cs12_store, tmp_path):
+    data = tiny_config(cs12_store, tmp_path / "ft", epochs=1)
+    data["model"] = {"init": "ukis-csmask-4b-l1c"}
+    data["data"] |= {"normalization": "card", "samples_per_epoch": 8}
+    result = train(Config.from_dict(data))
+    card = load_model(result.model_path).card
+    assert card.architecture["encoder"] == "efficientnet-b4" and len(card.bands) == 3
+    ukis = load_model("ukis-csmask-4b-l1c").card
+    assert card.normalization["mean"] == ukis.normalization["mean"][:3]
+    assert [c.color for c in card.classes] == [c.color for c in ukis.classes]
+    assert card.license == "Apache-2.0" and np.isfinite(result.epoch_losses).all()
+
+
+def test_train_cli_tiny_config_and_bad_config(cs12_store, tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(cs12_store, tmp_path / "cli")))
+    done = _cli("train", "--config", path, "--set", "train.epochs=1", "--json", "-q")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["epochs"] == 1 and (tmp_path / "cli" / "model.pt").is_file()
+    path.write_text("train:\n  epocs: 3\n")
+    bad = _cli("train", "--config", path)
+    assert bad.returncode == 1
+    assert (
+        bad.stderr.strip()
+        == f"cloudseg: error: {path}: train: unknown key(s) epocs; valid: "
+        + (
+            "epochs, batch_size, lr, weight_decay, loss, focal_weight, dice_weight, class_weights, "
+            "patience, augment, seed, num_workers, device, precision, val_every"
+        )
+    )
+
+
+def test_training_reads_windows_from_s3(real_data, s3_bucket, tmp_path):
+    from cloudseg.backend.ingest import ingest
+
+    source = tmp_path / "src"
+    for patch in ("ROI_1746/high/cloudy", "ROI_2507/low-cloudy"):
+        target = source / patch.replace("/", "-")
+        target.mkdir(parents=True)
+        for f in (real_data / "cloudsen12_figures" / patch).iterdir():
+            shutil.copy(f, target / f.name)
+    store = f"s3://{s3_bucket}/cs12"
+    ingest(source, store, layout="cloudsen12", env_file=None, report=False)
+    data = tiny_config(store, tmp_path / "s3run", epochs=1)
+    data["data"]["split"] = {"val_scenes": ["ROI_2507-low-cloudy"]}
+    result = train(Config.from_dict(data))
+    assert result.model_path.is_file() and result.train_scenes == ["ROI_1746-high-cloudy"]

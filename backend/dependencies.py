@@ -35,6 +35,16 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("segmentation_models_pytorch", "segmentation-models-pytorch", "model zoo"),
 )
 
+# Training, evaluation and export need these as well; segmentation does not.
+TRAINING_REQUIREMENTS: tuple[Requirement, ...] = (
+    Requirement("torch", "torch", "training"),
+    Requirement("segmentation_models_pytorch", "segmentation-models-pytorch", "model zoo"),
+    Requirement("lightning", "lightning", "the training loop"),
+    Requirement("kornia", "kornia", "augmentations"),
+    Requirement("yaml", "pyyaml", "training configs"),
+    Requirement("onnx", "onnx", "ONNX export"),
+)
+
 
 def is_available(module: str) -> bool:
     """Tell whether ``module`` can be imported, without importing it.

@@ -84,9 +84,12 @@ def _class_map(pairs: list[str]) -> dict[str, str | None]:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..backend.bands import parse_band_list
     from .evaluate import evaluate_rasters, evaluate_store
 
     options = {"resolution": args.resolution, "device": args.device, "tta": args.tta}
+    if args.bands:
+        options["bands"] = parse_band_list(args.bands)
     class_map = _class_map(args.class_map)
     with _progress_bar(args.quiet) as bar:
 
@@ -185,6 +188,7 @@ def add_parsers(sub: Any) -> None:
     ev.add_argument("--endpoint-url", help="S3 endpoint (MinIO)")
     ev.add_argument("--images", nargs="+", help="scenes to segment (with --labels)")
     ev.add_argument("--labels", nargs="+", help="label rasters, one per image")
+    ev.add_argument("--bands", help="band names in file order, for --images without band names")
     ev.add_argument("--label-classes", help="names of label values 0,1,2... (default: the model's)")
     ev.add_argument(
         "--class-map",

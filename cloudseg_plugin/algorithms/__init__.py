@@ -7,8 +7,16 @@ from qgis.core import QgsProcessingAlgorithm
 from .environment import EnvironmentAlgorithm
 from .ingest import IngestAlgorithm
 from .segment import SegmentAlgorithm
+from .training import EvaluateAlgorithm, ExportAlgorithm, TrainAlgorithm
 
 
 def all_algorithms() -> list[QgsProcessingAlgorithm]:
     """Return a fresh instance of every algorithm of the provider."""
-    return [EnvironmentAlgorithm(), SegmentAlgorithm(), IngestAlgorithm()]
+    return [
+        EnvironmentAlgorithm(),
+        SegmentAlgorithm(),
+        IngestAlgorithm(),
+        TrainAlgorithm(),
+        EvaluateAlgorithm(),
+        ExportAlgorithm(),
+    ]

@@ -143,10 +143,29 @@ class _Progress(L.Callback):
         self.progress = progress
         self.cancelled = cancelled
         self.was_cancelled = False
+        # Time of the training epochs, loading included, validation and checkpoints not.
+        self.train_seconds = 0.0
+        self.train_batches = 0
+        self._epoch_started = 0.0
+        self._val_started = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.train_seconds += time.perf_counter() - self._epoch_started
+
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._val_started = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.training:  # validation inside a training epoch: not training time
+            self.train_seconds -= time.perf_counter() - self._val_started
 
     def on_train_batch_end(
         self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
+        self.train_batches += 1
         batches = max(1, int(trainer.num_training_batches))
         done = (trainer.current_epoch + (idx + 1) / batches) / max(1, trainer.max_epochs)
         if self.progress:
@@ -392,9 +411,7 @@ def train(
     )
     os.environ.setdefault("PYTHONHASHSEED", str(config.train.seed))
     ckpt_path = out / "checkpoints" / "last.ckpt" if resume else None
-    fit_started = time.perf_counter()
     trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
-    fit_seconds = time.perf_counter() - fit_started
     if watcher.was_cancelled:
         raise CancelledError(
             f"training cancelled at epoch {trainer.current_epoch + 1}; "
@@ -409,7 +426,7 @@ def train(
         resolved, bands, classes, mean, std, init_card, module.val_metrics, val_scenes
     )
     model_path = save_model(module.network, card, resolved, out / MODEL_NAME)
-    windows = trainer.global_step * config.train.batch_size
+    windows = watcher.train_batches * config.train.batch_size
     return TrainResult(
         model_path=model_path,
         best_checkpoint=best,
@@ -419,7 +436,7 @@ def train(
         epoch_losses=module.epoch_losses,
         val_metrics=module.val_metrics,
         seconds=round(time.perf_counter() - started, 2),
-        windows_per_second=round(windows / fit_seconds, 3) if fit_seconds else 0.0,
+        windows_per_second=round(windows / watcher.train_seconds, 3) if windows else 0.0,
         device=torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
         train_scenes=train_scenes,
         val_scenes=val_scenes,

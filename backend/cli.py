@@ -50,10 +50,37 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_segment(args: argparse.Namespace) -> int:
-    """Segment a scene and print a summary (or JSON)."""
+def percent_bar(quiet: bool) -> Any:
+    """A tqdm bar on standard error that counts percent (disabled when quiet or piped)."""
     from tqdm import tqdm
 
+    return tqdm(
+        total=100,
+        unit="%",
+        disable=quiet or None,
+        file=sys.stderr,
+        bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+    )
+
+
+def bar_progress(bar: Any) -> Callable[[float, str], None]:
+    """A (percent, message) progress callback that drives ``bar``."""
+
+    def progress(percent: float, message: str) -> None:
+        bar.update(percent - bar.n)
+        bar.set_postfix_str(message, refresh=False)
+
+    return progress
+
+
+def add_output_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--json`` and ``-q/--quiet`` to a subcommand."""
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    """Segment a scene and print a summary (or JSON)."""
     from .bands import parse_band_list
     from .segment import SegmentOptions, segment
 
@@ -74,19 +101,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         polygons=args.polygons,
         min_polygon_area_m2=args.min_area,
     )
-    with tqdm(
-        total=100,
-        unit="%",
-        disable=args.quiet or None,
-        file=sys.stderr,
-        bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
-    ) as bar:
-
-        def progress(percent: float, message: str) -> None:
-            bar.update(percent - bar.n)
-            bar.set_postfix_str(message, refresh=False)
-
-        result = segment(args.input, args.output, options, progress=progress)
+    with percent_bar(args.quiet) as bar:
+        result = segment(args.input, args.output, options, progress=bar_progress(bar))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -244,8 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment only this extent (in the input's CRS)",
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    seg.add_argument("--json", action="store_true", help="print the result as JSON")
-    seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_output_flags(seg)
     seg.set_defaults(handler=_cmd_segment)
     _add_ingest_parser(sub)
     _add_training_parsers(sub)
@@ -280,8 +295,7 @@ def _add_ingest_parser(sub: Any) -> None:
     ing.add_argument("--env-file", default=".env", help="file with S3 settings (default .env)")
     ing.add_argument("--name", default="cloudseg-dataset", help="STAC collection id")
     ing.add_argument("--no-report", action="store_true", help="skip the dataset report")
-    ing.add_argument("--json", action="store_true", help="print the result as JSON")
-    ing.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_output_flags(ing)
     ing.set_defaults(handler=_cmd_ingest)
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
+from ..backend.cli import add_output_flags, bar_progress, percent_bar
 from ..backend.errors import InputError
 
 
@@ -38,29 +38,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _progress_bar(quiet: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=100,
-        unit="%",
-        disable=quiet or None,
-        file=sys.stderr,
-        bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
-    )
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import Config, load_yaml
     from .train import train
 
     config = Config.from_dict(apply_overrides(load_yaml(args.config), args.set), args.config)
-    with _progress_bar(args.quiet) as bar:
-
-        def progress(percent: float, message: str) -> None:
-            bar.update(percent - bar.n)
-            bar.set_postfix_str(message, refresh=False)
-
+    with percent_bar(args.quiet) as bar:
+        progress = bar_progress(bar)
         result = train(config, resume=args.resume, overwrite=args.overwrite, progress=progress)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -91,12 +75,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.bands:
         options["bands"] = parse_band_list(args.bands)
     class_map = _class_map(args.class_map)
-    with _progress_bar(args.quiet) as bar:
-
-        def progress(percent: float, message: str) -> None:
-            bar.update(percent - bar.n)
-            bar.set_postfix_str(message, refresh=False)
-
+    with percent_bar(args.quiet) as bar:
+        progress = bar_progress(bar)
         if args.store:
             result = evaluate_store(
                 args.model,
@@ -171,8 +151,7 @@ def add_parsers(sub: Any) -> None:
     )
     tr.add_argument("--resume", action="store_true", help="continue from checkpoints/last.ckpt")
     tr.add_argument("--overwrite", action="store_true", help="replace an earlier run")
-    tr.add_argument("--json", action="store_true", help="print the result as JSON")
-    tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_output_flags(tr)
     tr.set_defaults(handler=_cmd_train)
 
     ev = sub.add_parser(
@@ -201,8 +180,7 @@ def add_parsers(sub: Any) -> None:
     ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ev.add_argument("--tta", action="store_true", help="test-time augmentation")
     ev.add_argument("--out", help="folder for metrics.json and confusion.png")
-    ev.add_argument("--json", action="store_true", help="print the result as JSON")
-    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_output_flags(ev)
     ev.set_defaults(handler=_cmd_evaluate)
 
     ex = sub.add_parser(

@@ -229,3 +229,14 @@ def test_training_reads_windows_from_s3(real_data, s3_bucket, tmp_path):
     data["data"]["split"] = {"val_scenes": ["ROI_2507-low-cloudy"]}
     result = train(Config.from_dict(data))
     assert result.model_path.is_file() and result.train_scenes == ["ROI_1746-high-cloudy"]
+
+
+def test_the_same_seed_gives_the_same_weights(cs12_store, tmp_path):
+    data = tiny_config(cs12_store, tmp_path / "a", epochs=1)
+    data["data"]["samples_per_epoch"] = 8
+    first = train(Config.from_dict(data))
+    second = train(Config.from_dict(data | {"output": str(tmp_path / "b")}))
+    a = torch.load(first.model_path, weights_only=True)["state_dict"]
+    b = torch.load(second.model_path, weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert first.epoch_losses == second.epoch_losses

@@ -44,6 +44,16 @@ from .models import ARCHITECTURES, architecture_name, class_infos, create_model,
 
 logger = logging.getLogger(__name__)
 
+
+class _NoAdverts(logging.Filter):
+    """Drop Lightning's start-up tip about a hosted logging service from our users' logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+
 MODEL_NAME = "model.pt"
 ProgressCallback = Callable[[float, str], None]
 CancelCallback = Callable[[], bool]

@@ -148,6 +148,29 @@ def build_torch_model(card: ModelCard) -> Any:
         ) from exc
 
 
+def load_torch_network(model: Model) -> Any:
+    """Build a torch checkpoint's network from its card and load its weights (CPU, eval).
+
+    Raises:
+        ModelError: If the file holds no state dict or the weights do not fit the card.
+    """
+    import torch
+
+    checkpoint = torch.load(model.path, map_location="cpu", weights_only=True)
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ModelError(f"{model.path}: expected a state dict (or {{'state_dict': ...}})")
+    network = build_torch_model(model.card)
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(
+            f"{model.path}: weights do not fit {model.card.name}'s "
+            f"architecture: {str(exc).splitlines()[0]}"
+        ) from exc
+    return network.eval()
+
+
 class TorchRunner:
     """Runs a segmentation-models-pytorch checkpoint with torch."""
 
@@ -157,19 +180,7 @@ class TorchRunner:
         if device == "cuda" and not torch.cuda.is_available():
             raise ModelError("--device cuda: torch sees no CUDA GPU here; use --device cpu")
         self.device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
-        checkpoint = torch.load(model.path, map_location="cpu", weights_only=True)
-        state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-        if not isinstance(state, dict):
-            raise ModelError(f"{model.path}: expected a state dict (or {{'state_dict': ...}})")
-        network = build_torch_model(model.card)
-        try:
-            network.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ModelError(
-                f"{model.path}: weights do not fit {model.card.name}'s "
-                f"architecture: {str(exc).splitlines()[0]}"
-            ) from exc
-        self.network = network.eval().to(self.device)
+        self.network = load_torch_network(model).to(self.device)
         self.output_logits = model.card.output == "logits"
         self.torch = torch
         if self.device == "cuda":

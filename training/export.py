@@ -20,8 +20,8 @@ import numpy as np
 
 from ..backend.cards import ModelCard
 from ..backend.errors import InputError, ModelError, OutputExistsError
-from ..backend.registry import embed_onnx_card, read_torch_card
-from ..backend.runners import build_torch_model
+from ..backend.registry import Model, embed_onnx_card, read_torch_card
+from ..backend.runners import load_torch_network
 
 PARITY_TOLERANCE = 1e-3
 
@@ -51,26 +51,11 @@ def load_checkpoint(path: str | Path) -> tuple[Any, ModelCard]:
     Raises:
         ModelError: If the file is missing, has no card, or its weights do not fit.
     """
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"no model file {path}")
-    card = read_torch_card(path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ModelError(
-            f"{path}: no 'state_dict'; export the model.pt that 'cloudseg train' wrote"
-        )
-    network = build_torch_model(card)
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelError(
-            f"{path}: weights do not fit {card.name}: {str(exc).splitlines()[0]}"
-        ) from exc
-    return network.eval(), card
+    model = Model(read_torch_card(path), path)
+    return load_torch_network(model), model.card
 
 
 def export_onnx(

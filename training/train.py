@@ -34,10 +34,11 @@ from ..backend._version import __version__
 from ..backend.cards import ModelCard
 from ..backend.dataset import StoredDataset, open_dataset
 from ..backend.errors import CancelledError, InputError, OutputExistsError
-from ..backend.registry import load_model, read_torch_card
+from ..backend.registry import load_model
 from .augment import make_augmentation
 from .config import CONFIG_NAME, Config
 from .data import WindowDataset, make_sampler, split_scenes, store_normalization
+from .export import load_checkpoint
 from .losses import create_loss
 from .metrics import confusion_matrix, metrics_from_confusion
 from .models import ARCHITECTURES, architecture_name, class_infos, create_model, import_onnx_unet
@@ -225,15 +226,7 @@ def _initial_network(
         )
         return network, None
     if str(init).endswith((".pt", ".pth")):
-        card = read_torch_card(Path(init))
-        network = create_model(
-            card.architecture["name"],
-            len(card.bands),
-            len(card.classes),
-            card.architecture.get("encoder"),
-        )
-        state = torch.load(init, map_location="cpu", weights_only=True)["state_dict"]
-        network.load_state_dict(state)
+        network, card = load_checkpoint(init)
         if list(card.bands) != bands or len(card.classes) != len(classes):
             raise InputError(
                 f"{init} takes bands {', '.join(card.bands)} and {len(card.classes)} classes; "
@@ -255,20 +248,22 @@ def _normalization(
     card: ModelCard | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     norm = config.data.normalization
-    mean, std = store_normalization(dataset, scenes, bands, config.data.scale)
-    if isinstance(norm, dict):
-        mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
+    if isinstance(norm, dict):  # given: the store's statistics are not needed
+        mean = np.asarray(norm.get("mean", ()), np.float32)
+        std = np.asarray(norm.get("std", ()), np.float32)
         if len(mean) != len(bands) or len(std) != len(bands):
             raise InputError(f"normalization needs {len(bands)} mean and std values")
-    elif norm == "card":
-        if card is None:
-            raise InputError("normalization: card needs model.init (a model with a card)")
+        return mean, std
+    if norm not in ("store", "card"):
+        raise InputError("normalization must be store, card or {mean: [...], std: [...]}")
+    if norm == "card" and card is None:
+        raise InputError("normalization: card needs model.init (a model with a card)")
+    mean, std = store_normalization(dataset, scenes, bands, config.data.scale)
+    if norm == "card":
         for i, band in enumerate(bands):  # the card's values where it has the band
             if band in card.bands:
                 mean[i] = card.normalization["mean"][card.bands.index(band)]
                 std[i] = card.normalization["std"][card.bands.index(band)]
-    elif norm != "store":
-        raise InputError("normalization must be store, card or {mean: [...], std: [...]}")
     return mean, std
 
 

@@ -240,3 +240,17 @@ def test_the_same_seed_gives_the_same_weights(cs12_store, tmp_path):
     b = torch.load(second.model_path, weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert first.epoch_losses == second.epoch_losses
+
+
+def test_training_continues_from_a_model_pt_with_the_same_bands(trained_run, cs12_store, tmp_path):
+    _, result = trained_run
+    data = tiny_config(cs12_store, tmp_path / "more", epochs=1)
+    data["model"] = {"init": str(result.model_path)}
+    data["data"]["samples_per_epoch"] = 8
+    more = train(Config.from_dict(data))
+    card = load_model(more.model_path).card
+    assert card.architecture["encoder"] == "resnet18" and card.bands == ("B02", "B03", "B04")
+    data["data"]["bands"] = ["B02", "B03"]
+    data["output"] = str(tmp_path / "fewer")
+    with pytest.raises(InputError, match="takes bands B02, B03, B04 and 3 classes"):
+        train(Config.from_dict(data))

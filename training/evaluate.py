@@ -87,27 +87,6 @@ def _store_scene_to_tiff(dataset: Any, scene: str, path: Path) -> tuple[Path, np
     return path, mask
 
 
-def _finish(
-    name: str,
-    class_names: list[str],
-    matrix: np.ndarray,
-    scenes: dict[str, dict[str, Any]],
-    started: float,
-    out: Path | None,
-    mapping_names: dict[str, str],
-) -> Evaluation:
-    metrics = metrics_from_confusion(matrix, class_names)
-    evaluation = Evaluation(name, metrics, scenes, round(time.perf_counter() - started, 2))
-    evaluation.class_map = mapping_names
-    if out is not None:
-        evaluation.metrics_path, evaluation.confusion_png = write_report(
-            metrics | {"model": name, "scenes": scenes, "class_map": mapping_names},
-            Path(out),
-            f"{name}: mIoU {metrics['mean_iou'] or 0:.3f}",
-        )
-    return evaluation
-
-
 def _scene_metrics(matrix: np.ndarray, names: list[str]) -> dict[str, Any]:
     m = metrics_from_confusion(matrix, names)
     return {
@@ -116,6 +95,65 @@ def _scene_metrics(matrix: np.ndarray, names: list[str]) -> dict[str, Any]:
         "pixel_accuracy": m["pixel_accuracy"],
         "iou": {k: v["iou"] for k, v in m["per_class"].items()},
     }
+
+
+def _evaluate(
+    model: str,
+    source_classes: list[dict[str, Any]] | None,
+    class_map: dict[str, str | None] | None,
+    scenes: list[tuple[str, Callable[[Path], tuple[Path, np.ndarray, str]]]],
+    out: str | Path | None,
+    options: dict[str, Any] | None,
+    progress: ProgressCallback | None,
+    cancelled: CancelCallback | None,
+) -> Evaluation:
+    """Segment each scene, map its reference to the model's classes and score it.
+
+    Each scene is a name and a function that, given a temporary folder, returns the
+    image to segment, its reference (source class values, 255 unlabeled) and what to
+    call that reference in an error. Images written into the folder are removed after use.
+    ``source_classes`` None means the reference holds the model's own classes.
+    """
+    started = time.perf_counter()
+    card = load_model(model).card
+    names = card.class_names()
+    if source_classes is None:
+        source_classes = [{"value": i, "name": n} for i, n in enumerate(names)]
+    mapping = map_classes(source_classes, names, class_map)
+    table = lookup_table(mapping)
+    matrix = np.zeros((len(names), len(names)), dtype=np.int64)
+    per_scene: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="cloudseg-eval-") as tmp:
+        for i, (name, prepare) in enumerate(scenes):
+            if cancelled and cancelled():
+                raise CancelledError("evaluation cancelled; nothing was written")
+            if progress:
+                progress(100.0 * i / len(scenes), f"scene {Path(name).name}")
+            image, reference, what = prepare(Path(tmp))
+            prediction = _predict(image, model, Path(tmp), options or {})
+            if image.parent == Path(tmp):
+                image.unlink()
+            if reference.shape != prediction.shape:
+                raise InputError(
+                    f"{what} is {reference.shape[1]} x {reference.shape[0]} px but the "
+                    f"prediction of {name} is {prediction.shape[1]} x {prediction.shape[0]}"
+                )
+            scene_matrix = confusion_matrix(table[reference], prediction, len(names))
+            matrix += scene_matrix
+            per_scene[name] = _scene_metrics(scene_matrix, names)
+    by_name = {
+        c["name"]: names[mapping[c["value"]]] for c in source_classes if c["value"] in mapping
+    }
+    metrics = metrics_from_confusion(matrix, names)
+    evaluation = Evaluation(card.name, metrics, per_scene, round(time.perf_counter() - started, 2))
+    evaluation.class_map = by_name
+    if out is not None:
+        evaluation.metrics_path, evaluation.confusion_png = write_report(
+            metrics | {"model": card.name, "scenes": per_scene, "class_map": by_name},
+            Path(out),
+            f"{card.name}: mIoU {metrics['mean_iou'] or 0:.3f}",
+        )
+    return evaluation
 
 
 def evaluate_store(
@@ -150,32 +188,25 @@ def evaluate_store(
     """
     from ..backend.dataset import open_dataset
 
-    started = time.perf_counter()
-    card = load_model(model).card
-    names = card.class_names()
     dataset = open_dataset(store, endpoint_url)
-    mapping = map_classes(dataset.classes, names, class_map)
-    table = lookup_table(mapping)
+
+    def prepare(scene: str) -> Callable[[Path], tuple[Path, np.ndarray, str]]:
+        def run(tmp: Path) -> tuple[Path, np.ndarray, str]:
+            image, mask = _store_scene_to_tiff(dataset, scene, tmp / f"{scene}.tif")
+            return image, mask, f"the mask of {scene}"
+
+        return run
+
     chosen = scenes or dataset.scenes()
-    matrix = np.zeros((len(names), len(names)), dtype=np.int64)
-    per_scene: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="cloudseg-eval-") as tmp:
-        for i, scene in enumerate(chosen):
-            if cancelled and cancelled():
-                raise CancelledError("evaluation cancelled; nothing was written")
-            if progress:
-                progress(100.0 * i / len(chosen), f"scene {scene}")
-            image, mask = _store_scene_to_tiff(dataset, scene, Path(tmp) / f"{scene}.tif")
-            prediction = _predict(image, model, Path(tmp), options or {})
-            image.unlink()
-            scene_matrix = confusion_matrix(table[mask], prediction, len(names))
-            matrix += scene_matrix
-            per_scene[scene] = _scene_metrics(scene_matrix, names)
-    by_name = {
-        c["name"]: names[mapping[c["value"]]] for c in dataset.classes if c["value"] in mapping
-    }
-    return _finish(
-        card.name, names, matrix, per_scene, started, Path(out) if out else None, by_name
+    return _evaluate(
+        model,
+        dataset.classes,
+        class_map,
+        [(scene, prepare(scene)) for scene in chosen],
+        out,
+        options,
+        progress,
+        cancelled,
     )
 
 
@@ -212,34 +243,24 @@ def evaluate_rasters(
         raise InputError(
             f"give one label raster per image ({len(images)} images, {len(labels)} labels)"
         )
-    started = time.perf_counter()
-    card = load_model(model).card
-    names = card.class_names()
-    source = [{"value": i, "name": n} for i, n in enumerate(label_classes or names)]
-    mapping = map_classes(source, names, class_map)
-    table = lookup_table(mapping)
-    matrix = np.zeros((len(names), len(names)), dtype=np.int64)
-    per_scene: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="cloudseg-eval-") as tmp:
-        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-            if cancelled and cancelled():
-                raise CancelledError("evaluation cancelled; nothing was written")
-            if progress:
-                progress(100.0 * i / len(images), f"scene {Path(image).name}")
-            prediction = _predict(Path(image), model, Path(tmp), options or {})
+
+    def prepare(image: Path, label: Path) -> Callable[[Path], tuple[Path, np.ndarray, str]]:
+        def run(tmp: Path) -> tuple[Path, np.ndarray, str]:
             with rasterio.open(label) as ds:
-                reference = ds.read(1, masked=True)
-            if reference.shape != prediction.shape:
-                raise InputError(
-                    f"{label} is {reference.shape[1]} x {reference.shape[0]} px but the "
-                    f"prediction of {image} is {prediction.shape[1]} x {prediction.shape[0]}"
-                )
-            values = np.ma.filled(reference, 255)
-            values = np.where(np.isfinite(values) & (values >= 0) & (values < 255), values, 255)
-            scene_matrix = confusion_matrix(table[values.astype(np.uint8)], prediction, len(names))
-            matrix += scene_matrix
-            per_scene[str(image)] = _scene_metrics(scene_matrix, names)
-    by_name = {c["name"]: names[mapping[c["value"]]] for c in source if c["value"] in mapping}
-    return _finish(
-        card.name, names, matrix, per_scene, started, Path(out) if out else None, by_name
+                values = np.ma.filled(ds.read(1, masked=True), 255)
+            valid = np.isfinite(values) & (values >= 0) & (values < 255)
+            return image, np.where(valid, values, 255).astype(np.uint8), str(label)
+
+        return run
+
+    source = [{"value": i, "name": n} for i, n in enumerate(label_classes or [])]
+    return _evaluate(
+        model,
+        source or None,
+        class_map,
+        [(str(i), prepare(Path(i), Path(la))) for i, la in zip(images, labels, strict=True)],
+        out,
+        options,
+        progress,
+        cancelled,
     )

@@ -57,24 +57,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _class_map(pairs: list[str]) -> dict[str, str | None]:
-    mapping: dict[str, str | None] = {}
-    for pair in pairs:
-        source, sep, target = pair.partition("=")
-        if not sep:
-            raise InputError(f"--class-map {pair!r}: write SOURCE=TARGET (empty TARGET ignores)")
-        mapping[source.strip()] = target.strip() or None
-    return mapping
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..backend.bands import parse_band_list
+    from .data import parse_class_map
     from .evaluate import evaluate_rasters, evaluate_store
 
     options = {"resolution": args.resolution, "device": args.device, "tta": args.tta}
     if args.bands:
         options["bands"] = parse_band_list(args.bands)
-    class_map = _class_map(args.class_map)
+    class_map = parse_class_map(args.class_map)
     with percent_bar(args.quiet) as bar:
         progress = bar_progress(bar)
         if args.store:

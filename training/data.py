@@ -60,6 +60,21 @@ def map_classes(
     return mapping
 
 
+def parse_class_map(pairs: list[str]) -> dict[str, str | None]:
+    """Parse ``["thin cloud=cloud", "haze="]`` into a class map (empty target: ignore).
+
+    Raises:
+        InputError: For an item without ``=``.
+    """
+    mapping: dict[str, str | None] = {}
+    for pair in pairs:
+        source, sep, target = pair.partition("=")
+        if not sep:
+            raise InputError(f"class map {pair!r}: write SOURCE=TARGET (empty TARGET ignores)")
+        mapping[source.strip()] = target.strip() or None
+    return mapping
+
+
 def lookup_table(mapping: dict[int, int], ignore: int = IGNORE) -> np.ndarray:
     """Return a 256-entry uint8 table applying ``mapping``; everything else -> ``ignore``."""
     table = np.full(256, ignore, dtype=np.uint8)

@@ -38,13 +38,6 @@ from .segment import RESOLUTIONS, SegmentAlgorithm, builtin_model_names
 GROUP = {"group_name": "Training and evaluation", "group_id": "training"}
 
 
-def _class_map(text: str) -> dict[str, str | None]:
-    """Parse ``thin cloud=cloud; haze=`` into a class map."""
-    from ...training.cli import _class_map as parse
-
-    return parse([part for part in text.split(";") if part.strip()])
-
-
 class TrainAlgorithm(CloudsegAlgorithm):
     """Train or fine-tune a model on an ingested store, as a YAML config says."""
 
@@ -113,20 +106,20 @@ the run. A cancelled run writes no model.pt."""
     ) -> dict[str, Any]:
         """Train with Processing's progress and cancel."""
         self.require_dependencies()
-        from ...training.cli import apply_overrides
         from ...training.config import Config, load_yaml
         from ...training.train import train
 
         path = self.parameterAsFile(parameters, self.CONFIG, context)
-        overrides = []
         folder = self.parameterAsFile(parameters, self.OUTPUT_FOLDER, context)
-        if folder:
-            overrides.append(f"output={folder}")
         epochs = self.parameterAsInt(parameters, self.EPOCHS, context)
-        if epochs:
-            overrides.append(f"train.epochs={epochs}")
         try:
-            config = Config.from_dict(apply_overrides(load_yaml(path), overrides), path)
+            # Set the values as they are: a folder name must not be parsed as YAML.
+            data = load_yaml(path)
+            if folder:
+                data["output"] = folder
+            if epochs:
+                data["train"] = {**(data.get("train") or {}), "epochs": epochs}
+            config = Config.from_dict(data, path)
             result = train(
                 config,
                 resume=self.parameterAsBool(parameters, self.RESUME, context),
@@ -306,8 +299,11 @@ Unlabeled pixels (nodata, 255) are ignored."""
                 from ...backend.bands import parse_band_list
 
                 options["bands"] = parse_band_list(bands)
-            common["class_map"] = _class_map(
-                self.parameterAsString(parameters, self.CLASS_MAP, context)
+            from ...training.data import parse_class_map
+
+            class_map = self.parameterAsString(parameters, self.CLASS_MAP, context)
+            common["class_map"] = parse_class_map(
+                [part for part in class_map.split(";") if part.strip()]
             )
             if store:
                 result = evaluate_store(

@@ -483,10 +483,11 @@ def _run(
         strip = reader.read(
             bands, r0 * f, 0, (r1 - r0) * f, grid.width * f, out_shape=(r1 - r0, grid.width)
         )
+        missing = np.isnan(strip)
         if known_nodata is not None:
-            known_nodata.add(r0, np.isnan(strip).any(axis=0))
+            known_nodata.add(r0, missing.any(axis=0))
         strip = (strip - mean) / std
-        np.nan_to_num(strip, copy=False, nan=0.0)
+        strip[missing] = 0.0
         pad_right = tiles.cols[-1] + tile - margin - grid.width
         strip = np.pad(
             strip, ((0, 0), (r0 - top, top + tile - r1), (margin, pad_right)), mode="symmetric"

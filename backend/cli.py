@@ -91,6 +91,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         scale=args.scale,
         offset=args.offset,
         device=args.device,
+        precision=args.precision,
         batch_size=args.batch_size,
         tta=args.tta,
         resolution=args.resolution,
@@ -219,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. -0.1 for baseline >= 04.00 products outside SAFE)",
     )
     seg.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    seg.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto (default): bf16 where the hardware computes it natively (GPUs; CPUs "
+        "with AVX512-BF16/AMX, through OpenVINO), about 1.6x faster there; fp32 for "
+        "full-precision results",
+    )
     seg.add_argument(
         "--batch-size",
         type=int,

@@ -51,6 +51,8 @@ class EnvironmentReport:
         onnxruntime_providers: onnxruntime's available execution providers.
         device: The device ``--device auto`` picks: ``"cuda"`` or ``"cpu"``.
         device_reason: One line that says which device is used and why.
+        cpu_inference: One line that says how ONNX models run on the CPU
+            (``--precision auto``): OpenVINO bf16, or onnxruntime float32 and why.
     """
 
     cloudseg: str
@@ -64,6 +66,7 @@ class EnvironmentReport:
     onnxruntime_providers: list[str] = field(default_factory=list)
     device: str = "cpu"
     device_reason: str = ""
+    cpu_inference: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as plain JSON-serialisable data."""
@@ -74,6 +77,7 @@ class EnvironmentReport:
         lines = [
             f"cloudseg {self.cloudseg} on Python {self.python} ({self.platform})",
             f"device: {self.device_reason}",
+            f"CPU inference: {self.cpu_inference}",
         ]
         for name, version in self.packages.items():
             lines.append(f"  {name}: {version or 'not installed'}")
@@ -87,6 +91,7 @@ _VERSIONED = (
     "rasterio",
     "GDAL",
     "onnxruntime",
+    "openvino",
     "torch",
     "torchvision",
     "segmentation-models-pytorch",
@@ -149,6 +154,15 @@ def _onnxruntime_providers() -> list[str]:
     return list(onnxruntime.get_available_providers())
 
 
+def _cpu_inference() -> str:
+    from .runners import openvino_bf16_problem
+
+    problem = openvino_bf16_problem()
+    if problem is None:
+        return "OpenVINO, bf16 (this CPU computes bf16 natively; --precision fp32 to avoid)"
+    return f"onnxruntime, float32 ({problem})"
+
+
 def environment_report() -> EnvironmentReport:
     """Inspect the environment: package versions, CUDA devices, onnxruntime providers.
 
@@ -170,6 +184,7 @@ def environment_report() -> EnvironmentReport:
         onnxruntime_providers=_onnxruntime_providers(),
         device="cuda" if cuda else "cpu",
         device_reason=reason,
+        cpu_inference=_cpu_inference(),
     )
     logger.debug("environment: %s", report.device_reason)
     return report

@@ -1,14 +1,20 @@
 """Model runners: a batch of normalised tiles in, class probabilities out.
 
 ``OnnxRunner`` uses onnxruntime (CPU, or CUDA when its provider is installed and a GPU
-is visible); ``TorchRunner`` uses torch (CPU, or CUDA with bf16 autocast). Each says in
-:attr:`Runner.description` what ran where, so users see whether the GPU was used.
+is visible); ``OpenVinoRunner`` runs ONNX models on the CPU in bf16 through OpenVINO
+where the CPU computes bf16 natively (AVX512-BF16 or AMX: about 1.6x faster than
+float32 there); ``TorchRunner`` uses torch (CPU, or CUDA with bf16 autocast). Each says
+in :attr:`Runner.description` what ran where and in which precision, so users see
+whether the GPU was used.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from importlib import metadata
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,6 +25,9 @@ from .registry import Model
 
 logger = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
+#: ``auto``: bf16 where the hardware computes it natively (CUDA with torch models, CPUs
+#: with AVX512-BF16/AMX through OpenVINO for ONNX models), float32 elsewhere.
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class Runner(Protocol):
@@ -54,14 +63,13 @@ class OnnxRunner:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
-        cuda_ok = "CUDAExecutionProvider" in available and _torch_sees_cuda_or_unknown()
         if device == "cuda" and "CUDAExecutionProvider" not in available:
             raise ModelError(
                 "--device cuda: onnxruntime has no CUDA provider here (providers: "
                 f"{', '.join(available)}); install onnxruntime-gpu or use --device cpu"
             )
         providers = ["CPUExecutionProvider"]
-        if device == "cuda" or (device == "auto" and cuda_ok):
+        if device == "cuda" or (device == "auto" and onnx_cuda_usable()):
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -91,6 +99,101 @@ class OnnxRunner:
         """Run one batch; see :class:`Runner`."""
         (out,) = self.session.run(None, {self.input_name: batch})
         out = out.astype(np.float32, copy=False)
+        return softmax(out) if self.output_logits else out
+
+
+def onnx_cuda_usable() -> bool:
+    """Tell whether ``--device auto`` runs ONNX models on a CUDA GPU."""
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers() and (
+        _torch_sees_cuda_or_unknown()
+    )
+
+
+@functools.cache
+def openvino_bf16_problem() -> str | None:
+    """Why ONNX models cannot run in bf16 on this CPU, or None when they can.
+
+    bf16 needs OpenVINO and a CPU that computes bf16 natively (AVX512-BF16 or AMX);
+    elsewhere OpenVINO would emulate it, slower than float32.
+    """
+    try:
+        import openvino as ov
+    except ImportError:
+        return "OpenVINO is not installed (pip install openvino)"
+    try:
+        capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except RuntimeError as exc:
+        return f"OpenVINO cannot use this CPU ({str(exc).splitlines()[0]})"
+    if "BF16" not in capabilities:
+        return "this CPU has no native bf16 (AVX512-BF16 or AMX)"
+    return None
+
+
+def _openvino_cache_dir() -> Path | None:
+    """Folder for OpenVINO's compiled models (a second run loads in 0.1 s, not 0.6 s).
+
+    ``$CLOUDSEG_CACHE_DIR/openvino``, else ``$XDG_CACHE_HOME/cloudseg/openvino`` or
+    ``~/.cache/cloudseg/openvino``; None (no caching) where it cannot be created.
+    OpenVINO keys each entry by the model's content and the settings.
+    """
+    if os.environ.get("CLOUDSEG_CACHE_DIR"):
+        base = Path(os.environ["CLOUDSEG_CACHE_DIR"])
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "cloudseg"
+    folder = base.expanduser() / "openvino"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        logger.debug("no OpenVINO model cache: %s", exc)
+        return None
+    return folder
+
+
+class OpenVinoRunner:
+    """Runs an ONNX model on the CPU in bf16 with OpenVINO.
+
+    The weights stay as the file has them; convolutions and matrix products run in
+    bf16 with float32 accumulation. On the ukis-csmask models this changes 0.3 to 0.8 %
+    of mask pixels against float32, and is about 1.6x faster on CPUs with AVX512-BF16.
+    """
+
+    def __init__(self, model: Model) -> None:
+        problem = openvino_bf16_problem()
+        if problem:
+            raise ModelError(f"--precision bf16: {problem}; use --precision fp32")
+        import openvino as ov
+
+        core = ov.Core()
+        cache = _openvino_cache_dir()
+        if cache is not None:
+            core.set_property({"CACHE_DIR": str(cache)})
+        try:
+            self.compiled = core.compile_model(
+                str(model.path),
+                "CPU",
+                {
+                    "INFERENCE_PRECISION_HINT": "bf16",
+                    "PERFORMANCE_HINT": "LATENCY",
+                    "INFERENCE_NUM_THREADS": _cpu_threads(),
+                },
+            )
+        except RuntimeError as exc:
+            raise ModelError(
+                f"OpenVINO cannot load {model.path}: {str(exc).splitlines()[0]}; "
+                "use --precision fp32"
+            ) from exc
+        shape = self.compiled.input(0).get_partial_shape()
+        _check_input_shape([d.get_length() if d.is_static else None for d in shape], model.card)
+        self.request = self.compiled.create_infer_request()
+        self.output_logits = model.card.output == "logits"
+        self.device = "cpu"
+        self.description = f"openvino {metadata.version('openvino')} CPU (bf16)"
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch; see :class:`Runner`."""
+        out = self.request.infer({0: batch})[0].astype(np.float32, copy=False)
         return softmax(out) if self.output_logits else out
 
 
@@ -174,7 +277,7 @@ def load_torch_network(model: Model) -> Any:
 class TorchRunner:
     """Runs a segmentation-models-pytorch checkpoint with torch."""
 
-    def __init__(self, model: Model, device: str = "auto") -> None:
+    def __init__(self, model: Model, device: str = "auto", precision: str = "auto") -> None:
         import torch
 
         if device == "cuda" and not torch.cuda.is_available():
@@ -183,18 +286,21 @@ class TorchRunner:
         self.network = load_torch_network(model).to(self.device)
         self.output_logits = model.card.output == "logits"
         self.torch = torch
+        # bf16 by default on a GPU; on the CPU only when asked (torch gains little there).
+        self.bf16 = precision == "bf16" or (precision == "auto" and self.device == "cuda")
+        autocast = "bf16 autocast" if self.bf16 else "fp32"
         if self.device == "cuda":
-            self.description = f"torch {torch.__version__} CUDA ({_gpu_name()}, bf16 autocast)"
+            self.description = f"torch {torch.__version__} CUDA ({_gpu_name()}, {autocast})"
         else:
             torch.set_num_threads(_cpu_threads())
-            self.description = f"torch {torch.__version__} CPU"
+            self.description = f"torch {torch.__version__} CPU ({autocast})"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch; see :class:`Runner`."""
         torch = self.torch
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device == "cuda"):
+            with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16):
                 out = self.network(x)
             out = out.float()
             if self.output_logits:
@@ -202,18 +308,39 @@ class TorchRunner:
             return out.cpu().numpy()
 
 
-def create_runner(model: Model, device: str = "auto") -> Runner:
-    """Create the runner for a model's format.
+def create_runner(model: Model, device: str = "auto", precision: str = "auto") -> Runner:
+    """Create the runner for a model's format, device and precision.
+
+    ONNX models run through onnxruntime, except on the CPU in bf16 (``precision="bf16"``,
+    or ``"auto"`` where the CPU computes bf16 natively and OpenVINO is installed), where
+    OpenVINO runs them. Torch checkpoints run through torch, in bf16 autocast on a GPU
+    unless ``precision="fp32"``.
 
     Args:
         model: The model.
         device: ``"auto"`` (CUDA when usable), ``"cpu"`` or ``"cuda"``.
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"``; see :data:`PRECISIONS`.
 
     Raises:
-        ModelError: On an unknown device, or ``cuda`` where no GPU is usable.
+        ModelError: On an unknown device or precision, ``cuda`` where no GPU is usable,
+            or ``bf16`` that cannot run here.
     """
     if device not in DEVICES:
         raise ModelError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
-    if model.card.format == "onnx":
+    if precision not in PRECISIONS:
+        raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if model.card.format != "onnx":
+        return TorchRunner(model, device, precision)
+    if precision == "fp32":
         return OnnxRunner(model, device)
-    return TorchRunner(model, device)
+    on_gpu = device == "cuda" or (device == "auto" and onnx_cuda_usable())
+    if on_gpu:
+        if precision == "bf16":
+            raise ModelError(
+                "--precision bf16: ONNX models run in bf16 on the CPU only; "
+                "use --precision auto or fp32 with --device cuda"
+            )
+        return OnnxRunner(model, device)
+    if precision == "bf16" or openvino_bf16_problem() is None:
+        return OpenVinoRunner(model)
+    return OnnxRunner(model, device)

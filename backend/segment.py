@@ -55,6 +55,9 @@ class SegmentOptions:
         scale: Reflectance per digital number (default from metadata or 0.0001).
         offset: Reflectance added after scaling.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        precision: ``"auto"`` (bf16 where the hardware computes it natively: about 1.6x
+            faster on such CPUs; 0.3 to 0.8 % of mask pixels differ), ``"fp32"`` or
+            ``"bf16"``.
         batch_size: Tiles per model call; None picks 1 on the CPU (fastest there, and
             the least memory) and 16 on a GPU.
         tta: Average predictions over flips and a 90-degree rotation (4x slower).
@@ -74,6 +77,7 @@ class SegmentOptions:
     scale: float | None = None
     offset: float | None = None
     device: str = "auto"
+    precision: str = "auto"
     batch_size: int | None = None
     tta: bool = False
     resolution: str = "model"
@@ -333,7 +337,7 @@ def segment(
         for message in warnings:
             logger.warning("%s", message)
         grid = ModelGrid.for_scene(reader, card, options.resolution)
-        runner = create_runner(model, options.device)
+        runner = create_runner(model, options.device, options.precision)
         logger.info(
             "running on %s; model grid %d x %d (factor %g)",
             runner.description,

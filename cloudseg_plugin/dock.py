@@ -260,6 +260,7 @@ class CloudSegDock(QDockWidget):
             else:
                 reason = result.device_reason
                 text = reason if reason.lower().startswith("cpu") else f"CPU only: {reason}"
+                text += f"\nCPU inference: {result.cpu_inference}"
             self.device_label.setText(text)
 
         self._device_task = QgsTask.fromFunction("cloudseg: check device", report, on_finished=done)

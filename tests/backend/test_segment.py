@@ -310,7 +310,7 @@ def test_torch_checkpoint_and_its_onnx_export_agree(multiband, tmp_path):
         result = segment(
             multiband,
             tmp_path / f"{name}.tif",
-            SegmentOptions(model=str(model), probabilities=probs),
+            SegmentOptions(model=str(model), probabilities=probs, precision="fp32"),
         )
         assert result.runner.startswith(name if name == "torch" else "onnxruntime")
         with rasterio.open(probs) as ds:

@@ -97,6 +97,8 @@ def test_dock_shows_the_model_card_and_the_device(plugin, tmp_path):
     assert "cloud shadow" in card and "Apache-2.0" in card
     wait_for(dock._device_task)
     assert dock.device_label.text().startswith(("CPU only:", "GPU:"))
+    if dock.device_label.text().startswith("CPU only:"):
+        assert "\nCPU inference: " in dock.device_label.text()  # bf16 or float32, and why
 
 
 def test_dock_runs_a_task_to_completion_and_adds_styled_layers(

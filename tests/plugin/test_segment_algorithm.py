@@ -30,17 +30,26 @@ def chip_layer(multiband):
     QgsProject.instance().layerTreeRoot().removeAllChildren()
 
 
-def test_algorithm_writes_the_engines_mask_and_percentages(plugin, chip_layer, multiband, tmp_path):
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_algorithm_writes_the_engines_mask_and_percentages(
+    plugin, chip_layer, multiband, tmp_path, precision
+):
     reference = tmp_path / "reference.tif"
-    expected = segment(multiband, reference, SegmentOptions(product_level="L2A"))
+    expected = segment(
+        multiband, reference, SegmentOptions(product_level="L2A", precision=precision)
+    )
 
     out = tmp_path / "mask.tif"
     result = processing.run(
-        "cloudseg:segment", {"INPUT": chip_layer, "PRODUCT_LEVEL": "L2A", "OUTPUT": str(out)}
+        "cloudseg:segment",
+        {"INPUT": chip_layer, "PRODUCT_LEVEL": "L2A", "PRECISION": precision, "OUTPUT": str(out)},
     )
     with rasterio.open(out) as got, rasterio.open(reference) as want:
         np.testing.assert_array_equal(got.read(1), want.read(1))
         assert got.tags()["CLOUDSEG_MODEL"] == L2A
+        assert got.tags()["CLOUDSEG_RUNNER"] == expected.runner == result["RUNNER"]
+    if precision == "fp32":
+        assert result["RUNNER"].startswith("onnxruntime")
     assert result["MODEL_USED"] == L2A
     assert result["CLOUD_PERCENT"] == pytest.approx(expected.class_percent["cloud"])
     assert result["SHADOW_PERCENT"] == pytest.approx(expected.class_percent["cloud shadow"])

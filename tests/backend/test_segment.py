@@ -378,6 +378,24 @@ def test_values_that_are_not_reflectance_are_warned_about(multiband, tmp_path):
     assert any("do not look like reflectance" in w for w in result.warnings)
 
 
+@pytest.mark.parametrize("overviews", [False, True])
+def test_reflectance_check_samples_the_whole_scene(band_folder, tmp_path, overviews):
+    from rasterio.enums import Resampling
+
+    from cloudseg.backend.reader import open_scene
+
+    chip = stack_bands(band_folder, tmp_path / "chip.tif", BANDS, tiled=True)
+    if overviews:  # read shrunk from the overviews; else from a grid of windows
+        with rasterio.open(chip, "r+") as ds:
+            ds.build_overviews([2, 4], Resampling.average)
+    with open_scene(chip, product_level="L2A") as reader:
+        sample = reader.sample_reflectance(BANDS)
+        whole = reader.read(BANDS, 0, 0, reader.height, reader.width)
+    assert sample.shape == (4, 256, 256)
+    for band in range(4):  # the sample's median is the scene's, within a tenth
+        assert np.nanmedian(sample[band]) == pytest.approx(np.nanmedian(whole[band]), rel=0.1)
+
+
 def test_tta_keeps_constants_and_stays_close_on_real_data(reference, multiband, tmp_path):
     model = constant_onnx(tmp_path / "constant.onnx", [0.3, -1.0, 2.0])
     segment(multiband, tmp_path / "c.tif", SegmentOptions(model=str(model), tta=True))

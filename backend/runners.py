@@ -35,6 +35,8 @@ class Runner(Protocol):
 
     description: str
     device: str
+    #: Tiles per call when the user gives no batch size: the fastest measured setting.
+    default_batch: int
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Map ``(n, bands, tile, tile)`` inputs to ``(n, classes, tile, tile)`` probabilities."""
@@ -89,6 +91,8 @@ class OnnxRunner:
                 "(no GPU visible, or CUDA libraries missing); use --device cpu"
             )
         self.input_name = self.session.get_inputs()[0].name
+        # onnxruntime on the CPU: one tile a call was fastest and needs the least memory.
+        self.default_batch = 16 if self.device == "cuda" else 1
         self.output_logits = model.card.output == "logits"
         self.description = f"onnxruntime {ort.__version__} {used}"
         if self.device == "cuda":
@@ -189,6 +193,7 @@ class OpenVinoRunner:
         self.request = self.compiled.create_infer_request()
         self.output_logits = model.card.output == "logits"
         self.device = "cpu"
+        self.default_batch = 4  # 5-10 % faster than 1 tile a call on 2 cores
         self.description = f"openvino {metadata.version('openvino')} CPU (bf16)"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -284,6 +289,7 @@ class TorchRunner:
             raise ModelError("--device cuda: torch sees no CUDA GPU here; use --device cpu")
         self.device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
         self.network = load_torch_network(model).to(self.device)
+        self.default_batch = 16 if self.device == "cuda" else 1
         self.output_logits = model.card.output == "logits"
         self.torch = torch
         # bf16 by default on a GPU; on the CPU only when asked (torch gains little there).

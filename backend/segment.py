@@ -58,8 +58,8 @@ class SegmentOptions:
         precision: ``"auto"`` (bf16 where the hardware computes it natively: about 1.6x
             faster on such CPUs; 0.3 to 0.8 % of mask pixels differ), ``"fp32"`` or
             ``"bf16"``.
-        batch_size: Tiles per model call; None picks 1 on the CPU (fastest there, and
-            the least memory) and 16 on a GPU.
+        batch_size: Tiles per model call; None picks the runner's fastest: 16 on a GPU,
+            4 with OpenVINO and 1 with onnxruntime or torch on the CPU.
         tta: Average predictions over flips and a 90-degree rotation (4x slower).
         resolution: ``"model"`` (the card's resolution) or ``"native"`` (input grid).
         probabilities: Also write per-class probabilities (uint8 percent) here.
@@ -476,7 +476,7 @@ def _run(
     bands = list(card.bands)
     f = grid.factor
     total, done = len(tiles), 0
-    batch_size = options.batch_size or (16 if runner.device == "cuda" else 1)
+    batch_size = options.batch_size or runner.default_batch
     # On the input grid the strips already show which pixels are nodata; on another
     # grid the input rows are read again at native resolution when they are written.
     known_nodata = _RowMasks() if f == 1 else None

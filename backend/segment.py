@@ -159,6 +159,50 @@ class ModelGrid:
         return cls(factor, math.ceil(reader.height / factor), math.ceil(reader.width / factor))
 
 
+def block_nanmean(x: np.ndarray, k: int) -> np.ndarray:
+    """Mean of each ``k`` x ``k`` block of ``(C, H, W)`` (H, W multiples of ``k``), NaN-aware.
+
+    NaN (nodata) pixels are left out of a block's mean, as GDAL's average resampling
+    leaves nodata out; a block with no valid pixel is NaN.
+    """
+    nan = np.isnan(x)
+    if not nan.any():
+        total = _block_sum(x, k)
+        total *= np.float32(1 / (k * k))
+        return total
+    total = _block_sum(np.where(nan, np.float32(0), x), k)
+    count = _block_sum((~nan).astype(np.float32), k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.divide(total, count, out=total)  # 0 / 0 -> NaN
+
+
+def _block_sum(x: np.ndarray, k: int) -> np.ndarray:
+    # k strided row sums, then k strided column sums: a few times faster than a
+    # reduction over the axes of a (C, H/k, k, W/k, k) view.
+    rows = x[:, 0::k].copy()
+    for j in range(1, k):
+        rows += x[:, j::k]
+    total = rows[:, :, 0::k].copy()
+    for j in range(1, k):
+        total += rows[:, :, j::k]
+    return total
+
+
+def argmax_classes(probs: np.ndarray) -> np.ndarray:
+    """``probs.argmax(axis=0)`` as uint8 for ``(C, H, W)``, a pass per class.
+
+    numpy's argmax along a short first axis is several times slower than comparing
+    whole planes; ties go to the lower class, as with argmax.
+    """
+    classes = np.zeros(probs.shape[1:], dtype=np.uint8)
+    best = probs[0].copy()
+    for c in range(1, probs.shape[0]):
+        better = probs[c] > best
+        classes[better] = c
+        np.maximum(best, probs[c], out=best)
+    return classes
+
+
 class Upsampler:
     """Turns blended model-grid rows into input-grid rows (bilinear), block by block."""
 
@@ -197,10 +241,21 @@ class Upsampler:
             y0 = np.floor(ym).astype(np.intp)
             y1 = np.minimum(y0 + 1, self.grid.height - 1)
             wy = (ym - y0).astype(np.float32)[None, :, None]
-            top, bottom = self._rows[:, y0 - self._first], self._rows[:, y1 - self._first]
-            vertical = top + (bottom - top) * wy
-            left, right = vertical[:, :, self._x0], vertical[:, :, self._x1]
-            yield self.next_row, left + (right - left) * self._wx
+            # Horizontal first, on the model rows in use (f times fewer than the output
+            # rows), then vertical, whose gathers are whole contiguous rows.
+            lo, hi = y0[0], y1[-1] + 1
+            model_rows = self._rows[:, lo - self._first : hi - self._first]
+            left = model_rows[:, :, self._x0]
+            wide = model_rows[:, :, self._x1]
+            wide -= left
+            wide *= self._wx
+            wide += left
+            top = wide[:, y0 - lo]
+            out = wide[:, y1 - lo]
+            out -= top
+            out *= wy
+            out += top
+            yield self.next_row, out
             self.next_row = end
             keep_from = max(math.floor((end + 0.5) / f - 0.5), 0)
             self._rows = self._rows[:, keep_from - self._first :]
@@ -260,15 +315,19 @@ def _provenance(
     }
 
 
-def _cache_limit() -> dict[str, int]:
-    """GDAL's block cache for a run: 256 MiB unless the user set GDAL_CACHEMAX.
+def _gdal_settings() -> dict[str, int | str]:
+    """GDAL settings for a run, where the user has not set them.
 
-    GDAL's default (5 % of RAM) lets a run's memory grow with the scene up to that
-    share; strips are read once each, so a small cache costs little time.
+    The block cache is 256 MiB: GDAL's default (5 % of RAM) lets a run's memory grow
+    with the scene up to that share, and strips are read once each, so a small cache
+    costs little time. Compressed blocks are decoded and encoded on all cores
+    (GDAL_NUM_THREADS): a strip of a full Sentinel-2 tile spans dozens of blocks.
     """
-    if "GDAL_CACHEMAX" in os.environ:
-        return {}
-    return {"GDAL_CACHEMAX": 256 * 1024 * 1024}
+    settings: dict[str, int | str] = {
+        "GDAL_CACHEMAX": 256 * 1024 * 1024,
+        "GDAL_NUM_THREADS": "ALL_CPUS",
+    }
+    return {k: v for k, v in settings.items() if k not in os.environ}
 
 
 # -- the run ---------------------------------------------------------------------------
@@ -318,7 +377,7 @@ def segment(
         open_scene(
             input_path, options.bands, options.product_level, options.scale, options.offset
         ) as reader,
-        rasterio.Env(GDAL_PAM_ENABLED="NO", **_cache_limit()),
+        rasterio.Env(GDAL_PAM_ENABLED="NO", **_gdal_settings()),
     ):
         if options.bounds is not None:
             reader.crop(options.bounds)
@@ -477,19 +536,30 @@ def _run(
     f = grid.factor
     total, done = len(tiles), 0
     batch_size = options.batch_size or runner.default_batch
-    # On the input grid the strips already show which pixels are nodata; on another
-    # grid the input rows are read again at native resolution when they are written.
-    known_nodata = _RowMasks() if f == 1 else None
+    # An integer factor (10 m input, 30 m model) reads native rows once and averages
+    # k x k blocks here: GDAL's average resampling was the slowest step of a run, and the
+    # native rows also give the nodata mask for writing. Other factors let GDAL
+    # resample, and read the input rows again at native resolution when writing.
+    k = round(f)
+    block_mean = f > 1 and abs(f - k) < 1e-9
+    # On the input grid (and with block means) the strips show which pixels are nodata.
+    known_nodata = _RowMasks() if f == 1 or block_mean else None
 
     for y in tiles.rows:
         top = y - margin  # first model-grid row of this tile row (may be negative)
         r0, r1 = max(top, 0), min(top + tile, grid.height)
-        strip = reader.read(
-            bands, r0 * f, 0, (r1 - r0) * f, grid.width * f, out_shape=(r1 - r0, grid.width)
-        )
+        if block_mean:
+            native = reader.read(bands, r0 * k, 0, (r1 - r0) * k, grid.width * k)
+            known_nodata.add(r0 * k, np.isnan(native[:, :, : reader.width]).any(axis=0))
+            strip = block_nanmean(native, k)
+            del native
+        else:
+            strip = reader.read(
+                bands, r0 * f, 0, (r1 - r0) * f, grid.width * f, out_shape=(r1 - r0, grid.width)
+            )
+            if known_nodata is not None:
+                known_nodata.add(r0, np.isnan(strip).any(axis=0))
         missing = np.isnan(strip)
-        if known_nodata is not None:
-            known_nodata.add(r0, missing.any(axis=0))
         strip = (strip - mean) / std
         strip[missing] = 0.0
         pad_right = tiles.cols[-1] + tile - margin - grid.width
@@ -556,7 +626,7 @@ def _write_block(
     counts: np.ndarray,
 ) -> None:
     n = probs.shape[1]
-    classes = probs.argmax(axis=0).astype(np.uint8)
+    classes = argmax_classes(probs)
     if nodata is None:
         nodata = np.isnan(reader.read(bands, row, 0, n, reader.width)).any(axis=0)
     classes[nodata] = NODATA

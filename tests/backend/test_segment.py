@@ -149,14 +149,19 @@ def test_coarser_band_is_resampled_to_the_finest_grid(reference, band_folder, tm
 
 
 @pytest.mark.parametrize("resolution", ["model", "native"])
-def test_nodata_pixels_stay_nodata(band_folder, tmp_path, resolution):
+@pytest.mark.parametrize("marked_by", ["value", "mask band"])
+def test_nodata_pixels_stay_nodata(band_folder, tmp_path, resolution, marked_by):
     with_hole = tmp_path / "hole.tif"
-    stack_bands(band_folder, with_hole, BANDS, nodata=0)
+    by_value = marked_by == "value"
+    stack_bands(band_folder, with_hole, BANDS, **({"nodata": 0} if by_value else {}))
     with rasterio.open(with_hole, "r+") as ds:
         data = ds.read()
         data[:, :, :100] = 0
         data[:, 300:317, 200:211] = 0  # a hole inside, across strip boundaries
-        ds.write(data)
+        if by_value:
+            ds.write(data)
+        else:  # a GDAL mask band (as in many COGs); the zeros under it are not nodata
+            ds.write_mask(np.where((data == 0).all(axis=0), 0, 255).astype(np.uint8))
     out = tmp_path / "mask.tif"
     result = segment(with_hole, out, SegmentOptions(product_level="L2A", resolution=resolution))
     mask = read(out)
@@ -165,6 +170,37 @@ def test_nodata_pixels_stay_nodata(band_folder, tmp_path, resolution):
     assert (mask[hole] == NODATA).all()
     assert (mask[~hole] != NODATA).all()
     assert result.nodata_pixels == int(hole.sum())
+
+
+def test_block_means_equal_gdals_average_resampling(band_folder, tmp_path):
+    """A 10 m input runs at 30 m through k x k block means: the same as GDAL's average."""
+    from cloudseg.backend.reader import open_scene
+    from cloudseg.backend.segment import block_nanmean
+
+    chip = stack_bands(band_folder, tmp_path / "c.tif", BANDS, nodata=0)
+    with rasterio.open(chip, "r+") as ds:
+        data = ds.read()
+        data[:, 30:33, 60:63] = 0  # a whole 3 x 3 block of nodata
+        data[0, 90:92, 120:121] = 0  # part of a block, in one band
+        ds.write(data)
+    with open_scene(chip, product_level="L2A") as reader:
+        native = reader.read(BANDS, 0, 0, 510, 510)
+        gdal = reader.read(BANDS, 0, 0, 510, 510, out_shape=(170, 170))
+    ours = block_nanmean(native, 3)
+    assert np.isnan(ours[:, 10, 20]).all() and np.isnan(gdal[:, 10, 20]).all()
+    assert (np.isnan(ours) == np.isnan(gdal)).all()
+    # GDAL averages into the file's uint16, so its means are rounded to half a DN.
+    np.testing.assert_allclose(ours, gdal, rtol=0, atol=0.5e-4 + 1e-7, equal_nan=True)
+    # The partly empty block is the mean of its valid pixels only.
+    assert ours[0, 30, 40] == pytest.approx(np.nanmean(native[0, 90:93, 120:123]))
+
+
+def test_argmax_classes_is_argmax_with_ties_to_the_lower_class():
+    from cloudseg.backend.segment import argmax_classes
+
+    rng = np.random.default_rng(0)
+    probs = rng.random((3, 64, 64), dtype=np.float32).round(1)  # many ties
+    np.testing.assert_array_equal(argmax_classes(probs), probs.argmax(axis=0))
 
 
 def test_geographic_crs_fails_with_a_reprojection_hint(band_folder, tmp_path):

@@ -244,13 +244,13 @@ def compare_with_ukis(args: argparse.Namespace, workdir: Path) -> dict:
     }
 
 
-def full_tile(args: argparse.Namespace, workdir: Path) -> dict:
-    """A full 10980 x 10980 Sentinel-2 tile at 10 m, GeoTIFF to mask COG."""
+def write_full_tile(data: Path, tile: Path, size: int = 10980) -> None:
+    """Write a ``size``-square, 4-band uint16 L2A tile at 10 m from the On Cloud N chips."""
     import rasterio
 
-    size, bands = 10980, ["B02", "B03", "B04", "B08"]
+    bands = ["B02", "B03", "B04", "B08"]
     chips = []
-    for folder in sorted((args.data / "oncloudn_l2a").iterdir()):
+    for folder in sorted((data / "oncloudn_l2a").iterdir()):
         if folder.is_dir():
             stack = []
             for band in bands:
@@ -258,7 +258,6 @@ def full_tile(args: argparse.Namespace, workdir: Path) -> dict:
                     stack.append(ds.read(1))
                     crs, transform = ds.crs, ds.transform
             chips.append(np.stack(stack))
-    tile = workdir / "tile.tif"
     profile = {
         "driver": "GTiff",
         "width": size,
@@ -277,6 +276,13 @@ def full_tile(args: argparse.Namespace, workdir: Path) -> dict:
         dst.write(mirrored_mosaic(chips, size))
         for i, band in enumerate(bands, start=1):
             dst.set_band_description(i, band)
+
+
+def full_tile(args: argparse.Namespace, workdir: Path) -> dict:
+    """A full 10980 x 10980 Sentinel-2 tile at 10 m, GeoTIFF to mask COG."""
+    size = 10980
+    tile = workdir / "tile.tif"
+    write_full_tile(args.data, tile, size)
     child = ["--run", "ours", "--src", str(tile), "--dst", str(workdir / "tile_mask.tif")]
     child += ["--batch-size", str(args.batch_size), "--precision", args.precision]
     child += ["--device", args.device, "--product-level", "L2A"]

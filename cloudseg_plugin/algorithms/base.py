@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
-from qgis.core import QgsProcessingAlgorithm, QgsProcessingException, QgsProcessingFeedback
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+)
 from qgis.PyQt.QtGui import QIcon
 
 from ...backend.dependencies import Requirement, install_hint, missing_requirements
 from ..resources import icon
+
+
+def choice(
+    name: str, label: str, options: list[str], default: str, advanced: bool = False
+) -> QgsProcessingParameterEnum:
+    """An enum parameter whose values are its strings (``DEVICE=cuda`` in qgis_process)."""
+    parameter = QgsProcessingParameterEnum(name, label, options=options, defaultValue=default)
+    parameter.setUsesStaticStrings(True)
+    if advanced:
+        parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    return parameter
 
 
 class CloudsegAlgorithm(QgsProcessingAlgorithm):

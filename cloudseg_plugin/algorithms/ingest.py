@@ -11,14 +11,13 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterString,
 )
 
 from ...backend.errors import CloudsegError
 from ...backend.layouts import LAYOUTS
-from .base import CloudsegAlgorithm
+from .base import CloudsegAlgorithm, choice
 
 AUTO = "auto"
 
@@ -67,11 +66,7 @@ ingested."""
                 self.DESTINATION, "Destination (folder or s3://bucket/prefix)"
             )
         )
-        layout = QgsProcessingParameterEnum(
-            self.LAYOUT, "Source layout", options=[AUTO, *LAYOUTS], defaultValue=AUTO
-        )
-        layout.setUsesStaticStrings(True)
-        self.addParameter(layout)
+        self.addParameter(choice(self.LAYOUT, "Source layout", [AUTO, *LAYOUTS], AUTO))
         self.addParameter(
             QgsProcessingParameterString(
                 self.ENDPOINT_URL, "S3 endpoint URL (MinIO...)", optional=True

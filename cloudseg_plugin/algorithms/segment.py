@@ -16,7 +16,6 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
@@ -32,7 +31,7 @@ from qgis.core import (
 from ...backend.dependencies import REQUIREMENTS
 from ...backend.errors import CloudsegError
 from .. import styling
-from .base import CloudsegAlgorithm
+from .base import CloudsegAlgorithm, choice
 
 AUTO = "auto"
 DEVICES = ["auto", "cpu", "cuda"]
@@ -173,42 +172,34 @@ shadows larger than the minimum area, and the cloud, shadow and clear percentage
         # Named by path so that headless qgis_process never imports the GUI module.
         bands.setMetadata({"widget_wrapper": {"class": WIDGETS + ".BandsWidgetWrapper"}})
         self.addParameter(bands)
-        level = QgsProcessingParameterEnum(
-            self.PRODUCT_LEVEL, "Product level", options=LEVELS, defaultValue=AUTO
-        )
-        level.setUsesStaticStrings(True)
-        self.addParameter(level)
+        self.addParameter(choice(self.PRODUCT_LEVEL, "Product level", LEVELS, AUTO))
         self.addParameter(
             QgsProcessingParameterExtent(self.EXTENT, "Segment only this extent", optional=True)
         )
-        device = QgsProcessingParameterEnum(
-            self.DEVICE, "Device", options=DEVICES, defaultValue="auto"
-        )
-        device.setUsesStaticStrings(True)
-        self.addParameter(device)
+        self.addParameter(choice(self.DEVICE, "Device", DEVICES, "auto"))
         self.addParameter(
             QgsProcessingParameterBoolean(
                 self.TTA, "Test-time augmentation (flips; 4x slower, smoother)", False
             )
         )
-        resolution = QgsProcessingParameterEnum(
-            self.RESOLUTION,
-            "Run at (model: the model's resolution, faster; native: the input's)",
-            options=RESOLUTIONS,
-            defaultValue="model",
+        self.addParameter(
+            choice(
+                self.RESOLUTION,
+                "Run at (model: the model's resolution, faster; native: the input's)",
+                RESOLUTIONS,
+                "model",
+                advanced=True,
+            )
         )
-        resolution.setUsesStaticStrings(True)
-        resolution.setFlags(resolution.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(resolution)
-        precision = QgsProcessingParameterEnum(
-            self.PRECISION,
-            "Precision (auto: bf16 where the hardware has it, faster; fp32: full precision)",
-            options=PRECISIONS,
-            defaultValue="auto",
+        self.addParameter(
+            choice(
+                self.PRECISION,
+                "Precision (auto: bf16 where the hardware has it, faster; fp32: full precision)",
+                PRECISIONS,
+                "auto",
+                advanced=True,
+            )
         )
-        precision.setUsesStaticStrings(True)
-        precision.setFlags(precision.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(precision)
         min_area = QgsProcessingParameterNumber(
             self.MIN_AREA,
             "Smallest polygon kept (m²)",

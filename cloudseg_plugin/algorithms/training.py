@@ -32,7 +32,7 @@ from qgis.core import (
 
 from ...backend.dependencies import TRAINING_REQUIREMENTS
 from ...backend.errors import CloudsegError
-from .base import CloudsegAlgorithm
+from .base import CloudsegAlgorithm, choice
 from .segment import RESOLUTIONS, SegmentAlgorithm, builtin_model_names
 
 GROUP = {"group_name": "Training and evaluation", "group_id": "training"}
@@ -238,11 +238,7 @@ Unlabeled pixels (nodata, 255) are ignored."""
                 self.CLASS_MAP, "Class map (label=model; ...)", optional=True
             )
         )
-        resolution = QgsProcessingParameterEnum(
-            self.RESOLUTION, "Resolution", options=RESOLUTIONS, defaultValue="model"
-        )
-        resolution.setUsesStaticStrings(True)
-        self.addParameter(resolution)
+        self.addParameter(choice(self.RESOLUTION, "Resolution", RESOLUTIONS, "model"))
         self.addParameter(
             QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Evaluation report")
         )

@@ -444,6 +444,8 @@ def segment(
                 finally:
                     if probs_ds is not None:
                         probs_ds.close()
+            if cancelled():  # the last chance before anything looks like a result
+                raise CancelledError("cancelled; no output was written")
             progress(99.0, "writing Cloud-Optimized GeoTIFF")
             if tmp_probs is not None and options.probabilities is not None:
                 publish_cog(tmp_probs, Path(options.probabilities), "AVERAGE")

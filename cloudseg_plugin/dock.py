@@ -338,6 +338,10 @@ class CloudSegDock(QDockWidget):
             record = RunRecord(name, "failed", message=task.error)
             self._say(f"{name}: {task.error}", Qgis.Critical)
         else:
+            if task.result is not None:  # the cancel came after the engine had finished
+                for path in task.outputs.values():
+                    if path:
+                        Path(path).unlink(missing_ok=True)
             record = RunRecord(name, "cancelled", message="cancelled; nothing was written")
             self._say(f"{name}: cancelled; nothing was written", Qgis.Info)
         self.runs.insert(0, record)

@@ -269,6 +269,22 @@ def test_cancelled_run_leaves_nothing_behind(multiband, tmp_path):
     assert sorted(p.name for p in out_dir.iterdir()) == ["mask.tif", "p.tif", "s.json"]
 
 
+def test_a_cancel_after_the_last_tile_still_leaves_nothing(multiband, tmp_path):
+    # The default run of this chip is one batch: the cancel arrives with its progress
+    # report, after every tile has run but before the outputs are published.
+    seen: list[float] = []
+    with pytest.raises(CancelledError):
+        segment(
+            multiband,
+            tmp_path / "mask.tif",
+            SegmentOptions(product_level="L2A", probabilities=tmp_path / "p.tif"),
+            progress=lambda percent, message: seen.append(percent),
+            cancelled=lambda: bool(seen) and seen[-1] >= 98.0,
+        )
+    assert 98.0 in seen and 99.0 not in seen
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_progress_is_reported_up_to_100(multiband, tmp_path):
     seen = []
     segment(multiband, tmp_path / "m.tif", L2A, progress=lambda pct, msg: seen.append(pct))

@@ -62,7 +62,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import parse_class_map
     from .evaluate import evaluate_rasters, evaluate_store
 
-    options = {"resolution": args.resolution, "device": args.device, "tta": args.tta}
+    options = {
+        "resolution": args.resolution,
+        "device": args.device,
+        "tta": args.tta,
+        "precision": args.precision,
+    }
     if args.bands:
         options["bands"] = parse_band_list(args.bands)
     class_map = parse_class_map(args.class_map)
@@ -170,6 +175,13 @@ def add_parsers(sub: Any) -> None:
     ev.add_argument("--resolution", choices=("model", "native"), default="model")
     ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ev.add_argument("--tta", action="store_true", help="test-time augmentation")
+    ev.add_argument(
+        "--precision",
+        choices=("fp32", "auto", "bf16"),
+        default="fp32",
+        help="fp32 (default): metrics of the model itself; auto: as 'cloudseg segment' "
+        "runs it here (bf16 where the hardware has it)",
+    )
     ev.add_argument("--out", help="folder for metrics.json and confusion.png")
     add_output_flags(ev)
     ev.set_defaults(handler=_cmd_evaluate)

@@ -40,6 +40,8 @@ class Evaluation:
     metrics_path: Path | None = None
     confusion_png: Path | None = None
     class_map: dict[str, str] = field(default_factory=dict)
+    #: What ran the model, with its precision (the engine's runner description).
+    runner: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the evaluation as JSON-serialisable data."""
@@ -49,15 +51,19 @@ class Evaluation:
         return data
 
 
-def _predict(image: Path, model: str, folder: Path, options: dict[str, Any]) -> np.ndarray:
+def _predict(
+    image: Path, model: str, folder: Path, options: dict[str, Any]
+) -> tuple[np.ndarray, str]:
     import rasterio
 
     output = folder / f"{image.stem}.classes.tif"
-    segment(image, output, SegmentOptions(model=model, overwrite=True, **options))
+    # Metrics are of the model itself: float32 unless the caller asks for another precision.
+    options = {"precision": "fp32"} | options
+    result = segment(image, output, SegmentOptions(model=model, overwrite=True, **options))
     with rasterio.open(output) as ds:
         classes = ds.read(1)
     output.unlink()
-    return classes
+    return classes, result.runner
 
 
 def _store_scene_to_tiff(dataset: Any, scene: str, path: Path) -> tuple[Path, np.ndarray]:
@@ -123,6 +129,7 @@ def _evaluate(
     table = lookup_table(mapping)
     matrix = np.zeros((len(names), len(names)), dtype=np.int64)
     per_scene: dict[str, dict[str, Any]] = {}
+    runner = ""
     with tempfile.TemporaryDirectory(prefix="cloudseg-eval-") as tmp:
         for i, (name, prepare) in enumerate(scenes):
             if cancelled and cancelled():
@@ -130,7 +137,7 @@ def _evaluate(
             if progress:
                 progress(100.0 * i / len(scenes), f"scene {Path(name).name}")
             image, reference, what = prepare(Path(tmp))
-            prediction = _predict(image, model, Path(tmp), options or {})
+            prediction, runner = _predict(image, model, Path(tmp), options or {})
             if image.parent == Path(tmp):
                 image.unlink()
             if reference.shape != prediction.shape:
@@ -147,9 +154,11 @@ def _evaluate(
     metrics = metrics_from_confusion(matrix, names)
     evaluation = Evaluation(card.name, metrics, per_scene, round(time.perf_counter() - started, 2))
     evaluation.class_map = by_name
+    evaluation.runner = runner
     if out is not None:
+        report = {"model": card.name, "runner": runner, "scenes": per_scene, "class_map": by_name}
         evaluation.metrics_path, evaluation.confusion_png = write_report(
-            metrics | {"model": card.name, "scenes": per_scene, "class_map": by_name},
+            metrics | report,
             Path(out),
             f"{card.name}: mIoU {metrics['mean_iou'] or 0:.3f}",
         )
@@ -176,7 +185,8 @@ def evaluate_store(
         out: Folder for ``metrics.json`` and ``confusion.png``; nothing written when None.
         class_map: Store class name -> model class name (None: ignore).
         endpoint_url: S3 endpoint.
-        options: More :class:`SegmentOptions` fields (``resolution``, ``device``, ``tta``).
+        options: More :class:`SegmentOptions` fields (``resolution``, ``device``, ``tta``,
+            ``precision``: ``fp32`` unless given).
         progress: Called with (percent, message) per scene.
         cancelled: Polled per scene.
 

@@ -143,6 +143,8 @@ def test_evaluation_on_a_store_matches_evaluation_on_the_rasters(
     }
     saved = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert saved["mean_iou"] == pytest.approx(on_store.metrics["mean_iou"])
+    assert saved["runner"] == on_store.runner
+    assert saved["runner"].endswith("(fp32)")  # the model's own figures, by default
     assert (tmp_path / "s" / "confusion.png").stat().st_size > 1000
 
 
@@ -158,9 +160,12 @@ def test_evaluate_cli_reports_metrics_and_refuses_missing_bands(cs12_store, trai
         "ROI_2507-clear",
         "--out",
         tmp_path / "e",
+        "--precision",
+        "bf16",
     )
     assert done.returncode == 0, done.stderr
-    assert "mIoU" in done.stdout and (tmp_path / "e" / "metrics.json").is_file()
+    assert "mIoU" in done.stdout
+    assert "bf16" in json.loads((tmp_path / "e" / "metrics.json").read_text())["runner"]
     builtin = _cli("evaluate", "--model", "ukis-csmask-4b-l1c", "--store", cs12_store, "-q")
     assert builtin.returncode == 1
     assert builtin.stderr.strip().splitlines()[-1].startswith("cloudseg: error:")

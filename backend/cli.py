@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._version import __version__
+from .choices import DEVICES, PRECISIONS, RESOLUTIONS
 from .errors import CloudsegError
 
 logger = logging.getLogger("cloudseg")
@@ -219,10 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="reflectance added after scaling "
         "(e.g. -0.1 for baseline >= 04.00 products outside SAFE)",
     )
-    seg.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    seg.add_argument("--device", choices=DEVICES, default="auto")
     seg.add_argument(
         "--precision",
-        choices=["auto", "fp32", "bf16"],
+        choices=PRECISIONS,
         default="auto",
         help="auto (default): bf16 where the hardware computes it natively (GPUs; CPUs "
         "with AVX512-BF16/AMX, through OpenVINO), about 1.6x faster there; fp32 for "
@@ -241,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument(
         "--resolution",
-        choices=["model", "native"],
+        choices=RESOLUTIONS,
         default="model",
         help="run at the model card's resolution (default) or the input's",
     )

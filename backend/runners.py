@@ -20,14 +20,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from .cards import ModelCard
+from .choices import DEVICES, PRECISIONS
 from .errors import ModelError
 from .registry import Model
 
 logger = logging.getLogger(__name__)
-DEVICES = ("auto", "cpu", "cuda")
-#: ``auto``: bf16 where the hardware computes it natively (CUDA with torch models, CPUs
-#: with AVX512-BF16/AMX through OpenVINO for ONNX models), float32 elsewhere.
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class Runner(Protocol):

@@ -23,6 +23,7 @@ import numpy as np
 
 from ._version import __version__
 from .cards import ModelCard
+from .choices import RESOLUTIONS
 from .errors import BandError, CancelledError, InputError
 from .reader import SceneReader, check_reflectance, open_scene
 from .registry import Model, choose_model, load_model
@@ -143,7 +144,7 @@ class ModelGrid:
         Raises:
             InputError: If the card's resolution is asked for but the scene's is unknown.
         """
-        if resolution not in ("model", "native"):
+        if resolution not in RESOLUTIONS:
             raise InputError(f"resolution must be 'model' or 'native', not {resolution!r}")
         factor = 1.0
         if resolution == "model":

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 from benchmark_common import write_results
 
+from cloudseg.backend.choices import DEVICES, PRECISIONS
+
 UKIS_BANDS = ["blue", "green", "red", "nir", "swir16", "swir22"]
 
 
@@ -308,8 +310,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each tool (median)")
     parser.add_argument("--batch-size", type=int, default=0, help="0: the engine's default")
     parser.add_argument("--full-tile", action="store_true", help="time a 10980 x 10980 tile")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--run", choices=["ours", "ukis"], help=argparse.SUPPRESS)
     parser.add_argument("--src", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--dst", type=Path, help=argparse.SUPPRESS)

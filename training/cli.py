@@ -10,6 +10,7 @@ import argparse
 import json
 from typing import Any
 
+from ..backend.choices import DEVICES, PRECISIONS, RESOLUTIONS
 from ..backend.cli import add_output_flags, bar_progress, percent_bar
 from ..backend.errors import InputError
 
@@ -172,12 +173,12 @@ def add_parsers(sub: Any) -> None:
         metavar="SOURCE=TARGET",
         help="map a reference class to a model class; empty TARGET ignores it (repeatable)",
     )
-    ev.add_argument("--resolution", choices=("model", "native"), default="model")
-    ev.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ev.add_argument("--resolution", choices=RESOLUTIONS, default="model")
+    ev.add_argument("--device", choices=DEVICES, default="auto")
     ev.add_argument("--tta", action="store_true", help="test-time augmentation")
     ev.add_argument(
         "--precision",
-        choices=("fp32", "auto", "bf16"),
+        choices=PRECISIONS,
         default="fp32",
         help="fp32 (default): metrics of the model itself; auto: as 'cloudseg segment' "
         "runs it here (bf16 where the hardware has it)",

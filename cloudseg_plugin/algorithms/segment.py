@@ -28,16 +28,17 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
+from ...backend import choices
 from ...backend.dependencies import REQUIREMENTS
 from ...backend.errors import CloudsegError
 from .. import styling
 from .base import CloudsegAlgorithm, choice
 
 AUTO = "auto"
-DEVICES = ["auto", "cpu", "cuda"]
-PRECISIONS = ["auto", "fp32", "bf16"]
 LEVELS = [AUTO, "L1C", "L2A"]
-RESOLUTIONS = ["model", "native"]
+DEVICES = list(choices.DEVICES)
+PRECISIONS = list(choices.PRECISIONS)
+RESOLUTIONS = list(choices.RESOLUTIONS)
 WIDGETS = __name__.rsplit(".", 2)[0] + ".widgets"
 # Processing keeps only a C++ pointer to a post-processor and runs each algorithm on a
 # copy that is deleted before results are loaded: the stylers must live here.

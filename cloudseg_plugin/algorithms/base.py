@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingException,
@@ -12,6 +15,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from ...backend.dependencies import Requirement, install_hint, missing_requirements
+from ...backend.errors import CloudsegError
 from ..resources import icon
 
 
@@ -24,6 +28,15 @@ def choice(
     if advanced:
         parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
     return parameter
+
+
+@contextmanager
+def backend_errors() -> Iterator[None]:
+    """Raise the backend's one-line errors as :class:`QgsProcessingException`, same text."""
+    try:
+        yield
+    except CloudsegError as exc:
+        raise QgsProcessingException(str(exc)) from exc
 
 
 class CloudsegAlgorithm(QgsProcessingAlgorithm):

@@ -6,7 +6,6 @@ from typing import Any
 
 from qgis.core import (
     QgsProcessingContext,
-    QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
@@ -15,9 +14,8 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ...backend.errors import CloudsegError
 from ...backend.layouts import LAYOUTS
-from .base import CloudsegAlgorithm, choice
+from .base import CloudsegAlgorithm, backend_errors, choice
 
 AUTO = "auto"
 
@@ -102,7 +100,7 @@ ingested."""
         def progress(done: int, total: int, scene: str) -> None:
             self.report_progress(feedback, 100.0 * done / total if total else 100.0, scene)
 
-        try:
+        with backend_errors():
             result = ingest(
                 self.parameterAsFile(parameters, self.SOURCE, context),
                 self.parameterAsString(parameters, self.DESTINATION, context),
@@ -113,8 +111,6 @@ ingested."""
                 progress=progress,
                 cancelled=feedback.isCanceled,
             )
-        except CloudsegError as exc:
-            raise QgsProcessingException(str(exc)) from exc
         for name, reason in result.failed:
             feedback.reportError(f"not ingested: {name}: {reason}", fatalError=False)
         feedback.pushInfo(

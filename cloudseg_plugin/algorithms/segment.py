@@ -32,7 +32,7 @@ from ...backend import choices
 from ...backend.dependencies import REQUIREMENTS
 from ...backend.errors import CloudsegError
 from .. import styling
-from .base import CloudsegAlgorithm, choice
+from .base import CloudsegAlgorithm, backend_errors, choice
 
 AUTO = "auto"
 LEVELS = [AUTO, "L1C", "L2A"]
@@ -268,7 +268,7 @@ shadows larger than the minimum area, and the cloud, shadow and clear percentage
                     extent.xMaximum(),
                     extent.yMaximum(),
                 )
-        try:
+        with backend_errors():
             source = scene_path_from_gdal_source(layer.source())
             options = SegmentOptions(
                 model=None if model == AUTO else model,
@@ -297,8 +297,6 @@ shadows larger than the minimum area, and the cloud, shadow and clear percentage
                 feedback.reportError(warning, fatalError=False)
             if vector:
                 feedback.pushInfo(f"Polygons: {result.polygon_counts}")
-        except CloudsegError as exc:
-            raise QgsProcessingException(str(exc)) from exc
 
         self._style_on_load(context, output, probabilities, vector)
         percent = result.class_percent

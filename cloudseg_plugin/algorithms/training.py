@@ -31,8 +31,7 @@ from qgis.core import (
 )
 
 from ...backend.dependencies import TRAINING_REQUIREMENTS
-from ...backend.errors import CloudsegError
-from .base import CloudsegAlgorithm, choice
+from .base import CloudsegAlgorithm, backend_errors, choice
 from .segment import RESOLUTIONS, SegmentAlgorithm, builtin_model_names
 
 GROUP = {"group_name": "Training and evaluation", "group_id": "training"}
@@ -112,7 +111,7 @@ the run. A cancelled run writes no model.pt."""
         path = self.parameterAsFile(parameters, self.CONFIG, context)
         folder = self.parameterAsFile(parameters, self.OUTPUT_FOLDER, context)
         epochs = self.parameterAsInt(parameters, self.EPOCHS, context)
-        try:
+        with backend_errors():
             # Set the values as they are: a folder name must not be parsed as YAML.
             data = load_yaml(path)
             if folder:
@@ -127,8 +126,6 @@ the run. A cancelled run writes no model.pt."""
                 progress=lambda pct, msg: self.report_progress(feedback, pct, msg),
                 cancelled=feedback.isCanceled,
             )
-        except CloudsegError as exc:
-            raise QgsProcessingException(str(exc)) from exc
         iou = result.best_val_iou
         feedback.pushInfo(
             f"{result.model_path}: {result.epochs} epoch(s), validation mIoU "
@@ -290,7 +287,7 @@ Unlabeled pixels (nodata, 255) are ignored."""
             "progress": lambda pct, msg: self.report_progress(feedback, pct, msg),
             "cancelled": feedback.isCanceled,
         }
-        try:
+        with backend_errors():
             if bands:
                 from ...backend.bands import parse_band_list
 
@@ -315,8 +312,6 @@ Unlabeled pixels (nodata, 255) are ignored."""
                 )
             else:
                 raise QgsProcessingException("give an ingested store, or scenes and label rasters")
-        except CloudsegError as exc:
-            raise QgsProcessingException(str(exc)) from exc
         m = result.metrics
         for name, values in m["per_class"].items():
             feedback.pushInfo(
@@ -382,15 +377,13 @@ first; if they differ by more than 1e-3 nothing is written."""
         from ...training.export import export_onnx
 
         output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
-        try:
+        with backend_errors():
             result = export_onnx(
                 self.parameterAsFile(parameters, self.MODEL, context),
                 output,
                 opset=self.parameterAsInt(parameters, self.OPSET, context),
                 overwrite=True,  # Processing's file destinations replace existing files
             )
-        except CloudsegError as exc:
-            raise QgsProcessingException(str(exc)) from exc
         feedback.pushInfo(
             f"{result.path}: {result.card.name}; onnxruntime matches torch to "
             f"{result.max_abs_diff:.1e}"

@@ -160,13 +160,15 @@ class ModelGrid:
         return cls(factor, math.ceil(reader.height / factor), math.ceil(reader.width / factor))
 
 
-def block_nanmean(x: np.ndarray, k: int) -> np.ndarray:
+def block_nanmean(x: np.ndarray, k: int, nan: np.ndarray | None = None) -> np.ndarray:
     """Mean of each ``k`` x ``k`` block of ``(C, H, W)`` (H, W multiples of ``k``), NaN-aware.
 
     NaN (nodata) pixels are left out of a block's mean, as GDAL's average resampling
-    leaves nodata out; a block with no valid pixel is NaN.
+    leaves nodata out; a block with no valid pixel is NaN. ``nan`` is ``np.isnan(x)``
+    where the caller has it already.
     """
-    nan = np.isnan(x)
+    if nan is None:
+        nan = np.isnan(x)
     if not nan.any():
         total = _block_sum(x, k)
         total *= np.float32(1 / (k * k))
@@ -553,16 +555,18 @@ def _run(
         r0, r1 = max(top, 0), min(top + tile, grid.height)
         if block_mean:
             native = reader.read(bands, r0 * k, 0, (r1 - r0) * k, grid.width * k)
-            known_nodata.add(r0 * k, np.isnan(native[:, :, : reader.width]).any(axis=0))
-            strip = block_nanmean(native, k)
-            del native
+            nan = np.isnan(native)
+            known_nodata.add(r0 * k, nan[:, :, : reader.width].any(axis=0))
+            strip = block_nanmean(native, k, nan)
+            del native, nan
+            missing = np.isnan(strip)
         else:
             strip = reader.read(
                 bands, r0 * f, 0, (r1 - r0) * f, grid.width * f, out_shape=(r1 - r0, grid.width)
             )
+            missing = np.isnan(strip)
             if known_nodata is not None:
-                known_nodata.add(r0, np.isnan(strip).any(axis=0))
-        missing = np.isnan(strip)
+                known_nodata.add(r0, missing.any(axis=0))
         strip = (strip - mean) / std
         strip[missing] = 0.0
         pad_right = tiles.cols[-1] + tile - margin - grid.width

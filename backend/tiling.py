@@ -39,6 +39,19 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [i * step for i in range(count)]
 
 
+def padded_extent(length: int, margin: int, tile: int, overlap: int) -> int:
+    """The extent tiles span along an axis of ``length`` with a mirrored ``margin`` each side.
+
+    Tiles start at a fixed stride from the leading margin; a tile that would lie wholly in
+    the trailing margin (possible when the overlap is smaller than the margin) adds
+    nothing and is left out, and the extent ends with the last tile that touches the
+    scene, or at the margin's end.
+    """
+    full = length + 2 * margin
+    starts = [s for s in tile_starts(full, tile, overlap) if s < margin + length]
+    return min(full, starts[-1] + tile)
+
+
 def blend_weights(tile: int, overlap: int) -> np.ndarray:
     """Separable 2-D blending window, 1 in the centre.
 

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from cloudseg.backend.tiling import EDGE_WEIGHT, RowBlender, TileGrid, blend_weights, tile_starts
+from cloudseg.backend.tiling import (
+    EDGE_WEIGHT,
+    RowBlender,
+    TileGrid,
+    blend_weights,
+    padded_extent,
+    tile_starts,
+)
 
 
 @pytest.mark.parametrize("length", [1, 100, 256, 257, 461, 1000, 4096])
@@ -17,6 +24,20 @@ def test_tiles_cover_every_pixel_with_the_overlap(length):
     assert starts[0] == 0
     assert starts[-1] < length and (len(starts) == 1 or starts[-1] + tile - length < tile - overlap)
     assert (np.diff(starts) == tile - overlap).all()  # a fixed stride: neighbours share `overlap`
+
+
+@pytest.mark.parametrize("overlap", [0, 16, 32, 52, 128])
+@pytest.mark.parametrize("length", [1, 200, 384, 461, 512, 1000])
+def test_no_tile_lies_wholly_in_the_trailing_margin(length, overlap):
+    """With an overlap below the margin, a last tile could cover only mirrored pixels."""
+    tile, margin = 256, 51
+    extent = padded_extent(length, margin, tile, overlap)
+    starts = tile_starts(extent, tile, overlap)
+    assert all(s < margin + length for s in starts)  # every tile touches the scene
+    assert starts[-1] + tile >= margin + length  # and together they cover all of it
+    assert extent <= length + 2 * margin
+    if overlap >= margin:  # the card's geometry: the full margin, as before
+        assert extent == length + 2 * margin
 
 
 def test_blend_weights_are_positive_and_peak_in_the_centre():

@@ -20,8 +20,8 @@ import numpy as np
 
 from ..backend.cards import ModelCard
 from ..backend.errors import InputError, ModelError, OutputExistsError
+from ..backend.networks import load_torch_network
 from ..backend.registry import Model, embed_onnx_card, read_torch_card
-from ..backend.runners import load_torch_network
 
 PARITY_TOLERANCE = 1e-3
 

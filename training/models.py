@@ -9,12 +9,11 @@ pretrained weights can be downloaded where our users often work).
 The ukis-csmask graphs hold float16 weights and compute in float16; the imported network
 computes in float32. It reproduces onnxruntime running the same graph in float32 to about
 3e-5 on real inputs; against the float16 graph the difference is that graph's own
-rounding (see :func:`onnx_as_float32`).
+rounding (see :func:`cloudseg.backend.onnxgraph.onnx_as_float32`).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ import numpy as np
 from ..backend.bands import canonical_band
 from ..backend.cards import ClassInfo, ModelCard
 from ..backend.errors import BandError, ModelError
+from ..backend.networks import load_state, onnx_weights, torch_importable
 from ..backend.registry import load_model
 
 # Architecture names as smp spells them, and a sensible encoder for each when none is
@@ -81,49 +81,6 @@ def create_model(
     )
 
 
-def onnx_as_float32(proto: Any) -> Any:
-    """Return a copy of an ONNX graph with float16 weights and casts turned into float32.
-
-    Used to check the weight import: the same graph and weights, without float16 rounding.
-    """
-    import onnx
-    from onnx import TensorProto, numpy_helper
-
-    proto = onnx.ModelProto.FromString(proto.SerializeToString())
-    for init in proto.graph.initializer:
-        if init.data_type == TensorProto.FLOAT16:
-            array = numpy_helper.to_array(init).astype(np.float32)
-            init.CopyFrom(numpy_helper.from_array(array, init.name))
-    for node in proto.graph.node:
-        for attr in node.attribute:
-            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT16:
-                attr.i = TensorProto.FLOAT
-            if attr.t is not None and attr.t.data_type == TensorProto.FLOAT16:
-                attr.t.CopyFrom(
-                    numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32))
-                )
-    del proto.graph.value_info[:]
-    return proto
-
-
-def onnx_weights(path: str | Path) -> dict[str, np.ndarray]:
-    """Read an smp-exported ONNX file's weights as float32 arrays keyed by state-dict name."""
-    import onnx
-    from onnx import numpy_helper
-
-    proto = onnx.load(str(path))
-    weights = {}
-    for init in proto.graph.initializer:
-        name = init.name.removeprefix("model.")
-        weights[name] = numpy_helper.to_array(init).astype(np.float32)
-    return weights
-
-
-# The EfficientNet classification head stays in smp's encoder but is never run, so the
-# exported graphs do not hold it.
-_UNUSED_ENCODER_HEAD = ("encoder._conv_head.", "encoder._bn1.")
-
-
 def import_onnx_unet(
     model: str,
     bands: list[str] | None = None,
@@ -145,14 +102,12 @@ def import_onnx_unet(
         ModelError: If the file is not such a model or its weights do not fit.
         BandError: For an unknown band name.
     """
-    import torch
-
     source = load_model(model)
     card = source.card
     if source.path.suffix.lower() != ".onnx":
         raise ModelError(f"{model}: expected an ONNX model, got {source.path.name}")
     arch = card.architecture
-    if arch.get("name") != "Unet" or not str(arch.get("encoder", "")).startswith("efficientnet"):
+    if not torch_importable(card):
         raise ModelError(f"{card.name} is not an smp U-Net with an EfficientNet encoder")
     bands = [canonical_band(b) for b in (bands or card.bands)]
     n_classes = classes or len(card.classes)
@@ -168,20 +123,7 @@ def import_onnx_unet(
     )
     if n_classes != len(card.classes):
         weights = {k: v for k, v in weights.items() if not k.startswith("segmentation_head.")}
-    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()}
-    result = network.load_state_dict(state, strict=False)
-    unexpected = list(result.unexpected_keys)
-    missing = [
-        k
-        for k in result.missing_keys
-        if not k.endswith("num_batches_tracked")
-        and not k.startswith(("segmentation_head.", *_UNUSED_ENCODER_HEAD))
-    ]
-    if unexpected or missing:
-        raise ModelError(
-            f"{source.path.name}: weights do not fit Unet/{arch['encoder']} "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+    load_state(network, weights, f"{source.path.name} into Unet/{arch['encoder']}")
     return network.eval(), card
 
 

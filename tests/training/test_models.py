@@ -10,13 +10,9 @@ import rasterio
 import torch
 
 from cloudseg.backend.errors import BandError, ModelError
+from cloudseg.backend.onnxgraph import onnx_as_float32
 from cloudseg.backend.registry import load_model
-from cloudseg.training.models import (
-    ARCHITECTURES,
-    create_model,
-    import_onnx_unet,
-    onnx_as_float32,
-)
+from cloudseg.training.models import ARCHITECTURES, create_model, import_onnx_unet
 
 
 def _real_tile(real_data, card) -> np.ndarray:

@@ -8,8 +8,26 @@ from __future__ import annotations
 
 #: ``auto``: CUDA when a GPU is usable, else the CPU.
 DEVICES = ("auto", "cpu", "cuda")
-#: ``auto``: bf16 where the hardware computes it natively (CUDA with torch models, CPUs
-#: with AVX512-BF16/AMX through OpenVINO for ONNX models), float32 elsewhere.
+#: ``auto``: bf16 where the hardware computes it natively (CUDA GPUs through torch,
+#: CPUs with AVX512-BF16/AMX through OpenVINO for ONNX models), float32 elsewhere.
 PRECISIONS = ("auto", "fp32", "bf16")
-#: ``model``: the model card's resolution; ``native``: the input's grid.
-RESOLUTIONS = ("model", "native")
+#: ``auto``: torch on a CUDA GPU (ONNX exports of smp U-Nets are imported into torch),
+#: OpenVINO for ONNX models on CPUs with native bf16, onnxruntime elsewhere.
+RUNTIMES = ("auto", "onnxruntime", "openvino", "torch")
+#: ``native``: the input's own grid (the default: as accurate as the model gets);
+#: ``preview``: the model card's resolution, faster on finer input but coarser.
+RESOLUTIONS = ("native", "preview")
+#: Older spellings still accepted: ``model`` was the card's resolution.
+RESOLUTION_ALIASES = {"model": "preview"}
+
+
+def resolution_choice(value: str) -> str:
+    """Return the canonical resolution choice for ``value`` (aliases resolved).
+
+    Raises:
+        ValueError: For a value that is neither a choice nor an alias.
+    """
+    value = RESOLUTION_ALIASES.get(value, value)
+    if value not in RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}, not {value!r}")
+    return value

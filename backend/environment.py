@@ -53,6 +53,8 @@ class EnvironmentReport:
         device_reason: One line that says which device is used and why.
         cpu_inference: One line that says how ONNX models run on the CPU
             (``--precision auto``): OpenVINO bf16, or onnxruntime float32 and why.
+        builtin_runner: What really runs the built-in models with the defaults
+            (``--device auto --precision auto --runtime auto``), and why.
     """
 
     cloudseg: str
@@ -67,6 +69,7 @@ class EnvironmentReport:
     device: str = "cpu"
     device_reason: str = ""
     cpu_inference: str = ""
+    builtin_runner: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as plain JSON-serialisable data."""
@@ -78,6 +81,7 @@ class EnvironmentReport:
             f"cloudseg {self.cloudseg} on Python {self.python} ({self.platform})",
             f"device: {self.device_reason}",
             f"CPU inference: {self.cpu_inference}",
+            f"built-in models run with: {self.builtin_runner}",
         ]
         for name, version in self.packages.items():
             lines.append(f"  {name}: {version or 'not installed'}")
@@ -163,6 +167,22 @@ def _cpu_inference() -> str:
     return f"onnxruntime, float32 ({problem})"
 
 
+def _builtin_runner() -> str:
+    """What the defaults run the built-in models with, from the same plan the engine uses."""
+    from .errors import CloudsegError
+    from .registry import builtin_models
+    from .runners import plan_runner
+
+    models = builtin_models()
+    if not models:
+        return "no built-in model is installed (pip install ukis-csmask)"
+    try:
+        plan = plan_runner(models[0].card)
+    except CloudsegError as exc:
+        return f"cannot run: {exc}"
+    return f"{plan.summary()} ({plan.reason})"
+
+
 def environment_report() -> EnvironmentReport:
     """Inspect the environment: package versions, CUDA devices, onnxruntime providers.
 
@@ -185,6 +205,7 @@ def environment_report() -> EnvironmentReport:
         device="cuda" if cuda else "cpu",
         device_reason=reason,
         cpu_inference=_cpu_inference(),
+        builtin_runner=_builtin_runner(),
     )
     logger.debug("environment: %s", report.device_reason)
     return report

@@ -1,11 +1,20 @@
 """Model runners: a batch of normalised tiles in, class probabilities out.
 
-``OnnxRunner`` uses onnxruntime (CPU, or CUDA when its provider is installed and a GPU
-is visible); ``OpenVinoRunner`` runs ONNX models on the CPU in bf16 through OpenVINO
-where the CPU computes bf16 natively (AVX512-BF16 or AMX: about 1.6x faster than
-float32 there); ``TorchRunner`` uses torch (CPU, or CUDA with bf16 autocast). Each says
-in :attr:`Runner.description` what ran where and in which precision, so users see
-whether the GPU was used.
+Which runtime runs a model, on which device and in which precision is decided in one
+place, :func:`plan_runner`, so the engine, ``cloudseg info`` and the QGIS dock say the
+same thing:
+
+- **A CUDA GPU** (``--device auto`` when torch sees one, or ``cuda``): torch, with bf16
+  autocast unless ``--precision fp32``. Torch checkpoints run as they are; ONNX exports
+  of smp U-Nets, the built-in ukis-csmask models among them, are imported into the same
+  smp network (:func:`cloudseg.backend.networks.network_from_onnx`). Other ONNX models
+  use onnxruntime's CUDA provider where onnxruntime-gpu is installed.
+- **The CPU**, ONNX models: OpenVINO in bf16 where the CPU computes bf16 natively
+  (AVX512-BF16 or AMX), else onnxruntime in float32 on a float32 copy of the graph
+  (:mod:`cloudseg.backend.onnxgraph`). Torch checkpoints: torch, float32 unless asked.
+
+Each runner says in :attr:`Runner.description` what ran where and in which precision,
+so users see whether the GPU was used.
 """
 
 from __future__ import annotations
@@ -13,15 +22,19 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from importlib import metadata
+import platform
+from dataclasses import dataclass
+from importlib import metadata, util
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from .cards import ModelCard
-from .choices import DEVICES, PRECISIONS
+from .choices import DEVICES, PRECISIONS, RUNTIMES
 from .errors import ModelError
+from .networks import load_torch_network, network_from_onnx, torch_importable
+from .onnxgraph import cache_folder, prepared_onnx
 from .registry import Model
 
 logger = logging.getLogger(__name__)
@@ -55,61 +68,30 @@ def _cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
-class OnnxRunner:
-    """Runs an ONNX model with onnxruntime."""
+# -- what the hardware offers ------------------------------------------------------------
+@functools.cache
+def cuda_usable() -> bool:
+    """Whether torch can run on a CUDA GPU here.
 
-    def __init__(self, model: Model, device: str = "auto") -> None:
-        import onnxruntime as ort
+    On Linux without an NVIDIA driver (no ``/dev/nvidiactl``, ``/proc/driver/nvidia`` or
+    WSL's ``/dev/dxg``) the answer is no without importing torch (a second or two).
+    """
+    if platform.system() == "Linux" and not any(
+        Path(p).exists() for p in ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg")
+    ):
+        return False
+    if util.find_spec("torch") is None:
+        return False
+    import torch
 
-        available = ort.get_available_providers()
-        if device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise ModelError(
-                "--device cuda: onnxruntime has no CUDA provider here (providers: "
-                f"{', '.join(available)}); install onnxruntime-gpu or use --device cpu"
-            )
-        providers = ["CPUExecutionProvider"]
-        if device == "cuda" or (device == "auto" and onnx_cuda_usable()):
-            providers.insert(0, "CUDAExecutionProvider")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = _cpu_threads()
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(
-                str(model.path), sess_options=options, providers=providers
-            )
-        except Exception as exc:  # onnxruntime raises its own unrelated exception types
-            raise ModelError(f"onnxruntime cannot load {model.path}: {exc}") from exc
-        used = self.session.get_providers()[0]
-        self.device = "cuda" if used == "CUDAExecutionProvider" else "cpu"
-        if device == "cuda" and self.device != "cuda":
-            raise ModelError(
-                "--device cuda: onnxruntime could not start its CUDA provider "
-                "(no GPU visible, or CUDA libraries missing); use --device cpu"
-            )
-        self.input_name = self.session.get_inputs()[0].name
-        # onnxruntime on the CPU: one tile a call was fastest and needs the least memory.
-        self.default_batch = 16 if self.device == "cuda" else 1
-        self.output_logits = model.card.output == "logits"
-        self.description = f"onnxruntime {ort.__version__} {used}"
-        if self.device == "cuda":
-            self.description += f" ({_gpu_name()})"
-        _check_input_shape(self.session.get_inputs()[0].shape, model.card)
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch; see :class:`Runner`."""
-        (out,) = self.session.run(None, {self.input_name: batch})
-        out = out.astype(np.float32, copy=False)
-        return softmax(out) if self.output_logits else out
+    return bool(torch.cuda.is_available())
 
 
-def onnx_cuda_usable() -> bool:
-    """Tell whether ``--device auto`` runs ONNX models on a CUDA GPU."""
+def onnxruntime_has_cuda() -> bool:
+    """Whether the installed onnxruntime has its CUDA provider (onnxruntime-gpu)."""
     import onnxruntime as ort
 
-    return "CUDAExecutionProvider" in ort.get_available_providers() and (
-        _torch_sees_cuda_or_unknown()
-    )
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 @functools.cache
@@ -132,50 +114,192 @@ def openvino_bf16_problem() -> str | None:
     return None
 
 
-def _openvino_cache_dir() -> Path | None:
-    """Folder for OpenVINO's compiled models (a second run loads in 0.1 s, not 0.6 s).
+def _gpu_name() -> str:
+    import torch
 
-    ``$CLOUDSEG_CACHE_DIR/openvino``, else ``$XDG_CACHE_HOME/cloudseg/openvino`` or
-    ``~/.cache/cloudseg/openvino``; None (no caching) where it cannot be created.
-    OpenVINO keys each entry by the model's content and the settings.
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "GPU"
+
+
+# -- the plan ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunnerPlan:
+    """Which runtime runs a model, where, in which precision, and why.
+
+    Attributes:
+        runtime: ``"onnxruntime"``, ``"openvino"`` or ``"torch"``.
+        device: ``"cpu"`` or ``"cuda"``.
+        precision: ``"fp32"`` or ``"bf16"``.
+        reason: One line for users: why this runtime, device and precision.
     """
-    if os.environ.get("CLOUDSEG_CACHE_DIR"):
-        base = Path(os.environ["CLOUDSEG_CACHE_DIR"])
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "cloudseg"
-    folder = base.expanduser() / "openvino"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        logger.debug("no OpenVINO model cache: %s", exc)
-        return None
-    return folder
+
+    runtime: str
+    device: str
+    precision: str
+    reason: str
+
+    def summary(self) -> str:
+        """Return e.g. ``torch on CUDA, bf16`` (before anything is loaded)."""
+        device = "CUDA GPU" if self.device == "cuda" else "CPU"
+        return f"{self.runtime} on the {device}, {self.precision}"
+
+
+def _check_choices(device: str, precision: str, runtime: str) -> None:
+    for name, value, allowed in (
+        ("device", device, DEVICES),
+        ("precision", precision, PRECISIONS),
+        ("runtime", runtime, RUNTIMES),
+    ):
+        if value not in allowed:
+            raise ModelError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+
+
+def _torch_plan(card: ModelCard, device: str, precision: str, why: str) -> RunnerPlan:
+    on_gpu = device == "cuda" or (device == "auto" and cuda_usable())
+    if device == "cuda" and not cuda_usable():
+        raise ModelError("--device cuda: torch sees no CUDA GPU here; use --device cpu")
+    if card.format == "onnx" and not torch_importable(card):
+        raise ModelError(
+            f"--runtime torch: model {card.name} is not an ONNX export of an smp U-Net with "
+            "an EfficientNet encoder, so torch cannot run it; use --runtime onnxruntime"
+        )
+    bf16 = precision == "bf16" or (precision == "auto" and on_gpu)
+    return RunnerPlan("torch", "cuda" if on_gpu else "cpu", "bf16" if bf16 else "fp32", why)
+
+
+def _cpu_onnx_plan(precision: str, runtime: str) -> RunnerPlan:
+    problem = openvino_bf16_problem()
+    if runtime == "openvino" or (runtime == "auto" and precision != "fp32"):
+        if precision == "bf16" and problem:
+            raise ModelError(f"--precision bf16: {problem}; use --precision fp32")
+        if runtime == "openvino" and util.find_spec("openvino") is None:
+            raise ModelError("--runtime openvino: OpenVINO is not installed (pip install openvino)")
+        if problem is None and precision != "fp32":
+            return RunnerPlan("openvino", "cpu", "bf16", "this CPU computes bf16 natively")
+        if runtime == "openvino":
+            return RunnerPlan("openvino", "cpu", "fp32", "asked for OpenVINO")
+    if precision == "bf16":
+        raise ModelError("--precision bf16: onnxruntime has no bf16 on the CPU; use OpenVINO")
+    reason = "asked for float32" if precision == "fp32" else (problem or "asked for onnxruntime")
+    return RunnerPlan("onnxruntime", "cpu", "fp32", reason)
+
+
+def plan_runner(
+    card: ModelCard, device: str = "auto", precision: str = "auto", runtime: str = "auto"
+) -> RunnerPlan:
+    """Decide which runtime runs a model, on which device and in which precision.
+
+    Args:
+        card: The model's card (its format and architecture matter).
+        device: ``"auto"`` (a CUDA GPU when torch sees one), ``"cpu"`` or ``"cuda"``.
+        precision: ``"auto"`` (bf16 where the hardware computes it natively), ``"fp32"``
+            or ``"bf16"``.
+        runtime: ``"auto"``, ``"onnxruntime"``, ``"openvino"`` or ``"torch"``.
+
+    Raises:
+        ModelError: For unknown values, and for combinations that cannot run here, with
+            the option that fixes it.
+    """
+    _check_choices(device, precision, runtime)
+    if card.format != "onnx":
+        if runtime not in ("auto", "torch"):
+            raise ModelError(
+                f"--runtime {runtime}: model {card.name} is a torch checkpoint; export it "
+                "to ONNX ('cloudseg export') to run it there"
+            )
+        return _torch_plan(card, device, precision, "a torch checkpoint")
+    if runtime == "torch":
+        return _torch_plan(card, device, precision, "asked for torch")
+    wants_gpu = device == "cuda" or (device == "auto" and cuda_usable())
+    if wants_gpu and runtime == "auto" and torch_importable(card) and cuda_usable():
+        return _torch_plan(card, "cuda", precision, "a CUDA GPU is visible to torch")
+    if wants_gpu and runtime in ("auto", "onnxruntime") and onnxruntime_has_cuda():
+        if precision == "bf16":
+            raise ModelError(
+                "--precision bf16: onnxruntime runs this model in float32 on a GPU; "
+                "use --precision auto or fp32 with --device cuda"
+            )
+        return RunnerPlan("onnxruntime", "cuda", "fp32", "onnxruntime-gpu is installed")
+    if device == "cuda":
+        if runtime == "openvino":
+            raise ModelError("--runtime openvino runs on the CPU only; use --device cpu")
+        raise ModelError(
+            "--device cuda: no CUDA GPU is usable for this model here (torch sees none, "
+            "and onnxruntime has no CUDA provider); use --device cpu"
+        )
+    return _cpu_onnx_plan(precision, runtime)
+
+
+# -- the runners ---------------------------------------------------------------------------
+class OnnxRunner:
+    """Runs an ONNX model with onnxruntime, on a float32 graph (see :mod:`.onnxgraph`)."""
+
+    def __init__(self, model: Model, device: str = "cpu") -> None:
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = _cpu_threads()
+        options.log_severity_level = 3
+        graph = prepared_onnx(model)
+        try:
+            self.session = ort.InferenceSession(
+                str(graph) if isinstance(graph, Path) else graph,
+                sess_options=options,
+                providers=providers,
+            )
+        except Exception as exc:  # onnxruntime raises its own unrelated exception types
+            raise ModelError(f"onnxruntime cannot load {model.path}: {exc}") from exc
+        used = self.session.get_providers()[0]
+        self.device = "cuda" if used == "CUDAExecutionProvider" else "cpu"
+        if device == "cuda" and self.device != "cuda":
+            raise ModelError(
+                "--device cuda: onnxruntime could not start its CUDA provider "
+                "(no GPU visible, or CUDA libraries missing); use --device cpu"
+            )
+        self.input_name = self.session.get_inputs()[0].name
+        # onnxruntime on the CPU: one tile a call was as fast as four, in less memory.
+        self.default_batch = 16 if self.device == "cuda" else 1
+        self.output_logits = model.card.output == "logits"
+        where = f"CUDA ({_gpu_name()})" if self.device == "cuda" else "CPU"
+        self.description = f"onnxruntime {ort.__version__} {where} (fp32)"
+        _check_bands(self.session.get_inputs()[0].shape, model.card)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch; see :class:`Runner`."""
+        (out,) = self.session.run(None, {self.input_name: batch})
+        out = out.astype(np.float32, copy=False)
+        return softmax(out) if self.output_logits else out
 
 
 class OpenVinoRunner:
-    """Runs an ONNX model on the CPU in bf16 with OpenVINO.
+    """Runs an ONNX model on the CPU with OpenVINO, in bf16 where the CPU computes it.
 
-    The weights stay as the file has them; convolutions and matrix products run in
-    bf16 with float32 accumulation. On the ukis-csmask models this changes 0.3 to 0.8 %
-    of mask pixels against float32, and is about 1.6x faster on CPUs with AVX512-BF16.
+    The weights stay as the file has them; in bf16, convolutions and matrix products
+    run in bf16 with float32 accumulation (about 1.6x faster than float32 on CPUs with
+    AVX512-BF16). Compiled models are cached (:func:`.onnxgraph.cache_folder`).
     """
 
-    def __init__(self, model: Model) -> None:
-        problem = openvino_bf16_problem()
-        if problem:
-            raise ModelError(f"--precision bf16: {problem}; use --precision fp32")
+    def __init__(self, model: Model, precision: str, tile_size: int) -> None:
         import openvino as ov
 
         core = ov.Core()
-        cache = _openvino_cache_dir()
+        cache = cache_folder("openvino")
         if cache is not None:
             core.set_property({"CACHE_DIR": str(cache)})
         try:
+            network = core.read_model(str(model.path))
+            channels = len(model.card.bands)
+            network.reshape(
+                {network.input(0): ov.PartialShape([-1, channels, tile_size, tile_size])}
+            )
             self.compiled = core.compile_model(
-                str(model.path),
+                network,
                 "CPU",
                 {
-                    "INFERENCE_PRECISION_HINT": "bf16",
+                    "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                     "PERFORMANCE_HINT": "LATENCY",
                     "INFERENCE_NUM_THREADS": _cpu_threads(),
                 },
@@ -183,15 +307,13 @@ class OpenVinoRunner:
         except RuntimeError as exc:
             raise ModelError(
                 f"OpenVINO cannot load {model.path}: {str(exc).splitlines()[0]}; "
-                "use --precision fp32"
+                "use --runtime onnxruntime"
             ) from exc
-        shape = self.compiled.input(0).get_partial_shape()
-        _check_input_shape([d.get_length() if d.is_static else None for d in shape], model.card)
         self.request = self.compiled.create_infer_request()
         self.output_logits = model.card.output == "logits"
         self.device = "cpu"
         self.default_batch = 4  # 5-10 % faster than 1 tile a call on 2 cores
-        self.description = f"openvino {metadata.version('openvino')} CPU (bf16)"
+        self.description = f"openvino {metadata.version('openvino')} CPU ({precision})"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch; see :class:`Runner`."""
@@ -199,98 +321,32 @@ class OpenVinoRunner:
         return softmax(out) if self.output_logits else out
 
 
-def _check_input_shape(shape: list[Any], card: ModelCard) -> None:
+def _check_bands(shape: list[Any], card: ModelCard) -> None:
     channels = shape[1] if len(shape) == 4 else None
     if isinstance(channels, int) and channels != len(card.bands):
         raise ModelError(
             f"model {card.name} takes {channels} bands but its card lists {len(card.bands)}"
         )
-    for dim in shape[2:]:
-        if isinstance(dim, int) and dim != card.tile_size:
-            raise ModelError(
-                f"model {card.name} takes {dim} px tiles but its card says {card.tile_size}"
-            )
-
-
-def _torch_sees_cuda_or_unknown() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return True
-    return bool(torch.cuda.is_available())
-
-
-def _gpu_name() -> str:
-    try:
-        import torch
-
-        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "GPU"
-    except ImportError:
-        return "GPU"
-
-
-def build_torch_model(card: ModelCard) -> Any:
-    """Create the segmentation-models-pytorch network a card describes (no weights).
-
-    Raises:
-        ModelError: If the card's architecture is not one smp knows.
-    """
-    import segmentation_models_pytorch as smp
-
-    arch = card.architecture.get("name", "")
-    encoder = card.architecture.get("encoder", "resnet34")
-    try:
-        return smp.create_model(
-            arch,
-            encoder_name=encoder,
-            encoder_weights=None,
-            in_channels=len(card.bands),
-            classes=len(card.classes),
-        )
-    except (KeyError, ValueError) as exc:
-        raise ModelError(
-            f"model {card.name}: cannot build {arch!r} with encoder {encoder!r}: {exc}"
-        ) from exc
-
-
-def load_torch_network(model: Model) -> Any:
-    """Build a torch checkpoint's network from its card and load its weights (CPU, eval).
-
-    Raises:
-        ModelError: If the file holds no state dict or the weights do not fit the card.
-    """
-    import torch
-
-    checkpoint = torch.load(model.path, map_location="cpu", weights_only=True)
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise ModelError(f"{model.path}: expected a state dict (or {{'state_dict': ...}})")
-    network = build_torch_model(model.card)
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelError(
-            f"{model.path}: weights do not fit {model.card.name}'s "
-            f"architecture: {str(exc).splitlines()[0]}"
-        ) from exc
-    return network.eval()
 
 
 class TorchRunner:
-    """Runs a segmentation-models-pytorch checkpoint with torch."""
+    """Runs a torch checkpoint, or an smp U-Net imported from ONNX, with torch."""
 
-    def __init__(self, model: Model, device: str = "auto", precision: str = "auto") -> None:
+    def __init__(self, model: Model, device: str = "cpu", precision: str = "fp32") -> None:
         import torch
 
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ModelError("--device cuda: torch sees no CUDA GPU here; use --device cpu")
-        self.device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
-        self.network = load_torch_network(model).to(self.device)
+        self.device = device
+        network = (
+            network_from_onnx(model) if model.card.format == "onnx" else load_torch_network(model)
+        )
+        self.network = network.to(self.device)
+        if self.device == "cuda":
+            # Tensor cores want channels-last activations under autocast.
+            self.network = self.network.to(memory_format=torch.channels_last)
         self.default_batch = 16 if self.device == "cuda" else 1
         self.output_logits = model.card.output == "logits"
         self.torch = torch
-        # bf16 by default on a GPU; on the CPU only when asked (torch gains little there).
-        self.bf16 = precision == "bf16" or (precision == "auto" and self.device == "cuda")
+        self.bf16 = precision == "bf16"
         autocast = "bf16 autocast" if self.bf16 else "fp32"
         if self.device == "cuda":
             self.description = f"torch {torch.__version__} CUDA ({_gpu_name()}, {autocast})"
@@ -303,6 +359,8 @@ class TorchRunner:
         torch = self.torch
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+            if self.device == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bf16):
                 out = self.network(x)
             out = out.float()
@@ -311,39 +369,31 @@ class TorchRunner:
             return out.cpu().numpy()
 
 
-def create_runner(model: Model, device: str = "auto", precision: str = "auto") -> Runner:
-    """Create the runner for a model's format, device and precision.
-
-    ONNX models run through onnxruntime, except on the CPU in bf16 (``precision="bf16"``,
-    or ``"auto"`` where the CPU computes bf16 natively and OpenVINO is installed), where
-    OpenVINO runs them. Torch checkpoints run through torch, in bf16 autocast on a GPU
-    unless ``precision="fp32"``.
+def create_runner(
+    model: Model,
+    device: str = "auto",
+    precision: str = "auto",
+    runtime: str = "auto",
+    tile_size: int | None = None,
+) -> Runner:
+    """Create the runner :func:`plan_runner` chooses for a model.
 
     Args:
         model: The model.
-        device: ``"auto"`` (CUDA when usable), ``"cpu"`` or ``"cuda"``.
-        precision: ``"auto"``, ``"fp32"`` or ``"bf16"``; see :data:`PRECISIONS`.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
+        runtime: ``"auto"``, ``"onnxruntime"``, ``"openvino"`` or ``"torch"``.
+        tile_size: The tile edge the runner will get (OpenVINO compiles for it);
+            the card's when None.
 
     Raises:
-        ModelError: On an unknown device or precision, ``cuda`` where no GPU is usable,
-            or ``bf16`` that cannot run here.
+        ModelError: When the combination cannot run here (see :func:`plan_runner`) or
+            the model cannot be loaded.
     """
-    if device not in DEVICES:
-        raise ModelError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
-    if precision not in PRECISIONS:
-        raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if model.card.format != "onnx":
-        return TorchRunner(model, device, precision)
-    if precision == "fp32":
-        return OnnxRunner(model, device)
-    on_gpu = device == "cuda" or (device == "auto" and onnx_cuda_usable())
-    if on_gpu:
-        if precision == "bf16":
-            raise ModelError(
-                "--precision bf16: ONNX models run in bf16 on the CPU only; "
-                "use --precision auto or fp32 with --device cuda"
-            )
-        return OnnxRunner(model, device)
-    if precision == "bf16" or openvino_bf16_problem() is None:
-        return OpenVinoRunner(model)
-    return OnnxRunner(model, device)
+    plan = plan_runner(model.card, device, precision, runtime)
+    logger.info("running %s with %s (%s)", model.card.name, plan.summary(), plan.reason)
+    if plan.runtime == "torch":
+        return TorchRunner(model, plan.device, plan.precision)
+    if plan.runtime == "openvino":
+        return OpenVinoRunner(model, plan.precision, tile_size or model.card.tile_size)
+    return OnnxRunner(model, plan.device)

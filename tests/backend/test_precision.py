@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import rasterio
 
-from cloudseg.backend.errors import ModelError
 from cloudseg.backend.registry import load_model
-from cloudseg.backend.runners import create_runner, openvino_bf16_problem
+from cloudseg.backend.runners import openvino_bf16_problem
 from cloudseg.backend.segment import SegmentOptions, segment
 
 NO_BF16 = openvino_bf16_problem()
@@ -51,14 +50,6 @@ def test_compiled_models_are_cached_and_reused(multiband, tmp_path, monkeypatch)
     _, again, _, _ = _run(multiband, tmp_path / "b.tif", "bf16")
     assert (first == again).all()
     assert list((tmp_path / "cache" / "openvino").glob("*.blob")) == blobs
-
-
-def test_bf16_for_onnx_on_a_gpu_is_refused_with_a_hint():
-    model = load_model("ukis-csmask-4b-l2a")
-    with pytest.raises(ModelError, match=r"bf16 on the CPU only.*--precision auto or fp32"):
-        create_runner(model, "cuda", "bf16")
-    with pytest.raises(ModelError, match="precision must be one of auto, fp32, bf16"):
-        create_runner(model, "cpu", "fp16")
 
 
 def test_cli_precision_fp32_is_recorded_and_bad_values_fail(multiband, tmp_path, venv_env):

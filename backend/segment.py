@@ -2,8 +2,10 @@
 
 Read (by window) -> match the model card -> tile -> run -> blend -> write, streamed by
 tile rows so that memory stays bounded whatever the scene's size. Probabilities are
-computed on the model's grid (its card's resolution, or the input's own grid with
-``resolution="native"``) and brought back to the input grid by bilinear interpolation.
+computed on the input's own grid by default; ``resolution="preview"`` computes them on
+the model card's grid (30 m for the built-in models: 9x fewer pixels for 10 m input, but
+small clouds and shadows are lost; see docs/accuracy.md) and brings them back to the
+input grid by bilinear interpolation.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ import numpy as np
 
 from ._version import __version__
 from .cards import ModelCard
-from .choices import RESOLUTIONS
+from .choices import resolution_choice
 from .errors import BandError, CancelledError, InputError
 from .reader import SceneReader, check_reflectance, open_scene
 from .registry import Model, choose_model, load_model
 from .runners import Runner, create_runner
-from .tiling import RowBlender, TileGrid
+from .tiling import RowBlender, TileGrid, padded_extent
 from .writer import (
     BlockRowWriter,
     block_profile,
@@ -59,10 +61,17 @@ class SegmentOptions:
         precision: ``"auto"`` (bf16 where the hardware computes it natively: about 1.6x
             faster on such CPUs; 0.3 to 0.8 % of mask pixels differ), ``"fp32"`` or
             ``"bf16"``.
+        runtime: ``"auto"``, ``"onnxruntime"``, ``"openvino"`` or ``"torch"``; see
+            :func:`cloudseg.backend.runners.plan_runner`.
         batch_size: Tiles per model call; None picks the runner's fastest: 16 on a GPU,
             4 with OpenVINO and 1 with onnxruntime or torch on the CPU.
         tta: Average predictions over flips and a 90-degree rotation (4x slower).
-        resolution: ``"model"`` (the card's resolution) or ``"native"`` (input grid).
+        tile_size: Tile edge in model-grid pixels (a multiple of 32); None: the card's.
+        overlap: Pixels shared by neighbouring tiles (at most half a tile); None: the
+            card's.
+        resolution: ``"native"`` (the input's grid, the default) or ``"preview"`` (the
+            model card's resolution: faster on finer input, less accurate); ``"model"``
+            is accepted for ``"preview"``.
         probabilities: Also write per-class probabilities (uint8 percent) here.
         stats: Also write per-class pixel counts and percentages as JSON here.
         overwrite: Replace existing outputs.
@@ -79,9 +88,12 @@ class SegmentOptions:
     offset: float | None = None
     device: str = "auto"
     precision: str = "auto"
+    runtime: str = "auto"
     batch_size: int | None = None
     tta: bool = False
-    resolution: str = "model"
+    tile_size: int | None = None
+    overlap: int | None = None
+    resolution: str = "native"
     probabilities: Path | None = None
     stats: Path | None = None
     overwrite: bool = False
@@ -90,6 +102,10 @@ class SegmentOptions:
     min_polygon_area_m2: float = 0.0
 
     def __post_init__(self) -> None:
+        try:
+            self.resolution = resolution_choice(self.resolution)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         if self.probabilities is not None:
             self.probabilities = Path(self.probabilities).expanduser()
         if self.stats is not None:
@@ -144,15 +160,13 @@ class ModelGrid:
         Raises:
             InputError: If the card's resolution is asked for but the scene's is unknown.
         """
-        if resolution not in RESOLUTIONS:
-            raise InputError(f"resolution must be 'model' or 'native', not {resolution!r}")
         factor = 1.0
-        if resolution == "model":
+        if resolution_choice(resolution) == "preview":
             res = reader.resolution_m
             if res is None:
                 raise InputError(
                     f"{reader.path} has no projected CRS, so its pixel size in metres is "
-                    f"unknown; georeference it or pass --resolution native"
+                    f"unknown; georeference it or leave out --resolution preview"
                 )
             factor = card.resolution_m / res
             if abs(factor - 1) < 0.02:
@@ -300,15 +314,25 @@ def _provenance(
         "CLOUDSEG_MODEL_VERSION": card.version,
         "CLOUDSEG_MODEL_SHA256": model.sha256,
         "CLOUDSEG_CLASSES": json.dumps([asdict(c) for c in card.classes]),
+        "CLOUDSEG_MODEL_ACCURACY": card.headline() or "not measured",
+        "CLOUDSEG_MODEL_METRICS": json.dumps(
+            [
+                {k: m[k] for k in ("dataset", "config", "iou", "measured") if k in m}
+                for m in card.metrics
+            ]
+        ),
         "CLOUDSEG_BAND_MAPPING": json.dumps(
             {b: f"{reader.sources[b].path}#{reader.sources[b].index}" for b in card.bands}
         ),
         "CLOUDSEG_SCALING": reader.description,
         "CLOUDSEG_PRODUCT_LEVEL": str(reader.product_level or "unknown"),
         "CLOUDSEG_RUN_RESOLUTION": (
-            f"{card.resolution_m:g} m (model card)"
-            if options.resolution == "model"
+            f"{card.resolution_m:g} m (model card; preview)"
+            if options.resolution == "preview"
             else "input grid"
+        ),
+        "CLOUDSEG_TILING": json.dumps(
+            {"tile_size": tile_size(options, card), "overlap": tile_overlap(options, card)}
         ),
         "CLOUDSEG_RESAMPLING_FACTOR": f"{grid.factor:g}",
         "CLOUDSEG_TTA": str(options.tta),
@@ -386,6 +410,7 @@ def segment(
             reader.crop(options.bounds)
         model, reason = _resolve_model(reader, options)
         card = model.card
+        _check_tiling(options, card)
         logger.info("%s", reason)
         warnings = []
         if reader.product_level and card.product_level not in ("any", reader.product_level):
@@ -399,7 +424,9 @@ def segment(
         for message in warnings:
             logger.warning("%s", message)
         grid = ModelGrid.for_scene(reader, card, options.resolution)
-        runner = create_runner(model, options.device, options.precision)
+        runner = create_runner(
+            model, options.device, options.precision, options.runtime, tile_size(options, card)
+        )
         logger.info(
             "running on %s; model grid %d x %d (factor %g)",
             runner.description,
@@ -527,12 +554,15 @@ def _run(
     cancelled: CancelCallback,
 ) -> None:
     """Stream tile rows through the model, blend, upsample and write block rows."""
-    tile = card.tile_size
-    overlap = min(card.overlap, tile // 2)
-    # A mirrored margin of a fifth of a tile around the scene: border pixels are then
-    # predicted with context, not at the weak edge of a tile (as ukis-csmask does).
-    margin = tile // 5
-    tiles = TileGrid(grid.height + 2 * margin, grid.width + 2 * margin, tile, overlap)
+    tile = tile_size(options, card)
+    overlap = tile_overlap(options, card)
+    margin = scene_margin(tile)
+    tiles = TileGrid(
+        padded_extent(grid.height, margin, tile, overlap),
+        padded_extent(grid.width, margin, tile, overlap),
+        tile,
+        overlap,
+    )
     blender = RowBlender(tiles, len(card.classes))
     upsampler = Upsampler(grid, reader.height, reader.width)
     mean = np.asarray(card.normalization["mean"], dtype=np.float32)[:, None, None]
@@ -596,6 +626,34 @@ def _run(
     classes_out.close()
     if probs_out is not None:
         probs_out.close()
+
+
+def tile_size(options: SegmentOptions, card: ModelCard) -> int:
+    """The tile edge of a run: the option, else the card's."""
+    return options.tile_size or card.tile_size
+
+
+def tile_overlap(options: SegmentOptions, card: ModelCard) -> int:
+    """The overlap of a run: the option, else the card's, at most half a tile."""
+    overlap = card.overlap if options.overlap is None else options.overlap
+    return min(overlap, tile_size(options, card) // 2)
+
+
+def _check_tiling(options: SegmentOptions, card: ModelCard) -> None:
+    tile = tile_size(options, card)
+    if tile < 64 or tile % 32:
+        raise InputError(f"tile size must be a multiple of 32 and at least 64, not {tile}")
+    if options.overlap is not None and not 0 <= options.overlap <= tile // 2:
+        raise InputError(f"overlap must be between 0 and half the tile size ({tile // 2})")
+
+
+def scene_margin(tile: int) -> int:
+    """The mirrored margin around the scene: a fifth of a tile.
+
+    Border pixels are then predicted with context, not at the weak edge of a tile (as
+    ukis-csmask does).
+    """
+    return tile // 5
 
 
 class _RowMasks:

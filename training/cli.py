@@ -10,8 +10,8 @@ import argparse
 import json
 from typing import Any
 
-from ..backend.choices import DEVICES, PRECISIONS, RESOLUTIONS
-from ..backend.cli import add_output_flags, bar_progress, percent_bar
+from ..backend.choices import DEVICES, PRECISIONS
+from ..backend.cli import add_output_flags, add_resolution_flag, bar_progress, percent_bar
 from ..backend.errors import InputError
 
 
@@ -173,7 +173,7 @@ def add_parsers(sub: Any) -> None:
         metavar="SOURCE=TARGET",
         help="map a reference class to a model class; empty TARGET ignores it (repeatable)",
     )
-    ev.add_argument("--resolution", choices=RESOLUTIONS, default="model")
+    add_resolution_flag(ev)
     ev.add_argument("--device", choices=DEVICES, default="auto")
     ev.add_argument("--tta", action="store_true", help="test-time augmentation")
     ev.add_argument(

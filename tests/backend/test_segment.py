@@ -148,7 +148,7 @@ def test_coarser_band_is_resampled_to_the_finest_grid(reference, band_folder, tm
     assert (read(out) == read(reference[0])).mean() > 0.95
 
 
-@pytest.mark.parametrize("resolution", ["model", "native"])
+@pytest.mark.parametrize("resolution", ["preview", "native"])
 @pytest.mark.parametrize("marked_by", ["value", "mask band"])
 def test_nodata_pixels_stay_nodata(band_folder, tmp_path, resolution, marked_by):
     with_hole = tmp_path / "hole.tif"
@@ -312,7 +312,7 @@ def constant_onnx(path, bias):
     )
 
 
-@pytest.mark.parametrize("resolution", ["model", "native"])
+@pytest.mark.parametrize("resolution", ["preview", "native"])
 def test_constant_logits_give_a_constant_output_without_seams(multiband, tmp_path, resolution):
     model = constant_onnx(tmp_path / "constant.onnx", [0.1, 1.0, -0.5])
     out, probs = tmp_path / "mask.tif", tmp_path / "probs.tif"

@@ -61,7 +61,8 @@ class ModelCard:
         overlap: Overlap of neighbouring tiles in pixels.
         output: ``"logits"`` or ``"probabilities"``.
         classes: Output classes in channel order.
-        metrics: Measured metrics, each with the data they were measured on.
+        metrics: Measured metrics, each with the data and the run configuration they
+            were measured with (see :func:`metric_entry`).
     """
 
     name: str
@@ -148,6 +149,28 @@ class ModelCard:
         """Return the class names in value order."""
         return [c.name for c in self.classes]
 
+    def headline(self) -> str:
+        """One line of measured accuracy: the first default or validation entry's IoU.
+
+        Returns:
+            ``cloud IoU 0.761, cloud shadow IoU 0.703 on ukis-s2-l1c (...)``, or ``""``
+            when the card has no such metrics.
+        """
+        for entry in self.metrics:
+            if entry.get("config") not in (None, "default-fp32", "validation"):
+                continue
+            iou = entry.get("iou") or entry.get("per_class_iou") or {}
+            shown = [
+                f"{name} IoU {iou[name]:.3f}"
+                for name in self.class_names()[1:]
+                if isinstance(iou.get(name), (int, float))
+            ]
+            if shown:
+                where = entry.get("dataset") or entry.get("data", "")
+                mismatch = " (another product level)" if entry.get("level_mismatch") else ""
+                return f"{', '.join(shown)} on {where}{mismatch}"
+        return ""
+
     def summary(self) -> dict[str, Any]:
         """Return what ``cloudseg models`` lists for this model."""
         return {
@@ -160,4 +183,40 @@ class ModelCard:
             "tile_size": self.tile_size,
             "classes": [asdict(c) for c in self.classes],
             "license": self.license,
+            "accuracy": self.headline(),
+            "metrics": self.metrics,
         }
+
+
+def metric_entry(
+    dataset: str, data: str, config: str, metrics: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """A card's ``metrics`` entry from evaluation metrics (``metrics_from_confusion``).
+
+    Args:
+        dataset: Short id of the data (``ukis-s2-l1c``).
+        data: What the data is, for people.
+        config: The run configuration (``default-fp32``, ``preview``, ``validation``...).
+        metrics: ``{"per_class": {name: {"iou", "f1", "precision", "recall"}}, "pixels",
+            "mean_iou"...}``.
+        **extra: More keys (``reference``, ``measured``, ``scored``...).
+
+    Returns:
+        ``{"dataset", "data", "config", "pixels", "mean_iou", "iou", "f1", "precision",
+        "recall", ...extra}``, values rounded to 4 decimals.
+    """
+
+    def rounded(value: Any) -> Any:
+        return round(value, 4) if isinstance(value, float) else value
+
+    per_class = metrics.get("per_class", {})
+    entry: dict[str, Any] = {
+        "dataset": dataset,
+        "data": data,
+        "config": config,
+        "pixels": metrics.get("pixels"),
+        "mean_iou": rounded(metrics.get("mean_iou")),
+    }
+    for key in ("iou", "f1", "precision", "recall"):
+        entry[key] = {name: rounded(values.get(key)) for name, values in per_class.items()}
+    return entry | extra

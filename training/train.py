@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..backend._version import __version__
-from ..backend.cards import ModelCard
+from ..backend.cards import ModelCard, metric_entry
 from ..backend.dataset import StoredDataset, open_dataset
 from ..backend.errors import CancelledError, InputError, OutputExistsError
 from ..backend.registry import load_model
@@ -503,12 +503,14 @@ def build_card(
         output="logits",
         classes=infos,
         metrics=[
-            {
-                "data": f"{config.data.store}: validation scenes {', '.join(val_scenes)}",
-                "mean_iou": metrics.get("mean_iou"),
-                "pixel_accuracy": metrics.get("pixel_accuracy"),
-                "per_class_iou": {k: v["iou"] for k, v in metrics.get("per_class", {}).items()},
-            }
+            metric_entry(
+                "validation",
+                f"{config.data.store}: validation scenes {', '.join(val_scenes)}",
+                "validation",
+                metrics,
+                pixel_accuracy=metrics.get("pixel_accuracy"),
+                measured=time.strftime("%Y-%m-%d"),
+            )
         ],
     )
 

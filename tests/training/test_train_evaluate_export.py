@@ -57,7 +57,15 @@ def test_short_real_training_lowers_the_loss_and_writes_a_run(trained_run):
         "cloud",
         "cloud shadow",
     ]
-    assert card.metrics[0]["mean_iou"] == pytest.approx(result.best_val_iou)
+    entry = card.metrics[0]  # the evaluation on the validation scenes, as built-ins have
+    assert entry["config"] == "validation" and VAL_SCENES[0] in entry["data"]
+    assert entry["mean_iou"] == pytest.approx(result.best_val_iou, abs=1e-4)
+    assert set(entry["iou"]) == {"clear", "cloud", "cloud shadow"}
+    listed = _cli("models", result.model_path, "--json")
+    assert listed.returncode == 0, listed.stderr
+    mine = json.loads(listed.stdout)[-1]
+    assert mine["name"] == card.name and mine["metrics"] == card.metrics
+    assert mine["accuracy"] == card.headline() and mine["accuracy"].endswith("on validation")
 
 
 def test_checkpoint_reloads_to_identical_outputs(trained_run, cs12_store):

@@ -16,6 +16,7 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
@@ -39,10 +40,47 @@ LEVELS = [AUTO, "L1C", "L2A"]
 DEVICES = list(choices.DEVICES)
 PRECISIONS = list(choices.PRECISIONS)
 RESOLUTIONS = list(choices.RESOLUTIONS)
+RUNTIMES = list(choices.RUNTIMES)
 WIDGETS = __name__.rsplit(".", 2)[0] + ".widgets"
 # Processing keeps only a C++ pointer to a post-processor and runs each algorithm on a
 # copy that is deleted before results are loaded: the stylers must live here.
 _STYLERS: deque[QgsProcessingLayerPostProcessorInterface] = deque(maxlen=64)
+
+
+HELP = """Finds clouds and cloud shadows in a Sentinel-2 scene with a \
+deep-learning model and writes a class raster: 0 clear, 1 cloud, 2 cloud shadow, \
+255 nodata.
+
+<b>Input</b>: a multi-band raster whose band descriptions name the bands (B02, B8A, \
+or blue, nir, swir16...), one band file of a folder of band files (B02.tif, B03.tif... \
+the whole folder is used), or a Sentinel-2 SAFE product opened in QGIS.
+
+<b>Bands</b>: band names in file order, filled in from the layer. Edit them when the \
+file does not name its bands, e.g. B04,B03,B02,B08 for a red-green-blue-NIR stack.
+
+<b>Scaling</b>: digital numbers become reflectance with the SAFE product's \
+quantification and processing-baseline offsets (baseline 04.00 and later subtract \
+1000), otherwise DN / 10000. Floating-point reflectance (0-1) is used as is. Values \
+that do not look like reflectance are warned about in the log.
+
+<b>Product level</b>: L1C (top of atmosphere) or L2A (surface reflectance). Read from \
+SAFE metadata when it can be; the model made for that level is chosen.
+
+<b>Model</b>: auto picks the built-in model that fits the bands and product level \
+best, and says which in the log. A model file (ONNX with an embedded cloudseg card, \
+or a torch checkpoint with its card) overrides it.
+
+<b>Extent</b>: segment only this area (for example the canvas extent).
+
+<b>Device</b>: auto uses a CUDA GPU when one is usable; the log says what ran where.
+
+<b>Precision</b> (advanced): auto computes in bf16 where the hardware does so natively \
+(GPUs, and CPUs with AVX512-BF16 or AMX through OpenVINO): about 1.6x faster there, \
+with under 1 % of mask pixels changed. fp32 gives full-precision results.
+
+Outputs: the class raster (styled with the model's class colours; clear is \
+transparent), optionally the cloud probability (percent) and polygons of clouds and \
+shadows larger than the minimum area, and the cloud, shadow and clear percentages."""
 
 
 def builtin_model_names() -> list[str]:
@@ -92,6 +130,9 @@ class SegmentAlgorithm(CloudsegAlgorithm):
     MODEL_FILE = "MODEL_FILE"
     DEVICE = "DEVICE"
     PRECISION = "PRECISION"
+    RUNTIME = "RUNTIME"
+    TILE_SIZE = "TILE_SIZE"
+    OVERLAP = "OVERLAP"
     BANDS = "BANDS"
     PRODUCT_LEVEL = "PRODUCT_LEVEL"
     EXTENT = "EXTENT"
@@ -113,40 +154,20 @@ class SegmentAlgorithm(CloudsegAlgorithm):
 
     def shortHelpString(self) -> str:
         """Return the help shown beside the dialog."""
-        return """Finds clouds and cloud shadows in a Sentinel-2 scene with a \
-deep-learning model and writes a class raster: 0 clear, 1 cloud, 2 cloud shadow, \
-255 nodata.
+        from ...backend.registry import preview_cost
 
-<b>Input</b>: a multi-band raster whose band descriptions name the bands (B02, B8A, \
-or blue, nir, swir16...), one band file of a folder of band files (B02.tif, B03.tif... \
-the whole folder is used), or a Sentinel-2 SAFE product opened in QGIS.
-
-<b>Bands</b>: band names in file order, filled in from the layer. Edit them when the \
-file does not name its bands, e.g. B04,B03,B02,B08 for a red-green-blue-NIR stack.
-
-<b>Scaling</b>: digital numbers become reflectance with the SAFE product's \
-quantification and processing-baseline offsets (baseline 04.00 and later subtract \
-1000), otherwise DN / 10000. Floating-point reflectance (0-1) is used as is. Values \
-that do not look like reflectance are warned about in the log.
-
-<b>Product level</b>: L1C (top of atmosphere) or L2A (surface reflectance). Read from \
-SAFE metadata when it can be; the model made for that level is chosen.
-
-<b>Model</b>: auto picks the built-in model that fits the bands and product level \
-best, and says which in the log. A model file (ONNX with an embedded cloudseg card, \
-or a torch checkpoint with its card) overrides it.
-
-<b>Extent</b>: segment only this area (for example the canvas extent).
-
-<b>Device</b>: auto uses a CUDA GPU when one is usable; the log says what ran where.
-
-<b>Precision</b> (advanced): auto computes in bf16 where the hardware does so natively \
-(GPUs, and CPUs with AVX512-BF16 or AMX through OpenVINO): about 1.6x faster there, \
-with under 1 % of mask pixels changed. fp32 gives full-precision results.
-
-Outputs: the class raster (styled with the model's class colours; clear is \
-transparent), optionally the cloud probability (percent) and polygons of clouds and \
-shadows larger than the minimum area, and the cloud, shadow and clear percentages."""
+        cost = preview_cost()
+        return (
+            HELP + "\n\n<b>Run at</b> (advanced): native, the layer's own grid, is the default "
+            "and as accurate as the model gets. preview runs at the model's resolution (30 m "
+            "for the built-in models): about 9x faster on 10 m imagery, but small clouds and "
+            "thin shadows are lost"
+            + (f" ({cost})" if cost else "")
+            + ".\n\n<b>Runtime</b> (advanced): auto runs the model with torch on a CUDA GPU, "
+            "with OpenVINO on CPUs with native bf16 and with onnxruntime elsewhere; the "
+            "RUNNER output says what ran. Tile size and overlap (advanced; by default the "
+            "model card's) change the mask: the built-in models were measured best at their own."
+        )
 
     def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
         """Declare the parameters and outputs."""
@@ -186,12 +207,31 @@ shadows larger than the minimum area, and the cloud, shadow and clear percentage
         self.addParameter(
             choice(
                 self.RESOLUTION,
-                "Run at (model: the model's resolution, faster; native: the input's)",
+                "Run at (native: the layer's grid, most accurate; preview: the model's "
+                "resolution, faster on finer imagery but coarser)",
                 RESOLUTIONS,
-                "model",
+                "native",
                 advanced=True,
             )
         )
+        self.addParameter(
+            choice(
+                self.RUNTIME,
+                "Runtime (auto: torch on a GPU, OpenVINO or onnxruntime on the CPU)",
+                RUNTIMES,
+                "auto",
+                advanced=True,
+            )
+        )
+        for key, label, unset in (
+            (self.TILE_SIZE, "Tile size in pixels (0: the model card's)", 0),
+            (self.OVERLAP, "Tile overlap in pixels (-1: the model card's)", -1),
+        ):
+            number = QgsProcessingParameterNumber(
+                key, label, QgsProcessingParameterNumber.Integer, unset, minValue=unset
+            )
+            number.setFlags(number.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(number)
         self.addParameter(
             choice(
                 self.PRECISION,
@@ -278,6 +318,8 @@ shadows larger than the minimum area, and the cloud, shadow and clear percentage
                 precision=self.parameterAsEnumString(parameters, self.PRECISION, context),
                 tta=self.parameterAsBool(parameters, self.TTA, context),
                 resolution=self.parameterAsEnumString(parameters, self.RESOLUTION, context),
+                runtime=self.parameterAsEnumString(parameters, self.RUNTIME, context),
+                **self._tiling(parameters, context),
                 probabilities=Path(probabilities) if probabilities else None,
                 overwrite=True,  # the destination widget has already asked
                 bounds=bounds,
@@ -318,6 +360,12 @@ shadows larger than the minimum area, and the cloud, shadow and clear percentage
         if vector:
             results[self.VECTOR] = vector
         return results
+
+    def _tiling(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict:
+        """TILE_SIZE and OVERLAP as engine options (0 and -1: the model card's)."""
+        tile = self.parameterAsInt(parameters, self.TILE_SIZE, context)
+        overlap = self.parameterAsInt(parameters, self.OVERLAP, context)
+        return {"tile_size": tile or None, "overlap": None if overlap < 0 else overlap}
 
     def _style_on_load(
         self, context: QgsProcessingContext, output: str, probabilities: str, vector: str

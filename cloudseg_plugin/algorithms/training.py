@@ -235,7 +235,7 @@ Unlabeled pixels (nodata, 255) are ignored."""
                 self.CLASS_MAP, "Class map (label=model; ...)", optional=True
             )
         )
-        self.addParameter(choice(self.RESOLUTION, "Resolution", RESOLUTIONS, "model"))
+        self.addParameter(choice(self.RESOLUTION, "Resolution", RESOLUTIONS, "native"))
         self.addParameter(
             QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Evaluation report")
         )

@@ -99,6 +99,29 @@ def test_dock_shows_the_model_card_and_the_device(plugin, tmp_path):
     assert dock.device_label.text().startswith(("CPU only:", "GPU:"))
     if dock.device_label.text().startswith("CPU only:"):
         assert "\nCPU inference: " in dock.device_label.text()  # bf16 or float32, and why
+    # What really runs the built-in models: the engine's own plan, not a guess.
+    from cloudseg.backend.registry import load_model
+    from cloudseg.backend.runners import plan_runner
+
+    plan = plan_runner(load_model("ukis-csmask-6b-l2a").card)
+    assert f"Built-in models run with: {plan.summary()}" in dock.device_label.text()
+
+
+def test_dock_card_shows_measured_accuracy_and_what_preview_costs(plugin, tmp_path):
+    from cloudseg.backend.registry import load_model
+
+    dock = open_dock(plugin, tmp_path)
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("ukis-csmask-6b-l1c"))
+    card = load_model("ukis-csmask-6b-l1c").card
+    text = dock.card_view.toPlainText()
+    measured = next(m for m in card.metrics if m["config"] == "default-fp32")
+    assert "Measured IoU, default run:" in text
+    assert f"{measured['dataset']}: clear {measured['iou']['clear']:.3f}" in text
+    assert "TTA on " in text and "(4x the time)" in text
+    preview = next(m for m in card.metrics if m["config"] == "preview")
+    tooltip = dock.preview_check.toolTip()
+    assert "about 9x faster on 10 m imagery" in tooltip
+    assert f"cloud IoU {preview['iou']['cloud']:.3f}" in tooltip
 
 
 def test_dock_runs_a_task_to_completion_and_adds_styled_layers(
@@ -115,6 +138,7 @@ def test_dock_runs_a_task_to_completion_and_adds_styled_layers(
     mask = task.outputs["mask"]
     with rasterio.open(mask) as ds:
         assert ds.tags()["CLOUDSEG_MODEL"] == "ukis-csmask-4b-l2a"
+        assert ds.tags()["CLOUDSEG_RUN_RESOLUTION"] == "input grid"  # Preview left off
         assert ds.count == 1 and ds.width == 512
     group = QgsProject.instance().layerTreeRoot().findGroup("Cloud segmentation")
     added = [node.layer() for node in group.findLayers()]

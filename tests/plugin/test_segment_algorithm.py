@@ -5,6 +5,7 @@ import processing
 import pytest
 import rasterio
 from qgis.core import (
+    QgsApplication,
     QgsCategorizedSymbolRenderer,
     QgsPalettedRasterRenderer,
     QgsProcessingException,
@@ -57,6 +58,35 @@ def test_algorithm_writes_the_engines_mask_and_percentages(
     total = result["CLOUD_PERCENT"] + result["SHADOW_PERCENT"] + result["CLEAR_PERCENT"]
     assert total == pytest.approx(100, abs=0.01)
     assert 0 < result["CLOUD_PERCENT"] < 100
+
+
+def test_advanced_resolution_runtime_and_tiling_reach_the_engine(plugin, chip_layer, tmp_path):
+    """The same options by name as the command line, with the same masks."""
+    options = SegmentOptions(
+        product_level="L2A", resolution="preview", runtime="torch", device="cpu", overlap=32
+    )
+    expected = segment(chip_layer.source(), tmp_path / "reference.tif", options)
+    out = tmp_path / "mask.tif"
+    result = processing.run(
+        "cloudseg:segment",
+        {
+            "INPUT": chip_layer,
+            "PRODUCT_LEVEL": "L2A",
+            "RESOLUTION": "preview",
+            "RUNTIME": "torch",
+            "DEVICE": "cpu",
+            "OVERLAP": 32,
+            "OUTPUT": str(out),
+        },
+    )
+    assert result["RUNNER"] == expected.runner and result["RUNNER"].startswith("torch")
+    with rasterio.open(out) as got, rasterio.open(tmp_path / "reference.tif") as want:
+        np.testing.assert_array_equal(got.read(1), want.read(1))
+        assert got.tags()["CLOUDSEG_RUN_RESOLUTION"] == "30 m (model card; preview)"
+        assert got.tags()["CLOUDSEG_TILING"] == '{"tile_size": 256, "overlap": 32}'
+    alg = QgsApplication.processingRegistry().algorithmById("cloudseg:segment")
+    assert alg.parameterDefinition("RESOLUTION").defaultValue() == "native"
+    assert "preview" in alg.shortHelpString() and "cloud IoU" in alg.shortHelpString()
 
 
 def test_results_load_as_styled_layers_in_a_group(plugin, chip_layer, tmp_path):

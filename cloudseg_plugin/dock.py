@@ -292,13 +292,14 @@ class CloudSegDock(QDockWidget):
             f"{c.value} {html.escape(c.name)}<br>"
             for c in card.classes
         )
+        headline = card.headline()
         self.card_view.setHtml(
             f"<b>{html.escape(card.name)}</b> {html.escape(card.version)}<br>"
-            f"{html.escape(card.description)}<br>"
-            f"Bands: {', '.join(card.bands)}<br>Level: {card.product_level}, "
-            f"resolution {card.resolution_m:g} m, tiles {card.tile_size} px<br>"
+            + (f"<i>Measured: {html.escape(headline)}</i><br>" if headline else "")
+            + f"Bands: {', '.join(card.bands)}<br>Level: {card.product_level}, "
+            f"trained at {card.resolution_m:g} m, tiles {card.tile_size} px<br>"
             f"Classes:<br>{swatches}License: {html.escape(card.license)}<br>"
-            f"{accuracy_html(card)}"
+            f"{html.escape(card.description)}<br>{accuracy_html(card)}"
         )
 
     def _check_device(self) -> None:
@@ -317,9 +318,11 @@ class CloudSegDock(QDockWidget):
             else:
                 reason = result.device_reason
                 text = reason if reason.lower().startswith("cpu") else f"CPU only: {reason}"
-                text += f"\nCPU inference: {result.cpu_inference}"
+            # What really runs the models: the engine's own plan (ONNX on the CPU says
+            # whether OpenVINO bf16 or onnxruntime float32, and why).
             text += f"\nBuilt-in models run with: {result.builtin_runner}"
             self.device_label.setText(text)
+            self.device_label.setToolTip(f"ONNX models on the CPU: {result.cpu_inference}")
 
         self._device_task = QgsTask.fromFunction("cloudseg: check device", report, on_finished=done)
         QgsApplication.taskManager().addTask(self._device_task)

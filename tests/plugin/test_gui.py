@@ -97,8 +97,7 @@ def test_dock_shows_the_model_card_and_the_device(plugin, tmp_path):
     assert "cloud shadow" in card and "Apache-2.0" in card
     wait_for(dock._device_task)
     assert dock.device_label.text().startswith(("CPU only:", "GPU:"))
-    if dock.device_label.text().startswith("CPU only:"):
-        assert "\nCPU inference: " in dock.device_label.text()  # bf16 or float32, and why
+    assert dock.device_label.toolTip().startswith("ONNX models on the CPU: ")  # and why
     # What really runs the built-in models: the engine's own plan, not a guess.
     from cloudseg.backend.registry import load_model
     from cloudseg.backend.runners import plan_runner
@@ -115,6 +114,7 @@ def test_dock_card_shows_measured_accuracy_and_what_preview_costs(plugin, tmp_pa
     card = load_model("ukis-csmask-6b-l1c").card
     text = dock.card_view.toPlainText()
     measured = next(m for m in card.metrics if m["config"] == "default-fp32")
+    assert f"Measured: {card.headline()}" in text  # the headline, right under the name
     assert "Measured IoU, default run:" in text
     assert f"{measured['dataset']}: clear {measured['iou']['clear']:.3f}" in text
     assert "TTA on " in text and "(4x the time)" in text

@@ -36,7 +36,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     """List the built-in models, and the model files given, with their measured accuracy."""
-    from .registry import builtin_models, load_model
+    from .models.registry import builtin_models, load_model
 
     models = builtin_models() + [load_model(path) for path in args.files]
     if args.json:
@@ -84,8 +84,8 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     """Segment a scene and print a summary (or JSON)."""
-    from .bands import parse_band_list
-    from .segment import SegmentOptions, segment
+    from .inference.segment import SegmentOptions, segment
+    from .raster.bands import parse_band_list
 
     options = SegmentOptions(
         model=args.model,
@@ -124,7 +124,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     """Ingest a labeled dataset into a Zarr + STAC store and print a summary."""
     from tqdm import tqdm
 
-    from .ingest import ingest
+    from .store.ingest import ingest
 
     with tqdm(total=0, unit="scene", disable=args.quiet or None, file=sys.stderr) as bar:
 
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_resolution_flag(parser: argparse.ArgumentParser) -> None:
     """Add ``--resolution native|preview``, with the preview's measured cost in its help."""
-    from .registry import preview_cost
+    from .models.registry import preview_cost
 
     cost = preview_cost()
     parser.add_argument(
@@ -328,7 +328,7 @@ def _add_training_parsers(sub: Any) -> None:
 
 
 def _add_ingest_parser(sub: Any) -> None:
-    from .layouts import LAYOUTS
+    from .store.sources import LAYOUTS
 
     ing = sub.add_parser(
         "ingest",

@@ -159,7 +159,7 @@ def _onnxruntime_providers() -> list[str]:
 
 
 def _cpu_inference() -> str:
-    from .runners import openvino_bf16_problem
+    from .inference.runners import openvino_bf16_problem
 
     problem = openvino_bf16_problem()
     if problem is None:
@@ -170,8 +170,8 @@ def _cpu_inference() -> str:
 def _builtin_runner() -> str:
     """What the defaults run the built-in models with, from the same plan the engine uses."""
     from .errors import CloudsegError
-    from .registry import builtin_models
-    from .runners import plan_runner
+    from .inference.runners import plan_runner
+    from .models.registry import builtin_models
 
     models = builtin_models()
     if not models:

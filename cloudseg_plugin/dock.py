@@ -90,7 +90,7 @@ class RunRecord:
 
 def preview_tooltip() -> str:
     """The Preview checkbox's tooltip, with the accuracy it costs as measured."""
-    from ..backend.registry import preview_cost
+    from ..backend.models.registry import preview_cost
 
     cost = preview_cost()
     return (
@@ -149,7 +149,7 @@ class SegmentTask(QgsTask):
 
     def run(self) -> bool:
         """Segment (and polygonize); runs off the UI thread. Returns success."""
-        from ..backend.segment import SegmentOptions, segment
+        from ..backend.inference.segment import SegmentOptions, segment
 
         outputs = self.outputs
         try:
@@ -271,7 +271,7 @@ class CloudSegDock(QDockWidget):
     @staticmethod
     def _load_models() -> dict[str, Any]:
         try:
-            from ..backend.registry import builtin_models
+            from ..backend.models.registry import builtin_models
 
             return {m.card.name: m.card for m in builtin_models()}
         except CloudsegError:
@@ -330,7 +330,7 @@ class CloudSegDock(QDockWidget):
     # -- running --------------------------------------------------------------------------
     def run_active_layer(self) -> SegmentTask | None:
         """Start a run on the active raster layer; returns its task (None if refused)."""
-        from ..backend.reader import scene_path_from_gdal_source
+        from ..backend.raster.reader import scene_path_from_gdal_source
 
         layer = self.iface.activeLayer()
         if self.task is not None:

@@ -19,7 +19,7 @@ def band_names_for(layer: QgsMapLayer | None) -> str:
     bands by file, and their list cannot be overridden.
     """
     from ..backend.errors import CloudsegError
-    from ..backend.reader import open_scene, scene_path_from_gdal_source
+    from ..backend.raster.reader import open_scene, scene_path_from_gdal_source
 
     if layer is None or layer.type() != QgsMapLayer.RasterLayer:
         return ""

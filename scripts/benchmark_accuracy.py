@@ -34,9 +34,9 @@ import numpy as np
 from benchmark_common import write_results
 
 from cloudseg.backend._version import __version__
-from cloudseg.backend.cards import metric_entry
-from cloudseg.backend.registry import CARDS_DIR, builtin_models, load_model
-from cloudseg.backend.runners import openvino_bf16_problem
+from cloudseg.backend.inference.runners import openvino_bf16_problem
+from cloudseg.backend.models.cards import metric_entry
+from cloudseg.backend.models.registry import CARDS_DIR, builtin_models, load_model
 from cloudseg.training.evaluate import evaluate_rasters
 from cloudseg.training.metrics import confusion_matrix, metrics_from_confusion
 from cloudseg.training.reference import CLASSES, LabeledScene, csmask_classes, labeled_scenes
@@ -251,8 +251,8 @@ def quantized_model(model: Any, calibration: LabeledScene, work: Path) -> Path:
         quantize_static,
     )
 
-    from cloudseg.backend.onnxgraph import prepared_onnx
-    from cloudseg.backend.registry import embed_onnx_card
+    from cloudseg.backend.inference.onnxgraph import prepared_onnx
+    from cloudseg.backend.models.registry import embed_onnx_card
 
     card = model.card
     mean = np.asarray(card.normalization["mean"], np.float32)[:, None, None]

@@ -51,8 +51,8 @@ def start_moto() -> tuple[subprocess.Popen, str]:
 
 def measure(source: Path, stores: list[str], windows: int) -> dict:
     """Ingest into each store, then read random windows back."""
-    from cloudseg.backend.dataset import open_dataset
-    from cloudseg.backend.ingest import ingest
+    from cloudseg.backend.store.dataset import open_dataset
+    from cloudseg.backend.store.ingest import ingest
 
     megabytes, seconds = 0.0, 0.0
     for store in stores:

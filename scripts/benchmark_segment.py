@@ -72,7 +72,7 @@ def write_scene(img: np.ndarray, path: Path, georeferenced: bool) -> None:
 
 def run_ours(src: Path, dst: Path, args: argparse.Namespace) -> dict:
     """Segment with cloudseg (the whole run: read, infer, write COG)."""
-    from cloudseg.backend.segment import SegmentOptions, segment
+    from cloudseg.backend.inference.segment import SegmentOptions, segment
 
     result = segment(
         src,
@@ -155,7 +155,7 @@ def labeled_accuracy(data: Path, workdir: Path) -> dict[str, dict]:
     """
     import rasterio
 
-    from cloudseg.backend.segment import SegmentOptions, segment
+    from cloudseg.backend.inference.segment import SegmentOptions, segment
     from cloudseg.training.metrics import confusion_matrix, metrics_from_confusion
     from cloudseg.training.reference import CLASSES, csmask_classes, labeled_scenes
 

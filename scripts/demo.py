@@ -15,7 +15,7 @@ import numpy as np
 
 from cloudseg.backend.environment import environment_report
 from cloudseg.backend.errors import CloudsegError
-from cloudseg.backend.segment import SegmentOptions, segment
+from cloudseg.backend.inference.segment import SegmentOptions, segment
 
 CHIP = Path("oncloudn_l2a/adwp")  # On Cloud N challenge chip, Sentinel-2 L2A, 10 m
 

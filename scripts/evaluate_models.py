@@ -25,8 +25,8 @@ from pathlib import Path
 from benchmark_common import write_results
 
 from cloudseg.backend.errors import BandError
-from cloudseg.backend.ingest import ingest
-from cloudseg.backend.registry import builtin_models, load_model
+from cloudseg.backend.models.registry import builtin_models, load_model
+from cloudseg.backend.store.ingest import ingest
 from cloudseg.training.evaluate import evaluate_store
 
 LANDSAT_SCHEME = {

@@ -59,7 +59,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..backend.bands import parse_band_list
+    from ..backend.raster.bands import parse_band_list
     from .data import parse_class_map
     from .evaluate import evaluate_rasters, evaluate_store
 

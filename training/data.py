@@ -1,6 +1,6 @@
 """Windows over an ingested store for training: split, class mapping, sampling.
 
-Windows are read lazily through :func:`cloudseg.backend.dataset.open_dataset`, so a
+Windows are read lazily through :func:`cloudseg.backend.store.dataset.open_dataset`, so a
 window touches only the Zarr chunks under it, from a folder or from S3. Masks are read
 once per scene to know each window's cloud fraction (one byte per pixel); images are
 read only when a window is drawn.
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..backend.dataset import StoredDataset
 from ..backend.errors import InputError
+from ..backend.store.dataset import StoredDataset
 from .config import DataConfig, SplitConfig
 from .models import check_bands
 

@@ -1,6 +1,6 @@
 """Evaluate a model on labeled data: an ingested store's scenes, or rasters with labels.
 
-Predictions come from the same engine analysts run (:func:`cloudseg.backend.segment`):
+Predictions come from the same engine analysts run (:func:`cloudseg.backend.inference.segment`):
 tiling, blending, resampling to the model's resolution and back, scaling. A store scene
 is written to a temporary GeoTIFF with its CRS, transform and band names first, so a
 model is judged exactly as it will behave in QGIS. Reference classes are mapped to the
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from ..backend.errors import CancelledError, InputError
-from ..backend.registry import load_model
-from ..backend.segment import SegmentOptions, segment
+from ..backend.inference.segment import SegmentOptions, segment
+from ..backend.models.registry import load_model
 from .data import lookup_table, map_classes
 from .metrics import confusion_matrix, metrics_from_confusion, write_report
 
@@ -196,7 +196,7 @@ def evaluate_store(
     Raises:
         CloudsegError: For an unknown model, store or scene, or missing bands.
     """
-    from ..backend.dataset import open_dataset
+    from ..backend.store.dataset import open_dataset
 
     dataset = open_dataset(store, endpoint_url)
 

@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ..backend.cards import ModelCard
-from ..backend.errors import InputError, ModelError, OutputExistsError
-from ..backend.networks import load_torch_network
-from ..backend.registry import Model, embed_onnx_card, read_torch_card
+from ..backend.atomic import atomic_path, check_target
+from ..backend.errors import InputError, ModelError
+from ..backend.models.cards import ModelCard
+from ..backend.models.networks import load_torch_network
+from ..backend.models.registry import Model, embed_onnx_card, read_torch_card
 
 PARITY_TOLERANCE = 1e-3
 
@@ -87,14 +88,13 @@ def export_onnx(
     output = Path(output)
     if output.suffix.lower() != ".onnx":
         raise InputError(f"{output}: the export target must end in .onnx")
-    if output.exists() and not overwrite:
-        raise OutputExistsError(f"{output} exists; use --overwrite to replace it")
+    if output.exists():
+        check_target(output, overwrite)
+    output.parent.mkdir(parents=True, exist_ok=True)
     network, card = load_checkpoint(checkpoint)
     size = card.tile_size
     example = torch.zeros(1, len(card.bands), size, size)
-    partial = output.with_name(f".{output.name}.part")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with atomic_path(output) as partial:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
@@ -123,7 +123,4 @@ def export_onnx(
                 f"ONNX export of {card.name} differs from torch by {worst:.2e} "
                 f"(> {tolerance:.0e}); not written"
             )
-        partial.replace(output)
-    finally:
-        partial.unlink(missing_ok=True)
     return ExportResult(output, replace(card, format="onnx"), worst, batches)

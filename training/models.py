@@ -9,7 +9,7 @@ pretrained weights can be downloaded where our users often work).
 The ukis-csmask graphs hold float16 weights and compute in float16; the imported network
 computes in float32. It reproduces onnxruntime running the same graph in float32 to about
 3e-5 on real inputs; against the float16 graph the difference is that graph's own
-rounding (see :func:`cloudseg.backend.onnxgraph.onnx_as_float32`).
+rounding (see :func:`cloudseg.backend.inference.onnxgraph.onnx_as_float32`).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from ..backend.bands import canonical_band
-from ..backend.cards import ClassInfo, ModelCard
 from ..backend.errors import BandError, ModelError
-from ..backend.networks import load_state, onnx_weights, torch_importable
-from ..backend.registry import load_model
+from ..backend.models.cards import ClassInfo, ModelCard
+from ..backend.models.networks import load_state, onnx_weights, torch_importable
+from ..backend.models.registry import load_model
+from ..backend.raster.bands import canonical_band
 
 # Architecture names as smp spells them, and a sensible encoder for each when none is
 # given (Segformer's own Mix Transformer; resnet34 elsewhere).

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 
 from ..backend._version import __version__
-from ..backend.cards import ModelCard, metric_entry
-from ..backend.dataset import StoredDataset, open_dataset
+from ..backend.atomic import atomic_path
 from ..backend.errors import CancelledError, InputError, OutputExistsError
-from ..backend.registry import load_model
+from ..backend.models.cards import ModelCard, metric_entry
+from ..backend.models.registry import load_model
+from ..backend.store.dataset import StoredDataset, open_dataset
 from .augment import make_augmentation
 from .config import CONFIG_NAME, Config
 from .data import WindowDataset, make_sampler, split_scenes, store_normalization
@@ -517,8 +518,9 @@ def build_card(
 
 def save_model(network: torch.nn.Module, card: ModelCard, config: Config, path: Path) -> Path:
     """Write ``{"card", "state_dict", "config"}`` to ``path`` atomically."""
-    partial = path.with_name(f".{path.name}.part")
     state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
-    torch.save({"card": card.to_dict(), "state_dict": state, "config": config.to_dict()}, partial)
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        torch.save(
+            {"card": card.to_dict(), "state_dict": state, "config": config.to_dict()}, partial
+        )
     return path

@@ -14,7 +14,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ...backend.layouts import LAYOUTS
+from ...backend.store.sources import LAYOUTS
 from .base import CloudsegAlgorithm, backend_errors, choice
 
 AUTO = "auto"
@@ -93,7 +93,7 @@ ingested."""
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
         """Run the backend ingestion with Processing's progress and cancel."""
-        from ...backend.ingest import ingest
+        from ...backend.store.ingest import ingest
 
         layout = self.parameterAsEnumString(parameters, self.LAYOUT, context)
 

@@ -86,7 +86,7 @@ shadows larger than the minimum area, and the cloud, shadow and clear percentage
 def builtin_model_names() -> list[str]:
     """Names of the built-in models whose weights are installed."""
     try:
-        from ...backend.registry import builtin_models
+        from ...backend.models.registry import builtin_models
 
         return [m.card.name for m in builtin_models()]
     except CloudsegError:
@@ -154,7 +154,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
 
     def shortHelpString(self) -> str:
         """Return the help shown beside the dialog."""
-        from ...backend.registry import preview_cost
+        from ...backend.models.registry import preview_cost
 
         cost = preview_cost()
         return (
@@ -284,9 +284,9 @@ class SegmentAlgorithm(CloudsegAlgorithm):
     ) -> dict[str, Any]:
         """Run the backend engine with Processing's progress and cancel."""
         self.require_dependencies()
-        from ...backend.bands import parse_band_list
-        from ...backend.reader import scene_path_from_gdal_source
-        from ...backend.segment import SegmentOptions, segment
+        from ...backend.inference.segment import SegmentOptions, segment
+        from ...backend.raster.bands import parse_band_list
+        from ...backend.raster.reader import scene_path_from_gdal_source
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
@@ -371,7 +371,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         self, context: QgsProcessingContext, output: str, probabilities: str, vector: str
     ) -> None:
         """Have Processing style each result it loads into the project."""
-        from ...backend.segment import load_classes
+        from ...backend.inference.segment import load_classes
 
         classes = load_classes(output)
         for path, kind in ((output, "classes"), (probabilities, "probabilities"), (vector, "")):

@@ -289,7 +289,7 @@ Unlabeled pixels (nodata, 255) are ignored."""
         }
         with backend_errors():
             if bands:
-                from ...backend.bands import parse_band_list
+                from ...backend.raster.bands import parse_band_list
 
                 options["bands"] = parse_band_list(bands)
             from ...training.data import parse_class_map

@@ -36,7 +36,7 @@ def test_info_json_reports_the_device_torch_sees(venv_env):
         assert report["device_reason"].startswith("CPU only: ")
         assert report["gpus"] == []
     # What --precision auto does on this CPU, and the same as the engine decides.
-    from cloudseg.backend.runners import openvino_bf16_problem
+    from cloudseg.backend.inference.runners import openvino_bf16_problem
 
     problem = openvino_bf16_problem()
     if problem is None:

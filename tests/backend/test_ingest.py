@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import rasterio
 
-from cloudseg.backend.dataset import open_dataset
 from cloudseg.backend.errors import InputError
-from cloudseg.backend.ingest import ingest
-from cloudseg.backend.storage import StorageError
+from cloudseg.backend.store.dataset import open_dataset
+from cloudseg.backend.store.ingest import ingest
+from cloudseg.backend.store.storage import StorageError
 
 CLOUDSEN12 = "cloudsen12_figures"
 UNLABELED = {

@@ -5,9 +5,9 @@ import pytest
 import rasterio
 
 from cloudseg.backend.errors import InputError
-from cloudseg.backend.reader import scene_path_from_gdal_source
-from cloudseg.backend.segment import SegmentOptions, segment
-from cloudseg.backend.vectorize import polygonize
+from cloudseg.backend.inference.segment import SegmentOptions, segment
+from cloudseg.backend.raster.reader import scene_path_from_gdal_source
+from cloudseg.backend.raster.vectorize import polygonize
 
 
 def test_gdal_sentinel2_subdataset_gives_the_safe_folder(tmp_path):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from cloudseg.backend.registry import load_model
-from cloudseg.backend.runners import openvino_bf16_problem
-from cloudseg.backend.segment import SegmentOptions, segment
+from cloudseg.backend.inference.runners import openvino_bf16_problem
+from cloudseg.backend.inference.segment import SegmentOptions, segment
+from cloudseg.backend.models.registry import load_model
 
 NO_BF16 = openvino_bf16_problem()
 needs_bf16 = pytest.mark.skipif(NO_BF16 is not None, reason=f"no bf16 here: {NO_BF16}")

@@ -15,10 +15,10 @@ import pytest
 import rasterio
 
 from cloudseg.backend.errors import InputError, ModelError
-from cloudseg.backend.onnxgraph import prepared_onnx
-from cloudseg.backend.registry import load_model
-from cloudseg.backend.runners import cuda_usable, openvino_bf16_problem, plan_runner
-from cloudseg.backend.segment import SegmentOptions, segment
+from cloudseg.backend.inference.onnxgraph import prepared_onnx
+from cloudseg.backend.inference.runners import cuda_usable, openvino_bf16_problem, plan_runner
+from cloudseg.backend.inference.segment import SegmentOptions, segment
+from cloudseg.backend.models.registry import load_model
 
 BUILTIN = "ukis-csmask-4b-l2a"
 no_gpu = pytest.mark.skipif(cuda_usable(), reason="a CUDA GPU is usable here")

@@ -9,7 +9,6 @@ import pytest
 import rasterio
 from onnx import TensorProto, helper
 
-from cloudseg.backend.cards import ModelCard
 from cloudseg.backend.errors import (
     BandError,
     CancelledError,
@@ -17,8 +16,9 @@ from cloudseg.backend.errors import (
     ModelError,
     OutputExistsError,
 )
-from cloudseg.backend.registry import embed_onnx_card, load_model
-from cloudseg.backend.segment import NODATA, SegmentOptions, segment
+from cloudseg.backend.inference.segment import NODATA, SegmentOptions, segment
+from cloudseg.backend.models.cards import ModelCard
+from cloudseg.backend.models.registry import embed_onnx_card, load_model
 
 from .conftest import BANDS, stack_bands
 
@@ -174,8 +174,8 @@ def test_nodata_pixels_stay_nodata(band_folder, tmp_path, resolution, marked_by)
 
 def test_block_means_equal_gdals_average_resampling(band_folder, tmp_path):
     """A 10 m input runs at 30 m through k x k block means: the same as GDAL's average."""
-    from cloudseg.backend.reader import open_scene
-    from cloudseg.backend.segment import block_nanmean
+    from cloudseg.backend.inference.segment import block_nanmean
+    from cloudseg.backend.raster.reader import open_scene
 
     chip = stack_bands(band_folder, tmp_path / "c.tif", BANDS, nodata=0)
     with rasterio.open(chip, "r+") as ds:
@@ -196,7 +196,7 @@ def test_block_means_equal_gdals_average_resampling(band_folder, tmp_path):
 
 
 def test_argmax_classes_is_argmax_with_ties_to_the_lower_class():
-    from cloudseg.backend.segment import argmax_classes
+    from cloudseg.backend.inference.segment import argmax_classes
 
     rng = np.random.default_rng(0)
     probs = rng.random((3, 64, 64), dtype=np.float32).round(1)  # many ties
@@ -434,7 +434,7 @@ def test_values_that_are_not_reflectance_are_warned_about(multiband, tmp_path):
 def test_reflectance_check_samples_the_whole_scene(band_folder, tmp_path, overviews):
     from rasterio.enums import Resampling
 
-    from cloudseg.backend.reader import open_scene
+    from cloudseg.backend.raster.reader import open_scene
 
     chip = stack_bands(band_folder, tmp_path / "chip.tif", BANDS, tiled=True)
     if overviews:  # read shrunk from the overviews; else from a grid of windows

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cloudseg.backend.tiling import (
+from cloudseg.backend.inference.tiling import (
     EDGE_WEIGHT,
     RowBlender,
     TileGrid,

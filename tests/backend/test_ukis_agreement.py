@@ -5,7 +5,7 @@ import pytest
 import rasterio
 from ukis_csmask.mask import CSmask
 
-from cloudseg.backend.segment import SegmentOptions, segment
+from cloudseg.backend.inference.segment import SegmentOptions, segment
 
 UKIS_BANDS = ["blue", "green", "red", "nir", "swir16", "swir22"]
 

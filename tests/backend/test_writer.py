@@ -5,7 +5,7 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from cloudseg.backend.writer import BlockRowWriter, block_profile
+from cloudseg.backend.raster.cog import BlockRowWriter, block_profile
 
 PROFILE = {
     "width": 300,

@@ -99,15 +99,15 @@ def test_dock_shows_the_model_card_and_the_device(plugin, tmp_path):
     assert dock.device_label.text().startswith(("CPU only:", "GPU:"))
     assert dock.device_label.toolTip().startswith("ONNX models on the CPU: ")  # and why
     # What really runs the built-in models: the engine's own plan, not a guess.
-    from cloudseg.backend.registry import load_model
-    from cloudseg.backend.runners import plan_runner
+    from cloudseg.backend.inference.runners import plan_runner
+    from cloudseg.backend.models.registry import load_model
 
     plan = plan_runner(load_model("ukis-csmask-6b-l2a").card)
     assert f"Built-in models run with: {plan.summary()}" in dock.device_label.text()
 
 
 def test_dock_card_shows_measured_accuracy_and_what_preview_costs(plugin, tmp_path):
-    from cloudseg.backend.registry import load_model
+    from cloudseg.backend.models.registry import load_model
 
     dock = open_dock(plugin, tmp_path)
     dock.model_combo.setCurrentIndex(dock.model_combo.findData("ukis-csmask-6b-l1c"))

@@ -16,7 +16,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from cloudseg.backend.segment import NODATA, SegmentOptions, segment
+from cloudseg.backend.inference.segment import NODATA, SegmentOptions, segment
 
 L2A = "ukis-csmask-4b-l2a"
 

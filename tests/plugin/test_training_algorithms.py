@@ -9,7 +9,7 @@ import rasterio
 import yaml
 from qgis.core import QgsProcessingException, QgsProcessingFeedback, QgsProject, QgsRasterLayer
 
-from cloudseg.backend.ingest import ingest
+from cloudseg.backend.store.ingest import ingest
 
 PATCH = "ROI_2507/low-cloudy"
 

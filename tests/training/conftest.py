@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudseg.backend.ingest import ingest
+from cloudseg.backend.store.ingest import ingest
 
 VAL_SCENES = ["ROI_2507-low-cloudy"]
 

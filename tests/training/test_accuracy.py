@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from cloudseg.backend.registry import builtin_models, load_model
+from cloudseg.backend.models.registry import builtin_models, load_model
 from cloudseg.training.evaluate import evaluate_rasters
 from cloudseg.training.metrics import confusion_matrix, metrics_from_confusion
 from cloudseg.training.reference import CLASSES, csmask_classes, labeled_scenes

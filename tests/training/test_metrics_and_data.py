@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from cloudseg.backend.dataset import open_dataset
 from cloudseg.backend.errors import InputError
+from cloudseg.backend.store.dataset import open_dataset
 from cloudseg.training.augment import make_augmentation
 from cloudseg.training.config import Config, DataConfig, SplitConfig
 from cloudseg.training.data import (

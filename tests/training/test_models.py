@@ -10,8 +10,8 @@ import rasterio
 import torch
 
 from cloudseg.backend.errors import BandError, ModelError
-from cloudseg.backend.onnxgraph import onnx_as_float32
-from cloudseg.backend.registry import load_model
+from cloudseg.backend.inference.onnxgraph import onnx_as_float32
+from cloudseg.backend.models.registry import load_model
 from cloudseg.training.models import ARCHITECTURES, create_model, import_onnx_unet
 
 

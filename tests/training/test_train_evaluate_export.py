@@ -14,8 +14,8 @@ import torch
 import yaml
 
 from cloudseg.backend.errors import CancelledError, InputError, OutputExistsError
-from cloudseg.backend.registry import load_model
-from cloudseg.backend.runners import create_runner
+from cloudseg.backend.inference.runners import create_runner
+from cloudseg.backend.models.registry import load_model
 from cloudseg.training.config import Config
 from cloudseg.training.evaluate import evaluate_rasters, evaluate_store
 from cloudseg.training.export import load_checkpoint
@@ -98,7 +98,7 @@ def test_export_parity_and_the_onnx_file_segments_like_the_checkpoint(
     card = load_model(onnx_path).card  # the card is embedded
     assert card.format == "onnx" and card.name == "tiny-rgb"
     again = _cli("export", result.model_path, onnx_path)
-    assert again.returncode == 1 and "exists; use --overwrite" in again.stderr
+    assert again.returncode == 1 and "exists; pass --overwrite" in again.stderr
     image = real_data / "cloudsen12_figures" / PATCH / "S2L1C.tif"
     masks = {}
     for model in (result.model_path, onnx_path):
@@ -240,7 +240,7 @@ def test_train_cli_tiny_config_and_bad_config(cs12_store, tmp_path):
 
 
 def test_training_reads_windows_from_s3(real_data, s3_bucket, tmp_path):
-    from cloudseg.backend.ingest import ingest
+    from cloudseg.backend.store.ingest import ingest
 
     source = tmp_path / "src"
     for patch in ("ROI_1746/high/cloudy", "ROI_2507/low-cloudy"):

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .. import atomic
+from ..errors import InputError
 
 
 class StorageError(InputError):
@@ -80,9 +81,7 @@ class LocalStorage(Storage):
         """See :class:`Storage`."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        atomic.write_bytes(path, data)
 
     def exists(self, key: str) -> bool:
         """See :class:`Storage`."""

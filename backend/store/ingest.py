@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CancelledError
-from .layouts import IGNORE, LoadedScene, SceneError, Scheme, SourceScene, scan_source
+from ..errors import CancelledError
+from .sources import IGNORE, LoadedScene, SceneError, Scheme, SourceScene, scan_source
 from .storage import Storage, open_storage
 
 logger = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ def ingest(
     """Ingest a source folder into a store (local folder or ``s3://bucket/prefix``).
 
     Args:
-        source: The source folder (see :mod:`cloudseg.backend.layouts`).
+        source: The source folder (see :mod:`cloudseg.backend.store.sources`).
         dest: Local folder or ``s3://bucket/prefix``.
         layout: Layout name; detected when None.
         scheme: Bands and classes; from the source's ``data.json`` (or the layout) if None.

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BandError, InputError
 from .bands import band_from_filename, canonical_band
-from .errors import BandError, InputError
-from .safe import is_safe, open_safe
+from .safe_product import is_safe, open_safe
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .writer import check_target, cleanup_on_failure, temporary_sibling
+from ..atomic import atomic_path, check_target
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 LAYER_NAME = "cloudseg"
@@ -35,7 +35,7 @@ def polygonize(
     a temporary name and renamed when complete.
 
     Args:
-        mask_path: A class raster written by :func:`cloudseg.backend.segment.segment`.
+        mask_path: A class raster written by :func:`cloudseg.backend.inference.segment.segment`.
         output_path: The GeoPackage to write.
         classes: Class names to keep; default every class but ``clear``.
         min_area_m2: Smallest polygon kept, in square metres (map units squared when the
@@ -75,8 +75,7 @@ def polygonize(
     progress(10.0, "tracing polygons")
     keep = np.isin(data, values)
     counts = dict.fromkeys(wanted, 0)
-    tmp = temporary_sibling(output, tag="part.gpkg")
-    with cleanup_on_failure(tmp):
+    with atomic_path(output, tag="part.gpkg") as tmp:
         driver = ogr.GetDriverByName("GPKG")
         dataset = driver.CreateDataSource(str(tmp))
         if dataset is None:
@@ -106,7 +105,6 @@ def polygonize(
             counts[names[int(value)]] += 1
         layer.CommitTransaction()
         dataset = None  # closes and flushes the GeoPackage
-        tmp.replace(output)
     progress(100.0, f"{sum(counts.values())} polygons")
     logger.info("polygons written to %s: %s", output, counts)
     return counts

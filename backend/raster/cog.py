@@ -1,50 +1,13 @@
-"""Write results safely: temporary names, renamed only when complete, as COGs."""
+"""Cloud-Optimized GeoTIFF output: tiled block-row writing, then publishing as a COG."""
 
 from __future__ import annotations
 
-import contextlib
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import OutputExistsError
-
-
-def check_target(path: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing output unless asked.
-
-    Raises:
-        OutputExistsError: If ``path`` exists and ``overwrite`` is False.
-    """
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-    if not path.parent.is_dir():
-        raise OutputExistsError(f"the folder of {path} does not exist; create it first")
-
-
-def temporary_sibling(path: Path, tag: str = "part") -> Path:
-    """A hidden name beside ``path`` that no one mistakes for a result."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.{tag}")
-
-
-@contextlib.contextmanager
-def cleanup_on_failure(*paths: Path) -> Iterator[None]:
-    """Remove ``paths`` (and GDAL side files) if the block raises, then re-raise."""
-    try:
-        yield
-    except BaseException:
-        for path in paths:
-            for candidate in (
-                path,
-                path.with_name(path.name + ".aux.xml"),
-                path.with_name(path.name + ".ovr"),
-            ):
-                with contextlib.suppress(FileNotFoundError):
-                    candidate.unlink()
-        raise
+from ..atomic import atomic_path, remove
 
 
 def block_profile(
@@ -72,8 +35,7 @@ def publish_cog(source: Path, target: Path, overview_resampling: str) -> None:
     """
     import rasterio.shutil
 
-    staged = temporary_sibling(target, "cog")
-    with cleanup_on_failure(staged):
+    with atomic_path(target, "cog") as staged:
         rasterio.shutil.copy(
             str(source),
             str(staged),
@@ -84,10 +46,7 @@ def publish_cog(source: Path, target: Path, overview_resampling: str) -> None:
             BIGTIFF="IF_SAFER",
             NUM_THREADS="ALL_CPUS",
         )
-        staged.replace(target)
-    for leftover in (source, source.with_name(source.name + ".aux.xml")):
-        with contextlib.suppress(FileNotFoundError):
-            leftover.unlink()
+    remove(source)
 
 
 class BlockRowWriter:

@@ -23,22 +23,17 @@ from typing import Any
 
 import numpy as np
 
-from ._version import __version__
-from .cards import ModelCard
-from .choices import resolution_choice
-from .errors import BandError, CancelledError, InputError
-from .reader import SceneReader, check_reflectance, open_scene
-from .registry import Model, choose_model, load_model
+from .. import atomic
+from .._version import __version__
+from ..atomic import check_target, cleanup_on_failure, temporary_sibling
+from ..choices import resolution_choice
+from ..errors import BandError, CancelledError, InputError
+from ..models.cards import ModelCard
+from ..models.registry import Model, choose_model, load_model
+from ..raster.cog import BlockRowWriter, block_profile, publish_cog
+from ..raster.reader import SceneReader, check_reflectance, open_scene
 from .runners import Runner, create_runner
 from .tiling import RowBlender, TileGrid, padded_extent
-from .writer import (
-    BlockRowWriter,
-    block_profile,
-    check_target,
-    cleanup_on_failure,
-    publish_cog,
-    temporary_sibling,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +57,7 @@ class SegmentOptions:
             faster on such CPUs; 0.3 to 0.8 % of mask pixels differ), ``"fp32"`` or
             ``"bf16"``.
         runtime: ``"auto"``, ``"onnxruntime"``, ``"openvino"`` or ``"torch"``; see
-            :func:`cloudseg.backend.runners.plan_runner`.
+            :func:`cloudseg.backend.inference.runners.plan_runner`.
         batch_size: Tiles per model call; None picks the runner's fastest: 16 on a GPU,
             4 with OpenVINO and 1 with onnxruntime or torch on the CPU.
         tta: Average predictions over flips and a 90-degree rotation (4x slower).
@@ -507,9 +502,7 @@ def segment(
         polygon_counts=polygon_counts,
     )
     if options.stats is not None:
-        stats_tmp = temporary_sibling(Path(options.stats))
-        stats_tmp.write_text(json.dumps(result.to_dict(), indent=2), encoding="utf-8")
-        stats_tmp.replace(options.stats)
+        atomic.write_text(Path(options.stats), json.dumps(result.to_dict(), indent=2))
     progress(100.0, f"done in {seconds:.1f} s")
     return result
 
@@ -521,7 +514,7 @@ def _polygonize_published(
     cancelled: CancelCallback,
 ) -> dict[str, int]:
     """Trace the polygons of a published mask; if that fails, remove what was published."""
-    from .vectorize import polygonize
+    from ..raster.vectorize import polygonize
 
     assert options.polygons is not None
     try:

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from ..errors import BandError, ModelError
 from .cards import ONNX_CARD_KEY, ModelCard
-from .errors import BandError, ModelError
 
 logger = logging.getLogger(__name__)
 
-CARDS_DIR = Path(__file__).resolve().parents[1] / "resources" / "models"
+CARDS_DIR = Path(__file__).resolve().parents[2] / "resources" / "models"
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
@@ -95,8 +95,8 @@ def read_onnx_card(path: Path) -> ModelCard:
     if ONNX_CARD_KEY not in props:
         raise ModelError(
             f"{path} has no cloudseg model card (ONNX metadata key {ONNX_CARD_KEY!r}); "
-            "export it with 'cloudseg export' or add the card with cloudseg.backend.registry."
-            "embed_onnx_card"
+            "export it with 'cloudseg export' or add the card with "
+            "cloudseg.backend.models.registry.embed_onnx_card"
         )
     return ModelCard.from_json(props[ONNX_CARD_KEY])
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 LAYOUTS = ("raw", "cloudsen12", "pairs", "npz")
 IGNORE = 255

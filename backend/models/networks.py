@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ModelError
 from .cards import ModelCard
-from .errors import ModelError
 from .registry import Model
 
 # The EfficientNet classification head stays in smp's encoder but is never run, so the

@@ -12,8 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .bands import canonical_band
-from .errors import ModelError
+from ..errors import ModelError
+from ..raster.bands import canonical_band
 
 ONNX_CARD_KEY = "cloudseg.card"
 PRODUCT_LEVELS = ("L1C", "L2A", "any")

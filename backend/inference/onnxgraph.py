@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .registry import Model
+from .. import atomic
+from ..models.registry import Model
 
 logger = logging.getLogger(__name__)
 
@@ -115,13 +116,10 @@ def prepared_onnx(model: Model) -> Path | bytes:
     data = converted.SerializeToString()
     if target is None:
         return data
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
-        partial.write_bytes(data)
-        partial.replace(target)  # atomic: a reader never sees half a file
+        atomic.write_bytes(target, data)  # a reader never sees half a file
     except OSError as exc:
         logger.debug("cannot cache %s: %s", target, exc)
-        partial.unlink(missing_ok=True)
         return data
     logger.info("cached a float32 graph of %s in %s", model.card.name, target)
     return target

@@ -7,11 +7,11 @@ same thing:
 - **A CUDA GPU** (``--device auto`` when torch sees one, or ``cuda``): torch, with bf16
   autocast unless ``--precision fp32``. Torch checkpoints run as they are; ONNX exports
   of smp U-Nets, the built-in ukis-csmask models among them, are imported into the same
-  smp network (:func:`cloudseg.backend.networks.network_from_onnx`). Other ONNX models
+  smp network (:func:`cloudseg.backend.models.networks.network_from_onnx`). Other ONNX models
   use onnxruntime's CUDA provider where onnxruntime-gpu is installed.
 - **The CPU**, ONNX models: OpenVINO in bf16 where the CPU computes bf16 natively
   (AVX512-BF16 or AMX), else onnxruntime in float32 on a float32 copy of the graph
-  (:mod:`cloudseg.backend.onnxgraph`). Torch checkpoints: torch, float32 unless asked.
+  (:mod:`cloudseg.backend.inference.onnxgraph`). Torch checkpoints: torch, float32 unless asked.
 
 Each runner says in :attr:`Runner.description` what ran where and in which precision,
 so users see whether the GPU was used.
@@ -30,12 +30,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .cards import ModelCard
-from .choices import DEVICES, PRECISIONS, RUNTIMES
-from .errors import ModelError
-from .networks import load_torch_network, network_from_onnx, torch_importable
+from ..choices import DEVICES, PRECISIONS, RUNTIMES
+from ..errors import ModelError
+from ..models.cards import ModelCard
+from ..models.networks import load_torch_network, network_from_onnx, torch_importable
+from ..models.registry import Model
 from .onnxgraph import cache_folder, prepared_onnx
-from .registry import Model
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 This is what training uses, locally or from S3::
 
-    from cloudseg.backend.dataset import open_dataset
+    from cloudseg.backend.store.dataset import open_dataset
 
     ds = open_dataset("s3://bucket/clouds", endpoint_url="http://127.0.0.1:9000")
     for scene in ds.scenes():
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .ingest import COLLECTION_KEY, image_key, item_key, item_keys, mask_key
-from .layouts import Scheme
+from .sources import Scheme
 from .storage import Storage, open_storage
 
 

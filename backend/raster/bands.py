@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import BandError
+from ..errors import BandError
 
 #: Canonical Sentinel-2 MSI bands and their native resolution in metres.
 S2_BANDS: dict[str, int] = {

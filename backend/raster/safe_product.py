@@ -13,8 +13,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import InputError
 from .bands import S2_BANDS, band_from_filename
-from .errors import InputError
 
 #: The band order of ``band_id`` attributes in the product metadata.
 BAND_IDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",

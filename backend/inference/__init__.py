@@ -1,0 +1,1 @@
+"""Running a model over a scene: tiling, resampling, runtimes, and the segmentation engine."""

@@ -1,0 +1,1 @@
+"""Rasters in and out: band names, SAFE products, windowed scene reading, COG writing, polygons."""

@@ -17,10 +17,9 @@ import numpy as np
 
 from ..backend.errors import InputError
 from ..backend.store.dataset import StoredDataset
+from ..backend.store.keys import IGNORE
 from .config import DataConfig, SplitConfig
 from .models import check_bands
-
-IGNORE = 255
 
 
 def map_classes(

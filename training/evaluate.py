@@ -19,14 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from ..backend.callbacks import CancelCallback, ProgressCallback
 from ..backend.errors import CancelledError, InputError
 from ..backend.inference.segment import SegmentOptions, segment
 from ..backend.models.registry import load_model
 from .data import lookup_table, map_classes
 from .metrics import confusion_matrix, metrics_from_confusion, write_report
-
-ProgressCallback = Callable[[float, str], None]
-CancelCallback = Callable[[], bool]
 
 
 @dataclass

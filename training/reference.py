@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 
 from ..backend.errors import InputError
+from ..backend.store.keys import IGNORE
 
 #: Label values of the written label rasters.
 CLASSES = ("clear", "cloud", "cloud shadow")
-UNLABELED = 255
 #: ukis-csmask's band names for our Sentinel-2 names.
 UKIS_BANDS = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir", "B11": "swir16"}
 UKIS_BANDS |= {"B12": "swir22"}
@@ -108,7 +108,7 @@ def _write(
         ds.write(np.moveaxis(dn, -1, 0))
         for i, band in enumerate(bands, start=1):
             ds.set_band_description(i, band)
-    with rasterio.open(label_path, "w", count=1, dtype="uint8", nodata=UNLABELED, **common) as ds:
+    with rasterio.open(label_path, "w", count=1, dtype="uint8", nodata=IGNORE, **common) as ds:
         ds.write(labels, 1)
     return image, label_path, dn.astype(np.float32) / np.float32(10000)
 

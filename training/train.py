@@ -21,7 +21,6 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import torch
 
 from ..backend._version import __version__
 from ..backend.atomic import atomic_path
+from ..backend.callbacks import CancelCallback, ProgressCallback
 from ..backend.errors import CancelledError, InputError, OutputExistsError
 from ..backend.models.cards import ModelCard, metric_entry
 from ..backend.models.registry import load_model
@@ -57,8 +57,6 @@ class _NoAdverts(logging.Filter):
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
 
 MODEL_NAME = "model.pt"
-ProgressCallback = Callable[[float, str], None]
-CancelCallback = Callable[[], bool]
 
 
 class SegmentationModule(L.LightningModule):

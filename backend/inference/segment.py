@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import numpy as np
 from .. import atomic
 from .._version import __version__
 from ..atomic import check_target, cleanup_on_failure, temporary_sibling
+from ..callbacks import CancelCallback, ProgressCallback, never_cancelled, no_progress
 from ..choices import resolution_choice
 from ..errors import BandError, CancelledError, InputError
 from ..models.cards import ModelCard
@@ -38,8 +39,6 @@ from .tiling import RowBlender, TileGrid, padded_extent
 logger = logging.getLogger(__name__)
 
 NODATA = 255
-ProgressCallback = Callable[[float, str], None]
-CancelCallback = Callable[[], bool]
 
 
 @dataclass
@@ -383,8 +382,8 @@ def segment(
     import rasterio
 
     options = options or SegmentOptions()
-    progress = progress or (lambda percent, message: None)
-    cancelled = cancelled or (lambda: False)
+    progress = progress or no_progress
+    cancelled = cancelled or never_cancelled
     output = Path(output_path).expanduser()
     targets = [
         p for p in (output, options.probabilities, options.stats, options.polygons) if p is not None

@@ -24,7 +24,8 @@ from .safe_product import is_safe, open_safe
 
 logger = logging.getLogger(__name__)
 
-RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
+#: Files a folder of single-band rasters may hold.
+BAND_FILE_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 S2_DN_SCALE = 1e-4
 
 
@@ -397,7 +398,7 @@ def _sources_from_multiband(
 def _sources_from_folder(
     path: Path, scale: float | None, offset: float | None
 ) -> tuple[dict[str, BandSource], str]:
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in BAND_FILE_SUFFIXES)
     sources: dict[str, BandSource] = {}
     how = ""
     for file in files:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from ..atomic import atomic_path, check_target
+from ..callbacks import ProgressCallback, no_progress
 from ..errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def polygonize(
     classes: list[str] | None = None,
     min_area_m2: float = 0.0,
     overwrite: bool = False,
-    progress: Callable[[float, str], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, int]:
     """Write the polygons of the chosen classes of a cloudseg class raster.
 
@@ -53,7 +53,7 @@ def polygonize(
     from osgeo import ogr, osr
     from rasterio.features import shapes
 
-    progress = progress or (lambda percent, message: None)
+    progress = progress or no_progress
     output = Path(output_path).expanduser()
     check_target(output, overwrite)
     with rasterio.open(mask_path) as ds:

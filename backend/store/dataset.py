@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .ingest import COLLECTION_KEY, image_key, item_key, item_keys, mask_key
+from .keys import COLLECTION_KEY, image_key, item_key, item_keys, mask_key
 from .sources import Scheme
 from .storage import Storage, open_storage
 

@@ -1,12 +1,8 @@
 """Ingest labeled scenes into a chunked Zarr + STAC store, on a local folder or S3.
 
-Store layout (keys below the destination)::
-
-    stac/collection.json        STAC Collection: bands and classes, recorded once
-    stac/items/<scene>.json     one STAC Item per scene (written last: it makes the scene visible)
-    zarr/<scene>.zarr           imagery, (bands, rows, cols), chunks of (bands, 256, 256)
-    masks/<scene>.zarr          class values, (rows, cols), the same grid and chunks
-    report/report.json, *.png   dataset report (class balance, cloud fraction, bands, dates)
+The store's layout is in :mod:`.keys`: a STAC Collection, one STAC Item per scene
+(written last: it makes the scene visible), the imagery and masks as chunked Zarr, and
+the dataset report.
 
 Re-running skips scenes whose Item records the same source checksum; a scene with
 chunks but no Item (a run killed while writing it) is written again from scratch, so a
@@ -19,22 +15,28 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..callbacks import CancelCallback, CountCallback, never_cancelled
 from ..errors import CancelledError
-from .sources import IGNORE, LoadedScene, SceneError, Scheme, SourceScene, scan_source
+from .keys import (
+    COLLECTION_KEY,
+    IGNORE,
+    image_key,
+    item_key,
+    mask_key,
+    stored_items,
+)
+from .sources import LoadedScene, SceneError, Scheme, SourceScene, scan_source
 from .storage import Storage, open_storage
 
 logger = logging.getLogger(__name__)
 
 CHUNK = 256
-COLLECTION_KEY = "stac/collection.json"
-ITEMS_PREFIX = "stac/items/"
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
 SENTINEL2_START = dt.datetime(2015, 6, 23, tzinfo=dt.timezone.utc)
 OPEN_END = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc)
@@ -55,21 +57,6 @@ class IngestResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
         return asdict(self)
-
-
-def image_key(scene_id: str) -> str:
-    """Store prefix of a scene's imagery."""
-    return f"zarr/{scene_id}.zarr"
-
-
-def mask_key(scene_id: str) -> str:
-    """Store prefix of a scene's mask."""
-    return f"masks/{scene_id}.zarr"
-
-
-def item_key(scene_id: str) -> str:
-    """Store key of a scene's STAC Item."""
-    return f"{ITEMS_PREFIX}{scene_id}.json"
 
 
 def _write_array(storage: Storage, prefix: str, data: np.ndarray, chunks: tuple[int, ...]) -> None:
@@ -258,8 +245,8 @@ def ingest(
     endpoint_url: str | None = None,
     env_file: str | Path | None = ".env",
     report: bool = True,
-    progress: Callable[[int, int, str], None] | None = None,
-    cancelled: Callable[[], bool] | None = None,
+    progress: CountCallback | None = None,
+    cancelled: CancelCallback | None = None,
 ) -> IngestResult:
     """Ingest a source folder into a store (local folder or ``s3://bucket/prefix``).
 
@@ -297,7 +284,7 @@ def ingest(
     for name_, reason in found.problems:
         logger.info("skipped %s: %s", name_, reason)
     progress = progress or (lambda done, total, scene: None)
-    cancelled = cancelled or (lambda: False)
+    cancelled = cancelled or never_cancelled
     total = len(found.scenes)
     for done, scene in enumerate(found.scenes):
         if cancelled():
@@ -348,16 +335,6 @@ def _stored_item(storage: Storage, scene_id: str) -> dict[str, Any] | None:
         return json.loads(storage.read_bytes(item_key(scene_id)))
     except KeyError:
         return None
-
-
-def item_keys(storage: Storage) -> list[str]:
-    """Keys of the STAC Items in the store, in id order (no half-written files)."""
-    return [k for k in storage.list(ITEMS_PREFIX) if k.endswith(".json") and "/." not in f"/{k}"]
-
-
-def stored_items(storage: Storage) -> list[dict[str, Any]]:
-    """Every STAC Item in the store, in id order."""
-    return [json.loads(storage.read_bytes(k)) for k in item_keys(storage)]
 
 
 def _stored_scheme(storage: Storage) -> Scheme | None:

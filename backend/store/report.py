@@ -12,7 +12,7 @@ import math
 from collections import Counter
 from typing import Any
 
-from .ingest import COLLECTION_KEY, stored_items
+from .keys import COLLECTION_KEY, report_key, stored_items
 from .storage import Storage
 
 
@@ -93,7 +93,7 @@ def _save_png(storage: Storage, figure: Any, name: str) -> None:
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})
-    storage.write_bytes(f"report/{name}", buffer.getvalue())
+    storage.write_bytes(report_key(name), buffer.getvalue())
 
 
 def write_report(storage: Storage, items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -105,7 +105,7 @@ def write_report(storage: Storage, items: list[dict[str, Any]] | None = None) ->
 
     report = dataset_report(storage, items)
     storage.write_bytes(
-        "report/report.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
+        report_key("report.json"), (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()
     )
     plots = {
         "class_balance.png": ("Class balance (% of labeled pixels)", report["class_percent"]),

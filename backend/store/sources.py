@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .keys import IGNORE
 
 LAYOUTS = ("raw", "cloudsen12", "pairs", "npz")
-IGNORE = 255
-RASTER_SUFFIXES = (".tif", ".tiff", ".npy")
+#: Files a source layout reads scenes and masks from.
+SOURCE_SUFFIXES = (".tif", ".tiff", ".npy")
 
 CLOUDSEN12_CLASSES = [
     {"value": 0, "name": "clear", "color": "#2e7d32"},
@@ -294,7 +295,7 @@ def _by_stem(folder: Path) -> dict[str, Path]:
     return {
         p.stem: p
         for p in sorted(folder.iterdir())
-        if p.suffix.lower() in RASTER_SUFFIXES and not p.name.startswith(".")
+        if p.suffix.lower() in SOURCE_SUFFIXES and not p.name.startswith(".")
     }
 
 

@@ -50,9 +50,10 @@ test-backend: install ## backend and training tests (QGIS never imported)
 test-plugin: install ## plugin tests with pytest-qgis, offscreen
 	QT_QPA_PLATFORM=offscreen $(VENV)/bin/pytest tests/plugin
 
-lint: install ## ruff check and format check
+lint: install ## ruff check and format check; import-linter's architecture contracts
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: install ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .

@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_flags(seg)
     seg.set_defaults(handler=_cmd_segment)
     _add_ingest_parser(sub)
-    _add_training_parsers(sub)
+    _add_plugin_parsers(sub)
     return parser
 
 
@@ -317,14 +317,23 @@ def add_resolution_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_training_parsers(sub: Any) -> None:
-    """Add train, evaluate and export from the training package (a lazy, optional hook)."""
-    try:
-        from ..training.cli import add_parsers
-    except ImportError as exc:  # Lightning or kornia missing: the backend works without
-        logger.debug("training commands unavailable: %s", exc)
-        return
-    add_parsers(sub)
+#: Entry-point group through which other packages add subcommands: each entry is a
+#: function ``add_parsers(subparsers)``. cloudseg's own training package adds train,
+#: evaluate and export this way, so the backend never imports it.
+COMMANDS_GROUP = "cloudseg.commands"
+
+
+def _add_plugin_parsers(sub: Any) -> None:
+    """Add the subcommands that installed packages register under :data:`COMMANDS_GROUP`."""
+    from importlib.metadata import entry_points
+
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            add_parsers = entry.load()
+        except ImportError as exc:  # e.g. Lightning missing: the rest still works
+            logger.debug("subcommands %s unavailable: %s", entry.name, exc)
+            continue
+        add_parsers(sub)
 
 
 def _add_ingest_parser(sub: Any) -> None:

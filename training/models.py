@@ -1,10 +1,11 @@
-"""Model factory over segmentation-models-pytorch, and the import of the real cloud models.
+"""The import of the real cloud models for fine-tuning, and class helpers for training.
 
-``create_model`` builds any of the supported smp architectures for any band and class
-count. ``import_onnx_unet`` loads the weights of a built-in ukis-csmask ONNX model into
-the matching smp U-Net (EfficientNet-B4 encoder), optionally for other bands or classes,
-so that fine-tuning starts from a real cloud model rather than from random weights (no
-pretrained weights can be downloaded where our users often work).
+Networks are built by the backend's one factory
+(:func:`cloudseg.backend.models.networks.create_network`). ``import_onnx_unet`` loads
+the weights of a built-in ukis-csmask ONNX model into the matching smp U-Net
+(EfficientNet-B4 encoder), optionally for other bands or classes, so that fine-tuning
+starts from a real cloud model rather than from random weights (no pretrained weights
+can be downloaded where our users often work).
 
 The ukis-csmask graphs hold float16 weights and compute in float16; the imported network
 computes in float32. It reproduces onnxruntime running the same graph in float32 to about
@@ -20,65 +21,9 @@ import numpy as np
 
 from ..backend.errors import BandError, ModelError
 from ..backend.models.cards import ClassInfo, ModelCard
-from ..backend.models.networks import load_state, onnx_weights, torch_importable
+from ..backend.models.networks import create_network, load_state, onnx_weights, torch_importable
 from ..backend.models.registry import load_model
 from ..backend.raster.bands import canonical_band
-
-# Architecture names as smp spells them, and a sensible encoder for each when none is
-# given (Segformer's own Mix Transformer; resnet34 elsewhere).
-ARCHITECTURES: dict[str, str] = {
-    "Unet": "resnet34",
-    "UnetPlusPlus": "resnet34",
-    "FPN": "resnet34",
-    "DeepLabV3Plus": "resnet34",
-    "PSPNet": "resnet34",
-    "Segformer": "mit_b0",
-}
-
-
-def architecture_name(name: str) -> str:
-    """Return the canonical spelling of an architecture name (case-insensitive).
-
-    Raises:
-        ModelError: For an unknown name, listing the valid ones.
-    """
-    for known in ARCHITECTURES:
-        if known.lower() == name.lower().replace("-", "").replace("_", ""):
-            return known
-    raise ModelError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
-
-
-def create_model(
-    architecture: str, in_channels: int, classes: int, encoder: str | None = None
-) -> Any:
-    """Build a segmentation-models-pytorch network with random weights.
-
-    Args:
-        architecture: One of :data:`ARCHITECTURES` (any case).
-        in_channels: Number of input bands.
-        classes: Number of output classes.
-        encoder: smp encoder name; the architecture's default when None.
-
-    Returns:
-        The ``torch.nn.Module``; it returns logits of shape (N, classes, H, W).
-
-    Raises:
-        ModelError: For an unknown architecture or encoder, listing valid names.
-    """
-    import segmentation_models_pytorch as smp
-
-    arch = architecture_name(architecture)
-    encoder = encoder or ARCHITECTURES[arch]
-    if encoder not in smp.encoders.get_encoder_names():
-        raise ModelError(
-            f"unknown encoder {encoder!r}; e.g. resnet18, resnet34, efficientnet-b4, "
-            "mit_b0 (all: segmentation_models_pytorch.encoders.get_encoder_names())"
-        )
-    if in_channels < 1 or classes < 2:
-        raise ModelError("a model needs at least 1 input band and 2 classes")
-    return smp.create_model(
-        arch, encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes
-    )
 
 
 def import_onnx_unet(
@@ -112,7 +57,7 @@ def import_onnx_unet(
     bands = [canonical_band(b) for b in (bands or card.bands)]
     n_classes = classes or len(card.classes)
     weights = onnx_weights(source.path)
-    network = create_model("Unet", len(bands), n_classes, encoder=arch["encoder"])
+    network = create_network("Unet", len(bands), n_classes, encoder=arch["encoder"])
     stem_key = "encoder._conv_stem.weight"
     stem = weights.get(stem_key)
     if stem is None:

@@ -34,6 +34,7 @@ from ..backend.atomic import atomic_path
 from ..backend.callbacks import CancelCallback, ProgressCallback
 from ..backend.errors import CancelledError, InputError, OutputExistsError
 from ..backend.models.cards import ModelCard, metric_entry
+from ..backend.models.networks import ARCHITECTURES, architecture_name, create_network
 from ..backend.models.registry import load_model
 from ..backend.store.dataset import StoredDataset, open_dataset
 from .augment import make_augmentation
@@ -42,7 +43,7 @@ from .data import WindowDataset, make_sampler, split_scenes, store_normalization
 from .export import load_checkpoint
 from .losses import create_loss
 from .metrics import confusion_matrix, metrics_from_confusion
-from .models import ARCHITECTURES, architecture_name, class_infos, create_model, import_onnx_unet
+from .models import class_infos, import_onnx_unet
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ def _initial_network(
     """Build the network: random, from a built-in ONNX model, or from a cloudseg checkpoint."""
     init = config.model.init
     if not init:
-        network = create_model(
+        network = create_network(
             config.model.architecture, len(bands), len(classes), config.model.encoder
         )
         return network, None

@@ -1,7 +1,8 @@
 """Torch networks for model cards: built from a card, loaded from a checkpoint, or imported.
 
 Three ways to a ``torch.nn.Module`` that the engine, training and export share:
-:func:`build_torch_model` (the architecture a card names, no weights),
+:func:`build_network` (the architecture a card names, no weights; the one factory,
+:func:`create_network`, is also what training builds new models with),
 :func:`load_torch_network` (a cloudseg torch checkpoint) and :func:`network_from_onnx`
 (the weights of an ONNX file exported from segmentation-models-pytorch, such as the
 built-in ukis-csmask U-Nets, loaded into the same smp network). The import is what
@@ -25,28 +26,85 @@ from .registry import Model
 UNUSED_ENCODER_HEAD = ("encoder._conv_head.", "encoder._bn1.")
 
 
-def build_torch_model(card: ModelCard) -> Any:
-    """Create the segmentation-models-pytorch network a card describes (no weights).
+#: Architectures training offers (smp's spelling), each with a sensible default encoder
+#: (Segformer's own Mix Transformer; resnet34 elsewhere). A card may name any other
+#: architecture segmentation-models-pytorch knows.
+ARCHITECTURES: dict[str, str] = {
+    "Unet": "resnet34",
+    "UnetPlusPlus": "resnet34",
+    "FPN": "resnet34",
+    "DeepLabV3Plus": "resnet34",
+    "PSPNet": "resnet34",
+    "Segformer": "mit_b0",
+}
+
+
+def architecture_name(name: str) -> str:
+    """Return the canonical spelling of an architecture name (case-insensitive).
 
     Raises:
-        ModelError: If the card's architecture is not one smp knows.
+        ModelError: For an unknown name, listing the valid ones.
+    """
+    for known in ARCHITECTURES:
+        if known.lower() == name.lower().replace("-", "").replace("_", ""):
+            return known
+    raise ModelError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+
+
+def create_network(
+    architecture: str, in_channels: int, classes: int, encoder: str | None = None
+) -> Any:
+    """Build a segmentation-models-pytorch network with random weights: the one factory.
+
+    Args:
+        architecture: One of :data:`ARCHITECTURES` (any case), or another architecture
+            smp knows.
+        in_channels: Number of input bands.
+        classes: Number of output classes.
+        encoder: smp encoder name; the architecture's default when None.
+
+    Returns:
+        The ``torch.nn.Module``; it returns logits of shape (N, classes, H, W).
+
+    Raises:
+        ModelError: For an unknown architecture or encoder, listing valid names.
     """
     import segmentation_models_pytorch as smp
 
-    arch = card.architecture.get("name", "")
-    encoder = card.architecture.get("encoder", "resnet34")
     try:
-        return smp.create_model(
-            arch,
-            encoder_name=encoder,
-            encoder_weights=None,
-            in_channels=len(card.bands),
-            classes=len(card.classes),
-        )
-    except (KeyError, ValueError) as exc:
+        arch = architecture_name(architecture)
+    except ModelError:
+        if architecture.lower() not in smp.MODEL_ARCHITECTURES_MAPPING:
+            raise
+        arch = architecture
+    encoder = encoder or ARCHITECTURES.get(arch, "resnet34")
+    if encoder not in smp.encoders.get_encoder_names():
         raise ModelError(
-            f"model {card.name}: cannot build {arch!r} with encoder {encoder!r}: {exc}"
-        ) from exc
+            f"unknown encoder {encoder!r}; e.g. resnet18, resnet34, efficientnet-b4, "
+            "mit_b0 (all: segmentation_models_pytorch.encoders.get_encoder_names())"
+        )
+    if in_channels < 1 or classes < 2:
+        raise ModelError("a model needs at least 1 input band and 2 classes")
+    return smp.create_model(
+        arch, encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=classes
+    )
+
+
+def build_network(card: ModelCard) -> Any:
+    """Create the network a card describes (random weights), with :func:`create_network`.
+
+    Raises:
+        ModelError: If the card's architecture or encoder is not one smp knows.
+    """
+    try:
+        return create_network(
+            card.architecture.get("name", ""),
+            len(card.bands),
+            len(card.classes),
+            card.architecture.get("encoder"),
+        )
+    except ModelError as exc:
+        raise ModelError(f"model {card.name}: {exc}") from exc
 
 
 def load_torch_network(model: Model) -> Any:
@@ -61,7 +119,7 @@ def load_torch_network(model: Model) -> Any:
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise ModelError(f"{model.path}: expected a state dict (or {{'state_dict': ...}})")
-    network = build_torch_model(model.card)
+    network = build_network(model.card)
     try:
         network.load_state_dict(state)
     except RuntimeError as exc:
@@ -134,7 +192,7 @@ def network_from_onnx(model: Model) -> Any:
             f"model {model.card.name} cannot run in torch: only ONNX exports of smp U-Nets "
             "with an EfficientNet encoder can be imported"
         )
-    network = build_torch_model(model.card)
+    network = build_network(model.card)
     weights = onnx_weights(model.path)
     if "segmentation_head.0.weight" not in weights:
         raise ModelError(f"{model.path.name} does not hold smp U-Net weights")

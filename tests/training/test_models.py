@@ -11,8 +11,9 @@ import torch
 
 from cloudseg.backend.errors import BandError, ModelError
 from cloudseg.backend.inference.onnxgraph import onnx_as_float32
+from cloudseg.backend.models.networks import ARCHITECTURES, create_network
 from cloudseg.backend.models.registry import load_model
-from cloudseg.training.models import ARCHITECTURES, create_model, import_onnx_unet
+from cloudseg.training.models import import_onnx_unet
 
 
 def _real_tile(real_data, card) -> np.ndarray:
@@ -82,7 +83,7 @@ def test_import_rejects_unknown_bands_and_non_onnx_models(tmp_path):
 
 @pytest.mark.parametrize("architecture", list(ARCHITECTURES))
 def test_factory_builds_every_architecture_for_any_band_count(architecture):
-    network = create_model(architecture.lower(), in_channels=5, classes=3).eval()
+    network = create_network(architecture.lower(), in_channels=5, classes=3).eval()
     with torch.inference_mode():
         out = network(torch.zeros(2, 5, 64, 64))
     assert out.shape == (2, 3, 64, 64)
@@ -92,6 +93,6 @@ def test_unknown_architecture_lists_the_valid_ones():
     with pytest.raises(
         ModelError, match="Unet, UnetPlusPlus, FPN, DeepLabV3Plus, PSPNet, Segformer"
     ):
-        create_model("TransUNet", 3, 2)
+        create_network("TransUNet", 3, 2)
     with pytest.raises(ModelError, match="unknown encoder 'resnet9000'"):
-        create_model("Unet", 3, 2, encoder="resnet9000")
+        create_network("Unet", 3, 2, encoder="resnet9000")

@@ -74,9 +74,9 @@ def test_checkpoint_reloads_to_identical_outputs(trained_run, cs12_store):
     best = torch.load(result.best_checkpoint, map_location="cpu", weights_only=False)
     state = {k.removeprefix("network."): v for k, v in best["state_dict"].items()}
     state = {k: v for k, v in state.items() if not k.startswith("loss.")}
-    from cloudseg.training.models import create_model
+    from cloudseg.backend.models.networks import create_network
 
-    again = create_model("Unet", 3, 3, "resnet18")
+    again = create_network("Unet", 3, 3, "resnet18")
     again.load_state_dict(state)
     x = torch.randn(2, 3, 128, 128)
     with torch.inference_mode():

@@ -34,6 +34,7 @@ import numpy as np
 from benchmark_common import write_results
 
 from cloudseg.backend._version import __version__
+from cloudseg.backend.inference.options import RunOptions
 from cloudseg.backend.inference.runners import openvino_bf16_problem
 from cloudseg.backend.models.cards import metric_entry
 from cloudseg.backend.models.registry import CARDS_DIR, builtin_models, load_model
@@ -161,7 +162,7 @@ def csmask_row(scene: LabeledScene, bands: int, level: str) -> dict[str, Any]:
 
 def engine_row(model: str, scene: LabeledScene, config: Config) -> dict[str, Any]:
     """One configuration of the engine on one scene."""
-    options = {"product_level": scene.product_level} | config.options
+    options = RunOptions(**({"product_level": scene.product_level} | config.options))
     evaluation = evaluate_rasters(
         model, [scene.image], [scene.labels], label_classes=list(CLASSES), options=options
     )
@@ -227,7 +228,7 @@ def offset_study(scenes: list[LabeledScene], models: list[str], work: Path) -> l
                             [crop],
                             [crop_labels],
                             label_classes=list(CLASSES),
-                            options={"precision": "fp32", **options},
+                            options=RunOptions(precision="fp32", **options),
                         )
                         ious.append([evaluation.metrics["per_class"][c]["iou"] for c in CLASSES])
                 values = np.array(ious)

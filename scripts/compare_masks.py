@@ -36,7 +36,7 @@ from pathlib import Path
 try:
     from cloudseg.backend import SegmentOptions, segment
 except ImportError:  # commits before the public API in cloudseg.backend
-    from cloudseg.backend.inference.segment import SegmentOptions, segment
+    from cloudseg.backend.segment import SegmentOptions, segment
 import cloudseg
 jobs = json.loads(sys.argv[1])
 for job in jobs:

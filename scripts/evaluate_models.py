@@ -25,6 +25,7 @@ from pathlib import Path
 from benchmark_common import write_results
 
 from cloudseg.backend.errors import BandError
+from cloudseg.backend.inference.options import RunOptions
 from cloudseg.backend.models.registry import builtin_models, load_model
 from cloudseg.backend.store.ingest import ingest
 from cloudseg.training.evaluate import evaluate_store
@@ -64,8 +65,8 @@ def main() -> None:
         for level in ("clear", "almost-clear", "low-cloudy", "mid-cloudy", "cloudy")
     ]
     datasets = {
-        "cloudsen12 ROI_2507 (held out)": (cs12, held_out, {"resolution": "model"}),
-        "ukis Landsat-5/7 chips": (landsat, None, {"resolution": "native"}),
+        "cloudsen12 ROI_2507 (held out)": (cs12, held_out, RunOptions(precision="fp32")),
+        "ukis Landsat-5/7 chips": (landsat, None, RunOptions(precision="fp32")),
     }
     models = [m.card.name for m in builtin_models()] + [str(p) for p in args.finetuned]
     rows = []

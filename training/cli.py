@@ -59,18 +59,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..backend.inference.options import RunOptions
     from ..backend.raster.bands import parse_band_list
     from .data import parse_class_map
     from .evaluate import evaluate_rasters, evaluate_store
 
-    options = {
-        "resolution": args.resolution,
-        "device": args.device,
-        "tta": args.tta,
-        "precision": args.precision,
-    }
-    if args.bands:
-        options["bands"] = parse_band_list(args.bands)
+    options = RunOptions(
+        resolution=args.resolution,
+        device=args.device,
+        tta=args.tta,
+        precision=args.precision,
+        bands=parse_band_list(args.bands) if args.bands else None,
+    )
     class_map = parse_class_map(args.class_map)
     with percent_bar(args.quiet) as bar:
         progress = bar_progress(bar)

@@ -1,19 +1,20 @@
 """Evaluate a model on labeled data: an ingested store's scenes, or rasters with labels.
 
-Predictions come from the same engine analysts run (:func:`cloudseg.backend.inference.segment`):
-tiling, blending, resampling to the model's resolution and back, scaling. A store scene
-is written to a temporary GeoTIFF with its CRS, transform and band names first, so a
-model is judged exactly as it will behave in QGIS. Reference classes are mapped to the
-model's classes by name (``thick cloud`` and ``thin cloud`` -> ``cloud``) unless a
-mapping is given; unmapped and unlabeled pixels are ignored.
+Predictions come from the same engine analysts run, in memory
+(:func:`cloudseg.backend.inference.engine.predict`): tiling, blending, resampling to the
+model's resolution and back, scaling. A store scene is read into memory with its bands,
+pixel size and scale and goes to the engine as an array; a raster goes to it through
+the same reader ``cloudseg segment`` uses. Nothing is written to evaluate, and the model
+is loaded once for all scenes. Reference classes are mapped to the model's classes by
+name (``thick cloud`` and ``thin cloud`` -> ``cloud``) unless a mapping is given;
+unmapped and unlabeled pixels are ignored.
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,20 @@ import numpy as np
 
 from ..backend.callbacks import CancelCallback, ProgressCallback
 from ..backend.errors import CancelledError, InputError
-from ..backend.inference.segment import SegmentOptions, segment
+from ..backend.inference.engine import ArrayScene, predict
+from ..backend.inference.options import RunOptions
+from ..backend.inference.runners import Runner, create_runner
 from ..backend.models.registry import load_model
+from ..backend.raster.bands import canonical_band
+from ..backend.raster.reader import guess_scale, open_scene
 from .data import lookup_table, map_classes
 from .metrics import confusion_matrix, metrics_from_confusion, write_report
+
+#: What evaluation runs with unless told otherwise: the model itself, in float32.
+DEFAULT_OPTIONS = RunOptions(precision="fp32")
+#: A scene to evaluate: it returns the input (an array, or a file for the reader), the
+#: reference (source class values, 255 unlabeled) and what to call the reference.
+Prepare = Callable[[], tuple["ArrayScene | Path", np.ndarray, str]]
 
 
 @dataclass
@@ -49,46 +60,34 @@ class Evaluation:
         return data
 
 
-def _predict(
-    image: Path, model: str, folder: Path, options: dict[str, Any]
-) -> tuple[np.ndarray, str]:
-    import rasterio
-
-    output = folder / f"{image.stem}.classes.tif"
-    # Metrics are of the model itself: float32 unless the caller asks for another precision.
-    options = {"precision": "fp32"} | options
-    result = segment(image, output, SegmentOptions(model=model, overwrite=True, **options))
-    with rasterio.open(output) as ds:
-        classes = ds.read(1)
-    output.unlink()
-    return classes, result.runner
+def _classes(source: ArrayScene | Path, options: RunOptions, runner: Runner) -> np.ndarray:
+    """The class raster of one input, predicted in memory."""
+    if isinstance(source, ArrayScene):
+        return predict(source, options, runner).classes()
+    with open_scene(
+        source, options.bands, options.product_level, options.scale, options.offset
+    ) as reader:
+        return predict(reader, options, runner).classes()
 
 
-def _store_scene_to_tiff(dataset: Any, scene: str, path: Path) -> tuple[Path, np.ndarray]:
-    """Write a store scene as GeoTIFF (CRS, transform, band names); return it and its mask."""
-    import rasterio
-    from affine import Affine
+def _store_scene(dataset: Any, scene: str) -> tuple[ArrayScene, np.ndarray]:
+    """A store scene as reflectance in memory (bands, pixel size, scale) and its mask."""
+    from rasterio.crs import CRS
 
     image, mask = dataset.read(scene)
     props = dataset.item(scene).properties
-    crs = props.get("proj:code")
-    transform = (
-        Affine(*props["proj:transform"]) if props.get("proj:transform") else Affine.identity()
-    )
-    profile = {
-        "driver": "GTiff",
-        "height": image.shape[1],
-        "width": image.shape[2],
-        "count": image.shape[0],
-        "dtype": image.dtype.name,
-        "crs": crs,
-        "transform": transform,
-    }
-    with rasterio.open(path, "w", **profile) as ds:
-        ds.write(image)
-        for i, band in enumerate(dataset.bands, start=1):
-            ds.set_band_description(i, band)
-    return path, mask
+    # As the reader scales a file without declared scale: a decimated first band decides.
+    step = max(1, -(-max(image.shape[1:]) // 256))
+    scale, _ = guess_scale(image.dtype.name, image[0, ::step, ::step])
+    reflectance = image.astype(np.float32)
+    reflectance *= np.float32(scale)
+    resolution = None
+    if props.get("proj:code") and props.get("proj:transform"):
+        crs = CRS.from_user_input(props["proj:code"])
+        if crs.is_projected:
+            resolution = abs(float(props["proj:transform"][0])) * crs.linear_units_factor[1]
+    bands = [canonical_band(b) for b in dataset.bands]
+    return ArrayScene(reflectance, bands, resolution), mask
 
 
 def _scene_metrics(matrix: np.ndarray, names: list[str]) -> dict[str, Any]:
@@ -105,21 +104,22 @@ def _evaluate(
     model: str,
     source_classes: list[dict[str, Any]] | None,
     class_map: dict[str, str | None] | None,
-    scenes: list[tuple[str, Callable[[Path], tuple[Path, np.ndarray, str]]]],
+    scenes: list[tuple[str, Prepare]],
     out: str | Path | None,
-    options: dict[str, Any] | None,
+    options: RunOptions | None,
     progress: ProgressCallback | None,
     cancelled: CancelCallback | None,
 ) -> Evaluation:
-    """Segment each scene, map its reference to the model's classes and score it.
+    """Predict each scene, map its reference to the model's classes and score it.
 
-    Each scene is a name and a function that, given a temporary folder, returns the
-    image to segment, its reference (source class values, 255 unlabeled) and what to
-    call that reference in an error. Images written into the folder are removed after use.
+    Each scene is a name and a function that returns the input, its reference (source
+    class values, 255 unlabeled) and what to call that reference in an error.
     ``source_classes`` None means the reference holds the model's own classes.
     """
     started = time.perf_counter()
-    card = load_model(model).card
+    options = replace(options or DEFAULT_OPTIONS, model=model)
+    loaded = load_model(model)
+    card = loaded.card
     names = card.class_names()
     if source_classes is None:
         source_classes = [{"value": i, "name": n} for i, n in enumerate(names)]
@@ -127,34 +127,37 @@ def _evaluate(
     table = lookup_table(mapping)
     matrix = np.zeros((len(names), len(names)), dtype=np.int64)
     per_scene: dict[str, dict[str, Any]] = {}
-    runner = ""
-    with tempfile.TemporaryDirectory(prefix="cloudseg-eval-") as tmp:
-        for i, (name, prepare) in enumerate(scenes):
-            if cancelled and cancelled():
-                raise CancelledError("evaluation cancelled; nothing was written")
-            if progress:
-                progress(100.0 * i / len(scenes), f"scene {Path(name).name}")
-            image, reference, what = prepare(Path(tmp))
-            prediction, runner = _predict(image, model, Path(tmp), options or {})
-            if image.parent == Path(tmp):
-                image.unlink()
-            if reference.shape != prediction.shape:
-                raise InputError(
-                    f"{what} is {reference.shape[1]} x {reference.shape[0]} px but the "
-                    f"prediction of {name} is {prediction.shape[1]} x {prediction.shape[0]}"
-                )
-            scene_matrix = confusion_matrix(table[reference], prediction, len(names))
-            matrix += scene_matrix
-            per_scene[name] = _scene_metrics(scene_matrix, names)
+    tile, _ = options.tiling(card)
+    runner = create_runner(loaded, options.device, options.precision, options.runtime, tile)
+    for i, (name, prepare) in enumerate(scenes):
+        if cancelled and cancelled():
+            raise CancelledError("evaluation cancelled; nothing was written")
+        if progress:
+            progress(100.0 * i / len(scenes), f"scene {Path(name).name}")
+        source, reference, what = prepare()
+        prediction = _classes(source, options, runner)
+        if reference.shape != prediction.shape:
+            raise InputError(
+                f"{what} is {reference.shape[1]} x {reference.shape[0]} px but the "
+                f"prediction of {name} is {prediction.shape[1]} x {prediction.shape[0]}"
+            )
+        scene_matrix = confusion_matrix(table[reference], prediction, len(names))
+        matrix += scene_matrix
+        per_scene[name] = _scene_metrics(scene_matrix, names)
     by_name = {
         c["name"]: names[mapping[c["value"]]] for c in source_classes if c["value"] in mapping
     }
     metrics = metrics_from_confusion(matrix, names)
     evaluation = Evaluation(card.name, metrics, per_scene, round(time.perf_counter() - started, 2))
     evaluation.class_map = by_name
-    evaluation.runner = runner
+    evaluation.runner = runner.description
     if out is not None:
-        report = {"model": card.name, "runner": runner, "scenes": per_scene, "class_map": by_name}
+        report = {
+            "model": card.name,
+            "runner": runner.description,
+            "scenes": per_scene,
+            "class_map": by_name,
+        }
         evaluation.metrics_path, evaluation.confusion_png = write_report(
             metrics | report,
             Path(out),
@@ -170,7 +173,7 @@ def evaluate_store(
     out: str | Path | None = None,
     class_map: dict[str, str | None] | None = None,
     endpoint_url: str | None = None,
-    options: dict[str, Any] | None = None,
+    options: RunOptions | None = None,
     progress: ProgressCallback | None = None,
     cancelled: CancelCallback | None = None,
 ) -> Evaluation:
@@ -183,8 +186,8 @@ def evaluate_store(
         out: Folder for ``metrics.json`` and ``confusion.png``; nothing written when None.
         class_map: Store class name -> model class name (None: ignore).
         endpoint_url: S3 endpoint.
-        options: More :class:`SegmentOptions` fields (``resolution``, ``device``, ``tta``,
-            ``precision``: ``fp32`` unless given).
+        options: How to run the model (its ``model`` is set to ``model``); by default
+            :data:`DEFAULT_OPTIONS` (float32: the model itself).
         progress: Called with (percent, message) per scene.
         cancelled: Polled per scene.
 
@@ -198,10 +201,10 @@ def evaluate_store(
 
     dataset = open_dataset(store, endpoint_url)
 
-    def prepare(scene: str) -> Callable[[Path], tuple[Path, np.ndarray, str]]:
-        def run(tmp: Path) -> tuple[Path, np.ndarray, str]:
-            image, mask = _store_scene_to_tiff(dataset, scene, tmp / f"{scene}.tif")
-            return image, mask, f"the mask of {scene}"
+    def prepare(scene: str) -> Prepare:
+        def run() -> tuple[ArrayScene, np.ndarray, str]:
+            source, mask = _store_scene(dataset, scene)
+            return source, mask, f"the mask of {scene}"
 
         return run
 
@@ -225,7 +228,7 @@ def evaluate_rasters(
     label_classes: list[str] | None = None,
     out: str | Path | None = None,
     class_map: dict[str, str | None] | None = None,
-    options: dict[str, Any] | None = None,
+    options: RunOptions | None = None,
     progress: ProgressCallback | None = None,
     cancelled: CancelCallback | None = None,
 ) -> Evaluation:
@@ -238,7 +241,7 @@ def evaluate_rasters(
         label_classes: Names of the label values 0, 1, 2...; default the model's classes.
         out: Folder for ``metrics.json`` and ``confusion.png``.
         class_map: Label class name -> model class name (None: ignore).
-        options: More :class:`SegmentOptions` fields.
+        options: How to read the rasters and run the model (see :func:`evaluate_store`).
         progress: Called with (percent, message) per scene.
         cancelled: Polled per scene.
 
@@ -252,8 +255,8 @@ def evaluate_rasters(
             f"give one label raster per image ({len(images)} images, {len(labels)} labels)"
         )
 
-    def prepare(image: Path, label: Path) -> Callable[[Path], tuple[Path, np.ndarray, str]]:
-        def run(tmp: Path) -> tuple[Path, np.ndarray, str]:
+    def prepare(image: Path, label: Path) -> Prepare:
+        def run() -> tuple[Path, np.ndarray, str]:
             with rasterio.open(label) as ds:
                 values = np.ma.filled(ds.read(1, masked=True), 255)
             valid = np.isfinite(values) & (values >= 0) & (values < 255)

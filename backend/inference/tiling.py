@@ -1,7 +1,8 @@
 """Tiling and blending as pure geometry and arithmetic: no I/O, no models.
 
-Tiles cover the scene at a fixed stride, ``overlap`` pixels shared between neighbours;
-the last tile of a row or column may reach past the scene edge into mirrored padding.
+Tiles cover the scene at a fixed stride, ``overlap`` pixels shared between neighbours,
+from a mirrored margin of a fifth of a tile around the scene (:class:`TileLayout`);
+the last tile of a row or column may reach past the margin into more mirrored padding.
 Overlapping predictions are blended with weights that fall smoothly to a small
 positive floor at tile edges and are divided by their sum, so a model that predicts
 a constant gives exactly that constant, with no seam at tile edges.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -37,6 +39,15 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     step = tile - overlap
     count = math.ceil((length - tile) / step) + 1
     return [i * step for i in range(count)]
+
+
+def scene_margin(tile: int) -> int:
+    """The mirrored margin around the scene: a fifth of a tile.
+
+    Border pixels are then predicted with context, not at the weak edge of a tile (as
+    ukis-csmask does).
+    """
+    return tile // 5
 
 
 def padded_extent(length: int, margin: int, tile: int, overlap: int) -> int:
@@ -146,3 +157,62 @@ class RowBlender:
         self._base = end
         self._index += 1
         return first, blended
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """Tiles over a ``height`` x ``width`` scene with a mirrored margin around it.
+
+    Tile rows are fed to a :class:`RowBlender` over :attr:`grid` (the scene plus its
+    margins); :meth:`rows_of` says which scene rows a tile row needs, :meth:`pad`
+    mirrors a strip of them out to the tile row's full extent, and :meth:`crop` turns a
+    finished block of blended rows back into scene rows and columns.
+    """
+
+    height: int
+    width: int
+    tile: int
+    overlap: int
+
+    @property
+    def margin(self) -> int:
+        """The mirrored margin on each side (:func:`scene_margin`)."""
+        return scene_margin(self.tile)
+
+    @cached_property
+    def grid(self) -> TileGrid:
+        """The tiles over the scene and its margins."""
+        margin = self.margin
+        return TileGrid(
+            padded_extent(self.height, margin, self.tile, self.overlap),
+            padded_extent(self.width, margin, self.tile, self.overlap),
+            self.tile,
+            self.overlap,
+        )
+
+    def rows_of(self, tile_row: int) -> tuple[int, int, int]:
+        """Where a tile row (starting at grid row ``tile_row``) lies in the scene.
+
+        Returns:
+            ``(top, r0, r1)``: its first scene row (negative inside the top margin) and
+            the scene rows ``r0..r1`` it covers.
+        """
+        top = tile_row - self.margin
+        return top, max(top, 0), min(top + self.tile, self.height)
+
+    def pad(self, strip: np.ndarray, top: int, r0: int, r1: int) -> np.ndarray:
+        """Mirror a ``(bands, r1 - r0, width)`` strip out to its tile row's extent."""
+        pad_right = self.grid.cols[-1] + self.tile - self.margin - self.width
+        return np.pad(
+            strip,
+            ((0, 0), (r0 - top, top + self.tile - r1), (self.margin, pad_right)),
+            mode="symmetric",
+        )
+
+    def crop(self, first: int, block: np.ndarray) -> tuple[int, np.ndarray] | None:
+        """Scene rows of a blended block from grid row ``first``: ``(row, block)`` or None."""
+        margin = self.margin
+        lo, hi = max(first, margin), min(first + block.shape[1], margin + self.height)
+        if hi <= lo:
+            return None
+        return lo - margin, block[:, lo - first : hi - first, margin : margin + self.width]

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_path, remove
+from ..atomic import cleanup_on_failure, remove, temporary_sibling
 
 
 def block_profile(
@@ -23,19 +23,24 @@ def block_profile(
     }  # fmt: skip
 
 
-def publish_cog(source: Path, target: Path, overview_resampling: str) -> None:
-    """Copy a finished GeoTIFF into a Cloud-Optimized GeoTIFF and rename it to ``target``.
+def to_cog(source: Path, target: Path, overview_resampling: str) -> Path:
+    """Copy a finished GeoTIFF into a Cloud-Optimized GeoTIFF beside ``target``.
 
-    The rename is atomic; ``source`` is removed afterwards.
+    The COG gets a hidden temporary name; the caller renames it onto ``target`` when
+    every output of the run is ready (or removes it). ``source`` is removed.
 
     Args:
         source: The finished temporary GeoTIFF.
-        target: The final path (replaced if it exists).
+        target: Where the COG will go.
         overview_resampling: ``"NEAREST"`` for classes, ``"AVERAGE"`` for probabilities.
+
+    Returns:
+        The temporary COG.
     """
     import rasterio.shutil
 
-    with atomic_path(target, "cog") as staged:
+    staged = temporary_sibling(target, "cog")
+    with cleanup_on_failure(staged):
         rasterio.shutil.copy(
             str(source),
             str(staged),
@@ -47,6 +52,7 @@ def publish_cog(source: Path, target: Path, overview_resampling: str) -> None:
             NUM_THREADS="ALL_CPUS",
         )
     remove(source)
+    return staged
 
 
 class BlockRowWriter:

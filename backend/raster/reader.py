@@ -329,19 +329,31 @@ def _same_extent(a: Any, b: Any, tolerance: float) -> bool:
     return all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
 
 
-def _default_scale(path: str, dtype: str) -> tuple[float, str]:
-    """Guess the DN scale of a raster that does not declare one."""
+def guess_scale(dtype: str, sample: np.ndarray | None = None) -> tuple[float, str]:
+    """Reflectance per stored value for data that does not declare it, and why.
+
+    Integers are Sentinel-2 digital numbers (reflectance x 10000). Floating-point data
+    is reflectance 0-1 when the 99th percentile of ``sample`` (finite values of the
+    first band, decimated) is at most 2, else reflectance x 10000.
+    """
     if dtype.startswith(("uint", "int")):
         return S2_DN_SCALE, "integer digital numbers, reflectance x 10000"
-    import rasterio
-
-    with rasterio.open(path) as ds:
-        sample = ds.read(1, out_shape=(min(ds.height, 256), min(ds.width, 256)), masked=True)
-    values = sample.compressed()
+    values = np.asarray(sample if sample is not None else [], dtype=np.float64).ravel()
     values = values[np.isfinite(values)]
     if values.size and float(np.percentile(values, 99)) <= 2.0:
         return 1.0, "floating point reflectance 0-1"
     return S2_DN_SCALE, "floating point reflectance x 10000"
+
+
+def _default_scale(path: str, dtype: str) -> tuple[float, str]:
+    """Guess the DN scale of a raster file that does not declare one."""
+    if dtype.startswith(("uint", "int")):
+        return guess_scale(dtype)
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        sample = ds.read(1, out_shape=(min(ds.height, 256), min(ds.width, 256)), masked=True)
+    return guess_scale(dtype, sample.compressed())
 
 
 def _sources_from_multiband(

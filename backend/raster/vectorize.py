@@ -48,14 +48,39 @@ def polygonize(
 
     Raises:
         InputError: If the raster has no cloudseg class list or a class name is unknown.
+        OutputExistsError: If the output exists and ``overwrite`` is False.
+    """
+    output = Path(output_path).expanduser()
+    check_target(output, overwrite)
+    with atomic_path(output, tag="part.gpkg") as tmp:
+        counts = write_polygons(mask_path, tmp, classes, min_area_m2, progress)
+    logger.info("polygons written to %s: %s", output, counts)
+    return counts
+
+
+def write_polygons(
+    mask_path: str | Path,
+    gpkg_path: Path,
+    classes: list[str] | None = None,
+    min_area_m2: float = 0.0,
+    progress: ProgressCallback | None = None,
+) -> dict[str, int]:
+    """Write the polygons of a class raster into ``gpkg_path`` as it is (no rename).
+
+    See :func:`polygonize`, which writes through a temporary name; callers that publish
+    several outputs together write into their own temporary path with this.
+
+    Returns:
+        Number of polygons written per class name.
+
+    Raises:
+        InputError: If the raster has no cloudseg class list or a class name is unknown.
     """
     import rasterio
     from osgeo import ogr, osr
     from rasterio.features import shapes
 
     progress = progress or no_progress
-    output = Path(output_path).expanduser()
-    check_target(output, overwrite)
     with rasterio.open(mask_path) as ds:
         tag = ds.tags().get("CLOUDSEG_CLASSES")
         if not tag:
@@ -75,36 +100,34 @@ def polygonize(
     progress(10.0, "tracing polygons")
     keep = np.isin(data, values)
     counts = dict.fromkeys(wanted, 0)
-    with atomic_path(output, tag="part.gpkg") as tmp:
-        driver = ogr.GetDriverByName("GPKG")
-        dataset = driver.CreateDataSource(str(tmp))
-        if dataset is None:
-            raise InputError(f"cannot create a GeoPackage at {output}")
-        srs = None
-        if crs is not None:
-            srs = osr.SpatialReference()
-            srs.ImportFromWkt(crs.to_wkt())
-            srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        layer = dataset.CreateLayer(LAYER_NAME, srs, ogr.wkbMultiPolygon)
-        for name, kind in (("class", ogr.OFTInteger), ("name", ogr.OFTString)):
-            layer.CreateField(ogr.FieldDefn(name, kind))
-        layer.CreateField(ogr.FieldDefn("area_m2", ogr.OFTReal))
-        definition = layer.GetLayerDefn()
-        layer.StartTransaction()
-        for geometry, value in shapes(data, mask=keep, transform=transform, connectivity=8):
-            polygon = ogr.CreateGeometryFromJson(json.dumps(geometry))
-            area = polygon.GetArea()
-            if area < min_area_m2:
-                continue
-            feature = ogr.Feature(definition)
-            feature.SetField("class", int(value))
-            feature.SetField("name", names[int(value)])
-            feature.SetField("area_m2", float(area))
-            feature.SetGeometry(ogr.ForceToMultiPolygon(polygon))
-            layer.CreateFeature(feature)
-            counts[names[int(value)]] += 1
-        layer.CommitTransaction()
-        dataset = None  # closes and flushes the GeoPackage
+    driver = ogr.GetDriverByName("GPKG")
+    dataset = driver.CreateDataSource(str(gpkg_path))
+    if dataset is None:
+        raise InputError(f"cannot create a GeoPackage at {gpkg_path}")
+    srs = None
+    if crs is not None:
+        srs = osr.SpatialReference()
+        srs.ImportFromWkt(crs.to_wkt())
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    layer = dataset.CreateLayer(LAYER_NAME, srs, ogr.wkbMultiPolygon)
+    for name, kind in (("class", ogr.OFTInteger), ("name", ogr.OFTString)):
+        layer.CreateField(ogr.FieldDefn(name, kind))
+    layer.CreateField(ogr.FieldDefn("area_m2", ogr.OFTReal))
+    definition = layer.GetLayerDefn()
+    layer.StartTransaction()
+    for geometry, value in shapes(data, mask=keep, transform=transform, connectivity=8):
+        polygon = ogr.CreateGeometryFromJson(json.dumps(geometry))
+        area = polygon.GetArea()
+        if area < min_area_m2:
+            continue
+        feature = ogr.Feature(definition)
+        feature.SetField("class", int(value))
+        feature.SetField("name", names[int(value)])
+        feature.SetField("area_m2", float(area))
+        feature.SetGeometry(ogr.ForceToMultiPolygon(polygon))
+        layer.CreateFeature(feature)
+        counts[names[int(value)]] += 1
+    layer.CommitTransaction()
+    dataset = None  # closes and flushes the GeoPackage
     progress(100.0, f"{sum(counts.values())} polygons")
-    logger.info("polygons written to %s: %s", output, counts)
     return counts

@@ -278,21 +278,21 @@ Unlabeled pixels (nodata, 255) are ignored."""
         scenes = self.parameterAsString(parameters, self.SCENES, context)
         label_classes = self.parameterAsString(parameters, self.LABEL_CLASSES, context)
         bands = self.parameterAsString(parameters, self.BANDS, context)
-        options: dict[str, Any] = {
-            "resolution": self.parameterAsEnumString(parameters, self.RESOLUTION, context)
-        }
-        common = {
+        common: dict[str, Any] = {
             "out": out,
-            "options": options,
             "progress": lambda pct, msg: self.report_progress(feedback, pct, msg),
             "cancelled": feedback.isCanceled,
         }
         with backend_errors():
-            if bands:
-                from ...backend.raster.bands import parse_band_list
-
-                options["bands"] = parse_band_list(bands)
+            from ...backend.inference.options import RunOptions
+            from ...backend.raster.bands import parse_band_list
             from ...training.data import parse_class_map
+
+            common["options"] = RunOptions(
+                precision="fp32",  # metrics of the model itself
+                resolution=self.parameterAsEnumString(parameters, self.RESOLUTION, context),
+                bands=parse_band_list(bands) if bands else None,
+            )
 
             class_map = self.parameterAsString(parameters, self.CLASS_MAP, context)
             common["class_map"] = parse_class_map(

@@ -174,7 +174,7 @@ def test_nodata_pixels_stay_nodata(band_folder, tmp_path, resolution, marked_by)
 
 def test_block_means_equal_gdals_average_resampling(band_folder, tmp_path):
     """A 10 m input runs at 30 m through k x k block means: the same as GDAL's average."""
-    from cloudseg.backend.inference.segment import block_nanmean
+    from cloudseg.backend.inference.resample import block_nanmean
     from cloudseg.backend.raster.reader import open_scene
 
     chip = stack_bands(band_folder, tmp_path / "c.tif", BANDS, nodata=0)
@@ -196,7 +196,7 @@ def test_block_means_equal_gdals_average_resampling(band_folder, tmp_path):
 
 
 def test_argmax_classes_is_argmax_with_ties_to_the_lower_class():
-    from cloudseg.backend.inference.segment import argmax_classes
+    from cloudseg.backend.inference.resample import argmax_classes
 
     rng = np.random.default_rng(0)
     probs = rng.random((3, 64, 64), dtype=np.float32).round(1)  # many ties

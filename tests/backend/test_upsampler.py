@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cloudseg.backend.inference.segment import ModelGrid, Upsampler
+from cloudseg.backend.inference.resample import ModelGrid, Upsampler
 
 
 def upsample(grid, out_shape, data, splits):

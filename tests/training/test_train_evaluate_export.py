@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from cloudseg.backend.errors import CancelledError, InputError, OutputExistsError
+from cloudseg.backend.inference.options import RunOptions
 from cloudseg.backend.inference.runners import create_runner
 from cloudseg.backend.models.registry import load_model
 from cloudseg.training.config import Config
@@ -136,7 +137,7 @@ def test_evaluation_on_a_store_matches_evaluation_on_the_rasters(
         [patch / "S2L1C.tif"],
         [label],
         label_classes=CS12_CLASSES.split(","),
-        options={"bands": ["B02", "B03", "B04"]},
+        options=RunOptions(precision="fp32", bands=["B02", "B03", "B04"]),
     )
     assert on_store.metrics["confusion_matrix"] == on_rasters.metrics["confusion_matrix"]
     with rasterio.open(label) as ds:

@@ -1,0 +1,320 @@
+"""The engine's core: reflectance in, blended class probabilities out, tile row by tile row.
+
+:func:`scene_rows` streams a scene (a :class:`~cloudseg.backend.raster.reader.SceneReader`
+or an array in memory) through the model: strips of reflectance on the model's grid
+are normalised, mirrored at the edges, cut into tiles, run in batches (optionally with
+TTA), blended, brought back to the input grid and yielded row block by row block with
+their nodata masks. :func:`cloudseg.backend.inference.segment.segment` writes those
+rows to files; :func:`predict` collects them in memory, for evaluation, uncertainty,
+active learning and explanations. Both give the same probabilities for the same input.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ..callbacks import CancelCallback, ProgressCallback, never_cancelled, no_progress
+from ..errors import BandError, CancelledError, InputError
+from ..models.cards import ModelCard
+from ..models.registry import Model, choose_model, load_model
+from ..raster.reader import SceneReader
+from .options import RunOptions
+from .resample import ModelGrid, RowMasks, Upsampler, argmax_classes, block_nanmean
+from .runners import Runner, create_runner
+from .tiling import RowBlender, TileLayout
+
+logger = logging.getLogger(__name__)
+
+#: Class raster value of pixels without data.
+NODATA = 255
+
+
+# -- where strips come from --------------------------------------------------------------
+class Scene(Protocol):
+    """An input the engine can read strips of reflectance from (NaN where no data)."""
+
+    height: int
+    width: int
+
+    def read_native(self, bands: list[str], row: int, n: int, width: int) -> np.ndarray:
+        """Rows ``row..row + n`` of the input grid, ``width`` columns (NaN past the edges)."""
+        ...
+
+    def read_resampled(self, bands: list[str], grid: ModelGrid, r0: int, r1: int) -> np.ndarray:
+        """Model-grid rows ``r0..r1`` for a factor that is not a whole number."""
+        ...
+
+
+class ReaderScene:
+    """A scene read by window from files, through GDAL (see :class:`SceneReader`)."""
+
+    def __init__(self, reader: SceneReader) -> None:
+        self.reader = reader
+        self.height, self.width = reader.height, reader.width
+
+    def read_native(self, bands: list[str], row: int, n: int, width: int) -> np.ndarray:
+        """See :class:`Scene`."""
+        return self.reader.read(bands, row, 0, n, width)
+
+    def read_resampled(self, bands: list[str], grid: ModelGrid, r0: int, r1: int) -> np.ndarray:
+        """See :class:`Scene`: GDAL's average resampling."""
+        f = grid.factor
+        return self.reader.read(
+            bands, r0 * f, 0, (r1 - r0) * f, grid.width * f, out_shape=(r1 - r0, grid.width)
+        )
+
+
+class ArrayScene:
+    """Reflectance already in memory: ``(bands, rows, cols)`` float32, NaN where no data.
+
+    Args:
+        reflectance: The image, its bands named by ``bands``.
+        bands: Canonical band names of the image's bands, in order.
+        resolution_m: Pixel size in metres (needed for ``resolution="preview"`` only).
+    """
+
+    def __init__(
+        self, reflectance: np.ndarray, bands: list[str], resolution_m: float | None = None
+    ) -> None:
+        if reflectance.ndim != 3 or reflectance.shape[0] != len(bands):
+            raise InputError(
+                f"expected reflectance of shape (bands, rows, cols) with {len(bands)} bands, "
+                f"got {reflectance.shape}"
+            )
+        self.reflectance = reflectance.astype(np.float32, copy=False)
+        self.bands = list(bands)
+        self.resolution_m = resolution_m
+        self.height, self.width = reflectance.shape[1:]
+
+    def read_native(self, bands: list[str], row: int, n: int, width: int) -> np.ndarray:
+        """See :class:`Scene`."""
+        missing = [b for b in bands if b not in self.bands]
+        if missing:
+            raise BandError(f"the image has no band(s) {', '.join(missing)}")
+        out = np.full((len(bands), n, width), np.nan, dtype=np.float32)
+        rows = slice(max(row, 0), min(row + n, self.height))
+        if rows.stop > rows.start:
+            cols = min(width, self.width)
+            index = [self.bands.index(b) for b in bands]
+            out[:, rows.start - row : rows.stop - row, :cols] = self.reflectance[index, rows, :cols]
+        return out
+
+    def read_resampled(self, bands: list[str], grid: ModelGrid, r0: int, r1: int) -> np.ndarray:
+        """See :class:`Scene`: not offered for arrays."""
+        raise InputError(
+            f"the model's resolution is {grid.factor:g} times the image's pixel size, not a "
+            "whole multiple; run on the native grid, or read the image from a file"
+        )
+
+
+class _Strips:
+    """Model-grid strips of a scene, and the nodata mask of every input row read.
+
+    A whole factor (10 m input, 30 m model) reads input rows once and averages k x k
+    blocks: GDAL's average resampling was the slowest step of a run, and the input rows
+    also give the nodata mask. Other factors let the scene resample, and nodata rows are
+    read again at the input's resolution when asked for.
+    """
+
+    def __init__(self, scene: Scene, bands: list[str], grid: ModelGrid) -> None:
+        self.scene, self.bands, self.grid = scene, bands, grid
+        self.k = grid.block_factor
+        self.masks = RowMasks() if grid.factor == 1 or self.k else None
+
+    def strip(self, r0: int, r1: int) -> np.ndarray:
+        """Reflectance of model-grid rows ``r0..r1`` (NaN where no data)."""
+        grid, k = self.grid, self.k
+        if k:
+            native = self.scene.read_native(self.bands, r0 * k, (r1 - r0) * k, grid.width * k)
+            nan = np.isnan(native)
+            self.masks.add(r0 * k, nan[:, :, : self.scene.width].any(axis=0))
+            return block_nanmean(native, k, nan)
+        if grid.factor == 1:
+            strip = self.scene.read_native(self.bands, r0, r1 - r0, grid.width)
+            self.masks.add(r0, np.isnan(strip).any(axis=0))
+            return strip
+        return self.scene.read_resampled(self.bands, grid, r0, r1)
+
+    def nodata(self, row: int, n: int) -> np.ndarray:
+        """Which pixels of input rows ``row..row + n`` have no data."""
+        if self.masks is not None:
+            return self.masks.take(row, n)
+        native = self.scene.read_native(self.bands, row, n, self.scene.width)
+        return np.isnan(native).any(axis=0)
+
+
+# -- the model over strips ------------------------------------------------------------------
+def _predict_tiles(runner: Runner, tiles: np.ndarray, tta: bool) -> np.ndarray:
+    if not tta:
+        return runner(tiles)
+    total = runner(tiles)
+    total += runner(np.ascontiguousarray(tiles[..., ::-1]))[..., ::-1]
+    total += runner(np.ascontiguousarray(tiles[..., ::-1, :]))[..., ::-1, :]
+    total += np.rot90(runner(np.ascontiguousarray(np.rot90(tiles, 1, (2, 3)))), -1, (2, 3))
+    return total / 4
+
+
+def scene_rows(
+    scene: Scene,
+    grid: ModelGrid,
+    card: ModelCard,
+    runner: Runner,
+    options: RunOptions,
+    progress: ProgressCallback = no_progress,
+    cancelled: CancelCallback = never_cancelled,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Stream a scene through the model, in row order.
+
+    Yields:
+        ``(row, probabilities, nodata)``: input-grid rows ``row..row + n`` as
+        ``(classes, n, width)`` float32 blended probabilities and an ``(n, width)``
+        nodata mask. Progress goes from 0 to 98 %.
+
+    Raises:
+        CancelledError: When ``cancelled()`` returns True (polled once per batch).
+    """
+    tile, overlap = options.tiling(card)
+    layout = TileLayout(grid.height, grid.width, tile, overlap)
+    blender = RowBlender(layout.grid, len(card.classes))
+    upsampler = Upsampler(grid, scene.height, scene.width)
+    strips = _Strips(scene, list(card.bands), grid)
+    mean = np.asarray(card.normalization["mean"], dtype=np.float32)[:, None, None]
+    std = np.asarray(card.normalization["std"], dtype=np.float32)[:, None, None]
+    cols = layout.grid.cols
+    total, done = len(layout.grid), 0
+    batch_size = options.batch_size or runner.default_batch
+    for tile_row in layout.grid.rows:
+        top, r0, r1 = layout.rows_of(tile_row)
+        strip = strips.strip(r0, r1)
+        missing = np.isnan(strip)
+        strip = (strip - mean) / std
+        strip[missing] = 0.0
+        strip = layout.pad(strip, top, r0, r1)
+        for i in range(0, len(cols), batch_size):
+            if cancelled():
+                raise CancelledError("cancelled; no output was written")
+            batch_cols = cols[i : i + batch_size]
+            batch = np.stack([strip[:, :, c : c + tile] for c in batch_cols])
+            probabilities = _predict_tiles(runner, np.ascontiguousarray(batch), options.tta)
+            for c, p in zip(batch_cols, probabilities, strict=True):
+                blender.add(c, p)
+            done += len(batch_cols)
+            progress(98.0 * done / total, f"tile {done} of {total}")
+        cropped = layout.crop(*blender.finish_row())
+        if cropped is None:
+            continue
+        for row, probs in upsampler.push(*cropped):
+            yield row, probs, strips.nodata(row, probs.shape[1])
+
+
+# -- choosing the model, and the in-memory entry point ----------------------------------------
+def resolve_model(
+    bands: list[str], product_level: str | None, options: RunOptions, where: str = "the input"
+) -> tuple[Model, str]:
+    """The model asked for (checked against the bands), or the best built-in one.
+
+    Returns:
+        The model and one line that says why it was chosen.
+
+    Raises:
+        CloudsegError: For an unknown model, or bands the model needs and the input lacks.
+    """
+    if options.model is None:
+        return choose_model(bands, product_level)
+    model = load_model(options.model)
+    missing = [b for b in model.card.bands if b not in bands]
+    if missing:
+        raise BandError(
+            f"model {model.card.name} needs band(s) {', '.join(missing)} that "
+            f"{where} lacks (it has {', '.join(bands)}); "
+            "if they are there but unnamed, pass --bands"
+        )
+    return model, f"model {model.card.name} as asked"
+
+
+@dataclass
+class Prediction:
+    """Blended class probabilities of a whole input, in memory.
+
+    Attributes:
+        probabilities: ``(classes, rows, cols)`` float32 on the input grid.
+        nodata: ``(rows, cols)``: pixels without data.
+        model: The model's card.
+        runner: What ran the model (runtime, device, precision).
+        model_reason: Why this model.
+    """
+
+    probabilities: np.ndarray
+    nodata: np.ndarray
+    model: ModelCard
+    runner: str
+    model_reason: str
+
+    def classes(self) -> np.ndarray:
+        """The class raster: uint8 class values, :data:`NODATA` where no data."""
+        classes = argmax_classes(self.probabilities)
+        classes[self.nodata] = NODATA
+        return classes
+
+
+def predict(
+    scene: Scene | SceneReader,
+    options: RunOptions | None = None,
+    runner: Runner | None = None,
+    progress: ProgressCallback = no_progress,
+    cancelled: CancelCallback = never_cancelled,
+) -> Prediction:
+    """Class probabilities of a whole input, in memory, exactly as ``segment`` computes them.
+
+    For inputs that fit in memory (chips, windows, evaluation scenes); ``segment``
+    streams scenes of any size to files.
+
+    Args:
+        scene: An :class:`ArrayScene` (reflectance in memory) or a scene reader (open it
+            with ``open_scene`` and ``crop`` it to a window).
+        options: Model, runtime and tiling; ``bands``, ``scale`` and ``offset`` apply
+            when the reader is opened, not here.
+        runner: A runner made for the model already (saves loading it per input).
+        progress: Called with (percent, message).
+        cancelled: Polled once per batch of tiles.
+
+    Raises:
+        CloudsegError: For a model that does not fit, bad options, or cancellation.
+    """
+    options = options or RunOptions()
+    if isinstance(scene, SceneReader):
+        reader = scene
+        bands, level, pixel, where = (
+            reader.bands,
+            reader.product_level,
+            reader.resolution_m,
+            reader.path.name,
+        )
+        scene = ReaderScene(reader)
+    elif isinstance(scene, ArrayScene):
+        bands, level, pixel = scene.bands, options.product_level, scene.resolution_m
+        where = "the image"
+    else:
+        raise InputError(f"cannot predict on a {type(scene).__name__}; give an ArrayScene")
+    model, reason = resolve_model(bands, level, options, where)
+    card = model.card
+    options.tiling(card)
+    grid = ModelGrid.choose(
+        scene.height, scene.width, pixel, card.resolution_m, options.resolution, where
+    )
+    if runner is None:
+        runner = create_runner(
+            model, options.device, options.precision, options.runtime, options.tiling(card)[0]
+        )
+    probabilities = np.empty((len(card.classes), scene.height, scene.width), dtype=np.float32)
+    nodata = np.empty((scene.height, scene.width), dtype=bool)
+    for row, probs, missing in scene_rows(scene, grid, card, runner, options, progress, cancelled):
+        probabilities[:, row : row + probs.shape[1]] = probs
+        nodata[row : row + probs.shape[1]] = missing
+    progress(100.0, "done")
+    return Prediction(probabilities, nodata, card, runner.description, reason)

@@ -1,0 +1,237 @@
+"""The outputs of one segmentation run, published together or not at all.
+
+:class:`SegmentOutputs` is the run's one writer: the class raster and the probabilities
+are written block row by block row under hidden temporary names, polygons are traced
+from the temporary class raster, the rasters become Cloud-Optimized GeoTIFFs, and only
+then is every output renamed onto its target, the statistics last but one and the mask
+last. A failure or cancel at any moment removes every temporary file and leaves earlier
+results untouched.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from .. import atomic
+from .._version import __version__
+from ..callbacks import CancelCallback, ProgressCallback
+from ..errors import CancelledError
+from ..models.cards import ModelCard
+from ..models.registry import Model
+from ..raster.cog import BlockRowWriter, block_profile, to_cog
+from ..raster.reader import SceneReader
+from .engine import NODATA
+from .options import SegmentOptions
+from .resample import ModelGrid, argmax_classes
+from .runners import Runner
+
+
+def provenance_tags(
+    model: Model, reader: SceneReader, runner: Runner, options: SegmentOptions, grid: ModelGrid
+) -> dict[str, str]:
+    """The ``CLOUDSEG_*`` tags every output carries: what made it, from what, and how."""
+    card = model.card
+    tile, overlap = options.tiling(card)
+    return {
+        "CLOUDSEG_VERSION": __version__,
+        "CLOUDSEG_MODEL": card.name,
+        "CLOUDSEG_MODEL_VERSION": card.version,
+        "CLOUDSEG_MODEL_SHA256": model.sha256,
+        "CLOUDSEG_CLASSES": json.dumps([asdict(c) for c in card.classes]),
+        "CLOUDSEG_MODEL_ACCURACY": card.headline() or "not measured",
+        "CLOUDSEG_MODEL_METRICS": json.dumps(
+            [
+                {k: m[k] for k in ("dataset", "config", "iou", "measured") if k in m}
+                for m in card.metrics
+            ]
+        ),
+        "CLOUDSEG_BAND_MAPPING": json.dumps(
+            {b: f"{reader.sources[b].path}#{reader.sources[b].index}" for b in card.bands}
+        ),
+        "CLOUDSEG_SCALING": reader.description,
+        "CLOUDSEG_PRODUCT_LEVEL": str(reader.product_level or "unknown"),
+        "CLOUDSEG_RUN_RESOLUTION": (
+            f"{card.resolution_m:g} m (model card; preview)"
+            if options.resolution == "preview"
+            else "input grid"
+        ),
+        "CLOUDSEG_TILING": json.dumps({"tile_size": tile, "overlap": overlap}),
+        "CLOUDSEG_RESAMPLING_FACTOR": f"{grid.factor:g}",
+        "CLOUDSEG_TTA": str(options.tta),
+        "CLOUDSEG_RUNNER": runner.description,
+        "CLOUDSEG_DEVICE": runner.device,
+        "CLOUDSEG_CREATED": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+class SegmentOutputs:
+    """Writes a run's outputs under temporary names; publishes them together on success.
+
+    Use as a context manager: :meth:`write` block rows, then :meth:`finish_rasters`,
+    :meth:`trace_polygons`, :meth:`stage`, and :meth:`publish`. Leaving the block by
+    an exception (a failure, a cancel, Ctrl-C) removes everything written.
+
+    Args:
+        output: The class raster's final path.
+        options: The run's options (which other outputs, where).
+        profile: ``width``, ``height``, ``crs`` and ``transform`` of the input grid.
+        card: The model's card (classes, names, colours).
+        tags: Provenance tags for every raster.
+    """
+
+    def __init__(
+        self,
+        output: Path,
+        options: SegmentOptions,
+        profile: dict[str, Any],
+        card: ModelCard,
+        tags: dict[str, str],
+    ) -> None:
+        self.output, self.options, self.profile = output, options, profile
+        self.card, self.tags = card, tags
+        classes = len(card.classes)
+        #: Valid pixels per class, then nodata pixels.
+        self.counts = np.zeros(classes + 1, dtype=np.int64)
+        self._classes_tmp = atomic.temporary_sibling(output)
+        self._probs_tmp = (
+            atomic.temporary_sibling(options.probabilities) if options.probabilities else None
+        )
+        self._polygons_tmp = (
+            atomic.temporary_sibling(options.polygons, "part.gpkg") if options.polygons else None
+        )
+        self._staged: list[tuple[Path, Path]] = []  # (temporary, final), in publishing order
+        self._classes_staged: Path | None = None
+        self._datasets: list[Any] = []
+        self._writers: list[BlockRowWriter | None] = []
+
+    # -- the context ------------------------------------------------------------------------
+    def __enter__(self) -> SegmentOutputs:
+        import rasterio
+
+        classes = len(self.card.classes)
+        rasters = [(self._classes_tmp, 1)] + (
+            [(self._probs_tmp, classes)] if self._probs_tmp else []
+        )
+        try:
+            for path, count in rasters:
+                dataset = rasterio.open(
+                    path, "w", **block_profile(self.profile, count, "uint8", NODATA)
+                )
+                self._datasets.append(dataset)
+                self._writers.append(BlockRowWriter(dataset))
+        except BaseException:
+            self._discard()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if kind is not None:
+            self._discard()
+
+    def _discard(self) -> None:
+        """Close and remove everything written so far."""
+        self._close_datasets()
+        temporaries = [self._classes_tmp, self._probs_tmp, self._polygons_tmp]
+        temporaries += [self._classes_staged, *(tmp for tmp, _ in self._staged)]
+        atomic.remove(*(p for p in temporaries if p))
+        self._staged.clear()
+
+    def _close_datasets(self) -> None:
+        for dataset in self._datasets:
+            dataset.close()
+        self._datasets.clear()
+
+    # -- writing ------------------------------------------------------------------------------
+    def write(self, row: int, probs: np.ndarray, nodata: np.ndarray) -> None:
+        """Write input rows ``row..`` of ``(classes, n, width)`` probabilities."""
+        classes = argmax_classes(probs)
+        classes[nodata] = NODATA
+        self._writers[0].write(row, classes[None])
+        n_classes = probs.shape[0]
+        valid = np.bincount(classes[~nodata].ravel(), minlength=n_classes)[:n_classes]
+        self.counts[:n_classes] += valid
+        self.counts[-1] += int(nodata.sum())
+        if self._probs_tmp is not None:
+            percent = np.rint(np.clip(probs, 0, 1) * 100).astype(np.uint8)
+            percent[:, nodata] = NODATA
+            self._writers[1].write(row, percent)
+
+    def finish_rasters(self) -> None:
+        """Check every row was written, add colours, names and tags, and close the rasters."""
+        for writer in self._writers:
+            writer.close()
+        card, classes_ds = self.card, self._datasets[0]
+        colours = {c.value: c.rgba() for c in card.classes} | {NODATA: (0, 0, 0, 0)}
+        classes_ds.write_colormap(1, colours)
+        classes_ds.set_band_description(
+            1, "class: " + ", ".join(f"{c.value}={c.name}" for c in card.classes)
+        )
+        classes_ds.update_tags(**self.tags)
+        if self._probs_tmp is not None:
+            probs_ds = self._datasets[1]
+            for c in card.classes:
+                probs_ds.set_band_description(c.value + 1, f"P({c.name}) %")
+            probs_ds.update_tags(**self.tags, CLOUDSEG_PROBABILITY_SCALE="percent 0-100")
+        self._close_datasets()
+
+    def trace_polygons(
+        self, progress: ProgressCallback, cancelled: CancelCallback
+    ) -> dict[str, int]:
+        """Trace the cloud and shadow polygons of the finished class raster (if asked)."""
+        if self._polygons_tmp is None:
+            return {}
+        from ..raster.vectorize import write_polygons
+
+        if cancelled():
+            raise CancelledError("cancelled; no output was written")
+        progress(98.5, "tracing cloud and shadow polygons")
+        return write_polygons(
+            self._classes_tmp, self._polygons_tmp, min_area_m2=self.options.min_polygon_area_m2
+        )
+
+    def stage(self, progress: ProgressCallback, cancelled: CancelCallback) -> None:
+        """Turn the rasters into Cloud-Optimized GeoTIFFs, still under temporary names.
+
+        Raises:
+            CancelledError: If ``cancelled()`` says so before the work starts.
+        """
+        if cancelled():
+            raise CancelledError("cancelled; no output was written")
+        progress(99.0, "writing Cloud-Optimized GeoTIFF")
+        if self._probs_tmp is not None and self.options.probabilities is not None:
+            staged = to_cog(self._probs_tmp, self.options.probabilities, "AVERAGE")
+            self._staged.append((staged, self.options.probabilities))
+        if self._polygons_tmp is not None and self.options.polygons is not None:
+            self._staged.append((self._polygons_tmp, self.options.polygons))
+        self._classes_staged = to_cog(self._classes_tmp, self.output, "NEAREST")
+
+    def publish(self, stats: dict[str, Any] | None, cancelled: CancelCallback) -> None:
+        """Rename every staged output onto its target: the statistics, then the mask last.
+
+        Raises:
+            CancelledError: If ``cancelled()`` says so before anything is renamed.
+        """
+        if stats is not None and self.options.stats is not None:
+            stats_tmp = atomic.temporary_sibling(self.options.stats)
+            self._staged.append((stats_tmp, self.options.stats))
+            stats_tmp.write_text(json.dumps(stats, indent=2), encoding="utf-8")
+        assert self._classes_staged is not None, "stage() first"
+        self._staged.append((self._classes_staged, self.output))
+        if cancelled():  # the last chance before anything looks like a result
+            raise CancelledError("cancelled; no output was written")
+        for tmp, target in self._staged:
+            tmp.replace(target)
+        self._staged.clear()
+        self._classes_staged = None

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from qgis.core import (
     QgsProcessingAlgorithm,
+    QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingParameterDefinition,
@@ -40,7 +42,13 @@ def backend_errors() -> Iterator[None]:
 
 
 class CloudsegAlgorithm(QgsProcessingAlgorithm):
-    """Base class: icon, help URL and the dependency check every algorithm needs."""
+    """Base class: the steps every cloudseg algorithm takes, and its toolbox identity.
+
+    :meth:`processAlgorithm` is a template: check the packages the algorithm needs, run
+    :meth:`run_backend` (the subclass's adapter: parameters -> backend call ->
+    outputs), and turn the backend's one-line errors into ``QgsProcessingException``
+    with the same text. Subclasses implement only :meth:`run_backend`.
+    """
 
     #: Packages the algorithm needs at run time (checked before running).
     requirements: tuple[Requirement, ...] = ()
@@ -77,6 +85,26 @@ class CloudsegAlgorithm(QgsProcessingAlgorithm):
     def createInstance(self) -> QgsProcessingAlgorithm:
         """Return a new instance of the same class (Processing runs copies)."""
         return type(self)()
+
+    def processAlgorithm(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
+        """Check dependencies, run the backend, translate its errors; return the outputs."""
+        self.require_dependencies()
+        with backend_errors():
+            return self.run_backend(parameters, context, feedback)
+
+    def run_backend(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
+        """Read the parameters, call the backend, return the outputs (subclasses)."""
+        raise NotImplementedError
 
     def require_dependencies(self) -> None:
         """Raise a clear :class:`QgsProcessingException` if a needed package is missing.

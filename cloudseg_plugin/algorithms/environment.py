@@ -58,7 +58,7 @@ class EnvironmentAlgorithm(CloudsegAlgorithm):
         self.addOutput(QgsProcessingOutputBoolean(self.CUDA_AVAILABLE, "CUDA GPU available"))
         self.addOutput(QgsProcessingOutputString(self.MISSING, "Missing packages"))
 
-    def processAlgorithm(
+    def run_backend(
         self,
         parameters: dict[str, Any],
         context: QgsProcessingContext,

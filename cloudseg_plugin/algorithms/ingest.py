@@ -15,7 +15,7 @@ from qgis.core import (
 )
 
 from ...backend.store.sources import LAYOUTS
-from .base import CloudsegAlgorithm, backend_errors, choice
+from .base import CloudsegAlgorithm, choice
 
 AUTO = "auto"
 
@@ -86,7 +86,7 @@ ingested."""
             self.addOutput(QgsProcessingOutputNumber(key, label))
         self.addOutput(QgsProcessingOutputString("STORE", "Store"))
 
-    def processAlgorithm(
+    def run_backend(
         self,
         parameters: dict[str, Any],
         context: QgsProcessingContext,
@@ -100,17 +100,16 @@ ingested."""
         def progress(done: int, total: int, scene: str) -> None:
             self.report_progress(feedback, 100.0 * done / total if total else 100.0, scene)
 
-        with backend_errors():
-            result = ingest(
-                self.parameterAsFile(parameters, self.SOURCE, context),
-                self.parameterAsString(parameters, self.DESTINATION, context),
-                layout=None if layout == AUTO else layout,
-                name=self.parameterAsString(parameters, self.NAME, context),
-                endpoint_url=self.parameterAsString(parameters, self.ENDPOINT_URL, context) or None,
-                report=self.parameterAsBool(parameters, self.REPORT, context),
-                progress=progress,
-                cancelled=feedback.isCanceled,
-            )
+        result = ingest(
+            self.parameterAsFile(parameters, self.SOURCE, context),
+            self.parameterAsString(parameters, self.DESTINATION, context),
+            layout=None if layout == AUTO else layout,
+            name=self.parameterAsString(parameters, self.NAME, context),
+            endpoint_url=self.parameterAsString(parameters, self.ENDPOINT_URL, context) or None,
+            report=self.parameterAsBool(parameters, self.REPORT, context),
+            progress=progress,
+            cancelled=feedback.isCanceled,
+        )
         for name, reason in result.failed:
             feedback.reportError(f"not ingested: {name}: {reason}", fatalError=False)
         feedback.pushInfo(

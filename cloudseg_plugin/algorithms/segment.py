@@ -33,7 +33,7 @@ from ...backend import choices
 from ...backend.dependencies import REQUIREMENTS
 from ...backend.errors import CloudsegError
 from .. import styling
-from .base import CloudsegAlgorithm, backend_errors, choice
+from .base import CloudsegAlgorithm, choice
 
 AUTO = "auto"
 LEVELS = [AUTO, "L1C", "L2A"]
@@ -276,14 +276,13 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         self.addOutput(QgsProcessingOutputString(self.MODEL_USED, "Model used"))
         self.addOutput(QgsProcessingOutputString(self.RUNNER, "What ran where"))
 
-    def processAlgorithm(
+    def run_backend(
         self,
         parameters: dict[str, Any],
         context: QgsProcessingContext,
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
         """Run the backend engine with Processing's progress and cancel."""
-        self.require_dependencies()
         from ...backend.inference.segment import SegmentOptions, segment
         from ...backend.raster.bands import parse_band_list
         from ...backend.raster.reader import scene_path_from_gdal_source
@@ -308,37 +307,36 @@ class SegmentAlgorithm(CloudsegAlgorithm):
                     extent.xMaximum(),
                     extent.yMaximum(),
                 )
-        with backend_errors():
-            source = scene_path_from_gdal_source(layer.source())
-            options = SegmentOptions(
-                model=None if model == AUTO else model,
-                bands=parse_band_list(bands_text) if bands_text else None,
-                product_level=None if level == AUTO else level,
-                device=self.parameterAsEnumString(parameters, self.DEVICE, context),
-                precision=self.parameterAsEnumString(parameters, self.PRECISION, context),
-                tta=self.parameterAsBool(parameters, self.TTA, context),
-                resolution=self.parameterAsEnumString(parameters, self.RESOLUTION, context),
-                runtime=self.parameterAsEnumString(parameters, self.RUNTIME, context),
-                **self._tiling(parameters, context),
-                probabilities=Path(probabilities) if probabilities else None,
-                overwrite=True,  # the destination widget has already asked
-                bounds=bounds,
-                polygons=Path(vector) if vector else None,
-                min_polygon_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
-            )
-            feedback.pushInfo(f"Input: {source}")
-            result = segment(
-                source,
-                output,
-                options,
-                progress=lambda percent, message: self.report_progress(feedback, percent, message),
-                cancelled=feedback.isCanceled,
-            )
-            feedback.pushInfo(f"{result.model_reason}; ran on {result.runner}")
-            for warning in result.warnings:
-                feedback.reportError(warning, fatalError=False)
-            if vector:
-                feedback.pushInfo(f"Polygons: {result.polygon_counts}")
+        source = scene_path_from_gdal_source(layer.source())
+        options = SegmentOptions(
+            model=None if model == AUTO else model,
+            bands=parse_band_list(bands_text) if bands_text else None,
+            product_level=None if level == AUTO else level,
+            device=self.parameterAsEnumString(parameters, self.DEVICE, context),
+            precision=self.parameterAsEnumString(parameters, self.PRECISION, context),
+            tta=self.parameterAsBool(parameters, self.TTA, context),
+            resolution=self.parameterAsEnumString(parameters, self.RESOLUTION, context),
+            runtime=self.parameterAsEnumString(parameters, self.RUNTIME, context),
+            **self._tiling(parameters, context),
+            probabilities=Path(probabilities) if probabilities else None,
+            overwrite=True,  # the destination widget has already asked
+            bounds=bounds,
+            polygons=Path(vector) if vector else None,
+            min_polygon_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+        )
+        feedback.pushInfo(f"Input: {source}")
+        result = segment(
+            source,
+            output,
+            options,
+            progress=lambda percent, message: self.report_progress(feedback, percent, message),
+            cancelled=feedback.isCanceled,
+        )
+        feedback.pushInfo(f"{result.model_reason}; ran on {result.runner}")
+        for warning in result.warnings:
+            feedback.reportError(warning, fatalError=False)
+        if vector:
+            feedback.pushInfo(f"Polygons: {result.polygon_counts}")
 
         self._style_on_load(context, output, probabilities, vector)
         percent = result.class_percent

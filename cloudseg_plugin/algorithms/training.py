@@ -31,7 +31,7 @@ from qgis.core import (
 )
 
 from ...backend.dependencies import TRAINING_REQUIREMENTS
-from .base import CloudsegAlgorithm, backend_errors, choice
+from .base import CloudsegAlgorithm, choice
 from .segment import RESOLUTIONS, SegmentAlgorithm, builtin_model_names
 
 GROUP = {"group_name": "Training and evaluation", "group_id": "training"}
@@ -97,35 +97,33 @@ the run. A cancelled run writes no model.pt."""
         self.addOutput(QgsProcessingOutputNumber("VAL_IOU", "Validation mean IoU"))
         self.addOutput(QgsProcessingOutputNumber("EPOCHS_RUN", "Epochs run"))
 
-    def processAlgorithm(
+    def run_backend(
         self,
         parameters: dict[str, Any],
         context: QgsProcessingContext,
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
         """Train with Processing's progress and cancel."""
-        self.require_dependencies()
         from ...training.config import Config, load_yaml
         from ...training.train import train
 
         path = self.parameterAsFile(parameters, self.CONFIG, context)
         folder = self.parameterAsFile(parameters, self.OUTPUT_FOLDER, context)
         epochs = self.parameterAsInt(parameters, self.EPOCHS, context)
-        with backend_errors():
-            # Set the values as they are: a folder name must not be parsed as YAML.
-            data = load_yaml(path)
-            if folder:
-                data["output"] = folder
-            if epochs:
-                data["train"] = {**(data.get("train") or {}), "epochs": epochs}
-            config = Config.from_dict(data, path)
-            result = train(
-                config,
-                resume=self.parameterAsBool(parameters, self.RESUME, context),
-                overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
-                progress=lambda pct, msg: self.report_progress(feedback, pct, msg),
-                cancelled=feedback.isCanceled,
-            )
+        # Set the values as they are: a folder name must not be parsed as YAML.
+        data = load_yaml(path)
+        if folder:
+            data["output"] = folder
+        if epochs:
+            data["train"] = {**(data.get("train") or {}), "epochs": epochs}
+        config = Config.from_dict(data, path)
+        result = train(
+            config,
+            resume=self.parameterAsBool(parameters, self.RESUME, context),
+            overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
+            progress=lambda pct, msg: self.report_progress(feedback, pct, msg),
+            cancelled=feedback.isCanceled,
+        )
         iou = result.best_val_iou
         feedback.pushInfo(
             f"{result.model_path}: {result.epochs} epoch(s), validation mIoU "
@@ -250,14 +248,13 @@ Unlabeled pixels (nodata, 255) are ignored."""
         self.addOutput(QgsProcessingOutputFile("CONFUSION", "Confusion matrix (PNG)"))
         self.addOutput(QgsProcessingOutputString("MODEL_USED", "Model"))
 
-    def processAlgorithm(
+    def run_backend(
         self,
         parameters: dict[str, Any],
         context: QgsProcessingContext,
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
         """Evaluate with Processing's progress and cancel."""
-        self.require_dependencies()
         from ...training.evaluate import evaluate_rasters, evaluate_store
 
         model = self.parameterAsFile(parameters, self.MODEL_FILE, context) or (
@@ -283,35 +280,34 @@ Unlabeled pixels (nodata, 255) are ignored."""
             "progress": lambda pct, msg: self.report_progress(feedback, pct, msg),
             "cancelled": feedback.isCanceled,
         }
-        with backend_errors():
-            from ...backend.inference.options import RunOptions
-            from ...backend.raster.bands import parse_band_list
-            from ...training.data import parse_class_map
+        from ...backend.inference.options import RunOptions
+        from ...backend.raster.bands import parse_band_list
+        from ...training.data import parse_class_map
 
-            common["options"] = RunOptions(
-                precision="fp32",  # metrics of the model itself
-                resolution=self.parameterAsEnumString(parameters, self.RESOLUTION, context),
-                bands=parse_band_list(bands) if bands else None,
-            )
+        common["options"] = RunOptions(
+            precision="fp32",  # metrics of the model itself
+            resolution=self.parameterAsEnumString(parameters, self.RESOLUTION, context),
+            bands=parse_band_list(bands) if bands else None,
+        )
 
-            class_map = self.parameterAsString(parameters, self.CLASS_MAP, context)
-            common["class_map"] = parse_class_map(
-                [part for part in class_map.split(";") if part.strip()]
+        class_map = self.parameterAsString(parameters, self.CLASS_MAP, context)
+        common["class_map"] = parse_class_map(
+            [part for part in class_map.split(";") if part.strip()]
+        )
+        if store:
+            result = evaluate_store(
+                model, store, scenes=scenes.split(",") if scenes else None, **common
             )
-            if store:
-                result = evaluate_store(
-                    model, store, scenes=scenes.split(",") if scenes else None, **common
-                )
-            elif images:
-                result = evaluate_rasters(
-                    model,
-                    images,
-                    labels,
-                    label_classes=label_classes.split(",") if label_classes else None,
-                    **common,
-                )
-            else:
-                raise QgsProcessingException("give an ingested store, or scenes and label rasters")
+        elif images:
+            result = evaluate_rasters(
+                model,
+                images,
+                labels,
+                label_classes=label_classes.split(",") if label_classes else None,
+                **common,
+            )
+        else:
+            raise QgsProcessingException("give an ingested store, or scenes and label rasters")
         m = result.metrics
         for name, values in m["per_class"].items():
             feedback.pushInfo(
@@ -366,24 +362,22 @@ first; if they differ by more than 1e-3 nothing is written."""
         )
         self.addOutput(QgsProcessingOutputNumber("MAX_ABS_DIFF", "Largest difference to torch"))
 
-    def processAlgorithm(
+    def run_backend(
         self,
         parameters: dict[str, Any],
         context: QgsProcessingContext,
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
         """Export and check parity."""
-        self.require_dependencies()
         from ...training.export import export_onnx
 
         output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
-        with backend_errors():
-            result = export_onnx(
-                self.parameterAsFile(parameters, self.MODEL, context),
-                output,
-                opset=self.parameterAsInt(parameters, self.OPSET, context),
-                overwrite=True,  # Processing's file destinations replace existing files
-            )
+        result = export_onnx(
+            self.parameterAsFile(parameters, self.MODEL, context),
+            output,
+            opset=self.parameterAsInt(parameters, self.OPSET, context),
+            overwrite=True,  # Processing's file destinations replace existing files
+        )
         feedback.pushInfo(
             f"{result.path}: {result.card.name}; onnxruntime matches torch to "
             f"{result.max_abs_diff:.1e}"

@@ -195,14 +195,6 @@ def test_block_means_equal_gdals_average_resampling(band_folder, tmp_path):
     assert ours[0, 30, 40] == pytest.approx(np.nanmean(native[0, 90:93, 120:123]))
 
 
-def test_argmax_classes_is_argmax_with_ties_to_the_lower_class():
-    from cloudseg.backend.inference.resample import argmax_classes
-
-    rng = np.random.default_rng(0)
-    probs = rng.random((3, 64, 64), dtype=np.float32).round(1)  # many ties
-    np.testing.assert_array_equal(argmax_classes(probs), probs.argmax(axis=0))
-
-
 def test_geographic_crs_fails_with_a_reprojection_hint(band_folder, tmp_path):
     from rasterio.transform import from_origin
 

@@ -1,0 +1,81 @@
+"""The in-memory engine: an array or a reader window in, the same probabilities as segment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+
+from cloudseg.backend import ArrayScene, RunOptions, SegmentOptions, open_scene, predict, segment
+from cloudseg.backend.errors import BandError, InputError
+from cloudseg.backend.inference.runners import create_runner
+from cloudseg.backend.models.registry import load_model
+
+from .conftest import BANDS
+
+
+def _reflectance(multiband):
+    with open_scene(multiband, product_level="L2A") as reader:
+        image = reader.read(BANDS, 0, 0, reader.height, reader.width)
+        return image, reader.resolution_m
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("resolution", ["native", "preview"])
+def test_an_array_gives_the_mask_segment_writes(multiband, tmp_path, resolution):
+    image, pixel = _reflectance(multiband)
+    image[:, 100:140, 200:230] = np.nan  # nodata stays nodata
+    options = RunOptions(product_level="L2A", resolution=resolution, precision="fp32")
+    prediction = predict(ArrayScene(image, BANDS, pixel), options)
+
+    with rasterio.open(multiband) as src:
+        profile, data = src.profile, src.read()
+    data[:, 100:140, 200:230] = 0
+    with_hole = tmp_path / "hole.tif"
+    with rasterio.open(with_hole, "w", **(profile | {"nodata": 0})) as dst:
+        dst.write(data)
+        dst.descriptions = tuple(BANDS)
+    out = tmp_path / "mask.tif"
+    probs = tmp_path / "probs.tif"
+    result = segment(
+        with_hole,
+        out,
+        SegmentOptions(
+            product_level="L2A", resolution=resolution, precision="fp32", probabilities=probs
+        ),
+    )
+    with rasterio.open(out) as ds, rasterio.open(probs) as p:
+        np.testing.assert_array_equal(prediction.classes(), ds.read(1))
+        percent = np.rint(np.clip(prediction.probabilities, 0, 1) * 100).astype(np.uint8)
+        percent[:, prediction.nodata] = 255
+        np.testing.assert_array_equal(percent, p.read())
+    assert prediction.nodata[100:140, 200:230].all() and prediction.nodata.sum() == 40 * 30
+    assert prediction.runner == result.runner and prediction.model.name == result.model
+
+
+@pytest.mark.real_data
+def test_a_reader_window_gives_the_mask_of_that_extent(multiband, tmp_path):
+    with open_scene(multiband, product_level="L2A") as reader:
+        left, _, _, top = reader.bounds
+        window = (left + 1000, top - 3000, left + 4000, top - 500)
+        reader.crop(window)
+        model = load_model("ukis-csmask-4b-l2a")
+        runner = create_runner(model, "cpu", "fp32")  # made once, used for many windows
+        prediction = predict(reader, RunOptions(model=model.card.name), runner)
+    options = SegmentOptions(bounds=window, precision="fp32", product_level="L2A")
+    segment(multiband, tmp_path / "m.tif", options)
+    with rasterio.open(tmp_path / "m.tif") as ds:
+        assert ds.shape == (250, 300)
+        np.testing.assert_array_equal(prediction.classes(), ds.read(1))
+
+
+def test_bad_arrays_get_one_line_errors():
+    rng = np.random.default_rng(0).random((4, 64, 64), dtype=np.float32)
+    with pytest.raises(InputError, match=r"shape \(bands, rows, cols\) with 3 bands"):
+        ArrayScene(rng, ["B02", "B03", "B04"])
+    with pytest.raises(BandError, match="needs band"):
+        predict(ArrayScene(rng, BANDS), RunOptions(model="ukis-csmask-6b-l1c"))
+    with pytest.raises(InputError, match="not a whole multiple"):
+        predict(ArrayScene(rng, BANDS, resolution_m=20.0), RunOptions(resolution="preview"))
+    with pytest.raises(InputError, match="leave out --resolution preview"):
+        predict(ArrayScene(rng, BANDS), RunOptions(resolution="preview"))

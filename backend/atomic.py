@@ -75,7 +75,3 @@ def write_bytes(target: Path, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
 
-
-def write_text(target: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``target`` atomically."""
-    write_bytes(target, text.encode("utf-8"))

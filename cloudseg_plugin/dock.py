@@ -102,12 +102,12 @@ def preview_tooltip() -> str:
 
 def accuracy_html(card: Any) -> str:
     """The card's measured accuracy: IoU of the default run per dataset, and TTA's gain."""
-    entries = [m for m in card.metrics if m.get("config") in (None, "default-fp32", "validation")]
+    entries = card.default_metrics()
     if not entries:
         return "Accuracy: not measured"
     lines = []
     for entry in entries:
-        iou = entry.get("iou") or entry.get("per_class_iou") or {}
+        iou = card.metric_iou(entry)
         values = ", ".join(
             f"{name} {value:.3f}" for name, value in iou.items() if isinstance(value, float)
         )

@@ -39,8 +39,14 @@ from cloudseg.backend.inference.runners import openvino_bf16_problem
 from cloudseg.backend.models.cards import metric_entry
 from cloudseg.backend.models.registry import CARDS_DIR, builtin_models, load_model
 from cloudseg.training.evaluate import evaluate_rasters
-from cloudseg.training.metrics import confusion_matrix, metrics_from_confusion
-from cloudseg.training.reference import CLASSES, LabeledScene, csmask_classes, labeled_scenes
+from cloudseg.training.reference import (
+    CLASSES,
+    LabeledScene,
+    csmask_classes,
+    labeled_scenes,
+    score,
+    scored_only,
+)
 
 #: Per-class IoU may fall short of ukis-csmask's by this much and still count as equal.
 TOLERANCE = 0.005
@@ -137,14 +143,6 @@ def fits(model: Any, scene: LabeledScene) -> str | None:
     return None
 
 
-def scored_metrics(reference: np.ndarray, prediction: np.ndarray, scored: tuple[str, ...]) -> dict:
-    """Metrics of a class raster against the labels, keeping the scored classes."""
-    matrix = confusion_matrix(reference, prediction, len(CLASSES))
-    metrics = metrics_from_confusion(matrix, list(CLASSES))
-    metrics["per_class"] = {k: v for k, v in metrics["per_class"].items() if k in scored}
-    return metrics
-
-
 def csmask_row(scene: LabeledScene, bands: int, level: str) -> dict[str, Any]:
     """ukis-csmask's own CSmask on the scene's reflectance."""
     from importlib import metadata
@@ -152,7 +150,7 @@ def csmask_row(scene: LabeledScene, bands: int, level: str) -> dict[str, Any]:
     started = time.perf_counter()
     mask = csmask_classes(scene, bands, level.lower())
     seconds = time.perf_counter() - started
-    metrics = scored_metrics(scene.reference(), mask, scene.scored)
+    metrics = score(scene, mask)
     tool = f"ukis-csmask {metadata.version('ukis-csmask')} CSmask"
     return metric_entry(scene.name, scene.description, f"CSmask ({bands}-band model)", metrics) | {
         "tool": tool,
@@ -166,8 +164,7 @@ def engine_row(model: str, scene: LabeledScene, config: Config) -> dict[str, Any
     evaluation = evaluate_rasters(
         model, [scene.image], [scene.labels], label_classes=list(CLASSES), options=options
     )
-    metrics = evaluation.metrics
-    metrics["per_class"] = {k: v for k, v in metrics["per_class"].items() if k in scene.scored}
+    metrics = scored_only(evaluation.metrics, scene.scored)
     return metric_entry(scene.name, scene.description, config.label, metrics) | {
         "runner": evaluation.runner,
         "seconds": evaluation.seconds,

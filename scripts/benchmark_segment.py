@@ -156,26 +156,22 @@ def labeled_accuracy(data: Path, workdir: Path) -> dict[str, dict]:
     import rasterio
 
     from cloudseg.backend.inference.segment import SegmentOptions, segment
-    from cloudseg.training.metrics import confusion_matrix, metrics_from_confusion
-    from cloudseg.training.reference import CLASSES, csmask_classes, labeled_scenes
+    from cloudseg.training.reference import LabeledScene, csmask_classes, labeled_scenes, score
 
-    def iou(reference: np.ndarray, prediction: np.ndarray, scored: tuple[str, ...]) -> dict:
-        matrix = confusion_matrix(reference, prediction, len(CLASSES))
-        per_class = metrics_from_confusion(matrix, list(CLASSES))["per_class"]
-        return {name: round(per_class[name]["iou"], 4) for name in scored}
+    def iou(scene: LabeledScene, prediction: np.ndarray) -> dict:
+        return {k: round(v["iou"], 4) for k, v in score(scene, prediction)["per_class"].items()}
 
     table: dict[str, dict] = {"ours": {}, "ours_fp32": {}, "ukis": {}}
     for scene in labeled_scenes(data, workdir / "labeled"):
         if len(scene.bands) != 6 or not scene.true_resolution:
             continue  # the timed runs use the 6-band model on 30 m data
-        reference = scene.reference()
         for name, precision in (("ours", "auto"), ("ours_fp32", "fp32")):
             out = workdir / f"{scene.name}.{name}.tif"
             options = SegmentOptions(model="ukis-csmask-6b-l1c", precision=precision)
             segment(scene.image, out, options)
             with rasterio.open(out) as ds:
-                table[name][scene.name] = iou(reference, ds.read(1), scene.scored)
-        table["ukis"][scene.name] = iou(reference, csmask_classes(scene, 6), scene.scored)
+                table[name][scene.name] = iou(scene, ds.read(1))
+        table["ukis"][scene.name] = iou(scene, csmask_classes(scene, 6))
     return table
 
 

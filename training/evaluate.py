@@ -27,7 +27,7 @@ from ..backend.inference.options import RunOptions
 from ..backend.inference.runners import Runner, create_runner
 from ..backend.models.registry import load_model
 from ..backend.raster.bands import canonical_band
-from ..backend.raster.reader import guess_scale, open_scene
+from ..backend.raster.reader import guess_scale, open_scene, pixel_size_m
 from .data import lookup_table, map_classes
 from .metrics import confusion_matrix, metrics_from_confusion, write_report
 
@@ -72,8 +72,6 @@ def _classes(source: ArrayScene | Path, options: RunOptions, runner: Runner) -> 
 
 def _store_scene(dataset: Any, scene: str) -> tuple[ArrayScene, np.ndarray]:
     """A store scene as reflectance in memory (bands, pixel size, scale) and its mask."""
-    from rasterio.crs import CRS
-
     image, mask = dataset.read(scene)
     props = dataset.item(scene).properties
     # As the reader scales a file without declared scale: a decimated first band decides.
@@ -81,11 +79,8 @@ def _store_scene(dataset: Any, scene: str) -> tuple[ArrayScene, np.ndarray]:
     scale, _ = guess_scale(image.dtype.name, image[0, ::step, ::step])
     reflectance = image.astype(np.float32)
     reflectance *= np.float32(scale)
-    resolution = None
-    if props.get("proj:code") and props.get("proj:transform"):
-        crs = CRS.from_user_input(props["proj:code"])
-        if crs.is_projected:
-            resolution = abs(float(props["proj:transform"][0])) * crs.linear_units_factor[1]
+    transform = props.get("proj:transform")
+    resolution = pixel_size_m(props.get("proj:code"), transform[0]) if transform else None
     bands = [canonical_band(b) for b in dataset.bands]
     return ArrayScene(reflectance, bands, resolution), mask
 

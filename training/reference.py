@@ -31,6 +31,7 @@ import numpy as np
 
 from ..backend.errors import InputError
 from ..backend.store.keys import IGNORE
+from .metrics import confusion_matrix, metrics_from_confusion
 
 #: Label values of the written label rasters.
 CLASSES = ("clear", "cloud", "cloud shadow")
@@ -193,3 +194,15 @@ def csmask_classes(scene: LabeledScene, bands: int, product_level: str = "l1c") 
     names = [UKIS_BANDS[b] for b in scene.bands[:bands]]
     image = np.ascontiguousarray(scene.reflectance[..., :bands])
     return CSmask(image, band_order=names, product_level=product_level).csm[..., 0]
+
+
+def scored_only(metrics: dict[str, Any], scored: tuple[str, ...]) -> dict[str, Any]:
+    """``metrics`` (``metrics_from_confusion``) with per-class figures of ``scored`` only."""
+    per_class = {k: v for k, v in metrics["per_class"].items() if k in scored}
+    return metrics | {"per_class": per_class}
+
+
+def score(scene: LabeledScene, prediction: np.ndarray) -> dict[str, Any]:
+    """Metrics of a class raster against the scene's labels, for the classes it scores."""
+    matrix = confusion_matrix(scene.reference(), prediction, len(CLASSES))
+    return scored_only(metrics_from_confusion(matrix, list(CLASSES)), scene.scored)

@@ -303,14 +303,12 @@ def predict(
         raise InputError(f"cannot predict on a {type(scene).__name__}; give an ArrayScene")
     model, reason = resolve_model(bands, level, options, where)
     card = model.card
-    options.tiling(card)
+    tile, _ = options.tiling(card)  # checks the tiling before anything loads
     grid = ModelGrid.choose(
         scene.height, scene.width, pixel, card.resolution_m, options.resolution, where
     )
     if runner is None:
-        runner = create_runner(
-            model, options.device, options.precision, options.runtime, options.tiling(card)[0]
-        )
+        runner = create_runner(model, options.device, options.precision, options.runtime, tile)
     probabilities = np.empty((len(card.classes), scene.height, scene.width), dtype=np.float32)
     nodata = np.empty((scene.height, scene.width), dtype=bool)
     for row, probs, missing in scene_rows(scene, grid, card, runner, options, progress, cancelled):

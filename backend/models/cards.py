@@ -149,6 +149,18 @@ class ModelCard:
         """Return the class names in value order."""
         return [c.name for c in self.classes]
 
+    def default_metrics(self) -> list[dict[str, Any]]:
+        """The metrics of the model as it runs by default, in card order.
+
+        Built-in cards' ``default-fp32`` entries; trained models' ``validation``.
+        """
+        return [m for m in self.metrics if m.get("config") in (None, "default-fp32", "validation")]
+
+    @staticmethod
+    def metric_iou(entry: dict[str, Any]) -> dict[str, Any]:
+        """Per-class IoU of a metrics entry (``per_class_iou`` in cards of before 0.1)."""
+        return entry.get("iou") or entry.get("per_class_iou") or {}
+
     def headline(self) -> str:
         """One line of measured accuracy: the first default or validation entry's IoU.
 
@@ -156,10 +168,8 @@ class ModelCard:
             ``cloud IoU 0.761, cloud shadow IoU 0.703 on ukis-s2-l1c (...)``, or ``""``
             when the card has no such metrics.
         """
-        for entry in self.metrics:
-            if entry.get("config") not in (None, "default-fp32", "validation"):
-                continue
-            iou = entry.get("iou") or entry.get("per_class_iou") or {}
+        for entry in self.default_metrics():
+            iou = self.metric_iou(entry)
             shown = [
                 f"{name} IoU {iou[name]:.3f}"
                 for name in self.class_names()[1:]

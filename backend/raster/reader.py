@@ -130,9 +130,7 @@ class SceneReader:
     @property
     def resolution_m(self) -> float | None:
         """Pixel size in metres, or None when the scene has no projected CRS."""
-        if self.crs is None or not self.crs.is_projected:
-            return None
-        return abs(self.transform.a) * self.crs.linear_units_factor[1]
+        return pixel_size_m(self.crs, self.transform.a)
 
     def _check_grid(self) -> None:
         if self.crs is not None and self.crs.is_geographic:
@@ -327,6 +325,23 @@ def _invalid(ds: Any, indexes: list[int], data: np.ndarray) -> np.ndarray:
 
 def _same_extent(a: Any, b: Any, tolerance: float) -> bool:
     return all(abs(x - y) <= tolerance for x, y in zip(a, b, strict=True))
+
+
+def pixel_size_m(crs: Any, pixel_width: float) -> float | None:
+    """A grid's pixel size in metres, or None without a projected CRS.
+
+    Args:
+        crs: A rasterio CRS, anything ``CRS.from_user_input`` takes, or None.
+        pixel_width: The transform's pixel width, in the CRS's units.
+    """
+    from rasterio.crs import CRS
+
+    if crs is None:
+        return None
+    crs = CRS.from_user_input(crs)
+    if not crs.is_projected:
+        return None
+    return abs(float(pixel_width)) * crs.linear_units_factor[1]
 
 
 def guess_scale(dtype: str, sample: np.ndarray | None = None) -> tuple[float, str]:

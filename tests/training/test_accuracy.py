@@ -18,8 +18,7 @@ import rasterio
 
 from cloudseg.backend.models.registry import builtin_models, load_model
 from cloudseg.training.evaluate import evaluate_rasters
-from cloudseg.training.metrics import confusion_matrix, metrics_from_confusion
-from cloudseg.training.reference import CLASSES, csmask_classes, labeled_scenes
+from cloudseg.training.reference import CLASSES, csmask_classes, labeled_scenes, score
 
 ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 0.005
@@ -31,9 +30,8 @@ def scenes(real_data, tmp_path_factory):
     return {scene.name: scene for scene in labeled_scenes(real_data, folder)}
 
 
-def _iou(reference: np.ndarray, prediction: np.ndarray, scored) -> dict[str, float]:
-    metrics = metrics_from_confusion(confusion_matrix(reference, prediction, 3), list(CLASSES))
-    return {name: metrics["per_class"][name]["iou"] for name in scored}
+def _iou(scene, prediction: np.ndarray) -> dict[str, float]:
+    return {name: m["iou"] for name, m in score(scene, prediction)["per_class"].items()}
 
 
 def _segment(venv_env, image: Path, out: Path, *options: str) -> np.ndarray:
@@ -56,10 +54,9 @@ def _segment(venv_env, image: Path, out: Path, *options: str) -> np.ndarray:
 )
 def test_the_default_run_is_as_accurate_as_csmask(scenes, name, tmp_path, venv_env):
     scene = scenes[name]
-    reference = scene.reference()
-    ours = _iou(reference, _segment(venv_env, scene.image, tmp_path / "m.tif"), scene.scored)
+    ours = _iou(scene, _segment(venv_env, scene.image, tmp_path / "m.tif"))
     # CSmask picks its 6-band model for 6 bands and its 4-band model for 4, as we do.
-    theirs = _iou(reference, csmask_classes(scene, len(scene.bands)), scene.scored)
+    theirs = _iou(scene, csmask_classes(scene, len(scene.bands)))
     for name in ("cloud", "cloud shadow"):
         if name in scene.scored:
             assert ours[name] >= theirs[name] - TOLERANCE, (name, ours, theirs)
@@ -71,12 +68,10 @@ def test_the_default_run_is_as_accurate_as_csmask(scenes, name, tmp_path, venv_e
 def test_preview_on_10m_input_costs_accuracy_that_native_keeps(scenes, tmp_path, venv_env):
     """Why the default is the input's grid: a 3x coarser run loses clouds and shadows."""
     scene = scenes["ukis-s2-l1c-as-10m"]
-    reference = scene.reference()
-    native = _iou(reference, _segment(venv_env, scene.image, tmp_path / "n.tif"), CLASSES)
+    assert scene.scored == CLASSES
+    native = _iou(scene, _segment(venv_env, scene.image, tmp_path / "n.tif"))
     preview = _iou(
-        reference,
-        _segment(venv_env, scene.image, tmp_path / "p.tif", "--resolution", "preview"),
-        CLASSES,
+        scene, _segment(venv_env, scene.image, tmp_path / "p.tif", "--resolution", "preview")
     )
     assert preview["cloud"] < native["cloud"] - 0.02
     assert preview["cloud shadow"] < native["cloud shadow"] - 0.02

@@ -1,23 +1,39 @@
-"""Outputs that appear whole or not at all: one home for write-then-rename.
+"""The output contract: outputs appear whole or not at all, and never replace an input.
 
-Every command that writes follows the same contract: an existing output is replaced
-only when asked, data is written under a hidden temporary name beside the target, and
-the rename onto the target (atomic on one file system) happens only once the data is
-complete. A failure or cancel at any moment removes the temporary file and leaves the
-earlier result untouched.
+Every command that writes follows the same rules, all kept here:
+
+- :func:`check_outputs` before any work: an output is never an input (resolved paths,
+  hard links, the band files of an input folder or product) nor another output of the
+  same run; it is not a folder, has a suffix its format allows, and its folder exists
+  and is writable; an existing output is replaced only when asked.
+- :func:`claim` for the run's duration: a lock file beside each output refuses a second
+  run on the same outputs (a lock left by a dead process is taken over), and hidden
+  temporary files of dead runs (killed by SIGKILL or a power cut) are removed.
+- Data is written under a hidden temporary name beside the target, which carries the
+  writer's process id (:func:`temporary_sibling`); the rename onto the target (atomic
+  on one file system) happens only once every output of the run is complete. A failure
+  or cancel at any moment removes the temporary files and leaves earlier results
+  exactly as they were.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import signal
+import socket
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from .errors import OutputExistsError
+from .errors import OutputConflictError, OutputExistsError
 
 #: Files GDAL may write beside a raster.
 _SIDE_SUFFIXES = (".aux.xml", ".ovr")
+#: Suffixes of the temporary files written by :func:`temporary_sibling`.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.(?:part|cog)(?:\.gpkg)?$")
 
 
 def check_target(path: Path, overwrite: bool) -> None:
@@ -34,8 +50,179 @@ def check_target(path: Path, overwrite: bool) -> None:
 
 
 def temporary_sibling(path: Path, tag: str = "part") -> Path:
-    """A hidden name beside ``path`` that no one mistakes for a result."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.{tag}")
+    """A hidden name beside ``path`` that no one mistakes for a result.
+
+    The name carries this process's id, so that a later run can tell the leftovers of a
+    dead run (removed by :func:`claim`) from the files of a live one.
+    """
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.{tag}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: equal when resolved, or hard links of one inode."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def _check_writable(folder: Path) -> None:
+    """Create and remove a probe file: permissions, read-only mounts and quotas all show."""
+    probe = folder / f".cloudseg-probe.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.touch(exist_ok=False)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise OutputConflictError(
+            f"cannot write to {folder} ({reason.lower()}); choose a folder you can write to"
+        ) from None
+    with contextlib.suppress(OSError):
+        probe.unlink()
+
+
+def check_outputs(
+    outputs: Mapping[str, Path | str | None],
+    inputs: Iterable[Path | str],
+    overwrite: bool,
+    suffixes: Mapping[str, Sequence[str]] | None = None,
+    input_folders: Iterable[Path] = (),
+    input_name: Callable[[str], bool] | None = None,
+) -> dict[str, Path]:
+    """Check a run's outputs before any work is done; every rule of the contract.
+
+    Args:
+        outputs: Each output's role (as the user named it: ``"OUTPUT"``,
+            ``"--probabilities"``) and its path; None for outputs not asked for.
+        inputs: Every file or folder the run reads (a folder's band files included).
+        overwrite: Whether existing outputs may be replaced.
+        suffixes: Per role, the file suffixes its format allows (lower case).
+        input_folders: Input folders in which no file named like an input (a band
+            file, says ``input_name``) may be written: it would join the input.
+        input_name: ``file stem -> bool``: whether a file of that name is read as input.
+
+    Returns:
+        The outputs asked for, by role, as expanded paths.
+
+    Raises:
+        OutputConflictError: An output is an input, two outputs are one file, an output
+            is a folder or has the wrong suffix, or its folder cannot be written.
+        OutputExistsError: An output exists and ``overwrite`` is False, or its folder
+            does not exist.
+    """
+    chosen = {role: Path(p).expanduser() for role, p in outputs.items() if p is not None}
+    read = [Path(p).expanduser() for p in inputs]
+    seen: list[tuple[str, Path]] = []
+    for role, path in chosen.items():
+        if path.is_dir():
+            raise OutputConflictError(
+                f"{role} {path} is a folder; give a file name, e.g. {path / 'mask.tif'}"
+            )
+        allowed = (suffixes or {}).get(role)
+        if allowed and path.suffix.lower() not in allowed:
+            raise OutputConflictError(
+                f"{role} {path.name} must end in {' or '.join(allowed)} (the file is written "
+                f"in that format, whatever its name says)"
+            )
+        for source in read:
+            if _same_file(path, source):
+                raise OutputConflictError(
+                    f"{role} {path} is an input of this run; write the result to another file"
+                )
+        for folder in input_folders:
+            in_folder = path.parent.resolve() == Path(folder).expanduser().resolve()
+            if in_folder and input_name is not None and input_name(path.stem):
+                raise OutputConflictError(
+                    f"{role} {path.name} would become a band of the input folder {folder}; "
+                    "write it elsewhere or give it another name"
+                )
+        for other_role, other in seen:
+            if _same_file(path, other):
+                raise OutputConflictError(
+                    f"{role} and {other_role} are the same file ({path}); give each its own name"
+                )
+        seen.append((role, path))
+        check_target(path, overwrite)
+    for folder in sorted({p.parent.resolve() for p in chosen.values()}):
+        _check_writable(folder)
+    return chosen
+
+
+# -- one run at a time per output, and the leftovers of dead runs ---------------------------
+def _lock_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.cloudseg-lock")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _lock_owner(lock: Path) -> tuple[int, str] | None:
+    """``(pid, host)`` written in a lock file, or None if unreadable."""
+    try:
+        pid, host = lock.read_text(encoding="utf-8").split()[:2]
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def _take_lock(target: Path) -> Path:
+    lock = _lock_path(target)
+    me = f"{os.getpid()} {socket.gethostname()}\n"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(lock)
+            if owner is not None and (owner[1] != socket.gethostname() or _alive(owner[0])):
+                raise OutputConflictError(
+                    f"another cloudseg run (process {owner[0]} on {owner[1]}) is writing "
+                    f"{target}; wait for it to finish, or remove {lock} if it is gone"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):  # left by a dead run: take over
+                lock.unlink()
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(me)
+        return lock
+    raise OutputConflictError(f"cannot lock {target}: {lock} keeps reappearing; retry")
+
+
+def stale_temporaries(target: Path) -> list[Path]:
+    """Hidden temporary files beside ``target`` left by runs whose process is gone."""
+    stale = []
+    with contextlib.suppress(OSError):
+        for candidate in target.parent.iterdir():
+            match = _TEMPORARY.match(candidate.name)
+            if match and match["name"] == target.name and not _alive(int(match["pid"])):
+                stale.append(candidate)
+    return stale
+
+
+@contextlib.contextmanager
+def claim(targets: Iterable[Path]) -> Iterator[None]:
+    """Hold the run's outputs: refuse a concurrent run, clean what dead runs left.
+
+    Raises:
+        OutputConflictError: If another live run holds one of the outputs.
+    """
+    locks: list[Path] = []
+    try:
+        for target in sorted({Path(t).expanduser().resolve() for t in targets}):
+            locks.append(_take_lock(target))
+            remove(*stale_temporaries(target))
+        yield
+    finally:
+        for lock in locks:
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
 
 
 def remove(*paths: Path) -> None:
@@ -68,6 +255,23 @@ def atomic_path(target: Path, tag: str = "part") -> Iterator[Path]:
         yield tmp
         if tmp.exists():
             tmp.replace(target)
+
+
+def publish(renames: Sequence[tuple[Path, Path]]) -> None:
+    """Rename each ``(temporary, target)`` pair, in order, as one step.
+
+    SIGINT and SIGTERM are held back while the renames run (microseconds), so an
+    interrupt cannot leave some outputs new and others old; it is delivered after.
+    """
+    held = {signal.SIGINT, signal.SIGTERM}
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held) if main else None
+    try:
+        for tmp, target in renames:
+            tmp.replace(target)
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def write_bytes(target: Path, data: bytes) -> None:

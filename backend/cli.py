@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -107,6 +108,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         bounds=tuple(args.extent) if args.extent else None,
         polygons=args.polygons,
         min_polygon_area_m2=args.min_area,
+        check_reflectance=args.check_reflectance,
     )
     with percent_bar(args.quiet) as bar:
         result = segment(args.input, args.output, options, progress=bar_progress(bar))
@@ -293,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
         help="segment only this extent (in the input's CRS)",
     )
+    seg.add_argument(
+        "--no-reflectance-check",
+        dest="check_reflectance",
+        action="store_false",
+        help="run even when the scaled values are not plausible reflectance (by default "
+        "such input is refused: a wrong --scale gives a confident wrong mask)",
+    )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_output_flags(seg)
     seg.set_defaults(handler=_cmd_segment)
@@ -379,14 +388,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
     handler: Handler = args.handler
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    # SIGTERM (a scheduler's or a service manager's stop) is handled like Ctrl-C: the
+    # run's temporary files are removed and earlier outputs are left as they were.
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         return handler(args)
     except CloudsegError as exc:
         print(f"cloudseg: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("cloudseg: interrupted", file=sys.stderr)
-        return 130
+        name = signal.Signals(received[-1]).name if received else "SIGINT"
+        print(f"cloudseg: interrupted ({name}); earlier outputs are untouched", file=sys.stderr)
+        return 128 + (received[-1] if received else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

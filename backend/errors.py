@@ -29,3 +29,7 @@ class OutputExistsError(CloudsegError, FileExistsError):
 
 class CancelledError(CloudsegError):
     """The run was cancelled; nothing that looks like a result was left behind."""
+
+
+class OutputConflictError(CloudsegError, ValueError):
+    """An output is an input or another output of the run, or another run holds it."""

@@ -93,6 +93,9 @@ class SegmentOptions(RunOptions):
             CRS (widened to whole pixels); the outputs then cover just that extent.
         polygons: Also write the cloud and shadow polygons (GeoPackage) here.
         min_polygon_area_m2: Polygons smaller than this are left out.
+        check_reflectance: Refuse values that are not reflectance after scaling (values
+            no real scene has; see ``raster.reader.check_reflectance``). False makes
+            that a warning.
     """
 
     probabilities: Path | None = None
@@ -101,6 +104,7 @@ class SegmentOptions(RunOptions):
     bounds: tuple[float, float, float, float] | None = None
     polygons: Path | None = None
     min_polygon_area_m2: float = 0.0
+    check_reflectance: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

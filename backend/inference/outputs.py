@@ -231,7 +231,6 @@ class SegmentOutputs:
         self._staged.append((self._classes_staged, self.output))
         if cancelled():  # the last chance before anything looks like a result
             raise CancelledError("cancelled; no output was written")
-        for tmp, target in self._staged:
-            tmp.replace(target)
+        atomic.publish(self._staged)
         self._staged.clear()
         self._classes_staged = None

@@ -12,6 +12,7 @@ docs/accuracy.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,9 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import check_target
+from ..atomic import check_outputs, claim
 from ..callbacks import CancelCallback, ProgressCallback, never_cancelled, no_progress
+from ..errors import InputError
 from ..models.cards import ModelCard
+from ..raster.bands import band_from_filename
 from ..raster.reader import SceneReader, check_reflectance, open_scene
 from .engine import NODATA, ReaderScene, resolve_model, scene_rows
 from .options import RunOptions, SegmentOptions
@@ -80,19 +83,57 @@ def _gdal_settings() -> dict[str, int | str]:
     return {k: v for k, v in settings.items() if k not in os.environ}
 
 
-def _warnings(reader: SceneReader, card: ModelCard) -> list[str]:
-    """Level mismatch and values that do not look like reflectance, logged and returned."""
+def _warnings(reader: SceneReader, card: ModelCard, options: SegmentOptions) -> list[str]:
+    """Level mismatch and values that do not look like reflectance, logged and returned.
+
+    Raises:
+        InputError: For values no real scene has, unless ``options.check_reflectance``
+            is False (they are then a warning).
+    """
     warnings = []
     if reader.product_level and card.product_level not in ("any", reader.product_level):
         warnings.append(
             f"model {card.name} is for {card.product_level} but the input is {reader.product_level}"
         )
-    reflectance_warning = check_reflectance(reader, list(card.bands))
-    if reflectance_warning:
-        warnings.append(reflectance_warning)
+    check = check_reflectance(reader, list(card.bands))
+    if check.message and check.certain and options.check_reflectance:
+        raise InputError(
+            f"{check.message}; or --no-reflectance-check to run anyway at your own risk"
+        )
+    if check.message:
+        warnings.append(check.message)
     for message in warnings:
         logger.warning("%s", message)
     return warnings
+
+
+#: The file suffixes each output's format allows.
+OUTPUT_SUFFIXES = {
+    "OUTPUT": (".tif", ".tiff"),
+    "--probabilities": (".tif", ".tiff"),
+    "--polygons": (".gpkg",),
+    "--stats": (".json",),
+}
+
+
+def _check_outputs(reader: SceneReader, output: Path, options: SegmentOptions) -> dict[str, Path]:
+    """Check the run's outputs against each other and every file the scene reads."""
+    inputs = [reader.path] + [
+        Path(s.path) for s in reader.sources.values() if not s.path.startswith("/vsi")
+    ]
+    return check_outputs(
+        {
+            "OUTPUT": output,
+            "--probabilities": options.probabilities,
+            "--polygons": options.polygons,
+            "--stats": options.stats,
+        },
+        inputs,
+        options.overwrite,
+        OUTPUT_SUFFIXES,
+        input_folders=[reader.path] if reader.path.is_dir() else [],
+        input_name=lambda stem: band_from_filename(stem) is not None,
+    )
 
 
 def segment(
@@ -130,24 +171,24 @@ def segment(
     progress = progress or no_progress
     cancelled = cancelled or never_cancelled
     output = Path(output_path).expanduser()
-    for target in (output, options.probabilities, options.stats, options.polygons):
-        if target is not None:
-            check_target(Path(target), options.overwrite)
-
     start = time.perf_counter()
-    with (
-        open_scene(
-            input_path, options.bands, options.product_level, options.scale, options.offset
-        ) as reader,
-        rasterio.Env(GDAL_PAM_ENABLED="NO", **_gdal_settings()),
-    ):
+    with contextlib.ExitStack() as stack:
+        reader = stack.enter_context(
+            open_scene(
+                input_path, options.bands, options.product_level, options.scale, options.offset
+            )
+        )
+        stack.enter_context(rasterio.Env(GDAL_PAM_ENABLED="NO", **_gdal_settings()))
+        # The contract (backend.atomic) before the model loads: no output is an input or
+        # another output, every folder is writable, and no other run holds the outputs.
+        stack.enter_context(claim(_check_outputs(reader, output, options).values()))
         if options.bounds is not None:
             reader.crop(options.bounds)
         model, reason = resolve_model(reader.bands, reader.product_level, options, reader.path.name)
         card = model.card
         tile, _ = options.tiling(card)
         logger.info("%s", reason)
-        warnings = _warnings(reader, card)
+        warnings = _warnings(reader, card, options)
         grid = ModelGrid.choose(
             reader.height,
             reader.width,

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import ModelError
 from .cards import ModelCard
-from .registry import Model
+from .registry import Model, load_checkpoint
 
 # The EfficientNet classification head stays in smp's encoder but is never run, so the
 # exported graphs do not hold it.
@@ -113,9 +113,7 @@ def load_torch_network(model: Model) -> Any:
     Raises:
         ModelError: If the file holds no state dict or the weights do not fit the card.
     """
-    import torch
-
-    checkpoint = torch.load(model.path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(model.path)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise ModelError(f"{model.path}: expected a state dict (or {{'state_dict': ...}})")

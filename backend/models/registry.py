@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from ..errors import BandError, ModelError
 from .cards import ONNX_CARD_KEY, ModelCard
@@ -120,6 +121,26 @@ def embed_onnx_card(path: Path, card: ModelCard, target: Path | None = None) -> 
     return target
 
 
+def load_checkpoint(path: Path) -> Any:
+    """Load a torch checkpoint safely (tensors and plain data only, no code).
+
+    Raises:
+        ModelError: One line, if the file is not a checkpoint torch can load safely
+            (corrupt, truncated, another format, or one that would run code).
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[0].split(". ")[0][:120] if lines else type(exc).__name__
+        raise ModelError(
+            f"{path} is not a torch checkpoint cloudseg can load ({detail}); check the file "
+            "is complete and was saved with cloudseg train or torch.save of a state dict"
+        ) from None
+
+
 def read_torch_card(path: Path) -> ModelCard:
     """Read the card of a torch checkpoint: inside it, or in ``<path>.card.json``.
 
@@ -129,9 +150,7 @@ def read_torch_card(path: Path) -> ModelCard:
     beside = path.with_name(path.name + ".card.json")
     if beside.is_file():
         return ModelCard.from_json(beside.read_text(encoding="utf-8"))
-    import torch
-
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(path)
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("card"), dict):
         return ModelCard.from_dict(checkpoint["card"])
     raise ModelError(

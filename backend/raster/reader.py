@@ -183,6 +183,8 @@ class SceneReader:
         Returns:
             float32 array of shape ``(len(bands), *out_shape)``.
         """
+        import rasterio._err
+        import rasterio.errors
         from rasterio.enums import Resampling
         from rasterio.windows import Window, from_bounds
 
@@ -235,13 +237,24 @@ class SceneReader:
             # Nodata given by a value is found here by comparison; GDAL's masked read
             # would decode every block a second time for its mask (2 s of a full tile).
             by_value = all(_mask_by_value(ds, index) for index in indexes)
-            data = ds.read(
-                indexes,
-                window=window,
-                out_shape=(len(sources), *part),
-                masked=not by_value,
-                resampling=resampling,
-            )
+            try:
+                data = ds.read(
+                    indexes,
+                    window=window,
+                    out_shape=(len(sources), *part),
+                    masked=not by_value,
+                    resampling=resampling,
+                )
+            except (
+                rasterio.errors.RasterioIOError,
+                rasterio.errors.RasterioError,
+                rasterio._err.CPLE_BaseError,
+            ) as exc:
+                detail = " ".join(str(exc).split())
+                raise InputError(
+                    f"cannot read {file} at rows {r0}-{r1}, columns {c0}-{c1} ({detail}); "
+                    "the file is truncated or corrupt: copy or download it again"
+                ) from None
             invalid = _invalid(ds, indexes, data) if by_value else np.ma.getmaskarray(data)
             data = np.ma.getdata(data)
             for k, (i, source) in enumerate(zip(positions, sources, strict=True)):
@@ -506,24 +519,69 @@ def open_scene(
     return SceneReader(path, sources, level, f"multi-band raster, {how}")
 
 
-def check_reflectance(reader: SceneReader, bands: list[str]) -> str | None:
-    """Warn when the scaled values do not look like reflectance.
+#: Reflectance no real surface or cloud reaches (the brightest clouds and fresh snow
+#: stay below about 1.3); a share of the sample above it means the scale is wrong.
+TOO_BRIGHT = 1.6
+#: Reflectance below this (after the offset) is not physical; a small share is noise.
+TOO_NEGATIVE = -0.05
+#: The share of a sample that may lie beyond those limits (saturated pixels, noise).
+IMPLAUSIBLE_SHARE = 0.02
+#: Even the darkest real scenes (water, night-dark shade) have a 99th percentile above
+#: this: haze and path radiance alone give more.
+TOO_DARK_P99 = 0.02
 
-    Returns:
-        A warning message, or None when the values look plausible.
+
+@dataclass(frozen=True)
+class ReflectanceCheck:
+    """What a sample of the scaled values says about the scale.
+
+    Attributes:
+        message: What is wrong, or None when the values look like reflectance.
+        certain: True when no real scene looks like this: the run should stop.
+    """
+
+    message: str | None
+    certain: bool = False
+
+
+def check_reflectance(reader: SceneReader, bands: list[str]) -> ReflectanceCheck:
+    """Whether the scaled values look like reflectance, by robust statistics.
+
+    A sample of the scene (:meth:`SceneReader.sample_reflectance`) is judged by shares
+    and percentiles, not by a median: values 10 times too large leave the median of a
+    dark scene near 1 but put a third or more of the pixels above :data:`TOO_BRIGHT`.
+    On the real labeled scenes (Sentinel-2 L1C and L2A, Landsat) no pixel of the sample
+    is above 1.6 or below -0.05; the same scenes scaled by 10 have 28-100 % above 1.6.
     """
     sample = reader.sample_reflectance(bands)
     valid = sample[np.isfinite(sample)]
+    fix = f"({reader.description}); pass the right --scale (and --offset)"
     if valid.size == 0:
-        return f"{reader.path}: the scene holds only nodata"
-    median = float(np.median(valid))
-    if median > 1.5 or median < 0.002:
-        return (
-            f"{reader.path}: values do not look like reflectance after scaling "
-            f"(median {median:.4g}; {reader.description}); pass --scale (and --offset) "
-            "if the result looks wrong"
+        # A sample, not the scene: a mostly empty scene may still hold data.
+        return ReflectanceCheck(f"{reader.path}: the sample of the scene holds only nodata")
+    bright = float(np.mean(valid > TOO_BRIGHT))
+    negative = float(np.mean(valid < TOO_NEGATIVE))
+    p99 = float(np.percentile(valid, 99))
+    if bright > IMPLAUSIBLE_SHARE:
+        return ReflectanceCheck(
+            f"{reader.path}: {100 * bright:.0f} % of the values are above reflectance "
+            f"{TOO_BRIGHT:g} after scaling, which no real scene has; the scale is probably "
+            f"wrong {fix}",
+            certain=True,
         )
-    return None
+    if negative > IMPLAUSIBLE_SHARE:
+        return ReflectanceCheck(
+            f"{reader.path}: {100 * negative:.0f} % of the values are below reflectance "
+            f"{TOO_NEGATIVE:g} after scaling; the offset is probably wrong {fix}",
+            certain=True,
+        )
+    if p99 < TOO_DARK_P99:
+        return ReflectanceCheck(
+            f"{reader.path}: 99 % of the values are below reflectance {p99:.3g} after "
+            f"scaling, darker than any real scene; the scale is probably too small {fix}",
+            certain=True,
+        )
+    return ReflectanceCheck(None)
 
 
 def scene_path_from_gdal_source(source: str) -> Path:

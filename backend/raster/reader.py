@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 #: Files a folder of single-band rasters may hold.
 BAND_FILE_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 S2_DN_SCALE = 1e-4
+#: How far band files' corners may differ, as a share of the finest band's pixel.
+GRID_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -150,10 +152,15 @@ class SceneReader:
         ):
             raise InputError(f"{self.path}: pixels must be square and north-up; warp it first")
         for ds in self._datasets.values():
-            if ds.crs != self.crs or not _same_extent(ds.bounds, self.bounds, ds.res[0]):
+            # Bands of one scene share their corners exactly; a shift of even a fraction
+            # of a pixel would misregister the bands the model compares.
+            tolerance = GRID_TOLERANCE * abs(self.transform.a)
+            if ds.crs != self.crs or not _same_extent(ds.bounds, self.bounds, tolerance):
+                shift = max(abs(x - y) for x, y in zip(ds.bounds, self.bounds, strict=True))
                 raise InputError(
-                    f"{self.path}: band files differ in CRS or extent "
-                    f"({ds.name}); they must cover the same area"
+                    f"{self.path}: band file {Path(ds.name).name} differs from the others in "
+                    + ("CRS" if ds.crs != self.crs else f"extent by {shift:.3g} CRS units")
+                    + "; bands must share one grid: resample them onto it (gdalwarp -te)"
                 )
 
     # -- reading -----------------------------------------------------------------------

@@ -101,6 +101,12 @@ def parse_metadata(xml_text: str, gdal_prefix: str, path: Path) -> SafeProduct:
     band_resolution: dict[str, int] = {}
     for node in root.iter("IMAGE_FILE"):
         rel = (node.text or "").strip()
+        parts = Path(rel).parts
+        if rel.startswith(("/", "\\")) or ".." in parts or ":" in rel:
+            raise InputError(
+                f"{path}: the product metadata points at {rel!r}, outside the product; "
+                "the metadata is damaged or not from ESA: download the product again"
+            )
         band = band_from_filename(Path(rel).name)
         if band is None or "/QI_DATA/" in rel:
             continue

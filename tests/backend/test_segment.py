@@ -416,10 +416,33 @@ def test_l1c_safe_is_read_as_l1c(band_folder, make_safe, tmp_path):
     np.testing.assert_array_equal(read(out), read(folder_out))
 
 
-def test_values_that_are_not_reflectance_are_warned_about(multiband, tmp_path):
-    # DNs of 0..10000 read with scale 1 would be "reflectance" in the thousands.
-    result = segment(multiband, tmp_path / "m.tif", SegmentOptions(product_level="L2A", scale=1.0))
-    assert any("do not look like reflectance" in w for w in result.warnings)
+@pytest.mark.parametrize(
+    ("scale", "words"),
+    [(1e-3, "above reflectance 1.6"), (1e-6, "darker than any real scene")],
+)
+def test_values_that_are_not_reflectance_are_refused(multiband, tmp_path, scale, words):
+    # The real chip's DNs read with a scale 10x too large, or 100x too small.
+    options = SegmentOptions(product_level="L2A", scale=scale)
+    with pytest.raises(InputError, match=words) as caught:
+        segment(multiband, tmp_path / "m.tif", options)
+    assert "--no-reflectance-check" in str(caught.value) and "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+    # Asked to, it runs, and says why the mask may be wrong.
+    options = SegmentOptions(product_level="L2A", scale=scale, check_reflectance=False)
+    result = segment(multiband, tmp_path / "m.tif", options)
+    assert any(words in w for w in result.warnings)
+
+
+def test_every_real_scene_passes_the_reflectance_check(real_data, tmp_path):
+    from cloudseg.backend.raster.reader import check_reflectance, open_scene
+    from cloudseg.training.reference import labeled_scenes
+
+    scenes = [s.image for s in labeled_scenes(real_data, tmp_path)]
+    scenes += sorted(p for p in (real_data / "oncloudn_l2a").iterdir() if p.is_dir())
+    assert len(scenes) >= 10
+    for scene in scenes:
+        with open_scene(scene) as reader:
+            assert check_reflectance(reader, reader.bands).message is None, scene
 
 
 @pytest.mark.parametrize("overviews", [False, True])

@@ -149,6 +149,35 @@ class _Strips:
 
 
 # -- the model over strips ------------------------------------------------------------------
+def fill_nodata(strip: np.ndarray) -> None:
+    """Fill pixels without data (NaN in any band) by mirroring the valid pixels beside them.
+
+    In place. The model sees the valid area continued, as the mirrored margin does at
+    the scene's border, so valid pixels next to nodata are predicted much as they would
+    be in a crop; a constant fill (the mean, or zeros) shows the model an edge that is
+    not there and changes them. Where the mirror image falls in nodata too, the nearest
+    valid pixel is used. A strip with no valid pixel becomes the mean (0).
+    """
+    missing = np.isnan(strip).any(axis=0)
+    if not missing.any():
+        return
+    if missing.all():
+        strip[:] = 0.0
+        return
+    from scipy.ndimage import distance_transform_edt
+
+    rows, cols = distance_transform_edt(missing, return_distances=False, return_indices=True)
+    r, c = np.nonzero(missing)
+    near_r, near_c = rows[r, c], cols[r, c]
+    # Mirror each pixel across its nearest valid one (numpy's "symmetric" padding, the
+    # edge pixel repeated once): a straight nodata edge then looks like a crop's margin.
+    mirror_r = np.clip(2 * near_r - r - np.sign(near_r - r), 0, missing.shape[0] - 1)
+    mirror_c = np.clip(2 * near_c - c - np.sign(near_c - c), 0, missing.shape[1] - 1)
+    bad = missing[mirror_r, mirror_c]  # the mirror lands in nodata: take the nearest
+    mirror_r[bad], mirror_c[bad] = near_r[bad], near_c[bad]
+    strip[:, r, c] = strip[:, mirror_r, mirror_c]
+
+
 def _predict_tiles(runner: Runner, tiles: np.ndarray, tta: bool) -> np.ndarray:
     if not tta:
         return runner(tiles)
@@ -190,10 +219,8 @@ def scene_rows(
     batch_size = options.batch_size or runner.default_batch
     for tile_row in layout.grid.rows:
         top, r0, r1 = layout.rows_of(tile_row)
-        strip = strips.strip(r0, r1)
-        missing = np.isnan(strip)
-        strip = (strip - mean) / std
-        strip[missing] = 0.0
+        strip = (strips.strip(r0, r1) - mean) / std
+        fill_nodata(strip)
         strip = layout.pad(strip, top, r0, r1)
         for i in range(0, len(cols), batch_size):
             if cancelled():

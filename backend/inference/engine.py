@@ -51,18 +51,29 @@ class Scene(Protocol):
 
 
 class ReaderScene:
-    """A scene read by window from files, through GDAL (see :class:`SceneReader`)."""
+    """A scene read by window from files, through GDAL (see :class:`SceneReader`).
 
-    def __init__(self, reader: SceneReader) -> None:
+    ``col_off`` and ``width`` make it a block of the scene's columns (for scenes too
+    wide for memory, see :func:`memory_plan`); columns past the block are NaN, as past
+    the scene's edge.
+    """
+
+    def __init__(self, reader: SceneReader, col_off: int = 0, width: int | None = None) -> None:
         self.reader = reader
-        self.height, self.width = reader.height, reader.width
+        self.col_off = col_off
+        self.height = reader.height
+        self.width = reader.width - col_off if width is None else width
 
     def read_native(self, bands: list[str], row: int, n: int, width: int) -> np.ndarray:
         """See :class:`Scene`."""
-        return self.reader.read(bands, row, 0, n, width)
+        strip = self.reader.read(bands, row, self.col_off, n, width)
+        strip[:, :, self.width :] = np.nan
+        return strip
 
     def read_resampled(self, bands: list[str], grid: ModelGrid, r0: int, r1: int) -> np.ndarray:
         """See :class:`Scene`: GDAL's average resampling."""
+        if self.col_off or self.width != self.reader.width:
+            raise InputError("column blocks need a model grid a whole multiple of the input's")
         f = grid.factor
         return self.reader.read(
             bands, r0 * f, 0, (r1 - r0) * f, grid.width * f, out_shape=(r1 - r0, grid.width)
@@ -237,6 +248,81 @@ def scene_rows(
             continue
         for row, probs in upsampler.push(*cropped):
             yield row, probs, strips.nodata(row, probs.shape[1])
+
+
+# -- memory --------------------------------------------------------------------------------
+#: Memory a run holds whatever the scene's width, in MiB: Python and its libraries, the
+#: runtime with the model, and GDAL's block cache (256 MiB). Measured: 600-700 MiB.
+BASE_MEMORY_MIB = 768
+#: Column blocks are whole COG blocks wide, so that each block of the output is written once.
+COLUMN_ALIGN = 512
+
+
+def bytes_per_column(bands: int, classes: int, tile: int, factor: float) -> float:
+    """Working memory per input column, in bytes: the streaming buffers scale with this.
+
+    A strip of ``tile`` model rows is ``tile * factor`` input rows of every band: read
+    (float32), normalised and filled, padded, and its nodata masks; then the blender's
+    sums, the blended and upsampled probabilities, and the output writers' buffers of
+    one COG block row. Measured against peak memory in benchmarks/memory.json.
+    """
+    rows = tile * max(factor, 1.0)
+    strip = bands * rows * (4 * 3 + 1) + tile * bands * 4 * 2
+    blend = (classes + 1) * tile * 4 * 2 + classes * rows * 4 * 3
+    writers = (classes + 1) * (COLUMN_ALIGN + rows)
+    return float(strip + blend + writers)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a scene is run within a memory budget.
+
+    Attributes:
+        blocks: ``(c0, c1, b0, b1)`` column blocks (see ``tiling.column_blocks``); one
+            block spanning the scene when it fits.
+        estimate_mib: The estimated peak of the whole scene in one pass.
+        budget_mib: The budget.
+    """
+
+    blocks: list[tuple[int, int, int, int]]
+    estimate_mib: float
+    budget_mib: float
+
+
+def memory_plan(
+    width: int, card: ModelCard, grid: ModelGrid, options: RunOptions, budget_mib: float
+) -> MemoryPlan:
+    """Split a scene into column blocks when one pass over its width would exceed the budget.
+
+    Raises:
+        InputError: If the budget is too small for even a narrow block, or the scene
+            needs blocks and the model grid is not a whole multiple of the input's.
+    """
+    from .tiling import column_blocks
+
+    tile, overlap = options.tiling(card)
+    per_column = bytes_per_column(len(card.bands), len(card.classes), tile, grid.factor)
+    estimate = BASE_MEMORY_MIB + per_column * width / 2**20
+    if estimate <= budget_mib:
+        return MemoryPlan([(0, width, 0, width)], estimate, budget_mib)
+    k = 1 if grid.factor == 1 else grid.block_factor
+    fits = int((budget_mib - BASE_MEMORY_MIB) * 2**20 / per_column)
+    context = tile * (k or 1)
+    align = (tile - overlap) * (k or 1)
+    interior = (fits - 2 * context - align) // COLUMN_ALIGN * COLUMN_ALIGN
+    if k is None or interior < COLUMN_ALIGN:
+        why = (
+            "a model grid that is not a whole multiple of the input's cannot be run in "
+            "column blocks; crop the scene (--extent) or"
+            if k is None
+            else "even a narrow column block does not fit; crop the scene (--extent) or"
+        )
+        raise InputError(
+            f"a {width} px wide scene needs about {estimate / 1024:.1f} GiB of memory, more "
+            f"than the {budget_mib / 1024:.1f} GiB allowed; {why} raise --max-memory"
+        )
+    blocks = column_blocks(width, interior, context, align)
+    return MemoryPlan(blocks, estimate, budget_mib)
 
 
 # -- choosing the model, and the in-memory entry point ----------------------------------------

@@ -93,6 +93,8 @@ class SegmentOptions(RunOptions):
             CRS (widened to whole pixels); the outputs then cover just that extent.
         polygons: Also write the cloud and shadow polygons (GeoPackage) here.
         min_polygon_area_m2: Polygons smaller than this are left out.
+        max_memory_mib: The budget for the run's peak memory; a scene whose one pass
+            over its width would need more runs in column blocks (same result).
         check_reflectance: Refuse values that are not reflectance after scaling (values
             no real scene has; see ``raster.reader.check_reflectance``). False makes
             that a warning.
@@ -104,6 +106,7 @@ class SegmentOptions(RunOptions):
     bounds: tuple[float, float, float, float] | None = None
     polygons: Path | None = None
     min_polygon_area_m2: float = 0.0
+    max_memory_mib: float = 2048
     check_reflectance: bool = True
 
     def __post_init__(self) -> None:

@@ -109,7 +109,7 @@ class SegmentOutputs:
         self._staged: list[tuple[Path, Path]] = []  # (temporary, final), in publishing order
         self._classes_staged: Path | None = None
         self._datasets: list[Any] = []
-        self._writers: list[BlockRowWriter | None] = []
+        self._writers: list[BlockRowWriter] = []  # of the current column block
 
     # -- the context ------------------------------------------------------------------------
     def __enter__(self) -> SegmentOutputs:
@@ -125,7 +125,6 @@ class SegmentOutputs:
                     path, "w", **block_profile(self.profile, count, "uint8", NODATA)
                 )
                 self._datasets.append(dataset)
-                self._writers.append(BlockRowWriter(dataset))
         except BaseException:
             self._discard()
             raise
@@ -154,6 +153,16 @@ class SegmentOutputs:
         self._datasets.clear()
 
     # -- writing ------------------------------------------------------------------------------
+    def columns(self, col_off: int, width: int) -> None:
+        """Write the next rows into columns ``col_off..col_off + width``: a column block.
+
+        Call before the first :meth:`write` (with the whole width for a run in one
+        pass); the block before must be complete.
+        """
+        for writer in self._writers:
+            writer.close()
+        self._writers = [BlockRowWriter(ds, col_off=col_off, width=width) for ds in self._datasets]
+
     def write(self, row: int, probs: np.ndarray, nodata: np.ndarray) -> None:
         """Write input rows ``row..`` of ``(classes, n, width)`` probabilities."""
         classes = argmax_classes(probs)

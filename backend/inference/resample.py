@@ -61,6 +61,10 @@ class ModelGrid:
                 factor = 1.0
         return cls(factor, math.ceil(height / factor), math.ceil(width / factor))
 
+    def of_width(self, width: int) -> ModelGrid:
+        """The same grid over ``width`` input columns (a column block of the scene)."""
+        return ModelGrid(self.factor, self.height, math.ceil(width / self.factor))
+
     @property
     def block_factor(self) -> int | None:
         """The factor as a whole number when it is one above 1 (block means), else None."""

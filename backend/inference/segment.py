@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..models.cards import ModelCard
 from ..raster.bands import band_from_filename
 from ..raster.reader import SceneReader, check_reflectance, open_scene
-from .engine import NODATA, ReaderScene, resolve_model, scene_rows
+from .engine import NODATA, ReaderScene, memory_plan, resolve_model, scene_rows
 from .options import RunOptions, SegmentOptions
 from .outputs import SegmentOutputs, provenance_tags
 from .resample import ModelGrid
@@ -105,6 +105,17 @@ def _warnings(reader: SceneReader, card: ModelCard, options: SegmentOptions) -> 
     for message in warnings:
         logger.warning("%s", message)
     return warnings
+
+
+def _block_progress(progress: ProgressCallback, index: int, count: int) -> ProgressCallback:
+    """Progress of column block ``index`` of ``count`` as a share of the whole run."""
+    if count == 1:
+        return progress
+
+    def report(percent: float, message: str) -> None:
+        progress((index * 98.0 + percent) / count, f"column block {index + 1}/{count}, {message}")
+
+    return report
 
 
 #: The file suffixes each output's format allows.
@@ -197,6 +208,16 @@ def segment(
             options.resolution,
             str(reader.path),
         )
+        plan = memory_plan(reader.width, card, grid, options, options.max_memory_mib)
+        if len(plan.blocks) > 1:
+            logger.info(
+                "one pass over %d columns would need about %.1f GiB (budget %.1f GiB): "
+                "running in %d column blocks",
+                reader.width,
+                plan.estimate_mib / 1024,
+                plan.budget_mib / 1024,
+                len(plan.blocks),
+            )
         runner = create_runner(model, options.device, options.precision, options.runtime, tile)
         logger.info(
             "running on %s; model grid %d x %d (factor %g)",
@@ -214,11 +235,20 @@ def segment(
         }
         tags = provenance_tags(model, reader, runner, options, grid)
         with SegmentOutputs(output, options, profile, card, tags) as outputs:
-            scene = ReaderScene(reader)
-            for row, probs, nodata in scene_rows(
-                scene, grid, card, runner, options, progress, cancelled
-            ):
-                outputs.write(row, probs, nodata)
+            for index, (c0, c1, b0, b1) in enumerate(plan.blocks):
+                outputs.columns(c0, c1 - c0)
+                scene = ReaderScene(reader, b0, b1 - b0)
+                block_grid = grid if len(plan.blocks) == 1 else grid.of_width(b1 - b0)
+                for row, probs, nodata in scene_rows(
+                    scene,
+                    block_grid,
+                    card,
+                    runner,
+                    options,
+                    _block_progress(progress, index, len(plan.blocks)),
+                    cancelled,
+                ):
+                    outputs.write(row, probs[:, :, c0 - b0 : c1 - b0], nodata[:, c0 - b0 : c1 - b0])
             outputs.finish_rasters()
             polygon_counts = outputs.trace_polygons(progress, cancelled)
             outputs.stage(progress, cancelled)

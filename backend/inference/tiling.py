@@ -216,3 +216,25 @@ class TileLayout:
         if hi <= lo:
             return None
         return lo - margin, block[:, lo - first : hi - first, margin : margin + self.width]
+
+
+def column_blocks(
+    width: int, interior: int, context: int, align: int
+) -> list[tuple[int, int, int, int]]:
+    """Split a scene too wide for memory into blocks of columns, each run on its own.
+
+    Each block writes its interior columns ``c0..c1`` and reads ``b0..b1``: ``context``
+    columns more on each side (clipped to the scene), with ``b0`` a multiple of
+    ``align``. With ``context`` at least a tile and ``align`` the tile stride (both in
+    input pixels), every interior pixel is covered by exactly the tiles, with the same
+    data and weights, that cover it in a run over the whole width: the result is the same.
+
+    Returns:
+        ``(c0, c1, b0, b1)`` per block, left to right.
+    """
+    blocks = []
+    for c0 in range(0, width, interior):
+        c1 = min(c0 + interior, width)
+        b0 = max(0, (c0 - context) // align * align)
+        blocks.append((c0, c1, b0, min(width, c1 + context)))
+    return blocks

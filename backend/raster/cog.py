@@ -64,10 +64,22 @@ class BlockRowWriter:
     the block cache can stay small whatever the size of the scene.
     """
 
-    def __init__(self, dataset: Any, block_rows: int | None = None) -> None:
-        """Buffer rows for ``dataset`` (open for writing); blocks of ``block_rows`` rows."""
+    def __init__(
+        self,
+        dataset: Any,
+        block_rows: int | None = None,
+        col_off: int = 0,
+        width: int | None = None,
+    ) -> None:
+        """Buffer rows for ``dataset`` (open for writing); blocks of ``block_rows`` rows.
+
+        ``col_off`` and ``width`` restrict the writer to a band of columns (a scene too
+        wide for memory is written in column blocks, each by its own writer).
+        """
         self.dataset = dataset
         self.block_rows = block_rows or dataset.block_shapes[0][0]
+        self.col_off = col_off
+        self.width = dataset.width - col_off if width is None else width
         self._chunks: list[np.ndarray] = []
         self._first = 0
         self._buffered = 0
@@ -86,7 +98,7 @@ class BlockRowWriter:
             return
         rows = np.concatenate(self._chunks, axis=1) if len(self._chunks) > 1 else data
         n = complete - self._first
-        self.dataset.write(rows[:, :n], window=Window(0, self._first, self.dataset.width, n))
+        self.dataset.write(rows[:, :n], window=Window(self.col_off, self._first, self.width, n))
         rest = rows[:, n:]
         self._chunks = [rest] if rest.shape[1] else []
         self._first, self._buffered = complete, rest.shape[1]

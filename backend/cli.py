@@ -12,11 +12,12 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ._version import __version__
 from .choices import DEVICES, PRECISIONS, RESOLUTION_ALIASES, RESOLUTIONS, RUNTIMES
-from .errors import CloudsegError
+from .errors import CloudsegError, InputError
 
 logger = logging.getLogger("cloudseg")
 
@@ -139,6 +140,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
     from .store.ingest import ingest
 
+    if args.env_file is not None and not Path(args.env_file).is_file():
+        raise InputError(f"--env-file {args.env_file} does not exist")
     with tqdm(total=0, unit="scene", disable=args.quiet or None, file=sys.stderr) as bar:
 
         def progress(done: int, total: int, scene: str) -> None:
@@ -152,7 +155,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             layout=args.layout,
             name=args.name,
             endpoint_url=args.endpoint_url,
-            env_file=args.env_file,
+            env_file=args.env_file or ".env",
             report=not args.no_report,
             progress=progress,
         )
@@ -379,7 +382,9 @@ def _add_ingest_parser(sub: Any) -> None:
     ing.add_argument("dest", metavar="DEST", help="a folder or s3://bucket/prefix")
     ing.add_argument("--layout", choices=LAYOUTS, help="the source layout (default: detected)")
     ing.add_argument("--endpoint-url", help="S3 endpoint, e.g. http://127.0.0.1:9000 (MinIO)")
-    ing.add_argument("--env-file", default=".env", help="file with S3 settings (default .env)")
+    ing.add_argument(
+        "--env-file", help="file with S3 settings (default: .env in the current folder, if any)"
+    )
     ing.add_argument("--name", default="cloudseg-dataset", help="STAC collection id")
     ing.add_argument("--no-report", action="store_true", help="skip the dataset report")
     add_output_flags(ing)
@@ -420,6 +425,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except CloudsegError as exc:
         print(f"cloudseg: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        from .store.storage import explain_s3_error, is_s3_error
+
+        if not is_s3_error(exc):
+            raise
+        print(f"cloudseg: error: {explain_s3_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         name = signal.Signals(received[-1]).name if received else "SIGINT"

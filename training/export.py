@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..backend.atomic import atomic_path, check_target
-from ..backend.errors import InputError, ModelError
+from ..backend.atomic import atomic_path, check_outputs, claim
+from ..backend.errors import ModelError
 from ..backend.models.cards import ModelCard
 from ..backend.models.networks import load_torch_network
 from ..backend.models.registry import Model, embed_onnx_card, read_torch_card
@@ -85,16 +85,13 @@ def export_onnx(
     import onnxruntime as ort
     import torch
 
-    output = Path(output)
-    if output.suffix.lower() != ".onnx":
-        raise InputError(f"{output}: the export target must end in .onnx")
-    if output.exists():
-        check_target(output, overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = check_outputs(
+        {"OUTPUT": output}, [Path(checkpoint)], overwrite, {"OUTPUT": (".onnx",)}
+    )["OUTPUT"]
     network, card = load_checkpoint(checkpoint)
     size = card.tile_size
     example = torch.zeros(1, len(card.bands), size, size)
-    with atomic_path(output) as partial:
+    with claim([output]), atomic_path(output) as partial:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -274,8 +275,13 @@ def _device(config: Config) -> str:
     return "cuda" if wanted != "cpu" and torch.cuda.is_available() else "cpu"
 
 
-def prepare_output(folder: Path, resume: bool, overwrite: bool) -> None:
+def prepare_output(folder: Path, resume: bool, overwrite: bool) -> Callable[[], None]:
     """Check the run folder: refuse to mix runs unless told to resume or overwrite.
+
+    Nothing is changed yet: the returned function clears an earlier run (with
+    ``overwrite``) and creates the folder; ``train`` calls it only once the store, the
+    model and the settings have been checked, so a run that fails early leaves the
+    folder as it was.
 
     Raises:
         OutputExistsError: If the folder holds a run and neither flag is given.
@@ -285,20 +291,25 @@ def prepare_output(folder: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         if not last.is_file():
             raise InputError(f"nothing to resume: {last} does not exist")
-        return
-    if (folder / "checkpoints").exists() or (folder / MODEL_NAME).exists():
-        if not overwrite:
-            raise OutputExistsError(
-                f"{folder} holds a training run; use --resume to continue it or "
-                "--overwrite to start again"
-            )
-        for name in ("checkpoints", "logs", "tensorboard", MODEL_NAME, CONFIG_NAME):
-            path = folder / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
+        return lambda: None
+    if ((folder / "checkpoints").exists() or (folder / MODEL_NAME).exists()) and not overwrite:
+        raise OutputExistsError(
+            f"{folder} holds a training run; use --resume to continue it or "
+            "--overwrite to start again"
+        )
+
+    def start() -> None:
+        """Clear an earlier run (``overwrite``) and create the folder: once all checks pass."""
+        if overwrite:
+            for name in ("checkpoints", "logs", "tensorboard", MODEL_NAME, CONFIG_NAME):
+                path = folder / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+
+    return start
 
 
 def train(
@@ -328,7 +339,7 @@ def train(
     """
     started = time.perf_counter()
     out = Path(config.output).expanduser()
-    prepare_output(out, resume, overwrite)
+    start = prepare_output(out, resume, overwrite)
     dataset = open_dataset(config.data.store, config.data.endpoint_url)
     bands = [*(config.data.bands or dataset.bands)]
     classes = [*(config.data.classes or [c["name"] for c in dataset.classes])]
@@ -369,83 +380,91 @@ def train(
             resolution_m=config.data.resolution_m or _store_resolution(dataset, train_scenes[0]),
         ),
     )
-    resolved.save(out / CONFIG_NAME)
-    module = SegmentationModule(network, classes, resolved)
-    device = _device(config)
-    precision = config.train.precision
-    if precision == "auto":
-        precision = "bf16-mixed" if device == "cuda" else "32-true"
-    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    created = not out.exists()
+    start()
+    try:
+        resolved.save(out / CONFIG_NAME)
+        module = SegmentationModule(network, classes, resolved)
+        device = _device(config)
+        precision = config.train.precision
+        if precision == "auto":
+            precision = "bf16-mixed" if device == "cuda" else "32-true"
+        from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+        from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    checkpoints = ModelCheckpoint(
-        dirpath=out / "checkpoints",
-        filename="best",
-        monitor="val_iou",
-        mode="max",
-        save_top_k=1,
-        save_last=True,
-        enable_version_counter=False,
-    )
-    watcher = _Progress(progress, cancelled)
-    log_version = f"resumed-{time.strftime('%Y%m%d-%H%M%S')}" if resume else ""
-    trainer = L.Trainer(
-        default_root_dir=out,
-        max_epochs=config.train.epochs,
-        accelerator="gpu" if device == "cuda" else "cpu",
-        devices=1,
-        precision=precision,
-        callbacks=[
-            checkpoints,
-            EarlyStopping(monitor="val_iou", mode="max", patience=config.train.patience),
-            LearningRateMonitor(logging_interval="epoch"),
-            watcher,
-        ],
-        logger=[  # a resumed run logs beside the first one instead of replacing its logs
-            CSVLogger(out, name="logs", version=log_version),
-            TensorBoardLogger(
-                out, name="tensorboard", version=log_version, default_hp_metric=False
-            ),
-        ],
-        log_every_n_steps=1,
-        check_val_every_n_epoch=config.train.val_every,
-        num_sanity_val_steps=0,
-        enable_progress_bar=progress_bar,
-        enable_model_summary=False,
-        deterministic="warn" if device == "cpu" else False,
-    )
-    os.environ.setdefault("PYTHONHASHSEED", str(config.train.seed))
-    ckpt_path = out / "checkpoints" / "last.ckpt" if resume else None
-    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
-    if watcher.was_cancelled:
-        raise CancelledError(
-            f"training cancelled at epoch {trainer.current_epoch + 1}; "
-            f"continue with --resume (checkpoints in {out / 'checkpoints'})"
+        checkpoints = ModelCheckpoint(
+            dirpath=out / "checkpoints",
+            filename="best",
+            monitor="val_iou",
+            mode="max",
+            save_top_k=1,
+            save_last=True,
+            enable_version_counter=False,
         )
-    best = Path(checkpoints.best_model_path or out / "checkpoints" / "last.ckpt")
-    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state)
-    # Metrics of the best weights on the validation scenes, for the card.
-    trainer.validate(module, val_loader, verbose=False)
-    card = build_card(
-        resolved, bands, classes, mean, std, init_card, module.val_metrics, val_scenes
-    )
-    model_path = save_model(module.network, card, resolved, out / MODEL_NAME)
-    windows = watcher.train_batches * config.train.batch_size
-    return TrainResult(
-        model_path=model_path,
-        best_checkpoint=best,
-        last_checkpoint=out / "checkpoints" / "last.ckpt",
-        epochs=trainer.current_epoch,
-        best_val_iou=module.val_metrics.get("mean_iou"),
-        epoch_losses=module.epoch_losses,
-        val_metrics=module.val_metrics,
-        seconds=round(time.perf_counter() - started, 2),
-        windows_per_second=round(windows / watcher.train_seconds, 3) if windows else 0.0,
-        device=torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
-        train_scenes=train_scenes,
-        val_scenes=val_scenes,
-    )
+        watcher = _Progress(progress, cancelled)
+        log_version = f"resumed-{time.strftime('%Y%m%d-%H%M%S')}" if resume else ""
+        trainer = L.Trainer(
+            default_root_dir=out,
+            max_epochs=config.train.epochs,
+            accelerator="gpu" if device == "cuda" else "cpu",
+            devices=1,
+            precision=precision,
+            callbacks=[
+                checkpoints,
+                EarlyStopping(monitor="val_iou", mode="max", patience=config.train.patience),
+                LearningRateMonitor(logging_interval="epoch"),
+                watcher,
+            ],
+            logger=[  # a resumed run logs beside the first one instead of replacing its logs
+                CSVLogger(out, name="logs", version=log_version),
+                TensorBoardLogger(
+                    out, name="tensorboard", version=log_version, default_hp_metric=False
+                ),
+            ],
+            log_every_n_steps=1,
+            check_val_every_n_epoch=config.train.val_every,
+            num_sanity_val_steps=0,
+            enable_progress_bar=progress_bar,
+            enable_model_summary=False,
+            deterministic="warn" if device == "cpu" else False,
+        )
+        os.environ.setdefault("PYTHONHASHSEED", str(config.train.seed))
+        ckpt_path = out / "checkpoints" / "last.ckpt" if resume else None
+        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
+        if watcher.was_cancelled:
+            raise CancelledError(
+                f"training cancelled at epoch {trainer.current_epoch + 1}; "
+                f"continue with --resume (checkpoints in {out / 'checkpoints'})"
+            )
+        best = Path(checkpoints.best_model_path or out / "checkpoints" / "last.ckpt")
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+        # Metrics of the best weights on the validation scenes, for the card.
+        trainer.validate(module, val_loader, verbose=False)
+        card = build_card(
+            resolved, bands, classes, mean, std, init_card, module.val_metrics, val_scenes
+        )
+        model_path = save_model(module.network, card, resolved, out / MODEL_NAME)
+        windows = watcher.train_batches * config.train.batch_size
+        return TrainResult(
+            model_path=model_path,
+            best_checkpoint=best,
+            last_checkpoint=out / "checkpoints" / "last.ckpt",
+            epochs=trainer.current_epoch,
+            best_val_iou=module.val_metrics.get("mean_iou"),
+            epoch_losses=module.epoch_losses,
+            val_metrics=module.val_metrics,
+            seconds=round(time.perf_counter() - started, 2),
+            windows_per_second=round(windows / watcher.train_seconds, 3) if windows else 0.0,
+            device=torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+            train_scenes=train_scenes,
+            val_scenes=val_scenes,
+        )
+    except BaseException:
+        # A run that stops before its first checkpoint leaves no folder it created.
+        if created and not (out / "checkpoints").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _store_resolution(dataset: StoredDataset, scene: str) -> float:

@@ -116,5 +116,5 @@ class StoredDataset:
 def open_dataset(
     url: str | Path, endpoint_url: str | None = None, env_file: str | Path | None = ".env"
 ) -> StoredDataset:
-    """Open an ingested store (local folder or ``s3://bucket/prefix``)."""
-    return StoredDataset(open_storage(url, endpoint_url, env_file))
+    """Open an ingested store (local folder or ``s3://bucket/prefix``); nothing is created."""
+    return StoredDataset(open_storage(url, endpoint_url, env_file, create=False))

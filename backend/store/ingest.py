@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..callbacks import CancelCallback, CountCallback, never_cancelled
-from ..errors import CancelledError
+from ..errors import CancelledError, OutputConflictError
 from .keys import (
     COLLECTION_KEY,
     IGNORE,
@@ -236,6 +236,22 @@ def write_collection(
     return data
 
 
+def _check_not_nested(source: str | Path, dest: str | Path) -> None:
+    """A local store may be neither the source folder, nor inside it, nor hold it.
+
+    Raises:
+        OutputConflictError: If it is.
+    """
+    if str(dest).startswith("s3://"):
+        return
+    src, out = Path(source).expanduser().resolve(), Path(dest).expanduser().resolve()
+    if src == out or src in out.parents or out in src.parents:
+        raise OutputConflictError(
+            f"the store {dest} and the source {source} overlap; write the store to a folder "
+            "outside the source (and not around it)"
+        )
+
+
 def ingest(
     source: str | Path,
     dest: str | Path,
@@ -272,6 +288,7 @@ def ingest(
     import time
 
     start = time.perf_counter()
+    _check_not_nested(source, dest)
     found = scan_source(source, layout, scheme)
     storage = open_storage(dest, endpoint_url, env_file)
     existing = _stored_scheme(storage)

@@ -61,10 +61,19 @@ class Storage:
 class LocalStorage(Storage):
     """A folder on disk; writes go to a temporary name and are renamed."""
 
-    def __init__(self, root: Path) -> None:
-        """Use (and create) the folder ``root``."""
+    def __init__(self, root: Path, create: bool = True) -> None:
+        """Use the folder ``root``; create it if ``create``.
+
+        Raises:
+            StorageError: If the folder does not exist and ``create`` is False.
+        """
         self.root = root.expanduser().resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        elif not self.root.is_dir():
+            raise StorageError(
+                f"store {self.root} does not exist; ingest scenes into it first (cloudseg ingest)"
+            )
         self.url = str(self.root)
 
     def _path(self, key: str) -> Path:
@@ -119,7 +128,10 @@ class S3Settings:
     region: str | None = None
 
     def __repr__(self) -> str:
-        return f"S3Settings(endpoint_url={self.endpoint_url!r}, access_key=***, secret_key=***)"
+        return (
+            f"S3Settings(endpoint_url={redact(self.endpoint_url or '')!r}, access_key=***, "
+            "secret_key=***)"
+        )
 
     @classmethod
     def from_environment(
@@ -165,13 +177,17 @@ class S3Storage(Storage):
             aws_access_key_id=settings.access_key,
             aws_secret_access_key=settings.secret_key,
             region_name=settings.region,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10),
+            config=Config(
+                retries={"total_max_attempts": 3, "mode": "standard"},
+                connect_timeout=_timeout("CLOUDSEG_S3_CONNECT_TIMEOUT", 10),
+                read_timeout=_timeout("CLOUDSEG_S3_READ_TIMEOUT", 30),
+            ),
         )
-        where = settings.endpoint_url or "AWS"
+        where = redact(settings.endpoint_url) if settings.endpoint_url else "AWS"
         try:
             self.client.head_bucket(Bucket=bucket)
         except Exception as exc:  # botocore raises several unrelated types
-            raise StorageError(_explain_s3_error(exc, bucket, where)) from None
+            raise StorageError(explain_s3_error(exc, bucket, where)) from None
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -283,8 +299,54 @@ def _environment(env_file: str | Path | None) -> dict[str, str]:
     return values
 
 
-def _explain_s3_error(exc: Exception, bucket: str, where: str) -> str:
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+def redact(url: str) -> str:
+    """``url`` with any ``user:secret@`` replaced by ``***@``: never echo credentials."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def _timeout(variable: str, default: float) -> float:
+    """Seconds from an environment variable, else ``default``."""
+    try:
+        return float(os.environ.get(variable, default))
+    except ValueError:
+        raise StorageError(f"{variable} must be a number of seconds") from None
+
+
+def is_s3_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from boto3 (without importing it when it was never used)."""
+    import sys
+
+    botocore = sys.modules.get("botocore.exceptions")
+    return botocore is not None and isinstance(exc, (botocore.BotoCoreError, botocore.ClientError))
+
+
+def explain_s3_error(exc: Exception, bucket: str = "", where: str = "S3") -> str:
+    """One line for a boto3 error: what happened, and what to check (never the secrets)."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
+
+    if isinstance(exc, ReadTimeoutError):
+        return (
+            f"S3 at {where} accepted the connection but did not answer within "
+            f"{_timeout('CLOUDSEG_S3_READ_TIMEOUT', 30):g} s; check the endpoint is an S3 "
+            "server and is healthy (CLOUDSEG_S3_READ_TIMEOUT sets the wait)"
+        )
+    if isinstance(exc, ConnectTimeoutError):
+        return (
+            f"cannot connect to the S3 endpoint {where} within "
+            f"{_timeout('CLOUDSEG_S3_CONNECT_TIMEOUT', 10):g} s; check MINIO_ENDPOINT / "
+            "--endpoint-url and the network"
+        )
 
     if isinstance(exc, NoCredentialsError):
         return (
@@ -302,23 +364,29 @@ def _explain_s3_error(exc: Exception, bucket: str, where: str) -> str:
                 f"S3 at {where} refused the credentials for bucket {bucket}; check "
                 "MINIO_ACCESS_KEY / MINIO_SECRET_KEY (or the AWS variables)"
             )
-        return f"S3 at {where} answered {code or 'an error'} for bucket {bucket}"
+        return f"S3 at {where} answered {code or 'an error'}" + (
+            f" for bucket {bucket}" if bucket else ""
+        )
     return f"cannot reach S3 at {where} ({type(exc).__name__})"
 
 
 def open_storage(
-    url: str | Path, endpoint_url: str | None = None, env_file: str | Path | None = ".env"
+    url: str | Path,
+    endpoint_url: str | None = None,
+    env_file: str | Path | None = ".env",
+    create: bool = True,
 ) -> Storage:
     """Open a store location: a local folder, or ``s3://bucket/prefix``.
 
     ``s3://`` alone (or ``s3:///prefix``) takes the bucket from ``S3_BUCKET_NAME``.
+    A local folder is created for writing (``create``), never for reading.
 
     Raises:
         StorageError: When S3 cannot be reached, refuses the credentials, or lacks the bucket.
     """
     text = str(url)
     if not text.startswith("s3://"):
-        return LocalStorage(Path(text))
+        return LocalStorage(Path(text), create=create)
     settings = S3Settings.from_environment(endpoint_url, env_file)
     bucket, _, prefix = text[len("s3://") :].partition("/")
     if not bucket:

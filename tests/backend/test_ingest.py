@@ -147,9 +147,7 @@ def test_killed_ingestion_resumes_to_the_same_store(real_data, tmp_path, venv_en
         str(real_data / CLOUDSEN12),
         str(resumed),
         "-q",
-        "--env-file",
-        "none",
-    ]
+    ]  # no .env in tmp_path: no S3 settings are read
     process = subprocess.Popen(command, env=venv_env, cwd=tmp_path)
     items = resumed / "stac" / "items"
     deadline = time.monotonic() + 60

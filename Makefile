@@ -44,8 +44,8 @@ demo: install ## segment a real Sentinel-2 chip from ../shared/data/real
 
 test: install lint test-backend test-plugin ## lint, then all tests
 
-test-backend: install ## backend and training tests (QGIS never imported)
-	$(VENV)/bin/pytest -p no:qgis tests/backend tests/training
+test-backend: install ## backend, training and reliability tests (QGIS never imported)
+	$(VENV)/bin/pytest -p no:qgis tests/backend tests/training tests/reliability
 
 test-plugin: install ## plugin tests with pytest-qgis, offscreen
 	QT_QPA_PLATFORM=offscreen $(VENV)/bin/pytest tests/plugin

@@ -257,11 +257,26 @@ def atomic_path(target: Path, tag: str = "part") -> Iterator[Path]:
             tmp.replace(target)
 
 
+#: How many sets of outputs this process has published (see :func:`published_count`).
+_published = [0]
+
+
+def published_count() -> int:
+    """How many times :func:`publish` has completed in this process.
+
+    The command line compares it before and after an interrupt, to say truly whether the
+    outputs were already in place.
+    """
+    return _published[0]
+
+
 def publish(renames: Sequence[tuple[Path, Path]]) -> None:
     """Rename each ``(temporary, target)`` pair, in order, as one step.
 
     SIGINT and SIGTERM are held back while the renames run (microseconds), so an
-    interrupt cannot leave some outputs new and others old; it is delivered after.
+    interrupt cannot leave some outputs new and others old. One that arrives meanwhile
+    comes too late to stop the run: the outputs are whole, so it is dropped and the run
+    ends as a success (it would otherwise report a cancel that did not happen).
     """
     held = {signal.SIGINT, signal.SIGTERM}
     main = threading.current_thread() is threading.main_thread()
@@ -269,8 +284,12 @@ def publish(renames: Sequence[tuple[Path, Path]]) -> None:
     try:
         for tmp, target in renames:
             tmp.replace(target)
+        _published[0] += 1
     finally:
         if previous is not None:
+            done = all(not tmp.exists() for tmp, _ in renames)
+            while done and signal.sigpending() & held:
+                signal.sigwait(signal.sigpending() & held)  # consume it
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 

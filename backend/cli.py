@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
+from .atomic import published_count
 from .choices import DEVICES, PRECISIONS, RESOLUTION_ALIASES, RESOLUTIONS, RUNTIMES
 from .errors import CloudsegError, InputError
 
@@ -408,10 +409,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 on success, 1 on a reported error, 130 when interrupted.
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
-    handler: Handler = args.handler
     received: list[int] = []
 
     def interrupt(signum: int, frame: Any) -> None:
@@ -419,9 +416,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     # SIGTERM (a scheduler's or a service manager's stop) is handled like Ctrl-C: the
-    # run's temporary files are removed and earlier outputs are left as they were.
+    # run's temporary files are removed and earlier outputs are left as they were. Both
+    # are handled from the start: building the parser imports the subcommands.
     previous = signal.signal(signal.SIGTERM, interrupt)
+    published = published_count()
     try:
+        args = build_parser().parse_args(argv)
+        _configure_logging(args.verbose)
+        handler: Handler = args.handler
         return handler(args)
     except CloudsegError as exc:
         print(f"cloudseg: error: {exc}", file=sys.stderr)
@@ -435,7 +437,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         name = signal.Signals(received[-1]).name if received else "SIGINT"
-        print(f"cloudseg: interrupted ({name}); earlier outputs are untouched", file=sys.stderr)
+        state = (
+            "the outputs were already complete and are kept"
+            if published_count() > published
+            else "earlier outputs are untouched"
+        )
+        print(f"cloudseg: interrupted ({name}); {state}", file=sys.stderr)
         return 128 + (received[-1] if received else signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)

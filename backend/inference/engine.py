@@ -261,14 +261,16 @@ COLUMN_ALIGN = 512
 def bytes_per_column(bands: int, classes: int, tile: int, factor: float) -> float:
     """Working memory per input column, in bytes: the streaming buffers scale with this.
 
-    A strip of ``tile`` model rows is ``tile * factor`` input rows of every band: read
-    (float32), normalised and filled, padded, and its nodata masks; then the blender's
-    sums, the blended and upsampled probabilities, and the output writers' buffers of
-    one COG block row. Measured against peak memory in benchmarks/memory.json.
+    A strip of ``tile`` model rows is ``tile * factor`` input rows of every band, held
+    twice as float32 (read and normalised, then padded) with its nodata mask; then the
+    blender's sums, the blended and upsampled probabilities, and the output writers'
+    buffers of one COG block row. Checked against the measured peak (about 20 KB per
+    column for 4 bands, 3 classes, 256 px tiles; benchmarks/memory.json): the estimate
+    errs on the high side.
     """
     rows = tile * max(factor, 1.0)
-    strip = bands * rows * (4 * 3 + 1) + tile * bands * 4 * 2
-    blend = (classes + 1) * tile * 4 * 2 + classes * rows * 4 * 3
+    strip = bands * rows * (4 * 2 + 1)
+    blend = (classes + 1) * tile * 4 + classes * rows * 4 * 2
     writers = (classes + 1) * (COLUMN_ALIGN + rows)
     return float(strip + blend + writers)
 

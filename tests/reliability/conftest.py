@@ -8,6 +8,7 @@ byte for byte as they were, and no stray files.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -48,7 +49,7 @@ class Workspace:
     """
 
     def __init__(self, root: Path, env: dict[str, str]) -> None:
-        self.root, self.env = root, env
+        self.root, self.env = root, dict(env)  # a test may add variables
         self.scene, self.chip, self.out = root / "scene.tif", root / "chip", root / "out"
 
     def cli(self, *args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -130,3 +131,13 @@ def unchanged(workspace) -> Callable[[], None]:
         assert workspace.snapshot() == before
 
     return check
+
+
+@pytest.fixture(scope="session")
+def make_safe():
+    """``make_safe(band_dir, out_dir)``: a SAFE product from real band files."""
+    path = Path(__file__).resolve().parents[1] / "data" / "make_safe.py"
+    spec = importlib.util.spec_from_file_location("make_safe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_safe

@@ -210,12 +210,17 @@ def stale_temporaries(target: Path) -> list[Path]:
 def claim(targets: Iterable[Path]) -> Iterator[None]:
     """Hold the run's outputs: refuse a concurrent run, clean what dead runs left.
 
+    Outputs in a folder that does not exist yet (a store or run folder that the command
+    creates with its parents) are not locked: a lock file would create the folder.
+
     Raises:
         OutputConflictError: If another live run holds one of the outputs.
     """
     locks: list[Path] = []
     try:
         for target in sorted({Path(t).expanduser().resolve() for t in targets}):
+            if not target.parent.is_dir():  # created by the run itself: nothing to hold yet
+                continue
             locks.append(_take_lock(target))
             remove(*stale_temporaries(target))
         yield

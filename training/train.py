@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..backend._version import __version__
-from ..backend.atomic import atomic_path
+from ..backend.atomic import atomic_path, claim
 from ..backend.callbacks import CancelCallback, ProgressCallback
 from ..backend.errors import CancelledError, InputError, OutputExistsError
 from ..backend.models.cards import ModelCard, metric_entry
@@ -337,8 +337,22 @@ def train(
     Raises:
         CloudsegError: For a bad config, store or model, an existing run, or cancellation.
     """
-    started = time.perf_counter()
     out = Path(config.output).expanduser()
+    with claim([out]):  # a second run into the same folder is refused meanwhile
+        return _train(config, out, resume, overwrite, progress, cancelled, progress_bar)
+
+
+def _train(
+    config: Config,
+    out: Path,
+    resume: bool,
+    overwrite: bool,
+    progress: ProgressCallback | None,
+    cancelled: CancelCallback | None,
+    progress_bar: bool,
+) -> TrainResult:
+    """:func:`train`, once the run folder is held."""
+    started = time.perf_counter()
     start = prepare_output(out, resume, overwrite)
     dataset = open_dataset(config.data.store, config.data.endpoint_url)
     bands = [*(config.data.bands or dataset.bands)]

@@ -13,14 +13,17 @@ by name and reason and the others are ingested.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import claim
 from ..callbacks import CancelCallback, CountCallback, never_cancelled
 from ..errors import CancelledError, OutputConflictError
 from .keys import (
@@ -252,6 +255,20 @@ def _check_not_nested(source: str | Path, dest: str | Path) -> None:
         )
 
 
+def _one_writer(function: Callable[..., IngestResult]) -> Callable[..., IngestResult]:
+    """Hold a local store for the call: a second ingestion into it is refused meanwhile."""
+
+    @functools.wraps(function)
+    def holding(source: str | Path, dest: str | Path, *args: Any, **kwargs: Any) -> IngestResult:
+        if str(dest).startswith("s3://"):
+            return function(source, dest, *args, **kwargs)
+        with claim([Path(dest).expanduser()]):
+            return function(source, dest, *args, **kwargs)
+
+    return holding
+
+
+@_one_writer
 def ingest(
     source: str | Path,
     dest: str | Path,

@@ -137,6 +137,8 @@ class SegmentAlgorithm(CloudsegAlgorithm):
     PRODUCT_LEVEL = "PRODUCT_LEVEL"
     EXTENT = "EXTENT"
     TTA = "TTA"
+    MAX_MEMORY = "MAX_MEMORY"
+    CHECK_REFLECTANCE = "CHECK_REFLECTANCE"
     RESOLUTION = "RESOLUTION"
     OUTPUT = "OUTPUT"
     PROBABILITIES = "PROBABILITIES"
@@ -241,6 +243,22 @@ class SegmentAlgorithm(CloudsegAlgorithm):
                 advanced=True,
             )
         )
+        memory = QgsProcessingParameterNumber(
+            self.MAX_MEMORY,
+            "Memory budget in MiB (a wider layer runs in column blocks, same result)",
+            QgsProcessingParameterNumber.Integer,
+            defaultValue=2048,
+            minValue=512,
+        )
+        memory.setFlags(memory.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(memory)
+        check = QgsProcessingParameterBoolean(
+            self.CHECK_REFLECTANCE,
+            "Refuse values that are not plausible reflectance (a wrong scale gives a wrong mask)",
+            True,
+        )
+        check.setFlags(check.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(check)
         min_area = QgsProcessingParameterNumber(
             self.MIN_AREA,
             "Smallest polygon kept (m²)",
@@ -323,6 +341,8 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             bounds=bounds,
             polygons=Path(vector) if vector else None,
             min_polygon_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+            max_memory_mib=self.parameterAsInt(parameters, self.MAX_MEMORY, context),
+            check_reflectance=self.parameterAsBool(parameters, self.CHECK_REFLECTANCE, context),
         )
         feedback.pushInfo(f"Input: {source}")
         result = segment(

@@ -135,13 +135,23 @@ def test_an_interrupt_at_any_moment_leaves_all_old_or_all_new_outputs(workspace)
 
 
 # -- 8. two runs on the same outputs, and what dead runs left ---------------------------------
-def test_a_second_run_on_the_same_outputs_is_refused(workspace):
+@pytest.mark.parametrize("command", ["segment", "ingest", "train"])
+def test_a_second_run_on_the_same_outputs_is_refused(workspace, real_data, command):
+    lock, args = {
+        "segment": (workspace.out / ".mask.tif.cloudseg-lock", workspace.segment_args()),
+        "ingest": (
+            workspace.root / ".store.cloudseg-lock",
+            ["ingest", real_data / "cloudsen12_figures", "store"],
+        ),
+        "train": (workspace.root / ".run.cloudseg-lock", ["train", "--config", "train.yaml"]),
+    }[command]
+    (workspace.root / "store").mkdir()
+    (workspace.root / "train.yaml").write_text("data:\n  store: store\noutput: run\n")
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        lock = workspace.out / ".mask.tif.cloudseg-lock"
+    try:  # a live run holds the outputs
         lock.write_text(f"{holder.pid} {socket.gethostname()}\n")
         before = workspace.snapshot()
-        line = error_line(workspace.cli(*workspace.segment_args(), "--overwrite"))
+        line = error_line(workspace.cli(*args, "--overwrite" if command != "ingest" else "-q"))
         assert f"another cloudseg run (process {holder.pid}" in line
         assert workspace.snapshot() == before
     finally:

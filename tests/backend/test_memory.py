@@ -45,7 +45,6 @@ def wide_scene(band_folder, tmp_path_factory):
 
 def _budget_for(columns: int, resolution: str) -> float:
     """A budget that leaves room for blocks of about ``columns`` input columns."""
-    card = load_model(MODEL).card
     factor = 3.0 if resolution == "preview" else 1.0
     return BASE_MEMORY_MIB + bytes_per_column(4, 3, 256, factor) * columns / 2**20
 
@@ -71,7 +70,10 @@ def test_a_scene_run_in_column_blocks_gives_the_same_outputs(
             max_memory_mib=budget_mib,
         )
         segment(wide_scene, tmp_path / f"{name}.tif", options)
-        with rasterio.open(tmp_path / f"{name}.tif") as m, rasterio.open(options.probabilities) as p:
+        with (
+            rasterio.open(tmp_path / f"{name}.tif") as m,
+            rasterio.open(options.probabilities) as p,
+        ):
             return m.read(), p.read()
 
     one_pass, blocked = run("one", 4096), run("blocks", budget)

@@ -10,8 +10,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from ..atomic import atomic_path, check_target
 from ..callbacks import ProgressCallback, no_progress
 from ..errors import InputError
@@ -77,8 +75,7 @@ def write_polygons(
         InputError: If the raster has no cloudseg class list or a class name is unknown.
     """
     import rasterio
-    from osgeo import ogr, osr
-    from rasterio.features import shapes
+    from osgeo import gdal, ogr, osr
 
     progress = progress or no_progress
     with rasterio.open(mask_path) as ds:
@@ -94,12 +91,12 @@ def write_polygons(
                 f"{', '.join(names.values())}"
             )
         values = [v for v, n in names.items() if n in wanted]
-        data = ds.read(1)
-        transform, crs = ds.transform, ds.crs
+        crs, width, height = ds.crs, ds.width, ds.height
 
-    progress(10.0, "tracing polygons")
-    keep = np.isin(data, values)
-    counts = dict.fromkeys(wanted, 0)
+    # GDAL traces the raster block row by block row, so memory follows the raster's
+    # width, not its size; the classes to keep are a lookup table in a virtual mask band.
+    source = gdal.Open(str(mask_path))
+    mask = gdal.Open(_mask_vrt(Path(mask_path), width, height, values))
     driver = ogr.GetDriverByName("GPKG")
     dataset = driver.CreateDataSource(str(gpkg_path))
     if dataset is None:
@@ -113,21 +110,54 @@ def write_polygons(
     for name, kind in (("class", ogr.OFTInteger), ("name", ogr.OFTString)):
         layer.CreateField(ogr.FieldDefn(name, kind))
     layer.CreateField(ogr.FieldDefn("area_m2", ogr.OFTReal))
-    definition = layer.GetLayerDefn()
+
+    def traced(complete: float, message: object, data: object) -> int:
+        progress(80.0 * complete, "tracing polygons")
+        return 1
+
     layer.StartTransaction()
-    for geometry, value in shapes(data, mask=keep, transform=transform, connectivity=8):
-        polygon = ogr.CreateGeometryFromJson(json.dumps(geometry))
+    gdal.PushErrorHandler("CPLQuietErrorHandler")  # "polygon into a multipolygon layer"
+    try:
+        gdal.Polygonize(
+            source.GetRasterBand(1), mask.GetRasterBand(1), layer, 0, ["8CONNECTED=8"], traced
+        )
+    finally:
+        gdal.PopErrorHandler()
+    layer.CommitTransaction()
+    progress(80.0, "measuring polygons")
+    counts = dict.fromkeys(wanted, 0)
+    small = []
+    layer.StartTransaction()
+    layer.ResetReading()
+    for feature in layer:
+        value = feature.GetField("class")
+        polygon = feature.GetGeometryRef()
         area = polygon.GetArea()
         if area < min_area_m2:
+            small.append(feature.GetFID())
             continue
-        feature = ogr.Feature(definition)
-        feature.SetField("class", int(value))
-        feature.SetField("name", names[int(value)])
+        feature.SetField("name", names[value])
         feature.SetField("area_m2", float(area))
-        feature.SetGeometry(ogr.ForceToMultiPolygon(polygon))
-        layer.CreateFeature(feature)
-        counts[names[int(value)]] += 1
+        feature.SetGeometry(ogr.ForceToMultiPolygon(polygon.Clone()))
+        layer.SetFeature(feature)
+        counts[names[value]] += 1
+    for fid in small:
+        layer.DeleteFeature(fid)
     layer.CommitTransaction()
-    dataset = None  # closes and flushes the GeoPackage
+    dataset = source = mask = None  # closes and flushes the GeoPackage
     progress(100.0, f"{sum(counts.values())} polygons")
     return counts
+
+
+def _mask_vrt(path: Path, width: int, height: int, values: list[int]) -> str:
+    """A virtual raster (VRT XML) that is 1 where ``path``'s class is in ``values``, else 0."""
+    from xml.sax.saxutils import escape
+
+    lut = ",".join(f"{v}:{int(v in values)}" for v in range(256))
+    return (
+        f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">'
+        '<VRTRasterBand dataType="Byte" band="1"><ComplexSource>'
+        f'<SourceFilename relativeToVRT="0">{escape(str(path))}</SourceFilename>'
+        f"<SourceBand>1</SourceBand><LUT>{lut}</LUT>"
+        "</ComplexSource></VRTRasterBand></VRTDataset>"
+    )

@@ -36,3 +36,27 @@ def write_results(report: dict[str, Any], packages: tuple[str, ...], out: Path) 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(report, indent=2))
+
+
+def oncloudn_chips(data: Path, rows: int | None = None) -> tuple[list[Any], Any, Any]:
+    """The real On Cloud N L2A chips as (4, rows, cols) uint16 arrays, with a CRS and transform.
+
+    Bands B02, B03, B04, B08; ``rows`` keeps only the first rows of each chip.
+    """
+    import numpy as np
+    import rasterio
+
+    chips = []
+    for folder in sorted((data / "oncloudn_l2a").iterdir()):
+        if folder.is_dir():
+            stack = []
+            for band in CHIP_BANDS:
+                with rasterio.open(folder / f"{band}.tif") as ds:
+                    stack.append(ds.read(1)[:rows])
+                    crs, transform = ds.crs, ds.transform
+            chips.append(np.stack(stack))
+    return chips, crs, transform
+
+
+#: The bands of the On Cloud N chips.
+CHIP_BANDS = ["B02", "B03", "B04", "B08"]

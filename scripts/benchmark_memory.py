@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Peak memory of ``cloudseg segment`` on a full tile and on a very wide input.
 
-Each run is the real command (``cloudseg segment``, default options, its default
-``--max-memory`` budget) in its own process; its peak resident memory is read from
+Each run is the real command (``cloudseg segment`` with every output: the mask, the
+probabilities and the polygons; default options and ``--max-memory`` budget) in its
+own process; its peak resident memory is read from
 /proc (VmHWM) when it ends. Scenes, mosaicked from the real On Cloud N L2A chips (4
 bands of uint16 digital numbers at 10 m, tiled deflate GeoTIFF):
 
@@ -27,8 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from benchmark_common import write_results
+from benchmark_common import CHIP_BANDS, oncloudn_chips, write_results
 from benchmark_segment import write_full_tile
 
 #: Runs the CLI in a child and writes its exit status and peak memory (VmHWM, MiB).
@@ -48,16 +48,7 @@ def write_wide(data: Path, path: Path, width: int, height: int = 512) -> None:
     import rasterio
     from rasterio.windows import Window
 
-    bands = ["B02", "B03", "B04", "B08"]
-    chips = []
-    for folder in sorted((data / "oncloudn_l2a").iterdir()):
-        if folder.is_dir():
-            stack = []
-            for band in bands:
-                with rasterio.open(folder / f"{band}.tif") as ds:
-                    stack.append(ds.read(1)[:height])
-                    crs, transform = ds.crs, ds.transform
-            chips.append(np.stack(stack))
+    chips, crs, transform = oncloudn_chips(data, rows=height)
     profile = {
         "driver": "GTiff", "width": width, "height": height, "count": 4, "dtype": "uint16",
         "nodata": 0, "crs": crs, "transform": transform, "tiled": True, "blockxsize": 512,
@@ -71,7 +62,7 @@ def write_wide(data: Path, path: Path, width: int, height: int = 512) -> None:
             n = min(chip.shape[2], width - col)
             dst.write(chip[:, :, :n], window=Window(col, 0, n, chip.shape[1]))
             col, i = col + n, i + 1
-        dst.descriptions = tuple(bands)
+        dst.descriptions = tuple(CHIP_BANDS)
 
 
 def plan_for(scene: Path, budget_mib: float | None = None) -> dict:
@@ -102,7 +93,9 @@ def measure(scene: Path, workdir: Path, *extra: str) -> dict:
     start = time.perf_counter()
     subprocess.run(
         [sys.executable, "-c", CHILD, str(report), "segment", str(scene),
-         str(workdir / f"{scene.stem}_mask.tif"), "-q", "--overwrite", *extra],
+         str(workdir / f"{scene.stem}_mask.tif"), "-q", "--overwrite",
+         "--probabilities", str(workdir / f"{scene.stem}_probs.tif"),
+         "--polygons", str(workdir / f"{scene.stem}_clouds.gpkg"), *extra],
         check=True,
     )  # fmt: skip
     result = json.loads(report.read_text())
@@ -135,7 +128,8 @@ def main() -> int:
             one_pass = measure(wide, workdir, "--max-memory", "64G")
             runs[f"wide_{args.wide}x512_one_pass"] = one_pass
     report = {
-        "benchmark": "peak memory of cloudseg segment (default options and budget)",
+        "benchmark": "peak memory of cloudseg segment with mask, probabilities and polygons "
+        "(default options and budget)",
         "method": "VmHWM of the child process running the CLI, read when it ends",
         "runs": runs,
         "under_budget": all(r["peak_rss_mib"] <= r["budget_mib"] for r in runs.values()),

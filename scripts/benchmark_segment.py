@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchmark_common import write_results
+from benchmark_common import CHIP_BANDS, oncloudn_chips, write_results
 
 from cloudseg.backend.choices import DEVICES, PRECISIONS
 
@@ -231,16 +231,8 @@ def write_full_tile(data: Path, tile: Path, size: int = 10980) -> None:
     """Write a ``size``-square, 4-band uint16 L2A tile at 10 m from the On Cloud N chips."""
     import rasterio
 
-    bands = ["B02", "B03", "B04", "B08"]
-    chips = []
-    for folder in sorted((data / "oncloudn_l2a").iterdir()):
-        if folder.is_dir():
-            stack = []
-            for band in bands:
-                with rasterio.open(folder / f"{band}.tif") as ds:
-                    stack.append(ds.read(1))
-                    crs, transform = ds.crs, ds.transform
-            chips.append(np.stack(stack))
+    bands = CHIP_BANDS
+    chips, crs, transform = oncloudn_chips(data)
     profile = {
         "driver": "GTiff",
         "width": size,

@@ -155,6 +155,16 @@ def _lock_path(target: Path) -> Path:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
+        import ctypes
+
+        kernel = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        kernel.CloseHandle(handle)
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -284,7 +294,10 @@ def publish(renames: Sequence[tuple[Path, Path]]) -> None:
     ends as a success (it would otherwise report a cancel that did not happen).
     """
     held = {signal.SIGINT, signal.SIGTERM}
-    main = threading.current_thread() is threading.main_thread()
+    main = (
+        threading.current_thread() is threading.main_thread()
+        and hasattr(signal, "pthread_sigmask")  # not on Windows
+    )
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, held) if main else None
     try:
         for tmp, target in renames:

@@ -72,7 +72,11 @@ def plan_for(scene: Path, budget_mib: float | None = None) -> dict:
     from cloudseg.backend.inference.resample import ModelGrid
     from cloudseg.backend.raster.reader import open_scene
 
-    options = SegmentOptions(**({"max_memory_mib": budget_mib} if budget_mib else {}))
+    options = SegmentOptions(
+        probabilities=Path("probs.tif"),  # as the timed run: every output
+        polygons=Path("clouds.gpkg"),
+        **({"max_memory_mib": budget_mib} if budget_mib else {}),
+    )
     with open_scene(scene) as reader:
         model, _ = resolve_model(reader.bands, reader.product_level, options)
         grid = ModelGrid.choose(

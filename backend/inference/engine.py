@@ -254,6 +254,10 @@ def scene_rows(
 #: Memory a run holds whatever the scene's width, in MiB: Python and its libraries, the
 #: runtime with the model, and GDAL's block cache (256 MiB). Measured: 600-700 MiB.
 BASE_MEMORY_MIB = 768
+#: More memory, in MiB, when probabilities or polygons are written too: converting the
+#: probabilities to a COG and tracing polygons hold buffers of their own (measured: 194
+#: MiB more on a full 10980 x 10980 tile; benchmarks/memory.json).
+EXTRA_OUTPUTS_MIB = 256
 #: Column blocks are whole COG blocks wide, so that each block of the output is written once.
 COLUMN_ALIGN = 512
 
@@ -304,11 +308,13 @@ def memory_plan(
 
     tile, overlap = options.tiling(card)
     per_column = bytes_per_column(len(card.bands), len(card.classes), tile, grid.factor)
-    estimate = BASE_MEMORY_MIB + per_column * width / 2**20
+    extras = any(getattr(options, name, None) for name in ("probabilities", "polygons"))
+    base = BASE_MEMORY_MIB + (EXTRA_OUTPUTS_MIB if extras else 0)
+    estimate = base + per_column * width / 2**20
     if estimate <= budget_mib:
         return MemoryPlan([(0, width, 0, width)], estimate, budget_mib)
     k = 1 if grid.factor == 1 else grid.block_factor
-    fits = int((budget_mib - BASE_MEMORY_MIB) * 2**20 / per_column)
+    fits = int((budget_mib - base) * 2**20 / per_column)
     context = tile * (k or 1)
     align = (tile - overlap) * (k or 1)
     interior = (fits - 2 * context - align) // COLUMN_ALIGN * COLUMN_ALIGN

@@ -7,8 +7,12 @@ import pytest
 import rasterio
 
 from cloudseg.backend.errors import InputError
-from cloudseg.backend.inference.engine import BASE_MEMORY_MIB, bytes_per_column, memory_plan
-from cloudseg.backend.inference.options import RunOptions
+from cloudseg.backend.inference.engine import (
+    BASE_MEMORY_MIB,
+    EXTRA_OUTPUTS_MIB,
+    bytes_per_column,
+    memory_plan,
+)
 from cloudseg.backend.inference.resample import ModelGrid
 from cloudseg.backend.inference.segment import SegmentOptions, segment
 from cloudseg.backend.inference.tiling import column_blocks
@@ -44,9 +48,11 @@ def wide_scene(band_folder, tmp_path_factory):
 
 
 def _budget_for(columns: int, resolution: str) -> float:
-    """A budget that leaves room for blocks of about ``columns`` input columns."""
+    """A budget that leaves room for blocks of about ``columns`` input columns (with the
+    probabilities written too)."""
     factor = 3.0 if resolution == "preview" else 1.0
-    return BASE_MEMORY_MIB + bytes_per_column(4, 3, 256, factor) * columns / 2**20
+    base = BASE_MEMORY_MIB + EXTRA_OUTPUTS_MIB
+    return base + bytes_per_column(4, 3, 256, factor) * columns / 2**20
 
 
 @pytest.mark.real_data
@@ -58,7 +64,8 @@ def test_a_scene_run_in_column_blocks_gives_the_same_outputs(
     card = load_model(MODEL).card
     factor = 3.0 if resolution == "preview" else 1.0
     grid = ModelGrid(factor, 0, 0)
-    plan = memory_plan(4096, card, grid, RunOptions(model=MODEL), budget)
+    options = SegmentOptions(model=MODEL, probabilities=tmp_path / "p.tif")
+    plan = memory_plan(4096, card, grid, options, budget)
     assert len(plan.blocks) >= 2  # the budget does force blocks
 
     def run(name, budget_mib):

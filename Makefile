@@ -16,7 +16,7 @@ QGIS_PROFILE  ?= default
 QGIS_PLUGINS_DIR ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/$(QGIS_PROFILE)/python/plugins
 export CLOUDSEG_REAL_DATA
 
-.PHONY: help install system-deps demo test test-backend test-plugin lint format deploy package clean qgis screenshot
+.PHONY: help install system-deps demo test test-backend test-plugin test-gui lint format deploy package clean qgis screenshot
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -42,13 +42,16 @@ $(STAMP): pyproject.toml setup.py constraints.txt | system-deps
 demo: install ## segment a real Sentinel-2 chip from ../shared/data/real
 	$(PY) scripts/demo.py --data "$(CLOUDSEG_REAL_DATA)" --out demo_output
 
-test: install lint test-backend test-plugin ## lint, then all tests
+test: install lint test-backend test-plugin test-gui ## lint, then all tests
 
 test-backend: install ## backend, training and reliability tests (QGIS never imported)
 	$(VENV)/bin/pytest -p no:qgis tests/backend tests/training tests/reliability
 
 test-plugin: install ## plugin tests with pytest-qgis, offscreen
 	QT_QPA_PLATFORM=offscreen $(VENV)/bin/pytest tests/plugin
+
+test-gui: install ## the real QGIS desktop under Xvfb, driven as a user would (tests/gui)
+	$(VENV)/bin/pytest -p no:qgis tests/gui
 
 lint: install ## ruff check and format check; import-linter's architecture contracts
 	$(VENV)/bin/ruff check .

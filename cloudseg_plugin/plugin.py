@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayer, QgsMapLayerType, QgsMessageLog
+from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtWidgets import QAction
 
@@ -72,7 +73,22 @@ class CloudSegPlugin:
         self.report_missing_dependencies()
 
     def unload(self) -> None:
-        """Remove the provider, actions and log handler that this plugin added."""
+        """Remove the provider, actions and log handler that this plugin added.
+
+        Every part is removed even if removing another fails (QGIS may have deleted a
+        widget already); the first failure is raised at the end, for the Plugin Manager.
+        """
+        failures: list[BaseException] = []
+        for part in (self._unload_gui, self._unload_processing):
+            try:
+                part()
+            except Exception as exc:  # go on: a half-unloaded plugin is worse
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+
+    def _unload_gui(self) -> None:
+        """Remove the layer action, the dock, an open dialog, menus and the toolbar icon."""
         if self.layer_action is not None:
             self.iface.removeCustomActionForLayerType(self.layer_action)
             self.layer_action.deleteLater()
@@ -83,14 +99,17 @@ class CloudSegPlugin:
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
             self.dock = None
-        if self.dialog is not None:
-            self.dialog.close()
-            self.dialog = None
+        if self.dialog is not None and not sip.isdeleted(self.dialog):
+            self.dialog.close()  # a dialog the user closed is deleted already: QGIS owns it
+        self.dialog = None
         for action in self.actions:
             self.iface.removePluginRasterMenu(MENU, action)
             self.iface.removeToolBarIcon(action)
             action.deleteLater()
         self.actions.clear()
+
+    def _unload_processing(self) -> None:
+        """Remove the Processing provider and the log bridge."""
         if self.provider is not None:
             registry = QgsApplication.processingRegistry()
             if registry.providerById(PROVIDER_ID) is self.provider:

@@ -7,6 +7,7 @@ file and no layer behind.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import html
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from qgis.PyQt.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QTableWidget,
@@ -44,6 +46,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ..backend.errors import CancelledError, CloudsegError
 from . import logbridge, styling
+from .messages import DOCK, for_qgis
 
 AUTO_LABEL = "auto (best for the layer's bands and level)"
 SETTINGS_OUTPUT_DIR = "cloudseg/output_dir"
@@ -58,6 +61,7 @@ class RunRequest:
     output_dir: Path
     model: str | None = None
     product_level: str | None = None
+    bands: list[str] | None = None
     tta: bool = False
     preview: bool = False
     probabilities: bool = False
@@ -159,6 +163,7 @@ class SegmentTask(QgsTask):
                 SegmentOptions(
                     model=self.request.model,
                     product_level=self.request.product_level,
+                    bands=self.request.bands,
                     tta=self.request.tta,
                     resolution="preview" if self.request.preview else "native",
                     probabilities=outputs["probabilities"],
@@ -203,10 +208,27 @@ class CloudSegDock(QDockWidget):
         self.model_combo.currentIndexChanged.connect(self._show_card)
         form.addRow("Model", self.model_combo)
         self.level_combo = QComboBox()
-        self.level_combo.addItem("auto (from metadata, else L1C)", None)
+        self.level_combo.addItem("auto (detected; warns when it cannot tell)", None)
         self.level_combo.addItem("L1C (top of atmosphere)", "L1C")
         self.level_combo.addItem("L2A (surface reflectance)", "L2A")
+        self.level_combo.setToolTip(
+            "auto reads the level from SAFE or STAC metadata, GDAL metadata, the file name "
+            "(MSIL2A...) or the blue band's darkest pixels; when none tells, L1C is assumed "
+            "and the run warns. The L1C and L2A models give different masks."
+        )
         form.addRow("Product level", self.level_combo)
+        self.bands_edit = QLineEdit()
+        self.bands_edit.setPlaceholderText("from the layer (e.g. B04,B03,B02,B08)")
+        self.bands_edit.setToolTip(
+            "The layer's bands in file order, for files whose bands have no names; "
+            "ignored for a band folder or a SAFE product, whose files name their bands"
+        )
+        self.bands_note = QLabel("")
+        self.bands_note.setWordWrap(True)
+        bands_box = QVBoxLayout()
+        bands_box.addWidget(self.bands_edit)
+        bands_box.addWidget(self.bands_note)
+        form.addRow("Bands", bands_box)
         self.device_label = QLabel("checking the device...")
         self.device_label.setWordWrap(True)
         form.addRow("Device", self.device_label)
@@ -266,6 +288,44 @@ class CloudSegDock(QDockWidget):
         self.setWidget(body)
         self._show_card()
         self._check_device()
+        iface.currentLayerChanged.connect(self.describe_layer)
+        self.describe_layer(iface.activeLayer())
+
+    def detach(self) -> None:
+        """Disconnect from QGIS's signals (before the dock is deleted)."""
+        # TypeError: never connected; RuntimeError: QGIS is closing.
+        with contextlib.suppress(TypeError, RuntimeError):
+            self.iface.currentLayerChanged.disconnect(self.describe_layer)
+
+    def describe_layer(self, layer: Any = None) -> None:
+        """Say next to the Bands field how the active layer's bands will be known."""
+        from ..backend.raster.reader import describe_bands, scene_path_from_gdal_source
+
+        if layer is None:
+            self.bands_note.setText("No layer selected: select a raster layer.")
+            return
+        if not isinstance(layer, QgsRasterLayer):
+            self.bands_note.setText(
+                f"The active layer {layer.name()} is not a raster: select a Sentinel-2 "
+                "raster layer in the Layers panel."
+            )
+            return
+        try:
+            source = scene_path_from_gdal_source(layer.source())
+            case, bands = describe_bands(source)
+        except (OSError, CloudsegError):
+            self.bands_note.setText("The layer is not a local file that cloudseg can read.")
+            return
+        self.bands_note.setText(
+            {
+                "product": f"A SAFE product ({source.name}): bands from its metadata; "
+                "the field is ignored.",
+                "folder": f"One file of the band folder {source.name}: all its band files are "
+                f"used ({', '.join(bands)}); the field is ignored.",
+                "named": f"Bands read from the layer: {', '.join(bands)}.",
+                "unnamed": "The layer's bands have no names: type them above in file order.",
+            }[case]
+        )
 
     # -- models and device --------------------------------------------------------------
     @staticmethod
@@ -330,6 +390,7 @@ class CloudSegDock(QDockWidget):
     # -- running --------------------------------------------------------------------------
     def run_active_layer(self) -> SegmentTask | None:
         """Start a run on the active raster layer; returns its task (None if refused)."""
+        from ..backend.raster.bands import parse_band_list
         from ..backend.raster.reader import scene_path_from_gdal_source
 
         layer = self.iface.activeLayer()
@@ -343,8 +404,10 @@ class CloudSegDock(QDockWidget):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             source = scene_path_from_gdal_source(layer.source())
+            text = self.bands_edit.text().strip()
+            bands = parse_band_list(text) if text and not source.is_dir() else None
         except (OSError, CloudsegError) as exc:
-            self._say(str(exc), Qgis.Critical)
+            self._say(for_qgis(str(exc), DOCK), Qgis.Critical)
             return None
         QSettings().setValue(SETTINGS_OUTPUT_DIR, str(folder))
         request = RunRequest(
@@ -353,6 +416,7 @@ class CloudSegDock(QDockWidget):
             output_dir=folder,
             model=self.model_combo.currentData(),
             product_level=self.level_combo.currentData(),
+            bands=bands,
             tta=self.tta_check.isChecked(),
             preview=self.preview_check.isChecked(),
             probabilities=self.probabilities_check.isChecked(),
@@ -380,25 +444,33 @@ class CloudSegDock(QDockWidget):
         name = task.request.layer_name
         if task.result is not None and not task.isCanceled():
             result = task.result
-            styling.add_results(
+            _, group = styling.add_results(
                 QgsProject.instance(),
                 task.outputs["mask"],
                 task.outputs["probabilities"],
                 task.outputs["polygons"],
-                name=f"{name} ({result.model})",
+                name=name,
+                group_name=f"{name} - {result.model}",
             )
+            self._select(group)
             cloud = result.class_percent.get("cloud", 0.0)
             record = RunRecord(
                 name, "done", result.model, result.seconds, cloud, task.outputs, result.runner
             )
             self.progress.setValue(100)
-            self._say(
-                f"{name}: {cloud:.1f} % cloud in {result.seconds:.1f} s on {result.runner}",
-                Qgis.Info,
+            done = (
+                f"{name}: {cloud:.1f} % cloud in {result.seconds:.1f} s on {result.runner}; "
+                f"product level {result.product_level}"
             )
+            if result.warnings:
+                warnings = "; ".join(for_qgis(w, DOCK) for w in result.warnings)
+                self._say(f"{done}. Warning: {warnings}", Qgis.Warning)
+            else:
+                self._say(done, Qgis.Info)
         elif task.error:
-            record = RunRecord(name, "failed", message=task.error)
-            self._say(f"{name}: {task.error}", Qgis.Critical)
+            error = for_qgis(task.error, DOCK)
+            record = RunRecord(name, "failed", message=error)
+            self._say(f"{name}: {error}", Qgis.Critical)
         else:
             if task.result is not None:  # the cancel came after the engine had finished
                 for path in task.outputs.values():
@@ -408,6 +480,17 @@ class CloudSegDock(QDockWidget):
             self._say(f"{name}: cancelled; nothing was written", Qgis.Info)
         self.runs.insert(0, record)
         self._add_run_row(record)
+
+    def _select(self, group: Any) -> None:
+        """Select the new results group in the Layers panel (so the analyst sees it)."""
+        view = self.iface.layerTreeView()
+        with contextlib.suppress(AttributeError, RuntimeError, TypeError):  # no real view
+            index = (  # QGIS >= 3.18 sorts the tree through a proxy model
+                view.node2index(group)
+                if hasattr(view, "node2index")
+                else view.layerTreeModel().node2index(group)
+            )
+            view.setCurrentIndex(index)
 
     def _add_run_row(self, record: RunRecord) -> None:
         self.runs_table.insertRow(0)

@@ -96,6 +96,7 @@ class CloudSegPlugin:
         if self.dock is not None:
             if self.dock.task is not None:
                 self.dock.task.cancel()
+            self.dock.detach()
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
             self.dock = None

@@ -30,7 +30,19 @@ from qgis.PyQt.QtGui import QColor
 GROUP_NAME = "Cloud segmentation"
 CLEAR = "clear"
 PROBABILITY_CLASS = "cloud"
-MASK_OPACITY = 0.7
+#: Light enough that the image shows through cloud and shadow classes.
+MASK_OPACITY = 0.5
+#: What each result is called after its input's name ("adwp - clouds").
+RESULT_WORDS = {
+    "classes": "clouds",
+    "probabilities": "cloud probability (%)",
+    "polygons": "cloud and shadow polygons",
+}
+
+
+def result_name(input_name: str, kind: str) -> str:
+    """A result layer's name: the input's first, then what it is ("adwp - clouds")."""
+    return f"{input_name} - {RESULT_WORDS[kind]}"
 
 
 def cloudseg_tags(layer: QgsRasterLayer) -> dict[str, str]:
@@ -89,9 +101,11 @@ def style_probabilities(layer: QgsRasterLayer, tags: dict[str, str] | None = Non
     ramp.setColorRampType(QgsColorRampShader.Interpolated)
     ramp.setColorRampItemList(
         [
-            QgsColorRampShader.ColorRampItem(0, QColor(0, 0, 0, 0), "0 %"),
-            QgsColorRampShader.ColorRampItem(50, QColor(255, 200, 0, 160), "50 %"),
-            QgsColorRampShader.ColorRampItem(100, QColor(0, 229, 255, 230), "100 %"),
+            QgsColorRampShader.ColorRampItem(0, QColor(0, 0, 0, 0), "certainly clear (0 %)"),
+            QgsColorRampShader.ColorRampItem(50, QColor(255, 200, 0, 160), "undecided (50 %)"),
+            QgsColorRampShader.ColorRampItem(
+                100, QColor(0, 229, 255, 230), "certainly cloud (100 %)"
+            ),
         ]
     )
     shader = QgsRasterShader()
@@ -148,27 +162,34 @@ def add_results(
     probabilities: Path | None = None,
     polygons: Path | None = None,
     name: str = "clouds",
-) -> list[QgsMapLayer]:
+    group_name: str | None = None,
+) -> tuple[list[QgsMapLayer], QgsLayerTreeGroup]:
     """Load a run's outputs as styled layers in a sub-group of the results group.
 
+    Layers are named by their input first (``name``: "adwp - clouds"); the group (named
+    ``group_name``, else ``name``) and the results group are expanded, newest on top.
+
     Returns:
-        The layers added (mask first).
+        The layers added (mask first), and their group.
     """
-    mask_layer = QgsRasterLayer(str(mask), f"{name} mask")
+    mask_layer = QgsRasterLayer(str(mask), result_name(name, "classes"))
     tags = cloudseg_tags(mask_layer)
     style_classes(mask_layer, tags)
     layers: list[QgsMapLayer] = [mask_layer]
     if probabilities is not None:
-        probs = QgsRasterLayer(str(probabilities), f"{name} cloud probability")
+        probs = QgsRasterLayer(str(probabilities), result_name(name, "probabilities"))
         style_probabilities(probs, tags)
         layers.append(probs)
     if polygons is not None:
-        vector = QgsVectorLayer(str(polygons), f"{name} polygons", "ogr")
+        vector = QgsVectorLayer(str(polygons), result_name(name, "polygons"), "ogr")
         style_polygons(vector, _classes(tags))
         describe(vector, tags, "Cloud and shadow polygons")
         layers.append(vector)
-    group = results_group(project).insertGroup(0, name)
+    parent = results_group(project)
+    parent.setExpanded(True)
+    group = parent.insertGroup(0, group_name or name)
+    group.setExpanded(True)
     for layer in reversed(layers):  # polygons on top, mask at the bottom
         project.addMapLayer(layer, False)
         group.addLayer(layer)
-    return layers
+    return layers, group

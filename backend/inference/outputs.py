@@ -56,7 +56,7 @@ def provenance_tags(
             {b: f"{reader.sources[b].path}#{reader.sources[b].index}" for b in card.bands}
         ),
         "CLOUDSEG_SCALING": reader.description,
-        "CLOUDSEG_PRODUCT_LEVEL": str(reader.product_level or "unknown"),
+        "CLOUDSEG_PRODUCT_LEVEL": reader.level.describe(),
         "CLOUDSEG_RUN_RESOLUTION": (
             f"{card.resolution_m:g} m (model card; preview)"
             if options.resolution == "preview"
@@ -189,7 +189,11 @@ class SegmentOutputs:
         )
         classes_ds.update_tags(**self.tags)
         if self._probs_tmp is not None:
+            from rasterio.enums import ColorInterp
+
             probs_ds = self._datasets[1]
+            # Not red, green, blue (GDAL's guess for 3 byte bands): GIS legends would say so.
+            probs_ds.colorinterp = [ColorInterp.undefined] * len(card.classes)
             for c in card.classes:
                 probs_ds.set_band_description(c.value + 1, f"P({c.name}) %")
             probs_ds.update_tags(**self.tags, CLOUDSEG_PROBABILITY_SCALE="percent 0-100")

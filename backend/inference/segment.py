@@ -58,6 +58,8 @@ class SegmentResult:
     warnings: list[str] = field(default_factory=list)
     polygons: Path | None = None
     polygon_counts: dict[str, int] = field(default_factory=dict)
+    #: The product level the model was chosen for, and how it was found (or assumed).
+    product_level: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result as JSON-serialisable data."""
@@ -91,6 +93,12 @@ def _warnings(reader: SceneReader, card: ModelCard, options: SegmentOptions) -> 
             is False (they are then a warning).
     """
     warnings = []
+    if options.model is None and not reader.level.known:
+        warnings.append(
+            f"product level unknown ({reader.level.how}): assumed L1C, so {card.name} ran; "
+            "if the image is L2A surface reflectance, set --product-level L2A: the mask "
+            "depends on it"
+        )
     if reader.product_level and card.product_level not in ("any", reader.product_level):
         warnings.append(
             f"model {card.name} is for {card.product_level} but the input is {reader.product_level}"
@@ -275,6 +283,7 @@ def segment(
                 warnings=warnings,
                 polygons=options.polygons,
                 polygon_counts=polygon_counts,
+                product_level=reader.level.describe(),
             )
             outputs.publish(result.to_dict() if options.stats else None, cancelled)
     progress(100.0, f"done in {result.seconds:.1f} s")

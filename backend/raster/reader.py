@@ -20,6 +20,11 @@ import numpy as np
 
 from ..errors import BandError, InputError
 from .bands import band_from_filename, canonical_band
+from .level import UNKNOWN, Level
+from .level import from_names as level_from_names
+from .level import from_radiometry as level_from_radiometry
+from .level import from_stac as level_from_stac
+from .level import from_tags as level_from_tags
 from .safe_product import is_safe, open_safe
 
 logger = logging.getLogger(__name__)
@@ -63,6 +68,8 @@ class SceneReader:
         self.path = path
         self.sources = sources
         self.product_level = product_level
+        #: How the product level was found (see :mod:`.level`); set by :func:`open_scene`.
+        self.level = Level(product_level, "given") if product_level else UNKNOWN
         self.description = description
         self._datasets: dict[str, Any] = {}
         try:
@@ -417,8 +424,8 @@ def _sources_from_multiband(
                 if name is None:
                     raise BandError(
                         f"{path.name}: band {i} has no recognisable name (description "
-                        f"{desc!r}); pass the band order, e.g. --bands "
-                        f"{','.join(['B02', 'B03', 'B04', 'B08', 'B11', 'B12'][: ds.count])}"
+                        f"{desc!r}); name the bands in file order with --bands (e.g. "
+                        f"{','.join(['B02', 'B03', 'B04', 'B08', 'B11', 'B12'][: ds.count])})"
                     )
                 names.append(name)
         declared = [(s, o) for s, o in zip(ds.scales, ds.offsets, strict=True)]
@@ -518,12 +525,41 @@ def open_scene(
             f"SAFE {product.product_level} baseline {product.baseline}, "
             f"reflectance = (DN + offset) / {product.quantification:g}"
         )
-        return SceneReader(path, sources, level or product.product_level, description)
+        reader = SceneReader(path, sources, level or product.product_level, description)
+        if not level:
+            reader.level = Level(product.product_level, f"SAFE metadata of {path.name}")
+        return reader
     if path.is_dir():
         sources, how = _sources_from_folder(path, scale, offset)
-        return SceneReader(path, sources, level, f"folder of band files, {how}")
-    sources, how = _sources_from_multiband(path, canonical, scale, offset)
-    return SceneReader(path, sources, level, f"multi-band raster, {how}")
+        reader = SceneReader(path, sources, level, f"folder of band files, {how}")
+    else:
+        sources, how = _sources_from_multiband(path, canonical, scale, offset)
+        reader = SceneReader(path, sources, level, f"multi-band raster, {how}")
+    if not level:
+        try:
+            reader.level = detect_level(reader)
+        except BaseException:
+            reader.close()
+            raise
+        reader.product_level = reader.level.level
+    return reader
+
+
+def detect_level(reader: SceneReader) -> Level:
+    """The product level of a scene without SAFE metadata, and how it was found.
+
+    STAC Item beside it, GDAL metadata, names, then the radiometry (see :mod:`.level`).
+    """
+    found = level_from_stac(reader.path)
+    if found is None:
+        for file in dict.fromkeys(source.path for source in reader.sources.values()):
+            found = level_from_tags(reader._datasets[file].tags(), Path(file).name)
+            if found is not None:
+                break
+    found = found or level_from_names(reader.path)
+    if found is None and "B02" in reader.sources:
+        found = level_from_radiometry(reader.sample_reflectance(["B02"])[0])
+    return found or UNKNOWN
 
 
 #: Reflectance no real surface or cloud reaches (the brightest clouds and fresh snow
@@ -589,6 +625,32 @@ def check_reflectance(reader: SceneReader, bands: list[str]) -> ReflectanceCheck
             certain=True,
         )
     return ReflectanceCheck(None)
+
+
+def describe_bands(path: Path) -> tuple[str, list[str]]:
+    """How a scene's bands are known, cheaply (metadata only), for a form to say so.
+
+    Returns:
+        ``(case, bands)``: ``"product"`` (a SAFE product), ``"folder"`` (band files of a
+        folder), ``"named"`` (a raster whose band descriptions name its bands), or
+        ``"unnamed"`` (bands must be given), with the bands found (empty if unnamed).
+    """
+    import rasterio
+
+    if is_safe(path):
+        return "product", []
+    if path.is_dir():
+        stems = sorted(p.stem for p in path.iterdir() if p.suffix.lower() in BAND_FILE_SUFFIXES)
+        return "folder", [b for b in (band_from_filename(s) for s in stems) if b]
+    try:
+        with rasterio.open(path) as ds:
+            descriptions = ds.descriptions
+    except rasterio.errors.RasterioIOError:
+        return "unnamed", []
+    names = [band_from_filename(d) if d else None for d in descriptions]
+    if all(names):
+        return "named", [n for n in names if n]
+    return "unnamed", []
 
 
 def scene_path_from_gdal_source(source: str) -> Path:

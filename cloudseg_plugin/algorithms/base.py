@@ -18,6 +18,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from ...backend.dependencies import Requirement, install_hint, missing_requirements
 from ...backend.errors import CloudsegError
+from ..messages import for_qgis
 from ..resources import icon
 
 
@@ -34,11 +35,14 @@ def choice(
 
 @contextmanager
 def backend_errors() -> Iterator[None]:
-    """Raise the backend's one-line errors as :class:`QgsProcessingException`, same text."""
+    """Raise the backend's one-line errors as :class:`QgsProcessingException`.
+
+    The text is the backend's, with command-line flags named as the dialog's parameters.
+    """
     try:
         yield
     except CloudsegError as exc:
-        raise QgsProcessingException(str(exc)) from exc
+        raise QgsProcessingException(for_qgis(str(exc))) from exc
 
 
 class CloudsegAlgorithm(QgsProcessingAlgorithm):

@@ -33,6 +33,7 @@ from ...backend import choices
 from ...backend.dependencies import REQUIREMENTS
 from ...backend.errors import CloudsegError
 from .. import styling
+from ..messages import for_qgis
 from .base import CloudsegAlgorithm, choice
 
 AUTO = "auto"
@@ -352,13 +353,14 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             progress=lambda percent, message: self.report_progress(feedback, percent, message),
             cancelled=feedback.isCanceled,
         )
+        feedback.pushInfo(f"Product level: {result.product_level}")
         feedback.pushInfo(f"{result.model_reason}; ran on {result.runner}")
         for warning in result.warnings:
-            feedback.reportError(warning, fatalError=False)
+            feedback.reportError(for_qgis(warning), fatalError=False)
         if vector:
             feedback.pushInfo(f"Polygons: {result.polygon_counts}")
 
-        self._style_on_load(context, output, probabilities, vector)
+        self._style_on_load(context, output, probabilities, vector, layer.name())
         percent = result.class_percent
         feedback.pushInfo(
             f"Cloud {percent.get('cloud', 0):.2f} %, "
@@ -386,9 +388,14 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         return {"tile_size": tile or None, "overlap": None if overlap < 0 else overlap}
 
     def _style_on_load(
-        self, context: QgsProcessingContext, output: str, probabilities: str, vector: str
+        self,
+        context: QgsProcessingContext,
+        output: str,
+        probabilities: str,
+        vector: str,
+        input_name: str,
     ) -> None:
-        """Have Processing style each result it loads into the project."""
+        """Have Processing name (input first) and style each result it loads."""
         from ...backend.inference.segment import load_classes
 
         classes = load_classes(output)
@@ -396,4 +403,6 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             if path and context.willLoadLayerOnCompletion(path):
                 styler = ResultStyler(kind or "polygons", classes)
                 _STYLERS.append(styler)
-                context.layerToLoadOnCompletionDetails(path).setPostProcessor(styler)
+                details = context.layerToLoadOnCompletionDetails(path)
+                details.name = styling.result_name(input_name, kind or "polygons")
+                details.setPostProcessor(styler)

@@ -23,3 +23,25 @@ def test_a_closed_dialog_then_unload_and_reload_raise_nothing_and_leave_nothing(
     assert seen["reload_ok"] is True and seen["after_reload"] == LOADED
     assert seen["second_unload_ok"] is True and seen["after_second_unload"] == GONE
     assert not [line for line in seen["log"] if "Error" in line or "Traceback" in line]
+
+
+def test_the_dock_runs_an_unnamed_band_stack_and_shows_its_results(run_qgis):
+    seen = run_qgis("dock_run")
+    assert seen["errors"] == []
+    assert seen["bands_note"] == "The layer's bands have no names: type them above in file order."
+    # Without bands the run fails, and says which control to use.
+    assert seen["first_task"] is True and seen["unnamed_run"] == "failed"
+    assert "the dock's Bands field" in seen["unnamed_status"]
+    assert "--bands" not in seen["unnamed_status"]
+    # With them it runs; the level cannot be known here, and the dock says so.
+    assert seen["second_task"] is True and seen["named_run"] == "done"
+    assert "product level unknown" in seen["named_status"]
+    assert "the dock's Product level" in seen["named_status"]
+    assert "--product-level" not in seen["named_status"]
+    # Results: named by input first, expanded, selected, legends in words.
+    assert seen["results_expanded"] is True and seen["group_expanded"] is True
+    assert seen["group"].startswith("adwp_stack - ukis-csmask-4b-l1c")
+    assert seen["layers"] == ["adwp_stack - cloud probability (%)", "adwp_stack - clouds"]
+    assert seen["selected"] == seen["group"]
+    assert "certainly cloud (100 %)" in seen["probability_legend"]
+    assert not [item for item in seen["probability_legend"] if "Green" in item]

@@ -86,7 +86,7 @@ $(QGIS_PLUGIN_LINK)/cloudseg:
 qgis: install $(QGIS_PLUGIN_LINK)/cloudseg ## start QGIS with this checkout as plugin and the venv's packages
 	PYTHONPATH=$(SITE_PACKAGES) QGIS_PLUGINPATH=$(QGIS_PLUGIN_LINK) qgis
 
-screenshot: install $(QGIS_PLUGIN_LINK)/cloudseg ## docs/qgis.png: QGIS under Xvfb with the dock and a segmented real chip
+screenshot: install $(QGIS_PLUGIN_LINK)/cloudseg ## docs/qgis*.png: QGIS under Xvfb: the dock after a run, the results, the dialog
 	rm -rf .qgis-screenshot-profile && mkdir -p .qgis-screenshot-profile/profiles/default/QGIS
 	printf '[PythonPlugins]\ncloudseg=true\n' > .qgis-screenshot-profile/profiles/default/QGIS/QGIS3.ini
 	PYTHONPATH=$(SITE_PACKAGES) QGIS_PLUGINPATH=$(QGIS_PLUGIN_LINK) \
@@ -95,4 +95,4 @@ screenshot: install $(QGIS_PLUGIN_LINK)/cloudseg ## docs/qgis.png: QGIS under Xv
 	    timeout 120 qgis --nologo --noversioncheck \
 	        --profiles-path $(CURDIR)/.qgis-screenshot-profile \
 	        --code $(CURDIR)/scripts/screenshot_qgis.py
-	test -s docs/qgis.png
+	test -s docs/qgis.png && test -s docs/qgis-results.png && test -s docs/qgis-dialog.png

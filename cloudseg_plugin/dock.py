@@ -92,6 +92,17 @@ class RunRecord:
     message: str = ""
 
 
+def device_line(report: Any) -> str:
+    """One plain line on what runs the models, e.g. "CPU (no GPU found) - openvino, bf16"."""
+    if report.device == "cuda" and report.gpus:
+        where = f"GPU: {report.gpus[0].name}"
+    else:
+        where = "CPU (no GPU found)" if "no usable GPU" in report.device_reason else "CPU"
+    runner = report.builtin_runner.split(" on the ")[0]
+    precision = "bf16" if "bf16" in report.builtin_runner else "float32"
+    return f"{where} - {runner}, {precision} (details: hover)"
+
+
 def preview_tooltip() -> str:
     """The Preview checkbox's tooltip, with the accuracy it costs as measured."""
     from ..backend.models.registry import preview_cost
@@ -241,8 +252,8 @@ class CloudSegDock(QDockWidget):
         layout.addLayout(form)
 
         self.card_view = QTextBrowser()
-        self.card_view.setMaximumHeight(170)
-        layout.addWidget(self.card_view)
+        self.card_view.setMinimumHeight(110)
+        layout.addWidget(self.card_view, 2)  # grows with the dock, not capped
 
         options = QHBoxLayout()
         self.tta_check = QCheckBox("TTA")
@@ -282,9 +293,16 @@ class CloudSegDock(QDockWidget):
         layout.addWidget(QLabel("Recent runs"))
         self.runs_table = QTableWidget(0, 5)
         self.runs_table.setHorizontalHeaderLabels(["Layer", "Status", "Model", "Cloud %", "s"])
-        self.runs_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        header = self.runs_table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeToContents)
+        # Long layer and model names give way (elided, whole in the tooltip); the
+        # figures stay visible at the dock's default width.
+        for column in (0, 2):
+            header.setSectionResizeMode(column, QHeaderView.Stretch)
+        self.runs_table.setTextElideMode(Qt.ElideMiddle)
+        self.runs_table.verticalHeader().setVisible(False)
         self.runs_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        layout.addWidget(self.runs_table)
+        layout.addWidget(self.runs_table, 1)
         self.setWidget(body)
         self._show_card()
         self._check_device()
@@ -299,33 +317,9 @@ class CloudSegDock(QDockWidget):
 
     def describe_layer(self, layer: Any = None) -> None:
         """Say next to the Bands field how the active layer's bands will be known."""
-        from ..backend.raster.reader import describe_bands, scene_path_from_gdal_source
+        from .widgets import bands_note
 
-        if layer is None:
-            self.bands_note.setText("No layer selected: select a raster layer.")
-            return
-        if not isinstance(layer, QgsRasterLayer):
-            self.bands_note.setText(
-                f"The active layer {layer.name()} is not a raster: select a Sentinel-2 "
-                "raster layer in the Layers panel."
-            )
-            return
-        try:
-            source = scene_path_from_gdal_source(layer.source())
-            case, bands = describe_bands(source)
-        except (OSError, CloudsegError):
-            self.bands_note.setText("The layer is not a local file that cloudseg can read.")
-            return
-        self.bands_note.setText(
-            {
-                "product": f"A SAFE product ({source.name}): bands from its metadata; "
-                "the field is ignored.",
-                "folder": f"One file of the band folder {source.name}: all its band files are "
-                f"used ({', '.join(bands)}); the field is ignored.",
-                "named": f"Bands read from the layer: {', '.join(bands)}.",
-                "unnamed": "The layer's bands have no names: type them above in file order.",
-            }[case]
-        )
+        self.bands_note.setText(bands_note(layer, "the Bands field above"))
 
     # -- models and device --------------------------------------------------------------
     @staticmethod
@@ -373,16 +367,12 @@ class CloudSegDock(QDockWidget):
             if exception is not None or result is None:
                 self.device_label.setText(f"unknown ({exception})")
                 return
-            if result.device == "cuda" and result.gpus:
-                text = f"GPU: {result.gpus[0].name} (CUDA {result.torch_cuda_version})"
-            else:
-                reason = result.device_reason
-                text = reason if reason.lower().startswith("cpu") else f"CPU only: {reason}"
-            # What really runs the models: the engine's own plan (ONNX on the CPU says
-            # whether OpenVINO bf16 or onnxruntime float32, and why).
-            text += f"\nBuilt-in models run with: {result.builtin_runner}"
-            self.device_label.setText(text)
-            self.device_label.setToolTip(f"ONNX models on the CPU: {result.cpu_inference}")
+            self.device_label.setText(device_line(result))
+            # The details (why no GPU, what runs ONNX models) behind the one plain line.
+            self.device_label.setToolTip(
+                f"{result.device_reason}\nBuilt-in models run with: {result.builtin_runner}"
+                f"\nONNX models on the CPU: {result.cpu_inference}"
+            )
 
         self._device_task = QgsTask.fromFunction("cloudseg: check device", report, on_finished=done)
         QgsApplication.taskManager().addTask(self._device_task)
@@ -398,7 +388,11 @@ class CloudSegDock(QDockWidget):
             self._say("a run is already going; cancel it or wait", Qgis.Warning)
             return None
         if not isinstance(layer, QgsRasterLayer):
-            self._say("select a Sentinel-2 raster layer in the Layers panel first", Qgis.Warning)
+            what = "no layer is selected" if layer is None else f"{layer.name()} is not a raster"
+            self._say(
+                f"{what}: select a Sentinel-2 raster layer in the Layers panel first",
+                Qgis.Warning,
+            )
             return None
         folder = Path(self.output_dir.filePath() or Path.home() / "cloudseg").expanduser()
         try:
@@ -499,7 +493,7 @@ class CloudSegDock(QDockWidget):
         tip = "\n".join(str(p) for p in record.outputs.values() if p) or record.message
         for column, value in enumerate(values):
             item = QTableWidgetItem(value)
-            item.setToolTip(tip)
+            item.setToolTip(f"{value}\n{tip}" if column in (0, 2) else tip)
             if column >= 3:
                 item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
             self.runs_table.setItem(0, column, item)

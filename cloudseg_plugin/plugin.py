@@ -63,6 +63,13 @@ class CloudSegPlugin:
         self.actions.append(panel)
         self.panel_action = panel
 
+        # Raster > Cloud segmentation > Segment clouds...: the dialog for the active layer.
+        segment = QAction(icon(), "Segment clouds...", self.iface.mainWindow())
+        segment.setObjectName("cloudsegSegmentMenu")
+        segment.triggered.connect(lambda: self.open_segment_dialog())
+        self.iface.addPluginToRasterMenu(MENU, segment)
+        self.actions.insert(0, segment)
+
         # Layers panel, right-click on a raster layer (QGIS offers it for rasters only).
         self.layer_action = QAction(icon(), "Segment clouds...", self.iface.mainWindow())
         self.layer_action.setObjectName("cloudsegSegmentLayer")
@@ -153,8 +160,13 @@ class CloudSegPlugin:
 
         layer = layer or self.iface.activeLayer()
         if layer is None or layer.type() != QgsMapLayerType.RasterLayer:
+            what = "no layer is selected" if layer is None else f"{layer.name()} is not a raster"
             self.iface.messageBar().pushMessage(
-                "cloudseg", "Segment clouds needs a raster layer", Qgis.Warning, 5
+                "cloudseg",
+                f"Segment clouds needs a Sentinel-2 raster layer: {what}; select one in the "
+                "Layers panel",
+                Qgis.Warning,
+                5,
             )
             return None
         self.dialog = processing.createAlgorithmDialog(

@@ -12,6 +12,7 @@ from typing import Any
 
 from qgis.core import (
     QgsCategorizedSymbolRenderer,
+    QgsColorRampLegendNodeSettings,
     QgsColorRampShader,
     QgsFillSymbol,
     QgsLayerMetadata,
@@ -108,6 +109,10 @@ def style_probabilities(layer: QgsRasterLayer, tags: dict[str, str] | None = Non
             ),
         ]
     )
+    legend = QgsColorRampLegendNodeSettings()  # the legend's ends in words
+    legend.setMinimumLabel(f"{CLEAR} (0 %)")
+    legend.setMaximumLabel(f"{PROBABILITY_CLASS} (100 %)")
+    ramp.setLegendSettings(legend)
     shader = QgsRasterShader()
     shader.setRasterShaderFunction(ramp)
     renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), band, shader)

@@ -6,7 +6,7 @@ from typing import Any
 
 from processing.gui.wrappers import WidgetWrapper
 from qgis.core import QgsMapLayer, QgsProject
-from qgis.PyQt.QtWidgets import QLineEdit
+from qgis.PyQt.QtWidgets import QLabel, QLineEdit, QVBoxLayout, QWidget
 
 INPUT_PARAMETER = "INPUT"
 PLACEHOLDER = "from the layer (e.g. B02,B03,B04,B08)"
@@ -33,18 +33,52 @@ def band_names_for(layer: QgsMapLayer | None) -> str:
         return ""
 
 
-class BandsWidgetWrapper(WidgetWrapper):
-    """A line edit for BANDS that fills itself in whenever INPUT changes."""
+def bands_note(layer: QgsMapLayer | None, field: str = "the field") -> str:
+    """One line on how a layer's bands will be known, for beside a Bands field."""
+    from ..backend.errors import CloudsegError
+    from ..backend.raster.reader import describe_bands, scene_path_from_gdal_source
 
-    def createWidget(self, **kwargs: Any) -> QLineEdit:
-        """Create the editable band list."""
-        widget = QLineEdit()
-        widget.setPlaceholderText(PLACEHOLDER)
-        widget.setToolTip(
+    if layer is None:
+        return "No layer selected: select a raster layer."
+    if layer.type() != QgsMapLayer.RasterLayer:
+        return (
+            f"The active layer {layer.name()} is not a raster: select a Sentinel-2 raster "
+            "layer in the Layers panel."
+        )
+    try:
+        source = scene_path_from_gdal_source(layer.source())
+        case, bands = describe_bands(source)
+    except (OSError, CloudsegError):
+        return "The layer is not a local file that cloudseg can read."
+    return {
+        "product": f"A SAFE product ({source.name}): bands from its metadata; {field} is ignored.",
+        "folder": f"One file of the band folder {source.name}: all its band files are used "
+        f"({', '.join(bands)}); {field} is ignored.",
+        "named": f"Bands read from the layer: {', '.join(bands)}.",
+        "unnamed": f"The layer's bands have no names: type them in {field}, in file order.",
+    }[case]
+
+
+class BandsWidgetWrapper(WidgetWrapper):
+    """BANDS: a line edit that fills itself in from INPUT, and a note on the case."""
+
+    def createWidget(self, **kwargs: Any) -> QWidget:
+        """Create the editable band list and its note."""
+        widget = QWidget()
+        layout = QVBoxLayout(widget)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText(PLACEHOLDER)
+        self.edit.setToolTip(
             "Band names in file order, comma separated. Filled in from the layer's band "
             "descriptions; edit it when the file does not name its bands."
         )
-        widget.textChanged.connect(lambda: self.widgetValueHasChanged.emit(self))
+        self.edit.textChanged.connect(lambda: self.widgetValueHasChanged.emit(self))
+        self.note = QLabel("")
+        self.note.setWordWrap(True)
+        self.note.setObjectName("cloudsegBandsNote")
+        layout.addWidget(self.edit)
+        layout.addWidget(self.note)
         return widget
 
     def postInitialize(self, wrappers: list[Any]) -> None:
@@ -58,12 +92,13 @@ class BandsWidgetWrapper(WidgetWrapper):
         layer = value if isinstance(value, QgsMapLayer) else None
         if isinstance(value, str) and value:
             layer = QgsProject.instance().mapLayer(value)
-        self.widget.setText(band_names_for(layer))
+        self.edit.setText(band_names_for(layer))
+        self.note.setText(bands_note(layer, "the field"))
 
     def setValue(self, value: Any) -> None:
         """Show ``value`` (a comma-separated band list)."""
-        self.widget.setText(value or "")
+        self.edit.setText(value or "")
 
     def value(self) -> str:
         """The band list as typed."""
-        return self.widget.text().strip()
+        return self.edit.text().strip()

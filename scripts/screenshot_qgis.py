@@ -1,9 +1,14 @@
-"""Screenshot of QGIS with the cloudseg dock and a segmented real chip (docs/qgis.png).
+"""Screenshots of QGIS with cloudseg, as an analyst sees it (docs/qgis*.png).
 
 Run by ``make screenshot``, which starts the real QGIS under Xvfb with this file as
 ``--code``: QGIS is up, the plugin is enabled, and ``iface`` is the real interface.
 The script loads the On Cloud N chip ``adwp`` as a true-colour layer, opens the dock,
-segments the chip there (a QgsTask, as a user would), then saves the window and quits.
+segments the chip there (a QgsTask, as a user would), and saves:
+
+- ``qgis.png``: the window, with the dock after the run and the mask on the map;
+- ``qgis-results.png``: the Layers panel, with the results group and its legends;
+- ``qgis-dialog.png``: the Segment clouds dialog, opened as the layer's right-click
+  action opens it, at its default size.
 
 Environment: CLOUDSEG_REAL_DATA (the real data folder), CLOUDSEG_SCREENSHOT (PNG path).
 """
@@ -19,6 +24,7 @@ from pathlib import Path
 from osgeo import gdal
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
 from qgis.PyQt.QtCore import QSize, QTimer
+from qgis.PyQt.QtWidgets import QDockWidget
 from qgis.utils import iface, plugins
 
 OUT = Path(os.environ.get("CLOUDSEG_SCREENSHOT", "docs/qgis.png")).resolve()
@@ -62,9 +68,7 @@ def start() -> None:
         plugin.panel_action.setChecked(True)
         dock = plugin.dock
         dock.output_dir.setFilePath(str(WORK / "runs"))
-        dock.level_combo.setCurrentIndex(dock.level_combo.findData("L2A"))
         dock.probabilities_check.setChecked(True)
-        dock.model_combo.setCurrentIndex(dock.model_combo.findData("ukis-csmask-4b-l2a"))
         iface.setActiveLayer(band)
         task = dock.run_active_layer()
         say("run started")
@@ -100,23 +104,55 @@ def _wait(dock: object) -> None:
     QTimer.singleShot(3000, grab)
 
 
-def grab() -> None:
-    """Save the main window to the PNG and quit."""
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    image = iface.mainWindow().grab().scaledToWidth(1000)
-    if not image.save(str(OUT)):
-        fail(f"cannot write {OUT}")
-        return
-    try:  # a 128-colour palette keeps the PNG small for the README
+def save(widget: object, path: Path, width: int | None = None) -> bool:
+    """Save a widget's picture as a small PNG (a 128-colour palette, for the README)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = widget.grab()
+    if width:
+        image = image.scaledToWidth(width)
+    if not image.save(str(path)):
+        fail(f"cannot write {path}")
+        return False
+    try:
         from PIL import Image
 
-        with Image.open(OUT) as picture:
+        with Image.open(path) as picture:
             small = picture.convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT)
-        small.save(OUT, optimize=True)
+        small.save(path, optimize=True)
     except ImportError:
         pass
-    say(f"wrote {OUT}")
-    QgsApplication.exit(0)
+    say(f"wrote {path}")
+    return True
+
+
+def grab() -> None:
+    """Save the window and the Layers panel, then open the dialog."""
+    try:
+        if not save(iface.mainWindow(), OUT, 1000):
+            return
+        layers = iface.mainWindow().findChild(QDockWidget, "Layers")
+        if layers is None or not save(layers, OUT.with_name("qgis-results.png")):
+            fail("no Layers panel to grab")
+            return
+        band = next(
+            layer
+            for layer in QgsProject.instance().mapLayers().values()
+            if layer.name() == "adwp B04"
+        )
+        dialog = plugins["cloudseg"].open_segment_dialog(band)
+        QTimer.singleShot(2000, lambda: grab_dialog(dialog))
+    except Exception:
+        fail("failed while grabbing:\n" + traceback.format_exc())
+
+
+def grab_dialog(dialog: object) -> None:
+    """Save the Segment clouds dialog as it opens, close it and quit."""
+    try:
+        if save(dialog, OUT.with_name("qgis-dialog.png")):
+            dialog.close()
+            QgsApplication.exit(0)
+    except Exception:
+        fail("failed while grabbing the dialog:\n" + traceback.format_exc())
 
 
 say(f"started; plugins loaded: {sorted(plugins)}")

@@ -184,9 +184,7 @@ class SegmentOutputs:
         card, classes_ds = self.card, self._datasets[0]
         colours = {c.value: c.rgba() for c in card.classes} | {NODATA: (0, 0, 0, 0)}
         classes_ds.write_colormap(1, colours)
-        classes_ds.set_band_description(
-            1, "class: " + ", ".join(f"{c.value}={c.name}" for c in card.classes)
-        )
+        classes_ds.set_band_description(1, "class")  # the names: CLOUDSEG_CLASSES, colours
         classes_ds.update_tags(**self.tags)
         if self._probs_tmp is not None:
             from rasterio.enums import ColorInterp

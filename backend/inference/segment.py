@@ -111,7 +111,7 @@ def _warnings(reader: SceneReader, card: ModelCard, options: SegmentOptions) -> 
     if check.message:
         warnings.append(check.message)
     for message in warnings:
-        logger.warning("%s", message)
+        logger.info("warning: %s", message)  # the result carries it; the CLI prints it
     return warnings
 
 

@@ -24,8 +24,8 @@ class IngestAlgorithm(CloudsegAlgorithm):
     """Ingest a labeled dataset into chunked Zarr with STAC metadata (folder or S3)."""
 
     algorithm_name = "ingest"
-    display_name = "Ingest labeled scenes (Zarr + STAC)"
-    group_name = "Training data"
+    display_name = "1 - Ingest labeled scenes (Zarr + STAC)"
+    group_name = "Training and evaluation"
     group_id = "training"
 
     SOURCE = "SOURCE"

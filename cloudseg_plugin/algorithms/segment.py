@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from qgis.core import (
     QgsMapLayer,
@@ -172,6 +172,33 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             "model card's) change the mask: the built-in models were measured best at their own."
         )
 
+    #: What each parameter does, shown as its tooltip (the labels stay short so the
+    #: dialog fits at its default size).
+    PARAMETER_HELP: ClassVar[dict[str, str]] = {
+        "MODEL": "auto: the built-in model made for the layer's product level that uses the "
+        "most of its bands (the log says which and why)",
+        "MODEL_FILE": "An ONNX model or torch checkpoint with a cloudseg card; overrides Model",
+        "BANDS": "The layer's bands in file order, e.g. B04,B03,B02,B08; only for files "
+        "whose bands have no names (the note below the field says which case this is)",
+        "PRODUCT_LEVEL": "auto: read from SAFE or STAC metadata, GDAL metadata, the file name "
+        "or the blue band's darkest pixels; when none tells, L1C is assumed and the log "
+        "warns. The L1C and L2A models give different masks",
+        "EXTENT": "Segment only this part of the layer",
+        "TTA": "Average the model over flips and a rotation: 4x slower, smoother",
+        "RESOLUTION": "native: the layer's own grid, most accurate; preview: the model's "
+        "resolution (30 m for the built-ins), about 9x faster on 10 m imagery but coarser",
+        "RUNTIME": "auto: torch on a GPU, OpenVINO on CPUs with bf16, onnxruntime elsewhere",
+        "TILE_SIZE": "0: the model card's (the built-ins were measured best at 256)",
+        "OVERLAP": "-1: the model card's",
+        "PRECISION": "auto: bf16 where the hardware computes it natively (faster); fp32: "
+        "full precision",
+        "MAX_MEMORY": "A layer too wide for this budget runs in column blocks, with the same "
+        "result",
+        "CHECK_REFLECTANCE": "Values that no real scene has after scaling (e.g. a scale 10x "
+        "off) stop the run: a wrong scale gives a confident wrong mask. Untick to run anyway",
+        "MIN_AREA": "Polygons smaller than this are left out",
+    }
+
     def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
         """Declare the parameters and outputs."""
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Sentinel-2 raster layer"))
@@ -186,32 +213,23 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         self.addParameter(
             QgsProcessingParameterFile(
                 self.MODEL_FILE,
-                "Model file (ONNX or torch checkpoint; overrides Model)",
+                "Model file",
                 optional=True,
                 fileFilter="Models (*.onnx *.pt *.pth *.ckpt)",
             )
         )
-        bands = QgsProcessingParameterString(
-            self.BANDS, "Bands, in file order (empty: from the layer)", optional=True
-        )
+        bands = QgsProcessingParameterString(self.BANDS, "Bands", optional=True)
         # Named by path so that headless qgis_process never imports the GUI module.
         bands.setMetadata({"widget_wrapper": {"class": WIDGETS + ".BandsWidgetWrapper"}})
         self.addParameter(bands)
         self.addParameter(choice(self.PRODUCT_LEVEL, "Product level", LEVELS, AUTO))
-        self.addParameter(
-            QgsProcessingParameterExtent(self.EXTENT, "Segment only this extent", optional=True)
-        )
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent", optional=True))
         self.addParameter(choice(self.DEVICE, "Device", DEVICES, "auto"))
-        self.addParameter(
-            QgsProcessingParameterBoolean(
-                self.TTA, "Test-time augmentation (flips; 4x slower, smoother)", False
-            )
-        )
+        self.addParameter(QgsProcessingParameterBoolean(self.TTA, "Test-time augmentation", False))
         self.addParameter(
             choice(
                 self.RESOLUTION,
-                "Run at (native: the layer's grid, most accurate; preview: the model's "
-                "resolution, faster on finer imagery but coarser)",
+                "Run at",
                 RESOLUTIONS,
                 "native",
                 advanced=True,
@@ -220,15 +238,15 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         self.addParameter(
             choice(
                 self.RUNTIME,
-                "Runtime (auto: torch on a GPU, OpenVINO or onnxruntime on the CPU)",
+                "Runtime",
                 RUNTIMES,
                 "auto",
                 advanced=True,
             )
         )
         for key, label, unset in (
-            (self.TILE_SIZE, "Tile size in pixels (0: the model card's)", 0),
-            (self.OVERLAP, "Tile overlap in pixels (-1: the model card's)", -1),
+            (self.TILE_SIZE, "Tile size (px)", 0),
+            (self.OVERLAP, "Tile overlap (px)", -1),
         ):
             number = QgsProcessingParameterNumber(
                 key, label, QgsProcessingParameterNumber.Integer, unset, minValue=unset
@@ -238,7 +256,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         self.addParameter(
             choice(
                 self.PRECISION,
-                "Precision (auto: bf16 where the hardware has it, faster; fp32: full precision)",
+                "Precision",
                 PRECISIONS,
                 "auto",
                 advanced=True,
@@ -246,7 +264,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         )
         memory = QgsProcessingParameterNumber(
             self.MAX_MEMORY,
-            "Memory budget in MiB (a wider layer runs in column blocks, same result)",
+            "Memory budget (MiB)",
             QgsProcessingParameterNumber.Integer,
             defaultValue=2048,
             minValue=512,
@@ -255,7 +273,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         self.addParameter(memory)
         check = QgsProcessingParameterBoolean(
             self.CHECK_REFLECTANCE,
-            "Refuse values that are not plausible reflectance (a wrong scale gives a wrong mask)",
+            "Refuse implausible reflectance",
             True,
         )
         check.setFlags(check.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -294,6 +312,8 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             self.addOutput(QgsProcessingOutputNumber(key, label))
         self.addOutput(QgsProcessingOutputString(self.MODEL_USED, "Model used"))
         self.addOutput(QgsProcessingOutputString(self.RUNNER, "What ran where"))
+        for name, text in self.PARAMETER_HELP.items():  # the tooltips: labels stay short
+            self.parameterDefinition(name).setHelp(text)
 
     def run_backend(
         self,

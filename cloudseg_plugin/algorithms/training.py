@@ -20,6 +20,7 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
@@ -41,30 +42,39 @@ class TrainAlgorithm(CloudsegAlgorithm):
     """Train or fine-tune a model on an ingested store, as a YAML config says."""
 
     algorithm_name = "train"
-    display_name = "Train or fine-tune a model"
+    display_name = "2 - Train or fine-tune a model"
     group_name = GROUP["group_name"]
     group_id = GROUP["group_id"]
     requirements = TRAINING_REQUIREMENTS
 
+    STORE = "STORE"
+    BANDS = "BANDS"
+    INIT = "INIT"
     CONFIG = "CONFIG"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     EPOCHS = "EPOCHS"
+    BATCH_SIZE = "BATCH_SIZE"
     RESUME = "RESUME"
     OVERWRITE = "OVERWRITE"
+    #: The Init choice that starts from random weights (ImageNet-pretrained encoder).
+    FROM_SCRATCH = "none (train from scratch)"
 
     def shortHelpString(self) -> str:
         """Return the help shown beside the dialog."""
-        return """Trains or fine-tunes a segmentation model (U-Net, FPN, DeepLabV3+, \
-PSPNet, Segformer...) on an ingested store, as a YAML config says (see \
-docs/training.md).
+        return """Trains or fine-tunes a segmentation model on an ingested store (see \
+"1 - Ingest labeled scenes").
 
-<b>Config</b>: data (store, bands, classes, window, split), model (architecture, \
-encoder, init: e.g. ukis-csmask-4b-l1c to fine-tune the built-in cloud model) and \
-train (epochs, batch size, loss...).
+<b>Store</b>: the ingested store (folder or s3://bucket/prefix). <b>Bands</b>: the \
+input bands (default all of the store's). <b>Start from</b>: a built-in cloud model to \
+fine-tune (its bands are used), or none. <b>Epochs</b> and <b>Batch size</b>.
 
-<b>Run folder</b>: overrides the config's output. It receives checkpoints, logs \
-(CSV, TensorBoard), the config as run and model.pt, the best weights with their \
-model card, usable at once as the model file of "Segment clouds" or exported to ONNX.
+<b>Run folder</b>: receives checkpoints, logs (CSV, TensorBoard), the config as run and \
+model.pt, the best weights with their model card, usable at once as the model file of \
+"Segment clouds" or exported to ONNX.
+
+<b>Config file</b> (advanced): a YAML file with every setting (docs/training.md: \
+architecture, encoder, split, loss, augmentation...); the parameters above, when set, \
+override it.
 
 Cancel stops after the current batch; the checkpoints stay, so Resume continues \
 the run. A cancelled run writes no model.pt."""
@@ -72,27 +82,57 @@ the run. A cancelled run writes no model.pt."""
     def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
         """Declare the parameters and outputs."""
         self.addParameter(
-            QgsProcessingParameterFile(
-                self.CONFIG, "Training config (YAML)", fileFilter="YAML (*.yaml *.yml)"
+            QgsProcessingParameterString(
+                self.STORE, "Store (ingested folder or s3://...)", optional=True
             )
+        )
+        self.addParameter(QgsProcessingParameterString(self.BANDS, "Bands", optional=True))
+        init = QgsProcessingParameterEnum(
+            self.INIT,
+            "Start from",
+            options=[self.FROM_SCRATCH, *builtin_model_names()],
+            defaultValue=None,
+            optional=True,
+        )
+        init.setUsesStaticStrings(True)
+        self.addParameter(init)
+        self.addParameter(
+            QgsProcessingParameterNumber(self.EPOCHS, "Epochs", minValue=0, defaultValue=0)
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(self.BATCH_SIZE, "Batch size", minValue=0, defaultValue=0)
         )
         self.addParameter(
             QgsProcessingParameterFile(
-                self.OUTPUT_FOLDER,
-                "Run folder (default: the config's output)",
-                QgsProcessingParameterFile.Folder,
-                optional=True,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber(
-                self.EPOCHS, "Epochs (0: the config's)", minValue=0, defaultValue=0
+                self.OUTPUT_FOLDER, "Run folder", QgsProcessingParameterFile.Folder, optional=True
             )
         )
         self.addParameter(QgsProcessingParameterBoolean(self.RESUME, "Resume the run", False))
         self.addParameter(
             QgsProcessingParameterBoolean(self.OVERWRITE, "Replace an earlier run", False)
         )
+        config = QgsProcessingParameterFile(
+            self.CONFIG, "Config file (YAML)", fileFilter="YAML (*.yaml *.yml)", optional=True
+        )
+        config.setFlags(config.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(config)
+        for name, text in (
+            (self.STORE, "The store written by Ingest; required without a config file"),
+            (
+                self.BANDS,
+                "Input bands in order, e.g. B02,B03,B04,B08; empty: the store's "
+                "bands (or, when starting from a built-in model, its bands)",
+            ),
+            (
+                self.INIT,
+                "Fine-tune a built-in cloud model (fast, needs little data), or "
+                "train from scratch; empty: the config file's choice",
+            ),
+            (self.EPOCHS, "0: the config file's (20 without one)"),
+            (self.BATCH_SIZE, "0: the config file's (8 without one)"),
+            (self.OUTPUT_FOLDER, "Empty: the config file's output (runs/model without one)"),
+        ):
+            self.parameterDefinition(name).setHelp(text)
         self.addOutput(QgsProcessingOutputFile("MODEL", "Trained model (model.pt)"))
         self.addOutput(QgsProcessingOutputNumber("VAL_IOU", "Validation mean IoU"))
         self.addOutput(QgsProcessingOutputNumber("EPOCHS_RUN", "Epochs run"))
@@ -104,19 +144,36 @@ the run. A cancelled run writes no model.pt."""
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
         """Train with Processing's progress and cancel."""
+        from ...backend.raster.bands import parse_band_list
         from ...training.config import Config, load_yaml
         from ...training.train import train
 
         path = self.parameterAsFile(parameters, self.CONFIG, context)
+        store = self.parameterAsString(parameters, self.STORE, context).strip()
+        if not path and not store:
+            raise QgsProcessingException("give the Store to train on (or a config file)")
         folder = self.parameterAsFile(parameters, self.OUTPUT_FOLDER, context)
         epochs = self.parameterAsInt(parameters, self.EPOCHS, context)
+        batch = self.parameterAsInt(parameters, self.BATCH_SIZE, context)
+        bands = self.parameterAsString(parameters, self.BANDS, context).strip()
+        init = self.parameterAsEnumString(parameters, self.INIT, context)
         # Set the values as they are: a folder name must not be parsed as YAML.
-        data = load_yaml(path)
+        data = load_yaml(path) if path else {}
+        sections = {key: dict(data.get(key) or {}) for key in ("data", "model", "train")}
+        if store:
+            sections["data"]["store"] = store
+        if bands:
+            sections["data"]["bands"] = parse_band_list(bands)
+        if init:
+            sections["model"]["init"] = None if init == self.FROM_SCRATCH else init
+        if epochs:
+            sections["train"]["epochs"] = epochs
+        if batch:
+            sections["train"]["batch_size"] = batch
+        data |= sections
         if folder:
             data["output"] = folder
-        if epochs:
-            data["train"] = {**(data.get("train") or {}), "epochs": epochs}
-        config = Config.from_dict(data, path)
+        config = Config.from_dict(data, path or "the Train parameters")
         result = train(
             config,
             resume=self.parameterAsBool(parameters, self.RESUME, context),
@@ -141,7 +198,7 @@ class EvaluateAlgorithm(CloudsegAlgorithm):
     """Score a model on labeled data: IoU, F1, precision, recall, confusion matrix."""
 
     algorithm_name = "evaluate"
-    display_name = "Evaluate a model on labeled data"
+    display_name = "3 - Evaluate a model on labeled data"
     group_name = GROUP["group_name"]
     group_id = GROUP["group_id"]
     requirements = SegmentAlgorithm.requirements
@@ -187,25 +244,17 @@ Unlabeled pixels (nodata, 255) are ignored."""
         self.addParameter(
             QgsProcessingParameterFile(
                 self.MODEL_FILE,
-                "Model file (.onnx or model.pt; overrides the built-in model)",
+                "Model file",
                 optional=True,
                 fileFilter="Models (*.onnx *.pt *.pth)",
             )
         )
-        self.addParameter(
-            QgsProcessingParameterString(
-                self.STORE, "Ingested store (folder or s3://bucket/prefix)", optional=True
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterString(
-                self.SCENES, "Store scenes (comma-separated; default all)", optional=True
-            )
-        )
+        self.addParameter(QgsProcessingParameterString(self.STORE, "Store", optional=True))
+        self.addParameter(QgsProcessingParameterString(self.SCENES, "Store scenes", optional=True))
         self.addParameter(
             QgsProcessingParameterMultipleLayers(
                 self.INPUT,
-                "Scenes (raster layers)",
+                "Scenes",
                 QgsProcessing.TypeRaster,
                 optional=True,
             )
@@ -213,26 +262,16 @@ Unlabeled pixels (nodata, 255) are ignored."""
         self.addParameter(
             QgsProcessingParameterMultipleLayers(
                 self.LABELS,
-                "Label rasters (same order)",
+                "Label rasters",
                 QgsProcessing.TypeRaster,
                 optional=True,
             )
         )
+        self.addParameter(QgsProcessingParameterString(self.BANDS, "Bands", optional=True))
         self.addParameter(
-            QgsProcessingParameterString(
-                self.BANDS, "Bands of the scenes, when unnamed (e.g. B02,B03,B04)", optional=True
-            )
+            QgsProcessingParameterString(self.LABEL_CLASSES, "Label classes", optional=True)
         )
-        self.addParameter(
-            QgsProcessingParameterString(
-                self.LABEL_CLASSES, "Label classes (names of values 0,1,2...)", optional=True
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterString(
-                self.CLASS_MAP, "Class map (label=model; ...)", optional=True
-            )
-        )
+        self.addParameter(QgsProcessingParameterString(self.CLASS_MAP, "Class map", optional=True))
         self.addParameter(choice(self.RESOLUTION, "Resolution", RESOLUTIONS, "native"))
         self.addParameter(
             QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Evaluation report")
@@ -247,6 +286,24 @@ Unlabeled pixels (nodata, 255) are ignored."""
         self.addOutput(QgsProcessingOutputFile("METRICS", "Metrics (JSON)"))
         self.addOutput(QgsProcessingOutputFile("CONFUSION", "Confusion matrix (PNG)"))
         self.addOutput(QgsProcessingOutputString("MODEL_USED", "Model"))
+        for name, text in (  # the tooltips: the labels stay short so the dialog fits
+            (self.MODEL_FILE, "An ONNX model or model.pt; overrides the built-in model"),
+            (self.STORE, "An ingested store: a folder or s3://bucket/prefix"),
+            (self.SCENES, "Scene ids of the store, comma-separated; empty: all"),
+            (self.INPUT, "Raster layers to segment, with Label rasters in the same order"),
+            (self.LABELS, "One label raster per scene, in the same order"),
+            (
+                self.BANDS,
+                "The scenes' bands in file order when the files do not name them, e.g. B02,B03,B04",
+            ),
+            (self.LABEL_CLASSES, "Names of the label values 0, 1, 2...; empty: the model's"),
+            (
+                self.CLASS_MAP,
+                "Label class = model class pairs, separated by ';' (thick and "
+                "thin cloud map to cloud by name)",
+            ),
+        ):
+            self.parameterDefinition(name).setHelp(text)
 
     def run_backend(
         self,
@@ -329,7 +386,7 @@ class ExportAlgorithm(CloudsegAlgorithm):
     """Export a trained model.pt to ONNX with its card, checked against torch."""
 
     algorithm_name = "export"
-    display_name = "Export a trained model to ONNX"
+    display_name = "4 - Export a trained model to ONNX"
     group_name = GROUP["group_name"]
     group_id = GROUP["group_id"]
     requirements = TRAINING_REQUIREMENTS

@@ -8,7 +8,12 @@ pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 
 LOADED = {
     "provider": True,
-    "actions": ["cloudsegCheckEnvironment", "cloudsegSegmentLayer", "cloudsegShowPanel"],
+    "actions": [
+        "cloudsegCheckEnvironment",
+        "cloudsegSegmentLayer",
+        "cloudsegSegmentMenu",
+        "cloudsegShowPanel",
+    ],
 }
 GONE = {"provider": False, "actions": []}
 
@@ -28,7 +33,9 @@ def test_a_closed_dialog_then_unload_and_reload_raise_nothing_and_leave_nothing(
 def test_the_dock_runs_an_unnamed_band_stack_and_shows_its_results(run_qgis):
     seen = run_qgis("dock_run")
     assert seen["errors"] == []
-    assert seen["bands_note"] == "The layer's bands have no names: type them above in file order."
+    assert seen["bands_note"] == (
+        "The layer's bands have no names: type them in the Bands field above, in file order."
+    )
     # Without bands the run fails, and says which control to use.
     assert seen["first_task"] is True and seen["unnamed_run"] == "failed"
     assert "the dock's Bands field" in seen["unnamed_status"]

@@ -96,14 +96,17 @@ def test_dock_shows_the_model_card_and_the_device(plugin, tmp_path):
     assert "B02, B03, B04, B08, B11, B12" in card and "30 m" in card
     assert "cloud shadow" in card and "Apache-2.0" in card
     wait_for(dock._device_task)
-    assert dock.device_label.text().startswith(("CPU only:", "GPU:"))
-    assert dock.device_label.toolTip().startswith("ONNX models on the CPU: ")  # and why
+    # One plain line; the details behind it.
+    line = dock.device_label.text()
+    assert "\n" not in line and line.startswith(("CPU (no GPU found) - ", "CPU - ", "GPU: "))
     # What really runs the built-in models: the engine's own plan, not a guess.
     from cloudseg.backend.inference.runners import plan_runner
     from cloudseg.backend.models.registry import load_model
 
     plan = plan_runner(load_model("ukis-csmask-6b-l2a").card)
-    assert f"Built-in models run with: {plan.summary()}" in dock.device_label.text()
+    assert plan.summary().split(" on the ")[0] in line
+    assert f"Built-in models run with: {plan.summary()}" in dock.device_label.toolTip()
+    assert "ONNX models on the CPU: " in dock.device_label.toolTip()
 
 
 def test_dock_card_shows_measured_accuracy_and_what_preview_costs(plugin, tmp_path):

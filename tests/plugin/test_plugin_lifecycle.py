@@ -29,6 +29,7 @@ def test_init_gui_registers_provider_and_actions(plugin, qgis_iface):
     assert sorted(a.objectName() for a in cloudseg_actions(qgis_iface)) == [
         "cloudsegCheckEnvironment",
         "cloudsegSegmentLayer",
+        "cloudsegSegmentMenu",
         "cloudsegShowPanel",
     ]
 

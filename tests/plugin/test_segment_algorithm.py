@@ -9,6 +9,7 @@ from qgis.core import (
     QgsCategorizedSymbolRenderer,
     QgsPalettedRasterRenderer,
     QgsProcessingException,
+    QgsProcessingFeedback,
     QgsProject,
     QgsRasterLayer,
     QgsRectangle,
@@ -116,6 +117,12 @@ def test_results_load_as_styled_layers_in_a_group(plugin, chip_layer, tmp_path):
     }
     assert L2A in mask.metadata().title()
     assert "sha256" in mask.metadata().abstract()
+    # Named by the input first, so that runs on several layers stay apart.
+    assert {layer.name() for layer in layers.values()} == {
+        "chip - clouds",
+        "chip - cloud probability (%)",
+        "chip - cloud and shadow polygons",
+    }
 
     probs = layers[result["PROBABILITIES"]]
     assert isinstance(probs.renderer(), QgsSingleBandPseudoColorRenderer)
@@ -170,6 +177,52 @@ def test_extent_segments_only_that_area(plugin, chip_layer, tmp_path):
         assert ds.bounds.left == pytest.approx(part.xMinimum())
         assert ds.bounds.top == pytest.approx(part.yMaximum())
         assert (ds.read(1) != NODATA).all()
+
+
+def test_errors_name_the_dialogs_parameters_not_command_line_flags(plugin, tmp_path, multiband):
+    import rasterio
+
+    unnamed = tmp_path / "unnamed.tif"  # the chip's bands without their names
+    with rasterio.open(multiband) as src:
+        profile, data = src.profile, src.read()
+    with rasterio.open(unnamed, "w", **profile) as dst:
+        dst.write(data)
+    layer = QgsRasterLayer(str(unnamed), "unnamed")
+    QgsProject.instance().addMapLayer(layer)
+    try:
+        with pytest.raises(QgsProcessingException) as caught:
+            processing.run("cloudseg:segment", {"INPUT": layer, "OUTPUT": str(tmp_path / "m.tif")})
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+    assert "the Bands parameter" in str(caught.value) and "--bands" not in str(caught.value)
+
+
+def test_an_undetectable_level_is_reported_in_the_log(plugin, chip_layer, tmp_path):
+    feedback = LogFeedback()
+    result = processing.run(
+        "cloudseg:segment",
+        {"INPUT": chip_layer, "OUTPUT": str(tmp_path / "m.tif")},
+        feedback=feedback,
+    )
+    assert result["MODEL_USED"] == "ukis-csmask-4b-l1c"
+    assert any(line.startswith("Product level: L1C (assumed: ") for line in feedback.infos)
+    errors = " ".join(feedback.errors)  # shown in red in the dialog's log
+    assert "product level unknown" in errors and "the Product level parameter (L2A)" in errors
+
+
+class LogFeedback(QgsProcessingFeedback):
+    """Keeps what an algorithm writes to the dialog's log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.infos: list[str] = []
+        self.errors: list[str] = []
+
+    def pushInfo(self, info: str) -> None:
+        self.infos.append(info)
+
+    def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N803
+        self.errors.append(error)
 
 
 def test_backend_errors_become_processing_exceptions(plugin, chip_layer, tmp_path):

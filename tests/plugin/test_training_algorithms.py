@@ -138,3 +138,30 @@ def test_cancelled_training_writes_no_model_and_errors_are_processing_exceptions
             "cloudseg:evaluate",
             {"MODEL": "ukis-csmask-4b-l1c", "OUTPUT_FOLDER": str(tmp_path / "e")},
         )
+
+
+def test_train_takes_its_main_settings_as_parameters_over_the_config(plugin, store, tmp_path):
+    # The config names no usable store and other bands: the parameters win.
+    config = _config(tmp_path / "no-such-store", tmp_path)
+    run = tmp_path / "run"
+    trained = processing.run(
+        "cloudseg:train",
+        {
+            "STORE": str(store),
+            "BANDS": "B04,B03,B02",
+            "EPOCHS": 1,
+            "BATCH_SIZE": 2,
+            "CONFIG": str(config),
+            "OUTPUT_FOLDER": str(run),
+        },
+    )
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["store"] == str(store) and saved["data"]["bands"] == ["B04", "B03", "B02"]
+    assert saved["train"]["epochs"] == 1 and saved["train"]["batch_size"] == 2
+    assert trained["EPOCHS_RUN"] == 1
+
+
+def test_train_without_a_store_or_config_says_what_to_give(plugin, tmp_path):
+    with pytest.raises(QgsProcessingException, match="give the Store to train on"):
+        processing.run("cloudseg:train", {"OUTPUT_FOLDER": str(tmp_path / "run")})
+    assert not (tmp_path / "run").exists()

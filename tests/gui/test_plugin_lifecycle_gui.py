@@ -22,6 +22,9 @@ def test_a_closed_dialog_then_unload_and_reload_raise_nothing_and_leave_nothing(
     seen = run_qgis("unload_after_dialog")
     assert seen["errors"] == []
     assert seen["dialog_opened"] is True
+    # At their default size the dialogs show every control: no horizontal scrollbar.
+    assert set(seen["scrollbars"]) == {"segment", "evaluate", "train", "ingest", "export"}
+    assert not any(any(bars) for bars in seen["scrollbars"].values()), seen["scrollbars"]
     assert seen["loaded_before"] == LOADED
     assert seen["first_unload_ok"] is True
     assert seen["after_first_unload"] == GONE

@@ -15,7 +15,7 @@ import qgis.utils
 from _driver import REAL_DATA, finish, seen, step
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
 from qgis.PyQt.QtCore import QCoreApplication, QEvent
-from qgis.PyQt.QtWidgets import QAction
+from qgis.PyQt.QtWidgets import QAction, QScrollArea
 from qgis.utils import iface
 
 
@@ -45,9 +45,35 @@ def open_and_close() -> None:
     action.trigger()  # what the layer's context menu entry does
     dialog = plugin.dialog
     seen["dialog_opened"] = dialog is not None and dialog.isVisible()
+    step(lambda: close_then_check_others(dialog), 1000)
+
+
+def horizontal_scrollbars(dialog) -> list[bool]:
+    """Whether each scroll area of a dialog shows a horizontal scrollbar (controls cut)."""
+    return [area.horizontalScrollBar().isVisible() for area in dialog.findChildren(QScrollArea)]
+
+
+def close_then_check_others(dialog) -> None:
+    import processing
+
+    seen["scrollbars"] = {"segment": horizontal_scrollbars(dialog)}
     dialog.close()
     QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
-    step(unload_and_reload)
+    others = {
+        name: processing.createAlgorithmDialog(f"cloudseg:{name}")
+        for name in ("evaluate", "train", "ingest", "export")
+    }
+    for other in others.values():
+        other.show()
+
+    def check() -> None:
+        for name, other in others.items():
+            seen["scrollbars"][name] = horizontal_scrollbars(other)
+            other.close()
+        QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+        step(unload_and_reload)
+
+    step(check, 1000)
 
 
 def unload_and_reload() -> None:

@@ -119,6 +119,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         bounds=tuple(args.extent) if args.extent else None,
         polygons=args.polygons,
+        uncertainty=args.uncertainty,
         min_polygon_area_m2=args.min_area,
         check_reflectance=args.check_reflectance,
         max_memory_mib=args.max_memory,
@@ -293,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write class probabilities (uint8 percent) here",
     )
     seg.add_argument("--stats", metavar="PATH", help="also write class statistics as JSON")
+    seg.add_argument(
+        "--uncertainty",
+        metavar="PATH",
+        help="also write the model's doubt per pixel (normalized entropy, uint8 percent): "
+        "where labels would teach it most",
+    )
     seg.add_argument(
         "--polygons", metavar="PATH", help="also write cloud and shadow polygons (GeoPackage)"
     )

@@ -308,7 +308,9 @@ def memory_plan(
 
     tile, overlap = options.tiling(card)
     per_column = bytes_per_column(len(card.bands), len(card.classes), tile, grid.factor)
-    extras = any(getattr(options, name, None) for name in ("probabilities", "polygons"))
+    extras = any(
+        getattr(options, name, None) for name in ("probabilities", "polygons", "uncertainty")
+    )
     base = BASE_MEMORY_MIB + (EXTRA_OUTPUTS_MIB if extras else 0)
     estimate = base + per_column * width / 2**20
     if estimate <= budget_mib:

@@ -92,6 +92,8 @@ class SegmentOptions(RunOptions):
         bounds: Segment only this extent, ``(left, bottom, right, top)`` in the input's
             CRS (widened to whole pixels); the outputs then cover just that extent.
         polygons: Also write the cloud and shadow polygons (GeoPackage) here.
+        uncertainty: Also write the model's doubt per pixel here (normalized entropy of
+            the blended probabilities, uint8 percent): where labels teach it most.
         min_polygon_area_m2: Polygons smaller than this are left out.
         max_memory_mib: The budget for the run's peak memory; a scene whose one pass
             over its width would need more runs in column blocks (same result).
@@ -105,6 +107,7 @@ class SegmentOptions(RunOptions):
     overwrite: bool = False
     bounds: tuple[float, float, float, float] | None = None
     polygons: Path | None = None
+    uncertainty: Path | None = None
     min_polygon_area_m2: float = 0.0
     max_memory_mib: float = 2048
     check_reflectance: bool = True
@@ -117,3 +120,5 @@ class SegmentOptions(RunOptions):
             self.stats = Path(self.stats).expanduser()
         if self.polygons is not None:
             self.polygons = Path(self.polygons).expanduser()
+        if self.uncertainty is not None:
+            self.uncertainty = Path(self.uncertainty).expanduser()

@@ -29,7 +29,7 @@ from ..raster.cog import BlockRowWriter, block_profile, to_cog
 from ..raster.reader import SceneReader
 from .engine import NODATA
 from .options import SegmentOptions
-from .resample import ModelGrid, argmax_classes
+from .resample import ModelGrid, argmax_classes, normalized_entropy
 from .runners import Runner
 
 
@@ -106,6 +106,9 @@ class SegmentOutputs:
         self._polygons_tmp = (
             atomic.temporary_sibling(options.polygons, "part.gpkg") if options.polygons else None
         )
+        self._uncertainty_tmp = (
+            atomic.temporary_sibling(options.uncertainty) if options.uncertainty else None
+        )
         self._staged: list[tuple[Path, Path]] = []  # (temporary, final), in publishing order
         self._classes_staged: Path | None = None
         self._datasets: list[Any] = []
@@ -116,9 +119,9 @@ class SegmentOutputs:
         import rasterio
 
         classes = len(self.card.classes)
-        rasters = [(self._classes_tmp, 1)] + (
-            [(self._probs_tmp, classes)] if self._probs_tmp else []
-        )
+        rasters = [(self._classes_tmp, 1)]
+        rasters += [(self._probs_tmp, classes)] if self._probs_tmp else []
+        rasters += [(self._uncertainty_tmp, 1)] if self._uncertainty_tmp else []
         try:
             for path, count in rasters:
                 dataset = rasterio.open(
@@ -142,7 +145,12 @@ class SegmentOutputs:
     def _discard(self) -> None:
         """Close and remove everything written so far."""
         self._close_datasets()
-        temporaries = [self._classes_tmp, self._probs_tmp, self._polygons_tmp]
+        temporaries = [
+            self._classes_tmp,
+            self._probs_tmp,
+            self._polygons_tmp,
+            self._uncertainty_tmp,
+        ]
         temporaries += [self._classes_staged, *(tmp for tmp, _ in self._staged)]
         atomic.remove(*(p for p in temporaries if p))
         self._staged.clear()
@@ -176,6 +184,10 @@ class SegmentOutputs:
             percent = np.rint(np.clip(probs, 0, 1) * 100).astype(np.uint8)
             percent[:, nodata] = NODATA
             self._writers[1].write(row, percent)
+        if self._uncertainty_tmp is not None:
+            doubt = np.rint(normalized_entropy(probs) * 100).astype(np.uint8)
+            doubt[nodata] = NODATA
+            self._writers[-1].write(row, doubt[None])
 
     def finish_rasters(self) -> None:
         """Check every row was written, add colours, names and tags, and close the rasters."""
@@ -195,6 +207,14 @@ class SegmentOutputs:
             for c in card.classes:
                 probs_ds.set_band_description(c.value + 1, f"P({c.name}) %")
             probs_ds.update_tags(**self.tags, CLOUDSEG_PROBABILITY_SCALE="percent 0-100")
+        if self._uncertainty_tmp is not None:
+            doubt_ds = self._datasets[-1]
+            doubt_ds.set_band_description(1, "uncertainty %")
+            doubt_ds.update_tags(
+                **self.tags,
+                CLOUDSEG_UNCERTAINTY="normalized entropy of the blended class probabilities, "
+                "percent 0-100 (0: certain, 100: all classes equally likely)",
+            )
         self._close_datasets()
 
     def trace_polygons(
@@ -224,6 +244,9 @@ class SegmentOutputs:
         if self._probs_tmp is not None and self.options.probabilities is not None:
             staged = to_cog(self._probs_tmp, self.options.probabilities, "AVERAGE")
             self._staged.append((staged, self.options.probabilities))
+        if self._uncertainty_tmp is not None and self.options.uncertainty is not None:
+            staged = to_cog(self._uncertainty_tmp, self.options.uncertainty, "AVERAGE")
+            self._staged.append((staged, self.options.uncertainty))
         if self._polygons_tmp is not None and self.options.polygons is not None:
             self._staged.append((self._polygons_tmp, self.options.polygons))
         self._classes_staged = to_cog(self._classes_tmp, self.output, "NEAREST")

@@ -199,3 +199,19 @@ class RowMasks:
         self.rows = self.rows[row - self.first :]
         self.first = row
         return self.rows[:n]
+
+
+def normalized_entropy(probs: np.ndarray) -> np.ndarray:
+    """The model's doubt per pixel: entropy of the class probabilities over its maximum.
+
+    0 where one class has all the probability, 1 where every class is equally likely.
+
+    Args:
+        probs: ``(classes, rows, cols)`` probabilities (summing to 1 per pixel).
+
+    Returns:
+        ``(rows, cols)`` float32 in [0, 1].
+    """
+    p = np.clip(probs, 1e-7, 1.0)
+    entropy = -(p * np.log(p)).sum(axis=0)
+    return np.clip(entropy / np.log(probs.shape[0]), 0.0, 1.0).astype(np.float32)

@@ -58,13 +58,14 @@ class SegmentResult:
     warnings: list[str] = field(default_factory=list)
     polygons: Path | None = None
     polygon_counts: dict[str, int] = field(default_factory=dict)
+    uncertainty: Path | None = None
     #: The product level the model was chosen for, and how it was found (or assumed).
     product_level: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result as JSON-serialisable data."""
         data = asdict(self)
-        for key in ("output", "probabilities", "stats_path", "polygons"):
+        for key in ("output", "probabilities", "stats_path", "polygons", "uncertainty"):
             data[key] = str(data[key]) if data[key] else None
         data["megapixels_per_second"] = round(self.width * self.height / 1e6 / self.seconds, 3)
         return data
@@ -132,6 +133,7 @@ OUTPUT_SUFFIXES = {
     "--probabilities": (".tif", ".tiff"),
     "--polygons": (".gpkg",),
     "--stats": (".json",),
+    "--uncertainty": (".tif", ".tiff"),
 }
 
 
@@ -146,6 +148,7 @@ def _check_outputs(reader: SceneReader, output: Path, options: SegmentOptions) -
             "--probabilities": options.probabilities,
             "--polygons": options.polygons,
             "--stats": options.stats,
+            "--uncertainty": options.uncertainty,
         },
         inputs,
         options.overwrite,
@@ -284,6 +287,7 @@ def segment(
                 polygons=options.polygons,
                 polygon_counts=polygon_counts,
                 product_level=reader.level.describe(),
+                uncertainty=options.uncertainty,
             )
             outputs.publish(result.to_dict() if options.stats else None, cancelled)
     progress(100.0, f"done in {result.seconds:.1f} s")

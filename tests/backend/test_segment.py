@@ -472,3 +472,35 @@ def test_tta_keeps_constants_and_stays_close_on_real_data(reference, multiband, 
     with rasterio.open(out) as ds:
         assert ds.tags()["CLOUDSEG_TTA"] == "True"
     assert (read(out) == read(reference[0])).mean() > 0.9
+
+
+def test_normalized_entropy_on_known_cases():
+    from cloudseg.backend.inference.resample import normalized_entropy
+
+    probs = np.array([[1, 1 / 3, 0.5], [0, 1 / 3, 0.5], [0, 1 / 3, 0.0]], np.float32)[:, None, :]
+    np.testing.assert_allclose(
+        normalized_entropy(probs)[0], [0, 1, np.log(2) / np.log(3)], atol=1e-5
+    )
+
+
+def test_the_uncertainty_output_is_the_entropy_of_the_probabilities(multiband, tmp_path):
+    logits = np.array([0.1, 1.0, -0.5])
+    model = constant_onnx(tmp_path / "constant.onnx", logits.tolist())
+    out, doubt = tmp_path / "mask.tif", tmp_path / "doubt.tif"
+    result = segment(multiband, out, SegmentOptions(model=str(model), uncertainty=doubt))
+    assert result.uncertainty == doubt
+    p = np.exp(logits) / np.exp(logits).sum()
+    expected = round(100 * float(-(p * np.log(p)).sum() / np.log(3)))
+    with rasterio.open(doubt) as ds:
+        assert ds.tags()["CLOUDSEG_UNCERTAINTY"].startswith("normalized entropy")
+        assert ds.dtypes[0] == "uint8" and ds.nodata == NODATA
+        values = ds.read(1)
+    assert (values == expected).all()
+    # On real data: the doubt is highest where the classes meet.
+    real = tmp_path / "real_doubt.tif"
+    segment(multiband, tmp_path / "real.tif", SegmentOptions(product_level="L2A", uncertainty=real))
+    classes, values = read(tmp_path / "real.tif"), read(real).astype(float)
+    edge = np.zeros(classes.shape, bool)
+    edge[:, 1:] |= classes[:, 1:] != classes[:, :-1]
+    edge[1:] |= classes[1:] != classes[:-1]
+    assert values[edge].mean() > 2 * values[~edge].mean()

@@ -174,6 +174,46 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_propose(args: argparse.Namespace) -> int:
+    """Propose the most doubtful boxes of a scene into a label project."""
+    from .active.propose import propose
+
+    proposals = propose(args.uncertainty, args.project, args.box, args.count, args.scene or "")
+    if args.json:
+        rows = [
+            {"rank": p.rank, "score": p.score, "row": p.box.row, "col": p.box.col}
+            | {"size": p.box.size}
+            for p in proposals
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{args.project}: {len(proposals)} boxes of {args.box} px proposed (layer proposals)")
+    for p in proposals[:10]:
+        print(
+            f"  {p.rank:>3}. doubt {p.score:5.1f} %  rows {p.box.row}-{p.box.row + p.box.size}"
+            f", columns {p.box.col}-{p.box.col + p.box.size}"
+        )
+    return 0
+
+
+def _add_propose_parser(sub: Any) -> None:
+    propose = sub.add_parser(
+        "propose",
+        help="boxes to label where the model is unsure (active learning)",
+        description="Rank boxes of a scene by the model's mean doubt (an uncertainty raster "
+        "from 'cloudseg segment --uncertainty') and write the top ones, non-overlapping and "
+        "never over a box already labeled or skipped, into the label project's GeoPackage "
+        "(layer proposals: rank, score, status, scene, model).",
+    )
+    propose.add_argument("uncertainty", metavar="UNCERTAINTY", help="uncertainty raster (.tif)")
+    propose.add_argument("project", metavar="PROJECT", help="label project (.gpkg)")
+    propose.add_argument("--box", type=int, default=128, metavar="PX", help="box edge (128)")
+    propose.add_argument("--count", type=int, default=20, help="how many boxes (20)")
+    propose.add_argument("--scene", help="the scene's name (default: the raster's)")
+    propose.add_argument("--json", action="store_true", help="print the proposals as JSON")
+    propose.set_defaults(handler=_cmd_propose)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with all subcommands.
 
@@ -336,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_flags(seg)
     seg.set_defaults(handler=_cmd_segment)
     _add_ingest_parser(sub)
+    _add_propose_parser(sub)
     _add_plugin_parsers(sub)
     return parser
 

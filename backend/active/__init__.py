@@ -1,0 +1,1 @@
+"""Active learning: where the model is unsure, proposals for an analyst to label there."""

@@ -37,6 +37,7 @@ MASK_OPACITY = 0.5
 RESULT_WORDS = {
     "classes": "clouds",
     "probabilities": "cloud probability (%)",
+    "uncertainty": "uncertainty (%)",
     "polygons": "cloud and shadow polygons",
 }
 
@@ -120,6 +121,31 @@ def style_probabilities(layer: QgsRasterLayer, tags: dict[str, str] | None = Non
     renderer.setClassificationMax(100)
     layer.setRenderer(renderer)
     describe(layer, tags, f"P({PROBABILITY_CLASS}) %")
+    layer.triggerRepaint()
+
+
+def style_uncertainty(layer: QgsRasterLayer) -> None:
+    """A heat map of the model's doubt: transparent where it is sure, red where it is not."""
+    ramp = QgsColorRampShader(0, 100)
+    ramp.setColorRampType(QgsColorRampShader.Interpolated)
+    ramp.setColorRampItemList(
+        [
+            QgsColorRampShader.ColorRampItem(0, QColor(255, 255, 178, 0), "sure (0 %)"),
+            QgsColorRampShader.ColorRampItem(40, QColor(254, 178, 76, 150), "40 %"),
+            QgsColorRampShader.ColorRampItem(100, QColor(189, 0, 38, 220), "unsure (100 %)"),
+        ]
+    )
+    legend = QgsColorRampLegendNodeSettings()
+    legend.setMinimumLabel("sure (0 %)")
+    legend.setMaximumLabel("unsure (100 %)")
+    ramp.setLegendSettings(legend)
+    shader = QgsRasterShader()
+    shader.setRasterShaderFunction(ramp)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
+    renderer.setClassificationMin(0)
+    renderer.setClassificationMax(100)
+    layer.setRenderer(renderer)
+    describe(layer, cloudseg_tags(layer), "Uncertainty %")
     layer.triggerRepaint()
 
 

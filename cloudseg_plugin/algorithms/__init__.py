@@ -6,6 +6,7 @@ from qgis.core import QgsProcessingAlgorithm
 
 from .environment import EnvironmentAlgorithm
 from .ingest import IngestAlgorithm
+from .propose import ProposeAlgorithm
 from .segment import SegmentAlgorithm
 from .training import EvaluateAlgorithm, ExportAlgorithm, TrainAlgorithm
 
@@ -15,6 +16,7 @@ def all_algorithms() -> list[QgsProcessingAlgorithm]:
     return [
         EnvironmentAlgorithm(),
         SegmentAlgorithm(),
+        ProposeAlgorithm(),
         IngestAlgorithm(),
         TrainAlgorithm(),
         EvaluateAlgorithm(),

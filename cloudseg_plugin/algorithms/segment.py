@@ -110,6 +110,8 @@ class ResultStyler(QgsProcessingLayerPostProcessorInterface):
             styling.style_classes(layer)
         elif isinstance(layer, QgsRasterLayer) and self.kind == "probabilities":
             styling.style_probabilities(layer)
+        elif isinstance(layer, QgsRasterLayer) and self.kind == "uncertainty":
+            styling.style_uncertainty(layer)
         elif isinstance(layer, QgsVectorLayer):
             styling.style_polygons(layer, self.classes)
         project = context.project()
@@ -143,6 +145,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
     RESOLUTION = "RESOLUTION"
     OUTPUT = "OUTPUT"
     PROBABILITIES = "PROBABILITIES"
+    UNCERTAINTY = "UNCERTAINTY"
     VECTOR = "VECTOR"
     MIN_AREA = "MIN_AREA"
     CLOUD_PERCENT = "CLOUD_PERCENT"
@@ -296,6 +299,14 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             )
         )
         self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                self.UNCERTAINTY,
+                "Uncertainty (percent)",
+                optional=True,
+                createByDefault=False,
+            )
+        )
+        self.addParameter(
             QgsProcessingParameterVectorDestination(
                 self.VECTOR,
                 "Cloud and shadow polygons",
@@ -335,6 +346,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         bands_text = self.parameterAsString(parameters, self.BANDS, context).strip()
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         probabilities = self.parameterAsOutputLayer(parameters, self.PROBABILITIES, context)
+        uncertainty = self.parameterAsOutputLayer(parameters, self.UNCERTAINTY, context)
         vector = self.parameterAsOutputLayer(parameters, self.VECTOR, context)
         bounds = None
         if parameters.get(self.EXTENT):
@@ -358,6 +370,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             runtime=self.parameterAsEnumString(parameters, self.RUNTIME, context),
             **self._tiling(parameters, context),
             probabilities=Path(probabilities) if probabilities else None,
+            uncertainty=Path(uncertainty) if uncertainty else None,
             overwrite=True,  # the destination widget has already asked
             bounds=bounds,
             polygons=Path(vector) if vector else None,
@@ -380,7 +393,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         if vector:
             feedback.pushInfo(f"Polygons: {result.polygon_counts}")
 
-        self._style_on_load(context, output, probabilities, vector, layer.name())
+        self._style_on_load(context, output, probabilities, vector, layer.name(), uncertainty)
         percent = result.class_percent
         feedback.pushInfo(
             f"Cloud {percent.get('cloud', 0):.2f} %, "
@@ -399,6 +412,8 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             results[self.PROBABILITIES] = probabilities
         if vector:
             results[self.VECTOR] = vector
+        if uncertainty:
+            results[self.UNCERTAINTY] = uncertainty
         return results
 
     def _tiling(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict:
@@ -414,12 +429,18 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         probabilities: str,
         vector: str,
         input_name: str,
+        uncertainty: str = "",
     ) -> None:
         """Have Processing name (input first) and style each result it loads."""
         from ...backend.inference.segment import load_classes
 
         classes = load_classes(output)
-        for path, kind in ((output, "classes"), (probabilities, "probabilities"), (vector, "")):
+        for path, kind in (
+            (output, "classes"),
+            (probabilities, "probabilities"),
+            (uncertainty, "uncertainty"),
+            (vector, ""),
+        ):
             if path and context.willLoadLayerOnCompletion(path):
                 styler = ResultStyler(kind or "polygons", classes)
                 _STYLERS.append(styler)

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import rasterio
 
 ROOT = Path(__file__).resolve().parents[2]
 QGIS_PROCESS = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
@@ -85,3 +86,49 @@ def test_qgis_process_segments_a_real_chip(qgis_process_env, multiband, tmp_path
     assert failed.returncode != 0
     assert "needs band(s) B11, B12" in failed.stdout + failed.stderr
     assert not (tmp_path / "other.tif").exists()
+
+
+def test_qgis_process_writes_uncertainty_then_proposals_on_a_real_chip(
+    qgis_process_env, multiband, tmp_path
+):
+    """The first steps of the active-learning loop, headless: doubt, then proposals."""
+    from osgeo import ogr
+
+    assert qgis_process("plugins", "enable", "cloudseg", env=qgis_process_env).returncode == 0
+    doubt = tmp_path / "doubt.tif"
+    run = qgis_process(
+        "--json",
+        "run",
+        "cloudseg:segment",
+        "--",
+        f"INPUT={multiband}",
+        "PRODUCT_LEVEL=L2A",
+        f"OUTPUT={tmp_path / 'mask.tif'}",
+        f"UNCERTAINTY={doubt}",
+        env=qgis_process_env,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["results"]["UNCERTAINTY"] == str(doubt)
+    with rasterio.open(doubt) as ds:
+        assert "CLOUDSEG_UNCERTAINTY" in ds.tags() and ds.read(1).max() <= 100
+    project = tmp_path / "labels.gpkg"
+    proposed = qgis_process(
+        "--json",
+        "run",
+        "cloudseg:propose",
+        "--",
+        f"UNCERTAINTY={doubt}",
+        f"PROJECT={project}",
+        "BOX=64",
+        "COUNT=6",
+        "SCENE=adwp",
+        env=qgis_process_env,
+    )
+    assert proposed.returncode == 0, proposed.stderr
+    assert json.loads(proposed.stdout)["results"]["PROPOSED"] == 6
+    dataset = ogr.Open(str(project))
+    features = list(dataset.GetLayerByName("proposals"))
+    assert [f.GetField("rank") for f in features] == [1, 2, 3, 4, 5, 6]
+    assert {f.GetField("status") for f in features} == {"todo"}
+    scores = [f.GetField("score") for f in features]
+    assert scores == sorted(scores, reverse=True)

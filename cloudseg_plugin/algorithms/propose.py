@@ -1,0 +1,94 @@
+"""``cloudseg:propose``: boxes for an analyst to label, where the model is unsure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+)
+
+from .base import CloudsegAlgorithm
+
+
+class ProposeAlgorithm(CloudsegAlgorithm):
+    """Rank boxes by the model's doubt and write the top ones into a label project."""
+
+    algorithm_name = "propose"
+    display_name = "Propose areas to label (active learning)"
+    group_name = "Cloud segmentation"
+    group_id = "segmentation"
+
+    UNCERTAINTY = "UNCERTAINTY"
+    PROJECT = "PROJECT"
+    BOX = "BOX"
+    COUNT = "COUNT"
+    SCENE = "SCENE"
+
+    def shortHelpString(self) -> str:
+        """Return the help shown beside the dialog."""
+        return """Proposes where to label next: the boxes of a scene where the model is \\
+least sure.
+
+<b>Uncertainty</b>: the uncertainty raster of a "Segment clouds" run (its Uncertainty \\
+output): the normalized entropy of the class probabilities, in percent.
+
+<b>Label project</b>: a GeoPackage (created if missing). Its <i>proposals</i> layer gets \\
+the top boxes with rank, score (mean doubt, %), status (todo), scene and model. Boxes \\
+never overlap, and never cover a box already labeled or skipped; the unlabeled \\
+proposals of an earlier round are replaced.
+
+<b>Box size</b>: an area an analyst labels in a minute or two (128 px: 1.3 km at \\
+10 m)."""
+
+    def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
+        """Declare the parameters and outputs."""
+        self.addParameter(QgsProcessingParameterRasterLayer(self.UNCERTAINTY, "Uncertainty"))
+        self.addParameter(
+            QgsProcessingParameterFileDestination(
+                self.PROJECT, "Label project", "GeoPackage (*.gpkg)"
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(self.BOX, "Box size (px)", minValue=8, defaultValue=128)
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(self.COUNT, "Boxes", minValue=1, defaultValue=20)
+        )
+        self.addParameter(QgsProcessingParameterString(self.SCENE, "Scene name", optional=True))
+        self.addOutput(QgsProcessingOutputNumber("PROPOSED", "Boxes proposed"))
+
+    def run_backend(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
+        """Propose, and load the proposals layer when run from the toolbox."""
+        from ...backend.active.propose import PROPOSALS_LAYER, propose
+
+        layer = self.parameterAsRasterLayer(parameters, self.UNCERTAINTY, context)
+        if layer is None:
+            raise QgsProcessingException("no uncertainty raster given")
+        project = self.parameterAsFileOutput(parameters, self.PROJECT, context)
+        scene = self.parameterAsString(parameters, self.SCENE, context).strip()
+        proposals = propose(
+            layer.source(),
+            project,
+            box=self.parameterAsInt(parameters, self.BOX, context),
+            count=self.parameterAsInt(parameters, self.COUNT, context),
+            scene=scene or layer.name(),
+        )
+        for p in proposals[:5]:
+            feedback.pushInfo(
+                f"{p.rank}. mean doubt {p.score:.1f} % at row {p.box.row}, column {p.box.col}"
+            )
+        feedback.pushInfo(f"{len(proposals)} boxes in {project}, layer {PROPOSALS_LAYER}")
+        return {self.PROJECT: project, "PROPOSED": len(proposals)}

@@ -196,6 +196,25 @@ def _cmd_propose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_labels_to_store(args: argparse.Namespace) -> int:
+    """Add a label project's labeled boxes of a scene to a store."""
+    from .active.labels import labels_to_store
+
+    result = labels_to_store(
+        args.project, args.scene, args.store, model=args.model, endpoint_url=args.endpoint_url
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(
+        f"{result.store}: {len(result.ingested)} labeled box(es) added, "
+        f"{len(result.skipped)} already there, {len(result.failed)} failed"
+    )
+    for scene, reason in result.failed:
+        print(f"  {scene}: {reason}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
 def _add_propose_parser(sub: Any) -> None:
     propose = sub.add_parser(
         "propose",
@@ -212,6 +231,21 @@ def _add_propose_parser(sub: Any) -> None:
     propose.add_argument("--scene", help="the scene's name (default: the raster's)")
     propose.add_argument("--json", action="store_true", help="print the proposals as JSON")
     propose.set_defaults(handler=_cmd_propose)
+    to_store = sub.add_parser(
+        "labels-to-store",
+        help="a label project's labeled boxes into a store, for fine-tuning",
+        description="For every proposal marked labeled in the label project, store the "
+        "scene's window and the labels layer's polygons rasterized on its grid (pixels "
+        "under no polygon are clear) as one scene of a Zarr + STAC store (folder or S3), "
+        "as 'cloudseg ingest' does.",
+    )
+    to_store.add_argument("project", metavar="PROJECT", help="label project (.gpkg)")
+    to_store.add_argument("scene", metavar="SCENE", help="the scene the boxes are on")
+    to_store.add_argument("store", metavar="STORE", help="a folder or s3://bucket/prefix")
+    to_store.add_argument("--model", help="the model whose bands and classes apply")
+    to_store.add_argument("--endpoint-url", help="S3 endpoint, e.g. http://127.0.0.1:9000")
+    to_store.add_argument("--json", action="store_true", help="print the result as JSON")
+    to_store.set_defaults(handler=_cmd_labels_to_store)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -88,3 +88,61 @@ def _features(project):
         {name: f.GetField(name) for name in ("rank", "status", "scene", "model")}
         for f in dataset.GetLayerByName("proposals")
     ]
+
+
+@pytest.mark.real_data
+def test_labeled_boxes_become_a_store_that_matches_the_labels(multiband, tmp_path):
+    """A simulated analyst: the model's own polygons as labels, then one polygon changed."""
+    import rasterio
+
+    from cloudseg.backend.active.labels import labels_to_store
+    from cloudseg.backend.store.dataset import open_dataset
+
+    mask, doubt = tmp_path / "mask.tif", tmp_path / "doubt.tif"
+    polygons = tmp_path / "polygons.gpkg"
+    options = SegmentOptions(product_level="L2A", uncertainty=doubt, polygons=polygons)
+    segment(multiband, mask, options)
+    project = tmp_path / "labels.gpkg"
+    box = propose(doubt, project, box=64, count=3, scene="adwp")[0].box
+    with pytest.raises(InputError, match="no labeled boxes yet"):
+        labels_to_store(project, multiband, tmp_path / "none")
+    assert not (tmp_path / "none").exists()
+    dataset = ogr.Open(str(project), 1)
+    layer = dataset.GetLayerByName("proposals")
+    first = next(f for f in layer if f["rank"] == 1)
+    first.SetField("status", "labeled")
+    layer.SetFeature(first)
+    source = ogr.Open(str(polygons))  # "Start from the model": its polygons as labels
+    dataset.CopyLayer(source.GetLayerByName("cloudseg"), "labels")
+    dataset = source = None
+
+    store = tmp_path / "store"
+    result = labels_to_store(project, multiband, store)
+    scene = f"{multiband.stem}-r{box.row}-c{box.col}-64"
+    assert result.ingested == [scene]
+    stored = open_dataset(store)
+    image, labels = stored.read(scene)
+    with rasterio.open(mask) as ds:
+        model_mask = ds.read(1)[box.row : box.row + 64, box.col : box.col + 64]
+    np.testing.assert_array_equal(labels, model_mask)  # the polygons rasterize back
+    with rasterio.open(multiband) as ds:
+        dn = ds.read()[:, box.row : box.row + 64, box.col : box.col + 64]
+    np.testing.assert_array_equal(image, dn)
+
+    # The analyst draws a cloud over the box's top-left corner: the labels follow.
+    dataset = ogr.Open(str(project), 1)
+    layer = dataset.GetLayerByName("labels")
+    with rasterio.open(mask) as ds:
+        t = ds.transform
+    x0, y0 = t * (box.col, box.row)
+    x1, y1 = t * (box.col + 10, box.row + 10)
+    ring = f"POLYGON(({x0} {y0},{x1} {y0},{x1} {y1},{x0} {y1},{x0} {y0}))"
+    feature = ogr.Feature(layer.GetLayerDefn())
+    feature.SetGeometry(ogr.ForceToMultiPolygon(ogr.CreateGeometryFromWkt(ring)))
+    feature.SetField("class", 1)
+    layer.CreateFeature(feature)
+    dataset = None
+    labels_to_store(project, multiband, tmp_path / "store2")
+    _, changed = open_dataset(tmp_path / "store2").read(scene)
+    assert (changed[:10, :10] == 1).all()
+    np.testing.assert_array_equal(changed[10:, 10:], model_mask[10:, 10:])

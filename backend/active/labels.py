@@ -1,0 +1,165 @@
+"""An analyst's labels into a store that training reads: the label project's done boxes.
+
+A label project (GeoPackage) holds the ``proposals`` layer (see :mod:`.propose`) and a
+``labels`` layer of polygons with a ``class`` field (the model card's class values). For
+every proposal marked ``labeled``, the scene's window under the box and the labels
+rasterized on the scene's grid (pixels under no polygon are clear: the analyst said the
+box is done) become one stored scene, through the same ingestion as any dataset, so
+the Zarr + STAC store, its checks and its report are those of ``cloudseg ingest``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..store.ingest import IngestResult, ingest
+from .propose import PROPOSALS_LAYER, Box
+
+#: The label project's layer of class polygons.
+LABELS_LAYER = "labels"
+
+
+def labeled_boxes(project: Path, transform: Any) -> list[tuple[Box, str]]:
+    """The project's proposals marked labeled, as boxes on the scene's grid, with their model."""
+    from osgeo import ogr
+
+    dataset = ogr.Open(str(project)) if project.is_file() else None
+    layer = dataset.GetLayerByName(PROPOSALS_LAYER) if dataset else None
+    if layer is None:
+        raise InputError(f"{project} has no {PROPOSALS_LAYER} layer; propose areas first")
+    inverse = ~transform
+    boxes = []
+    for feature in layer:
+        if feature.GetField("status") != "labeled":
+            continue
+        xmin, xmax, ymin, ymax = feature.GetGeometryRef().GetEnvelope()
+        col0, row0 = inverse * (xmin, ymax)
+        col1, _ = inverse * (xmax, ymin)
+        boxes.append((Box(round(row0), round(col0), round(col1 - col0)), feature.GetField("model")))
+    return boxes
+
+
+def label_shapes(project: Path) -> list[tuple[dict[str, Any], int]]:
+    """The ``labels`` layer's polygons as ``(GeoJSON geometry, class value)``, in order."""
+    from osgeo import ogr
+
+    dataset = ogr.Open(str(project))
+    layer = dataset.GetLayerByName(LABELS_LAYER) if dataset else None
+    if layer is None:
+        return []  # a done box without polygons is all clear
+    if layer.GetLayerDefn().GetFieldIndex("class") < 0:
+        raise InputError(f"the {LABELS_LAYER} layer of {project} has no 'class' field")
+    return [
+        (json.loads(f.GetGeometryRef().ExportToJson()), int(f.GetField("class")))
+        for f in layer
+        if f.GetGeometryRef() is not None and f.GetField("class") is not None
+    ]
+
+
+def rasterize_box(
+    shapes: list[tuple[dict[str, Any], int]], box: Box, transform: Any, clear: int = 0
+) -> np.ndarray:
+    """The labels of one box on the scene's grid: later polygons over earlier ones."""
+    from rasterio.features import rasterize
+    from rasterio.transform import Affine
+
+    window_transform = transform * Affine.translation(box.col, box.row)
+    if not shapes:
+        return np.full((box.size, box.size), clear, np.uint8)
+    return rasterize(
+        shapes,
+        out_shape=(box.size, box.size),
+        transform=window_transform,
+        fill=clear,
+        dtype="uint8",
+    )
+
+
+def labels_to_store(
+    project: str | Path,
+    scene: str | Path,
+    store: str | Path,
+    model: str | None = None,
+    endpoint_url: str | None = None,
+) -> IngestResult:
+    """Add the project's labeled boxes of ``scene`` to a store (created if missing).
+
+    Args:
+        project: The label project's GeoPackage.
+        scene: The scene the boxes were proposed on (any input ``cloudseg segment`` reads).
+        store: A store folder or ``s3://bucket/prefix``.
+        model: The model whose bands and classes the labels use; default the proposals'.
+        endpoint_url: S3 endpoint for an ``s3://`` store.
+
+    Returns:
+        The ingestion's result (scene ids ``<scene>-r<row>-c<col>-<size>``).
+
+    Raises:
+        InputError: Without labeled boxes, or for boxes outside the scene.
+    """
+    import rasterio
+
+    from ..models.registry import load_model
+    from ..raster.reader import open_scene
+
+    project = Path(project).expanduser()
+    with open_scene(scene) as reader:
+        boxes = labeled_boxes(project, reader.transform)
+        if not boxes:
+            raise InputError(
+                f"{project.name} has no labeled boxes yet; label a proposal and mark it done"
+            )
+        card = load_model(model or boxes[0][1]).card
+        shapes = label_shapes(project)
+        name = Path(str(scene)).stem
+        with tempfile.TemporaryDirectory(prefix="cloudseg-labels-") as tmp:
+            root = Path(tmp)
+            (root / "images").mkdir()
+            (root / "masks").mkdir()
+            scheme = {"bands": list(card.bands), "classes": [c.name for c in card.classes]}
+            (root / "data.json").write_text(json.dumps(scheme), encoding="utf-8")
+            for box, _ in boxes:
+                if (
+                    box.row < 0
+                    or box.col < 0
+                    or box.row + box.size > reader.height
+                    or (box.col + box.size > reader.width)
+                ):
+                    raise InputError(f"a labeled box ({box}) lies outside {name}")
+                image = reader.read(list(card.bands), box.row, box.col, box.size, box.size)
+                dn = np.clip(np.nan_to_num(image, nan=0.0) * 1e4, 0, 65535).round()
+                mask = rasterize_box(shapes, box, reader.transform)
+                mask[np.isnan(image).any(axis=0)] = 255  # no data: ignored in training
+                stem = f"{name}-r{box.row}-c{box.col}-{box.size}"
+                window_transform = reader.transform * rasterio.Affine.translation(box.col, box.row)
+                profile = {
+                    "driver": "GTiff", "width": box.size, "height": box.size,
+                    "crs": reader.crs, "transform": window_transform,
+                }  # fmt: skip
+                with rasterio.open(
+                    root / "images" / f"{stem}.tif",
+                    "w",
+                    **profile,
+                    count=len(card.bands),
+                    dtype="uint16",
+                ) as dst:
+                    dst.write(dn.astype(np.uint16))
+                    dst.descriptions = tuple(card.bands)
+                with rasterio.open(
+                    root / "masks" / f"{stem}.tif", "w", **profile, count=1, dtype="uint8"
+                ) as dst:
+                    dst.write(mask[None])
+            return ingest(
+                root,
+                store,
+                layout="pairs",
+                name="cloudseg-labels",
+                endpoint_url=endpoint_url,
+                report=False,
+            )

@@ -6,7 +6,7 @@ from qgis.core import QgsProcessingAlgorithm
 
 from .environment import EnvironmentAlgorithm
 from .ingest import IngestAlgorithm
-from .propose import ProposeAlgorithm
+from .propose import LabelsToStoreAlgorithm, ProposeAlgorithm
 from .segment import SegmentAlgorithm
 from .training import EvaluateAlgorithm, ExportAlgorithm, TrainAlgorithm
 
@@ -17,6 +17,7 @@ def all_algorithms() -> list[QgsProcessingAlgorithm]:
         EnvironmentAlgorithm(),
         SegmentAlgorithm(),
         ProposeAlgorithm(),
+        LabelsToStoreAlgorithm(),
         IngestAlgorithm(),
         TrainAlgorithm(),
         EvaluateAlgorithm(),

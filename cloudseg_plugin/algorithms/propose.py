@@ -1,4 +1,4 @@
-"""``cloudseg:propose``: boxes for an analyst to label, where the model is unsure."""
+"""Active learning in Processing: ``cloudseg:propose`` and ``cloudseg:labels_to_store``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
+    QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
@@ -92,3 +94,69 @@ proposals of an earlier round are replaced.
             )
         feedback.pushInfo(f"{len(proposals)} boxes in {project}, layer {PROPOSALS_LAYER}")
         return {self.PROJECT: project, "PROPOSED": len(proposals)}
+
+
+class LabelsToStoreAlgorithm(CloudsegAlgorithm):
+    """A label project's labeled boxes into a store, for fine-tuning."""
+
+    algorithm_name = "labels_to_store"
+    display_name = "Labels to store (active learning)"
+    group_name = "Cloud segmentation"
+    group_id = "segmentation"
+
+    PROJECT = "PROJECT"
+    INPUT = "INPUT"
+    STORE = "STORE"
+    MODEL = "MODEL"
+
+    def shortHelpString(self) -> str:
+        """Return the help shown beside the dialog."""
+        return """Adds the boxes an analyst has labeled to a store that "2 - Train or \\
+fine-tune a model" reads.
+
+For every proposal of the <b>Label project</b> marked <i>labeled</i>, the window of the \\
+<b>Scene</b> under the box and the polygons of the project's <i>labels</i> layer \\
+(field <i>class</i>: the model's class values) rasterized on the scene's grid become \\
+one stored scene; pixels under no polygon are clear. The <b>Store</b> (a folder or \\
+s3://bucket/prefix) is created if missing and extended otherwise, as Ingest does."""
+
+    def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
+        """Declare the parameters and outputs."""
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.PROJECT, "Label project", fileFilter="GeoPackage (*.gpkg)"
+            )
+        )
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Scene"))
+        self.addParameter(QgsProcessingParameterString(self.STORE, "Store"))
+        self.addParameter(QgsProcessingParameterString(self.MODEL, "Model", optional=True))
+        self.addOutput(QgsProcessingOutputNumber("ADDED", "Boxes added"))
+        self.addOutput(QgsProcessingOutputString("STORE_URL", "Store"))
+
+    def run_backend(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
+        """Rasterize the labeled boxes and ingest them."""
+        from ...backend.active.labels import labels_to_store
+        from ...backend.raster.reader import scene_path_from_gdal_source
+
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None:
+            raise QgsProcessingException("no scene layer given")
+        model = self.parameterAsString(parameters, self.MODEL, context).strip()
+        result = labels_to_store(
+            self.parameterAsFile(parameters, self.PROJECT, context),
+            scene_path_from_gdal_source(layer.source()),
+            self.parameterAsString(parameters, self.STORE, context).strip(),
+            model=model or None,
+        )
+        for scene, reason in result.failed:
+            feedback.reportError(f"{scene}: {reason}", fatalError=False)
+        feedback.pushInfo(
+            f"{result.store}: {len(result.ingested)} box(es) added, {len(result.skipped)} "
+            "already there"
+        )
+        return {"ADDED": len(result.ingested), "STORE_URL": result.store}

@@ -105,6 +105,8 @@ def test_qgis_process_writes_uncertainty_then_proposals_on_a_real_chip(
         "PRODUCT_LEVEL=L2A",
         f"OUTPUT={tmp_path / 'mask.tif'}",
         f"UNCERTAINTY={doubt}",
+        f"VECTOR={tmp_path / 'polygons.gpkg'}",
+        "MIN_AREA=0",
         env=qgis_process_env,
     )
     assert run.returncode == 0, run.stderr
@@ -132,3 +134,32 @@ def test_qgis_process_writes_uncertainty_then_proposals_on_a_real_chip(
     assert {f.GetField("status") for f in features} == {"todo"}
     scores = [f.GetField("score") for f in features]
     assert scores == sorted(scores, reverse=True)
+    dataset = None
+
+    # The analyst labels box 1 (here: keeps the model's polygons) and marks it done.
+    dataset = ogr.Open(str(project), 1)
+    layer = dataset.GetLayerByName("proposals")
+    first = next(f for f in layer if f.GetField("rank") == 1)
+    first.SetField("status", "labeled")
+    layer.SetFeature(first)
+    polygons = ogr.Open(str(tmp_path / "polygons.gpkg"))
+    dataset.CopyLayer(polygons.GetLayerByName("cloudseg"), "labels")
+    dataset = polygons = None
+    store = tmp_path / "store"
+    stored = qgis_process(
+        "--json",
+        "run",
+        "cloudseg:labels_to_store",
+        "--",
+        f"PROJECT={project}",
+        f"INPUT={multiband}",
+        f"STORE={store}",
+        env=qgis_process_env,
+    )
+    assert stored.returncode == 0, stored.stderr
+    assert json.loads(stored.stdout)["results"]["ADDED"] == 1
+    from cloudseg.backend.store.dataset import open_dataset
+
+    (scene,) = open_dataset(store).scenes()
+    image, labels = open_dataset(store).read(scene)
+    assert image.shape == (4, 64, 64) and labels.shape == (64, 64)

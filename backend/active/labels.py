@@ -163,3 +163,124 @@ def labels_to_store(
                 endpoint_url=endpoint_url,
                 report=False,
             )
+
+
+def _labels_layer(dataset: Any, srs: Any) -> Any:
+    """The project's ``labels`` layer, created (class, name) when missing."""
+    from osgeo import ogr
+
+    layer = dataset.GetLayerByName(LABELS_LAYER)
+    if layer is None:
+        layer = dataset.CreateLayer(LABELS_LAYER, srs, ogr.wkbMultiPolygon)
+        layer.CreateField(ogr.FieldDefn("class", ogr.OFTInteger))
+        layer.CreateField(ogr.FieldDefn("name", ogr.OFTString))
+    return layer
+
+
+def start_from_model(project: str | Path, mask: str | Path, rank: int) -> int:
+    """Fill a proposed box's labels with the model's mask, as polygons to correct.
+
+    The mask's classes other than clear inside the box become polygons of the project's
+    ``labels`` layer (class value and name), so the analyst only fixes what is wrong.
+    One transaction: a failure adds nothing.
+
+    Args:
+        project: The label project's GeoPackage.
+        mask: A class raster written by ``cloudseg segment`` on the box's scene.
+        rank: The proposal's rank.
+
+    Returns:
+        How many polygons were added.
+
+    Raises:
+        InputError: For an unknown rank, or a mask that is not a cloudseg class raster.
+    """
+    import rasterio
+    from osgeo import ogr, osr
+    from rasterio.features import shapes
+    from rasterio.windows import Window
+
+    project = Path(project).expanduser()
+    with rasterio.open(mask) as ds:
+        tag = ds.tags().get("CLOUDSEG_CLASSES")
+        if not tag:
+            raise InputError(f"{mask} is not a cloudseg class raster")
+        names = {int(c["value"]): c["name"] for c in json.loads(tag)}
+        box = _proposal_box(project, ds.transform, rank)
+        window = Window(box.col, box.row, box.size, box.size)
+        data = ds.read(1, window=window)
+        transform, crs = ds.window_transform(window), ds.crs
+    keep = np.isin(data, [v for v, n in names.items() if n != "clear"])
+    dataset = ogr.Open(str(project), 1)
+    srs = None
+    if crs is not None:
+        srs = osr.SpatialReference()
+        srs.ImportFromWkt(crs.to_wkt())
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    layer = _labels_layer(dataset, srs)
+    added = 0
+    dataset.StartTransaction()
+    try:
+        for geometry, value in shapes(data, mask=keep, transform=transform, connectivity=8):
+            feature = ogr.Feature(layer.GetLayerDefn())
+            polygon = ogr.CreateGeometryFromJson(json.dumps(geometry))
+            feature.SetGeometry(ogr.ForceToMultiPolygon(polygon))
+            feature.SetField("class", int(value))
+            feature.SetField("name", names[int(value)])
+            layer.CreateFeature(feature)
+            added += 1
+        dataset.CommitTransaction()
+    except BaseException:
+        dataset.RollbackTransaction()
+        raise
+    finally:
+        dataset = None
+    return added
+
+
+def _proposal_box(project: Path, transform: Any, rank: int) -> Box:
+    """The box of the proposal with ``rank``, on the grid of ``transform``."""
+    from osgeo import ogr
+
+    dataset = ogr.Open(str(project)) if project.is_file() else None
+    layer = dataset.GetLayerByName(PROPOSALS_LAYER) if dataset else None
+    if layer is None:
+        raise InputError(f"{project} has no {PROPOSALS_LAYER} layer; propose areas first")
+    inverse = ~transform
+    for feature in layer:
+        if feature.GetField("rank") == rank and feature.GetField("status") == "todo":
+            xmin, xmax, ymin, ymax = feature.GetGeometryRef().GetEnvelope()
+            col0, row0 = inverse * (xmin, ymax)
+            col1, _ = inverse * (xmax, ymin)
+            return Box(round(row0), round(col0), round(col1 - col0))
+    raise InputError(f"{project.name} has no proposal of rank {rank} still to label")
+
+
+def set_status(project: str | Path, fid: int, status: str) -> None:
+    """Set a proposal's status: labeled (Done), skipped (Skip), or todo again (Back).
+
+    Args:
+        project: The label project's GeoPackage.
+        fid: The proposal's feature id (ranks repeat across rounds; ids do not).
+        status: One of ``todo``, ``labeled``, ``skipped``.
+
+    Raises:
+        InputError: For an unknown status or feature.
+    """
+    from osgeo import ogr
+
+    from .propose import STATUSES
+
+    if status not in STATUSES:
+        raise InputError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
+    project = Path(project).expanduser()
+    dataset = ogr.Open(str(project), 1) if project.is_file() else None
+    layer = dataset.GetLayerByName(PROPOSALS_LAYER) if dataset else None
+    if layer is None:
+        raise InputError(f"{project} has no {PROPOSALS_LAYER} layer; propose areas first")
+    feature = layer.GetFeature(int(fid))
+    if feature is None:
+        raise InputError(f"{project.name} has no proposal {fid}")
+    feature.SetField("status", status)
+    layer.SetFeature(feature)
+    dataset = None

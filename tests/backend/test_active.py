@@ -146,3 +146,37 @@ def test_labeled_boxes_become_a_store_that_matches_the_labels(multiband, tmp_pat
     _, changed = open_dataset(tmp_path / "store2").read(scene)
     assert (changed[:10, :10] == 1).all()
     np.testing.assert_array_equal(changed[10:, 10:], model_mask[10:, 10:])
+
+
+@pytest.mark.real_data
+def test_start_from_the_model_then_done_gives_the_models_labels(multiband, tmp_path):
+    """The label dock's steps, as functions: start from the model, mark done, store."""
+    import rasterio
+
+    from cloudseg.backend.active.labels import labels_to_store, set_status, start_from_model
+    from cloudseg.backend.store.dataset import open_dataset
+
+    mask, doubt = tmp_path / "mask.tif", tmp_path / "doubt.tif"
+    segment(multiband, mask, SegmentOptions(product_level="L2A", uncertainty=doubt))
+    project = tmp_path / "labels.gpkg"
+    proposals = propose(doubt, project, box=64, count=3)
+    added = start_from_model(project, mask, rank=2)
+    assert added > 0
+    with pytest.raises(InputError, match="no proposal of rank 9"):
+        start_from_model(project, mask, rank=9)
+    dataset = ogr.Open(str(project))
+    fid = next(f.GetFID() for f in dataset.GetLayerByName("proposals") if f["rank"] == 2)
+    dataset = None
+    with pytest.raises(InputError, match="status must be one of"):
+        set_status(project, fid, "finished")
+    set_status(project, fid, "labeled")
+    result = labels_to_store(project, multiband, tmp_path / "store")
+    (scene,) = result.ingested
+    _, labels = open_dataset(tmp_path / "store").read(scene)
+    box = proposals[1].box
+    with rasterio.open(mask) as ds:
+        expected = ds.read(1)[box.row : box.row + 64, box.col : box.col + 64]
+    np.testing.assert_array_equal(labels, expected)
+    set_status(project, fid, "todo")  # Back: the box is to label again
+    with pytest.raises(InputError, match="no labeled boxes yet"):
+        labels_to_store(project, multiband, tmp_path / "store2")

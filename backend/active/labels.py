@@ -18,31 +18,25 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..raster.vectorize import ogr_srs
 from ..store.ingest import IngestResult, ingest
-from .propose import PROPOSALS_LAYER, Box
+from .propose import PROPOSALS_LAYER, Box, read_proposals
 
 #: The label project's layer of class polygons.
 LABELS_LAYER = "labels"
 
 
+def _proposals(project: Path, transform: Any) -> list[tuple[Box, dict[str, Any]]]:
+    """The project's proposals (see ``read_proposals``); an error when there are none."""
+    found = read_proposals(project, transform)
+    if found is None:
+        raise InputError(f"{project} has no {PROPOSALS_LAYER} layer; propose areas first")
+    return found
+
+
 def labeled_boxes(project: Path, transform: Any) -> list[tuple[Box, str]]:
     """The project's proposals marked labeled, as boxes on the scene's grid, with their model."""
-    from osgeo import ogr
-
-    dataset = ogr.Open(str(project)) if project.is_file() else None
-    layer = dataset.GetLayerByName(PROPOSALS_LAYER) if dataset else None
-    if layer is None:
-        raise InputError(f"{project} has no {PROPOSALS_LAYER} layer; propose areas first")
-    inverse = ~transform
-    boxes = []
-    for feature in layer:
-        if feature.GetField("status") != "labeled":
-            continue
-        xmin, xmax, ymin, ymax = feature.GetGeometryRef().GetEnvelope()
-        col0, row0 = inverse * (xmin, ymax)
-        col1, _ = inverse * (xmax, ymin)
-        boxes.append((Box(round(row0), round(col0), round(col1 - col0)), feature.GetField("model")))
-    return boxes
+    return [(b, f["model"]) for b, f in _proposals(project, transform) if f["status"] == "labeled"]
 
 
 def label_shapes(project: Path) -> list[tuple[dict[str, Any], int]]:
@@ -196,7 +190,7 @@ def start_from_model(project: str | Path, mask: str | Path, rank: int) -> int:
         InputError: For an unknown rank, or a mask that is not a cloudseg class raster.
     """
     import rasterio
-    from osgeo import ogr, osr
+    from osgeo import ogr
     from rasterio.features import shapes
     from rasterio.windows import Window
 
@@ -212,12 +206,7 @@ def start_from_model(project: str | Path, mask: str | Path, rank: int) -> int:
         transform, crs = ds.window_transform(window), ds.crs
     keep = np.isin(data, [v for v, n in names.items() if n != "clear"])
     dataset = ogr.Open(str(project), 1)
-    srs = None
-    if crs is not None:
-        srs = osr.SpatialReference()
-        srs.ImportFromWkt(crs.to_wkt())
-        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    layer = _labels_layer(dataset, srs)
+    layer = _labels_layer(dataset, ogr_srs(crs))
     added = 0
     dataset.StartTransaction()
     try:
@@ -239,20 +228,10 @@ def start_from_model(project: str | Path, mask: str | Path, rank: int) -> int:
 
 
 def _proposal_box(project: Path, transform: Any, rank: int) -> Box:
-    """The box of the proposal with ``rank``, on the grid of ``transform``."""
-    from osgeo import ogr
-
-    dataset = ogr.Open(str(project)) if project.is_file() else None
-    layer = dataset.GetLayerByName(PROPOSALS_LAYER) if dataset else None
-    if layer is None:
-        raise InputError(f"{project} has no {PROPOSALS_LAYER} layer; propose areas first")
-    inverse = ~transform
-    for feature in layer:
-        if feature.GetField("rank") == rank and feature.GetField("status") == "todo":
-            xmin, xmax, ymin, ymax = feature.GetGeometryRef().GetEnvelope()
-            col0, row0 = inverse * (xmin, ymax)
-            col1, _ = inverse * (xmax, ymin)
-            return Box(round(row0), round(col0), round(col1 - col0))
+    """The box of the proposal with ``rank`` still to label, on the grid of ``transform``."""
+    for box, fields in _proposals(project, transform):
+        if fields["rank"] == rank and fields["status"] == "todo":
+            return box
     raise InputError(f"{project.name} has no proposal of rank {rank} still to label")
 
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+from ..raster.vectorize import ogr_srs
 
 #: The layer of a label project that holds the proposals.
 PROPOSALS_LAYER = "proposals"
@@ -121,25 +123,29 @@ def read_doubt(path: Path) -> tuple[np.ndarray, object, object]:
         return data.astype(np.float32).filled(np.nan), ds.transform, ds.crs
 
 
-def existing_boxes(project: Path, transform: object) -> tuple[list[Box], list[Box]]:
-    """The boxes of a label project: ``(labeled or skipped, todo)``, on the scene's grid."""
+def box_of(geometry: Any, transform: Any) -> Box:
+    """The box a proposal's polygon covers, on the grid of ``transform``."""
+    xmin, xmax, ymin, ymax = geometry.GetEnvelope()
+    inverse = ~transform
+    col0, row0 = inverse * (xmin, ymax)
+    col1, _ = inverse * (xmax, ymin)
+    return Box(round(row0), round(col0), round(col1 - col0))
+
+
+def read_proposals(project: Path, transform: Any) -> list[tuple[Box, dict[str, Any]]] | None:
+    """A label project's proposals: each box on the scene's grid with its fields.
+
+    Returns:
+        ``(box, {"fid", "rank", "status", "model"...})`` per proposal, or None when the
+        project has no proposals layer (or does not exist).
+    """
     from osgeo import ogr
 
-    if not project.is_file():
-        return [], []
-    dataset = ogr.Open(str(project))
+    dataset = ogr.Open(str(project)) if project.is_file() else None
     layer = dataset.GetLayerByName(PROPOSALS_LAYER) if dataset else None
     if layer is None:
-        return [], []
-    done, todo = [], []
-    inverse = ~transform
-    for feature in layer:
-        xmin, xmax, ymin, ymax = feature.GetGeometryRef().GetEnvelope()
-        col0, row0 = inverse * (xmin, ymax)
-        col1, _ = inverse * (xmax, ymin)
-        box = Box(round(row0), round(col0), round(col1 - col0))
-        (todo if feature.GetField("status") == "todo" else done).append(box)
-    return done, todo
+        return None
+    return [(box_of(f.GetGeometryRef(), transform), {"fid": f.GetFID()} | f.items()) for f in layer]
 
 
 def write_proposals(
@@ -154,7 +160,7 @@ def write_proposals(
 
     Earlier ``todo`` proposals are replaced; labeled and skipped ones stay.
     """
-    from osgeo import ogr, osr
+    from osgeo import ogr
 
     driver = ogr.GetDriverByName("GPKG")
     dataset = (
@@ -164,12 +170,7 @@ def write_proposals(
         raise InputError(f"cannot open or create the label project {project}")
     layer = dataset.GetLayerByName(PROPOSALS_LAYER)
     if layer is None:
-        srs = None
-        if crs is not None:
-            srs = osr.SpatialReference()
-            srs.ImportFromWkt(crs.to_wkt())
-            srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        layer = dataset.CreateLayer(PROPOSALS_LAYER, srs, ogr.wkbPolygon)
+        layer = dataset.CreateLayer(PROPOSALS_LAYER, ogr_srs(crs), ogr.wkbPolygon)
         for name, kind in (
             ("rank", ogr.OFTInteger),
             ("score", ogr.OFTReal),
@@ -252,15 +253,10 @@ def propose(
     doubt, transform, crs = read_doubt(path)
     with rasterio.open(path) as ds:
         model = ds.tags().get("CLOUDSEG_MODEL", "")
-    done, _ = existing_boxes(project, transform)
+    done = [b for b, f in read_proposals(project, transform) or [] if f["status"] != "todo"]
     proposals = rank_boxes(doubt, box, count, done)
     write_proposals(project, proposals, transform, crs, scene or path.stem, model)
     return proposals
 
 
-def box_area_km2(box: Box, transform: object) -> float:
-    """A box's area in km² (the transform's units squared / 1e6)."""
-    return abs(transform.a * transform.e) * box.size * box.size / 1e6
-
-
-__all__ = ["Box", "Proposal", "box_area_km2", "propose", "rank_boxes"]
+__all__ = ["Box", "Proposal", "propose", "rank_boxes", "read_proposals"]

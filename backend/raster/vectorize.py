@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from ..atomic import atomic_path, check_target
 from ..callbacks import ProgressCallback, no_progress
@@ -75,7 +76,7 @@ def write_polygons(
         InputError: If the raster has no cloudseg class list or a class name is unknown.
     """
     import rasterio
-    from osgeo import gdal, ogr, osr
+    from osgeo import gdal, ogr
 
     progress = progress or no_progress
     with rasterio.open(mask_path) as ds:
@@ -101,12 +102,7 @@ def write_polygons(
     dataset = driver.CreateDataSource(str(gpkg_path))
     if dataset is None:
         raise InputError(f"cannot create a GeoPackage at {gpkg_path}")
-    srs = None
-    if crs is not None:
-        srs = osr.SpatialReference()
-        srs.ImportFromWkt(crs.to_wkt())
-        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    layer = dataset.CreateLayer(LAYER_NAME, srs, ogr.wkbMultiPolygon)
+    layer = dataset.CreateLayer(LAYER_NAME, ogr_srs(crs), ogr.wkbMultiPolygon)
     for name, kind in (("class", ogr.OFTInteger), ("name", ogr.OFTString)):
         layer.CreateField(ogr.FieldDefn(name, kind))
     layer.CreateField(ogr.FieldDefn("area_m2", ogr.OFTReal))
@@ -147,6 +143,18 @@ def write_polygons(
     dataset = source = mask = None  # closes and flushes the GeoPackage
     progress(100.0, f"{sum(counts.values())} polygons")
     return counts
+
+
+def ogr_srs(crs: Any) -> Any:
+    """An OGR spatial reference for a rasterio CRS (x, y axis order), or None without one."""
+    from osgeo import osr
+
+    if crs is None:
+        return None
+    srs = osr.SpatialReference()
+    srs.ImportFromWkt(crs.to_wkt())
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    return srs
 
 
 def _mask_vrt(path: Path, width: int, height: int, values: list[int]) -> str:

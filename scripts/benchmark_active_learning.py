@@ -30,7 +30,6 @@ Usage: benchmark_active_learning.py --data ../shared/data/real \
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -92,34 +91,21 @@ def fine_tune(
     image: np.ndarray, truth: np.ndarray, boxes: list[Box], work: Path, epochs: int
 ) -> Path:
     """Fine-tune the base model on the labeled boxes; return the new model file."""
-    import rasterio
-
-    from cloudseg.backend.store.ingest import ingest
+    from cloudseg.backend.active.labels import LabeledWindow, windows_to_store
     from cloudseg.training.config import Config
     from cloudseg.training.train import train
 
     card = load_model(BASE).card
-    source = work / "labels"
-    (source / "images").mkdir(parents=True)
-    (source / "masks").mkdir()
-    (source / "data.json").write_text(
-        json.dumps({"bands": list(card.bands), "classes": CLASSES}), encoding="utf-8"
-    )
-    for i, b in enumerate(boxes):
-        window = (slice(b.row, b.row + b.size), slice(b.col, b.col + b.size))
-        dn = np.clip(np.rint(image[:, window[0], window[1]] * 1e4), 0, 65535).astype(np.uint16)
-        profile = {"driver": "GTiff", "width": b.size, "height": b.size}
-        with rasterio.open(
-            source / "images" / f"box{i:03d}.tif", "w", **profile, count=len(dn), dtype="uint16"
-        ) as dst:
-            dst.write(dn)
-            dst.descriptions = tuple(card.bands)
-        with rasterio.open(
-            source / "masks" / f"box{i:03d}.tif", "w", **profile, count=1, dtype="uint8"
-        ) as dst:
-            dst.write(truth[window][None])
+    windows = [
+        LabeledWindow(
+            f"box{i:03d}",
+            image[:, b.row : b.row + b.size, b.col : b.col + b.size],
+            truth[b.row : b.row + b.size, b.col : b.col + b.size],
+        )
+        for i, b in enumerate(boxes)
+    ]
     store = work / "store"
-    ingest(source, store, layout="pairs", env_file=None, report=False)
+    windows_to_store(windows, list(card.bands), CLASSES, store, env_file=None)
     box = boxes[0].size
     config = Config.from_dict(
         {

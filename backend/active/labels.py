@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ def labels_to_store(
     Raises:
         InputError: Without labeled boxes, or for boxes outside the scene.
     """
-    import rasterio
+    from rasterio.transform import Affine
 
     from ..models.registry import load_model
     from ..raster.reader import open_scene
@@ -112,51 +113,100 @@ def labels_to_store(
         card = load_model(model or boxes[0][1]).card
         shapes = label_shapes(project)
         name = Path(str(scene)).stem
-        with tempfile.TemporaryDirectory(prefix="cloudseg-labels-") as tmp:
-            root = Path(tmp)
-            (root / "images").mkdir()
-            (root / "masks").mkdir()
-            scheme = {"bands": list(card.bands), "classes": [c.name for c in card.classes]}
-            (root / "data.json").write_text(json.dumps(scheme), encoding="utf-8")
-            for box, _ in boxes:
-                if (
-                    box.row < 0
-                    or box.col < 0
-                    or box.row + box.size > reader.height
-                    or (box.col + box.size > reader.width)
-                ):
-                    raise InputError(f"a labeled box ({box}) lies outside {name}")
-                image = reader.read(list(card.bands), box.row, box.col, box.size, box.size)
-                dn = np.clip(np.nan_to_num(image, nan=0.0) * 1e4, 0, 65535).round()
-                mask = rasterize_box(shapes, box, reader.transform)
-                mask[np.isnan(image).any(axis=0)] = 255  # no data: ignored in training
-                stem = f"{name}-r{box.row}-c{box.col}-{box.size}"
-                window_transform = reader.transform * rasterio.Affine.translation(box.col, box.row)
-                profile = {
-                    "driver": "GTiff", "width": box.size, "height": box.size,
-                    "crs": reader.crs, "transform": window_transform,
-                }  # fmt: skip
-                with rasterio.open(
-                    root / "images" / f"{stem}.tif",
-                    "w",
-                    **profile,
-                    count=len(card.bands),
-                    dtype="uint16",
-                ) as dst:
-                    dst.write(dn.astype(np.uint16))
-                    dst.descriptions = tuple(card.bands)
-                with rasterio.open(
-                    root / "masks" / f"{stem}.tif", "w", **profile, count=1, dtype="uint8"
-                ) as dst:
-                    dst.write(mask[None])
-            return ingest(
-                root,
-                store,
-                layout="pairs",
-                name="cloudseg-labels",
-                endpoint_url=endpoint_url,
-                report=False,
+        windows = []
+        for box, _ in boxes:
+            if (
+                box.row < 0
+                or box.col < 0
+                or box.row + box.size > reader.height
+                or (box.col + box.size > reader.width)
+            ):
+                raise InputError(f"a labeled box ({box}) lies outside {name}")
+            windows.append(
+                LabeledWindow(
+                    f"{name}-r{box.row}-c{box.col}-{box.size}",
+                    reader.read(list(card.bands), box.row, box.col, box.size, box.size),
+                    rasterize_box(shapes, box, reader.transform),
+                    reader.transform * Affine.translation(box.col, box.row),
+                    reader.crs,
+                )
             )
+        classes = [c.name for c in card.classes]
+        return windows_to_store(windows, list(card.bands), classes, store, endpoint_url)
+
+
+@dataclass
+class LabeledWindow:
+    """An image window and its labels, to be stored as one scene.
+
+    Attributes:
+        stem: The stored scene's id.
+        reflectance: ``(bands, rows, cols)`` float, NaN where there is no data.
+        labels: ``(rows, cols)`` class values.
+        transform: The window's geotransform (None: not georeferenced).
+        crs: Its CRS (None: not georeferenced).
+    """
+
+    stem: str
+    reflectance: np.ndarray
+    labels: np.ndarray
+    transform: Any = None
+    crs: Any = None
+
+
+def windows_to_store(
+    windows: list[LabeledWindow],
+    bands: list[str],
+    classes: list[str],
+    store: str | Path,
+    endpoint_url: str | None = None,
+    env_file: str | Path | None = ".env",
+) -> IngestResult:
+    """Store labeled windows as scenes, through the ingestion (``pairs`` layout).
+
+    Reflectance is stored as digital numbers x 10000; pixels without data are 255
+    (ignored in training).
+    """
+    import rasterio
+
+    with tempfile.TemporaryDirectory(prefix="cloudseg-labels-") as tmp:
+        root = Path(tmp)
+        (root / "images").mkdir()
+        (root / "masks").mkdir()
+        scheme = {"bands": list(bands), "classes": list(classes)}
+        (root / "data.json").write_text(json.dumps(scheme), encoding="utf-8")
+        for window in windows:
+            image = window.reflectance
+            dn = np.rint(np.clip(np.nan_to_num(image, nan=0.0) * 1e4, 0, 65535))
+            labels = window.labels.astype(np.uint8)
+            labels[np.isnan(image).any(axis=0)] = 255  # no data: ignored in training
+            rows, cols = labels.shape
+            profile = {
+                "driver": "GTiff", "width": cols, "height": rows,
+                "crs": window.crs, "transform": window.transform,
+            }  # fmt: skip
+            with rasterio.open(
+                root / "images" / f"{window.stem}.tif",
+                "w",
+                **profile,
+                count=len(bands),
+                dtype="uint16",
+            ) as dst:
+                dst.write(dn.astype(np.uint16))
+                dst.descriptions = tuple(bands)
+            with rasterio.open(
+                root / "masks" / f"{window.stem}.tif", "w", **profile, count=1, dtype="uint8"
+            ) as dst:
+                dst.write(labels[None])
+        return ingest(
+            root,
+            store,
+            layout="pairs",
+            name="cloudseg-labels",
+            endpoint_url=endpoint_url,
+            env_file=env_file,
+            report=False,
+        )
 
 
 def _labels_layer(dataset: Any, srs: Any) -> Any:

@@ -16,21 +16,20 @@ def band_names_for(layer: QgsMapLayer | None) -> str:
     """The band list cloudseg reads from a layer's file, or '' when it cannot tell.
 
     Only single multi-band files get a list: band folders and SAFE products name their
-    bands by file, and their list cannot be overridden.
+    bands by file, and their list cannot be overridden. Metadata only: the dialog calls
+    this whenever its input changes.
     """
     from ..backend.errors import CloudsegError
-    from ..backend.raster.reader import open_scene, scene_path_from_gdal_source
+    from ..backend.raster.reader import describe_bands, scene_path_from_gdal_source
 
     if layer is None or layer.type() != QgsMapLayer.RasterLayer:
         return ""
     try:
-        path = scene_path_from_gdal_source(layer.source())
-        if not path.is_file():
-            return ""
-        with open_scene(path) as reader:
-            return ",".join(reader.bands)
+        case, bands = describe_bands(scene_path_from_gdal_source(layer.source()))
     except (CloudsegError, OSError):
         return ""
+    named = case == "named" and len(set(bands)) == len(bands)  # a repeated band is refused
+    return ",".join(bands) if named else ""
 
 
 def bands_note(layer: QgsMapLayer | None, field: str = "the field") -> str:

@@ -38,10 +38,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    """List the built-in models, and the model files given, with their measured accuracy."""
-    from .models.registry import builtin_models, load_model
+    """List the built-in and registered models, and the files given, with their accuracy."""
+    from .models.registry import available_models, load_model
 
-    models = builtin_models() + [load_model(path) for path in args.files]
+    models = available_models() + [load_model(path) for path in args.files]
     if args.json:
         print(json.dumps([m.card.summary() | {"path": str(m.path)} for m in models], indent=2))
         return 0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +18,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA_ENV = "CLOUDSEG_REAL_DATA"
 REQUIRE_REAL_DATA_ENV = "CLOUDSEG_REQUIRE_REAL_DATA"
+
+# Model versions that tests register go into a folder of this run, never the user's
+# (subprocesses and QGIS under test inherit it).
+os.environ["CLOUDSEG_MODELS_DIR"] = tempfile.mkdtemp(prefix="cloudseg-test-models-")
+atexit.register(shutil.rmtree, os.environ["CLOUDSEG_MODELS_DIR"], ignore_errors=True)
 
 _IMPORT_ALL = """
 import importlib, json, pkgutil, sys

@@ -129,8 +129,38 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fine_tune(args: argparse.Namespace) -> int:
+    from .finetune import fine_tune
+
+    with percent_bar(args.quiet) as bar:
+        result = fine_tune(
+            args.project,
+            args.scene,
+            model=args.model,
+            store=args.store,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            endpoint_url=args.endpoint_url,
+            progress=bar_progress(bar),
+        )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    entry = result.round
+    classes = [name for name in entry.iou_after if name != "mean"]
+    per_class = ", ".join(
+        f"{name} {entry.iou_before.get(name)} -> {entry.iou_after.get(name)}" for name in classes
+    )
+    print(
+        f"{result.model} (round {entry.round}, from {entry.init_model}): trained on "
+        f"{entry.train_boxes} box(es), held-out IoU on {entry.held_out_boxes} box(es): "
+        f"{per_class}; registered at {result.model_path}"
+    )
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
-    """Add ``train``, ``evaluate`` and ``export`` to the ``cloudseg`` subcommands."""
+    """Add ``train``, ``fine-tune``, ``evaluate`` and ``export`` to the subcommands."""
     tr = sub.add_parser(
         "train",
         help="train or fine-tune a model on an ingested store",
@@ -150,6 +180,24 @@ def add_parsers(sub: Any) -> None:
     tr.add_argument("--overwrite", action="store_true", help="replace an earlier run")
     add_output_flags(tr)
     tr.set_defaults(handler=_cmd_train)
+
+    ft = sub.add_parser(
+        "fine-tune",
+        help="one active-learning round: a label project's done boxes -> a new model version",
+        description="Add the label project's done boxes to its label store, hold about a "
+        "quarter out, fine-tune the current model (the last round's version, else the model "
+        "that proposed the boxes) and register the new version with its held-out IoU before "
+        "and after (see docs/active-learning.md).",
+    )
+    ft.add_argument("project", metavar="PROJECT", help="the label project (.gpkg)")
+    ft.add_argument("scene", metavar="SCENE", help="the scene its boxes were proposed on")
+    ft.add_argument("--model", help="start from this model (default: the project's current)")
+    ft.add_argument("--store", help="label store (default: <project>-store beside it)")
+    ft.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
+    ft.add_argument("--batch-size", type=int, default=4, help="windows per step (default 4)")
+    ft.add_argument("--endpoint-url", help="S3 endpoint (MinIO) for an s3:// store")
+    add_output_flags(ft)
+    ft.set_defaults(handler=_cmd_fine_tune)
 
     ev = sub.add_parser(
         "evaluate",

@@ -10,14 +10,17 @@ the Zarr + STAC store, its checks and its report are those of ``cloudseg ingest`
 
 from __future__ import annotations
 
+import datetime as dt
+import getpass
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..callbacks import CancelCallback
 from ..errors import InputError
 from ..raster.vectorize import ogr_srs
 from ..store.ingest import IngestResult, ingest
@@ -35,9 +38,9 @@ def _proposals(project: Path, transform: Any) -> list[tuple[Box, dict[str, Any]]
     return found
 
 
-def labeled_boxes(project: Path, transform: Any) -> list[tuple[Box, str]]:
-    """The project's proposals marked labeled, as boxes on the scene's grid, with their model."""
-    return [(b, f["model"]) for b, f in _proposals(project, transform) if f["status"] == "labeled"]
+def labeled_boxes(project: Path, transform: Any) -> list[tuple[Box, dict[str, Any]]]:
+    """The project's proposals marked labeled, as boxes on the scene's grid, with their fields."""
+    return [(b, f) for b, f in _proposals(project, transform) if f["status"] == "labeled"]
 
 
 def label_shapes(project: Path) -> list[tuple[dict[str, Any], int]]:
@@ -82,8 +85,12 @@ def labels_to_store(
     store: str | Path,
     model: str | None = None,
     endpoint_url: str | None = None,
+    cancelled: CancelCallback | None = None,
 ) -> IngestResult:
     """Add the project's labeled boxes of ``scene`` to a store (created if missing).
+
+    Each stored box's STAC Item records the project, the scene, the box, the model that
+    proposed it, who marked it done and when.
 
     Args:
         project: The label project's GeoPackage.
@@ -91,6 +98,7 @@ def labels_to_store(
         store: A store folder or ``s3://bucket/prefix``.
         model: The model whose bands and classes the labels use; default the proposals'.
         endpoint_url: S3 endpoint for an ``s3://`` store.
+        cancelled: Polled between boxes; True stops (stored boxes stay complete).
 
     Returns:
         The ingestion's result (scene ids ``<scene>-r<row>-c<col>-<size>``).
@@ -110,11 +118,11 @@ def labels_to_store(
             raise InputError(
                 f"{project.name} has no labeled boxes yet; label a proposal and mark it done"
             )
-        card = load_model(model or boxes[0][1]).card
+        card = load_model(model or boxes[0][1]["model"]).card
         shapes = label_shapes(project)
         name = Path(str(scene)).stem
         windows = []
-        for box, _ in boxes:
+        for box, fields in boxes:
             if (
                 box.row < 0
                 or box.col < 0
@@ -129,10 +137,20 @@ def labels_to_store(
                     rasterize_box(shapes, box, reader.transform),
                     reader.transform * Affine.translation(box.col, box.row),
                     reader.crs,
+                    {
+                        "cloudseg:label_project": project.name,
+                        "cloudseg:label_scene": name,
+                        "cloudseg:label_box": [box.row, box.col, box.size],
+                        "cloudseg:label_model": fields.get("model"),
+                        "cloudseg:labeled_by": fields.get("labeled_by"),
+                        "cloudseg:labeled_at": fields.get("labeled_at"),
+                    },
                 )
             )
         classes = [c.name for c in card.classes]
-        return windows_to_store(windows, list(card.bands), classes, store, endpoint_url)
+        return windows_to_store(
+            windows, list(card.bands), classes, store, endpoint_url, cancelled=cancelled
+        )
 
 
 @dataclass
@@ -145,6 +163,7 @@ class LabeledWindow:
         labels: ``(rows, cols)`` class values.
         transform: The window's geotransform (None: not georeferenced).
         crs: Its CRS (None: not georeferenced).
+        properties: Recorded in the stored scene's STAC Item (who labeled it, when, where).
     """
 
     stem: str
@@ -152,6 +171,7 @@ class LabeledWindow:
     labels: np.ndarray
     transform: Any = None
     crs: Any = None
+    properties: dict[str, Any] = field(default_factory=dict)
 
 
 def windows_to_store(
@@ -161,11 +181,12 @@ def windows_to_store(
     store: str | Path,
     endpoint_url: str | None = None,
     env_file: str | Path | None = ".env",
+    cancelled: CancelCallback | None = None,
 ) -> IngestResult:
     """Store labeled windows as scenes, through the ingestion (``pairs`` layout).
 
     Reflectance is stored as digital numbers x 10000; pixels without data are 255
-    (ignored in training).
+    (ignored in training). Each window's ``properties`` go into its STAC Item.
     """
     import rasterio
 
@@ -173,6 +194,7 @@ def windows_to_store(
         root = Path(tmp)
         (root / "images").mkdir()
         (root / "masks").mkdir()
+        (root / "metadata").mkdir()
         scheme = {"bands": list(bands), "classes": list(classes)}
         (root / "data.json").write_text(json.dumps(scheme), encoding="utf-8")
         for window in windows:
@@ -180,6 +202,10 @@ def windows_to_store(
             dn = np.rint(np.clip(np.nan_to_num(image, nan=0.0) * 1e4, 0, 65535))
             labels = window.labels.astype(np.uint8)
             labels[np.isnan(image).any(axis=0)] = 255  # no data: ignored in training
+            if window.properties:
+                (root / "metadata" / f"{window.stem}.json").write_text(
+                    json.dumps(window.properties), encoding="utf-8"
+                )
             rows, cols = labels.shape
             profile = {
                 "driver": "GTiff", "width": cols, "height": rows,
@@ -206,6 +232,7 @@ def windows_to_store(
             endpoint_url=endpoint_url,
             env_file=env_file,
             report=False,
+            cancelled=cancelled,
         )
 
 
@@ -285,20 +312,23 @@ def _proposal_box(project: Path, transform: Any, rank: int) -> Box:
     raise InputError(f"{project.name} has no proposal of rank {rank} still to label")
 
 
-def set_status(project: str | Path, fid: int, status: str) -> None:
+def set_status(project: str | Path, fid: int, status: str, who: str | None = None) -> None:
     """Set a proposal's status: labeled (Done), skipped (Skip), or todo again (Back).
+
+    Done records who labeled the box and when (UTC); Back clears both.
 
     Args:
         project: The label project's GeoPackage.
         fid: The proposal's feature id (ranks repeat across rounds; ids do not).
         status: One of ``todo``, ``labeled``, ``skipped``.
+        who: The analyst; default the login name.
 
     Raises:
         InputError: For an unknown status or feature.
     """
     from osgeo import ogr
 
-    from .propose import STATUSES
+    from .propose import STATUSES, add_label_fields
 
     if status not in STATUSES:
         raise InputError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
@@ -307,9 +337,25 @@ def set_status(project: str | Path, fid: int, status: str) -> None:
     layer = dataset.GetLayerByName(PROPOSALS_LAYER) if dataset else None
     if layer is None:
         raise InputError(f"{project} has no {PROPOSALS_LAYER} layer; propose areas first")
+    add_label_fields(layer)
     feature = layer.GetFeature(int(fid))
     if feature is None:
         raise InputError(f"{project.name} has no proposal {fid}")
     feature.SetField("status", status)
+    if status == "labeled":
+        when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        feature.SetField("labeled_by", who or login_name())
+        feature.SetField("labeled_at", when)
+    else:
+        feature.SetFieldNull("labeled_by")
+        feature.SetFieldNull("labeled_at")
     layer.SetFeature(feature)
     dataset = None
+
+
+def login_name() -> str:
+    """The analyst's login name, or ``unknown`` where the system has none."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name (containers, some services)
+        return "unknown"

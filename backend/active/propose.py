@@ -148,6 +148,20 @@ def read_proposals(project: Path, transform: Any) -> list[tuple[Box, dict[str, A
     return [(box_of(f.GetGeometryRef(), transform), {"fid": f.GetFID()} | f.items()) for f in layer]
 
 
+#: Who marked a proposal done and when (UTC, ISO 8601): recorded with the stored labels.
+LABEL_FIELDS = ("labeled_by", "labeled_at")
+
+
+def add_label_fields(layer: Any) -> None:
+    """Add the ``labeled_by`` and ``labeled_at`` fields to a proposals layer without them."""
+    from osgeo import ogr
+
+    definition = layer.GetLayerDefn()
+    for name in LABEL_FIELDS:
+        if definition.GetFieldIndex(name) < 0:
+            layer.CreateField(ogr.FieldDefn(name, ogr.OFTString))
+
+
 def write_proposals(
     project: Path,
     proposals: list[Proposal],
@@ -180,6 +194,7 @@ def write_proposals(
             ("proposed", ogr.OFTString),
         ):
             layer.CreateField(ogr.FieldDefn(name, kind))
+        add_label_fields(layer)
     dataset.StartTransaction()
     try:
         layer.SetAttributeFilter("status = 'todo'")

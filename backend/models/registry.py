@@ -1,8 +1,11 @@
-"""The model registry: built-in models, and models given by file path.
+"""The model registry: built-in models, registered model versions, and model files.
 
 Built-in cards live in ``resources/models``; their weights come from installed
-packages (the four ukis-csmask ONNX models). A path may name an ONNX file with an
-embedded card or a torch checkpoint with its card.
+packages (the four ukis-csmask ONNX models). Fine-tuned versions are registered in the
+user's model folder (:func:`models_dir`: ``$CLOUDSEG_MODELS_DIR``, else the platform's
+data folder), as ``<name>.pt`` with ``<name>.pt.card.json`` beside it, and are listed by
+name like the built-ins. A path may name an ONNX file with an embedded card or a torch
+checkpoint with its card.
 """
 
 from __future__ import annotations
@@ -10,6 +13,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import os
+import re
+import shutil
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -78,6 +85,84 @@ def builtin_models() -> list[Model]:
             continue
         models.append(Model(card, weights, builtin=True))
     return models
+
+
+#: Environment variable naming the folder of registered model versions.
+MODELS_DIR_ENV = "CLOUDSEG_MODELS_DIR"
+
+
+def models_dir() -> Path:
+    """The folder of registered model versions (not created here)."""
+    if os.environ.get(MODELS_DIR_ENV):
+        return Path(os.environ[MODELS_DIR_ENV]).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "cloudseg" / "models"
+
+
+def registered_models() -> list[Model]:
+    """The registered model versions, newest first; unreadable entries are skipped."""
+    folder = models_dir()
+    if not folder.is_dir():
+        return []
+    models = []
+    for card_file in folder.glob("*.pt.card.json"):
+        weights = card_file.with_name(card_file.name[: -len(".card.json")])
+        if not weights.is_file():
+            continue  # a registration that did not complete
+        try:
+            card = ModelCard.from_json(card_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError, ModelError) as exc:
+            logger.warning("skipped the registered model %s: %s", card_file.name, exc)
+            continue
+        models.append(Model(card, weights))
+    return sorted(models, key=lambda m: m.path.stat().st_mtime_ns, reverse=True)
+
+
+def available_models() -> list[Model]:
+    """The built-in models, then the registered versions: what the dock and Processing list."""
+    builtin = builtin_models()
+    names = {m.card.name for m in builtin}
+    return builtin + [m for m in registered_models() if m.card.name not in names]
+
+
+def free_model_name(stem: str) -> str:
+    """A name no built-in or registered model has: ``stem``, else ``stem-2``, ``stem-3``..."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "model"
+    taken = {m.card.name for m in available_models()}
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    return name
+
+
+def register_model(checkpoint: Path, card: ModelCard) -> Model:
+    """Register a torch checkpoint under ``card.name``: copied into :func:`models_dir`.
+
+    The weights are copied first and the card last, each under a temporary name renamed
+    into place, so a failed registration lists nothing.
+
+    Raises:
+        ModelError: If a model of that name exists already.
+    """
+    from ..atomic import atomic_path
+
+    if any(m.card.name == card.name for m in available_models()):
+        raise ModelError(f"a model named {card.name!r} exists already; choose another name")
+    folder = models_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / f"{card.name}.pt"
+    with atomic_path(weights) as partial:
+        shutil.copyfile(checkpoint, partial)
+    card_file = weights.with_name(weights.name + ".card.json")
+    with atomic_path(card_file) as partial:
+        partial.write_text(card.to_json(), encoding="utf-8")
+    return Model(card, weights)
 
 
 def read_onnx_card(path: Path) -> ModelCard:
@@ -166,7 +251,7 @@ def load_model(name_or_path: str | Path) -> Model:
         ModelError: If no such model exists, listing the valid names.
     """
     text = str(name_or_path)
-    for model in builtin_models():
+    for model in available_models():
         if model.card.name == text:
             return model
     path = Path(text).expanduser()
@@ -179,8 +264,8 @@ def load_model(name_or_path: str | Path) -> Model:
             f"{path}: unknown model format; use an .onnx file or a torch "
             f"checkpoint ({', '.join(TORCH_SUFFIXES)})"
         )
-    names = ", ".join(m.card.name for m in builtin_models()) or "none installed"
-    raise ModelError(f"no model named {text!r} and no such file; built-in models: {names}")
+    names = ", ".join(m.card.name for m in available_models()) or "none installed"
+    raise ModelError(f"no model named {text!r} and no such file; models: {names}")
 
 
 def choose_model(bands: list[str], product_level: str | None) -> tuple[Model, str]:

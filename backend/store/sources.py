@@ -429,4 +429,5 @@ def scan_source(
     images, masks = _child(root, "images"), _child(root, "masks")
     if images is None or masks is None:
         raise InputError(f"{root}: the pairs layout needs images/ and masks/ folders")
-    return _paired(root, "pairs", _scheme_file(root, scheme), images, masks, None)
+    metadata = _child(root, "metadata")
+    return _paired(root, "pairs", _scheme_file(root, scheme), images, masks, metadata)

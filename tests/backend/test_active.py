@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 
@@ -169,11 +170,19 @@ def test_start_from_the_model_then_done_gives_the_models_labels(multiband, tmp_p
     dataset = None
     with pytest.raises(InputError, match="status must be one of"):
         set_status(project, fid, "finished")
-    set_status(project, fid, "labeled")
+    set_status(project, fid, "labeled", who="ana")
     result = labels_to_store(project, multiband, tmp_path / "store")
     (scene,) = result.ingested
-    _, labels = open_dataset(tmp_path / "store").read(scene)
+    stored = open_dataset(tmp_path / "store")
+    _, labels = stored.read(scene)
     box = proposals[1].box
+    # The store's Item says who labeled which box of which scene, when, in which project.
+    properties = stored.item(scene).properties
+    assert properties["cloudseg:labeled_by"] == "ana"
+    assert properties["cloudseg:labeled_at"].startswith(str(dt.date.today().year))
+    assert properties["cloudseg:label_box"] == [box.row, box.col, 64]
+    assert properties["cloudseg:label_project"] == "labels.gpkg"
+    assert properties["cloudseg:label_scene"] == multiband.stem
     with rasterio.open(mask) as ds:
         expected = ds.read(1)[box.row : box.row + 64, box.col : box.col + 64]
     np.testing.assert_array_equal(labels, expected)

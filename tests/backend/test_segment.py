@@ -223,7 +223,7 @@ def test_missing_bands_are_named(real_data, tmp_path):
 
 
 def test_unknown_model_lists_the_built_in_ones(multiband, tmp_path):
-    with pytest.raises(ModelError, match="built-in models: ukis-csmask-4b-l1c, ukis-csmask-4b-l2a"):
+    with pytest.raises(ModelError, match="models: ukis-csmask-4b-l1c, ukis-csmask-4b-l2a"):
         segment(multiband, tmp_path / "x.tif", SegmentOptions(model="no-such-model"))
 
 

@@ -325,11 +325,24 @@ class CloudSegDock(QDockWidget):
     @staticmethod
     def _load_models() -> dict[str, Any]:
         try:
-            from ..backend.models.registry import builtin_models
+            from ..backend.models.registry import available_models
 
-            return {m.card.name: m.card for m in builtin_models()}
+            return {m.card.name: m.card for m in available_models()}
         except CloudsegError:
             return {}
+
+    def reload_models(self, select: str | None = None) -> None:
+        """List the models again (a fine-tuned version was registered); keep the choice."""
+        current = select or self.model_combo.currentData()
+        self._models = self._load_models()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        self.model_combo.addItem(AUTO_LABEL, None)
+        for name in self._models:
+            self.model_combo.addItem(name, name)
+        self.model_combo.setCurrentIndex(max(self.model_combo.findData(current), 0))
+        self.model_combo.blockSignals(False)
+        self._show_card()
 
     def _show_card(self) -> None:
         name = self.model_combo.currentData()
@@ -337,7 +350,7 @@ class CloudSegDock(QDockWidget):
             names = ", ".join(self._models) or "none installed"
             self.card_view.setHtml(
                 "<p>Picks the built-in model made for the layer's product level that uses "
-                f"the most of its bands, and says which in the log.</p><p>Built in: {names}</p>"
+                f"the most of its bands, and says which in the log.</p><p>Models: {names}</p>"
             )
             return
         card = self._models[name]

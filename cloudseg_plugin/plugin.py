@@ -32,6 +32,8 @@ class CloudSegPlugin:
         self.layer_action: QAction | None = None
         self.panel_action: QAction | None = None
         self.dock: Any = None
+        self.label_dock: Any = None
+        self.label_action: QAction | None = None
         self.dialog: Any = None
         self._log_handler: logging.Handler | None = None
 
@@ -62,6 +64,14 @@ class CloudSegPlugin:
         self.iface.addToolBarIcon(panel)
         self.actions.append(panel)
         self.panel_action = panel
+
+        labels = QAction(icon(), "Label clouds (active learning)", self.iface.mainWindow())
+        labels.setObjectName("cloudsegShowLabelDock")
+        labels.setCheckable(True)
+        labels.toggled.connect(self._toggle_label_dock)
+        self.iface.addPluginToRasterMenu(MENU, labels)
+        self.actions.append(labels)
+        self.label_action = labels
 
         # Raster > Cloud segmentation > Segment clouds...: the dialog for the active layer.
         segment = QAction(icon(), "Segment clouds...", self.iface.mainWindow())
@@ -107,6 +117,13 @@ class CloudSegPlugin:
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
             self.dock = None
+        if self.label_dock is not None:
+            if self.label_dock.task is not None:
+                self.label_dock.task.cancel()
+            self.label_dock.detach()
+            self.iface.removeDockWidget(self.label_dock)
+            self.label_dock.deleteLater()
+            self.label_dock = None
         if self.dialog is not None and not sip.isdeleted(self.dialog):
             self.dialog.close()  # a dialog the user closed is deleted already: QGIS owns it
         self.dialog = None
@@ -183,3 +200,18 @@ class CloudSegPlugin:
             self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
             self.dock.visibilityChanged.connect(self.panel_action.setChecked)
         self.dock.setVisible(visible)
+
+    def _toggle_label_dock(self, visible: bool) -> None:
+        if self.label_dock is None:
+            from .labeldock import LabelDock
+
+            self.label_dock = LabelDock(self.iface, self.iface.mainWindow())
+            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.label_dock)
+            self.label_dock.visibilityChanged.connect(self.label_action.setChecked)
+            self.label_dock.model_registered.connect(self._model_registered)
+        self.label_dock.setVisible(visible)
+
+    def _model_registered(self, name: str) -> None:
+        """A fine-tuned version exists: the segmentation dock lists it too."""
+        if self.dock is not None:
+            self.dock.reload_models()

@@ -167,6 +167,49 @@ def style_polygons(layer: QgsVectorLayer, classes: list[dict[str, Any]]) -> None
     layer.triggerRepaint()
 
 
+def style_labels(layer: QgsVectorLayer, classes: list[dict[str, Any]]) -> None:
+    """The label project's polygons by class value: class colour outline over a light fill.
+
+    Clear polygons (drawn to undo a cloud inside a box) get a white dashed outline.
+    """
+    categories = []
+    for c in classes:
+        clear = c["name"] == CLEAR
+        symbol = QgsFillSymbol.createSimple(
+            {
+                "color": "0,0,0,0" if clear else _color(c["color"], 90).name(QColor.HexArgb),
+                "outline_color": "#ffffff" if clear else _color(c["color"], 255).name(),
+                "outline_width": "0.6",
+                "outline_style": "dash" if clear else "solid",
+            }
+        )
+        categories.append(QgsRendererCategory(c["value"], symbol, f"{c['value']} {c['name']}"))
+    layer.setRenderer(QgsCategorizedSymbolRenderer("class", categories))
+    layer.triggerRepaint()
+
+
+def style_proposals(layer: QgsVectorLayer, colors: dict[str, str]) -> None:
+    """Proposed boxes as outlines coloured by status, labeled with their rank."""
+    from qgis.core import QgsPalLayerSettings, QgsTextFormat, QgsVectorLayerSimpleLabeling
+
+    categories = []
+    for status, color in colors.items():
+        symbol = QgsFillSymbol.createSimple(
+            {"color": "0,0,0,0", "outline_color": color, "outline_width": "0.8"}
+        )
+        categories.append(QgsRendererCategory(status, symbol, status))
+    layer.setRenderer(QgsCategorizedSymbolRenderer("status", categories))
+    settings = QgsPalLayerSettings()
+    settings.fieldName = "rank"
+    text = QgsTextFormat()
+    text.setColor(QColor("#ffd600"))
+    text.setSize(9)
+    settings.setFormat(text)
+    layer.setLabeling(QgsVectorLayerSimpleLabeling(settings))
+    layer.setLabelsEnabled(True)
+    layer.triggerRepaint()
+
+
 def results_group(project: QgsProject, name: str = GROUP_NAME) -> QgsLayerTreeGroup:
     """The project's layer group for cloudseg results (created on top if missing)."""
     root = project.layerTreeRoot()

@@ -248,6 +248,20 @@ def _labels_layer(dataset: Any, srs: Any) -> Any:
     return layer
 
 
+def ensure_labels_layer(project: str | Path, crs: Any) -> None:
+    """Create the project's empty ``labels`` layer in ``crs`` if it has none yet.
+
+    The label dock calls it once proposals exist, so the analyst can digitize at once.
+    """
+    from osgeo import ogr
+
+    dataset = ogr.Open(str(Path(project).expanduser()), 1)
+    if dataset is None:
+        raise InputError(f"cannot open the label project {project} for writing")
+    _labels_layer(dataset, ogr_srs(crs))
+    dataset = None
+
+
 def start_from_model(project: str | Path, mask: str | Path, rank: int) -> int:
     """Fill a proposed box's labels with the model's mask, as polygons to correct.
 

@@ -85,11 +85,11 @@ shadows larger than the minimum area, and the cloud, shadow and clear percentage
 
 
 def builtin_model_names() -> list[str]:
-    """Names of the built-in models whose weights are installed."""
+    """Names of the built-in models whose weights are installed, then registered versions."""
     try:
-        from ...backend.models.registry import builtin_models
+        from ...backend.models.registry import available_models
 
-        return [m.card.name for m in builtin_models()]
+        return [m.card.name for m in available_models()]
     except CloudsegError:
         return []
 

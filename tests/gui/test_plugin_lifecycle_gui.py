@@ -12,6 +12,7 @@ LOADED = {
         "cloudsegCheckEnvironment",
         "cloudsegSegmentLayer",
         "cloudsegSegmentMenu",
+        "cloudsegShowLabelDock",
         "cloudsegShowPanel",
     ],
 }

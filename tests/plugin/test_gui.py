@@ -1,16 +1,12 @@
 """The layer context menu action and the dock: real layers, real runs in QgsTasks."""
 
-import time
-
 import pytest
 import rasterio
 from qgis.core import (
-    QgsApplication,
     QgsMapLayerType,
     QgsPalettedRasterRenderer,
     QgsProject,
     QgsRasterLayer,
-    QgsTask,
     QgsVectorLayer,
 )
 from qgis.gui import QgsBrowserGuiModel
@@ -29,16 +25,6 @@ def layers(multiband, band_folder):
     yield {"chip": chip, "band": band, "vector": vector}
     project.removeAllMapLayers()
     project.layerTreeRoot().removeAllChildren()
-
-
-def wait_for(task: QgsTask, timeout: float = 120) -> None:
-    end = time.monotonic() + timeout
-    while task.status() not in (QgsTask.Complete, QgsTask.Terminated):
-        QgsApplication.processEvents()
-        assert time.monotonic() < end, "task did not finish"
-        time.sleep(0.02)
-    for _ in range(20):  # let finished() run on this thread
-        QgsApplication.processEvents()
 
 
 def test_context_menu_action_is_for_raster_layers_only(plugin, qgis_iface):
@@ -89,7 +75,7 @@ def open_dock(plugin, tmp_path):
     return dock
 
 
-def test_dock_shows_the_model_card_and_the_device(plugin, tmp_path):
+def test_dock_shows_the_model_card_and_the_device(plugin, tmp_path, wait_for):
     dock = open_dock(plugin, tmp_path)
     dock.model_combo.setCurrentIndex(dock.model_combo.findData("ukis-csmask-6b-l2a"))
     card = dock.card_view.toPlainText()
@@ -128,7 +114,7 @@ def test_dock_card_shows_measured_accuracy_and_what_preview_costs(plugin, tmp_pa
 
 
 def test_dock_runs_a_task_to_completion_and_adds_styled_layers(
-    plugin, qgis_iface, layers, tmp_path
+    plugin, qgis_iface, layers, tmp_path, wait_for
 ):
     dock = open_dock(plugin, tmp_path)
     dock.polygons_check.setChecked(True)
@@ -153,7 +139,7 @@ def test_dock_runs_a_task_to_completion_and_adds_styled_layers(
     assert dock.run_button.isEnabled() and dock.progress.value() == 100
 
 
-def test_cancelled_dock_run_leaves_nothing_behind(plugin, qgis_iface, layers, tmp_path):
+def test_cancelled_dock_run_leaves_nothing_behind(plugin, qgis_iface, layers, tmp_path, wait_for):
     dock = open_dock(plugin, tmp_path)
     dock.probabilities_check.setChecked(True)
     qgis_iface.setActiveLayer(layers["chip"])

@@ -30,6 +30,7 @@ def test_init_gui_registers_provider_and_actions(plugin, qgis_iface):
         "cloudsegCheckEnvironment",
         "cloudsegSegmentLayer",
         "cloudsegSegmentMenu",
+        "cloudsegShowLabelDock",
         "cloudsegShowPanel",
     ]
 

@@ -1,0 +1,203 @@
+"""The label dock in a real QGIS (offscreen) on a real chip: the whole active-learning loop.
+
+One analyst session, in order: propose, walk the boxes, start from the model, digitize,
+Done / Skip / Back, cancel a fine-tune, close and reopen the project, fine-tune, re-run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from qgis.core import (
+    QgsApplication,
+    QgsGeometry,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayerUtils,
+)
+
+from cloudseg.backend.active.history import read_rounds
+from cloudseg.backend.active.labels import label_shapes, rasterize_box
+from cloudseg.backend.active.propose import box_of
+from cloudseg.backend.models.registry import registered_models
+from cloudseg.cloudseg_plugin.labeldock import latest_run
+
+pytestmark = pytest.mark.real_data
+MODEL = "ukis-csmask-4b-l2a"
+
+
+@pytest.fixture
+def session(tmp_path):
+    """What the steps of one session share (the project, the chip's transform)."""
+    return {"project": tmp_path / "coast.gpkg"}
+
+
+@pytest.fixture
+def dock(plugin, multiband, session):
+    """The label dock as the analyst opens it, with the chip as the scene layer."""
+    project = QgsProject.instance()
+    chip = QgsRasterLayer(str(multiband), "chip")
+    assert chip.isValid()
+    project.addMapLayer(chip)
+    plugin.label_action.setChecked(True)
+    dock = plugin.label_dock
+    assert dock is not None and not dock.isHidden()
+    dock.scene_combo.setLayer(chip)
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData(MODEL))
+    dock.box_spin.setValue(64)
+    dock.count_spin.setValue(4)
+    dock.epochs_spin.setValue(1)
+    session["chip"] = chip
+    with rasterio.open(multiband) as ds:
+        session["transform"] = ds.transform
+    yield dock
+    project.removeAllMapLayers()
+    project.layerTreeRoot().removeAllChildren()
+
+
+def _statuses(dock):
+    return {f["rank"]: f["status"] for f in dock.proposals.getFeatures()}
+
+
+def _box(dock, fid, transform):
+    from osgeo import ogr
+
+    wkt = dock.proposals.getFeature(fid).geometry().asWkt()
+    return box_of(ogr.CreateGeometryFromWkt(wkt), transform)
+
+
+def test_the_analyst_loop_from_proposals_to_a_better_model(dock, session, plugin, wait_for):
+    project_path = session["project"]
+    transform = session["transform"]
+    dock.project_widget.setFilePath(str(project_path))  # a new project: created on propose
+    assert dock.project == project_path
+    task = dock.propose()
+    wait_for(task)
+    assert task.error == ""
+    # Proposals: four boxes, all to label, the first selected and zoomed to.
+    assert _statuses(dock) == {1: "todo", 2: "todo", 3: "todo", 4: "todo"}
+    first = dock.current
+    assert dock.proposals.getFeature(first)["rank"] == 1
+    assert dock.proposals.selectedFeatureIds() == [first]
+    names = [layer.name() for layer in QgsProject.instance().mapLayers().values()]
+    assert f"chip - uncertainty (%) ({MODEL})" in names and f"chip - clouds ({MODEL})" in names
+    assert "Done 0 / 4 proposed" in dock.progress_label.text()
+
+    # Start from the model: its polygons rasterize back to its mask inside the box.
+    added = dock.start_from_model()
+    assert added > 0 and dock.labels.featureCount() == added
+    box = _box(dock, first, transform)
+    mask, _ = latest_run(project_path, "chip", MODEL)
+    with rasterio.open(mask) as ds:
+        expected = ds.read(1)[box.row : box.row + box.size, box.col : box.col + box.size]
+    labels = rasterize_box(label_shapes(project_path), box, transform)
+    np.testing.assert_array_equal(labels, expected)
+
+    # The analyst picks "cloud shadow" (key 3) and digitizes a square in the corner.
+    dock.class_key(3)
+    assert dock.class_value == 2
+    x0, y0 = transform * (box.col, box.row)
+    x1, y1 = transform * (box.col + 8, box.row + 8)
+    layer = dock.labels
+    layer.startEditing()
+    geometry = QgsGeometry.fromRect(QgsRectangle(x0, y1, x1, y0))
+    feature = QgsVectorLayerUtils.createFeature(layer, geometry)
+    assert feature["class"] == 2 and feature["name"] == "cloud shadow"
+    assert layer.addFeature(feature)
+    # Done saves the edit, records the box and moves on to rank 2.
+    assert dock.mark("labeled") is not None
+    assert dock.proposals.getFeature(dock.current)["rank"] == 2
+    labels = rasterize_box(label_shapes(project_path), box, transform)
+    assert (labels[:8, :8] == 2).all()
+    np.testing.assert_array_equal(labels[8:, 8:], expected[8:, 8:])
+    done = dock.proposals.getFeature(first)
+    assert done["status"] == "labeled" and done["labeled_by"] and done["labeled_at"]
+
+    # Skip, then Back: the skipped box is to label again and shown.
+    second = dock.current
+    dock.mark("skipped")
+    assert _statuses(dock)[2] == "skipped" and dock.current != second
+    assert dock.back() == second and dock.current == second
+    assert _statuses(dock)[2] == "todo"
+    for _ in range(2):  # boxes 2 and 3 as the model has them
+        dock.start_from_model()
+        dock.mark("labeled")
+    assert _statuses(dock) == {1: "labeled", 2: "labeled", 3: "labeled", 4: "todo"}
+    text = dock.progress_label.text()
+    assert "Done 3 / 4 proposed" in text and "km² labeled" in text
+    km2 = float(text.split("; ")[1].split(" km²")[0])
+    assert km2 == pytest.approx(3 * (64 * abs(transform.a)) ** 2 / 1e6, rel=0.01)
+    committed = sorted((f["class"], f.geometry().area()) for f in dock.labels.getFeatures())
+
+    # A fine-tune cancelled at once registers nothing and leaves the project as it was.
+    versions = registered_models()
+    task = dock.fine_tune()
+    task.cancel()
+    wait_for(task)
+    assert task.result is None and registered_models() == versions
+    assert read_rounds(project_path) == []
+
+    # Closing the project and opening it again: every committed label, every status.
+    source = session["chip"].source()
+    QgsProject.instance().removeAllMapLayers()
+    QgsProject.instance().layerTreeRoot().removeAllChildren()
+    assert dock.proposals is None and dock.labels is None  # forgotten, not dangling
+    chip = QgsRasterLayer(source, "chip")
+    QgsProject.instance().addMapLayer(chip)
+    dock.project = None
+    dock.open_project(str(project_path))
+    assert dock.scene_combo.currentLayer().id() == chip.id()  # found again by its file
+    assert _statuses(dock) == {1: "labeled", 2: "labeled", 3: "labeled", 4: "todo"}
+    again = sorted((f["class"], f.geometry().area()) for f in dock.labels.getFeatures())
+    assert again == committed
+    assert dock.next_box() is not None
+    assert dock.proposals.getFeature(dock.current)["rank"] == 4
+
+    # Fine-tune: a registered version, listed by the dock (selected), by the segmentation
+    # dock and by Processing, and a round in the history.
+    plugin.panel_action.setChecked(True)
+    task = dock.fine_tune()
+    wait_for(task, timeout=300)
+    assert task.error == "", task.error
+    assert dock.model_combo.currentData() == "coast-r1"
+    assert plugin.dock.model_combo.findData("coast-r1") >= 0
+    from cloudseg.cloudseg_plugin.algorithms.segment import builtin_model_names
+
+    assert "coast-r1" in builtin_model_names()
+    (entry,) = read_rounds(project_path)
+    assert entry.boxes == 3 and entry.model == "coast-r1"
+    assert dock.history_table.rowCount() == 1
+    assert dock.history_table.item(0, 1).text() == "coast-r1"
+    before, after = dock.history_table.item(0, 3).text().split(" -> ")
+    assert float(before) == pytest.approx(entry.iou_before["mean"], abs=5e-4)
+    assert float(after) == pytest.approx(entry.iou_after["mean"], abs=5e-4)
+
+    # Re-run with the new version: its mask beside the old one.
+    task = dock.rerun()
+    wait_for(task)
+    assert task.error == ""
+    masks = [
+        layer
+        for layer in QgsProject.instance().mapLayers().values()
+        if layer.name().startswith("chip - clouds (")
+    ]
+    assert {m.name() for m in masks} >= {"chip - clouds (coast-r1)"}
+    new = next(m for m in masks if m.name() == "chip - clouds (coast-r1)")
+    with rasterio.open(new.source()) as ds:
+        assert ds.tags()["CLOUDSEG_MODEL"] == "coast-r1"
+
+
+def test_the_dock_refuses_clearly_without_a_project_or_box(plugin, qgis_iface):
+    plugin.label_action.setChecked(True)
+    dock = plugin.label_dock
+    dock.project = None
+    assert dock.mark("labeled") is None
+    assert "press Next" in dock.status_label.text()
+    assert dock.propose() is None
+    assert dock.status_label.text() in (
+        "choose a label project (a .gpkg) first",
+        "pick the scene: a Sentinel-2 raster layer",
+    )
+    assert dock.task is None and QgsApplication.taskManager().countActiveTasks() == 0

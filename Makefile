@@ -86,13 +86,14 @@ $(QGIS_PLUGIN_LINK)/cloudseg:
 qgis: install $(QGIS_PLUGIN_LINK)/cloudseg ## start QGIS with this checkout as plugin and the venv's packages
 	PYTHONPATH=$(SITE_PACKAGES) QGIS_PLUGINPATH=$(QGIS_PLUGIN_LINK) qgis
 
-screenshot: install $(QGIS_PLUGIN_LINK)/cloudseg ## docs/qgis*.png: QGIS under Xvfb: the dock after a run, the results, the dialog
+screenshot: install $(QGIS_PLUGIN_LINK)/cloudseg ## docs/qgis*.png: QGIS under Xvfb: the dock after a run, the results, the dialog, the label dock
 	rm -rf .qgis-screenshot-profile && mkdir -p .qgis-screenshot-profile/profiles/default/QGIS
 	printf '[PythonPlugins]\ncloudseg=true\n' > .qgis-screenshot-profile/profiles/default/QGIS/QGIS3.ini
 	PYTHONPATH=$(SITE_PACKAGES) QGIS_PLUGINPATH=$(QGIS_PLUGIN_LINK) \
 	    CLOUDSEG_SCREENSHOT=$(CURDIR)/docs/qgis.png CLOUDSEG_SCREENSHOT_LOG=$(CURDIR)/.qgis-screenshot-profile/log.txt \
+	    CLOUDSEG_MODELS_DIR=$(CURDIR)/.qgis-screenshot-profile/models \
 	    xvfb-run -a -s "-screen 0 1600x1000x24" \
-	    timeout 120 qgis --nologo --noversioncheck \
+	    timeout 300 qgis --nologo --noversioncheck \
 	        --profiles-path $(CURDIR)/.qgis-screenshot-profile \
 	        --code $(CURDIR)/scripts/screenshot_qgis.py
-	test -s docs/qgis.png && test -s docs/qgis-results.png && test -s docs/qgis-dialog.png
+	test -s docs/qgis.png && test -s docs/qgis-results.png && test -s docs/qgis-dialog.png && test -s docs/qgis-labels.png

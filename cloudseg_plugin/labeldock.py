@@ -467,11 +467,18 @@ class LabelDock(QDockWidget):
         if model:
             self.load_models(select=model)
         if features:
+            from ..backend.raster.reader import scene_path_from_gdal_source
+
             scene = features[-1]["scene"]
-            for layer in QgsProject.instance().mapLayers().values():
-                if isinstance(layer, QgsRasterLayer) and Path(layer.source()).stem == scene:
-                    self.scene_combo.setLayer(layer)
-                    break
+            current = self.scene_combo.currentLayer()
+            layers = [current, *QgsProject.instance().mapLayers().values()]
+            for layer in layers:
+                if not isinstance(layer, QgsRasterLayer):
+                    continue
+                with contextlib.suppress(CloudsegError, OSError, ValueError):
+                    if scene_path_from_gdal_source(layer.source()).stem == scene:
+                        self.scene_combo.setLayer(layer)
+                        break
 
     def _scene(self) -> tuple[QgsRasterLayer, Path] | None:
         """The scene layer and the file cloudseg reads for it (None with a message)."""

@@ -18,6 +18,21 @@ from .resources import icon
 MENU = "&Cloud segmentation"
 
 
+def keep_triton_out() -> None:
+    """Make ``import triton`` fail cleanly inside QGIS instead of crashing QGIS.
+
+    Loading triton's compiled library into the QGIS desktop process kills QGIS with a
+    segmentation fault (QGIS 3.22 under X, triton 3.x, which the Linux torch wheels
+    install). torch imports triton only to offer ``torch.compile`` on GPUs, which
+    cloudseg does not use; without it torch, Lightning and smp train and predict as
+    before. The command line and scripts outside QGIS are not affected.
+    """
+    import sys
+
+    if "triton" not in sys.modules:
+        sys.modules["triton"] = None  # type: ignore[assignment]  # import -> ImportError
+
+
 class CloudSegPlugin:
     """Registers the Processing provider, menu actions and the log bridge.
 
@@ -26,6 +41,7 @@ class CloudSegPlugin:
     """
 
     def __init__(self, iface: Any) -> None:
+        keep_triton_out()
         self.iface = iface
         self.provider: CloudSegProvider | None = None
         self.actions: list[QAction] = []

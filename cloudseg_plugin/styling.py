@@ -192,11 +192,14 @@ def style_proposals(layer: QgsVectorLayer, colors: dict[str, str]) -> None:
     """Proposed boxes as outlines coloured by status, labeled with their rank."""
     from qgis.core import QgsPalLayerSettings, QgsTextFormat, QgsVectorLayerSimpleLabeling
 
+    from qgis.core import QgsSimpleLineSymbolLayer
+
     categories = []
     for status, color in colors.items():
-        symbol = QgsFillSymbol.createSimple(
-            {"color": "0,0,0,0", "outline_color": color, "outline_width": "0.8"}
-        )
+        # An outline only, also when selected (a simple fill would be filled with the
+        # selection colour and hide the box's labels).
+        symbol = QgsFillSymbol.createSimple({"color": "0,0,0,0"})
+        symbol.changeSymbolLayer(0, QgsSimpleLineSymbolLayer(QColor(color), 0.8))
         categories.append(QgsRendererCategory(status, symbol, status))
     layer.setRenderer(QgsCategorizedSymbolRenderer("status", categories))
     settings = QgsPalLayerSettings()

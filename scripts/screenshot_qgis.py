@@ -8,7 +8,11 @@ segments the chip there (a QgsTask, as a user would), and saves:
 - ``qgis.png``: the window, with the dock after the run and the mask on the map;
 - ``qgis-results.png``: the Layers panel, with the results group and its legends;
 - ``qgis-dialog.png``: the Segment clouds dialog, opened as the layer's right-click
-  action opens it, at its default size.
+  action opens it, at its default size;
+- ``qgis-labels.png``: the label dock after one active-learning round: boxes proposed
+  where the model is unsure, three labeled from the model's mask and marked Done, a
+  fine-tuned version with its held-out IoU in the round history, and the next box
+  started from the model, ready to correct.
 
 Environment: CLOUDSEG_REAL_DATA (the real data folder), CLOUDSEG_SCREENSHOT (PNG path).
 """
@@ -150,10 +154,99 @@ def grab_dialog(dialog: object) -> None:
     try:
         if save(dialog, OUT.with_name("qgis-dialog.png")):
             dialog.close()
-            QgsApplication.exit(0)
+            QTimer.singleShot(500, start_labels)
     except Exception:
         fail("failed while grabbing the dialog:\n" + traceback.format_exc())
 
 
+def when_idle(dock: object, then: object) -> None:
+    """Call ``then()`` once the label dock's task has finished (polling, QGIS stays live)."""
+    if dock.task is not None:
+        QTimer.singleShot(500, lambda: when_idle(dock, then))
+        return
+    try:
+        then()
+    except Exception:
+        fail("the label dock failed:\n" + traceback.format_exc())
+
+
+def start_labels() -> None:
+    """Open the label dock on the chip and propose boxes, as an analyst starts a project."""
+    try:
+        plugin = plugins["cloudseg"]
+        plugin.panel_action.setChecked(False)
+        plugin.label_action.setChecked(True)
+        dock = plugin.label_dock
+        band = next(
+            layer
+            for layer in QgsProject.instance().mapLayers().values()
+            if layer.name() == "adwp B04"
+        )
+        dock.scene_combo.setLayer(band)
+        dock.model_combo.setCurrentIndex(dock.model_combo.findData("ukis-csmask-4b-l2a"))
+        dock.box_spin.setValue(64)
+        dock.count_spin.setValue(8)
+        dock.epochs_spin.setValue(2)
+        dock.project_widget.setFilePath(str(WORK / "coast.gpkg"))
+        if dock.propose() is None:
+            fail(dock.status_label.text())
+            return
+        say("proposing")
+        when_idle(dock, lambda: label_and_fine_tune(dock))
+    except Exception:
+        fail("could not open the label dock:\n" + traceback.format_exc())
+
+
+def label_and_fine_tune(dock: object) -> None:
+    """Label three boxes from the model's mask, mark them done, and fine-tune."""
+    if dock.proposals is None:
+        fail(f"no proposals: {dock.status_label.text()}")
+        return
+    for _ in range(3):
+        dock.start_from_model()
+        dock.mark("labeled")
+    if dock.fine_tune() is None:
+        fail(dock.status_label.text())
+        return
+    say("fine-tuning")
+    when_idle(dock, lambda: next_box(dock))
+
+
+def next_box(dock: object) -> None:
+    """The next box, started from the model and zoomed out a little; then the picture."""
+    if not dock.history_table.rowCount():
+        fail(f"no round: {dock.status_label.text()}")
+        return
+    dock.start_from_model()
+    dock.set_class(1)
+    root = QgsProject.instance().layerTreeRoot()
+    for node in root.findLayers():  # the image and the labels: no heat map, no mask
+        if "uncertainty" in node.name() or " - clouds" in node.name():
+            node.setItemVisibilityChecked(False)
+    canvas = iface.mapCanvas()
+    extent = canvas.extent()
+    extent.scale(2.2)
+    canvas.setExtent(extent)
+    canvas.refresh()
+    QTimer.singleShot(3000, grab_labels)
+
+
+def grab_labels() -> None:
+    """Save the window with the label dock, and quit."""
+    try:
+        if save(iface.mainWindow(), OUT.with_name("qgis-labels.png"), 1000):
+            # Close the project first, as QGIS does when its window is closed: QGIS
+            # 3.22 crashes when it is told to exit with layers still loaded (in its
+            # layer styling dock, while the layer tree is torn down).
+            QgsProject.instance().clear()
+            QTimer.singleShot(500, lambda: QgsApplication.exit(0))
+    except Exception:
+        fail("failed while grabbing the label dock:\n" + traceback.format_exc())
+
+
+import faulthandler  # noqa: E402
+
+_FAULTS = LOG.with_name("faults.txt").open("w", encoding="utf-8")
+faulthandler.enable(_FAULTS, all_threads=True)  # a crash leaves the Python stacks here
 say(f"started; plugins loaded: {sorted(plugins)}")
 QTimer.singleShot(1000, start)

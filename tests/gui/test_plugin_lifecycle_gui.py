@@ -56,3 +56,16 @@ def test_the_dock_runs_an_unnamed_band_stack_and_shows_its_results(run_qgis):
     assert seen["selected"] == seen["group"]
     assert "certainly cloud (100 %)" in seen["probability_legend"]
     assert not [item for item in seen["probability_legend"] if "Green" in item]
+
+
+def test_a_label_dock_round_inside_the_real_qgis(run_qgis):
+    """Propose, label, fine-tune and re-run with torch training inside the QGIS process."""
+    seen = run_qgis("label_round", timeout=300)
+    assert seen["errors"] == []
+    assert seen["propose_started"] and seen["proposed"] == 4
+    assert all(n > 0 for n in seen["added"]) and "Done 3 / 4 proposed" in seen["progress"]
+    assert seen["fine_tune_started"] and seen["model"] == "coast-r1", seen["after_fine_tune"]
+    assert seen["rounds"] == 1 and "held-out mean IoU" in seen["after_fine_tune"]
+    assert seen["triton"] == "None"  # kept out: loading it kills QGIS (see keep_triton_out)
+    assert seen["rerun_started"] and "adwp B04 - clouds (coast-r1)" in seen["layers"]
+    assert not [line for line in seen["log"] if "Traceback" in line]

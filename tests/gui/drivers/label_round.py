@@ -1,0 +1,73 @@
+"""One active-learning round in the label dock of the real QGIS desktop.
+
+The analyst opens the label dock on the real L2A chip adwp, proposes boxes, labels
+three from the model's mask (Start from the model, Done), fine-tunes, and re-runs with
+the new version. Training runs inside the QGIS process here, as it does for users
+(torch, Lightning and smp loaded next to QGIS's own libraries).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.environ["CLOUDSEG_GUI_DRIVERS"])  # run by exec: no __file__
+
+import qgis.utils
+from _driver import REAL_DATA, WORK, finish, seen, step
+from qgis.core import QgsProject, QgsRasterLayer
+
+
+def when_idle(dock: object, then: object) -> None:
+    """Run ``then`` once the dock's task has finished."""
+    step(lambda: then() if dock.task is None else when_idle(dock, then), 500)
+
+
+def start() -> None:
+    """Open the dock on the chip and propose boxes."""
+    plugin = qgis.utils.plugins["cloudseg"]
+    band = QgsRasterLayer(str(REAL_DATA / "oncloudn_l2a" / "adwp" / "B04.tif"), "adwp B04")
+    QgsProject.instance().addMapLayer(band)
+    plugin.label_action.setChecked(True)
+    dock = plugin.label_dock
+    dock.scene_combo.setLayer(band)
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("ukis-csmask-4b-l2a"))
+    dock.box_spin.setValue(64)
+    dock.count_spin.setValue(4)
+    dock.epochs_spin.setValue(1)
+    dock.project_widget.setFilePath(str(WORK / "coast.gpkg"))
+    seen["propose_started"] = dock.propose() is not None
+    when_idle(dock, lambda: label(dock))
+
+
+def label(dock: object) -> None:
+    """Three boxes from the model's mask, marked Done; then Fine-tune."""
+    seen["proposed"] = dock.proposals.featureCount() if dock.proposals else 0
+    seen["added"] = []
+    for _ in range(3):
+        seen["added"].append(dock.start_from_model())
+        dock.mark("labeled")
+    seen["progress"] = dock.progress_label.text()
+    seen["fine_tune_started"] = dock.fine_tune() is not None
+    when_idle(dock, lambda: rerun(dock))
+
+
+def rerun(dock: object) -> None:
+    """The new version is chosen; Re-run with it."""
+    seen["after_fine_tune"] = dock.status_label.text()
+    seen["model"] = dock.model_combo.currentData()
+    seen["rounds"] = dock.history_table.rowCount()
+    seen["triton"] = repr(sys.modules.get("triton", "absent"))
+    seen["rerun_started"] = dock.rerun() is not None
+    when_idle(dock, lambda: end(dock))
+
+
+def end(dock: object) -> None:
+    """Record the layers, close the project as QGIS does on close, and quit."""
+    seen["after_rerun"] = dock.status_label.text()
+    seen["layers"] = sorted(layer.name() for layer in QgsProject.instance().mapLayers().values())
+    QgsProject.instance().clear()
+    finish()
+
+
+step(start, 1000)

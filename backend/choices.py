@@ -31,3 +31,8 @@ def resolution_choice(value: str) -> str:
     if value not in RESOLUTIONS:
         raise ValueError(f"resolution must be one of {', '.join(RESOLUTIONS)}, not {value!r}")
     return value
+
+
+#: Pixels of unlabeled image stored around each labeled box for fine-tuning, so the
+#: network sees what surrounds what was labeled (see docs/active-learning.md).
+DEFAULT_CONTEXT = 0

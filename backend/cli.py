@@ -17,7 +17,14 @@ from typing import Any
 
 from ._version import __version__
 from .atomic import published_count
-from .choices import DEVICES, PRECISIONS, RESOLUTION_ALIASES, RESOLUTIONS, RUNTIMES
+from .choices import (
+    DEFAULT_CONTEXT,
+    DEVICES,
+    PRECISIONS,
+    RESOLUTION_ALIASES,
+    RESOLUTIONS,
+    RUNTIMES,
+)
 from .errors import CloudsegError, InputError
 
 logger = logging.getLogger("cloudseg")
@@ -201,7 +208,12 @@ def _cmd_labels_to_store(args: argparse.Namespace) -> int:
     from .active.labels import labels_to_store
 
     result = labels_to_store(
-        args.project, args.scene, args.store, model=args.model, endpoint_url=args.endpoint_url
+        args.project,
+        args.scene,
+        args.store,
+        model=args.model,
+        endpoint_url=args.endpoint_url,
+        context=args.context,
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -244,6 +256,13 @@ def _add_propose_parser(sub: Any) -> None:
     to_store.add_argument("store", metavar="STORE", help="a folder or s3://bucket/prefix")
     to_store.add_argument("--model", help="the model whose bands and classes apply")
     to_store.add_argument("--endpoint-url", help="S3 endpoint, e.g. http://127.0.0.1:9000")
+    to_store.add_argument(
+        "--context",
+        type=int,
+        default=DEFAULT_CONTEXT,
+        help="pixels of image stored around each box, unlabeled (default "
+        f"{DEFAULT_CONTEXT}; see docs/active-learning.md)",
+    )
     to_store.add_argument("--json", action="store_true", help="print the result as JSON")
     to_store.set_defaults(handler=_cmd_labels_to_store)
 

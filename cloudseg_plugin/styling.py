@@ -190,9 +190,12 @@ def style_labels(layer: QgsVectorLayer, classes: list[dict[str, Any]]) -> None:
 
 def style_proposals(layer: QgsVectorLayer, colors: dict[str, str]) -> None:
     """Proposed boxes as outlines coloured by status, labeled with their rank."""
-    from qgis.core import QgsPalLayerSettings, QgsTextFormat, QgsVectorLayerSimpleLabeling
-
-    from qgis.core import QgsSimpleLineSymbolLayer
+    from qgis.core import (
+        QgsPalLayerSettings,
+        QgsSimpleLineSymbolLayer,
+        QgsTextFormat,
+        QgsVectorLayerSimpleLabeling,
+    )
 
     categories = []
     for status, color in colors.items():

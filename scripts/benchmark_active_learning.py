@@ -87,26 +87,47 @@ def random_boxes(
     return chosen
 
 
+def labeled_window(
+    image: np.ndarray, truth: np.ndarray, box: Box, context: int, half: int, stem: str
+) -> Any:
+    """The box's labels in a window with ``context`` px of unlabeled image around it.
+
+    The window stays inside the labeling half (columns ``< half``): the held-out half is
+    never trained on, not even as context.
+    """
+    from cloudseg.backend.active.labels import LabeledWindow, context_window
+
+    row, col, size = context_window(box, context, image.shape[1], half)
+    labels = np.full((size, size), 255, np.uint8)  # the analyst labeled the box only
+    r, c = box.row - row, box.col - col
+    labels[r : r + box.size, c : c + box.size] = truth[
+        box.row : box.row + box.size, box.col : box.col + box.size
+    ]
+    return LabeledWindow(stem, image[:, row : row + size, col : col + size], labels)
+
+
 def fine_tune(
-    image: np.ndarray, truth: np.ndarray, boxes: list[Box], work: Path, epochs: int
+    image: np.ndarray,
+    truth: np.ndarray,
+    boxes: list[Box],
+    work: Path,
+    args: argparse.Namespace,
 ) -> Path:
     """Fine-tune the base model on the labeled boxes; return the new model file."""
-    from cloudseg.backend.active.labels import LabeledWindow, windows_to_store
+    from cloudseg.backend.active.labels import windows_to_store
     from cloudseg.training.config import Config
     from cloudseg.training.train import train
 
     card = load_model(BASE).card
+    half = image.shape[2] // 2
     windows = [
-        LabeledWindow(
-            f"box{i:03d}",
-            image[:, b.row : b.row + b.size, b.col : b.col + b.size],
-            truth[b.row : b.row + b.size, b.col : b.col + b.size],
-        )
+        labeled_window(image, truth, b, args.context, half, f"box{i:03d}")
         for i, b in enumerate(boxes)
     ]
     store = work / "store"
     windows_to_store(windows, list(card.bands), CLASSES, store, env_file=None)
-    box = boxes[0].size
+    box = windows[0].labels.shape[0]
+    epochs = args.epochs
     config = Config.from_dict(
         {
             "name": "active-learning",
@@ -138,7 +159,7 @@ def run_scene(scene: Any, args: argparse.Namespace, work: Path) -> dict:
     base = held_out_iou(BASE, image, truth, half)
     print(f"{scene.name}: base {base}", file=sys.stderr, flush=True)
     result: dict = {"base": base, "strategies": {}}
-    for strategy in ("uncertainty", "random"):
+    for strategy in args.strategies.split(","):
         rng = np.random.default_rng(args.seed)
         model, labeled, rounds = BASE, [], []
         for r in range(1, args.rounds + 1):
@@ -150,7 +171,7 @@ def run_scene(scene: Any, args: argparse.Namespace, work: Path) -> dict:
                 new = random_boxes(rng, (image.shape[1], half), args.box, args.boxes, labeled)
             labeled += new
             folder = work / f"{scene.name}-{strategy}-{r}"
-            model = str(fine_tune(image, truth, labeled, folder, args.epochs))
+            model = str(fine_tune(image, truth, labeled, folder, args))
             iou = held_out_iou(model, image, truth, half)
             rounds.append(
                 {
@@ -207,6 +228,11 @@ def main() -> int:
     parser.add_argument("--box", type=int, default=64, help="box edge in pixels")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--context", type=int, default=0, help="unlabeled image px stored around each box"
+    )
+    parser.add_argument("--scenes", default=",".join(SCENES), help="comma-separated")
+    parser.add_argument("--strategies", default="uncertainty,random", help="comma-separated")
     args = parser.parse_args()
     from cloudseg.training.reference import labeled_scenes
 
@@ -216,7 +242,7 @@ def main() -> int:
         scenes = {
             s.name: run_scene(s, args, work)
             for s in labeled_scenes(args.data, work / "scenes")
-            if s.name in SCENES
+            if s.name in args.scenes.split(",")
         }
     report = {
         "benchmark": "simulated analyst: uncertainty-ranked against random boxes, "

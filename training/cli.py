@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from ..backend.choices import DEVICES, PRECISIONS
+from ..backend.choices import DEFAULT_CONTEXT, DEVICES, PRECISIONS
 from ..backend.cli import add_output_flags, add_resolution_flag, bar_progress, percent_bar
 from ..backend.errors import InputError
 
@@ -141,6 +141,7 @@ def _cmd_fine_tune(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             batch_size=args.batch_size,
             endpoint_url=args.endpoint_url,
+            context=args.context,
             progress=bar_progress(bar),
         )
     if args.json:
@@ -196,6 +197,12 @@ def add_parsers(sub: Any) -> None:
     ft.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
     ft.add_argument("--batch-size", type=int, default=4, help="windows per step (default 4)")
     ft.add_argument("--endpoint-url", help="S3 endpoint (MinIO) for an s3:// store")
+    ft.add_argument(
+        "--context",
+        type=int,
+        default=DEFAULT_CONTEXT,
+        help=f"pixels of unlabeled image around each box (default {DEFAULT_CONTEXT})",
+    )
     add_output_flags(ft)
     ft.set_defaults(handler=_cmd_fine_tune)
 

@@ -31,6 +31,7 @@ from typing import Any
 from ..backend.active.history import Round, append_round, read_rounds
 from ..backend.active.labels import labeled_boxes, labels_to_store, login_name
 from ..backend.callbacks import CancelCallback, ProgressCallback
+from ..backend.choices import DEFAULT_CONTEXT
 from ..backend.errors import CancelledError, InputError
 from ..backend.models.cards import ModelCard, metric_entry
 from ..backend.models.registry import free_model_name, load_model, register_model
@@ -110,6 +111,7 @@ def fine_tune(
     epochs: int = 5,
     batch_size: int = 4,
     endpoint_url: str | None = None,
+    context: int = DEFAULT_CONTEXT,
     progress: ProgressCallback | None = None,
     cancelled: CancelCallback | None = None,
 ) -> FineTuneResult:
@@ -124,6 +126,8 @@ def fine_tune(
         epochs: Training epochs (a few are enough for a few dozen boxes).
         batch_size: Windows per step.
         endpoint_url: S3 endpoint for an ``s3://`` store.
+        context: Pixels of unlabeled image stored around each box; a store keeps the
+            windows of its first round (a box already stored is not stored again).
         progress: Called with (percent, message).
         cancelled: Polled between steps and training batches.
 
@@ -134,6 +138,7 @@ def fine_tune(
         CloudsegError: Without enough done boxes, for an unknown model, or when cancelled.
     """
     from ..backend.raster.reader import open_scene
+    from ..backend.store.dataset import open_dataset
     from .config import Config
     from .evaluate import evaluate_store
     from .train import train
@@ -154,7 +159,9 @@ def fine_tune(
     store = str(store or default_store(project))
 
     report(2, f"adding {len(boxes)} done box(es) to the label store")
-    stored = labels_to_store(project, scene, store, init, endpoint_url, cancelled=stop)
+    stored = labels_to_store(
+        project, scene, store, init, endpoint_url, cancelled=stop, context=context
+    )
     ids = sorted(stored.ingested + stored.skipped)
     validation = held_out(ids)
     training = [s for s in ids if s not in validation]
@@ -163,7 +170,8 @@ def fine_tune(
 
     report(8, f"scoring {init_card.name} on {len(validation)} held-out box(es)")
     before = evaluate_store(init, store, validation, endpoint_url=endpoint_url, cancelled=stop)
-    window = min(b.size for b, _ in boxes)
+    dataset = open_dataset(store, endpoint_url)
+    window = min(min(dataset.read(s)[1].shape) for s in ids)
     config = Config.from_dict(
         {
             "name": "fine-tune",

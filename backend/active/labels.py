@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..callbacks import CancelCallback
+from ..choices import DEFAULT_CONTEXT
 from ..errors import InputError
 from ..raster.vectorize import ogr_srs
 from ..store.ingest import IngestResult, ingest
@@ -79,6 +80,21 @@ def rasterize_box(
     )
 
 
+def context_window(box: Box, context: int, rows: int, cols: int) -> tuple[int, int, int]:
+    """The window around a box with ``context`` px on each side, shifted to stay inside.
+
+    Every box of one size gets a window of one size (``size + 2 * context``, at most the
+    scene's), so training windows need no padding; the box may sit off-centre at edges.
+
+    Returns:
+        ``(row, col, size)`` of the square window.
+    """
+    size = min(box.size + 2 * context, rows, cols)
+    row = min(max(box.row - context, 0), rows - size)
+    col = min(max(box.col - context, 0), cols - size)
+    return row, col, size
+
+
 def labels_to_store(
     project: str | Path,
     scene: str | Path,
@@ -86,6 +102,7 @@ def labels_to_store(
     model: str | None = None,
     endpoint_url: str | None = None,
     cancelled: CancelCallback | None = None,
+    context: int = DEFAULT_CONTEXT,
 ) -> IngestResult:
     """Add the project's labeled boxes of ``scene`` to a store (created if missing).
 
@@ -99,6 +116,8 @@ def labels_to_store(
         model: The model whose bands and classes the labels use; default the proposals'.
         endpoint_url: S3 endpoint for an ``s3://`` store.
         cancelled: Polled between boxes; True stops (stored boxes stay complete).
+        context: Pixels of image stored around each box (its labels there are 255,
+            ignored in training), so the network sees what surrounds what was labeled.
 
     Returns:
         The ingestion's result (scene ids ``<scene>-r<row>-c<col>-<size>``).
@@ -130,14 +149,21 @@ def labels_to_store(
                 or (box.col + box.size > reader.width)
             ):
                 raise InputError(f"a labeled box ({box}) lies outside {name}")
+            row, col, size = context_window(box, context, reader.height, reader.width)
+            labels = np.full((size, size), 255, np.uint8)  # outside the box: not labeled
+            r, c = box.row - row, box.col - col
+            labels[r : r + box.size, c : c + box.size] = rasterize_box(
+                shapes, box, reader.transform
+            )
             windows.append(
                 LabeledWindow(
                     f"{name}-r{box.row}-c{box.col}-{box.size}",
-                    reader.read(list(card.bands), box.row, box.col, box.size, box.size),
-                    rasterize_box(shapes, box, reader.transform),
-                    reader.transform * Affine.translation(box.col, box.row),
+                    reader.read(list(card.bands), row, col, size, size),
+                    labels,
+                    reader.transform * Affine.translation(col, row),
                     reader.crs,
                     {
+                        "cloudseg:label_window": [row, col, size],
                         "cloudseg:label_project": project.name,
                         "cloudseg:label_scene": name,
                         "cloudseg:label_box": [box.row, box.col, box.size],
@@ -200,7 +226,7 @@ def windows_to_store(
         for window in windows:
             image = window.reflectance
             dn = np.rint(np.clip(np.nan_to_num(image, nan=0.0) * 1e4, 0, 65535))
-            labels = window.labels.astype(np.uint8)
+            labels = window.labels.astype(np.uint8)  # a copy: the window stays as given
             labels[np.isnan(image).any(axis=0)] = 255  # no data: ignored in training
             if window.properties:
                 (root / "metadata" / f"{window.stem}.json").write_text(

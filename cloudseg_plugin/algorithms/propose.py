@@ -17,6 +17,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ...backend.choices import DEFAULT_CONTEXT
 from .base import CloudsegAlgorithm
 
 
@@ -108,6 +109,7 @@ class LabelsToStoreAlgorithm(CloudsegAlgorithm):
     INPUT = "INPUT"
     STORE = "STORE"
     MODEL = "MODEL"
+    CONTEXT = "CONTEXT"
 
     def shortHelpString(self) -> str:
         """Return the help shown beside the dialog."""
@@ -118,7 +120,10 @@ For every proposal of the <b>Label project</b> marked <i>labeled</i>, the window
 <b>Scene</b> under the box and the polygons of the project's <i>labels</i> layer \\
 (field <i>class</i>: the model's class values) rasterized on the scene's grid become \\
 one stored scene; pixels under no polygon are clear. The <b>Store</b> (a folder or \\
-s3://bucket/prefix) is created if missing and extended otherwise, as Ingest does."""
+s3://bucket/prefix) is created if missing and extended otherwise, as Ingest does.
+
+<b>Context</b>: pixels of image stored around each box, unlabeled (ignored by the \
+loss): the network sees what surrounds what was labeled."""
 
     def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
         """Declare the parameters and outputs."""
@@ -130,6 +135,15 @@ s3://bucket/prefix) is created if missing and extended otherwise, as Ingest does
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Scene"))
         self.addParameter(QgsProcessingParameterString(self.STORE, "Store"))
         self.addParameter(QgsProcessingParameterString(self.MODEL, "Model", optional=True))
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.CONTEXT,
+                "Context (px)",
+                QgsProcessingParameterNumber.Integer,
+                DEFAULT_CONTEXT,
+                minValue=0,
+            )
+        )
         self.addOutput(QgsProcessingOutputNumber("ADDED", "Boxes added"))
         self.addOutput(QgsProcessingOutputString("STORE_URL", "Store"))
 
@@ -152,6 +166,7 @@ s3://bucket/prefix) is created if missing and extended otherwise, as Ingest does
             scene_path_from_gdal_source(layer.source()),
             self.parameterAsString(parameters, self.STORE, context).strip(),
             model=model or None,
+            context=self.parameterAsInt(parameters, self.CONTEXT, context),
         )
         for scene, reason in result.failed:
             feedback.reportError(f"{scene}: {reason}", fatalError=False)

@@ -189,3 +189,50 @@ def test_start_from_the_model_then_done_gives_the_models_labels(multiband, tmp_p
     set_status(project, fid, "todo")  # Back: the box is to label again
     with pytest.raises(InputError, match="no labeled boxes yet"):
         labels_to_store(project, multiband, tmp_path / "store2")
+
+
+def test_context_windows_keep_one_size_and_stay_inside_the_scene():
+    from cloudseg.backend.active.labels import context_window
+
+    assert context_window(Box(100, 100, 64), 16, 512, 512) == (84, 84, 96)  # centred
+    assert context_window(Box(0, 500 - 64, 64), 16, 512, 500) == (0, 500 - 96, 96)  # edges
+    assert context_window(Box(0, 0, 64), 100, 128, 200) == (0, 0, 128)  # scene-bounded
+
+
+@pytest.mark.real_data
+def test_a_box_stored_with_context_has_its_labels_inside_and_ignored_around(multiband, tmp_path):
+    import rasterio
+
+    from cloudseg.backend.active.labels import (
+        context_window,
+        labels_to_store,
+        set_status,
+        start_from_model,
+    )
+    from cloudseg.backend.store.dataset import open_dataset
+
+    mask, doubt = tmp_path / "mask.tif", tmp_path / "doubt.tif"
+    segment(multiband, mask, SegmentOptions(product_level="L2A", uncertainty=doubt))
+    project = tmp_path / "labels.gpkg"
+    box = propose(doubt, project, box=64, count=1)[0].box
+    start_from_model(project, mask, rank=1)
+    set_status(project, 1, "labeled")
+    result = labels_to_store(project, multiband, tmp_path / "store", context=16)
+    (scene,) = result.ingested
+    stored = open_dataset(tmp_path / "store")
+    image, labels = stored.read(scene)
+    with rasterio.open(mask) as ds, rasterio.open(multiband) as src:
+        row, col, size = context_window(box, 16, ds.height, ds.width)
+        model_mask = ds.read(1)
+        dn = src.read()[:, row : row + size, col : col + size]
+    assert labels.shape == (size, size) and size == 96
+    assert stored.item(scene).properties["cloudseg:label_window"] == [row, col, size]
+    r, c = box.row - row, box.col - col
+    inside = labels[r : r + 64, c : c + 64]
+    np.testing.assert_array_equal(
+        inside, model_mask[box.row : box.row + 64, box.col : box.col + 64]
+    )
+    around = labels.copy()
+    around[r : r + 64, c : c + 64] = 0
+    assert set(np.unique(around)) == {0, 255} and (labels == 255).sum() == size**2 - 64**2
+    np.testing.assert_array_equal(image, dn)  # the image around the box is stored too

@@ -44,9 +44,10 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from ..backend.errors import CancelledError, CloudsegError
+from ..backend.errors import CloudsegError
 from . import logbridge, styling
 from .messages import DOCK, for_qgis
+from .tasks import BackendTask
 
 AUTO_LABEL = "auto (best for the layer's bands and level)"
 SETTINGS_OUTPUT_DIR = "cloudseg/output_dir"
@@ -151,51 +152,35 @@ def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:60] or "layer"
 
 
-class SegmentTask(QgsTask):
+class SegmentTask(BackendTask):
     """Runs the backend engine in a QGIS worker thread."""
 
     def __init__(self, request: RunRequest, on_done: Callable[[SegmentTask], None]) -> None:
-        super().__init__(f"Segment clouds in {request.layer_name}", QgsTask.CanCancel)
+        super().__init__(f"Segment clouds in {request.layer_name}", self._segment, on_done)
         self.request = request
-        self.on_done = on_done
         self.outputs = request.paths(dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
-        self.result: Any = None
-        self.error = ""
 
-    def run(self) -> bool:
-        """Segment (and polygonize); runs off the UI thread. Returns success."""
+    def _segment(
+        self, progress: Callable[[float, str], None], cancelled: Callable[[], bool]
+    ) -> Any:
+        """Segment (and polygonize); the engine leaves no output behind on cancel."""
         from ..backend.inference.segment import SegmentOptions, segment
 
-        outputs = self.outputs
-        try:
-            self.result = segment(
-                self.request.source,
-                outputs["mask"],
-                SegmentOptions(
-                    model=self.request.model,
-                    product_level=self.request.product_level,
-                    bands=self.request.bands,
-                    tta=self.request.tta,
-                    resolution="preview" if self.request.preview else "native",
-                    probabilities=outputs["probabilities"],
-                    polygons=outputs["polygons"],
-                ),
-                progress=lambda percent, message: self.setProgress(percent),
-                cancelled=self.isCanceled,
-            )
-            return True
-        except CancelledError:  # the engine leaves no output behind
-            return False
-        except CloudsegError as exc:
-            self.error = str(exc)
-            return False
-        except Exception as exc:  # report anything else instead of losing it in a thread
-            self.error = f"unexpected error: {exc}"
-            return False
-
-    def finished(self, ok: bool) -> None:
-        """Back on the UI thread: hand the outcome to the dock."""
-        self.on_done(self)
+        return segment(
+            self.request.source,
+            self.outputs["mask"],
+            SegmentOptions(
+                model=self.request.model,
+                product_level=self.request.product_level,
+                bands=self.request.bands,
+                tta=self.request.tta,
+                resolution="preview" if self.request.preview else "native",
+                probabilities=self.outputs["probabilities"],
+                polygons=self.outputs["polygons"],
+            ),
+            progress=progress,
+            cancelled=cancelled,
+        )
 
 
 class CloudSegDock(QDockWidget):

@@ -34,7 +34,6 @@ from qgis.core import (
     QgsMessageLog,
     QgsProject,
     QgsRasterLayer,
-    QgsTask,
     QgsVectorLayer,
 )
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
@@ -62,6 +61,7 @@ from qgis.PyQt.QtWidgets import (
 from ..backend.errors import CancelledError, CloudsegError
 from . import logbridge, styling
 from .messages import DOCK, for_qgis
+from .tasks import BackendTask
 
 AUTO = "auto (best for the scene)"
 SETTINGS_PROJECT = "cloudseg/label_project"
@@ -71,50 +71,6 @@ DEFAULT_COUNT = 20
 DEFAULT_EPOCHS = 5
 #: The status colours of the proposals layer's outlines.
 STATUS_COLORS = {"todo": "#ffd600", "labeled": "#00c853", "skipped": "#9e9e9e"}
-
-
-class BackendTask(QgsTask):
-    """Runs ``work(progress, cancelled)`` in a QGIS worker thread; hands back the outcome.
-
-    ``result`` holds what ``work`` returned; ``error`` a one-line message when it
-    failed; neither when it was cancelled.
-    """
-
-    def __init__(
-        self,
-        description: str,
-        work: Callable[[Callable[[float, str], None], Callable[[], bool]], Any],
-        on_done: Callable[[BackendTask], None],
-    ) -> None:
-        super().__init__(description, QgsTask.CanCancel)
-        self.work = work
-        self.on_done = on_done
-        self.result: Any = None
-        self.error = ""
-        self.message = ""
-
-    def run(self) -> bool:
-        """The work, off the UI thread. Returns success."""
-
-        def progress(percent: float, message: str = "") -> None:
-            self.message = message
-            self.setProgress(max(0.0, min(100.0, float(percent))))
-
-        try:
-            self.result = self.work(progress, self.isCanceled)
-            return True
-        except CancelledError:
-            return False
-        except CloudsegError as exc:
-            self.error = str(exc)
-            return False
-        except Exception as exc:  # report anything else instead of losing it in a thread
-            self.error = f"unexpected error: {type(exc).__name__}: {exc}"
-            return False
-
-    def finished(self, ok: bool) -> None:
-        """Back on the UI thread: hand the outcome to the dock."""
-        self.on_done(self)
 
 
 def runs_folder(project: Path) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..raster.vectorize import ogr_transaction
 
 #: The label project's table of fine-tuning rounds.
 ROUNDS_LAYER = "rounds"
@@ -105,15 +106,11 @@ def append_round(project: str | Path, entry: Round) -> None:
         kinds = {int: ogr.OFTInteger, float: ogr.OFTReal}
         for name, value in values.items():
             layer.CreateField(ogr.FieldDefn(name, kinds.get(type(value), ogr.OFTString)))
-    dataset.StartTransaction()
     try:
-        feature = ogr.Feature(layer.GetLayerDefn())
-        for name, value in values.items():
-            feature.SetField(name, json.dumps(value) if name in _JSON_FIELDS else value)
-        layer.CreateFeature(feature)
-        dataset.CommitTransaction()
-    except BaseException:
-        dataset.RollbackTransaction()
-        raise
+        with ogr_transaction(dataset):
+            feature = ogr.Feature(layer.GetLayerDefn())
+            for name, value in values.items():
+                feature.SetField(name, json.dumps(value) if name in _JSON_FIELDS else value)
+            layer.CreateFeature(feature)
     finally:
         dataset = None

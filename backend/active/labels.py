@@ -23,7 +23,7 @@ import numpy as np
 from ..callbacks import CancelCallback
 from ..choices import DEFAULT_CONTEXT
 from ..errors import InputError
-from ..raster.vectorize import ogr_srs
+from ..raster.vectorize import ogr_srs, ogr_transaction
 from ..store.ingest import IngestResult, ingest
 from .propose import PROPOSALS_LAYER, Box, read_proposals
 
@@ -325,20 +325,16 @@ def start_from_model(project: str | Path, mask: str | Path, rank: int) -> int:
     dataset = ogr.Open(str(project), 1)
     layer = _labels_layer(dataset, ogr_srs(crs))
     added = 0
-    dataset.StartTransaction()
     try:
-        for geometry, value in shapes(data, mask=keep, transform=transform, connectivity=8):
-            feature = ogr.Feature(layer.GetLayerDefn())
-            polygon = ogr.CreateGeometryFromJson(json.dumps(geometry))
-            feature.SetGeometry(ogr.ForceToMultiPolygon(polygon))
-            feature.SetField("class", int(value))
-            feature.SetField("name", names[int(value)])
-            layer.CreateFeature(feature)
-            added += 1
-        dataset.CommitTransaction()
-    except BaseException:
-        dataset.RollbackTransaction()
-        raise
+        with ogr_transaction(dataset):
+            for geometry, value in shapes(data, mask=keep, transform=transform, connectivity=8):
+                feature = ogr.Feature(layer.GetLayerDefn())
+                polygon = ogr.CreateGeometryFromJson(json.dumps(geometry))
+                feature.SetGeometry(ogr.ForceToMultiPolygon(polygon))
+                feature.SetField("class", int(value))
+                feature.SetField("name", names[int(value)])
+                layer.CreateFeature(feature)
+                added += 1
     finally:
         dataset = None
     return added

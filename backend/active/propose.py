@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..raster.vectorize import ogr_srs
+from ..raster.vectorize import ogr_srs, ogr_transaction
 
 #: The layer of a label project that holds the proposals.
 PROPOSALS_LAYER = "proposals"
@@ -195,43 +195,39 @@ def write_proposals(
         ):
             layer.CreateField(ogr.FieldDefn(name, kind))
         add_label_fields(layer)
-    dataset.StartTransaction()
     try:
-        layer.SetAttributeFilter("status = 'todo'")
-        stale = [feature.GetFID() for feature in layer]
-        layer.SetAttributeFilter(None)
-        for fid in stale:
-            layer.DeleteFeature(fid)
-        when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        for proposal in proposals:
-            feature = ogr.Feature(layer.GetLayerDefn())
-            b = proposal.box
-            corners = [
-                transform * (b.col, b.row),
-                transform * (b.col + b.size, b.row),
-                transform * (b.col + b.size, b.row + b.size),
-                transform * (b.col, b.row + b.size),
-            ]
-            ring = ogr.Geometry(ogr.wkbLinearRing)
-            for x, y in [*corners, corners[0]]:
-                ring.AddPoint_2D(x, y)
-            polygon = ogr.Geometry(ogr.wkbPolygon)
-            polygon.AddGeometry(ring)
-            feature.SetGeometry(polygon)
-            for name, value in (
-                ("rank", proposal.rank),
-                ("score", proposal.score),
-                ("status", "todo"),
-                ("scene", scene),
-                ("model", model),
-                ("proposed", when),
-            ):
-                feature.SetField(name, value)
-            layer.CreateFeature(feature)
-        dataset.CommitTransaction()
-    except BaseException:
-        dataset.RollbackTransaction()
-        raise
+        with ogr_transaction(dataset):
+            layer.SetAttributeFilter("status = 'todo'")
+            stale = [feature.GetFID() for feature in layer]
+            layer.SetAttributeFilter(None)
+            for fid in stale:
+                layer.DeleteFeature(fid)
+            when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            for proposal in proposals:
+                feature = ogr.Feature(layer.GetLayerDefn())
+                b = proposal.box
+                corners = [
+                    transform * (b.col, b.row),
+                    transform * (b.col + b.size, b.row),
+                    transform * (b.col + b.size, b.row + b.size),
+                    transform * (b.col, b.row + b.size),
+                ]
+                ring = ogr.Geometry(ogr.wkbLinearRing)
+                for x, y in [*corners, corners[0]]:
+                    ring.AddPoint_2D(x, y)
+                polygon = ogr.Geometry(ogr.wkbPolygon)
+                polygon.AddGeometry(ring)
+                feature.SetGeometry(polygon)
+                for name, value in (
+                    ("rank", proposal.rank),
+                    ("score", proposal.score),
+                    ("status", "todo"),
+                    ("scene", scene),
+                    ("model", model),
+                    ("proposed", when),
+                ):
+                    feature.SetField(name, value)
+                layer.CreateFeature(feature)
     finally:
         dataset = None
 

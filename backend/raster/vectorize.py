@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +145,21 @@ def write_polygons(
     dataset = source = mask = None  # closes and flushes the GeoPackage
     progress(100.0, f"{sum(counts.values())} polygons")
     return counts
+
+
+@contextmanager
+def ogr_transaction(dataset: Any) -> Iterator[None]:
+    """Run a block in one transaction of an OGR dataset: all of it is written, or none.
+
+    The dataset stays open; the caller closes it (``dataset = None``).
+    """
+    dataset.StartTransaction()
+    try:
+        yield
+        dataset.CommitTransaction()
+    except BaseException:
+        dataset.RollbackTransaction()
+        raise
 
 
 def ogr_srs(crs: Any) -> Any:

@@ -33,6 +33,8 @@ def resolution_choice(value: str) -> str:
     return value
 
 
-#: Pixels of unlabeled image stored around each labeled box for fine-tuning, so the
-#: network sees what surrounds what was labeled (see docs/active-learning.md).
-DEFAULT_CONTEXT = 0
+#: Unlabeled image stored around each labeled box for fine-tuning, per side, as a share
+#: of the box edge (16 px around a 64 px box): the network sees what surrounds what was
+#: labeled. Measured with the simulated analyst (docs/active-learning.md): it raised the
+#: held-out mean IoU in every round on both scenes compared, most in the first round.
+DEFAULT_CONTEXT_SHARE = 0.25

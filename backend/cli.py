@@ -18,7 +18,6 @@ from typing import Any
 from ._version import __version__
 from .atomic import published_count
 from .choices import (
-    DEFAULT_CONTEXT,
     DEVICES,
     PRECISIONS,
     RESOLUTION_ALIASES,
@@ -259,9 +258,9 @@ def _add_propose_parser(sub: Any) -> None:
     to_store.add_argument(
         "--context",
         type=int,
-        default=DEFAULT_CONTEXT,
-        help="pixels of image stored around each box, unlabeled (default "
-        f"{DEFAULT_CONTEXT}; see docs/active-learning.md)",
+        metavar="PX",
+        help="pixels of image stored around each box, unlabeled (default: a quarter of "
+        "the box edge; see docs/active-learning.md)",
     )
     to_store.add_argument("--json", action="store_true", help="print the result as JSON")
     to_store.set_defaults(handler=_cmd_labels_to_store)

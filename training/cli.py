@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from ..backend.choices import DEFAULT_CONTEXT, DEVICES, PRECISIONS
+from ..backend.choices import DEVICES, PRECISIONS
 from ..backend.cli import add_output_flags, add_resolution_flag, bar_progress, percent_bar
 from ..backend.errors import InputError
 
@@ -200,8 +200,8 @@ def add_parsers(sub: Any) -> None:
     ft.add_argument(
         "--context",
         type=int,
-        default=DEFAULT_CONTEXT,
-        help=f"pixels of unlabeled image around each box (default {DEFAULT_CONTEXT})",
+        metavar="PX",
+        help="pixels of unlabeled image around each box (default: a quarter of the box edge)",
     )
     add_output_flags(ft)
     ft.set_defaults(handler=_cmd_fine_tune)

@@ -31,7 +31,6 @@ from typing import Any
 from ..backend.active.history import Round, append_round, read_rounds
 from ..backend.active.labels import labeled_boxes, labels_to_store, login_name
 from ..backend.callbacks import CancelCallback, ProgressCallback
-from ..backend.choices import DEFAULT_CONTEXT
 from ..backend.errors import CancelledError, InputError
 from ..backend.models.cards import ModelCard, metric_entry
 from ..backend.models.registry import free_model_name, load_model, register_model
@@ -111,7 +110,7 @@ def fine_tune(
     epochs: int = 5,
     batch_size: int = 4,
     endpoint_url: str | None = None,
-    context: int = DEFAULT_CONTEXT,
+    context: int | None = None,
     progress: ProgressCallback | None = None,
     cancelled: CancelCallback | None = None,
 ) -> FineTuneResult:
@@ -126,8 +125,8 @@ def fine_tune(
         epochs: Training epochs (a few are enough for a few dozen boxes).
         batch_size: Windows per step.
         endpoint_url: S3 endpoint for an ``s3://`` store.
-        context: Pixels of unlabeled image stored around each box; a store keeps the
-            windows of its first round (a box already stored is not stored again).
+        context: Pixels of unlabeled image stored around each box (default a quarter
+            of the box edge); a box already in the store keeps its stored window.
         progress: Called with (percent, message).
         cancelled: Polled between steps and training batches.
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..callbacks import CancelCallback
-from ..choices import DEFAULT_CONTEXT
+from ..choices import DEFAULT_CONTEXT_SHARE
 from ..errors import InputError
 from ..raster.vectorize import ogr_srs, ogr_transaction
 from ..store.ingest import IngestResult, ingest
@@ -102,7 +102,7 @@ def labels_to_store(
     model: str | None = None,
     endpoint_url: str | None = None,
     cancelled: CancelCallback | None = None,
-    context: int = DEFAULT_CONTEXT,
+    context: int | None = None,
 ) -> IngestResult:
     """Add the project's labeled boxes of ``scene`` to a store (created if missing).
 
@@ -117,7 +117,8 @@ def labels_to_store(
         endpoint_url: S3 endpoint for an ``s3://`` store.
         cancelled: Polled between boxes; True stops (stored boxes stay complete).
         context: Pixels of image stored around each box (its labels there are 255,
-            ignored in training), so the network sees what surrounds what was labeled.
+            ignored in training), so the network sees what surrounds what was labeled;
+            None: a quarter of the box edge (:data:`DEFAULT_CONTEXT_SHARE`).
 
     Returns:
         The ingestion's result (scene ids ``<scene>-r<row>-c<col>-<size>``).
@@ -149,7 +150,8 @@ def labels_to_store(
                 or (box.col + box.size > reader.width)
             ):
                 raise InputError(f"a labeled box ({box}) lies outside {name}")
-            row, col, size = context_window(box, context, reader.height, reader.width)
+            around = round(box.size * DEFAULT_CONTEXT_SHARE) if context is None else context
+            row, col, size = context_window(box, around, reader.height, reader.width)
             labels = np.full((size, size), 255, np.uint8)  # outside the box: not labeled
             r, c = box.row - row, box.col - col
             labels[r : r + box.size, c : c + box.size] = rasterize_box(

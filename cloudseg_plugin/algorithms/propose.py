@@ -17,7 +17,6 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ...backend.choices import DEFAULT_CONTEXT
 from .base import CloudsegAlgorithm
 
 
@@ -123,7 +122,8 @@ one stored scene; pixels under no polygon are clear. The <b>Store</b> (a folder 
 s3://bucket/prefix) is created if missing and extended otherwise, as Ingest does.
 
 <b>Context</b>: pixels of image stored around each box, unlabeled (ignored by the \
-loss): the network sees what surrounds what was labeled."""
+loss): the network sees what surrounds what was labeled. Empty: a quarter of the box \
+edge, which fine-tuned better than no context in every measured round."""
 
     def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
         """Declare the parameters and outputs."""
@@ -140,7 +140,7 @@ loss): the network sees what surrounds what was labeled."""
                 self.CONTEXT,
                 "Context (px)",
                 QgsProcessingParameterNumber.Integer,
-                DEFAULT_CONTEXT,
+                optional=True,
                 minValue=0,
             )
         )
@@ -166,7 +166,11 @@ loss): the network sees what surrounds what was labeled."""
             scene_path_from_gdal_source(layer.source()),
             self.parameterAsString(parameters, self.STORE, context).strip(),
             model=model or None,
-            context=self.parameterAsInt(parameters, self.CONTEXT, context),
+            context=(
+                None
+                if parameters.get(self.CONTEXT) in (None, "")
+                else self.parameterAsInt(parameters, self.CONTEXT, context)
+            ),
         )
         for scene, reason in result.failed:
             feedback.reportError(f"{scene}: {reason}", fatalError=False)

@@ -118,7 +118,7 @@ def test_labeled_boxes_become_a_store_that_matches_the_labels(multiband, tmp_pat
     dataset = source = None
 
     store = tmp_path / "store"
-    result = labels_to_store(project, multiband, store)
+    result = labels_to_store(project, multiband, store, context=0)
     scene = f"{multiband.stem}-r{box.row}-c{box.col}-64"
     assert result.ingested == [scene]
     stored = open_dataset(store)
@@ -143,7 +143,7 @@ def test_labeled_boxes_become_a_store_that_matches_the_labels(multiband, tmp_pat
     feature.SetField("class", 1)
     layer.CreateFeature(feature)
     dataset = None
-    labels_to_store(project, multiband, tmp_path / "store2")
+    labels_to_store(project, multiband, tmp_path / "store2", context=0)
     _, changed = open_dataset(tmp_path / "store2").read(scene)
     assert (changed[:10, :10] == 1).all()
     np.testing.assert_array_equal(changed[10:, 10:], model_mask[10:, 10:])
@@ -171,7 +171,7 @@ def test_start_from_the_model_then_done_gives_the_models_labels(multiband, tmp_p
     with pytest.raises(InputError, match="status must be one of"):
         set_status(project, fid, "finished")
     set_status(project, fid, "labeled", who="ana")
-    result = labels_to_store(project, multiband, tmp_path / "store")
+    result = labels_to_store(project, multiband, tmp_path / "store", context=0)
     (scene,) = result.ingested
     stored = open_dataset(tmp_path / "store")
     _, labels = stored.read(scene)
@@ -236,3 +236,7 @@ def test_a_box_stored_with_context_has_its_labels_inside_and_ignored_around(mult
     around[r : r + 64, c : c + 64] = 0
     assert set(np.unique(around)) == {0, 255} and (labels == 255).sum() == size**2 - 64**2
     np.testing.assert_array_equal(image, dn)  # the image around the box is stored too
+    # By default a quarter of the box edge around it: the same window here.
+    labels_to_store(project, multiband, tmp_path / "default")
+    _, default = open_dataset(tmp_path / "default").read(scene)
+    np.testing.assert_array_equal(default, labels)

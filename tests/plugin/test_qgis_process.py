@@ -154,6 +154,7 @@ def test_qgis_process_writes_uncertainty_then_proposals_on_a_real_chip(
         f"PROJECT={project}",
         f"INPUT={multiband}",
         f"STORE={store}",
+        "CONTEXT=8",
         env=qgis_process_env,
     )
     assert stored.returncode == 0, stored.stderr
@@ -162,4 +163,4 @@ def test_qgis_process_writes_uncertainty_then_proposals_on_a_real_chip(
 
     (scene,) = open_dataset(store).scenes()
     image, labels = open_dataset(store).read(scene)
-    assert image.shape == (4, 64, 64) and labels.shape == (64, 64)
+    assert image.shape == (4, 80, 80) and labels.shape == (80, 80)  # 8 px of context

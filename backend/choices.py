@@ -38,3 +38,6 @@ def resolution_choice(value: str) -> str:
 #: labeled. Measured with the simulated analyst (docs/active-learning.md): it raised the
 #: held-out mean IoU in every round on both scenes compared, most in the first round.
 DEFAULT_CONTEXT_SHARE = 0.25
+
+#: Class activation map methods of ``cloudseg explain``: Grad-CAM and HiResCAM.
+EXPLAIN_METHODS = ("gradcam", "hirescam")

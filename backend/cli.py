@@ -19,6 +19,7 @@ from ._version import __version__
 from .atomic import published_count
 from .choices import (
     DEVICES,
+    EXPLAIN_METHODS,
     PRECISIONS,
     RESOLUTION_ALIASES,
     RESOLUTIONS,
@@ -429,8 +430,73 @@ def build_parser() -> argparse.ArgumentParser:
     seg.set_defaults(handler=_cmd_segment)
     _add_ingest_parser(sub)
     _add_propose_parser(sub)
+    _add_explain_parser(sub)
     _add_plugin_parsers(sub)
     return parser
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    """Write class activation maps of a scene and print a summary (or JSON)."""
+    from .inference.explain import explain
+    from .raster.bands import parse_band_list
+
+    with percent_bar(args.quiet) as bar:
+        result = explain(
+            args.input,
+            args.output,
+            classes=args.classes or ["cloud"],
+            method=args.method,
+            model=args.model,
+            bounds=tuple(args.extent) if args.extent else None,
+            product_level=args.product_level,
+            bands=parse_band_list(args.bands) if args.bands else None,
+            device=args.device,
+            overwrite=args.overwrite,
+            progress=bar_progress(bar),
+        )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(
+            f"{result.output}: {result.method} of {', '.join(result.classes)} by "
+            f"{result.model} (layer {result.layer}), 0-1 per class, in {result.seconds:.1f} s"
+        )
+    return 0
+
+
+def _add_explain_parser(sub: Any) -> None:
+    ex = sub.add_parser(
+        "explain",
+        help="where the model looked: class activation maps (Grad-CAM) as a GeoTIFF",
+        description="Write a float GeoTIFF on the input's grid with, per chosen class, the "
+        "Grad-CAM (or HiResCAM) map of the model's score for that class (its logit summed "
+        "over the pixels it assigns to the class), 0-1 scaled by the scene's maximum. "
+        "Computed tile by tile as segmentation is, so any extent works in bounded memory.",
+    )
+    ex.add_argument("input", metavar="INPUT", help="the scene (as for cloudseg segment)")
+    ex.add_argument("output", metavar="OUTPUT", help="the GeoTIFF to write")
+    ex.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        metavar="NAME",
+        help="class to explain (default cloud; repeat for more, one band each)",
+    )
+    ex.add_argument("--method", choices=EXPLAIN_METHODS, default="gradcam", help="default gradcam")
+    ex.add_argument("--model", help="model name or file (default: as segment chooses)")
+    ex.add_argument("--product-level", choices=("L1C", "L2A"), help="override detection")
+    ex.add_argument("--bands", help="band names in file order, for files without names")
+    ex.add_argument(
+        "--extent",
+        nargs=4,
+        type=float,
+        metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
+        help="explain only this extent (in the input's CRS)",
+    )
+    ex.add_argument("--device", choices=DEVICES, default="auto")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_output_flags(ex)
+    ex.set_defaults(handler=_cmd_explain)
 
 
 def add_resolution_flag(parser: argparse.ArgumentParser) -> None:

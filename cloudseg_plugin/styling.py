@@ -149,6 +149,28 @@ def style_uncertainty(layer: QgsRasterLayer) -> None:
     layer.triggerRepaint()
 
 
+def style_explanation(layer: QgsRasterLayer) -> None:
+    """A class activation map as a heat map: transparent where the model did not look."""
+    ramp = QgsColorRampShader(0, 1)
+    ramp.setColorRampType(QgsColorRampShader.Interpolated)
+    ramp.setColorRampItemList(
+        [
+            QgsColorRampShader.ColorRampItem(0.0, QColor(0, 0, 4, 0), "not used (0)"),
+            QgsColorRampShader.ColorRampItem(0.3, QColor(120, 28, 109, 110), "0.3"),
+            QgsColorRampShader.ColorRampItem(0.6, QColor(237, 105, 37, 170), "0.6"),
+            QgsColorRampShader.ColorRampItem(1.0, QColor(252, 255, 164, 220), "most (1)"),
+        ]
+    )
+    shader = QgsRasterShader()
+    shader.setRasterShaderFunction(ramp)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
+    renderer.setClassificationMin(0)
+    renderer.setClassificationMax(1)
+    layer.setRenderer(renderer)
+    describe(layer, cloudseg_tags(layer), "Where the model looked (0-1)")
+    layer.triggerRepaint()
+
+
 def style_polygons(layer: QgsVectorLayer, classes: list[dict[str, Any]]) -> None:
     """Categorized fill by class name: outlines in the class colour over a light fill."""
     categories = []

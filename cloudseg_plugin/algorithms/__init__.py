@@ -5,6 +5,7 @@ from __future__ import annotations
 from qgis.core import QgsProcessingAlgorithm
 
 from .environment import EnvironmentAlgorithm
+from .explain import ExplainAlgorithm
 from .ingest import IngestAlgorithm
 from .propose import LabelsToStoreAlgorithm, ProposeAlgorithm
 from .segment import SegmentAlgorithm
@@ -17,6 +18,7 @@ def all_algorithms() -> list[QgsProcessingAlgorithm]:
         EnvironmentAlgorithm(),
         SegmentAlgorithm(),
         ProposeAlgorithm(),
+        ExplainAlgorithm(),
         LabelsToStoreAlgorithm(),
         IngestAlgorithm(),
         TrainAlgorithm(),

@@ -164,3 +164,35 @@ def test_qgis_process_writes_uncertainty_then_proposals_on_a_real_chip(
     (scene,) = open_dataset(store).scenes()
     image, labels = open_dataset(store).read(scene)
     assert image.shape == (4, 80, 80) and labels.shape == (80, 80)  # 8 px of context
+
+
+@pytest.mark.real_data
+def test_qgis_process_explains_a_real_chip(qgis_process_env, multiband, tmp_path):
+    """cloudseg:explain headless: a georeferenced 0-1 map of an extent of the chip."""
+    assert qgis_process("plugins", "enable", "cloudseg", env=qgis_process_env).returncode == 0
+    with rasterio.open(multiband) as src:
+        left, top = src.transform * (0, 0)
+        right, bottom = src.transform * (96, 96)
+        crs = src.crs.to_string()
+    out = tmp_path / "why.tif"
+    run = qgis_process(
+        "--json",
+        "run",
+        "cloudseg:explain",
+        "--",
+        f"INPUT={multiband}",
+        "CLASSES=cloud",
+        "METHOD=1",
+        "MODEL=ukis-csmask-4b-l2a",
+        f"EXTENT={left},{right},{bottom},{top} [{crs}]",
+        f"OUTPUT={out}",
+        env=qgis_process_env,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["results"]["MODEL_USED"] == "ukis-csmask-4b-l2a"
+    with rasterio.open(out) as cam:
+        assert (cam.width, cam.height, cam.count) == (96, 96, 1)
+        assert cam.crs.to_string() == crs and cam.transform.c == pytest.approx(left)
+        assert json.loads(cam.tags()["CLOUDSEG_EXPLAIN"])["method"] == "hirescam"
+        values = cam.read(1)
+    assert values.min() >= 0 and values.max() <= 1

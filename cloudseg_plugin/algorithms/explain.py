@@ -1,0 +1,144 @@
+"""``cloudseg:explain``: class activation maps of a scene, as a styled heat-map layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import (
+    QgsMapLayer,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingOutputString,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsRasterLayer,
+)
+
+from ...backend.choices import EXPLAIN_METHODS
+from .. import styling
+from .base import CloudsegAlgorithm
+
+_STYLERS: list[Any] = []  # Processing keeps a pointer only; keep the Python objects alive
+
+
+class ExplanationStyler(QgsProcessingLayerPostProcessorInterface):
+    """Styles the explanation as a heat map once Processing has loaded it."""
+
+    def postProcessLayer(
+        self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> None:
+        """Heat map over the image, in the results group."""
+        if isinstance(layer, QgsRasterLayer):
+            styling.style_explanation(layer)
+        project = context.project()
+        if project is not None:
+            styling.move_to_group(project, layer, styling.results_group(project))
+
+
+class ExplainAlgorithm(CloudsegAlgorithm):
+    """Where the model looked when it called pixels cloud (Grad-CAM, HiResCAM)."""
+
+    algorithm_name = "explain"
+    display_name = "Explain the mask (Grad-CAM)"
+    group_name = "Cloud segmentation"
+    group_id = "segmentation"
+
+    INPUT = "INPUT"
+    CLASSES = "CLASSES"
+    METHOD = "METHOD"
+    MODEL = "MODEL"
+    EXTENT = "EXTENT"
+    OUTPUT = "OUTPUT"
+
+    def shortHelpString(self) -> str:
+        """Return the help shown beside the dialog."""
+        return """Shows what the model looked at when it marked pixels as a class: a \\
+class activation map per class, 0-1 (1: the place that drove the score most).
+
+<b>Classes</b>: class names of the model, comma-separated (default cloud).
+
+<b>Method</b>: gradcam (Grad-CAM: smooth, the classic) or hirescam (HiResCAM: \\
+faithful to where the score comes from). The score of a class is its logit summed over \\
+the pixels the model assigns to it.
+
+<b>Extent</b>: explain only this area: maps cost a forward and a backward pass per \\
+class and tile, several times a segmentation.
+
+Needs the model's torch form: the built-in models (imported from ONNX) and models \\
+trained with cloudseg."""
+
+    def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
+        """Declare the parameters and outputs."""
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, "Input layer"))
+        self.addParameter(
+            QgsProcessingParameterString(self.CLASSES, "Classes", defaultValue="cloud")
+        )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                self.METHOD, "Method", options=list(EXPLAIN_METHODS), defaultValue=0
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterString(self.MODEL, "Model (name or file)", optional=True)
+        )
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent", optional=True))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Explanation"))
+        self.addOutput(QgsProcessingOutputString("MODEL_USED", "Model used"))
+
+    def run_backend(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
+        """Explain, and style the layer Processing loads."""
+        from ...backend.inference.explain import explain
+        from ...backend.raster.reader import scene_path_from_gdal_source
+
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None:
+            raise QgsProcessingException("no input raster layer given")
+        bounds = None
+        if parameters.get(self.EXTENT):
+            extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+            if not extent.isNull() and not extent.isEmpty():
+                bounds = (
+                    extent.xMinimum(),
+                    extent.yMinimum(),
+                    extent.xMaximum(),
+                    extent.yMaximum(),
+                )
+        classes = [
+            c.strip()
+            for c in self.parameterAsString(parameters, self.CLASSES, context).split(",")
+            if c.strip()
+        ]
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        model = self.parameterAsString(parameters, self.MODEL, context).strip()
+        result = explain(
+            scene_path_from_gdal_source(layer.source()),
+            output,
+            classes or None,
+            EXPLAIN_METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
+            model=model or None,
+            bounds=bounds,
+            overwrite=True,  # Processing asked for this destination
+            progress=lambda p, m: self.report_progress(feedback, p, m),
+            cancelled=feedback.isCanceled,
+        )
+        feedback.pushInfo(
+            f"{result.method} of {', '.join(result.classes)} by {result.model} on layer "
+            f"{result.layer}, {result.seconds:.1f} s"
+        )
+        if context.willLoadLayerOnCompletion(output):
+            styler = ExplanationStyler()
+            _STYLERS.append(styler)
+            details = context.layerToLoadOnCompletionDetails(output)
+            details.name = f"{layer.name()} - why {', '.join(result.classes)} ({result.method})"
+            details.setPostProcessor(styler)
+        return {self.OUTPUT: output, "MODEL_USED": result.model}

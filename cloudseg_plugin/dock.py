@@ -190,7 +190,7 @@ class CloudSegDock(QDockWidget):
         super().__init__("Cloud segmentation", parent)
         self.setObjectName("cloudsegDock")
         self.iface = iface
-        self.task: SegmentTask | None = None
+        self.task: BackendTask | None = None
         self.runs: list[RunRecord] = []
         self._models = self._load_models()
 
@@ -265,7 +265,15 @@ class CloudSegDock(QDockWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel)
+        self.explain_button = QPushButton("Explain view")
+        self.explain_button.setToolTip(
+            "Where the model looked when it called pixels cloud: a Grad-CAM heat map of the "
+            "active layer over the map's current extent (a forward and a backward pass per "
+            "tile: zoom in first on large scenes)"
+        )
+        self.explain_button.clicked.connect(lambda: self.explain_view())
         buttons.addWidget(self.run_button)
+        buttons.addWidget(self.explain_button)
         buttons.addWidget(self.cancel_button)
         layout.addLayout(buttons)
         self.progress = QProgressBar()
@@ -417,11 +425,98 @@ class CloudSegDock(QDockWidget):
         self.task = SegmentTask(request, self._task_done)
         self.task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
         self.run_button.setEnabled(False)
+        self.explain_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress.setValue(0)
         self.status_label.setText(f"segmenting {layer.name()}...")
         QgsApplication.taskManager().addTask(self.task)
         return self.task
+
+    def explain_view(self, classes: list[str] | None = None) -> BackendTask | None:
+        """Explain the active layer over the map's extent (a task); its task, or None."""
+        from qgis.core import QgsCoordinateTransform
+
+        from ..backend.inference.explain import explain
+        from ..backend.raster.reader import scene_path_from_gdal_source
+
+        layer = self.iface.activeLayer()
+        if self.task is not None:
+            self._say("a run is already going; cancel it or wait", Qgis.Warning)
+            return None
+        if not isinstance(layer, QgsRasterLayer):
+            self._say("select the Sentinel-2 raster layer to explain first", Qgis.Warning)
+            return None
+        canvas = self.iface.mapCanvas()
+        to_layer = QgsCoordinateTransform(
+            canvas.mapSettings().destinationCrs(), layer.crs(), QgsProject.instance()
+        )
+        view = to_layer.transformBoundingBox(canvas.extent()).intersect(layer.extent())
+        if view.isEmpty():
+            self._say(f"the map shows no part of {layer.name()}: zoom to it", Qgis.Warning)
+            return None
+        folder = Path(self.output_dir.filePath() or Path.home() / "cloudseg").expanduser()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            source = scene_path_from_gdal_source(layer.source())
+        except (OSError, CloudsegError) as exc:
+            self._say(for_qgis(str(exc), DOCK), Qgis.Critical)
+            return None
+        wanted = classes or ["cloud"]
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        output = folder / f"{_safe_name(layer.name())}_{stamp}_why-{'-'.join(wanted)}.tif"
+        bounds = (view.xMinimum(), view.yMinimum(), view.xMaximum(), view.yMaximum())
+        model, level = self.model_combo.currentData(), self.level_combo.currentData()
+        name = layer.name()
+
+        def work(progress: Callable[[float, str], None], cancelled: Callable[[], bool]) -> Any:
+            return explain(
+                source,
+                output,
+                wanted,
+                model=model,
+                bounds=bounds,
+                product_level=level,
+                progress=progress,
+                cancelled=cancelled,
+            )
+
+        self.task = BackendTask(f"Explain {name}", work, lambda task: self._explained(task, name))
+        self.task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
+        self.run_button.setEnabled(False)
+        self.explain_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setValue(0)
+        self.status_label.setText(f"explaining {', '.join(wanted)} in {name}...")
+        QgsApplication.taskManager().addTask(self.task)
+        return self.task
+
+    def _explained(self, task: BackendTask, name: str) -> None:
+        """Add the map as a heat map over the image, or say why there is none."""
+        self.task = None
+        self.run_button.setEnabled(True)
+        self.explain_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        result = task.result
+        if result is not None and not task.isCanceled():
+            layer = QgsRasterLayer(
+                str(result.output), f"{name} - why {', '.join(result.classes)} ({result.method})"
+            )
+            styling.style_explanation(layer)
+            QgsProject.instance().addMapLayer(layer, False)
+            styling.results_group(QgsProject.instance()).insertLayer(0, layer)
+            self.progress.setValue(100)
+            self._say(
+                f"{name}: where {result.model} looked for {', '.join(result.classes)} "
+                f"({result.method}, {result.seconds:.1f} s)",
+                Qgis.Info,
+            )
+        elif task.error:
+            self._say(f"{name}: {for_qgis(task.error, DOCK)}", Qgis.Critical)
+        else:
+            if result is not None:  # the cancel came after the map was written
+                Path(result.output).unlink(missing_ok=True)
+            self.progress.setValue(0)
+            self._say(f"{name}: cancelled; nothing was written", Qgis.Info)
 
     def cancel(self) -> None:
         """Cancel the running task (its outputs are removed)."""
@@ -432,6 +527,7 @@ class CloudSegDock(QDockWidget):
     def _task_done(self, task: SegmentTask) -> None:
         self.task = None
         self.run_button.setEnabled(True)
+        self.explain_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         name = task.request.layer_name
         if task.result is not None and not task.isCanceled():

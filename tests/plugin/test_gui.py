@@ -157,3 +157,39 @@ def test_dock_refuses_a_vector_layer_with_a_clear_message(plugin, qgis_iface, la
     qgis_iface.setActiveLayer(layers["vector"])
     assert dock.run_active_layer() is None
     assert "raster layer" in dock.status_label.text()
+
+
+@pytest.mark.real_data
+def test_dock_explains_the_view_as_a_styled_heat_map(
+    plugin, qgis_iface, layers, tmp_path, wait_for
+):
+    from qgis.core import QgsRectangle, QgsSingleBandPseudoColorRenderer
+
+    dock = open_dock(plugin, tmp_path)
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("ukis-csmask-4b-l2a"))
+    chip = layers["chip"]
+    qgis_iface.setActiveLayer(chip)
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(chip.crs())
+    full = chip.extent()
+    view = QgsRectangle(
+        full.xMinimum(), full.yMaximum() - 960, full.xMinimum() + 960, full.yMaximum()
+    )  # 96 x 96 px at 10 m
+    canvas.setExtent(view)
+    # Cancelled: nothing written, no layer.
+    task = dock.explain_view()
+    task.cancel()
+    wait_for(task)
+    assert list((tmp_path / "runs").iterdir()) == []
+    task = dock.explain_view()
+    wait_for(task)
+    assert task.error == "", task.error
+    group = QgsProject.instance().layerTreeRoot().findGroup("Cloud segmentation")
+    (layer,) = [node.layer() for node in group.findLayers()]
+    assert layer.name() == "chip - why cloud (gradcam)"
+    assert isinstance(layer.renderer(), QgsSingleBandPseudoColorRenderer)
+    assert layer.crs() == chip.crs()
+    assert abs(layer.extent().xMinimum() - full.xMinimum()) < 10
+    shown = canvas.extent().buffered(10)  # the view (widened to the canvas' shape), one px
+    assert shown.contains(layer.extent()) and layer.width() < 512  # not the whole chip
+    assert dock.run_button.isEnabled() and dock.explain_button.isEnabled()

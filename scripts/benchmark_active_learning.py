@@ -15,7 +15,8 @@ never overlapping a box labeled before, either
   propose``), or
 - at random (the baseline),
 
-and "labeled" with the true labels (the analyst draws perfectly). The built-in model
+and "labeled" with the true labels (the analyst draws perfectly; ``--context`` px of
+unlabeled image around each box, inside the labeling half). The built-in model
 ``ukis-csmask-6b-l1c`` is then fine-tuned with cloudseg's training (Lightning, its
 ONNX weights imported into smp) on all boxes labeled so far, a quarter of them held
 for validation, and the new model is scored on the held-out half.
@@ -223,13 +224,17 @@ def main() -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/active_learning.json"))
     parser.add_argument("--plot", type=Path, default=Path("docs/active_learning.png"))
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--boxes", type=int, default=4, help="boxes labeled per round")
     parser.add_argument("--box", type=int, default=64, help="box edge in pixels")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--context", type=int, default=0, help="unlabeled image px stored around each box"
+        "--context",
+        type=int,
+        default=16,
+        help="unlabeled image px stored around each box (16: the product's default for "
+        "64 px boxes; 0: boxes only)",
     )
     parser.add_argument("--scenes", default=",".join(SCENES), help="comma-separated")
     parser.add_argument("--strategies", default="uncertainty,random", help="comma-separated")

@@ -124,51 +124,57 @@ def style_probabilities(layer: QgsRasterLayer, tags: dict[str, str] | None = Non
     layer.triggerRepaint()
 
 
-def style_uncertainty(layer: QgsRasterLayer) -> None:
-    """A heat map of the model's doubt: transparent where it is sure, red where it is not."""
-    ramp = QgsColorRampShader(0, 100)
+def _heat_map(
+    layer: QgsRasterLayer,
+    stops: list[tuple[float, QColor, str]],
+    what: str,
+) -> None:
+    """A single-band pseudocolour ramp through ``stops`` (value, colour, label)."""
+    low, high = stops[0][0], stops[-1][0]
+    ramp = QgsColorRampShader(low, high)
     ramp.setColorRampType(QgsColorRampShader.Interpolated)
     ramp.setColorRampItemList(
-        [
-            QgsColorRampShader.ColorRampItem(0, QColor(255, 255, 178, 0), "sure (0 %)"),
-            QgsColorRampShader.ColorRampItem(40, QColor(254, 178, 76, 150), "40 %"),
-            QgsColorRampShader.ColorRampItem(100, QColor(189, 0, 38, 220), "unsure (100 %)"),
-        ]
+        [QgsColorRampShader.ColorRampItem(v, color, label) for v, color, label in stops]
     )
     legend = QgsColorRampLegendNodeSettings()
-    legend.setMinimumLabel("sure (0 %)")
-    legend.setMaximumLabel("unsure (100 %)")
+    legend.setMinimumLabel(stops[0][2])
+    legend.setMaximumLabel(stops[-1][2])
     ramp.setLegendSettings(legend)
     shader = QgsRasterShader()
     shader.setRasterShaderFunction(ramp)
     renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
-    renderer.setClassificationMin(0)
-    renderer.setClassificationMax(100)
+    renderer.setClassificationMin(low)
+    renderer.setClassificationMax(high)
     layer.setRenderer(renderer)
-    describe(layer, cloudseg_tags(layer), "Uncertainty %")
+    describe(layer, cloudseg_tags(layer), what)
     layer.triggerRepaint()
+
+
+def style_uncertainty(layer: QgsRasterLayer) -> None:
+    """A heat map of the model's doubt: transparent where it is sure, red where it is not."""
+    _heat_map(
+        layer,
+        [
+            (0, QColor(255, 255, 178, 0), "sure (0 %)"),
+            (40, QColor(254, 178, 76, 150), "40 %"),
+            (100, QColor(189, 0, 38, 220), "unsure (100 %)"),
+        ],
+        "Uncertainty %",
+    )
 
 
 def style_explanation(layer: QgsRasterLayer) -> None:
     """A class activation map as a heat map: transparent where the model did not look."""
-    ramp = QgsColorRampShader(0, 1)
-    ramp.setColorRampType(QgsColorRampShader.Interpolated)
-    ramp.setColorRampItemList(
+    _heat_map(
+        layer,
         [
-            QgsColorRampShader.ColorRampItem(0.0, QColor(0, 0, 4, 0), "not used (0)"),
-            QgsColorRampShader.ColorRampItem(0.3, QColor(120, 28, 109, 110), "0.3"),
-            QgsColorRampShader.ColorRampItem(0.6, QColor(237, 105, 37, 170), "0.6"),
-            QgsColorRampShader.ColorRampItem(1.0, QColor(252, 255, 164, 220), "most (1)"),
-        ]
+            (0.0, QColor(0, 0, 4, 0), "not used (0)"),
+            (0.3, QColor(120, 28, 109, 110), "0.3"),
+            (0.6, QColor(237, 105, 37, 170), "0.6"),
+            (1.0, QColor(252, 255, 164, 220), "most (1)"),
+        ],
+        "Where the model looked (0-1)",
     )
-    shader = QgsRasterShader()
-    shader.setRasterShaderFunction(ramp)
-    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
-    renderer.setClassificationMin(0)
-    renderer.setClassificationMax(1)
-    layer.setRenderer(renderer)
-    describe(layer, cloudseg_tags(layer), "Where the model looked (0-1)")
-    layer.triggerRepaint()
 
 
 def style_polygons(layer: QgsVectorLayer, classes: list[dict[str, Any]]) -> None:

@@ -120,6 +120,17 @@ class CloudsegAlgorithm(QgsProcessingAlgorithm):
         if missing:
             raise QgsProcessingException(install_hint(missing))
 
+    def extent_bounds(
+        self, parameters: dict[str, Any], name: str, context: QgsProcessingContext, layer: Any
+    ) -> tuple[float, float, float, float] | None:
+        """An optional extent parameter as (left, bottom, right, top) in ``layer``'s CRS."""
+        if not parameters.get(name):
+            return None
+        extent = self.parameterAsExtent(parameters, name, context, layer.crs())
+        if extent.isNull() or extent.isEmpty():
+            return None
+        return (extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
+
     @staticmethod
     def report_progress(feedback: QgsProcessingFeedback, percent: float, message: str) -> None:
         """Pass a backend progress callback (percent, message) on to Processing."""

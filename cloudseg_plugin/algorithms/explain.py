@@ -103,16 +103,7 @@ trained with cloudseg."""
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException("no input raster layer given")
-        bounds = None
-        if parameters.get(self.EXTENT):
-            extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
-            if not extent.isNull() and not extent.isEmpty():
-                bounds = (
-                    extent.xMinimum(),
-                    extent.yMinimum(),
-                    extent.xMaximum(),
-                    extent.yMaximum(),
-                )
+        bounds = self.extent_bounds(parameters, self.EXTENT, context, layer)
         classes = [
             c.strip()
             for c in self.parameterAsString(parameters, self.CLASSES, context).split(",")

@@ -348,16 +348,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         probabilities = self.parameterAsOutputLayer(parameters, self.PROBABILITIES, context)
         uncertainty = self.parameterAsOutputLayer(parameters, self.UNCERTAINTY, context)
         vector = self.parameterAsOutputLayer(parameters, self.VECTOR, context)
-        bounds = None
-        if parameters.get(self.EXTENT):
-            extent = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
-            if not extent.isNull() and not extent.isEmpty():
-                bounds = (
-                    extent.xMinimum(),
-                    extent.yMinimum(),
-                    extent.xMaximum(),
-                    extent.yMaximum(),
-                )
+        bounds = self.extent_bounds(parameters, self.EXTENT, context, layer)
         source = scene_path_from_gdal_source(layer.source())
         options = SegmentOptions(
             model=None if model == AUTO else model,

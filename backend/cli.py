@@ -138,6 +138,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         return 0
     shares = ", ".join(f"{name} {pct:.1f} %" for name, pct in result.class_percent.items())
     print(f"{result.output}: {shares} ({result.model} on {result.runner}, {result.seconds:.1f} s)")
+    if result.accounting:
+        print(f"cost: {result.accounting['summary']}")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0

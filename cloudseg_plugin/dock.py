@@ -542,9 +542,11 @@ class CloudSegDock(QDockWidget):
             )
             self._select(group)
             cloud = result.class_percent.get("cloud", 0.0)
+            cost = result.accounting.get("summary", "")
             record = RunRecord(
-                name, "done", result.model, result.seconds, cloud, task.outputs, result.runner
-            )
+                name, "done", result.model, result.seconds, cloud, task.outputs,
+                f"{result.runner}\n{cost}" if cost else result.runner,
+            )  # fmt: skip
             self.progress.setValue(100)
             done = (
                 f"{name}: {cloud:.1f} % cloud in {result.seconds:.1f} s on {result.runner}; "
@@ -584,7 +586,7 @@ class CloudSegDock(QDockWidget):
         self.runs_table.insertRow(0)
         cloud = "" if record.cloud_percent is None else f"{record.cloud_percent:.1f}"
         values = [record.layer_name, record.status, record.model, cloud, f"{record.seconds:.1f}"]
-        tip = "\n".join(str(p) for p in record.outputs.values() if p) or record.message
+        tip = "\n".join([*(str(p) for p in record.outputs.values() if p), record.message])
         for column, value in enumerate(values):
             item = QTableWidgetItem(value)
             item.setToolTip(f"{value}\n{tip}" if column in (0, 2) else tip)

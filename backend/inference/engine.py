@@ -11,6 +11,7 @@ active learning and explanations. Both give the same probabilities for the same 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..accounting import RunMeter
 from ..callbacks import CancelCallback, ProgressCallback, never_cancelled, no_progress
 from ..errors import BandError, CancelledError, InputError
 from ..models.cards import ModelCard
@@ -199,6 +201,12 @@ def _predict_tiles(runner: Runner, tiles: np.ndarray, tta: bool) -> np.ndarray:
     return total / 4
 
 
+@contextlib.contextmanager
+def _no_stage(name: str) -> Iterator[None]:
+    """A stage nobody times."""
+    yield
+
+
 def scene_rows(
     scene: Scene,
     grid: ModelGrid,
@@ -207,8 +215,12 @@ def scene_rows(
     options: RunOptions,
     progress: ProgressCallback = no_progress,
     cancelled: CancelCallback = never_cancelled,
+    meter: RunMeter | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Stream a scene through the model, in row order.
+
+    ``meter`` (optional) gets the seconds spent reading (``read``) and in the model
+    (``infer``).
 
     Yields:
         ``(row, probabilities, nodata)``: input-grid rows ``row..row + n`` as
@@ -219,6 +231,7 @@ def scene_rows(
         CancelledError: When ``cancelled()`` returns True (polled once per batch).
     """
     tile, overlap = options.tiling(card)
+    stage = meter.stage if meter is not None else _no_stage
     layout = TileLayout(grid.height, grid.width, tile, overlap)
     blender = RowBlender(layout.grid, len(card.classes))
     upsampler = Upsampler(grid, scene.height, scene.width)
@@ -230,7 +243,8 @@ def scene_rows(
     batch_size = options.batch_size or runner.default_batch
     for tile_row in layout.grid.rows:
         top, r0, r1 = layout.rows_of(tile_row)
-        strip = (strips.strip(r0, r1) - mean) / std
+        with stage("read"):
+            strip = (strips.strip(r0, r1) - mean) / std
         fill_nodata(strip)
         strip = layout.pad(strip, top, r0, r1)
         for i in range(0, len(cols), batch_size):
@@ -238,7 +252,8 @@ def scene_rows(
                 raise CancelledError("cancelled; no output was written")
             batch_cols = cols[i : i + batch_size]
             batch = np.stack([strip[:, :, c : c + tile] for c in batch_cols])
-            probabilities = _predict_tiles(runner, np.ascontiguousarray(batch), options.tta)
+            with stage("infer"):
+                probabilities = _predict_tiles(runner, np.ascontiguousarray(batch), options.tta)
             for c, p in zip(batch_cols, probabilities, strict=True):
                 blender.add(c, p)
             done += len(batch_cols)

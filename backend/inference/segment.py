@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..accounting import RunMeter, area_km2
 from ..atomic import check_outputs, claim
 from ..callbacks import CancelCallback, ProgressCallback, never_cancelled, no_progress
 from ..errors import InputError
@@ -61,6 +62,8 @@ class SegmentResult:
     uncertainty: Path | None = None
     #: The product level the model was chosen for, and how it was found (or assumed).
     product_level: str = ""
+    #: Seconds by stage, km², seconds and joules per km² (see :mod:`..accounting`).
+    accounting: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result as JSON-serialisable data."""
@@ -237,6 +240,8 @@ def segment(
             grid.height,
             grid.factor,
         )
+        meter = RunMeter(runner.device)  # time and energy from the first tile on
+        km2 = area_km2(reader.width, reader.height, reader.transform, reader.crs)
         progress(0.0, f"{card.name} on {runner.description}")
         profile = {
             "width": reader.width,
@@ -258,11 +263,21 @@ def segment(
                     options,
                     _block_progress(progress, index, len(plan.blocks)),
                     cancelled,
+                    meter,
                 ):
-                    outputs.write(row, probs[:, :, c0 - b0 : c1 - b0], nodata[:, c0 - b0 : c1 - b0])
-            outputs.finish_rasters()
-            polygon_counts = outputs.trace_polygons(progress, cancelled)
-            outputs.stage(progress, cancelled)
+                    with meter.stage("write"):
+                        outputs.write(
+                            row, probs[:, :, c0 - b0 : c1 - b0], nodata[:, c0 - b0 : c1 - b0]
+                        )
+            # The rasters' provenance: what reading, inference and writing their rows took.
+            outputs.tags["CLOUDSEG_ACCOUNTING"] = json.dumps(meter.finish(km2).to_dict())
+            with meter.stage("write"):
+                outputs.finish_rasters()
+            with meter.stage("polygons"):
+                polygon_counts = outputs.trace_polygons(progress, cancelled)
+            with meter.stage("write"):
+                outputs.stage(progress, cancelled)
+            accounting = meter.finish(km2)
             counts = outputs.counts
             valid = int(counts[:-1].sum())
             pixels = {c.name: int(counts[c.value]) for c in card.classes}
@@ -288,6 +303,7 @@ def segment(
                 polygon_counts=polygon_counts,
                 product_level=reader.level.describe(),
                 uncertainty=options.uncertainty,
+                accounting=accounting.to_dict() | {"summary": accounting.summary()},
             )
             outputs.publish(result.to_dict() if options.stats else None, cancelled)
     progress(100.0, f"done in {result.seconds:.1f} s")

@@ -136,6 +136,7 @@ def test_dock_runs_a_task_to_completion_and_adds_styled_layers(
     assert any(isinstance(layer, QgsVectorLayer) for layer in added)
     assert dock.runs_table.rowCount() == 1
     assert dock.runs_table.item(0, 1).text() == "done"
+    assert "s/km²" in dock.runs_table.item(0, 4).toolTip()  # what the run cost
     assert dock.run_button.isEnabled() and dock.progress.value() == 100
 
 

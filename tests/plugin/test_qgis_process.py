@@ -73,6 +73,15 @@ def test_qgis_process_segments_a_real_chip(qgis_process_env, multiband, tmp_path
     assert results["MODEL_USED"] == "ukis-csmask-4b-l2a"
     total = results["CLOUD_PERCENT"] + results["SHADOW_PERCENT"] + results["CLEAR_PERCENT"]
     assert total == pytest.approx(100, abs=0.01)
+    # What it cost: the chip's area, seconds per km², and energy only where measured.
+    with rasterio.open(multiband) as src:
+        km2 = src.width * src.height * abs(src.transform.a * src.transform.e) / 1e6
+    assert results["KM2"] == pytest.approx(km2, rel=1e-4)
+    assert results["SECONDS_PER_KM2"] == pytest.approx(results["SECONDS"] / km2, rel=0.05)
+    assert results["ENERGY_METHOD"] in ("rapl", "nvml", "not measured")
+    assert ("JOULES" in results and results["JOULES"] is not None) == (
+        results["ENERGY_METHOD"] != "not measured"
+    )
 
     failed = qgis_process(
         "run",

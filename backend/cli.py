@@ -463,6 +463,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             f"{result.output}: {result.method} of {', '.join(result.classes)} by "
             f"{result.model} (layer {result.layer}), 0-1 per class, in {result.seconds:.1f} s"
         )
+        print(f"cost: {result.accounting['summary']}")
     return 0
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..accounting import RunMeter, area_km2
 from ..callbacks import CancelCallback, ProgressCallback, never_cancelled, no_progress
 from ..choices import EXPLAIN_METHODS
 from ..errors import InputError, ModelError
@@ -138,6 +139,8 @@ class ExplainResult:
     maxima: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     runner: str = ""
+    #: Seconds by stage, km², seconds and joules per km² (see :mod:`..accounting`).
+    accounting: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result as JSON-serialisable data."""
@@ -256,6 +259,8 @@ def explain(
             "predictor": 3,
         }
         maxima = np.zeros(len(indices), dtype=np.float64)
+        meter = RunMeter(run_on)
+        km2 = area_km2(reader.width, reader.height, reader.transform, reader.crs)
         with claim([output]), atomic_path(output) as partial:
             with rasterio.open(partial, "w", **profile) as dst:
                 rows = scene_rows(
@@ -266,19 +271,24 @@ def explain(
                     options,
                     lambda p, m: progress(0.95 * p, m),
                     cancelled,
+                    meter,
                 )
                 for row, maps, nodata in rows:
                     values = maps[indices]
                     values[:, nodata] = np.nan
                     if np.isfinite(values).any():
                         maxima = np.fmax(maxima, np.nanmax(values, axis=(1, 2)))
-                    dst.write(values, window=((row, row + values.shape[1]), (0, reader.width)))
+                    with meter.stage("write"):
+                        window = ((row, row + values.shape[1]), (0, reader.width))
+                        dst.write(values, window=window)
             if cancelled():
                 from ..errors import CancelledError
 
                 raise CancelledError("cancelled; no explanation was written")
             progress(96.0, "scaling to 0-1")
-            _rescale(partial, maxima)
+            with meter.stage("write"):
+                _rescale(partial, maxima)
+            accounting = meter.finish(km2)
             with rasterio.open(partial, "r+") as dst:
                 for i, name in enumerate(wanted, start=1):
                     dst.set_band_description(i, f"{name} ({method})")
@@ -294,6 +304,7 @@ def explain(
                         }
                     ),
                     CLOUDSEG_MODEL=card.name,
+                    CLOUDSEG_ACCOUNTING=json.dumps(accounting.to_dict()),
                 )
     progress(100.0, "done")
     return ExplainResult(
@@ -305,6 +316,7 @@ def explain(
         {name: round(float(m), 6) for name, m in zip(wanted, maxima, strict=True)},
         round(time.perf_counter() - started, 2),
         runner.description,
+        accounting.to_dict() | {"summary": accounting.summary()},
     )
 
 

@@ -92,7 +92,9 @@ def test_a_real_chip_gets_a_georeferenced_map_that_cancel_never_leaves(
         assert (cam.width, cam.height, cam.count) == (128, 128, 2)
         values = cam.read()
         tags = json.loads(cam.tags()["CLOUDSEG_EXPLAIN"])
+        cost = json.loads(cam.tags()["CLOUDSEG_ACCOUNTING"])
     assert tags["method"] == "gradcam" and tags["classes"] == ["cloud", "cloud shadow"]
+    assert cost["km2"] == pytest.approx(1.6384) and cost["energy_method"]
     for band, name in enumerate(["cloud", "cloud shadow"]):
         if result.maxima[name] > 0:
             assert np.nanmax(values[band]) == pytest.approx(1.0)

@@ -17,6 +17,7 @@ cancelled has no ``model.pt``, only checkpoints to resume from.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from ..backend._version import __version__
+from ..backend.accounting import RunMeter
 from ..backend.atomic import atomic_path, claim
 from ..backend.callbacks import CancelCallback, ProgressCallback
 from ..backend.errors import CancelledError, InputError, OutputExistsError
@@ -207,6 +209,8 @@ class TrainResult:
     device: str
     train_scenes: list[str] = field(default_factory=list)
     val_scenes: list[str] = field(default_factory=list)
+    #: Seconds, km² of windows trained on, and energy (see backend.accounting).
+    accounting: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result as JSON-serialisable data."""
@@ -444,7 +448,9 @@ def _train(
         )
         os.environ.setdefault("PYTHONHASHSEED", str(config.train.seed))
         ckpt_path = out / "checkpoints" / "last.ckpt" if resume else None
-        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
+        meter = RunMeter(device)
+        with meter.stage("fit"):
+            trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path)
         if watcher.was_cancelled:
             raise CancelledError(
                 f"training cancelled at epoch {trainer.current_epoch + 1}; "
@@ -455,11 +461,18 @@ def _train(
         module.load_state_dict(state)
         # Metrics of the best weights on the validation scenes, for the card.
         trainer.validate(module, val_loader, verbose=False)
+        windows = watcher.train_batches * config.train.batch_size
+        # What the training cost, per km² of windows trained on (each window counted
+        # every time it is drawn): in the card, cost.json and the log.
+        pixel_m = resolved.data.resolution_m or 10.0
+        cost = meter.finish(windows * config.data.window**2 * pixel_m**2 / 1e6)
         card = build_card(
             resolved, bands, classes, mean, std, init_card, module.val_metrics, val_scenes
         )
+        card = replace(card, source=card.source | {"training_cost": cost.to_dict()})
+        (out / "cost.json").write_text(json.dumps(cost.to_dict(), indent=2) + "\n")
+        logger.info("training cost: %s", cost.summary())
         model_path = save_model(module.network, card, resolved, out / MODEL_NAME)
-        windows = watcher.train_batches * config.train.batch_size
         return TrainResult(
             model_path=model_path,
             best_checkpoint=best,
@@ -473,6 +486,7 @@ def _train(
             device=torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
             train_scenes=train_scenes,
             val_scenes=val_scenes,
+            accounting=cost.to_dict() | {"summary": cost.summary()},
         )
     except BaseException:
         # A run that stops before its first checkpoint leaves no folder it created.

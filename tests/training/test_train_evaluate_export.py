@@ -62,6 +62,12 @@ def test_short_real_training_lowers_the_loss_and_writes_a_run(trained_run):
     assert entry["config"] == "validation" and VAL_SCENES[0] in entry["data"]
     assert entry["mean_iou"] == pytest.approx(result.best_val_iou, abs=1e-4)
     assert set(entry["iou"]) == {"clear", "cloud", "cloud shadow"}
+    # What the training cost: km² of windows drawn (3 epochs x 24 windows of 128 px at 10 m).
+    cost = card.source["training_cost"]
+    assert cost == json.loads((out / "cost.json").read_text())
+    assert cost["km2"] == pytest.approx(3 * 24 * (128 * 10) ** 2 / 1e6)
+    assert cost["energy_method"] in ("rapl", "nvml", "not measured")
+    assert result.accounting["seconds"] == cost["seconds"] > 0
     listed = _cli("models", result.model_path, "--json")
     assert listed.returncode == 0, listed.stderr
     mine = json.loads(listed.stdout)[-1]

@@ -210,3 +210,23 @@ def area_km2(width: int, height: int, transform: Any, crs: Any) -> float:
         metres = 111_320.0  # per degree at the equator
         pixel *= metres * metres * math.cos(lat)
     return pixel * width * height / 1e6
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine a figure was measured on: platform, CPU model and count, Python."""
+    import os
+    import platform
+
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_model": cpu,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }

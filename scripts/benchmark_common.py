@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 
-def _cpu_model() -> str:
-    """The CPU's model name (Linux), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def write_results(report: dict[str, Any], packages: tuple[str, ...], out: Path) -> None:
     """Add the machine and package versions to ``report``, write it as JSON and print it."""
+    from cloudseg.backend.accounting import machine_info
+
     report = report | {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.machine(),
-            "cpu_model": _cpu_model(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(),
         "versions": {p: metadata.version(p) for p in packages},
     }
     out.parent.mkdir(parents=True, exist_ok=True)

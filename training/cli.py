@@ -111,6 +111,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         f"on {m['pixels']:,} px of {len(result.scenes)} scene(s)"
         + (f"; report in {result.metrics_path.parent}" if result.metrics_path else "")
     )
+    print(f"cost: {result.accounting['summary']}")
     return 0
 
 

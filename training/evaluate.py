@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend.accounting import RunMeter
 from ..backend.callbacks import CancelCallback, ProgressCallback
 from ..backend.errors import CancelledError, InputError
 from ..backend.inference.engine import ArrayScene, predict
@@ -51,6 +52,8 @@ class Evaluation:
     class_map: dict[str, str] = field(default_factory=dict)
     #: What ran the model, with its precision (the engine's runner description).
     runner: str = ""
+    #: Seconds by stage, km² scored, and energy (see backend.accounting).
+    accounting: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the evaluation as JSON-serialisable data."""
@@ -60,14 +63,16 @@ class Evaluation:
         return data
 
 
-def _classes(source: ArrayScene | Path, options: RunOptions, runner: Runner) -> np.ndarray:
-    """The class raster of one input, predicted in memory."""
+def _classes(
+    source: ArrayScene | Path, options: RunOptions, runner: Runner
+) -> tuple[np.ndarray, float]:
+    """The class raster of one input, predicted in memory, and its pixel size in metres."""
     if isinstance(source, ArrayScene):
-        return predict(source, options, runner).classes()
+        return predict(source, options, runner).classes(), float(source.resolution_m or 0.0)
     with open_scene(
         source, options.bands, options.product_level, options.scale, options.offset
     ) as reader:
-        return predict(reader, options, runner).classes()
+        return predict(reader, options, runner).classes(), float(reader.resolution_m or 0.0)
 
 
 def _store_scene(dataset: Any, scene: str) -> tuple[ArrayScene, np.ndarray]:
@@ -124,13 +129,18 @@ def _evaluate(
     per_scene: dict[str, dict[str, Any]] = {}
     tile, _ = options.tiling(card)
     runner = create_runner(loaded, options.device, options.precision, options.runtime, tile)
+    meter = RunMeter(getattr(runner, "device", "cpu"))
+    km2 = 0.0
     for i, (name, prepare) in enumerate(scenes):
         if cancelled and cancelled():
             raise CancelledError("evaluation cancelled; nothing was written")
         if progress:
             progress(100.0 * i / len(scenes), f"scene {Path(name).name}")
-        source, reference, what = prepare()
-        prediction = _classes(source, options, runner)
+        with meter.stage("read"):
+            source, reference, what = prepare()
+        with meter.stage("infer"):
+            prediction, pixel_m = _classes(source, options, runner)
+        km2 += reference.size * pixel_m**2 / 1e6
         if reference.shape != prediction.shape:
             raise InputError(
                 f"{what} is {reference.shape[1]} x {reference.shape[0]} px but the "
@@ -146,12 +156,15 @@ def _evaluate(
     evaluation = Evaluation(card.name, metrics, per_scene, round(time.perf_counter() - started, 2))
     evaluation.class_map = by_name
     evaluation.runner = runner.description
+    cost = meter.finish(km2)
+    evaluation.accounting = cost.to_dict() | {"summary": cost.summary()}
     if out is not None:
         report = {
             "model": card.name,
             "runner": runner.description,
             "scenes": per_scene,
             "class_map": by_name,
+            "accounting": evaluation.accounting,
         }
         evaluation.metrics_path, evaluation.confusion_png = write_report(
             metrics | report,

@@ -158,6 +158,12 @@ def test_evaluation_on_a_store_matches_evaluation_on_the_rasters(
     }
     saved = json.loads((tmp_path / "s" / "metrics.json").read_text())
     assert saved["mean_iou"] == pytest.approx(on_store.metrics["mean_iou"])
+    # Both read the same patch: the same area scored, and the cost of it in the report.
+    with rasterio.open(patch / "S2L1C.tif") as ds:
+        km2 = ds.width * ds.height * abs(ds.transform.a * ds.transform.e) / 1e6
+    assert on_store.accounting["km2"] == pytest.approx(km2, rel=1e-3)
+    assert on_rasters.accounting["km2"] == pytest.approx(km2, rel=1e-3)
+    assert saved["accounting"]["energy_method"] == on_store.accounting["energy_method"]
     assert saved["runner"] == on_store.runner
     assert saved["runner"].endswith("(fp32)")  # the model's own figures, by default
     assert (tmp_path / "s" / "confusion.png").stat().st_size > 1000

@@ -137,3 +137,30 @@ class CloudsegAlgorithm(QgsProcessingAlgorithm):
         feedback.setProgress(percent)
         if message:
             feedback.setProgressText(message)
+
+
+def add_cost_outputs(algorithm: QgsProcessingAlgorithm) -> None:
+    """Declare what a run cost as outputs: SECONDS, KM2, SECONDS_PER_KM2, JOULES, method."""
+    from qgis.core import QgsProcessingOutputNumber, QgsProcessingOutputString
+
+    for key, label in (
+        ("SECONDS", "Seconds (once the model is loaded)"),
+        ("KM2", "Area (km²)"),
+        ("SECONDS_PER_KM2", "Seconds per km²"),
+        ("JOULES", "Energy (J; only where a counter was read)"),
+    ):
+        algorithm.addOutput(QgsProcessingOutputNumber(key, label))
+    algorithm.addOutput(QgsProcessingOutputString("ENERGY_METHOD", "How energy was measured"))
+
+
+def cost_outputs(accounting: dict[str, Any]) -> dict[str, Any]:
+    """The cost outputs of a run's accounting (JOULES only when measured)."""
+    outputs = {
+        "SECONDS": accounting["seconds"],
+        "KM2": accounting["km2"],
+        "SECONDS_PER_KM2": accounting["seconds_per_km2"],
+        "ENERGY_METHOD": accounting["energy_method"],
+    }
+    if accounting["joules"] is not None:
+        outputs["JOULES"] = accounting["joules"]
+    return outputs

@@ -21,7 +21,7 @@ from qgis.core import (
 
 from ...backend.choices import EXPLAIN_METHODS
 from .. import styling
-from .base import CloudsegAlgorithm
+from .base import CloudsegAlgorithm, add_cost_outputs, cost_outputs
 
 _STYLERS: list[Any] = []  # Processing keeps a pointer only; keep the Python objects alive
 
@@ -89,6 +89,7 @@ trained with cloudseg."""
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent", optional=True))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Explanation"))
         self.addOutput(QgsProcessingOutputString("MODEL_USED", "Model used"))
+        add_cost_outputs(self)
 
     def run_backend(
         self,
@@ -132,4 +133,5 @@ trained with cloudseg."""
             details = context.layerToLoadOnCompletionDetails(output)
             details.name = f"{layer.name()} - why {', '.join(result.classes)} ({result.method})"
             details.setPostProcessor(styler)
-        return {self.OUTPUT: output, "MODEL_USED": result.model}
+        feedback.pushInfo(f"Cost: {result.accounting['summary']}")
+        return {self.OUTPUT: output, "MODEL_USED": result.model} | cost_outputs(result.accounting)

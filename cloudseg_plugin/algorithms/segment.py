@@ -34,7 +34,7 @@ from ...backend.dependencies import REQUIREMENTS
 from ...backend.errors import CloudsegError
 from .. import styling
 from ..messages import for_qgis
-from .base import CloudsegAlgorithm, choice
+from .base import CloudsegAlgorithm, add_cost_outputs, choice, cost_outputs
 
 AUTO = "auto"
 LEVELS = [AUTO, "L1C", "L2A"]
@@ -323,14 +323,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             self.addOutput(QgsProcessingOutputNumber(key, label))
         self.addOutput(QgsProcessingOutputString(self.MODEL_USED, "Model used"))
         self.addOutput(QgsProcessingOutputString(self.RUNNER, "What ran where"))
-        for key, label in (
-            ("SECONDS", "Seconds (from the first tile to the published outputs)"),
-            ("KM2", "Area (km²)"),
-            ("SECONDS_PER_KM2", "Seconds per km²"),
-            ("JOULES", "Energy (J; only where a counter was read)"),
-        ):
-            self.addOutput(QgsProcessingOutputNumber(key, label))
-        self.addOutput(QgsProcessingOutputString("ENERGY_METHOD", "How energy was measured"))
+        add_cost_outputs(self)
         for name, text in self.PARAMETER_HELP.items():  # the tooltips: labels stay short
             self.parameterDefinition(name).setHelp(text)
 
@@ -406,13 +399,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             self.CLEAR_PERCENT: percent.get("clear", 0.0),
             self.MODEL_USED: result.model,
             self.RUNNER: result.runner,
-            "SECONDS": result.accounting["seconds"],
-            "KM2": result.accounting["km2"],
-            "SECONDS_PER_KM2": result.accounting["seconds_per_km2"],
-            "ENERGY_METHOD": result.accounting["energy_method"],
-        }
-        if result.accounting["joules"] is not None:
-            results["JOULES"] = result.accounting["joules"]
+        } | cost_outputs(result.accounting)
         feedback.pushInfo(f"Cost: {result.accounting['summary']}")
         if probabilities:
             results[self.PROBABILITIES] = probabilities

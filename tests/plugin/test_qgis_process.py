@@ -198,7 +198,10 @@ def test_qgis_process_explains_a_real_chip(qgis_process_env, multiband, tmp_path
         env=qgis_process_env,
     )
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["results"]["MODEL_USED"] == "ukis-csmask-4b-l2a"
+    results = json.loads(run.stdout)["results"]
+    assert results["MODEL_USED"] == "ukis-csmask-4b-l2a"
+    assert results["KM2"] == pytest.approx(96 * 96 * 100 / 1e6)  # the extent explained
+    assert results["ENERGY_METHOD"] in ("rapl", "nvml", "not measured")
     with rasterio.open(out) as cam:
         assert (cam.width, cam.height, cam.count) == (96, 96, 1)
         assert cam.crs.to_string() == crs and cam.transform.c == pytest.approx(left)

@@ -26,6 +26,7 @@ from .conftest import VAL_SCENES, tiny_config
 
 PATCH = "ROI_2507/low-cloudy"
 CS12_CLASSES = "clear,thick cloud,thin cloud,cloud shadow"
+BANDS3 = ["B02", "B03", "B04"]
 
 
 def _cli(*args, cwd=None):
@@ -127,6 +128,18 @@ def test_export_parity_and_the_onnx_file_segments_like_the_checkpoint(
         with rasterio.open(out) as ds:
             masks[model.suffix] = ds.read(1)
     assert (masks[".pt"] == masks[".onnx"]).mean() >= 0.999
+    # Explanations need the torch form: the trained model.pt has one (an smp U-Net with a
+    # ResNet encoder); its ONNX export does not, and says so in one line.
+    from cloudseg.backend.errors import ModelError
+    from cloudseg.backend.inference.explain import explain
+
+    why = explain(image, tmp_path / "why.tif", model=str(result.model_path), bands=BANDS3)
+    assert why.layer == "decoder.blocks.2" and why.model == "tiny-rgb"
+    with rasterio.open(tmp_path / "why.tif") as cam, rasterio.open(image) as src:
+        assert cam.transform == src.transform and cam.crs == src.crs
+    with pytest.raises(ModelError, match="is ONNX only"):
+        explain(image, tmp_path / "no.tif", model=str(onnx_path), bands=BANDS3)
+    assert not (tmp_path / "no.tif").exists()
 
 
 def test_evaluation_on_a_store_matches_evaluation_on_the_rasters(

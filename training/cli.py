@@ -186,6 +186,34 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_labels_check(args: argparse.Namespace) -> int:
+    from .label_check import check_labels
+
+    with percent_bar(args.quiet) as bar:
+        result = check_labels(
+            args.store,
+            args.model,
+            args.out,
+            scenes=args.scenes.split(",") if args.scenes else None,
+            endpoint_url=args.endpoint_url,
+            annotate=not args.no_annotate,
+            progress=bar_progress(bar),
+        )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    print(f"{len(result.scenes)} scene(s) checked with {result.model}; worst first:")
+    for entry in result.scenes[: args.top]:
+        print(
+            f"  {entry['rank']:3d}. {entry['scene']}: quality {entry['score']:.3f}, "
+            f"{100 * entry['flagged_share']:.1f} % of labeled pixels flagged"
+        )
+    confusions = ", ".join(f"{k} {v}" for k, v in list(result.confusions.items())[:4])
+    print(f"flagged pixels by label -> model: {confusions or 'none'}")
+    print(f"report: {result.report}")
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
     """Add ``train``, ``fine-tune``, ``evaluate`` and ``export`` to the subcommands."""
     tr = sub.add_parser(
@@ -247,6 +275,31 @@ def add_parsers(sub: Any) -> None:
     be.add_argument("--plot", default="docs/run_cost.png", help="the plot to write")
     add_output_flags(be)
     be.set_defaults(handler=_cmd_benchmark)
+
+    labels = sub.add_parser(
+        "labels",
+        help="label quality: find likely label errors in a store",
+        description="Label-quality tools for ingested stores.",
+    )
+    label_sub = labels.add_subparsers(dest="labels_command", required=True)
+    check = label_sub.add_parser(
+        "check",
+        help="rank a store's scenes by label quality (cleanlab) against a model",
+        description="Predict every scene with a model that did not train on it and let "
+        "cleanlab's confident learning flag the pixels whose label the model contradicts "
+        "with confidence; rank scenes by label quality, write label_issues.json and one "
+        "issue raster per scene, and note the score in each scene's STAC Item. The "
+        "stored labels are never changed.",
+    )
+    check.add_argument("store", metavar="STORE", help="an ingested store (folder or s3://)")
+    check.add_argument("--model", required=True, help="a model that did not train on it")
+    check.add_argument("--out", required=True, help="folder for the report and rasters")
+    check.add_argument("--scenes", help="comma-separated scene ids (default: all)")
+    check.add_argument("--endpoint-url", help="S3 endpoint (MinIO)")
+    check.add_argument("--no-annotate", action="store_true", help="leave the Items as they are")
+    check.add_argument("--top", type=int, default=10, help="scenes listed (default 10)")
+    add_output_flags(check)
+    check.set_defaults(handler=_cmd_labels_check)
 
     ev = sub.add_parser(
         "evaluate",

@@ -9,7 +9,7 @@ from .explain import ExplainAlgorithm
 from .ingest import IngestAlgorithm
 from .propose import LabelsToStoreAlgorithm, ProposeAlgorithm
 from .segment import SegmentAlgorithm
-from .training import EvaluateAlgorithm, ExportAlgorithm, TrainAlgorithm
+from .training import CheckLabelsAlgorithm, EvaluateAlgorithm, ExportAlgorithm, TrainAlgorithm
 
 
 def all_algorithms() -> list[QgsProcessingAlgorithm]:
@@ -24,4 +24,5 @@ def all_algorithms() -> list[QgsProcessingAlgorithm]:
         TrainAlgorithm(),
         EvaluateAlgorithm(),
         ExportAlgorithm(),
+        CheckLabelsAlgorithm(),
     ]

@@ -440,3 +440,71 @@ first; if they differ by more than 1e-3 nothing is written."""
             f"{result.max_abs_diff:.1e}"
         )
         return {self.OUTPUT: str(result.path), "MAX_ABS_DIFF": result.max_abs_diff}
+
+
+class CheckLabelsAlgorithm(CloudsegAlgorithm):
+    """Rank a store's scenes by label quality (cleanlab) against an out-of-sample model."""
+
+    algorithm_name = "check_labels"
+    display_name = "Check labels (find likely label errors)"
+    group_name = GROUP["group_name"]
+    group_id = GROUP["group_id"]
+    requirements = TRAINING_REQUIREMENTS
+
+    STORE = "STORE"
+    MODEL = "MODEL"
+    OUTPUT_FOLDER = "OUTPUT_FOLDER"
+
+    def shortHelpString(self) -> str:
+        """Return the help shown beside the dialog."""
+        return """Finds the scenes of an ingested <b>Store</b> whose labels are likely \
+wrong: a <b>Model</b> that did not train on them predicts every scene, and cleanlab's \
+confident learning flags the pixels whose label the model contradicts with confidence.
+
+Writes label_issues.json (scenes ranked worst first by label quality 0-1, the share of \
+labeled pixels flagged, the class confusions) and one issue raster per scene into the \
+<b>Output folder</b>, and notes the score in each scene's STAC Item. The stored labels \
+are never changed."""
+
+    def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
+        """Declare the parameters and outputs."""
+        self.addParameter(QgsProcessingParameterString(self.STORE, "Store"))
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.MODEL, "Model (name or file; not trained on the store)"
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Output folder")
+        )
+        self.addOutput(QgsProcessingOutputFile("REPORT", "Report (label_issues.json)"))
+        self.addOutput(QgsProcessingOutputString("WORST", "Worst scene"))
+        self.addOutput(QgsProcessingOutputNumber("SCENES", "Scenes checked"))
+
+    def run_backend(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
+        """Check the labels and list the worst scenes in the log."""
+        from ...training.label_check import check_labels
+
+        result = check_labels(
+            self.parameterAsString(parameters, self.STORE, context).strip(),
+            self.parameterAsString(parameters, self.MODEL, context).strip(),
+            self.parameterAsString(parameters, self.OUTPUT_FOLDER, context),
+            progress=lambda p, m: self.report_progress(feedback, p, m),
+            cancelled=feedback.isCanceled,
+        )
+        for entry in result.scenes[:10]:
+            feedback.pushInfo(
+                f"{entry['rank']}. {entry['scene']}: quality {entry['score']:.3f}, "
+                f"{100 * entry['flagged_share']:.1f} % flagged"
+            )
+        return {
+            self.OUTPUT_FOLDER: str(result.report.parent),
+            "REPORT": str(result.report),
+            "WORST": result.scenes[0]["scene"],
+            "SCENES": len(result.scenes),
+        }

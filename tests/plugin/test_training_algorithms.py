@@ -165,3 +165,22 @@ def test_train_without_a_store_or_config_says_what_to_give(plugin, tmp_path):
     with pytest.raises(QgsProcessingException, match="give the Store to train on"):
         processing.run("cloudseg:train", {"OUTPUT_FOLDER": str(tmp_path / "run")})
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.real_data
+def test_check_labels_through_processing_ranks_the_planted_chip_first(
+    plugin, planted_store, tmp_path
+):
+    store, planted, _ = planted_store
+    result = processing.run(
+        "cloudseg:check_labels",
+        {
+            "STORE": str(store),
+            "MODEL": "ukis-csmask-6b-l1c",
+            "OUTPUT_FOLDER": str(tmp_path / "check"),
+        },
+        feedback=QgsProcessingFeedback(),
+    )
+    assert result["WORST"] == planted and result["SCENES"] == 4
+    report = json.loads((tmp_path / "check" / "label_issues.json").read_text())
+    assert report["scenes"][0]["scene"] == planted and result["REPORT"].endswith(".json")

@@ -85,16 +85,15 @@ class EnergyMeter:
         )  # packages, not their sub-domains (which the package already counts)
         if not domains:
             return None, "not measured", f"no RAPL package domains under {self.root}"
-        try:
-            ranges = [int((d / "max_energy_range_uj").read_text()) for d in domains]
-            [int((d / "energy_uj").read_text()) for d in domains]
-        except (OSError, ValueError) as exc:
-            return None, "not measured", f"RAPL counters are not readable ({exc})"
 
         def read() -> list[int]:
             return [int((d / "energy_uj").read_text()) for d in domains]
 
-        self._ranges = ranges
+        try:
+            self._ranges = [int((d / "max_energy_range_uj").read_text()) for d in domains]
+            read()  # readable now, or not at all (often root only)
+        except (OSError, ValueError) as exc:
+            return None, "not measured", f"RAPL counters are not readable ({exc})"
         names = ", ".join((d / "name").read_text().strip() for d in domains)
         return read, "rapl", f"RAPL {names} (CPU packages; DRAM and GPU not included)"
 

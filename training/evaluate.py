@@ -75,8 +75,11 @@ def _classes(
         return predict(reader, options, runner).classes(), float(reader.resolution_m or 0.0)
 
 
-def _store_scene(dataset: Any, scene: str) -> tuple[ArrayScene, np.ndarray]:
-    """A store scene as reflectance in memory (bands, pixel size, scale) and its mask."""
+def store_scene(dataset: Any, scene: str) -> tuple[ArrayScene, np.ndarray]:
+    """A store scene as reflectance in memory (bands, pixel size, scale) and its mask.
+
+    What evaluation and the label check predict on, read as the engine reads a file.
+    """
     image, mask = dataset.read(scene)
     props = dataset.item(scene).properties
     # As the reader scales a file without declared scale: a decimated first band decides.
@@ -211,7 +214,7 @@ def evaluate_store(
 
     def prepare(scene: str) -> Prepare:
         def run() -> tuple[ArrayScene, np.ndarray, str]:
-            source, mask = _store_scene(dataset, scene)
+            source, mask = store_scene(dataset, scene)
             return source, mask, f"the mask of {scene}"
 
         return run

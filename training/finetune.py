@@ -152,9 +152,9 @@ def fine_tune(
     if not boxes:
         raise InputError(f"{project.name} has no done boxes; label proposals and mark them done")
     init = model or (history[-1].model if history else boxes[0][1]["model"])
-    base = history[0].base_model if history else load_model(init).card.name
     start = load_model(init)
     init_card = start.card
+    base = history[0].base_model if history else init_card.name
     store = str(store or default_store(project))
 
     report(2, f"adding {len(boxes)} done box(es) to the label store")
@@ -170,7 +170,7 @@ def fine_tune(
     report(8, f"scoring {init_card.name} on {len(validation)} held-out box(es)")
     before = evaluate_store(init, store, validation, endpoint_url=endpoint_url, cancelled=stop)
     dataset = open_dataset(store, endpoint_url)
-    window = min(min(dataset.read(s)[1].shape) for s in ids)
+    window = min(min(dataset.shape(s)) for s in ids)
     config = Config.from_dict(
         {
             "name": "fine-tune",

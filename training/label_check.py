@@ -42,7 +42,7 @@ from ..backend.inference.options import RunOptions
 from ..backend.inference.runners import create_runner
 from ..backend.models.registry import load_model
 from .data import lookup_table, map_classes
-from .evaluate import _store_scene
+from .evaluate import store_scene
 
 IGNORE = 255
 
@@ -63,12 +63,14 @@ class LabelCheck:
         return self.__dict__ | {"report": str(self.report) if self.report else None}
 
 
-def _write_issue_raster(path: Path, issues: np.ndarray, item: Any) -> None:
-    """The flagged pixels of one scene on its grid (1 flagged, 0 not, 255 unlabeled)."""
+def _write_issue_raster(path: Path, issues: np.ndarray, props: dict[str, Any]) -> None:
+    """The flagged pixels of one scene on its grid (1 flagged, 0 not, 255 unlabeled).
+
+    ``props`` are the scene's STAC Item properties (its ``proj:`` grid).
+    """
     import rasterio
     from affine import Affine
 
-    props = item.properties
     transform = props.get("proj:transform")
     crs = props.get("proj:wkt2") or props.get("proj:code")
     profile = {
@@ -137,7 +139,7 @@ def check_labels(
         if stop():
             raise CancelledError("label check cancelled; nothing was written")
         report(80.0 * i / len(chosen), f"predicting {scene}")
-        source, mask = _store_scene(dataset, scene)
+        source, mask = store_scene(dataset, scene)
         probs = predict(source, options, runner).probabilities
         given = table[mask]
         labels.append(given)
@@ -150,7 +152,8 @@ def check_labels(
     ranked = []
     for scene, (score, flagged, issues) in zip(chosen, results, strict=True):
         path = out / "issues" / f"{scene}.tif"
-        _write_issue_raster(path, issues, dataset.item(scene))
+        item = json.loads(dataset.storage.read_bytes(item_key(scene)))
+        _write_issue_raster(path, issues, item["properties"])
         entry = {
             "scene": scene,
             "score": round(float(score), 4),
@@ -159,7 +162,6 @@ def check_labels(
         }
         ranked.append(entry)
         if annotate:
-            item = json.loads(dataset.storage.read_bytes(item_key(scene)))
             item["properties"]["cloudseg:label_quality"] = {
                 k: entry[k] for k in ("score", "flagged_share")
             } | {"model": card.name, "checked": when}

@@ -35,7 +35,7 @@ import numpy as np
 from ..accounting import RunMeter, area_km2
 from ..callbacks import CancelCallback, ProgressCallback, never_cancelled, no_progress
 from ..choices import EXPLAIN_METHODS
-from ..errors import InputError, ModelError
+from ..errors import CancelledError, InputError, ModelError
 
 #: The CAM methods.
 METHODS = EXPLAIN_METHODS
@@ -282,8 +282,6 @@ def explain(
                         window = ((row, row + values.shape[1]), (0, reader.width))
                         dst.write(values, window=window)
             if cancelled():
-                from ..errors import CancelledError
-
                 raise CancelledError("cancelled; no explanation was written")
             progress(96.0, "scaling to 0-1")
             with meter.stage("write"):

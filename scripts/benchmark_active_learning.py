@@ -96,14 +96,11 @@ def labeled_window(
     The window stays inside the labeling half (columns ``< half``): the held-out half is
     never trained on, not even as context.
     """
-    from cloudseg.backend.active.labels import LabeledWindow, context_window
+    from cloudseg.backend.active.labels import LabeledWindow, context_window, window_labels
 
     row, col, size = context_window(box, context, image.shape[1], half)
-    labels = np.full((size, size), 255, np.uint8)  # the analyst labeled the box only
-    r, c = box.row - row, box.col - col
-    labels[r : r + box.size, c : c + box.size] = truth[
-        box.row : box.row + box.size, box.col : box.col + box.size
-    ]
+    truth_box = truth[box.row : box.row + box.size, box.col : box.col + box.size]
+    labels = window_labels(box, (row, col, size), truth_box)  # the analyst labeled the box
     return LabeledWindow(stem, image[:, row : row + size, col : col + size], labels)
 
 

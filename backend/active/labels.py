@@ -95,6 +95,21 @@ def context_window(box: Box, context: int, rows: int, cols: int) -> tuple[int, i
     return row, col, size
 
 
+def window_labels(box: Box, window: tuple[int, int, int], box_labels: np.ndarray) -> np.ndarray:
+    """The labels of a context window: the box's inside, 255 (unlabeled, ignored) around.
+
+    Args:
+        box: The labeled box.
+        window: ``(row, col, size)`` from :func:`context_window`.
+        box_labels: ``(box.size, box.size)`` class values.
+    """
+    row, col, size = window
+    labels = np.full((size, size), 255, np.uint8)
+    r, c = box.row - row, box.col - col
+    labels[r : r + box.size, c : c + box.size] = box_labels
+    return labels
+
+
 def labels_to_store(
     project: str | Path,
     scene: str | Path,
@@ -152,10 +167,8 @@ def labels_to_store(
                 raise InputError(f"a labeled box ({box}) lies outside {name}")
             around = round(box.size * DEFAULT_CONTEXT_SHARE) if context is None else context
             row, col, size = context_window(box, around, reader.height, reader.width)
-            labels = np.full((size, size), 255, np.uint8)  # outside the box: not labeled
-            r, c = box.row - row, box.col - col
-            labels[r : r + box.size, c : c + box.size] = rasterize_box(
-                shapes, box, reader.transform
+            labels = window_labels(
+                box, (row, col, size), rasterize_box(shapes, box, reader.transform)
             )
             windows.append(
                 LabeledWindow(

@@ -48,6 +48,7 @@ from ..backend.errors import CloudsegError
 from . import logbridge, styling
 from .messages import DOCK, for_qgis
 from .tasks import BackendTask
+from .widgets import fill_model_combo
 
 AUTO_LABEL = "auto (best for the layer's bands and level)"
 SETTINGS_OUTPUT_DIR = "cloudseg/output_dir"
@@ -198,9 +199,7 @@ class CloudSegDock(QDockWidget):
         layout = QVBoxLayout(body)
         form = QFormLayout()
         self.model_combo = QComboBox()
-        self.model_combo.addItem(AUTO_LABEL, None)
-        for name in self._models:
-            self.model_combo.addItem(name, name)
+        fill_model_combo(self.model_combo, AUTO_LABEL, self._models, None)
         self.model_combo.currentIndexChanged.connect(self._show_card)
         form.addRow("Model", self.model_combo)
         self.level_combo = QComboBox()
@@ -328,13 +327,7 @@ class CloudSegDock(QDockWidget):
         """List the models again (a fine-tuned version was registered); keep the choice."""
         current = select or self.model_combo.currentData()
         self._models = self._load_models()
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        self.model_combo.addItem(AUTO_LABEL, None)
-        for name in self._models:
-            self.model_combo.addItem(name, name)
-        self.model_combo.setCurrentIndex(max(self.model_combo.findData(current), 0))
-        self.model_combo.blockSignals(False)
+        fill_model_combo(self.model_combo, AUTO_LABEL, self._models, current)
         self._show_card()
 
     def _show_card(self) -> None:
@@ -386,10 +379,40 @@ class CloudSegDock(QDockWidget):
     # -- running --------------------------------------------------------------------------
     def run_active_layer(self) -> SegmentTask | None:
         """Start a run on the active raster layer; returns its task (None if refused)."""
+        layer = self.iface.activeLayer()
+        found = self._active_scene(layer)
+        if found is None:
+            return None
+        folder, source, bands = found
+        request = RunRequest(
+            layer_name=layer.name(),
+            source=source,
+            output_dir=folder,
+            model=self.model_combo.currentData(),
+            product_level=self.level_combo.currentData(),
+            bands=bands,
+            tta=self.tta_check.isChecked(),
+            preview=self.preview_check.isChecked(),
+            probabilities=self.probabilities_check.isChecked(),
+            polygons=self.polygons_check.isChecked(),
+        )
+        self.task = SegmentTask(request, self._task_done)
+        self.task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
+        self._set_running(True)
+        self.progress.setValue(0)
+        self.status_label.setText(f"segmenting {layer.name()}...")
+        QgsApplication.taskManager().addTask(self.task)
+        return self.task
+
+    def _active_scene(self, layer: Any) -> tuple[Path, Path, list[str] | None] | None:
+        """What a run on ``layer`` needs: the output folder, the scene, its bands.
+
+        None, with a message, when a task is running, the layer is not a raster, or the
+        folder or the scene cannot be used.
+        """
         from ..backend.raster.bands import parse_band_list
         from ..backend.raster.reader import scene_path_from_gdal_source
 
-        layer = self.iface.activeLayer()
         if self.task is not None:
             self._say("a run is already going; cancel it or wait", Qgis.Warning)
             return None
@@ -410,42 +433,25 @@ class CloudSegDock(QDockWidget):
             self._say(for_qgis(str(exc), DOCK), Qgis.Critical)
             return None
         QSettings().setValue(SETTINGS_OUTPUT_DIR, str(folder))
-        request = RunRequest(
-            layer_name=layer.name(),
-            source=source,
-            output_dir=folder,
-            model=self.model_combo.currentData(),
-            product_level=self.level_combo.currentData(),
-            bands=bands,
-            tta=self.tta_check.isChecked(),
-            preview=self.preview_check.isChecked(),
-            probabilities=self.probabilities_check.isChecked(),
-            polygons=self.polygons_check.isChecked(),
-        )
-        self.task = SegmentTask(request, self._task_done)
-        self.task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
-        self.run_button.setEnabled(False)
-        self.explain_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.progress.setValue(0)
-        self.status_label.setText(f"segmenting {layer.name()}...")
-        QgsApplication.taskManager().addTask(self.task)
-        return self.task
+        return folder, source, bands
+
+    def _set_running(self, running: bool) -> None:
+        """Run and Explain wait while a task runs; Cancel is there for it."""
+        self.run_button.setEnabled(not running)
+        self.explain_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
 
     def explain_view(self, classes: list[str] | None = None) -> BackendTask | None:
         """Explain the active layer over the map's extent (a task); its task, or None."""
         from qgis.core import QgsCoordinateTransform
 
         from ..backend.inference.explain import explain
-        from ..backend.raster.reader import scene_path_from_gdal_source
 
         layer = self.iface.activeLayer()
-        if self.task is not None:
-            self._say("a run is already going; cancel it or wait", Qgis.Warning)
+        found = self._active_scene(layer)
+        if found is None:
             return None
-        if not isinstance(layer, QgsRasterLayer):
-            self._say("select the Sentinel-2 raster layer to explain first", Qgis.Warning)
-            return None
+        folder, source, bands = found
         canvas = self.iface.mapCanvas()
         to_layer = QgsCoordinateTransform(
             canvas.mapSettings().destinationCrs(), layer.crs(), QgsProject.instance()
@@ -453,13 +459,6 @@ class CloudSegDock(QDockWidget):
         view = to_layer.transformBoundingBox(canvas.extent()).intersect(layer.extent())
         if view.isEmpty():
             self._say(f"the map shows no part of {layer.name()}: zoom to it", Qgis.Warning)
-            return None
-        folder = Path(self.output_dir.filePath() or Path.home() / "cloudseg").expanduser()
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            source = scene_path_from_gdal_source(layer.source())
-        except (OSError, CloudsegError) as exc:
-            self._say(for_qgis(str(exc), DOCK), Qgis.Critical)
             return None
         wanted = classes or ["cloud"]
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
@@ -476,15 +475,14 @@ class CloudSegDock(QDockWidget):
                 model=model,
                 bounds=bounds,
                 product_level=level,
+                bands=bands,
                 progress=progress,
                 cancelled=cancelled,
             )
 
         self.task = BackendTask(f"Explain {name}", work, lambda task: self._explained(task, name))
         self.task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
-        self.run_button.setEnabled(False)
-        self.explain_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
+        self._set_running(True)
         self.progress.setValue(0)
         self.status_label.setText(f"explaining {', '.join(wanted)} in {name}...")
         QgsApplication.taskManager().addTask(self.task)
@@ -493,9 +491,7 @@ class CloudSegDock(QDockWidget):
     def _explained(self, task: BackendTask, name: str) -> None:
         """Add the map as a heat map over the image, or say why there is none."""
         self.task = None
-        self.run_button.setEnabled(True)
-        self.explain_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self._set_running(False)
         result = task.result
         if result is not None and not task.isCanceled():
             layer = QgsRasterLayer(
@@ -526,9 +522,7 @@ class CloudSegDock(QDockWidget):
 
     def _task_done(self, task: SegmentTask) -> None:
         self.task = None
-        self.run_button.setEnabled(True)
-        self.explain_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self._set_running(False)
         name = task.request.layer_name
         if task.result is not None and not task.isCanceled():
             result = task.result

@@ -62,6 +62,7 @@ from ..backend.errors import CancelledError, CloudsegError
 from . import logbridge, styling
 from .messages import DOCK, for_qgis
 from .tasks import BackendTask
+from .widgets import fill_model_combo
 
 AUTO = "auto (best for the scene)"
 SETTINGS_PROJECT = "cloudseg/label_project"
@@ -264,15 +265,9 @@ class LabelDock(QDockWidget):
         except CloudsegError as exc:
             self._cards = {}
             self._say(for_qgis(str(exc), DOCK), Qgis.Warning)
-        current = select or self.model_combo.currentData()
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        self.model_combo.addItem(AUTO, None)
-        for name in self._cards:
-            self.model_combo.addItem(name, name)
-        index = self.model_combo.findData(current)
-        self.model_combo.setCurrentIndex(max(index, 0))
-        self.model_combo.blockSignals(False)
+        fill_model_combo(
+            self.model_combo, AUTO, self._cards, select or self.model_combo.currentData()
+        )
         self._model_changed()
 
     def _model_changed(self) -> None:

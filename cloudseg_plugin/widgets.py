@@ -6,7 +6,7 @@ from typing import Any
 
 from processing.gui.wrappers import WidgetWrapper
 from qgis.core import QgsMapLayer, QgsProject
-from qgis.PyQt.QtWidgets import QLabel, QLineEdit, QVBoxLayout, QWidget
+from qgis.PyQt.QtWidgets import QComboBox, QLabel, QLineEdit, QVBoxLayout, QWidget
 
 INPUT_PARAMETER = "INPUT"
 PLACEHOLDER = "from the layer (e.g. B02,B03,B04,B08)"
@@ -101,3 +101,18 @@ class BandsWidgetWrapper(WidgetWrapper):
     def value(self) -> str:
         """The band list as typed."""
         return self.edit.text().strip()
+
+
+def fill_model_combo(combo: QComboBox, auto_label: str, names: Any, select: str | None) -> None:
+    """List "auto" and the model ``names`` in a combo box; select ``select`` if listed.
+
+    Signals are held while the list changes, so listeners hear of the final choice only
+    (the caller refreshes what depends on it).
+    """
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItem(auto_label, None)
+    for name in names:
+        combo.addItem(name, name)
+    combo.setCurrentIndex(max(combo.findData(select), 0))
+    combo.blockSignals(False)

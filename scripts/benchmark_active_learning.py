@@ -196,8 +196,9 @@ def plot(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(scenes), figsize=(4 * len(scenes), 3.2), sharey=True)
     for ax, (name, data) in zip(np.atleast_1d(axes), scenes.items(), strict=True):
         ax.axhline(data["base"]["mean"], color="grey", linestyle="--", label="base model")
-        for strategy, colour in (("uncertainty", "tab:red"), ("random", "tab:blue")):
-            rounds = data["strategies"][strategy]
+        colours = {"uncertainty": "tab:red", "random": "tab:blue"}
+        for strategy, rounds in data["strategies"].items():  # those run (--strategies)
+            colour = colours[strategy]
             ax.plot(
                 [0] + [r["boxes"] for r in rounds],
                 [data["base"]["mean"]] + [r["held_out_iou"]["mean"] for r in rounds],

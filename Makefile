@@ -8,7 +8,8 @@ SHELL := /bin/bash
 VENV          ?= .venv
 PY            := $(VENV)/bin/python
 SYSTEM_PYTHON := /usr/bin/python3
-APT_PACKAGES  := qgis python3-qgis qgis-providers python3-rasterio python3-gdal python3-venv xvfb
+APT_PACKAGES  := qgis python3-qgis qgis-providers python3-rasterio python3-gdal python3-venv xvfb \
+                 chromium chromium-driver
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP         := $(VENV)/.cloudseg-installed
 CLOUDSEG_REAL_DATA ?= $(abspath ../shared/data/real)

@@ -183,6 +183,35 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Write the dataset dashboard of a store."""
+    from . import atomic
+    from .store.dashboard import dashboard_html, write_dashboard
+    from .store.dataset import open_dataset
+
+    dataset = open_dataset(args.store, args.endpoint_url)
+    if args.out:
+        out = Path(args.out).expanduser()
+        if out.suffix.lower() not in (".html", ".htm"):
+            raise InputError(f"--out {out}: give an .html file")
+        if not out.parent.is_dir():
+            raise InputError(f"--out {out}: the folder {out.parent} does not exist")
+        atomic.write_bytes(out, dashboard_html(dataset).encode("utf-8"))
+        where = str(out)
+    else:
+        key = write_dashboard(dataset)
+        where = f"{dataset.storage.url.rstrip('/')}/{key}"
+    if args.json:
+        print(json.dumps({"dashboard": where}))
+    else:
+        print(f"dashboard: {where}")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(Path(where).resolve().as_uri() if "://" not in where else where)
+    return 0
+
+
 def _cmd_propose(args: argparse.Namespace) -> int:
     """Propose the most doubtful boxes of a scene into a label project."""
     from .active.propose import propose
@@ -431,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_flags(seg)
     seg.set_defaults(handler=_cmd_segment)
     _add_ingest_parser(sub)
+    _add_report_parser(sub)
     _add_propose_parser(sub)
     _add_explain_parser(sub)
     _add_plugin_parsers(sub)
@@ -559,6 +589,23 @@ def _add_ingest_parser(sub: Any) -> None:
     ing.add_argument("--no-report", action="store_true", help="skip the dataset report")
     add_output_flags(ing)
     ing.set_defaults(handler=_cmd_ingest)
+
+
+def _add_report_parser(sub: Any) -> None:
+    rep = sub.add_parser(
+        "report",
+        help="the dataset dashboard of a store: one self-contained HTML page",
+        description="Write one HTML page about an ingested store (folder or s3://): class "
+        "balance, cloud fractions, band statistics, scenes on a map and by month, label "
+        "quality (after cloudseg labels check) and the worst windows as thumbnails. It "
+        "opens offline. Default: report/dashboard.html in the store.",
+    )
+    rep.add_argument("store", metavar="STORE", help="an ingested store (folder or s3://)")
+    rep.add_argument("--out", help="write the page to this .html file instead")
+    rep.add_argument("--endpoint-url", help="S3 endpoint (MinIO)")
+    rep.add_argument("--open", action="store_true", help="open the page in the web browser")
+    add_output_flags(rep)
+    rep.set_defaults(handler=_cmd_report)
 
 
 def _configure_logging(verbosity: int) -> None:

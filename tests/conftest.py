@@ -245,3 +245,21 @@ def planted_store(real_data, tmp_path_factory):
 def _window(corner: tuple[int, int]) -> tuple[slice, slice]:
     r, c = corner
     return slice(r, r + 128), slice(c, c + 128)
+
+
+@pytest.fixture(scope="session")
+def checked_store(planted_store, tmp_path_factory):
+    """A copy of the planted store after ``cloudseg labels check`` (64 px windows).
+
+    Returns the store, the planted chip's id and the check's result. Tests that change
+    the store further copy it first.
+    """
+    import shutil
+
+    from cloudseg.training.label_check import check_labels
+
+    store, cloudiest, _ = planted_store
+    work = tmp_path_factory.mktemp("checked")
+    shutil.copytree(store, work / "store")
+    result = check_labels(work / "store", "ukis-csmask-6b-l1c", work / "check", window=64)
+    return work / "store", cloudiest, result

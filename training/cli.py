@@ -197,6 +197,9 @@ def _cmd_labels_check(args: argparse.Namespace) -> int:
             scenes=args.scenes.split(",") if args.scenes else None,
             endpoint_url=args.endpoint_url,
             annotate=not args.no_annotate,
+            folds=args.folds,
+            config=args.config,
+            window=args.window,
             progress=bar_progress(bar),
         )
     if args.json:
@@ -207,10 +210,11 @@ def _cmd_labels_check(args: argparse.Namespace) -> int:
         print(
             f"  {entry['rank']:3d}. {entry['scene']}: quality {entry['score']:.3f}, "
             f"{100 * entry['flagged_share']:.1f} % of labeled pixels flagged"
+            + (" (flagged)" if entry["flagged"] else "")
         )
     confusions = ", ".join(f"{k} {v}" for k, v in list(result.confusions.items())[:4])
     print(f"flagged pixels by label -> model: {confusions or 'none'}")
-    print(f"report: {result.report}")
+    print(f"{len(result.flagged())} scene(s) flagged; report: {result.report} (and .csv)")
     return 0
 
 
@@ -292,7 +296,17 @@ def add_parsers(sub: Any) -> None:
         "stored labels are never changed.",
     )
     check.add_argument("store", metavar="STORE", help="an ingested store (folder or s3://)")
-    check.add_argument("--model", required=True, help="a model that did not train on it")
+    source = check.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="a model that did not train on the store's scenes")
+    source.add_argument(
+        "--folds",
+        type=int,
+        help="cross-validate instead: K models, each trained on the other folds (with --config)",
+    )
+    check.add_argument("--config", help="training config (YAML) of the folds' models")
+    check.add_argument(
+        "--window", type=int, default=128, help="edge of the windows scored in each scene (128)"
+    )
     check.add_argument("--out", required=True, help="folder for the report and rasters")
     check.add_argument("--scenes", help="comma-separated scene ids (default: all)")
     check.add_argument("--endpoint-url", help="S3 endpoint (MinIO)")

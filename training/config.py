@@ -49,6 +49,31 @@ class SplitConfig:
 
 
 @dataclass
+class LabelQualityConfig:
+    """What training does with labels the label check flagged (``cloudseg labels check``).
+
+    The check writes ``cloudseg:label_quality`` into each scene's STAC Item; the label
+    dock's review writes ``cloudseg:label_review``. Reviewed windows always count: a
+    window dropped or corrected in review is never trained on (its corrected version is
+    a scene of its own), and an accepted window is never treated as flagged.
+
+    Attributes:
+        action: ``keep`` (flags are ignored), ``exclude`` (flagged scenes or windows are
+            not trained on) or ``down_weight`` (drawn ``weight`` times as often).
+        level: ``scene`` (a scene whose flagged share is above ``max_flagged_share``) or
+            ``window`` (the check's windows above it).
+        max_flagged_share: Share of a scene's or window's labeled pixels flagged above
+            which it counts as flagged.
+        weight: Sampling weight of flagged windows under ``down_weight`` (0-1).
+    """
+
+    action: str = "keep"
+    level: str = "scene"
+    max_flagged_share: float = 0.1
+    weight: float = 0.25
+
+
+@dataclass
 class DataConfig:
     """Where the windows come from and how they are prepared.
 
@@ -70,6 +95,8 @@ class DataConfig:
         product_level: ``L1C``, ``L2A`` or ``any``, written into the model card.
         resolution_m: Pixel size for the card; default the store's.
         split: The scene split.
+        scenes: Scene ids to use (default all of the store's).
+        label_quality: Use of the label check's flags and the label review.
     """
 
     store: str = ""
@@ -87,6 +114,8 @@ class DataConfig:
     product_level: str = "any"
     resolution_m: float | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
+    scenes: list[str] = field(default_factory=list)
+    label_quality: LabelQualityConfig = field(default_factory=LabelQualityConfig)
 
 
 @dataclass
@@ -213,7 +242,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-_SECTIONS = {c.__name__: c for c in (SplitConfig, DataConfig, ModelConfig, TrainConfig)}
+_SECTIONS = {
+    c.__name__: c for c in (SplitConfig, LabelQualityConfig, DataConfig, ModelConfig, TrainConfig)
+}
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:

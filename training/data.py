@@ -18,7 +18,7 @@ import numpy as np
 from ..backend.errors import InputError
 from ..backend.store.dataset import StoredDataset
 from ..backend.store.keys import IGNORE
-from .config import DataConfig, SplitConfig
+from .config import DataConfig, LabelQualityConfig, SplitConfig
 from .models import check_bands
 
 
@@ -119,6 +119,100 @@ def split_scenes(scenes: list[str], split: SplitConfig, seed: int) -> tuple[list
     return train, val
 
 
+#: A window of a scene: (row, col, height, width) in pixels.
+Box = tuple[int, int, int, int]
+#: Review decisions (``cloudseg:label_review``) that take a window out of training.
+REMOVED = ("dropped", "corrected")
+ACTIONS = ("keep", "exclude", "down_weight")
+LEVELS = ("scene", "window")
+
+
+@dataclass
+class SceneLabels:
+    """How training uses one scene's labels, from its label check and label review.
+
+    Attributes:
+        ignored: Windows never trained on (dropped or corrected in review, or flagged
+            under ``exclude`` at window level): their pixels count as unlabeled.
+        weighted: Windows drawn ``weight`` times as often (``down_weight``, window level).
+        weight: Sampling weight of the whole scene (``down_weight``, scene level).
+        excluded: The scene is left out (``exclude``, scene level).
+    """
+
+    ignored: list[Box]
+    weighted: list[Box]
+    weight: float = 1.0
+    excluded: bool = False
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def scene_labels(properties: dict[str, Any], policy: LabelQualityConfig) -> SceneLabels:
+    """Apply ``policy`` to a scene's ``cloudseg:label_quality`` and ``cloudseg:label_review``.
+
+    Raises:
+        InputError: For an unknown action or level, or a weight outside 0-1.
+    """
+    if policy.action not in ACTIONS:
+        raise InputError(f"label_quality.action {policy.action!r}: use {', '.join(ACTIONS)}")
+    if policy.level not in LEVELS:
+        raise InputError(f"label_quality.level {policy.level!r}: use {', '.join(LEVELS)}")
+    if not 0.0 <= policy.weight <= 1.0:
+        raise InputError(f"label_quality.weight {policy.weight}: give a value from 0 to 1")
+    reviews = properties.get("cloudseg:label_review", [])
+    ignored = [tuple(r["window"]) for r in reviews if r["decision"] in REMOVED]
+    accepted = [tuple(r["window"]) for r in reviews if r["decision"] == "accepted"]
+    quality = properties.get("cloudseg:label_quality")
+    result = SceneLabels(ignored, [])
+    if policy.action == "keep" or not quality:
+        return result
+    limit = policy.max_flagged_share
+    flagged = [
+        tuple(w["window"])
+        for w in quality.get("windows", [])
+        if w["flagged_share"] > limit and tuple(w["window"]) not in accepted
+        and tuple(w["window"]) not in ignored
+    ]  # fmt: skip
+    if policy.level == "scene":
+        # A scene whose flagged windows were all reviewed (accepted or fixed) is trusted.
+        if quality["flagged_share"] > limit and (flagged or not quality.get("windows")):
+            result.excluded = policy.action == "exclude"
+            result.weight = policy.weight if policy.action == "down_weight" else 1.0
+        return result
+    if policy.action == "exclude":
+        result.ignored += flagged
+    else:
+        result.weighted = flagged
+    return result
+
+
+def usable_scenes(
+    dataset: StoredDataset, config: DataConfig
+) -> tuple[list[str], dict[str, SceneLabels]]:
+    """The scenes training may use (``config.scenes`` or all, less excluded ones).
+
+    Returns:
+        The scene ids, and how each one's labels are used.
+
+    Raises:
+        InputError: For a named scene the store lacks, or when nothing is left.
+    """
+    stored = dataset.scenes()
+    missing = [s for s in config.scenes if s not in stored]
+    if missing:
+        raise InputError(f"data.scenes names scene(s) not in the store: {', '.join(missing)}")
+    labels = {}
+    for scene in config.scenes or stored:
+        props = dataset.item(scene).properties
+        labels[scene] = scene_labels(props, config.label_quality)
+    kept = [s for s, use in labels.items() if not use.excluded]
+    if not kept:
+        raise InputError("label_quality excludes every scene; use down_weight or a higher limit")
+    return kept, labels
+
+
 @dataclass(frozen=True)
 class Window:
     """One candidate window: scene, top-left corner, and its label statistics."""
@@ -155,8 +249,12 @@ class WindowDataset:
         classes: list[str],
         mean: np.ndarray,
         std: np.ndarray,
+        labels: dict[str, SceneLabels] | None = None,
     ) -> None:
         """Index the candidate windows of ``scenes``.
+
+        ``labels`` says, per scene, which windows are not trained on and which are drawn
+        less often (:func:`usable_scenes`); every label is used as stored when None.
 
         Raises:
             InputError: If a band is missing or no window holds labeled pixels.
@@ -177,9 +275,12 @@ class WindowDataset:
         self.std = np.asarray(std, dtype=np.float32)[:, None, None]
         stride = config.stride or max(1, config.window // 2)
         windows = []
+        self.labels = labels or {}
+        weights = []
         for scene in scenes:
             _, mask = dataset.read(scene)
-            mask = self.table[mask]
+            mask = self._ignore_removed(scene, self.table[mask], 0, 0)
+            use = self.labels.get(scene, SceneLabels([], []))
             rows, cols = mask.shape
             for row in _starts(rows, self.window, stride):
                 for col in _starts(cols, self.window, stride):
@@ -190,9 +291,26 @@ class WindowDataset:
                         continue
                     cloud = int(np.isin(part[labeled], self.cloud_values).sum())
                     windows.append(Window(scene, row, col, cloud / n, n / part.size))
+                    box = (row, col, self.window, self.window)
+                    down = any(_overlaps(box, w) for w in use.weighted)
+                    weights.append(use.weight * (self.config.label_quality.weight if down else 1))
         if not windows:
             raise InputError(f"no labeled {self.window}-pixel window in scenes {', '.join(scenes)}")
         self.windows = windows
+        self.weights = np.array(weights, dtype=np.float64)
+
+    def _ignore_removed(self, scene: str, mask: np.ndarray, row: int, col: int) -> np.ndarray:
+        """``mask`` (read at ``row, col``) with the scene's removed windows unlabeled."""
+        use = self.labels.get(scene)
+        if not use or not use.ignored:
+            return mask
+        mask = mask.copy()
+        for r, c, h, w in use.ignored:
+            r0, c0 = max(r - row, 0), max(c - col, 0)
+            r1, c1 = min(r + h - row, mask.shape[0]), min(c + w - col, mask.shape[1])
+            if r1 > r0 and c1 > c0:
+                mask[r0:r1, c0:c1] = self.config.ignore_index
+        return mask
 
     def __len__(self) -> int:
         """Number of candidate windows."""
@@ -208,7 +326,7 @@ class WindowDataset:
         image, mask = self.dataset.read(w.scene, (w.row, w.col, h, wd))
         image = image[self.band_index].astype(np.float32) * self.config.scale
         image = (image - self.mean) / self.std
-        mask = self.table[mask]
+        mask = self._ignore_removed(w.scene, self.table[mask], w.row, w.col)
         if (h, wd) != (self.window, self.window):
             pad = ((0, self.window - h), (0, self.window - wd))
             image = np.pad(image, ((0, 0), *pad))
@@ -241,7 +359,8 @@ def make_sampler(dataset: WindowDataset, kind: str, num_samples: int, seed: int)
     """Return the torch sampler for ``kind`` (``balanced`` or ``random``).
 
     Both draw ``num_samples`` windows with replacement: ``random`` uniformly over all
-    candidate windows, ``balanced`` weighted by :func:`balanced_weights`.
+    candidate windows, ``balanced`` weighted by :func:`balanced_weights`; both times the
+    dataset's label-quality weights (down-weighted flagged scenes or windows).
 
     Raises:
         InputError: For an unknown kind.
@@ -250,12 +369,16 @@ def make_sampler(dataset: WindowDataset, kind: str, num_samples: int, seed: int)
     from torch.utils.data import RandomSampler, WeightedRandomSampler
 
     generator = torch.Generator().manual_seed(seed)
+    quality = dataset.weights
     if kind == "random":
-        return RandomSampler(
-            dataset, replacement=True, num_samples=num_samples, generator=generator
-        )
+        if (quality == 1).all():
+            return RandomSampler(
+                dataset, replacement=True, num_samples=num_samples, generator=generator
+            )
+        weights = torch.from_numpy(quality.copy())
+        return WeightedRandomSampler(weights, num_samples, replacement=True, generator=generator)
     if kind == "balanced":
-        weights = torch.from_numpy(balanced_weights(dataset.cloud_fractions()))
+        weights = torch.from_numpy(balanced_weights(dataset.cloud_fractions()) * quality)
         return WeightedRandomSampler(weights, num_samples, replacement=True, generator=generator)
     raise InputError(f"unknown sampler {kind!r}; use balanced or random")
 

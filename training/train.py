@@ -42,7 +42,7 @@ from ..backend.models.registry import load_model
 from ..backend.store.dataset import StoredDataset, open_dataset
 from .augment import make_augmentation
 from .config import CONFIG_NAME, Config
-from .data import WindowDataset, make_sampler, split_scenes, store_normalization
+from .data import WindowDataset, make_sampler, split_scenes, store_normalization, usable_scenes
 from .export import load_checkpoint
 from .losses import create_loss
 from .metrics import confusion_matrix, metrics_from_confusion
@@ -361,14 +361,21 @@ def _train(
     dataset = open_dataset(config.data.store, config.data.endpoint_url)
     bands = [*(config.data.bands or dataset.bands)]
     classes = [*(config.data.classes or [c["name"] for c in dataset.classes])]
-    train_scenes, val_scenes = split_scenes(dataset.scenes(), config.data.split, config.train.seed)
+    scenes, labels = usable_scenes(dataset, config.data)
+    train_scenes, val_scenes = split_scenes(scenes, config.data.split, config.train.seed)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     network, init_card = _initial_network(config, bands, classes)
     mean, std = _normalization(config, dataset, train_scenes, bands, init_card)
     data_config = replace(config.data, bands=bands)
-    train_set = WindowDataset(dataset, train_scenes, data_config, classes, mean, std)
-    val_set = WindowDataset(
-        dataset, val_scenes, replace(data_config, stride=config.data.window), classes, mean, std
+    train_set = WindowDataset(dataset, train_scenes, data_config, classes, mean, std, labels)
+    val_set = WindowDataset(  # windows removed in review are not scored either
+        dataset,
+        val_scenes,
+        replace(data_config, stride=config.data.window),
+        classes,
+        mean,
+        std,
+        labels,
     )
     sampler = make_sampler(
         train_set, config.data.sampler, config.data.samples_per_epoch, config.train.seed

@@ -356,9 +356,12 @@ def ingest(
     items = stored_items(storage)
     write_collection(storage, found.scheme, name, items)
     if report:
+        from .dashboard import write_dashboard
+        from .dataset import StoredDataset
         from .report import write_report
 
         write_report(storage, items)
+        write_dashboard(StoredDataset(storage))
     result.seconds = round(time.perf_counter() - start, 3)
     result.megabytes = round(result.megabytes, 3)
     return result

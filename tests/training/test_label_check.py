@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from selenium.webdriver.support.ui import WebDriverWait
+
+from cloudseg.backend.errors import CloudsegError
 
 
 @pytest.mark.real_data
@@ -53,3 +58,151 @@ def test_the_contradicted_chip_ranks_first_and_the_labels_stay(planted_store, tm
         flagged = issues.read(1)
     assert set(np.unique(flagged)) <= {0, 1, 255}
     assert (flagged == 1).mean() == pytest.approx(first["flagged_share"], abs=1e-3)
+
+
+DRAWN = "return document.querySelectorAll('.js-plotly-plot .main-svg').length"
+
+
+def _chromium() -> Any:
+    """Debian's Chromium, headless, driven by selenium through Debian's chromedriver."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for path in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
+        assert Path(path).is_file(), f"{path} is missing: run make install (Debian chromium)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,2400",
+    ):
+        options.add_argument(flag)  # fmt: skip
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
+@pytest.mark.real_data
+def test_the_dashboard_renders_its_plots_in_chromium_without_errors(
+    checked_store, tmp_path, venv_env
+):
+    store, cloudiest, _ = checked_store
+    page = tmp_path / "dashboard.html"
+    run = subprocess.run(
+        ["cloudseg", "report", str(store), "--out", str(page), "--json"],
+        capture_output=True, text=True, env=venv_env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["dashboard"] == str(page)
+    assert "<script src=" not in page.read_text()  # self-contained: nothing fetched
+    browser = _chromium()
+    try:
+        browser.get(page.as_uri())
+        WebDriverWait(browser, 60).until(
+            lambda b: b.execute_script(DRAWN) >= 12
+        )  # fmt: skip
+        plots = browser.execute_script(
+            "return Array.from(document.querySelectorAll('.plot')).map(p => "
+            "[p.id, p.querySelectorAll('.main-svg').length, p.querySelectorAll('.point').length])"
+        )
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => i.naturalWidth)"
+        )
+        rows = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#quality-table tr')).slice(1)"
+            ".map(r => r.cells[0].textContent)"
+        )
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        browser.quit()
+    assert errors == []
+    drawn = {name: (svgs, points) for name, svgs, points in plots}
+    assert set(drawn) == {"balance", "fractions", "bands", "map", "months", "quality"}
+    assert all(svgs > 0 for svgs, _ in drawn.values())
+    assert drawn["balance"][1] == 3 and drawn["bands"][1] == 6  # one bar per class, per band
+    assert drawn["quality"][1] == 4  # one bar per scene checked
+    assert rows[0] == cloudiest and len(rows) == 4  # worst first
+    assert images and all(width > 0 for width in images)  # the worst windows' thumbnails
+
+
+@pytest.mark.real_data
+def test_windows_and_flags_are_recorded_and_the_table_matches(checked_store):
+    from cloudseg.backend.store.dataset import open_dataset
+
+    store, cloudiest, result = checked_store
+    assert [e["scene"] for e in result.flagged()] == [cloudiest]
+    worst = result.scenes[0]
+    assert worst["windows"][0]["flagged_share"] > 0.2 and len(worst["windows"][0]["window"]) == 4
+    shares = [w["flagged_share"] for w in worst["windows"]]
+    assert shares == sorted(shares, reverse=True) and len(shares) <= 4  # 128 px chip, 64 px grid
+    table = (result.report.parent / "label_issues.csv").read_text().splitlines()
+    assert table[0].startswith("rank,scene,score") and table[1].split(",")[1] == cloudiest
+    quality = open_dataset(store).item(cloudiest).properties["cloudseg:label_quality"]
+    assert quality["flagged"] is True and quality["windows"] == worst["windows"]
+
+
+@pytest.mark.real_data
+def test_a_cancelled_check_leaves_the_earlier_report_and_creates_nothing(checked_store, tmp_path):
+    import shutil
+
+    from cloudseg.backend.errors import CancelledError
+    from cloudseg.training.label_check import check_labels
+
+    store, _, result = checked_store
+    out = result.report.parent
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    calls = []
+
+    def cancel_at_third_poll() -> bool:
+        calls.append(1)
+        return len(calls) >= 3
+
+    with pytest.raises(CancelledError):
+        check_labels(copy, "ukis-csmask-6b-l1c", out, cancelled=cancel_at_third_poll)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    with pytest.raises(CancelledError):
+        check_labels(copy, "ukis-csmask-6b-l1c", tmp_path / "new" / "out", cancelled=lambda: True)
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(CloudsegError, match="inside the store"):
+        check_labels(copy, "ukis-csmask-6b-l1c", copy / "report")
+    with pytest.raises(CloudsegError, match="--folds needs --config"):
+        check_labels(copy, None, tmp_path / "x", folds=2)
+
+
+@pytest.mark.real_data
+def test_cross_validated_folds_predict_each_scene_with_a_model_that_did_not_see_it(
+    planted_store, tmp_path
+):
+    import shutil
+
+    from cloudseg.backend.store.dataset import open_dataset
+    from cloudseg.training.config import Config
+    from cloudseg.training.label_check import check_labels
+
+    store, _, _ = planted_store
+    shutil.copytree(store, tmp_path / "store")
+    config = Config.from_dict({
+        "data": {"store": "unused", "window": 64, "samples_per_epoch": 8, "normalization": "store"},
+        "model": {"architecture": "Unet", "encoder": "resnet18"},
+        "train": {"epochs": 1, "batch_size": 4, "seed": 3},
+    })  # fmt: skip
+    result = check_labels(tmp_path / "store", None, tmp_path / "out", folds=2, config=config)
+    assert result.model.startswith("cross-validated, 2 folds")
+    folds = result.folds
+    predicted = sorted(s for fold in folds.values() for s in fold["predicted"])
+    assert predicted == sorted(open_dataset(tmp_path / "store").scenes())  # each scene once
+    for fold in folds.values():  # its model never saw (trained or validated on) its scenes
+        seen = set(fold["trained_on"]) | set(fold["validated_on"])
+        assert seen and not seen & set(fold["predicted"])
+    for entry in result.scenes:
+        assert entry["scene"] in folds[entry["model"]]["predicted"]
+    assert {e["rank"] for e in result.scenes} == {1, 2, 3, 4}
+    assert json.loads(result.report.read_text())["folds"] == folds

@@ -206,3 +206,84 @@ def test_cross_validated_folds_predict_each_scene_with_a_model_that_did_not_see_
         assert entry["scene"] in folds[entry["model"]]["predicted"]
     assert {e["rank"] for e in result.scenes} == {1, 2, 3, 4}
     assert json.loads(result.report.read_text())["folds"] == folds
+
+
+def test_the_label_quality_policy_reads_flags_and_reviews():
+    from cloudseg.training.config import LabelQualityConfig
+    from cloudseg.training.data import scene_labels
+
+    props = {
+        "cloudseg:label_quality": {
+            "flagged_share": 0.3,
+            "windows": [
+                {"window": [0, 0, 64, 64], "flagged_share": 0.5},
+                {"window": [0, 64, 64, 64], "flagged_share": 0.05},
+            ],
+        },
+        "cloudseg:label_review": [{"window": [64, 0, 64, 64], "decision": "dropped"}],
+    }
+    keep = scene_labels(props, LabelQualityConfig())
+    assert keep.ignored == [(64, 0, 64, 64)] and not keep.excluded and keep.weight == 1
+    assert scene_labels(props, LabelQualityConfig(action="exclude")).excluded
+    down = scene_labels(props, LabelQualityConfig(action="down_weight", weight=0.1))
+    assert down.weight == 0.1 and not down.excluded
+    windows = scene_labels(props, LabelQualityConfig(action="exclude", level="window"))
+    assert windows.ignored == [(64, 0, 64, 64), (0, 0, 64, 64)] and not windows.excluded
+    # Once its flagged window is accepted in review, the scene is trusted again.
+    accepted = props | {
+        "cloudseg:label_review": [{"window": [0, 0, 64, 64], "decision": "accepted"}]
+    }
+    assert not scene_labels(accepted, LabelQualityConfig(action="exclude")).excluded
+    with pytest.raises(CloudsegError, match=r"label_quality\.action"):
+        scene_labels(props, LabelQualityConfig(action="drop"))
+
+
+@pytest.mark.real_data
+def test_training_leaves_out_or_down_weights_what_was_flagged(checked_store, tmp_path):
+    import shutil
+
+    from cloudseg.backend.store.dataset import open_dataset
+    from cloudseg.backend.store.keys import item_key
+    from cloudseg.training.config import Config
+    from cloudseg.training.data import WindowDataset, usable_scenes
+    from cloudseg.training.train import train
+
+    store, cloudiest, result = checked_store
+    shutil.copytree(store, tmp_path / "store")
+    store = tmp_path / "store"
+    others = [e["scene"] for e in result.scenes if e["scene"] != cloudiest]
+
+    def config(**quality: Any) -> Config:
+        return Config.from_dict({
+            "output": str(tmp_path / f"run-{len(quality)}-{quality.get('action', '')}"),
+            "data": {"store": str(store), "window": 64, "samples_per_epoch": 8,
+                     "split": {"val_scenes": [others[0]]}, "label_quality": quality},
+            "model": {"architecture": "Unet", "encoder": "resnet18"},
+            "train": {"epochs": 1, "batch_size": 4, "seed": 3},
+        })  # fmt: skip
+
+    kept = train(config())
+    assert cloudiest in kept.train_scenes
+    excluded = train(config(action="exclude"))
+    assert cloudiest not in excluded.train_scenes and excluded.model_path.is_file()
+    dataset = open_dataset(store)
+    down = config(action="down_weight", weight=0.2).data
+    scenes, labels = usable_scenes(dataset, down)
+    windows = WindowDataset(dataset, scenes, down, ["clear", "cloud", "cloud shadow"],
+                            np.zeros(6), np.ones(6), labels)  # fmt: skip
+    weights = {w.scene: weight for w, weight in zip(windows.windows, windows.weights, strict=True)}
+    assert weights[cloudiest] == pytest.approx(0.2) and weights[others[0]] == 1
+    # A window dropped in review is not trained on: its pixels read as unlabeled.
+    item = json.loads(dataset.storage.read_bytes(item_key(others[1])))
+    item["properties"]["cloudseg:label_review"] = [
+        {"window": [0, 0, 64, 64], "decision": "dropped"}
+    ]
+    dataset.storage.write_bytes(item_key(others[1]), json.dumps(item).encode())
+    keep = config().data
+    scenes, labels = usable_scenes(dataset, keep)
+    windows = WindowDataset(dataset, scenes, keep, ["clear", "cloud", "cloud shadow"],
+                            np.zeros(6), np.ones(6), labels)  # fmt: skip
+    index = {(w.scene, w.row, w.col): i for i, w in enumerate(windows.windows)}
+    assert (others[1], 0, 0) not in index  # no labeled pixel left in it
+    _, mask = windows[index[(others[1], 32, 32)]]  # half-window overlap
+    assert (mask[:32, :32] == 255).all() and (mask[32:, 32:] != 255).any()

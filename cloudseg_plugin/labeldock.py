@@ -9,6 +9,9 @@ mark the box. "Fine-tune" (a QgsTask) makes a new model version from the done bo
 and "Re-run" segments the scene with it beside the old mask; the round history shows
 IoU on the held-out boxes before and after.
 
+The second tab, "Suspicious labels" (:mod:`.reviewpanel`), reviews the windows a label
+check flagged: accept, correct with the same digitizing tools, or drop.
+
 Everything lives in the project's files (proposals, labels, rounds), so closing QGIS
 and opening the project again resumes where it was. The work itself is the backend's
 (:mod:`cloudseg.backend.active`) and the training's (:mod:`cloudseg.training.finetune`);
@@ -54,6 +57,7 @@ from qgis.PyQt.QtWidgets import (
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -61,6 +65,7 @@ from qgis.PyQt.QtWidgets import (
 from ..backend.errors import CancelledError, CloudsegError
 from . import logbridge, styling
 from .messages import DOCK, for_qgis
+from .reviewpanel import ReviewPanel
 from .tasks import BackendTask
 from .widgets import fill_model_combo
 
@@ -245,7 +250,11 @@ class LabelDock(QDockWidget):
         self.history_table.verticalHeader().setVisible(False)
         self.history_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         layout.addWidget(self.history_table, 1)
-        self.setWidget(body)
+        self.review = ReviewPanel(iface, self._say)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(body, "Propose and label")
+        self.tabs.addTab(self.review, "Suspicious labels")
+        self.setWidget(self.tabs)
 
         self.load_models()
         self._add_shortcuts()

@@ -42,6 +42,10 @@ RESULT_WORDS = {
 }
 
 
+#: Colour of a class whose raster records none.
+GREY = "#9e9e9e"
+
+
 def result_name(input_name: str, kind: str) -> str:
     """A result layer's name: the input's first, then what it is ("adwp - clouds")."""
     return f"{input_name} - {RESULT_WORDS[kind]}"
@@ -84,7 +88,9 @@ def style_classes(layer: QgsRasterLayer, tags: dict[str, str] | None = None) -> 
     tags = tags if tags is not None else cloudseg_tags(layer)
     classes = [
         QgsPalettedRasterRenderer.Class(
-            int(c["value"]), _color(c["color"], 0 if c["name"] == CLEAR else None), c["name"]
+            int(c["value"]),
+            _color(c.get("color", GREY), 0 if c["name"] == CLEAR else None),
+            c["name"],
         )
         for c in _classes(tags)
     ]
@@ -92,6 +98,16 @@ def style_classes(layer: QgsRasterLayer, tags: dict[str, str] | None = None) -> 
     renderer.setOpacity(MASK_OPACITY)  # the scene stays visible under the classes
     layer.setRenderer(renderer)
     describe(layer, tags, "Cloud mask")
+    layer.triggerRepaint()
+
+
+def style_flags(layer: QgsRasterLayer, color: str) -> None:
+    """Flagged pixels (1) in ``color``; the rest (0, and 255 unlabeled) transparent."""
+    classes = [
+        QgsPalettedRasterRenderer.Class(0, _color(color, 0), "not flagged"),
+        QgsPalettedRasterRenderer.Class(1, _color(color, 255), "flagged: the model disagrees"),
+    ]
+    layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes))
     layer.triggerRepaint()
 
 

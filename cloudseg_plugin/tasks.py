@@ -53,5 +53,21 @@ class BackendTask(QgsTask):
             return False
 
     def finished(self, ok: bool) -> None:
-        """Back on the UI thread: hand the outcome to the dock."""
-        self.on_done(self)
+        """Back on the UI thread: hand the outcome to the dock.
+
+        An error in the dock's handler is logged: raised from a Qt slot it would abort
+        QGIS (PyQt's default), losing the user's session.
+        """
+        try:
+            self.on_done(self)
+        except Exception as exc:
+            import traceback
+
+            from qgis.core import Qgis, QgsMessageLog
+
+            QgsMessageLog.logMessage(
+                f"{self.description()}: unexpected error: {type(exc).__name__}: {exc}\n"
+                + traceback.format_exc(),
+                "cloudseg",
+                Qgis.Critical,
+            )

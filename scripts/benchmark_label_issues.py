@@ -270,6 +270,7 @@ def main() -> int:
     }
     for entry in report["ranking"] + report["ranking_clean"]:
         entry.pop("issue_raster", None)
+        entry.pop("predicted_raster", None)
         entry["windows"] = entry["windows"][:3]
     write_results(report, ("cloudseg", "cleanlab", "numpy", "torch"), args.out)
     return 0

@@ -25,7 +25,8 @@ neither scored nor flagged.
 
 Outputs: a ranked report (``label_issues.json`` and the table ``label_issues.csv``), one
 issue raster per scene (``issues/<scene>.tif``: 1 flagged, 0 not, 255 unlabeled;
-georeferenced like the scene), and the scene's STAC Item annotated with
+georeferenced like the scene), the model's classes (``predicted/<scene>.tif``: what the
+label dock shows as the model's view), and the scene's STAC Item annotated with
 ``cloudseg:label_quality`` (score, flagged share, flagged windows, model, date). The
 report and rasters are written aside and published together once every scene is done; a
 failure or cancel leaves an earlier report as it was. The stored labels are never changed.
@@ -92,8 +93,12 @@ class LabelCheck:
         return [e for e in self.scenes if e["flagged"]]
 
 
-def _write_issue_raster(path: Path, issues: np.ndarray, props: dict[str, Any]) -> None:
-    """The flagged pixels of one scene on its grid (1 flagged, 0 not, 255 unlabeled).
+def _write_issue_raster(
+    path: Path, issues: np.ndarray, props: dict[str, Any], card: Any = None
+) -> None:
+    """One scene's flagged pixels (1, 0 not, 255 unlabeled) or model classes, on its grid.
+
+    With the model's ``card`` the raster holds its classes (tagged as a class raster).
 
     ``props`` are the scene's STAC Item properties (its ``proj:`` grid).
     """
@@ -116,6 +121,9 @@ def _write_issue_raster(path: Path, issues: np.ndarray, props: dict[str, Any]) -
     path.parent.mkdir(parents=True, exist_ok=True)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(issues, 1)
+        if card is not None:
+            described = [{"value": c.value, "name": c.name, "color": c.color} for c in card.classes]
+            dst.update_tags(CLOUDSEG_CLASSES=json.dumps(described), CLOUDSEG_MODEL=card.name)
 
 
 def window_shares(issues: np.ndarray, window: int = WINDOW) -> list[dict[str, Any]]:
@@ -296,10 +304,11 @@ def check_labels(
         else:
             by_scene = dict.fromkeys(chosen, str(model))
             described = ""
-        labels, probabilities, names = _predict(
+        labels, probabilities, card = _predict(
             dataset, chosen, by_scene, report, stop, 60.0 if folds else 0.0
         )
-        described = described or load_model(str(model)).card.name
+        described = described or card.name
+        names = card.class_names()
         report(80.0, "confident learning (cleanlab)")
         results, confusions = _score(labels, probabilities, names, find_label_issues,
                                      get_label_quality_scores)  # fmt: skip
@@ -311,9 +320,11 @@ def check_labels(
         stage = temporary_sibling(out / "label-check", "part")
         try:
             ranked = []
-            for scene, (score, flagged, issues) in zip(chosen, results, strict=True):
+            for scene, (score, flagged, issues, classes) in zip(chosen, results, strict=True):
                 item = json.loads(dataset.storage.read_bytes(item_key(scene)))
-                _write_issue_raster(stage / "issues" / f"{scene}.tif", issues, item["properties"])
+                props = item["properties"]
+                _write_issue_raster(stage / "issues" / f"{scene}.tif", issues, props)
+                _write_issue_raster(stage / "predicted" / f"{scene}.tif", classes, props, card)
                 listed = [
                     w for w in window_shares(issues, window) if w["flagged_share"] >= LISTED_SHARE
                 ]
@@ -324,6 +335,7 @@ def check_labels(
                     "flagged": bool(flagged > FLAGGED_SHARE),
                     "windows": listed[:LISTED_WINDOWS],
                     "issue_raster": str(out / "issues" / f"{scene}.tif"),
+                    "predicted_raster": str(out / "predicted" / f"{scene}.tif"),
                     "model": Path(by_scene[scene]).parent.name if folds else described,
                 }
                 ranked.append((entry, item))
@@ -352,15 +364,17 @@ def check_labels(
                     } | {"model": described, "checked": when, "window": window}
                     data = json.dumps(item, indent=2, sort_keys=True) + "\n"
                     dataset.storage.write_bytes(item_key(entry["scene"]), data.encode())
-            (out / "issues").mkdir(parents=True, exist_ok=True)
-            staged = [stage / "issues" / f"{e['scene']}.tif" for e in result.scenes]
+            rasters = [f"{kind}/{e['scene']}.tif" for kind in ("issues", "predicted")
+                       for e in result.scenes]  # fmt: skip
+            for kind in ("issues", "predicted"):
+                (out / kind).mkdir(parents=True, exist_ok=True)
             publish(
-                [(path, out / "issues" / path.name) for path in staged]
+                [(stage / name, out / name) for name in rasters]
                 + [(stage / n, out / n) for n in ("label_issues.csv", "label_issues.json")]
             )
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
-            for folder in [out / "issues", *missing]:  # deepest first
+            for folder in [out / "issues", out / "predicted", *missing]:  # deepest first
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only if empty: nothing earlier is touched
             raise
@@ -376,9 +390,9 @@ def _predict(
     report: ProgressCallback,
     stop: CancelCallback,
     start: float,
-) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """Each scene's labels (model classes) and out-of-sample probabilities."""
-    labels, probabilities, names, runners = [], [], None, {}
+) -> tuple[list[np.ndarray], list[np.ndarray], Any]:
+    """Each scene's labels (model classes), out-of-sample probabilities, and a model card."""
+    labels, probabilities, names, runners, card = [], [], None, {}, None
     for i, scene in enumerate(scenes):
         if stop():
             raise CancelledError("label check cancelled; nothing was written")
@@ -391,14 +405,14 @@ def _predict(
             runners = {model: (loaded, options, runner)}  # one model held at a time
         loaded, options, runner = runners[model]
         if names is None:
-            names = loaded.card.class_names()
+            card, names = loaded.card, loaded.card.class_names()
             table = lookup_table(map_classes(dataset.classes, names, None))
         elif loaded.card.class_names() != names:
             raise InputError(f"{model} has classes {loaded.card.class_names()}, not {names}")
         source, mask = store_scene(dataset, scene)
         probabilities.append(predict(source, options, runner).probabilities)
         labels.append(table[mask])
-    return labels, probabilities, names or []
+    return labels, probabilities, card
 
 
 def _table(scenes: list[dict[str, Any]]) -> str:
@@ -421,8 +435,8 @@ def _score(
     names: list[str],
     find_label_issues: Any,
     get_label_quality_scores: Any,
-) -> tuple[list[tuple[float, float, np.ndarray]], dict[str, int]]:
-    """Per scene (quality score, flagged share, issue raster), and the class confusions.
+) -> tuple[list[tuple[float, float, np.ndarray, np.ndarray]], dict[str, int]]:
+    """Per scene (score, flagged share, issue raster, model's classes); the confusions.
 
     Scenes of one shape are scored together (confident-learning thresholds over all of
     them); scenes of other shapes on their own.
@@ -443,7 +457,12 @@ def _score(
         for j, i in enumerate(indices):
             labeled = max(int((~unlabeled[j]).sum()), 1)
             raster = np.where(unlabeled[j], IGNORE, issues[j].astype(np.uint8)).astype(np.uint8)
-            results[i] = (scores[j], issues[j].sum() / labeled, raster)
+            results[i] = (
+                scores[j],
+                issues[j].sum() / labeled,
+                raster,
+                predicted[j].astype(np.uint8),
+            )
         pairs = np.stack([filled[issues], predicted[issues]], axis=1)
         for (a, b), n in zip(*np.unique(pairs, axis=0, return_counts=True), strict=True):
             key = f"{names[a]} -> {names[b]}"

@@ -87,7 +87,7 @@ $(QGIS_PLUGIN_LINK)/cloudseg:
 qgis: install $(QGIS_PLUGIN_LINK)/cloudseg ## start QGIS with this checkout as plugin and the venv's packages
 	PYTHONPATH=$(SITE_PACKAGES) QGIS_PLUGINPATH=$(QGIS_PLUGIN_LINK) qgis
 
-screenshot: install $(QGIS_PLUGIN_LINK)/cloudseg ## docs/qgis*.png: QGIS under Xvfb: the dock after a run, the results, the dialog, the label dock
+screenshot: install $(QGIS_PLUGIN_LINK)/cloudseg ## docs/qgis*.png: QGIS under Xvfb (the dock after a run, the results, the dialog, the label dock); docs/dashboard.png in headless Chromium
 	rm -rf .qgis-screenshot-profile && mkdir -p .qgis-screenshot-profile/profiles/default/QGIS
 	printf '[PythonPlugins]\ncloudseg=true\n' > .qgis-screenshot-profile/profiles/default/QGIS/QGIS3.ini
 	PYTHONPATH=$(SITE_PACKAGES) QGIS_PLUGINPATH=$(QGIS_PLUGIN_LINK) \
@@ -97,4 +97,5 @@ screenshot: install $(QGIS_PLUGIN_LINK)/cloudseg ## docs/qgis*.png: QGIS under X
 	    timeout 300 qgis --nologo --noversioncheck \
 	        --profiles-path $(CURDIR)/.qgis-screenshot-profile \
 	        --code $(CURDIR)/scripts/screenshot_qgis.py
-	test -s docs/qgis.png && test -s docs/qgis-results.png && test -s docs/qgis-dialog.png && test -s docs/qgis-labels.png
+	test -s docs/qgis.png && test -s docs/qgis-results.png && test -s docs/qgis-dialog.png && test -s docs/qgis-labels.png && test -s docs/qgis-review.png
+	$(PY) scripts/screenshot_dashboard.py --data "$(CLOUDSEG_REAL_DATA)" --out docs/dashboard.png

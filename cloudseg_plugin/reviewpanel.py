@@ -230,6 +230,8 @@ class ReviewPanel(QWidget):
                 styling.style_classes(layer)
             elif what == "flagged pixels":
                 styling.style_flags(layer, FLAGGED_COLOR)
+            else:
+                styling.style_true_colour(layer, self.dataset.bands if self.dataset else [])
             layers.append(layer)
         for layer in reversed(layers):
             project.addMapLayer(layer, False)

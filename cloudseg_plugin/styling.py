@@ -111,6 +111,24 @@ def style_flags(layer: QgsRasterLayer, color: str) -> None:
     layer.triggerRepaint()
 
 
+def style_true_colour(layer: QgsRasterLayer, bands: list[str]) -> None:
+    """Red, green, blue from B04, B03, B02 where the layer has them, stretched 2-98 %."""
+    from qgis.core import (
+        QgsContrastEnhancement,
+        QgsMultiBandColorRenderer,
+        QgsRasterMinMaxOrigin,
+    )
+
+    if not all(b in bands for b in ("B04", "B03", "B02")):
+        return  # QGIS's own default
+    red, green, blue = (bands.index(b) + 1 for b in ("B04", "B03", "B02"))
+    layer.setRenderer(QgsMultiBandColorRenderer(layer.dataProvider(), red, green, blue))
+    layer.setContrastEnhancement(
+        QgsContrastEnhancement.StretchToMinimumMaximum, QgsRasterMinMaxOrigin.CumulativeCut
+    )
+    layer.triggerRepaint()
+
+
 def style_probabilities(layer: QgsRasterLayer, tags: dict[str, str] | None = None) -> None:
     """Pseudocolor ramp on the cloud probability band (percent, 0-100)."""
     tags = tags if tags is not None else cloudseg_tags(layer)

@@ -51,6 +51,10 @@ def plant(mask: np.ndarray, kind: str) -> np.ndarray:
     return shifted
 
 
+#: Epochs and windows per epoch of every fine-tuning here (set from the command line).
+SCHEDULE = {"epochs": 8, "samples_per_epoch": 128}
+
+
 def config(store: Path, out: Path, seed: int, **data: Any) -> dict[str, Any]:
     """The fine-tuning of every run here: ukis-csmask-4b-l1c on three bands, 128-px windows."""
     return {
@@ -61,14 +65,20 @@ def config(store: Path, out: Path, seed: int, **data: Any) -> dict[str, Any]:
             "bands": ["B02", "B03", "B04"],
             "classes": ["clear", "cloud", "cloud shadow"],
             "window": 128,
-            "samples_per_epoch": 64,
+            "samples_per_epoch": SCHEDULE["samples_per_epoch"],
             "normalization": "card",
             "product_level": "L1C",
             "split": {"group_pattern": r"^.+(?=-r\d)", "val_fraction": 0.2},
         }
         | data,
         "model": {"init": INIT},
-        "train": {"epochs": 4, "batch_size": 8, "lr": 3e-4, "patience": 4, "seed": seed},
+        "train": {
+            "epochs": SCHEDULE["epochs"],
+            "batch_size": 8,
+            "lr": 3e-4,
+            "patience": 4,
+            "seed": seed,
+        },
     }
 
 
@@ -140,7 +150,10 @@ def main() -> int:
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seed", type=int, default=0, help="seed of the choice of chips")
+    parser.add_argument("--epochs", type=int, default=SCHEDULE["epochs"])
+    parser.add_argument("--samples", type=int, default=SCHEDULE["samples_per_epoch"])
     args = parser.parse_args()
+    SCHEDULE.update(epochs=args.epochs, samples_per_epoch=args.samples)
     from cloudseg.backend.store.dataset import open_dataset
     from cloudseg.backend.store.ingest import ingest
     from cloudseg.training.config import Config
@@ -167,6 +180,9 @@ def main() -> int:
                         and labeled > 0.5 * chip.size
                     ):
                         eligible.append(f"{scene}-r{r:03d}-c{c:03d}")
+        if len(eligible) < args.per_kind * len(KINDS):
+            raise SystemExit(f"only {len(eligible)} chips hold cloud and shadow; use --per-kind 1")
+        print(f"{len(eligible)} chips hold cloud and shadow", flush=True)
         picked = list(rng.permutation(sorted(eligible))[: args.per_kind * len(KINDS)])
         planted = {name: KINDS[i // args.per_kind] for i, name in enumerate(picked)}
         stores = {}
@@ -251,18 +267,20 @@ def main() -> int:
         "k": k,
         "precision_at_k": round(len(top & set(planted)) / k, 3),
         "recall_at_k": round(len(top & set(planted)) / k, 3),
+        "flag_limit": found.limit,
         "flagged": sorted(flagged),
         "precision_flagged": round(len(flagged & set(planted)) / max(len(flagged), 1), 3),
         "recall_flagged": round(len(flagged & set(planted)) / k, 3),
         "per_kind": per_kind,
+        "fold_training": f"{args.epochs} epochs x {args.samples} windows of 128 px each",
         "folds": found.folds,
         "ranking": found.scenes,
         "ranking_clean": checks["clean"].scenes,
         "confusions": found.confusions,
         "training_with_and_without_flags": {
             "test_scene": "ukis-csmask Sentinel-2 test scene (512 x 512, B02 B03 B04 as 10 m)",
-            "settings": "fine-tuned from ukis-csmask-4b-l1c, 4 epochs x 64 windows of 128 px; "
-            "the same seeds in every variant",
+            "settings": f"fine-tuned from ukis-csmask-4b-l1c, {args.epochs} epochs x "
+            f"{args.samples} windows of 128 px; the same seeds in every variant",
             "seeds": args.seeds,
             "results": experiment,
         },

@@ -12,7 +12,10 @@ segments the chip there (a QgsTask, as a user would), and saves:
 - ``qgis-labels.png``: the label dock after one active-learning round: boxes proposed
   where the model is unsure, three labeled from the model's mask and marked Done, a
   fine-tuned version with its held-out IoU in the round history, and the next box
-  started from the model, ready to correct.
+  started from the model, ready to correct;
+- ``qgis-review.png``: the label dock's "Suspicious labels" tab on a store with two
+  chips labeled all clear over cloud: the worst window open with its image, stored
+  label, the model's classes and the flagged pixels.
 
 Environment: CLOUDSEG_REAL_DATA (the real data folder), CLOUDSEG_SCREENSHOT (PNG path).
 """
@@ -232,16 +235,58 @@ def next_box(dock: object) -> None:
 
 
 def grab_labels() -> None:
-    """Save the window with the label dock, and quit."""
+    """Save the window with the label dock; then the review of suspicious labels."""
     try:
         if save(iface.mainWindow(), OUT.with_name("qgis-labels.png"), 1000):
+            start_review()
+    except Exception:
+        fail("failed while grabbing the label dock:\n" + traceback.format_exc())
+
+
+def start_review() -> None:
+    """Check a store with two mislabeled chips; open the worst window in the review tab."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from screenshot_dashboard import checked_store
+
+    QgsProject.instance().clear()
+    _, report = checked_store(Path(os.environ["CLOUDSEG_REAL_DATA"]), WORK / "review")
+    dock = plugins["cloudseg"].label_dock
+    panel = dock.review
+    dock.tabs.setCurrentWidget(panel)
+    panel.show_dashboard = False
+    panel.report_widget.setFilePath(str(report))
+    if panel.open_selected() is None:
+        fail(f"no window to review: {panel.status_label.text()}")
+        return
+    say("opening a suspicious window")
+    when_idle(panel, lambda: grab_review(panel))
+
+
+def grab_review(panel: object) -> None:
+    """Zoom out a little around the window, save the picture, and quit."""
+    if panel.current is None:
+        fail(f"the window did not open: {panel.status_label.text()}")
+        return
+    panel.class_combo.setCurrentIndex(panel.class_combo.findText("1 cloud"))
+    canvas = iface.mapCanvas()
+    extent = canvas.extent()
+    extent.scale(1.3)
+    canvas.setExtent(extent)
+    canvas.refresh()
+    QTimer.singleShot(3000, finish)
+
+
+def finish() -> None:
+    """Save the review picture and quit."""
+    try:
+        if save(iface.mainWindow(), OUT.with_name("qgis-review.png"), 1000):
             # Close the project first, as QGIS does when its window is closed: QGIS
             # 3.22 crashes when it is told to exit with layers still loaded (in its
             # layer styling dock, while the layer tree is torn down).
             QgsProject.instance().clear()
             QTimer.singleShot(500, lambda: QgsApplication.exit(0))
     except Exception:
-        fail("failed while grabbing the label dock:\n" + traceback.format_exc())
+        fail("failed while grabbing the review:\n" + traceback.format_exc())
 
 
 import faulthandler  # noqa: E402

@@ -63,13 +63,14 @@ class LabelQualityConfig:
         level: ``scene`` (a scene whose flagged share is above ``max_flagged_share``) or
             ``window`` (the check's windows above it).
         max_flagged_share: Share of a scene's or window's labeled pixels flagged above
-            which it counts as flagged.
+            which it counts as flagged; None (default) takes the check's own limit
+            (10 %, or twice the median share of the scenes it checked if higher).
         weight: Sampling weight of flagged windows under ``down_weight`` (0-1).
     """
 
     action: str = "keep"
     level: str = "scene"
-    max_flagged_share: float = 0.1
+    max_flagged_share: float | None = None
     weight: float = 0.25
 
 

@@ -169,6 +169,8 @@ def scene_labels(properties: dict[str, Any], policy: LabelQualityConfig) -> Scen
     if policy.action == "keep" or not quality:
         return result
     limit = policy.max_flagged_share
+    if limit is None:
+        limit = quality.get("limit", 0.1)
     flagged = [
         tuple(w["window"])
         for w in quality.get("windows", [])

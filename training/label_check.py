@@ -12,8 +12,9 @@ labels:
   scenes checked together);
 - **chips**: ``cleanlab.segmentation.rank.get_label_quality_scores`` (softmin of the
   per-pixel label quality) scores each scene, 0 (likely wrong) to 1; the share of its
-  labeled pixels flagged is reported beside it, and a scene with more than
-  ``max_flagged_share`` (10 %) flagged is marked ``flagged``;
+  labeled pixels flagged is reported beside it, and a scene with more than 10 % flagged,
+  or twice the median share of the scenes checked if that is higher, is marked
+  ``flagged`` (the limit is recorded);
 - **windows**: the share of flagged pixels in each window of a grid (128 px), so that a
   bad patch in a big scene is found, reviewed (label dock) or left out (training);
 - **class confusions**: flagged pixels counted by (given label -> the model's class),
@@ -64,8 +65,12 @@ from .evaluate import store_scene
 IGNORE = 255
 #: Edge of the grid of windows scored inside each scene, in pixels.
 WINDOW = 128
-#: A scene or window with more than this share of its labeled pixels flagged is flagged.
-FLAGGED_SHARE = LabelQualityConfig().max_flagged_share
+#: A scene or window is flagged when more than this share of its labeled pixels is
+#: flagged, or more than :data:`RELATIVE` times the median share of the scenes checked,
+#: whichever is higher: a weak out-of-sample model contradicts many labels everywhere,
+#: and only what stands out from that is worth a review.
+FLAGGED_SHARE = 0.1
+RELATIVE = 2.0
 #: Windows with at least this share flagged are listed (report and STAC Item).
 LISTED_SHARE = 0.02
 #: At most this many windows per scene are listed, worst first.
@@ -83,6 +88,8 @@ class LabelCheck:
     report: Path | None = None
     seconds: float = 0.0
     folds: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    #: Flagged share above which a scene or window is flagged (see :func:`flag_limit`).
+    limit: float = FLAGGED_SHARE
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable data."""
@@ -124,6 +131,12 @@ def _write_issue_raster(
         if card is not None:
             described = [{"value": c.value, "name": c.name, "color": c.color} for c in card.classes]
             dst.update_tags(CLOUDSEG_CLASSES=json.dumps(described), CLOUDSEG_MODEL=card.name)
+
+
+def flag_limit(shares: list[float]) -> float:
+    """The flagged share above which a scene or window is flagged (see FLAGGED_SHARE)."""
+    median = float(np.median(shares)) if shares else 0.0
+    return round(max(FLAGGED_SHARE, RELATIVE * median), 4)
 
 
 def window_shares(issues: np.ndarray, window: int = WINDOW) -> list[dict[str, Any]]:
@@ -320,6 +333,7 @@ def check_labels(
         stage = temporary_sibling(out / "label-check", "part")
         try:
             ranked = []
+            limit = flag_limit([r[1] for r in results])
             for scene, (score, flagged, issues, classes) in zip(chosen, results, strict=True):
                 item = json.loads(dataset.storage.read_bytes(item_key(scene)))
                 props = item["properties"]
@@ -332,7 +346,7 @@ def check_labels(
                     "scene": scene,
                     "score": round(float(score), 4),
                     "flagged_share": round(float(flagged), 4),
-                    "flagged": bool(flagged > FLAGGED_SHARE),
+                    "flagged": bool(flagged > limit),
                     "windows": listed[:LISTED_WINDOWS],
                     "issue_raster": str(out / "issues" / f"{scene}.tif"),
                     "predicted_raster": str(out / "predicted" / f"{scene}.tif"),
@@ -350,6 +364,7 @@ def check_labels(
                 out / "label_issues.json",
                 round(time.perf_counter() - started, 2),
                 listing,
+                limit,
             )
             text = json.dumps(result.to_dict(), indent=2) + "\n"
             (stage / "label_issues.json").write_text(text, encoding="utf-8")
@@ -361,7 +376,7 @@ def check_labels(
                     item["properties"]["cloudseg:label_quality"] = {
                         k: entry[k]
                         for k in ("score", "flagged_share", "flagged", "windows", "rank")
-                    } | {"model": described, "checked": when, "window": window}
+                    } | {"model": described, "checked": when, "window": window, "limit": limit}
                     data = json.dumps(item, indent=2, sort_keys=True) + "\n"
                     dataset.storage.write_bytes(item_key(entry["scene"]), data.encode())
             rasters = [f"{kind}/{e['scene']}.tif" for kind in ("issues", "predicted")

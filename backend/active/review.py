@@ -36,7 +36,8 @@ from .labels import LabeledWindow, login_name, windows_to_store
 #: The review GeoPackage's layer of label polygons to correct.
 CORRECTIONS_LAYER = "corrections"
 DECISIONS = ("accepted", "dropped", "corrected")
-#: Windows with more than this share of labeled pixels flagged are queued.
+#: Windows with more than this share of labeled pixels flagged are queued (reports
+#: record their own limit; this is for reports without one).
 QUEUE_SHARE = 0.1
 #: The class name given to unlabeled pixels in the corrections layer.
 UNLABELED = "unlabeled"
@@ -86,14 +87,18 @@ def read_report(report: str | Path) -> dict[str, Any]:
 
 
 def review_queue(
-    report: str | Path, share: float = QUEUE_SHARE, endpoint_url: str | None = None
+    report: str | Path, share: float | None = None, endpoint_url: str | None = None
 ) -> tuple[StoredDataset, list[Suspect]]:
     """The report's store and its flagged windows, worst first, with their review status.
+
+    A window is queued when its flagged share is above ``share`` (default the report's
+    own ``limit``, else :data:`QUEUE_SHARE`).
 
     Raises:
         InputError: For a bad report or a store that cannot be opened.
     """
     data = read_report(report)
+    share = share if share is not None else data.get("limit", QUEUE_SHARE)
     dataset = open_dataset(data["store"], endpoint_url)
     known = set(dataset.scenes())
     queue = []

@@ -43,10 +43,10 @@ body { font-family: sans-serif; margin: 1.5em auto; max-width: 1200px; color: #2
 h1 { font-size: 1.5em; margin-bottom: 0.2em; }
 h2 { font-size: 1.15em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
 .meta { color: #616161; margin-top: 0; }
-.grid > * { min-width: 0; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 1em; }
-.thumbs { display: grid; grid-template-columns: repeat(auto-fill, minmax(270px, 1fr)); gap: 1em; }
-figure { margin: 0; } figcaption { font-size: 0.85em; color: #424242; }
+.grid { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.thumbs { display: grid; grid-template-columns: repeat(4, 1fr); gap: 1em; }
+figure { margin: 0; } figure img { width: 100%; }
+figcaption { font-size: 0.85em; color: #424242; }
 table { border-collapse: collapse; font-size: 0.9em; }
 td, th { border-bottom: 1px solid #eee; padding: 0.2em 0.6em; text-align: right; }
 td:first-child, th:first-child { text-align: left; }
@@ -72,21 +72,27 @@ $thumbnails
 """)
 
 
-def _figure_html(figure: Any, name: str) -> str:
+#: Plot widths in pixels: two side by side, or one across the page.
+HALF, FULL = 570, 1160
+
+
+def _figure_html(figure: Any, name: str, width: int = HALF) -> str:
     """A plotly figure as a ``div`` (plotly.js is inlined once in the page head)."""
-    figure.update_layout(margin={"l": 50, "r": 20, "t": 50, "b": 50}, height=360)
+    figure.update_layout(
+        margin={"l": 50, "r": 20, "t": 50, "b": 50}, height=360, width=width, autosize=False
+    )
     return f'<div class="plot" id="{name}">' + figure.to_html(
         full_html=False, include_plotlyjs=False, div_id=f"{name}-plot",
-        config={"displaylogo": False, "responsive": True},
+        config={"displaylogo": False},
     ) + "</div>"  # fmt: skip
 
 
-def _bar(title: str, values: dict[str, float], name: str, **kwargs: Any) -> str:
+def _bar(title: str, values: dict[str, float], name: str, width: int = HALF, **kwargs: Any) -> str:
     import plotly.graph_objects as go
 
     figure = go.Figure(go.Bar(x=list(values), y=list(values.values()), marker_color=TEAL, **kwargs))
     figure.update_layout(title=title)
-    return _figure_html(figure, name)
+    return _figure_html(figure, name, width)
 
 
 def _map(items: list[dict[str, Any]]) -> str:
@@ -160,7 +166,7 @@ def _quality(items: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
         '<table id="quality-table"><tr><th>scene</th><th>quality</th><th>flagged pixels</th>'
         f"<th>flagged</th></tr>{rows}</table>"
     )
-    return '<div class="grid">' + _figure_html(figure, "quality") + table + "</div>", checked
+    return _figure_html(figure, "quality", FULL) + table, checked
 
 
 def _stretch(rgb: np.ndarray) -> np.ndarray:
@@ -257,6 +263,7 @@ def dashboard_html(dataset: StoredDataset) -> str:
             "Band means and standard deviations (stored values)",
             {b: s["mean"] for b, s in stats.items()},
             "bands",
+            FULL,
             error_y={"type": "data", "array": [s["std"] for s in stats.values()]},
         ),
         map=_map(items),

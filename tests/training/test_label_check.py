@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from selenium.webdriver.support.ui import WebDriverWait
+from browser import chromium, load
 
 from cloudseg.backend.errors import CloudsegError
 
@@ -60,34 +59,6 @@ def test_the_contradicted_chip_ranks_first_and_the_labels_stay(planted_store, tm
     assert (flagged == 1).mean() == pytest.approx(first["flagged_share"], abs=1e-3)
 
 
-DRAWN = "return document.querySelectorAll('.js-plotly-plot .main-svg').length"
-
-
-def _chromium() -> Any:
-    """Debian's Chromium, headless, driven by selenium through Debian's chromedriver."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    for path in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
-        assert Path(path).is_file(), f"{path} is missing: run make install (Debian chromium)"
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,2400",
-    ):
-        options.add_argument(flag)  # fmt: skip
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-
-
 @pytest.mark.real_data
 def test_the_dashboard_renders_its_plots_in_chromium_without_errors(
     checked_store, tmp_path, venv_env
@@ -101,12 +72,9 @@ def test_the_dashboard_renders_its_plots_in_chromium_without_errors(
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["dashboard"] == str(page)
     assert "<script src=" not in page.read_text()  # self-contained: nothing fetched
-    browser = _chromium()
+    browser = chromium()
     try:
-        browser.get(page.as_uri())
-        WebDriverWait(browser, 60).until(
-            lambda b: b.execute_script(DRAWN) >= 12
-        )  # fmt: skip
+        errors = load(browser, page, plots=6)
         plots = browser.execute_script(
             "return Array.from(document.querySelectorAll('.plot')).map(p => "
             "[p.id, p.querySelectorAll('.main-svg').length, p.querySelectorAll('.point').length])"
@@ -118,7 +86,6 @@ def test_the_dashboard_renders_its_plots_in_chromium_without_errors(
             "return Array.from(document.querySelectorAll('#quality-table tr')).slice(1)"
             ".map(r => r.cells[0].textContent)"
         )
-        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     finally:
         browser.quit()
     assert errors == []

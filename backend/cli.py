@@ -212,6 +212,62 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_segment_batch(args: argparse.Namespace) -> int:
+    """Segment many scenes on a Dask cluster; print a summary (or JSON)."""
+    from tqdm import tqdm
+
+    from .batch import segment_batch
+    from .raster.bands import parse_band_list
+
+    options = {
+        "model": args.model,
+        "bands": parse_band_list(args.bands) if args.bands else None,
+        "product_level": args.product_level,
+        "resolution": args.resolution,
+        "device": args.device,
+        "precision": args.precision,
+        "runtime": args.runtime,
+        "tta": args.tta or None,
+    }
+    options = {k: v for k, v in options.items() if v not in (None, "auto", "native")}
+    with tqdm(total=0, unit="scene", disable=args.quiet or None, file=sys.stderr) as bar:
+
+        def progress(done: int, total: int, record: dict[str, Any]) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+            bar.set_postfix_str(f"{record['scene']}: {record['status']}", refresh=False)
+
+        def started(dashboard: str | None) -> None:
+            where = dashboard or "not available (pip install bokeh)"
+            print(f"Dask dashboard: {where}", file=sys.stderr, flush=True)
+
+        result = segment_batch(
+            args.inputs,
+            args.out,
+            options,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            retries=args.retries,
+            endpoint_url=args.endpoint_url,
+            progress=progress,
+            on_start=started,
+        )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        counts = result.counts()
+        print(
+            f"{len(result.records)} scene(s): {counts.get('done', 0)} done, "
+            f"{counts.get('skipped', 0)} skipped (already done), {counts.get('failed', 0)} "
+            f"failed; {result.workers} worker(s), {result.seconds:.1f} s; manifest "
+            f"{result.manifest}"
+        )
+    for record in result.records:
+        if record["status"] == "failed":
+            print(f"failed: {record['scene']}: {record['error']}", file=sys.stderr)
+    return 1 if any(r["status"] == "failed" for r in result.records) else 0
+
+
 def _cmd_propose(args: argparse.Namespace) -> int:
     """Propose the most doubtful boxes of a scene into a label project."""
     from .active.propose import propose
@@ -461,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.set_defaults(handler=_cmd_segment)
     _add_ingest_parser(sub)
     _add_report_parser(sub)
+    _add_batch_parser(sub)
     _add_propose_parser(sub)
     _add_explain_parser(sub)
     _add_plugin_parsers(sub)
@@ -589,6 +646,43 @@ def _add_ingest_parser(sub: Any) -> None:
     ing.add_argument("--no-report", action="store_true", help="skip the dataset report")
     add_output_flags(ing)
     ing.set_defaults(handler=_cmd_ingest)
+
+
+def _add_batch_parser(sub: Any) -> None:
+    batch = sub.add_parser(
+        "segment-batch",
+        help="segment many scenes on a Dask cluster (local by default), resumable",
+        description="Segment every scene the inputs name, one Dask task per scene, into "
+        "OUT (a folder or s3://bucket/prefix): <scene>.tif, its record <scene>.json and "
+        "manifest.json. Inputs: folders, glob patterns, list files (.txt), STAC Item / "
+        "ItemCollection / search-result files (.json), S3 prefixes of GeoTIFFs or SAFE "
+        "zips. A re-run skips scenes already done with the same model and settings; a "
+        "bad scene is recorded with its reason and the others go on (exit status 1).",
+    )
+    batch.add_argument("inputs", nargs="+", metavar="INPUT")
+    batch.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
+    batch.add_argument("--model", help="model name or file (default: the best per scene)")
+    batch.add_argument("--bands", help="band names in file order, for files without names")
+    batch.add_argument("--product-level", choices=["L1C", "L2A"], type=str.upper)
+    batch.add_argument("--device", choices=DEVICES, default="auto")
+    batch.add_argument("--precision", choices=PRECISIONS, default="auto")
+    batch.add_argument("--runtime", choices=RUNTIMES, default="auto")
+    batch.add_argument("--tta", action="store_true", help="test-time augmentation")
+    add_resolution_flag(batch)
+    batch.add_argument(
+        "--workers", type=int, help="local worker processes (default: one per 4 cores)"
+    )
+    batch.add_argument(
+        "--scheduler",
+        help="an existing Dask cluster: tcp://host:8786 or a scheduler file "
+        "(dask-jobqueue, Dask Kubernetes; see docs/batch.md)",
+    )
+    batch.add_argument(
+        "--retries", type=int, default=2, help="tries again after an unexpected failure (2)"
+    )
+    batch.add_argument("--endpoint-url", help="S3 endpoint (MinIO) for inputs and outputs")
+    add_output_flags(batch)
+    batch.set_defaults(handler=_cmd_segment_batch)
 
 
 def _add_report_parser(sub: Any) -> None:

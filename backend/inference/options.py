@@ -100,6 +100,8 @@ class SegmentOptions(RunOptions):
         check_reflectance: Refuse values that are not reflectance after scaling (values
             no real scene has; see ``raster.reader.check_reflectance``). False makes
             that a warning.
+        keep_runner: Keep the loaded model for the next run in this process (a batch
+            worker segments many scenes with one model).
     """
 
     probabilities: Path | None = None
@@ -111,6 +113,7 @@ class SegmentOptions(RunOptions):
     min_polygon_area_m2: float = 0.0
     max_memory_mib: float = 2048
     check_reflectance: bool = True
+    keep_runner: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import platform
+import threading
 from dataclasses import dataclass
 from importlib import metadata, util
 from pathlib import Path
@@ -62,6 +63,13 @@ def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
 
 
 def _cpu_threads() -> int:
+    """Threads for inference: ``CLOUDSEG_THREADS`` if set, else every core we may use.
+
+    A batch worker gets its share of the machine through ``CLOUDSEG_THREADS``.
+    """
+    share = os.environ.get("CLOUDSEG_THREADS", "")
+    if share.isdigit() and int(share) > 0:
+        return int(share)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -397,3 +405,28 @@ def create_runner(
     if plan.runtime == "openvino":
         return OpenVinoRunner(model, plan.precision, tile_size or model.card.tile_size)
     return OnnxRunner(model, plan.device)
+
+
+_SHARED: dict[tuple[Any, ...], Runner] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_runner(
+    model: Model,
+    device: str = "auto",
+    precision: str = "auto",
+    runtime: str = "auto",
+    tile_size: int | None = None,
+) -> Runner:
+    """A runner kept for the life of this process: a batch worker loads each model once.
+
+    Keyed by the model file (path, size, modification time) and the settings; the last
+    runner only is kept, so a worker holds one model at a time.
+    """
+    stat = model.path.stat()
+    key = (str(model.path), stat.st_size, stat.st_mtime_ns, device, precision, runtime, tile_size)
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED.clear()
+            _SHARED[key] = create_runner(model, device, precision, runtime, tile_size)
+        return _SHARED[key]

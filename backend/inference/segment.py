@@ -32,7 +32,7 @@ from .engine import NODATA, ReaderScene, memory_plan, resolve_model, scene_rows
 from .options import RunOptions, SegmentOptions
 from .outputs import SegmentOutputs, provenance_tags
 from .resample import ModelGrid
-from .runners import create_runner
+from .runners import create_runner, shared_runner
 
 __all__ = ["NODATA", "RunOptions", "SegmentOptions", "SegmentResult", "load_classes", "segment"]
 
@@ -232,7 +232,8 @@ def segment(
                 plan.budget_mib / 1024,
                 len(plan.blocks),
             )
-        runner = create_runner(model, options.device, options.precision, options.runtime, tile)
+        make = shared_runner if options.keep_runner else create_runner
+        runner = make(model, options.device, options.precision, options.runtime, tile)
         logger.info(
             "running on %s; model grid %d x %d (factor %g)",
             runner.description,

@@ -453,31 +453,55 @@ class CheckLabelsAlgorithm(CloudsegAlgorithm):
 
     STORE = "STORE"
     MODEL = "MODEL"
+    FOLDS = "FOLDS"
+    CONFIG = "CONFIG"
+    WINDOW = "WINDOW"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
 
     def shortHelpString(self) -> str:
         """Return the help shown beside the dialog."""
-        return """Finds the scenes of an ingested <b>Store</b> whose labels are likely \
-wrong: a <b>Model</b> that did not train on them predicts every scene, and cleanlab's \
-confident learning flags the pixels whose label the model contradicts with confidence.
+        return """Finds the scenes and windows of an ingested <b>Store</b> whose labels \
+are likely wrong: a <b>Model</b> that did not train on them predicts every scene (or, \
+with <b>Cross-validation folds</b> and a <b>Training config</b>, one model per fold \
+trained on the other folds), and cleanlab's confident learning flags the pixels whose \
+label the model contradicts with confidence.
 
-Writes label_issues.json (scenes ranked worst first by label quality 0-1, the share of \
-labeled pixels flagged, the class confusions) and one issue raster per scene into the \
+Writes label_issues.json and label_issues.csv (scenes ranked worst first by label \
+quality 0-1, the share of labeled pixels flagged, the worst windows, the class \
+confusions), one flagged-pixel raster and the model's classes per scene into the \
 <b>Output folder</b>, and notes the score in each scene's STAC Item. The stored labels \
-are never changed."""
+are never changed. Review the flagged windows in the label dock's Suspicious labels tab."""
 
     def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
         """Declare the parameters and outputs."""
         self.addParameter(QgsProcessingParameterString(self.STORE, "Store"))
         self.addParameter(
             QgsProcessingParameterString(
-                self.MODEL, "Model (name or file; not trained on the store)"
+                self.MODEL, "Model (name or file; not trained on the store)", optional=True
             )
         )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.FOLDS, "Cross-validation folds (0: use the model)", minValue=0,
+                defaultValue=0,
+            )
+        )  # fmt: skip
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.CONFIG, "Training config of the folds' models (YAML)", optional=True,
+                fileFilter="YAML (*.yaml *.yml)",
+            )
+        )  # fmt: skip
+        window = QgsProcessingParameterNumber(
+            self.WINDOW, "Window scored inside each scene (px)", minValue=16, defaultValue=128
+        )
+        window.setFlags(window.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(window)
         self.addParameter(
             QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Output folder")
         )
         self.addOutput(QgsProcessingOutputFile("REPORT", "Report (label_issues.json)"))
+        self.addOutput(QgsProcessingOutputNumber("FLAGGED", "Scenes flagged"))
         self.addOutput(QgsProcessingOutputString("WORST", "Worst scene"))
         self.addOutput(QgsProcessingOutputNumber("SCENES", "Scenes checked"))
 
@@ -490,10 +514,15 @@ are never changed."""
         """Check the labels and list the worst scenes in the log."""
         from ...training.label_check import check_labels
 
+        folds = self.parameterAsInt(parameters, self.FOLDS, context)
+        config = self.parameterAsFile(parameters, self.CONFIG, context) or None
         result = check_labels(
             self.parameterAsString(parameters, self.STORE, context).strip(),
-            self.parameterAsString(parameters, self.MODEL, context).strip(),
+            self.parameterAsString(parameters, self.MODEL, context).strip() or None,
             self.parameterAsString(parameters, self.OUTPUT_FOLDER, context),
+            folds=folds or None,
+            config=config,
+            window=self.parameterAsInt(parameters, self.WINDOW, context),
             progress=lambda p, m: self.report_progress(feedback, p, m),
             cancelled=feedback.isCanceled,
         )
@@ -507,4 +536,5 @@ are never changed."""
             "REPORT": str(result.report),
             "WORST": result.scenes[0]["scene"],
             "SCENES": len(result.scenes),
+            "FLAGGED": len(result.flagged()),
         }

@@ -181,6 +181,14 @@ def test_check_labels_through_processing_ranks_the_planted_chip_first(
         },
         feedback=QgsProcessingFeedback(),
     )
-    assert result["WORST"] == planted and result["SCENES"] == 4
+    assert result["WORST"] == planted and result["SCENES"] == 4 and result["FLAGGED"] == 1
     report = json.loads((tmp_path / "check" / "label_issues.json").read_text())
     assert report["scenes"][0]["scene"] == planted and result["REPORT"].endswith(".json")
+    assert (tmp_path / "check" / "predicted" / f"{planted}.tif").is_file()
+    with pytest.raises(QgsProcessingException, match="--folds needs --config"):
+        processing.run(
+            "cloudseg:check_labels",
+            {"STORE": str(store), "FOLDS": 2, "OUTPUT_FOLDER": str(tmp_path / "cv")},
+            feedback=QgsProcessingFeedback(),
+        )
+    assert not (tmp_path / "cv").exists()

@@ -1,0 +1,157 @@
+"""Batch segmentation on a real Dask LocalCluster: manifest, resume, bad scenes, S3."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import rasterio
+
+from cloudseg.backend.errors import CloudsegError
+
+pytestmark = pytest.mark.real_data
+
+BANDS = ("B02", "B03", "B04", "B08")
+
+
+@pytest.fixture(scope="module")
+def scenes(real_data, tmp_path_factory):
+    """Ten real scenes (top and bottom halves of the On Cloud N chips) and a broken one."""
+    folder = tmp_path_factory.mktemp("batch") / "in"
+    folder.mkdir()
+    for chip in sorted(p for p in (real_data / "oncloudn_l2a").iterdir() if p.is_dir()):
+        stack = []
+        for band in BANDS:
+            with rasterio.open(chip / f"{band}.tif") as ds:
+                stack.append(ds.read(1))
+                profile = ds.profile
+        image = np.stack(stack)
+        for half, start in (("top", 0), ("bottom", 256)):
+            out = profile | {"count": 4, "height": 256, "driver": "GTiff"}
+            out["transform"] = profile["transform"] * rasterio.Affine.translation(0, start)
+            with rasterio.open(folder / f"{chip.name}-{half}.tif", "w", **out) as ds:
+                ds.write(image[:, start : start + 256])
+                ds.descriptions = BANDS
+    (folder / "broken.tif").write_text("not a raster")
+    return folder
+
+
+def _run(venv_env, *args):
+    return subprocess.run(
+        ["cloudseg", "segment-batch", *map(str, args), "--product-level", "L2A", "--json", "-q"],
+        capture_output=True, text=True, env=venv_env, timeout=600,
+    )  # fmt: skip
+
+
+def test_a_batch_runs_on_a_local_cluster_and_a_rerun_skips_every_scene(scenes, tmp_path, venv_env):
+    out = tmp_path / "out"
+    first = _run(venv_env, scenes, "--out", out, "--workers", "2")
+    assert first.returncode == 1, first.stderr  # the broken scene
+    result = json.loads(first.stdout)
+    assert result["workers"] == 2 and result["counts"] == {"done": 10, "failed": 1}
+    assert "failed: broken: cannot read" in first.stderr and "Dask dashboard:" in first.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["scenes"] == 11
+    by_scene = {r["scene"]: r for r in manifest["records"]}
+    assert by_scene["broken"]["status"] == "failed" and "\n" not in by_scene["broken"]["error"]
+    done = [r for r in manifest["records"] if r["status"] == "done"]
+    assert {r["model"] for r in done} == {"ukis-csmask-4b-l2a"}
+    assert len({r["worker"] for r in done}) == 2  # both workers segmented scenes
+    # A mask of the batch is the mask of a single run, its cloud % the mask's.
+    single = tmp_path / "single.tif"
+    run = subprocess.run(
+        ["cloudseg", "segment", str(scenes / "adwp-top.tif"), str(single), "--product-level",
+         "L2A", "-q"], capture_output=True, text=True, env=venv_env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    with rasterio.open(single) as a, rasterio.open(out / "adwp-top.tif") as b:
+        mask = b.read(1)
+        np.testing.assert_array_equal(a.read(1), mask)
+    valid = mask != 255
+    assert by_scene["adwp-top"]["cloud_percent"] == pytest.approx(
+        100 * (mask[valid] == 1).mean(), abs=0.01
+    )
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tif")}
+
+    again = json.loads(_run(venv_env, scenes, "--out", out, "--workers", "2").stdout)
+    assert again["counts"] == {"skipped": 10, "failed": 1}
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tif")} == stamps  # untouched
+    # Other settings make other masks: nothing is skipped.
+    other = json.loads(
+        _run(venv_env, scenes / "adwp-top.tif", "--out", out, "--resolution", "preview").stdout
+    )
+    assert other["counts"] == {"done": 1}
+
+
+def test_inputs_from_a_list_a_pattern_and_a_stac_item_collection(scenes, tmp_path):
+    from cloudseg.backend.batch import find_scenes
+
+    listing = tmp_path / "scenes.txt"
+    listing.write_text(f"# two scenes\n{scenes / 'adwp-top.tif'}\n\n{scenes / 'adwu-top.tif'}\n")
+    assert [s.scene for s in find_scenes([str(listing)], tmp_path)] == ["adwp-top", "adwu-top"]
+    found = find_scenes([str(scenes / "*-bottom.tif")], tmp_path)
+    assert len(found) == 5 and all(s.scene.endswith("-bottom") for s in found)
+    collection = {
+        "type": "FeatureCollection",
+        "features": [{"type": "Feature", "id": "item-a", "assets": {
+            "image": {"href": str(scenes / "adwp-top.tif"), "roles": ["data"]}}}],
+    }  # fmt: skip
+    (tmp_path / "items.json").write_text(json.dumps(collection))
+    (tmp_path / "bad.json").write_text(json.dumps({"features": [{"id": "x"}]}))
+    with pytest.raises(CloudsegError, match="not a STAC Item or ItemCollection"):
+        find_scenes([str(tmp_path / "bad.json")], tmp_path)
+    with pytest.raises(CloudsegError, match="no such file, folder or pattern"):
+        find_scenes([str(tmp_path / "missing")], tmp_path)
+    assert find_scenes([str(tmp_path / "items.json")], tmp_path)[0].scene == "item-a"
+
+
+def test_band_assets_become_one_scene_that_segments(real_data, tmp_path):
+    from cloudseg.backend.batch import find_scenes, segment_batch
+
+    chip = real_data / "oncloudn_l2a" / "adwp"
+    item = {
+        "type": "Feature",
+        "id": "adwp",
+        "assets": {b: {"href": str(chip / f"{b}.tif")} for b in BANDS},
+    }
+    (tmp_path / "item.json").write_text(json.dumps(item))
+    (scene,) = find_scenes([str(tmp_path / "item.json")], tmp_path)
+    assert scene.scene == "adwp" and scene.source.endswith(".vrt")
+    result = segment_batch([str(tmp_path / "item.json")], str(tmp_path / "out"),
+                           {"product_level": "L2A"}, workers=1)  # fmt: skip
+    assert result.counts() == {"done": 1}
+    with rasterio.open(tmp_path / "out" / "adwp.tif") as ds:
+        assert (ds.width, ds.height) == (512, 512)
+
+
+def test_inputs_and_outputs_on_s3(scenes, s3_server, s3_bucket, tmp_path):
+    import boto3
+
+    from cloudseg.backend.batch import segment_batch
+
+    endpoint, bucket = s3_server["endpoint"], s3_bucket
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=s3_server["access_key"],
+        aws_secret_access_key=s3_server["secret_key"], region_name="us-east-1",
+    )  # fmt: skip
+    for name in ("adwp-top.tif", "adwu-top.tif"):
+        client.upload_file(str(scenes / name), bucket, f"in/{name}")
+    result = segment_batch([f"s3://{bucket}/in/"], f"s3://{bucket}/out", {"product_level": "L2A"},
+                           workers=1, endpoint_url=endpoint)  # fmt: skip
+    assert result.counts() == {"done": 2}
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]}
+    assert keys == {"out/manifest.json", "out/adwp-top.tif", "out/adwp-top.json",
+                    "out/adwu-top.tif", "out/adwu-top.json"}  # fmt: skip
+    again = segment_batch([f"s3://{bucket}/in/"], f"s3://{bucket}/out", {"product_level": "L2A"},
+                          workers=1, endpoint_url=endpoint)  # fmt: skip
+    assert again.counts() == {"skipped": 2}
+
+
+def test_an_output_folder_holding_an_input_is_refused(scenes, tmp_path):
+    from cloudseg.backend.batch import segment_batch
+    from cloudseg.backend.errors import InputError
+
+    with pytest.raises(InputError, match="would replace its input"):
+        segment_batch([str(scenes / "adwp-top.tif")], str(scenes), {"product_level": "L2A"})

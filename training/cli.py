@@ -41,12 +41,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import Config, load_yaml
-    from .train import train
+    from .train import global_rank, train
 
     config = Config.from_dict(apply_overrides(load_yaml(args.config), args.set), args.config)
-    with percent_bar(args.quiet) as bar:
+    follower = global_rank() > 0  # a DDP process: rank 0 reports
+    with percent_bar(args.quiet or follower) as bar:
         progress = bar_progress(bar)
         result = train(config, resume=args.resume, overwrite=args.overwrite, progress=progress)
+    if follower:
+        return 0
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -153,6 +153,12 @@ class TrainConfig:
         seed: Seed of everything (weights, sampling, augmentation).
         num_workers: DataLoader worker processes.
         device: ``auto``, ``cpu`` or ``cuda``.
+        devices: Devices (GPUs, or CPU processes) per node; more than one trains with
+            ``strategy`` (``ddp`` by default).
+        num_nodes: Machines taking part (torch distributed; set MASTER_ADDR, MASTER_PORT,
+            NODE_RANK on each, or let SLURM / torchrun set them).
+        strategy: ``auto`` (one device; DDP when ``devices`` or ``num_nodes`` > 1),
+            ``ddp`` or ``ddp_spawn``; any other Lightning strategy name is passed on.
         precision: ``auto`` (bf16 mixed on a GPU, 32 on the CPU) or a Lightning value.
         val_every: Validate every N epochs.
     """
@@ -170,6 +176,9 @@ class TrainConfig:
     seed: int = 42
     num_workers: int = 0
     device: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
     precision: str = "auto"
     val_every: int = 1
 

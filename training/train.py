@@ -119,7 +119,9 @@ class SegmentationModule(L.LightningModule):
         """Accumulate the confusion matrix and log the loss."""
         images, masks = batch
         logits = self(images)
-        self.log("val_loss", self.loss(logits, masks), on_epoch=True, prog_bar=True)
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        loss = self.loss(logits, masks)
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=distributed)
         self.confusion += confusion_matrix(
             masks.cpu().numpy(),
             logits.argmax(1).cpu().numpy(),
@@ -128,7 +130,12 @@ class SegmentationModule(L.LightningModule):
         )
 
     def on_validation_epoch_end(self) -> None:
-        """Log mean IoU and per-class IoU."""
+        """Log mean IoU and per-class IoU, from the confusion matrices of all ranks."""
+        if self.trainer is not None and self.trainer.world_size > 1:
+            summed = self.trainer.strategy.reduce(
+                torch.as_tensor(self.confusion, device=self.device), reduce_op="sum"
+            )
+            self.confusion = summed.cpu().numpy().astype(np.int64)
         metrics = metrics_from_confusion(self.confusion, self.classes)
         self.val_metrics = metrics
         self.log("val_iou", metrics["mean_iou"] or 0.0, prog_bar=True)
@@ -342,8 +349,32 @@ def train(
         CloudsegError: For a bad config, store or model, an existing run, or cancellation.
     """
     out = Path(config.output).expanduser()
+    if global_rank() > 0:  # a DDP worker started by rank 0, which holds and writes the folder
+        return _train(config, out, resume, overwrite, progress, cancelled, False)
     with claim([out]):  # a second run into the same folder is refused meanwhile
         return _train(config, out, resume, overwrite, progress, cancelled, progress_bar)
+
+
+def global_rank() -> int:
+    """This process's rank in a distributed run (0 alone, and in the process that starts one).
+
+    Lightning starts the other processes with ``LOCAL_RANK`` and ``NODE_RANK`` set;
+    SLURM and torchrun set ``RANK``.
+    """
+    if os.environ.get("RANK", "").isdigit():
+        return int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    node = int(os.environ.get("NODE_RANK", "0") or 0)
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return node * per_node + local
+
+
+def _strategy(config: Config) -> str:
+    """Lightning's strategy: DDP when more than one device or node takes part."""
+    distributed = config.train.devices > 1 or config.train.num_nodes > 1
+    if config.train.strategy == "auto":
+        return "ddp" if distributed else "auto"
+    return config.train.strategy
 
 
 def _train(
@@ -357,7 +388,8 @@ def _train(
 ) -> TrainResult:
     """:func:`train`, once the run folder is held."""
     started = time.perf_counter()
-    start = prepare_output(out, resume, overwrite)
+    follower = global_rank() > 0
+    start = (lambda: None) if follower else prepare_output(out, resume, overwrite)
     dataset = open_dataset(config.data.store, config.data.endpoint_url)
     bands = [*(config.data.bands or dataset.bands)]
     classes = [*(config.data.classes or [c["name"] for c in dataset.classes])]
@@ -408,7 +440,8 @@ def _train(
     created = not out.exists()
     start()
     try:
-        resolved.save(out / CONFIG_NAME)
+        if not follower:
+            resolved.save(out / CONFIG_NAME)
         module = SegmentationModule(network, classes, resolved)
         device = _device(config)
         precision = config.train.precision
@@ -432,7 +465,9 @@ def _train(
             default_root_dir=out,
             max_epochs=config.train.epochs,
             accelerator="gpu" if device == "cuda" else "cpu",
-            devices=1,
+            devices=config.train.devices,
+            num_nodes=config.train.num_nodes,
+            strategy=_strategy(config),
             precision=precision,
             callbacks=[
                 checkpoints,
@@ -466,8 +501,14 @@ def _train(
         best = Path(checkpoints.best_model_path or out / "checkpoints" / "last.ckpt")
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
-        # Metrics of the best weights on the validation scenes, for the card.
+        # Metrics of the best weights on the validation scenes, for the card (every rank
+        # validates its share; the confusion matrices are summed).
         trainer.validate(module, val_loader, verbose=False)
+        if not trainer.is_global_zero:  # only rank 0 writes the model, card and cost
+            return TrainResult(out / MODEL_NAME, best, out / "checkpoints" / "last.ckpt",
+                               trainer.current_epoch, module.val_metrics.get("mean_iou"),
+                               module.epoch_losses, module.val_metrics, 0.0, 0.0, "follower",
+                               train_scenes, val_scenes)  # fmt: skip
         windows = watcher.train_batches * config.train.batch_size
         # What the training cost, per km² of windows trained on (each window counted
         # every time it is drawn): in the card, cost.json and the log.
@@ -497,7 +538,7 @@ def _train(
         )
     except BaseException:
         # A run that stops before its first checkpoint leaves no folder it created.
-        if created and not (out / "checkpoints").exists():
+        if created and not follower and not (out / "checkpoints").exists():
             shutil.rmtree(out, ignore_errors=True)
         raise
 

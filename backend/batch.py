@@ -346,8 +346,14 @@ def machine_workers(workers: int | None, cores: int | None = None) -> tuple[int,
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str | None, workers: int, threads: int, gpus: int = 0) -> Iterator[Any]:
-    """A Dask client: of an existing cluster (``scheduler``), else of a LocalCluster."""
+def dask_client(
+    scheduler: str | None, workers: int, threads: int, processes: bool = True
+) -> Iterator[Any]:
+    """A Dask client: of an existing cluster (``scheduler``), else of a LocalCluster.
+
+    The local cluster's workers are processes, or threads of this one (``processes``
+    False: inside QGIS, whose interpreter cannot start worker processes).
+    """
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -359,15 +365,16 @@ def dask_client(scheduler: str | None, workers: int, threads: int, gpus: int = 0
         finally:
             client.close()
         return
-    env = {"CLOUDSEG_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    if processes:
+        settings: dict[str, Any] = {
+            "n_workers": workers,
+            "threads_per_worker": 1,  # one scene at a time per worker (and per GPU)
+            "env": {"CLOUDSEG_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)},
+        }
+    else:  # one worker of ``workers`` threads, sharing one loaded model
+        settings = {"n_workers": 1, "threads_per_worker": workers}
     with LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,  # one scene at a time per worker (and per GPU)
-        processes=True,
-        env=env,
-        dashboard_address=":0",
-        resources={"GPU": 1} if gpus else None,
-        silence_logs=40,
+        processes=processes, dashboard_address=":0", silence_logs=40, **settings
     ) as cluster, Client(cluster) as client:  # fmt: skip
         yield client
 
@@ -383,6 +390,7 @@ def segment_batch(
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
     cancelled: CancelCallback | None = None,
     on_start: Callable[[str | None], None] | None = None,
+    processes: bool = True,
 ) -> BatchResult:
     """Segment every input scene into ``output`` on a Dask cluster (see module doc).
 
@@ -398,6 +406,7 @@ def segment_batch(
         progress: Called with (scenes finished, scenes, the last record).
         cancelled: Polled between scenes; True cancels the scenes not finished.
         on_start: Called with the Dask dashboard's address once the cluster is up.
+        processes: Local workers are processes (else threads of this process).
 
     Raises:
         CloudsegError: For inputs that name nothing, an unknown model, or a cancel.
@@ -421,7 +430,7 @@ def segment_batch(
         destination = _Destination(output, endpoint_url)
         _check_not_input(scenes, output)
         records: list[dict[str, Any]] = []
-        with dask_client(scheduler, count, threads) as client:
+        with dask_client(scheduler, count, threads, processes) as client:
             dashboard = getattr(client, "dashboard_link", None)
             if on_start:
                 on_start(dashboard)

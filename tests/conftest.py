@@ -263,3 +263,27 @@ def checked_store(planted_store, tmp_path_factory):
     shutil.copytree(store, work / "store")
     result = check_labels(work / "store", "ukis-csmask-6b-l1c", work / "check", window=64)
     return work / "store", cloudiest, result
+
+
+@pytest.fixture(scope="session")
+def batch_scenes(real_data, tmp_path_factory):
+    """Ten real scenes (top and bottom halves of the On Cloud N chips) and a broken one."""
+    folder = tmp_path_factory.mktemp("batch") / "in"
+    folder.mkdir()
+    import rasterio
+
+    for chip in sorted(p for p in (real_data / "oncloudn_l2a").iterdir() if p.is_dir()):
+        stack = []
+        for band in ("B02", "B03", "B04", "B08"):
+            with rasterio.open(chip / f"{band}.tif") as ds:
+                stack.append(ds.read(1))
+                profile = ds.profile
+        image = np.stack(stack)
+        for half, start in (("top", 0), ("bottom", 256)):
+            out = profile | {"count": 4, "height": 256, "driver": "GTiff"}
+            out["transform"] = profile["transform"] * rasterio.Affine.translation(0, start)
+            with rasterio.open(folder / f"{chip.name}-{half}.tif", "w", **out) as ds:
+                ds.write(image[:, start : start + 256])
+                ds.descriptions = ("B02", "B03", "B04", "B08")
+    (folder / "broken.tif").write_text("not a raster")
+    return folder

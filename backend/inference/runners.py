@@ -407,8 +407,7 @@ def create_runner(
     return OnnxRunner(model, plan.device)
 
 
-_SHARED: dict[tuple[Any, ...], Runner] = {}
-_SHARED_LOCK = threading.Lock()
+_SHARED = threading.local()
 
 
 def shared_runner(
@@ -418,15 +417,16 @@ def shared_runner(
     runtime: str = "auto",
     tile_size: int | None = None,
 ) -> Runner:
-    """A runner kept for the life of this process: a batch worker loads each model once.
+    """A runner kept for the life of this thread: a batch worker loads its model once.
 
     Keyed by the model file (path, size, modification time) and the settings; the last
-    runner only is kept, so a worker holds one model at a time.
+    runner only is kept, so a worker holds one model at a time. Per thread, because a
+    runner's inference request is not to be shared between threads (OpenVINO's is not).
     """
     stat = model.path.stat()
     key = (str(model.path), stat.st_size, stat.st_mtime_ns, device, precision, runtime, tile_size)
-    with _SHARED_LOCK:
-        if key not in _SHARED:
-            _SHARED.clear()
-            _SHARED[key] = create_runner(model, device, precision, runtime, tile_size)
-        return _SHARED[key]
+    if getattr(_SHARED, "key", None) != key:
+        _SHARED.runner = None  # the old model goes before the new one loads
+        _SHARED.runner = create_runner(model, device, precision, runtime, tile_size)
+        _SHARED.key = key
+    return _SHARED.runner

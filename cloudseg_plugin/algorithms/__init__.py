@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from qgis.core import QgsProcessingAlgorithm
 
+from .batch import SegmentBatchAlgorithm
 from .environment import EnvironmentAlgorithm
 from .explain import ExplainAlgorithm
 from .ingest import IngestAlgorithm
@@ -17,6 +18,7 @@ def all_algorithms() -> list[QgsProcessingAlgorithm]:
     return [
         EnvironmentAlgorithm(),
         SegmentAlgorithm(),
+        SegmentBatchAlgorithm(),
         ProposeAlgorithm(),
         ExplainAlgorithm(),
         LabelsToStoreAlgorithm(),

@@ -13,29 +13,13 @@ from cloudseg.backend.errors import CloudsegError
 
 pytestmark = pytest.mark.real_data
 
-BANDS = ("B02", "B03", "B04", "B08")
+BANDS = ("B02", "B03", "B04", "B08")  # the On Cloud N chips' bands
 
 
-@pytest.fixture(scope="module")
-def scenes(real_data, tmp_path_factory):
-    """Ten real scenes (top and bottom halves of the On Cloud N chips) and a broken one."""
-    folder = tmp_path_factory.mktemp("batch") / "in"
-    folder.mkdir()
-    for chip in sorted(p for p in (real_data / "oncloudn_l2a").iterdir() if p.is_dir()):
-        stack = []
-        for band in BANDS:
-            with rasterio.open(chip / f"{band}.tif") as ds:
-                stack.append(ds.read(1))
-                profile = ds.profile
-        image = np.stack(stack)
-        for half, start in (("top", 0), ("bottom", 256)):
-            out = profile | {"count": 4, "height": 256, "driver": "GTiff"}
-            out["transform"] = profile["transform"] * rasterio.Affine.translation(0, start)
-            with rasterio.open(folder / f"{chip.name}-{half}.tif", "w", **out) as ds:
-                ds.write(image[:, start : start + 256])
-                ds.descriptions = BANDS
-    (folder / "broken.tif").write_text("not a raster")
-    return folder
+@pytest.fixture
+def scenes(batch_scenes):
+    """Ten real scenes and a broken one (see tests/conftest.py)."""
+    return batch_scenes
 
 
 def _run(venv_env, *args):

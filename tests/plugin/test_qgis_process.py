@@ -208,3 +208,25 @@ def test_qgis_process_explains_a_real_chip(qgis_process_env, multiband, tmp_path
         assert json.loads(cam.tags()["CLOUDSEG_EXPLAIN"])["method"] == "hirescam"
         values = cam.read(1)
     assert values.min() >= 0 and values.max() <= 1
+
+
+def test_qgis_process_segments_a_folder_as_a_batch(qgis_process_env, batch_scenes, tmp_path):
+    assert qgis_process("plugins", "enable", "cloudseg", env=qgis_process_env).returncode == 0
+    out = tmp_path / "masks"
+    run = qgis_process(
+        "--json", "run", "cloudseg:segment_batch", "--", f"INPUT={batch_scenes}",
+        "PRODUCT_LEVEL=L2A", "WORKERS=2", f"OUTPUT_FOLDER={out}", env=qgis_process_env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    results = json.loads(run.stdout)["results"]
+    assert (results["DONE"], results["SKIPPED"], results["FAILED"]) == (10, 0, 1)
+    manifest = json.loads((out / "manifest.json").read_text())
+    failed = [r for r in manifest["records"] if r["status"] == "failed"]
+    assert [r["scene"] for r in failed] == ["broken"] and "cannot read" in failed[0]["error"]
+    assert len(list(out.glob("*.tif"))) == 10
+    again = qgis_process(
+        "--json", "run", "cloudseg:segment_batch", "--", f"INPUT={batch_scenes}",
+        "PRODUCT_LEVEL=L2A", f"OUTPUT_FOLDER={out}", env=qgis_process_env,
+    )  # fmt: skip
+    results = json.loads(again.stdout)["results"]
+    assert (results["DONE"], results["SKIPPED"], results["FAILED"]) == (0, 10, 1)

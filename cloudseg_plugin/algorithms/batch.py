@@ -1,0 +1,144 @@
+"""Processing: segment a folder of scenes on a Dask cluster (``cloudseg:segment_batch``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+)
+
+from ...backend.dependencies import REQUIREMENTS
+from .base import CloudsegAlgorithm, choice
+from .segment import AUTO, LEVELS, RESOLUTIONS, builtin_model_names
+
+
+class SegmentBatchAlgorithm(CloudsegAlgorithm):
+    """Segment every scene of a folder (or list file) with one model, resumable."""
+
+    algorithm_name = "segment_batch"
+    display_name = "Segment a folder of scenes (batch, Dask)"
+    group_name = "Cloud segmentation"
+    group_id = "segmentation"
+    requirements = tuple(r for r in REQUIREMENTS if r.module == "onnxruntime")
+
+    INPUT = "INPUT"
+    MODEL = "MODEL"
+    MODEL_FILE = "MODEL_FILE"
+    PRODUCT_LEVEL = "PRODUCT_LEVEL"
+    RESOLUTION = "RESOLUTION"
+    WORKERS = "WORKERS"
+    SCHEDULER = "SCHEDULER"
+    OUTPUT_FOLDER = "OUTPUT_FOLDER"
+
+    def shortHelpString(self) -> str:
+        """Return the help shown beside the dialog."""
+        return """Segments every scene in the <b>Folder of scenes</b> (GeoTIFFs, SAFE \
+folders or zips, folders of band files; from qgis_process also a list file .txt or a \
+STAC ItemCollection .json) into the <b>Output folder</b>: one class raster and one record \
+per scene, and manifest.json (scene, status, model, seconds, cloud %, error).
+
+Each scene is one task on a Dask cluster: in this QGIS by default (Workers threads), or \
+an existing cluster given as <b>Scheduler</b> (tcp://host:8786 or a scheduler file). \
+Running it again skips the scenes already done with the same model and settings; a bad \
+scene is reported with its reason and the others are segmented. For a command line on \
+a server: cloudseg segment-batch (docs/batch.md)."""
+
+    def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
+        """Declare the parameters and outputs."""
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.INPUT, "Folder of scenes", QgsProcessingParameterFile.Folder
+            )
+        )
+        model = QgsProcessingParameterEnum(
+            self.MODEL, "Model", options=[AUTO, *builtin_model_names()], defaultValue=AUTO
+        )
+        model.setUsesStaticStrings(True)
+        self.addParameter(model)
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL_FILE, "Model file", optional=True,
+                fileFilter="Models (*.onnx *.pt *.pth *.ckpt)",
+            )
+        )  # fmt: skip
+        self.addParameter(choice(self.PRODUCT_LEVEL, "Product level", LEVELS, AUTO))
+        self.addParameter(choice(self.RESOLUTION, "Run at", RESOLUTIONS, "native", advanced=True))
+        workers = QgsProcessingParameterNumber(
+            self.WORKERS, "Workers (scenes at a time)", minValue=1, defaultValue=1
+        )
+        workers.setFlags(workers.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(workers)
+        scheduler = QgsProcessingParameterString(
+            self.SCHEDULER, "Scheduler of an existing Dask cluster", optional=True
+        )
+        scheduler.setFlags(scheduler.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(scheduler)
+        self.addParameter(
+            QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Output folder")
+        )
+        self.addOutput(QgsProcessingOutputFile("MANIFEST", "Manifest (manifest.json)"))
+        for key, label in (("DONE", "Scenes segmented"), ("SKIPPED", "Scenes already done"),
+                           ("FAILED", "Scenes failed")):  # fmt: skip
+            self.addOutput(QgsProcessingOutputNumber(key, label))
+
+    def run_backend(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
+        """Run the batch with Processing's progress and cancel; report failed scenes."""
+        from ...backend.batch import segment_batch
+
+        model_file = self.parameterAsFile(parameters, self.MODEL_FILE, context)
+        model = model_file or self.parameterAsEnumString(parameters, self.MODEL, context)
+        level = self.parameterAsEnumString(parameters, self.PRODUCT_LEVEL, context)
+        options = {
+            "model": None if model == AUTO else model,
+            "product_level": None if level == AUTO else level,
+            "resolution": self.parameterAsEnumString(parameters, self.RESOLUTION, context),
+        }
+        options = {k: v for k, v in options.items() if v not in (None, "native")}
+        output = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)
+
+        def progress(done: int, total: int, record: dict[str, Any]) -> None:
+            feedback.setProgress(100.0 * done / max(total, 1))
+            text = f"{record['scene']}: {record['status']}"
+            if record.get("error"):
+                feedback.reportError(f"{text}: {record['error']}")
+            else:
+                feedback.pushInfo(text)
+
+        def started(dashboard: str | None) -> None:
+            if dashboard:
+                feedback.pushInfo(f"Dask dashboard: {dashboard}")
+
+        result = segment_batch(
+            [self.parameterAsFile(parameters, self.INPUT, context)],
+            output,
+            options,
+            workers=self.parameterAsInt(parameters, self.WORKERS, context),
+            scheduler=self.parameterAsString(parameters, self.SCHEDULER, context).strip() or None,
+            progress=progress,
+            cancelled=feedback.isCanceled,
+            on_start=started,
+            processes=False,  # QGIS's own interpreter is not a Python to start workers with
+        )
+        counts = result.counts()
+        return {
+            self.OUTPUT_FOLDER: output,
+            "MANIFEST": result.manifest,
+            "DONE": counts.get("done", 0),
+            "SKIPPED": counts.get("skipped", 0),
+            "FAILED": counts.get("failed", 0),
+        }

@@ -41,3 +41,8 @@ DEFAULT_CONTEXT_SHARE = 0.25
 
 #: Class activation map methods of ``cloudseg explain``: Grad-CAM and HiResCAM.
 EXPLAIN_METHODS = ("gradcam", "hirescam")
+
+#: Buffers of the valid-pixel mask, metres: Fmask 4's defaults (3 pixels of 30 m for
+#: cloud and for cloud shadow; Zhu & Woodcock 2012, Qiu et al. 2019).
+DEFAULT_BUFFER_CLOUD_M = 90.0
+DEFAULT_BUFFER_SHADOW_M = 90.0

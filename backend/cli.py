@@ -18,6 +18,8 @@ from typing import Any
 from ._version import __version__
 from .atomic import published_count
 from .choices import (
+    DEFAULT_BUFFER_CLOUD_M,
+    DEFAULT_BUFFER_SHADOW_M,
     DEVICES,
     EXPLAIN_METHODS,
     PRECISIONS,
@@ -130,6 +132,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         min_polygon_area_m2=args.min_area,
         check_reflectance=args.check_reflectance,
         max_memory_mib=args.max_memory,
+        valid=args.valid,
+        buffer_cloud_m=args.buffer_cloud,
+        buffer_shadow_m=args.buffer_shadow,
+        cloud_threshold=args.cloud_threshold,
+        shadow_threshold=args.shadow_threshold,
     )
     with percent_bar(args.quiet) as bar:
         result = segment(args.input, args.output, options, progress=bar_progress(bar))
@@ -138,6 +145,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         return 0
     shares = ", ".join(f"{name} {pct:.1f} %" for name, pct in result.class_percent.items())
     print(f"{result.output}: {shares} ({result.model} on {result.runner}, {result.seconds:.1f} s)")
+    if result.valid is not None:
+        print(f"valid pixels: {result.valid} ({result.usable_percent:.1f} % of the data usable)")
     if result.accounting:
         print(f"cost: {result.accounting['summary']}")
     for warning in result.warnings:
@@ -511,6 +520,40 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="run even when the scaled values are not plausible reflectance (by default "
         "such input is refused: a wrong --scale gives a confident wrong mask)",
+    )
+    seg.add_argument(
+        "--valid",
+        metavar="PATH",
+        help="also write the valid-pixel mask (1 usable, 0 cloud, shadow or their buffer, "
+        "255 no data) here",
+    )
+    seg.add_argument(
+        "--buffer-cloud",
+        type=float,
+        default=DEFAULT_BUFFER_CLOUD_M,
+        metavar="M",
+        help=f"buffer around cloud in the valid mask, metres (default {DEFAULT_BUFFER_CLOUD_M:g}: "
+        "Fmask's 3 pixels of 30 m)",
+    )
+    seg.add_argument(
+        "--buffer-shadow",
+        type=float,
+        default=DEFAULT_BUFFER_SHADOW_M,
+        metavar="M",
+        help=f"buffer around cloud shadow, metres (default {DEFAULT_BUFFER_SHADOW_M:g})",
+    )
+    seg.add_argument(
+        "--cloud-threshold",
+        type=float,
+        metavar="P",
+        help="sensitivity: a pixel is cloud from this cloud probability on (0-1; lower "
+        "masks more cloud). Default: the most probable class (see docs/valid-pixels.md)",
+    )
+    seg.add_argument(
+        "--shadow-threshold",
+        type=float,
+        metavar="P",
+        help="sensitivity for shadow, among the pixels that are not cloud (0-1)",
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_output_flags(seg)

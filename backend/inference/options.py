@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import choices
 from ..choices import resolution_choice
 from ..errors import InputError
 from ..models.cards import ModelCard
@@ -102,6 +103,14 @@ class SegmentOptions(RunOptions):
             that a warning.
         keep_runner: Keep the loaded model for the next run in this process (a batch
             worker segments many scenes with one model).
+        valid: Also write the valid-pixel mask here (1 usable, 0 cloud, shadow or their
+            buffer, 255 no data; see ``inference.valid``).
+        buffer_cloud_m: Buffer grown around cloud in the valid mask, metres.
+        buffer_shadow_m: Buffer grown around cloud shadow in the valid mask, metres.
+        cloud_threshold: Cloud probability from which a pixel is cloud (default: the
+            most probable class, argmax).
+        shadow_threshold: Shadow probability from which a pixel that is not cloud is
+            shadow (default: argmax).
     """
 
     probabilities: Path | None = None
@@ -114,6 +123,11 @@ class SegmentOptions(RunOptions):
     max_memory_mib: float = 2048
     check_reflectance: bool = True
     keep_runner: bool = False
+    valid: Path | None = None
+    buffer_cloud_m: float = choices.DEFAULT_BUFFER_CLOUD_M
+    buffer_shadow_m: float = choices.DEFAULT_BUFFER_SHADOW_M
+    cloud_threshold: float | None = None
+    shadow_threshold: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -125,3 +139,11 @@ class SegmentOptions(RunOptions):
             self.polygons = Path(self.polygons).expanduser()
         if self.uncertainty is not None:
             self.uncertainty = Path(self.uncertainty).expanduser()
+        if self.valid is not None:
+            self.valid = Path(self.valid).expanduser()
+        from .valid import buffer_pixels, check_threshold
+
+        check_threshold("cloud threshold", self.cloud_threshold)
+        check_threshold("shadow threshold", self.shadow_threshold)
+        for metres in (self.buffer_cloud_m, self.buffer_shadow_m):
+            buffer_pixels(metres, 1.0)  # refuses a negative buffer

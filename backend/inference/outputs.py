@@ -29,8 +29,9 @@ from ..raster.cog import BlockRowWriter, block_profile, to_cog
 from ..raster.reader import SceneReader
 from .engine import NODATA
 from .options import SegmentOptions
-from .resample import ModelGrid, argmax_classes, normalized_entropy
+from .resample import ModelGrid, normalized_entropy
 from .runners import Runner
+from .valid import decide
 
 
 def provenance_tags(
@@ -65,6 +66,16 @@ def provenance_tags(
         "CLOUDSEG_TILING": json.dumps({"tile_size": tile, "overlap": overlap}),
         "CLOUDSEG_RESAMPLING_FACTOR": f"{grid.factor:g}",
         "CLOUDSEG_TTA": str(options.tta),
+        "CLOUDSEG_DECISION": (
+            "argmax of the blended probabilities"
+            if options.cloud_threshold is None and options.shadow_threshold is None
+            else json.dumps(
+                {
+                    "cloud_threshold": options.cloud_threshold,
+                    "shadow_threshold": options.shadow_threshold,
+                }
+            )
+        ),
         "CLOUDSEG_RUNNER": runner.description,
         "CLOUDSEG_DEVICE": runner.device,
         "CLOUDSEG_CREATED": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -109,6 +120,9 @@ class SegmentOutputs:
         self._uncertainty_tmp = (
             atomic.temporary_sibling(options.uncertainty) if options.uncertainty else None
         )
+        self._valid_tmp = atomic.temporary_sibling(options.valid) if options.valid else None
+        #: Pixels of the valid mask: usable, unusable, nodata (when one is written).
+        self.valid_counts: dict[str, int] = {}
         self._staged: list[tuple[Path, Path]] = []  # (temporary, final), in publishing order
         self._classes_staged: Path | None = None
         self._datasets: list[Any] = []
@@ -150,6 +164,7 @@ class SegmentOutputs:
             self._probs_tmp,
             self._polygons_tmp,
             self._uncertainty_tmp,
+            self._valid_tmp,
         ]
         temporaries += [self._classes_staged, *(tmp for tmp, _ in self._staged)]
         atomic.remove(*(p for p in temporaries if p))
@@ -173,7 +188,10 @@ class SegmentOutputs:
 
     def write(self, row: int, probs: np.ndarray, nodata: np.ndarray) -> None:
         """Write input rows ``row..`` of ``(classes, n, width)`` probabilities."""
-        classes = argmax_classes(probs)
+        options = self.options
+        classes = decide(
+            probs, self.card.classes, options.cloud_threshold, options.shadow_threshold
+        )
         classes[nodata] = NODATA
         self._writers[0].write(row, classes[None])
         n_classes = probs.shape[0]
@@ -217,6 +235,36 @@ class SegmentOutputs:
             )
         self._close_datasets()
 
+    def make_valid(
+        self, pixel_m: float | None, progress: ProgressCallback, cancelled: CancelCallback
+    ) -> None:
+        """Write the valid-pixel mask of the finished class raster (if asked)."""
+        if self._valid_tmp is None:
+            return
+        from .valid import buffer_pixels, unusable_classes, write_valid
+
+        if cancelled():
+            raise CancelledError("cancelled; no output was written")
+        progress(98.2, "valid pixels: removing cloud and shadow with their buffers")
+        radii = {
+            "cloud": buffer_pixels(self.options.buffer_cloud_m, pixel_m),
+            "shadow": buffer_pixels(self.options.buffer_shadow_m, pixel_m),
+        }
+        self.valid_counts = write_valid(
+            self._classes_tmp, self._valid_tmp, unusable_classes(list(self.card.classes)), radii
+        )
+        import rasterio
+
+        with rasterio.open(self._valid_tmp, "r+") as dst:
+            dst.update_tags(
+                **self.tags,
+                CLOUDSEG_VALID="1 usable, 0 cloud or cloud shadow or within their buffer, "
+                "255 no data",
+                CLOUDSEG_BUFFERS_M=json.dumps(
+                    {"cloud": self.options.buffer_cloud_m, "shadow": self.options.buffer_shadow_m}
+                ),
+            )
+
     def trace_polygons(
         self, progress: ProgressCallback, cancelled: CancelCallback
     ) -> dict[str, int]:
@@ -249,6 +297,9 @@ class SegmentOutputs:
             self._staged.append((staged, self.options.uncertainty))
         if self._polygons_tmp is not None and self.options.polygons is not None:
             self._staged.append((self._polygons_tmp, self.options.polygons))
+        if self._valid_tmp is not None and self.options.valid is not None:
+            staged = to_cog(self._valid_tmp, self.options.valid, "NEAREST")
+            self._staged.append((staged, self.options.valid))
         self._classes_staged = to_cog(self._classes_tmp, self.output, "NEAREST")
 
     def publish(self, stats: dict[str, Any] | None, cancelled: CancelCallback) -> None:

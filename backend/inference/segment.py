@@ -64,11 +64,14 @@ class SegmentResult:
     product_level: str = ""
     #: Seconds by stage, km², seconds and joules per km² (see :mod:`..accounting`).
     accounting: dict[str, Any] = field(default_factory=dict)
+    #: The valid-pixel mask, and the share of the scene's data pixels it keeps.
+    valid: Path | None = None
+    usable_percent: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result as JSON-serialisable data."""
         data = asdict(self)
-        for key in ("output", "probabilities", "stats_path", "polygons", "uncertainty"):
+        for key in ("output", "probabilities", "stats_path", "polygons", "uncertainty", "valid"):
             data[key] = str(data[key]) if data[key] else None
         data["megapixels_per_second"] = round(self.width * self.height / 1e6 / self.seconds, 3)
         return data
@@ -137,6 +140,7 @@ OUTPUT_SUFFIXES = {
     "--polygons": (".gpkg",),
     "--stats": (".json",),
     "--uncertainty": (".tif", ".tiff"),
+    "--valid": (".tif", ".tiff"),
 }
 
 
@@ -152,6 +156,7 @@ def _check_outputs(reader: SceneReader, output: Path, options: SegmentOptions) -
             "--polygons": options.polygons,
             "--stats": options.stats,
             "--uncertainty": options.uncertainty,
+            "--valid": options.valid,
         },
         inputs,
         options.overwrite,
@@ -274,6 +279,8 @@ def segment(
             outputs.tags["CLOUDSEG_ACCOUNTING"] = json.dumps(meter.finish(km2).to_dict())
             with meter.stage("write"):
                 outputs.finish_rasters()
+            with meter.stage("valid"):
+                outputs.make_valid(reader.resolution_m, progress, cancelled)
             with meter.stage("polygons"):
                 polygon_counts = outputs.trace_polygons(progress, cancelled)
             with meter.stage("write"):
@@ -305,10 +312,18 @@ def segment(
                 product_level=reader.level.describe(),
                 uncertainty=options.uncertainty,
                 accounting=accounting.to_dict() | {"summary": accounting.summary()},
+                valid=options.valid,
+                usable_percent=_usable_percent(outputs.valid_counts),
             )
             outputs.publish(result.to_dict() if options.stats else None, cancelled)
     progress(100.0, f"done in {result.seconds:.1f} s")
     return result
+
+
+def _usable_percent(counts: dict[str, int]) -> float | None:
+    """Share of the data pixels the valid mask keeps, percent (None without a mask)."""
+    data = counts.get("usable", 0) + counts.get("unusable", 0)
+    return round(100.0 * counts["usable"] / data, 3) if data else None
 
 
 def load_classes(path: str | Path) -> list[dict[str, Any]]:

@@ -1,0 +1,175 @@
+"""The valid-pixel mask (``--valid``) and the sensitivity of the class decision.
+
+**Valid pixels.** What an analyst keeps for a composite or a time series: 1 where the
+pixel is usable, 0 where it is cloud or cloud shadow or within a buffer of them, 255
+where the input has no data. Buffers are given in metres, one for cloud (every cloud
+class) and one for shadow, and grow each class by a Euclidean disk: a pixel is unusable
+when its centre lies within the buffer of a cloud (or shadow) pixel's centre. Defaults
+are Fmask's (Zhu & Woodcock 2012; Qiu et al. 2019, Fmask 4): 3 pixels of 30 m for cloud
+and for shadow, i.e. 90 m; ukis-csmask buffers 4 pixels (120 m at 30 m).
+
+The mask is made from the class raster as the run writes it, strip by strip with a
+halo of the largest buffer above and below (never the whole scene), so it is exact at
+strip edges and the same for any strip height; a run in column blocks (a tight memory
+budget) gives the same mask.
+
+**Sensitivity.** By default a pixel takes the class of highest blended probability
+(argmax). ``cloud_threshold`` makes every pixel whose cloud probability reaches it
+cloud, and no other pixel (lower for a timid model, higher for an eager one);
+``shadow_threshold`` does the same for shadow among the pixels that are not cloud; the
+other pixels take the most probable of the remaining classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..choices import DEFAULT_BUFFER_CLOUD_M, DEFAULT_BUFFER_SHADOW_M
+from ..errors import InputError
+
+#: Strip height for making the valid mask.
+STRIP = 512
+NODATA = 255
+
+
+def buffer_pixels(metres: float, pixel_m: float | None) -> float:
+    """A buffer in pixels (fractional: the disk's radius) for a pixel size in metres.
+
+    Raises:
+        InputError: For a negative buffer, or metres on a grid without a pixel size.
+    """
+    if metres < 0:
+        raise InputError(f"buffer {metres} m: give 0 or more metres")
+    if metres == 0:
+        return 0.0
+    if not pixel_m:
+        raise InputError(
+            "the input has no georeferenced pixel size: a buffer in metres cannot be "
+            "applied; set the buffers to 0 or georeference the input"
+        )
+    return metres / pixel_m
+
+
+def unusable_classes(classes: list[Any]) -> dict[int, str]:
+    """Class value -> ``cloud`` or ``shadow`` for every class that makes a pixel unusable.
+
+    Cloud classes (thick, thin, cloud) take the cloud buffer, shadow classes the shadow
+    buffer; ``clear`` and land-cover classes (snow, water) are usable.
+    """
+    found = {}
+    for c in classes:
+        name = c.name.lower()
+        if "shadow" in name:
+            found[c.value] = "shadow"
+        elif "cloud" in name or "cirrus" in name:
+            found[c.value] = "cloud"
+    return found
+
+
+def grow(mask: np.ndarray, radius: float) -> np.ndarray:
+    """``mask`` grown by a disk of ``radius`` pixels (centre distance <= radius)."""
+    if not mask.any():
+        return mask.copy()
+    if radius <= 0:
+        return mask.copy()
+    from scipy.ndimage import distance_transform_edt
+
+    return distance_transform_edt(~mask) <= radius
+
+
+def valid_rows(classes: np.ndarray, kinds: dict[int, str], radii: dict[str, float]) -> np.ndarray:
+    """The valid mask of a block of class rows (exact for rows a halo away from its edges)."""
+    unusable = np.zeros(classes.shape, dtype=bool)
+    for kind in ("cloud", "shadow"):
+        values = [v for v, k in kinds.items() if k == kind]
+        if values:
+            unusable |= grow(np.isin(classes, values), radii[kind])
+    valid = (~unusable).astype(np.uint8)
+    valid[classes == NODATA] = NODATA
+    return valid
+
+
+def write_valid(
+    classes_path: Path,
+    valid_path: Path,
+    kinds: dict[int, str],
+    radii: dict[str, float],
+    strip: int = STRIP,
+) -> dict[str, int]:
+    """Write the valid mask of a finished class raster, strip by strip with a halo.
+
+    Returns:
+        Pixel counts: ``usable``, ``unusable``, ``nodata``.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    halo = int(np.ceil(max(radii.values(), default=0.0)))
+    counts = {"usable": 0, "unusable": 0, "nodata": 0}
+    with rasterio.open(classes_path) as src:
+        profile = src.profile | {"count": 1, "dtype": "uint8", "nodata": NODATA}
+        profile.pop("photometric", None)
+        with rasterio.open(valid_path, "w", **profile) as dst:
+            for row in range(0, src.height, strip):
+                top = max(row - halo, 0)
+                bottom = min(row + strip + halo, src.height)
+                block = src.read(1, window=Window(0, top, src.width, bottom - top))
+                valid = valid_rows(block, kinds, radii)
+                core = valid[row - top : row - top + min(strip, src.height - row)]
+                dst.write(core, 1, window=Window(0, row, src.width, core.shape[0]))
+                counts["usable"] += int((core == 1).sum())
+                counts["unusable"] += int((core == 0).sum())
+                counts["nodata"] += int((core == NODATA).sum())
+            dst.write_colormap(1, {0: (160, 160, 160, 255), 1: (0, 0, 0, 0), NODATA: (0, 0, 0, 0)})
+            dst.set_band_description(1, "valid (1 usable, 0 cloud, shadow or buffer)")
+    return counts
+
+
+def decide(
+    probs: np.ndarray,
+    classes: list[Any],
+    cloud_threshold: float | None = None,
+    shadow_threshold: float | None = None,
+) -> np.ndarray:
+    """Classes from blended probabilities ``(classes, rows, cols)`` (see module doc).
+
+    Without thresholds this is the argmax, exactly.
+    """
+    from .resample import argmax_classes
+
+    if cloud_threshold is None and shadow_threshold is None:
+        return argmax_classes(probs)
+    kinds = unusable_classes(classes)
+    cloud = [v for v, k in kinds.items() if k == "cloud"]
+    shadow = [v for v, k in kinds.items() if k == "shadow"]
+    scores = probs.astype(np.float32, copy=True)
+    taken = np.zeros(probs.shape[1:], dtype=bool)
+    result = np.zeros(probs.shape[1:], dtype=np.uint8)
+    for values, threshold in ((cloud, cloud_threshold), (shadow, shadow_threshold)):
+        if threshold is None or not values:
+            continue
+        chosen = (scores[values].sum(axis=0) >= threshold) & ~taken
+        # Several classes of the kind (thick, thin cloud): the most probable of them.
+        kind_best = np.asarray(values, dtype=np.uint8)[scores[values].argmax(axis=0)]
+        result[chosen] = kind_best[chosen]
+        taken |= chosen
+        scores[values] = -1.0  # never chosen by the argmax below
+    rest = scores.argmax(axis=0).astype(np.uint8)
+    result[~taken] = rest[~taken]
+    return result
+
+
+def check_threshold(name: str, value: float | None) -> None:
+    """Refuse a threshold outside (0, 1].
+
+    Raises:
+        InputError: With the valid range.
+    """
+    if value is not None and not 0.0 < value <= 1.0:
+        raise InputError(f"{name} {value}: give a probability above 0 and at most 1")
+
+
+__all__ = ["DEFAULT_BUFFER_CLOUD_M", "DEFAULT_BUFFER_SHADOW_M", "decide", "write_valid"]

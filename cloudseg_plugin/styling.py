@@ -39,6 +39,7 @@ RESULT_WORDS = {
     "probabilities": "cloud probability (%)",
     "uncertainty": "uncertainty (%)",
     "polygons": "cloud and shadow polygons",
+    "valid": "valid pixels",
 }
 
 
@@ -98,6 +99,16 @@ def style_classes(layer: QgsRasterLayer, tags: dict[str, str] | None = None) -> 
     renderer.setOpacity(MASK_OPACITY)  # the scene stays visible under the classes
     layer.setRenderer(renderer)
     describe(layer, tags, "Cloud mask")
+    layer.triggerRepaint()
+
+
+def style_valid(layer: QgsRasterLayer) -> None:
+    """Usable pixels transparent; cloud, shadow and their buffers grey, half opaque."""
+    classes = [
+        QgsPalettedRasterRenderer.Class(1, _color("#ffffff", 0), "usable"),
+        QgsPalettedRasterRenderer.Class(0, _color("#616161", 190), "cloud, shadow or buffer"),
+    ]
+    layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes))
     layer.triggerRepaint()
 
 

@@ -30,6 +30,7 @@ from qgis.core import (
 )
 
 from ...backend import choices
+from ...backend.choices import DEFAULT_BUFFER_CLOUD_M, DEFAULT_BUFFER_SHADOW_M
 from ...backend.dependencies import REQUIREMENTS
 from ...backend.errors import CloudsegError
 from .. import styling
@@ -112,6 +113,8 @@ class ResultStyler(QgsProcessingLayerPostProcessorInterface):
             styling.style_probabilities(layer)
         elif isinstance(layer, QgsRasterLayer) and self.kind == "uncertainty":
             styling.style_uncertainty(layer)
+        elif isinstance(layer, QgsRasterLayer) and self.kind == "valid":
+            styling.style_valid(layer)
         elif isinstance(layer, QgsVectorLayer):
             styling.style_polygons(layer, self.classes)
         project = context.project()
@@ -148,6 +151,12 @@ class SegmentAlgorithm(CloudsegAlgorithm):
     UNCERTAINTY = "UNCERTAINTY"
     VECTOR = "VECTOR"
     MIN_AREA = "MIN_AREA"
+    VALID = "VALID"
+    BUFFER_CLOUD = "BUFFER_CLOUD"
+    BUFFER_SHADOW = "BUFFER_SHADOW"
+    CLOUD_THRESHOLD = "CLOUD_THRESHOLD"
+    SHADOW_THRESHOLD = "SHADOW_THRESHOLD"
+    USABLE_PERCENT = "USABLE_PERCENT"
     CLOUD_PERCENT = "CLOUD_PERCENT"
     SHADOW_PERCENT = "SHADOW_PERCENT"
     CLEAR_PERCENT = "CLEAR_PERCENT"
@@ -200,6 +209,13 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         "CHECK_REFLECTANCE": "Values that no real scene has after scaling (e.g. a scale 10x "
         "off) stop the run: a wrong scale gives a confident wrong mask. Untick to run anyway",
         "MIN_AREA": "Polygons smaller than this are left out",
+        "VALID": "A mask to use directly: 1 where the pixel is usable, 0 where it is cloud or "
+        "cloud shadow or within their buffers, no data kept",
+        "BUFFER_CLOUD": "Grown around cloud in the valid mask; default Fmask's 3 pixels of 30 m",
+        "BUFFER_SHADOW": "Grown around cloud shadow in the valid mask; default Fmask's 90 m",
+        "CLOUD_THRESHOLD": "Sensitivity: lower masks more cloud (a timid model), higher less "
+        "(an eager one). Empty: the most probable class",
+        "SHADOW_THRESHOLD": "Sensitivity for shadow, among pixels that are not cloud",
     }
 
     def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
@@ -289,7 +305,36 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             minValue=0.0,
         )
         self.addParameter(min_area)
+        for key, label, default in (
+            (self.BUFFER_CLOUD, "Buffer around cloud in the valid mask (m)",
+             DEFAULT_BUFFER_CLOUD_M),
+            (self.BUFFER_SHADOW, "Buffer around shadow in the valid mask (m)",
+             DEFAULT_BUFFER_SHADOW_M),
+        ):  # fmt: skip
+            self.addParameter(
+                QgsProcessingParameterNumber(
+                    key, label, QgsProcessingParameterNumber.Double, default, minValue=0.0
+                )
+            )
+        for key, label in (
+            (self.CLOUD_THRESHOLD, "Cloud from probability (0-1; empty: most probable class)"),
+            (self.SHADOW_THRESHOLD, "Shadow from probability (0-1; empty: most probable class)"),
+        ):
+            threshold = QgsProcessingParameterNumber(
+                key, label, QgsProcessingParameterNumber.Double, None, optional=True,
+                minValue=0.0, maxValue=1.0,
+            )  # fmt: skip
+            threshold.setFlags(threshold.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(threshold)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Cloud mask"))
+        self.addParameter(
+            QgsProcessingParameterRasterDestination(
+                self.VALID,
+                "Valid pixels (1 usable, 0 cloud, shadow or buffer)",
+                optional=True,
+                createByDefault=False,
+            )
+        )
         self.addParameter(
             QgsProcessingParameterRasterDestination(
                 self.PROBABILITIES,
@@ -321,6 +366,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             (self.CLEAR_PERCENT, "Clear (% of valid pixels)"),
         ):
             self.addOutput(QgsProcessingOutputNumber(key, label))
+        self.addOutput(QgsProcessingOutputNumber(self.USABLE_PERCENT, "Usable (% of data pixels)"))
         self.addOutput(QgsProcessingOutputString(self.MODEL_USED, "Model used"))
         self.addOutput(QgsProcessingOutputString(self.RUNNER, "What ran where"))
         add_cost_outputs(self)
@@ -348,6 +394,13 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         probabilities = self.parameterAsOutputLayer(parameters, self.PROBABILITIES, context)
         uncertainty = self.parameterAsOutputLayer(parameters, self.UNCERTAINTY, context)
+        valid = self.parameterAsOutputLayer(parameters, self.VALID, context)
+        thresholds = {
+            name: self.parameterAsDouble(parameters, key, context)
+            if parameters.get(key) not in (None, "") else None
+            for name, key in (("cloud_threshold", self.CLOUD_THRESHOLD),
+                              ("shadow_threshold", self.SHADOW_THRESHOLD))
+        }  # fmt: skip
         vector = self.parameterAsOutputLayer(parameters, self.VECTOR, context)
         bounds = self.extent_bounds(parameters, self.EXTENT, context, layer)
         source = scene_path_from_gdal_source(layer.source())
@@ -369,6 +422,10 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             min_polygon_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
             max_memory_mib=self.parameterAsInt(parameters, self.MAX_MEMORY, context),
             check_reflectance=self.parameterAsBool(parameters, self.CHECK_REFLECTANCE, context),
+            valid=Path(valid) if valid else None,
+            buffer_cloud_m=self.parameterAsDouble(parameters, self.BUFFER_CLOUD, context),
+            buffer_shadow_m=self.parameterAsDouble(parameters, self.BUFFER_SHADOW, context),
+            **thresholds,
         )
         feedback.pushInfo(f"Input: {source}")
         result = segment(
@@ -385,7 +442,9 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         if vector:
             feedback.pushInfo(f"Polygons: {result.polygon_counts}")
 
-        self._style_on_load(context, output, probabilities, vector, layer.name(), uncertainty)
+        self._style_on_load(
+            context, output, probabilities, vector, layer.name(), uncertainty, valid
+        )
         percent = result.class_percent
         feedback.pushInfo(
             f"Cloud {percent.get('cloud', 0):.2f} %, "
@@ -407,6 +466,10 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             results[self.VECTOR] = vector
         if uncertainty:
             results[self.UNCERTAINTY] = uncertainty
+        if valid:
+            results[self.VALID] = valid
+            results[self.USABLE_PERCENT] = result.usable_percent
+            feedback.pushInfo(f"Usable: {result.usable_percent:.2f} % of the data pixels")
         return results
 
     def _tiling(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict:
@@ -423,6 +486,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         vector: str,
         input_name: str,
         uncertainty: str = "",
+        valid: str = "",
     ) -> None:
         """Have Processing name (input first) and style each result it loads."""
         from ...backend.inference.segment import load_classes
@@ -432,6 +496,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             (output, "classes"),
             (probabilities, "probabilities"),
             (uncertainty, "uncertainty"),
+            (valid, "valid"),
             (vector, ""),
         ):
             if path and context.willLoadLayerOnCompletion(path):

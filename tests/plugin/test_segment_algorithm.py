@@ -1,5 +1,7 @@
 """cloudseg:segment through Processing: masks, percentages, styled layers, errors."""
 
+import json
+
 import numpy as np
 import processing
 import pytest
@@ -232,3 +234,30 @@ def test_backend_errors_become_processing_exceptions(plugin, chip_layer, tmp_pat
             {"INPUT": chip_layer, "MODEL": "ukis-csmask-6b-l2a", "OUTPUT": str(tmp_path / "m.tif")},
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_valid_mask_loads_styled_with_its_usable_share(plugin, chip_layer, tmp_path):
+    result = processing.runAndLoadResults(
+        "cloudseg:segment",
+        {
+            "INPUT": chip_layer,
+            "PRODUCT_LEVEL": "L2A",
+            "OUTPUT": str(tmp_path / "mask.tif"),
+            "VALID": str(tmp_path / "valid.tif"),
+            "BUFFER_CLOUD": 60,
+            "BUFFER_SHADOW": 0,
+            "CLOUD_THRESHOLD": 0.3,
+        },
+    )
+    with rasterio.open(result["VALID"]) as ds:
+        valid = ds.read(1)
+        assert json.loads(ds.tags()["CLOUDSEG_BUFFERS_M"]) == {"cloud": 60.0, "shadow": 0.0}
+    with rasterio.open(result["OUTPUT"]) as ds:
+        classes = ds.read(1)
+        assert json.loads(ds.tags()["CLOUDSEG_DECISION"])["cloud_threshold"] == 0.3
+    assert (valid[classes != 0] == 0).all() and (valid == 0).sum() > (classes != 0).sum()
+    assert result["USABLE_PERCENT"] == pytest.approx(100 * (valid == 1).mean(), abs=1e-3)
+    group = QgsProject.instance().layerTreeRoot().findGroup("Cloud segmentation")
+    layer = next(n.layer() for n in group.findLayers() if n.layer().name() == "chip - valid pixels")
+    classes_drawn = {c.value: c.color.alpha() for c in layer.renderer().classes()}
+    assert classes_drawn == {1: 0, 0: 190}  # usable transparent, the rest grey

@@ -68,6 +68,7 @@ class RunRequest:
     preview: bool = False
     probabilities: bool = False
     polygons: bool = False
+    valid: bool = False
 
     def paths(self, stamp: str) -> dict[str, Path | None]:
         """Output paths for this run, unique by time stamp."""
@@ -78,6 +79,7 @@ class RunRequest:
                 self.output_dir / f"{stem}_probabilities.tif" if self.probabilities else None
             ),
             "polygons": self.output_dir / f"{stem}_polygons.gpkg" if self.polygons else None,
+            "valid": self.output_dir / f"{stem}_valid.tif" if self.valid else None,
         }
 
 
@@ -178,6 +180,7 @@ class SegmentTask(BackendTask):
                 resolution="preview" if self.request.preview else "native",
                 probabilities=self.outputs["probabilities"],
                 polygons=self.outputs["polygons"],
+                valid=self.outputs["valid"],
             ),
             progress=progress,
             cancelled=cancelled,
@@ -249,11 +252,17 @@ class CloudSegDock(QDockWidget):
         self.preview_check.setToolTip(preview_tooltip())
         self.probabilities_check = QCheckBox("Probabilities")
         self.polygons_check = QCheckBox("Polygons")
+        self.valid_check = QCheckBox("Valid pixels")
+        self.valid_check.setToolTip(
+            "Also write the mask of usable pixels: cloud and shadow removed with a 90 m "
+            "buffer (Fmask's default; other buffers: Processing or cloudseg segment)"
+        )
         for widget in (
             self.tta_check,
             self.preview_check,
             self.probabilities_check,
             self.polygons_check,
+            self.valid_check,
         ):
             options.addWidget(widget)
         layout.addLayout(options)
@@ -395,6 +404,7 @@ class CloudSegDock(QDockWidget):
             preview=self.preview_check.isChecked(),
             probabilities=self.probabilities_check.isChecked(),
             polygons=self.polygons_check.isChecked(),
+            valid=self.valid_check.isChecked(),
         )
         self.task = SegmentTask(request, self._task_done)
         self.task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
@@ -533,6 +543,7 @@ class CloudSegDock(QDockWidget):
                 task.outputs["polygons"],
                 name=name,
                 group_name=f"{name} - {result.model}",
+                valid=task.outputs["valid"],
             )
             self._select(group)
             cloud = result.class_percent.get("cloud", 0.0)
@@ -546,6 +557,8 @@ class CloudSegDock(QDockWidget):
                 f"{name}: {cloud:.1f} % cloud in {result.seconds:.1f} s on {result.runner}; "
                 f"product level {result.product_level}"
             )
+            if result.usable_percent is not None:
+                done += f"; {result.usable_percent:.1f} % usable"
             if result.warnings:
                 warnings = "; ".join(for_qgis(w, DOCK) for w in result.warnings)
                 self._say(f"{done}. Warning: {warnings}", Qgis.Warning)

@@ -316,6 +316,7 @@ def add_results(
     polygons: Path | None = None,
     name: str = "clouds",
     group_name: str | None = None,
+    valid: Path | None = None,
 ) -> tuple[list[QgsMapLayer], QgsLayerTreeGroup]:
     """Load a run's outputs as styled layers in a sub-group of the results group.
 
@@ -333,6 +334,11 @@ def add_results(
         probs = QgsRasterLayer(str(probabilities), result_name(name, "probabilities"))
         style_probabilities(probs, tags)
         layers.append(probs)
+    if valid is not None:
+        usable = QgsRasterLayer(str(valid), result_name(name, "valid"))
+        style_valid(usable)
+        describe(usable, tags, "Valid pixels")
+        layers.append(usable)
     if polygons is not None:
         vector = QgsVectorLayer(str(polygons), result_name(name, "polygons"), "ogr")
         style_polygons(vector, _classes(tags))

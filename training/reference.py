@@ -206,3 +206,45 @@ def score(scene: LabeledScene, prediction: np.ndarray) -> dict[str, Any]:
     """Metrics of a class raster against the scene's labels, for the classes it scores."""
     matrix = confusion_matrix(scene.reference(), prediction, len(CLASSES))
     return scored_only(metrics_from_confusion(matrix, list(CLASSES)), scene.scored)
+
+
+def on_grid(scene: LabeledScene, folder: Path, pixel_m: float = 30.0) -> Path:
+    """The scene's image on a UTM grid of ``pixel_m`` (for scenes not georeferenced).
+
+    Buffers in metres need a pixel size; the Landsat test chips record none (~30 m).
+    """
+    import rasterio
+    from rasterio.transform import from_origin
+
+    out = folder / f"{scene.name}-{pixel_m:g}m.tif"
+    with rasterio.open(scene.image) as src:
+        profile = src.profile | {
+            "crs": "EPSG:32632",
+            "transform": from_origin(500000, 5300000, pixel_m, pixel_m),
+        }
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(src.read())
+            dst.descriptions = src.descriptions
+    return out
+
+
+def reference_valid(labels: np.ndarray, buffer_px: int = 4) -> np.ndarray:
+    """ukis-csmask's reference valid mask: cloud and shadow labels grown as its tests do.
+
+    Their test suite (``test_csmask_valid``) grows the invalid labels by
+    ``scipy.ndimage.binary_dilation(iterations=4)`` (4 steps of the 4-neighbour cross).
+    """
+    from scipy import ndimage
+
+    invalid = np.isin(labels, (CLASSES.index("cloud"), CLASSES.index("cloud shadow")))
+    grown = ndimage.binary_dilation(invalid, iterations=buffer_px) if buffer_px else invalid
+    return (~grown).astype(np.uint8)
+
+
+def csmask_valid(scene: LabeledScene, bands: int = 6, buffer_px: int = 4) -> np.ndarray:
+    """ukis-csmask's own ``valid`` output for a scene (its buffer: ``buffer_px`` pixels)."""
+    from ukis_csmask.mask import CSmask
+
+    names = [UKIS_BANDS[b] for b in scene.bands[:bands]]
+    image = np.ascontiguousarray(scene.reflectance[..., :bands])
+    return CSmask(image, band_order=names, invalid_buffer=buffer_px).valid[..., 0]

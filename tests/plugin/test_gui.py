@@ -1,5 +1,6 @@
 """The layer context menu action and the dock: real layers, real runs in QgsTasks."""
 
+import numpy as np
 import pytest
 import rasterio
 from qgis.core import (
@@ -138,6 +139,29 @@ def test_dock_runs_a_task_to_completion_and_adds_styled_layers(
     assert dock.runs_table.item(0, 1).text() == "done"
     assert "s/km²" in dock.runs_table.item(0, 4).toolTip()  # what the run cost
     assert dock.run_button.isEnabled() and dock.progress.value() == 100
+
+
+def test_dock_writes_the_valid_pixels_as_a_grey_layer(
+    plugin, qgis_iface, layers, tmp_path, wait_for
+):
+    dock = open_dock(plugin, tmp_path)
+    dock.valid_check.setChecked(True)
+    dock.level_combo.setCurrentIndex(dock.level_combo.findData("L2A"))
+    qgis_iface.setActiveLayer(layers["chip"])
+    task = dock.run_active_layer()
+    wait_for(task)
+    assert dock.runs[0].status == "done", dock.runs[0].message
+    with rasterio.open(task.outputs["valid"]) as ds:
+        valid = ds.read(1)
+    with rasterio.open(task.outputs["mask"]) as ds:
+        classes = ds.read(1)
+    assert (valid[classes != 0] == 0).all() and set(np.unique(valid)) <= {0, 1}
+    group = QgsProject.instance().layerTreeRoot().findGroup("Cloud segmentation")
+    usable = next(
+        n.layer() for n in group.findLayers() if n.layer().name().endswith("valid pixels")
+    )
+    assert {c.value: c.color.alpha() for c in usable.renderer().classes()} == {1: 0, 0: 190}
+    assert f"{100 * (valid == 1).mean():.1f} % usable" in dock.status_label.text()
 
 
 def test_cancelled_dock_run_leaves_nothing_behind(plugin, qgis_iface, layers, tmp_path, wait_for):

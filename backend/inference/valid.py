@@ -148,6 +148,11 @@ def decide(
     scores = probs.astype(np.float32, copy=True)
     taken = np.zeros(probs.shape[1:], dtype=bool)
     result = np.zeros(probs.shape[1:], dtype=np.uint8)
+    if cloud_threshold is None and cloud:  # cloud as the argmax says; shadow among the rest
+        best = argmax_classes(probs)
+        taken = np.isin(best, cloud)
+        result[taken] = best[taken]
+        scores[cloud] = -1.0
     for values, threshold in ((cloud, cloud_threshold), (shadow, shadow_threshold)):
         if threshold is None or not values:
             continue

@@ -276,10 +276,11 @@ def test_training_reads_windows_from_s3(real_data, s3_bucket, tmp_path):
             shutil.copy(f, target / f.name)
     store = f"s3://{s3_bucket}/cs12"
     ingest(source, store, layout="cloudsen12", env_file=None, report=False)
-    data = tiny_config(store, tmp_path / "s3run", epochs=1)
+    data = tiny_config(store, tmp_path / "s3run", epochs=1, num_workers=2)
     data["data"]["split"] = {"val_scenes": ["ROI_2507-low-cloudy"]}
-    result = train(Config.from_dict(data))
+    result = train(Config.from_dict(data))  # two loader processes read the windows from S3
     assert result.model_path.is_file() and result.train_scenes == ["ROI_1746-high-cloudy"]
+    assert result.val_metrics["pixels"] > 0
 
 
 def test_the_same_seed_gives_the_same_weights(cs12_store, tmp_path):

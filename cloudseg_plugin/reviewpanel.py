@@ -19,6 +19,7 @@ from typing import Any
 from qgis.core import (
     Qgis,
     QgsApplication,
+    QgsCoordinateTransform,
     QgsDefaultValue,
     QgsEditFormConfig,
     QgsProject,
@@ -239,7 +240,17 @@ class ReviewPanel(QWidget):
         self._load_corrections(files.corrections, group)
         canvas = self.iface.mapCanvas()
         if canvas is not None and layers:
-            canvas.setExtent(layers[-1].extent())
+            image = layers[-1]
+            # The project's CRS (set by its first layer): the canvas follows it, but only
+            # later when these are the project's first layers, so say it now.
+            target = project.crs() if project.crs().isValid() else image.crs()
+            if canvas.mapSettings().destinationCrs() != target:
+                canvas.setDestinationCrs(target)
+            extent = image.extent()
+            if target != image.crs():
+                transform = QgsCoordinateTransform(image.crs(), target, project)
+                extent = transform.transformBoundingBox(extent)
+            canvas.setExtent(extent)
             canvas.refresh()
         self.status_label.setText(
             f"{key}: {100 * self.current.flagged_share:.0f} % of its labeled pixels flagged. "

@@ -118,7 +118,9 @@ def style_flags(layer: QgsRasterLayer, color: str) -> None:
         QgsPalettedRasterRenderer.Class(0, _color(color, 0), "not flagged"),
         QgsPalettedRasterRenderer.Class(1, _color(color, 255), "flagged: the model disagrees"),
     ]
-    layer.setRenderer(QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes))
+    renderer = QgsPalettedRasterRenderer(layer.dataProvider(), 1, classes)
+    renderer.setOpacity(0.55)  # the image and labels stay visible under the flags
+    layer.setRenderer(renderer)
     layer.triggerRepaint()
 
 

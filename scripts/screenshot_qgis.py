@@ -245,7 +245,8 @@ def grab_labels() -> None:
 
 def start_review() -> None:
     """Check a store with two mislabeled chips; open the worst window in the review tab."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    # QGIS runs this file with no __file__: the scripts folder is beside docs/.
+    sys.path.insert(0, str(OUT.parents[1] / "scripts"))
     from screenshot_dashboard import checked_store
 
     QgsProject.instance().clear()

@@ -2,8 +2,8 @@
 
 Windows are read lazily through :func:`cloudseg.backend.store.dataset.open_dataset`, so a
 window touches only the Zarr chunks under it, from a folder or from S3. Masks are read
-once per scene to know each window's cloud fraction (one byte per pixel); images are
-read only when a window is drawn.
+once per scene to know each window's cloud fraction (one byte per pixel; the imagery is
+not touched); images are read only when a window is drawn.
 """
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ class WindowDataset:
         self.labels = labels or {}
         weights = []
         for scene in scenes:
-            _, mask = dataset.read(scene)
+            mask = dataset.read_mask(scene)  # the imagery is read per window, when drawn
             mask = self._ignore_removed(scene, self.table[mask], 0, 0)
             use = self.labels.get(scene, SceneLabels([], []))
             rows, cols = mask.shape

@@ -113,6 +113,15 @@ class StoredDataset:
         ]
 
 
+    def read_mask(self, scene_id: str) -> np.ndarray:
+        """A scene's whole mask (h, w) uint8, without touching its imagery.
+
+        What training reads up front to index its windows (one byte per pixel); the
+        imagery is read only window by window, as windows are drawn.
+        """
+        return self._arrays(scene_id)[1][...]
+
+
 def open_dataset(
     url: str | Path, endpoint_url: str | None = None, env_file: str | Path | None = ".env"
 ) -> StoredDataset:

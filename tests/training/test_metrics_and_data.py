@@ -149,3 +149,25 @@ def test_unknown_loss_and_config_keys_are_refused():
         create_loss("hinge")
     with pytest.raises(InputError, match="unknown key\\(s\\) epocs; valid: epochs"):
         Config.from_dict({"train": {"epocs": 3}})
+
+
+def test_indexing_windows_reads_masks_only_and_images_window_by_window(cs12_store, tmp_path):
+    import shutil
+
+    from cloudseg.backend.store.keys import image_key
+
+    shutil.copytree(cs12_store, tmp_path / "store")
+    scene = "ROI_1746-high-cloudy"
+    chunks = sorted((tmp_path / "store" / image_key(scene)).glob("0.*.*"))
+    assert chunks  # the imagery's chunks: (bands, 256, 256) each
+    far = [c for c in chunks if c.name != "0.0.0"]
+    for chunk in far:  # spoil every image chunk but the top-left one: reading one fails
+        chunk.write_bytes(b"not a compressed chunk")
+    dataset = open_dataset(tmp_path / "store", env_file=None)
+    config = DataConfig(store=str(tmp_path / "store"), bands=["B02"], window=128, stride=128)
+    windows = WindowDataset(dataset, [scene], config, NAMES, np.zeros(1), np.ones(1))
+    assert len(windows) == 16  # indexed from the mask alone
+    first = windows[0][0]  # the top-left window reads only the chunk that is left
+    assert first.shape == (1, 128, 128) and float(first.abs().sum()) > 0
+    with pytest.raises(Exception):  # noqa: B017 (the codec's own error): a spoilt chunk is read
+        windows[len(windows) - 1]

@@ -139,3 +139,28 @@ def test_an_output_folder_holding_an_input_is_refused(scenes, tmp_path):
 
     with pytest.raises(InputError, match="would replace its input"):
         segment_batch([str(scenes / "adwp-top.tif")], str(scenes), {"product_level": "L2A"})
+
+
+def test_an_existing_cluster_runs_the_batch_by_its_address_or_scheduler_file(scenes, tmp_path):
+    from distributed import Client, LocalCluster
+
+    from cloudseg.backend.batch import segment_batch
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster:
+        by_address = segment_batch(
+            [str(scenes / "adwp-top.tif")],
+            str(tmp_path / "a"),
+            {"product_level": "L2A"},
+            scheduler=cluster.scheduler_address,
+        )
+        assert by_address.counts() == {"done": 1} and by_address.workers == 1
+        with Client(cluster) as client:
+            client.write_scheduler_file(str(tmp_path / "scheduler.json"))
+        by_file = segment_batch(
+            [str(scenes / "adwp-top.tif")],
+            str(tmp_path / "a"),
+            {"product_level": "L2A"},
+            scheduler=str(tmp_path / "scheduler.json"),
+        )
+        assert by_file.counts() == {"skipped": 1}
+    assert (tmp_path / "a" / "adwp-top.tif").is_file()

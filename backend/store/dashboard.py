@@ -16,16 +16,17 @@ so either would break a page meant to open offline without errors.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import html
 import io
+import json
 from string import Template
 from typing import Any
 
 import numpy as np
 
+from .._version import __version__
 from .dataset import StoredDataset
-from .keys import report_key, stored_items
+from .keys import COLLECTION_KEY, report_key, stored_items
 from .report import dataset_report
 
 #: How many of the worst windows get a thumbnail.
@@ -246,14 +247,16 @@ def dashboard_html(dataset: StoredDataset) -> str:
                             yaxis_title="scenes")  # fmt: skip
     stats = report["band_stats"]
     quality, checked = _quality(items)
-    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    # Nothing here depends on where the store is or when the page is made: the same
+    # store gives the same page (a resumed ingestion writes the bytes a clean one does).
+    collection = json.loads(storage.read_bytes(COLLECTION_KEY))
     meta = (
-        f"{report['scenes']} scene(s) in {html.escape(storage.url)}; bands "
-        f"{html.escape(', '.join(dataset.bands))}; classes "
-        f"{html.escape(', '.join(c['name'] for c in dataset.classes))}. Made by cloudseg on {when}."
+        f"{report['scenes']} scene(s); bands {html.escape(', '.join(dataset.bands))}; "
+        f"classes {html.escape(', '.join(c['name'] for c in dataset.classes))}. Made by "
+        f"cloudseg {__version__} from the store's STAC Items."
     )
     return PAGE.substitute(
-        title=html.escape(storage.url.rstrip("/").rsplit("/", 1)[-1]),
+        title=html.escape(collection.get("id", "dataset")),
         meta=meta,
         red=RED,
         plotlyjs=get_plotlyjs(),

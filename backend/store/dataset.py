@@ -112,7 +112,6 @@ class StoredDataset:
             row : row + height, col : col + width
         ]
 
-
     def read_mask(self, scene_id: str) -> np.ndarray:
         """A scene's whole mask (h, w) uint8, without touching its imagery.
 

@@ -331,18 +331,47 @@ def _record_bytes(record: dict[str, Any]) -> bytes:
 
 
 # -- the run -------------------------------------------------------------------------------
-def machine_workers(workers: int | None, cores: int | None = None) -> tuple[int, int]:
-    """(workers, inference threads per worker): by default one worker per 4 cores.
+def gpu_count() -> int:
+    """NVIDIA GPUs on this machine (NVML), 0 where there are none or no driver."""
+    try:
+        import pynvml
 
-    Each worker runs one scene at a time; its inference uses its share of the cores.
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no library, no driver, no GPU: the CPU runs the models
+        return 0
+
+
+def machine_workers(
+    workers: int | None, cores: int | None = None, gpus: int = 0
+) -> tuple[int, int]:
+    """(workers, inference threads per worker) for a local cluster.
+
+    By default one worker per GPU where there are GPUs, else one per 4 cores. Each
+    worker runs one scene at a time; its inference uses its share of the cores.
     """
     if cores is None:
         affinity = getattr(os, "sched_getaffinity", None)
         cores = len(affinity(0)) if affinity else os.cpu_count() or 1
     if workers is not None and workers < 1:
         raise InputError(f"--workers {workers}: give at least 1")
-    count = workers or max(1, cores // 4)
+    count = workers or gpus or max(1, cores // 4)
     return count, max(1, cores // count)
+
+
+def worker_environments(workers: int, threads: int, gpus: int) -> list[dict[str, str]]:
+    """Each local worker's environment: its share of the cores, and its own GPU.
+
+    With GPUs, worker i sees GPU ``i % gpus`` alone (``CUDA_VISIBLE_DEVICES``), so
+    every GPU segments one scene at a time.
+    """
+    base = {"CLOUDSEG_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    if not gpus:
+        return [dict(base) for _ in range(workers)]
+    return [base | {"CUDA_VISIBLE_DEVICES": str(i % gpus)} for i in range(workers)]
 
 
 @contextlib.contextmanager
@@ -365,17 +394,22 @@ def dask_client(
         finally:
             client.close()
         return
-    if processes:
-        settings: dict[str, Any] = {
-            "n_workers": workers,
-            "threads_per_worker": 1,  # one scene at a time per worker (and per GPU)
-            "env": {"CLOUDSEG_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)},
+    if processes:  # one process per worker, one scene at a time each (and per GPU)
+        from distributed import Nanny, Scheduler, SpecCluster
+
+        environments = worker_environments(workers, threads, gpu_count())
+        spec = {
+            i: {"cls": Nanny, "options": {"nthreads": 1, "env": env, "silence_logs": 40}}
+            for i, env in enumerate(environments)
         }
-    else:  # one worker of ``workers`` threads, sharing one loaded model
-        settings = {"n_workers": 1, "threads_per_worker": workers}
-    with LocalCluster(
-        processes=processes, dashboard_address=":0", silence_logs=40, **settings
-    ) as cluster, Client(cluster) as client:  # fmt: skip
+        scheduler_spec = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+        cluster: Any = SpecCluster(workers=spec, scheduler=scheduler_spec, silence_logs=40)
+    else:  # one worker of ``workers`` threads in this process
+        cluster = LocalCluster(
+            processes=False, n_workers=1, threads_per_worker=workers,
+            dashboard_address=":0", silence_logs=40,
+        )  # fmt: skip
+    with cluster, Client(cluster) as client:
         yield client
 
 
@@ -399,7 +433,8 @@ def segment_batch(
         output: A folder or ``s3://bucket/prefix``.
         options: :class:`~cloudseg.backend.inference.segment.SegmentOptions` fields
             (model, bands, resolution...), the same for every scene.
-        workers: Worker processes of the local cluster (default one per 4 cores).
+        workers: Worker processes of the local cluster (default one per GPU, else one
+            per 4 cores).
         scheduler: An existing cluster: ``tcp://host:port`` or a scheduler file.
         retries: How often a scene that failed unexpectedly is tried again.
         endpoint_url: S3 endpoint (MinIO) for inputs and outputs.
@@ -422,7 +457,7 @@ def segment_batch(
     model = options.get("model")
     sha = load_model(model).sha256 if model else "auto"
     key = settings_key(options, sha)
-    count, threads = machine_workers(workers)
+    count, threads = machine_workers(workers, gpus=gpu_count() if processes else 0)
     report = progress or (lambda done, total, record: None)
     stop = cancelled or (lambda: False)
     with tempfile.TemporaryDirectory(prefix="cloudseg-batch-") as work:

@@ -164,3 +164,16 @@ def test_an_existing_cluster_runs_the_batch_by_its_address_or_scheduler_file(sce
         )
         assert by_file.counts() == {"skipped": 1}
     assert (tmp_path / "a" / "adwp-top.tif").is_file()
+
+
+def test_workers_share_the_cores_and_each_gpu_takes_one_scene_at_a_time():
+    from cloudseg.backend.batch import machine_workers, worker_environments
+
+    assert machine_workers(None, cores=16) == (4, 4)  # one worker per 4 cores
+    assert machine_workers(None, cores=2) == (1, 2)
+    assert machine_workers(None, cores=16, gpus=2) == (2, 8)  # one worker per GPU
+    assert machine_workers(3, cores=16, gpus=2) == (3, 5)
+    envs = worker_environments(3, 5, gpus=2)
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0"]
+    assert all(e["CLOUDSEG_THREADS"] == "5" for e in envs)
+    assert "CUDA_VISIBLE_DEVICES" not in worker_environments(2, 1, gpus=0)[0]

@@ -260,7 +260,8 @@ def test_train_cli_tiny_config_and_bad_config(cs12_store, tmp_path):
         == f"cloudseg: error: {path}: train: unknown key(s) epocs; valid: "
         + (
             "epochs, batch_size, lr, weight_decay, loss, focal_weight, dice_weight, class_weights, "
-            "patience, augment, seed, num_workers, device, precision, val_every"
+            "patience, augment, seed, num_workers, device, devices, num_nodes, strategy, "
+            "precision, val_every"
         )
     )
 

@@ -211,11 +211,14 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         "MIN_AREA": "Polygons smaller than this are left out",
         "VALID": "A mask to use directly: 1 where the pixel is usable, 0 where it is cloud or "
         "cloud shadow or within their buffers, no data kept",
-        "BUFFER_CLOUD": "Grown around cloud in the valid mask; default Fmask's 3 pixels of 30 m",
-        "BUFFER_SHADOW": "Grown around cloud shadow in the valid mask; default Fmask's 90 m",
-        "CLOUD_THRESHOLD": "Sensitivity: lower masks more cloud (a timid model), higher less "
-        "(an eager one). Empty: the most probable class",
-        "SHADOW_THRESHOLD": "Sensitivity for shadow, among pixels that are not cloud",
+        "BUFFER_CLOUD": "Grown around cloud in the valid mask, metres; default Fmask's 3 pixels "
+        "of 30 m",
+        "BUFFER_SHADOW": "Grown around cloud shadow in the valid mask, metres; default 90 m",
+        "CLOUD_THRESHOLD": "Sensitivity, 0-1: a pixel is cloud from this cloud probability on; "
+        "lower masks more cloud (a timid model), higher less (an eager one). Empty: the most "
+        "probable class",
+        "SHADOW_THRESHOLD": "Sensitivity for shadow, 0-1, among pixels that are not cloud. "
+        "Empty: the most probable class",
     }
 
     def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
@@ -306,9 +309,9 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         )
         self.addParameter(min_area)
         for key, label, default in (
-            (self.BUFFER_CLOUD, "Buffer around cloud in the valid mask (m)",
+            (self.BUFFER_CLOUD, "Cloud buffer (m)",
              DEFAULT_BUFFER_CLOUD_M),
-            (self.BUFFER_SHADOW, "Buffer around shadow in the valid mask (m)",
+            (self.BUFFER_SHADOW, "Shadow buffer (m)",
              DEFAULT_BUFFER_SHADOW_M),
         ):  # fmt: skip
             self.addParameter(
@@ -317,8 +320,8 @@ class SegmentAlgorithm(CloudsegAlgorithm):
                 )
             )
         for key, label in (
-            (self.CLOUD_THRESHOLD, "Cloud from probability (0-1; empty: most probable class)"),
-            (self.SHADOW_THRESHOLD, "Shadow from probability (0-1; empty: most probable class)"),
+            (self.CLOUD_THRESHOLD, "Cloud from probability"),
+            (self.SHADOW_THRESHOLD, "Shadow from probability"),
         ):
             threshold = QgsProcessingParameterNumber(
                 key, label, QgsProcessingParameterNumber.Double, None, optional=True,
@@ -330,7 +333,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         self.addParameter(
             QgsProcessingParameterRasterDestination(
                 self.VALID,
-                "Valid pixels (1 usable, 0 cloud, shadow or buffer)",
+                "Valid pixels",
                 optional=True,
                 createByDefault=False,
             )

@@ -12,7 +12,6 @@ Usage: screenshot_dashboard.py --data ../shared/data/real --out docs/dashboard.p
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -29,41 +28,27 @@ def checked_store(data: Path, work: Path) -> tuple[Path, Path]:
     Returns:
         The store and the check's report (``label_issues.json``).
     """
-    import rasterio
     from rasterio.transform import from_origin
 
-    from cloudseg.backend.store.ingest import ingest
+    from cloudseg.backend.active.labels import LabeledWindow, windows_to_store
     from cloudseg.training.label_check import check_labels
     from cloudseg.training.reference import SIX_BANDS, labeled_scenes
 
     scene = next(s for s in labeled_scenes(data, work / "s") if s.name == "ukis-s2-l1c")
     image, truth = np.moveaxis(scene.reflectance, -1, 0), scene.reference()
-    root = work / "source"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    classes = ["clear", "cloud", "cloud shadow"]
-    (root / "data.json").write_text(json.dumps({"bands": list(SIX_BANDS), "classes": classes}))
+    windows = []
     for r in range(0, 512, CHIP):
         for c in range(0, 512, CHIP):
             name = f"chip-r{r:03d}-c{c:03d}"
             mask = truth[r : r + CHIP, c : c + CHIP]
             mask = np.zeros_like(mask) if name in MISLABELED else mask
-            profile = {
-                "driver": "GTiff", "width": CHIP, "height": CHIP, "crs": "EPSG:32632",
-                "transform": from_origin(500000 + c * 30, 5300000 - r * 30, 30, 30),
-            }  # fmt: skip
-            dn = np.rint(image[:, r : r + CHIP, c : c + CHIP] * 1e4).astype(np.uint16)
-            with rasterio.open(
-                root / "images" / f"{name}.tif", "w", count=6, dtype="uint16", **profile
-            ) as ds:
-                ds.write(dn)
-                ds.descriptions = tuple(SIX_BANDS)
-            with rasterio.open(
-                root / "masks" / f"{name}.tif", "w", count=1, dtype="uint8", **profile
-            ) as ds:
-                ds.write(mask[None])
+            transform = from_origin(500000 + c * 30, 5300000 - r * 30, 30, 30)
+            reflectance = image[:, r : r + CHIP, c : c + CHIP]
+            windows.append(LabeledWindow(name, reflectance, mask, transform, "EPSG:32632"))
     store = work / "ukis-s2-chips"
-    ingest(root, store, layout="pairs", env_file=None, report=False)
+    classes = ["clear", "cloud", "cloud shadow"]
+    windows_to_store(windows, list(SIX_BANDS), classes, store, env_file=None,
+                     name="cloudseg-dataset")  # fmt: skip
     result = check_labels(store, "ukis-csmask-6b-l1c", work / "check", window=64)
     return store, result.report
 

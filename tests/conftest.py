@@ -207,38 +207,28 @@ def planted_store(real_data, tmp_path_factory):
 
     Returns the store, the planted chip's id and every chip's stored labels.
     """
-    import rasterio
     from rasterio.transform import from_origin
 
-    from cloudseg.backend.store.ingest import ingest
+    from cloudseg.backend.active.labels import LabeledWindow, windows_to_store
     from cloudseg.training.reference import SIX_BANDS, labeled_scenes
 
     work = tmp_path_factory.mktemp("labels")
     scene = next(s for s in labeled_scenes(real_data, work / "s") if s.name == "ukis-s2-l1c")
     image, truth = np.moveaxis(scene.reflectance, -1, 0), scene.reference()
-    root = work / "source"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    classes = ["clear", "cloud", "cloud shadow"]
-    (root / "data.json").write_text(json.dumps({"bands": list(SIX_BANDS), "classes": classes}))
     chips = {f"chip-{r}-{c}": (r, c) for r in (0, 128) for c in (256, 384)}
     cloudiest = max(chips, key=lambda n: (truth[_window(chips[n])] == 1).mean())
-    stored = {}
+    stored, windows = {}, []
     for name, (r, c) in chips.items():
         mask = truth[_window((r, c))].copy()
         if name == cloudiest:
             mask[:] = 0  # "no cloud" over a cloud bank
         stored[name] = mask
-        profile = {"driver": "GTiff", "width": 128, "height": 128, "crs": "EPSG:32632"}
-        profile["transform"] = from_origin(500000 + c * 30, 5300000 - r * 30, 30, 30)
-        dn = np.rint(image[(slice(None), *_window((r, c)))] * 1e4).astype(np.uint16)
-        image_path, mask_path = root / "images" / f"{name}.tif", root / "masks" / f"{name}.tif"
-        with rasterio.open(image_path, "w", count=6, dtype="uint16", **profile) as ds:
-            ds.write(dn)
-            ds.descriptions = tuple(SIX_BANDS)
-        with rasterio.open(mask_path, "w", count=1, dtype="uint8", **profile) as ds:
-            ds.write(mask[None])
-    ingest(root, work / "store", layout="pairs", env_file=None, report=False)
+        transform = from_origin(500000 + c * 30, 5300000 - r * 30, 30, 30)
+        reflectance = image[(slice(None), *_window((r, c)))]
+        windows.append(LabeledWindow(name, reflectance, mask, transform, "EPSG:32632"))
+    classes = ["clear", "cloud", "cloud shadow"]
+    windows_to_store(windows, list(SIX_BANDS), classes, work / "store", env_file=None,
+                     name="cloudseg-dataset")  # fmt: skip
     return work / "store", cloudiest, stored
 
 

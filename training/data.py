@@ -82,6 +82,12 @@ def lookup_table(mapping: dict[int, int], ignore: int = IGNORE) -> np.ndarray:
     return table
 
 
+def scene_group(scene: str, group_pattern: str | None) -> str:
+    """The group (place) of a scene: the first match of ``group_pattern``, else the scene."""
+    found = re.search(group_pattern, scene) if group_pattern else None
+    return found.group(0) if found else scene
+
+
 def split_scenes(scenes: list[str], split: SplitConfig, seed: int) -> tuple[list[str], list[str]]:
     """Split scene ids into (train, validation), keeping each group on one side.
 
@@ -90,10 +96,7 @@ def split_scenes(scenes: list[str], split: SplitConfig, seed: int) -> tuple[list
     """
 
     def group(scene: str) -> str:
-        if not split.group_pattern:
-            return scene
-        found = re.search(split.group_pattern, scene)
-        return found.group(0) if found else scene
+        return scene_group(scene, split.group_pattern)
 
     groups = sorted({group(s) for s in scenes})
     unknown = [s for s in split.val_scenes if s not in scenes] + [

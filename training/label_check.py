@@ -41,7 +41,6 @@ import datetime as dt
 import io
 import json
 import random
-import re
 import shutil
 import tempfile
 import time
@@ -59,7 +58,7 @@ from ..backend.inference.options import RunOptions
 from ..backend.inference.runners import create_runner
 from ..backend.models.registry import load_model
 from .config import Config, LabelQualityConfig, SplitConfig
-from .data import lookup_table, map_classes
+from .data import lookup_table, map_classes, scene_group
 from .evaluate import store_scene
 
 IGNORE = 255
@@ -171,8 +170,7 @@ def assign_folds(
         raise InputError(f"--folds {folds}: cross-validation needs at least 2 folds")
 
     def group(scene: str) -> str:
-        found = re.search(group_pattern, scene) if group_pattern else None
-        return found.group(0) if found else scene
+        return scene_group(scene, group_pattern)
 
     groups = sorted({group(s) for s in scenes})
     if len(groups) < folds:

@@ -223,11 +223,13 @@ def windows_to_store(
     endpoint_url: str | None = None,
     env_file: str | Path | None = ".env",
     cancelled: CancelCallback | None = None,
+    name: str = "cloudseg-labels",
 ) -> IngestResult:
     """Store labeled windows as scenes, through the ingestion (``pairs`` layout).
 
     Reflectance is stored as digital numbers x 10000; pixels without data are 255
-    (ignored in training). Each window's ``properties`` go into its STAC Item.
+    (ignored in training). Each window's ``properties`` go into its STAC Item; ``name``
+    is the store's STAC collection id.
     """
     import rasterio
 
@@ -269,7 +271,7 @@ def windows_to_store(
             root,
             store,
             layout="pairs",
-            name="cloudseg-labels",
+            name=name,
             endpoint_url=endpoint_url,
             env_file=env_file,
             report=False,

@@ -259,7 +259,7 @@ class ReviewPanel(QWidget):
         self._enable()
 
     def _load_corrections(self, gpkg: Path, group: Any) -> None:
-        from ..backend.active.review import CORRECTIONS_LAYER, window_text
+        from ..backend.active.review import CORRECTIONS_LAYER, window_filter
 
         uri = f"{gpkg}|layername={CORRECTIONS_LAYER}"
         found = [
@@ -272,9 +272,7 @@ class ReviewPanel(QWidget):
             self.corrections = QgsVectorLayer(uri, "corrections", "ogr")
             QgsProject.instance().addMapLayer(self.corrections, False)
             group.insertLayer(0, self.corrections)
-        scene = self.current.scene.replace("'", "''")
-        window = window_text(self.current)
-        self.corrections.setSubsetString(f"scene = '{scene}' AND window = '{window}'")
+        self.corrections.setSubsetString(window_filter(self.current))
         classes = [{"value": v, "name": n, "color": c} for v, n, c in self._classes()]
         styling.style_labels(self.corrections, classes)
         config = self.corrections.editFormConfig()

@@ -44,21 +44,68 @@ def labeled_boxes(project: Path, transform: Any) -> list[tuple[Box, dict[str, An
     return [(b, f) for b, f in _proposals(project, transform) if f["status"] == "labeled"]
 
 
-def label_shapes(project: Path) -> list[tuple[dict[str, Any], int]]:
-    """The ``labels`` layer's polygons as ``(GeoJSON geometry, class value)``, in order."""
+def label_shapes(
+    project: Path, layer_name: str = LABELS_LAYER, where: str | None = None
+) -> list[tuple[dict[str, Any], int]] | None:
+    """A layer's polygons as ``(GeoJSON geometry, class value)``, in order.
+
+    Args:
+        project: The GeoPackage.
+        layer_name: The layer (default the label project's ``labels``).
+        where: An OGR attribute filter (e.g. one scene's window); all polygons when None.
+
+    Returns:
+        The polygons; None when the GeoPackage has no such layer.
+
+    Raises:
+        InputError: If the layer has no ``class`` field.
+    """
     from osgeo import ogr
 
     dataset = ogr.Open(str(project))
-    layer = dataset.GetLayerByName(LABELS_LAYER) if dataset else None
+    layer = dataset.GetLayerByName(layer_name) if dataset else None
     if layer is None:
-        return []  # a done box without polygons is all clear
+        return None
     if layer.GetLayerDefn().GetFieldIndex("class") < 0:
-        raise InputError(f"the {LABELS_LAYER} layer of {project} has no 'class' field")
+        raise InputError(f"the {layer_name} layer of {project} has no 'class' field")
+    layer.SetAttributeFilter(where)
     return [
         (json.loads(f.GetGeometryRef().ExportToJson()), int(f.GetField("class")))
         for f in layer
         if f.GetGeometryRef() is not None and f.GetField("class") is not None
     ]
+
+
+def add_class_polygons(
+    dataset: Any,
+    layer: Any,
+    data: np.ndarray,
+    keep: np.ndarray,
+    transform: Any,
+    names: dict[int, str],
+    fields: dict[str, str] | None = None,
+) -> int:
+    """Add the areas of ``data`` where ``keep`` as class polygons (class, name, ``fields``).
+
+    One polygon per connected area of one class (8-connected), in one transaction: a
+    failure adds nothing. Returns how many were added.
+    """
+    from osgeo import ogr
+    from rasterio.features import shapes
+
+    added = 0
+    with ogr_transaction(dataset):
+        for geometry, value in shapes(data, mask=keep, transform=transform, connectivity=8):
+            feature = ogr.Feature(layer.GetLayerDefn())
+            polygon = ogr.CreateGeometryFromJson(json.dumps(geometry))
+            feature.SetGeometry(ogr.ForceToMultiPolygon(polygon))
+            feature.SetField("class", int(value))
+            feature.SetField("name", names.get(int(value), str(int(value))))
+            for key, text in (fields or {}).items():
+                feature.SetField(key, text)
+            layer.CreateFeature(feature)
+            added += 1
+    return added
 
 
 def rasterize_box(
@@ -154,7 +201,7 @@ def labels_to_store(
                 f"{project.name} has no labeled boxes yet; label a proposal and mark it done"
             )
         card = load_model(model or boxes[0][1]["model"]).card
-        shapes = label_shapes(project)
+        shapes = label_shapes(project) or []  # no labels layer: every done box is clear
         name = Path(str(scene)).stem
         windows = []
         for box, fields in boxes:
@@ -325,7 +372,6 @@ def start_from_model(project: str | Path, mask: str | Path, rank: int) -> int:
     """
     import rasterio
     from osgeo import ogr
-    from rasterio.features import shapes
     from rasterio.windows import Window
 
     project = Path(project).expanduser()
@@ -340,21 +386,11 @@ def start_from_model(project: str | Path, mask: str | Path, rank: int) -> int:
         transform, crs = ds.window_transform(window), ds.crs
     keep = np.isin(data, [v for v, n in names.items() if n != "clear"])
     dataset = ogr.Open(str(project), 1)
-    layer = _labels_layer(dataset, ogr_srs(crs))
-    added = 0
     try:
-        with ogr_transaction(dataset):
-            for geometry, value in shapes(data, mask=keep, transform=transform, connectivity=8):
-                feature = ogr.Feature(layer.GetLayerDefn())
-                polygon = ogr.CreateGeometryFromJson(json.dumps(geometry))
-                feature.SetGeometry(ogr.ForceToMultiPolygon(polygon))
-                feature.SetField("class", int(value))
-                feature.SetField("name", names[int(value)])
-                layer.CreateFeature(feature)
-                added += 1
+        layer = _labels_layer(dataset, ogr_srs(crs))
+        return add_class_polygons(dataset, layer, data, keep, transform, names)
     finally:
         dataset = None
-    return added
 
 
 def _proposal_box(project: Path, transform: Any, rank: int) -> Box:

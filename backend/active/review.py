@@ -28,10 +28,17 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..raster.vectorize import ogr_srs, ogr_transaction
+from ..raster.reader import guess_scale
+from ..raster.vectorize import ogr_srs
 from ..store.dataset import StoredDataset, open_dataset
 from ..store.keys import IGNORE, item_key
-from .labels import LabeledWindow, login_name, windows_to_store
+from .labels import (
+    LabeledWindow,
+    add_class_polygons,
+    label_shapes,
+    login_name,
+    windows_to_store,
+)
 
 #: The review GeoPackage's layer of label polygons to correct.
 CORRECTIONS_LAYER = "corrections"
@@ -249,36 +256,26 @@ def _label_polygons(
     names: dict[int, str],
 ) -> int:
     """Polygons of the stored label in the window (unless the window has some already)."""
-    from osgeo import ogr
-    from rasterio.features import shapes
     from rasterio.transform import Affine
 
     dataset = _open_gpkg(gpkg)
     try:
         layer = _corrections_layer(dataset, ogr_srs(crs) if crs else None)
-        layer.SetAttributeFilter(
-            f"scene = '{suspect.scene.replace(chr(39), chr(39) * 2)}' "
-            f"AND window = '{window_text(suspect)}'"
-        )
+        layer.SetAttributeFilter(window_filter(suspect))
         if layer.GetFeatureCount() > 0:
             return 0
         layer.SetAttributeFilter(None)
         grid = transform if transform is not None else Affine.identity()
-        added = 0
-        with ogr_transaction(dataset):
-            for geometry, value in shapes(mask, mask=mask != 0, transform=grid, connectivity=8):
-                feature = ogr.Feature(layer.GetLayerDefn())
-                polygon = ogr.CreateGeometryFromJson(json.dumps(geometry))
-                feature.SetGeometry(ogr.ForceToMultiPolygon(polygon))
-                feature.SetField("class", int(value))
-                feature.SetField("name", names.get(int(value), str(int(value))))
-                feature.SetField("scene", suspect.scene)
-                feature.SetField("window", window_text(suspect))
-                layer.CreateFeature(feature)
-                added += 1
-        return added
+        fields = {"scene": suspect.scene, "window": window_text(suspect)}
+        return add_class_polygons(dataset, layer, mask, mask != 0, grid, names, fields)
     finally:
         dataset = None
+
+
+def window_filter(suspect: Suspect) -> str:
+    """The OGR attribute filter of one window's polygons in the corrections layer."""
+    scene = suspect.scene.replace("'", "''")
+    return f"scene = '{scene}' AND window = '{window_text(suspect)}'"
 
 
 def corrected_labels(gpkg: str | Path, suspect: Suspect, transform: Any) -> np.ndarray:
@@ -287,24 +284,14 @@ def corrected_labels(gpkg: str | Path, suspect: Suspect, transform: Any) -> np.n
     Pixels under no polygon are clear (0), as in the label project; later polygons lie
     over earlier ones; class 255 marks pixels left unlabeled.
     """
-    from osgeo import ogr
     from rasterio.features import rasterize
     from rasterio.transform import Affine
 
     _, _, height, width = suspect.window
-    dataset = ogr.Open(str(Path(gpkg).expanduser()))
-    layer = dataset.GetLayerByName(CORRECTIONS_LAYER) if dataset else None
-    if layer is None:
+    path = Path(gpkg).expanduser()
+    shapes = label_shapes(path, CORRECTIONS_LAYER, window_filter(suspect))
+    if shapes is None:
         raise InputError(f"{gpkg} has no {CORRECTIONS_LAYER} layer; open the window first")
-    shapes = [
-        (json.loads(f.GetGeometryRef().ExportToJson()), int(f.GetField("class")))
-        for f in layer
-        if f.GetField("scene") == suspect.scene
-        and f.GetField("window") == window_text(suspect)
-        and f.GetGeometryRef() is not None
-        and f.GetField("class") is not None
-    ]
-    dataset = None
     if not shapes:
         return np.zeros((height, width), np.uint8)
     grid = transform if transform is not None else Affine.identity()
@@ -354,7 +341,7 @@ def decide(
             s for s in dataset.scenes() if s.startswith(f"{suspect.scene}-fix-r{row}-c{col}-v")
         ]
         stem = f"{suspect.scene}-fix-r{row}-c{col}-v{len(versions) + 1}"
-        scale = 1e-4 if image.dtype.kind in "iu" or float(np.nanmax(image)) > 2 else 1.0
+        scale, _ = guess_scale(image.dtype.name, image[0])  # as the engine reads the store
         window = LabeledWindow(
             stem,
             image.astype(np.float32) * np.float32(scale),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import glob
 import hashlib
 import json
@@ -39,6 +40,7 @@ from typing import Any
 
 from .callbacks import CancelCallback
 from .errors import CancelledError, CloudsegError, InputError
+from .models.cards import class_kind
 
 MANIFEST = "manifest.json"
 #: Files a folder of inputs contributes as scenes.
@@ -222,7 +224,9 @@ class _Destination:
         if not self.s3:
             Path(url).expanduser().mkdir(parents=True, exist_ok=True)
 
+    @functools.cached_property
     def _storage(self) -> Any:
+        """The S3 storage, opened once (one client for the scene's reads and writes)."""
         from .store.storage import open_storage
 
         return open_storage(self.url, self.endpoint_url, env_file=None)
@@ -230,14 +234,14 @@ class _Destination:
     def read_json(self, name: str) -> dict[str, Any] | None:
         try:
             if self.s3:
-                return json.loads(self._storage().read_bytes(name))
+                return json.loads(self._storage.read_bytes(name))
             return json.loads((Path(self.url).expanduser() / name).read_text(encoding="utf-8"))
         except (KeyError, OSError, ValueError):
             return None
 
     def exists(self, name: str) -> bool:
         if self.s3:
-            return self._storage().exists(name)
+            return self._storage.exists(name)
         return (Path(self.url).expanduser() / name).is_file()
 
     def put(self, name: str, source: Path | bytes) -> str:
@@ -246,7 +250,7 @@ class _Destination:
 
         if self.s3:
             data = source if isinstance(source, bytes) else source.read_bytes()
-            self._storage().write_bytes(name, data)
+            self._storage.write_bytes(name, data)
             return f"{self.url}/{name}"
         target = Path(self.url).expanduser() / name
         if isinstance(source, bytes):
@@ -312,10 +316,8 @@ def segment_scene(
             "status": "done",
             "model": result.model,
             "runner": result.runner,
-            "cloud_percent": round(
-                sum(v for k, v in pct.items() if "cloud" in k and "shadow" not in k), 3
-            ),
-            "shadow_percent": round(sum(v for k, v in pct.items() if "shadow" in k), 3),
+            "cloud_percent": round(sum(v for k, v in pct.items() if class_kind(k) == "cloud"), 3),
+            "shadow_percent": round(sum(v for k, v in pct.items() if class_kind(k) == "shadow"), 3),
             "class_percent": pct,
             "error": None,
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..backend.errors import InputError
+from ..backend.models.cards import class_kind
 from ..backend.store.dataset import StoredDataset
 from ..backend.store.keys import IGNORE
 from .config import DataConfig, LabelQualityConfig, SplitConfig
@@ -273,9 +274,7 @@ class WindowDataset:
         self.table = lookup_table(
             map_classes(dataset.classes, classes, config.class_map), config.ignore_index
         )
-        self.cloud_values = [
-            i for i, name in enumerate(classes) if "cloud" in name and "shadow" not in name
-        ]
+        self.cloud_values = [i for i, name in enumerate(classes) if class_kind(name) == "cloud"]
         self.mean = np.asarray(mean, dtype=np.float32)[:, None, None]
         self.std = np.asarray(std, dtype=np.float32)[:, None, None]
         stride = config.stride or max(1, config.window // 2)

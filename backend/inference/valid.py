@@ -29,6 +29,7 @@ import numpy as np
 
 from ..choices import DEFAULT_BUFFER_CLOUD_M, DEFAULT_BUFFER_SHADOW_M
 from ..errors import InputError
+from ..models.cards import class_kind
 
 #: Strip height for making the valid mask.
 STRIP = 512
@@ -59,14 +60,7 @@ def unusable_classes(classes: list[Any]) -> dict[int, str]:
     Cloud classes (thick, thin, cloud) take the cloud buffer, shadow classes the shadow
     buffer; ``clear`` and land-cover classes (snow, water) are usable.
     """
-    found = {}
-    for c in classes:
-        name = c.name.lower()
-        if "shadow" in name:
-            found[c.value] = "shadow"
-        elif "cloud" in name or "cirrus" in name:
-            found[c.value] = "cloud"
-    return found
+    return {c.value: kind for c in classes if (kind := class_kind(c.name))}
 
 
 def grow(mask: np.ndarray, radius: float) -> np.ndarray:

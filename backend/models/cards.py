@@ -19,6 +19,20 @@ ONNX_CARD_KEY = "cloudseg.card"
 PRODUCT_LEVELS = ("L1C", "L2A", "any")
 
 
+def class_kind(name: str) -> str | None:
+    """What a class is, by its name: ``cloud`` (thick, thin, cirrus), ``shadow``, or None.
+
+    The one rule for every place that counts cloud and shadow (reports, batch records,
+    the valid mask, training's balanced sampler).
+    """
+    name = name.lower()
+    if "shadow" in name:
+        return "shadow"
+    if "cloud" in name or "cirrus" in name:
+        return "cloud"
+    return None
+
+
 @dataclass(frozen=True)
 class ClassInfo:
     """One output class of a model.

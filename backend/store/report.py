@@ -12,12 +12,9 @@ import math
 from collections import Counter
 from typing import Any
 
+from ..models.cards import class_kind
 from .keys import COLLECTION_KEY, report_key, stored_items
 from .storage import Storage
-
-
-def _cloudy(name: str) -> bool:
-    return "cloud" in name and "shadow" not in name
 
 
 def dataset_report(storage: Storage, items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -41,7 +38,7 @@ def dataset_report(storage: Storage, items: list[dict[str, Any]] | None = None) 
         counts = props["cloudseg:class_pixels"]
         balance.update(counts)
         labeled = sum(v for k, v in counts.items() if k != "ignore")
-        cloudy = sum(v for k, v in counts.items() if _cloudy(k))
+        cloudy = sum(v for k, v in counts.items() if class_kind(k) == "cloud")
         fractions[item["id"]] = round(cloudy / labeled, 6) if labeled else 0.0
         n = sum(counts.values())
         for band, stats in props["cloudseg:band_stats"].items():

@@ -465,8 +465,11 @@ def _score(
         unlabeled = given == IGNORE
         predicted = probs.argmax(axis=1)
         filled = np.where(unlabeled, predicted, given).astype(np.int64)  # not scored
-        issues = find_label_issues(filled, probs, verbose=False) & ~unlabeled
-        scores, _ = get_label_quality_scores(filled, probs, verbose=False)
+        # In this process (n_jobs=1): cleanlab's default forks a worker pool, and forking a
+        # process whose inference runtime already holds threads can deadlock (seen: a
+        # pool worker waiting forever on a lock it inherited).
+        issues = find_label_issues(filled, probs, n_jobs=1, verbose=False) & ~unlabeled
+        scores, _ = get_label_quality_scores(filled, probs, n_jobs=1, verbose=False)
         for j, i in enumerate(indices):
             labeled = max(int((~unlabeled[j]).sum()), 1)
             raster = np.where(unlabeled[j], IGNORE, issues[j].astype(np.uint8)).astype(np.uint8)

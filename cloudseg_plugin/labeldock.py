@@ -63,6 +63,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..backend.errors import CancelledError, CloudsegError
+from ..training.adapt import DEFAULT_RECIPE, RECIPES
 from . import logbridge, styling
 from .messages import DOCK, for_qgis
 from .reviewpanel import ReviewPanel
@@ -74,7 +75,6 @@ SETTINGS_PROJECT = "cloudseg/label_project"
 #: Default box edge: an area an analyst labels in a minute or two (1.3 km at 10 m).
 DEFAULT_BOX = 128
 DEFAULT_COUNT = 20
-DEFAULT_EPOCHS = 5
 #: The status colours of the proposals layer's outlines.
 STATUS_COLORS = {"todo": "#ffd600", "labeled": "#00c853", "skipped": "#9e9e9e"}
 
@@ -208,20 +208,26 @@ class LabelDock(QDockWidget):
         layout.addWidget(self.progress_label)
 
         teach = QHBoxLayout()
-        self.epochs_spin = QSpinBox()
-        self.epochs_spin.setRange(1, 200)
-        self.epochs_spin.setValue(DEFAULT_EPOCHS)
-        self.epochs_spin.setSuffix(" epochs")
+        recipe = RECIPES[DEFAULT_RECIPE]
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 1000)
+        self.steps_spin.setValue(recipe.steps)
+        self.steps_spin.setSuffix(" steps")
+        self.steps_spin.setToolTip(
+            f"Training steps of a round (recipe {recipe.name}: the encoder frozen, the decoder "
+            "kept close to the model's own predictions where nobody labeled)"
+        )
         self.finetune_button = QPushButton("Fine-tune")
         self.finetune_button.setToolTip(
-            "Store the done boxes, hold a quarter out, fine-tune the model from its weights "
-            "and register the new version with its held-out IoU before and after"
+            "Store the done boxes, hold about a quarter out, fine-tune the model from its "
+            "weights and judge the new version on the held-out boxes: it becomes the current "
+            "model only if no class loses more than 0.01 IoU there and the mean rises"
         )
         self.finetune_button.clicked.connect(lambda: self.fine_tune())
         self.rerun_button = QPushButton("Re-run")
         self.rerun_button.setToolTip("Segment the scene with the model above, beside the old mask")
         self.rerun_button.clicked.connect(lambda: self.rerun())
-        teach.addWidget(self.epochs_spin)
+        teach.addWidget(self.steps_spin)
         teach.addWidget(self.finetune_button)
         teach.addWidget(self.rerun_button)
         layout.addLayout(teach)
@@ -240,9 +246,9 @@ class LabelDock(QDockWidget):
         layout.addWidget(self.status_label)
 
         layout.addWidget(QLabel("Rounds (IoU on the held-out boxes)"))
-        self.history_table = QTableWidget(0, 5)
+        self.history_table = QTableWidget(0, 6)
         self.history_table.setHorizontalHeaderLabels(
-            ["Round", "Model", "Boxes", "Mean IoU", "Minutes"]
+            ["Round", "Model", "Boxes", "Mean IoU", "Per class", "Minutes"]
         )
         header = self.history_table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeToContents)
@@ -418,12 +424,12 @@ class LabelDock(QDockWidget):
         return next(iter(self._cards.values()), None)
 
     def _pick_scene_and_model(self) -> None:
-        """Select the project's scene layer and its current model (the last round's)."""
-        from ..backend.active.history import read_rounds
+        """Select the project's scene layer and its current model (the last adopted)."""
+        from ..backend.active.history import current_model, read_rounds
 
         features = list(self.proposals.getFeatures()) if self.proposals else []
         rounds = read_rounds(self.project) if self.project else []
-        model = rounds[-1].model if rounds else (features[-1]["model"] if features else None)
+        model = current_model(rounds, features[-1]["model"] if features else None)
         if model:
             self.load_models(select=model)
         if features:
@@ -680,15 +686,15 @@ class LabelDock(QDockWidget):
         if not self._commit_labels():
             return None
         _, source = scene
-        project, model, epochs = (
+        project, model, steps = (
             self.project,
             self.model_combo.currentData(),
-            self.epochs_spin.value(),
+            self.steps_spin.value(),
         )
 
         def work(progress: Callable[[float, str], None], cancelled: Callable[[], bool]) -> Any:
             return fine_tune(
-                project, source, model, epochs=epochs, progress=progress, cancelled=cancelled
+                project, source, model, steps=steps, progress=progress, cancelled=cancelled
             )
 
         return self._start(f"Fine-tune on {project.name}", work, self._fine_tuned)
@@ -698,14 +704,19 @@ class LabelDock(QDockWidget):
             return
         result = task.result
         entry = result.round
-        self.load_models(select=result.model)
-        self.model_registered.emit(result.model)
+        # The judge decides what is current; a version kept aside is listed, not selected.
+        self.load_models(select=result.current)
+        self.model_registered.emit(result.current)
         self.refresh()
-        self._say(
-            f"{result.model}: held-out mean IoU {_iou(entry.iou_before)} -> "
-            f"{_iou(entry.iou_after)} on {entry.held_out_boxes} box(es); Re-run to see it",
-            Qgis.Success,
-        )
+        where = f"{entry.held_out_boxes} held-out box(es)"
+        if result.adopted:
+            self._say(f"{result.verdict.reason} ({where}); Re-run to see it", Qgis.Success)
+        else:
+            self._say(
+                f"{result.verdict.reason} ({where}). {result.model} stays in the model list "
+                "if you want it anyway; label more boxes and fine-tune again",
+                Qgis.Warning,
+            )
 
     def rerun(self) -> BackendTask | None:
         """Segment the scene with the chosen model, beside the earlier masks (a task)."""
@@ -826,22 +837,33 @@ class LabelDock(QDockWidget):
         for entry in reversed(rounds):
             row = self.history_table.rowCount()
             self.history_table.insertRow(row)
+            classes = [name for name in entry.iou_after if name != "mean"]
             per_class = "\n".join(
                 f"{name}: {_iou(entry.iou_before.get(name))} -> {_iou(entry.iou_after.get(name))}"
-                for name in entry.iou_after
-                if name != "mean"
+                + _pixels(entry.scores.get(name))
+                for name in classes
+            )
+            short = ", ".join(
+                f"{_short(name)} {_iou(entry.iou_before.get(name))}->"
+                f"{_iou(entry.iou_after.get(name))}"
+                for name in classes
+                if entry.iou_after.get(name) is not None
             )
             values = [
                 str(entry.round),
-                entry.model,
+                entry.model + ("" if entry.adopted else " (kept aside)"),
                 f"{entry.train_boxes} + {entry.held_out_boxes}",
                 f"{_iou(entry.iou_before.get('mean'))} -> {_iou(entry.iou_after.get('mean'))}",
-                f"{entry.label_minutes:.0f} + {entry.train_minutes:.0f}",
+                short,
+                f"{entry.label_minutes:.0f} + {entry.train_minutes:.1f}",
             ]
             tips = [
                 f"round {entry.round}, {entry.created} by {entry.who}",
-                f"from {entry.init_model} (base {entry.base_model})\n{entry.model_path}",
+                f"from {entry.init_model} (base {entry.base_model})\n{entry.model_path}\n"
+                + (entry.verdict or ""),
                 f"{entry.train_boxes} trained on, {entry.held_out_boxes} held out",
+                "held-out mean IoU over the classes with enough pixels to judge, before -> "
+                f"after\n{entry.verdict}",
                 f"held-out IoU, before -> after:\n{per_class}",
                 "minutes labeling + minutes fine-tuning",
             ]
@@ -855,6 +877,18 @@ class LabelDock(QDockWidget):
         QgsMessageLog.logMessage(text, logbridge.LOG_TAG, level)
         if level in (Qgis.Warning, Qgis.Critical, Qgis.Success):
             self.iface.messageBar().pushMessage("cloudseg", text, level, 8)
+
+
+def _short(name: str) -> str:
+    """A class name for a narrow column: ``cloud shadow`` -> ``shadow``."""
+    return name.split()[-1]
+
+
+def _pixels(score: dict[str, Any] | None) -> str:
+    """`` (N px)`` and whether the class was judged, for a tooltip."""
+    if not score:
+        return ""
+    return f" ({score['pixels']} px" + ("" if score.get("judged") else ", too few to judge") + ")"
 
 
 def _iou(value: Any) -> str:

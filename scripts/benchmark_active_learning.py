@@ -1,36 +1,37 @@
 #!/usr/bin/env python3
-"""A simulated analyst closes the active-learning loop on the labeled real scenes.
+"""A simulated analyst runs the active-learning loop through the product, scored three ways.
 
-For each labeled 6-band scene of the shared data (the ukis-csmask Sentinel-2 L1C scene
-and the Landsat-5 and -7 chips, 512 x 512 px at 30 m), the left half is where the
-analyst labels and the right half is held out: it is never proposed, never trained on,
-and is where every model is scored (IoU per class against the true labels). Nothing is
-tuned on it.
+For each labeled scene with clouds and shadows (the ukis-csmask Sentinel-2 L1C scene and
+the Landsat-5 and -7 chips, 512 x 512 px) and each direction (the left, right, top or
+bottom half is where the analyst labels), the labeling half is written as a scene of its
+own; the other half is never seen by the loop. Each round goes through the public API
+exactly as ``cloudseg propose`` / ``cloudseg labels add`` / ``cloudseg fine-tune`` do:
 
-Each round, ``--boxes`` boxes of ``--box`` px are chosen in the labeling half,
-never overlapping a box labeled before, either
+1. the current model segments the labeling half; its doubt ranks boxes
+   (``rank_boxes``, the ranking of ``cloudseg propose``) written as proposals;
+2. each new box is labeled from the true labels (``label_box``: a careful analyst) and
+   marked done;
+3. ``fine_tune`` runs one round with the recipe under test (held-out boxes, judge,
+   registration); the next round starts from the model the judge adopted.
 
-- by uncertainty: the current model's normalized entropy, ranked by
-  ``cloudseg.backend.active.propose.rank_boxes`` (the same code as ``cloudseg
-  propose``), or
-- at random (the baseline),
+After each round the project's current model (what the analyst would run) is scored:
 
-and "labeled" with the true labels (the analyst draws perfectly; ``--context`` px of
-unlabeled image around each box, inside the labeling half). The built-in model
-``ukis-csmask-6b-l1c`` is then fine-tuned with cloudseg's training (Lightning, its
-ONNX weights imported into smp) on all boxes labeled so far, a quarter of them held
-for validation, and the new model is scored on the held-out half.
+- **same scene**: IoU per class on the half the loop never saw;
+- **other scenes** (forgetting): IoU per class on every other labeled scene, the
+  38-Cloud Landsat-8 patch for the cloud class only;
+- and the raw new version too, adopted or not, to show what the judge prevented.
 
-Writes ``--out`` (JSON: base and per-round held-out IoU per class for both
-strategies, seconds, the machine and versions) and a plot (``--plot``).
+Every figure is compared with the base model's on the same pixels. Writes ``--out``
+(every run, per-round figures, seconds, a summary per recipe, box size and box count
+with the spread over directions and seeds, the machine and versions).
 
-Usage: benchmark_active_learning.py --data ../shared/data/real \
-           --out benchmarks/active_learning.json --plot docs/active_learning.png
+Usage: benchmark_active_learning.py --data ../shared/data/real --recipes decoder-distill
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -40,225 +41,313 @@ from typing import Any
 import numpy as np
 from benchmark_common import write_results
 
-from cloudseg.backend.active.propose import Box, rank_boxes
-from cloudseg.backend.inference.engine import ArrayScene, predict
+from cloudseg.backend.active.labels import label_box
+from cloudseg.backend.active.propose import rank_boxes, read_proposals, write_proposals
+from cloudseg.backend.inference.engine import predict
 from cloudseg.backend.inference.options import RunOptions
 from cloudseg.backend.inference.resample import normalized_entropy
-from cloudseg.backend.models.registry import load_model
+from cloudseg.backend.raster.reader import open_scene
+from cloudseg.training.finetune import fine_tune
+from cloudseg.training.metrics import confusion_matrix, metrics_from_confusion
+from cloudseg.training.reference import CLASSES, on_grid
 
-BASE = "ukis-csmask-6b-l1c"
-SCENES = ("ukis-s2-l1c", "ukis-landsat5", "ukis-landsat7")
-CLASSES = ["clear", "cloud", "cloud shadow"]
+BASE = "ukis-csmask-4b-l1c"
+SOURCES = ("ukis-s2-l1c", "ukis-landsat5", "ukis-landsat7")
+DIRECTIONS = ("left", "right", "top", "bottom")
+#: Scenes that are the same pixels as another (not an independent scene).
+SAME_PIXELS = {"ukis-s2-l1c-as-10m": "ukis-s2-l1c"}
 
 
-def held_out_iou(model: str, image: np.ndarray, truth: np.ndarray, half: int) -> dict:
-    """IoU per class of ``model`` on the held-out right half (predicted on that half only)."""
-    from cloudseg.training.metrics import confusion_matrix, metrics_from_confusion
+def write_part(image: Path, labels: Path, rows: slice, cols: slice, out: Path) -> tuple[Path, Path]:
+    """Write a window of a scene and its labels as files of their own (same grid)."""
+    import rasterio
+    from rasterio.windows import Window
 
-    bands = list(load_model(model).card.bands)
-    scene = ArrayScene(np.ascontiguousarray(image[:, :, half:]), bands, 30.0)
-    classes = predict(scene, RunOptions(model=model, precision="fp32")).classes()
-    matrix = confusion_matrix(truth[:, half:], classes, len(CLASSES))
-    metrics = metrics_from_confusion(matrix, CLASSES)
-    return {name: round(m["iou"], 4) for name, m in metrics["per_class"].items()} | {
-        "mean": round(metrics["mean_iou"], 4)
+    window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+    written = []
+    for path, suffix in ((image, ".tif"), (labels, ".labels.tif")):
+        with rasterio.open(path) as src:
+            profile = src.profile | {
+                "width": window.width,
+                "height": window.height,
+                "transform": src.window_transform(window),
+            }
+            target = out.with_name(out.name + suffix)
+            with rasterio.open(target, "w", **profile) as dst:
+                dst.write(src.read(window=window))
+                dst.descriptions = src.descriptions
+        written.append(target)
+    return written[0], written[1]
+
+
+Part = tuple[slice, slice]
+
+
+def halves(size: tuple[int, int], direction: str) -> tuple[Part, Part]:
+    """(labeling, scored) windows as (rows, cols) slices: the named half is labeled."""
+    rows, cols = size
+    full_r, full_c = slice(0, rows), slice(0, cols)
+    left, right = slice(0, cols // 2), slice(cols // 2, cols)
+    top, bottom = slice(0, rows // 2), slice(rows // 2, rows)
+    return {
+        "left": ((full_r, left), (full_r, right)),
+        "right": ((full_r, right), (full_r, left)),
+        "top": ((top, full_c), (bottom, full_c)),
+        "bottom": ((bottom, full_c), (top, full_c)),
+    }[direction]
+
+
+class Scorer:
+    """IoU per class of a model on a labeled file, cached by (model, file)."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[str, str], dict[str, float]] = {}
+
+    def __call__(self, model: str, image: Path, labels: Path, scored: tuple[str, ...]) -> dict:
+        """IoU per class (those in ``scored``) and their mean; float32 for every model."""
+        key = (model, str(image))
+        if key not in self.cache:
+            import rasterio
+
+            options = RunOptions(model=model, precision="fp32", runtime="auto")
+            with open_scene(image) as reader:
+                classes = predict(reader, options).classes()
+            with rasterio.open(labels) as ds:
+                truth = ds.read(1)
+            metrics = metrics_from_confusion(
+                confusion_matrix(truth, classes, len(CLASSES)), list(CLASSES)
+            )
+            per_class = {
+                n: round(m["iou"], 4)
+                for n, m in metrics["per_class"].items()
+                if n in scored and m["iou"] is not None
+            }
+            self.cache[key] = per_class | {
+                "mean": round(float(np.mean(list(per_class.values()))), 4)
+            }
+        return self.cache[key]
+
+
+def simulate(
+    source: Any,
+    direction: str,
+    box: int,
+    rounds: int,
+    per_round: int,
+    recipe: str,
+    seed: int,
+    targets: dict[str, Any],
+    scorer: Scorer,
+    work: Path,
+) -> dict:
+    """One simulated analyst: ``rounds`` rounds of ``per_round`` boxes on one half."""
+    import rasterio
+
+    with rasterio.open(source.image) as ds:
+        shape = (ds.height, ds.width)
+    (lab_r, lab_c), (sc_r, sc_c) = halves(shape, direction)
+    folder = work / f"{source.name}-{direction}-{box}-{recipe}-{seed}"
+    folder.mkdir(parents=True)
+    scene, scene_labels = write_part(source.image, source.labels, lab_r, lab_c, folder / "label")
+    scored, scored_labels = write_part(source.image, source.labels, sc_r, sc_c, folder / "score")
+    project = folder / "project.gpkg"
+    classes = {i: n for i, n in enumerate(CLASSES)}
+    current = BASE
+
+    def score(model: str) -> dict:
+        return {
+            "same_scene": scorer(model, scored, scored_labels, CLASSES),
+            "other_scenes": {
+                name: scorer(model, t.image, t.labels, t.scored) for name, t in targets.items()
+            },
+        }
+
+    run: dict[str, Any] = {
+        "source": source.name,
+        "direction": direction,
+        "box": box,
+        "recipe": recipe,
+        "seed": seed,
+        "base": score(BASE),
+        "rounds": [],
+    }
+    for number in range(1, rounds + 1):
+        started = time.perf_counter()
+        with open_scene(scene) as reader:
+            prediction = predict(reader, RunOptions(model=current, precision="fp32"))
+            transform, crs = reader.transform, reader.crs
+        doubt = normalized_entropy(prediction.probabilities) * 100
+        done = [b for b, f in read_proposals(project, transform) or [] if f["status"] != "todo"]
+        new = rank_boxes(doubt, box, per_round, done)
+        write_proposals(project, new, transform, crs, scene.stem, current)
+        todo = [f["fid"] for _, f in read_proposals(project, transform) if f["status"] == "todo"]
+        for fid in todo:
+            label_box(project, fid, scene_labels, classes)
+        propose_seconds = time.perf_counter() - started
+        result = fine_tune(project, scene, recipe=recipe, seed=seed, store=folder / "store")
+        round_seconds = result.round.seconds
+        current = result.current
+        entry = {
+            "round": number,
+            "boxes": result.round.boxes,
+            "train_boxes": result.round.train_boxes,
+            "held_out_boxes": result.round.held_out_boxes,
+            "adopted": result.adopted,
+            "verdict": result.verdict.reason,
+            "held_out_iou_before": result.round.iou_before,
+            "held_out_iou_after": result.round.iou_after,
+            "fine_tune_seconds": round_seconds,
+            "propose_and_label_seconds": round(propose_seconds, 1),
+            "current": current,
+            "adopted_model": score(current),
+        }
+        if not result.adopted:
+            entry["new_version"] = score(result.model)
+        run["rounds"].append(entry)
+        print(
+            f"{source.name} {direction} {box}px {recipe} seed {seed} round {number}: "
+            f"{result.round.boxes} boxes, {'adopted' if result.adopted else 'kept'}, "
+            f"same {entry['adopted_model']['same_scene']}, {round_seconds} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    return run
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": round(float(np.mean(values)), 4),
+        "min": round(float(np.min(values)), 4),
+        "max": round(float(np.max(values)), 4),
+        "std": round(float(np.std(values)), 4),
+        "n": len(values),
     }
 
 
-def doubt_of(model: str, image: np.ndarray, half: int) -> np.ndarray:
-    """The model's doubt (percent) on the labeling half."""
-    bands = list(load_model(model).card.bands)
-    scene = ArrayScene(np.ascontiguousarray(image[:, :, :half]), bands, 30.0)
-    return normalized_entropy(predict(scene, RunOptions(model=model)).probabilities) * 100
-
-
-def random_boxes(
-    rng: np.random.Generator, shape: tuple[int, int], box: int, count: int, avoid: list[Box]
-) -> list[Box]:
-    """``count`` random non-overlapping boxes, none over ``avoid``."""
-    chosen: list[Box] = []
-    for _ in range(10000):
-        if len(chosen) == count:
-            break
-        candidate = Box(
-            int(rng.integers(0, shape[0] - box + 1)), int(rng.integers(0, shape[1] - box + 1)), box
+def summarize(runs: list[dict]) -> list[dict]:
+    """Per recipe, box size and box count: gains on the same scene, losses on others."""
+    groups: dict[tuple, list[tuple[dict, dict]]] = {}
+    for run in runs:
+        for entry in run["rounds"]:
+            key = (run["recipe"], run["box"], entry["boxes"])
+            groups.setdefault(key, []).append((run, entry))
+    summary = []
+    for (recipe, box, boxes), members in sorted(groups.items()):
+        same_mean, same_class, other_class, seconds, adopted = [], {}, {}, [], 0
+        for run, entry in members:
+            base, now = run["base"], entry["adopted_model"]
+            same_mean.append(now["same_scene"]["mean"] - base["same_scene"]["mean"])
+            for name in CLASSES:
+                if name in now["same_scene"]:
+                    delta = now["same_scene"][name] - base["same_scene"][name]
+                    same_class.setdefault(name, []).append(delta)
+            for scene, figures in now["other_scenes"].items():
+                for name, value in figures.items():
+                    if name != "mean":
+                        delta = value - base["other_scenes"][scene][name]
+                        other_class.setdefault(name, []).append(delta)
+            seconds.append(entry["fine_tune_seconds"])
+            adopted += bool(entry["adopted"])
+        summary.append(
+            {
+                "recipe": recipe,
+                "box": box,
+                "boxes": boxes,
+                "runs": len(members),
+                "adopted": adopted,
+                "same_scene_mean_iou_gain": _spread(same_mean),
+                "same_scene_class_change": {k: _spread(v) for k, v in same_class.items()},
+                "other_scenes_class_change": {k: _spread(v) for k, v in other_class.items()},
+                "fine_tune_seconds": _spread(seconds),
+            }
         )
-        if not any(candidate.overlaps(b) for b in [*avoid, *chosen]):
-            chosen.append(candidate)
-    return chosen
-
-
-def labeled_window(
-    image: np.ndarray, truth: np.ndarray, box: Box, context: int, half: int, stem: str
-) -> Any:
-    """The box's labels in a window with ``context`` px of unlabeled image around it.
-
-    The window stays inside the labeling half (columns ``< half``): the held-out half is
-    never trained on, not even as context.
-    """
-    from cloudseg.backend.active.labels import LabeledWindow, context_window, window_labels
-
-    row, col, size = context_window(box, context, image.shape[1], half)
-    truth_box = truth[box.row : box.row + box.size, box.col : box.col + box.size]
-    labels = window_labels(box, (row, col, size), truth_box)  # the analyst labeled the box
-    return LabeledWindow(stem, image[:, row : row + size, col : col + size], labels)
-
-
-def fine_tune(
-    image: np.ndarray,
-    truth: np.ndarray,
-    boxes: list[Box],
-    work: Path,
-    args: argparse.Namespace,
-) -> Path:
-    """Fine-tune the base model on the labeled boxes; return the new model file."""
-    from cloudseg.backend.active.labels import windows_to_store
-    from cloudseg.training.config import Config
-    from cloudseg.training.train import train
-
-    card = load_model(BASE).card
-    half = image.shape[2] // 2
-    windows = [
-        labeled_window(image, truth, b, args.context, half, f"box{i:03d}")
-        for i, b in enumerate(boxes)
-    ]
-    store = work / "store"
-    windows_to_store(windows, list(card.bands), CLASSES, store, env_file=None)
-    box = windows[0].labels.shape[0]
-    epochs = args.epochs
-    config = Config.from_dict(
-        {
-            "name": "active-learning",
-            "output": str(work / "run"),
-            "data": {
-                "store": str(store),
-                "bands": list(card.bands),
-                "classes": CLASSES,
-                "window": box,
-                "stride": box,
-                "samples_per_epoch": 8 * len(boxes),
-                "normalization": "card",
-                "product_level": "L1C",
-                "resolution_m": 30.0,
-                "split": {"val_fraction": 0.25},
-            },
-            "model": {"init": BASE},
-            "train": {"epochs": epochs, "batch_size": 4, "lr": 1e-4, "patience": epochs},
-        }
-    )
-    return train(config).model_path
-
-
-def run_scene(scene: Any, args: argparse.Namespace, work: Path) -> dict:
-    """Base and per-round held-out IoU for both strategies on one scene."""
-    image = np.moveaxis(scene.reflectance, -1, 0).astype(np.float32)  # (bands, rows, cols)
-    truth = scene.reference()
-    half = image.shape[2] // 2
-    base = held_out_iou(BASE, image, truth, half)
-    print(f"{scene.name}: base {base}", file=sys.stderr, flush=True)
-    result: dict = {"base": base, "strategies": {}}
-    for strategy in args.strategies.split(","):
-        rng = np.random.default_rng(args.seed)
-        model, labeled, rounds = BASE, [], []
-        for r in range(1, args.rounds + 1):
-            start = time.perf_counter()
-            if strategy == "uncertainty":
-                doubt = doubt_of(model, image, half)
-                new = [p.box for p in rank_boxes(doubt, args.box, args.boxes, labeled)]
-            else:
-                new = random_boxes(rng, (image.shape[1], half), args.box, args.boxes, labeled)
-            labeled += new
-            folder = work / f"{scene.name}-{strategy}-{r}"
-            model = str(fine_tune(image, truth, labeled, folder, args))
-            iou = held_out_iou(model, image, truth, half)
-            rounds.append(
-                {
-                    "round": r,
-                    "boxes": len(labeled),
-                    "labeled_km2": round(len(labeled) * (args.box * 30 / 1000) ** 2, 2),
-                    "held_out_iou": iou,
-                    "seconds": round(time.perf_counter() - start, 1),
-                }
-            )
-            print(f"{scene.name} {strategy} round {r}: {iou}", file=sys.stderr, flush=True)
-        result["strategies"][strategy] = rounds
-    return result
-
-
-def plot(report: dict, path: Path) -> None:
-    """Held-out mean IoU per round, per scene: uncertainty against random, base dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    scenes = report["scenes"]
-    fig, axes = plt.subplots(1, len(scenes), figsize=(4 * len(scenes), 3.2), sharey=True)
-    for ax, (name, data) in zip(np.atleast_1d(axes), scenes.items(), strict=True):
-        ax.axhline(data["base"]["mean"], color="grey", linestyle="--", label="base model")
-        colours = {"uncertainty": "tab:red", "random": "tab:blue"}
-        for strategy, rounds in data["strategies"].items():  # those run (--strategies)
-            colour = colours[strategy]
-            ax.plot(
-                [0] + [r["boxes"] for r in rounds],
-                [data["base"]["mean"]] + [r["held_out_iou"]["mean"] for r in rounds],
-                marker="o",
-                color=colour,
-                label=f"{strategy} boxes",
-            )
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("labeled boxes")
-    np.atleast_1d(axes)[0].set_ylabel("held-out mean IoU")
-    np.atleast_1d(axes)[0].legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return summary
 
 
 def main() -> int:
-    """Run the simulation and write the JSON and the plot."""
+    """Run the simulations and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/active_learning.json"))
-    parser.add_argument("--plot", type=Path, default=Path("docs/active_learning.png"))
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--boxes", type=int, default=4, help="boxes labeled per round")
-    parser.add_argument("--box", type=int, default=64, help="box edge in pixels")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipes", default="decoder-distill", help="comma-separated")
+    parser.add_argument("--sources", default=",".join(SOURCES), help="comma-separated")
+    parser.add_argument("--directions", default="left,right", help="comma-separated")
+    parser.add_argument("--boxes", default="64,128", help="box edges, comma-separated")
+    parser.add_argument("--seeds", default="0", help="comma-separated")
+    parser.add_argument("--per-round", type=int, default=4, help="boxes labeled per round")
     parser.add_argument(
-        "--context",
-        type=int,
-        default=16,
-        help="unlabeled image px stored around each box (16: the product's default for "
-        "64 px boxes; 0: boxes only)",
+        "--rounds", default="64:3,128:2", help="rounds per box edge (box:rounds, ...)"
     )
-    parser.add_argument("--scenes", default=",".join(SCENES), help="comma-separated")
-    parser.add_argument("--strategies", default="uncertainty,random", help="comma-separated")
+    parser.add_argument("--label", default="", help="what this run is for (kept in the JSON)")
     args = parser.parse_args()
     from cloudseg.training.reference import labeled_scenes
 
+    rounds_for = {int(k): int(v) for k, v in (p.split(":") for p in args.rounds.split(","))}
     started = time.perf_counter()
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        scenes = {
-            s.name: run_scene(s, args, work)
-            for s in labeled_scenes(args.data, work / "scenes")
-            if s.name in args.scenes.split(",")
-        }
+        os.environ["CLOUDSEG_MODELS_DIR"] = str(work / "models")
+        scenes = {}
+        for s in labeled_scenes(args.data, work / "scenes"):
+            if s.name in SAME_PIXELS:
+                continue
+            if s.resolution_m is None:  # not georeferenced: give it the ~30 m grid it has
+                s.image = on_grid(s, work / "scenes", 30.0)
+                label_copy = work / "scenes" / f"{s.name}-30m.labels.tif"
+                _regrid_labels(s.labels, s.image, label_copy)
+                s.labels = label_copy
+            scenes[s.name] = s
+        scorer = Scorer()
+        for recipe in args.recipes.split(","):
+            for name in args.sources.split(","):
+                targets = {k: v for k, v in scenes.items() if k != name}
+                for direction in args.directions.split(","):
+                    for box in map(int, args.boxes.split(",")):
+                        for seed in map(int, args.seeds.split(",")):
+                            runs.append(
+                                simulate(
+                                    scenes[name],
+                                    direction,
+                                    box,
+                                    rounds_for[box],
+                                    args.per_round,
+                                    recipe,
+                                    seed,
+                                    targets,
+                                    scorer,
+                                    work,
+                                )
+                            )
+                            _write(args, runs, started)
+    _write(args, runs, started)
+    return 0
+
+
+def _regrid_labels(labels: Path, image: Path, out: Path) -> None:
+    """Copy a label raster onto an image's grid (same size, the image's CRS and transform)."""
+    import rasterio
+
+    with rasterio.open(image) as ref, rasterio.open(labels) as src:
+        profile = src.profile | {"crs": ref.crs, "transform": ref.transform}
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(src.read())
+
+
+def _write(args: argparse.Namespace, runs: list[dict], started: float) -> None:
     report = {
-        "benchmark": "simulated analyst: uncertainty-ranked against random boxes, "
-        "fine-tuning the built-in model each round, scored on the held-out half",
+        "benchmark": "simulated analyst through the product's loop (propose, labels add, "
+        "fine-tune with the judge), scored on the same scene's unseen half and on every "
+        "other labeled scene, per class, against the base model",
+        "label": args.label,
         "base_model": BASE,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("data", "out", "plot")},
-        "split": "each 512 x 512 scene: boxes from the left half; IoU on the right half",
-        "scenes": scenes,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("data", "out")},
+        "summary": summarize(runs),
+        "runs": runs,
         "minutes": round((time.perf_counter() - started) / 60, 1),
     }
-    plot(report, args.plot)
-    write_results(report, ("cloudseg", "torch", "lightning", "numpy"), args.out)
-    return 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_results(report, ("cloudseg", "torch", "numpy"), args.out)
 
 
 if __name__ == "__main__":

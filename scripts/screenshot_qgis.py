@@ -189,7 +189,7 @@ def start_labels() -> None:
         dock.model_combo.setCurrentIndex(dock.model_combo.findData("ukis-csmask-4b-l2a"))
         dock.box_spin.setValue(64)
         dock.count_spin.setValue(8)
-        dock.epochs_spin.setValue(2)
+        dock.steps_spin.setValue(10)
         dock.project_widget.setFilePath(str(WORK / "coast.gpkg"))
         if dock.propose() is None:
             fail(dock.status_label.text())

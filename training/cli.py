@@ -13,6 +13,7 @@ from typing import Any
 from ..backend.choices import DEVICES, PRECISIONS
 from ..backend.cli import add_output_flags, add_resolution_flag, bar_progress, percent_bar
 from ..backend.errors import InputError
+from .adapt import DEFAULT_RECIPE, RECIPES
 
 
 def _parse_value(text: str) -> Any:
@@ -142,25 +143,33 @@ def _cmd_fine_tune(args: argparse.Namespace) -> int:
             args.scene,
             model=args.model,
             store=args.store,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
+            recipe=args.recipe,
+            steps=args.steps,
             endpoint_url=args.endpoint_url,
             context=args.context,
+            seed=args.seed,
             progress=bar_progress(bar),
         )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
     entry = result.round
-    classes = [name for name in entry.iou_after if name != "mean"]
-    per_class = ", ".join(
-        f"{name} {entry.iou_before.get(name)} -> {entry.iou_after.get(name)}" for name in classes
-    )
     print(
-        f"{result.model} (round {entry.round}, from {entry.init_model}): trained on "
-        f"{entry.train_boxes} box(es), held-out IoU on {entry.held_out_boxes} box(es): "
-        f"{per_class}; registered at {result.model_path}"
+        f"{result.model} (round {entry.round}, from {entry.init_model}, recipe {entry.recipe}): "
+        f"trained on {entry.train_boxes} box(es), judged on {entry.held_out_boxes} held-out "
+        f"box(es) in {entry.seconds:.0f} s"
     )
+    for name, score in result.verdict.classes.items():
+        figures = (
+            f"{score.before:.3f} -> {score.after:.3f}"
+            if score.before is not None
+            else "not in the held-out boxes"
+        )
+        note = "" if score.judged else " (too few pixels to judge)"
+        print(f"  {name}: {figures}, {score.pixels} px{note}")
+    print(("" if result.adopted else "kept: ") + result.verdict.reason)
+    if not result.adopted:
+        print(f"  {result.model} is registered; run it by name with --model {result.model}")
     return 0
 
 
@@ -221,6 +230,78 @@ def _cmd_labels_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_labels_boxes(args: argparse.Namespace) -> int:
+    from ..backend.active.labels import proposal_rows
+
+    rows = proposal_rows(args.project)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(
+            f"  box {row['fid']:>4}  rank {row['rank']:>3}  {row['status']:<8} "
+            f"doubt {row['score']:5.1f} %  {row['scene']}"
+        )
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("todo", "labeled", "skipped")}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 0
+
+
+def _cmd_labels_add(args: argparse.Namespace) -> int:
+    from ..backend.active.labels import label_box
+
+    added = label_box(args.project, args.box, args.source, done=not args.keep_todo)
+    state = "left to label" if args.keep_todo else "marked done"
+    print(f"box {args.box}: {added} polygon(s) from {args.source}; {state}")
+    return 0
+
+
+def _cmd_labels_status(args: argparse.Namespace) -> int:
+    from ..backend.active.labels import set_status
+
+    status = {"skip": "skipped", "todo": "todo", "done": "labeled"}[args.labels_command]
+    set_status(args.project, args.box, status)
+    print(f"box {args.box}: {status}")
+    return 0
+
+
+def _add_label_loop_parsers(label_sub: Any) -> None:
+    """``labels boxes|add|done|skip|todo``: the label loop from scripts."""
+    boxes = label_sub.add_parser(
+        "boxes",
+        help="a label project's proposed boxes: id, rank, status",
+        description="List the boxes of a label project (its proposals layer) with the id "
+        "that 'labels add', 'done', 'skip' and 'todo' take.",
+    )
+    boxes.add_argument("project", metavar="PROJECT", help="label project (.gpkg)")
+    boxes.add_argument("--json", action="store_true", help="print the boxes as JSON")
+    boxes.set_defaults(handler=_cmd_labels_boxes)
+    add = label_sub.add_parser(
+        "add",
+        help="label a box from a class raster or polygons, and mark it done",
+        description="Label a proposed box from a class raster (the model's class values; "
+        "any grid or CRS, warped onto the box) or a vector file with a 'class' field (any "
+        "CRS, reprojected; pixels under no polygon are clear). The labels replace what was "
+        "drawn in the box; the box is marked done (labeled).",
+    )
+    add.add_argument("project", metavar="PROJECT", help="label project (.gpkg)")
+    add.add_argument("--box", type=int, required=True, metavar="ID", help="the box's id")
+    add.add_argument(
+        "--from", dest="source", required=True, metavar="FILE", help="class raster or polygons"
+    )
+    add.add_argument("--keep-todo", action="store_true", help="add the labels, do not mark done")
+    add.set_defaults(handler=_cmd_labels_add)
+    for name, text in (
+        ("done", "mark a box done: its labels count (pixels under no polygon are clear)"),
+        ("skip", "mark a box skipped: never proposed again, never trained on"),
+        ("todo", "mark a box to label again"),
+    ):
+        status = label_sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        status.add_argument("project", metavar="PROJECT", help="label project (.gpkg)")
+        status.add_argument("--box", type=int, required=True, metavar="ID", help="the box's id")
+        status.set_defaults(handler=_cmd_labels_status)
+
+
 def add_parsers(sub: Any) -> None:
     """Add ``train``, ``fine-tune``, ``evaluate`` and ``export`` to the subcommands."""
     tr = sub.add_parser(
@@ -247,16 +328,24 @@ def add_parsers(sub: Any) -> None:
         "fine-tune",
         help="one active-learning round: a label project's done boxes -> a new model version",
         description="Add the label project's done boxes to its label store, hold about a "
-        "quarter out, fine-tune the current model (the last round's version, else the model "
-        "that proposed the boxes) and register the new version with its held-out IoU before "
-        "and after (see docs/active-learning.md).",
+        "quarter out, fine-tune the current model (the last adopted version, else the model "
+        "that proposed the boxes), judge the new version against it on the held-out boxes "
+        "and register it; it becomes the project's current model only if no class loses "
+        "more than 0.01 IoU there and the mean rises (see docs/active-learning.md).",
     )
     ft.add_argument("project", metavar="PROJECT", help="the label project (.gpkg)")
     ft.add_argument("scene", metavar="SCENE", help="the scene its boxes were proposed on")
     ft.add_argument("--model", help="start from this model (default: the project's current)")
     ft.add_argument("--store", help="label store (default: <project>-store beside it)")
-    ft.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
-    ft.add_argument("--batch-size", type=int, default=4, help="windows per step (default 4)")
+    ft.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        default=DEFAULT_RECIPE,
+        help=f"what is trained and how (default {DEFAULT_RECIPE}: the encoder frozen, the "
+        "decoder pulled toward the base on unlabeled pixels; see docs/active-learning.md)",
+    )
+    ft.add_argument("--steps", type=int, help="optimizer steps (default: the recipe's)")
+    ft.add_argument("--seed", type=int, default=0, help="seeds the training order (0)")
     ft.add_argument("--endpoint-url", help="S3 endpoint (MinIO) for an s3:// store")
     ft.add_argument(
         "--context",
@@ -285,10 +374,12 @@ def add_parsers(sub: Any) -> None:
 
     labels = sub.add_parser(
         "labels",
-        help="label quality: find likely label errors in a store",
-        description="Label-quality tools for ingested stores.",
+        help="label boxes of a label project; find likely label errors in a store",
+        description="The label loop from scripts (boxes, add, done, skip, todo) and "
+        "label-quality tools for ingested stores (check).",
     )
     label_sub = labels.add_subparsers(dest="labels_command", required=True)
+    _add_label_loop_parsers(label_sub)
     check = label_sub.add_parser(
         "check",
         help="rank a store's scenes by label quality (cleanlab) against a model",

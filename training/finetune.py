@@ -1,18 +1,27 @@
-"""Fine-tune a model on a label project's done boxes: one round of the active-learning loop.
+"""One round of the active-learning loop: a label project's done boxes -> a judged version.
 
 A round (:func:`fine_tune`):
 
 1. adds the project's done boxes to its label store (``labels_to_store``: the same Zarr
    + STAC store as ingestion; each Item records the scene, the box, the project, who
    labeled it and when);
-2. holds about a quarter of the boxes out (chosen by a hash of the box's place, so a box
-   stays on its side as more are labeled) for validation and the before/after scores;
-3. scores the current model on the held-out boxes, fine-tunes it from its weights with
-   cloudseg's training (the built-in ukis ONNX models through the smp import, an
-   earlier round's ``.pt`` directly), and scores the new version on the same boxes;
-4. registers the new version (see :func:`cloudseg.backend.models.registry.register_model`)
-   with its card (base model, round, boxes, metrics before and after) and appends the
-   round to the project's history (``rounds`` table).
+2. splits them into trained and held-out boxes by the stable rule of
+   :func:`cloudseg.backend.active.judge.split_boxes` (about a quarter held out from two
+   boxes on; a box never changes side);
+3. fine-tunes the current model (the last adopted version, else the model that proposed
+   the boxes) with a recipe of :mod:`.adapt` (default :data:`.adapt.DEFAULT_RECIPE`:
+   the encoder frozen and its features computed once, the decoder trained with the
+   base model's own predictions kept on the unlabeled pixels around the boxes and in
+   unlabeled windows of the scene);
+4. segments the held-out boxes, with the scene around them, with the current model and
+   with the new version (the same engine and tiling as ``cloudseg segment``), and lets
+   the judge (:func:`cloudseg.backend.active.judge.judge`) decide: the new version is
+   adopted only if no class with enough held-out pixels loses more than 0.01 IoU and the
+   mean rises;
+5. registers the new version either way (see
+   :func:`cloudseg.backend.models.registry.register_model`), with the base card's
+   inference settings (tiling, resolution, normalization) and the verdict in its card,
+   and appends the round (adopted or not) to the project's history.
 
 A failure or cancel before the end registers nothing and leaves the history as it was;
 boxes already added to the store stay there, complete (the next round reuses them).
@@ -23,75 +32,58 @@ from __future__ import annotations
 import datetime as dt
 import tempfile
 import time
-import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..backend.active.history import Round, append_round, read_rounds
-from ..backend.active.labels import labeled_boxes, labels_to_store, login_name
+import numpy as np
+
+from ..backend.active.history import Round, append_round, current_model, read_rounds
+from ..backend.active.judge import Verdict, judge, split_boxes
+from ..backend.active.labels import labeled_boxes, labels_to_store, login_name, stored_box_id
 from ..backend.callbacks import CancelCallback, ProgressCallback
 from ..backend.errors import CancelledError, InputError
 from ..backend.models.cards import ModelCard, metric_entry
 from ..backend.models.registry import free_model_name, load_model, register_model
+from ..backend.store.keys import IGNORE
+from .adapt import DEFAULT_RECIPE, AdaptResult, Recipe, adapt, recipe_named, set_threads
 
-#: Share of the labeled boxes held out.
-HELD_OUT_SHARE = 0.25
+#: Unlabeled windows of the scene used for distillation, per trained box (at most).
+UNLABELED_PER_BOX = 1
 
 
 @dataclass
 class FineTuneResult:
-    """What a round produced: the registered version and the round's history entry."""
+    """What a round produced: the registered version, the verdict and the history entry."""
 
     model: str
     model_path: Path
     round: Round
     store: str
+    verdict: Verdict
+    current: str
+
+    @property
+    def adopted(self) -> bool:
+        """Whether the new version became the project's current model."""
+        return self.verdict.adopted
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result as JSON-serialisable data."""
-        return {"model": self.model, "model_path": str(self.model_path), "store": self.store} | {
-            "round": self.round.to_dict()
+        return {
+            "model": self.model,
+            "model_path": str(self.model_path),
+            "store": self.store,
+            "adopted": self.adopted,
+            "current_model": self.current,
+            "verdict": self.verdict.to_dict(),
+            "round": self.round.to_dict(),
         }
 
 
 def default_store(project: Path) -> Path:
     """The label store beside a project: ``<project stem>-store``."""
     return project.with_name(f"{project.stem}-store")
-
-
-def held_out(scenes: list[str], share: float = HELD_OUT_SHARE) -> list[str]:
-    """The stored boxes held out: a stable share by a hash of each id; at least one.
-
-    With one box nothing can be held out (an error); with two or more, at least one box
-    is held out and at least one is trained on.
-
-    Raises:
-        InputError: With fewer than two boxes.
-    """
-    if len(scenes) < 2:
-        raise InputError(
-            f"fine-tuning needs at least 2 done boxes (one is held out to score the model); "
-            f"the project has {len(scenes)}"
-        )
-    key = {s: zlib.crc32(s.encode()) / 2**32 for s in scenes}
-    chosen = [s for s in scenes if key[s] < share]
-    ordered = sorted(scenes, key=key.get)
-    if not chosen:
-        chosen = ordered[:1]
-    if len(chosen) == len(scenes):
-        chosen = chosen[:-1]
-    return sorted(chosen)
-
-
-def _iou(metrics: dict[str, Any]) -> dict[str, float | None]:
-    """IoU per class and their mean, rounded, from an evaluation's metrics."""
-    per_class = {
-        name: (round(m["iou"], 4) if m.get("iou") is not None else None)
-        for name, m in metrics["per_class"].items()
-    }
-    mean = metrics.get("mean_iou")
-    return per_class | {"mean": round(mean, 4) if mean is not None else None}
 
 
 def _minutes(start: str | None, end: str | None) -> float:
@@ -102,56 +94,156 @@ def _minutes(start: str | None, end: str | None) -> float:
     return round(max(delta.total_seconds(), 0.0) / 60, 1)
 
 
+def normalized(reflectance: np.ndarray, card: ModelCard) -> np.ndarray:
+    """Reflectance ``(..., bands, rows, cols)`` as the card's model input; NaN -> 0."""
+    mean = np.asarray(card.normalization["mean"], np.float32)[:, None, None]
+    std = np.asarray(card.normalization["std"], np.float32)[:, None, None]
+    return np.nan_to_num((reflectance.astype(np.float32) - mean) / std, nan=0.0)
+
+
+def _overlap(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
+    """Whether two squares ``(row, col, size)`` share a pixel."""
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[2] and b[1] < a[1] + a[2]
+
+
+def _unlabeled_windows(
+    reader: Any,
+    card: ModelCard,
+    size: int,
+    avoid: list[tuple[int, int, int]],
+    count: int,
+    seed: int,
+) -> np.ndarray:
+    """``count`` windows of the scene that overlap no held-out box, normalized."""
+    rng = np.random.default_rng(seed)
+    rows, cols = reader.height, reader.width
+    if count <= 0 or rows < size or cols < size:
+        return np.zeros((0, len(card.bands), size, size), np.float32)
+    found = []
+    for _ in range(50 * count):
+        if len(found) == count:
+            break
+        r, c = int(rng.integers(0, rows - size + 1)), int(rng.integers(0, cols - size + 1))
+        if any(_overlap((r, c, size), other) for other in avoid):
+            continue
+        window = reader.read(list(card.bands), r, c, size, size)
+        if np.isnan(window).mean() > 0.5:
+            continue
+        found.append(normalized(window, card))
+    return np.stack(found) if found else np.zeros((0, len(card.bands), size, size), np.float32)
+
+
+def held_out_confusion(
+    model: str, reader: Any, windows: list[tuple[int, int, int, np.ndarray]], classes: int
+) -> np.ndarray:
+    """Confusion matrix of a model on the held-out boxes, segmented with the scene around them.
+
+    Each box is segmented in a window of the scene that reaches half a tile beyond it, by
+    the same engine and tiling as ``cloudseg segment`` (torch, float32: both models of a
+    round run the same way, so only their weights differ).
+    """
+    from ..backend.inference.engine import ArrayScene, predict
+    from ..backend.inference.options import RunOptions
+    from ..backend.inference.runners import create_runner
+    from .metrics import confusion_matrix
+
+    loaded = load_model(model)
+    options = RunOptions(model=model, device="cpu", precision="fp32", runtime="torch")
+    tile, _ = options.tiling(loaded.card)
+    runner = create_runner(loaded, "cpu", "fp32", "torch", tile)
+    margin = tile // 2
+    matrix = np.zeros((classes, classes), np.int64)
+    bands = list(loaded.card.bands)
+    for row, col, size, labels in windows:
+        r0, c0 = max(row - margin, 0), max(col - margin, 0)
+        r1, c1 = min(row + size + margin, reader.height), min(col + size + margin, reader.width)
+        image = reader.read(bands, r0, c0, r1 - r0, c1 - c0)
+        scene = ArrayScene(image, bands, reader.resolution_m)
+        predicted = predict(scene, options, runner).classes()
+        inside = predicted[row - r0 : row - r0 + size, col - c0 : col - c0 + size]
+        matrix += confusion_matrix(labels, inside, classes)
+    return matrix
+
+
+def _padded(images: list[np.ndarray], labels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Windows cut to one size and padded to a multiple of the encoder's stride (32).
+
+    The image is mirrored into the padding; its labels there are ignored.
+    """
+    from .adapt import STRIDE
+
+    size = min(min(m.shape) for m in labels)
+    padded = -(-size // STRIDE) * STRIDE
+    extra = padded - size
+    image = np.stack([i[:, :size, :size] for i in images])
+    label = np.stack([m[:size, :size] for m in labels])
+    if extra:
+        image = np.pad(image, ((0, 0), (0, 0), (0, extra), (0, extra)), mode="reflect")
+        label = np.pad(label, ((0, 0), (0, extra), (0, extra)), constant_values=IGNORE)
+    return image, label
+
+
 def fine_tune(
     project: str | Path,
     scene: str | Path,
     model: str | None = None,
     store: str | Path | None = None,
-    epochs: int = 5,
-    batch_size: int = 4,
+    recipe: str | Recipe = DEFAULT_RECIPE,
+    steps: int | None = None,
     endpoint_url: str | None = None,
     context: int | None = None,
+    seed: int = 0,
     progress: ProgressCallback | None = None,
     cancelled: CancelCallback | None = None,
 ) -> FineTuneResult:
-    """Run one round: store the done boxes, fine-tune, score, register the new version.
+    """Run one round: store the done boxes, fine-tune, judge, register the new version.
 
     Args:
         project: The label project's GeoPackage.
         scene: The scene its boxes were proposed on.
-        model: The model to start from; default the last round's version, else the
-            model that made the proposals.
+        model: The model to start from; default the project's current model (the last
+            adopted version, else the model that made the proposals).
         store: The label store; default ``<project stem>-store`` beside the project.
-        epochs: Training epochs (a few are enough for a few dozen boxes).
-        batch_size: Windows per step.
+        recipe: A recipe of :data:`cloudseg.training.adapt.RECIPES` (or its name).
+        steps: Optimizer steps (default the recipe's).
         endpoint_url: S3 endpoint for an ``s3://`` store.
         context: Pixels of unlabeled image stored around each box (default a quarter
             of the box edge); a box already in the store keeps its stored window.
-        progress: Called with (percent, message).
-        cancelled: Polled between steps and training batches.
+        seed: Seeds the window order and the unlabeled windows.
+        progress: Called with (percent, message); training's messages say the time left.
+        cancelled: Polled between steps.
 
     Returns:
-        A :class:`FineTuneResult`.
+        A :class:`FineTuneResult`; ``adopted`` says whether the version became current.
 
     Raises:
         CloudsegError: Without enough done boxes, for an unknown model, or when cancelled.
     """
+    from ..backend.models.networks import torch_network
     from ..backend.raster.reader import open_scene
     from ..backend.store.dataset import open_dataset
-    from .config import Config
-    from .evaluate import evaluate_store
-    from .train import train
+    from .evaluate import store_scene
 
     started = time.perf_counter()
     project = Path(project).expanduser()
     report = progress or (lambda percent, message: None)
     stop = cancelled or (lambda: False)
+    chosen = recipe_named(recipe) if isinstance(recipe, str) else recipe
+    if steps is not None:
+        if steps < 1:
+            raise InputError("steps must be at least 1")
+        chosen = replace(chosen, steps=steps)
     history = read_rounds(project)
     with open_scene(scene) as reader:
         boxes = labeled_boxes(project, reader.transform) if project.is_file() else []
     if not boxes:
         raise InputError(f"{project.name} has no done boxes; label proposals and mark them done")
-    init = model or (history[-1].model if history else boxes[0][1]["model"])
+    if len(boxes) < 2:
+        raise InputError(
+            "fine-tuning needs at least 2 done boxes (one is held out to judge the new "
+            f"version); the project has {len(boxes)}"
+        )
+    init = model or current_model(history, boxes[0][1]["model"])
     start = load_model(init)
     init_card = start.card
     base = history[0].base_model if history else init_card.name
@@ -161,97 +253,151 @@ def fine_tune(
     stored = labels_to_store(
         project, scene, store, init, endpoint_url, cancelled=stop, context=context
     )
-    ids = sorted(stored.ingested + stored.skipped)
-    validation = held_out(ids)
-    training = [s for s in ids if s not in validation]
+    ids = set(stored.ingested + stored.skipped)
+    name = Path(str(scene)).stem
+    ordered_boxes = sorted(boxes, key=lambda bf: (bf[1].get("labeled_at") or "", bf[1]["fid"]))
+    ordered = [stored_box_id(name, b) for b, _ in ordered_boxes if stored_box_id(name, b) in ids]
+    held_before = {s for r in history for s in r.held_out}
+    trained_before = {s for r in history for s in r.trained}
+    if history and not trained_before:  # rounds of before the stable split: all but held out
+        last = history[-1].created
+        trained_before = {
+            stored_box_id(name, b)
+            for b, f in boxes
+            if (f.get("labeled_at") or "") <= last and stored_box_id(name, b) not in held_before
+        }
+    training, validation = split_boxes(ordered, held_before, trained_before)
+    if not training:
+        raise InputError("every done box is held out; label more boxes to train on")
     if stop():
         raise CancelledError("fine-tuning cancelled; no model version was made")
 
-    report(8, f"scoring {init_card.name} on {len(validation)} held-out box(es)")
-    before = evaluate_store(init, store, validation, endpoint_url=endpoint_url, cancelled=stop)
+    report(5, f"reading {len(training)} training and {len(validation)} held-out box(es)")
     dataset = open_dataset(store, endpoint_url)
-    window = min(min(dataset.shape(s)) for s in ids)
-    config = Config.from_dict(
-        {
-            "name": "fine-tune",
-            "data": {
-                "store": store,
-                "endpoint_url": endpoint_url,
-                "bands": list(init_card.bands),
-                "classes": init_card.class_names(),
-                "window": window,
-                "stride": window,
-                "samples_per_epoch": max(8 * len(training), batch_size),
-                "normalization": "card",
-                "product_level": init_card.product_level,
-                "split": {"val_scenes": validation},
-            },
-            # A built-in ONNX model by name (imported into smp), a version by its .pt.
-            "model": {"init": init_card.name if start.builtin else str(start.path)},
-            "train": {"epochs": epochs, "batch_size": batch_size, "lr": 1e-4, "patience": epochs},
-        }
-    )
+    images, labels = [], []
+    for scene_id in training:
+        array, mask = store_scene(dataset, scene_id)
+        images.append(normalized(array.reflectance, init_card))
+        labels.append(np.where(np.isnan(array.reflectance).any(0), IGNORE, mask).astype(np.uint8))
+    images, labels = _padded(images, labels)
+    size = labels.shape[-1]
+    judged_windows = []
+    for scene_id in validation:
+        _, mask = store_scene(dataset, scene_id)
+        row, col, _ = dataset.item(scene_id).properties["cloudseg:label_window"]
+        judged_windows.append((row, col, mask.shape[0], mask))
 
-    def training_progress(percent: float, message: str) -> None:
-        report(12 + 0.76 * percent, f"fine-tuning: {message}")
-
-    with tempfile.TemporaryDirectory(prefix="cloudseg-finetune-") as work:
-        config = replace(config, output=str(Path(work) / "run"))
-        trained = train(config, progress=training_progress, cancelled=stop)
-        report(90, "scoring the new version on the held-out boxes")
-        after = evaluate_store(
-            str(trained.model_path), store, validation, endpoint_url=endpoint_url, cancelled=stop
+    set_threads()
+    with open_scene(scene) as reader:
+        avoid = [(r, c, s) for r, c, s, _ in judged_windows]
+        unlabeled = _unlabeled_windows(
+            reader, init_card, size, avoid, UNLABELED_PER_BOX * len(training), seed
         )
-        number = len(history) + 1
-        name = free_model_name(f"{project.stem}-r{number}")
-        iou_before, iou_after = _iou(before.metrics), _iou(after.metrics)
-        labeled_at = [f.get("labeled_at") for _, f in boxes if f.get("labeled_at")]
-        proposed = [f.get("proposed") for _, f in boxes if f.get("proposed")]
-        since = history[-1].created if history else ""
-        new_proposed = [p for p in proposed if p >= since] or proposed
-        who = login_name()
-        entry = Round(
-            round=number,
-            model=name,
-            model_path="",
-            base_model=base,
-            init_model=init_card.name,
-            boxes=len(ids),
-            train_boxes=len(training),
-            held_out_boxes=len(validation),
-            iou_before=iou_before,
-            iou_after=iou_after,
-            label_minutes=_minutes(min(new_proposed, default=None), max(labeled_at, default=None)),
-            train_minutes=round((time.perf_counter() - started) / 60, 1),
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            who=who,
-            held_out=validation,
-        )
-        trained_card = load_model(str(trained.model_path)).card
-        card = _version_card(trained_card, name, entry, project, before, after)
         if stop():
             raise CancelledError("fine-tuning cancelled; no model version was made")
-        report(97, f"registering {name}")
-        registered = _register(trained.model_path, card, Path(work))
+        report(8, f"loading {init_card.name}")
+        network = torch_network(start)
+
+        def training_progress(percent: float, message: str) -> None:
+            report(10 + 0.7 * percent, f"fine-tuning ({chosen.name}): {message}")
+
+        trained = adapt(network, images, labels, chosen, unlabeled, seed, training_progress, stop)
+        number = len(history) + 1
+        new_name = free_model_name(f"{project.stem}-r{number}")
+        with tempfile.TemporaryDirectory(prefix="cloudseg-finetune-") as work:
+            candidate = _save_version(network, _draft_card(init_card, new_name), Path(work))
+            classes = len(init_card.classes)
+            report(82, f"judging on {len(validation)} held-out box(es): {init_card.name}")
+            before = held_out_confusion(init, reader, judged_windows, classes)
+            report(90, f"judging on {len(validation)} held-out box(es): the new version")
+            after = held_out_confusion(str(candidate), reader, judged_windows, classes)
+            verdict = judge(before, after, init_card.class_names(), init_card.name, new_name)
+            labeled_at = [f.get("labeled_at") for _, f in boxes if f.get("labeled_at")]
+            proposed = [f.get("proposed") for _, f in boxes if f.get("proposed")]
+            since = history[-1].created if history else ""
+            new_proposed = [p for p in proposed if p >= since] or proposed
+            entry = Round(
+                round=number,
+                model=new_name,
+                model_path="",
+                base_model=base,
+                init_model=init_card.name,
+                boxes=len(ordered),
+                train_boxes=len(training),
+                held_out_boxes=len(validation),
+                iou_before=verdict.iou("before"),
+                iou_after=verdict.iou("after"),
+                label_minutes=_minutes(
+                    min(new_proposed, default=None), max(labeled_at, default=None)
+                ),
+                train_minutes=round((time.perf_counter() - started) / 60, 1),
+                created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                who=login_name(),
+                held_out=validation,
+                trained=training,
+                adopted=verdict.adopted,
+                verdict=verdict.reason,
+                scores={k: v.__dict__ for k, v in verdict.classes.items()},
+                recipe=chosen.name,
+                seconds=round(time.perf_counter() - started, 1),
+            )
+            card = _version_card(init_card, new_name, entry, project, verdict, chosen, trained)
+            if stop():
+                raise CancelledError("fine-tuning cancelled; no model version was made")
+            report(97, f"registering {new_name}")
+            registered = _register(candidate, card, Path(work))
     entry.model_path = str(registered.path)
+    entry.seconds = round(time.perf_counter() - started, 1)
     append_round(project, entry)
-    report(100, f"{name}: held-out mean IoU {iou_before['mean']} -> {iou_after['mean']}")
-    return FineTuneResult(name, registered.path, entry, store)
+    current = new_name if verdict.adopted else init_card.name
+    report(100, f"{new_name}: {verdict.reason}")
+    return FineTuneResult(new_name, registered.path, entry, store, verdict, current)
+
+
+def _draft_card(init: ModelCard, name: str) -> ModelCard:
+    """The version's card before it is judged: the init card's settings, torch weights."""
+    return replace(init, name=name, format="torch", output="logits", metrics=[])
+
+
+def _save_version(network: Any, card: ModelCard, folder: Path) -> Path:
+    """Write ``{"card", "state_dict"}`` of a version to ``folder`` (a model file)."""
+    import torch
+
+    path = folder / f"{card.name}.pt"
+    state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    torch.save({"card": card.to_dict(), "state_dict": state}, path)
+    return path
 
 
 def _version_card(
-    trained: ModelCard, name: str, entry: Round, project: Path, before: Any, after: Any
+    init: ModelCard,
+    name: str,
+    entry: Round,
+    project: Path,
+    verdict: Verdict,
+    recipe: Recipe,
+    trained: AdaptResult,
 ) -> ModelCard:
-    """The new version's card: its name, what it came from, and its held-out scores."""
+    """The new version's card: the init card's inference settings, its origin and verdict.
+
+    Tiling, resolution, bands and normalization stay the base card's: the training window
+    is not an inference setting.
+    """
     data = f"{project.name}: {entry.held_out_boxes} held-out box(es)"
+
+    def metrics(which: str) -> dict[str, Any]:
+        per_class = {n: {"iou": getattr(s, which)} for n, s in verdict.classes.items() if s.judged}
+        mean = verdict.mean_before if which == "before" else verdict.mean_after
+        return {"per_class": per_class, "mean_iou": mean}
+
     return replace(
-        trained,
-        name=name,
+        _draft_card(init, name),
         description=(
             f"{entry.base_model} fine-tuned on {entry.train_boxes} box(es) labeled in "
-            f"{project.name} (round {entry.round}, from {entry.init_model})."
+            f"{project.name} (round {entry.round}, from {entry.init_model}, recipe "
+            f"{recipe.name})."
         ),
-        source=dict(trained.source)
+        source=dict(init.source)
         | {
             "base_model": entry.base_model,
             "init": entry.init_model,
@@ -260,10 +406,14 @@ def _version_card(
             "labeled_boxes": entry.boxes,
             "train_boxes": entry.train_boxes,
             "held_out_boxes": entry.held_out_boxes,
+            "recipe": recipe.to_dict(),
+            "training": trained.to_dict(),
+            "adopted": verdict.adopted,
+            "verdict": verdict.reason,
         },
         metrics=[
-            metric_entry(project.stem, data, f"before ({entry.init_model})", before.metrics),
-            metric_entry(project.stem, data, "after", after.metrics),
+            metric_entry(project.stem, data, f"before ({entry.init_model})", metrics("before")),
+            metric_entry(project.stem, data, "after", metrics("after")),
         ],
     )
 
@@ -274,6 +424,7 @@ def _register(model_path: Path, card: ModelCard, work: Path) -> Any:
 
     checkpoint = torch.load(model_path, map_location="cpu", weights_only=True)
     checkpoint["card"] = card.to_dict()
-    final = work / f"{card.name}.pt"
+    final = work / "registered" / f"{card.name}.pt"
+    final.parent.mkdir()
     torch.save(checkpoint, final)
     return register_model(final, card)

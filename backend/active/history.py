@@ -40,6 +40,13 @@ class Round:
         created: When the round finished (UTC, ISO 8601).
         who: Who ran it.
         held_out: The held-out boxes' ids in the label store.
+        trained: The boxes trained on (ids in the label store): a box keeps its side.
+        adopted: Whether the new version became the project's current model (see
+            :mod:`.judge`); a version not adopted is registered but not current.
+        verdict: The judge's one line (figures, and classes too rare to judge).
+        scores: Per class: held-out pixels, IoU before and after, whether judged.
+        recipe: The fine-tuning recipe used.
+        seconds: Wall-clock seconds the round took.
     """
 
     round: int
@@ -57,13 +64,19 @@ class Round:
     created: str = ""
     who: str = ""
     held_out: list[str] = field(default_factory=list)
+    trained: list[str] = field(default_factory=list)
+    adopted: bool = True
+    verdict: str = ""
+    scores: dict[str, Any] = field(default_factory=dict)
+    recipe: str = ""
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """The round as JSON-serialisable data."""
         return asdict(self)
 
 
-_JSON_FIELDS = ("iou_before", "iou_after", "held_out")
+_JSON_FIELDS = ("iou_before", "iou_after", "held_out", "trained", "scores")
 
 
 def read_rounds(project: str | Path) -> list[Round]:
@@ -83,6 +96,10 @@ def read_rounds(project: str | Path) -> list[Round]:
                 json.loads(values.get(name) or "null")
                 or Round.__dataclass_fields__[name].default_factory()
             )
+        if values.get("adopted") is None:  # rounds of before the judge were all adopted
+            values["adopted"] = True
+        values["adopted"] = bool(values["adopted"])
+        values = {k: v for k, v in values.items() if v is not None}
         rounds.append(Round(**{k: v for k, v in values.items() if k in Round.__annotations__}))
     return sorted(rounds, key=lambda r: r.round)
 
@@ -103,14 +120,30 @@ def append_round(project: str | Path, entry: Round) -> None:
     values = entry.to_dict()
     if layer is None:
         layer = dataset.CreateLayer(ROUNDS_LAYER, None, ogr.wkbNone)
-        kinds = {int: ogr.OFTInteger, float: ogr.OFTReal}
-        for name, value in values.items():
+    kinds = {bool: ogr.OFTInteger, int: ogr.OFTInteger, float: ogr.OFTReal}
+    definition = layer.GetLayerDefn()
+    for name, value in values.items():  # a project of an earlier version gains new fields
+        if definition.GetFieldIndex(name) < 0:
             layer.CreateField(ogr.FieldDefn(name, kinds.get(type(value), ogr.OFTString)))
     try:
         with ogr_transaction(dataset):
             feature = ogr.Feature(layer.GetLayerDefn())
             for name, value in values.items():
-                feature.SetField(name, json.dumps(value) if name in _JSON_FIELDS else value)
+                if name in _JSON_FIELDS:
+                    value = json.dumps(value)
+                feature.SetField(name, int(value) if isinstance(value, bool) else value)
             layer.CreateFeature(feature)
     finally:
         dataset = None
+
+
+def current_model(rounds: list[Round], proposing_model: str | None) -> str | None:
+    """The project's current model: the last adopted version, else the proposing model.
+
+    A version the judge did not adopt is never current by itself; the analyst may still
+    pick it by name.
+    """
+    adopted = [r for r in rounds if r.adopted]
+    if adopted:
+        return adopted[-1].model
+    return rounds[0].base_model if rounds else proposing_model

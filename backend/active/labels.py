@@ -44,6 +44,11 @@ def labeled_boxes(project: Path, transform: Any) -> list[tuple[Box, dict[str, An
     return [(b, f) for b, f in _proposals(project, transform) if f["status"] == "labeled"]
 
 
+def stored_box_id(scene: str, box: Box) -> str:
+    """The id a labeled box is stored under: ``<scene>-r<row>-c<col>-<size>``."""
+    return f"{scene}-r{box.row}-c{box.col}-{box.size}"
+
+
 def label_shapes(
     project: Path, layer_name: str = LABELS_LAYER, where: str | None = None
 ) -> list[tuple[dict[str, Any], int]] | None:
@@ -219,7 +224,7 @@ def labels_to_store(
             )
             windows.append(
                 LabeledWindow(
-                    f"{name}-r{box.row}-c{box.col}-{box.size}",
+                    stored_box_id(name, box),
                     reader.read(list(card.bands), row, col, size, size),
                     labels,
                     reader.transform * Affine.translation(col, row),
@@ -448,3 +453,233 @@ def login_name() -> str:
         return getpass.getuser()
     except Exception:  # no login name (containers, some services)
         return "unknown"
+
+
+def proposal_rows(project: str | Path) -> list[dict[str, Any]]:
+    """A label project's proposals as rows: id (``fid``), rank, score, status, scene, model.
+
+    Raises:
+        InputError: If the project has no proposals.
+    """
+    from osgeo import ogr
+
+    project = Path(project).expanduser()
+    dataset = ogr.Open(str(project)) if project.is_file() else None
+    layer = dataset.GetLayerByName(PROPOSALS_LAYER) if dataset else None
+    if layer is None:
+        raise InputError(f"{project} has no {PROPOSALS_LAYER} layer; propose areas first")
+    keys = ("rank", "score", "status", "scene", "model", "labeled_by", "labeled_at")
+    rows = []
+    for feature in layer:
+        values = feature.items()
+        rows.append({"fid": feature.GetFID()} | {k: values.get(k) for k in keys})
+    return rows
+
+
+def _proposal(project: Path, fid: int) -> tuple[Any, Any, dict[str, Any]]:
+    """A proposal's polygon (OGR geometry, cloned), its layer's CRS, and its fields."""
+    from osgeo import ogr
+
+    dataset = ogr.Open(str(project)) if project.is_file() else None
+    layer = dataset.GetLayerByName(PROPOSALS_LAYER) if dataset else None
+    if layer is None:
+        raise InputError(f"{project} has no {PROPOSALS_LAYER} layer; propose areas first")
+    feature = layer.GetFeature(int(fid))
+    if feature is None:
+        raise InputError(f"{project.name} has no proposal {fid} (see cloudseg labels boxes)")
+    srs = layer.GetSpatialRef()
+    return feature.GetGeometryRef().Clone(), srs.Clone() if srs else None, feature.items()
+
+
+def _box_grid(geometry: Any, pixel: float) -> tuple[Any, int]:
+    """A proposal's square as a grid of ``pixel`` (CRS units): its transform and edge."""
+    from rasterio.transform import from_origin
+
+    xmin, xmax, _, ymax = geometry.GetEnvelope()
+    edge = max(round((xmax - xmin) / pixel), 1)
+    step = (xmax - xmin) / edge
+    return from_origin(xmin, ymax, step, step), edge
+
+
+def raster_labels(
+    source: str | Path, geometry: Any, srs: Any, classes: list[int]
+) -> tuple[np.ndarray, Any]:
+    """A class raster's values under a proposal's box, at the raster's own pixel size.
+
+    The raster may be on another grid or in another CRS: it is warped (nearest
+    neighbour) onto a grid of the box in the project's CRS.
+
+    Returns:
+        The class values and the grid's transform.
+
+    Raises:
+        InputError: If the raster is not georeferenced, does not cover the whole box, or
+            holds values that are not the model's classes.
+    """
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+    from rasterio.warp import calculate_default_transform
+
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise InputError(f"{path} does not exist")
+    with rasterio.open(path) as ds:
+        if ds.crs is None or srs is None:
+            raise InputError(
+                f"{path.name} or the label project has no CRS; the box cannot be found in it"
+            )
+        crs = CRS.from_wkt(srs.ExportToWkt())
+        if ds.crs == crs:
+            pixel = abs(ds.transform.a)
+        else:
+            moved, _, _ = calculate_default_transform(ds.crs, crs, ds.width, ds.height, *ds.bounds)
+            pixel = abs(moved.a)
+        transform, edge = _box_grid(geometry, pixel)
+        nodata = ds.nodata if ds.nodata is not None else 255
+        with WarpedVRT(
+            ds,
+            crs=crs,
+            transform=transform,
+            width=edge,
+            height=edge,
+            resampling=Resampling.nearest,
+            nodata=nodata,
+        ) as vrt:
+            data = vrt.read(1)
+    missing = int((data == nodata).sum())
+    if missing:
+        raise InputError(
+            f"{path.name} has no class at {missing} of the box's {edge * edge} pixels "
+            "(nodata or outside it); label the whole box"
+        )
+    unknown = sorted(set(np.unique(data).tolist()) - set(classes))
+    if unknown:
+        raise InputError(
+            f"{path.name} holds value(s) {unknown[:5]} that are not the model's classes "
+            f"({', '.join(map(str, classes))})"
+        )
+    return data.astype(np.uint8), transform
+
+
+def polygon_labels(
+    source: str | Path, geometry: Any, srs: Any, classes: list[int]
+) -> list[tuple[Any, int]]:
+    """Polygons with a ``class`` field inside a proposal's box, in the project's CRS.
+
+    Each polygon is reprojected where its CRS differs and clipped to the box.
+
+    Raises:
+        InputError: For a file without a layer or a ``class`` field, or unknown classes.
+    """
+    from osgeo import ogr, osr
+
+    path = Path(source).expanduser()
+    dataset = ogr.Open(str(path)) if path.exists() else None
+    if dataset is None or dataset.GetLayerCount() == 0:
+        raise InputError(f"{path} is not a raster or a vector file with polygons")
+    layer = dataset.GetLayer(0)
+    if layer.GetLayerDefn().GetFieldIndex("class") < 0:
+        raise InputError(f"{path.name} has no 'class' field (the model's class values)")
+    source_srs = layer.GetSpatialRef()
+    transform_to = None
+    if source_srs is not None and srs is not None and not source_srs.IsSame(srs):
+        source_srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        transform_to = osr.CoordinateTransformation(source_srs, srs)
+    found = []
+    for feature in layer:
+        shape = feature.GetGeometryRef()
+        if shape is None or feature.GetField("class") is None:
+            continue
+        value = int(feature.GetField("class"))
+        if value not in classes:
+            raise InputError(
+                f"{path.name}: class {value} is not one of the model's "
+                f"({', '.join(map(str, classes))})"
+            )
+        shape = shape.Clone()
+        if transform_to is not None:
+            shape.Transform(transform_to)
+        inside = shape.Intersection(geometry)
+        if inside is not None and not inside.IsEmpty() and inside.GetArea() > 0:
+            found.append((inside, value))
+    return found
+
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
+
+
+def label_box(
+    project: str | Path,
+    fid: int,
+    source: str | Path,
+    classes: dict[int, str] | None = None,
+    done: bool = True,
+    who: str | None = None,
+) -> int:
+    """Label a proposal's box from a class raster or polygons, and mark it done.
+
+    The box's labels become polygons of the project's ``labels`` layer (from a raster:
+    one per connected area of each class, clear included; from polygons: a clear square
+    of the box, then each polygon clipped to it), so they replace whatever was drawn
+    there before (later polygons win inside a box). The polygons are added in one
+    transaction, then the status is set: a failure adds nothing.
+
+    Args:
+        project: The label project's GeoPackage.
+        fid: The proposal's feature id (``cloudseg labels boxes`` lists them).
+        source: A class raster (GeoTIFF: the model's class values, any grid or CRS) or
+            a vector file with a ``class`` field (GeoPackage, GeoJSON; any CRS).
+        classes: The model's classes, value -> name; default those of the model that
+            proposed the box.
+        done: Mark the box labeled (Done); False leaves its status as it is.
+        who: The analyst; default the login name.
+
+    Returns:
+        How many polygons were added.
+
+    Raises:
+        InputError: For an unknown proposal, a box already skipped, or a source that
+            does not cover the box or holds other classes.
+    """
+    from osgeo import ogr
+
+    project = Path(project).expanduser()
+    geometry, srs, fields = _proposal(project, fid)
+    if fields.get("status") == "skipped":
+        raise InputError(f"proposal {fid} was skipped; mark it todo again to label it")
+    if classes is None:
+        from ..models.registry import load_model
+
+        card = load_model(fields.get("model") or "").card
+        classes = {c.value: c.name for c in card.classes}
+    values = sorted(classes)
+    clear = next((v for v, n in classes.items() if n == "clear"), values[0])
+    if Path(str(source)).suffix.lower() in RASTER_SUFFIXES:
+        data, transform = raster_labels(source, geometry, srs, values)
+        polygons = None
+    else:
+        polygons = [(geometry.Clone(), clear), *polygon_labels(source, geometry, srs, values)]
+    dataset = ogr.Open(str(project), 1)
+    try:
+        layer = _labels_layer(dataset, srs)
+        if polygons is None:
+            added = add_class_polygons(
+                dataset, layer, data, np.ones(data.shape, bool), transform, classes
+            )
+        else:
+            with ogr_transaction(dataset):
+                for shape, value in polygons:
+                    feature = ogr.Feature(layer.GetLayerDefn())
+                    feature.SetGeometry(ogr.ForceToMultiPolygon(shape))
+                    feature.SetField("class", value)
+                    feature.SetField("name", classes.get(value, str(value)))
+                    layer.CreateFeature(feature)
+            added = len(polygons)
+    finally:
+        dataset = None
+    if done:
+        set_status(project, fid, "labeled", who)
+    return added

@@ -153,7 +153,7 @@ def cam_runner(model: Any, classes: list[int], method: str, device: str) -> CamR
     Raises:
         ModelError: For an ONNX model that has no torch form.
     """
-    from ..models.networks import load_torch_network, network_from_onnx, torch_importable
+    from ..models.networks import torch_importable, torch_network
 
     card = model.card
     if card.format == "onnx" and not torch_importable(card):
@@ -161,7 +161,7 @@ def cam_runner(model: Any, classes: list[int], method: str, device: str) -> CamR
             f"model {card.name} is ONNX only: explanations need its torch form (smp U-Nets "
             "with an EfficientNet encoder, or a model.pt from cloudseg train)"
         )
-    network = network_from_onnx(model) if card.format == "onnx" else load_torch_network(model)
+    network = torch_network(model)
     layer, name = target_layer(network)
     return CamRunner(network, layer, classes, len(card.classes), method, device, name)
 

@@ -34,7 +34,7 @@ import numpy as np
 from ..choices import DEVICES, PRECISIONS, RUNTIMES
 from ..errors import ModelError
 from ..models.cards import ModelCard
-from ..models.networks import load_torch_network, network_from_onnx, torch_importable
+from ..models.networks import torch_importable, torch_network
 from ..models.registry import Model
 from .onnxgraph import cache_folder, prepared_onnx
 
@@ -62,7 +62,7 @@ def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
     return shifted
 
 
-def _cpu_threads() -> int:
+def cpu_threads() -> int:
     """Threads for inference: ``CLOUDSEG_THREADS`` if set, else every core we may use.
 
     A batch worker gets its share of the machine through ``CLOUDSEG_THREADS``.
@@ -249,7 +249,7 @@ class OnnxRunner:
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = _cpu_threads()
+        options.intra_op_num_threads = cpu_threads()
         options.log_severity_level = 3
         graph = prepared_onnx(model)
         try:
@@ -309,7 +309,7 @@ class OpenVinoRunner:
                 {
                     "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                     "PERFORMANCE_HINT": "LATENCY",
-                    "INFERENCE_NUM_THREADS": _cpu_threads(),
+                    "INFERENCE_NUM_THREADS": cpu_threads(),
                 },
             )
         except RuntimeError as exc:
@@ -344,9 +344,7 @@ class TorchRunner:
         import torch
 
         self.device = device
-        network = (
-            network_from_onnx(model) if model.card.format == "onnx" else load_torch_network(model)
-        )
+        network = torch_network(model)
         self.network = network.to(self.device)
         if self.device == "cuda":
             # Tensor cores want channels-last activations under autocast.
@@ -359,7 +357,7 @@ class TorchRunner:
         if self.device == "cuda":
             self.description = f"torch {torch.__version__} CUDA ({_gpu_name()}, {autocast})"
         else:
-            torch.set_num_threads(_cpu_threads())
+            torch.set_num_threads(cpu_threads())
             self.description = f"torch {torch.__version__} CPU ({autocast})"
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

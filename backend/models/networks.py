@@ -196,3 +196,12 @@ def network_from_onnx(model: Model) -> Any:
         raise ModelError(f"{model.path.name} does not hold smp U-Net weights")
     load_state(network, weights, model.path.name)
     return network.eval()
+
+
+def torch_network(model: Model) -> Any:
+    """The model as a float32 torch network in eval mode: a checkpoint, or an ONNX import.
+
+    Raises:
+        ModelError: If the model cannot run in torch (see :func:`network_from_onnx`).
+    """
+    return network_from_onnx(model) if model.card.format == "onnx" else load_torch_network(model)

@@ -64,8 +64,11 @@ def test_a_label_dock_round_inside_the_real_qgis(run_qgis):
     assert seen["errors"] == []
     assert seen["propose_started"] and seen["proposed"] == 4
     assert all(n > 0 for n in seen["added"]) and "Done 3 / 4 proposed" in seen["progress"]
-    assert seen["fine_tune_started"] and seen["model"] == "coast-r1", seen["after_fine_tune"]
-    assert seen["rounds"] == 1 and "held-out mean IoU" in seen["after_fine_tune"]
+    said = seen["after_fine_tune"]
+    assert seen["fine_tune_started"] and seen["rounds"] == 1, said
+    assert "on your held-out boxes" in said, said
+    # The judge's verdict decides which model the dock selects.
+    assert seen["model"] == ("coast-r1" if "coast-r1 adopted" in said else "ukis-csmask-4b-l2a")
     assert seen["triton"] == "None"  # kept out: loading it kills QGIS (see keep_triton_out)
     assert seen["rerun_started"] and "adwp B04 - clouds (coast-r1)" in seen["layers"]
     assert not [line for line in seen["log"] if "Traceback" in line]

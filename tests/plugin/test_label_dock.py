@@ -48,7 +48,7 @@ def dock(plugin, multiband, session):
     dock.model_combo.setCurrentIndex(dock.model_combo.findData(MODEL))
     dock.box_spin.setValue(64)
     dock.count_spin.setValue(4)
-    dock.epochs_spin.setValue(1)
+    dock.steps_spin.setValue(5)
     session["chip"] = chip
     with rasterio.open(multiband) as ds:
         session["transform"] = ds.transform
@@ -155,25 +155,39 @@ def test_the_analyst_loop_from_proposals_to_a_better_model(dock, session, plugin
     assert dock.next_box() is not None
     assert dock.proposals.getFeature(dock.current)["rank"] == 4
 
-    # Fine-tune: a registered version, listed by the dock (selected), by the segmentation
-    # dock and by Processing, and a round in the history.
+    # Fine-tune: a registered version, listed by the dock, the segmentation dock and
+    # Processing; selected only if the judge adopted it; a round in the history.
     plugin.panel_action.setChecked(True)
     task = dock.fine_tune()
     wait_for(task, timeout=300)
     assert task.error == "", task.error
-    assert dock.model_combo.currentData() == "coast-r1"
+    (entry,) = read_rounds(project_path)
+    assert entry.boxes == 3 and entry.model == "coast-r1"
+    current = "coast-r1" if entry.adopted else MODEL
+    assert dock.model_combo.currentData() == current
+    assert dock.model_combo.findData("coast-r1") >= 0  # choosable even when kept aside
     assert plugin.dock.model_combo.findData("coast-r1") >= 0
     from cloudseg.cloudseg_plugin.algorithms.segment import builtin_model_names
 
     assert "coast-r1" in builtin_model_names()
-    (entry,) = read_rounds(project_path)
-    assert entry.boxes == 3 and entry.model == "coast-r1"
+    said = dock.status_label.text()
+    assert entry.verdict in said
+    assert ("adopted" in said) if entry.adopted else (f"kept {MODEL}" in said)
     assert dock.history_table.rowCount() == 1
-    assert dock.history_table.item(0, 1).text() == "coast-r1"
+    shown = dock.history_table.item(0, 1).text()
+    assert shown == ("coast-r1" if entry.adopted else "coast-r1 (kept aside)")
     before, after = dock.history_table.item(0, 3).text().split(" -> ")
     assert float(before) == pytest.approx(entry.iou_before["mean"], abs=5e-4)
     assert float(after) == pytest.approx(entry.iou_after["mean"], abs=5e-4)
+    per_class = dock.history_table.item(0, 4).text()
+    assert all(
+        f"{name.split()[-1]} {value:.3f}" in per_class
+        for name, value in entry.iou_before.items()
+        if name != "mean" and value is not None
+    )
 
+    # The analyst may still choose the new version by hand, and re-run with it.
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("coast-r1"))
     # Re-run with the new version: its mask beside the old one.
     task = dock.rerun()
     wait_for(task)

@@ -1,141 +1,189 @@
-"""One active-learning round on a real chip: done boxes -> store -> fine-tune -> version."""
+"""Active-learning rounds on the labeled real Sentinel-2 scene: judged, adopted or kept aside."""
 
 from __future__ import annotations
 
-import pytest
-from osgeo import ogr
+import json
+import subprocess
 
-from cloudseg.backend.active.history import read_rounds
-from cloudseg.backend.active.labels import set_status, start_from_model
-from cloudseg.backend.active.propose import propose
+import numpy as np
+import pytest
+
+from cloudseg.backend.active.history import current_model, read_rounds
+from cloudseg.backend.active.judge import TOLERANCE, judge
+from cloudseg.backend.active.labels import label_box, proposal_rows, stored_box_id
+from cloudseg.backend.active.propose import propose, read_proposals
 from cloudseg.backend.errors import CancelledError, InputError
 from cloudseg.backend.inference.segment import SegmentOptions, segment
-from cloudseg.backend.models.registry import available_models, load_model, registered_models
+from cloudseg.backend.models.registry import load_model, registered_models
 
-
-def _label(project, mask, ranks, who="ana"):
-    """A simulated analyst: the model's polygons as labels, then Done, per rank."""
-    for rank in ranks:
-        start_from_model(project, mask, rank)
-        dataset = ogr.Open(str(project))
-        fid = next(f.GetFID() for f in dataset.GetLayerByName("proposals") if f["rank"] == rank)
-        dataset = None
-        set_status(project, fid, "labeled", who=who)
+BASE = "ukis-csmask-4b-l1c"
 
 
 @pytest.fixture(scope="module")
-def labeled_project(multiband, tmp_path_factory):
-    """A label project on the real chip with three boxes done and one to label."""
-    work = tmp_path_factory.mktemp("project")
-    mask, doubt = work / "mask.tif", work / "doubt.tif"
-    segment(multiband, mask, SegmentOptions(product_level="L2A", uncertainty=doubt))
-    project = work / "coast.gpkg"
-    propose(doubt, project, box=64, count=4, scene="adwp")
-    _label(project, mask, [1, 2, 3])
-    return project, mask
-
-
-@pytest.mark.real_data
-def test_a_round_registers_a_version_that_segments(labeled_project, multiband, tmp_path):
+def s2(real_data, tmp_path_factory):
+    """The labeled ukis Sentinel-2 scene (30 m, UTM), its uncertainty and an all-shadow raster."""
     import rasterio
 
-    from cloudseg.training.evaluate import evaluate_store
-    from cloudseg.training.finetune import fine_tune
+    from cloudseg.training.reference import labeled_scenes
 
-    project, _ = labeled_project
-    seen: list[float] = []
-    result = fine_tune(project, multiband, epochs=1, progress=lambda p, m: seen.append(p))
-    assert seen == sorted(seen) and seen[-1] == 100
-    # Registered: listed with the built-ins, by name, under the project's round.
-    assert result.model == "coast-r1"
-    assert "coast-r1" in [m.card.name for m in available_models()]
-    card = load_model("coast-r1").card
-    assert card.source["base_model"] == "ukis-csmask-4b-l2a"
-    assert card.source["round"] == 1 and card.source["labeled_boxes"] == 3
-    assert [m["config"] for m in card.metrics] == ["before (ukis-csmask-4b-l2a)", "after"]
-    # The history row, with before/after scores the evaluation reproduces.
+    work = tmp_path_factory.mktemp("s2")
+    scene = next(labeled_scenes(real_data, work))
+    doubt = work / "doubt.tif"
+    segment(scene.image, work / "mask.tif", SegmentOptions(model=BASE, uncertainty=doubt))
+    wrong = work / "all-shadow.tif"
+    with rasterio.open(scene.labels) as src, rasterio.open(wrong, "w", **src.profile) as dst:
+        dst.write(np.full((1, src.height, src.width), 2, np.uint8))
+    return scene, doubt, wrong
+
+
+def _project(s2, folder, name="coast", count=6):
+    scene, doubt, _ = s2
+    project = folder / f"{name}.gpkg"
+    propose(doubt, project, box=64, count=count, scene=scene.image.stem)
+    return project
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_a_round_on_true_labels_is_adopted_and_keeps_the_inference_settings(s2, tmp_path):
+    import rasterio
+
+    from cloudseg.backend.raster.reader import open_scene
+    from cloudseg.training.finetune import fine_tune, held_out_confusion
+
+    scene, _, _ = s2
+    project = _project(s2, tmp_path)
+    fids = [r["fid"] for r in proposal_rows(project)][:4]
+    for fid in fids:
+        label_box(project, fid, scene.labels)
+    seen: list[tuple[float, str]] = []
+    result = fine_tune(project, scene.image, progress=lambda p, m: seen.append((p, m)))
+    assert [p for p, _ in seen] == sorted(p for p, _ in seen) and seen[-1][0] == 100
+    assert any("left" in m for _, m in seen)  # training says the time left
+    # Four boxes: the second labeled is held out, the other three trained on.
     (entry,) = read_rounds(project)
-    assert (entry.round, entry.model, entry.boxes) == (1, "coast-r1", 3)
-    assert entry.train_boxes + entry.held_out_boxes == 3 and entry.held_out_boxes >= 1
-    assert entry.who and entry.init_model == "ukis-csmask-4b-l2a"
+    assert (entry.boxes, entry.train_boxes, entry.held_out_boxes) == (4, 3, 1)
+    boxes = {f["fid"]: b for b, f in read_proposals(project, _transform(scene.image))}
+    assert entry.held_out == [stored_box_id(scene.image.stem, boxes[fids[1]])]
+    # True labels where the model doubts: adopted by the judge's rule.
+    verdict = result.verdict
+    assert result.adopted and entry.adopted and result.current == "coast-r1"
+    assert verdict.mean_after > verdict.mean_before
+    for name, score in verdict.classes.items():
+        if score.judged:
+            assert score.after >= score.before - TOLERANCE, name
+    assert current_model(read_rounds(project), BASE) == "coast-r1"
+    # The judge's figures are reproduced from the two models' masks of the held-out box.
     from cloudseg.backend.store.dataset import open_dataset
+    from cloudseg.training.evaluate import store_scene
 
-    ids = entry.held_out
-    assert set(ids) < set(open_dataset(result.store).scenes())
-    again = evaluate_store("coast-r1", result.store, ids)
-    assert round(again.metrics["mean_iou"], 4) == entry.iou_after["mean"]
-    before = evaluate_store("ukis-csmask-4b-l2a", result.store, ids)
-    assert round(before.metrics["mean_iou"], 4) == entry.iou_before["mean"]
-    # The version segments the scene like any model.
+    dataset = open_dataset(result.store)
+    (held,) = entry.held_out
+    _, truth = store_scene(dataset, held)
+    row, col, size = dataset.item(held).properties["cloudseg:label_window"]
+    with open_scene(scene.image) as reader:
+        before = held_out_confusion(BASE, reader, [(row, col, size, truth)], 3)
+        after = held_out_confusion("coast-r1", reader, [(row, col, size, truth)], 3)
+    again = judge(before, after, ["clear", "cloud", "cloud shadow"], BASE, "coast-r1")
+    assert again.iou("after") == entry.iou_after and again.adopted
+    # The version keeps the base card's tiling, resolution and normalization.
+    card, base = load_model("coast-r1").card, load_model(BASE).card
+    assert (card.tile_size, card.overlap, card.resolution_m) == (256, 52, 30)
+    assert card.normalization == base.normalization and card.bands == base.bands
+    assert card.format == "torch" and card.source["recipe"]["name"] == entry.recipe
+    assert card.source["adopted"] is True
+    # It segments the scene like any model, with the base's tiling.
     out = tmp_path / "new.tif"
-    segment(multiband, out, SegmentOptions(model="coast-r1"))
-    with rasterio.open(out) as ds, rasterio.open(multiband) as src:
+    segment(scene.image, out, SegmentOptions(model="coast-r1"))
+    with rasterio.open(out) as ds:
         assert ds.tags()["CLOUDSEG_MODEL"] == "coast-r1"
-        assert (ds.width, ds.height) == (src.width, src.height)
+        assert json.loads(ds.tags()["CLOUDSEG_TILING"])["tile_size"] == 256
 
 
 @pytest.mark.real_data
-def test_a_cancelled_round_registers_nothing(labeled_project, multiband):
-    from cloudseg.training.finetune import fine_tune
-
-    project, _ = labeled_project
-    rounds, versions = read_rounds(project), registered_models()
-    calls = {"n": 0}
-
-    def cancel_in_training() -> bool:
-        calls["n"] += 1
-        return calls["n"] > 5  # after the store and the first score, inside training
-
-    with pytest.raises(CancelledError):
-        fine_tune(project, multiband, epochs=1, cancelled=cancel_in_training)
-    assert read_rounds(project) == rounds
-    assert [m.path for m in registered_models()] == [m.path for m in versions]
-
-
-@pytest.mark.real_data
-def test_a_round_needs_two_done_boxes(multiband, tmp_path):
-    from cloudseg.training.finetune import fine_tune
-
-    mask, doubt = tmp_path / "mask.tif", tmp_path / "doubt.tif"
-    segment(multiband, mask, SegmentOptions(product_level="L2A", uncertainty=doubt))
-    project = tmp_path / "one.gpkg"
-    propose(doubt, project, box=64, count=2)
-    with pytest.raises(InputError, match="no done boxes"):
-        fine_tune(project, multiband)
-    _label(project, mask, [1])
-    with pytest.raises(InputError, match="at least 2 done boxes"):
-        fine_tune(project, multiband)
-    assert read_rounds(project) == []
-
-
-@pytest.mark.real_data
-def test_the_next_round_from_the_command_line_starts_from_the_last(
-    labeled_project, multiband, venv_env
+@pytest.mark.slow
+def test_a_worse_version_is_kept_aside_and_the_next_round_starts_from_the_current(
+    s2, tmp_path, venv_env
 ):
-    import json
-    import subprocess
-
-    project, mask = labeled_project
-    if not read_rounds(project):
-        pytest.skip("needs the first round (test_a_round_registers_a_version_that_segments)")
-    _label(project, mask, [4], who="ben")
+    """Training boxes labeled all shadow: the held-out (true) box shows it; nothing adopted."""
+    scene, _, wrong = s2
+    project = _project(s2, tmp_path, "wrong")
+    fids = [r["fid"] for r in proposal_rows(project)]
+    for i, fid in enumerate(fids[:4]):  # the 2nd labeled is held out: true labels there
+        label_box(project, fid, scene.labels if i == 1 else wrong)
     run = subprocess.run(
-        ["cloudseg", "fine-tune", str(project), str(multiband), "--epochs", "1", "--json"],
+        ["cloudseg", "fine-tune", str(project), str(scene.image), "--steps", "20"],
         capture_output=True,
         text=True,
         env=venv_env,
     )
     assert run.returncode == 0, run.stderr
-    entry = json.loads(run.stdout)["round"]
-    assert (entry["round"], entry["model"], entry["init_model"]) == (2, "coast-r2", "coast-r1")
-    assert entry["base_model"] == "ukis-csmask-4b-l2a" and entry["boxes"] == 4
-    assert [r.model for r in read_rounds(project)] == ["coast-r1", "coast-r2"]
-    # The command's one-line error for a project without proposals.
-    bad = subprocess.run(
-        ["cloudseg", "fine-tune", str(project.with_name("none.gpkg")), str(multiband)],
+    assert f"kept {BASE}" in run.stdout and "worse on your held-out boxes" in run.stdout
+    assert "run it by name with --model wrong-r1" in run.stdout
+    (entry,) = read_rounds(project)
+    assert not entry.adopted and entry.held_out_boxes == 1
+    assert entry.scores["cloud shadow"]["judged"] in (True, False)
+    assert current_model(read_rounds(project), BASE) == BASE
+    assert "wrong-r1" in [m.card.name for m in registered_models()]  # still choosable
+    assert load_model("wrong-r1").card.source["adopted"] is False
+    # The next round starts from the current model (the base), not the rejected version.
+    for fid in fids[4:6]:
+        label_box(project, fid, scene.labels)
+    again = subprocess.run(
+        ["cloudseg", "fine-tune", str(project), str(scene.image), "--steps", "5", "--json"],
         capture_output=True,
         text=True,
         env=venv_env,
     )
-    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
-    assert "no done boxes" in bad.stderr
+    assert again.returncode == 0, again.stderr
+    second = json.loads(again.stdout)
+    assert second["round"]["init_model"] == BASE and second["round"]["round"] == 2
+    # Boxes keep their side: the first round's held-out box is still held out.
+    assert set(entry.held_out) <= set(second["round"]["held_out"])
+    assert set(entry.trained) <= set(second["round"]["trained"])
+    assert second["round"]["boxes"] == 6 and second["round"]["held_out_boxes"] == 2
+
+
+@pytest.mark.real_data
+def test_a_cancelled_round_registers_nothing(s2, tmp_path):
+    from cloudseg.training.finetune import fine_tune
+
+    scene, _, _ = s2
+    project = _project(s2, tmp_path, "cancel", count=3)
+    for fid in [r["fid"] for r in proposal_rows(project)]:
+        label_box(project, fid, scene.labels)
+    versions = [m.path for m in registered_models()]
+    calls = {"n": 0}
+
+    def cancel_in_training() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 6  # after the store, inside training
+
+    with pytest.raises(CancelledError):
+        fine_tune(project, scene.image, cancelled=cancel_in_training)
+    assert read_rounds(project) == []
+    assert [m.path for m in registered_models()] == versions
+
+
+@pytest.mark.real_data
+def test_a_round_needs_two_done_boxes_and_a_known_recipe(s2, tmp_path):
+    from cloudseg.training.finetune import fine_tune
+
+    scene, _, _ = s2
+    project = _project(s2, tmp_path, "one", count=2)
+    with pytest.raises(InputError, match="no done boxes"):
+        fine_tune(project, scene.image)
+    label_box(project, proposal_rows(project)[0]["fid"], scene.labels)
+    with pytest.raises(InputError, match="at least 2 done boxes"):
+        fine_tune(project, scene.image)
+    label_box(project, proposal_rows(project)[1]["fid"], scene.labels)
+    with pytest.raises(InputError, match="unknown recipe 'magic'; choose one of"):
+        fine_tune(project, scene.image, recipe="magic")
+    assert read_rounds(project) == []
+
+
+def _transform(image):
+    import rasterio
+
+    with rasterio.open(image) as ds:
+        return ds.transform

@@ -34,7 +34,7 @@ def start() -> None:
     dock.model_combo.setCurrentIndex(dock.model_combo.findData("ukis-csmask-4b-l2a"))
     dock.box_spin.setValue(64)
     dock.count_spin.setValue(4)
-    dock.epochs_spin.setValue(1)
+    dock.steps_spin.setValue(5)
     dock.project_widget.setFilePath(str(WORK / "coast.gpkg"))
     seen["propose_started"] = dock.propose() is not None
     when_idle(dock, lambda: label(dock))
@@ -53,9 +53,10 @@ def label(dock: object) -> None:
 
 
 def rerun(dock: object) -> None:
-    """The new version is chosen; Re-run with it."""
+    """What the judge decided is shown; the analyst picks the new version and re-runs."""
     seen["after_fine_tune"] = dock.status_label.text()
     seen["model"] = dock.model_combo.currentData()
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("coast-r1"))
     seen["rounds"] = dock.history_table.rowCount()
     seen["triton"] = repr(sys.modules.get("triton", "absent"))
     seen["rerun_started"] = dock.rerun() is not None

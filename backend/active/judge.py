@@ -1,0 +1,195 @@
+"""The fair judge of a fine-tuning round: which boxes are held out, and whether to adopt.
+
+One owner for the two decisions every front end (CLI, Processing, the label dock, the
+benchmark) shows and none may decide differently:
+
+- **Held-out boxes** (:func:`split_boxes`): boxes are taken in the order they were
+  labeled; a box keeps the side it was given in an earlier round, and each new box is
+  held out while fewer than ``(n + 2) // 4`` of the first ``n`` boxes are (the 2nd,
+  6th, 10th... box): every round from two boxes on has one, about a quarter are held
+  out at any N (1 of 2-5, 2 of 6-9, 3 of 10-13), and no box ever changes side.
+- **The verdict** (:func:`judge`): per-class IoU of the current model and of the new
+  version on the same held-out pixels, from their confusion matrices. A class is
+  judged only with at least :data:`MIN_CLASS_PIXELS` held-out labeled pixels; a class
+  absent from the truth is not scored (its false positives already lower the classes
+  whose pixels they took). The new version is adopted only if no judged class loses
+  more than :data:`TOLERANCE` IoU and the mean over the judged classes rises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Held-out labeled pixels a class needs before its IoU is judged (a 64 px box holds
+#: 4,096; fewer than this are a sliver whose IoU swings with a few pixels).
+MIN_CLASS_PIXELS = 400
+#: IoU a judged class may lose while the mean rises, and still be adopted.
+TOLERANCE = 0.01
+
+
+def held_out_target(n: int) -> int:
+    """How many of the first ``n`` labeled boxes are held out: ``(n + 2) // 4``, 1 from 2."""
+    return 0 if n < 2 else max(1, (n + 2) // 4)
+
+
+def split_boxes(
+    ordered: list[str], held_before: Iterable[str] = (), trained_before: Iterable[str] = ()
+) -> tuple[list[str], list[str]]:
+    """Split box ids (in labeling order) into (trained, held out), stable across rounds.
+
+    Args:
+        ordered: Every labeled box's id, first labeled first.
+        held_before: Ids held out in earlier rounds (they stay held out).
+        trained_before: Ids trained on in earlier rounds (they stay trained on).
+
+    Returns:
+        ``(trained, held_out)``, each in labeling order.
+    """
+    held_set, trained_set = set(held_before), set(trained_before)
+    held: list[str] = []
+    trained: list[str] = []
+    for n, box in enumerate(ordered, start=1):
+        if box in held_set:
+            held.append(box)
+        elif box in trained_set:
+            trained.append(box)
+        elif len(held) < held_out_target(n):
+            held.append(box)
+        else:
+            trained.append(box)
+    if not held and len(trained) >= 2:  # earlier rounds trained on every box (old projects)
+        held.append(trained.pop())
+    return trained, held
+
+
+@dataclass
+class ClassScore:
+    """One class on the held-out boxes.
+
+    Attributes:
+        pixels: Held-out labeled pixels of the class.
+        before: IoU of the current model (None: not scored, the class is absent).
+        after: IoU of the new version.
+        judged: Whether the class has enough pixels to be judged.
+    """
+
+    pixels: int
+    before: float | None
+    after: float | None
+    judged: bool
+
+
+@dataclass
+class Verdict:
+    """Whether the new version is adopted, and the figures behind it.
+
+    Attributes:
+        adopted: True when the new version becomes the project's current model.
+        reason: One line that says why, with the figures.
+        mean_before: Mean IoU over the judged classes, current model.
+        mean_after: The same for the new version.
+        classes: Per class name, a :class:`ClassScore`.
+        unjudged: Classes with too few held-out pixels to judge (said in the reason).
+    """
+
+    adopted: bool
+    reason: str
+    mean_before: float | None
+    mean_after: float | None
+    classes: dict[str, ClassScore] = field(default_factory=dict)
+    unjudged: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict as JSON-serialisable data."""
+        return asdict(self)
+
+    def iou(self, which: str) -> dict[str, float | None]:
+        """Per-class IoU (``before`` or ``after``) and ``mean`` over the judged classes."""
+        mean = self.mean_before if which == "before" else self.mean_after
+        return {name: getattr(s, which) for name, s in self.classes.items()} | {"mean": mean}
+
+
+def _iou(matrix: np.ndarray, k: int) -> float:
+    tp = float(matrix[k, k])
+    union = float(matrix[k, :].sum() + matrix[:, k].sum() - tp)
+    return tp / union if union else 0.0
+
+
+def judge(
+    before: np.ndarray,
+    after: np.ndarray,
+    names: list[str],
+    current: str,
+    new: str,
+    min_pixels: int = MIN_CLASS_PIXELS,
+    tolerance: float = TOLERANCE,
+) -> Verdict:
+    """Judge a new version against the current model on the same held-out pixels.
+
+    Args:
+        before: Confusion matrix (truth rows, prediction columns) of the current model.
+        after: The same for the new version (same pixels, same truth).
+        names: Class names in value order.
+        current: The current model's name (for the reason).
+        new: The new version's name.
+        min_pixels: Held-out pixels a class needs to be judged.
+        tolerance: IoU a judged class may lose.
+
+    Returns:
+        The :class:`Verdict`.
+    """
+    truth = before.sum(axis=1)
+    classes: dict[str, ClassScore] = {}
+    for k, name in enumerate(names):
+        present = truth[k] > 0
+        classes[name] = ClassScore(
+            int(truth[k]),
+            round(_iou(before, k), 4) if present else None,
+            round(_iou(after, k), 4) if present else None,
+            bool(truth[k] >= min_pixels),
+        )
+    judged = [n for n, s in classes.items() if s.judged]
+    unjudged = [n for n, s in classes.items() if not s.judged]
+    few = (
+        f"; too few held-out pixels to judge {', '.join(unjudged)} "
+        f"(fewer than {min_pixels}: label boxes with them)"
+        if unjudged
+        else ""
+    )
+    if not judged:
+        return Verdict(
+            False,
+            f"no class has {min_pixels} held-out pixels to judge {new} by; kept {current}" + few,
+            None,
+            None,
+            classes,
+            unjudged,
+        )
+    mean_before = round(float(np.mean([classes[n].before for n in judged])), 4)
+    mean_after = round(float(np.mean([classes[n].after for n in judged])), 4)
+    lost = [
+        f"{n} {classes[n].before:.3f} -> {classes[n].after:.3f}"
+        for n in judged
+        if classes[n].after < classes[n].before - tolerance
+    ]
+    figures = f"{mean_before:.3f} -> {mean_after:.3f}"
+    if lost:
+        reason = (
+            f"the new version is worse on your held-out boxes for {', '.join(lost)} "
+            f"(mean {figures}); kept {current}"
+        )
+        adopted = False
+    elif mean_after <= mean_before:
+        reason = f"the new version is not better on your held-out boxes: {figures}; kept {current}"
+        adopted = False
+    else:
+        reason = f"the new version is better on your held-out boxes: {figures}; {new} adopted"
+        adopted = True
+    return Verdict(adopted, reason + few, mean_before, mean_after, classes, unjudged)
+
+
+__all__ = ["MIN_CLASS_PIXELS", "TOLERANCE", "ClassScore", "Verdict", "judge", "split_boxes"]

@@ -26,11 +26,14 @@ Every figure is compared with the base model's on the same pixels. Writes ``--ou
 with the spread over directions and seeds, the machine and versions).
 
 Usage: benchmark_active_learning.py --data ../shared/data/real --recipes decoder-distill
+       benchmark_active_learning.py --tables REPORT.json [...]   (the docs' tables)
+       benchmark_active_learning.py --plot OUT.png REPORT.json [...]   (the docs' plot)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -264,8 +267,77 @@ def summarize(runs: list[dict]) -> list[dict]:
     return summary
 
 
+def tables(summary: list[dict]) -> str:
+    """The summary as a Markdown table (docs/active-learning.md)."""
+    short = {"clear": "clear", "cloud": "cloud", "cloud shadow": "shadow"}
+    lines = [
+        "| recipe | box | boxes | runs | adopted | same scene: mean IoU gain (min, max) "
+        "| same scene: worst class change | other scenes: worst class change (mean) "
+        "| round s (max) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summary:
+        gain = row["same_scene_mean_iou_gain"]
+        same = ", ".join(
+            f"{short[k]} {v['min']:+.3f}" for k, v in row["same_scene_class_change"].items()
+        )
+        other = ", ".join(
+            f"{short[k]} {v['min']:+.3f} ({v['mean']:+.3f})"
+            for k, v in row["other_scenes_class_change"].items()
+        )
+        lines.append(
+            f"| {row['recipe']} | {row['box']} | {row['boxes']} | {row['runs']} "
+            f"| {row['adopted']} | {gain['mean']:+.3f} ({gain['min']:+.3f}, {gain['max']:+.3f}) "
+            f"| {same} | {other} | {row['fine_tune_seconds']['max']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict], path: Path) -> None:
+    """Same-scene gain and the worst class change on other scenes, per recipe and box count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (gain, loss) = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
+    for recipe in sorted({row["recipe"] for row in summary}):
+        rows = [r for r in summary if r["recipe"] == recipe and r["box"] == 64]
+        boxes = [r["boxes"] for r in rows]
+        spread = [r["same_scene_mean_iou_gain"] for r in rows]
+        gain.errorbar(
+            boxes,
+            [s["mean"] for s in spread],
+            yerr=[[s["mean"] - s["min"] for s in spread], [s["max"] - s["mean"] for s in spread]],
+            marker="o",
+            capsize=3,
+            label=recipe,
+        )
+        worst = [min(v["min"] for v in r["other_scenes_class_change"].values()) for r in rows]
+        loss.plot(boxes, worst, marker="o", label=recipe)
+    gain.axhline(0, color="grey", lw=0.8)
+    gain.set_title("same scene, unseen half: mean IoU gain", fontsize=9)
+    loss.axhline(-0.01, color="tab:red", ls="--", lw=0.8, label="-0.01 bar")
+    loss.set_title("other scenes: worst class IoU change", fontsize=9)
+    for ax in (gain, loss):
+        ax.set_xlabel("labeled boxes (64 px)")
+    loss.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> int:
     """Run the simulations and write the JSON."""
+    if sys.argv[1:2] == ["--tables"]:  # print the Markdown tables of written reports
+        runs = [r for path in sys.argv[2:] for r in json.loads(Path(path).read_text())["runs"]]
+        print(tables(summarize(runs)))
+        return 0
+    if sys.argv[1:2] == ["--plot"]:  # --plot OUT.png REPORT.json [...]
+        runs = [r for path in sys.argv[3:] for r in json.loads(Path(path).read_text())["runs"]]
+        plot(summarize(runs), Path(sys.argv[2]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/active_learning.json"))

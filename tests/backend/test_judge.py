@@ -1,0 +1,92 @@
+"""The judge of a fine-tuning round: a stable held-out split and a fair per-class verdict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cloudseg.backend.active.judge import held_out_target, judge, split_boxes
+
+NAMES = ["clear", "cloud", "cloud shadow"]
+
+
+def test_about_a_quarter_is_held_out_from_two_boxes_on():
+    assert [held_out_target(n) for n in range(1, 14)] == [0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]
+    for n in range(2, 40):
+        trained, held = split_boxes([f"b{i}" for i in range(n)])
+        assert len(held) == held_out_target(n) and len(trained) == n - len(held)
+        assert 0.2 <= len(held) / n <= 0.5
+
+
+def test_boxes_never_change_side_as_more_are_labeled():
+    boxes = [f"b{i}" for i in range(12)]
+    trained, held = split_boxes(boxes[:4])
+    assert held == ["b1"]  # the second labeled box
+    for n in range(5, 13):
+        more_trained, more_held = split_boxes(boxes[:n], held, trained)
+        assert set(held) <= set(more_held) and set(trained) <= set(more_trained)
+        trained, held = more_trained, more_held
+    assert held == ["b1", "b5", "b9"]
+    # An earlier round's sides are kept even where the rule would say otherwise.
+    trained, held = split_boxes(boxes[:4], held_before=["b0", "b3"], trained_before=["b1"])
+    assert held == ["b0", "b3"] and trained == ["b1", "b2"]
+
+
+def test_projects_whose_rounds_trained_on_every_box_still_hold_one_out():
+    trained, held = split_boxes(["a", "b", "c"], trained_before=["a", "b", "c"])
+    assert held == ["c"] and trained == ["a", "b"]
+
+
+def _confusion(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    matrix = np.zeros((3, 3), np.int64)
+    np.add.at(matrix, (truth.ravel(), predicted.ravel()), 1)
+    return matrix
+
+
+def test_a_class_absent_from_the_truth_is_not_scored_and_a_rare_one_not_judged():
+    truth = np.zeros((64, 64), np.int64)
+    truth[:20] = 1  # 1,280 cloud pixels; no shadow at all
+    truth[60, :10] = 2  # ...except 10 pixels: too few to judge
+    before = truth.copy()
+    before[:20, :5] = 0  # misses a strip of cloud
+    before[40:50, :] = 2  # paints shadow on clear land
+    after = truth.copy()
+    after[60, :10] = 0  # loses the 10 shadow pixels
+    verdict = judge(_confusion(truth, before), _confusion(truth, after), NAMES, "base", "new")
+    assert verdict.classes["cloud shadow"].judged is False
+    assert verdict.classes["cloud shadow"].pixels == 10
+    assert verdict.unjudged == ["cloud shadow"] and "too few held-out pixels" in verdict.reason
+    assert verdict.adopted and "new adopted" in verdict.reason
+    # The mean is over the judged classes only, the same ones before and after.
+    judged = [verdict.classes[n] for n in ("clear", "cloud")]
+    assert verdict.mean_before == pytest.approx(np.mean([s.before for s in judged]), abs=1e-4)
+    assert verdict.mean_after > 0.99  # clear took the 10 shadow pixels
+    # Without any shadow in the truth, shadow is neither 0 before nor dropped after.
+    no_shadow = np.zeros((64, 64), np.int64)
+    no_shadow[:32] = 1
+    painted = no_shadow.copy()
+    painted[40:, :] = 2
+    verdict = judge(
+        _confusion(no_shadow, painted), _confusion(no_shadow, no_shadow), NAMES, "a", "b"
+    )
+    assert verdict.classes["cloud shadow"].before is None
+    assert verdict.classes["cloud shadow"].after is None
+    assert verdict.iou("before")["clear"] < verdict.iou("after")["clear"] == 1.0
+
+
+def test_a_class_lost_beyond_the_tolerance_keeps_the_current_model_whatever_the_mean():
+    truth = np.zeros((64, 64), np.int64)
+    truth[:20] = 1
+    truth[20:40] = 2
+    before = truth.copy()
+    before[:20, :10] = 0  # cloud half right
+    after = truth.copy()
+    after[20:40, :4] = 0  # cloud perfect, shadow a little worse
+    verdict = judge(_confusion(truth, before), _confusion(truth, after), NAMES, "coast-r1", "r2")
+    assert verdict.mean_after > verdict.mean_before
+    assert not verdict.adopted
+    assert verdict.reason.startswith("the new version is worse on your held-out boxes for")
+    assert "cloud shadow" in verdict.reason and verdict.reason.endswith("kept coast-r1")
+    # Equal is not better.
+    same = judge(_confusion(truth, before), _confusion(truth, before), NAMES, "m", "n")
+    assert not same.adopted and "not better" in same.reason

@@ -119,6 +119,24 @@ def stack_bands(
 
 
 @pytest.fixture(scope="session")
+def labeled_s2(real_data, tmp_path_factory):
+    """The labeled ukis Sentinel-2 scene as files (30 m, UTM) and the 4-band model's doubt.
+
+    Returns ``(scene, doubt)``: a ``LabeledScene`` (image and label GeoTIFFs) and the
+    uncertainty raster of ``ukis-csmask-4b-l1c`` on it, to propose boxes from.
+    """
+    from cloudseg.backend.inference.segment import SegmentOptions, segment
+    from cloudseg.training.reference import labeled_scenes
+
+    work = tmp_path_factory.mktemp("labeled-s2")
+    scene = next(labeled_scenes(real_data, work))
+    doubt = work / "doubt.tif"
+    options = SegmentOptions(model="ukis-csmask-4b-l1c", uncertainty=doubt)
+    segment(scene.image, work / "mask.tif", options)
+    return scene, doubt
+
+
+@pytest.fixture(scope="session")
 def multiband(band_folder, tmp_path_factory) -> Path:
     """The same chip as one 4-band GeoTIFF whose band descriptions name the bands."""
     return stack_bands(band_folder, tmp_path_factory.mktemp("mb") / "chip.tif", BANDS)

@@ -222,7 +222,6 @@ def fine_tune(
     from ..backend.models.networks import torch_network
     from ..backend.raster.reader import open_scene
     from ..backend.store.dataset import open_dataset
-    from .evaluate import store_scene
 
     started = time.perf_counter()
     project = Path(project).expanduser()
@@ -253,20 +252,7 @@ def fine_tune(
     stored = labels_to_store(
         project, scene, store, init, endpoint_url, cancelled=stop, context=context
     )
-    ids = set(stored.ingested + stored.skipped)
-    name = Path(str(scene)).stem
-    ordered_boxes = sorted(boxes, key=lambda bf: (bf[1].get("labeled_at") or "", bf[1]["fid"]))
-    ordered = [stored_box_id(name, b) for b, _ in ordered_boxes if stored_box_id(name, b) in ids]
-    held_before = {s for r in history for s in r.held_out}
-    trained_before = {s for r in history for s in r.trained}
-    if history and not trained_before:  # rounds of before the stable split: all but held out
-        last = history[-1].created
-        trained_before = {
-            stored_box_id(name, b)
-            for b, f in boxes
-            if (f.get("labeled_at") or "") <= last and stored_box_id(name, b) not in held_before
-        }
-    training, validation = split_boxes(ordered, held_before, trained_before)
+    training, validation = _split(boxes, Path(str(scene)).stem, stored, history)
     if not training:
         raise InputError("every done box is held out; label more boxes to train on")
     if stop():
@@ -274,18 +260,9 @@ def fine_tune(
 
     report(5, f"reading {len(training)} training and {len(validation)} held-out box(es)")
     dataset = open_dataset(store, endpoint_url)
-    images, labels = [], []
-    for scene_id in training:
-        array, mask = store_scene(dataset, scene_id)
-        images.append(normalized(array.reflectance, init_card))
-        labels.append(np.where(np.isnan(array.reflectance).any(0), IGNORE, mask).astype(np.uint8))
-    images, labels = _padded(images, labels)
+    images, labels = _training_windows(dataset, training, init_card)
     size = labels.shape[-1]
-    judged_windows = []
-    for scene_id in validation:
-        _, mask = store_scene(dataset, scene_id)
-        row, col, _ = dataset.item(scene_id).properties["cloudseg:label_window"]
-        judged_windows.append((row, col, mask.shape[0], mask))
+    judged_windows = _held_out_windows(dataset, validation)
 
     set_threads()
     with open_scene(scene) as reader:
@@ -312,34 +289,21 @@ def fine_tune(
             report(90, f"judging on {len(validation)} held-out box(es): the new version")
             after = held_out_confusion(str(candidate), reader, judged_windows, classes)
             verdict = judge(before, after, init_card.class_names(), init_card.name, new_name)
-            labeled_at = [f.get("labeled_at") for _, f in boxes if f.get("labeled_at")]
-            proposed = [f.get("proposed") for _, f in boxes if f.get("proposed")]
-            since = history[-1].created if history else ""
-            new_proposed = [p for p in proposed if p >= since] or proposed
-            entry = Round(
-                round=number,
-                model=new_name,
-                model_path="",
-                base_model=base,
-                init_model=init_card.name,
-                boxes=len(ordered),
+            entry = _round_entry(number, new_name, base, init_card.name, history, boxes)
+            entry = replace(
+                entry,
+                boxes=len(training) + len(validation),
                 train_boxes=len(training),
                 held_out_boxes=len(validation),
                 iou_before=verdict.iou("before"),
                 iou_after=verdict.iou("after"),
-                label_minutes=_minutes(
-                    min(new_proposed, default=None), max(labeled_at, default=None)
-                ),
                 train_minutes=round((time.perf_counter() - started) / 60, 1),
-                created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                who=login_name(),
                 held_out=validation,
                 trained=training,
                 adopted=verdict.adopted,
                 verdict=verdict.reason,
                 scores={k: v.__dict__ for k, v in verdict.classes.items()},
                 recipe=chosen.name,
-                seconds=round(time.perf_counter() - started, 1),
             )
             card = _version_card(init_card, new_name, entry, project, verdict, chosen, trained)
             if stop():
@@ -349,9 +313,89 @@ def fine_tune(
     entry.model_path = str(registered.path)
     entry.seconds = round(time.perf_counter() - started, 1)
     append_round(project, entry)
-    current = new_name if verdict.adopted else init_card.name
+    current = current_model([*history, entry], init_card.name)
     report(100, f"{new_name}: {verdict.reason}")
     return FineTuneResult(new_name, registered.path, entry, store, verdict, current)
+
+
+def _split(
+    boxes: list[tuple[Any, dict[str, Any]]], scene: str, stored: Any, history: list[Round]
+) -> tuple[list[str], list[str]]:
+    """The stored boxes as (trained, held out), in the order they were marked done.
+
+    Earlier rounds' sides are kept; for rounds of before the stable split (no ``trained``
+    recorded) every box done by the last round and not held out counts as trained.
+    """
+    ids = set(stored.ingested + stored.skipped)
+    ordered = [
+        stored_box_id(scene, b)
+        for b, f in sorted(boxes, key=lambda bf: (bf[1].get("labeled_at") or "", bf[1]["fid"]))
+        if stored_box_id(scene, b) in ids
+    ]
+    held_before = {s for r in history for s in r.held_out}
+    trained_before = {s for r in history for s in r.trained}
+    if history and not trained_before:
+        last = history[-1].created
+        trained_before = {
+            stored_box_id(scene, b)
+            for b, f in boxes
+            if (f.get("labeled_at") or "") <= last and stored_box_id(scene, b) not in held_before
+        }
+    return split_boxes(ordered, held_before, trained_before)
+
+
+def _training_windows(
+    dataset: Any, scenes: list[str], card: ModelCard
+) -> tuple[np.ndarray, np.ndarray]:
+    """The stored training windows as normalized model input and labels (no data ignored)."""
+    from .evaluate import store_scene
+
+    images, labels = [], []
+    for scene_id in scenes:
+        array, mask = store_scene(dataset, scene_id)
+        images.append(normalized(array.reflectance, card))
+        labels.append(np.where(np.isnan(array.reflectance).any(0), IGNORE, mask).astype(np.uint8))
+    return _padded(images, labels)
+
+
+def _held_out_windows(dataset: Any, scenes: list[str]) -> list[tuple[int, int, int, np.ndarray]]:
+    """Each held-out window's place on the scene's grid and its labels (255 around the box)."""
+    from .evaluate import store_scene
+
+    windows = []
+    for scene_id in scenes:
+        _, mask = store_scene(dataset, scene_id)
+        row, col, _ = dataset.item(scene_id).properties["cloudseg:label_window"]
+        windows.append((row, col, mask.shape[0], mask))
+    return windows
+
+
+def _round_entry(
+    number: int,
+    name: str,
+    base: str,
+    init: str,
+    history: list[Round],
+    boxes: list[tuple[Any, dict[str, Any]]],
+) -> Round:
+    """The round's history row: who, when, and the minutes spent labeling its boxes."""
+    labeled_at = [f.get("labeled_at") for _, f in boxes if f.get("labeled_at")]
+    proposed = [f.get("proposed") for _, f in boxes if f.get("proposed")]
+    since = history[-1].created if history else ""
+    new_proposed = [p for p in proposed if p >= since] or proposed
+    return Round(
+        round=number,
+        model=name,
+        model_path="",
+        base_model=base,
+        init_model=init,
+        boxes=len(boxes),
+        train_boxes=0,
+        held_out_boxes=0,
+        label_minutes=_minutes(min(new_proposed, default=None), max(labeled_at, default=None)),
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        who=login_name(),
+    )
 
 
 def _draft_card(init: ModelCard, name: str) -> ModelCard:

@@ -11,22 +11,14 @@ import pytest
 from cloudseg.backend.active.labels import label_box, labels_to_store, proposal_rows
 from cloudseg.backend.active.propose import propose, read_proposals
 from cloudseg.backend.errors import InputError
-from cloudseg.backend.inference.segment import SegmentOptions, segment
 from cloudseg.backend.store.dataset import open_dataset
 
 MODEL = "ukis-csmask-4b-l1c"
 
 
-@pytest.fixture(scope="module")
-def s2(real_data, tmp_path_factory):
-    """The labeled ukis Sentinel-2 scene as files (30 m, UTM) and its uncertainty raster."""
-    from cloudseg.training.reference import labeled_scenes
-
-    work = tmp_path_factory.mktemp("s2")
-    scene = next(labeled_scenes(real_data, work))
-    doubt = work / "doubt.tif"
-    segment(scene.image, work / "mask.tif", SegmentOptions(model=MODEL, uncertainty=doubt))
-    return scene, doubt
+@pytest.fixture
+def s2(labeled_s2):
+    return labeled_s2
 
 
 def _project(s2, tmp_path, count=4):
@@ -207,3 +199,34 @@ def _crop(source, target, size):
         }
         with rasterio.open(target, "w", **profile) as dst:
             dst.write(src.read(window=window))
+
+
+def test_a_project_of_an_earlier_version_keeps_its_rounds_and_gains_the_new_fields(tmp_path):
+    """Rounds written before the judge read as adopted; the next round adds its fields."""
+    from osgeo import ogr
+
+    from cloudseg.backend.active.history import Round, append_round, current_model, read_rounds
+
+    project = tmp_path / "old.gpkg"
+    dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(project))
+    layer = dataset.CreateLayer("rounds", None, ogr.wkbNone)
+    old = {"round": 1, "model": "old-r1", "model_path": "/m/old-r1.pt"}
+    old |= {"base_model": "base", "init_model": "base", "boxes": 3, "train_boxes": 2}
+    old |= {"held_out_boxes": 1, "iou_before": '{"mean": 0.5}', "iou_after": '{"mean": 0.6}'}
+    old |= {"held_out": '["s-r0-c0-64"]'}
+    for name, value in old.items():
+        kind = ogr.OFTInteger if isinstance(value, int) else ogr.OFTString
+        layer.CreateField(ogr.FieldDefn(name, kind))
+    feature = ogr.Feature(layer.GetLayerDefn())
+    for name, value in old.items():
+        feature.SetField(name, value)
+    layer.CreateFeature(feature)
+    dataset = None
+    (first,) = read_rounds(project)
+    assert first.adopted and first.trained == [] and first.held_out == ["s-r0-c0-64"]
+    assert current_model([first], "base") == "old-r1"
+    append_round(project, Round(2, "old-r2", "", "base", "old-r1", 5, 3, 2, adopted=False))
+    rounds = read_rounds(project)
+    assert [r.adopted for r in rounds] == [True, False]
+    assert current_model(rounds, "base") == "old-r1"  # the version kept aside is not current
+    assert current_model([], "proposer") == "proposer"

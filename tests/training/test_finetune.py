@@ -20,17 +20,12 @@ BASE = "ukis-csmask-4b-l1c"
 
 
 @pytest.fixture(scope="module")
-def s2(real_data, tmp_path_factory):
-    """The labeled ukis Sentinel-2 scene (30 m, UTM), its uncertainty and an all-shadow raster."""
+def s2(labeled_s2, tmp_path_factory):
+    """The labeled Sentinel-2 scene, its doubt, and an all-shadow raster on its grid."""
     import rasterio
 
-    from cloudseg.training.reference import labeled_scenes
-
-    work = tmp_path_factory.mktemp("s2")
-    scene = next(labeled_scenes(real_data, work))
-    doubt = work / "doubt.tif"
-    segment(scene.image, work / "mask.tif", SegmentOptions(model=BASE, uncertainty=doubt))
-    wrong = work / "all-shadow.tif"
+    scene, doubt = labeled_s2
+    wrong = tmp_path_factory.mktemp("wrong") / "all-shadow.tif"
     with rasterio.open(scene.labels) as src, rasterio.open(wrong, "w", **src.profile) as dst:
         dst.write(np.full((1, src.height, src.width), 2, np.uint8))
     return scene, doubt, wrong

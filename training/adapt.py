@@ -281,6 +281,7 @@ def adapt(
         return network.segmentation_head(window) if recipe.scope == "head" else calibration(window)
 
     loss_value = distill_value = 0.0
+    training_started = time.perf_counter()
     for step in range(recipe.steps):
         if stop():
             raise CancelledError("fine-tuning cancelled; no model version was made")
@@ -323,8 +324,7 @@ def adapt(
         optimizer.step()
         loss_value, distill_value = total_ce, total_kd
         done = step + 1
-        elapsed = time.perf_counter() - started
-        left = elapsed / done * (recipe.steps - done)
+        left = (time.perf_counter() - training_started) / done * (recipe.steps - done)
         report(100 * done / recipe.steps, f"step {done}/{recipe.steps}, about {_eta(left)} left")
 
     for p in params:

@@ -134,23 +134,34 @@ def _unlabeled_windows(
 
 
 def held_out_confusion(
-    model: str, reader: Any, windows: list[tuple[int, int, int, np.ndarray]], classes: int
+    model: str,
+    reader: Any,
+    windows: list[tuple[int, int, int, np.ndarray]],
+    classes: int,
+    network: Any = None,
 ) -> np.ndarray:
     """Confusion matrix of a model on the held-out boxes, segmented with the scene around them.
 
     Each box is segmented in a window of the scene that reaches half a tile beyond it, by
-    the same engine and tiling as ``cloudseg segment`` (torch, float32: both models of a
-    round run the same way, so only their weights differ).
+    the same engine and tiling as ``cloudseg segment``, in float32 torch: both models of
+    a round run the same way, so only their weights differ.
+
+    Args:
+        model: The model's name or file (its card: bands, tiling, normalization).
+        reader: The scene, open.
+        windows: ``(row, col, size, labels)`` of each held-out window.
+        classes: Number of classes.
+        network: The model's network already in memory (None: loaded from ``model``).
     """
     from ..backend.inference.engine import ArrayScene, predict
     from ..backend.inference.options import RunOptions
-    from ..backend.inference.runners import create_runner
+    from ..backend.inference.runners import TorchRunner
     from .metrics import confusion_matrix
 
     loaded = load_model(model)
     options = RunOptions(model=model, device="cpu", precision="fp32", runtime="torch")
     tile, _ = options.tiling(loaded.card)
-    runner = create_runner(loaded, "cpu", "fp32", "torch", tile)
+    runner = TorchRunner(loaded, "cpu", "fp32", network=network)
     margin = tile // 2
     matrix = np.zeros((classes, classes), np.int64)
     bands = list(loaded.card.bands)
@@ -262,7 +273,7 @@ def fine_tune(
     dataset = open_dataset(store, endpoint_url)
     images, labels = _training_windows(dataset, training, init_card)
     size = labels.shape[-1]
-    judged_windows = _held_out_windows(dataset, validation)
+    judged_windows = held_out_windows(dataset, validation)
 
     set_threads()
     with open_scene(scene) as reader:
@@ -274,20 +285,20 @@ def fine_tune(
             raise CancelledError("fine-tuning cancelled; no model version was made")
         report(8, f"loading {init_card.name}")
         network = torch_network(start)
+        classes = len(init_card.classes)
+        report(10, f"judging {init_card.name} on {len(validation)} held-out box(es)")
+        before = held_out_confusion(init, reader, judged_windows, classes, network)
 
         def training_progress(percent: float, message: str) -> None:
-            report(10 + 0.7 * percent, f"fine-tuning ({chosen.name}): {message}")
+            report(15 + 0.75 * percent, f"fine-tuning ({chosen.name}): {message}")
 
         trained = adapt(network, images, labels, chosen, unlabeled, seed, training_progress, stop)
         number = len(history) + 1
         new_name = free_model_name(f"{project.stem}-r{number}")
         with tempfile.TemporaryDirectory(prefix="cloudseg-finetune-") as work:
             candidate = _save_version(network, _draft_card(init_card, new_name), Path(work))
-            classes = len(init_card.classes)
-            report(82, f"judging on {len(validation)} held-out box(es): {init_card.name}")
-            before = held_out_confusion(init, reader, judged_windows, classes)
-            report(90, f"judging on {len(validation)} held-out box(es): the new version")
-            after = held_out_confusion(str(candidate), reader, judged_windows, classes)
+            report(91, f"judging {new_name} on {len(validation)} held-out box(es)")
+            after = held_out_confusion(str(candidate), reader, judged_windows, classes, network)
             verdict = judge(before, after, init_card.class_names(), init_card.name, new_name)
             entry = _round_entry(number, new_name, base, init_card.name, history, boxes)
             entry = replace(
@@ -358,15 +369,18 @@ def _training_windows(
     return _padded(images, labels)
 
 
-def _held_out_windows(dataset: Any, scenes: list[str]) -> list[tuple[int, int, int, np.ndarray]]:
-    """Each held-out window's place on the scene's grid and its labels (255 around the box)."""
+def held_out_windows(dataset: Any, scenes: list[str]) -> list[tuple[int, int, int, np.ndarray]]:
+    """Each held-out box's place on the scene's grid and its labels (the box, no context)."""
     from .evaluate import store_scene
 
     windows = []
     for scene_id in scenes:
         _, mask = store_scene(dataset, scene_id)
-        row, col, _ = dataset.item(scene_id).properties["cloudseg:label_window"]
-        windows.append((row, col, mask.shape[0], mask))
+        properties = dataset.item(scene_id).properties
+        row, col, _ = properties["cloudseg:label_window"]
+        box_row, box_col, size = properties["cloudseg:label_box"]
+        r, c = box_row - row, box_col - col
+        windows.append((box_row, box_col, size, mask[r : r + size, c : c + size]))
     return windows
 
 

@@ -340,11 +340,26 @@ def _check_bands(shape: list[Any], card: ModelCard) -> None:
 class TorchRunner:
     """Runs a torch checkpoint, or an smp U-Net imported from ONNX, with torch."""
 
-    def __init__(self, model: Model, device: str = "cpu", precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        model: Model,
+        device: str = "cpu",
+        precision: str = "fp32",
+        network: Any = None,
+    ) -> None:
+        """Load the model's network (or take ``network``, already in memory, as it is).
+
+        Args:
+            model: The model (its card says whether the network returns logits).
+            device: ``"cpu"`` or ``"cuda"``.
+            precision: ``"fp32"`` or ``"bf16"`` (autocast).
+            network: A network already built for this card (e.g. one being fine-tuned);
+                None loads the model's weights.
+        """
         import torch
 
         self.device = device
-        network = torch_network(model)
+        network = torch_network(model) if network is None else network
         self.network = network.to(self.device)
         if self.device == "cuda":
             # Tensor cores want channels-last activations under autocast.

@@ -44,7 +44,7 @@ def test_a_round_on_true_labels_is_adopted_and_keeps_the_inference_settings(s2, 
     import rasterio
 
     from cloudseg.backend.raster.reader import open_scene
-    from cloudseg.training.finetune import fine_tune, held_out_confusion
+    from cloudseg.training.finetune import fine_tune, held_out_confusion, held_out_windows
 
     scene, _, _ = s2
     project = _project(s2, tmp_path)
@@ -70,17 +70,15 @@ def test_a_round_on_true_labels_is_adopted_and_keeps_the_inference_settings(s2, 
     assert current_model(read_rounds(project), BASE) == "coast-r1"
     # The judge's figures are reproduced from the two models' masks of the held-out box.
     from cloudseg.backend.store.dataset import open_dataset
-    from cloudseg.training.evaluate import store_scene
 
-    dataset = open_dataset(result.store)
-    (held,) = entry.held_out
-    _, truth = store_scene(dataset, held)
-    row, col, size = dataset.item(held).properties["cloudseg:label_window"]
+    windows = held_out_windows(open_dataset(result.store), entry.held_out)
+    assert [w[2] for w in windows] == [64] and (windows[0][3] != 255).all()
     with open_scene(scene.image) as reader:
-        before = held_out_confusion(BASE, reader, [(row, col, size, truth)], 3)
-        after = held_out_confusion("coast-r1", reader, [(row, col, size, truth)], 3)
+        before = held_out_confusion(BASE, reader, windows, 3)
+        after = held_out_confusion("coast-r1", reader, windows, 3)
     again = judge(before, after, ["clear", "cloud", "cloud shadow"], BASE, "coast-r1")
-    assert again.iou("after") == entry.iou_after and again.adopted
+    assert again.iou("after") == entry.iou_after and again.iou("before") == entry.iou_before
+    assert again.adopted
     # The version keeps the base card's tiling, resolution and normalization.
     card, base = load_model("coast-r1").card, load_model(BASE).card
     assert (card.tile_size, card.overlap, card.resolution_m) == (256, 52, 30)

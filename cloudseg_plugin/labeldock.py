@@ -214,14 +214,14 @@ class LabelDock(QDockWidget):
         self.steps_spin.setValue(recipe.steps)
         self.steps_spin.setSuffix(" steps")
         self.steps_spin.setToolTip(
-            f"Training steps of a round (recipe {recipe.name}: the encoder frozen, the decoder "
-            "kept close to the model's own predictions where nobody labeled)"
+            f"Training steps of a round (recipe {recipe.name}: only the segmentation head is "
+            "trained, kept close to the model's own predictions where nobody labeled)"
         )
         self.finetune_button = QPushButton("Fine-tune")
         self.finetune_button.setToolTip(
             "Store the done boxes, hold about a quarter out, fine-tune the model from its "
             "weights and judge the new version on the held-out boxes: it becomes the current "
-            "model only if no class loses more than 0.01 IoU there and the mean rises"
+            "model only if no class loses more than 0.01 IoU there and the mean rises by 0.01"
         )
         self.finetune_button.clicked.connect(lambda: self.fine_tune())
         self.rerun_button = QPushButton("Re-run")

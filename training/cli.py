@@ -331,7 +331,8 @@ def add_parsers(sub: Any) -> None:
         "quarter out, fine-tune the current model (the last adopted version, else the model "
         "that proposed the boxes), judge the new version against it on the held-out boxes "
         "and register it; it becomes the project's current model only if no class loses "
-        "more than 0.01 IoU there and the mean rises (see docs/active-learning.md).",
+        "more than 0.01 IoU there and the mean rises by at least 0.01 (see "
+        "docs/active-learning.md).",
     )
     ft.add_argument("project", metavar="PROJECT", help="the label project (.gpkg)")
     ft.add_argument("scene", metavar="SCENE", help="the scene its boxes were proposed on")
@@ -341,8 +342,8 @@ def add_parsers(sub: Any) -> None:
         "--recipe",
         choices=list(RECIPES),
         default=DEFAULT_RECIPE,
-        help=f"what is trained and how (default {DEFAULT_RECIPE}: the encoder frozen, the "
-        "decoder pulled toward the base on unlabeled pixels; see docs/active-learning.md)",
+        help=f"what is trained and how (default {DEFAULT_RECIPE}: the segmentation head only, "
+        "pulled toward the base on unlabeled pixels; see docs/active-learning.md)",
     )
     ft.add_argument("--steps", type=int, help="optimizer steps (default: the recipe's)")
     ft.add_argument("--seed", type=int, default=0, help="seeds the training order (0)")

@@ -10,14 +10,14 @@ A round (:func:`fine_tune`):
    boxes on; a box never changes side);
 3. fine-tunes the current model (the last adopted version, else the model that proposed
    the boxes) with a recipe of :mod:`.adapt` (default :data:`.adapt.DEFAULT_RECIPE`:
-   the encoder frozen and its features computed once, the decoder trained with the
+   the network's features computed once, only the segmentation head trained, with the
    base model's own predictions kept on the unlabeled pixels around the boxes and in
    unlabeled windows of the scene);
 4. segments the held-out boxes, with the scene around them, with the current model and
    with the new version (the same engine and tiling as ``cloudseg segment``), and lets
    the judge (:func:`cloudseg.backend.active.judge.judge`) decide: the new version is
    adopted only if no class with enough held-out pixels loses more than 0.01 IoU and the
-   mean rises;
+   mean rises by at least 0.01;
 5. registers the new version either way (see
    :func:`cloudseg.backend.models.registry.register_model`), with the base card's
    inference settings (tiling, resolution, normalization) and the verdict in its card,

@@ -13,7 +13,10 @@ benchmark) shows and none may decide differently:
   judged only with at least :data:`MIN_CLASS_PIXELS` held-out labeled pixels; a class
   absent from the truth is not scored (its false positives already lower the classes
   whose pixels they took). The new version is adopted only if no judged class loses
-  more than :data:`TOLERANCE` IoU and the mean over the judged classes rises.
+  more than :data:`TOLERANCE` IoU and the mean over the judged classes rises by at
+  least :data:`MIN_GAIN`: a smaller gain on a few boxes is within what they vary by,
+  and a version adopted for it risks more elsewhere than it gains (measured:
+  docs/active-learning.md).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import numpy as np
 MIN_CLASS_PIXELS = 400
 #: IoU a judged class may lose while the mean rises, and still be adopted.
 TOLERANCE = 0.01
+#: How much the mean IoU over the judged classes must rise for a version to be adopted.
+MIN_GAIN = 0.01
 
 
 def held_out_target(n: int) -> int:
@@ -127,6 +132,7 @@ def judge(
     new: str,
     min_pixels: int = MIN_CLASS_PIXELS,
     tolerance: float = TOLERANCE,
+    min_gain: float = MIN_GAIN,
 ) -> Verdict:
     """Judge a new version against the current model on the same held-out pixels.
 
@@ -138,6 +144,7 @@ def judge(
         new: The new version's name.
         min_pixels: Held-out pixels a class needs to be judged.
         tolerance: IoU a judged class may lose.
+        min_gain: How much the mean over the judged classes must rise.
 
     Returns:
         The :class:`Verdict`.
@@ -186,10 +193,24 @@ def judge(
     elif mean_after <= mean_before:
         reason = f"the new version is not better on your held-out boxes: {figures}; kept {current}"
         adopted = False
+    elif mean_after - mean_before < min_gain:
+        reason = (
+            f"the new version is not clearly better on your held-out boxes: {figures} (a "
+            f"gain under {min_gain:g} is within what a few boxes vary by); kept {current}"
+        )
+        adopted = False
     else:
         reason = f"the new version is better on your held-out boxes: {figures}; {new} adopted"
         adopted = True
     return Verdict(adopted, reason + few, mean_before, mean_after, classes, unjudged)
 
 
-__all__ = ["MIN_CLASS_PIXELS", "TOLERANCE", "ClassScore", "Verdict", "judge", "split_boxes"]
+__all__ = [
+    "MIN_CLASS_PIXELS",
+    "MIN_GAIN",
+    "TOLERANCE",
+    "ClassScore",
+    "Verdict",
+    "judge",
+    "split_boxes",
+]

@@ -90,3 +90,16 @@ def test_a_class_lost_beyond_the_tolerance_keeps_the_current_model_whatever_the_
     # Equal is not better.
     same = judge(_confusion(truth, before), _confusion(truth, before), NAMES, "m", "n")
     assert not same.adopted and "not better" in same.reason
+
+
+def test_a_gain_smaller_than_a_few_boxes_vary_by_is_not_adopted():
+    truth = np.zeros((100, 100), np.int64)
+    truth[:50] = 1
+    before = truth.copy()
+    before[:50, :2] = 0  # 100 cloud pixels missed
+    after = truth.copy()
+    after[:50, :1] = 0  # 50 missed: better, by less than 0.01 mean IoU
+    verdict = judge(_confusion(truth, before), _confusion(truth, after), NAMES, "base", "new")
+    assert 0 < verdict.mean_after - verdict.mean_before < 0.01
+    assert not verdict.adopted and "not clearly better" in verdict.reason
+    assert verdict.reason.endswith("kept base")

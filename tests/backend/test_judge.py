@@ -102,4 +102,4 @@ def test_a_gain_smaller_than_a_few_boxes_vary_by_is_not_adopted():
     verdict = judge(_confusion(truth, before), _confusion(truth, after), NAMES, "base", "new")
     assert 0 < verdict.mean_after - verdict.mean_before < 0.01
     assert not verdict.adopted and "not clearly better" in verdict.reason
-    assert verdict.reason.endswith("kept base")
+    assert "kept base" in verdict.reason

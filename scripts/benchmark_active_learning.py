@@ -25,7 +25,7 @@ Every figure is compared with the base model's on the same pixels. Writes ``--ou
 (every run, per-round figures, seconds, a summary per recipe, box size and box count
 with the spread over directions and seeds, the machine and versions).
 
-Usage: benchmark_active_learning.py --data ../shared/data/real --recipes decoder-distill
+Usage: benchmark_active_learning.py --data ../shared/data/real [--recipes head,full]
        benchmark_active_learning.py --tables REPORT.json [...]   (the docs' tables)
        benchmark_active_learning.py --plot OUT.png REPORT.json [...]   (the docs' plot)
 """
@@ -50,6 +50,7 @@ from cloudseg.backend.inference.engine import predict
 from cloudseg.backend.inference.options import RunOptions
 from cloudseg.backend.inference.resample import normalized_entropy
 from cloudseg.backend.raster.reader import open_scene
+from cloudseg.training.adapt import DEFAULT_RECIPE
 from cloudseg.training.finetune import fine_tune
 from cloudseg.training.metrics import confusion_matrix, metrics_from_confusion
 from cloudseg.training.reference import CLASSES, on_grid
@@ -418,9 +419,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/active_learning.json"))
-    parser.add_argument("--recipes", default="decoder-distill", help="comma-separated")
+    parser.add_argument("--recipes", default=DEFAULT_RECIPE, help="comma-separated")
     parser.add_argument("--sources", default=",".join(SOURCES), help="comma-separated")
-    parser.add_argument("--directions", default="left,right", help="comma-separated")
+    parser.add_argument("--directions", default="top,bottom", help="comma-separated")
     parser.add_argument("--boxes", default="64,128", help="box edges, comma-separated")
     parser.add_argument("--seeds", default="0", help="comma-separated")
     parser.add_argument("--per-round", type=int, default=4, help="boxes labeled per round")

@@ -166,8 +166,7 @@ def main() -> int:
                     )
                 if render is not None:
                     render.terminate()
-                    frames, _ = render.communicate()
-                    runs[mode][-1]["frames_rendered"] = frames.strip()
+                    render.communicate()
                 print(mode, runs[mode][-1], file=sys.stderr, flush=True)
     summary = {
         mode: {

@@ -246,9 +246,9 @@ class LabelDock(QDockWidget):
         layout.addWidget(self.status_label)
 
         layout.addWidget(QLabel("Rounds (IoU on the held-out boxes)"))
-        self.history_table = QTableWidget(0, 6)
+        self.history_table = QTableWidget(0, 5)
         self.history_table.setHorizontalHeaderLabels(
-            ["Round", "Model", "Boxes", "Mean IoU", "Per class", "Minutes"]
+            ["Round", "Model", "Boxes", "Held-out IoU", "Minutes"]
         )
         header = self.history_table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeToContents)
@@ -843,18 +843,18 @@ class LabelDock(QDockWidget):
                 + _pixels(entry.scores.get(name))
                 for name in classes
             )
-            short = ", ".join(
-                f"{_short(name)} {_iou(entry.iou_before.get(name))}->"
+            short = "\n".join(
+                f"{_short(name)} {_iou(entry.iou_before.get(name))} -> "
                 f"{_iou(entry.iou_after.get(name))}"
                 for name in classes
                 if entry.iou_after.get(name) is not None
             )
             values = [
                 str(entry.round),
-                entry.model + ("" if entry.adopted else " (kept aside)"),
+                entry.model + ("" if entry.adopted else "\n(kept aside)"),
                 f"{entry.train_boxes} + {entry.held_out_boxes}",
-                f"{_iou(entry.iou_before.get('mean'))} -> {_iou(entry.iou_after.get('mean'))}",
-                short,
+                f"mean {_iou(entry.iou_before.get('mean'))} -> "
+                f"{_iou(entry.iou_after.get('mean'))}\n{short}",
                 f"{entry.label_minutes:.0f} + {entry.train_minutes:.1f}",
             ]
             tips = [
@@ -862,15 +862,15 @@ class LabelDock(QDockWidget):
                 f"from {entry.init_model} (base {entry.base_model})\n{entry.model_path}\n"
                 + (entry.verdict or ""),
                 f"{entry.train_boxes} trained on, {entry.held_out_boxes} held out",
-                "held-out mean IoU over the classes with enough pixels to judge, before -> "
-                f"after\n{entry.verdict}",
-                f"held-out IoU, before -> after:\n{per_class}",
+                "held-out IoU before -> after: the mean over the classes with enough "
+                f"pixels to judge, then per class\n{per_class}\n{entry.verdict}",
                 "minutes labeling + minutes fine-tuning",
             ]
             for column, (value, tip) in enumerate(zip(values, tips, strict=True)):
                 item = QTableWidgetItem(value)
                 item.setToolTip(tip)
                 self.history_table.setItem(row, column, item)
+        self.history_table.resizeRowsToContents()
 
     def _say(self, text: str, level: Qgis.MessageLevel) -> None:
         self.status_label.setText(text)

@@ -175,11 +175,12 @@ def test_the_analyst_loop_from_proposals_to_a_better_model(dock, session, plugin
     assert ("adopted" in said) if entry.adopted else (f"kept {MODEL}" in said)
     assert dock.history_table.rowCount() == 1
     shown = dock.history_table.item(0, 1).text()
-    assert shown == ("coast-r1" if entry.adopted else "coast-r1 (kept aside)")
-    before, after = dock.history_table.item(0, 3).text().split(" -> ")
+    assert shown == ("coast-r1" if entry.adopted else "coast-r1\n(kept aside)")
+    mean, *per_class = dock.history_table.item(0, 3).text().splitlines()
+    before, after = mean.removeprefix("mean ").split(" -> ")
     assert float(before) == pytest.approx(entry.iou_before["mean"], abs=5e-4)
     assert float(after) == pytest.approx(entry.iou_after["mean"], abs=5e-4)
-    per_class = dock.history_table.item(0, 4).text()
+    per_class = "\n".join(per_class)
     assert all(
         f"{name.split()[-1]} {value:.3f}" in per_class
         for name, value in entry.iou_before.items()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -259,28 +260,26 @@ def adapt(
     crop = size if recipe.crop >= size else max(STRIDE, recipe.crop // STRIDE * STRIDE)
     starts = list(range(0, size - crop + 1, STRIDE))
 
+    def cut(window: Callable[[int], Any], places: list[tuple[int, int, int]], step: int = 1) -> Any:
+        """The crops ``(window, row, col)`` of ``window(i)`` (on a grid ``step`` times coarser)."""
+        return torch.cat(
+            [
+                window(i)[..., r // step : (r + crop) // step, c // step : (c + crop) // step]
+                for i, r, c in places
+            ]
+        )
+
     def forward(places: list[tuple[int, int, int]]) -> Any:
         """Logits of a batch of crops ``(window, row, col)``, in one pass."""
         if recipe.scope == "all":
-            return network(
-                torch.cat([x[i : i + 1, :, r : r + crop, c : c + crop] for i, r, c in places])
-            )
+            return network(cut(lambda i: x[i : i + 1], places))
         if recipe.scope == "decoder":
-            levels = []
-            for level in range(len(cached[0])):
-                step = size // cached[0][level].shape[-1]
-                levels.append(
-                    torch.cat(
-                        [
-                            cached[i][level][
-                                ..., r // step : (r + crop) // step, c // step : (c + crop) // step
-                            ]
-                            for i, r, c in places
-                        ]
-                    )
-                )
+            levels = [
+                cut(lambda i, k=k: cached[i][k], places, size // cached[0][k].shape[-1])
+                for k in range(len(cached[0]))
+            ]
             return network.segmentation_head(_decode(network, levels))
-        window = torch.cat([cached[i][..., r : r + crop, c : c + crop] for i, r, c in places])
+        window = cut(lambda i: cached[i], places)
         return network.segmentation_head(window) if recipe.scope == "head" else calibration(window)
 
     loss_value = distill_value = 0.0
@@ -294,14 +293,11 @@ def adapt(
             extra = generator.permutation(np.arange(n_labeled, len(x)))[: len(chosen)]
             chosen = np.concatenate([chosen, extra])
         optimizer.zero_grad(set_to_none=True)
-        total_ce = total_kd = 0.0
         places = [
             (int(i), int(generator.choice(starts)), int(generator.choice(starts))) for i in chosen
         ]
-        truth = torch.cat([y[i : i + 1, r : r + crop, c : c + crop] for i, r, c in places])
-        base = torch.cat(
-            [base_logp_all[i : i + 1, :, r : r + crop, c : c + crop] for i, r, c in places]
-        )
+        truth = cut(lambda i: y[i : i + 1], places)
+        base = cut(lambda i: base_logp_all[i : i + 1], places)
         free = truth == IGNORE
         logits = forward(places)
         loss = logits.new_zeros(())
@@ -311,12 +307,12 @@ def adapt(
                 logits, truth, weight=weights, ignore_index=IGNORE, reduction="sum"
             )
             loss = loss + ce / labeled_here
-            total_ce = float(ce.detach()) / labeled_here
+            loss_value = float(ce.detach()) / labeled_here
         if recipe.distill > 0 and bool(free.any()):
             kl = (base.exp() * (base - F.log_softmax(logits, dim=1))).sum(1)
             kd = kl[free].mean()
             loss = loss + recipe.distill * kd
-            total_kd = float(kd.detach())
+            distill_value = float(kd.detach())
         if loss.requires_grad:
             loss.backward()
         if recipe.l2sp > 0:
@@ -325,7 +321,6 @@ def adapt(
             )
             (recipe.l2sp * penalty).backward()
         optimizer.step()
-        loss_value, distill_value = total_ce, total_kd
         done = step + 1
         left = (time.perf_counter() - training_started) / done * (recipe.steps - done)
         report(100 * done / recipe.steps, f"step {done}/{recipe.steps}, about {_eta(left)} left")

@@ -2,7 +2,10 @@
 """Build the plugin zip that QGIS's "Install from ZIP" accepts: ``cloudseg/...`` inside.
 
 Only what the plugin needs at run time goes in: no tests, CI files, build scripts,
-caches or virtual environments. Standard library only, so it runs anywhere.
+caches or virtual environments. The Python packages are found in the tree (every
+top-level folder with an ``__init__.py``, with all its files), as setup.py finds them
+for the wheel, so a new one cannot be left out. Standard library only, so it runs
+anywhere.
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_NAME = "cloudseg"
 TOP_FILES = ("__init__.py", "metadata.txt", "LICENSE", "README.md", "CHANGELOG.md")
-PACKAGES = ("cloudseg_plugin", "backend", "training", "resources")
+DATA_DIRS = ("resources",)
+# Folders of the checkout that are not part of the plugin (setup.py leaves them out too).
+DEVELOPER_DIRS = frozenset(
+    {"tests", "scripts", "docs", "benchmarks", "build", "dist", "demo_output", "runs"}
+)
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 SKIP_SUFFIXES = {".pyc", ".pyo", ".orig", ".rej", ".swp"}
 
@@ -28,10 +35,22 @@ def plugin_version(root: Path = ROOT) -> str:
     return parser.get("general", "version")
 
 
+def package_dirs(root: Path = ROOT) -> list[str]:
+    """Return the plugin's top-level Python packages: the folders with an ``__init__.py``.
+
+    Hidden folders and those of :data:`DEVELOPER_DIRS` are left out.
+    """
+    return sorted(
+        init.parent.name
+        for init in root.glob("*/__init__.py")
+        if not init.parent.name.startswith(".") and init.parent.name not in DEVELOPER_DIRS
+    )
+
+
 def plugin_files(root: Path = ROOT) -> list[Path]:
     """List the files of the plugin, relative to ``root``, in a stable order."""
     files = [Path(name) for name in TOP_FILES if (root / name).is_file()]
-    for package in PACKAGES:
+    for package in (*package_dirs(root), *DATA_DIRS):
         for path in sorted((root / package).rglob("*")):
             rel = path.relative_to(root)
             if (

@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from package_tree import tree_data, tree_modules, tree_packages
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,6 +42,17 @@ def test_zip_holds_the_plugin_and_nothing_for_developers(plugin_zip):
         parts = name.split("/")
         assert not {"tests", ".ci", ".venv", "__pycache__", ".git"} & set(parts), name
         assert not name.endswith(".pyc"), name
+
+
+def test_zip_holds_every_package_module_and_data_file_of_the_tree(plugin_zip):
+    names = set(zipfile.ZipFile(plugin_zip).namelist())
+    packages = tree_packages()
+    assert {"cloudseg", "cloudseg.cloudseg_plugin", "cloudseg.backend"} <= set(packages)
+    missing = [p for p in packages if p.replace(".", "/") + "/__init__.py" not in names]
+    assert missing == [], f"packages of the tree not in the zip: {missing}"
+    missing = [m for m in (*tree_modules(), *tree_data()) if f"cloudseg/{m}" not in names]
+    assert missing == [], f"files of the tree not in the zip: {missing}"
+    assert "cloudseg/setup.py" not in names
 
 
 def test_zip_installs_into_an_empty_profile_and_loads(plugin_zip, tmp_path, venv_env):

@@ -17,7 +17,7 @@ QGIS_PROFILE  ?= default
 QGIS_PLUGINS_DIR ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/$(QGIS_PROFILE)/python/plugins
 export CLOUDSEG_REAL_DATA
 
-.PHONY: help install system-deps demo test test-backend test-plugin test-gui lint format deploy package clean qgis screenshot
+.PHONY: help install system-deps demo test test-backend test-plugin test-gui lint format deploy package wheel clean qgis screenshot
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -45,8 +45,8 @@ demo: install ## segment a real Sentinel-2 chip from ../shared/data/real
 
 test: install lint test-backend test-plugin test-gui ## lint, then all tests
 
-test-backend: install ## backend, training and reliability tests (QGIS never imported)
-	$(VENV)/bin/pytest -p no:qgis tests/backend tests/training tests/reliability
+test-backend: install ## backend, training, reliability and packaging tests (QGIS never imported)
+	$(VENV)/bin/pytest -p no:qgis tests/backend tests/training tests/reliability tests/packaging
 
 test-plugin: install ## plugin tests with pytest-qgis, offscreen
 	QT_QPA_PLATFORM=offscreen $(VENV)/bin/pytest tests/plugin
@@ -73,6 +73,10 @@ deploy: ## link this folder into a QGIS profile as the plugin "cloudseg"
 PACKAGE_DIR ?= dist
 package: ## build dist/cloudseg-VERSION.zip for "Install from ZIP"
 	$(SYSTEM_PYTHON) scripts/package_plugin.py --output-dir "$(PACKAGE_DIR)"
+
+wheel: install ## build dist/cloudseg-VERSION-py3-none-any.whl for "pip install"
+	rm -rf build  # setuptools would ship modules left in build/lib by an earlier build
+	$(PY) -m pip wheel --no-deps --no-build-isolation --no-index -q -w "$(PACKAGE_DIR)" .
 
 clean: ## remove build outputs and caches (keeps .venv)
 	rm -rf dist build demo_output .pytest_cache .ruff_cache *.egg-info

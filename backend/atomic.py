@@ -49,6 +49,29 @@ def check_target(path: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"the folder of {path} does not exist; create it first")
 
 
+def safe_name(text: str) -> str:
+    """``text`` as a file name part: letters, digits, ``-`` and ``_`` (60 at most)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:60] or "layer"
+
+
+def stamped_paths(folder: Path, name: str, files: Mapping[str, str]) -> dict[str, Path]:
+    """Output paths unique by the time: ``<folder>/<name>_<stamp>_<kind><suffix>``.
+
+    The one naming rule of outputs the plugin and the label loop name themselves (the
+    stamp is local time to the microsecond, so names sort by time).
+
+    Args:
+        folder: Where the outputs go.
+        name: What they were made from (a layer's or scene's name; made file-safe).
+        files: Kind -> file suffix, e.g. ``{"mask": ".tif", "polygons": ".gpkg"}``.
+    """
+    import datetime as dt
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    stem = f"{safe_name(name)}_{stamp}"
+    return {kind: folder / f"{stem}_{kind}{suffix}" for kind, suffix in files.items()}
+
+
 def temporary_sibling(path: Path, tag: str = "part") -> Path:
     """A hidden name beside ``path`` that no one mistakes for a result.
 

@@ -45,11 +45,12 @@ import numpy as np
 from benchmark_common import write_results
 
 from cloudseg.backend.active.labels import label_box
-from cloudseg.backend.active.propose import rank_boxes, read_proposals, write_proposals
+from cloudseg.backend.active.project import LabelProject
+from cloudseg.backend.active.propose import rank_boxes
 from cloudseg.backend.inference.engine import predict
 from cloudseg.backend.inference.options import RunOptions
 from cloudseg.backend.inference.resample import normalized_entropy
-from cloudseg.backend.raster.reader import open_scene
+from cloudseg.backend.raster.reader import open_scene, scene_key
 from cloudseg.training.adapt import DEFAULT_RECIPE
 from cloudseg.training.finetune import fine_tune
 from cloudseg.training.metrics import confusion_matrix, metrics_from_confusion
@@ -181,10 +182,14 @@ def simulate(
             prediction = predict(reader, RunOptions(model=current, precision="fp32"))
             transform, crs = reader.transform, reader.crs
         doubt = normalized_entropy(prediction.probabilities) * 100
-        done = [b for b, f in read_proposals(project, transform) or [] if f["status"] != "todo"]
+        labels = LabelProject(project)
+        held = labels.read(scene=scene).proposals
+        done = [p.box(transform) for p in held if p.status != "todo"]
         new = rank_boxes(doubt, box, per_round, done)
-        write_proposals(project, new, transform, crs, scene.stem, current)
-        todo = [f["fid"] for _, f in read_proposals(project, transform) if f["status"] == "todo"]
+        labels.replace_proposals(
+            [(p.box, p.rank, p.score) for p in new], transform, crs, scene_key(scene), current
+        )
+        todo = [p.fid for p in labels.read(scene=scene).with_status("todo")]
         for fid in todo:
             label_box(project, fid, scene_labels, classes)
         propose_seconds = time.perf_counter() - started

@@ -83,7 +83,8 @@ print(json.dumps({"seconds": round(seconds, 1), "frames": frames,
 
 def prepare(data: Path, work: Path) -> tuple[Path, Path]:
     """The scene file and a label project with 8 boxes of 128 px labeled from the truth."""
-    from cloudseg.backend.active.labels import label_box, proposal_rows
+    from cloudseg.backend.active.labels import label_box
+    from cloudseg.backend.active.project import LabelProject
     from cloudseg.backend.active.propose import propose
     from cloudseg.backend.inference.segment import SegmentOptions, segment
     from cloudseg.training.reference import labeled_scenes
@@ -93,9 +94,10 @@ def prepare(data: Path, work: Path) -> tuple[Path, Path]:
     segment(scene.image, work / "mask.tif", SegmentOptions(model=MODEL, uncertainty=doubt))
     project = work / "template.gpkg"
     propose(doubt, project, box=128, count=8, scene=scene.image.stem)
-    for row in proposal_rows(project):
-        label_box(project, row["fid"], scene.labels)
-    assert len(proposal_rows(project)) == 8
+    boxes = LabelProject(project).read().proposals
+    for box in boxes:
+        label_box(project, box.fid, scene.labels)
+    assert len(boxes) == 8
     return scene.image, project
 
 

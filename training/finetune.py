@@ -38,9 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from ..backend.active.history import Round, append_round, current_model, read_rounds
+from ..backend.active.history import Round, current_model
 from ..backend.active.judge import Verdict, judge, split_boxes
-from ..backend.active.labels import labeled_boxes, labels_to_store, login_name, stored_box_id
+from ..backend.active.labels import labels_to_store, stored_box_id
+from ..backend.active.project import LabelProject, StoredProposal, login_name
 from ..backend.callbacks import CancelCallback, ProgressCallback
 from ..backend.errors import CancelledError, InputError
 from ..backend.models.cards import ModelCard, metric_entry
@@ -79,11 +80,6 @@ class FineTuneResult:
             "verdict": self.verdict.to_dict(),
             "round": self.round.to_dict(),
         }
-
-
-def default_store(project: Path) -> Path:
-    """The label store beside a project: ``<project stem>-store``."""
-    return project.with_name(f"{project.stem}-store")
 
 
 def _minutes(start: str | None, end: str | None) -> float:
@@ -195,7 +191,7 @@ def _padded(images: list[np.ndarray], labels: list[np.ndarray]) -> tuple[np.ndar
 
 
 def fine_tune(
-    project: str | Path,
+    project: str | Path | LabelProject,
     scene: str | Path,
     model: str | None = None,
     store: str | Path | None = None,
@@ -210,11 +206,11 @@ def fine_tune(
     """Run one round: store the done boxes, fine-tune, judge, register the new version.
 
     Args:
-        project: The label project's GeoPackage.
-        scene: The scene its boxes were proposed on.
+        project: The label project.
+        scene: The scene its boxes were proposed on (only its boxes are used).
         model: The model to start from; default the project's current model (the last
             adopted version, else the model that made the proposals).
-        store: The label store; default ``<project stem>-store`` beside the project.
+        store: The label store; default the project's (``<project stem>-store``).
         recipe: A recipe of :data:`cloudseg.training.adapt.RECIPES` (or its name).
         steps: Optimizer steps (default the recipe's).
         endpoint_url: S3 endpoint for an ``s3://`` store.
@@ -231,11 +227,11 @@ def fine_tune(
         CloudsegError: Without enough done boxes, for an unknown model, or when cancelled.
     """
     from ..backend.models.networks import torch_network
-    from ..backend.raster.reader import open_scene
+    from ..backend.raster.reader import open_scene, scene_key
     from ..backend.store.dataset import open_dataset
 
     started = time.perf_counter()
-    project = Path(project).expanduser()
+    project = project if isinstance(project, LabelProject) else LabelProject(project)
     report = progress or (lambda percent, message: None)
     stop = cancelled or (lambda: False)
     chosen = recipe_named(recipe) if isinstance(recipe, str) else recipe
@@ -243,43 +239,51 @@ def fine_tune(
         if steps < 1:
             raise InputError("steps must be at least 1")
         chosen = replace(chosen, steps=steps)
-    history = read_rounds(project)
-    with open_scene(scene) as reader:
-        boxes = labeled_boxes(project, reader.transform) if project.is_file() else []
+    key = scene_key(scene)
+    contents = project.read(scene=key, labels=True)
+    history = contents.rounds
+    boxes = contents.with_status("labeled")
     if not boxes:
-        raise InputError(f"{project.name} has no done boxes; label proposals and mark them done")
+        raise InputError(
+            f"{project.path.name} has no done boxes of {key}; label proposals and mark them done"
+        )
     if len(boxes) < 2:
         raise InputError(
             "fine-tuning needs at least 2 done boxes (one is held out to judge the new "
-            f"version); the project has {len(boxes)}"
+            f"version); the project has {len(boxes)} of {key}"
         )
-    init = model or current_model(history, boxes[0][1]["model"])
+    init = model or current_model(history, boxes[0].model)
     start = load_model(init)
     init_card = start.card
     base = history[0].base_model if history else init_card.name
-    store = str(store or default_store(project))
+    store = str(store or project.store_folder)
 
     report(2, f"adding {len(boxes)} done box(es) to the label store")
-    stored = labels_to_store(
-        project, scene, store, init, endpoint_url, cancelled=stop, context=context
-    )
-    training, validation = _split(boxes, Path(str(scene)).stem, stored, history)
-    if not training:
-        raise InputError("every done box is held out; label more boxes to train on")
-    if stop():
-        raise CancelledError("fine-tuning cancelled; no model version was made")
-
-    report(5, f"reading {len(training)} training and {len(validation)} held-out box(es)")
-    dataset = open_dataset(store, endpoint_url)
-    images, labels = _training_windows(dataset, training, init_card)
-    size = labels.shape[-1]
-    judged_windows = held_out_windows(dataset, validation)
-
-    set_threads()
     with open_scene(scene) as reader:
+        stored = labels_to_store(
+            project,
+            scene,
+            store,
+            init,
+            endpoint_url,
+            cancelled=stop,
+            context=context,
+            contents=contents,
+            reader=reader,
+        )
+        training, validation = _split(boxes, key, reader.transform, stored, history)
+        if not training:
+            raise InputError("every done box is held out; label more boxes to train on")
+        if stop():
+            raise CancelledError("fine-tuning cancelled; no model version was made")
+        report(5, f"reading {len(training)} training and {len(validation)} held-out box(es)")
+        dataset = open_dataset(store, endpoint_url)
+        images, labels = _training_windows(dataset, training, init_card)
+        judged_windows = held_out_windows(dataset, validation)
+        set_threads()
         avoid = [(r, c, s) for r, c, s, _ in judged_windows]
         unlabeled = _unlabeled_windows(
-            reader, init_card, size, avoid, UNLABELED_PER_BOX * len(training), seed
+            reader, init_card, labels.shape[-1], avoid, UNLABELED_PER_BOX * len(training), seed
         )
         if stop():
             raise CancelledError("fine-tuning cancelled; no model version was made")
@@ -294,15 +298,14 @@ def fine_tune(
 
         trained = adapt(network, images, labels, chosen, unlabeled, seed, training_progress, stop)
         number = len(history) + 1
-        new_name = free_model_name(f"{project.stem}-r{number}")
+        new_name = free_model_name(f"{project.name}-r{number}")
         with tempfile.TemporaryDirectory(prefix="cloudseg-finetune-") as work:
             candidate = _save_version(network, _draft_card(init_card, new_name), Path(work))
             report(91, f"judging {new_name} on {len(validation)} held-out box(es)")
             after = held_out_confusion(str(candidate), reader, judged_windows, classes, network)
             verdict = judge(before, after, init_card.class_names(), init_card.name, new_name)
-            entry = _round_entry(number, new_name, base, init_card.name, history, boxes)
             entry = replace(
-                entry,
+                _round_entry(number, new_name, base, init_card.name, history, boxes),
                 boxes=len(training) + len(validation),
                 train_boxes=len(training),
                 held_out_boxes=len(validation),
@@ -323,14 +326,14 @@ def fine_tune(
             registered = _register(candidate, card, Path(work))
     entry.model_path = str(registered.path)
     entry.seconds = round(time.perf_counter() - started, 1)
-    append_round(project, entry)
+    project.append_round(entry)
     current = current_model([*history, entry], init_card.name)
     report(100, f"{new_name}: {verdict.reason}")
     return FineTuneResult(new_name, registered.path, entry, store, verdict, current)
 
 
 def _split(
-    boxes: list[tuple[Any, dict[str, Any]]], scene: str, stored: Any, history: list[Round]
+    boxes: list[StoredProposal], scene: str, transform: Any, stored: Any, history: list[Round]
 ) -> tuple[list[str], list[str]]:
     """The stored boxes as (trained, held out), in the order they were marked done.
 
@@ -338,19 +341,18 @@ def _split(
     recorded) every box done by the last round and not held out counts as trained.
     """
     ids = set(stored.ingested + stored.skipped)
-    ordered = [
-        stored_box_id(scene, b)
-        for b, f in sorted(boxes, key=lambda bf: (bf[1].get("labeled_at") or "", bf[1]["fid"]))
-        if stored_box_id(scene, b) in ids
-    ]
+    by_time = sorted(boxes, key=lambda p: (p.labeled_at or "", p.fid))
+    ordered = [stored_box_id(scene, p.box(transform)) for p in by_time]
+    ordered = [i for i in ordered if i in ids]
     held_before = {s for r in history for s in r.held_out}
     trained_before = {s for r in history for s in r.trained}
     if history and not trained_before:
         last = history[-1].created
         trained_before = {
-            stored_box_id(scene, b)
-            for b, f in boxes
-            if (f.get("labeled_at") or "") <= last and stored_box_id(scene, b) not in held_before
+            stored_box_id(scene, p.box(transform))
+            for p in boxes
+            if (p.labeled_at or "") <= last
+            and stored_box_id(scene, p.box(transform)) not in held_before
         }
     return split_boxes(ordered, held_before, trained_before)
 
@@ -390,11 +392,11 @@ def _round_entry(
     base: str,
     init: str,
     history: list[Round],
-    boxes: list[tuple[Any, dict[str, Any]]],
+    boxes: list[StoredProposal],
 ) -> Round:
     """The round's history row: who, when, and the minutes spent labeling its boxes."""
-    labeled_at = [f.get("labeled_at") for _, f in boxes if f.get("labeled_at")]
-    proposed = [f.get("proposed") for _, f in boxes if f.get("proposed")]
+    labeled_at = [p.labeled_at for p in boxes if p.labeled_at]
+    proposed = [p.proposed for p in boxes if p.proposed]
     since = history[-1].created if history else ""
     new_proposed = [p for p in proposed if p >= since] or proposed
     return Round(
@@ -431,7 +433,7 @@ def _version_card(
     init: ModelCard,
     name: str,
     entry: Round,
-    project: Path,
+    project: LabelProject,
     verdict: Verdict,
     recipe: Recipe,
     trained: AdaptResult,
@@ -441,7 +443,7 @@ def _version_card(
     Tiling, resolution, bands and normalization stay the base card's: the training window
     is not an inference setting.
     """
-    data = f"{project.name}: {entry.held_out_boxes} held-out box(es)"
+    data = f"{project.path.name}: {entry.held_out_boxes} held-out box(es)"
 
     def metrics(which: str) -> dict[str, Any]:
         per_class = {n: {"iou": getattr(s, which)} for n, s in verdict.classes.items() if s.judged}
@@ -452,14 +454,14 @@ def _version_card(
         _draft_card(init, name),
         description=(
             f"{entry.base_model} fine-tuned on {entry.train_boxes} box(es) labeled in "
-            f"{project.name} (round {entry.round}, from {entry.init_model}, recipe "
+            f"{project.path.name} (round {entry.round}, from {entry.init_model}, recipe "
             f"{recipe.name})."
         ),
         source=dict(init.source)
         | {
             "base_model": entry.base_model,
             "init": entry.init_model,
-            "project": str(project),
+            "project": str(project.path),
             "round": entry.round,
             "labeled_boxes": entry.boxes,
             "train_boxes": entry.train_boxes,
@@ -470,8 +472,8 @@ def _version_card(
             "verdict": verdict.reason,
         },
         metrics=[
-            metric_entry(project.stem, data, f"before ({entry.init_model})", metrics("before")),
-            metric_entry(project.stem, data, "after", metrics("after")),
+            metric_entry(project.name, data, f"before ({entry.init_model})", metrics("before")),
+            metric_entry(project.name, data, "after", metrics("after")),
         ],
     )
 

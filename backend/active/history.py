@@ -1,23 +1,16 @@
-"""The label project's round history: one row per fine-tuning round, in the GeoPackage.
+"""The label project's round history: one row per fine-tuning round.
 
 The ``rounds`` table (no geometry) records what each round produced: the new model
 version, the model it started from, how many boxes it trained on and held out, IoU per
 class on the held-out boxes before and after, and the minutes spent labeling and
-training. The label dock shows it; closing QGIS and coming back finds it where it was.
+training. The label project (:class:`.project.LabelProject`) keeps it in its ``rounds``
+table; the label dock shows it, and closing QGIS and coming back finds it where it was.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
-
-from ..errors import InputError
-from ..raster.vectorize import ogr_transaction
-
-#: The label project's table of fine-tuning rounds.
-ROUNDS_LAYER = "rounds"
 
 
 @dataclass
@@ -74,67 +67,6 @@ class Round:
     def to_dict(self) -> dict[str, Any]:
         """The round as JSON-serialisable data."""
         return asdict(self)
-
-
-_JSON_FIELDS = ("iou_before", "iou_after", "held_out", "trained", "scores")
-
-
-def read_rounds(project: str | Path) -> list[Round]:
-    """The project's rounds, first round first (empty before the first fine-tuning)."""
-    from osgeo import ogr
-
-    project = Path(project).expanduser()
-    dataset = ogr.Open(str(project)) if project.is_file() else None
-    layer = dataset.GetLayerByName(ROUNDS_LAYER) if dataset else None
-    if layer is None:
-        return []
-    rounds = []
-    for feature in layer:
-        values = feature.items()
-        for name in _JSON_FIELDS:
-            values[name] = (
-                json.loads(values.get(name) or "null")
-                or Round.__dataclass_fields__[name].default_factory()
-            )
-        if values.get("adopted") is None:  # rounds of before the judge were all adopted
-            values["adopted"] = True
-        values["adopted"] = bool(values["adopted"])
-        values = {k: v for k, v in values.items() if v is not None}
-        rounds.append(Round(**{k: v for k, v in values.items() if k in Round.__annotations__}))
-    return sorted(rounds, key=lambda r: r.round)
-
-
-def append_round(project: str | Path, entry: Round) -> None:
-    """Add a round to the project's history (one transaction).
-
-    Raises:
-        InputError: If the project cannot be opened for writing.
-    """
-    from osgeo import ogr
-
-    project = Path(project).expanduser()
-    dataset = ogr.Open(str(project), 1) if project.is_file() else None
-    if dataset is None:
-        raise InputError(f"cannot open the label project {project} for writing")
-    layer = dataset.GetLayerByName(ROUNDS_LAYER)
-    values = entry.to_dict()
-    if layer is None:
-        layer = dataset.CreateLayer(ROUNDS_LAYER, None, ogr.wkbNone)
-    kinds = {bool: ogr.OFTInteger, int: ogr.OFTInteger, float: ogr.OFTReal}
-    definition = layer.GetLayerDefn()
-    for name, value in values.items():  # a project of an earlier version gains new fields
-        if definition.GetFieldIndex(name) < 0:
-            layer.CreateField(ogr.FieldDefn(name, kinds.get(type(value), ogr.OFTString)))
-    try:
-        with ogr_transaction(dataset):
-            feature = ogr.Feature(layer.GetLayerDefn())
-            for name, value in values.items():
-                if name in _JSON_FIELDS:
-                    value = json.dumps(value)
-                feature.SetField(name, int(value) if isinstance(value, bool) else value)
-            layer.CreateFeature(feature)
-    finally:
-        dataset = None
 
 
 def current_model(rounds: list[Round], proposing_model: str | None) -> str | None:

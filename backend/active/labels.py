@@ -10,8 +10,7 @@ the Zarr + STAC store, its checks and its report are those of ``cloudseg ingest`
 
 from __future__ import annotations
 
-import datetime as dt
-import getpass
+import contextlib
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -23,94 +22,19 @@ import numpy as np
 from ..callbacks import CancelCallback
 from ..choices import DEFAULT_CONTEXT_SHARE
 from ..errors import InputError
-from ..raster.vectorize import ogr_srs, ogr_transaction
+from ..raster.reader import scene_key
+from ..raster.vectorize import ogr_srs
 from ..store.ingest import IngestResult, ingest
-from .propose import PROPOSALS_LAYER, Box, read_proposals
-
-#: The label project's layer of class polygons.
-LABELS_LAYER = "labels"
-
-
-def _proposals(project: Path, transform: Any) -> list[tuple[Box, dict[str, Any]]]:
-    """The project's proposals (see ``read_proposals``); an error when there are none."""
-    found = read_proposals(project, transform)
-    if found is None:
-        raise InputError(f"{project} has no {PROPOSALS_LAYER} layer; propose areas first")
-    return found
-
-
-def labeled_boxes(project: Path, transform: Any) -> list[tuple[Box, dict[str, Any]]]:
-    """The project's proposals marked labeled, as boxes on the scene's grid, with their fields."""
-    return [(b, f) for b, f in _proposals(project, transform) if f["status"] == "labeled"]
+from .project import (
+    Box,
+    LabelProject,
+    ProjectContents,
+)
 
 
 def stored_box_id(scene: str, box: Box) -> str:
     """The id a labeled box is stored under: ``<scene>-r<row>-c<col>-<size>``."""
     return f"{scene}-r{box.row}-c{box.col}-{box.size}"
-
-
-def label_shapes(
-    project: Path, layer_name: str = LABELS_LAYER, where: str | None = None
-) -> list[tuple[dict[str, Any], int]] | None:
-    """A layer's polygons as ``(GeoJSON geometry, class value)``, in order.
-
-    Args:
-        project: The GeoPackage.
-        layer_name: The layer (default the label project's ``labels``).
-        where: An OGR attribute filter (e.g. one scene's window); all polygons when None.
-
-    Returns:
-        The polygons; None when the GeoPackage has no such layer.
-
-    Raises:
-        InputError: If the layer has no ``class`` field.
-    """
-    from osgeo import ogr
-
-    dataset = ogr.Open(str(project))
-    layer = dataset.GetLayerByName(layer_name) if dataset else None
-    if layer is None:
-        return None
-    if layer.GetLayerDefn().GetFieldIndex("class") < 0:
-        raise InputError(f"the {layer_name} layer of {project} has no 'class' field")
-    layer.SetAttributeFilter(where)
-    return [
-        (json.loads(f.GetGeometryRef().ExportToJson()), int(f.GetField("class")))
-        for f in layer
-        if f.GetGeometryRef() is not None and f.GetField("class") is not None
-    ]
-
-
-def add_class_polygons(
-    dataset: Any,
-    layer: Any,
-    data: np.ndarray,
-    keep: np.ndarray,
-    transform: Any,
-    names: dict[int, str],
-    fields: dict[str, str] | None = None,
-) -> int:
-    """Add the areas of ``data`` where ``keep`` as class polygons (class, name, ``fields``).
-
-    One polygon per connected area of one class (8-connected), in one transaction: a
-    failure adds nothing. Returns how many were added.
-    """
-    from osgeo import ogr
-    from rasterio.features import shapes
-
-    added = 0
-    with ogr_transaction(dataset):
-        for geometry, value in shapes(data, mask=keep, transform=transform, connectivity=8):
-            feature = ogr.Feature(layer.GetLayerDefn())
-            polygon = ogr.CreateGeometryFromJson(json.dumps(geometry))
-            feature.SetGeometry(ogr.ForceToMultiPolygon(polygon))
-            feature.SetField("class", int(value))
-            feature.SetField("name", names.get(int(value), str(int(value))))
-            for key, text in (fields or {}).items():
-                feature.SetField(key, text)
-            layer.CreateFeature(feature)
-            added += 1
-    return added
 
 
 def rasterize_box(
@@ -163,13 +87,15 @@ def window_labels(box: Box, window: tuple[int, int, int], box_labels: np.ndarray
 
 
 def labels_to_store(
-    project: str | Path,
+    project: str | Path | LabelProject,
     scene: str | Path,
     store: str | Path,
     model: str | None = None,
     endpoint_url: str | None = None,
     cancelled: CancelCallback | None = None,
     context: int | None = None,
+    contents: ProjectContents | None = None,
+    reader: Any = None,
 ) -> IngestResult:
     """Add the project's labeled boxes of ``scene`` to a store (created if missing).
 
@@ -186,6 +112,10 @@ def labels_to_store(
         context: Pixels of image stored around each box (its labels there are 255,
             ignored in training), so the network sees what surrounds what was labeled;
             None: a quarter of the box edge (:data:`DEFAULT_CONTEXT_SHARE`).
+        contents: The project as already read for this scene with its labels
+            (``project.read(scene, labels=True)``); None: read here.
+        reader: The scene, already open (:func:`~cloudseg.backend.raster.reader.open_scene`);
+            None: opened here.
 
     Returns:
         The ingestion's result (scene ids ``<scene>-r<row>-c<col>-<size>``).
@@ -198,18 +128,23 @@ def labels_to_store(
     from ..models.registry import load_model
     from ..raster.reader import open_scene
 
-    project = Path(project).expanduser()
-    with open_scene(scene) as reader:
-        boxes = labeled_boxes(project, reader.transform)
-        if not boxes:
-            raise InputError(
-                f"{project.name} has no labeled boxes yet; label a proposal and mark it done"
-            )
-        card = load_model(model or boxes[0][1]["model"]).card
-        shapes = label_shapes(project) or []  # no labels layer: every done box is clear
-        name = Path(str(scene)).stem
+    project = project if isinstance(project, LabelProject) else LabelProject(project)
+    name = scene_key(scene)
+    if contents is None:
+        contents = project.read(scene=name, labels=True)
+    done = [p for p in contents.with_status("labeled") if p.scene == name]
+    if not done:
+        raise InputError(
+            f"{project.path.name} has no labeled boxes of {name} yet; label a proposal and "
+            "mark it done"
+        )
+    with contextlib.ExitStack() as stack:
+        if reader is None:
+            reader = stack.enter_context(open_scene(scene))
+        card = load_model(model or done[0].model).card
         windows = []
-        for box, fields in boxes:
+        for proposal in done:
+            box = proposal.box(reader.transform)
             if (
                 box.row < 0
                 or box.col < 0
@@ -220,7 +155,7 @@ def labels_to_store(
             around = round(box.size * DEFAULT_CONTEXT_SHARE) if context is None else context
             row, col, size = context_window(box, around, reader.height, reader.width)
             labels = window_labels(
-                box, (row, col, size), rasterize_box(shapes, box, reader.transform)
+                box, (row, col, size), rasterize_box(contents.labels, box, reader.transform)
             )
             windows.append(
                 LabeledWindow(
@@ -231,12 +166,12 @@ def labels_to_store(
                     reader.crs,
                     {
                         "cloudseg:label_window": [row, col, size],
-                        "cloudseg:label_project": project.name,
+                        "cloudseg:label_project": project.path.name,
                         "cloudseg:label_scene": name,
                         "cloudseg:label_box": [box.row, box.col, box.size],
-                        "cloudseg:label_model": fields.get("model"),
-                        "cloudseg:labeled_by": fields.get("labeled_by"),
-                        "cloudseg:labeled_at": fields.get("labeled_at"),
+                        "cloudseg:label_model": proposal.model,
+                        "cloudseg:labeled_by": proposal.labeled_by,
+                        "cloudseg:labeled_at": proposal.labeled_at,
                     },
                 )
             )
@@ -331,33 +266,7 @@ def windows_to_store(
         )
 
 
-def _labels_layer(dataset: Any, srs: Any) -> Any:
-    """The project's ``labels`` layer, created (class, name) when missing."""
-    from osgeo import ogr
-
-    layer = dataset.GetLayerByName(LABELS_LAYER)
-    if layer is None:
-        layer = dataset.CreateLayer(LABELS_LAYER, srs, ogr.wkbMultiPolygon)
-        layer.CreateField(ogr.FieldDefn("class", ogr.OFTInteger))
-        layer.CreateField(ogr.FieldDefn("name", ogr.OFTString))
-    return layer
-
-
-def ensure_labels_layer(project: str | Path, crs: Any) -> None:
-    """Create the project's empty ``labels`` layer in ``crs`` if it has none yet.
-
-    The label dock calls it once proposals exist, so the analyst can digitize at once.
-    """
-    from osgeo import ogr
-
-    dataset = ogr.Open(str(Path(project).expanduser()), 1)
-    if dataset is None:
-        raise InputError(f"cannot open the label project {project} for writing")
-    _labels_layer(dataset, ogr_srs(crs))
-    dataset = None
-
-
-def start_from_model(project: str | Path, mask: str | Path, rank: int) -> int:
+def start_from_model(project: str | Path | LabelProject, mask: str | Path, fid: int) -> int:
     """Fill a proposed box's labels with the model's mask, as polygons to correct.
 
     The mask's classes other than clear inside the box become polygons of the project's
@@ -365,130 +274,35 @@ def start_from_model(project: str | Path, mask: str | Path, rank: int) -> int:
     One transaction: a failure adds nothing.
 
     Args:
-        project: The label project's GeoPackage.
+        project: The label project.
         mask: A class raster written by ``cloudseg segment`` on the box's scene.
-        rank: The proposal's rank.
+        fid: The proposal's feature id.
 
     Returns:
         How many polygons were added.
 
     Raises:
-        InputError: For an unknown rank, or a mask that is not a cloudseg class raster.
+        InputError: For an unknown proposal or one already done or skipped, or a mask
+            that is not a cloudseg class raster.
     """
     import rasterio
-    from osgeo import ogr
     from rasterio.windows import Window
 
-    project = Path(project).expanduser()
+    project = project if isinstance(project, LabelProject) else LabelProject(project)
+    _, _, proposal = project.proposal(fid)
+    if proposal.status != "todo":
+        raise InputError(f"proposal {fid} is {proposal.status}; mark it todo (Back) to label it")
     with rasterio.open(mask) as ds:
         tag = ds.tags().get("CLOUDSEG_CLASSES")
         if not tag:
             raise InputError(f"{mask} is not a cloudseg class raster")
         names = {int(c["value"]): c["name"] for c in json.loads(tag)}
-        box = _proposal_box(project, ds.transform, rank)
+        box = proposal.box(ds.transform)
         window = Window(box.col, box.row, box.size, box.size)
         data = ds.read(1, window=window)
         transform, crs = ds.window_transform(window), ds.crs
     keep = np.isin(data, [v for v, n in names.items() if n != "clear"])
-    dataset = ogr.Open(str(project), 1)
-    try:
-        layer = _labels_layer(dataset, ogr_srs(crs))
-        return add_class_polygons(dataset, layer, data, keep, transform, names)
-    finally:
-        dataset = None
-
-
-def _proposal_box(project: Path, transform: Any, rank: int) -> Box:
-    """The box of the proposal with ``rank`` still to label, on the grid of ``transform``."""
-    for box, fields in _proposals(project, transform):
-        if fields["rank"] == rank and fields["status"] == "todo":
-            return box
-    raise InputError(f"{project.name} has no proposal of rank {rank} still to label")
-
-
-def set_status(project: str | Path, fid: int, status: str, who: str | None = None) -> None:
-    """Set a proposal's status: labeled (Done), skipped (Skip), or todo again (Back).
-
-    Done records who labeled the box and when (UTC); Back clears both.
-
-    Args:
-        project: The label project's GeoPackage.
-        fid: The proposal's feature id (ranks repeat across rounds; ids do not).
-        status: One of ``todo``, ``labeled``, ``skipped``.
-        who: The analyst; default the login name.
-
-    Raises:
-        InputError: For an unknown status or feature.
-    """
-    from osgeo import ogr
-
-    from .propose import STATUSES, add_label_fields
-
-    if status not in STATUSES:
-        raise InputError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
-    project = Path(project).expanduser()
-    dataset = ogr.Open(str(project), 1) if project.is_file() else None
-    layer = dataset.GetLayerByName(PROPOSALS_LAYER) if dataset else None
-    if layer is None:
-        raise InputError(f"{project} has no {PROPOSALS_LAYER} layer; propose areas first")
-    add_label_fields(layer)
-    feature = layer.GetFeature(int(fid))
-    if feature is None:
-        raise InputError(f"{project.name} has no proposal {fid}")
-    feature.SetField("status", status)
-    if status == "labeled":
-        when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        feature.SetField("labeled_by", who or login_name())
-        feature.SetField("labeled_at", when)
-    else:
-        feature.SetFieldNull("labeled_by")
-        feature.SetFieldNull("labeled_at")
-    layer.SetFeature(feature)
-    dataset = None
-
-
-def login_name() -> str:
-    """The analyst's login name, or ``unknown`` where the system has none."""
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name (containers, some services)
-        return "unknown"
-
-
-def proposal_rows(project: str | Path) -> list[dict[str, Any]]:
-    """A label project's proposals as rows: id (``fid``), rank, score, status, scene, model.
-
-    Raises:
-        InputError: If the project has no proposals.
-    """
-    from osgeo import ogr
-
-    project = Path(project).expanduser()
-    dataset = ogr.Open(str(project)) if project.is_file() else None
-    layer = dataset.GetLayerByName(PROPOSALS_LAYER) if dataset else None
-    if layer is None:
-        raise InputError(f"{project} has no {PROPOSALS_LAYER} layer; propose areas first")
-    keys = ("rank", "score", "status", "scene", "model", "labeled_by", "labeled_at")
-    rows = []
-    for feature in layer:
-        values = feature.items()
-        rows.append({"fid": feature.GetFID()} | {k: values.get(k) for k in keys})
-    return rows
-
-
-def _proposal(project: Path, fid: int) -> tuple[Any, Any, dict[str, Any]]:
-    """A proposal's polygon (OGR geometry, cloned), its layer's CRS, and its fields."""
-    from osgeo import ogr
-
-    dataset = ogr.Open(str(project)) if project.is_file() else None
-    layer = dataset.GetLayerByName(PROPOSALS_LAYER) if dataset else None
-    if layer is None:
-        raise InputError(f"{project} has no {PROPOSALS_LAYER} layer; propose areas first")
-    feature = layer.GetFeature(int(fid))
-    if feature is None:
-        raise InputError(f"{project.name} has no proposal {fid} (see cloudseg labels boxes)")
-    srs = layer.GetSpatialRef()
-    return feature.GetGeometryRef().Clone(), srs.Clone() if srs else None, feature.items()
+    return project.add_label_areas(data, keep, transform, names, ogr_srs(crs))
 
 
 def _box_grid(geometry: Any, pixel: float) -> tuple[Any, int]:
@@ -612,7 +426,7 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2")
 
 
 def label_box(
-    project: str | Path,
+    project: str | Path | LabelProject,
     fid: int,
     source: str | Path,
     classes: dict[int, str] | None = None,
@@ -624,8 +438,8 @@ def label_box(
     The box's labels become polygons of the project's ``labels`` layer (from a raster:
     one per connected area of each class, clear included; from polygons: a clear square
     of the box, then each polygon clipped to it), so they replace whatever was drawn
-    there before (later polygons win inside a box). The polygons are added in one
-    transaction, then the status is set: a failure adds nothing.
+    there before (later polygons win inside a box). The polygons and the status are
+    written in one transaction: a failure adds nothing.
 
     Args:
         project: The label project's GeoPackage.
@@ -644,42 +458,21 @@ def label_box(
         InputError: For an unknown proposal, a box already skipped, or a source that
             does not cover the box or holds other classes.
     """
-    from osgeo import ogr
-
-    project = Path(project).expanduser()
-    geometry, srs, fields = _proposal(project, fid)
-    if fields.get("status") == "skipped":
+    project = project if isinstance(project, LabelProject) else LabelProject(project)
+    geometry, srs, proposal = project.proposal(fid)
+    if proposal.status == "skipped":
         raise InputError(f"proposal {fid} was skipped; mark it todo again to label it")
     if classes is None:
         from ..models.registry import load_model
 
-        card = load_model(fields.get("model") or "").card
+        card = load_model(proposal.model).card
         classes = {c.value: c.name for c in card.classes}
     values = sorted(classes)
     clear = next((v for v, n in classes.items() if n == "clear"), values[0])
+    status = (fid, "labeled", who) if done else None
     if Path(str(source)).suffix.lower() in RASTER_SUFFIXES:
         data, transform = raster_labels(source, geometry, srs, values)
-        polygons = None
-    else:
-        polygons = [(geometry.Clone(), clear), *polygon_labels(source, geometry, srs, values)]
-    dataset = ogr.Open(str(project), 1)
-    try:
-        layer = _labels_layer(dataset, srs)
-        if polygons is None:
-            added = add_class_polygons(
-                dataset, layer, data, np.ones(data.shape, bool), transform, classes
-            )
-        else:
-            with ogr_transaction(dataset):
-                for shape, value in polygons:
-                    feature = ogr.Feature(layer.GetLayerDefn())
-                    feature.SetGeometry(ogr.ForceToMultiPolygon(shape))
-                    feature.SetField("class", value)
-                    feature.SetField("name", classes.get(value, str(value)))
-                    layer.CreateFeature(feature)
-            added = len(polygons)
-    finally:
-        dataset = None
-    if done:
-        set_status(project, fid, "labeled", who)
-    return added
+        keep = np.ones(data.shape, bool)
+        return project.add_label_areas(data, keep, transform, classes, srs, status)
+    polygons = [(geometry.Clone(), clear), *polygon_labels(source, geometry, srs, values)]
+    return project.add_labels(polygons, classes, srs, status)

@@ -653,6 +653,29 @@ def describe_bands(path: Path) -> tuple[str, list[str]]:
     return "unnamed", []
 
 
+_SCENE_SUFFIXES = (".zip", ".safe")
+_RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".img", ".jp2", ".nc", ".h5")
+
+
+def scene_key(scene: str | Path) -> str:
+    """The name a scene is known by: in a label project and in outputs' tags, one rule.
+
+    The stem of the file or folder cloudseg reads for ``scene``: a GDAL Sentinel-2
+    subdataset or a ``MTD_MSI*.xml`` gives its SAFE product's name without ``.SAFE``
+    (and ``.zip``), a band file beside other band files gives its folder's name.
+    """
+    text = str(scene)
+    try:
+        path = scene_path_from_gdal_source(text)
+    except InputError:  # not on this machine (a key read back): the text's own name
+        path = Path(text.split("|")[0])
+    name = path.name
+    for suffix in _SCENE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return Path(name).stem if Path(name).suffix.lower() in _RASTER_SUFFIXES else name
+
+
 def scene_path_from_gdal_source(source: str) -> Path:
     """The scene cloudseg should read for a GDAL data source string (as QGIS shows it).
 

@@ -47,10 +47,10 @@ def test_proposals_of_a_real_chip_go_into_the_label_project(multiband, tmp_path,
         multiband, tmp_path / "mask.tif", SegmentOptions(product_level="L2A", uncertainty=doubt)
     )
     project = tmp_path / "labels.gpkg"
-    first = propose(doubt, project, box=64, count=5, scene="adwp")
+    first = propose(doubt, project, box=64, count=5)  # the scene the raster records
     assert len(first) == 5
     rows = [(f["rank"], f["status"], f["scene"], f["model"]) for f in _features(project)]
-    assert rows == [(i, "todo", "adwp", "ukis-csmask-4b-l2a") for i in range(1, 6)]
+    assert rows == [(i, "todo", multiband.stem, "ukis-csmask-4b-l2a") for i in range(1, 6)]
     # The analyst labels the first box; the next round keeps it and proposes elsewhere.
     dataset = ogr.Open(str(project), 1)
     layer = dataset.GetLayerByName("proposals")
@@ -58,7 +58,7 @@ def test_proposals_of_a_real_chip_go_into_the_label_project(multiband, tmp_path,
     feature.SetField("status", "labeled")
     layer.SetFeature(feature)
     dataset = None
-    second = propose(doubt, project, box=64, count=5, scene="adwp")
+    second = propose(doubt, project, box=64, count=5, scene=multiband)
     assert not any(p.box.overlaps(first[0].box) for p in second)
     statuses = sorted(f["status"] for f in _features(project))
     assert statuses == ["labeled"] + ["todo"] * 5  # the old todo ones were replaced
@@ -78,8 +78,8 @@ def test_proposals_of_a_real_chip_go_into_the_label_project(multiband, tmp_path,
         text=True,
         env=venv_env,
     )
-    assert bad.returncode == 1 and "is not an uncertainty raster" in bad.stderr
-    assert not (tmp_path / "c.gpkg").exists()
+    assert bad.returncode == 1 and "is a cloudseg output, not a scene" in bad.stderr
+    assert not (tmp_path / "c.gpkg").exists() and not (tmp_path / "c-runs").exists()
 
 
 def _features(project):
@@ -104,8 +104,8 @@ def test_labeled_boxes_become_a_store_that_matches_the_labels(multiband, tmp_pat
     options = SegmentOptions(product_level="L2A", uncertainty=doubt, polygons=polygons)
     segment(multiband, mask, options)
     project = tmp_path / "labels.gpkg"
-    box = propose(doubt, project, box=64, count=3, scene="adwp")[0].box
-    with pytest.raises(InputError, match="no labeled boxes yet"):
+    box = propose(doubt, project, box=64, count=3)[0].box
+    with pytest.raises(InputError, match="no labeled boxes of chip yet"):
         labels_to_store(project, multiband, tmp_path / "none")
     assert not (tmp_path / "none").exists()
     dataset = ogr.Open(str(project), 1)
@@ -114,10 +114,21 @@ def test_labeled_boxes_become_a_store_that_matches_the_labels(multiband, tmp_pat
     first.SetField("status", "labeled")
     layer.SetFeature(first)
     source = ogr.Open(str(polygons))  # "Start from the model": its polygons as labels
-    dataset.CopyLayer(source.GetLayerByName("cloudseg"), "labels")
+    labels_layer = dataset.GetLayerByName("labels")  # proposing made it, empty
+    assert labels_layer.GetFeatureCount() == 0
+    for polygon in source.GetLayerByName("cloudseg"):
+        copy = ogr.Feature(labels_layer.GetLayerDefn())
+        copy.SetGeometry(polygon.GetGeometryRef().Clone())
+        copy.SetField("class", polygon.GetField("class"))
+        labels_layer.CreateFeature(copy)
     dataset = source = None
 
     store = tmp_path / "store"
+    # Boxes are a scene's own: another scene's file finds none of them to store.
+    other = tmp_path / "other.tif"
+    other.symlink_to(multiband)
+    with pytest.raises(InputError, match="no labeled boxes of other yet"):
+        labels_to_store(project, other, store)
     result = labels_to_store(project, multiband, store, context=0)
     scene = f"{multiband.stem}-r{box.row}-c{box.col}-64"
     assert result.ingested == [scene]
@@ -154,23 +165,26 @@ def test_start_from_the_model_then_done_gives_the_models_labels(multiband, tmp_p
     """The label dock's steps, as functions: start from the model, mark done, store."""
     import rasterio
 
-    from cloudseg.backend.active.labels import labels_to_store, set_status, start_from_model
+    from cloudseg.backend.active.labels import labels_to_store, start_from_model
+    from cloudseg.backend.active.project import LabelProject
     from cloudseg.backend.store.dataset import open_dataset
 
     mask, doubt = tmp_path / "mask.tif", tmp_path / "doubt.tif"
     segment(multiband, mask, SegmentOptions(product_level="L2A", uncertainty=doubt))
     project = tmp_path / "labels.gpkg"
     proposals = propose(doubt, project, box=64, count=3)
-    added = start_from_model(project, mask, rank=2)
-    assert added > 0
-    with pytest.raises(InputError, match="no proposal of rank 9"):
-        start_from_model(project, mask, rank=9)
     dataset = ogr.Open(str(project))
     fid = next(f.GetFID() for f in dataset.GetLayerByName("proposals") if f["rank"] == 2)
     dataset = None
+    added = start_from_model(project, mask, fid)
+    assert added > 0
+    with pytest.raises(InputError, match="has no proposal 99"):
+        start_from_model(project, mask, 99)
     with pytest.raises(InputError, match="status must be one of"):
-        set_status(project, fid, "finished")
-    set_status(project, fid, "labeled", who="ana")
+        LabelProject(project).set_status(fid, "finished")
+    LabelProject(project).set_status(fid, "labeled", who="ana")
+    with pytest.raises(InputError, match="is labeled; mark it todo"):
+        start_from_model(project, mask, fid)  # a done box is not filled again
     result = labels_to_store(project, multiband, tmp_path / "store", context=0)
     (scene,) = result.ingested
     stored = open_dataset(tmp_path / "store")
@@ -186,8 +200,8 @@ def test_start_from_the_model_then_done_gives_the_models_labels(multiband, tmp_p
     with rasterio.open(mask) as ds:
         expected = ds.read(1)[box.row : box.row + 64, box.col : box.col + 64]
     np.testing.assert_array_equal(labels, expected)
-    set_status(project, fid, "todo")  # Back: the box is to label again
-    with pytest.raises(InputError, match="no labeled boxes yet"):
+    LabelProject(project).set_status(fid, "todo")  # Back: the box is to label again
+    with pytest.raises(InputError, match="no labeled boxes of chip yet"):
         labels_to_store(project, multiband, tmp_path / "store2")
 
 
@@ -203,20 +217,16 @@ def test_context_windows_keep_one_size_and_stay_inside_the_scene():
 def test_a_box_stored_with_context_has_its_labels_inside_and_ignored_around(multiband, tmp_path):
     import rasterio
 
-    from cloudseg.backend.active.labels import (
-        context_window,
-        labels_to_store,
-        set_status,
-        start_from_model,
-    )
+    from cloudseg.backend.active.labels import context_window, labels_to_store, start_from_model
+    from cloudseg.backend.active.project import LabelProject
     from cloudseg.backend.store.dataset import open_dataset
 
     mask, doubt = tmp_path / "mask.tif", tmp_path / "doubt.tif"
     segment(multiband, mask, SegmentOptions(product_level="L2A", uncertainty=doubt))
     project = tmp_path / "labels.gpkg"
     box = propose(doubt, project, box=64, count=1)[0].box
-    start_from_model(project, mask, rank=1)
-    set_status(project, 1, "labeled")
+    start_from_model(project, mask, 1)
+    LabelProject(project).set_status(1, "labeled")
     result = labels_to_store(project, multiband, tmp_path / "store", context=16)
     (scene,) = result.ingested
     stored = open_dataset(tmp_path / "store")

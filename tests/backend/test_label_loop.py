@@ -8,8 +8,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from cloudseg.backend.active.labels import label_box, labels_to_store, proposal_rows
-from cloudseg.backend.active.propose import propose, read_proposals
+from cloudseg.backend.active.labels import label_box, labels_to_store
+from cloudseg.backend.active.project import LabelProject
+from cloudseg.backend.active.propose import propose
 from cloudseg.backend.errors import InputError
 from cloudseg.backend.store.dataset import open_dataset
 
@@ -26,6 +27,14 @@ def _project(s2, tmp_path, count=4):
     project = tmp_path / "coast.gpkg"
     propose(doubt, project, box=64, count=count, scene=scene.image.stem)
     return project
+
+
+def proposal_rows(project):
+    return [p.to_dict() for p in LabelProject(project).read().proposals]
+
+
+def read_proposals(project, transform):
+    return [(p.box(transform), p) for p in LabelProject(project).read().proposals]
 
 
 def _truth(scene, box):
@@ -68,8 +77,8 @@ def test_a_box_labeled_from_the_truth_raster_stores_exactly_the_truth(s2, tmp_pa
     fid = rows[0]["fid"]
     added = label_box(project, fid, scene.labels)
     assert added > 0
-    (box, fields), *_ = [(b, f) for b, f in read_proposals(project, _transform(scene))]
-    assert fields["status"] == "labeled" and fields["labeled_by"] and fields["labeled_at"]
+    (box, fields), *_ = read_proposals(project, _transform(scene))
+    assert fields.status == "labeled" and fields.labeled_by and fields.labeled_at
     np.testing.assert_array_equal(
         _stored(project, scene, tmp_path / "store", box), _truth(scene, box)
     )
@@ -205,7 +214,7 @@ def test_a_project_of_an_earlier_version_keeps_its_rounds_and_gains_the_new_fiel
     """Rounds written before the judge read as adopted; the next round adds its fields."""
     from osgeo import ogr
 
-    from cloudseg.backend.active.history import Round, append_round, current_model, read_rounds
+    from cloudseg.backend.active.history import Round, current_model
 
     project = tmp_path / "old.gpkg"
     dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(project))
@@ -222,11 +231,13 @@ def test_a_project_of_an_earlier_version_keeps_its_rounds_and_gains_the_new_fiel
         feature.SetField(name, value)
     layer.CreateFeature(feature)
     dataset = None
-    (first,) = read_rounds(project)
+    (first,) = LabelProject(project).rounds()
     assert first.adopted and first.trained == [] and first.held_out == ["s-r0-c0-64"]
     assert current_model([first], "base") == "old-r1"
-    append_round(project, Round(2, "old-r2", "", "base", "old-r1", 5, 3, 2, adopted=False))
-    rounds = read_rounds(project)
+    LabelProject(project).append_round(
+        Round(2, "old-r2", "", "base", "old-r1", 5, 3, 2, adopted=False)
+    )
+    rounds = LabelProject(project).rounds()
     assert [r.adopted for r in rounds] == [True, False]
     assert current_model(rounds, "base") == "old-r1"  # the version kept aside is not current
     assert current_model([], "proposer") == "proposer"

@@ -8,10 +8,11 @@ import subprocess
 import numpy as np
 import pytest
 
-from cloudseg.backend.active.history import current_model, read_rounds
+from cloudseg.backend.active.history import current_model
 from cloudseg.backend.active.judge import TOLERANCE, judge
-from cloudseg.backend.active.labels import label_box, proposal_rows, stored_box_id
-from cloudseg.backend.active.propose import propose, read_proposals
+from cloudseg.backend.active.labels import label_box, stored_box_id
+from cloudseg.backend.active.project import LabelProject
+from cloudseg.backend.active.propose import propose
 from cloudseg.backend.errors import CancelledError, InputError
 from cloudseg.backend.inference.segment import SegmentOptions, segment
 from cloudseg.backend.models.registry import load_model, registered_models
@@ -29,6 +30,14 @@ def s2(labeled_s2, tmp_path_factory):
     with rasterio.open(scene.labels) as src, rasterio.open(wrong, "w", **src.profile) as dst:
         dst.write(np.full((1, src.height, src.width), 2, np.uint8))
     return scene, doubt, wrong
+
+
+def proposal_rows(project):
+    return [p.to_dict() for p in LabelProject(project).read().proposals]
+
+
+def read_rounds(project):
+    return LabelProject(project).rounds()
 
 
 def _project(s2, folder, name="coast", count=6):
@@ -58,7 +67,8 @@ def test_a_round_on_true_labels_is_adopted_and_keeps_the_inference_settings(s2, 
     # Four boxes: the second labeled is held out, the other three trained on.
     (entry,) = read_rounds(project)
     assert (entry.boxes, entry.train_boxes, entry.held_out_boxes) == (4, 3, 1)
-    boxes = {f["fid"]: b for b, f in read_proposals(project, _transform(scene.image))}
+    transform = _transform(scene.image)
+    boxes = {p.fid: p.box(transform) for p in LabelProject(project).read().proposals}
     assert entry.held_out == [stored_box_id(scene.image.stem, boxes[fids[1]])]
     # True labels where the model doubts: adopted by the judge's rule.
     verdict = result.verdict

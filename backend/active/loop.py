@@ -1,0 +1,189 @@
+"""The steps of an active-learning round that segment: propose, and re-run.
+
+One module for the CLI (``cloudseg propose SCENE``), the Processing algorithms, the
+label dock and the simulated-analyst benchmark:
+
+- :func:`propose_on_scene`: segment the scene with an uncertainty raster into the
+  project's runs folder (or reuse the newest run of the same model), rank boxes by doubt
+  and write them, with an empty ``labels`` layer, into the project;
+- :func:`rerun`: segment the scene again with another model (a new round's version),
+  beside the earlier runs.
+
+Storing the done boxes (:func:`.labels.labels_to_store`) and fine-tuning
+(``cloudseg.training.finetune.fine_tune``) are the round's other steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..atomic import safe_name, stamped_paths
+from ..callbacks import CancelCallback, ProgressCallback
+from ..errors import CancelledError, InputError
+from ..raster.reader import scene_key
+from .project import LabelProject
+from .propose import Proposal, propose
+
+#: The files a run for labeling writes, by kind.
+RUN_FILES = {"mask": ".tif", "uncertainty": ".tif"}
+
+
+@dataclass
+class SceneRun:
+    """A segmentation of a scene kept in the project's runs folder.
+
+    Attributes:
+        mask: The class raster.
+        uncertainty: The uncertainty raster.
+        result: What the engine reported (None for a run reused from earlier).
+    """
+
+    mask: Path
+    uncertainty: Path
+    result: Any = None
+
+
+@dataclass
+class Proposed:
+    """What :func:`propose_on_scene` did: the run it ranked, and the proposals."""
+
+    run: SceneRun
+    proposals: list[Proposal]
+
+
+def latest_run(project: LabelProject, scene: str | Path, model: str | None) -> SceneRun | None:
+    """The newest run of ``scene`` in the project's runs folder made by ``model``.
+
+    Args:
+        project: The label project.
+        scene: The scene (path or key).
+        model: The model's name; None: any model.
+    """
+    import rasterio
+
+    key = scene_key(scene)
+    for mask in sorted(project.runs_folder.glob(f"{safe_name(key)}_*_mask.tif"), reverse=True):
+        doubt = mask.with_name(mask.name.replace("_mask.tif", "_uncertainty.tif"))
+        if not doubt.is_file():
+            continue
+        with (
+            contextlib.suppress(OSError, rasterio.errors.RasterioIOError),
+            rasterio.open(mask) as ds,
+        ):
+            tags = ds.tags()
+            if tags.get("CLOUDSEG_SCENE", key) == key and model in (None, tags["CLOUDSEG_MODEL"]):
+                return SceneRun(mask, doubt)
+    return None
+
+
+def segment_scene(
+    project: LabelProject,
+    scene: str | Path,
+    model: str | None,
+    progress: ProgressCallback | None = None,
+    cancelled: CancelCallback | None = None,
+) -> SceneRun:
+    """Segment a scene with an uncertainty raster into the project's runs folder.
+
+    Outputs are published together on success only (as ``cloudseg segment``'s).
+    """
+    from ..inference.segment import SegmentOptions, segment
+
+    folder = project.runs_folder
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = stamped_paths(folder, scene_key(scene), RUN_FILES)
+    try:
+        result = segment(
+            scene,
+            paths["mask"],
+            SegmentOptions(model=model, uncertainty=paths["uncertainty"]),
+            progress=progress,
+            cancelled=cancelled,
+        )
+    except BaseException:
+        if created:  # a failed run leaves no folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return SceneRun(paths["mask"], paths["uncertainty"], result)
+
+
+def propose_on_scene(
+    project: str | Path | LabelProject,
+    scene: str | Path,
+    model: str | None = None,
+    box: int = 128,
+    count: int = 20,
+    progress: ProgressCallback | None = None,
+    cancelled: CancelCallback | None = None,
+) -> Proposed:
+    """Propose the most doubtful boxes of a scene, segmenting it first when needed.
+
+    The newest run of ``model`` on the scene in the project's runs folder is reused;
+    without one (or with ``model`` None: the best built-in model is chosen for the
+    scene), the scene is segmented with an uncertainty raster first.
+
+    Args:
+        project: The label project (created if missing).
+        scene: The scene (any input ``cloudseg segment`` reads).
+        model: The model; None: the best built-in one for the scene.
+        box: Box edge in pixels.
+        count: How many boxes.
+        progress: Called with (percent, message).
+        cancelled: Polled while segmenting; True stops (the project is left as it was).
+
+    Returns:
+        The run ranked and the proposals, highest doubt first.
+    """
+    project = project if isinstance(project, LabelProject) else LabelProject(project)
+    report = progress or (lambda percent, message: None)
+    _refuse_outputs(scene)
+    run = latest_run(project, scene, model) if model else None
+    if run is None:
+        run = segment_scene(
+            project, scene, model, lambda p, m: report(0.9 * p, m), cancelled or (lambda: False)
+        )
+    if cancelled is not None and cancelled():
+        raise CancelledError("cancelled; the label project is as it was")
+    report(92, "ranking boxes")
+    proposals = propose(run.uncertainty, project, box, count, scene=scene)
+    report(100, f"{len(proposals)} boxes proposed")
+    return Proposed(run, proposals)
+
+
+def _refuse_outputs(scene: str | Path) -> None:
+    """Refuse a cloudseg output given as the scene (a mask, probabilities...).
+
+    Raises:
+        InputError: If ``scene`` is a raster cloudseg wrote.
+    """
+    import rasterio
+
+    path = Path(scene).expanduser()
+    if not path.is_file():
+        return
+    with contextlib.suppress(rasterio.errors.RasterioIOError), rasterio.open(path) as ds:
+        if "CLOUDSEG_VERSION" in ds.tags():
+            raise InputError(
+                f"{path.name} is a cloudseg output, not a scene; give the scene or its "
+                "uncertainty raster (cloudseg segment --uncertainty)"
+            )
+
+
+def rerun(
+    project: str | Path | LabelProject,
+    scene: str | Path,
+    model: str | None,
+    progress: ProgressCallback | None = None,
+    cancelled: CancelCallback | None = None,
+) -> SceneRun:
+    """Segment the scene with ``model`` (a new version) beside the project's earlier runs."""
+    project = project if isinstance(project, LabelProject) else LabelProject(project)
+    return segment_scene(project, scene, model, progress, cancelled)
+
+
+__all__ = ["Proposed", "SceneRun", "latest_run", "propose_on_scene", "rerun", "segment_scene"]

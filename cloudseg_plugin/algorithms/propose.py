@@ -36,19 +36,22 @@ class ProposeAlgorithm(CloudsegAlgorithm):
 
     def shortHelpString(self) -> str:
         """Return the help shown beside the dialog."""
-        return """Proposes where to label next: the boxes of a scene where the model is \\
+        return """Proposes where to label next: the boxes of a scene where the model is \
 least sure.
 
-<b>Uncertainty</b>: the uncertainty raster of a "Segment clouds" run (its Uncertainty \\
+<b>Uncertainty</b>: the uncertainty raster of a "Segment clouds" run (its Uncertainty \
 output): the normalized entropy of the class probabilities, in percent.
 
-<b>Label project</b>: a GeoPackage (created if missing). Its <i>proposals</i> layer gets \\
-the top boxes with rank, score (mean doubt, %), status (todo), scene and model. Boxes \\
-never overlap, and never cover a box already labeled or skipped; the unlabeled \\
+<b>Label project</b>: a GeoPackage (created if missing). Its <i>proposals</i> layer gets \
+the top boxes with rank, score (mean doubt, %), status (todo), scene and model. Boxes \
+never overlap, and never cover a box already labeled or skipped; the unlabeled \
 proposals of an earlier round are replaced.
 
-<b>Box size</b>: an area an analyst labels in a minute or two (128 px: 1.3 km at \\
-10 m)."""
+<b>Box size</b>: an area an analyst labels in a minute or two (128 px: 1.3 km at \
+10 m).
+
+<b>Scene</b>: the scene the uncertainty raster was made from; empty: the scene the \
+raster records (every "Segment clouds" output names its scene)."""
 
     def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
         """Declare the parameters and outputs."""
@@ -64,7 +67,7 @@ proposals of an earlier round are replaced.
         self.addParameter(
             QgsProcessingParameterNumber(self.COUNT, "Boxes", minValue=1, defaultValue=20)
         )
-        self.addParameter(QgsProcessingParameterString(self.SCENE, "Scene name", optional=True))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.SCENE, "Scene", optional=True))
         self.addOutput(QgsProcessingOutputNumber("PROPOSED", "Boxes proposed"))
 
     def run_backend(
@@ -74,19 +77,20 @@ proposals of an earlier round are replaced.
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
         """Propose, and load the proposals layer when run from the toolbox."""
-        from ...backend.active.propose import PROPOSALS_LAYER, propose
+        from ...backend.active.project import PROPOSALS_LAYER
+        from ...backend.active.propose import propose
 
         layer = self.parameterAsRasterLayer(parameters, self.UNCERTAINTY, context)
         if layer is None:
             raise QgsProcessingException("no uncertainty raster given")
         project = self.parameterAsFileOutput(parameters, self.PROJECT, context)
-        scene = self.parameterAsString(parameters, self.SCENE, context).strip()
+        scene = self.parameterAsRasterLayer(parameters, self.SCENE, context)
         proposals = propose(
             layer.source(),
             project,
             box=self.parameterAsInt(parameters, self.BOX, context),
             count=self.parameterAsInt(parameters, self.COUNT, context),
-            scene=scene or layer.name(),
+            scene=scene.source() if scene is not None else None,
         )
         for p in proposals[:5]:
             feedback.pushInfo(
@@ -112,13 +116,13 @@ class LabelsToStoreAlgorithm(CloudsegAlgorithm):
 
     def shortHelpString(self) -> str:
         """Return the help shown beside the dialog."""
-        return """Adds the boxes an analyst has labeled to a store that "2 - Train or \\
+        return """Adds the boxes an analyst has labeled to a store that "2 - Train or \
 fine-tune a model" reads.
 
-For every proposal of the <b>Label project</b> marked <i>labeled</i>, the window of the \\
-<b>Scene</b> under the box and the polygons of the project's <i>labels</i> layer \\
-(field <i>class</i>: the model's class values) rasterized on the scene's grid become \\
-one stored scene; pixels under no polygon are clear. The <b>Store</b> (a folder or \\
+For every proposal of the <b>Label project</b> marked <i>labeled</i>, the window of the \
+<b>Scene</b> under the box and the polygons of the project's <i>labels</i> layer \
+(field <i>class</i>: the model's class values) rasterized on the scene's grid become \
+one stored scene; pixels under no polygon are clear. The <b>Store</b> (a folder or \
 s3://bucket/prefix) is created if missing and extended otherwise, as Ingest does.
 
 <b>Context</b>: pixels of image stored around each box, unlabeled (ignored by the \

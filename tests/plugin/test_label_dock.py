@@ -18,11 +18,10 @@ from qgis.core import (
     QgsVectorLayerUtils,
 )
 
-from cloudseg.backend.active.history import read_rounds
-from cloudseg.backend.active.labels import label_shapes, rasterize_box
-from cloudseg.backend.active.propose import box_of
+from cloudseg.backend.active.labels import rasterize_box
+from cloudseg.backend.active.loop import latest_run
+from cloudseg.backend.active.project import LabelProject
 from cloudseg.backend.models.registry import registered_models
-from cloudseg.cloudseg_plugin.labeldock import latest_run
 
 pytestmark = pytest.mark.real_data
 MODEL = "ukis-csmask-4b-l2a"
@@ -62,17 +61,22 @@ def _statuses(dock):
 
 
 def _box(dock, fid, transform):
-    from osgeo import ogr
+    return dock.project.read().proposal(fid).box(transform)
 
-    wkt = dock.proposals.getFeature(fid).geometry().asWkt()
-    return box_of(ogr.CreateGeometryFromWkt(wkt), transform)
+
+def read_rounds(project):
+    return LabelProject(project).rounds()
+
+
+def label_shapes(project):
+    return LabelProject(project).read(labels=True).labels
 
 
 def test_the_analyst_loop_from_proposals_to_a_better_model(dock, session, plugin, wait_for):
     project_path = session["project"]
     transform = session["transform"]
     dock.project_widget.setFilePath(str(project_path))  # a new project: created on propose
-    assert dock.project == project_path
+    assert dock.project.path == project_path
     task = dock.propose()
     wait_for(task)
     assert task.error == ""
@@ -89,7 +93,7 @@ def test_the_analyst_loop_from_proposals_to_a_better_model(dock, session, plugin
     added = dock.start_from_model()
     assert added > 0 and dock.labels.featureCount() == added
     box = _box(dock, first, transform)
-    mask, _ = latest_run(project_path, "chip", MODEL)
+    mask = latest_run(dock.project, session["chip"].source(), MODEL).mask
     with rasterio.open(mask) as ds:
         expected = ds.read(1)[box.row : box.row + box.size, box.col : box.col + box.size]
     labels = rasterize_box(label_shapes(project_path), box, transform)
@@ -106,6 +110,11 @@ def test_the_analyst_loop_from_proposals_to_a_better_model(dock, session, plugin
     feature = QgsVectorLayerUtils.createFeature(layer, geometry)
     assert feature["class"] == 2 and feature["name"] == "cloud shadow"
     assert layer.addFeature(feature)
+    # A class changed afterwards (attribute table, identify panel): the name follows it.
+    index = layer.fields().indexOf("class")
+    for value, name in ((1, "cloud"), (2, "cloud shadow")):
+        assert layer.changeAttributeValue(feature.id(), index, value)
+        assert layer.getFeature(feature.id())["name"] == name
     # Done saves the edit, records the box and moves on to rank 2.
     assert dock.mark("labeled") is not None
     assert dock.proposals.getFeature(dock.current)["rank"] == 2

@@ -7,10 +7,6 @@ class CloudsegError(Exception):
     """Base class of the errors cloudseg reports to users (CLI, QGIS, Python)."""
 
 
-class MissingDependencyError(CloudsegError, ImportError):
-    """A Python package that this operation needs is not installed."""
-
-
 class BandError(CloudsegError, ValueError):
     """A band name is unknown, repeated, or a band the model needs is missing."""
 

@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -59,6 +60,15 @@ class _NoAdverts(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+# Lightning 2.6 builds its batches' tree specs with torch's ``LeafSpec()``, which torch
+# 2.9+ deprecates: a FutureWarning per epoch that QGIS logs with a traceback. The specs
+# are right; the warning is Lightning's to fix, and only this one is silenced.
+warnings.filterwarnings(
+    "ignore",
+    message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    category=FutureWarning,
+    module=r"lightning\.pytorch\.utilities\._pytree",
+)
 
 MODEL_NAME = "model.pt"
 

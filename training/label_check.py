@@ -287,7 +287,7 @@ def check_labels(
     if folds is not None and config is None:
         raise InputError("--folds needs --config: the training config of the folds' models")
     dataset = open_dataset(store, endpoint_url)
-    out = Path(out).expanduser()
+    out = Path(out).expanduser().absolute()  # the report names its rasters from anywhere
     if not str(store).startswith("s3://") and out.resolve().is_relative_to(
         Path(store).expanduser().resolve()
     ):

@@ -21,24 +21,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
-from ..raster.reader import guess_scale
+from ..models.cards import class_color
 from ..raster.vectorize import ogr_srs
 from ..store.dataset import StoredDataset, open_dataset
 from ..store.keys import IGNORE, item_key
-from .labels import (
-    LabeledWindow,
-    add_class_polygons,
-    label_shapes,
-    login_name,
-    windows_to_store,
-)
+from .project import add_class_polygons, class_polygons, login_name
 
 #: The review GeoPackage's layer of label polygons to correct.
 CORRECTIONS_LAYER = "corrections"
@@ -124,13 +119,35 @@ def review_queue(
 
 @dataclass
 class ReviewFiles:
-    """What the dock loads for one window (all on the window's grid)."""
+    """What the dock loads for one window (all on the window's grid).
+
+    ``missing`` says which of the check's rasters the report names but could not be
+    found (``model``, ``flagged``: None then), for the dock to tell the analyst.
+    """
 
     image: Path
     label: Path
     model: Path | None
     flagged: Path | None
     corrections: Path
+    missing: list[str] = field(default_factory=list)
+
+
+def check_raster(report: str | Path, recorded: str | None) -> Path | None:
+    """One of the check's rasters that the report names, found on disk; None if not.
+
+    Paths are as recorded when they exist; else they are looked for beside the report
+    (``issues/``, ``predicted/``), where the check writes them: reports of a check run
+    with a relative ``--out`` record paths relative to where it ran, and a check's
+    folder may have been moved since.
+    """
+    if not recorded:
+        return None
+    folder = Path(report).expanduser().resolve().parent
+    path = Path(recorded).expanduser()
+    candidates = [path if path.is_absolute() else folder / path,
+                  folder / path.parent.name / path.name]  # fmt: skip
+    return next((c for c in candidates if c.is_file()), None)
 
 
 def _grid(dataset: StoredDataset, scene: str, window: tuple[int, ...]) -> tuple[Any, Any]:
@@ -203,16 +220,18 @@ def open_window(report: str | Path, suspect: Suspect, folder: str | Path) -> Rev
     )
     entry = next(e for e in data["scenes"] if e["scene"] == suspect.scene)
     for attr, field_name in (("model", "predicted_raster"), ("flagged", "issue_raster")):
-        source = entry.get(field_name)
-        if source and Path(source).is_file():
-            path = folder / f"{stem}_{attr}.tif"
-            setattr(files, attr, _crop(Path(source), suspect.window, path, crs, transform))
+        source = check_raster(report, entry.get(field_name))
+        if source is None:
+            files.missing.append(f"{attr}: {entry.get(field_name) or 'not in the report'}")
+            continue
+        path = folder / f"{stem}_{attr}.tif"
+        setattr(files, attr, _crop(source, suspect.window, path, crs, transform))
     import rasterio
 
     with rasterio.open(files.image, "r+") as dst:
         dst.descriptions = tuple(dataset.bands)
     names = {c["value"]: c["name"] for c in dataset.classes} | {IGNORE: UNLABELED}
-    colors = {c["value"]: c.get("color", "#9e9e9e") for c in dataset.classes}
+    colors = {c["value"]: class_color(c["name"], c.get("color")) for c in dataset.classes}
     with rasterio.open(files.label, "r+") as dst:
         described = [
             {"value": v, "name": n, "color": colors.get(v, "#ffffff00")} for v, n in names.items()
@@ -289,13 +308,56 @@ def corrected_labels(gpkg: str | Path, suspect: Suspect, transform: Any) -> np.n
 
     _, _, height, width = suspect.window
     path = Path(gpkg).expanduser()
-    shapes = label_shapes(path, CORRECTIONS_LAYER, window_filter(suspect))
+    shapes = class_polygons(path, CORRECTIONS_LAYER, window_filter(suspect))
     if shapes is None:
         raise InputError(f"{gpkg} has no {CORRECTIONS_LAYER} layer; open the window first")
     if not shapes:
         return np.zeros((height, width), np.uint8)
     grid = transform if transform is not None else Affine.identity()
     return rasterize(shapes, out_shape=(height, width), transform=grid, fill=0, dtype="uint8")
+
+
+def _store_window(
+    dataset: StoredDataset,
+    stem: str,
+    image: np.ndarray,
+    labels: np.ndarray,
+    grid: tuple[Any, Any],
+    properties: dict[str, Any],
+) -> None:
+    """Add a corrected window to the store as a scene, stored as the store holds its own.
+
+    The image keeps the store's values and dtype (no rescaling), the labels are class
+    values of the store's own classes, and the collection keeps its id.
+    """
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from ..store.ingest import ingest
+    from ..store.sources import Scheme
+
+    transform, crs = grid
+    with tempfile.TemporaryDirectory(prefix="cloudseg-review-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # stores without a grid
+        root = Path(tmp)
+        for folder in ("images", "masks", "metadata"):
+            (root / folder).mkdir()
+        (root / "metadata" / f"{stem}.json").write_text(json.dumps(properties), encoding="utf-8")
+        _write(root / "images" / f"{stem}.tif", image, transform, crs)
+        with rasterio.open(root / "images" / f"{stem}.tif", "r+") as dst:
+            dst.descriptions = tuple(dataset.bands)
+        _write(root / "masks" / f"{stem}.tif", labels[None].astype(np.uint8), transform, crs)
+        ingest(
+            root,
+            dataset.storage.url,
+            layout="pairs",
+            scheme=Scheme(dataset.bands, dataset.classes),  # class values, not raw ones
+            name=dataset.collection.get("id", "cloudseg-dataset"),
+            env_file=None,
+            report=False,
+        )
 
 
 def decide(
@@ -341,20 +403,9 @@ def decide(
             s for s in dataset.scenes() if s.startswith(f"{suspect.scene}-fix-r{row}-c{col}-v")
         ]
         stem = f"{suspect.scene}-fix-r{row}-c{col}-v{len(versions) + 1}"
-        scale, _ = guess_scale(image.dtype.name, image[0])  # as the engine reads the store
-        window = LabeledWindow(
-            stem,
-            image.astype(np.float32) * np.float32(scale),
-            labels,
-            transform,
-            crs,
-            {"cloudseg:corrects": {"scene": suspect.scene, "window": list(suspect.window)},
-             "cloudseg:labeled_by": who, "cloudseg:labeled_at": when},
-        )  # fmt: skip
-        windows_to_store(
-            [window], dataset.bands, [c["name"] for c in dataset.classes], data["store"],
-            env_file=None,
-        )  # fmt: skip
+        provenance = {"cloudseg:corrects": {"scene": suspect.scene, "window": list(suspect.window)},
+                      "cloudseg:labeled_by": who, "cloudseg:labeled_at": when}  # fmt: skip
+        _store_window(dataset, stem, image, labels, (transform, crs), provenance)
         record["corrected_scene"] = stem
     key = item_key(suspect.scene)
     item = json.loads(dataset.storage.read_bytes(key))

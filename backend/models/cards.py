@@ -17,6 +17,18 @@ from ..raster.bands import canonical_band
 
 ONNX_CARD_KEY = "cloudseg.card"
 PRODUCT_LEVELS = ("L1C", "L2A", "any")
+#: Metrics configurations that describe a model as it runs by default: built-in cards'
+#: ``default-fp32``, trained models' ``validation``, fine-tuned versions' ``after``
+#: (their IoU on the round's held-out boxes).
+DEFAULT_CONFIGS = (None, "default-fp32", "validation", "after")
+#: The project's class colours (the built-in cards'), for classes that record none.
+CLASS_COLORS = {
+    "clear": "#2e7d32",
+    "cloud": "#00e5ff",
+    "thin cloud": "#80deea",
+    "shadow": "#7b1fa2",
+    "other": "#9e9e9e",
+}
 
 
 def class_kind(name: str) -> str | None:
@@ -31,6 +43,24 @@ def class_kind(name: str) -> str | None:
     if "cloud" in name or "cirrus" in name:
         return "cloud"
     return None
+
+
+def class_color(name: str, color: str | None = None) -> str:
+    """A class's colour: its own ``color`` if it has one, else the project's for its kind.
+
+    Cloud is cyan, thin cloud and cirrus light cyan, cloud shadow purple, clear green
+    (:data:`CLASS_COLORS`); a class of another kind is grey. Stores ingested from a
+    ``data.json`` that names classes without colours are drawn like the models' masks.
+    """
+    if color:
+        return color
+    kind = class_kind(name)
+    if kind == "cloud":
+        thin = any(word in name.lower() for word in ("thin", "cirrus"))
+        return CLASS_COLORS["thin cloud" if thin else "cloud"]
+    if kind == "shadow":
+        return CLASS_COLORS["shadow"]
+    return CLASS_COLORS["clear" if name.lower() == "clear" else "other"]
 
 
 @dataclass(frozen=True)
@@ -166,9 +196,10 @@ class ModelCard:
     def default_metrics(self) -> list[dict[str, Any]]:
         """The metrics of the model as it runs by default, in card order.
 
-        Built-in cards' ``default-fp32`` entries; trained models' ``validation``.
+        Built-in cards' ``default-fp32`` entries; trained models' ``validation``;
+        fine-tuned versions' ``after`` (IoU on the round's held-out boxes).
         """
-        return [m for m in self.metrics if m.get("config") in (None, "default-fp32", "validation")]
+        return [m for m in self.metrics if m.get("config") in DEFAULT_CONFIGS]
 
     @staticmethod
     def metric_iou(entry: dict[str, Any]) -> dict[str, Any]:

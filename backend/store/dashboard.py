@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
+from ..models.cards import class_color
 from .dataset import StoredDataset
 from .keys import COLLECTION_KEY, report_key, stored_items
 from .report import dataset_report
@@ -32,7 +33,7 @@ from .report import dataset_report
 #: How many of the worst windows get a thumbnail.
 THUMBNAILS = 8
 DASHBOARD = "dashboard.html"
-TEAL, RED, GREY = "#00838f", "#c62828", "#9e9e9e"
+TEAL, RED = "#00838f", "#c62828"
 
 PAGE = Template("""<!DOCTYPE html>
 <html lang="en">
@@ -191,7 +192,7 @@ def _thumbnail(dataset: StoredDataset, scene: str, window: list[int], caption: s
     rgb = image[order] if len(order) == 3 else image[[0, 0, 0]]
     colours = ["#000000"] * 256
     for c in dataset.classes:
-        colours[c["value"]] = c.get("color", GREY)
+        colours[c["value"]] = class_color(c["name"], c.get("color"))[:7]
     colours[255] = "#ffffff"
     figure = Figure(figsize=(5.4, 2.8), dpi=60)
     left, right = figure.subplots(1, 2)

@@ -309,7 +309,7 @@ def ingest(
     found = scan_source(source, layout, scheme)
     storage = open_storage(dest, endpoint_url, env_file)
     existing = _stored_scheme(storage)
-    if existing is not None and existing.to_json() != found.scheme.to_json():
+    if existing is not None and not existing.same_data(found.scheme):
         raise SceneError(
             f"{storage.url} holds a dataset with other bands or classes "
             f"({existing.bands}, {[c['name'] for c in existing.classes]}); use another destination"
@@ -354,7 +354,9 @@ def ingest(
         result.megabytes += (loaded.image.nbytes + loaded.mask.nbytes) / 1e6
     progress(total, total, "")
     items = stored_items(storage)
-    write_collection(storage, found.scheme, name, items)
+    # A store keeps the scheme it was made with (its colours, its first source's
+    # mask_values): scenes added later share its bands and classes.
+    write_collection(storage, existing or found.scheme, name, items)
     if report:
         from .dashboard import write_dashboard
         from .dataset import StoredDataset

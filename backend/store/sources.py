@@ -83,6 +83,18 @@ class Scheme:
             ) from None
         return cls(bands, classes, mask_values)
 
+    def same_data(self, other: Scheme) -> bool:
+        """Whether ``other`` names the same stored data: bands, class values and names.
+
+        Class colours and ``mask_values`` (how one source's raw masks map to the
+        classes) may differ: scenes ingested under either scheme are stored alike.
+        """
+
+        def named(scheme: Scheme) -> list[tuple[int, str]]:
+            return [(c["value"], c["name"]) for c in scheme.classes]
+
+        return self.bands == other.bands and named(self) == named(other)
+
     def to_json(self) -> dict[str, Any]:
         """The scheme as JSON data."""
         data: dict[str, Any] = {"bands": self.bands, "classes": self.classes}

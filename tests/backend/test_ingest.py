@@ -256,6 +256,41 @@ def test_npz_chips_with_a_mapped_class_scheme(real_data, tmp_path):
     assert ds.item("landsat5").geometry is None  # not georeferenced
 
 
+def test_more_scenes_join_a_store_of_the_same_bands_and_classes_mapped_otherwise(
+    real_data, tmp_path
+):
+    """A second source may map its raw masks differently: the stored classes are the same."""
+    scheme = {
+        "bands": ["blue", "green", "red", "nir", "swir16", "swir22"],
+        "classes": ["clear", "cloud", "cloud shadow"],
+    }
+    chip = np.load(real_data / "ukis_landsat/landsat5.npz")
+    classes = np.array([2, 0, 0, 0, 1], dtype=np.uint8)[chip["msk"][..., 0]]
+    first, second, other = tmp_path / "first", tmp_path / "second", tmp_path / "other"
+    for folder, data in (
+        (first, scheme | {"mask_values": {"0": 2, "1": 0, "2": 0, "3": 0, "4": 1}}),
+        (second, scheme),  # masks hold the class values themselves
+        (other, scheme | {"classes": ["clear", "cloud", "shadow"]}),
+    ):
+        for sub in ("Scenes", "Masks"):
+            (folder / sub).mkdir(parents=True)
+        (folder / "data.json").write_text(json.dumps(data))
+    np.save(first / "Scenes/s1.npy", chip["img"])
+    np.save(first / "Masks/s1.npy", chip["msk"][..., 0])
+    for folder in (second, other):
+        np.save(folder / "Scenes/s2.npy", chip["img"])
+        np.save(folder / "Masks/s2.npy", classes)
+    store = tmp_path / "store"
+    ingest(first, store, name="landsat-clouds", env_file=None, report=False)
+    result = ingest(second, store, name="landsat-clouds", env_file=None, report=False)
+    assert result.ingested == ["s2"]
+    ds = open_dataset(store, env_file=None)
+    np.testing.assert_array_equal(ds.read("s1")[1], ds.read("s2")[1])
+    assert ds.scheme.mask_values == {0: 2, 1: 0, 2: 0, 3: 0, 4: 1}  # the store's, kept
+    with pytest.raises(InputError, match="other bands or classes"):  # other class names
+        ingest(other, store, name="landsat-clouds", env_file=None, report=False)
+
+
 def test_raw_layout_with_npy_one_hot_masks_and_metadata(real_data, tmp_path):
     source = tmp_path / "raw_dataset"
     for folder in ("Scenes", "Masks", "Metadata"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -112,6 +113,34 @@ def test_windows_and_flags_are_recorded_and_the_table_matches(checked_store):
     assert table[0].startswith("rank,scene,score") and table[1].split(",")[1] == cloudiest
     quality = open_dataset(store).item(cloudiest).properties["cloudseg:label_quality"]
     assert quality["flagged"] is True and quality["windows"] == worst["windows"]
+
+
+@pytest.mark.real_data
+def test_a_report_written_with_a_relative_out_opens_its_rasters_from_anywhere(
+    real_data, tmp_path, monkeypatch
+):
+    """``--out check`` as the docs write it: the review finds the flags from any folder."""
+    import rasterio
+    from review_store import checked, mask_values_store
+
+    from cloudseg.backend.active.review import open_window, review_queue
+
+    store = mask_values_store(real_data, tmp_path)
+    report = checked(store, tmp_path)  # run from tmp_path with out="check"
+    entry = json.loads(report.read_text())["scenes"][0]
+    assert Path(entry["issue_raster"]).is_absolute() and Path(entry["issue_raster"]).is_file()
+    assert Path(entry["predicted_raster"]).is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # QGIS runs from anywhere
+    _, queue = review_queue(report)
+    files = open_window(report, queue[0], tmp_path / "review")
+    assert files.missing == [] and files.flagged is not None and files.model is not None
+    with rasterio.open(files.flagged) as flagged:
+        values = flagged.read(1)
+    assert (values == 1).sum() / (values != 255).sum() == pytest.approx(
+        queue[0].flagged_share, abs=1e-3
+    )
 
 
 @pytest.mark.real_data

@@ -25,9 +25,10 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from qgis.core import Qgis, QgsMessageLog, QgsProject, QgsRasterLayer
+from qgis.core import Qgis, QgsMessageLog, QgsProject, QgsRasterLayer, QgsWkbTypes
+from qgis.gui import QgsRubberBand
 from qgis.PyQt.QtCore import QSettings, Qt, pyqtSignal
-from qgis.PyQt.QtGui import QKeySequence
+from qgis.PyQt.QtGui import QColor, QKeySequence
 from qgis.PyQt.QtWidgets import QDockWidget, QPushButton, QShortcut, QTabWidget, QWidget
 
 from ..backend.active.loop import latest_run, propose_on_scene, rerun
@@ -35,7 +36,7 @@ from ..backend.active.project import LabelProject, ProjectContents
 from ..backend.errors import CloudsegError
 from ..backend.raster.reader import scene_key, scene_path_from_gdal_source
 from . import logbridge
-from .labellayers import ProjectLayers
+from .labellayers import STATUS_COLORS, ProjectLayers
 from .labelwidgets import LabelDockUi
 from .messages import DOCK, for_qgis
 from .reviewpanel import ReviewPanel
@@ -63,6 +64,10 @@ class LabelDock(QDockWidget, LabelDockUi):
         self.class_value: int | None = None
         self._cards: dict[str, Any] = {}
         self._shortcuts: list[QShortcut] = []
+        self.highlight = QgsRubberBand(iface.mapCanvas(), QgsWkbTypes.PolygonGeometry)
+        self.highlight.setFillColor(QColor(0, 0, 0, 0))
+        self.highlight.setStrokeColor(QColor(STATUS_COLORS["todo"]))
+        self.highlight.setWidth(3)
         body = QWidget()
         self.setup_ui(body)
         self.review = ReviewPanel(iface, self._say)
@@ -179,6 +184,9 @@ class LabelDock(QDockWidget, LabelDockUi):
                 shortcut.setEnabled(False)
                 shortcut.deleteLater()
         self._shortcuts.clear()
+        with contextlib.suppress(RuntimeError):
+            self.highlight.reset()
+            self.iface.mapCanvas().scene().removeItem(self.highlight)
 
     # -- the project ---------------------------------------------------------------------
     def open_project(self, path: str | Path) -> None:
@@ -269,15 +277,20 @@ class LabelDock(QDockWidget, LabelDockUi):
         return self.current
 
     def _go_to(self, fid: int) -> None:
-        """Select the box, zoom to it, hide the model's layers, make labels active."""
+        """Outline the box, zoom to it, hide the model's layers, make labels active.
+
+        The box is outlined on the canvas, not selected: QGIS fills a selected polygon
+        with the selection colour, which would hide the very pixels to label.
+        """
         self.layers.ensure(getattr(self._card(), "classes", None))
         self.current = fid
         if self.proposals is None:
             return
-        self.proposals.selectByIds([fid])
         canvas = self.iface.mapCanvas()
+        geometry = self.proposals.getFeature(fid).geometry()
+        self.highlight.setToGeometry(geometry, self.proposals)
         with contextlib.suppress(AttributeError, RuntimeError):
-            extent = self.proposals.getFeature(fid).geometry().boundingBox()
+            extent = geometry.boundingBox()
             extent.scale(1.15)
             canvas.setExtent(canvas.mapSettings().layerExtentToOutputExtent(self.proposals, extent))
             canvas.refresh()

@@ -16,6 +16,7 @@ Storing the done boxes (:func:`.labels.labels_to_store`) and fine-tuning
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from ..atomic import safe_name, stamped_paths
 from ..callbacks import CancelCallback, ProgressCallback
 from ..errors import CancelledError, InputError
+from ..inference.options import RunOptions
 from ..raster.reader import scene_key
 from .project import LabelProject
 from .propose import Proposal, propose
@@ -82,7 +84,7 @@ def latest_run(project: LabelProject, scene: str | Path, model: str | None) -> S
 def segment_scene(
     project: LabelProject,
     scene: str | Path,
-    model: str | None,
+    options: RunOptions,
     progress: ProgressCallback | None = None,
     cancelled: CancelCallback | None = None,
 ) -> SceneRun:
@@ -92,6 +94,8 @@ def segment_scene(
     """
     from ..inference.segment import SegmentOptions, segment
 
+    run = {f.name: getattr(options, f.name) for f in dataclasses.fields(RunOptions)}
+
     folder = project.runs_folder
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
@@ -100,7 +104,7 @@ def segment_scene(
         result = segment(
             scene,
             paths["mask"],
-            SegmentOptions(model=model, uncertainty=paths["uncertainty"]),
+            SegmentOptions(**run, uncertainty=paths["uncertainty"]),
             progress=progress,
             cancelled=cancelled,
         )
@@ -120,6 +124,7 @@ def propose_on_scene(
     count: int = 20,
     progress: ProgressCallback | None = None,
     cancelled: CancelCallback | None = None,
+    options: RunOptions | None = None,
 ) -> Proposed:
     """Propose the most doubtful boxes of a scene, segmenting it first when needed.
 
@@ -135,17 +140,21 @@ def propose_on_scene(
         count: How many boxes.
         progress: Called with (percent, message).
         cancelled: Polled while segmenting; True stops (the project is left as it was).
+        options: How the model runs (``cloudseg propose``'s run flags); its ``model``
+            is replaced by ``model`` when that is given.
 
     Returns:
         The run ranked and the proposals, highest doubt first.
     """
+    options = _with_model(options, model)
+    model = options.model
     project = project if isinstance(project, LabelProject) else LabelProject(project)
     report = progress or (lambda percent, message: None)
     _refuse_outputs(scene)
     run = latest_run(project, scene, model) if model else None
     if run is None:
         run = segment_scene(
-            project, scene, model, lambda p, m: report(0.9 * p, m), cancelled or (lambda: False)
+            project, scene, options, lambda p, m: report(0.9 * p, m), cancelled or (lambda: False)
         )
     if cancelled is not None and cancelled():
         raise CancelledError("cancelled; the label project is as it was")
@@ -180,10 +189,17 @@ def rerun(
     model: str | None,
     progress: ProgressCallback | None = None,
     cancelled: CancelCallback | None = None,
+    options: RunOptions | None = None,
 ) -> SceneRun:
     """Segment the scene with ``model`` (a new version) beside the project's earlier runs."""
     project = project if isinstance(project, LabelProject) else LabelProject(project)
-    return segment_scene(project, scene, model, progress, cancelled)
+    return segment_scene(project, scene, _with_model(options, model), progress, cancelled)
+
+
+def _with_model(options: RunOptions | None, model: str | None) -> RunOptions:
+    """``options`` (default ones) running ``model`` when it is given."""
+    options = options or RunOptions()
+    return dataclasses.replace(options, model=model) if model else options
 
 
 __all__ = ["Proposed", "SceneRun", "latest_run", "propose_on_scene", "rerun", "segment_scene"]

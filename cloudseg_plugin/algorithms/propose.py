@@ -33,14 +33,21 @@ class ProposeAlgorithm(CloudsegAlgorithm):
     BOX = "BOX"
     COUNT = "COUNT"
     SCENE = "SCENE"
+    MODEL = "MODEL"
 
     def shortHelpString(self) -> str:
         """Return the help shown beside the dialog."""
         return """Proposes where to label next: the boxes of a scene where the model is \
 least sure.
 
-<b>Uncertainty</b>: the uncertainty raster of a "Segment clouds" run (its Uncertainty \
-output): the normalized entropy of the class probabilities, in percent.
+<b>Scene</b>: the scene to label. Without an uncertainty raster it is segmented first \
+(with <b>Model</b>; empty: the best built-in model for it) into the folder \
+&lt;project&gt;-runs beside the project, or the newest run there of the same model is \
+reused: the label dock's "Propose areas".
+
+<b>Uncertainty</b> (optional): the uncertainty raster of an earlier "Segment clouds" run \
+(its Uncertainty output): the normalized entropy of the class probabilities, in \
+percent. Empty Scene: the scene the raster records.
 
 <b>Label project</b>: a GeoPackage (created if missing). Its <i>proposals</i> layer gets \
 the top boxes with rank, score (mean doubt, %), status (todo), scene and model. Boxes \
@@ -48,14 +55,15 @@ never overlap, and never cover a box already labeled or skipped; the unlabeled \
 proposals of an earlier round are replaced.
 
 <b>Box size</b>: an area an analyst labels in a minute or two (128 px: 1.3 km at \
-10 m).
-
-<b>Scene</b>: the scene the uncertainty raster was made from; empty: the scene the \
-raster records (every "Segment clouds" output names its scene)."""
+10 m)."""
 
     def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
         """Declare the parameters and outputs."""
-        self.addParameter(QgsProcessingParameterRasterLayer(self.UNCERTAINTY, "Uncertainty"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.SCENE, "Scene", optional=True))
+        self.addParameter(
+            QgsProcessingParameterRasterLayer(self.UNCERTAINTY, "Uncertainty", optional=True)
+        )
+        self.addParameter(QgsProcessingParameterString(self.MODEL, "Model", optional=True))
         self.addParameter(
             QgsProcessingParameterFileDestination(
                 self.PROJECT, "Label project", "GeoPackage (*.gpkg)"
@@ -67,7 +75,6 @@ raster records (every "Segment clouds" output names its scene)."""
         self.addParameter(
             QgsProcessingParameterNumber(self.COUNT, "Boxes", minValue=1, defaultValue=20)
         )
-        self.addParameter(QgsProcessingParameterRasterLayer(self.SCENE, "Scene", optional=True))
         self.addOutput(QgsProcessingOutputNumber("PROPOSED", "Boxes proposed"))
 
     def run_backend(
@@ -77,21 +84,32 @@ raster records (every "Segment clouds" output names its scene)."""
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
         """Propose, and load the proposals layer when run from the toolbox."""
+        from ...backend.active.loop import propose_on_scene
         from ...backend.active.project import PROPOSALS_LAYER
         from ...backend.active.propose import propose
+        from ...backend.raster.reader import scene_path_from_gdal_source
 
-        layer = self.parameterAsRasterLayer(parameters, self.UNCERTAINTY, context)
-        if layer is None:
-            raise QgsProcessingException("no uncertainty raster given")
+        doubt = self.parameterAsRasterLayer(parameters, self.UNCERTAINTY, context)
+        layer = self.parameterAsRasterLayer(parameters, self.SCENE, context)
+        scene = scene_path_from_gdal_source(layer.source()) if layer is not None else None
         project = self.parameterAsFileOutput(parameters, self.PROJECT, context)
-        scene = self.parameterAsRasterLayer(parameters, self.SCENE, context)
-        proposals = propose(
-            layer.source(),
-            project,
-            box=self.parameterAsInt(parameters, self.BOX, context),
-            count=self.parameterAsInt(parameters, self.COUNT, context),
-            scene=scene.source() if scene is not None else None,
-        )
+        box = self.parameterAsInt(parameters, self.BOX, context)
+        count = self.parameterAsInt(parameters, self.COUNT, context)
+        if doubt is not None:
+            proposals = propose(doubt.source(), project, box, count, scene)
+        elif scene is not None:
+            model = self.parameterAsString(parameters, self.MODEL, context).strip() or None
+            proposals = propose_on_scene(
+                project,
+                scene,
+                model,
+                box,
+                count,
+                lambda percent, message: self.report_progress(feedback, percent, message),
+                feedback.isCanceled,
+            ).proposals
+        else:
+            raise QgsProcessingException("give the scene (or its uncertainty raster)")
         for p in proposals[:5]:
             feedback.pushInfo(
                 f"{p.rank}. mean doubt {p.score:.1f} % at row {p.box.row}, column {p.box.col}"

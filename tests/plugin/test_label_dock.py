@@ -84,7 +84,10 @@ def test_the_analyst_loop_from_proposals_to_a_better_model(dock, session, plugin
     assert _statuses(dock) == {1: "todo", 2: "todo", 3: "todo", 4: "todo"}
     first = dock.current
     assert dock.proposals.getFeature(first)["rank"] == 1
-    assert dock.proposals.selectedFeatureIds() == [first]
+    # Outlined, not selected: a selected polygon is filled and would hide the pixels.
+    outline = dock.highlight.asGeometry().boundingBox()
+    assert outline == dock.proposals.getFeature(first).geometry().boundingBox()
+    assert dock.proposals.selectedFeatureIds() == []
     names = [layer.name() for layer in QgsProject.instance().mapLayers().values()]
     assert f"chip - uncertainty (%) ({MODEL})" in names and f"chip - clouds ({MODEL})" in names
     assert "Done 0 / 4 proposed" in dock.progress_label.text()

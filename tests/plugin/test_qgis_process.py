@@ -132,7 +132,6 @@ def test_qgis_process_writes_uncertainty_then_proposals_on_a_real_chip(
         f"PROJECT={project}",
         "BOX=64",
         "COUNT=6",
-        "SCENE=adwp",
         env=qgis_process_env,
     )
     assert proposed.returncode == 0, proposed.stderr
@@ -140,6 +139,7 @@ def test_qgis_process_writes_uncertainty_then_proposals_on_a_real_chip(
     dataset = ogr.Open(str(project))
     features = list(dataset.GetLayerByName("proposals"))
     assert [f.GetField("rank") for f in features] == [1, 2, 3, 4, 5, 6]
+    assert {f.GetField("scene") for f in features} == {multiband.stem}  # the raster's scene
     assert {f.GetField("status") for f in features} == {"todo"}
     scores = [f.GetField("score") for f in features]
     assert scores == sorted(scores, reverse=True)
@@ -152,8 +152,13 @@ def test_qgis_process_writes_uncertainty_then_proposals_on_a_real_chip(
     first.SetField("status", "labeled")
     layer.SetFeature(first)
     polygons = ogr.Open(str(tmp_path / "polygons.gpkg"))
-    dataset.CopyLayer(polygons.GetLayerByName("cloudseg"), "labels")
-    dataset = polygons = None
+    labels = dataset.GetLayerByName("labels")  # made empty with the proposals
+    for polygon in polygons.GetLayerByName("cloudseg"):
+        copy = ogr.Feature(labels.GetLayerDefn())
+        copy.SetGeometry(polygon.GetGeometryRef().Clone())
+        copy.SetField("class", polygon.GetField("class"))
+        labels.CreateFeature(copy)
+    dataset = polygons = labels = None
     store = tmp_path / "store"
     stored = qgis_process(
         "--json",
@@ -173,6 +178,25 @@ def test_qgis_process_writes_uncertainty_then_proposals_on_a_real_chip(
     (scene,) = open_dataset(store).scenes()
     image, labels = open_dataset(store).read(scene)
     assert image.shape == (4, 80, 80) and labels.shape == (80, 80)  # 8 px of context
+
+    # From the scene alone: segmented with doubt into <project>-runs, then proposed.
+    fresh = tmp_path / "fresh.gpkg"
+    proposed = qgis_process(
+        "--json",
+        "run",
+        "cloudseg:propose",
+        "--",
+        f"SCENE={multiband}",
+        "MODEL=ukis-csmask-4b-l2a",
+        f"PROJECT={fresh}",
+        "BOX=64",
+        "COUNT=3",
+        env=qgis_process_env,
+    )
+    assert proposed.returncode == 0, proposed.stderr
+    assert json.loads(proposed.stdout)["results"]["PROPOSED"] == 3
+    runs = sorted(p.name.split("_")[-1] for p in (tmp_path / "fresh-runs").iterdir())
+    assert runs == ["mask.tif", "uncertainty.tif"]
 
 
 @pytest.mark.real_data

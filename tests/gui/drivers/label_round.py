@@ -43,6 +43,20 @@ def start() -> None:
 def label(dock: object) -> None:
     """Three boxes from the model's mask, marked Done; then Fine-tune."""
     seen["proposed"] = dock.proposals.featureCount() if dock.proposals else 0
+    # At the first box: what the analyst sees (the layer tree) and edits (the active layer).
+    root = QgsProject.instance().layerTreeRoot()
+    seen["shown_at_box"] = sorted(
+        node.layer().name() for node in root.findLayers() if node.isVisible()
+    )
+    seen["active_at_box"] = qgis.utils.iface.activeLayer().name()
+    canvas = qgis.utils.iface.mapCanvas()
+    canvas.refresh()
+    canvas.waitWhileRendering()
+    image = canvas.grab().toImage()
+    # Inside the box, away from its outline and from the rank written at its centre.
+    points = [(0.3, 0.3), (0.7, 0.3), (0.3, 0.7), (0.7, 0.7)]
+    colours = [image.pixelColor(int(x * image.width()), int(y * image.height())) for x, y in points]
+    seen["box_colours"] = [[c.red(), c.green(), c.blue()] for c in colours]
     seen["added"] = []
     for _ in range(3):
         seen["added"].append(dock.start_from_model())

@@ -27,9 +27,9 @@ from typing import Any
 
 from qgis.core import Qgis, QgsMessageLog, QgsProject, QgsRasterLayer, QgsWkbTypes
 from qgis.gui import QgsRubberBand
-from qgis.PyQt.QtCore import QSettings, Qt, pyqtSignal
-from qgis.PyQt.QtGui import QColor, QKeySequence
-from qgis.PyQt.QtWidgets import QDockWidget, QPushButton, QShortcut, QTabWidget, QWidget
+from qgis.PyQt.QtCore import QSettings, pyqtSignal
+from qgis.PyQt.QtGui import QColor
+from qgis.PyQt.QtWidgets import QDockWidget, QTabWidget, QWidget
 
 from ..backend.active.loop import latest_run, propose_on_scene, rerun
 from ..backend.active.project import LabelProject, ProjectContents
@@ -63,7 +63,6 @@ class LabelDock(QDockWidget, LabelDockUi):
         self.handled: list[int] = []  # boxes marked this session, for Back
         self.class_value: int | None = None
         self._cards: dict[str, Any] = {}
-        self._shortcuts: list[QShortcut] = []
         self.highlight = QgsRubberBand(iface.mapCanvas(), QgsWkbTypes.PolygonGeometry)
         self.highlight.setFillColor(QColor(0, 0, 0, 0))
         self.highlight.setStrokeColor(QColor(STATUS_COLORS["todo"]))
@@ -91,11 +90,16 @@ class LabelDock(QDockWidget, LabelDockUi):
         for button, action in actions.items():
             button.clicked.connect(lambda _=False, action=action: action())
         self.model_combo.currentIndexChanged.connect(self._model_changed)
-        self.class_group.idClicked.connect(self.set_class)
+        self.class_buttons.connect(iface.mainWindow(), self.set_class, lambda: not self.isHidden())
         self.project_widget.fileChanged.connect(lambda path: self.open_project(path))
         self.load_models()
-        self._add_shortcuts()
-        QgsProject.instance().layersWillBeRemoved.connect(self._layers_removed)
+
+        def forget_layers(ids: list[str]) -> None:  # the analyst removed project layers
+            if self.layers is not None:
+                self.layers.forget(ids)
+
+        self._forget_layers = forget_layers
+        QgsProject.instance().layersWillBeRemoved.connect(forget_layers)
         saved = QSettings().value(SETTINGS_PROJECT, "")
         if saved and Path(saved).is_file():
             self.project_widget.setFilePath(saved)  # opens it (fileChanged)
@@ -138,52 +142,19 @@ class LabelDock(QDockWidget, LabelDockUi):
     def _model_changed(self) -> None:
         """Offer the chosen model's classes as buttons; style the labels by them."""
         card = self._card()
-        for button in self.class_group.buttons():
-            self.class_group.removeButton(button)
-            self.class_row.removeWidget(button)
-            button.deleteLater()
         if card is None:
             return
-        for key, info in enumerate(card.classes[:4], start=1):
-            button = QPushButton(f"{key} {info.name}")
-            button.setCheckable(True)
-            button.setObjectName(f"cloudsegClass{info.value}")
-            button.setStyleSheet(f"border-left: 6px solid {info.color[:7]};")
-            button.setToolTip(f"New polygons get class {info.value} ({info.name}); key {key}")
-            self.class_group.addButton(button, info.value)
-            self.class_row.addWidget(button)
+        self.class_buttons.fill(card.classes)
         if self.layers is not None:
             self.layers.style_labels(card.classes)
         default = next((c.value for c in card.classes if c.name != "clear"), card.classes[0].value)
         self.set_class(self.class_value if self.class_value is not None else default)
 
-    def _add_shortcuts(self) -> None:
-        """Keys 1-4 pick the class while digitizing on the map."""
-        for key in range(1, 5):
-            shortcut = QShortcut(QKeySequence(str(key)), self.iface.mainWindow())
-            shortcut.setContext(Qt.WindowShortcut)
-            shortcut.activated.connect(lambda key=key: self.class_key(key))
-            self._shortcuts.append(shortcut)
-
-    def class_key(self, key: int) -> None:
-        """Key ``key`` (1-4): the class of the key-th button, when this dock is shown."""
-        buttons = self.class_group.buttons()
-        if not self.isHidden() and 0 < key <= len(buttons):
-            self.set_class(self.class_group.id(buttons[key - 1]))
-
-    def _layers_removed(self, ids: list[str]) -> None:
-        if self.layers is not None:
-            self.layers.forget(ids)
-
     def detach(self) -> None:
-        """Remove the shortcuts and signal connections (before the dock is deleted)."""
+        """Remove the keys, the outline and signal connections (before deletion)."""
         with contextlib.suppress(TypeError, RuntimeError):
-            QgsProject.instance().layersWillBeRemoved.disconnect(self._layers_removed)
-        for shortcut in self._shortcuts:
-            with contextlib.suppress(RuntimeError):
-                shortcut.setEnabled(False)
-                shortcut.deleteLater()
-        self._shortcuts.clear()
+            QgsProject.instance().layersWillBeRemoved.disconnect(self._forget_layers)
+        self.class_buttons.disconnect()
         with contextlib.suppress(RuntimeError):
             self.highlight.reset()
             self.iface.mapCanvas().scene().removeItem(self.highlight)
@@ -337,9 +308,7 @@ class LabelDock(QDockWidget, LabelDockUi):
         if value is None or card is None or value not in {c.value for c in card.classes}:
             return
         self.class_value = value
-        button = self.class_group.button(value)
-        if button is not None:
-            button.setChecked(True)
+        self.class_buttons.check(value)
         if self.layers is not None:
             self.layers.set_class(value)
 
@@ -386,22 +355,22 @@ class LabelDock(QDockWidget, LabelDockUi):
                 project, source, model, steps=steps, progress=progress, cancelled=cancelled
             )
 
-        return self._run(f"Fine-tune on {project.path.name}", work, self._fine_tuned)
+        def done(result: Any) -> None:
+            # The judge decides what is current; a version kept aside is listed, not chosen.
+            self.load_models(select=result.current)
+            self.model_registered.emit(result.current)
+            self.refresh()
+            where = f"{result.round.held_out_boxes} held-out box(es)"
+            if result.adopted:
+                self._say(f"{result.verdict.reason} ({where}); Re-run to see it", Qgis.Success)
+            else:
+                self._say(
+                    f"{result.verdict.reason} ({where}). {result.model} stays in the model "
+                    "list if you want it anyway; label more boxes and fine-tune again",
+                    Qgis.Warning,
+                )
 
-    def _fine_tuned(self, result: Any) -> None:
-        # The judge decides what is current; a version kept aside is listed, not selected.
-        self.load_models(select=result.current)
-        self.model_registered.emit(result.current)
-        self.refresh()
-        where = f"{result.round.held_out_boxes} held-out box(es)"
-        if result.adopted:
-            self._say(f"{result.verdict.reason} ({where}); Re-run to see it", Qgis.Success)
-        else:
-            self._say(
-                f"{result.verdict.reason} ({where}). {result.model} stays in the model list "
-                "if you want it anyway; label more boxes and fine-tune again",
-                Qgis.Warning,
-            )
+        return self._run(f"Fine-tune on {project.path.name}", work, done)
 
     def rerun(self) -> BackendTask | None:
         """Segment the scene with the chosen model, beside the earlier masks (a task)."""
@@ -427,10 +396,6 @@ class LabelDock(QDockWidget, LabelDockUi):
         """Run ``work`` as the dock's task; ``done(result)`` when it succeeded."""
         task = BackendTask(f"cloudseg: {what}", work, lambda ended: done(ended.result))
         return self.runner.start(task, cancelled="cancelled; the project is as it was")
-
-    def cancel(self) -> None:
-        """Cancel the running task."""
-        self.runner.cancel()
 
     # -- what the dock shows -----------------------------------------------------------
     def refresh(self) -> ProjectContents:

@@ -6,8 +6,14 @@ lays out every widget of the "Propose and label" tab and names them; it connects
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
 from qgis.core import QgsMapLayerProxyModel
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QKeySequence
 from qgis.PyQt.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -16,6 +22,7 @@ from qgis.PyQt.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QShortcut,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -105,11 +112,9 @@ class LabelDockUi:
             "digitizing tools (add, reshape, split, vertex tool, delete)",
         )
         layout.addWidget(self.start_button)
-        self.class_row = QHBoxLayout()
-        self.class_group = QButtonGroup(body)
-        self.class_group.setExclusive(True)
+        self.class_buttons = ClassButtons(body)
         layout.addWidget(QLabel("Class of the next polygon (keys 1-4)"))
-        layout.addLayout(self.class_row)
+        layout.addLayout(self.class_buttons.row)
         self.progress_label = QLabel("no label project open")
         self.progress_label.setWordWrap(True)
         layout.addWidget(self.progress_label)
@@ -152,4 +157,67 @@ class LabelDockUi:
         layout.addWidget(self.history_table, 1)
 
 
-__all__ = ["DEFAULT_BOX", "DEFAULT_COUNT", "LabelDockUi"]
+class ClassButtons:
+    """One checkable button per class of the model (at most 4), and keys 1-4 for them.
+
+    ``picked(value)`` is called with the class value when a button is clicked or its
+    key pressed (keys only while ``active()`` says the dock is shown).
+    """
+
+    def __init__(self, parent: QWidget) -> None:
+        self.row = QHBoxLayout()
+        self.group = QButtonGroup(parent)
+        self.group.setExclusive(True)
+        self.shortcuts: list[QShortcut] = []
+        #: ``key(number)``: what pressing key 1-4 does (set by :meth:`connect`).
+        self.key: Callable[[int], None] = lambda number: None
+
+    def fill(self, classes: list[Any]) -> None:
+        """Buttons for ``classes`` (a model card's), replacing the earlier ones."""
+        for button in self.group.buttons():
+            self.group.removeButton(button)
+            self.row.removeWidget(button)
+            button.deleteLater()
+        for key, info in enumerate(classes[:4], start=1):
+            button = QPushButton(f"{key} {info.name}")
+            button.setCheckable(True)
+            button.setObjectName(f"cloudsegClass{info.value}")
+            button.setStyleSheet(f"border-left: 6px solid {info.color[:7]};")
+            button.setToolTip(f"New polygons get class {info.value} ({info.name}); key {key}")
+            self.group.addButton(button, info.value)
+            self.row.addWidget(button)
+
+    def check(self, value: int) -> None:
+        """Show ``value``'s button as the one chosen."""
+        button = self.group.button(value)
+        if button is not None:
+            button.setChecked(True)
+
+    def connect(
+        self, window: QWidget, picked: Callable[[int], None], active: Callable[[], bool]
+    ) -> None:
+        """Call ``picked`` on a click, and on keys 1-4 in ``window`` while ``active()``."""
+        self.group.idClicked.connect(picked)
+
+        def key(number: int) -> None:
+            buttons = self.group.buttons()
+            if active() and 0 < number <= len(buttons):
+                picked(self.group.id(buttons[number - 1]))
+
+        self.key = key
+        for number in range(1, 5):
+            shortcut = QShortcut(QKeySequence(str(number)), window)
+            shortcut.setContext(Qt.WindowShortcut)
+            shortcut.activated.connect(lambda number=number: key(number))
+            self.shortcuts.append(shortcut)
+
+    def disconnect(self) -> None:
+        """Remove the keys (before the dock is deleted)."""
+        for shortcut in self.shortcuts:
+            with contextlib.suppress(RuntimeError):
+                shortcut.setEnabled(False)
+                shortcut.deleteLater()
+        self.shortcuts.clear()
+
+
+__all__ = ["DEFAULT_BOX", "DEFAULT_COUNT", "ClassButtons", "LabelDockUi"]

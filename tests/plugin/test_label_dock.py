@@ -103,7 +103,7 @@ def test_the_analyst_loop_from_proposals_to_a_better_model(dock, session, plugin
     np.testing.assert_array_equal(labels, expected)
 
     # The analyst picks "cloud shadow" (key 3) and digitizes a square in the corner.
-    dock.class_key(3)
+    dock.class_buttons.key(3)  # the key 3, as the analyst presses it
     assert dock.class_value == 2
     x0, y0 = transform * (box.col, box.row)
     x1, y1 = transform * (box.col + 8, box.row + 8)

@@ -4,10 +4,11 @@ Predictions come from the same engine analysts run, in memory
 (:func:`cloudseg.backend.inference.engine.predict`): tiling, blending, resampling to the
 model's resolution and back, scaling. A store scene is read into memory with its bands,
 pixel size and scale and goes to the engine as an array; a raster goes to it through
-the same reader ``cloudseg segment`` uses. Nothing is written to evaluate, and the model
-is loaded once for all scenes. Reference classes are mapped to the model's classes by
-name (``thick cloud`` and ``thin cloud`` -> ``cloud``) unless a mapping is given;
-unmapped and unlabeled pixels are ignored.
+the same reader ``cloudseg segment`` uses. Classes come from the same decision as the
+masks ``segment`` writes, with the options' cloud and shadow thresholds when given.
+Nothing is written to evaluate, and the model is loaded once for all scenes. Reference
+classes are mapped to the model's classes by name (``thick cloud`` and ``thin cloud`` ->
+``cloud``) unless a mapping is given; unmapped and unlabeled pixels are ignored.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import numpy as np
 from ..backend.accounting import RunMeter
 from ..backend.callbacks import CancelCallback, ProgressCallback
 from ..backend.errors import CancelledError, InputError
-from ..backend.inference.engine import ArrayScene, predict
+from ..backend.inference.engine import ArrayScene, open_input, predict
 from ..backend.inference.options import RunOptions
 from ..backend.inference.runners import Runner, create_runner
 from ..backend.models.registry import load_model
 from ..backend.raster.bands import canonical_band
-from ..backend.raster.reader import guess_scale, open_scene, pixel_size_m
+from ..backend.raster.reader import guess_scale, pixel_size_m
 from .data import lookup_table, map_classes
 from .metrics import confusion_matrix, metrics_from_confusion, write_report
 
@@ -66,12 +67,14 @@ class Evaluation:
 def _classes(
     source: ArrayScene | Path, options: RunOptions, runner: Runner
 ) -> tuple[np.ndarray, float]:
-    """The class raster of one input, predicted in memory, and its pixel size in metres."""
+    """The class raster of one input, predicted in memory, and its pixel size in metres.
+
+    Read and decided as ``segment`` does: the same reader settings, and the one class
+    decision with the options' cloud and shadow thresholds.
+    """
     if isinstance(source, ArrayScene):
         return predict(source, options, runner).classes(), float(source.resolution_m or 0.0)
-    with open_scene(
-        source, options.bands, options.product_level, options.scale, options.offset
-    ) as reader:
+    with open_input(source, options) as reader:
         return predict(reader, options, runner).classes(), float(reader.resolution_m or 0.0)
 
 

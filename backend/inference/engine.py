@@ -4,17 +4,27 @@
 or an array in memory) through the model: strips of reflectance on the model's grid
 are normalised, mirrored at the edges, cut into tiles, run in batches (optionally with
 TTA), blended, brought back to the input grid and yielded row block by row block with
-their nodata masks. :func:`cloudseg.backend.inference.segment.segment` writes those
-rows to files; :func:`predict` collects them in memory, for evaluation, uncertainty,
-active learning and explanations. Both give the same probabilities for the same input.
+their nodata masks. :func:`reader_rows` runs a scene read from files through it in
+column blocks when one pass would not fit the memory budget.
+
+Every run takes the same steps: :func:`open_input` opens the input as the options say
+(bands, level, scaling, extent), :func:`plan_run` chooses the model, the grid and the
+column blocks, a runner runs the model, and :func:`scene_rows` streams the rows.
+:func:`cloudseg.backend.inference.segment.segment` writes those rows to files,
+:func:`cloudseg.backend.inference.explain.explain` runs a map-making runner through
+them, and :func:`predict` collects them in memory, for evaluation, uncertainty and
+active learning. All give the same probabilities for the same input, and
+classes come from the one decision (:func:`.decision.decide`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -24,16 +34,77 @@ from ..callbacks import CancelCallback, ProgressCallback, never_cancelled, no_pr
 from ..errors import BandError, CancelledError, InputError
 from ..models.cards import ModelCard
 from ..models.registry import Model, choose_model, load_model
-from ..raster.reader import SceneReader
+from ..raster.reader import SceneReader, open_scene
+from .decision import NODATA, decide
 from .options import RunOptions
-from .resample import ModelGrid, RowMasks, Upsampler, argmax_classes, block_nanmean
-from .runners import Runner, create_runner
+from .resample import ModelGrid, RowMasks, Upsampler, block_nanmean
+from .runners import Runner, create_runner, shared_runner
 from .tiling import RowBlender, TileLayout
 
 logger = logging.getLogger(__name__)
 
-#: Class raster value of pixels without data.
-NODATA = 255
+__all__ = [
+    "NODATA",
+    "ArrayScene",
+    "Prediction",
+    "ReaderScene",
+    "RunPlan",
+    "memory_plan",
+    "open_input",
+    "plan_reader",
+    "plan_run",
+    "predict",
+    "reader_rows",
+    "resolve_model",
+    "scene_rows",
+]
+
+
+# -- opening an input ----------------------------------------------------------------------
+def gdal_settings() -> dict[str, int | str]:
+    """GDAL settings for a run, where the user has not set them.
+
+    The block cache is 256 MiB: GDAL's default (5 % of RAM) lets a run's memory grow
+    with the scene up to that share, and strips are read once each, so a small cache
+    costs little time. Compressed blocks are decoded and encoded on all cores
+    (GDAL_NUM_THREADS): a strip of a full Sentinel-2 tile spans dozens of blocks.
+    """
+    settings: dict[str, int | str] = {
+        "GDAL_CACHEMAX": 256 * 1024 * 1024,
+        "GDAL_NUM_THREADS": "ALL_CPUS",
+    }
+    return {k: v for k, v in settings.items() if k not in os.environ}
+
+
+@contextlib.contextmanager
+def open_input(
+    source: str | Path,
+    options: RunOptions,
+    bounds: tuple[float, float, float, float] | None = None,
+) -> Iterator[SceneReader]:
+    """Open an input as a run reads it: its bands, level and scaling as the options say.
+
+    Reads go through GDAL with the run's settings (:func:`gdal_settings`, no ``.aux.xml``
+    written beside the input) while the context lasts.
+
+    Args:
+        source: Anything ``cloudseg segment`` reads (raster, band folder, SAFE).
+        options: ``bands``, ``product_level``, ``scale`` and ``offset`` apply.
+        bounds: Only this extent (left, bottom, right, top in the input's CRS).
+
+    Raises:
+        CloudsegError: For an input that cannot be read, or an extent off the scene.
+    """
+    import rasterio
+
+    with contextlib.ExitStack() as stack:
+        reader = stack.enter_context(
+            open_scene(source, options.bands, options.product_level, options.scale, options.offset)
+        )
+        stack.enter_context(rasterio.Env(GDAL_PAM_ENABLED="NO", **gdal_settings()))
+        if bounds is not None:
+            reader.crop(bounds)
+        yield reader
 
 
 # -- where strips come from --------------------------------------------------------------
@@ -375,6 +446,140 @@ def resolve_model(
     return model, f"model {model.card.name} as asked"
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run does with one input, decided before the model loads.
+
+    Attributes:
+        model: The model.
+        reason: One line: why this model.
+        grid: The model's grid over the input.
+        blocks: ``(c0, c1, b0, b1)`` column blocks (see :func:`memory_plan`); one block
+            spanning the input when it fits in memory, or when no budget was given.
+    """
+
+    model: Model
+    reason: str
+    grid: ModelGrid
+    blocks: list[tuple[int, int, int, int]]
+
+    @property
+    def card(self) -> ModelCard:
+        """The model's card."""
+        return self.model.card
+
+    def runner(self, options: RunOptions, keep: bool = False) -> Runner:
+        """The runner :func:`.runners.plan_runner` chooses for the options.
+
+        Args:
+            options: ``device``, ``precision``, ``runtime`` and the tile size apply.
+            keep: Keep it loaded for the next run in this thread (a batch worker).
+        """
+        tile, _ = options.tiling(self.card)
+        make = shared_runner if keep else create_runner
+        return make(self.model, options.device, options.precision, options.runtime, tile)
+
+
+def plan_run(
+    options: RunOptions,
+    bands: list[str],
+    product_level: str | None,
+    shape: tuple[int, int],
+    pixel_m: float | None,
+    where: str,
+    budget_mib: float | None = None,
+) -> RunPlan:
+    """Choose the model, its grid and the column blocks for an input (nothing loads).
+
+    Args:
+        options: The run's options (model, tiling, resolution).
+        bands: The input's band names.
+        product_level: The input's level, if known.
+        shape: ``(height, width)`` of the input grid.
+        pixel_m: The input's pixel size in metres (None where unknown).
+        where: What to call the input in an error (its path, or "the image").
+        budget_mib: The memory budget (see :func:`memory_plan`); None: one block.
+
+    Raises:
+        CloudsegError: For a model that does not fit, a bad tiling, a grid the model
+            cannot run on, or a budget too small.
+    """
+    height, width = shape
+    model, reason = resolve_model(bands, product_level, options, Path(where).name)
+    card = model.card
+    options.tiling(card)  # checks the tiling before anything loads
+    grid = ModelGrid.choose(height, width, pixel_m, card.resolution_m, options.resolution, where)
+    blocks = [(0, width, 0, width)]
+    if budget_mib is not None:
+        memory = memory_plan(width, card, grid, options, budget_mib)
+        blocks = memory.blocks
+        if len(blocks) > 1:
+            logger.info(
+                "one pass over %d columns would need about %.1f GiB (budget %.1f GiB): "
+                "running in %d column blocks",
+                width,
+                memory.estimate_mib / 1024,
+                memory.budget_mib / 1024,
+                len(blocks),
+            )
+    return RunPlan(model, reason, grid, blocks)
+
+
+def plan_reader(
+    reader: SceneReader, options: RunOptions, budget_mib: float | None = None
+) -> RunPlan:
+    """:func:`plan_run` for a scene read from files (see :func:`open_input`)."""
+    return plan_run(
+        options,
+        reader.bands,
+        reader.product_level,
+        (reader.height, reader.width),
+        reader.resolution_m,
+        str(reader.path),
+        budget_mib,
+    )
+
+
+def _block_progress(progress: ProgressCallback, index: int, count: int) -> ProgressCallback:
+    """Progress of column block ``index`` of ``count`` as a share of the whole run."""
+    if count == 1:
+        return progress
+
+    def report(percent: float, message: str) -> None:
+        progress((index * 98.0 + percent) / count, f"column block {index + 1}/{count}, {message}")
+
+    return report
+
+
+def reader_rows(
+    reader: SceneReader,
+    plan: RunPlan,
+    runner: Runner,
+    options: RunOptions,
+    progress: ProgressCallback = no_progress,
+    cancelled: CancelCallback = never_cancelled,
+    meter: RunMeter | None = None,
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Stream a scene read from files through the model, column block by column block.
+
+    Each block is run with the context its tiles need and cropped to its own columns,
+    so the rows are those of one pass over the whole width (see :func:`memory_plan`).
+
+    Yields:
+        ``(row, col, probabilities, nodata)``: input rows ``row..row + n`` of the
+        columns ``col..col + width``, as :func:`scene_rows` yields them; all rows of a
+        block come before the next block's.
+    """
+    count = len(plan.blocks)
+    for index, (c0, c1, b0, b1) in enumerate(plan.blocks):
+        scene = ReaderScene(reader, b0, b1 - b0)
+        grid = plan.grid if count == 1 else plan.grid.of_width(b1 - b0)
+        block_progress = _block_progress(progress, index, count)
+        rows = scene_rows(scene, grid, plan.card, runner, options, block_progress, cancelled, meter)
+        for row, probs, nodata in rows:
+            yield row, c0, probs[:, :, c0 - b0 : c1 - b0], nodata[:, c0 - b0 : c1 - b0]
+
+
 @dataclass
 class Prediction:
     """Blended class probabilities of a whole input, in memory.
@@ -385,6 +590,8 @@ class Prediction:
         model: The model's card.
         runner: What ran the model (runtime, device, precision).
         model_reason: Why this model.
+        cloud_threshold: See :class:`RunOptions`.
+        shadow_threshold: See :class:`RunOptions`.
     """
 
     probabilities: np.ndarray
@@ -392,12 +599,23 @@ class Prediction:
     model: ModelCard
     runner: str
     model_reason: str
+    #: The run's cloud and shadow thresholds (None: argmax), as ``segment`` applies them.
+    cloud_threshold: float | None = None
+    shadow_threshold: float | None = None
 
     def classes(self) -> np.ndarray:
-        """The class raster: uint8 class values, :data:`NODATA` where no data."""
-        classes = argmax_classes(self.probabilities)
-        classes[self.nodata] = NODATA
-        return classes
+        """The class raster: uint8 class values, :data:`NODATA` where no data.
+
+        The classes ``segment`` writes for the same input and options (the one class
+        decision, :func:`.decision.decide`, with the run's thresholds).
+        """
+        return decide(
+            self.probabilities,
+            self.model.classes,
+            self.cloud_threshold,
+            self.shadow_threshold,
+            self.nodata,
+        )
 
 
 def predict(
@@ -426,31 +644,35 @@ def predict(
     """
     options = options or RunOptions()
     if isinstance(scene, SceneReader):
-        reader = scene
-        bands, level, pixel, where = (
-            reader.bands,
-            reader.product_level,
-            reader.resolution_m,
-            reader.path.name,
-        )
-        scene = ReaderScene(reader)
+        plan = plan_reader(scene, options)
+        scene = ReaderScene(scene)
     elif isinstance(scene, ArrayScene):
-        bands, level, pixel = scene.bands, options.product_level, scene.resolution_m
-        where = "the image"
+        plan = plan_run(
+            options,
+            scene.bands,
+            options.product_level,
+            (scene.height, scene.width),
+            scene.resolution_m,
+            "the image",
+        )
     else:
         raise InputError(f"cannot predict on a {type(scene).__name__}; give an ArrayScene")
-    model, reason = resolve_model(bands, level, options, where)
-    card = model.card
-    tile, _ = options.tiling(card)  # checks the tiling before anything loads
-    grid = ModelGrid.choose(
-        scene.height, scene.width, pixel, card.resolution_m, options.resolution, where
-    )
+    card = plan.card
     if runner is None:
-        runner = create_runner(model, options.device, options.precision, options.runtime, tile)
+        runner = plan.runner(options)
     probabilities = np.empty((len(card.classes), scene.height, scene.width), dtype=np.float32)
     nodata = np.empty((scene.height, scene.width), dtype=bool)
-    for row, probs, missing in scene_rows(scene, grid, card, runner, options, progress, cancelled):
+    rows = scene_rows(scene, plan.grid, card, runner, options, progress, cancelled)
+    for row, probs, missing in rows:
         probabilities[:, row : row + probs.shape[1]] = probs
         nodata[row : row + probs.shape[1]] = missing
     progress(100.0, "done")
-    return Prediction(probabilities, nodata, card, runner.description, reason)
+    return Prediction(
+        probabilities,
+        nodata,
+        card,
+        runner.description,
+        plan.reason,
+        options.cloud_threshold,
+        options.shadow_threshold,
+    )

@@ -17,25 +17,37 @@ libraries: a second Qt inside the QGIS process.
 
 The target layer (:func:`target_layer`): for U-Nets the decoder block at a quarter of
 the input resolution (semantic enough to explain, fine enough for 10 m clouds); for
-other architectures the decoder's output. The maps run through the engine's tiling and
-blending tile by tile (any extent in bounded memory), and are scaled to 0-1 by their
-maximum over the scene, per class.
+other architectures the decoder's output. The pixels "the model assigns to" a class are
+those the one class decision gives it (:func:`.decision.decide`, with the run's cloud and
+shadow thresholds), as in the mask ``segment`` writes.
+
+An explanation is a run of the engine like ``segment``: the input is opened and the run
+planned the same way (:func:`.engine.open_input`, :func:`.engine.plan_run`: bands, level,
+scaling, extent, resolution, tiling, column blocks in bounded memory), the device comes
+from :func:`.runners.plan_runner` (torch, in float32: the maps need gradients), and the
+maps are blended as probabilities are. They are scaled to 0-1 by their maximum over the
+scene, per class.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..accounting import RunMeter, area_km2
+from ..accounting import Accounting, RunMeter, area_km2
 from ..callbacks import CancelCallback, ProgressCallback, never_cancelled, no_progress
 from ..choices import EXPLAIN_METHODS
 from ..errors import CancelledError, InputError, ModelError
+from ..models.cards import ModelCard
+from ..raster.reader import SceneReader
+from .decision import decide
+from .engine import RunPlan, open_input, plan_reader, reader_rows
+from .options import DEFAULT_MAX_MEMORY_MIB, RunOptions
 
 #: The CAM methods.
 METHODS = EXPLAIN_METHODS
@@ -68,6 +80,19 @@ class CamRunner:
     Channel ``k`` of the output holds the map of class ``k`` where ``k`` is one of the
     chosen classes, and 0 elsewhere, so the engine blends the maps of overlapping tiles
     as it blends probabilities.
+
+    Args:
+        network: The torch network.
+        layer: Its layer whose activations make the maps.
+        classes: Values of the classes to map.
+        channels: The network's number of classes.
+        method: ``gradcam`` or ``hirescam``.
+        device: ``cpu`` or ``cuda``.
+        layer_name: What to call the layer.
+        card_classes: The card's classes, for the class decision's thresholds.
+        cloud_threshold: See :class:`RunOptions`; None: argmax.
+        shadow_threshold: See :class:`RunOptions`; None: argmax.
+        output_logits: The network returns logits (probabilities are their softmax).
     """
 
     def __init__(
@@ -79,6 +104,10 @@ class CamRunner:
         method: str = "gradcam",
         device: str = "cpu",
         layer_name: str = "",
+        card_classes: list[Any] | None = None,
+        cloud_threshold: float | None = None,
+        shadow_threshold: float | None = None,
+        output_logits: bool = True,
     ) -> None:
         import torch
         from captum.attr import LayerGradCam, LayerGradientXActivation
@@ -100,11 +129,23 @@ class CamRunner:
         kind = LayerGradCam if method == "gradcam" else LayerGradientXActivation
         self._chosen: int = classes[0]
         self._attribution = kind(self._score, layer)
+        self.card_classes = list(card_classes or [])
+        self.thresholds = (cloud_threshold, shadow_threshold)
+        self.output_logits = output_logits
+
+    def _assigned(self, logits: Any) -> np.ndarray:
+        """The class each pixel of the tiles gets: ``(N, H, W)``, the one class decision."""
+        scores = logits.detach().float()
+        if self.output_logits:
+            scores = scores.softmax(dim=1)
+        probabilities = np.moveaxis(scores.cpu().numpy(), 1, 0)  # (classes, N, H, W)
+        return decide(probabilities, self.card_classes, *self.thresholds)
 
     def _score(self, x: Any) -> Any:
         """The chosen class's logit summed over the pixels the model assigns to it."""
         logits = self.network(x)
-        mine = (logits.argmax(dim=1) == self._chosen).to(logits.dtype)
+        assigned = self.torch.from_numpy(self._assigned(logits) == self._chosen)
+        mine = assigned.to(logits.device, logits.dtype)
         return (logits[:, self._chosen] * mine).sum(dim=(1, 2))
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -147,23 +188,52 @@ class ExplainResult:
         return self.__dict__ | {"output": str(self.output)}
 
 
-def cam_runner(model: Any, classes: list[int], method: str, device: str) -> CamRunner:
+def cam_runner(
+    model: Any, classes: list[int], method: str, options: RunOptions | None = None
+) -> CamRunner:
     """A :class:`CamRunner` for a registry model: its torch network and target layer.
 
+    The device is the one :func:`.runners.plan_runner` chooses for torch in float32 (the
+    maps need the network's gradients); the options' thresholds decide which pixels
+    are each class's.
+
     Raises:
-        ModelError: For an ONNX model that has no torch form.
+        ModelError: For an ONNX model that has no torch form, a runtime other than
+            torch, bf16, or a device that cannot run here.
     """
     from ..models.networks import torch_importable, torch_network
+    from .runners import plan_runner
 
+    options = options or RunOptions()
     card = model.card
     if card.format == "onnx" and not torch_importable(card):
         raise ModelError(
             f"model {card.name} is ONNX only: explanations need its torch form (smp U-Nets "
             "with an EfficientNet encoder, or a model.pt from cloudseg train)"
         )
+    if options.runtime not in ("auto", "torch"):
+        raise ModelError(
+            f"--runtime {options.runtime}: explanations need the network's gradients, which "
+            "torch computes; use --runtime auto or torch"
+        )
+    if options.precision == "bf16":
+        raise ModelError("--precision bf16: explanations are computed in float32; use fp32")
+    plan = plan_runner(card, options.device, "fp32", "torch")
     network = torch_network(model)
     layer, name = target_layer(network)
-    return CamRunner(network, layer, classes, len(card.classes), method, device, name)
+    return CamRunner(
+        network,
+        layer,
+        classes,
+        len(card.classes),
+        method,
+        plan.device,
+        name,
+        card_classes=list(card.classes),
+        cloud_threshold=options.cloud_threshold,
+        shadow_threshold=options.shadow_threshold,
+        output_logits=card.output == "logits",
+    )
 
 
 def explain(
@@ -175,10 +245,11 @@ def explain(
     bounds: tuple[float, float, float, float] | None = None,
     product_level: str | None = None,
     bands: list[str] | None = None,
-    device: str = "auto",
+    device: str | None = None,
     overwrite: bool = False,
     progress: ProgressCallback = no_progress,
     cancelled: CancelCallback = never_cancelled,
+    options: RunOptions | None = None,
 ) -> ExplainResult:
     """Write class activation maps of ``source`` as a float GeoTIFF on its grid.
 
@@ -191,10 +262,13 @@ def explain(
         bounds: Explain only this area (left, bottom, right, top in the input's CRS).
         product_level: ``L1C`` or ``L2A``, overriding detection.
         bands: Band names in file order, for files without band names.
-        device: ``auto``, ``cpu`` or ``cuda``.
+        device: ``auto``, ``cpu`` or ``cuda``; None: the options' (``auto``).
         overwrite: Replace an existing output.
         progress: Called with (percent, message).
         cancelled: Polled once per tile; True stops and writes nothing.
+        options: How to read the input and run the model, as for ``segment`` (the
+            arguments above, when given, take the place of its fields); the runtime is
+            torch and the precision float32.
 
     Returns:
         An :class:`ExplainResult`.
@@ -203,16 +277,11 @@ def explain(
         CloudsegError: For an unknown class or method, a model without a torch form,
             an existing output, or cancellation (nothing is written then).
     """
-    import rasterio
-
     from ..atomic import atomic_path, check_target, claim
-    from ..raster.reader import open_scene
-    from .engine import ReaderScene, resolve_model, scene_rows
-    from .options import RunOptions
-    from .resample import ModelGrid
-    from .runners import cuda_usable
 
     started = time.perf_counter()
+    given = {"model": model, "product_level": product_level, "bands": bands, "device": device}
+    options = replace(options or RunOptions(), **{k: v for k, v in given.items() if v})
     output = Path(output).expanduser()
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
@@ -220,90 +289,24 @@ def explain(
         raise InputError(f"the explanation must be a GeoTIFF (.tif), not {output.name}")
     check_target(output, overwrite)
     wanted = list(classes or ["cloud"])
-    with open_scene(source, bands, product_level) as reader:
-        if bounds is not None:
-            reader.crop(bounds)
-        options = RunOptions(model=model, precision="fp32")
-        chosen, _ = resolve_model(reader.bands, reader.product_level, options, reader.path.name)
-        card = chosen.card
-        names = card.class_names()
-        unknown = [c for c in wanted if c not in names]
-        if unknown:
-            raise InputError(
-                f"{card.name} has no class {', '.join(unknown)}; its classes: {', '.join(names)}"
-            )
-        indices = [names.index(c) for c in wanted]
-        run_on = "cuda" if device == "cuda" or (device == "auto" and cuda_usable()) else "cpu"
-        runner = cam_runner(chosen, indices, method, run_on)
-        grid = ModelGrid.choose(
-            reader.height,
-            reader.width,
-            reader.resolution_m,
-            card.resolution_m,
-            options.resolution,
-            reader.path.name,
-        )
-        profile = {
-            "driver": "GTiff",
-            "width": reader.width,
-            "height": reader.height,
-            "count": len(indices),
-            "dtype": "float32",
-            "crs": reader.crs,
-            "transform": reader.transform,
-            "nodata": float("nan"),
-            "tiled": True,
-            "blockxsize": 256,
-            "blockysize": 256,
-            "compress": "deflate",
-            "predictor": 3,
-        }
-        maxima = np.zeros(len(indices), dtype=np.float64)
-        meter = RunMeter(run_on)
+    with open_input(source, options, bounds) as reader:
+        plan = plan_reader(reader, options, DEFAULT_MAX_MEMORY_MIB)
+        card = plan.card
+        indices = _class_values(card, wanted)
+        runner = cam_runner(plan.model, indices, method, options)
+        meter = RunMeter(runner.device)
         km2 = area_km2(reader.width, reader.height, reader.transform, reader.crs)
         with claim([output]), atomic_path(output) as partial:
-            with rasterio.open(partial, "w", **profile) as dst:
-                rows = scene_rows(
-                    ReaderScene(reader),
-                    grid,
-                    card,
-                    runner,
-                    options,
-                    lambda p, m: progress(0.95 * p, m),
-                    cancelled,
-                    meter,
-                )
-                for row, maps, nodata in rows:
-                    values = maps[indices]
-                    values[:, nodata] = np.nan
-                    if np.isfinite(values).any():
-                        maxima = np.fmax(maxima, np.nanmax(values, axis=(1, 2)))
-                    with meter.stage("write"):
-                        window = ((row, row + values.shape[1]), (0, reader.width))
-                        dst.write(values, window=window)
+            maxima = _write_maps(
+                partial, reader, plan, runner, options, indices, progress, cancelled, meter
+            )
             if cancelled():
                 raise CancelledError("cancelled; no explanation was written")
             progress(96.0, "scaling to 0-1")
             with meter.stage("write"):
                 _rescale(partial, maxima)
             accounting = meter.finish(km2)
-            with rasterio.open(partial, "r+") as dst:
-                for i, name in enumerate(wanted, start=1):
-                    dst.set_band_description(i, f"{name} ({method})")
-                dst.update_tags(
-                    CLOUDSEG_EXPLAIN=json.dumps(
-                        {
-                            "method": method,
-                            "classes": wanted,
-                            "model": card.name,
-                            "layer": runner.layer_name,
-                            "maxima": [round(float(m), 6) for m in maxima],
-                            "score": "class logit summed over the pixels of that class",
-                        }
-                    ),
-                    CLOUDSEG_MODEL=card.name,
-                    CLOUDSEG_ACCOUNTING=json.dumps(accounting.to_dict()),
-                )
+            _describe(partial, wanted, method, card.name, runner.layer_name, maxima, accounting)
     progress(100.0, "done")
     return ExplainResult(
         output,
@@ -316,6 +319,107 @@ def explain(
         runner.description,
         accounting.to_dict() | {"summary": accounting.summary()},
     )
+
+
+def _class_values(card: ModelCard, wanted: list[str]) -> list[int]:
+    """The values of the classes named ``wanted``.
+
+    Raises:
+        InputError: For a class the model does not have, with the ones it has.
+    """
+    names = card.class_names()
+    unknown = [c for c in wanted if c not in names]
+    if unknown:
+        raise InputError(
+            f"{card.name} has no class {', '.join(unknown)}; its classes: {', '.join(names)}"
+        )
+    return [names.index(c) for c in wanted]
+
+
+def _write_maps(
+    path: Path,
+    reader: SceneReader,
+    plan: RunPlan,
+    runner: CamRunner,
+    options: RunOptions,
+    indices: list[int],
+    progress: ProgressCallback,
+    cancelled: CancelCallback,
+    meter: RunMeter,
+) -> np.ndarray:
+    """Stream the scene through the engine with ``runner`` into a float GeoTIFF.
+
+    Returns:
+        The largest raw value of each class's map (what 1.0 will stand for).
+    """
+    import rasterio
+
+    profile = {
+        "driver": "GTiff",
+        "width": reader.width,
+        "height": reader.height,
+        "count": len(indices),
+        "dtype": "float32",
+        "crs": reader.crs,
+        "transform": reader.transform,
+        "nodata": float("nan"),
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+        "predictor": 3,
+    }
+    maxima = np.zeros(len(indices), dtype=np.float64)
+    with rasterio.open(path, "w", **profile) as dst:
+        rows = reader_rows(
+            reader,
+            plan,
+            runner,
+            options,
+            lambda p, m: progress(0.95 * p, m),
+            cancelled,
+            meter,
+        )
+        for row, col, maps, nodata in rows:
+            values = maps[indices]
+            values[:, nodata] = np.nan
+            if np.isfinite(values).any():
+                maxima = np.fmax(maxima, np.nanmax(values, axis=(1, 2)))
+            with meter.stage("write"):
+                height, width = values.shape[1:]
+                dst.write(values, window=((row, row + height), (col, col + width)))
+    return maxima
+
+
+def _describe(
+    path: Path,
+    wanted: list[str],
+    method: str,
+    model: str,
+    layer: str,
+    maxima: np.ndarray,
+    accounting: Accounting,
+) -> None:
+    """Name the bands and tag what made the maps."""
+    import rasterio
+
+    with rasterio.open(path, "r+") as dst:
+        for i, name in enumerate(wanted, start=1):
+            dst.set_band_description(i, f"{name} ({method})")
+        dst.update_tags(
+            CLOUDSEG_EXPLAIN=json.dumps(
+                {
+                    "method": method,
+                    "classes": wanted,
+                    "model": model,
+                    "layer": layer,
+                    "maxima": [round(float(m), 6) for m in maxima],
+                    "score": "class logit summed over the pixels of that class",
+                }
+            ),
+            CLOUDSEG_MODEL=model,
+            CLOUDSEG_ACCOUNTING=json.dumps(accounting.to_dict()),
+        )
 
 
 def _rescale(path: Path, maxima: np.ndarray) -> None:

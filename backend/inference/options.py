@@ -1,20 +1,38 @@
 """The options of a run, typed: what every engine entry point shares, and what segment adds.
 
-:class:`RunOptions` says how to read the input and run the model (segment, evaluate and
-the in-memory :func:`cloudseg.backend.inference.engine.predict` all take it);
-:class:`SegmentOptions` adds the outputs of ``cloudseg segment``. The command line,
-the Python API and the QGIS algorithms map onto these fields by name.
+:class:`RunOptions` says how to read the input, run the model and decide the classes
+(segment, segment-batch, explain, evaluate and the in-memory
+:func:`cloudseg.backend.inference.engine.predict` all take it); :class:`SegmentOptions`
+adds the outputs of ``cloudseg segment``. The command line, the Python API and the QGIS
+algorithms map onto these fields by name.
+
+The command-line flags of :class:`RunOptions` are declared here, once (:data:`RUN_FLAGS`,
+:func:`add_run_flags`, :func:`run_options`): every command that runs a model offers the
+same spelling, help, choices and parsing.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import choices
-from ..choices import resolution_choice
+from ..choices import (
+    DEVICES,
+    PRECISIONS,
+    RESOLUTION_ALIASES,
+    RESOLUTIONS,
+    RUNTIMES,
+    resolution_choice,
+)
 from ..errors import InputError
 from ..models.cards import ModelCard
+
+#: The memory budget of a run, MiB, unless told otherwise.
+DEFAULT_MAX_MEMORY_MIB = 2048.0
 
 
 @dataclass
@@ -42,6 +60,10 @@ class RunOptions:
         resolution: ``"native"`` (the input's grid, the default) or ``"preview"`` (the
             model card's resolution: faster on finer input, less accurate); ``"model"``
             is accepted for ``"preview"``.
+        cloud_threshold: Cloud probability from which a pixel is cloud (default: the
+            most probable class, argmax); see :mod:`.decision`.
+        shadow_threshold: Shadow probability from which a pixel that is not cloud is
+            shadow (default: argmax).
     """
 
     model: str | None = None
@@ -57,14 +79,20 @@ class RunOptions:
     tile_size: int | None = None
     overlap: int | None = None
     resolution: str = "native"
+    cloud_threshold: float | None = None
+    shadow_threshold: float | None = None
 
     def __post_init__(self) -> None:
+        from .decision import check_threshold
+
         try:
             self.resolution = resolution_choice(self.resolution)
         except ValueError as exc:
             raise InputError(str(exc)) from None
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError("batch size must be at least 1")
+        check_threshold("cloud threshold", self.cloud_threshold)
+        check_threshold("shadow threshold", self.shadow_threshold)
 
     def tiling(self, card: ModelCard) -> tuple[int, int]:
         """The run's tile size and overlap: the options, else the card's.
@@ -107,10 +135,6 @@ class SegmentOptions(RunOptions):
             buffer, 255 no data; see ``inference.valid``).
         buffer_cloud_m: Buffer grown around cloud in the valid mask, metres.
         buffer_shadow_m: Buffer grown around cloud shadow in the valid mask, metres.
-        cloud_threshold: Cloud probability from which a pixel is cloud (default: the
-            most probable class, argmax).
-        shadow_threshold: Shadow probability from which a pixel that is not cloud is
-            shadow (default: argmax).
     """
 
     probabilities: Path | None = None
@@ -120,14 +144,12 @@ class SegmentOptions(RunOptions):
     polygons: Path | None = None
     uncertainty: Path | None = None
     min_polygon_area_m2: float = 0.0
-    max_memory_mib: float = 2048
+    max_memory_mib: float = DEFAULT_MAX_MEMORY_MIB
     check_reflectance: bool = True
     keep_runner: bool = False
     valid: Path | None = None
     buffer_cloud_m: float = choices.DEFAULT_BUFFER_CLOUD_M
     buffer_shadow_m: float = choices.DEFAULT_BUFFER_SHADOW_M
-    cloud_threshold: float | None = None
-    shadow_threshold: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -141,9 +163,183 @@ class SegmentOptions(RunOptions):
             self.uncertainty = Path(self.uncertainty).expanduser()
         if self.valid is not None:
             self.valid = Path(self.valid).expanduser()
-        from .valid import buffer_pixels, check_threshold
+        from .valid import buffer_pixels
 
-        check_threshold("cloud threshold", self.cloud_threshold)
-        check_threshold("shadow threshold", self.shadow_threshold)
         for metres in (self.buffer_cloud_m, self.buffer_shadow_m):
             buffer_pixels(metres, 1.0)  # refuses a negative buffer
+
+
+# -- the command line ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunFlag:
+    """The command-line flag of one :class:`RunOptions` field.
+
+    Attributes:
+        field: The field; the flag is its name with dashes (``tile_size``: ``--tile-size``).
+        help: The help text (``%(default)s`` is the command's default).
+        settings: More ``add_argument`` keywords (``type``, ``choices``, ``action``...).
+    """
+
+    field: str
+    help: str
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def flag(self) -> str:
+        """The flag, e.g. ``--product-level``."""
+        return "--" + self.field.replace("_", "-")
+
+
+def _resolution(value: str) -> str:
+    """``--resolution``: a choice, or an older spelling of one."""
+    return RESOLUTION_ALIASES.get(value, value)
+
+
+#: Every field of :class:`RunOptions` as a flag, in the order ``--help`` lists them.
+RUN_FLAGS = (
+    RunFlag("model", "built-in model name (see 'cloudseg models') or a model file"),
+    RunFlag(
+        "bands",
+        "band names in file order, e.g. B04,B03,B02,B08 (overrides the file's band descriptions)",
+    ),
+    RunFlag(
+        "product_level",
+        "override the product level, L1C or L2A (default: from metadata, else L1C)",
+        {"choices": ("L1C", "L2A"), "type": str.upper},
+    ),
+    RunFlag(
+        "scale",
+        "reflectance per digital number (default: from metadata, else 0.0001 for S2 DN)",
+        {"type": float},
+    ),
+    RunFlag(
+        "offset",
+        "reflectance added after scaling (e.g. -0.1 for baseline >= 04.00 products outside SAFE)",
+        {"type": float},
+    ),
+    RunFlag(
+        "device",
+        "auto: a CUDA GPU when torch sees one, else the CPU (default %(default)s)",
+        {"choices": DEVICES},
+    ),
+    RunFlag(
+        "precision",
+        "auto: bf16 where the hardware computes it natively (GPUs; CPUs with "
+        "AVX512-BF16/AMX, through OpenVINO), about 1.6x faster there; fp32: full-precision "
+        "results, the model itself (default %(default)s)",
+        {"choices": PRECISIONS},
+    ),
+    RunFlag(
+        "runtime",
+        "auto: torch on a CUDA GPU, OpenVINO on CPUs with native bf16, onnxruntime "
+        "elsewhere ('cloudseg info' says which runs here) (default %(default)s)",
+        {"choices": RUNTIMES},
+    ),
+    RunFlag(
+        "batch_size",
+        "tiles per model call (default: 16 on a GPU, 4 with OpenVINO, 1 otherwise)",
+        {"type": int, "metavar": "N"},
+    ),
+    RunFlag(
+        "tta",
+        "test-time augmentation: average flips and rotation (4x slower)",
+        {"action": "store_true"},
+    ),
+    RunFlag(
+        "tile_size",
+        "tile edge in pixels, a multiple of 32 (default: the model card's; the built-in "
+        "models were measured best at their 256)",
+        {"type": int, "metavar": "PX"},
+    ),
+    RunFlag(
+        "overlap",
+        "pixels shared by neighbouring tiles (default: the model card's)",
+        {"type": int, "metavar": "PX"},
+    ),
+    RunFlag(
+        "resolution",
+        "native: run on the input's own grid; preview: run at the model card's resolution "
+        "(30 m for the built-in models), about 9x faster on 10 m input but coarser "
+        "(default %(default)s)",
+        {"choices": RESOLUTIONS, "type": _resolution},
+    ),
+    RunFlag(
+        "cloud_threshold",
+        "sensitivity: a pixel is cloud from this cloud probability on (0-1; lower masks "
+        "more cloud). Default: the most probable class (see docs/valid-pixels.md)",
+        {"type": float, "metavar": "P"},
+    ),
+    RunFlag(
+        "shadow_threshold",
+        "sensitivity for shadow, among the pixels that are not cloud (0-1)",
+        {"type": float, "metavar": "P"},
+    ),
+)
+
+
+def add_run_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    model_required: bool = False,
+    defaults: dict[str, Any] | None = None,
+    only: tuple[str, ...] | None = None,
+) -> None:
+    """Add the run flags (:data:`RUN_FLAGS`) to a command that runs a model.
+
+    Args:
+        parser: The command's parser.
+        model_required: ``--model`` must be given (the command has no automatic choice).
+        defaults: Field defaults other than :class:`RunOptions`' for this command (e.g.
+            ``{"precision": "fp32"}`` to measure the model itself).
+        only: Add just these fields' flags (a command that runs a fixed setup).
+    """
+    from ..models.registry import preview_cost
+
+    start = {f.name: f.default for f in dataclasses.fields(RunOptions)} | (defaults or {})
+    group = parser.add_argument_group("how the model runs")
+    for run_flag in RUN_FLAGS:
+        if only is not None and run_flag.field not in only:
+            continue
+        text = run_flag.help
+        if run_flag.field == "resolution" and (cost := preview_cost()):
+            text += f"; {cost}"
+        settings = dict(run_flag.settings)
+        if run_flag.field == "model" and model_required:
+            settings["required"] = True
+        elif run_flag.field == "model":
+            text += "; default: the best built-in model for the input"
+        group.add_argument(
+            run_flag.flag, dest=run_flag.field, default=start[run_flag.field], help=text, **settings
+        )
+
+
+def run_options(args: argparse.Namespace, kind: type[RunOptions] = RunOptions, **more: Any) -> Any:
+    """The options a parsed command line asks for: its run flags, and ``more`` fields.
+
+    Args:
+        args: Parsed arguments of a parser that :func:`add_run_flags` equipped.
+        kind: :class:`RunOptions` or a subclass (:class:`SegmentOptions`).
+        more: Further fields of ``kind`` (a command's outputs).
+
+    Raises:
+        CloudsegError: For a bad band list or option value (one line, no usage).
+    """
+    from ..raster.bands import parse_band_list
+
+    values = {f.field: getattr(args, f.field) for f in RUN_FLAGS if hasattr(args, f.field)}
+    if isinstance(values.get("bands"), str):
+        values["bands"] = parse_band_list(values["bands"])
+    return kind(**values, **more)
+
+
+def changed_run_options(options: RunOptions) -> dict[str, Any]:
+    """The run fields of ``options`` that differ from :class:`RunOptions`' defaults.
+
+    What a batch records as its settings: a run with the defaults written out has the
+    same settings as one without them.
+    """
+    return {
+        f.name: getattr(options, f.name)
+        for f in dataclasses.fields(RunOptions)
+        if getattr(options, f.name) != f.default
+    }

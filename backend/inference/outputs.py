@@ -27,11 +27,10 @@ from ..models.cards import ModelCard
 from ..models.registry import Model
 from ..raster.cog import BlockRowWriter, block_profile, to_cog
 from ..raster.reader import SceneReader
-from .engine import NODATA
+from .decision import NODATA, decide
 from .options import SegmentOptions
 from .resample import ModelGrid, normalized_entropy
 from .runners import Runner
-from .valid import decide
 
 
 def provenance_tags(
@@ -127,6 +126,7 @@ class SegmentOutputs:
         self._classes_staged: Path | None = None
         self._datasets: list[Any] = []
         self._writers: list[BlockRowWriter] = []  # of the current column block
+        self._col_off: int | None = None
 
     # -- the context ------------------------------------------------------------------------
     def __enter__(self) -> SegmentOutputs:
@@ -179,20 +179,34 @@ class SegmentOutputs:
     def columns(self, col_off: int, width: int) -> None:
         """Write the next rows into columns ``col_off..col_off + width``: a column block.
 
-        Call before the first :meth:`write` (with the whole width for a run in one
-        pass); the block before must be complete.
+        :meth:`write` calls it when its ``col_off`` changes; otherwise call it before
+        the first :meth:`write` (with the whole width for a run in one pass). The block
+        before must be complete.
         """
         for writer in self._writers:
             writer.close()
         self._writers = [BlockRowWriter(ds, col_off=col_off, width=width) for ds in self._datasets]
+        self._col_off = col_off
 
-    def write(self, row: int, probs: np.ndarray, nodata: np.ndarray) -> None:
-        """Write input rows ``row..`` of ``(classes, n, width)`` probabilities."""
+    def write(
+        self, row: int, probs: np.ndarray, nodata: np.ndarray, col_off: int | None = None
+    ) -> None:
+        """Write input rows ``row..`` of ``(classes, n, width)`` probabilities.
+
+        Args:
+            row: The first input row.
+            probs: Blended probabilities; the classes come from the one class decision
+                with the run's thresholds.
+            nodata: ``(n, width)``: pixels without data.
+            col_off: The first column; a new value starts the next column block (see
+                :meth:`columns`). None: the current block.
+        """
+        if col_off is not None and col_off != self._col_off:
+            self.columns(col_off, probs.shape[2])
         options = self.options
         classes = decide(
-            probs, self.card.classes, options.cloud_threshold, options.shadow_threshold
+            probs, self.card.classes, options.cloud_threshold, options.shadow_threshold, nodata
         )
-        classes[nodata] = NODATA
         self._writers[0].write(row, classes[None])
         n_classes = probs.shape[0]
         valid = np.bincount(classes[~nodata].ravel(), minlength=n_classes)[:n_classes]

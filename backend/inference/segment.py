@@ -1,13 +1,14 @@
 """Segment a Sentinel-2 scene into clear / cloud / cloud-shadow, from file to files.
 
-:func:`segment` only orchestrates: it opens the scene, chooses the model, the grid and
-the runner, streams the scene through the engine (:mod:`.engine`: tiles, blending and
+:func:`segment` only orchestrates: it opens the scene and plans the run as every engine
+entry point does (:func:`.engine.open_input`, :func:`.engine.plan_run`), claims its
+outputs, streams the scene through the engine (:mod:`.engine`: tiles, blending and
 resampling, bounded memory whatever the scene's size) into the run's outputs
-(:mod:`.outputs`: written under temporary names, published together on success), and
-returns what happened. By default the model runs on the input's own grid;
-``resolution="preview"`` runs it on the model card's grid (30 m for the built-in
-models: 9x fewer pixels for 10 m input, but small clouds and shadows are lost; see
-docs/accuracy.md).
+(:mod:`.outputs`: classes from the one decision, written under temporary names,
+published together on success), and returns what happened. By default the model runs
+on the input's own grid; ``resolution="preview"`` runs it on the model card's grid (30 m
+for the built-in models: 9x fewer pixels for 10 m input, but small clouds and shadows
+are lost; see docs/accuracy.md).
 """
 
 from __future__ import annotations
@@ -15,24 +16,22 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..accounting import RunMeter, area_km2
+from ..accounting import Accounting, RunMeter, area_km2
 from ..atomic import check_outputs, claim
 from ..callbacks import CancelCallback, ProgressCallback, never_cancelled, no_progress
 from ..errors import InputError
 from ..models.cards import ModelCard
 from ..raster.bands import band_from_filename
-from ..raster.reader import SceneReader, check_reflectance, open_scene
-from .engine import NODATA, ReaderScene, memory_plan, resolve_model, scene_rows
+from ..raster.reader import SceneReader, check_reflectance
+from .engine import NODATA, RunPlan, open_input, plan_reader, reader_rows
 from .options import RunOptions, SegmentOptions
 from .outputs import SegmentOutputs, provenance_tags
-from .resample import ModelGrid
-from .runners import create_runner, shared_runner
+from .runners import Runner
 
 __all__ = ["NODATA", "RunOptions", "SegmentOptions", "SegmentResult", "load_classes", "segment"]
 
@@ -77,21 +76,6 @@ class SegmentResult:
         return data
 
 
-def _gdal_settings() -> dict[str, int | str]:
-    """GDAL settings for a run, where the user has not set them.
-
-    The block cache is 256 MiB: GDAL's default (5 % of RAM) lets a run's memory grow
-    with the scene up to that share, and strips are read once each, so a small cache
-    costs little time. Compressed blocks are decoded and encoded on all cores
-    (GDAL_NUM_THREADS): a strip of a full Sentinel-2 tile spans dozens of blocks.
-    """
-    settings: dict[str, int | str] = {
-        "GDAL_CACHEMAX": 256 * 1024 * 1024,
-        "GDAL_NUM_THREADS": "ALL_CPUS",
-    }
-    return {k: v for k, v in settings.items() if k not in os.environ}
-
-
 def _warnings(reader: SceneReader, card: ModelCard, options: SegmentOptions) -> list[str]:
     """Level mismatch and values that do not look like reflectance, logged and returned.
 
@@ -120,17 +104,6 @@ def _warnings(reader: SceneReader, card: ModelCard, options: SegmentOptions) -> 
     for message in warnings:
         logger.info("warning: %s", message)  # the result carries it; the CLI prints it
     return warnings
-
-
-def _block_progress(progress: ProgressCallback, index: int, count: int) -> ProgressCallback:
-    """Progress of column block ``index`` of ``count`` as a share of the whole run."""
-    if count == 1:
-        return progress
-
-    def report(percent: float, message: str) -> None:
-        progress((index * 98.0 + percent) / count, f"column block {index + 1}/{count}, {message}")
-
-    return report
 
 
 #: The file suffixes each output's format allows.
@@ -195,129 +168,130 @@ def segment(
         CloudsegError: Subclasses for bad input, missing bands, an existing output
             (without ``overwrite``), a model that does not fit, or cancellation.
     """
-    import rasterio
-
     options = options or SegmentOptions()
     progress = progress or no_progress
     cancelled = cancelled or never_cancelled
     output = Path(output_path).expanduser()
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        reader = stack.enter_context(
-            open_scene(
-                input_path, options.bands, options.product_level, options.scale, options.offset
-            )
-        )
-        stack.enter_context(rasterio.Env(GDAL_PAM_ENABLED="NO", **_gdal_settings()))
+        reader = stack.enter_context(open_input(input_path, options, options.bounds))
         # The contract (backend.atomic) before the model loads: no output is an input or
         # another output, every folder is writable, and no other run holds the outputs.
         stack.enter_context(claim(_check_outputs(reader, output, options).values()))
-        if options.bounds is not None:
-            reader.crop(options.bounds)
-        model, reason = resolve_model(reader.bands, reader.product_level, options, reader.path.name)
-        card = model.card
-        tile, _ = options.tiling(card)
-        logger.info("%s", reason)
-        warnings = _warnings(reader, card, options)
-        grid = ModelGrid.choose(
-            reader.height,
-            reader.width,
-            reader.resolution_m,
-            card.resolution_m,
-            options.resolution,
-            str(reader.path),
-        )
-        plan = memory_plan(reader.width, card, grid, options, options.max_memory_mib)
-        if len(plan.blocks) > 1:
-            logger.info(
-                "one pass over %d columns would need about %.1f GiB (budget %.1f GiB): "
-                "running in %d column blocks",
-                reader.width,
-                plan.estimate_mib / 1024,
-                plan.budget_mib / 1024,
-                len(plan.blocks),
-            )
-        make = shared_runner if options.keep_runner else create_runner
-        runner = make(model, options.device, options.precision, options.runtime, tile)
+        plan = plan_reader(reader, options, options.max_memory_mib)
+        logger.info("%s", plan.reason)
+        warnings = _warnings(reader, plan.card, options)
+        runner = plan.runner(options, keep=options.keep_runner)
         logger.info(
             "running on %s; model grid %d x %d (factor %g)",
             runner.description,
-            grid.width,
-            grid.height,
-            grid.factor,
+            plan.grid.width,
+            plan.grid.height,
+            plan.grid.factor,
         )
         meter = RunMeter(runner.device)  # time and energy from the first tile on
         km2 = area_km2(reader.width, reader.height, reader.transform, reader.crs)
-        progress(0.0, f"{card.name} on {runner.description}")
+        progress(0.0, f"{plan.card.name} on {runner.description}")
         profile = {
             "width": reader.width,
             "height": reader.height,
             "crs": reader.crs,
             "transform": reader.transform,
         }
-        tags = provenance_tags(model, reader, runner, options, grid)
-        with SegmentOutputs(output, options, profile, card, tags) as outputs:
-            for index, (c0, c1, b0, b1) in enumerate(plan.blocks):
-                outputs.columns(c0, c1 - c0)
-                scene = ReaderScene(reader, b0, b1 - b0)
-                block_grid = grid if len(plan.blocks) == 1 else grid.of_width(b1 - b0)
-                for row, probs, nodata in scene_rows(
-                    scene,
-                    block_grid,
-                    card,
-                    runner,
-                    options,
-                    _block_progress(progress, index, len(plan.blocks)),
-                    cancelled,
-                    meter,
-                ):
-                    with meter.stage("write"):
-                        outputs.write(
-                            row, probs[:, :, c0 - b0 : c1 - b0], nodata[:, c0 - b0 : c1 - b0]
-                        )
+        tags = provenance_tags(plan.model, reader, runner, options, plan.grid)
+        with SegmentOutputs(output, options, profile, plan.card, tags) as outputs:
+            rows = reader_rows(reader, plan, runner, options, progress, cancelled, meter)
+            for row, col, probs, nodata in rows:
+                with meter.stage("write"):
+                    outputs.write(row, probs, nodata, col)
             # The rasters' provenance: what reading, inference and writing their rows took.
             outputs.tags["CLOUDSEG_ACCOUNTING"] = json.dumps(meter.finish(km2).to_dict())
-            with meter.stage("write"):
-                outputs.finish_rasters()
-            with meter.stage("valid"):
-                outputs.make_valid(reader.resolution_m, progress, cancelled)
-            with meter.stage("polygons"):
-                polygon_counts = outputs.trace_polygons(progress, cancelled)
-            with meter.stage("write"):
-                outputs.stage(progress, cancelled)
-            accounting = meter.finish(km2)
-            counts = outputs.counts
-            valid = int(counts[:-1].sum())
-            pixels = {c.name: int(counts[c.value]) for c in card.classes}
-            result = SegmentResult(
-                output=output,
-                probabilities=options.probabilities,
-                stats_path=options.stats,
-                model=card.name,
-                model_reason=reason,
-                runner=runner.description,
-                device=runner.device,
-                seconds=round(time.perf_counter() - start, 3),
-                width=reader.width,
-                height=reader.height,
-                class_pixels=pixels,
-                class_percent={
-                    name: round(100.0 * n / valid, 3) if valid else 0.0
-                    for name, n in pixels.items()
-                },
-                nodata_pixels=int(counts[-1]),
+            polygons = _finish_outputs(outputs, reader, meter, progress, cancelled)
+            result = _result(
+                output,
+                options,
+                reader,
+                outputs,
+                plan=plan,
+                runner=runner,
+                accounting=meter.finish(km2),
+                started=start,
                 warnings=warnings,
-                polygons=options.polygons,
-                polygon_counts=polygon_counts,
-                product_level=reader.level.describe(),
-                uncertainty=options.uncertainty,
-                accounting=accounting.to_dict() | {"summary": accounting.summary()},
-                valid=options.valid,
-                usable_percent=_usable_percent(outputs.valid_counts),
+                polygon_counts=polygons,
             )
             outputs.publish(result.to_dict() if options.stats else None, cancelled)
     progress(100.0, f"done in {result.seconds:.1f} s")
     return result
+
+
+def _finish_outputs(
+    outputs: SegmentOutputs,
+    reader: SceneReader,
+    meter: RunMeter,
+    progress: ProgressCallback,
+    cancelled: CancelCallback,
+) -> dict[str, int]:
+    """Close the rasters, derive the valid mask and polygons, and stage the COGs.
+
+    Returns:
+        The polygon counts by class (empty without polygons).
+    """
+    with meter.stage("write"):
+        outputs.finish_rasters()
+    with meter.stage("valid"):
+        outputs.make_valid(reader.resolution_m, progress, cancelled)
+    with meter.stage("polygons"):
+        polygon_counts = outputs.trace_polygons(progress, cancelled)
+    with meter.stage("write"):
+        outputs.stage(progress, cancelled)
+    return polygon_counts
+
+
+def _result(
+    output: Path,
+    options: SegmentOptions,
+    reader: SceneReader,
+    outputs: SegmentOutputs,
+    *,
+    plan: RunPlan,
+    runner: Runner,
+    accounting: Accounting,
+    started: float,
+    warnings: list[str],
+    polygon_counts: dict[str, int],
+) -> SegmentResult:
+    """What the run wrote and how it went, from the outputs' pixel counts.
+
+    ``started`` is when the run began (``time.perf_counter``).
+    """
+    counts = outputs.counts
+    valid = int(counts[:-1].sum())
+    pixels = {c.name: int(counts[c.value]) for c in plan.card.classes}
+    return SegmentResult(
+        output=output,
+        probabilities=options.probabilities,
+        stats_path=options.stats,
+        model=plan.card.name,
+        model_reason=plan.reason,
+        runner=runner.description,
+        device=runner.device,
+        seconds=round(time.perf_counter() - started, 3),
+        width=reader.width,
+        height=reader.height,
+        class_pixels=pixels,
+        class_percent={
+            name: round(100.0 * n / valid, 3) if valid else 0.0 for name, n in pixels.items()
+        },
+        nodata_pixels=int(counts[-1]),
+        warnings=warnings,
+        polygons=options.polygons,
+        polygon_counts=polygon_counts,
+        product_level=reader.level.describe(),
+        uncertainty=options.uncertainty,
+        accounting=accounting.to_dict() | {"summary": accounting.summary()},
+        valid=options.valid,
+        usable_percent=_usable_percent(outputs.valid_counts),
+    )
 
 
 def _usable_percent(counts: dict[str, int]) -> float | None:

@@ -1,4 +1,4 @@
-"""The valid-pixel mask (``--valid``) and the sensitivity of the class decision.
+"""The valid-pixel mask (``--valid``).
 
 **Valid pixels.** What an analyst keeps for a composite or a time series: 1 where the
 pixel is usable, 0 where it is cloud or cloud shadow or within a buffer of them, 255
@@ -13,27 +13,22 @@ halo of the largest buffer above and below (never the whole scene), so it is exa
 strip edges and the same for any strip height; a run in column blocks (a tight memory
 budget) gives the same mask.
 
-**Sensitivity.** By default a pixel takes the class of highest blended probability
-(argmax). ``cloud_threshold`` makes every pixel whose cloud probability reaches it
-cloud, and no other pixel (lower for a timid model, higher for an eager one);
-``shadow_threshold`` does the same for shadow among the pixels that are not cloud; the
-other pixels take the most probable of the remaining classes.
+The class raster itself comes from the one class decision, with the run's cloud and
+shadow thresholds if any (:func:`cloudseg.backend.inference.decision.decide`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..choices import DEFAULT_BUFFER_CLOUD_M, DEFAULT_BUFFER_SHADOW_M
 from ..errors import InputError
-from ..models.cards import class_kind
+from .decision import NODATA, unusable_classes
 
 #: Strip height for making the valid mask.
 STRIP = 512
-NODATA = 255
 
 
 def buffer_pixels(metres: float, pixel_m: float | None) -> float:
@@ -52,15 +47,6 @@ def buffer_pixels(metres: float, pixel_m: float | None) -> float:
             "applied; set the buffers to 0 or georeference the input"
         )
     return metres / pixel_m
-
-
-def unusable_classes(classes: list[Any]) -> dict[int, str]:
-    """Class value -> ``cloud`` or ``shadow`` for every class that makes a pixel unusable.
-
-    Cloud classes (thick, thin, cloud) take the cloud buffer, shadow classes the shadow
-    buffer; ``clear`` and land-cover classes (snow, water) are usable.
-    """
-    return {c.value: kind for c in classes if (kind := class_kind(c.name))}
 
 
 def grow(mask: np.ndarray, radius: float) -> np.ndarray:
@@ -122,53 +108,10 @@ def write_valid(
     return counts
 
 
-def decide(
-    probs: np.ndarray,
-    classes: list[Any],
-    cloud_threshold: float | None = None,
-    shadow_threshold: float | None = None,
-) -> np.ndarray:
-    """Classes from blended probabilities ``(classes, rows, cols)`` (see module doc).
-
-    Without thresholds this is the argmax, exactly.
-    """
-    from .resample import argmax_classes
-
-    if cloud_threshold is None and shadow_threshold is None:
-        return argmax_classes(probs)
-    kinds = unusable_classes(classes)
-    cloud = [v for v, k in kinds.items() if k == "cloud"]
-    shadow = [v for v, k in kinds.items() if k == "shadow"]
-    scores = probs.astype(np.float32, copy=True)
-    taken = np.zeros(probs.shape[1:], dtype=bool)
-    result = np.zeros(probs.shape[1:], dtype=np.uint8)
-    if cloud_threshold is None and cloud:  # cloud as the argmax says; shadow among the rest
-        best = argmax_classes(probs)
-        taken = np.isin(best, cloud)
-        result[taken] = best[taken]
-        scores[cloud] = -1.0
-    for values, threshold in ((cloud, cloud_threshold), (shadow, shadow_threshold)):
-        if threshold is None or not values:
-            continue
-        chosen = (scores[values].sum(axis=0) >= threshold) & ~taken
-        # Several classes of the kind (thick, thin cloud): the most probable of them.
-        kind_best = np.asarray(values, dtype=np.uint8)[scores[values].argmax(axis=0)]
-        result[chosen] = kind_best[chosen]
-        taken |= chosen
-        scores[values] = -1.0  # never chosen by the argmax below
-    rest = scores.argmax(axis=0).astype(np.uint8)
-    result[~taken] = rest[~taken]
-    return result
-
-
-def check_threshold(name: str, value: float | None) -> None:
-    """Refuse a threshold outside (0, 1].
-
-    Raises:
-        InputError: With the valid range.
-    """
-    if value is not None and not 0.0 < value <= 1.0:
-        raise InputError(f"{name} {value}: give a probability above 0 and at most 1")
-
-
-__all__ = ["DEFAULT_BUFFER_CLOUD_M", "DEFAULT_BUFFER_SHADOW_M", "decide", "write_valid"]
+__all__ = [
+    "DEFAULT_BUFFER_CLOUD_M",
+    "DEFAULT_BUFFER_SHADOW_M",
+    "unusable_classes",
+    "valid_rows",
+    "write_valid",
+]

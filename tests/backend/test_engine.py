@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import rasterio
@@ -67,6 +69,24 @@ def test_a_reader_window_gives_the_mask_of_that_extent(multiband, tmp_path):
     with rasterio.open(tmp_path / "m.tif") as ds:
         assert ds.shape == (250, 300)
         np.testing.assert_array_equal(prediction.classes(), ds.read(1))
+
+
+@pytest.mark.real_data
+def test_predict_with_thresholds_gives_the_classes_segment_writes(multiband, tmp_path):
+    thresholds = {"cloud_threshold": 0.3, "shadow_threshold": 0.2}
+    options = SegmentOptions(product_level="L2A", precision="fp32", **thresholds)
+    segment(multiband, tmp_path / "m.tif", options)
+    with open_scene(multiband, product_level="L2A") as reader:
+        prediction = predict(
+            reader, RunOptions(product_level="L2A", precision="fp32", **thresholds)
+        )
+    with rasterio.open(tmp_path / "m.tif") as ds:
+        written = ds.read(1)
+    np.testing.assert_array_equal(prediction.classes(), written)
+    # The thresholds matter here: more cloud and shadow than the most probable class gives.
+    argmax = dataclasses.replace(prediction, cloud_threshold=None, shadow_threshold=None)
+    moved = argmax.classes() != written
+    assert moved.sum() > 1000 and (written[moved] != 0).all()
 
 
 def test_bad_arrays_get_one_line_errors():

@@ -10,7 +10,8 @@ import pytest
 import rasterio
 from scipy import ndimage
 
-from cloudseg.backend.inference.valid import decide, valid_rows, write_valid
+from cloudseg.backend.inference.decision import decide
+from cloudseg.backend.inference.valid import valid_rows, write_valid
 from cloudseg.backend.models.cards import ClassInfo
 
 CLASSES = [ClassInfo(0, "clear", "#000000"), ClassInfo(1, "cloud", "#ffffff"),

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import rasterio
 
+from cloudseg.backend.inference.options import RunOptions
+from cloudseg.backend.inference.segment import SegmentOptions, segment
 from cloudseg.backend.models.registry import builtin_models, load_model
 from cloudseg.training.evaluate import evaluate_rasters
 from cloudseg.training.reference import CLASSES, csmask_classes, labeled_scenes, score
@@ -75,6 +77,27 @@ def test_preview_on_10m_input_costs_accuracy_that_native_keeps(scenes, tmp_path,
     )
     assert preview["cloud"] < native["cloud"] - 0.02
     assert preview["cloud shadow"] < native["cloud shadow"] - 0.02
+
+
+@pytest.mark.real_data
+def test_evaluation_scores_the_mask_segment_writes_with_thresholds(scenes, tmp_path):
+    """Cloud and shadow thresholds move the metrics exactly as they move the mask."""
+    scene, model = scenes["ukis-s2-l1c"], "ukis-csmask-6b-l1c"
+    thresholds = {"cloud_threshold": 0.25, "shadow_threshold": 0.2}
+    options = SegmentOptions(model=model, precision="fp32", **thresholds)
+    segment(scene.image, tmp_path / "m.tif", options)
+    with rasterio.open(tmp_path / "m.tif") as ds:
+        written = _iou(scene, ds.read(1))
+
+    def evaluated(options: RunOptions | None) -> dict[str, float]:
+        evaluation = evaluate_rasters(
+            model, [scene.image], [scene.labels], label_classes=list(CLASSES), options=options
+        )
+        return {name: evaluation.metrics["per_class"][name]["iou"] for name in written}
+
+    assert evaluated(RunOptions(precision="fp32", **thresholds)) == pytest.approx(written, abs=1e-9)
+    argmax = evaluated(None)
+    assert abs(argmax["cloud shadow"] - written["cloud shadow"]) > 0.005
 
 
 def _card_rows(card, config: str) -> dict[str, dict]:

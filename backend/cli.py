@@ -17,17 +17,9 @@ from typing import Any
 
 from ._version import __version__
 from .atomic import published_count
-from .choices import (
-    DEFAULT_BUFFER_CLOUD_M,
-    DEFAULT_BUFFER_SHADOW_M,
-    DEVICES,
-    EXPLAIN_METHODS,
-    PRECISIONS,
-    RESOLUTION_ALIASES,
-    RESOLUTIONS,
-    RUNTIMES,
-)
+from .choices import DEFAULT_BUFFER_CLOUD_M, DEFAULT_BUFFER_SHADOW_M, EXPLAIN_METHODS
 from .errors import CloudsegError, InputError
+from .inference.options import add_run_flags, run_options
 
 logger = logging.getLogger("cloudseg")
 
@@ -107,22 +99,10 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
 def _cmd_segment(args: argparse.Namespace) -> int:
     """Segment a scene and print a summary (or JSON)."""
     from .inference.segment import SegmentOptions, segment
-    from .raster.bands import parse_band_list
 
-    options = SegmentOptions(
-        model=args.model,
-        bands=parse_band_list(args.bands) if args.bands else None,
-        product_level=args.product_level,
-        scale=args.scale,
-        offset=args.offset,
-        device=args.device,
-        precision=args.precision,
-        runtime=args.runtime,
-        batch_size=args.batch_size,
-        tta=args.tta,
-        tile_size=args.tile_size,
-        overlap=args.overlap,
-        resolution=args.resolution,
+    options = run_options(
+        args,
+        SegmentOptions,
         probabilities=args.probabilities,
         stats=args.stats,
         overwrite=args.overwrite,
@@ -135,8 +115,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         valid=args.valid,
         buffer_cloud_m=args.buffer_cloud,
         buffer_shadow_m=args.buffer_shadow,
-        cloud_threshold=args.cloud_threshold,
-        shadow_threshold=args.shadow_threshold,
     )
     with percent_bar(args.quiet) as bar:
         result = segment(args.input, args.output, options, progress=bar_progress(bar))
@@ -226,19 +204,10 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .batch import segment_batch
-    from .raster.bands import parse_band_list
+    from .inference.options import changed_run_options
 
-    options = {
-        "model": args.model,
-        "bands": parse_band_list(args.bands) if args.bands else None,
-        "product_level": args.product_level,
-        "resolution": args.resolution,
-        "device": args.device,
-        "precision": args.precision,
-        "runtime": args.runtime,
-        "tta": args.tta or None,
-    }
-    options = {k: v for k, v in options.items() if v not in (None, "auto", "native")}
+    # Only what differs from the defaults: the settings key of a re-run stays the same.
+    options = changed_run_options(run_options(args))
     with tqdm(total=0, unit="scene", disable=args.quiet or None, file=sys.stderr) as bar:
 
         def progress(done: int, total: int, record: dict[str, Any]) -> None:
@@ -409,74 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("input", metavar="INPUT")
     seg.add_argument("output", metavar="OUTPUT", help="class raster to write (.tif)")
-    seg.add_argument(
-        "--model",
-        help="built-in model name (see 'cloudseg models') or a "
-        "model file; default: the best built-in model for the input",
-    )
-    seg.add_argument(
-        "--bands",
-        help="band names in file order, e.g. B04,B03,B02,B08 "
-        "(overrides the file's band descriptions)",
-    )
-    seg.add_argument(
-        "--product-level",
-        choices=["L1C", "L2A"],
-        type=str.upper,
-        help="override the product level (default: from metadata, else L1C)",
-    )
-    seg.add_argument(
-        "--scale",
-        type=float,
-        help="reflectance per digital number (default: from metadata, else 0.0001 for S2 DN)",
-    )
-    seg.add_argument(
-        "--offset",
-        type=float,
-        help="reflectance added after scaling "
-        "(e.g. -0.1 for baseline >= 04.00 products outside SAFE)",
-    )
-    seg.add_argument("--device", choices=DEVICES, default="auto")
-    seg.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="auto (default): bf16 where the hardware computes it natively (GPUs; CPUs "
-        "with AVX512-BF16/AMX, through OpenVINO), about 1.6x faster there; fp32 for "
-        "full-precision results",
-    )
-    seg.add_argument(
-        "--runtime",
-        choices=RUNTIMES,
-        default="auto",
-        help="auto (default): torch on a CUDA GPU, OpenVINO on CPUs with native bf16, "
-        "onnxruntime elsewhere ('cloudseg info' says which runs here)",
-    )
-    seg.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="tiles per model call (default: 16 on a GPU, 4 with OpenVINO, 1 otherwise)",
-    )
-    seg.add_argument(
-        "--tta",
-        action="store_true",
-        help="test-time augmentation: average flips and rotation (4x slower)",
-    )
-    add_resolution_flag(seg)
-    seg.add_argument(
-        "--tile-size",
-        type=int,
-        metavar="PX",
-        help="tile edge in pixels, a multiple of 32 (default: the model card's; the "
-        "built-in models were measured best at their 256)",
-    )
-    seg.add_argument(
-        "--overlap",
-        type=int,
-        metavar="PX",
-        help="pixels shared by neighbouring tiles (default: the model card's)",
-    )
+    add_run_flags(seg)
     seg.add_argument(
         "--probabilities",
         metavar="PATH",
@@ -542,19 +444,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="M",
         help=f"buffer around cloud shadow, metres (default {DEFAULT_BUFFER_SHADOW_M:g})",
     )
-    seg.add_argument(
-        "--cloud-threshold",
-        type=float,
-        metavar="P",
-        help="sensitivity: a pixel is cloud from this cloud probability on (0-1; lower "
-        "masks more cloud). Default: the most probable class (see docs/valid-pixels.md)",
-    )
-    seg.add_argument(
-        "--shadow-threshold",
-        type=float,
-        metavar="P",
-        help="sensitivity for shadow, among the pixels that are not cloud (0-1)",
-    )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_output_flags(seg)
     seg.set_defaults(handler=_cmd_segment)
@@ -570,21 +459,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_explain(args: argparse.Namespace) -> int:
     """Write class activation maps of a scene and print a summary (or JSON)."""
     from .inference.explain import explain
-    from .raster.bands import parse_band_list
 
+    options = run_options(args)
     with percent_bar(args.quiet) as bar:
         result = explain(
             args.input,
             args.output,
             classes=args.classes or ["cloud"],
             method=args.method,
-            model=args.model,
             bounds=tuple(args.extent) if args.extent else None,
-            product_level=args.product_level,
-            bands=parse_band_list(args.bands) if args.bands else None,
-            device=args.device,
             overwrite=args.overwrite,
             progress=bar_progress(bar),
+            options=options,
         )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -616,9 +502,6 @@ def _add_explain_parser(sub: Any) -> None:
         help="class to explain (default cloud; repeat for more, one band each)",
     )
     ex.add_argument("--method", choices=EXPLAIN_METHODS, default="gradcam", help="default gradcam")
-    ex.add_argument("--model", help="model name or file (default: as segment chooses)")
-    ex.add_argument("--product-level", choices=("L1C", "L2A"), help="override detection")
-    ex.add_argument("--bands", help="band names in file order, for files without names")
     ex.add_argument(
         "--extent",
         nargs=4,
@@ -626,26 +509,10 @@ def _add_explain_parser(sub: Any) -> None:
         metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
         help="explain only this extent (in the input's CRS)",
     )
-    ex.add_argument("--device", choices=DEVICES, default="auto")
+    add_run_flags(ex)
     ex.add_argument("--overwrite", action="store_true", help="replace an existing output")
     add_output_flags(ex)
     ex.set_defaults(handler=_cmd_explain)
-
-
-def add_resolution_flag(parser: argparse.ArgumentParser) -> None:
-    """Add ``--resolution native|preview``, with the preview's measured cost in its help."""
-    from .models.registry import preview_cost
-
-    cost = preview_cost()
-    parser.add_argument(
-        "--resolution",
-        choices=RESOLUTIONS,
-        type=lambda value: RESOLUTION_ALIASES.get(value, value),
-        default="native",
-        help="native (default): run on the input's own grid; preview: run at the model "
-        "card's resolution (30 m for the built-in models), about 9x faster on 10 m input "
-        "but coarser" + (f" ({cost})" if cost else ""),
-    )
 
 
 #: Entry-point group through which other packages add subcommands: each entry is a
@@ -704,14 +571,7 @@ def _add_batch_parser(sub: Any) -> None:
     )
     batch.add_argument("inputs", nargs="+", metavar="INPUT")
     batch.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
-    batch.add_argument("--model", help="model name or file (default: the best per scene)")
-    batch.add_argument("--bands", help="band names in file order, for files without names")
-    batch.add_argument("--product-level", choices=["L1C", "L2A"], type=str.upper)
-    batch.add_argument("--device", choices=DEVICES, default="auto")
-    batch.add_argument("--precision", choices=PRECISIONS, default="auto")
-    batch.add_argument("--runtime", choices=RUNTIMES, default="auto")
-    batch.add_argument("--tta", action="store_true", help="test-time augmentation")
-    add_resolution_flag(batch)
+    add_run_flags(batch)
     batch.add_argument(
         "--workers", type=int, help="local worker processes (default: one per 4 cores)"
     )

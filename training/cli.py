@@ -10,9 +10,9 @@ import argparse
 import json
 from typing import Any
 
-from ..backend.choices import DEVICES, PRECISIONS
-from ..backend.cli import add_output_flags, add_resolution_flag, bar_progress, percent_bar
+from ..backend.cli import add_output_flags, bar_progress, percent_bar
 from ..backend.errors import InputError
+from ..backend.inference.options import add_run_flags, run_options
 from .adapt import DEFAULT_RECIPE, RECIPES
 
 
@@ -63,18 +63,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..backend.inference.options import RunOptions
-    from ..backend.raster.bands import parse_band_list
     from .data import parse_class_map
     from .evaluate import evaluate_rasters, evaluate_store
 
-    options = RunOptions(
-        resolution=args.resolution,
-        device=args.device,
-        tta=args.tta,
-        precision=args.precision,
-        bands=parse_band_list(args.bands) if args.bands else None,
-    )
+    options = run_options(args)
     class_map = parse_class_map(args.class_map)
     with percent_bar(args.quiet) as bar:
         progress = bar_progress(bar)
@@ -367,7 +359,7 @@ def add_parsers(sub: Any) -> None:
     )
     be.add_argument("--data", required=True, help="the shared real data folder")
     be.add_argument("--repeats", type=int, default=3, help="runs per task (default 3)")
-    be.add_argument("--device", choices=DEVICES, default="auto")
+    add_run_flags(be, only=("device",))
     be.add_argument("--out", default="benchmarks/run_cost.json", help="the JSON to write")
     be.add_argument("--plot", default="docs/run_cost.png", help="the plot to write")
     add_output_flags(be)
@@ -417,13 +409,11 @@ def add_parsers(sub: Any) -> None:
         "label rasters. Reference classes map to the model's by name (thick and thin "
         "cloud -> cloud) unless --class-map says otherwise.",
     )
-    ev.add_argument("--model", required=True, help="built-in name, .onnx or model.pt")
     ev.add_argument("--store", help="an ingested store (folder or s3://bucket/prefix)")
     ev.add_argument("--scenes", help="comma-separated scene ids (default: all)")
     ev.add_argument("--endpoint-url", help="S3 endpoint (MinIO)")
     ev.add_argument("--images", nargs="+", help="scenes to segment (with --labels)")
     ev.add_argument("--labels", nargs="+", help="label rasters, one per image")
-    ev.add_argument("--bands", help="band names in file order, for --images without band names")
     ev.add_argument("--label-classes", help="names of label values 0,1,2... (default: the model's)")
     ev.add_argument(
         "--class-map",
@@ -432,16 +422,8 @@ def add_parsers(sub: Any) -> None:
         metavar="SOURCE=TARGET",
         help="map a reference class to a model class; empty TARGET ignores it (repeatable)",
     )
-    add_resolution_flag(ev)
-    ev.add_argument("--device", choices=DEVICES, default="auto")
-    ev.add_argument("--tta", action="store_true", help="test-time augmentation")
-    ev.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="fp32",
-        help="fp32 (default): metrics of the model itself; auto: as 'cloudseg segment' "
-        "runs it here (bf16 where the hardware has it)",
-    )
+    # fp32 by default: the metrics of the model itself (auto: as segment runs it here).
+    add_run_flags(ev, model_required=True, defaults={"precision": "fp32"})
     ev.add_argument("--out", help="folder for metrics.json and confusion.png")
     add_output_flags(ev)
     ev.set_defaults(handler=_cmd_evaluate)

@@ -1,5 +1,7 @@
-"""The ``cloudseg`` command: version, environment report, and errors."""
+"""The ``cloudseg`` command: version, environment report, errors, and the run flags."""
 
+import argparse
+import dataclasses
 import json
 import subprocess
 from configparser import ConfigParser
@@ -57,3 +59,78 @@ def test_bad_usage_fails_with_a_usage_line(venv_env, args):
     result = run_cli(*args, env=venv_env)
     assert result.returncode == 2
     assert "usage: cloudseg" in result.stderr
+
+
+#: Every command that runs a model on a scene the user names.
+MODEL_COMMANDS = ("segment", "segment-batch", "explain", "evaluate")
+
+
+def _run_actions(command: str) -> dict[str, argparse.Action]:
+    from cloudseg.backend.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in sub.choices[command]._actions}
+
+
+def test_every_model_command_takes_the_same_run_flags():
+    from cloudseg.backend.inference.options import RUN_FLAGS, RunOptions
+
+    assert [f.field for f in RUN_FLAGS] == [f.name for f in dataclasses.fields(RunOptions)]
+    # Evaluation measures the model itself (float32) and has no automatic model choice.
+    own = {("evaluate", "precision"): {"default"}, ("evaluate", "model"): {"required", "help"}}
+    reference = _run_actions("segment")
+    for command in MODEL_COMMANDS:
+        actions = _run_actions(command)
+        for flag in RUN_FLAGS:
+            mine, theirs = actions[flag.field], reference[flag.field]
+            assert mine.option_strings == [flag.flag], (command, flag.field)
+            for attribute in ("help", "choices", "type", "nargs", "const", "metavar", "default",
+                              "required"):  # fmt: skip
+                if attribute not in own.get((command, flag.field), ()):
+                    assert getattr(mine, attribute) == getattr(theirs, attribute), (command, flag)
+    evaluate = _run_actions("evaluate")
+    assert evaluate["precision"].default == "fp32" and evaluate["model"].required
+    assert evaluate["model"].help == RUN_FLAGS[0].help  # no automatic choice to describe
+
+
+@pytest.mark.parametrize("command", MODEL_COMMANDS)
+def test_every_model_command_parses_the_run_flags_alike(command):
+    from cloudseg.backend.cli import build_parser
+    from cloudseg.backend.inference.options import run_options
+
+    positional = {
+        "segment": ["in.tif", "out.tif"],
+        "segment-batch": ["in.tif", "--out", "done"],
+        "explain": ["in.tif", "why.tif"],
+        "evaluate": [],
+    }[command]
+    flags = ["--model", "ukis-csmask-4b-l2a", "--product-level", "l2a", "--bands", "blue,B03"]
+    flags += ["--resolution", "model", "--tta", "--tile-size", "128", "--overlap", "16"]
+    flags += ["--cloud-threshold", "0.4", "--precision", "fp32", "--device", "cpu"]
+    args = build_parser().parse_args([command, *positional, *flags])
+    options = run_options(args)
+    assert dataclasses.asdict(options) == dataclasses.asdict(options) | {
+        "model": "ukis-csmask-4b-l2a",
+        "product_level": "L2A",
+        "bands": ["B02", "B03"],
+        "resolution": "preview",
+        "tta": True,
+        "tile_size": 128,
+        "overlap": 16,
+        "cloud_threshold": 0.4,
+        "shadow_threshold": None,
+        "precision": "fp32",
+        "device": "cpu",
+    }
+
+
+@pytest.mark.parametrize("command", ["segment", "explain"])
+def test_a_bad_run_option_is_one_line_for_every_command(command, tmp_path, venv_env):
+    result = run_cli(
+        command, "in.tif", str(tmp_path / "out.tif"), "--cloud-threshold", "1.5", env=venv_env
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "cloudseg: error: cloud threshold 1.5: give a probability above 0 and at most 1"
+    )

@@ -58,6 +58,25 @@ def test_hirescam_ignores_what_the_score_does_not_use():
     assert np.abs(cam[~region]).max() == 0  # the layer is at full resolution: no blur
 
 
+def test_the_score_counts_the_pixels_the_class_decision_gives_the_class():
+    """With a cloud threshold no pixel reaches, no pixel is cloud: nothing to explain."""
+    from cloudseg.backend.models.cards import ClassInfo
+
+    network, region = _toy(masked=False)
+    tile = np.zeros((1, 2, 32, 32), np.float32)
+    tile[:, :, region] = 2.0
+    classes = [ClassInfo(0, "clear", "#000000"), ClassInfo(1, "cloud", "#ffffff")]
+    maps = {
+        threshold: CamRunner(
+            network, network.features, [1], 2, card_classes=classes, cloud_threshold=threshold
+        )(tile)[0, 1]
+        for threshold in (None, 0.5, 1.0)
+    }
+    assert maps[None][region].mean() > 0
+    np.testing.assert_array_equal(maps[0.5], maps[None])  # cloud wins where it is > 0.5
+    assert not maps[1.0].any()
+
+
 @pytest.fixture(scope="module")
 def small_extent(multiband):
     """A 128 x 128 px extent of the real chip."""
@@ -110,7 +129,7 @@ def test_the_command_writes_hirescam_and_refuses_clearly(
 ):
     out = tmp_path / "cam.tif"
     command = ["cloudseg", "explain", str(multiband), str(out), "--method", "hirescam"]
-    command += ["--product-level", "L2A"]
+    command += ["--product-level", "l2a"]  # any case, as for segment
     extent = ["--extent", *map(str, small_extent)]
     run = subprocess.run(
         [*command, *extent, "--json"], capture_output=True, text=True, env=venv_env

@@ -248,9 +248,21 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
 
 def _cmd_propose(args: argparse.Namespace) -> int:
     """Propose the most doubtful boxes of a scene into a label project."""
-    from .active.propose import propose
+    from .active.loop import propose_on_scene
+    from .active.propose import is_uncertainty_raster, propose
 
-    proposals = propose(args.uncertainty, args.project, args.box, args.count, args.scene or "")
+    if is_uncertainty_raster(args.input):
+        proposals = propose(args.input, args.project, args.box, args.count, args.scene)
+    else:
+        with percent_bar(args.quiet) as bar:
+            proposals = propose_on_scene(
+                args.project,
+                args.input,
+                box=args.box,
+                count=args.count,
+                progress=bar_progress(bar),
+                options=run_options(args),
+            ).proposals
     if args.json:
         rows = [
             {"rank": p.rank, "score": p.score, "row": p.box.row, "col": p.box.col}
@@ -296,17 +308,26 @@ def _add_propose_parser(sub: Any) -> None:
     propose = sub.add_parser(
         "propose",
         help="boxes to label where the model is unsure (active learning)",
-        description="Rank boxes of a scene by the model's mean doubt (an uncertainty raster "
-        "from 'cloudseg segment --uncertainty') and write the top ones, non-overlapping and "
-        "never over a box already labeled or skipped, into the label project's GeoPackage "
-        "(layer proposals: rank, score, status, scene, model).",
+        description="Rank boxes of a scene by the model's mean doubt and write the top ones, "
+        "non-overlapping and never over a box already labeled or skipped, into the label "
+        "project's GeoPackage (layer proposals: rank, score, status, scene, model). INPUT is "
+        "the scene (segmented first with an uncertainty raster into <project>-runs, or the "
+        "newest run there of the same model is reused) or an uncertainty raster from "
+        "'cloudseg segment --uncertainty'.",
     )
-    propose.add_argument("uncertainty", metavar="UNCERTAINTY", help="uncertainty raster (.tif)")
+    propose.add_argument(
+        "input", metavar="INPUT", help="the scene, or its uncertainty raster (.tif)"
+    )
     propose.add_argument("project", metavar="PROJECT", help="label project (.gpkg)")
     propose.add_argument("--box", type=int, default=128, metavar="PX", help="box edge (128)")
     propose.add_argument("--count", type=int, default=20, help="how many boxes (20)")
-    propose.add_argument("--scene", help="the scene's name (default: the raster's)")
-    propose.add_argument("--json", action="store_true", help="print the proposals as JSON")
+    propose.add_argument(
+        "--scene",
+        help="with an uncertainty raster: the scene it was made from (default: the scene "
+        "the raster records)",
+    )
+    add_run_flags(propose)
+    add_output_flags(propose)
     propose.set_defaults(handler=_cmd_propose)
     to_store = sub.add_parser(
         "labels-to-store",

@@ -223,9 +223,12 @@ def _cmd_labels_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_labels_boxes(args: argparse.Namespace) -> int:
-    from ..backend.active.labels import proposal_rows
+    from ..backend.active.project import LabelProject
 
-    rows = proposal_rows(args.project)
+    project = LabelProject(args.project)
+    if not project.exists():
+        raise InputError(f"{project.path} does not exist; propose boxes first (cloudseg propose)")
+    rows = [p.to_dict() for p in project.read().proposals]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -249,10 +252,10 @@ def _cmd_labels_add(args: argparse.Namespace) -> int:
 
 
 def _cmd_labels_status(args: argparse.Namespace) -> int:
-    from ..backend.active.labels import set_status
+    from ..backend.active.project import LabelProject
 
     status = {"skip": "skipped", "todo": "todo", "done": "labeled"}[args.labels_command]
-    set_status(args.project, args.box, status)
+    LabelProject(args.project).set_status(args.box, status)
     print(f"box {args.box}: {status}")
     return 0
 
@@ -329,7 +332,7 @@ def add_parsers(sub: Any) -> None:
     ft.add_argument("project", metavar="PROJECT", help="the label project (.gpkg)")
     ft.add_argument("scene", metavar="SCENE", help="the scene its boxes were proposed on")
     ft.add_argument("--model", help="start from this model (default: the project's current)")
-    ft.add_argument("--store", help="label store (default: <project>-store beside it)")
+    ft.add_argument("--store", help="label store (default: <project stem>-store beside it)")
     ft.add_argument(
         "--recipe",
         choices=list(RECIPES),

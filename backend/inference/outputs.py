@@ -26,7 +26,7 @@ from ..errors import CancelledError
 from ..models.cards import ModelCard
 from ..models.registry import Model
 from ..raster.cog import BlockRowWriter, block_profile, to_cog
-from ..raster.reader import SceneReader
+from ..raster.reader import SceneReader, scene_key
 from .decision import NODATA, decide
 from .options import SegmentOptions
 from .resample import ModelGrid, normalized_entropy
@@ -41,6 +41,7 @@ def provenance_tags(
     tile, overlap = options.tiling(card)
     return {
         "CLOUDSEG_VERSION": __version__,
+        "CLOUDSEG_SCENE": scene_key(reader.path),
         "CLOUDSEG_MODEL": card.name,
         "CLOUDSEG_MODEL_VERSION": card.version,
         "CLOUDSEG_MODEL_SHA256": model.sha256,

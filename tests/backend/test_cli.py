@@ -62,7 +62,7 @@ def test_bad_usage_fails_with_a_usage_line(venv_env, args):
 
 
 #: Every command that runs a model on a scene the user names.
-MODEL_COMMANDS = ("segment", "segment-batch", "explain", "evaluate")
+MODEL_COMMANDS = ("segment", "segment-batch", "explain", "propose", "evaluate")
 
 
 def _run_actions(command: str) -> dict[str, argparse.Action]:
@@ -103,6 +103,7 @@ def test_every_model_command_parses_the_run_flags_alike(command):
         "segment": ["in.tif", "out.tif"],
         "segment-batch": ["in.tif", "--out", "done"],
         "explain": ["in.tif", "why.tif"],
+        "propose": ["in.tif", "labels.gpkg"],
         "evaluate": [],
     }[command]
     flags = ["--model", "ukis-csmask-4b-l2a", "--product-level", "l2a", "--bands", "blue,B03"]

@@ -142,11 +142,19 @@ def test_an_output_folder_holding_an_input_is_refused(scenes, tmp_path):
 
 
 def test_an_existing_cluster_runs_the_batch_by_its_address_or_scheduler_file(scenes, tmp_path):
-    from distributed import Client, LocalCluster
+    from distributed import LocalCluster
 
     from cloudseg.backend.batch import segment_batch
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster:
+    # The scheduler writes its file as `dask scheduler --scheduler-file` does, at start
+    # (Client.write_scheduler_file would serialize live metrics, which may hold tuple keys).
+    scheduler_file = tmp_path / "scheduler.json"
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        scheduler_kwargs={"scheduler_file": str(scheduler_file)},
+    ) as cluster:
         by_address = segment_batch(
             [str(scenes / "adwp-top.tif")],
             str(tmp_path / "a"),
@@ -154,13 +162,12 @@ def test_an_existing_cluster_runs_the_batch_by_its_address_or_scheduler_file(sce
             scheduler=cluster.scheduler_address,
         )
         assert by_address.counts() == {"done": 1} and by_address.workers == 1
-        with Client(cluster) as client:
-            client.write_scheduler_file(str(tmp_path / "scheduler.json"))
+        assert scheduler_file.is_file()
         by_file = segment_batch(
             [str(scenes / "adwp-top.tif")],
             str(tmp_path / "a"),
             {"product_level": "L2A"},
-            scheduler=str(tmp_path / "scheduler.json"),
+            scheduler=str(scheduler_file),
         )
         assert by_file.counts() == {"skipped": 1}
     assert (tmp_path / "a" / "adwp-top.tif").is_file()

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import html
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,144 +45,13 @@ from qgis.PyQt.QtWidgets import (
 from ..backend.errors import CloudsegError
 from . import logbridge, styling
 from .messages import DOCK, for_qgis
-from .tasks import BackendTask
+from .modelcard import card_html, device_line, preview_tooltip
+from .runs import RunRecord, RunRequest, SegmentTask, safe_name
+from .tasks import BackendTask, TaskRunner
 from .widgets import fill_model_combo
 
 AUTO_LABEL = "auto (best for the layer's bands and level)"
 SETTINGS_OUTPUT_DIR = "cloudseg/output_dir"
-
-
-@dataclass
-class RunRequest:
-    """One segmentation run asked for from the dock."""
-
-    layer_name: str
-    source: Path
-    output_dir: Path
-    model: str | None = None
-    product_level: str | None = None
-    bands: list[str] | None = None
-    tta: bool = False
-    preview: bool = False
-    probabilities: bool = False
-    polygons: bool = False
-    valid: bool = False
-
-    def paths(self, stamp: str) -> dict[str, Path | None]:
-        """Output paths for this run, unique by time stamp."""
-        stem = f"{_safe_name(self.layer_name)}_{stamp}"
-        return {
-            "mask": self.output_dir / f"{stem}_mask.tif",
-            "probabilities": (
-                self.output_dir / f"{stem}_probabilities.tif" if self.probabilities else None
-            ),
-            "polygons": self.output_dir / f"{stem}_polygons.gpkg" if self.polygons else None,
-            "valid": self.output_dir / f"{stem}_valid.tif" if self.valid else None,
-        }
-
-
-@dataclass
-class RunRecord:
-    """What the recent-runs list shows for one run."""
-
-    layer_name: str
-    status: str
-    model: str = ""
-    seconds: float = 0.0
-    cloud_percent: float | None = None
-    outputs: dict[str, Path | None] = field(default_factory=dict)
-    message: str = ""
-
-
-def device_line(report: Any) -> str:
-    """One plain line on what runs the models, e.g. "CPU (no GPU found) - openvino, bf16"."""
-    if report.device == "cuda" and report.gpus:
-        where = f"GPU: {report.gpus[0].name}"
-    else:
-        where = "CPU (no GPU found)" if "no usable GPU" in report.device_reason else "CPU"
-    runner = report.builtin_runner.split(" on the ")[0]
-    precision = "bf16" if "bf16" in report.builtin_runner else "float32"
-    return f"{where} - {runner}, {precision} (details: hover)"
-
-
-def preview_tooltip() -> str:
-    """The Preview checkbox's tooltip, with the accuracy it costs as measured."""
-    from ..backend.models.registry import preview_cost
-
-    cost = preview_cost()
-    return (
-        "Run at the model's own resolution (30 m for the built-in models) instead of the "
-        "layer's: about 9x faster on 10 m imagery, but small clouds and thin shadows are "
-        "lost" + (f". {cost[0].upper()}{cost[1:]}." if cost else ".")
-    )
-
-
-def accuracy_html(card: Any) -> str:
-    """The card's measured accuracy: IoU of the default run per dataset, and TTA's gain."""
-    entries = card.default_metrics()
-    if not entries:
-        return "Accuracy: not measured"
-    lines = []
-    for entry in entries:
-        iou = card.metric_iou(entry)
-        values = ", ".join(
-            f"{name} {value:.3f}" for name, value in iou.items() if isinstance(value, float)
-        )
-        reference = entry.get("reference", {}).get("iou", {})
-        versus = " / ".join(f"{v:.3f}" for v in reference.values() if isinstance(v, float))
-        mismatch = " (level mismatch)" if entry.get("level_mismatch") else ""
-        lines.append(
-            f"{html.escape(str(entry.get('dataset', entry.get('data', ''))))}{mismatch}: "
-            f"{values}" + (f" (ukis-csmask {versus})" if versus else "")
-        )
-    gains = {(m.get("dataset"), m.get("config")): m.get("iou", {}) for m in card.metrics}
-    for (dataset, config), iou in gains.items():
-        base = gains.get((dataset, "default-fp32"))
-        if config == "tta" and base:
-            delta = ", ".join(
-                f"{name} {iou[name] - base[name]:+.3f}"
-                for name in list(iou)[1:]
-                if isinstance(iou[name], float) and isinstance(base.get(name), float)
-            )
-            lines.append(f"TTA on {html.escape(str(dataset))}: {delta} (4x the time)")
-            break
-    return "Measured IoU, default run:<br>" + "<br>".join(lines)
-
-
-def _safe_name(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:60] or "layer"
-
-
-class SegmentTask(BackendTask):
-    """Runs the backend engine in a QGIS worker thread."""
-
-    def __init__(self, request: RunRequest, on_done: Callable[[SegmentTask], None]) -> None:
-        super().__init__(f"Segment clouds in {request.layer_name}", self._segment, on_done)
-        self.request = request
-        self.outputs = request.paths(dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
-
-    def _segment(
-        self, progress: Callable[[float, str], None], cancelled: Callable[[], bool]
-    ) -> Any:
-        """Segment (and polygonize); the engine leaves no output behind on cancel."""
-        from ..backend.inference.segment import SegmentOptions, segment
-
-        return segment(
-            self.request.source,
-            self.outputs["mask"],
-            SegmentOptions(
-                model=self.request.model,
-                product_level=self.request.product_level,
-                bands=self.request.bands,
-                tta=self.request.tta,
-                resolution="preview" if self.request.preview else "native",
-                probabilities=self.outputs["probabilities"],
-                polygons=self.outputs["polygons"],
-                valid=self.outputs["valid"],
-            ),
-            progress=progress,
-            cancelled=cancelled,
-        )
 
 
 class CloudSegDock(QDockWidget):
@@ -194,7 +61,6 @@ class CloudSegDock(QDockWidget):
         super().__init__("Cloud segmentation", parent)
         self.setObjectName("cloudsegDock")
         self.iface = iface
-        self.task: BackendTask | None = None
         self.runs: list[RunRecord] = []
         self._models = self._load_models()
 
@@ -271,8 +137,6 @@ class CloudSegDock(QDockWidget):
         self.run_button = QPushButton("Run on active layer")
         self.run_button.clicked.connect(self.run_active_layer)
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
         self.explain_button = QPushButton("Explain view")
         self.explain_button.setToolTip(
             "Where the model looked when it called pixels cloud: a Grad-CAM heat map of the "
@@ -290,6 +154,9 @@ class CloudSegDock(QDockWidget):
         self.status_label.setWordWrap(True)
         layout.addWidget(self.progress)
         layout.addWidget(self.status_label)
+        self.runner = TaskRunner(self._say, self.progress, self.cancel_button, self.status_label)
+        self.runner.guard(self.run_button)
+        self.runner.guard(self.explain_button)
 
         layout.addWidget(QLabel("Recent runs"))
         self.runs_table = QTableWidget(0, 5)
@@ -309,6 +176,11 @@ class CloudSegDock(QDockWidget):
         self._check_device()
         iface.currentLayerChanged.connect(self.describe_layer)
         self.describe_layer(iface.activeLayer())
+
+    @property
+    def task(self) -> BackendTask | None:
+        """The running task, or None."""
+        return self.runner.task
 
     def detach(self) -> None:
         """Disconnect from QGIS's signals (before the dock is deleted)."""
@@ -348,21 +220,7 @@ class CloudSegDock(QDockWidget):
                 f"the most of its bands, and says which in the log.</p><p>Models: {names}</p>"
             )
             return
-        card = self._models[name]
-        swatches = "".join(
-            f'<span style="background:{c.color[:7]}">&nbsp;&nbsp;&nbsp;</span> '
-            f"{c.value} {html.escape(c.name)}<br>"
-            for c in card.classes
-        )
-        headline = card.headline()
-        self.card_view.setHtml(
-            f"<b>{html.escape(card.name)}</b> {html.escape(card.version)}<br>"
-            + (f"<i>Measured: {html.escape(headline)}</i><br>" if headline else "")
-            + f"Bands: {', '.join(card.bands)}<br>Level: {card.product_level}, "
-            f"trained at {card.resolution_m:g} m, tiles {card.tile_size} px<br>"
-            f"Classes:<br>{swatches}License: {html.escape(card.license)}<br>"
-            f"{html.escape(card.description)}<br>{accuracy_html(card)}"
-        )
+        self.card_view.setHtml(card_html(self._models[name]))
 
     def _check_device(self) -> None:
         """Find the device in a task: it imports torch, which takes a second or two."""
@@ -398,6 +256,7 @@ class CloudSegDock(QDockWidget):
             source=source,
             output_dir=folder,
             model=self.model_combo.currentData(),
+            layer_id=layer.id(),
             product_level=self.level_combo.currentData(),
             bands=bands,
             tta=self.tta_check.isChecked(),
@@ -406,13 +265,7 @@ class CloudSegDock(QDockWidget):
             polygons=self.polygons_check.isChecked(),
             valid=self.valid_check.isChecked(),
         )
-        self.task = SegmentTask(request, self._task_done)
-        self.task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
-        self._set_running(True)
-        self.progress.setValue(0)
-        self.status_label.setText(f"segmenting {layer.name()}...")
-        QgsApplication.taskManager().addTask(self.task)
-        return self.task
+        return self.runner.start(SegmentTask(request, self._task_done), self._run_failed)
 
     def _active_scene(self, layer: Any) -> tuple[Path, Path, list[str] | None] | None:
         """What a run on ``layer`` needs: the output folder, the scene, its bands.
@@ -423,8 +276,7 @@ class CloudSegDock(QDockWidget):
         from ..backend.raster.bands import parse_band_list
         from ..backend.raster.reader import scene_path_from_gdal_source
 
-        if self.task is not None:
-            self._say("a run is already going; cancel it or wait", Qgis.Warning)
+        if not self.runner.ready():
             return None
         if not isinstance(layer, QgsRasterLayer):
             what = "no layer is selected" if layer is None else f"{layer.name()} is not a raster"
@@ -444,12 +296,6 @@ class CloudSegDock(QDockWidget):
             return None
         QSettings().setValue(SETTINGS_OUTPUT_DIR, str(folder))
         return folder, source, bands
-
-    def _set_running(self, running: bool) -> None:
-        """Run and Explain wait while a task runs; Cancel is there for it."""
-        self.run_button.setEnabled(not running)
-        self.explain_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
 
     def explain_view(self, classes: list[str] | None = None) -> BackendTask | None:
         """Explain the active layer over the map's extent (a task); its task, or None."""
@@ -472,7 +318,7 @@ class CloudSegDock(QDockWidget):
             return None
         wanted = classes or ["cloud"]
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        output = folder / f"{_safe_name(layer.name())}_{stamp}_why-{'-'.join(wanted)}.tif"
+        output = folder / f"{safe_name(layer.name())}_{stamp}_why-{'-'.join(wanted)}.tif"
         bounds = (view.xMinimum(), view.yMinimum(), view.xMaximum(), view.yMaximum())
         model, level = self.model_combo.currentData(), self.level_combo.currentData()
         name = layer.name()
@@ -490,104 +336,91 @@ class CloudSegDock(QDockWidget):
                 cancelled=cancelled,
             )
 
-        self.task = BackendTask(f"Explain {name}", work, lambda task: self._explained(task, name))
-        self.task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
-        self._set_running(True)
-        self.progress.setValue(0)
-        self.status_label.setText(f"explaining {', '.join(wanted)} in {name}...")
-        QgsApplication.taskManager().addTask(self.task)
-        return self.task
+        def explained(task: BackendTask) -> None:
+            self._explained(task, name, layer.id())
 
-    def _explained(self, task: BackendTask, name: str) -> None:
-        """Add the map as a heat map over the image, or say why there is none."""
-        self.task = None
-        self._set_running(False)
+        def failed(task: BackendTask) -> None:
+            if task.result is not None:  # the cancel came after the map was written
+                Path(task.result.output).unlink(missing_ok=True)
+
+        return self.runner.start(BackendTask(f"Explain {name}", work, explained), failed)
+
+    def _explained(self, task: BackendTask, name: str, layer_id: str) -> None:
+        """Add the map as a heat map over the image, one layer per class explained."""
         result = task.result
-        if result is not None and not task.isCanceled():
-            layer = QgsRasterLayer(
-                str(result.output), f"{name} - why {', '.join(result.classes)} ({result.method})"
-            )
-            styling.style_explanation(layer)
-            QgsProject.instance().addMapLayer(layer, False)
-            styling.results_group(QgsProject.instance()).insertLayer(0, layer)
-            self.progress.setValue(100)
-            self._say(
-                f"{name}: where {result.model} looked for {', '.join(result.classes)} "
-                f"({result.method}, {result.seconds:.1f} s)",
-                Qgis.Info,
-            )
-        elif task.error:
-            self._say(f"{name}: {for_qgis(task.error, DOCK)}", Qgis.Critical)
-        else:
-            if result is not None:  # the cancel came after the map was written
-                Path(result.output).unlink(missing_ok=True)
-            self.progress.setValue(0)
-            self._say(f"{name}: cancelled; nothing was written", Qgis.Info)
+        project = QgsProject.instance()
+        group = styling.results_group(project)
+        layers = styling.explanation_layers(result.output, name, result.classes, result.method)
+        for layer in reversed(layers):  # the first class on top
+            project.addMapLayer(layer, False)
+            group.insertLayer(0, layer)
+        self._keep_active(layer_id)
+        self._say(
+            f"{name}: where {result.model} looked for {', '.join(result.classes)} "
+            f"({result.method}, {result.seconds:.1f} s)",
+            Qgis.Info,
+        )
 
     def cancel(self) -> None:
         """Cancel the running task (its outputs are removed)."""
-        if self.task is not None:
-            self.task.cancel()
-            self.status_label.setText("cancelling...")
+        self.runner.cancel()
 
     def _task_done(self, task: SegmentTask) -> None:
-        self.task = None
-        self._set_running(False)
-        name = task.request.layer_name
-        if task.result is not None and not task.isCanceled():
-            result = task.result
-            _, group = styling.add_results(
-                QgsProject.instance(),
-                task.outputs["mask"],
-                task.outputs["probabilities"],
-                task.outputs["polygons"],
-                name=name,
-                group_name=f"{name} - {result.model}",
-                valid=task.outputs["valid"],
-            )
-            self._select(group)
-            cloud = result.class_percent.get("cloud", 0.0)
-            cost = result.accounting.get("summary", "")
+        """Load the run's results (styled, grouped), record the run and say what it found."""
+        name, result = task.request.layer_name, task.result
+        styling.add_results(
+            QgsProject.instance(),
+            task.outputs["mask"],
+            task.outputs["probabilities"],
+            task.outputs["polygons"],
+            name=name,
+            group_name=f"{name} - {result.model}",
+            valid=task.outputs["valid"],
+        )
+        self._keep_active(task.request.layer_id)
+        cloud = result.class_percent.get("cloud", 0.0)
+        cost = result.accounting.get("summary", "")
+        self._record(RunRecord(
+            name, "done", result.model, result.seconds, cloud, task.outputs,
+            f"{result.runner}\n{cost}" if cost else result.runner,
+        ))  # fmt: skip
+        done = (
+            f"{name}: {cloud:.1f} % cloud in {result.seconds:.1f} s on {result.runner}; "
+            f"product level {result.product_level}"
+        )
+        if result.usable_percent is not None:
+            done += f"; {result.usable_percent:.1f} % usable"
+        if result.warnings:
+            warnings = "; ".join(for_qgis(w, DOCK) for w in result.warnings)
+            self._say(f"{done}. Warning: {warnings}", Qgis.Warning)
+        else:
+            self._say(done, Qgis.Info)
+
+    def _run_failed(self, task: SegmentTask) -> None:
+        """Record a failed or cancelled run (the runner has said why); remove its files."""
+        if task.error:
             record = RunRecord(
-                name, "done", result.model, result.seconds, cloud, task.outputs,
-                f"{result.runner}\n{cost}" if cost else result.runner,
-            )  # fmt: skip
-            self.progress.setValue(100)
-            done = (
-                f"{name}: {cloud:.1f} % cloud in {result.seconds:.1f} s on {result.runner}; "
-                f"product level {result.product_level}"
+                task.request.layer_name, "failed", message=for_qgis(task.error, DOCK)
             )
-            if result.usable_percent is not None:
-                done += f"; {result.usable_percent:.1f} % usable"
-            if result.warnings:
-                warnings = "; ".join(for_qgis(w, DOCK) for w in result.warnings)
-                self._say(f"{done}. Warning: {warnings}", Qgis.Warning)
-            else:
-                self._say(done, Qgis.Info)
-        elif task.error:
-            error = for_qgis(task.error, DOCK)
-            record = RunRecord(name, "failed", message=error)
-            self._say(f"{name}: {error}", Qgis.Critical)
         else:
             if task.result is not None:  # the cancel came after the engine had finished
                 for path in task.outputs.values():
                     if path:
                         Path(path).unlink(missing_ok=True)
-            record = RunRecord(name, "cancelled", message="cancelled; nothing was written")
-            self._say(f"{name}: cancelled; nothing was written", Qgis.Info)
+            record = RunRecord(
+                task.request.layer_name, "cancelled", message="cancelled; nothing was written"
+            )
+        self._record(record)
+
+    def _keep_active(self, layer_id: str) -> None:
+        """Keep the layer the run was made on active: the next run or explain uses it."""
+        layer = QgsProject.instance().mapLayer(layer_id) if layer_id else None
+        if layer is not None and self.iface.activeLayer() is not layer:
+            self.iface.setActiveLayer(layer)
+
+    def _record(self, record: RunRecord) -> None:
         self.runs.insert(0, record)
         self._add_run_row(record)
-
-    def _select(self, group: Any) -> None:
-        """Select the new results group in the Layers panel (so the analyst sees it)."""
-        view = self.iface.layerTreeView()
-        with contextlib.suppress(AttributeError, RuntimeError, TypeError):  # no real view
-            index = (  # QGIS >= 3.18 sorts the tree through a proxy model
-                view.node2index(group)
-                if hasattr(view, "node2index")
-                else view.layerTreeModel().node2index(group)
-            )
-            view.setCurrentIndex(index)
 
     def _add_run_row(self, record: RunRecord) -> None:
         self.runs_table.insertRow(0)

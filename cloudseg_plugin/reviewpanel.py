@@ -18,11 +18,11 @@ from typing import Any
 
 from qgis.core import (
     Qgis,
-    QgsApplication,
     QgsCoordinateTransform,
     QgsDefaultValue,
     QgsEditFormConfig,
     QgsProject,
+    QgsProviderRegistry,
     QgsRasterLayer,
     QgsVectorLayer,
 )
@@ -44,9 +44,10 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..backend.errors import CloudsegError
+from ..backend.models.cards import class_color
 from . import styling
 from .messages import DOCK, for_qgis
-from .tasks import BackendTask
+from .tasks import BackendTask, TaskRunner
 
 GROUP = "cloudseg review"
 #: Colour of flagged pixels (the model contradicts the label there).
@@ -72,7 +73,7 @@ class ReviewPanel(QWidget):
         self.queue: list[Any] = []
         self.current: Any = None  # the Suspect opened
         self.corrections: QgsVectorLayer | None = None
-        self.task: BackendTask | None = None
+        self._tried: Path | None = None  # the report path last opened or refused
         self.last_dashboard: Path | None = None
         self.show_dashboard = True  # tests turn the web browser off
 
@@ -83,7 +84,10 @@ class ReviewPanel(QWidget):
         self.report_widget.setToolTip(
             "label_issues.json from cloudseg labels check or Processing > Check labels"
         )
-        self.report_widget.fileChanged.connect(lambda path: self.open_report(path))
+        # Typed by hand, the path changes per keystroke: open it once it names a file,
+        # and say what is wrong only when the typing is done.
+        self.report_widget.fileChanged.connect(lambda path: self._path_changed(path))
+        self.report_widget.lineEdit().editingFinished.connect(lambda: self._path_finished())
         form.addRow("Check report", self.report_widget)
         self.class_combo = QComboBox()
         self.class_combo.setToolTip("Class of new polygons in the corrections layer")
@@ -135,15 +139,43 @@ class ReviewPanel(QWidget):
         self.status_label = QLabel("open a label check report")
         self.status_label.setWordWrap(True)
         layout.addWidget(self.status_label)
-        self._enable()
+        self.runner = TaskRunner(say, status=self.status_label)
+        self.runner.guard(self.open_button, lambda: bool(self.queue))
+        for button in (self.accept_button, self.drop_button, self.correct_button):
+            self.runner.guard(button, lambda: self.current is not None)
+        self.runner.guard(self.dashboard_button, lambda: self.dataset is not None)
+
+    @property
+    def task(self) -> BackendTask | None:
+        """The running task, or None."""
+        return self.runner.task
 
     # -- the queue ---------------------------------------------------------------------
+    def _path_changed(self, text: str) -> None:
+        """Open the report once the path names a file (not at every keystroke)."""
+        path = Path(text).expanduser() if text.strip() else None
+        if path is None or (path.is_file() and path != self._tried):
+            self.open_report(path or "")
+
+    def _path_finished(self) -> None:
+        """Editing done: say once if the typed path is no file (or open it if not yet)."""
+        text = self.report_widget.filePath().strip()
+        path = Path(text).expanduser() if text else None
+        if path is None or path == self._tried:
+            return
+        if path.is_file():
+            self.open_report(path)
+            return
+        self._tried = path
+        self.say(f"no label check report at {path}: choose label_issues.json", Qgis.Warning)
+
     def open_report(self, path: str | Path) -> None:
         """List the report's flagged windows, worst first, with their review status."""
         from ..backend.active.review import UNLABELED, review_queue
 
         path = Path(path).expanduser() if path else None
-        self.report, self.queue, self.dataset = None, [], None
+        self.report, self.queue, self.dataset, self.current = None, [], None, None
+        self._tried = path
         if path is not None:
             try:
                 self.dataset, self.queue = review_queue(path)
@@ -158,6 +190,8 @@ class ReviewPanel(QWidget):
             self.class_combo.addItem(f"255 {UNLABELED}", (255, UNLABELED))
         self.class_combo.blockSignals(False)
         self._fill()
+        if path is None:
+            self.status_label.setText("open a label check report")
 
     def _fill(self) -> None:
         self.table.setRowCount(len(self.queue))
@@ -172,7 +206,7 @@ class ReviewPanel(QWidget):
                 f"{len(self.queue)} flagged window(s), {todo} to review; "
                 f"store {self.dataset.storage.url}"
             )
-        self._enable()
+        self.runner.refresh()
 
     def select_next(self) -> int | None:
         """Select the first window still to review; its row, or None when all are done."""
@@ -195,7 +229,7 @@ class ReviewPanel(QWidget):
         from ..backend.active.review import open_window
 
         suspect = self._selected()
-        if suspect is None or self.report is None or self._busy():
+        if suspect is None or self.report is None or not self.runner.ready():
             return None
         report, folder = self.report, review_folder(self.report)
 
@@ -204,14 +238,15 @@ class ReviewPanel(QWidget):
             return open_window(report, suspect, folder)
 
         self.current = suspect
-        return self._start(f"cloudseg: open {suspect.key}", work, self._opened)
+        return self.runner.start(
+            BackendTask(f"cloudseg: open {suspect.key}", work, self._opened), self._not_opened
+        )
+
+    def _not_opened(self, task: BackendTask) -> None:
+        self.current = None
+        self.runner.refresh()
 
     def _opened(self, task: BackendTask) -> None:
-        self.task = None
-        if task.error or task.result is None:
-            self.say(for_qgis(task.error or "cancelled", DOCK), Qgis.Warning)
-            self._enable()
-            return
         files = task.result
         project = QgsProject.instance()
         group = project.layerTreeRoot().findGroup(GROUP) or project.layerTreeRoot().insertGroup(
@@ -256,19 +291,25 @@ class ReviewPanel(QWidget):
             f"{key}: {100 * self.current.flagged_share:.0f} % of its labeled pixels flagged. "
             "Accept, Drop, or edit the corrections layer and Correct."
         )
-        self._enable()
+        if files.missing:  # e.g. a check folder moved without its rasters
+            self.say(
+                f"{key}: the check's rasters were not found ({'; '.join(files.missing)}): "
+                "only the image and the stored label are shown",
+                Qgis.Warning,
+            )
+        self.runner.refresh()
 
     def _load_corrections(self, gpkg: Path, group: Any) -> None:
         from ..backend.active.review import CORRECTIONS_LAYER, window_filter
 
-        uri = f"{gpkg}|layername={CORRECTIONS_LAYER}"
-        found = [
-            layer for layer in QgsProject.instance().mapLayers().values() if layer.source() == uri
-        ]
-        if found:
-            self.corrections = found[0]
+        found = corrections_layer(gpkg)
+        if found is not None:  # one layer for every window: its filter shows the window's
+            self.corrections = found
+            if self.corrections.isEditable():
+                self.corrections.commitChanges()  # the previous window's edits, kept
             self.corrections.reload()
         else:
+            uri = f"{gpkg}|layername={CORRECTIONS_LAYER}"
             self.corrections = QgsVectorLayer(uri, "corrections", "ogr")
             QgsProject.instance().addMapLayer(self.corrections, False)
             group.insertLayer(0, self.corrections)
@@ -285,7 +326,8 @@ class ReviewPanel(QWidget):
         if self.dataset is None:
             return []
         return [
-            (c["value"], c["name"], c.get("color", "#9e9e9e")) for c in self.dataset.classes
+            (c["value"], c["name"], class_color(c["name"], c.get("color")))
+            for c in self.dataset.classes
         ] + [(255, "unlabeled", "#ffffff")]
 
     def _set_class(self) -> None:
@@ -310,8 +352,10 @@ class ReviewPanel(QWidget):
         """Accept, drop or correct the opened window (a QgsTask), then select the next."""
         from ..backend.active.review import decide
 
-        if self.current is None or self.report is None or self._busy():
+        if self.current is None or self.report is None:
             self.say("open a window first", Qgis.Warning)
+            return None
+        if not self.runner.ready():
             return None
         editing = self.corrections is not None and self.corrections.isEditable()
         if editing and not self.corrections.commitChanges():
@@ -326,11 +370,6 @@ class ReviewPanel(QWidget):
             return decide(report, suspect, decision, gpkg if decision == "corrected" else None)
 
         def done(task: BackendTask) -> None:
-            self.task = None
-            if task.error:
-                self.say(for_qgis(task.error, DOCK), Qgis.Critical)
-                self._enable()
-                return
             suspect.status = decision
             stored = f"; stored as {task.result}" if task.result else ""
             self.say(f"{suspect.key}: {decision}{stored}", Qgis.Success)
@@ -338,15 +377,17 @@ class ReviewPanel(QWidget):
             self._fill()
             self.select_next()
 
-        return self._start(f"cloudseg: {decision} {suspect.key}", work, done)
+        return self.runner.start(BackendTask(f"cloudseg: {decision} {suspect.key}", work, done))
 
     # -- the dashboard -------------------------------------------------------------------
     def open_dashboard(self) -> BackendTask | None:
         """Write the store's dashboard (a QgsTask) and open it in the web browser."""
         from ..backend.store.dashboard import write_dashboard
 
-        if self.dataset is None or self._busy():
+        if self.dataset is None:
             self.say("open a label check report first: its store is reported", Qgis.Warning)
+            return None
+        if not self.runner.ready():
             return None
         dataset = self.dataset
 
@@ -355,11 +396,6 @@ class ReviewPanel(QWidget):
             return write_dashboard(dataset)
 
         def done(task: BackendTask) -> None:
-            self.task = None
-            self._enable()
-            if task.error:
-                self.say(for_qgis(task.error, DOCK), Qgis.Critical)
-                return
             url = f"{dataset.storage.url.rstrip('/')}/{task.result}"
             local = Path(url)
             self.last_dashboard = local if local.is_file() else None
@@ -368,24 +404,18 @@ class ReviewPanel(QWidget):
                 QDesktopServices.openUrl(target)
             self.say(f"dataset report: {url}", Qgis.Info)
 
-        return self._start("cloudseg: dataset report", work, done)
+        return self.runner.start(BackendTask("cloudseg: dataset report", work, done))
 
-    # -- tasks -----------------------------------------------------------------------------
-    def _busy(self) -> bool:
-        return self.task is not None
 
-    def _start(
-        self, description: str, work: Any, done: Callable[[BackendTask], None]
-    ) -> BackendTask:
-        self.task = BackendTask(description, work, done)
-        self._enable()
-        QgsApplication.taskManager().addTask(self.task)
-        return self.task
+def corrections_layer(gpkg: Path) -> QgsVectorLayer | None:
+    """The project's layer of the review GeoPackage's corrections, if one is loaded."""
+    from ..backend.active.review import CORRECTIONS_LAYER
 
-    def _enable(self) -> None:
-        idle = self.task is None
-        has_queue = bool(self.queue)
-        self.open_button.setEnabled(idle and has_queue)
-        for button in (self.accept_button, self.drop_button, self.correct_button):
-            button.setEnabled(idle and self.current is not None)
-        self.dashboard_button.setEnabled(idle and self.dataset is not None)
+    registry = QgsProviderRegistry.instance()
+    for layer in QgsProject.instance().mapLayers().values():
+        if isinstance(layer, QgsVectorLayer) and layer.providerType() == "ogr":
+            parts = registry.decodeUri("ogr", layer.source())  # the filter is in the source
+            path = parts.get("path") or ""
+            if parts.get("layerName") == CORRECTIONS_LAYER and Path(path) == Path(gpkg):
+                return layer
+    return None

@@ -28,6 +28,8 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QColor
 
+from ..backend.models.cards import class_color
+
 GROUP_NAME = "Cloud segmentation"
 CLEAR = "clear"
 PROBABILITY_CLASS = "cloud"
@@ -41,10 +43,6 @@ RESULT_WORDS = {
     "polygons": "cloud and shadow polygons",
     "valid": "valid pixels",
 }
-
-
-#: Colour of a class whose raster records none.
-GREY = "#9e9e9e"
 
 
 def result_name(input_name: str, kind: str) -> str:
@@ -63,7 +61,9 @@ def cloudseg_tags(layer: QgsRasterLayer) -> dict[str, str]:
 
 
 def _classes(tags: dict[str, str]) -> list[dict[str, Any]]:
-    return json.loads(tags.get("CLOUDSEG_CLASSES", "[]"))
+    """The tagged classes, each with its colour (the project's for its kind if none)."""
+    classes = json.loads(tags.get("CLOUDSEG_CLASSES", "[]"))
+    return [c | {"color": class_color(c["name"], c.get("color"))} for c in classes]
 
 
 def _color(text: str, alpha: int | None = None) -> QColor:
@@ -89,9 +89,7 @@ def style_classes(layer: QgsRasterLayer, tags: dict[str, str] | None = None) -> 
     tags = tags if tags is not None else cloudseg_tags(layer)
     classes = [
         QgsPalettedRasterRenderer.Class(
-            int(c["value"]),
-            _color(c.get("color", GREY), 0 if c["name"] == CLEAR else None),
-            c["name"],
+            int(c["value"]), _color(c["color"], 0 if c["name"] == CLEAR else None), c["name"]
         )
         for c in _classes(tags)
     ]
@@ -175,8 +173,9 @@ def _heat_map(
     layer: QgsRasterLayer,
     stops: list[tuple[float, QColor, str]],
     what: str,
+    band: int = 1,
 ) -> None:
-    """A single-band pseudocolour ramp through ``stops`` (value, colour, label)."""
+    """A pseudocolour ramp of ``band`` through ``stops`` (value, colour, label)."""
     low, high = stops[0][0], stops[-1][0]
     ramp = QgsColorRampShader(low, high)
     ramp.setColorRampType(QgsColorRampShader.Interpolated)
@@ -189,7 +188,7 @@ def _heat_map(
     ramp.setLegendSettings(legend)
     shader = QgsRasterShader()
     shader.setRasterShaderFunction(ramp)
-    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), band, shader)
     renderer.setClassificationMin(low)
     renderer.setClassificationMax(high)
     layer.setRenderer(renderer)
@@ -210,8 +209,8 @@ def style_uncertainty(layer: QgsRasterLayer) -> None:
     )
 
 
-def style_explanation(layer: QgsRasterLayer) -> None:
-    """A class activation map as a heat map: transparent where the model did not look."""
+def style_explanation(layer: QgsRasterLayer, band: int = 1) -> None:
+    """A class activation map (``band``) as a heat map: clear where the model did not look."""
     _heat_map(
         layer,
         [
@@ -221,7 +220,25 @@ def style_explanation(layer: QgsRasterLayer) -> None:
             (1.0, QColor(252, 255, 164, 220), "most (1)"),
         ],
         "Where the model looked (0-1)",
+        band,
     )
+
+
+def explanation_name(input_name: str, class_name: str, method: str) -> str:
+    """An explanation layer's name, the input's first: "adwp - why cloud (gradcam)"."""
+    return f"{input_name} - why {class_name} ({method})"
+
+
+def explanation_layers(
+    path: str | Path, input_name: str, classes: list[str], method: str
+) -> list[QgsRasterLayer]:
+    """One heat-map layer per class of an explanation file (band k: the k-th class)."""
+    layers = []
+    for band, name in enumerate(classes, start=1):
+        layer = QgsRasterLayer(str(path), explanation_name(input_name, name, method))
+        style_explanation(layer, band)
+        layers.append(layer)
+    return layers
 
 
 def style_polygons(layer: QgsVectorLayer, classes: list[dict[str, Any]]) -> None:
@@ -230,10 +247,11 @@ def style_polygons(layer: QgsVectorLayer, classes: list[dict[str, Any]]) -> None
     for c in classes:
         if c["name"] == CLEAR:
             continue
+        color = class_color(c["name"], c.get("color"))
         symbol = QgsFillSymbol.createSimple(
             {
-                "color": _color(c["color"], 60).name(QColor.HexArgb),
-                "outline_color": _color(c["color"], 255).name(),
+                "color": _color(color, 60).name(QColor.HexArgb),
+                "outline_color": _color(color, 255).name(),
                 "outline_width": "0.4",
             }
         )
@@ -250,10 +268,11 @@ def style_labels(layer: QgsVectorLayer, classes: list[dict[str, Any]]) -> None:
     categories = []
     for c in classes:
         clear = c["name"] == CLEAR
+        color = class_color(c["name"], c.get("color"))
         symbol = QgsFillSymbol.createSimple(
             {
-                "color": "0,0,0,0" if clear else _color(c["color"], 90).name(QColor.HexArgb),
-                "outline_color": "#ffffff" if clear else _color(c["color"], 255).name(),
+                "color": "0,0,0,0" if clear else _color(color, 90).name(QColor.HexArgb),
+                "outline_color": "#ffffff" if clear else _color(color, 255).name(),
                 "outline_width": "0.6",
                 "outline_style": "dash" if clear else "solid",
             }

@@ -27,17 +27,38 @@ _STYLERS: list[Any] = []  # Processing keeps a pointer only; keep the Python obj
 
 
 class ExplanationStyler(QgsProcessingLayerPostProcessorInterface):
-    """Styles the explanation as a heat map once Processing has loaded it."""
+    """Styles the explanation once Processing has loaded it: a heat map per class.
+
+    Processing loads the file once (its first band, the first class); the other
+    classes' bands are added beside it as layers of their own, all named after the
+    input layer ("adwp - why cloud shadow (gradcam)") and put in the results group.
+    """
+
+    def __init__(self, input_name: str, classes: list[str], method: str) -> None:
+        super().__init__()
+        self.input_name = input_name
+        self.classes = classes
+        self.method = method
 
     def postProcessLayer(
         self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> None:
-        """Heat map over the image, in the results group."""
-        if isinstance(layer, QgsRasterLayer):
-            styling.style_explanation(layer)
+        """Heat maps over the image, in the results group."""
+        if not isinstance(layer, QgsRasterLayer):
+            return
+        styling.style_explanation(layer, 1)
+        layer.setName(styling.explanation_name(self.input_name, self.classes[0], self.method))
         project = context.project()
-        if project is not None:
-            styling.move_to_group(project, layer, styling.results_group(project))
+        if project is None:
+            return
+        group = styling.results_group(project)
+        styling.move_to_group(project, layer, group)
+        others = styling.explanation_layers(
+            layer.source(), self.input_name, self.classes, self.method
+        )[1:]
+        for index, other in enumerate(others, start=1):  # below the first class, in order
+            project.addMapLayer(other, False)
+            group.insertLayer(index, other)
 
 
 class ExplainAlgorithm(CloudsegAlgorithm):
@@ -57,19 +78,21 @@ class ExplainAlgorithm(CloudsegAlgorithm):
 
     def shortHelpString(self) -> str:
         """Return the help shown beside the dialog."""
-        return """Shows what the model looked at when it marked pixels as a class: a \\
+        return """Shows what the model looked at when it marked pixels as a class: a \
 class activation map per class, 0-1 (1: the place that drove the score most).
 
-<b>Classes</b>: class names of the model, comma-separated (default cloud).
+<b>Classes</b>: class names of the model, comma-separated (default cloud). Each \
+class is a band of the output and a heat-map layer of its own, named after the input \
+layer ("scene - why cloud shadow (gradcam)").
 
-<b>Method</b>: gradcam (Grad-CAM: smooth, the classic) or hirescam (HiResCAM: \\
-faithful to where the score comes from). The score of a class is its logit summed over \\
+<b>Method</b>: gradcam (Grad-CAM: smooth, the classic) or hirescam (HiResCAM: \
+faithful to where the score comes from). The score of a class is its logit summed over \
 the pixels the model assigns to it.
 
-<b>Extent</b>: explain only this area: maps cost a forward and a backward pass per \\
+<b>Extent</b>: explain only this area: maps cost a forward and a backward pass per \
 class and tile, several times a segmentation.
 
-Needs the model's torch form: the built-in models (imported from ONNX) and models \\
+Needs the model's torch form: the built-in models (imported from ONNX) and models \
 trained with cloudseg."""
 
     def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
@@ -128,10 +151,11 @@ trained with cloudseg."""
             f"{result.layer}, {result.seconds:.1f} s"
         )
         if context.willLoadLayerOnCompletion(output):
-            styler = ExplanationStyler()
+            styler = ExplanationStyler(layer.name(), result.classes, result.method)
             _STYLERS.append(styler)
             details = context.layerToLoadOnCompletionDetails(output)
-            details.name = f"{layer.name()} - why {', '.join(result.classes)} ({result.method})"
+            details.name = styling.explanation_name(layer.name(), result.classes[0], result.method)
+            details.forceName = True  # not the file's name, whatever Processing prefers
             details.setPostProcessor(styler)
         feedback.pushInfo(f"Cost: {result.accounting['summary']}")
         return {self.OUTPUT: output, "MODEL_USED": result.model} | cost_outputs(result.accounting)

@@ -96,12 +96,18 @@ def builtin_model_names() -> list[str]:
 
 
 class ResultStyler(QgsProcessingLayerPostProcessorInterface):
-    """Styles a result layer once Processing has loaded it, and files it in the group."""
+    """Styles a result layer once Processing has loaded it, names it and files it in the group.
 
-    def __init__(self, kind: str, classes: list[dict[str, Any]] | None = None) -> None:
+    The name is the input's first ("adwp - clouds"), whatever Processing named it.
+    """
+
+    def __init__(
+        self, kind: str, classes: list[dict[str, Any]] | None = None, name: str = ""
+    ) -> None:
         super().__init__()
         self.kind = kind
         self.classes = classes or []
+        self.name = name
 
     def postProcessLayer(
         self, layer: QgsMapLayer, context: QgsProcessingContext, feedback: QgsProcessingFeedback
@@ -117,6 +123,8 @@ class ResultStyler(QgsProcessingLayerPostProcessorInterface):
             styling.style_valid(layer)
         elif isinstance(layer, QgsVectorLayer):
             styling.style_polygons(layer, self.classes)
+        if self.name:
+            layer.setName(self.name)
         project = context.project()
         if project is not None:
             styling.move_to_group(project, layer, styling.results_group(project))
@@ -503,8 +511,10 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             (vector, ""),
         ):
             if path and context.willLoadLayerOnCompletion(path):
-                styler = ResultStyler(kind or "polygons", classes)
+                name = styling.result_name(input_name, kind or "polygons")
+                styler = ResultStyler(kind or "polygons", classes, name)
                 _STYLERS.append(styler)
                 details = context.layerToLoadOnCompletionDetails(path)
-                details.name = styling.result_name(input_name, kind or "polygons")
+                details.name = name
+                details.forceName = True  # not the file's name, whatever Processing prefers
                 details.setPostProcessor(styler)

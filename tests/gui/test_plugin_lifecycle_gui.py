@@ -49,11 +49,13 @@ def test_the_dock_runs_an_unnamed_band_stack_and_shows_its_results(run_qgis):
     assert "product level unknown" in seen["named_status"]
     assert "the dock's Product level" in seen["named_status"]
     assert "--product-level" not in seen["named_status"]
-    # Results: named by input first, expanded, selected, legends in words.
+    # Results: named by input first, expanded, legends in words.
     assert seen["results_expanded"] is True and seen["group_expanded"] is True
     assert seen["group"].startswith("adwp_stack - ukis-csmask-4b-l1c")
     assert seen["layers"] == ["adwp_stack - cloud probability (%)", "adwp_stack - clouds"]
-    assert seen["selected"] == seen["group"]
+    # The layer run on stays selected and active: the next run needs no clicking.
+    assert seen["selected"] == seen["active_after_run"] == "adwp_stack"
+    assert seen["third_task"] is True, seen["third_status"]
     assert "certainly cloud (100 %)" in seen["probability_legend"]
     assert not [item for item in seen["probability_legend"] if "Green" in item]
 

@@ -114,6 +114,37 @@ def test_dock_card_shows_measured_accuracy_and_what_preview_costs(plugin, tmp_pa
     assert f"cloud IoU {preview['iou']['cloud']:.3f}" in tooltip
 
 
+def test_dock_card_of_a_finetuned_version_shows_its_held_out_iou(plugin, tmp_path):
+    """A version registered by a fine-tuning round: its held-out IoU, beside the base's."""
+    from dataclasses import replace
+
+    from cloudseg.backend.models.cards import metric_entry
+    from cloudseg.backend.models.registry import load_model, register_model
+
+    base = load_model("ukis-csmask-4b-l2a").card
+    data = "coast.gpkg: 1 held-out box(es)"
+
+    def metrics(cloud: float, shadow: float) -> dict:
+        iou = {"clear": 0.9, "cloud": cloud, "cloud shadow": shadow}
+        return {"per_class": {n: {"iou": v} for n, v in iou.items()}, "mean_iou": 0.8}
+
+    card = replace(base, name="coast-card-r1", format="torch", metrics=[
+        metric_entry("coast.gpkg", data, f"before ({base.name})", metrics(0.856, 0.7)),
+        metric_entry("coast.gpkg", data, "after", metrics(0.871, 0.72)),
+    ])  # fmt: skip
+    weights = tmp_path / "coast-card-r1.pt"
+    weights.write_bytes(b"weights")  # listed from its card; not loaded here
+    register_model(weights, card)
+    dock = open_dock(plugin, tmp_path)
+    dock.reload_models(select="coast-card-r1")
+    text = dock.card_view.toPlainText()
+    assert "not measured" not in text
+    assert "Measured: cloud IoU 0.871, cloud shadow IoU 0.720 on coast.gpkg" in text
+    assert "Measured IoU on held-out boxes:" in text
+    assert f"{data}: clear 0.900, cloud 0.871, cloud shadow 0.720" in text
+    assert f"before ({base.name}): clear 0.900, cloud 0.856, cloud shadow 0.700" in text
+
+
 def test_dock_runs_a_task_to_completion_and_adds_styled_layers(
     plugin, qgis_iface, layers, tmp_path, wait_for
 ):

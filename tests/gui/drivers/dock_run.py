@@ -5,8 +5,10 @@
 2. Run: the error names the dock's Bands field (not a command-line flag).
 3. Type the bands, run again: the run finishes; the level could not be detected, so
    the dock warns that L1C was assumed and names the dock's Product level.
-4. The results: a group named by the input first, expanded and selected, layers named
+4. The results: a group named by the input first, expanded, layers named
    "adwp_stack - clouds"... and the legend in words.
+5. The layer run on stays the active (selected) layer: "Run on active layer" right
+   after the run starts a run on it again (cancelled here).
 
 With CLOUDSEG_GUI_SCREENSHOTS set, the window is saved there (dock.png, results.png).
 """
@@ -96,9 +98,21 @@ def after_named(dock) -> None:
     seen["probability_legend"] = [
         label for label, _ in probability.renderer().legendSymbologyItems()
     ]
+    active = iface.activeLayer()
+    seen["active_after_run"] = active.name() if active is not None else None
     iface.mapCanvas().setExtent(iface.mapCanvas().fullExtent())
     iface.mapCanvas().refresh()
-    step(lambda: (grab("dock.png"), finish()), 2500)
+    step(lambda: (grab("dock.png"), run_again(dock)), 2500)
+
+
+def run_again(dock) -> None:
+    """Run on the active layer once more, as the analyst would next; cancel it."""
+    task = dock.run_active_layer()
+    seen["third_task"] = task is not None
+    seen["third_status"] = dock.status_label.text()
+    if task is not None:
+        dock.cancel()
+    step(lambda: wait(dock, lambda _: finish()), 300)
 
 
 step(start, 1500)

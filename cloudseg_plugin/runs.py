@@ -1,0 +1,91 @@
+"""One segmentation run from the dock: what was asked, the task that runs it, its record."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .tasks import BackendTask
+
+
+@dataclass
+class RunRequest:
+    """One segmentation run asked for from the dock."""
+
+    layer_name: str
+    source: Path
+    output_dir: Path
+    model: str | None = None
+    layer_id: str = ""
+    product_level: str | None = None
+    bands: list[str] | None = None
+    tta: bool = False
+    preview: bool = False
+    probabilities: bool = False
+    polygons: bool = False
+    valid: bool = False
+
+    def paths(self, stamp: str) -> dict[str, Path | None]:
+        """Output paths for this run, unique by time stamp."""
+        stem = f"{safe_name(self.layer_name)}_{stamp}"
+        return {
+            "mask": self.output_dir / f"{stem}_mask.tif",
+            "probabilities": (
+                self.output_dir / f"{stem}_probabilities.tif" if self.probabilities else None
+            ),
+            "polygons": self.output_dir / f"{stem}_polygons.gpkg" if self.polygons else None,
+            "valid": self.output_dir / f"{stem}_valid.tif" if self.valid else None,
+        }
+
+
+@dataclass
+class RunRecord:
+    """What the recent-runs list shows for one run."""
+
+    layer_name: str
+    status: str
+    model: str = ""
+    seconds: float = 0.0
+    cloud_percent: float | None = None
+    outputs: dict[str, Path | None] = field(default_factory=dict)
+    message: str = ""
+
+
+def safe_name(text: str) -> str:
+    """``text`` as part of a file name: letters, digits, ``-`` and ``_`` (60 at most)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:60] or "layer"
+
+
+class SegmentTask(BackendTask):
+    """Runs the backend engine in a QGIS worker thread."""
+
+    def __init__(self, request: RunRequest, on_done: Callable[[SegmentTask], None]) -> None:
+        super().__init__(f"Segment clouds in {request.layer_name}", self._segment, on_done)
+        self.request = request
+        self.outputs = request.paths(dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
+
+    def _segment(
+        self, progress: Callable[[float, str], None], cancelled: Callable[[], bool]
+    ) -> Any:
+        """Segment (and polygonize); the engine leaves no output behind on cancel."""
+        from ..backend.inference.segment import SegmentOptions, segment
+
+        return segment(
+            self.request.source,
+            self.outputs["mask"],
+            SegmentOptions(
+                model=self.request.model,
+                product_level=self.request.product_level,
+                bands=self.request.bands,
+                tta=self.request.tta,
+                resolution="preview" if self.request.preview else "native",
+                probabilities=self.outputs["probabilities"],
+                polygons=self.outputs["polygons"],
+                valid=self.outputs["valid"],
+            ),
+            progress=progress,
+            cancelled=cancelled,
+        )

@@ -13,9 +13,11 @@ segments the chip there (a QgsTask, as a user would), and saves:
   where the model is unsure, three labeled from the model's mask and marked Done, a
   fine-tuned version with its held-out IoU in the round history, and the next box
   started from the model, ready to correct;
-- ``qgis-review.png``: the label dock's "Suspicious labels" tab on a store with two
-  chips labeled all clear over cloud: the worst window open with its image, stored
-  label, the model's classes and the flagged pixels.
+- ``qgis-review.png``: the label dock's "Suspicious labels" tab on a store ingested
+  from a raw source with ``mask_values`` (the labeled Sentinel-2 scene, clouds missed
+  in three windows; tests/review_store.py), checked with a relative ``--out``: the
+  worst window open, its label polygons of cloud and shadow in the classes' colours
+  and the missed cloud's flagged pixels (the label and model rasters listed, hidden).
 
 Environment: CLOUDSEG_REAL_DATA (the real data folder), CLOUDSEG_SCREENSHOT (PNG path).
 """
@@ -135,6 +137,7 @@ def save(widget: object, path: Path, width: int | None = None) -> bool:
 def grab() -> None:
     """Save the window and the Layers panel, then open the dialog."""
     try:
+        iface.messageBar().clearWidgets()  # QGIS's own "Task complete" notes
         if not save(iface.mainWindow(), OUT, 1000):
             return
         layers = iface.mainWindow().findChild(QDockWidget, "Layers")
@@ -244,19 +247,22 @@ def grab_labels() -> None:
 
 
 def start_review() -> None:
-    """Check a store with two mislabeled chips; open the worst window in the review tab."""
-    # QGIS runs this file with no __file__: the scripts folder is beside docs/.
-    sys.path.insert(0, str(OUT.parents[1] / "scripts"))
-    from screenshot_dashboard import checked_store
+    """Check a store ingested with mask_values; open a window with cloud and shadow."""
+    # QGIS runs this file with no __file__: the tests folder is beside docs/.
+    sys.path.insert(0, str(OUT.parents[1] / "tests"))
+    from review_store import checked, mask_values_store
 
     QgsProject.instance().clear()
-    _, report = checked_store(Path(os.environ["CLOUDSEG_REAL_DATA"]), WORK / "review")
+    iface.messageBar().clearWidgets()  # the label round's verdict: another tab's news
+    work = WORK / "review"
+    work.mkdir()
+    report = checked(mask_values_store(Path(os.environ["CLOUDSEG_REAL_DATA"]), work), work)
     dock = plugins["cloudseg"].label_dock
     panel = dock.review
     dock.tabs.setCurrentWidget(panel)
     panel.show_dashboard = False
     panel.report_widget.setFilePath(str(report))
-    if panel.open_selected() is None:
+    if panel.open_selected() is None:  # the worst: a missed cloud beside cloud and shadow
         fail(f"no window to review: {panel.status_label.text()}")
         return
     say("opening a suspicious window")
@@ -269,6 +275,10 @@ def grab_review(panel: object) -> None:
         fail(f"the window did not open: {panel.status_label.text()}")
         return
     panel.class_combo.setCurrentIndex(panel.class_combo.findText("1 cloud"))
+    root = QgsProject.instance().layerTreeRoot()
+    for node in root.findLayers():  # listed, hidden: the polygons and flags show clearly
+        if node.name().endswith(("model's classes", "stored label")):
+            node.setItemVisibilityChecked(False)
     canvas = iface.mapCanvas()
     extent = canvas.extent()
     extent.scale(1.3)

@@ -3,10 +3,11 @@
 The labeled ukis-csmask Sentinel-2 scene (float32 reflectance 0-1; raw mask values 0
 cloud shadow, 4 cloud, 1 and 3 clear surfaces) is written as a ``raw`` source
 (``Scenes/``, ``Masks/``, ``data.json`` with ``mask_values``) on a 30 m UTM grid, with
-the labels of one 128 px block moved 24 px down and right (a misregistered label), and
-ingested. Its label check writes the report with a relative ``--out``, as the example
-of docs/label-quality.md does. Used by the review tests, the GUI driver of the review
-tab and the screenshot of it (``scripts/screenshot_qgis.py``).
+the cloud of one 32 px corner of three 64 px windows labeled clear (clouds an analyst
+missed; the windows' other clouds and shadows labeled right), and ingested. Its label
+check writes the report with a relative ``--out``, as the example of
+docs/label-quality.md does. Used by the review tests, the GUI driver of the review tab
+and the screenshot of it (``scripts/screenshot_qgis.py``).
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ SCHEME = {
     "mask_values": {"0": 2, "1": 0, "2": 0, "3": 0, "4": 1},
 }
 SCENE = "sentinel2"
-#: (row, col) of the 128 px block whose labels are misregistered.
-MOVED = (256, 0)
-SHIFT = 24
+#: The 64 px windows (row, col) with a missed cloud, and the corner of each (row, col).
+MISSED = {(64, 0): (32, 32), (192, 320): (32, 0), (64, 384): (32, 0)}
 
 
 def raw_source(real_data: Path, folder: Path, georeferenced: bool = True) -> Path:
@@ -37,9 +37,9 @@ def raw_source(real_data: Path, folder: Path, georeferenced: bool = True) -> Pat
     chip = np.load(real_data / "ukis_sentinel2" / "sentinel2.npz")
     image = np.moveaxis(chip["img"], -1, 0).astype(np.float32)
     mask = chip["msk"][..., 0].copy()
-    r, c = MOVED
-    block = mask[r : r + 128, c : c + 128].copy()
-    mask[r + SHIFT : r + 128, c + SHIFT : c + 128] = block[: 128 - SHIFT, : 128 - SHIFT]
+    for (row, col), (down, right) in MISSED.items():
+        corner = mask[row + down : row + down + 32, col + right : col + right + 32]
+        corner[corner == 4] = 1  # cloud labeled clear
     for name in ("Scenes", "Masks"):
         (folder / name).mkdir(parents=True, exist_ok=True)
     grid = {"crs": "EPSG:32632", "transform": from_origin(500000, 5300000, 30, 30)}

@@ -32,7 +32,7 @@ from cloudseg.backend.store.report import dataset_report
 
 pytestmark = pytest.mark.real_data
 
-WINDOW = [256, 64, 64, 64]  # the misregistered block: cloud and shadow in its label
+WINDOW = [192, 320, 64, 64]  # a missed cloud; 27 % cloud and 21 % shadow labeled
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_a_correction_keeps_the_stores_scheme_values_and_collection(store, tmp_p
     files = open_window(report, suspect, tmp_path / "review")
     # Corrected as it stands (the stored label's polygons): recorded, nothing refused.
     fixed = decide(report, suspect, "corrected", files.corrections, who="analyst")
-    assert fixed == f"{SCENE}-fix-r256-c64-v1"
+    assert fixed == f"{SCENE}-fix-r192-c320-v1"
 
     dataset = open_dataset(store)
     image, labels = dataset.read(fixed)
@@ -140,5 +140,5 @@ def test_the_dashboards_stored_label_thumbnails_show_cloud_and_shadow_colours(st
         rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)])
         return float((np.abs(pixels.astype(int) - rgb).max(axis=1) <= 8).mean())
 
-    # The window's label is a third cloud and a fifth shadow: both drawn in their colours.
+    # The window's label is a quarter cloud and a fifth shadow: both drawn in their colours.
     assert share(CLASS_COLORS["cloud"]) > 0.02 and share(CLASS_COLORS["shadow"]) > 0.02

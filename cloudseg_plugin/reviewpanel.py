@@ -139,7 +139,9 @@ class ReviewPanel(QWidget):
         self.status_label = QLabel("open a label check report")
         self.status_label.setWordWrap(True)
         layout.addWidget(self.status_label)
-        self.runner = TaskRunner(say, status=self.status_label)
+        self.runner = TaskRunner(
+            lambda text, level: self.say(text, level), status=self.status_label
+        )
         self.runner.guard(self.open_button, lambda: bool(self.queue))
         for button in (self.accept_button, self.drop_button, self.correct_button):
             self.runner.guard(button, lambda: self.current is not None)

@@ -139,3 +139,19 @@ def test_a_bad_report_is_one_clear_message(review, tmp_path):
     panel.open_report(bad)
     assert panel.queue == [] and not panel.open_button.isEnabled()
     assert len(messages) == 1 and "not a label check report" in messages[0]
+
+
+def test_a_missing_check_raster_is_said_and_the_rest_shown(review, wait_for):
+    panel, result, _, _ = review
+    panel.show_dashboard = False
+    messages = []
+    panel.say = lambda text, level: messages.append(text)
+    panel.open_report(result.report)
+    worst = panel.queue[0].scene
+    (result.report.parent / "issues" / f"{worst}.tif").unlink()  # moved away, say
+    task = panel.open_selected()
+    wait_for(task)
+    (said,) = messages
+    assert "rasters were not found" in said and f"issues/{worst}.tif" in said
+    assert not [layer for layer in _layers() if layer == "flagged pixels"]
+    assert {"image", "stored label", "model's classes", "corrections"} <= set(_layers())

@@ -60,15 +60,25 @@ class _NoAdverts(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
-# Lightning 2.6 builds its batches' tree specs with torch's ``LeafSpec()``, which torch
-# 2.9+ deprecates: a FutureWarning per epoch that QGIS logs with a traceback. The specs
-# are right; the warning is Lightning's to fix, and only this one is silenced.
-warnings.filterwarnings(
-    "ignore",
-    message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-    category=FutureWarning,
-    module=r"lightning\.pytorch\.utilities\._pytree",
-)
+
+
+def _silence_leafspec() -> None:
+    """Silence the one Lightning warning that is not ours to fix (called again per run).
+
+    Lightning 2.6 builds its batches' tree specs with torch's ``LeafSpec()``, which
+    torch 2.9+ deprecates: a FutureWarning per epoch that QGIS logs with a traceback.
+    The specs are right. Set again at each run: whoever resets the warning filters
+    meanwhile (a test runner) does not bring it back.
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+
+
+_silence_leafspec()
 
 MODEL_NAME = "model.pt"
 
@@ -471,6 +481,7 @@ def _train(
         )
         watcher = _Progress(progress, cancelled)
         log_version = f"resumed-{time.strftime('%Y%m%d-%H%M%S')}" if resume else ""
+        _silence_leafspec()
         trainer = L.Trainer(
             default_root_dir=out,
             max_epochs=config.train.epochs,

@@ -2,7 +2,7 @@
 
 Pick the scene layer, the model and a label project (one GeoPackage); "Propose areas"
 segments the scene with an uncertainty layer and ranks boxes by doubt (a QgsTask);
-"Next" zooms to the next box and selects it, hiding the model's layers so the scene
+"Next" zooms to the next box and outlines it, hiding the model's layers so the scene
 shows in true colour; "Start from the model" fills the box with the model's mask as
 polygons; class buttons (keys 1-4) set the class of the next polygon digitized with
 QGIS's own tools on the ``labels`` layer; Done / Skip / Back mark the box.

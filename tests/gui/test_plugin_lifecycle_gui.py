@@ -65,6 +65,11 @@ def test_a_label_dock_round_inside_the_real_qgis(run_qgis):
     seen = run_qgis("label_round", timeout=300)
     assert seen["errors"] == []
     assert seen["propose_started"] and seen["proposed"] == 4
+    # At a box, the model's heat map and mask are hidden: the scene shows under the labels.
+    assert seen["shown_at_box"] == ["adwp B04", "coast - labels", "coast - proposals"]
+    assert seen["active_at_box"] == "coast - labels"
+    for red, green, blue in seen["box_colours"]:  # the grey band, no colour ramp over it
+        assert red == green == blue, seen["box_colours"]
     assert all(n > 0 for n in seen["added"]) and "Done 3 / 4 proposed" in seen["progress"]
     said = seen["after_fine_tune"]
     assert seen["fine_tune_started"] and seen["rounds"] == 1, said

@@ -8,7 +8,6 @@ file and no layer behind.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,11 +41,12 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..backend.atomic import stamped_paths
 from ..backend.errors import CloudsegError
 from . import logbridge, styling
 from .messages import DOCK, for_qgis
 from .modelcard import card_html, device_line, preview_tooltip
-from .runs import RunRecord, RunRequest, SegmentTask, safe_name
+from .runs import RunRecord, RunRequest, SegmentTask
 from .tasks import BackendTask, TaskRunner
 from .widgets import fill_model_combo
 
@@ -317,8 +317,8 @@ class CloudSegDock(QDockWidget):
             self._say(f"the map shows no part of {layer.name()}: zoom to it", Qgis.Warning)
             return None
         wanted = classes or ["cloud"]
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        output = folder / f"{safe_name(layer.name())}_{stamp}_why-{'-'.join(wanted)}.tif"
+        kind = f"why-{'-'.join(wanted)}"
+        output = stamped_paths(folder, layer.name(), {kind: ".tif"})[kind]
         bounds = (view.xMinimum(), view.yMinimum(), view.xMaximum(), view.yMaximum())
         model, level = self.model_combo.currentData(), self.level_combo.currentData()
         name = layer.name()

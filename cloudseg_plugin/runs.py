@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..backend.atomic import stamped_paths
 from .tasks import BackendTask
 
 
@@ -28,17 +28,13 @@ class RunRequest:
     polygons: bool = False
     valid: bool = False
 
-    def paths(self, stamp: str) -> dict[str, Path | None]:
-        """Output paths for this run, unique by time stamp."""
-        stem = f"{safe_name(self.layer_name)}_{stamp}"
-        return {
-            "mask": self.output_dir / f"{stem}_mask.tif",
-            "probabilities": (
-                self.output_dir / f"{stem}_probabilities.tif" if self.probabilities else None
-            ),
-            "polygons": self.output_dir / f"{stem}_polygons.gpkg" if self.polygons else None,
-            "valid": self.output_dir / f"{stem}_valid.tif" if self.valid else None,
-        }
+    def paths(self) -> dict[str, Path | None]:
+        """Output paths for this run, unique by time (``backend.atomic.stamped_paths``)."""
+        wanted = {"probabilities": self.probabilities, "polygons": self.polygons}
+        wanted["valid"] = self.valid
+        suffixes = {"mask": ".tif", "probabilities": ".tif", "polygons": ".gpkg", "valid": ".tif"}
+        paths = stamped_paths(self.output_dir, self.layer_name, suffixes)
+        return {kind: path if wanted.get(kind, True) else None for kind, path in paths.items()}
 
 
 @dataclass
@@ -54,18 +50,13 @@ class RunRecord:
     message: str = ""
 
 
-def safe_name(text: str) -> str:
-    """``text`` as part of a file name: letters, digits, ``-`` and ``_`` (60 at most)."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:60] or "layer"
-
-
 class SegmentTask(BackendTask):
     """Runs the backend engine in a QGIS worker thread."""
 
     def __init__(self, request: RunRequest, on_done: Callable[[SegmentTask], None]) -> None:
         super().__init__(f"Segment clouds in {request.layer_name}", self._segment, on_done)
         self.request = request
-        self.outputs = request.paths(dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
+        self.outputs = request.paths()
 
     def _segment(
         self, progress: Callable[[float, str], None], cancelled: Callable[[], bool]

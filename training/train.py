@@ -31,14 +31,16 @@ from typing import Any
 import lightning as L  # noqa: N812 (Lightning's own convention)
 import numpy as np
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..backend._version import __version__
 from ..backend.accounting import RunMeter
 from ..backend.atomic import atomic_path, claim
 from ..backend.callbacks import CancelCallback, ProgressCallback
-from ..backend.errors import CancelledError, InputError, OutputExistsError
+from ..backend.errors import CancelledError, InputError, ModelError, OutputExistsError
 from ..backend.models.cards import ModelCard, metric_entry
 from ..backend.models.networks import ARCHITECTURES, architecture_name, create_network
+from ..backend.models.registry import load_checkpoint as read_checkpoint
 from ..backend.models.registry import load_model
 from ..backend.store.dataset import StoredDataset, open_dataset
 from .augment import make_augmentation
@@ -322,6 +324,7 @@ def prepare_output(folder: Path, resume: bool, overwrite: bool) -> Callable[[], 
     if resume:
         if not last.is_file():
             raise InputError(f"nothing to resume: {last} does not exist")
+        check_resumable(folder)
         return lambda: None
     if ((folder / "checkpoints").exists() or (folder / MODEL_NAME).exists()) and not overwrite:
         raise OutputExistsError(
@@ -341,6 +344,47 @@ def prepare_output(folder: Path, resume: bool, overwrite: bool) -> Callable[[], 
         folder.mkdir(parents=True, exist_ok=True)
 
     return start
+
+
+#: What a Lightning training checkpoint holds besides the weights (``--resume`` needs them).
+_RESUME_KEYS = ("state_dict", "optimizer_states", "loops", "epoch")
+
+
+def check_resumable(folder: Path) -> None:
+    """Check the run folder's checkpoints before a resume changes anything.
+
+    ``last.ckpt`` (what the run continues from) and ``best.ckpt`` (read again at the
+    end) are read by the one safe loader: a file that would run code, or that is not a
+    training checkpoint, stops the resume here, with the folder as it was.
+
+    Raises:
+        ModelError: If a checkpoint cannot be loaded safely or is not one a run wrote.
+    """
+    for name in ("last.ckpt", "best.ckpt"):
+        path = folder / "checkpoints" / name
+        if not path.is_file():
+            continue
+        state = read_checkpoint(path)
+        missing = [k for k in _RESUME_KEYS if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise ModelError(
+                f"{path} is not a training checkpoint to resume from (no {', '.join(missing)}); "
+                "start again with --overwrite"
+            )
+
+
+class WeightsOnlyCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint reader, through cloudseg's one safe loader.
+
+    Lightning's resume (``trainer.fit(ckpt_path=...)``) reads the checkpoint with this
+    instead of its own ``torch.load``: tensors and plain data only, never code.
+    """
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Read ``path`` with :func:`cloudseg.backend.models.registry.load_checkpoint`."""
+        return read_checkpoint(Path(path))
 
 
 def train(
@@ -508,6 +552,7 @@ def _train(
             enable_progress_bar=progress_bar,
             enable_model_summary=False,
             deterministic="warn" if device == "cpu" else False,
+            plugins=[WeightsOnlyCheckpointIO()],
         )
         os.environ.setdefault("PYTHONHASHSEED", str(config.train.seed))
         ckpt_path = out / "checkpoints" / "last.ckpt" if resume else None
@@ -520,7 +565,7 @@ def _train(
                 f"continue with --resume (checkpoints in {out / 'checkpoints'})"
             )
         best = Path(checkpoints.best_model_path or out / "checkpoints" / "last.ckpt")
-        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        state = read_checkpoint(best)["state_dict"]
         module.load_state_dict(state)
         # Metrics of the best weights on the validation scenes, for the card (every rank
         # validates its share; the confusion matrices are summed).

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -207,7 +208,13 @@ def embed_onnx_card(path: Path, card: ModelCard, target: Path | None = None) -> 
 
 
 def load_checkpoint(path: Path) -> Any:
-    """Load a torch checkpoint safely (tensors and plain data only, no code).
+    """Load a torch checkpoint safely: tensors and plain data only, never code.
+
+    The one loader of every torch file cloudseg reads: models given with ``--model``,
+    registered versions, the starting model of a training run and Lightning's own
+    ``best.ckpt`` and ``last.ckpt`` (``--resume`` included). ``torch.load`` runs with
+    ``weights_only=True``: a pickle that names a function or class (``os.system``,
+    ``exec``, a custom class) is refused before anything of it runs.
 
     Raises:
         ModelError: One line, if the file is not a checkpoint torch can load safely
@@ -216,9 +223,24 @@ def load_checkpoint(path: Path) -> Any:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        text = str(exc)
+        unsafe = re.search(r"GLOBAL ([\w.]+)", text)
+        if unsafe or "Weights only load failed" in text:
+            found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+            what = (
+                f"it holds Python objects that would run code ({unsafe[1]})"
+                if unsafe
+                else f"not tensors and plain data ({found[1][:80] if found else 'unreadable'})"
+            )
+            raise ModelError(
+                f"{path} is not a torch checkpoint cloudseg can load: {what}; nothing in it "
+                "was run (cloudseg loads tensors and plain data only)"
+            ) from None
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         detail = lines[0].split(". ")[0][:120] if lines else type(exc).__name__
         raise ModelError(
             f"{path} is not a torch checkpoint cloudseg can load ({detail}); check the file "

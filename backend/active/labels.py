@@ -29,6 +29,12 @@ from .project import (
     Box,
     LabelProject,
     ProjectContents,
+    StoredProposal,
+    class_value,
+    layer_transform,
+    moved,
+    polygonal,
+    quiet_gdal,
 )
 
 
@@ -130,28 +136,24 @@ def labels_to_store(
 
     project = project if isinstance(project, LabelProject) else LabelProject(project)
     name = scene_key(scene)
-    if contents is None:
-        contents = project.read(scene=name, labels=True)
-    done = [p for p in contents.with_status("labeled") if p.scene == name]
-    if not done:
-        raise InputError(
-            f"{project.path.name} has no labeled boxes of {name} yet; label a proposal and "
-            "mark it done"
-        )
     with contextlib.ExitStack() as stack:
+        if contents is None:
+            project.read(scene=name)  # a project that cannot be read: before the scene
         if reader is None:
             reader = stack.enter_context(open_scene(scene))
+        if contents is None or contents.crs != reader.crs or contents.read_for is not None:
+            contents = project.read(labels=True, crs=reader.crs)
+        done = [p for p in contents.with_status("labeled") if p.scene == name]
+        if not done:
+            raise InputError(
+                f"{project.path.name} has no labeled boxes of {name} yet; label a proposal "
+                "and mark it done"
+            )
         card = load_model(model or done[0].model).card
+        boxes = [(proposal, proposal.box(reader.transform)) for proposal in done]
+        check_labels(project, contents, name, reader, boxes, card)
         windows = []
-        for proposal in done:
-            box = proposal.box(reader.transform)
-            if (
-                box.row < 0
-                or box.col < 0
-                or box.row + box.size > reader.height
-                or (box.col + box.size > reader.width)
-            ):
-                raise InputError(f"a labeled box ({box}) lies outside {name}")
+        for proposal, box in boxes:
             around = round(box.size * DEFAULT_CONTEXT_SHARE) if context is None else context
             row, col, size = context_window(box, around, reader.height, reader.width)
             labels = window_labels(
@@ -179,6 +181,71 @@ def labels_to_store(
         return windows_to_store(
             windows, list(card.bands), classes, store, endpoint_url, cancelled=cancelled
         )
+
+
+def _touch(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Whether two ``(xmin, ymin, xmax, ymax)`` rectangles share more than an edge."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def check_labels(
+    project: LabelProject,
+    contents: ProjectContents,
+    scene: str,
+    reader: Any,
+    boxes: list[tuple[StoredProposal, Box]],
+    card: Any,
+) -> None:
+    """Refuse labels that cannot be stored as they are, before anything is stored.
+
+    ``contents`` is the whole project read in the scene's CRS. Refused, with one line:
+
+    - a done box that lies outside the scene (proposals moved, or of another grid);
+    - a label polygon that lies outside the scene and outside every box of the project
+      (a layer whose CRS is wrong, or polygons moved): they would label nothing, and
+      the boxes they were drawn for would be stored clear;
+    - a label polygon in a done box whose class the model does not have.
+
+    Raises:
+        InputError: As above.
+    """
+    from rasterio.features import bounds as shape_bounds
+    from rasterio.transform import array_bounds
+
+    for proposal, box in boxes:
+        if (
+            box.row < 0
+            or box.col < 0
+            or box.row + box.size > reader.height
+            or box.col + box.size > reader.width
+        ):
+            raise InputError(f"labeled box {proposal.fid} ({box}) lies outside {scene}")
+    west, south, east, north = array_bounds(reader.height, reader.width, reader.transform)
+    extent = (min(west, east), min(south, north), max(west, east), max(south, north))
+    places = [extent, *(p.bounds for p in contents.proposals)]
+    where = [shape_bounds(shape) for shape, _ in contents.labels]
+    astray = [
+        fid
+        for fid, b in zip(contents.label_ids, where, strict=True)
+        if not any(_touch(b, place) for place in places)
+    ]
+    if astray:
+        raise InputError(
+            f"{len(astray)} label polygon(s) of {project.path.name} lie outside {scene} and "
+            f"outside every box of the project (polygon {astray[0]}, in "
+            f"{reader.crs or 'pixel units'}); is the labels layer's CRS right? Move or "
+            "delete them"
+        )
+    known = {c.value: c.name for c in card.classes}
+    for proposal, _ in boxes:
+        for fid, b, (_, value) in zip(contents.label_ids, where, contents.labels, strict=True):
+            if value not in known and _touch(b, proposal.bounds):
+                raise InputError(
+                    f"label polygon {fid} in box {proposal.fid} of {project.path.name} has "
+                    f"class {value}, which {card.name} does not have ("
+                    + ", ".join(f"{v} {n}" for v, n in sorted(known.items()))
+                    + "); correct it, nothing was stored"
+                )
 
 
 @dataclass
@@ -297,7 +364,15 @@ def start_from_model(project: str | Path | LabelProject, mask: str | Path, fid: 
         if not tag:
             raise InputError(f"{mask} is not a cloudseg class raster")
         names = {int(c["value"]): c["name"] for c in json.loads(tag)}
+        _, _, proposal = project.proposal(fid, crs=ds.crs)  # on the mask's grid
         box = proposal.box(ds.transform)
+        if (
+            box.row < 0
+            or box.col < 0
+            or box.row + box.size > ds.height
+            or (box.col + box.size > ds.width)
+        ):
+            raise InputError(f"proposal {fid} ({box}) lies outside {Path(mask).name}")
         window = Window(box.col, box.row, box.size, box.size)
         data = ds.read(1, window=window)
         transform, crs = ds.window_transform(window), ds.crs
@@ -382,43 +457,47 @@ def polygon_labels(
 ) -> list[tuple[Any, int]]:
     """Polygons with a ``class`` field inside a proposal's box, in the project's CRS.
 
-    Each polygon is reprojected where its CRS differs and clipped to the box.
+    Each polygon is moved into the project's CRS by the project's one CRS rule
+    (:func:`.project.layer_transform`) and clipped to the box.
 
     Raises:
-        InputError: For a file without a layer or a ``class`` field, or unknown classes.
+        InputError: For a file without a layer or a ``class`` field, geometries that are
+            not polygons, a file without a CRS (the project has one), unknown classes, or
+            polygons none of which lies in the box (a file in the wrong place: to mark
+            a box all clear, use ``cloudseg labels done``).
     """
-    from osgeo import ogr, osr
+    from osgeo import ogr
 
     path = Path(source).expanduser()
-    dataset = ogr.Open(str(path)) if path.exists() else None
+    with quiet_gdal():
+        dataset = ogr.Open(str(path)) if path.is_file() else None
     if dataset is None or dataset.GetLayerCount() == 0:
         raise InputError(f"{path} is not a raster or a vector file with polygons")
     layer = dataset.GetLayer(0)
     if layer.GetLayerDefn().GetFieldIndex("class") < 0:
         raise InputError(f"{path.name} has no 'class' field (the model's class values)")
-    source_srs = layer.GetSpatialRef()
-    transform_to = None
-    if source_srs is not None and srs is not None and not source_srs.IsSame(srs):
-        source_srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        transform_to = osr.CoordinateTransformation(source_srs, srs)
-    found = []
+    transform_to = layer_transform(layer.GetSpatialRef(), srs, path.name)
+    found, count = [], 0
     for feature in layer:
-        shape = feature.GetGeometryRef()
-        if shape is None or feature.GetField("class") is None:
+        what = f"{path.name}: feature {feature.GetFID()}"
+        value = class_value(feature.GetField("class"), what)
+        shape = polygonal(feature.GetGeometryRef(), what)
+        if shape is None or value is None:
             continue
-        value = int(feature.GetField("class"))
         if value not in classes:
             raise InputError(
                 f"{path.name}: class {value} is not one of the model's "
                 f"({', '.join(map(str, classes))})"
             )
-        shape = shape.Clone()
-        if transform_to is not None:
-            shape.Transform(transform_to)
-        inside = shape.Intersection(geometry)
+        count += 1
+        inside = moved(shape, transform_to, what).Intersection(geometry)
         if inside is not None and not inside.IsEmpty() and inside.GetArea() > 0:
             found.append((inside, value))
+    if count and not found:
+        raise InputError(
+            f"none of the {count} polygon(s) of {path.name} lies in the box; is its CRS "
+            "right? (to mark the box all clear, use cloudseg labels done)"
+        )
     return found
 
 

@@ -15,6 +15,14 @@ A label project is a GeoPackage with three layers, and two folders beside it:
 :class:`LabelProject` is the only code that opens the GeoPackage. Every operation opens
 it once: :meth:`LabelProject.read` returns proposals, labels and rounds together, and
 each write is one transaction (a failure writes nothing).
+
+One CRS rule for every geometry read or written (:func:`layer_transform`): each layer
+keeps its own CRS (a user may reproject one in QGIS or with ogr2ogr); a read for a scene
+moves every geometry into the scene's CRS, a write moves the caller's geometries into the
+layer's. A layer without a CRS, with a caller that has one (or the reverse), is refused
+with one line: its geometries cannot be placed. Layers, fields, class values and
+geometry types are checked as they are read; a file that is not a label project is
+refused with one line (GDAL's own messages are kept quiet).
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import contextlib
 import datetime as dt
 import getpass
 import json
+import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +67,161 @@ PROPOSAL_FIELDS = (
     ("labeled_at", "text"),
 )
 _ROUND_JSON = ("iou_before", "iou_after", "held_out", "trained", "scores")
+#: The fields every proposals layer has had since the first version: without them a
+#: GeoPackage is not a label project (or was damaged), and is refused.
+REQUIRED_PROPOSAL_FIELDS = ("rank", "score", "status", "scene", "model")
+#: The first bytes of every SQLite file, hence of every GeoPackage.
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+@contextlib.contextmanager
+def quiet_gdal() -> Iterator[None]:
+    """GDAL's own error printing held back: the caller reports one line instead."""
+    from osgeo import gdal
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        yield
+    finally:
+        gdal.PopErrorHandler()
+
+
+def spatial_reference(crs: Any) -> Any:
+    """An OGR spatial reference (x, y order) for an OGR one or a rasterio CRS; None for None."""
+    from osgeo import osr
+
+    if crs is None:
+        return None
+    if isinstance(crs, osr.SpatialReference):
+        srs = crs.Clone()
+        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        return srs
+    return ogr_srs(crs)
+
+
+def _crs_name(srs: Any) -> str:
+    """``EPSG:32632``, else the CRS's name."""
+    code = srs.GetAuthorityCode(None)
+    return f"{srs.GetAuthorityName(None)}:{code}" if code else (srs.GetName() or "a custom CRS")
+
+
+def layer_transform(source: Any, target: Any, what: str) -> Any:
+    """The one CRS rule: how ``what``'s geometries move from ``source`` into ``target``.
+
+    Every label read (the project's layers, a user's polygons) and every write into the
+    project goes through here.
+
+    Args:
+        source: The CRS the geometries are in (OGR spatial reference or rasterio CRS;
+            None: none recorded).
+        target: The CRS they are wanted in (the scene's, or the layer written to).
+        what: What holds them, for the message (``the labels layer of coast.gpkg``).
+
+    Returns:
+        An OGR coordinate transformation; None when the two CRSs are one (or both are
+        absent: a scene and project without georeferencing, in pixel units).
+
+    Raises:
+        InputError: If only one of the two has a CRS (the geometries cannot be placed),
+            or GDAL knows no transformation between them.
+    """
+    from osgeo import osr
+
+    source, target = spatial_reference(source), spatial_reference(target)
+    if source is None and target is None:
+        return None
+    if source is None:
+        raise InputError(
+            f"{what} has no CRS, so its geometries cannot be placed in {_crs_name(target)}; "
+            "assign the CRS they were drawn in (QGIS: Set Layer CRS; ogr2ogr -a_srs)"
+        )
+    if target is None:
+        raise InputError(
+            f"{what} is in {_crs_name(source)} but the scene has no CRS; its geometries "
+            "cannot be placed on it"
+        )
+    if source.IsSame(target):
+        return None
+    with quiet_gdal():
+        try:
+            transformation = osr.CoordinateTransformation(source, target)
+        except (RuntimeError, TypeError, ValueError):
+            transformation = None
+    if transformation is None:
+        raise InputError(
+            f"{what}: GDAL knows no transformation from {_crs_name(source)} to {_crs_name(target)}"
+        )
+    return transformation
+
+
+def moved(geometry: Any, transformation: Any, what: str) -> Any:
+    """A copy of an OGR geometry in the target CRS of ``transformation`` (None: as it is).
+
+    Raises:
+        InputError: If it cannot be transformed (coordinates outside its CRS's area: a
+            layer whose CRS is wrong).
+    """
+    shape = geometry.Clone()
+    if transformation is None:
+        return shape
+    with quiet_gdal():
+        try:
+            failed = shape.Transform(transformation) != 0
+        except RuntimeError:
+            failed = True
+    if not failed:
+        failed = not all(math.isfinite(v) for v in shape.GetEnvelope())
+    if failed:
+        raise InputError(
+            f"{what} cannot be moved into the scene's CRS (its coordinates are not valid in "
+            "its layer's CRS); is the layer's CRS right?"
+        )
+    return shape
+
+
+def polygonal(geometry: Any, what: str) -> Any:
+    """A label geometry as a linear polygon or multipolygon; None if it is empty.
+
+    Raises:
+        InputError: For points, lines and collections: a label is an area.
+    """
+    from osgeo import ogr
+
+    if geometry is None or geometry.IsEmpty():
+        return None
+    flat = ogr.GT_Flatten(geometry.GetGeometryType())
+    if flat in (ogr.wkbCurvePolygon, ogr.wkbMultiSurface):
+        geometry = geometry.GetLinearGeometry()
+        flat = ogr.GT_Flatten(geometry.GetGeometryType())
+    if flat not in (ogr.wkbPolygon, ogr.wkbMultiPolygon):
+        name = geometry.GetGeometryName().lower()
+        raise InputError(f"{what} is a {name}, not a polygon; labels are areas")
+    return geometry
+
+
+def class_value(raw: Any, what: str) -> int | None:
+    """A label's class as a whole number 0-255; None where it has none (not counted).
+
+    Raises:
+        InputError: For text that is not a whole number, fractions, or values outside
+            0-255 (class values are the model card's; 255 marks unlabeled pixels).
+    """
+    if raw is None:
+        return None
+    value: Any = raw
+    if isinstance(raw, str):
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            value = None
+    elif isinstance(raw, float):
+        value = int(raw) if raw.is_integer() else None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 255:
+        raise InputError(
+            f"{what} has class {raw!r}, not a class value (a whole number 0-255: the "
+            "model's class values, e.g. 0 clear, 1 cloud, 2 cloud shadow)"
+        )
+    return value
 
 
 def login_name() -> str:
@@ -159,12 +324,18 @@ class ProjectContents:
         labels: The label polygons as ``(GeoJSON geometry, class value)``, in order.
         rounds: The fine-tuning rounds, first first.
         layers: The GeoPackage's layer names.
+        label_ids: The label polygons' feature ids, in the order of ``labels``.
+        crs: The CRS the geometries were read in (None: each layer's own).
+        read_for: The scene whose proposals were read (None: all).
     """
 
     proposals: list[StoredProposal] = field(default_factory=list)
     labels: list[tuple[dict[str, Any], int]] = field(default_factory=list)
     rounds: list[Round] = field(default_factory=list)
     layers: set[str] = field(default_factory=set)
+    label_ids: list[int] = field(default_factory=list)
+    crs: Any = None
+    read_for: str | None = None
 
     def with_status(self, status: str) -> list[StoredProposal]:
         """The proposals with ``status``."""
@@ -254,74 +425,155 @@ class LabelProject:
         """The GeoPackage, open; closed when the block ends.
 
         Raises:
-            InputError: If it does not exist (unless ``create``) or cannot be opened.
+            InputError: If it does not exist (unless ``create``), is a folder, cannot be
+                read or written, or is not a GeoPackage (one line; GDAL prints nothing).
         """
-        from osgeo import ogr
+        from osgeo import gdal, ogr
 
+        if self.path.is_dir():
+            raise InputError(f"the label project {self.path} is a folder, not a GeoPackage")
         if not self.exists():
             if not create:
                 raise InputError(f"the label project {self.path} does not exist; propose first")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(self.path))
+            with quiet_gdal():
+                dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(self.path))
+            if dataset is None:
+                raise InputError(f"cannot create the label project {self.path}")
         else:
-            try:
-                dataset = ogr.Open(str(self.path), 1 if write else 0)
-            except RuntimeError:  # GDAL raising (osgeo.gdal.UseExceptions elsewhere)
-                dataset = None
-        if dataset is None:
-            raise InputError(
-                f"cannot open the label project {self.path}"
-                + (" for writing" if write else "")
-                + "; is it a GeoPackage that another program holds locked?"
-            )
+            mode = os.R_OK | (os.W_OK if write else 0)
+            if not os.access(self.path, mode):
+                raise InputError(
+                    f"cannot {'write' if write else 'read'} the label project {self.path} "
+                    "(permission denied)"
+                )
+            with quiet_gdal():
+                gdal.ErrorReset()
+                try:
+                    dataset = ogr.Open(str(self.path), 1 if write else 0)
+                except RuntimeError:  # GDAL raising (osgeo.gdal.UseExceptions elsewhere)
+                    dataset = None
+                reason = gdal.GetLastErrorMsg().strip().splitlines()
+            if dataset is None or dataset.GetDriver().GetName() != "GPKG":
+                raise InputError(self._not_opened(write, reason[0][:120] if reason else ""))
         try:
             yield dataset
         finally:
             dataset = None
 
-    def _proposals_layer(self, dataset: Any) -> Any:
+    def _not_opened(self, write: bool, reason: str) -> str:
+        """Why the GeoPackage could not be opened, in one line."""
+        try:
+            with self.path.open("rb") as stream:
+                header = stream.read(len(_SQLITE_HEADER))
+        except OSError as exc:
+            return f"cannot read the label project {self.path} ({exc.strerror or exc})"
+        if header != _SQLITE_HEADER:
+            return (
+                f"the label project {self.path} is not a GeoPackage (not an SQLite file: "
+                "damaged, or another format named .gpkg)"
+            )
+        return (
+            f"cannot open the label project {self.path}"
+            + (" for writing" if write else "")
+            + (f" ({reason})" if reason else "")
+            + "; is it a damaged GeoPackage, or one another program holds locked?"
+        )
+
+    def _proposals_layer(self, dataset: Any, write: bool = False) -> Any:
         layer = dataset.GetLayerByName(PROPOSALS_LAYER)
         if layer is None:
             raise InputError(f"{self.path.name} has no proposals yet; propose areas first")
-        _add_fields(layer, [f for f in PROPOSAL_FIELDS if f[0] in LABEL_FIELDS])
+        self._check_proposal_fields(layer)
+        if write:
+            _add_fields(layer, [f for f in PROPOSAL_FIELDS if f[0] in LABEL_FIELDS])
         return layer
 
+    def _check_proposal_fields(self, layer: Any) -> None:
+        """Refuse a proposals layer that lacks the fields of every label project."""
+        definition = layer.GetLayerDefn()
+        missing = [n for n in REQUIRED_PROPOSAL_FIELDS if definition.GetFieldIndex(n) < 0]
+        if missing:
+            raise InputError(
+                f"the proposals layer of {self.path.name} has no {', '.join(missing)} "
+                f"field{'s' if len(missing) > 1 else ''}; it is not a cloudseg label project "
+                "(or was damaged): propose into a new one"
+            )
+
+    def _transform_from(self, layer: Any, crs: Any) -> Any:
+        """The layer's geometries into ``crs`` (None: as stored); see :func:`layer_transform`."""
+        if crs is None:
+            return None
+        what = f"the {layer.GetName()} layer of {self.path.name}"
+        return layer_transform(layer.GetSpatialRef(), crs, what)
+
     # -- reading --------------------------------------------------------------------------
-    def read(self, scene: str | None = None, labels: bool = False) -> ProjectContents:
+    def read(
+        self, scene: str | None = None, labels: bool = False, crs: Any = None
+    ) -> ProjectContents:
         """Proposals, rounds and (with ``labels``) label polygons, in one opening.
 
         Args:
             scene: Only this scene's proposals (a key or a scene path; see
                 :func:`scene_key`); None: all.
-            labels: Also read the label polygons.
+            labels: Also read the label polygons (a project without a ``labels`` layer
+                is refused: its boxes would all be read as clear).
+            crs: The CRS to read every geometry in (the scene's, rasterio or OGR); each
+                layer's own CRS is transformed into it (:func:`layer_transform`). None:
+                each layer as stored.
 
         Returns:
             The contents; empty for a project that does not exist yet.
+
+        Raises:
+            InputError: For a file that is not a label project, a layer without a CRS
+                (with ``crs``), label geometries that are not polygons, or class values
+                that are not whole numbers 0-255.
         """
-        contents = ProjectContents()
-        if not self.exists():
-            return contents
         key = None if scene is None else scene_key(scene)
+        contents = ProjectContents(crs=crs, read_for=key)
+        if not self.path.exists():
+            return contents
         with self._open() as dataset:
             contents.layers = {
                 dataset.GetLayer(i).GetName() for i in range(dataset.GetLayerCount())
             }
             layer = dataset.GetLayerByName(PROPOSALS_LAYER)
-            for feature in layer or []:
-                found = _stored_proposal(feature)
-                if key is None or found.scene == key:
-                    contents.proposals.append(found)
+            if layer is not None:
+                self._check_proposal_fields(layer)
+                transformation = self._transform_from(layer, crs)
+                for feature in layer:
+                    found = _stored_proposal(feature, transformation, self.path)
+                    if key is None or found.scene == key:
+                        contents.proposals.append(found)
             if labels:
-                contents.labels = _read_label_shapes(dataset, self.path)
+                shapes = self._label_shapes(dataset, crs)
+                contents.label_ids = [fid for fid, _, _ in shapes]
+                contents.labels = [(shape, value) for _, shape, value in shapes]
             contents.rounds = _read_rounds(dataset.GetLayerByName(ROUNDS_LAYER))
         return contents
+
+    def _label_shapes(self, dataset: Any, crs: Any) -> list[tuple[int, dict[str, Any], int]]:
+        layer = dataset.GetLayerByName(LABELS_LAYER)
+        if layer is None:
+            if dataset.GetLayerByName(PROPOSALS_LAYER) is None:
+                return []
+            raise InputError(
+                f"{self.path.name} has no labels layer (its boxes would all read as clear); "
+                "it was deleted or renamed: restore it, or propose into a new project"
+            )
+        return _class_shapes(layer, self.path, self._transform_from(layer, crs))
 
     def rounds(self) -> list[Round]:
         """The fine-tuning rounds, first first (empty before the first)."""
         return self.read().rounds
 
-    def proposal(self, fid: int) -> tuple[Any, Any, StoredProposal]:
-        """A proposal's polygon (OGR geometry), the project's spatial reference, its row.
+    def proposal(self, fid: int, crs: Any = None) -> tuple[Any, Any, StoredProposal]:
+        """A proposal's polygon (OGR geometry), its spatial reference, its row.
+
+        Args:
+            fid: The proposal's feature id.
+            crs: The CRS to read it in (see :meth:`read`); None: the layer's own.
 
         Raises:
             InputError: For an unknown proposal.
@@ -333,11 +585,14 @@ class LabelProject:
                 raise InputError(
                     f"{self.path.name} has no proposal {fid} (see cloudseg labels boxes)"
                 )
-            srs = layer.GetSpatialRef()
+            transformation = self._transform_from(layer, crs)
+            srs = spatial_reference(crs) if crs is not None else layer.GetSpatialRef()
+            stored = _stored_proposal(feature, transformation, self.path)
+            what = f"proposal {fid} of {self.path.name}"
             return (
-                feature.GetGeometryRef().Clone(),
+                moved(feature.GetGeometryRef(), transformation, what),
                 srs.Clone() if srs else None,
-                _stored_proposal(feature),
+                stored,
             )
 
     # -- writing --------------------------------------------------------------------------
@@ -364,12 +619,15 @@ class LabelProject:
         from osgeo import ogr
 
         with self._open(write=True, create=True) as dataset:
-            srs = ogr_srs(crs)
+            srs = spatial_reference(crs)
             layer = dataset.GetLayerByName(PROPOSALS_LAYER)
             if layer is None:
                 layer = dataset.CreateLayer(PROPOSALS_LAYER, srs, ogr.wkbPolygon)
+            else:
+                self._check_proposal_fields(layer)
             _add_fields(layer, PROPOSAL_FIELDS)
             _labels_layer(dataset, srs)
+            into = layer_transform(srs, layer.GetSpatialRef(), "the scene")
             when = now()
             with ogr_transaction(dataset):
                 quoted = scene.replace("'", "''")
@@ -381,7 +639,7 @@ class LabelProject:
                 for box, rank, score in boxes:
                     feature = ogr.Feature(layer.GetLayerDefn())
                     shape = ogr.CreateGeometryFromJson(json.dumps(box.polygon(transform)))
-                    feature.SetGeometry(shape)
+                    feature.SetGeometry(moved(shape, into, f"box {rank}"))
                     values = {"rank": rank, "score": score, "status": "todo", "scene": scene}
                     for name, value in (values | {"model": model, "proposed": when}).items():
                         feature.SetField(name, value)
@@ -398,7 +656,7 @@ class LabelProject:
         if status not in STATUSES:
             raise InputError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
         with self._open(write=True) as dataset:
-            layer = self._proposals_layer(dataset)
+            layer = self._proposals_layer(dataset, write=True)
             feature = layer.GetFeature(int(fid))
             if feature is None:
                 raise InputError(f"{self.path.name} has no proposal {fid}")
@@ -428,7 +686,8 @@ class LabelProject:
         Args:
             polygons: ``(OGR geometry, class value)``, in drawing order.
             names: Class value -> name (the ``name`` field).
-            srs: The layer's spatial reference if it must be created.
+            srs: The polygons' spatial reference (the ``labels`` layer's when it must be
+                created); they are moved into the layer's CRS where it differs.
             status: ``(fid, status, who)`` to set with them (a box marked Done only with
                 its labels).
 
@@ -439,11 +698,20 @@ class LabelProject:
 
         with self._open(write=True) as dataset:
             layer = _labels_layer(dataset, srs)
-            proposals = self._proposals_layer(dataset) if status else None
+            if ogr.GT_Flatten(layer.GetGeomType()) not in (ogr.wkbMultiPolygon, ogr.wkbPolygon):
+                raise InputError(
+                    f"the labels layer of {self.path.name} holds "
+                    f"{ogr.GeometryTypeToName(layer.GetGeomType()).lower()}s, not polygons"
+                )
+            into = layer_transform(srs, layer.GetSpatialRef(), "the label source")
+            proposals = self._proposals_layer(dataset, write=True) if status else None
             with ogr_transaction(dataset):
                 for shape, value in polygons:
                     feature = ogr.Feature(layer.GetLayerDefn())
-                    feature.SetGeometry(ogr.ForceToMultiPolygon(shape))
+                    polygon = moved(shape, into, "a label polygon")
+                    if ogr.GT_Flatten(layer.GetGeomType()) == ogr.wkbMultiPolygon:
+                        polygon = ogr.ForceToMultiPolygon(polygon)
+                    feature.SetGeometry(polygon)
                     feature.SetField("class", int(value))
                     feature.SetField("name", names.get(int(value), str(int(value))))
                     layer.CreateFeature(feature)
@@ -507,7 +775,7 @@ class LabelProject:
 
 
 def class_polygons(
-    path: str | Path, layer_name: str, where: str | None = None
+    path: str | Path, layer_name: str, where: str | None = None, crs: Any = None
 ) -> list[tuple[dict[str, Any], int]] | None:
     """A GeoPackage layer's class polygons as ``(GeoJSON geometry, class value)``, in order.
 
@@ -518,22 +786,27 @@ def class_polygons(
         path: The GeoPackage.
         layer_name: The layer.
         where: An OGR attribute filter; all polygons when None.
+        crs: The CRS to read them in (see :func:`layer_transform`); None: the layer's.
 
     Returns:
         The polygons; None when there is no such file or layer.
 
     Raises:
-        InputError: If the layer has no ``class`` field.
+        InputError: If the layer has no ``class`` field, holds other geometries than
+            polygons or class values that are not whole numbers 0-255.
     """
     from osgeo import ogr
 
     path = Path(path).expanduser()
-    dataset = ogr.Open(str(path)) if path.is_file() else None
+    with quiet_gdal():
+        dataset = ogr.Open(str(path)) if path.is_file() else None
     layer = dataset.GetLayerByName(layer_name) if dataset else None
     if layer is None:
         return None
     layer.SetAttributeFilter(where)
-    return _class_shapes(layer, path)
+    what = f"the {layer_name} layer of {path.name}"
+    transformation = None if crs is None else layer_transform(layer.GetSpatialRef(), crs, what)
+    return [(shape, value) for _, shape, value in _class_shapes(layer, path, transformation)]
 
 
 def add_class_polygons(
@@ -591,14 +864,22 @@ def _labels_layer(dataset: Any, srs: Any) -> Any:
     return layer
 
 
-def _stored_proposal(feature: Any) -> StoredProposal:
+def _stored_proposal(feature: Any, transformation: Any, path: Path) -> StoredProposal:
+    """A proposal's row, its bounds in the CRS ``transformation`` leads to (None: stored)."""
     values = feature.items()
-    xmin, xmax, ymin, ymax = feature.GetGeometryRef().GetEnvelope()
+    fid = feature.GetFID()
+    what = f"proposal {fid} of {path.name}"
+    if feature.GetGeometryRef() is None or feature.GetGeometryRef().IsEmpty():
+        raise InputError(f"{what} has no geometry; delete it or propose again")
+    status = values.get("status") or "todo"
+    if status not in STATUSES:
+        raise InputError(f"{what} has status {status!r}, not one of {', '.join(STATUSES)}")
+    xmin, xmax, ymin, ymax = moved(feature.GetGeometryRef(), transformation, what).GetEnvelope()
     return StoredProposal(
-        fid=feature.GetFID(),
+        fid=fid,
         rank=int(values.get("rank") or 0),
         score=float(values.get("score") or 0.0),
-        status=values.get("status") or "todo",
+        status=status,
         scene=values.get("scene") or "",
         model=values.get("model") or "",
         proposed=values.get("proposed"),
@@ -608,19 +889,28 @@ def _stored_proposal(feature: Any) -> StoredProposal:
     )
 
 
-def _read_label_shapes(dataset: Any, path: Path) -> list[tuple[dict[str, Any], int]]:
-    layer = dataset.GetLayerByName(LABELS_LAYER)
-    return [] if layer is None else _class_shapes(layer, path)
+def _class_shapes(
+    layer: Any, path: Path, transformation: Any = None
+) -> list[tuple[int, dict[str, Any], int]]:
+    """A layer's class polygons as ``(feature id, GeoJSON geometry, class value)``.
 
-
-def _class_shapes(layer: Any, path: Path) -> list[tuple[dict[str, Any], int]]:
+    Features without a geometry or a class are not counted (a polygon still being
+    drawn); every other one is checked: a polygon, a whole class number 0-255, and
+    coordinates that move into the target CRS.
+    """
+    name = layer.GetName()
     if layer.GetLayerDefn().GetFieldIndex("class") < 0:
-        raise InputError(f"the {layer.GetName()} layer of {path.name} has no 'class' field")
-    return [
-        (json.loads(f.GetGeometryRef().ExportToJson()), int(f.GetField("class")))
-        for f in layer
-        if f.GetGeometryRef() is not None and f.GetField("class") is not None
-    ]
+        raise InputError(f"the {name} layer of {path.name} has no 'class' field")
+    found = []
+    for feature in layer:
+        fid = feature.GetFID()
+        what = f"polygon {fid} of the {name} layer of {path.name}"
+        value = class_value(feature.GetField("class"), what)
+        shape = polygonal(feature.GetGeometryRef(), what)
+        if shape is None or value is None:
+            continue
+        found.append((fid, json.loads(moved(shape, transformation, what).ExportToJson()), value))
+    return found
 
 
 def _read_rounds(layer: Any) -> list[Round]:
@@ -645,6 +935,7 @@ def _read_rounds(layer: Any) -> list[Round]:
 __all__ = [
     "LABELS_LAYER",
     "PROPOSALS_LAYER",
+    "REQUIRED_PROPOSAL_FIELDS",
     "ROUNDS_LAYER",
     "STATUSES",
     "Box",
@@ -653,6 +944,11 @@ __all__ = [
     "StoredProposal",
     "add_class_polygons",
     "class_polygons",
+    "class_value",
+    "layer_transform",
     "login_name",
+    "moved",
+    "polygonal",
+    "quiet_gdal",
     "scene_key",
 ]

@@ -239,6 +239,42 @@ def stale_temporaries(target: Path) -> list[Path]:
     return stale
 
 
+def dead_temporaries(folder: Path) -> list[Path]:
+    """Hidden temporaries in ``folder``, of any target, left by processes that are gone."""
+    stale = []
+    with contextlib.suppress(OSError):
+        for candidate in Path(folder).iterdir():
+            match = _TEMPORARY.match(candidate.name)
+            if match and not _alive(int(match["pid"])):
+                stale.append(candidate)
+    return stale
+
+
+@contextlib.contextmanager
+def temporary_folder(name: str, where: Path | None = None) -> Iterator[Path]:
+    """A working folder named as a temporary of this process, removed when the block ends.
+
+    It is ``<where>/.<name>.<pid>-<random>.part`` (``where``: the system's temporary
+    folder), so that, as for files, the folders of the same name left by dead processes
+    (SIGKILL, a power cut) are told apart from live ones and removed first.
+    """
+    import shutil
+    import tempfile
+
+    base = Path(where or tempfile.gettempdir()) / name
+    for stale in stale_temporaries(base):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            remove(stale)
+    folder = temporary_sibling(base)
+    folder.mkdir()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def claim(targets: Iterable[Path]) -> Iterator[None]:
     """Hold the run's outputs: refuse a concurrent run, clean what dead runs left.

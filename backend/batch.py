@@ -1,24 +1,36 @@
 """Segment many scenes on a Dask cluster: ``cloudseg segment-batch``.
 
 Each scene is one Dask task; a worker keeps its model loaded between scenes
-(:func:`cloudseg.backend.inference.runners.shared_runner`). By default a
-``LocalCluster`` sized to the machine runs them (one scene at a time per worker, the
-cores shared out between workers so their inference threads do not fight); an existing
-cluster is used with ``scheduler`` (``tcp://host:8786``, or a scheduler file).
+(:func:`cloudseg.backend.inference.runners.shared_runner`). By default a local cluster
+sized to the machine runs them (one scene at a time per worker, the cores shared out
+between workers so their inference threads do not fight); an existing cluster is used
+with ``scheduler`` (``tcp://host:8786``, ``tls://host:8786`` or a scheduler file).
 
 Inputs: folders (GeoTIFFs, SAFE folders or zips, folders of band files), glob patterns,
 list files (``.txt``: one input per line), STAC Items / ItemCollections / search results
 (``.json``: each Item's multi-band asset, or its band assets as one VRT), and S3
 prefixes of GeoTIFFs or SAFE zips (``s3://bucket/prefix/``). Outputs go to a folder or
 an S3 prefix: per scene ``<scene>.tif`` (the class raster) and ``<scene>.json`` (its
-record: status, model, seconds, cloud and shadow %, the run's settings key), and a run
-manifest ``manifest.json`` (every scene's record).
+record: status, model, seconds, cloud and shadow %, the run's settings key, the input's
+identity and the mask's checksum), and a run manifest ``manifest.json`` (every scene's
+record). No scene may be named ``manifest``, nor anything that is not a plain file name.
 
-Safe to re-run: a scene whose record says done with the same model and settings is
-skipped; a scene's record is written after its mask, so a killed run redoes only the
-scenes it had not finished. A scene whose input is bad is recorded with its one-line
-reason and the others go on; an unexpected failure is retried (``retries``), and a
-worker that dies loses only its scene (Dask reschedules it).
+Safe to re-run: a scene whose record says done with the same model and settings, the
+same input (size, modification time and a hash of its first and last MiB) and a mask
+whose checksum is the recorded one is skipped; anything else is segmented again. A
+scene's record is written after its mask, so a killed run redoes only the scenes it had
+not finished; the next run on the folder removes what a killed one left (its staging
+folders and temporary files). One batch at a time writes a local output folder (a lock
+beside the manifest), and files there that no batch wrote (``p.tif`` without a record)
+are never replaced unless ``overwrite`` is given.
+
+Failures stay local: a scene whose input is bad or cannot be read over the network
+(every read has a timeout, :mod:`cloudseg.backend.network`) is recorded with its
+one-line reason and the others go on; an unexpected failure is retried (``retries``),
+and a worker that dies loses only its scene (Dask reschedules it). An output store that
+cannot be written stops the batch at once with one line. The local cluster listens on
+the loopback interface only, with TLS and a key made for the run where
+``cryptography`` is installed.
 """
 
 from __future__ import annotations
@@ -29,7 +41,10 @@ import functools
 import glob
 import hashlib
 import json
+import logging
 import os
+import re
+import shutil
 import socket
 import tempfile
 import time
@@ -39,21 +54,46 @@ from pathlib import Path
 from typing import Any
 
 from .callbacks import CancelCallback
-from .errors import CancelledError, CloudsegError, InputError
+from .errors import CancelledError, CloudsegError, InputError, OutputExistsError
 from .models.cards import class_kind
 
 MANIFEST = "manifest.json"
+#: Scene names no scene may take: its files would replace the batch's own.
+RESERVED_NAMES = ("manifest",)
 #: Files a folder of inputs contributes as scenes.
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
 BAND_NAMES = ("B02", "B03", "B04", "B08", "B8A", "B11", "B12")
+#: Where the local cluster listens: this machine only.
+LOOPBACK = "127.0.0.1"
+#: A scene's staging folder in the output folder: host and process id of its writer.
+STAGING_PREFIX = ".cloudseg-batch-"
+_STAGING = re.compile(r"^\.cloudseg-batch-(?P<host>.+)-(?P<pid>\d+)-[^-]+$")
+_TEMPORARY_FILE = re.compile(r"^\.(?P<name>.+)\.\d+-[0-9a-f]{8}\.(?:part|cog)(?:\.gpkg)?$")
+#: Bytes hashed at each end of an input file for its identity.
+_IDENTITY_BYTES = 1 << 20
+
+
+class OutputStoreError(CloudsegError, OSError):
+    """The batch's output folder or S3 prefix cannot be read or written."""
 
 
 @dataclass(frozen=True)
 class BatchScene:
-    """One input scene: its id (the output's name) and where it is read from."""
+    """One input scene: its id (the output's name) and where it is read from.
+
+    Attributes:
+        scene: The scene's name; its outputs are ``<scene>.tif`` and ``<scene>.json``.
+        source: A path or URL, or for an Item's band assets the Item (``items.json#id``).
+        identity: What the input is (sizes, modification times, hashes): a re-run
+            redoes a scene whose input changed.
+        bands: An Item's band assets, ``(band, href)``, made into one VRT where the
+            scene is segmented.
+    """
 
     scene: str
     source: str
+    identity: str = ""
+    bands: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -67,6 +107,7 @@ class BatchResult:
     workers: int
     dashboard: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    scheduler: str | None = None
 
     def counts(self) -> dict[str, int]:
         """Scenes by status (done, skipped, failed)."""
@@ -89,6 +130,29 @@ def _scene_id(path: str) -> str:
     return name
 
 
+def check_scene_name(scene: str, source: str) -> None:
+    """Refuse a scene name that cannot be an output's file name in the batch's folder.
+
+    Raises:
+        InputError: For an empty, hidden or path-like name, or a reserved one.
+    """
+    plain = (
+        isinstance(scene, str) and scene.strip() == scene and scene not in ("", ".", "..")
+        and not scene.startswith(".") and len(scene.encode()) <= 200
+        and not any(ch in scene for ch in '/\\:*?"<>|') and scene.isprintable()
+    )  # fmt: skip
+    if not plain:
+        raise InputError(
+            f"{source}: the scene name {scene!r} cannot be a file name (no path separators, "
+            "no leading dot, printable, 200 bytes at most); rename the input or the Item"
+        )
+    if scene.casefold() in RESERVED_NAMES:
+        raise InputError(
+            f"{source}: a scene named {scene!r} would overwrite the batch's {MANIFEST}; "
+            "rename the input or the Item"
+        )
+
+
 def _folder_scenes(folder: Path) -> list[str]:
     """The scenes in a folder: rasters, SAFE folders and zips, folders of band files."""
     found = []
@@ -106,29 +170,46 @@ def _folder_scenes(folder: Path) -> list[str]:
     return found
 
 
-def _stac_scenes(path: Path, work: Path) -> list[BatchScene]:
-    """Scenes of a STAC Item, ItemCollection or search result (a FeatureCollection)."""
+def _stac_scenes(path: Path) -> list[BatchScene]:
+    """Scenes of a STAC Item, ItemCollection or search result (a FeatureCollection).
+
+    Nothing is read over the network here: an Item's band assets are opened (and made
+    one VRT) where the scene is segmented, so an asset server that does not answer
+    fails that scene alone, within the network timeouts.
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not JSON ({exc})") from None
     items = data.get("features", [data]) if isinstance(data, dict) else []
     scenes = []
-    for item in items:
+    for item in items if isinstance(items, list) else []:
         if not isinstance(item, dict) or item.get("type") != "Feature":
             raise InputError(f"{path}: not a STAC Item or ItemCollection")
-        assets = item.get("assets", {})
-        bands = [(name, assets[name]["href"]) for name in BAND_NAMES if name in assets]
+        item_id, assets = item.get("id"), item.get("assets", {})
+        if not isinstance(item_id, str) or not isinstance(assets, dict):
+            raise InputError(f"{path}: an Item without a text id or an assets object")
+        check_scene_name(item_id, f"{path} Item")
+        hrefs = {name: a.get("href") for name, a in assets.items() if isinstance(a, dict)}
+        if any(not isinstance(h, str) or not h for h in hrefs.values()):
+            raise InputError(f"{path}: Item {item_id} has an asset without an href")
+        item_text = json.dumps(item, sort_keys=True, default=str)
+        bands = tuple(
+            (name, _href(hrefs[name], path.parent)) for name in BAND_NAMES if name in hrefs
+        )
         if bands:
-            scenes.append(BatchScene(item["id"], _band_vrt(item["id"], bands, path.parent, work)))
+            identity = _digest([item_text, *(_local_identity(h) for _, h in bands)])
+            scenes.append(BatchScene(item_id, f"{path}#{item_id}", identity, bands))
             continue
         data_assets = [
-            a["href"] for a in assets.values()
-            if "data" in a.get("roles", []) or a.get("type", "").startswith("image/tiff")
+            hrefs[name] for name, a in assets.items()
+            if isinstance(a, dict) and ("data" in a.get("roles", [])
+                                        or str(a.get("type", "")).startswith("image/tiff"))
         ]  # fmt: skip
         if not data_assets:
-            raise InputError(f"{path}: Item {item['id']} has no image asset (nor B02, B03...)")
-        scenes.append(BatchScene(item["id"], _href(data_assets[0], path.parent)))
+            raise InputError(f"{path}: Item {item_id} has no image asset (nor B02, B03...)")
+        href = _href(data_assets[0], path.parent)
+        scenes.append(BatchScene(item_id, href, _digest([item_text, _local_identity(href)])))
     return scenes
 
 
@@ -138,25 +219,56 @@ def _href(href: str, base: Path) -> str:
     return str((base / href).resolve())
 
 
-def _band_vrt(scene: str, bands: list[tuple[str, str]], base: Path, work: Path) -> str:
-    """One VRT of an Item's band assets, bands named (what the band matcher reads)."""
+def _gdal_path(href: str) -> str:
+    if href.startswith("s3://"):
+        return "/vsis3/" + href[5:]
+    if href.startswith(("http://", "https://")):
+        return "/vsicurl/" + href
+    return href
+
+
+def _band_vrt(scene: BatchScene, folder: Path) -> str:
+    """One VRT of an Item's band assets, bands named (what the band matcher reads).
+
+    Each asset is opened first, one at a time, under the network timeouts: the first
+    that cannot be read fails the scene with one line, without waiting on the others.
+
+    Raises:
+        InputError: Naming the band asset that cannot be read, and why.
+    """
     from osgeo import gdal
 
-    def gdal_path(href: str) -> str:
-        href = _href(href, base)
-        if href.startswith("s3://"):
-            return "/vsis3/" + href[5:]
-        if href.startswith(("http://", "https://")):
-            return "/vsicurl/" + href
-        return href
+    from .network import configure_gdal
+    from .store.storage import redact
 
-    vrt = work / f"{scene}.vrt"
-    dataset = gdal.BuildVRT(str(vrt), [gdal_path(h) for _, h in bands], separate=True)
-    if dataset is None:
-        raise InputError(f"cannot read the band assets of Item {scene}")
-    for i, (name, _) in enumerate(bands, start=1):
-        dataset.GetRasterBand(i).SetDescription(name)
-    dataset = None
+    configure_gdal()
+    paths = [_gdal_path(href) for _, href in scene.bands]
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    try:
+        for (name, href), path in zip(scene.bands, paths, strict=True):
+            gdal.ErrorReset()
+            try:
+                opened = gdal.Open(path)
+            except RuntimeError as exc:  # where another caller turned exceptions on
+                opened, message = None, str(exc)
+            else:
+                message = gdal.GetLastErrorMsg()
+            if opened is None:
+                reason = (message or "cannot be opened").splitlines()[0]
+                raise InputError(
+                    f"band asset {name} of Item {scene.scene} ({redact(href.split('?')[0])}) "
+                    f"cannot be read: {reason}"
+                )
+            opened = None
+        vrt = folder / f"{scene.scene}.vrt"
+        dataset = gdal.BuildVRT(str(vrt), paths, separate=True)
+        if dataset is None:
+            raise InputError(f"cannot read the band assets of Item {scene.scene}")
+        for i, (name, _) in enumerate(scene.bands, start=1):
+            dataset.GetRasterBand(i).SetDescription(name)
+        dataset = None
+    finally:
+        gdal.PopErrorHandler()
     return str(vrt)
 
 
@@ -164,16 +276,59 @@ def _s3_scenes(url: str, endpoint_url: str | None) -> list[BatchScene]:
     from .store.storage import open_storage
 
     storage = open_storage(url, endpoint_url, create=False)
-    keys = [k for k in storage.list("") if k.lower().endswith((".tif", ".tiff", ".zip"))]
-    return [BatchScene(_scene_id(k), f"{url.rstrip('/')}/{k}") for k in keys]
+    details = storage.list_details("")
+    keys = [k for k in details if k.lower().endswith((".tif", ".tiff", ".zip"))]
+    return [
+        BatchScene(_scene_id(k), f"{url.rstrip('/')}/{k}", _digest(["s3", *map(str, details[k])]))
+        for k in keys
+    ]
+
+
+def _digest(parts: list[str]) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def _file_identity(path: Path) -> str:
+    """Size, modification time and a hash of the first and last MiB of a file."""
+    stat = path.stat()
+    digest = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(_IDENTITY_BYTES))
+        if stat.st_size > 2 * _IDENTITY_BYTES:
+            handle.seek(-_IDENTITY_BYTES, os.SEEK_END)
+        digest.update(handle.read(_IDENTITY_BYTES))
+    return digest.hexdigest()
+
+
+def _local_identity(source: str) -> str:
+    """The identity of a local file or folder (every file in it); a URL stands for itself."""
+    path = Path(source)
+    if "://" in source or source.startswith("/vsi"):
+        return source
+    try:
+        if path.is_file():
+            return _file_identity(path)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            return _digest([f"{p.relative_to(path)}:{_file_identity(p)}" for p in files])
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+    return "missing"
 
 
 def find_scenes(inputs: list[str], work: Path, endpoint_url: str | None = None) -> list[BatchScene]:
-    """Every scene the inputs name (see module doc), in order.
+    """Every scene the inputs name (see module doc), in order, each with its identity.
+
+    Args:
+        inputs: Folders, patterns, list files, STAC files, S3 prefixes.
+        work: Unused; kept for callers of earlier versions.
+        endpoint_url: The S3 endpoint of ``s3://`` inputs.
 
     Raises:
-        InputError: For an input that names nothing, or two scenes of one id.
+        InputError: For an input that names nothing, two scenes of one output name
+            (letter case aside), or a scene name that cannot be an output's.
     """
+    del work
     scenes: list[BatchScene] = []
     for spec in inputs:
         path = Path(spec).expanduser()
@@ -184,11 +339,11 @@ def find_scenes(inputs: list[str], work: Path, endpoint_url: str | None = None) 
         elif path.is_dir() and path.suffix != ".SAFE":
             found = [BatchScene(_scene_id(p), p) for p in _folder_scenes(path)]
         elif path.suffix.lower() == ".json" and path.is_file():
-            found = _stac_scenes(path, work)
+            found = _stac_scenes(path)
         elif path.suffix.lower() in (".txt", ".lst") and path.is_file():
             lines = path.read_text(encoding="utf-8").splitlines()
             entries = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
-            found = find_scenes([_href(e, path.parent) for e in entries], work, endpoint_url)
+            found = find_scenes([_href(e, path.parent) for e in entries], Path(), endpoint_url)
         elif path.exists():
             found = [BatchScene(_scene_id(str(path)), str(path))]
         else:
@@ -196,86 +351,186 @@ def find_scenes(inputs: list[str], work: Path, endpoint_url: str | None = None) 
         if not found:
             raise InputError(f"{spec}: no scenes found (GeoTIFF, SAFE, band folder, zip)")
         scenes += found
-    seen: dict[str, str] = {}
+    seen: dict[str, BatchScene] = {}
     for scene in scenes:
-        if scene.scene in seen and seen[scene.scene] != scene.source:
+        check_scene_name(scene.scene, scene.source)
+        other = seen.get(scene.scene.casefold())
+        if other is not None and other.source != scene.source:
             raise InputError(
-                f"two inputs make the output {scene.scene}.tif: {seen[scene.scene]} and "
+                f"two inputs make the output {scene.scene}.tif: {other.source} and "
                 f"{scene.source}; rename one or run them apart"
             )
-        seen[scene.scene] = scene.source
-    return list({s.scene: s for s in scenes}.values())
+        seen[scene.scene.casefold()] = scene
+    unique = list({s.scene.casefold(): s for s in scenes}.values())
+    return [s if s.identity else _with_identity(s) for s in unique]
 
 
-# -- one scene (runs on a worker) ----------------------------------------------------------
+def _with_identity(scene: BatchScene) -> BatchScene:
+    return BatchScene(scene.scene, scene.source, _local_identity(scene.source), scene.bands)
+
+
+# -- where the outputs go ------------------------------------------------------------------
 def settings_key(options: dict[str, Any], model_sha: str) -> str:
     """A short hash of everything that changes a mask: the model file and the options."""
     text = json.dumps({"model": model_sha, "options": options}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class _Destination:
-    """Where a run's files go: a folder, or an S3 prefix (through the store storage)."""
+    """Where a run's files go: a folder, or an S3 prefix (through the store storage).
+
+    Every failure to reach it is an :class:`OutputStoreError` (one line): the batch
+    stops at the first, as no scene could be kept.
+    """
 
     def __init__(self, url: str, endpoint_url: str | None) -> None:
-        self.url = url.rstrip("/")
+        self.url = url.rstrip("/") or url
         self.s3 = url.startswith("s3://")
         self.endpoint_url = endpoint_url
         if not self.s3:
-            Path(url).expanduser().mkdir(parents=True, exist_ok=True)
+            with self._reaching():
+                self.folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def folder(self) -> Path:
+        """The local output folder (not for S3)."""
+        return Path(self.url).expanduser()
+
+    @contextlib.contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """Turn any failure to reach the output into one :class:`OutputStoreError`."""
+        from .store.storage import explain_s3_error, is_s3_error
+
+        try:
+            yield
+        except OutputStoreError:
+            raise
+        except CloudsegError as exc:  # StorageError: already one line
+            raise OutputStoreError(f"the output {self.url}: {exc}") from None
+        except Exception as exc:
+            if is_s3_error(exc):
+                raise OutputStoreError(f"the output {self.url}: {explain_s3_error(exc)}") from None
+            if isinstance(exc, OSError):
+                reason = (exc.strerror or type(exc).__name__).lower()
+                raise OutputStoreError(
+                    f"cannot write to the output {self.url} ({reason})"
+                ) from None
+            raise
 
     @functools.cached_property
     def _storage(self) -> Any:
         """The S3 storage, opened once (one client for the scene's reads and writes)."""
         from .store.storage import open_storage
 
-        return open_storage(self.url, self.endpoint_url, env_file=None)
+        with self._reaching():
+            return open_storage(self.url, self.endpoint_url, env_file=None)
+
+    def open(self) -> None:
+        """Reach the output now (S3: the bucket answers and the credentials work)."""
+        if self.s3:
+            self._storage  # noqa: B018 (opening checks the bucket)
+
+    def names(self) -> set[str]:
+        """The names of the files directly in the output."""
+        with self._reaching():
+            if self.s3:
+                return {k for k in self._storage.list("") if "/" not in k}
+            return {p.name for p in self.folder.iterdir()}
 
     def read_json(self, name: str) -> dict[str, Any] | None:
-        try:
-            if self.s3:
-                return json.loads(self._storage.read_bytes(name))
-            return json.loads((Path(self.url).expanduser() / name).read_text(encoding="utf-8"))
-        except (KeyError, OSError, ValueError):
-            return None
+        """A JSON object of the output, None where absent or not a JSON object."""
+        with self._reaching():
+            try:
+                if self.s3:
+                    data = json.loads(self._storage.read_bytes(name))
+                else:
+                    data = json.loads((self.folder / name).read_text(encoding="utf-8"))
+            except (KeyError, FileNotFoundError, IsADirectoryError, ValueError):
+                return None
+        return data if isinstance(data, dict) else None
 
-    def exists(self, name: str) -> bool:
-        if self.s3:
-            return self._storage.exists(name)
-        return (Path(self.url).expanduser() / name).is_file()
+    def checksum(self, name: str) -> str | None:
+        """What identifies a file's content: SHA-256 (folder) or ETag (S3); None if absent."""
+        with self._reaching():
+            if self.s3:
+                tag = self._storage.etag(name)
+                return f"etag:{tag}" if tag else None
+            path = self.folder / name
+            return f"sha256:{_sha256(path)}" if path.is_file() else None
 
     def put(self, name: str, source: Path | bytes) -> str:
         """Publish a file (moved from ``source``, or these bytes) atomically."""
         from . import atomic
 
-        if self.s3:
-            data = source if isinstance(source, bytes) else source.read_bytes()
-            self._storage.write_bytes(name, data)
-            return f"{self.url}/{name}"
-        target = Path(self.url).expanduser() / name
-        if isinstance(source, bytes):
-            atomic.write_bytes(target, source)
-        else:
-            Path(source).replace(target)
-        return str(target)
+        with self._reaching():
+            if self.s3:
+                data = source if isinstance(source, bytes) else source.read_bytes()
+                self._storage.write_bytes(name, data)
+                return f"{self.url}/{name}"
+            target = self.folder / name
+            if isinstance(source, bytes):
+                atomic.write_bytes(target, source)
+            else:
+                Path(source).replace(target)
+            return str(target)
 
     def staging(self) -> Any:
-        """A temporary folder for a scene's files (on the output's file system if local)."""
-        where = None if self.s3 else Path(self.url).expanduser()
-        return tempfile.TemporaryDirectory(prefix=".cloudseg-batch-", dir=where)
+        """A temporary folder for a scene's files (on the output's file system if local).
+
+        Its name carries this host and process, so that a later run can remove it
+        if this process dies (:func:`_remove_leftovers`).
+        """
+        where = None if self.s3 else self.folder
+        prefix = f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+        with self._reaching():
+            return tempfile.TemporaryDirectory(prefix=prefix, dir=where)
 
 
 def _fetch(source: str, folder: Path, endpoint_url: str | None) -> str:
-    """A local path for ``source`` (S3 objects are downloaded into ``folder``)."""
-    if not source.startswith("s3://"):
+    """A local path for ``source`` (S3 objects and http(s) files are downloaded)."""
+    if not source.startswith(("s3://", "http://", "https://")):
         return source
-    from .store.storage import open_storage
-
-    parent, name = source.rsplit("/", 1)
+    parent, name = source.split("?", 1)[0].rsplit("/", 1)
     (folder / "input").mkdir(exist_ok=True)
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".") or "input"
     local = folder / "input" / name  # apart from the outputs, which take its name
-    local.write_bytes(open_storage(parent, endpoint_url, env_file=None).read_bytes(name))
+    if source.startswith("s3://"):
+        from .store.storage import open_storage
+
+        local.write_bytes(open_storage(parent, endpoint_url, env_file=None).read_bytes(name))
+    else:
+        from .network import download
+
+        download(source, local)
     return str(local)
+
+
+# -- one scene (runs on a worker) ----------------------------------------------------------
+def _earlier_done(
+    earlier: dict[str, Any] | None, scene: BatchScene, key: str, destination: _Destination
+) -> tuple[bool, str | None]:
+    """Whether a scene's earlier record lets it be skipped, else why it is redone."""
+    if not earlier or earlier.get("status") != "done":
+        return False, None
+    if earlier.get("key") != key:
+        return False, None  # other settings: a new mask, not a repair
+    if earlier.get("input") != scene.identity:
+        return False, "the input changed since its mask was made"
+    recorded = earlier.get("output_checksum")
+    found = destination.checksum(f"{scene.scene}.tif")
+    if found is None:
+        return False, "its mask is missing"
+    if not recorded or found != recorded:
+        return False, "its mask is not the one written (truncated or changed)"
+    return True, None
 
 
 def segment_scene(
@@ -283,27 +538,51 @@ def segment_scene(
 ) -> dict[str, Any]:
     """Segment one scene into the output (a Dask task); return its record.
 
-    A bad input (any cloudseg error) gives a ``failed`` record with the one-line reason;
-    anything else raises, for Dask to retry.
+    A bad input (any cloudseg error, a network read that timed out) gives a ``failed``
+    record with the one-line reason; an output that cannot be written gives one with
+    ``store_error`` set (the batch stops); anything else raises, for Dask to retry.
     """
-    from .inference.segment import SegmentOptions, segment
-
-    destination = _Destination(output, endpoint_url)
-    earlier = destination.read_json(f"{scene.scene}.json")
-    if (
-        earlier and earlier.get("status") == "done" and earlier.get("key") == key
-        and destination.exists(f"{scene.scene}.tif")
-    ):  # fmt: skip
-        return earlier | {"status": "skipped", "seconds": 0.0}
-    started = time.perf_counter()
     record: dict[str, Any] = {
-        "scene": scene.scene, "source": scene.source, "key": key,
+        "scene": scene.scene, "source": scene.source, "key": key, "input": scene.identity,
         "worker": f"{socket.gethostname()}:{os.getpid()}",
     }  # fmt: skip
+    started = time.perf_counter()
+    try:
+        return _segment_scene(scene, output, options, key, endpoint_url, record, started)
+    except OutputStoreError as exc:
+        return record | {
+            "status": "failed", "error": str(exc).splitlines()[0], "store_error": True,
+            "seconds": round(time.perf_counter() - started, 3),
+        }  # fmt: skip
+
+
+def _segment_scene(
+    scene: BatchScene,
+    output: str,
+    options: dict[str, Any],
+    key: str,
+    endpoint_url: str | None,
+    record: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
+    from .inference.segment import SegmentOptions, segment
+    from .network import configure_gdal
+
+    configure_gdal()  # this worker's GDAL reads under the network timeouts
+    destination = _Destination(output, endpoint_url)
+    earlier = destination.read_json(f"{scene.scene}.json")
+    done, redo = _earlier_done(earlier, scene, key, destination)
+    if done and earlier is not None:
+        return earlier | {"status": "skipped", "seconds": 0.0}
+    if redo:
+        record["redone"] = redo
     with destination.staging() as tmp:
         folder = Path(tmp)
         try:
-            local = _fetch(scene.source, folder, endpoint_url)
+            if scene.bands:
+                local = _band_vrt(scene, folder)
+            else:
+                local = _fetch(scene.source, folder, endpoint_url)
             run = SegmentOptions(**options, keep_runner=True, overwrite=True)
             result = segment(local, folder / f"{scene.scene}.tif", run)
         except CloudsegError as exc:
@@ -322,7 +601,12 @@ def segment_scene(
             "error": None,
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        record["output"] = destination.put(f"{scene.scene}.tif", folder / f"{scene.scene}.tif")
+        mask = folder / f"{scene.scene}.tif"
+        local_sum = f"sha256:{_sha256(mask)}"
+        record["output"] = destination.put(f"{scene.scene}.tif", mask)
+        record["output_checksum"] = (
+            destination.checksum(f"{scene.scene}.tif") if destination.s3 else local_sum
+        )
         record["seconds"] = round(time.perf_counter() - started, 3)
         destination.put(f"{scene.scene}.json", _record_bytes(record))  # last: the scene is done
     return record
@@ -376,21 +660,57 @@ def worker_environments(workers: int, threads: int, gpus: int) -> list[dict[str,
     return [base | {"CUDA_VISIBLE_DEVICES": str(i % gpus)} for i in range(workers)]
 
 
+def _local_security() -> Any:
+    """TLS with a key and certificate made for this run, or None without ``cryptography``.
+
+    With it, only this process and its workers hold the key: another user of the machine
+    cannot join the cluster or run code in its workers, although it listens on loopback.
+    """
+    try:
+        from distributed.security import Security
+
+        return Security.temporary()
+    except ImportError:  # cryptography is not installed: loopback alone
+        return None
+
+
+def _quiet_dask() -> None:
+    """Dask's own logging: errors in the workers are reported as scene records instead."""
+    for name in ("distributed", "tornado", "bokeh"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 @contextlib.contextmanager
 def dask_client(
     scheduler: str | None, workers: int, threads: int, processes: bool = True
 ) -> Iterator[Any]:
-    """A Dask client: of an existing cluster (``scheduler``), else of a LocalCluster.
+    """A Dask client: of an existing cluster (``scheduler``), else of a local cluster.
 
-    The local cluster's workers are processes, or threads of this one (``processes``
-    False: inside QGIS, whose interpreter cannot start worker processes).
+    The local cluster listens on ``127.0.0.1`` only (scheduler, workers, dashboard), with
+    TLS where ``cryptography`` is installed; its workers are processes, or threads of
+    this one (``processes`` False: inside QGIS, whose interpreter cannot start worker
+    processes; they then talk in memory, with no port at all). An existing cluster is
+    reached with Dask's own security configuration (``distributed.comm.tls``: see
+    docs/batch.md).
+
+    Raises:
+        InputError: If the scheduler cannot be reached or refuses the connection.
     """
     from distributed import Client, LocalCluster
 
+    silent = logging.CRITICAL
     if scheduler:
-        client = (
-            Client(scheduler_file=scheduler) if Path(scheduler).is_file() else Client(scheduler)
-        )
+        try:
+            client = (
+                Client(scheduler_file=scheduler) if Path(scheduler).is_file() else Client(scheduler)
+            )
+        except Exception as exc:  # OSError, TimeoutError, ssl and TypeError for TLS set-ups
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(
+                f"cannot reach the Dask scheduler {scheduler} ({reason}); check the address, "
+                "and for tls:// the certificates in Dask's distributed.comm.tls settings "
+                "(see docs/batch.md)"
+            ) from None
         try:
             yield client
         finally:
@@ -399,19 +719,31 @@ def dask_client(
     if processes:  # one process per worker, one scene at a time each (and per GPU)
         from distributed import Nanny, Scheduler, SpecCluster
 
+        security = _local_security()
+        protocol = "tls://" if security else "tcp://"
+        listen = {"host": LOOPBACK, "protocol": protocol, "security": security}
         environments = worker_environments(workers, threads, gpu_count())
         spec = {
-            i: {"cls": Nanny, "options": {"nthreads": 1, "env": env, "silence_logs": 40}}
+            i: {"cls": Nanny, "options": listen | {
+                "nthreads": 1, "env": env, "silence_logs": silent,
+                "dashboard_address": f"{LOOPBACK}:0",
+            }}
             for i, env in enumerate(environments)
+        }  # fmt: skip
+        scheduler_spec = {
+            "cls": Scheduler,
+            "options": listen | {"dashboard_address": f"{LOOPBACK}:0"},
         }
-        scheduler_spec = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
-        cluster: Any = SpecCluster(workers=spec, scheduler=scheduler_spec, silence_logs=40)
+        cluster: Any = SpecCluster(
+            workers=spec, scheduler=scheduler_spec, silence_logs=silent, security=security
+        )
     else:  # one worker of ``workers`` threads in this process
         cluster = LocalCluster(
-            processes=False, n_workers=1, threads_per_worker=workers,
-            dashboard_address=":0", silence_logs=40,
+            processes=False, n_workers=1, threads_per_worker=workers, host=LOOPBACK,
+            dashboard_address=f"{LOOPBACK}:0", silence_logs=silent,
         )  # fmt: skip
-    with cluster, Client(cluster) as client:
+    _quiet_dask()
+    with cluster, Client(cluster, security=getattr(cluster, "security", None)) as client:
         yield client
 
 
@@ -427,6 +759,7 @@ def segment_batch(
     cancelled: CancelCallback | None = None,
     on_start: Callable[[str | None], None] | None = None,
     processes: bool = True,
+    overwrite: bool = False,
 ) -> BatchResult:
     """Segment every input scene into ``output`` on a Dask cluster (see module doc).
 
@@ -437,16 +770,21 @@ def segment_batch(
             (model, bands, resolution...), the same for every scene.
         workers: Worker processes of the local cluster (default one per GPU, else one
             per 4 cores).
-        scheduler: An existing cluster: ``tcp://host:port`` or a scheduler file.
+        scheduler: An existing cluster: ``tcp://host:port``, ``tls://host:port`` or a
+            scheduler file.
         retries: How often a scene that failed unexpectedly is tried again.
         endpoint_url: S3 endpoint (MinIO) for inputs and outputs.
         progress: Called with (scenes finished, scenes, the last record).
         cancelled: Polled between scenes; True cancels the scenes not finished.
         on_start: Called with the Dask dashboard's address once the cluster is up.
         processes: Local workers are processes (else threads of this process).
+        overwrite: Replace files in the output that no earlier batch wrote (a
+            ``<scene>.tif`` without its record, a ``manifest.json`` of something else).
 
     Raises:
-        CloudsegError: For inputs that name nothing, an unknown model, or a cancel.
+        CloudsegError: For inputs that name nothing, an unknown model, an output that
+            holds files of others (without ``overwrite``) or is busy with another batch,
+            an output store that cannot be reached, or a cancel.
     """
     from distributed import as_completed
 
@@ -462,13 +800,16 @@ def segment_batch(
     count, threads = machine_workers(workers, gpus=gpu_count() if processes else 0)
     report = progress or (lambda done, total, record: None)
     stop = cancelled or (lambda: False)
-    with tempfile.TemporaryDirectory(prefix="cloudseg-batch-") as work:
-        scenes = find_scenes(inputs, Path(work), endpoint_url)
-        destination = _Destination(output, endpoint_url)
-        _check_not_input(scenes, output)
+    scenes = find_scenes(inputs, Path(), endpoint_url)
+    _check_not_input(scenes, output)
+    destination = _Destination(output, endpoint_url)
+    destination.open()  # an output store that does not answer stops here, in one line
+    with _hold(destination):
+        _check_ownership(destination, scenes, overwrite)
         records: list[dict[str, Any]] = []
         with dask_client(scheduler, count, threads, processes) as client:
             dashboard = getattr(client, "dashboard_link", None)
+            address = getattr(client.scheduler, "address", None)
             if on_start:
                 on_start(dashboard)
             futures = [
@@ -487,6 +828,13 @@ def segment_batch(
                     reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                     record = {"scene": scene.scene, "source": scene.source, "key": key,
                               "status": "failed", "error": reason, "seconds": None}  # fmt: skip
+                if record.pop("store_error", False):
+                    client.cancel(futures)
+                    kept = sum(r["status"] in ("done", "skipped") for r in records)
+                    raise OutputStoreError(
+                        f"{record['error']}; the batch stopped after {len(records)} of "
+                        f"{len(scenes)} scenes ({kept} finished are kept, a re-run resumes)"
+                    )
                 records.append(record)
                 report(len(records), len(scenes), record)
                 if time.monotonic() - last_write > 2:
@@ -511,7 +859,97 @@ def segment_batch(
         workers=running,
         dashboard=dashboard,
         settings={"key": key, "options": options, "threads_per_worker": threads},
+        scheduler=address,
     )
+
+
+@contextlib.contextmanager
+def _hold(destination: _Destination) -> Iterator[None]:
+    """One batch at a time on a local output folder; remove what dead batches left there.
+
+    The lock is the manifest's (:func:`cloudseg.backend.atomic.claim`): a second batch
+    on the folder is refused with one line while the first lives, and a lock left by a
+    dead one is taken over. An S3 prefix has no lock (S3 offers none to every server).
+
+    Raises:
+        OutputConflictError: If another live batch writes the folder.
+    """
+    from . import atomic
+
+    if destination.s3:
+        yield
+        return
+    with atomic.claim([destination.folder / MANIFEST]):
+        _remove_leftovers(destination.folder)
+        yield
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Staging folders and temporary files of dead batches on this host (a kill, a crash).
+
+    Only processes of this host are judged: a staging folder of another host's worker
+    (a cluster writing to a shared file system) is left alone.
+    """
+    from . import atomic
+
+    host = socket.gethostname()
+    stale_names = set()
+    for entry in folder.iterdir():
+        staging = _STAGING.match(entry.name)
+        if staging and entry.is_dir():
+            if staging["host"] == host and not atomic._alive(int(staging["pid"])):
+                shutil.rmtree(entry, ignore_errors=True)
+            continue
+        if entry.name.startswith(STAGING_PREFIX) and entry.is_dir():  # an older run's
+            owners = [atomic._lock_owner(lock) for lock in entry.glob(".*.cloudseg-lock")]
+            if not any(o and (o[1] != host or atomic._alive(o[0])) for o in owners):
+                shutil.rmtree(entry, ignore_errors=True)
+            continue
+        temporary = _TEMPORARY_FILE.match(entry.name)
+        if temporary:
+            stale_names.add(temporary["name"])
+    for name in sorted(stale_names):
+        atomic.remove(*atomic.stale_temporaries(folder / name))
+
+
+def _is_record(data: dict[str, Any] | None, scene: str) -> bool:
+    return bool(data) and data.get("scene") == scene and "key" in data and "status" in data
+
+
+def _check_ownership(destination: _Destination, scenes: list[BatchScene], overwrite: bool) -> None:
+    """Refuse to replace files in the output that no batch wrote, unless ``overwrite``.
+
+    A ``<scene>.tif`` or ``<scene>.json`` is the batch's own when ``<scene>.json`` is a
+    scene record of that scene; ``manifest.json`` when it is a batch manifest.
+
+    Raises:
+        OutputExistsError: Naming the first foreign file and how many there are.
+    """
+    if overwrite:
+        return
+    names = destination.names()
+    foreign: list[str] = []
+    if MANIFEST in names:
+        manifest = destination.read_json(MANIFEST)
+        if not (manifest and "records" in manifest and "cloudseg" in manifest):
+            foreign.append(MANIFEST)
+    lowered = {n.casefold(): n for n in names}
+    for scene in scenes:
+        mine = [lowered.get(f"{scene.scene}{s}".casefold()) for s in (".tif", ".json")]
+        present = [n for n in mine if n]
+        if not present:
+            continue
+        record_name = lowered.get(f"{scene.scene}.json".casefold())
+        record = destination.read_json(record_name) if record_name else None
+        if not _is_record(record, scene.scene):
+            foreign += present
+    if foreign:
+        where = destination.url.rstrip("/")
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise OutputExistsError(
+            f"{where}/{foreign[0]}{more} exists and was not written by a cloudseg batch; "
+            "pass --overwrite to replace it, or choose another output folder"
+        )
 
 
 def _check_not_input(scenes: list[BatchScene], output: str) -> None:
@@ -525,13 +963,22 @@ def _check_not_input(scenes: list[BatchScene], output: str) -> None:
         return
     folder = Path(output).expanduser().resolve()
     for scene in scenes:
-        if "://" in scene.source:
+        if "://" in scene.source or scene.bands:
             continue
-        if Path(scene.source).resolve() == folder / f"{scene.scene}.tif":
-            raise InputError(
-                f"the output {folder / (scene.scene + '.tif')} would replace its input; "
-                "choose another output folder"
-            )
+        source = Path(scene.source).resolve()
+        for suffix in (".tif", ".json"):
+            target = folder / f"{scene.scene}{suffix}"
+            if source == target or (target.exists() and _same_file(source, target)):
+                raise InputError(
+                    f"the output {target} would replace its input; choose another output folder"
+                )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def _write_manifest(
@@ -558,4 +1005,12 @@ def _write_manifest(
     return destination.put(MANIFEST, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
-__all__ = ["BatchResult", "BatchScene", "find_scenes", "segment_batch", "segment_scene"]
+__all__ = [
+    "BatchResult",
+    "BatchScene",
+    "OutputStoreError",
+    "check_scene_name",
+    "find_scenes",
+    "segment_batch",
+    "segment_scene",
+]

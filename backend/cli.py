@@ -229,6 +229,7 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
             endpoint_url=args.endpoint_url,
             progress=progress,
             on_start=started,
+            overwrite=args.overwrite,
         )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
@@ -605,6 +606,11 @@ def _add_batch_parser(sub: Any) -> None:
         "--retries", type=int, default=2, help="tries again after an unexpected failure (2)"
     )
     batch.add_argument("--endpoint-url", help="S3 endpoint (MinIO) for inputs and outputs")
+    batch.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files in OUT that no earlier batch wrote (default: refuse)",
+    )
     add_output_flags(batch)
     batch.set_defaults(handler=_cmd_segment_batch)
 

@@ -34,6 +34,10 @@ BAND_FILE_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 S2_DN_SCALE = 1e-4
 #: How far band files' corners may differ, as a share of the finest band's pixel.
 GRID_TOLERANCE = 0.01
+#: Reflectance no pixel's data reaches, whatever its encoding: 16-bit digital numbers
+#: read with a scale of 1 stay below 65536. A value beyond it (or +-Inf) is a fill value
+#: or a corrupt pixel, and is read as nodata (see :func:`mark_not_data`).
+MAX_REFLECTANCE = 1e6
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,9 @@ class SceneReader:
         #: How the product level was found (see :mod:`.level`); set by :func:`open_scene`.
         self.level = Level(product_level, "given") if product_level else UNKNOWN
         self.description = description
+        #: Values read so far that were +-Inf or beyond :data:`MAX_REFLECTANCE` (read as
+        #: nodata); a pixel read twice counts twice.
+        self.not_data_values = 0
         self._datasets: dict[str, Any] = {}
         try:
             for band_source in sources.values():
@@ -112,6 +119,7 @@ class SceneReader:
         from rasterio.transform import array_bounds
         from rasterio.windows import from_bounds
 
+        check_extent(bounds)
         window = from_bounds(*bounds, transform=self._scene_transform)
         row0, col0 = (
             max(math.floor(window.row_off + 1e-6), 0),
@@ -183,7 +191,9 @@ class SceneReader:
         """Read reflectance of a window of the reference grid.
 
         The window may extend past the scene; pixels outside, and nodata pixels, are NaN.
-        With ``out_shape`` the window is resampled (area average when shrinking,
+        So are values that are no pixel's data (+-Inf, NaN, beyond :data:`MAX_REFLECTANCE`
+        after scaling; see :func:`mark_not_data`): every reader of a scene gets them as
+        nodata, here. With ``out_shape`` the window is resampled (area average when shrinking,
         bilinear when enlarging).
 
         Args:
@@ -277,10 +287,13 @@ class SceneReader:
                 # reflectance.
                 # Computed in place in `out`: a strip of a full tile is 8 M pixels a band.
                 values = out[i, o_r0:o_r1, o_c0:o_c1]
-                np.add(data[k], np.float32(source.offset / source.scale), out=values)
-                values *= np.float32(source.scale)
+                with np.errstate(over="ignore", invalid="ignore"):  # Inf is handled below
+                    np.add(data[k], np.float32(source.offset / source.scale), out=values)
+                    values *= np.float32(source.scale)
                 if invalid[k].any():
                     np.copyto(values, np.float32(np.nan), where=invalid[k])
+                if _may_hold_not_data(data.dtype, source):
+                    self.not_data_values += mark_not_data(values)
         return out
 
     def sample_reflectance(self, bands: list[str], size: int = 256) -> np.ndarray:
@@ -348,6 +361,64 @@ def _invalid(ds: Any, indexes: list[int], data: np.ndarray) -> np.ndarray:
         else:
             np.equal(data[k], nodata, out=invalid[k])
     return invalid
+
+
+def mark_not_data(values: np.ndarray) -> int:
+    """Make values that are no pixel's data NaN (nodata), in place; return how many.
+
+    The one rule for every scene cloudseg reads (files through :class:`SceneReader`,
+    arrays through the engine's ``ArrayScene``): +-Inf, and reflectance beyond
+    +-:data:`MAX_REFLECTANCE` (a fill value such as -3.4e38, or an overflow), are
+    nodata, as NaN is. The model never sees them: a single Inf would turn its
+    neighbours' scores into NaN over the network's whole field of view.
+
+    Args:
+        values: float32 reflectance (NaN where no data already).
+
+    Returns:
+        The number of values made NaN that were not NaN already.
+    """
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(values) <= MAX_REFLECTANCE)  # NaN compares False: counted below
+    if not bad.any():
+        return 0
+    count = int(bad.sum() - np.isnan(values).sum())
+    np.copyto(values, np.float32(np.nan), where=bad)
+    return count
+
+
+def _may_hold_not_data(dtype: Any, source: BandSource) -> bool:
+    """Whether values of ``dtype`` scaled as ``source`` says may be no pixel's data.
+
+    Floats always may; integers only when their range, scaled, reaches beyond
+    :data:`MAX_REFLECTANCE` (never with Sentinel-2's 0.0001): integer scenes are read
+    as before, at no cost.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iu":
+        return True
+    info = np.iinfo(dtype)
+    reach = max(abs(info.min), abs(info.max)) * abs(source.scale) + abs(source.offset)
+    return not reach < MAX_REFLECTANCE
+
+
+def check_extent(bounds: tuple[float, float, float, float]) -> None:
+    """Refuse an extent that is not a box: a value that is not a number, or sides swapped.
+
+    Raises:
+        InputError: One line, naming what is wrong.
+    """
+    if len(bounds) != 4:
+        raise InputError(f"an extent is LEFT BOTTOM RIGHT TOP, four numbers; got {len(bounds)}")
+    left, bottom, right, top = (float(v) for v in bounds)
+    shown = f"({', '.join(f'{v:g}' for v in (left, bottom, right, top))})"
+    if not all(math.isfinite(v) for v in (left, bottom, right, top)):
+        raise InputError(f"the extent {shown} holds a value that is not a finite number")
+    if not (left < right and bottom < top):
+        raise InputError(
+            f"the extent {shown} is not a box: it is LEFT BOTTOM RIGHT TOP, with LEFT below "
+            "RIGHT and BOTTOM below TOP"
+        )
 
 
 def _same_extent(a: Any, b: Any, tolerance: float) -> bool:
@@ -500,14 +571,20 @@ def open_scene(
         InputError: If the path is missing or unreadable, or the grid is unusable.
         BandError: If bands cannot be identified.
     """
+    from ..network import configure_gdal
+
+    configure_gdal()  # every network read (/vsicurl/, /vsis3/) under one timeout policy
+    _refuse_url(str(path))
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"input {path} does not exist")
     level = product_level.upper() if product_level else None
     if level not in (None, "L1C", "L2A"):
         raise InputError(f"product level must be L1C or L2A, not {product_level!r}")
-    if scale is not None and not scale > 0:
+    if scale is not None and not (scale > 0 and math.isfinite(scale)):
         raise InputError(f"scale must be a positive number of reflectance per DN, not {scale}")
+    if offset is not None and not math.isfinite(offset):
+        raise InputError(f"offset must be a finite number of reflectance, not {offset}")
     canonical = [canonical_band(b) for b in bands] if bands else None
 
     if is_safe(path):
@@ -543,6 +620,31 @@ def open_scene(
             raise
         reader.product_level = reader.level.level
     return reader
+
+
+def _refuse_url(text: str) -> None:
+    """Refuse a URL or a GDAL virtual path as a scene, naming it as given (one line).
+
+    A scene is read from local files: its band files, folders, SAFE metadata and the
+    STAC Item beside it are found on disk. A ``Path`` would also fold ``https://`` into
+    ``https:/`` and call the input missing.
+
+    Raises:
+        InputError: For ``scheme://...`` or ``/vsi...`` input.
+    """
+    import re
+
+    if not (re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) or text.startswith("/vsi")):
+        return
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(text)
+    if "@" in parts.netloc:  # never echo credentials
+        text = urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[-1]))
+    raise InputError(
+        f"{text} is not a local file or folder: cloudseg reads a scene from disk; download "
+        "it first (e.g. gdal_translate or curl), or give a local .vrt that points at it"
+    )
 
 
 def detect_level(reader: SceneReader) -> Level:
@@ -596,9 +698,32 @@ def check_reflectance(reader: SceneReader, bands: list[str]) -> ReflectanceCheck
     On the real labeled scenes (Sentinel-2 L1C and L2A, Landsat) no pixel of the sample
     is above 1.6 or below -0.05; the same scenes scaled by 10 have 28-100 % above 1.6.
     """
+    before = reader.not_data_values
     sample = reader.sample_reflectance(bands)
+    not_data = (reader.not_data_values - before) / max(sample.size, 1)
     valid = sample[np.isfinite(sample)]
     fix = f"({reader.description}); pass the right --scale (and --offset)"
+    if not_data:
+        # +-Inf or fill values: nodata pixels (mark_not_data); a share of the scene this
+        # large is a broken file or an undeclared nodata value, not a scene with gaps.
+        message = (
+            f"{reader.path}: {_percent(not_data)} % of the sampled values are not finite "
+            f"(+-Inf) or beyond reflectance +-{MAX_REFLECTANCE:g}; their pixels are nodata"
+        )
+        if not_data > IMPLAUSIBLE_SHARE:
+            return ReflectanceCheck(
+                f"{message}; if such a value marks nodata, declare it (gdal_edit.py "
+                "-a_nodata VALUE), else the file is damaged",
+                certain=True,
+            )
+    found = _judge_sample(reader, valid, fix)
+    if not_data and not found.certain:
+        return ReflectanceCheck(message)
+    return found
+
+
+def _judge_sample(reader: SceneReader, valid: np.ndarray, fix: str) -> ReflectanceCheck:
+    """:func:`check_reflectance`'s verdict on the finite values of the sample."""
     if valid.size == 0:
         # A sample, not the scene: a mostly empty scene may still hold data.
         return ReflectanceCheck(f"{reader.path}: the sample of the scene holds only nodata")
@@ -625,6 +750,12 @@ def check_reflectance(reader: SceneReader, bands: list[str]) -> ReflectanceCheck
             certain=True,
         )
     return ReflectanceCheck(None)
+
+
+def _percent(share: float) -> str:
+    """A share as percent, never shown as 0 when it is not."""
+    percent = 100 * share
+    return f"{percent:.0f}" if percent >= 1 else f"{percent:.2g}"
 
 
 def describe_bands(path: Path) -> tuple[str, list[str]]:

@@ -167,7 +167,8 @@ class S3Storage(Storage):
             StorageError: With a one-line reason (never the credentials).
         """
         import boto3
-        from botocore.config import Config
+
+        from ..network import boto_config
 
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
@@ -177,11 +178,7 @@ class S3Storage(Storage):
             aws_access_key_id=settings.access_key,
             aws_secret_access_key=settings.secret_key,
             region_name=settings.region,
-            config=Config(
-                retries={"total_max_attempts": 3, "mode": "standard"},
-                connect_timeout=_timeout("CLOUDSEG_S3_CONNECT_TIMEOUT", 10),
-                read_timeout=_timeout("CLOUDSEG_S3_READ_TIMEOUT", 30),
-            ),
+            config=boto_config(),  # the one network-timeout policy (backend.network)
         )
         where = redact(settings.endpoint_url) if settings.endpoint_url else "AWS"
         try:
@@ -217,14 +214,31 @@ class S3Storage(Storage):
 
     def list(self, prefix: str) -> list[str]:
         """See :class:`Storage`."""
+        return sorted(self.list_details(prefix))
+
+    def list_details(self, prefix: str) -> dict[str, tuple[int, str]]:
+        """Every key under ``prefix`` with its size and ETag (which changes with the bytes)."""
         full = self._key(prefix)
         cut = len(self.prefix) + 1 if self.prefix else 0
-        keys = []
+        found = {}
         for page in self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=full
         ):
-            keys.extend(obj["Key"][cut:] for obj in page.get("Contents", []))
-        return sorted(keys)
+            for obj in page.get("Contents", []):
+                found[obj["Key"][cut:]] = (int(obj.get("Size", 0)), str(obj.get("ETag", "")))
+        return dict(sorted(found.items()))
+
+    def etag(self, key: str) -> str | None:
+        """The ETag of ``key`` (it changes with the bytes), None if there is no such key."""
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return str(answer.get("ETag", "")) or None
 
     def delete_prefix(self, prefix: str) -> None:
         """See :class:`Storage`."""
@@ -309,14 +323,6 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
-def _timeout(variable: str, default: float) -> float:
-    """Seconds from an environment variable, else ``default``."""
-    try:
-        return float(os.environ.get(variable, default))
-    except ValueError:
-        raise StorageError(f"{variable} must be a number of seconds") from None
-
-
 def is_s3_error(exc: BaseException) -> bool:
     """Whether ``exc`` comes from boto3 (without importing it when it was never used)."""
     import sys
@@ -335,16 +341,18 @@ def explain_s3_error(exc: Exception, bucket: str = "", where: str = "S3") -> str
         ReadTimeoutError,
     )
 
+    from ..network import timeouts
+
     if isinstance(exc, ReadTimeoutError):
         return (
             f"S3 at {where} accepted the connection but did not answer within "
-            f"{_timeout('CLOUDSEG_S3_READ_TIMEOUT', 30):g} s; check the endpoint is an S3 "
-            "server and is healthy (CLOUDSEG_S3_READ_TIMEOUT sets the wait)"
+            f"{timeouts('s3').read:g} s; check the endpoint is an S3 "
+            "server and is healthy (CLOUDSEG_READ_TIMEOUT sets the wait)"
         )
     if isinstance(exc, ConnectTimeoutError):
         return (
             f"cannot connect to the S3 endpoint {where} within "
-            f"{_timeout('CLOUDSEG_S3_CONNECT_TIMEOUT', 10):g} s; check MINIO_ENDPOINT / "
+            f"{timeouts('s3').connect:g} s; check MINIO_ENDPOINT / "
             "--endpoint-url and the network"
         )
 

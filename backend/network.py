@@ -1,0 +1,197 @@
+"""One network-timeout policy for every read cloudseg makes over the network.
+
+Three clients read from the network: boto3 (S3 stores, S3 inputs and outputs), GDAL
+(``/vsicurl/`` and ``/vsis3/`` band assets of STAC Items) and urllib (http(s) image
+assets downloaded by a batch). All three take their limits from here, so that a server
+that accepts a connection and then never answers costs a bounded time, whichever
+client meets it:
+
+- ``CLOUDSEG_CONNECT_TIMEOUT``: seconds to open a connection (default 10);
+- ``CLOUDSEG_READ_TIMEOUT``: seconds without a byte from an open connection (default 30);
+- ``CLOUDSEG_NETWORK_RETRIES``: further attempts after a failed request (default 2).
+
+``CLOUDSEG_S3_CONNECT_TIMEOUT`` and ``CLOUDSEG_S3_READ_TIMEOUT`` set the S3 limits
+alone (and win there). GDAL options the user set in the environment are never
+replaced. One request that meets a silent server thus fails within
+``(retries + 1) * (connect + read)`` seconds plus about a second of back-off.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+#: Defaults, in seconds.
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 30.0
+RETRIES = 2
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long a network client waits, and how often it tries again."""
+
+    connect: float
+    read: float
+    retries: int
+
+    @property
+    def attempts(self) -> int:
+        """Requests made in all (the first and the retries)."""
+        return self.retries + 1
+
+    def bound(self) -> float:
+        """Seconds one request may take at most against a server that never answers."""
+        return self.attempts * (self.connect + self.read) + self.retries
+
+
+def _seconds(variable: str, default: float) -> float:
+    text = os.environ.get(variable)
+    if text is None or text == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"{variable} must be a number of seconds, not {text!r}") from None
+    if not value > 0:
+        raise InputError(f"{variable} must be more than 0 seconds, not {text!r}")
+    return value
+
+
+def timeouts(service: str = "http") -> Timeouts:
+    """The limits for ``service`` (``"http"`` or ``"s3"``) from the environment.
+
+    Raises:
+        InputError: If a variable is not a positive number.
+    """
+    connect = _seconds("CLOUDSEG_CONNECT_TIMEOUT", CONNECT_TIMEOUT)
+    read = _seconds("CLOUDSEG_READ_TIMEOUT", READ_TIMEOUT)
+    if service == "s3":
+        connect = _seconds("CLOUDSEG_S3_CONNECT_TIMEOUT", connect)
+        read = _seconds("CLOUDSEG_S3_READ_TIMEOUT", read)
+    text = os.environ.get("CLOUDSEG_NETWORK_RETRIES", "")
+    try:
+        retries = int(text) if text else RETRIES
+    except ValueError:
+        raise InputError(f"CLOUDSEG_NETWORK_RETRIES must be a whole number, not {text!r}") from None
+    if retries < 0:
+        raise InputError(f"CLOUDSEG_NETWORK_RETRIES must be 0 or more, not {retries}")
+    return Timeouts(connect, read, retries)
+
+
+# -- boto3 ---------------------------------------------------------------------------------
+def boto_config() -> Any:
+    """A botocore ``Config`` with the S3 limits (connect, read, attempts)."""
+    from botocore.config import Config
+
+    limits = timeouts("s3")
+    return Config(
+        retries={"total_max_attempts": limits.attempts, "mode": "standard"},
+        connect_timeout=limits.connect,
+        read_timeout=limits.read,
+    )
+
+
+# -- GDAL ----------------------------------------------------------------------------------
+def gdal_options() -> dict[str, str]:
+    """GDAL's HTTP options (``/vsicurl/``, ``/vsis3/``) under this policy.
+
+    The read timeout is curl's low-speed limit: less than one byte a second for that
+    long aborts the request, as a socket read timeout does; a transfer that keeps
+    moving is not cut. Options set in the environment are left out (the user's win).
+    """
+    limits = timeouts("http")
+    options = {
+        "GDAL_HTTP_CONNECTTIMEOUT": f"{limits.connect:g}",
+        "GDAL_HTTP_LOW_SPEED_TIME": f"{max(1, round(limits.read))}",
+        "GDAL_HTTP_LOW_SPEED_LIMIT": "1",
+        "GDAL_HTTP_MAX_RETRY": str(limits.retries),
+        "GDAL_HTTP_RETRY_DELAY": "0.5",
+    }
+    return {k: v for k, v in options.items() if k not in os.environ}
+
+
+_gdal_lock = threading.Lock()
+_gdal_applied: list[dict[str, str]] = []
+
+
+def configure_gdal() -> None:
+    """Set :func:`gdal_options` as GDAL's process-wide configuration (idempotent).
+
+    Called where files are opened (the scene reader, a batch's band VRTs), in the main
+    process and on every Dask worker alike. It is cheap when nothing changed.
+    """
+    options = gdal_options()
+    with _gdal_lock:
+        if _gdal_applied and _gdal_applied[-1] == options:
+            return
+        from rasterio.env import set_gdal_config
+
+        for key, value in options.items():
+            set_gdal_config(key, value)
+        try:  # GDAL's own bindings may carry another copy of the library
+            from osgeo import gdal
+        except ImportError:
+            gdal = None
+        if gdal is not None:
+            for key, value in options.items():
+                gdal.SetConfigOption(key, value)
+        _gdal_applied[:] = [options]
+
+
+# -- urllib --------------------------------------------------------------------------------
+def download(url: str, target: Path) -> None:
+    """Stream an http(s) URL into ``target`` under this policy's limits.
+
+    Raises:
+        InputError: One line, when the server cannot be reached, does not answer in
+            time, or answers with an error.
+    """
+    import time
+    import urllib.error
+    import urllib.request
+
+    limits = timeouts("http")
+    wait = max(limits.connect, limits.read)  # urllib has one socket timeout for both
+    shown = _shown(url)
+    last = ""
+    for attempt in range(limits.attempts):
+        if attempt:
+            time.sleep(0.5)
+        try:
+            with (
+                urllib.request.urlopen(url, timeout=wait) as answer,
+                target.open("wb") as handle,
+            ):
+                shutil.copyfileobj(answer, handle, 1 << 20)
+            return
+        except urllib.error.HTTPError as exc:
+            raise InputError(f"{shown} answered HTTP {exc.code} ({exc.reason})") from None
+        except TimeoutError:
+            last = f"{shown} did not answer within {wait:g} s (CLOUDSEG_READ_TIMEOUT)"
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, TimeoutError):
+                last = f"cannot connect to {shown} within {wait:g} s"
+            else:
+                last = f"cannot read {shown} ({reason})"
+    raise InputError(f"{last}; tried {limits.attempts} time(s)")
+
+
+def _shown(url: str) -> str:
+    """``url`` with any ``user:secret@`` hidden and any query string (signatures) cut."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    netloc = f"***@{netloc}" if "@" in parts.netloc else netloc
+    return urlunsplit(parts._replace(netloc=netloc, query="", fragment=""))
+
+
+__all__ = ["Timeouts", "boto_config", "configure_gdal", "download", "gdal_options", "timeouts"]

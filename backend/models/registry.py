@@ -142,27 +142,40 @@ def free_model_name(stem: str) -> str:
     return name
 
 
+def clean_models_dir() -> None:
+    """Remove the temporaries of registrations killed midway (their process is gone)."""
+    from ..atomic import dead_temporaries, remove
+
+    folder = models_dir()
+    if folder.is_dir():
+        remove(*dead_temporaries(folder))
+
+
 def register_model(checkpoint: Path, card: ModelCard) -> Model:
     """Register a torch checkpoint under ``card.name``: copied into :func:`models_dir`.
 
-    The weights are copied first and the card last, each under a temporary name renamed
-    into place, so a failed registration lists nothing.
+    The weights and the card are written under temporary names and published in one
+    step (:func:`~cloudseg.backend.atomic.publish`, the card last: a version is listed
+    once its card is there), so a failed or killed registration lists nothing; the
+    temporaries of killed ones are removed first.
 
     Raises:
         ModelError: If a model of that name exists already.
     """
-    from ..atomic import atomic_path
+    from ..atomic import cleanup_on_failure, publish, temporary_sibling
 
     if any(m.card.name == card.name for m in available_models()):
         raise ModelError(f"a model named {card.name!r} exists already; choose another name")
     folder = models_dir()
     folder.mkdir(parents=True, exist_ok=True)
+    clean_models_dir()
     weights = folder / f"{card.name}.pt"
-    with atomic_path(weights) as partial:
-        shutil.copyfile(checkpoint, partial)
     card_file = weights.with_name(weights.name + ".card.json")
-    with atomic_path(card_file) as partial:
-        partial.write_text(card.to_json(), encoding="utf-8")
+    parts = temporary_sibling(weights), temporary_sibling(card_file)
+    with cleanup_on_failure(*parts):
+        shutil.copyfile(checkpoint, parts[0])
+        parts[1].write_text(card.to_json(), encoding="utf-8")
+        publish([(parts[0], weights), (parts[1], card_file)])
     return Model(card, weights)
 
 

@@ -31,10 +31,10 @@ import numpy as np
 
 from ..accounting import RunMeter
 from ..callbacks import CancelCallback, ProgressCallback, never_cancelled, no_progress
-from ..errors import BandError, CancelledError, InputError
+from ..errors import BandError, CancelledError, InputError, ModelError
 from ..models.cards import ModelCard
 from ..models.registry import Model, choose_model, load_model
-from ..raster.reader import SceneReader, open_scene
+from ..raster.reader import MAX_REFLECTANCE, SceneReader, mark_not_data, open_scene
 from .decision import NODATA, decide
 from .options import RunOptions
 from .resample import ModelGrid, RowMasks, Upsampler, block_nanmean
@@ -156,6 +156,10 @@ class ReaderScene:
 class ArrayScene:
     """Reflectance already in memory: ``(bands, rows, cols)`` float32, NaN where no data.
 
+    Values that are no pixel's data (+-Inf, beyond ``MAX_REFLECTANCE``) are nodata too,
+    by the rule every file read follows (:func:`~cloudseg.backend.raster.reader.mark_not_data`);
+    the caller's array is not changed.
+
     Args:
         reflectance: The image, its bands named by ``bands``.
         bands: Canonical band names of the image's bands, in order.
@@ -171,6 +175,12 @@ class ArrayScene:
                 f"got {reflectance.shape}"
             )
         self.reflectance = reflectance.astype(np.float32, copy=False)
+        with np.errstate(invalid="ignore"):  # NaN compares False: nodata already
+            beyond = bool((np.abs(self.reflectance) > MAX_REFLECTANCE).any())
+        if beyond:
+            if self.reflectance is reflectance:
+                self.reflectance = self.reflectance.copy()
+            mark_not_data(self.reflectance)
         self.bands = list(bands)
         self.resolution_m = resolution_m
         self.height, self.width = reflectance.shape[1:]
@@ -325,6 +335,12 @@ def scene_rows(
             batch = np.stack([strip[:, :, c : c + tile] for c in batch_cols])
             with stage("infer"):
                 probabilities = _predict_tiles(runner, np.ascontiguousarray(batch), options.tta)
+            if probabilities.shape[1] != len(card.classes):  # a graph without static shapes
+                raise ModelError(
+                    f"model {card.name}: the network returns {probabilities.shape[1]} class "
+                    f"channel(s) but its card names {len(card.classes)} class(es) "
+                    f"({', '.join(card.class_names())}); fix the card's classes"
+                )
             for c, p in zip(batch_cols, probabilities, strict=True):
                 blender.add(c, p)
             done += len(batch_cols)

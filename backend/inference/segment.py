@@ -27,7 +27,7 @@ from ..callbacks import CancelCallback, ProgressCallback, never_cancelled, no_pr
 from ..errors import InputError
 from ..models.cards import ModelCard
 from ..raster.bands import band_from_filename
-from ..raster.reader import SceneReader, check_reflectance
+from ..raster.reader import MAX_REFLECTANCE, SceneReader, check_reflectance
 from .engine import NODATA, RunPlan, open_input, plan_reader, reader_rows
 from .options import RunOptions, SegmentOptions
 from .outputs import SegmentOutputs, provenance_tags
@@ -106,6 +106,16 @@ def _warnings(reader: SceneReader, card: ModelCard, options: SegmentOptions) -> 
     return warnings
 
 
+def _not_data_warning(reader: SceneReader) -> str:
+    """The warning for values the run read as nodata (+-Inf, fill values), logged."""
+    message = (
+        f"{reader.path} holds values that are not finite (+-Inf) or beyond reflectance "
+        f"+-{MAX_REFLECTANCE:g}; their pixels are nodata in the outputs"
+    )
+    logger.info("warning: %s", message)
+    return message
+
+
 #: The file suffixes each output's format allows.
 OUTPUT_SUFFIXES = {
     "OUTPUT": (".tif", ".tiff"),
@@ -181,6 +191,7 @@ def segment(
         plan = plan_reader(reader, options, options.max_memory_mib)
         logger.info("%s", plan.reason)
         warnings = _warnings(reader, plan.card, options)
+        checked = reader.not_data_values  # the reflectance check's sample says so itself
         runner = plan.runner(options, keep=options.keep_runner)
         logger.info(
             "running on %s; model grid %d x %d (factor %g)",
@@ -204,6 +215,8 @@ def segment(
             for row, col, probs, nodata in rows:
                 with meter.stage("write"):
                     outputs.write(row, probs, nodata, col)
+            if reader.not_data_values and not checked:
+                warnings.append(_not_data_warning(reader))
             # The rasters' provenance: what reading, inference and writing their rows took.
             outputs.tags["CLOUDSEG_ACCOUNTING"] = json.dumps(meter.finish(km2).to_dict())
             polygons = _finish_outputs(outputs, reader, meter, progress, cancelled)

@@ -243,6 +243,36 @@ class ModelCard:
         }
 
 
+def check_network_shape(
+    card: ModelCard, in_channels: int | None, out_channels: int | None, where: str
+) -> None:
+    """Refuse a card that does not describe its network: other band or class counts.
+
+    Checked when a model is loaded (an ONNX file's declared input and output shapes),
+    so that every command refuses such a file in one line before it reads a pixel.
+
+    Args:
+        card: The card.
+        in_channels: Channels the network takes (None where the file does not say).
+        out_channels: Channels it returns, one per class (None where it does not say).
+        where: What to call the model file.
+
+    Raises:
+        ModelError: If a count differs from the card's.
+    """
+    if out_channels is not None and out_channels != len(card.classes):
+        raise ModelError(
+            f"{where}: the network returns {out_channels} class channel(s) but its card "
+            f"{card.name!r} names {len(card.classes)} class(es) "
+            f"({', '.join(card.class_names())}); fix the card's classes"
+        )
+    if in_channels is not None and in_channels != len(card.bands):
+        raise ModelError(
+            f"{where}: the network takes {in_channels} band(s) but its card {card.name!r} "
+            f"names {len(card.bands)} ({', '.join(card.bands)}); fix the card's bands"
+        )
+
+
 def metric_entry(
     dataset: str, data: str, config: str, metrics: dict[str, Any], **extra: Any
 ) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BandError, ModelError
-from .cards import ONNX_CARD_KEY, ModelCard
+from .cards import ONNX_CARD_KEY, ModelCard, check_network_shape
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,19 @@ def read_onnx_card(path: Path) -> ModelCard:
             "export it with 'cloudseg export' or add the card with "
             "cloudseg.backend.models.registry.embed_onnx_card"
         )
-    return ModelCard.from_json(props[ONNX_CARD_KEY])
+    card = ModelCard.from_json(props[ONNX_CARD_KEY])
+    check_network_shape(card, *_onnx_channels(proto), str(path))
+    return card
+
+
+def _onnx_channels(proto: Any) -> tuple[int | None, int | None]:
+    """Channels (axis 1) of an ONNX graph's first input and output, where declared."""
+
+    def channels(values: Any) -> int | None:
+        dims = values[0].type.tensor_type.shape.dim if len(values) else []
+        return dims[1].dim_value or None if len(dims) > 1 else None
+
+    return channels(proto.graph.input), channels(proto.graph.output)
 
 
 def embed_onnx_card(path: Path, card: ModelCard, target: Path | None = None) -> Path:

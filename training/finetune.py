@@ -20,17 +20,22 @@ A round (:func:`fine_tune`):
    mean rises by at least 0.01;
 5. registers the new version either way (see
    :func:`cloudseg.backend.models.registry.register_model`), with the base card's
-   inference settings (tiling, resolution, normalization) and the verdict in its card,
-   and appends the round (adopted or not) to the project's history.
+   inference settings (tiling, resolution, normalization), the verdict and the whole
+   round in its card, and appends the round (adopted or not) to the project's history.
 
 A failure or cancel before the end registers nothing and leaves the history as it was;
 boxes already added to the store stay there, complete (the next round reuses them).
+One round runs at a time per project (a lock beside it). A run killed (SIGKILL, a power
+cut) after registering its version and before recording its round is completed by the
+next round, which first records that round from the version's card, so the history and
+the model folder always agree; it also removes what killed runs left (temporaries of
+a registration, the working folder ``.cloudseg-finetune.<pid>-*.part`` in the system's
+temporary folder) where their process is gone.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,10 +47,18 @@ from ..backend.active.history import Round, current_model
 from ..backend.active.judge import Verdict, judge, split_boxes
 from ..backend.active.labels import labels_to_store, stored_box_id
 from ..backend.active.project import LabelProject, StoredProposal, login_name
+from ..backend.atomic import claim, temporary_folder
 from ..backend.callbacks import CancelCallback, ProgressCallback
 from ..backend.errors import CancelledError, InputError
 from ..backend.models.cards import ModelCard, metric_entry
-from ..backend.models.registry import free_model_name, load_model, register_model
+from ..backend.models.registry import (
+    clean_models_dir,
+    free_model_name,
+    load_model,
+    models_dir,
+    register_model,
+    registered_models,
+)
 from ..backend.store.keys import IGNORE
 from .adapt import DEFAULT_RECIPE, AdaptResult, Recipe, adapt, recipe_named, set_threads
 
@@ -240,26 +253,29 @@ def fine_tune(
             raise InputError("steps must be at least 1")
         chosen = replace(chosen, steps=steps)
     key = scene_key(scene)
-    contents = project.read(scene=key, labels=True)
-    history = contents.rounds
-    boxes = contents.with_status("labeled")
-    if not boxes:
-        raise InputError(
-            f"{project.path.name} has no done boxes of {key}; label proposals and mark them done"
-        )
-    if len(boxes) < 2:
-        raise InputError(
-            "fine-tuning needs at least 2 done boxes (one is held out to judge the new "
-            f"version); the project has {len(boxes)} of {key}"
-        )
-    init = model or current_model(history, boxes[0].model)
-    start = load_model(init)
-    init_card = start.card
-    base = history[0].base_model if history else init_card.name
-    store = str(store or project.store_folder)
+    clean_models_dir()  # what registrations killed midway left
+    with claim([project.path]), open_scene(scene) as reader:  # one round at a time
+        _record_unrecorded(project, report)
+        contents = project.read(labels=True, crs=reader.crs)
+        history = contents.rounds
+        boxes = [p for p in contents.with_status("labeled") if p.scene == key]
+        if not boxes:
+            raise InputError(
+                f"{project.path.name} has no done boxes of {key}; label proposals and mark "
+                "them done"
+            )
+        if len(boxes) < 2:
+            raise InputError(
+                "fine-tuning needs at least 2 done boxes (one is held out to judge the new "
+                f"version); the project has {len(boxes)} of {key}"
+            )
+        init = model or current_model(history, boxes[0].model)
+        start = load_model(init)
+        init_card = start.card
+        base = history[0].base_model if history else init_card.name
+        store = str(store or project.store_folder)
 
-    report(2, f"adding {len(boxes)} done box(es) to the label store")
-    with open_scene(scene) as reader:
+        report(2, f"adding {len(boxes)} done box(es) to the label store")
         stored = labels_to_store(
             project,
             scene,
@@ -299,13 +315,14 @@ def fine_tune(
         trained = adapt(network, images, labels, chosen, unlabeled, seed, training_progress, stop)
         number = len(history) + 1
         new_name = free_model_name(f"{project.name}-r{number}")
-        with tempfile.TemporaryDirectory(prefix="cloudseg-finetune-") as work:
-            candidate = _save_version(network, _draft_card(init_card, new_name), Path(work))
+        with temporary_folder("cloudseg-finetune") as work:
+            candidate = _save_version(network, _draft_card(init_card, new_name), work)
             report(91, f"judging {new_name} on {len(validation)} held-out box(es)")
             after = held_out_confusion(str(candidate), reader, judged_windows, classes, network)
             verdict = judge(before, after, init_card.class_names(), init_card.name, new_name)
             entry = replace(
                 _round_entry(number, new_name, base, init_card.name, history, boxes),
+                model_path=str(models_dir() / f"{new_name}.pt"),
                 boxes=len(training) + len(validation),
                 train_boxes=len(training),
                 held_out_boxes=len(validation),
@@ -318,18 +335,55 @@ def fine_tune(
                 verdict=verdict.reason,
                 scores={k: v.__dict__ for k, v in verdict.classes.items()},
                 recipe=chosen.name,
+                seconds=round(time.perf_counter() - started, 1),
             )
             card = _version_card(init_card, new_name, entry, project, verdict, chosen, trained)
             if stop():
                 raise CancelledError("fine-tuning cancelled; no model version was made")
             report(97, f"registering {new_name}")
-            registered = _register(candidate, card, Path(work))
-    entry.model_path = str(registered.path)
-    entry.seconds = round(time.perf_counter() - started, 1)
-    project.append_round(entry)
+            # The version, then its round: a run killed between the two leaves a version
+            # whose card holds the round, recorded by the next run (_record_unrecorded).
+            registered = _register(candidate, card, work)
+        entry.model_path = str(registered.path)
+        project.append_round(entry)
     current = current_model([*history, entry], init_card.name)
     report(100, f"{new_name}: {verdict.reason}")
     return FineTuneResult(new_name, registered.path, entry, store, verdict, current)
+
+
+def _record_unrecorded(project: LabelProject, report: ProgressCallback) -> list[Round]:
+    """Record the rounds of this project's versions that were registered, not recorded.
+
+    A round registers its version, then appends the round to the project's history; a
+    run killed between the two (SIGKILL, a power cut) leaves a registered version that
+    no round names. Its card holds the whole round (``source.round_entry``), so the next
+    round records it as it was (renumbered after the rounds recorded meanwhile) before
+    starting: the history and the model folder agree again, and the new round's number
+    and name follow it.
+
+    Returns:
+        The rounds recorded.
+    """
+    rounds = project.rounds()
+    named = {r.model for r in rounds}
+    here = str(project.path.resolve())
+    found = [
+        m
+        for m in registered_models()
+        if m.card.source.get("project_path") == here
+        and isinstance(m.card.source.get("round_entry"), dict)
+        and m.card.name not in named
+    ]
+    recorded = []
+    for version in sorted(found, key=lambda m: m.card.source["round_entry"].get("round", 0)):
+        values = version.card.source["round_entry"]
+        entry = Round(**{k: v for k, v in values.items() if k in Round.__annotations__})
+        entry.round, entry.model_path = len(rounds) + 1, str(version.path)
+        project.append_round(entry)
+        rounds.append(entry)
+        recorded.append(entry)
+        report(1, f"recorded round {entry.round} ({entry.model}) of a run stopped before it")
+    return recorded
 
 
 def _split(
@@ -470,6 +524,8 @@ def _version_card(
             "training": trained.to_dict(),
             "adopted": verdict.adopted,
             "verdict": verdict.reason,
+            "project_path": str(project.path.resolve()),
+            "round_entry": entry.to_dict(),
         },
         metrics=[
             metric_entry(project.name, data, f"before ({entry.init_model})", metrics("before")),

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import temporary_folder
 from ..callbacks import CancelCallback
 from ..choices import DEFAULT_CONTEXT_SHARE
 from ..errors import InputError
@@ -287,8 +287,7 @@ def windows_to_store(
     """
     import rasterio
 
-    with tempfile.TemporaryDirectory(prefix="cloudseg-labels-") as tmp:
-        root = Path(tmp)
+    with temporary_folder("cloudseg-labels") as root:  # a killed run's is removed later
         (root / "images").mkdir()
         (root / "masks").mkdir()
         (root / "metadata").mkdir()

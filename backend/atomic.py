@@ -19,10 +19,13 @@ Every command that writes follows the same rules, all kept here:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import shutil
 import signal
 import socket
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -299,9 +302,99 @@ def claim(targets: Iterable[Path]) -> Iterator[None]:
                 lock.unlink()
 
 
+#: What a write refused by the file system says, by errno: faults of the disk, not of
+#: cloudseg or its input.
+WRITE_FAULTS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for the file size limit (ulimit -f)",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+#: Free bytes under which a folder counts as full, when a write in it has just failed.
+_FULL_BYTES = 1 << 20
+#: ``(folder, reason)`` of the writes that failed because the disk was full, in order.
+_faults: list[tuple[Path, str]] = []
+
+
+def _note_write_fault(path: Path) -> None:
+    """Record why writing ``path`` failed, when the file system is the cause.
+
+    Called on a temporary file as it is removed after a failure, before the space it
+    holds is given back: GDAL and SQLite report a full disk in their own words
+    ("TIFFAppendToStrip: Seek error", "cannot create a GeoPackage"), without the errno,
+    so the folder's free space and the file's size are what tell.
+    """
+    try:
+        size = path.stat().st_size
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return
+    if free < _FULL_BYTES:
+        _faults.append((path.parent, WRITE_FAULTS[errno.ENOSPC]))
+        return
+    limit = _file_size_limit()
+    if limit is not None and size >= limit - 65536:
+        _faults.append((path.parent, WRITE_FAULTS[errno.EFBIG]))
+
+
+def _file_size_limit() -> int | None:
+    """The process's file size limit (``ulimit -f``) in bytes, None if unlimited."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def write_fault(exc: BaseException, since: int = 0) -> tuple[Path | None, str] | None:
+    """Whether ``exc`` comes from the file system refusing a write, and where.
+
+    Args:
+        exc: The exception a command ended with.
+        since: How many faults were recorded before the command began
+            (:func:`write_fault_count`); older ones are not the command's.
+
+    Returns:
+        ``(folder, reason)``: the folder whose file system refused the write (None if
+        unknown) and why ("no space left on device", "disk quota exceeded", ...); None
+        when the failure has another cause.
+    """
+    seen: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in seen:
+        seen.append(link)
+        if isinstance(link, OSError) and link.errno in WRITE_FAULTS:
+            name = link.filename2 or link.filename
+            folder = Path(os.fsdecode(name)).parent if isinstance(name, (str, bytes)) else None
+            return folder, WRITE_FAULTS[link.errno]
+        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
+    if len(_faults) > since:
+        return _faults[-1]
+    words = " ".join(str(e).lower() for e in seen)
+    if "no space left on device" in words or "disk is full" in words:
+        return None, WRITE_FAULTS[errno.ENOSPC]
+    return None
+
+
+def write_fault_count() -> int:
+    """How many writes have failed for a full disk in this process (see :func:`write_fault`)."""
+    return len(_faults)
+
+
 def remove(*paths: Path) -> None:
-    """Remove files (and GDAL's side files beside them) that may or may not exist."""
+    """Remove files (and GDAL's side files beside them) that may or may not exist.
+
+    Removed while an exception is on its way (the cleanup of a failed run), a file is
+    first checked for the cause of the failure: a full disk, or the file size limit
+    (see :func:`write_fault`).
+    """
+    failing = sys.exc_info()[1] is not None
     for path in paths:
+        if failing:
+            _note_write_fault(path)
         for candidate in (path, *(path.with_name(path.name + s) for s in _SIDE_SUFFIXES)):
             with contextlib.suppress(FileNotFoundError):
                 candidate.unlink()

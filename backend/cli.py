@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .atomic import published_count
+from .atomic import published_count, write_fault, write_fault_count
 from .choices import DEFAULT_BUFFER_CLOUD_M, DEFAULT_BUFFER_SHADOW_M, EXPLAIN_METHODS
 from .errors import CloudsegError, InputError
 from .inference.options import add_run_flags, run_options
@@ -176,14 +176,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .store.dashboard import dashboard_html, write_dashboard
     from .store.dataset import open_dataset
 
+    out = None
+    if args.out:  # the output contract: checked before any work, replaced only when asked
+        out = atomic.check_outputs(
+            {"--out": args.out}, [], args.overwrite, {"--out": (".html", ".htm")}
+        )["--out"]
     dataset = open_dataset(args.store, args.endpoint_url)
-    if args.out:
-        out = Path(args.out).expanduser()
-        if out.suffix.lower() not in (".html", ".htm"):
-            raise InputError(f"--out {out}: give an .html file")
-        if not out.parent.is_dir():
-            raise InputError(f"--out {out}: the folder {out.parent} does not exist")
-        atomic.write_bytes(out, dashboard_html(dataset).encode("utf-8"))
+    if out is not None:
+        with atomic.claim([out]), atomic.atomic_path(out) as partial:
+            partial.write_bytes(dashboard_html(dataset).encode("utf-8"))
         where = str(out)
     else:
         key = write_dashboard(dataset)
@@ -626,6 +627,7 @@ def _add_report_parser(sub: Any) -> None:
     )
     rep.add_argument("store", metavar="STORE", help="an ingested store (folder or s3://)")
     rep.add_argument("--out", help="write the page to this .html file instead")
+    rep.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     rep.add_argument("--endpoint-url", help="S3 endpoint (MinIO)")
     rep.add_argument("--open", action="store_true", help="open the page in the web browser")
     add_output_flags(rep)
@@ -638,6 +640,30 @@ def _configure_logging(verbosity: int) -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(level)
+
+
+def _write_fault_line(exc: BaseException, faults: int, published: int) -> str | None:
+    """The one line for a run that the file system stopped (disk full, quota, read-only).
+
+    Args:
+        exc: The exception the command ended with.
+        faults: :func:`~cloudseg.backend.atomic.write_fault_count` when it began.
+        published: :func:`~cloudseg.backend.atomic.published_count` when it began.
+
+    Returns:
+        The line, or None when the failure has another cause.
+    """
+    fault = write_fault(exc, faults)
+    if fault is None:
+        return None
+    folder, reason = fault
+    where = f" in {folder.resolve()}" if folder is not None else ""
+    state = (
+        "the outputs published before it are complete"
+        if published_count() > published
+        else "earlier outputs are untouched"
+    )
+    return f"cannot write the outputs{where}: {reason}; {state}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -659,21 +685,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     # run's temporary files are removed and earlier outputs are left as they were. Both
     # are handled from the start: building the parser imports the subcommands.
     previous = signal.signal(signal.SIGTERM, interrupt)
-    published = published_count()
+    published, faults = published_count(), write_fault_count()
     try:
         args = build_parser().parse_args(argv)
         _configure_logging(args.verbose)
         handler: Handler = args.handler
         return handler(args)
     except CloudsegError as exc:
-        print(f"cloudseg: error: {exc}", file=sys.stderr)
+        # A disk that filled up under a write may surface as the writer's own error.
+        line = write_fault_count() > faults and _write_fault_line(exc, faults, published)
+        print(f"cloudseg: error: {line or exc}", file=sys.stderr)
         return 1
     except Exception as exc:
         from .store.storage import explain_s3_error, is_s3_error
 
-        if not is_s3_error(exc):
+        line = _write_fault_line(exc, faults, published)
+        if line is None and not is_s3_error(exc):
             raise
-        print(f"cloudseg: error: {explain_s3_error(exc)}", file=sys.stderr)
+        print(f"cloudseg: error: {line or explain_s3_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         name = signal.Signals(received[-1]).name if received else "SIGINT"

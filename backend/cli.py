@@ -80,16 +80,6 @@ def bar_progress(bar: Any) -> Callable[[float, str], None]:
     return progress
 
 
-def memory_size(text: str) -> float:
-    """``--max-memory``: MiB, or a number with a unit (``1500M``, ``2G``, ``2GiB``)."""
-    import re
-
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([MmGg])?(?:i?[Bb])?\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size such as 2G or 1500M")
-    return float(match[1]) * (1024 if (match[2] or "M").upper() == "G" else 1)
-
-
 def add_output_flags(parser: argparse.ArgumentParser) -> None:
     """Add ``--json`` and ``-q/--quiet`` to a subcommand."""
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -111,7 +101,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         uncertainty=args.uncertainty,
         min_polygon_area_m2=args.min_area,
         check_reflectance=args.check_reflectance,
-        max_memory_mib=args.max_memory,
         valid=args.valid,
         buffer_cloud_m=args.buffer_cloud,
         buffer_shadow_m=args.buffer_shadow,
@@ -430,14 +419,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
         help="segment only this extent (in the input's CRS)",
-    )
-    seg.add_argument(
-        "--max-memory",
-        type=memory_size,
-        default=2048,
-        metavar="SIZE",
-        help="budget for the run's peak memory, e.g. 2G (default) or 1500M; a scene too "
-        "wide for it runs in column blocks, with the same result",
     )
     seg.add_argument(
         "--no-reflectance-check",

@@ -362,6 +362,34 @@ BASE_MEMORY_MIB = 768
 EXTRA_OUTPUTS_MIB = 256
 #: Column blocks are whole COG blocks wide, so that each block of the output is written once.
 COLUMN_ALIGN = 512
+#: More memory, in MiB, that a run computing the network's gradients holds (``explain``:
+#: torch with autograd and captum, the network in float32). Measured on the built-in
+#: U-Nets (EfficientNet-B4, the largest network cloudseg ships) on a CPU: a run peaks
+#: at 1160 MiB with 128 px tiles, 1380 with 256 and 2530 with 512 (batch 1), and 2130
+#: with four 256 px tiles a batch; :data:`BASE_MEMORY_MIB` and these two figures cover
+#: that with room to spare.
+GRADIENT_BASE_MIB = 384
+#: Activations kept for the backward pass, bytes per pixel of each tile of a batch, on
+#: the CPU (measured: 3.8-5.6 KiB). On a GPU they are held in the GPU's memory.
+GRADIENT_BYTES_PER_PIXEL = 6 * 1024
+
+
+def gradient_memory_mib(card: ModelCard, options: RunOptions) -> float:
+    """Memory, in MiB, a run that computes the network's gradients holds beyond inference.
+
+    The tiles of a batch (``options.batch_size``, else 4 on a GPU and 1 on the CPU, as
+    ``explain``'s runner takes them) keep their activations for the backward pass.
+    """
+    from .runners import cuda_usable
+
+    tile, _ = options.tiling(card)
+    device = options.device
+    if device == "auto":
+        device = "cuda" if cuda_usable() else "cpu"
+    if device == "cuda":
+        return float(GRADIENT_BASE_MIB)
+    batch = options.batch_size or 1
+    return GRADIENT_BASE_MIB + batch * float(tile) ** 2 * GRADIENT_BYTES_PER_PIXEL / 2**20
 
 
 def bytes_per_column(bands: int, classes: int, tile: int, factor: float) -> float:
@@ -398,9 +426,23 @@ class MemoryPlan:
 
 
 def memory_plan(
-    width: int, card: ModelCard, grid: ModelGrid, options: RunOptions, budget_mib: float
+    width: int,
+    card: ModelCard,
+    grid: ModelGrid,
+    options: RunOptions,
+    budget_mib: float,
+    extra_mib: float = 0.0,
 ) -> MemoryPlan:
     """Split a scene into column blocks when one pass over its width would exceed the budget.
+
+    Args:
+        width: Input columns.
+        card: The model's card.
+        grid: The model grid over the input.
+        options: The tiling, and the outputs that hold buffers of their own.
+        budget_mib: The budget.
+        extra_mib: Memory the runner holds beyond an inference runtime's, whatever the
+            width (gradients: :func:`gradient_memory_mib`).
 
     Raises:
         InputError: If the budget is too small for even a narrow block, or the scene
@@ -413,7 +455,7 @@ def memory_plan(
     extras = any(
         getattr(options, name, None) for name in ("probabilities", "polygons", "uncertainty")
     )
-    base = BASE_MEMORY_MIB + (EXTRA_OUTPUTS_MIB if extras else 0)
+    base = BASE_MEMORY_MIB + (EXTRA_OUTPUTS_MIB if extras else 0) + extra_mib
     estimate = base + per_column * width / 2**20
     if estimate <= budget_mib:
         return MemoryPlan([(0, width, 0, width)], estimate, budget_mib)
@@ -427,10 +469,13 @@ def memory_plan(
             "a model grid that is not a whole multiple of the input's cannot be run in "
             "column blocks; crop the scene (--extent) or"
             if k is None
-            else "even a narrow column block does not fit; crop the scene (--extent) or"
+            else f"even a narrow column block does not fit with tiles of {tile} px; crop the "
+            "scene (--extent), use smaller tiles (--tile-size) or"
         )
+        need = estimate / 1024
+        shown = f"{need:.1f}" if need < 1e4 else f"{need:.3g}"
         raise InputError(
-            f"a {width} px wide scene needs about {estimate / 1024:.1f} GiB of memory, more "
+            f"a {width} px wide scene needs about {shown} GiB of memory, more "
             f"than the {budget_mib / 1024:.1f} GiB allowed; {why} raise --max-memory"
         )
     blocks = column_blocks(width, interior, context, align)
@@ -504,6 +549,7 @@ def plan_run(
     pixel_m: float | None,
     where: str,
     budget_mib: float | None = None,
+    gradients: bool = False,
 ) -> RunPlan:
     """Choose the model, its grid and the column blocks for an input (nothing loads).
 
@@ -515,6 +561,8 @@ def plan_run(
         pixel_m: The input's pixel size in metres (None where unknown).
         where: What to call the input in an error (its path, or "the image").
         budget_mib: The memory budget (see :func:`memory_plan`); None: one block.
+        gradients: The run computes the network's gradients (``explain``): the budget
+            counts what they hold (:func:`gradient_memory_mib`).
 
     Raises:
         CloudsegError: For a model that does not fit, a bad tiling, a grid the model
@@ -527,7 +575,8 @@ def plan_run(
     grid = ModelGrid.choose(height, width, pixel_m, card.resolution_m, options.resolution, where)
     blocks = [(0, width, 0, width)]
     if budget_mib is not None:
-        memory = memory_plan(width, card, grid, options, budget_mib)
+        extra = gradient_memory_mib(card, options) if gradients else 0.0
+        memory = memory_plan(width, card, grid, options, budget_mib, extra)
         blocks = memory.blocks
         if len(blocks) > 1:
             logger.info(
@@ -542,7 +591,10 @@ def plan_run(
 
 
 def plan_reader(
-    reader: SceneReader, options: RunOptions, budget_mib: float | None = None
+    reader: SceneReader,
+    options: RunOptions,
+    budget_mib: float | None = None,
+    gradients: bool = False,
 ) -> RunPlan:
     """:func:`plan_run` for a scene read from files (see :func:`open_input`)."""
     return plan_run(
@@ -553,6 +605,7 @@ def plan_reader(
         reader.resolution_m,
         str(reader.path),
         budget_mib,
+        gradients,
     )
 
 
@@ -660,8 +713,7 @@ def predict(
     """
     options = options or RunOptions()
     if isinstance(scene, SceneReader):
-        plan = plan_reader(scene, options)
-        scene = ReaderScene(scene)
+        plan = plan_reader(scene, options, options.max_memory_mib)
     elif isinstance(scene, ArrayScene):
         plan = plan_run(
             options,
@@ -670,7 +722,10 @@ def predict(
             (scene.height, scene.width),
             scene.resolution_m,
             "the image",
+            options.max_memory_mib,  # refuses tiles that cannot fit at all
         )
+        # The image is in memory already: its streaming buffers are smaller than it.
+        plan = RunPlan(plan.model, plan.reason, plan.grid, [(0, scene.width, 0, scene.width)])
     else:
         raise InputError(f"cannot predict on a {type(scene).__name__}; give an ArrayScene")
     card = plan.card
@@ -678,10 +733,19 @@ def predict(
         runner = plan.runner(options)
     probabilities = np.empty((len(card.classes), scene.height, scene.width), dtype=np.float32)
     nodata = np.empty((scene.height, scene.width), dtype=bool)
-    rows = scene_rows(scene, plan.grid, card, runner, options, progress, cancelled)
-    for row, probs, missing in rows:
-        probabilities[:, row : row + probs.shape[1]] = probs
-        nodata[row : row + probs.shape[1]] = missing
+    if isinstance(scene, SceneReader):
+        rows = reader_rows(scene, plan, runner, options, progress, cancelled)
+    else:
+        rows = (
+            (row, 0, probs, missing)
+            for row, probs, missing in scene_rows(
+                scene, plan.grid, card, runner, options, progress, cancelled
+            )
+        )
+    for row, col, probs, missing in rows:
+        height, width = probs.shape[1:]
+        probabilities[:, row : row + height, col : col + width] = probs
+        nodata[row : row + height, col : col + width] = missing
     progress(100.0, "done")
     return Prediction(
         probabilities,

@@ -47,7 +47,7 @@ from ..models.cards import ModelCard
 from ..raster.reader import SceneReader
 from .decision import decide
 from .engine import RunPlan, open_input, plan_reader, reader_rows
-from .options import DEFAULT_MAX_MEMORY_MIB, RunOptions
+from .options import RunOptions
 
 #: The CAM methods.
 METHODS = EXPLAIN_METHODS
@@ -290,7 +290,7 @@ def explain(
     check_target(output, overwrite)
     wanted = list(classes or ["cloud"])
     with open_input(source, options, bounds) as reader:
-        plan = plan_reader(reader, options, DEFAULT_MAX_MEMORY_MIB)
+        plan = plan_reader(reader, options, options.max_memory_mib, gradients=True)
         card = plan.card
         indices = _class_values(card, wanted)
         runner = cam_runner(plan.model, indices, method, options)

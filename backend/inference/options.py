@@ -64,6 +64,10 @@ class RunOptions:
             most probable class, argmax); see :mod:`.decision`.
         shadow_threshold: Shadow probability from which a pixel that is not cloud is
             shadow (default: argmax).
+        max_memory_mib: The budget for the run's peak memory, MiB; a scene whose one
+            pass over its width would need more runs in column blocks (same result),
+            and a run that cannot fit even so is refused before the model loads (see
+            :func:`cloudseg.backend.inference.engine.memory_plan`).
     """
 
     model: str | None = None
@@ -81,6 +85,7 @@ class RunOptions:
     resolution: str = "native"
     cloud_threshold: float | None = None
     shadow_threshold: float | None = None
+    max_memory_mib: float = DEFAULT_MAX_MEMORY_MIB
 
     def __post_init__(self) -> None:
         from .decision import check_threshold
@@ -93,6 +98,10 @@ class RunOptions:
             raise InputError("batch size must be at least 1")
         check_threshold("cloud threshold", self.cloud_threshold)
         check_threshold("shadow threshold", self.shadow_threshold)
+        if not self.max_memory_mib > 0:  # NaN too
+            raise InputError(
+                f"the memory budget must be more than 0 MiB, not {self.max_memory_mib}"
+            )
 
     def tiling(self, card: ModelCard) -> tuple[int, int]:
         """The run's tile size and overlap: the options, else the card's.
@@ -124,8 +133,6 @@ class SegmentOptions(RunOptions):
         uncertainty: Also write the model's doubt per pixel here (normalized entropy of
             the blended probabilities, uint8 percent): where labels teach it most.
         min_polygon_area_m2: Polygons smaller than this are left out.
-        max_memory_mib: The budget for the run's peak memory; a scene whose one pass
-            over its width would need more runs in column blocks (same result).
         check_reflectance: Refuse values that are not reflectance after scaling (values
             no real scene has; see ``raster.reader.check_reflectance``). False makes
             that a warning.
@@ -144,7 +151,6 @@ class SegmentOptions(RunOptions):
     polygons: Path | None = None
     uncertainty: Path | None = None
     min_polygon_area_m2: float = 0.0
-    max_memory_mib: float = DEFAULT_MAX_MEMORY_MIB
     check_reflectance: bool = True
     keep_runner: bool = False
     valid: Path | None = None
@@ -183,11 +189,23 @@ class RunFlag:
     field: str
     help: str
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: The flag where it is not the field's name with dashes.
+    name: str | None = None
 
     @property
     def flag(self) -> str:
         """The flag, e.g. ``--product-level``."""
-        return "--" + self.field.replace("_", "-")
+        return self.name or "--" + self.field.replace("_", "-")
+
+
+def memory_size(text: str) -> float:
+    """``--max-memory``: MiB, or a number with a unit (``1500M``, ``2G``, ``2GiB``)."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([MmGg])?(?:i?[Bb])?\s*", text)
+    if not match or not float(match[1]) > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size such as 2G or 1500M")
+    return float(match[1]) * (1024 if (match[2] or "M").upper() == "G" else 1)
 
 
 def _resolution(value: str) -> str:
@@ -273,6 +291,14 @@ RUN_FLAGS = (
         "shadow_threshold",
         "sensitivity for shadow, among the pixels that are not cloud (0-1)",
         {"type": float, "metavar": "P"},
+    ),
+    RunFlag(
+        "max_memory_mib",
+        "budget for the run's peak memory, e.g. 2G (default) or 1500M; a scene too wide "
+        "for it runs in column blocks, with the same result, and a run that cannot fit is "
+        "refused before the model loads",
+        {"type": memory_size, "metavar": "SIZE"},
+        name="--max-memory",
     ),
 )
 

@@ -366,7 +366,11 @@ def find_scenes(inputs: list[str], work: Path, endpoint_url: str | None = None) 
 
 
 def _with_identity(scene: BatchScene) -> BatchScene:
-    return BatchScene(scene.scene, scene.source, _local_identity(scene.source), scene.bands)
+    """The scene with its identity, and its path absolute (workers have their own cwd)."""
+    source = scene.source
+    if "://" not in source and not source.startswith("/vsi"):
+        source = str(Path(source).expanduser().absolute())
+    return BatchScene(scene.scene, source, _local_identity(source), scene.bands)
 
 
 # -- where the outputs go ------------------------------------------------------------------
@@ -801,10 +805,13 @@ def segment_batch(
     report = progress or (lambda done, total, record: None)
     stop = cancelled or (lambda: False)
     scenes = find_scenes(inputs, Path(), endpoint_url)
+    if not output.startswith("s3://"):  # as workers in other folders (or hosts) see it
+        output = str(Path(output).expanduser().absolute())
     _check_not_input(scenes, output)
+    new_folder = not output.startswith("s3://") and not Path(output).exists()
     destination = _Destination(output, endpoint_url)
     destination.open()  # an output store that does not answer stops here, in one line
-    with _hold(destination):
+    with _removed_if_empty(destination.folder if new_folder else None), _hold(destination):
         _check_ownership(destination, scenes, overwrite)
         records: list[dict[str, Any]] = []
         with dask_client(scheduler, count, threads, processes) as client:
@@ -884,6 +891,18 @@ def _hold(destination: _Destination) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _removed_if_empty(folder: Path | None) -> Iterator[None]:
+    """Remove ``folder`` (made by this run) if the run fails before writing to it."""
+    try:
+        yield
+    except BaseException:
+        if folder is not None:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+        raise
+
+
 def _remove_leftovers(folder: Path) -> None:
     """Staging folders and temporary files of dead batches on this host (a kill, a crash).
 
@@ -897,12 +916,12 @@ def _remove_leftovers(folder: Path) -> None:
     for entry in folder.iterdir():
         staging = _STAGING.match(entry.name)
         if staging and entry.is_dir():
-            if staging["host"] == host and not atomic._alive(int(staging["pid"])):
+            if staging["host"] == host and not _running(int(staging["pid"])):
                 shutil.rmtree(entry, ignore_errors=True)
             continue
         if entry.name.startswith(STAGING_PREFIX) and entry.is_dir():  # an older run's
             owners = [atomic._lock_owner(lock) for lock in entry.glob(".*.cloudseg-lock")]
-            if not any(o and (o[1] != host or atomic._alive(o[0])) for o in owners):
+            if not any(o and (o[1] != host or _running(o[0])) for o in owners):
                 shutil.rmtree(entry, ignore_errors=True)
             continue
         temporary = _TEMPORARY_FILE.match(entry.name)
@@ -910,6 +929,22 @@ def _remove_leftovers(folder: Path) -> None:
             stale_names.add(temporary["name"])
     for name in sorted(stale_names):
         atomic.remove(*atomic.stale_temporaries(folder / name))
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs (a killed one not yet reaped does not)."""
+    from . import atomic
+
+    if not atomic._alive(pid):
+        return False
+    try:
+        import psutil
+
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except ImportError:
+        return True
+    except psutil.Error:  # gone meanwhile
+        return False
 
 
 def _is_record(data: dict[str, Any] | None, scene: str) -> bool:

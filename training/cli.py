@@ -226,7 +226,7 @@ def _cmd_labels_boxes(args: argparse.Namespace) -> int:
     from ..backend.active.project import LabelProject
 
     project = LabelProject(args.project)
-    if not project.exists():
+    if not project.path.exists():
         raise InputError(f"{project.path} does not exist; propose boxes first (cloudseg propose)")
     rows = [p.to_dict() for p in project.read().proposals]
     if args.json:

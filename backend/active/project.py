@@ -93,6 +93,8 @@ def spatial_reference(crs: Any) -> Any:
     if crs is None:
         return None
     if isinstance(crs, osr.SpatialReference):
+        if (crs.GetName() or "").startswith("Undefined "):
+            return None  # GDAL's stand-ins for a GeoPackage layer without a CRS (srs_id 0, -1)
         srs = crs.Clone()
         srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
         return srs

@@ -807,7 +807,7 @@ def segment_batch(
     scenes = find_scenes(inputs, Path(), endpoint_url)
     if not output.startswith("s3://"):  # as workers in other folders (or hosts) see it
         output = str(Path(output).expanduser().absolute())
-    _check_not_input(scenes, output)
+    _check_not_input(scenes, output, inputs)
     new_folder = not output.startswith("s3://") and not Path(output).exists()
     destination = _Destination(output, endpoint_url)
     destination.open()  # an output store that does not answer stops here, in one line
@@ -987,8 +987,13 @@ def _check_ownership(destination: _Destination, scenes: list[BatchScene], overwr
         )
 
 
-def _check_not_input(scenes: list[BatchScene], output: str) -> None:
-    """No output may be an input: refuse an output folder holding an input scene."""
+def _check_not_input(
+    scenes: list[BatchScene], output: str, inputs: tuple[str, ...] | list[str] = ()
+) -> None:
+    """No output may be an input: refuse a mask, record or manifest over an input.
+
+    Inputs are the scenes and the list or STAC files that name them.
+    """
     if output.startswith("s3://"):
         for scene in scenes:
             if scene.source.rsplit("/", 1)[0].rstrip("/") == output.rstrip("/") and (
@@ -997,6 +1002,17 @@ def _check_not_input(scenes: list[BatchScene], output: str) -> None:
                 raise InputError(f"the output {output} holds the input {scene.source}")
         return
     folder = Path(output).expanduser().resolve()
+    files = [Path(i).expanduser() for i in inputs if "://" not in i and Path(i).is_file()]
+    targets = [folder / MANIFEST] + [
+        folder / f"{s.scene}{x}" for s in scenes for x in (".tif", ".json")
+    ]
+    for target in targets:
+        for given in files:
+            if given.resolve() == target or (target.exists() and _same_file(given, target)):
+                raise InputError(
+                    f"the output {target} would replace the input {given}; choose another "
+                    "output folder"
+                )
     for scene in scenes:
         if "://" in scene.source or scene.bands:
             continue

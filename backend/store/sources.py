@@ -403,8 +403,8 @@ def _validated_arrays(
             f"{name}: image is {image.shape[-2]} x {image.shape[-1]} but the mask is "
             f"{raw_mask.shape[-2]} x {raw_mask.shape[-1]}"
         )
-    if np.issubdtype(image.dtype, np.floating) and np.isnan(image).any():
-        raise SceneError(f"{name}: image holds NaN values")
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise SceneError(f"{name}: image holds values that are not finite (NaN or +-Inf)")
     return LoadedScene(image=image, mask=_to_classes(raw_mask, scheme, name, nodata))
 
 

@@ -295,3 +295,25 @@ def test_a_url_is_named_intact_in_one_line(workspace, unchanged, url, shown, com
     assert shown in line and "not a local file" in line and "does not exist" not in line
     assert "secret" not in result.stderr + result.stdout
     unchanged()
+
+
+# -- ingest reads whole arrays for a store, not through the scene reader ------------------------
+def test_ingest_refuses_a_scene_with_inf_in_one_line_and_keeps_the_others(workspace, real_data):
+    """A store holds training arrays without nodata: such a scene is not ingested."""
+    source = workspace.root / "dataset"
+    for level in ("clear", "cloudy"):
+        patch = real_data / "cloudsen12_figures" / "ROI_1746" / "high" / level
+        target = source / "ROI_1746" / "high" / level
+        target.mkdir(parents=True)
+        for file in patch.iterdir():
+            (target / file.name).write_bytes(file.read_bytes())
+    image = source / "ROI_1746" / "high" / "cloudy" / "S2L1C.tif"
+    with rasterio.open(image, "r+") as dst:
+        data = dst.read()
+        data[1, 300, 200] = -np.inf
+        dst.write(data)
+    result = workspace.cli("ingest", source, "store", "--json")
+    assert result.returncode == 0, result.stderr
+    failed = [line for line in result.stderr.splitlines() if line.startswith("not ingested")]
+    assert len(failed) == 1 and "cloudy" in failed[0] and "not finite" in failed[0], failed
+    assert '"ingested"' in result.stdout and "clear" in result.stdout

@@ -107,17 +107,25 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: Path, title: str 
     ax.set_ylabel("reference")
     ax.set_title(title or "confusion matrix (row %)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
     return path
 
 
 def write_report(metrics: dict[str, Any], folder: Path, title: str = "") -> tuple[Path, Path]:
-    """Write ``metrics.json`` and ``confusion.png`` into ``folder``."""
+    """Write ``metrics.json`` and ``confusion.png`` into ``folder``, as one step.
+
+    Both are written under temporary names and published together
+    (:func:`cloudseg.backend.atomic.publish`): a failure (a full disk) leaves the
+    folder's earlier report as it was, never a new ``metrics.json`` beside an old plot.
+    """
+    from ..backend.atomic import claim, cleanup_on_failure, publish, temporary_sibling
+
     folder.mkdir(parents=True, exist_ok=True)
-    json_path = folder / "metrics.json"
-    json_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    png = plot_confusion(
-        np.array(metrics["confusion_matrix"]), metrics["classes"], folder / "confusion.png", title
-    )
+    json_path, png = folder / "metrics.json", folder / "confusion.png"
+    json_tmp, png_tmp = temporary_sibling(json_path), temporary_sibling(png)
+    with claim([json_path, png]), cleanup_on_failure(json_tmp, png_tmp):
+        json_tmp.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        plot_confusion(np.array(metrics["confusion_matrix"]), metrics["classes"], png_tmp, title)
+        publish([(json_tmp, json_path), (png_tmp, png)])
     return json_path, png

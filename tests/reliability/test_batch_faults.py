@@ -376,10 +376,10 @@ def _wait_gone(group: int, seconds: float = 30) -> None:
         time.sleep(0.1)
 
 
-def test_a_killed_batch_leaves_nothing_that_the_next_run_keeps(workspace, batch_scenes, tmp_path):
+def test_a_killed_batch_leaves_nothing_that_the_next_run_keeps(workspace, scenes, tmp_path):
     masks = tmp_path / "masks"
     process = subprocess.Popen(
-        ["cloudseg", "segment-batch", str(batch_scenes), "--out", str(masks),
+        ["cloudseg", "segment-batch", str(scenes), "--out", str(masks),
          "--product-level", "L2A", "--workers", "1", "-q"],
         env=workspace.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -405,29 +405,24 @@ def test_a_killed_batch_leaves_nothing_that_the_next_run_keeps(workspace, batch_
     (old / f".x.tif.{dead.pid}-0123abcd.part").write_bytes(b"half a mask")
     (masks / f".adwp-top.json.{dead.pid}-89abcdef.part").write_bytes(b"{")
 
-    result = workspace.cli("segment-batch", batch_scenes, "--out", masks, "--product-level",
+    result = workspace.cli("segment-batch", scenes, "--out", masks, "--product-level",
                            "L2A", "--workers", "1", "--json", "-q")  # fmt: skip
-    assert result.returncode == 1, result.stderr  # the broken scene
-    assert (
-        json.loads(result.stdout)["counts"].get("done", 0)
-        + json.loads(result.stdout)["counts"].get("skipped", 0)
-        == 10
-    )
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout)["counts"]
+    assert counts.get("done", 0) + counts.get("skipped", 0) == 3 and counts.get("done", 0) >= 1
     assert _hidden(masks) == []
-    assert sorted(p.name for p in masks.glob("*.tif")) == sorted(
-        p.name for p in batch_scenes.glob("*.tif") if p.name != "broken.tif"
-    )
+    assert sorted(p.name for p in masks.glob("*.tif")) == sorted(p.name for p in scenes.iterdir())
 
 
 def test_a_second_batch_on_the_same_folder_is_refused_while_the_first_runs(
-    workspace, batch_scenes, tmp_path, silent_server
+    workspace, scenes, tmp_path, silent_server
 ):
     masks = tmp_path / "masks"
     # The first batch is kept busy by an Item whose server answers nothing for 10 s.
     slow = _item("slow", {"image": {"href": f"{silent_server}/s.tif", "roles": ["data"]}})
     (tmp_path / "slow.json").write_text(json.dumps(slow))
     first = subprocess.Popen(
-        ["cloudseg", "segment-batch", str(tmp_path / "slow.json"), str(batch_scenes), "--out",
+        ["cloudseg", "segment-batch", str(tmp_path / "slow.json"), str(scenes), "--out",
          str(masks), "--product-level", "L2A", "--workers", "1", "--json", "-q"],
         env=workspace.env | {"CLOUDSEG_READ_TIMEOUT": "10", "CLOUDSEG_NETWORK_RETRIES": "0"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -437,16 +432,16 @@ def test_a_second_batch_on_the_same_folder_is_refused_while_the_first_runs(
     while not lock.exists() and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.02)
     assert lock.exists()
-    second = workspace.cli("segment-batch", batch_scenes, "--out", masks, "--product-level",
+    second = workspace.cli("segment-batch", scenes, "--out", masks, "--product-level",
                            "L2A", "-q")  # fmt: skip
     line = error_line(second)
     assert f"another cloudseg run (process {first.pid}" in line
     stdout, stderr = first.communicate(timeout=300)
-    assert first.returncode == 1, stderr  # the broken scene
-    assert json.loads(stdout)["counts"] == {"done": 10, "failed": 2}
+    assert first.returncode == 1, stderr  # the silent server's scene
+    assert json.loads(stdout)["counts"] == {"done": 3, "failed": 1}
     assert not lock.exists()
     manifest = json.loads((masks / "manifest.json").read_text())
-    assert manifest["complete"] and len(manifest["records"]) == 12
+    assert manifest["complete"] and len(manifest["records"]) == 4
 
 
 def test_a_batch_leaves_the_input_folder_as_it_was(workspace, scenes):

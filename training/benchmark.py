@@ -151,7 +151,7 @@ def plot_benchmark(report: dict[str, Any], path: str | Path) -> Path:
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -162,3 +162,17 @@ def write_benchmark(report: dict[str, Any], out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return out
+
+
+def publish_benchmark(report: dict[str, Any], out: str | Path, plot: str | Path) -> None:
+    """Write the JSON and the plot as one step: both new, or (on a failure) both as they were."""
+    from ..backend.atomic import claim, cleanup_on_failure, publish, temporary_sibling
+
+    out, plot = Path(out), Path(plot)
+    json_tmp, plot_tmp = temporary_sibling(out), temporary_sibling(plot)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    with claim([out, plot]), cleanup_on_failure(json_tmp, plot_tmp):
+        write_benchmark(report, json_tmp)
+        plot_benchmark(report, plot_tmp)
+        publish([(json_tmp, out), (plot_tmp, plot)])

@@ -166,12 +166,11 @@ def _cmd_fine_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from .benchmark import plot_benchmark, run_benchmark, write_benchmark
+    from .benchmark import publish_benchmark, run_benchmark
 
     with percent_bar(args.quiet) as bar:
         report = run_benchmark(args.data, args.repeats, args.device, bar_progress(bar))
-    write_benchmark(report, args.out)
-    plot_benchmark(report, args.plot)
+    publish_benchmark(report, args.out, args.plot)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -741,10 +741,11 @@ def dask_client(
         cluster: Any = SpecCluster(
             workers=spec, scheduler=scheduler_spec, silence_logs=silent, security=security
         )
-    else:  # one worker of ``workers`` threads in this process
+    else:  # one worker of ``workers`` threads in this process, in memory (inproc://)
         cluster = LocalCluster(
-            processes=False, n_workers=1, threads_per_worker=workers, host=LOOPBACK,
-            dashboard_address=f"{LOOPBACK}:0", silence_logs=silent,
+            processes=False, n_workers=1, threads_per_worker=workers,
+            dashboard_address=f"{LOOPBACK}:0", worker_dashboard_address=f"{LOOPBACK}:0",
+            silence_logs=silent,
         )  # fmt: skip
     _quiet_dask()
     with cluster, Client(cluster, security=getattr(cluster, "security", None)) as client:
@@ -817,6 +818,9 @@ def segment_batch(
         with dask_client(scheduler, count, threads, processes) as client:
             dashboard = getattr(client, "dashboard_link", None)
             address = getattr(client.scheduler, "address", None)
+            port = client.scheduler_info().get("services", {}).get("dashboard")
+            if not scheduler and port:  # where it listens (Dask's link may name the host)
+                dashboard = f"http://{LOOPBACK}:{port}/status"
             if on_start:
                 on_start(dashboard)
             futures = [

@@ -152,6 +152,18 @@ def test_a_local_batch_listens_on_loopback_only_and_needs_its_own_key(
     no_dask_noise(stderr)
 
 
+def test_the_in_process_cluster_of_qgis_listens_on_loopback_only():
+    # Inside QGIS the workers are threads (no worker processes): they talk in memory,
+    # and the dashboards listen on 127.0.0.1.
+    from cloudseg.backend.batch import dask_client
+
+    before = _listening(os.getpid(), children=False)  # this test process's own
+    with dask_client(None, 2, 1, processes=False) as client:
+        assert client.scheduler.address.startswith("inproc://")
+        listening = _listening(os.getpid(), children=False) - before
+    assert listening and all(ipaddress.ip_address(ip).is_loopback for ip, _ in listening)
+
+
 def _is_http(port: int) -> bool:
     """Whether the server on a loopback port answers HTTP (the dashboard)."""
     with socket.create_connection(("127.0.0.1", port), timeout=2) as connection:

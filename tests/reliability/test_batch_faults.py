@@ -474,3 +474,65 @@ def test_a_stac_file_in_the_output_folder_is_never_replaced(workspace, listing, 
     line = error_line(batch(workspace, f"masks/{listing}", "--out", "masks", "--overwrite"))
     assert f"would replace the input masks/{listing}" in line
     assert workspace.snapshot() == before
+
+
+def test_an_s3_output_that_stops_answering_mid_run_stops_the_batch_with_one_line(
+    workspace, batch_scenes, tmp_path
+):
+    import sys
+    import urllib.request
+
+    import boto3
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    moto = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    silent = socket.socket()
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        keys = {"aws_access_key_id": "key", "aws_secret_access_key": "secret"}
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys)
+        s3.create_bucket(Bucket="masks")
+        workspace.env |= FAST | {"MINIO_ACCESS_KEY": "key", "MINIO_SECRET_KEY": "secret"}
+        batch_run = subprocess.Popen(
+            ["cloudseg", "segment-batch", str(batch_scenes), "--out", "s3://masks/run",
+             "--endpoint-url", endpoint, "--product-level", "L2A", "--workers", "1", "-q"],
+            env=workspace.env, cwd=workspace.root, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and batch_run.poll() is None:
+            found = s3.list_objects_v2(Bucket="masks", Prefix="run/").get("Contents", [])
+            if any(o["Key"].endswith(".json") for o in found):
+                break
+            time.sleep(0.1)
+        # The store goes silent: it still accepts connections, and never answers.
+        moto.kill()
+        moto.wait()
+        silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        silent.bind(("127.0.0.1", port))
+        silent.listen(64)
+        stopped = time.monotonic()
+        _, stderr = batch_run.communicate(timeout=180)
+        seconds = time.monotonic() - stopped
+    finally:
+        moto.kill()
+        silent.close()
+    assert batch_run.returncode == 1
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 2 and lines[0].startswith("Dask dashboard: "), stderr
+    assert lines[1].startswith("cloudseg: error: ") and "s3://masks/run" in lines[1]
+    assert "did not answer within 1 s" in lines[1]
+    no_dask_noise(stderr)
+    # The scene on its way, then one request's bound (3 x (1 s + 1 s) and back-off) or two.
+    assert seconds < 2 * (3 * (1 + 1) + 2) + STARTUP

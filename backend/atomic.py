@@ -368,8 +368,12 @@ def write_fault(exc: BaseException, since: int = 0) -> tuple[Path | None, str] |
         seen.append(link)
         if isinstance(link, OSError) and link.errno in WRITE_FAULTS:
             name = link.filename2 or link.filename
-            folder = Path(os.fsdecode(name)).parent if isinstance(name, (str, bytes)) else None
-            return folder, WRITE_FAULTS[link.errno]
+            path = Path(os.fsdecode(name)) if isinstance(name, (str, bytes)) else None
+            # Permission refused on a file that exists (and is not a rename's target) is
+            # a read, e.g. of an input: not the fault of a write.
+            denied = link.errno in (errno.EACCES, errno.EPERM)
+            if not (denied and link.filename2 is None and path is not None and path.exists()):
+                return (path.parent if path is not None else None), WRITE_FAULTS[link.errno]
         link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
     if len(_faults) > since:
         return _faults[-1]

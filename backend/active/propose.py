@@ -152,7 +152,7 @@ def propose(
             f"{path.name} does not record its scene (made by an earlier cloudseg); give the "
             "scene (--scene)"
         )
-    held = project.read(scene=key).proposals
+    held = project.read(scene=key, crs=crs).proposals  # on the raster's grid
     done = [p.box(transform) for p in held if p.status != "todo"]
     proposals = rank_boxes(doubt, box, count, done)
     project.replace_proposals(

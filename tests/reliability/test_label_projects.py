@@ -206,6 +206,28 @@ def test_labels_moved_into_another_crs_and_added_again_land_in_the_same_box(proj
     assert len(json.loads(done.stdout)["ingested"]) == 4
 
 
+def test_proposing_again_into_a_project_in_degrees_gives_the_same_boxes(project):
+    """New boxes avoid the labeled ones, and are written where the scene's grid says."""
+    import rasterio
+
+    from cloudseg.backend.active.project import LabelProject
+
+    def propose_again(gpkg: Path) -> list:
+        args = ["propose", "doubt.tif", gpkg.name, "--box", "64", "--count", "4"]
+        done = project.cli(*args, "--scene", "scene")
+        assert done.returncode == 0, done.stderr
+        with rasterio.open(project.root / SCENE) as ds:
+            read = LabelProject(gpkg).read(crs=ds.crs).proposals
+            boxes = [(p.status, p.box(ds.transform)) for p in read]
+        return sorted((status, b.row, b.col, b.size) for status, b in boxes)
+
+    shutil.copy(project.root / PROJECT, project.root / "degrees.gpkg")
+    _reproject(project.root / "degrees.gpkg", "EPSG:4326", ("labels", "proposals"))
+    boxes = propose_again(project.root / PROJECT)
+    assert [b[0] for b in boxes].count("todo") == 4
+    assert propose_again(project.root / "degrees.gpkg") == boxes
+
+
 @pytest.mark.parametrize(("layer", "srs_id"), [("labels", 0), ("labels", -1), ("proposals", -1)])
 def test_a_layer_without_a_crs_is_refused(project, layer, srs_id):
     """GeoPackage layers whose CRS was removed (srs_id 0: undefined geographic, -1)."""

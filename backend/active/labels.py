@@ -405,14 +405,27 @@ def raster_labels(
             holds values that are not the model's classes.
     """
     import rasterio
+
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise InputError(f"{path} does not exist")
+    try:
+        return _warped_labels(path, geometry, srs, classes)
+    except rasterio.errors.RasterioIOError as exc:
+        detail = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+        raise InputError(f"cannot read {path.name} as a class raster ({detail})") from None
+
+
+def _warped_labels(
+    path: Path, geometry: Any, srs: Any, classes: list[int]
+) -> tuple[np.ndarray, Any]:
+    """:func:`raster_labels` of a file that exists."""
+    import rasterio
     from rasterio.crs import CRS
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
     from rasterio.warp import calculate_default_transform
 
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise InputError(f"{path} does not exist")
     with rasterio.open(path) as ds:
         if ds.crs is None or srs is None:
             raise InputError(
@@ -468,6 +481,8 @@ def polygon_labels(
     from osgeo import ogr
 
     path = Path(source).expanduser()
+    if not path.exists():
+        raise InputError(f"{path} does not exist")
     with quiet_gdal():
         dataset = ogr.Open(str(path)) if path.is_file() else None
     if dataset is None or dataset.GetLayerCount() == 0:

@@ -424,7 +424,9 @@ def _user_polygons(path: Path, shapes: list[tuple[str, object]], srs: str | None
     return path
 
 
-@pytest.mark.parametrize("how", ["no-crs", "points", "far-away", "class-name", "random-bytes"])
+@pytest.mark.parametrize(
+    "how", ["no-crs", "points", "far-away", "class-name", "random-bytes", "random-bytes-raster"]
+)
 def test_a_label_file_that_cannot_label_the_box_is_refused(project, how):
     import rasterio
 
@@ -441,9 +443,11 @@ def test_a_label_file_that_cannot_label_the_box_is_refused(project, how):
         "far-away": ([(far, 1)], "EPSG:32632", "lies in the box"),
         "class-name": ([(square, "cloud")], "EPSG:32632", "not a class value"),
         "random-bytes": ([], None, "is not a raster or a vector file"),
+        "random-bytes-raster": ([], None, "cannot read mine.tif as a class raster"),
     }
     shapes, srs, words = cases[how]
-    if how == "random-bytes":
+    if how.startswith("random-bytes"):
+        source = source.with_suffix(".tif" if how.endswith("raster") else ".gpkg")
         source.write_bytes(np.random.default_rng(1).bytes(50_000))
     else:
         _user_polygons(source, shapes, srs)

@@ -35,7 +35,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..backend._version import __version__
 from ..backend.accounting import RunMeter
-from ..backend.atomic import atomic_path, claim
+from ..backend.atomic import atomic_path, claim, write_bytes
 from ..backend.callbacks import CancelCallback, ProgressCallback
 from ..backend.errors import CancelledError, InputError, ModelError, OutputExistsError
 from ..backend.models.cards import ModelCard, metric_entry
@@ -584,7 +584,7 @@ def _train(
             resolved, bands, classes, mean, std, init_card, module.val_metrics, val_scenes
         )
         card = replace(card, source=card.source | {"training_cost": cost.to_dict()})
-        (out / "cost.json").write_text(json.dumps(cost.to_dict(), indent=2) + "\n")
+        write_bytes(out / "cost.json", (json.dumps(cost.to_dict(), indent=2) + "\n").encode())
         logger.info("training cost: %s", cost.summary())
         model_path = save_model(module.network, card, resolved, out / MODEL_NAME)
         return TrainResult(

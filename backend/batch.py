@@ -795,10 +795,13 @@ def segment_batch(
 
     from .inference.segment import SegmentOptions
     from .models.registry import load_model
+    from .network import timeouts
 
     started = time.perf_counter()
     options = dict(options or {})
     SegmentOptions(**options)  # a bad option fails here, not on every worker
+    for service in ("http", "s3"):
+        timeouts(service)  # a bad network limit too
     model = options.get("model")
     sha = load_model(model).sha256 if model else "auto"
     key = settings_key(options, sha)
@@ -1014,7 +1017,7 @@ def _check_not_input(
         for given in files:
             if given.resolve() == target or (target.exists() and _same_file(given, target)):
                 raise InputError(
-                    f"the output {target} would replace the input {given}; choose another "
+                    f"the output {target} would replace its input {given}; choose another "
                     "output folder"
                 )
     for scene in scenes:

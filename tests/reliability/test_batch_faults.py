@@ -472,7 +472,7 @@ def test_a_stac_file_in_the_output_folder_is_never_replaced(workspace, listing, 
     (masks / listing).write_text(json.dumps(item))
     before = workspace.snapshot()
     line = error_line(batch(workspace, f"masks/{listing}", "--out", "masks", "--overwrite"))
-    assert f"would replace the input masks/{listing}" in line
+    assert f"would replace its input masks/{listing}" in line
     assert workspace.snapshot() == before
 
 
@@ -536,3 +536,17 @@ def test_an_s3_output_that_stops_answering_mid_run_stops_the_batch_with_one_line
     no_dask_noise(stderr)
     # The scene on its way, then one request's bound (3 x (1 s + 1 s) and back-off) or two.
     assert seconds < 2 * (3 * (1 + 1) + 2) + STARTUP
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("CLOUDSEG_READ_TIMEOUT", "soon"), ("CLOUDSEG_CONNECT_TIMEOUT", "0"),
+     ("CLOUDSEG_NETWORK_RETRIES", "-1")],
+)  # fmt: skip
+def test_a_bad_network_limit_is_one_line(workspace, scenes, silent_server, variable, value):
+    workspace.env |= {variable: value, "MINIO_ACCESS_KEY": "key", "MINIO_SECRET_KEY": "secret"}
+    before = workspace.snapshot()
+    args = [scenes, "--out", "s3://bucket/masks", "--endpoint-url", silent_server]
+    line = error_line(batch(workspace, *args, timeout=60))
+    assert variable in line and value in line
+    assert workspace.snapshot() == before

@@ -4,7 +4,8 @@ Both offer the same small interface (bytes by key, listing, deleting, and a
 ``MutableMapping`` that zarr uses as its store), so ingestion and training code never
 care which one they write to. S3 goes through boto3 with an endpoint URL and
 credentials from the environment or a ``.env`` file; credentials never appear in
-messages.
+messages. Its connect and read timeouts and retries are the network policy of
+:mod:`cloudseg.backend.network`.
 
 zarr's own fsspec/s3fs route is not used: s3fs brings aiobotocore, which pins botocore
 versions that conflict with boto3's, and the errors it raises for bad credentials or a

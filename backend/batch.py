@@ -36,6 +36,7 @@ the loopback interface only, with TLS and a key made for the run where
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import glob
@@ -317,7 +318,7 @@ def _local_identity(source: str) -> str:
 
 
 def find_scenes(inputs: list[str], work: Path, endpoint_url: str | None = None) -> list[BatchScene]:
-    """Every scene the inputs name (see module doc), in order, each with its identity.
+    """Every scene the inputs name (see module doc), in order.
 
     Args:
         inputs: Folders, patterns, list files, STAC files, S3 prefixes.
@@ -362,15 +363,19 @@ def find_scenes(inputs: list[str], work: Path, endpoint_url: str | None = None) 
             )
         seen[scene.scene.casefold()] = scene
     unique = list({s.scene.casefold(): s for s in scenes}.values())
-    return [s if s.identity else _with_identity(s) for s in unique]
+    return [s if s.identity else _absolute(s) for s in unique]
 
 
-def _with_identity(scene: BatchScene) -> BatchScene:
-    """The scene with its identity, and its path absolute (workers have their own cwd)."""
+def _absolute(scene: BatchScene) -> BatchScene:
+    """The scene with its path absolute (workers have their own cwd).
+
+    Its identity is taken on the worker (:func:`segment_scene`), in parallel, from the
+    files it reads anyway.
+    """
     source = scene.source
     if "://" not in source and not source.startswith("/vsi"):
         source = str(Path(source).expanduser().absolute())
-    return BatchScene(scene.scene, source, _local_identity(source), scene.bands)
+    return BatchScene(scene.scene, source, scene.identity, scene.bands)
 
 
 # -- where the outputs go ------------------------------------------------------------------
@@ -546,6 +551,8 @@ def segment_scene(
     record with the one-line reason; an output that cannot be written gives one with
     ``store_error`` set (the batch stops); anything else raises, for Dask to retry.
     """
+    if not scene.identity:
+        scene = dataclasses.replace(scene, identity=_local_identity(scene.source))
     record: dict[str, Any] = {
         "scene": scene.scene, "source": scene.source, "key": key, "input": scene.identity,
         "worker": f"{socket.gethostname()}:{os.getpid()}",

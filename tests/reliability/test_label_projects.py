@@ -513,13 +513,21 @@ def test_a_fine_tune_killed_after_publishing_its_version_is_recorded_by_the_next
 
 
 @pytest.mark.slow
-def test_a_fine_tune_killed_while_registering_leaves_nothing_after_the_next(project):
-    models = Path(project.env["CLOUDSEG_MODELS_DIR"])
-    _kill_when(project, lambda: any(p.name.endswith(".part") for p in models.iterdir()))
+@pytest.mark.parametrize("moment", ["registering", "storing"])
+def test_a_fine_tune_killed_before_publishing_leaves_nothing_after_the_next(project, moment):
+    """Killed while its version is copied in, or while the boxes go to the store."""
+    from cloudseg.backend.store.dataset import open_dataset
+
+    models, tmp = Path(project.env["CLOUDSEG_MODELS_DIR"]), Path(project.env["TMPDIR"])
+    if moment == "registering":
+        _kill_when(project, lambda: any(p.name.endswith(".part") for p in models.iterdir()))
+    else:
+        _kill_when(project, lambda: any(p.name.startswith(".cloudseg-") for p in tmp.iterdir()))
     assert not (models / "coast-r1.pt.card.json").exists()
-    assert _leftovers(project)  # the killed run's .part, working folder and lock
+    assert _leftovers(project)  # the killed run's temporaries, working folder and lock
     tuned = project.cli("fine-tune", PROJECT, SCENE, "--steps", "2", "-q", timeout=300)
     assert tuned.returncode == 0, tuned.stderr
     assert _rounds(project.root / PROJECT) == [(1, "coast-r1")]
     assert sorted(p.name for p in models.iterdir()) == ["coast-r1.pt", "coast-r1.pt.card.json"]
     assert _leftovers(project) == []
+    assert len(open_dataset(project.root / "coast-store").scenes()) == 4

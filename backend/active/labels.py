@@ -204,7 +204,8 @@ def check_labels(
     - a label polygon that lies outside the scene and outside every box of the project
       (a layer whose CRS is wrong, or polygons moved): they would label nothing, and
       the boxes they were drawn for would be stored clear;
-    - a label polygon in a done box whose class the model does not have.
+    - a label polygon in a done box without a class, or with one the model does not
+      have.
 
     Raises:
         InputError: As above.
@@ -238,6 +239,12 @@ def check_labels(
         )
     known = {c.value: c.name for c in card.classes}
     for proposal, _ in boxes:
+        for fid, b in contents.unclassed:
+            if _touch(b, proposal.bounds):
+                raise InputError(
+                    f"label polygon {fid} in box {proposal.fid} of {project.path.name} has no "
+                    "class; give it one or delete it, nothing was stored"
+                )
         for fid, b, (_, value) in zip(contents.label_ids, where, contents.labels, strict=True):
             if value not in known and _touch(b, proposal.bounds):
                 raise InputError(

@@ -327,6 +327,8 @@ class ProjectContents:
         rounds: The fine-tuning rounds, first first.
         layers: The GeoPackage's layer names.
         label_ids: The label polygons' feature ids, in the order of ``labels``.
+        unclassed: ``(feature id, (xmin, ymin, xmax, ymax))`` of label polygons without
+            a class (not in ``labels``; refused where they lie in a box being stored).
         crs: The CRS the geometries were read in (None: each layer's own).
         read_for: The scene whose proposals were read (None: all).
     """
@@ -336,6 +338,7 @@ class ProjectContents:
     rounds: list[Round] = field(default_factory=list)
     layers: set[str] = field(default_factory=set)
     label_ids: list[int] = field(default_factory=list)
+    unclassed: list[tuple[int, tuple[float, float, float, float]]] = field(default_factory=list)
     crs: Any = None
     read_for: str | None = None
 
@@ -549,13 +552,15 @@ class LabelProject:
                     if key is None or found.scene == key:
                         contents.proposals.append(found)
             if labels:
-                shapes = self._label_shapes(dataset, crs)
+                shapes = self._label_shapes(dataset, crs, contents.unclassed)
                 contents.label_ids = [fid for fid, _, _ in shapes]
                 contents.labels = [(shape, value) for _, shape, value in shapes]
             contents.rounds = _read_rounds(dataset.GetLayerByName(ROUNDS_LAYER))
         return contents
 
-    def _label_shapes(self, dataset: Any, crs: Any) -> list[tuple[int, dict[str, Any], int]]:
+    def _label_shapes(
+        self, dataset: Any, crs: Any, unclassed: list[Any]
+    ) -> list[tuple[int, dict[str, Any], int]]:
         layer = dataset.GetLayerByName(LABELS_LAYER)
         if layer is None:
             if dataset.GetLayerByName(PROPOSALS_LAYER) is None:
@@ -564,7 +569,8 @@ class LabelProject:
                 f"{self.path.name} has no labels layer (its boxes would all read as clear); "
                 "it was deleted or renamed: restore it, or propose into a new project"
             )
-        return _class_shapes(layer, self.path, self._transform_from(layer, crs))
+        transformation = self._transform_from(layer, crs)
+        return _class_shapes(layer, self.path, transformation, unclassed)
 
     def rounds(self) -> list[Round]:
         """The fine-tuning rounds, first first (empty before the first)."""
@@ -892,13 +898,14 @@ def _stored_proposal(feature: Any, transformation: Any, path: Path) -> StoredPro
 
 
 def _class_shapes(
-    layer: Any, path: Path, transformation: Any = None
+    layer: Any, path: Path, transformation: Any = None, unclassed: list[Any] | None = None
 ) -> list[tuple[int, dict[str, Any], int]]:
     """A layer's class polygons as ``(feature id, GeoJSON geometry, class value)``.
 
     Features without a geometry or a class are not counted (a polygon still being
-    drawn); every other one is checked: a polygon, a whole class number 0-255, and
-    coordinates that move into the target CRS.
+    drawn; those without a class go to ``unclassed`` as ``(fid, bounds)``); every other
+    one is checked: a polygon, a whole class number 0-255, and coordinates that move
+    into the target CRS.
     """
     name = layer.GetName()
     if layer.GetLayerDefn().GetFieldIndex("class") < 0:
@@ -909,9 +916,15 @@ def _class_shapes(
         what = f"polygon {fid} of the {name} layer of {path.name}"
         value = class_value(feature.GetField("class"), what)
         shape = polygonal(feature.GetGeometryRef(), what)
-        if shape is None or value is None:
+        if shape is None:
             continue
-        found.append((fid, json.loads(moved(shape, transformation, what).ExportToJson()), value))
+        shape = moved(shape, transformation, what)
+        if value is None:
+            if unclassed is not None:
+                xmin, xmax, ymin, ymax = shape.GetEnvelope()
+                unclassed.append((fid, (xmin, ymin, xmax, ymax)))
+            continue
+        found.append((fid, json.loads(shape.ExportToJson()), value))
     return found
 
 

@@ -280,6 +280,7 @@ def test_labels_that_fall_outside_the_scene_are_refused_not_stored_clear(project
         (-1, "class -1, not a class value"),
         (7, "class 7, which ukis-csmask-4b-l1c does not have"),
         (255, "class 255, which ukis-csmask-4b-l1c does not have"),
+        ("NULL", "has no class"),
     ],
 )
 def test_a_class_the_model_lacks_stores_nothing(project, value, words):

@@ -285,14 +285,21 @@ def _cmd_labels_to_store(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(
+            f"{result.store}: {len(result.ingested)} labeled box(es) added, "
+            f"{len(result.skipped)} already there, {len(result.failed)} failed"
+        )
+    if not result.failed:
         return 0
-    print(
-        f"{result.store}: {len(result.ingested)} labeled box(es) added, "
-        f"{len(result.skipped)} already there, {len(result.failed)} failed"
-    )
     for scene, reason in result.failed:
-        print(f"  {scene}: {reason}", file=sys.stderr)
-    return 1 if result.failed else 0
+        print(f"not added: {scene}: {reason}", file=sys.stderr)
+    print(
+        f"cloudseg: error: {len(result.failed)} labeled box(es) were not added to "
+        f"{result.store}; the boxes added are kept, run the command again to add the rest",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _add_propose_parser(sub: Any) -> None:

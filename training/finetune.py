@@ -54,6 +54,7 @@ from ..backend.models.cards import ModelCard, metric_entry
 from ..backend.models.registry import (
     clean_models_dir,
     free_model_name,
+    load_checkpoint,
     load_model,
     models_dir,
     register_model,
@@ -538,7 +539,7 @@ def _register(model_path: Path, card: ModelCard, work: Path) -> Any:
     """Register the trained checkpoint under the version's card (also inside the file)."""
     import torch
 
-    checkpoint = torch.load(model_path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint(model_path)
     checkpoint["card"] = card.to_dict()
     final = work / "registered" / f"{card.name}.pt"
     final.parent.mkdir()

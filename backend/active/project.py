@@ -282,6 +282,7 @@ class StoredProposal:
         labeled_by: Who marked it done (None unless labeled).
         labeled_at: When.
         bounds: ``(xmin, ymin, xmax, ymax)`` in the project's CRS.
+        area_km2: The box's area on the ground (whatever CRS its layer is in).
     """
 
     fid: int
@@ -294,6 +295,7 @@ class StoredProposal:
     labeled_by: str | None
     labeled_at: str | None
     bounds: tuple[float, float, float, float]
+    area_km2: float = 0.0
 
     def box(self, transform: Any) -> Box:
         """The box on the grid of ``transform`` (the scene's)."""
@@ -360,7 +362,7 @@ class ProjectContents:
         """Done / proposed, skipped, and the area labeled: one line for the analyst."""
         done = self.with_status("labeled")
         skipped = len(self.with_status("skipped"))
-        km2 = sum((b[2] - b[0]) * (b[3] - b[1]) for b in (p.bounds for p in done)) / 1e6
+        km2 = sum(p.area_km2 for p in done)
         return (
             f"Done {len(done)} / {len(self.proposals) - skipped} proposed"
             + (f", {skipped} skipped" if skipped else "")
@@ -548,7 +550,9 @@ class LabelProject:
                 self._check_proposal_fields(layer)
                 transformation = self._transform_from(layer, crs)
                 for feature in layer:
-                    found = _stored_proposal(feature, transformation, self.path)
+                    found = _stored_proposal(
+                        feature, transformation, self.path, layer.GetSpatialRef()
+                    )
                     if key is None or found.scene == key:
                         contents.proposals.append(found)
             if labels:
@@ -872,8 +876,13 @@ def _labels_layer(dataset: Any, srs: Any) -> Any:
     return layer
 
 
-def _stored_proposal(feature: Any, transformation: Any, path: Path) -> StoredProposal:
-    """A proposal's row, its bounds in the CRS ``transformation`` leads to (None: stored)."""
+def _stored_proposal(
+    feature: Any, transformation: Any, path: Path, srs: Any = None
+) -> StoredProposal:
+    """A proposal's row, its bounds in the CRS ``transformation`` leads to (None: stored).
+
+    ``srs`` is the layer's own CRS, in which the box's ground area is measured.
+    """
     values = feature.items()
     fid = feature.GetFID()
     what = f"proposal {fid} of {path.name}"
@@ -894,7 +903,33 @@ def _stored_proposal(feature: Any, transformation: Any, path: Path) -> StoredPro
         labeled_by=values.get("labeled_by"),
         labeled_at=values.get("labeled_at"),
         bounds=(xmin, ymin, xmax, ymax),
+        area_km2=ground_area_km2(feature.GetGeometryRef(), srs),
     )
+
+
+def ground_area_km2(geometry: Any, srs: Any) -> float:
+    """The area of an OGR ``geometry`` in ``srs`` on the ground, km².
+
+    Measured in a Lambert azimuthal equal-area projection centred on the geometry, so a
+    layer in degrees (EPSG:4326) or in Web Mercator gives the area a UTM layer gives;
+    without a CRS, in the geometry's own units (pixels of an unreferenced scene).
+    """
+    from osgeo import osr
+
+    if srs is None or not (srs.IsProjected() or srs.IsGeographic()):
+        return geometry.GetArea() / 1e6
+    source = srs.Clone()
+    source.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    degrees = source.CloneGeogCS()
+    degrees.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    centre = geometry.Centroid()
+    centre.Transform(osr.CoordinateTransformation(source, degrees))
+    equal_area = osr.SpatialReference()
+    equal_area.SetLAEA(centre.GetY(), centre.GetX(), 0, 0)
+    equal_area.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    on_ground = geometry.Clone()
+    on_ground.Transform(osr.CoordinateTransformation(source, equal_area))
+    return on_ground.GetArea() / 1e6
 
 
 def _class_shapes(

@@ -6,7 +6,13 @@ import pytest
 from osgeo import ogr, osr
 from rasterio.crs import CRS
 
-from cloudseg.backend.active.project import class_value, layer_transform, moved, polygonal
+from cloudseg.backend.active.project import (
+    class_value,
+    ground_area_km2,
+    layer_transform,
+    moved,
+    polygonal,
+)
 from cloudseg.backend.errors import InputError
 
 
@@ -91,3 +97,14 @@ def test_labels_are_polygons(wkt, ok):
     else:
         with pytest.raises(InputError, match="not a polygon"):
             polygonal(shape, "x")
+
+
+@pytest.mark.parametrize("code", [32632, 4326, 3857])
+def test_a_box_s_ground_area_is_the_same_in_any_crs_of_its_layer(code):
+    """The dock's "km² labeled" of a project reprojected to degrees is not 0.00."""
+    square = ogr.CreateGeometryFromWkt(
+        "POLYGON((500000 5290000,501920 5290000,501920 5288080,500000 5288080,500000 5290000))"
+    )
+    there = moved(square, layer_transform(_srs(32632), _srs(code), "l"), "square")
+    area = ground_area_km2(there, _srs(code))
+    assert area == pytest.approx(1.92 * 1.92, rel=2e-3)  # UTM's scale factor: 0.08 %

@@ -379,9 +379,15 @@ def _absolute(scene: BatchScene) -> BatchScene:
 
 
 # -- where the outputs go ------------------------------------------------------------------
+#: Options that never change a mask (column blocks give byte-identical outputs), so a
+#: re-run with another value resumes rather than redoing every scene.
+SAME_MASK_OPTIONS = frozenset({"max_memory_mib"})
+
+
 def settings_key(options: dict[str, Any], model_sha: str) -> str:
     """A short hash of everything that changes a mask: the model file and the options."""
-    text = json.dumps({"model": model_sha, "options": options}, sort_keys=True, default=str)
+    kept = {name: value for name, value in options.items() if name not in SAME_MASK_OPTIONS}
+    text = json.dumps({"model": model_sha, "options": kept}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

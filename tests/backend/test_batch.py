@@ -184,3 +184,12 @@ def test_workers_share_the_cores_and_each_gpu_takes_one_scene_at_a_time():
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0"]
     assert all(e["CLOUDSEG_THREADS"] == "5" for e in envs)
     assert "CUDA_VISIBLE_DEVICES" not in worker_environments(2, 1, gpus=0)[0]
+
+
+def test_a_memory_budget_does_not_change_the_settings_key_but_a_threshold_does():
+    """Column blocks give the same masks: a re-run with another budget resumes."""
+    from cloudseg.backend.batch import settings_key
+
+    base = {"resolution": "native"}
+    assert settings_key(base | {"max_memory_mib": 900.0}, "m") == settings_key(base, "m")
+    assert settings_key(base | {"cloud_threshold": 0.3}, "m") != settings_key(base, "m")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import shutil
+import socket
 import subprocess
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +143,33 @@ def make_safe():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.make_safe
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """``http://127.0.0.1:PORT``: a server that accepts connections and never answers.
+
+    A hung S3 endpoint or asset server: every read from it must time out.
+    """
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    server.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])  # open, and silent
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    server.close()

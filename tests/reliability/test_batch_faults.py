@@ -17,9 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,33 +42,6 @@ def scenes(batch_scenes, tmp_path) -> Path:
     for name in ("adwp-top", "adwu-top", "adxp-bottom"):
         shutil.copy2(batch_scenes / f"{name}.tif", folder / f"{name}.tif")
     return folder
-
-
-@pytest.fixture
-def silent_server() -> Iterator[str]:
-    """``http://127.0.0.1:PORT``: a server that accepts connections and never answers."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    server.settimeout(0.2)
-    held, stop = [], threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = server.accept()
-            except OSError:
-                continue
-            held.append(connection)  # open, and silent
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for connection in held:
-        connection.close()
-    server.close()
 
 
 def batch(workspace, *args, timeout: float = 300) -> subprocess.CompletedProcess:

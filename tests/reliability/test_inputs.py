@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
 import numpy as np
@@ -111,39 +109,12 @@ def test_safe_metadata_pointing_outside_the_product_is_refused(workspace, make_s
     assert workspace.snapshot() == before
 
 
-@pytest.fixture
-def silent_endpoint():
-    """A TCP server that accepts connections and never answers (a hung S3 endpoint)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for connection in held:
-        connection.close()
-    server.close()
-
-
 #: A real labeled dataset to ingest (CloudSEN12 scenes).
 DATASET = "cloudsen12_figures"
 
 
 def test_an_s3_endpoint_that_never_answers_times_out_with_one_line(
-    workspace, silent_endpoint, real_data
+    workspace, silent_server, real_data
 ):
     workspace.env |= {
         "CLOUDSEG_S3_READ_TIMEOUT": "1",
@@ -154,7 +125,7 @@ def test_an_s3_endpoint_that_never_answers_times_out_with_one_line(
     start = time.monotonic()
     line = error_line(
         workspace.cli(
-            "ingest", real_data / DATASET, "s3://bucket/store", "--endpoint-url", silent_endpoint
+            "ingest", real_data / DATASET, "s3://bucket/store", "--endpoint-url", silent_server
         )
     )
     assert "did not answer within 1 s" in line

@@ -239,8 +239,7 @@ def _band_vrt(scene: BatchScene, folder: Path) -> str:
     """
     from osgeo import gdal
 
-    from .network import configure_gdal
-    from .store.storage import redact
+    from .network import configure_gdal, redact
 
     configure_gdal()
     paths = [_gdal_path(href) for _, href in scene.bands]
@@ -257,7 +256,7 @@ def _band_vrt(scene: BatchScene, folder: Path) -> str:
             if opened is None:
                 reason = (message or "cannot be opened").splitlines()[0]
                 raise InputError(
-                    f"band asset {name} of Item {scene.scene} ({redact(href.split('?')[0])}) "
+                    f"band asset {name} of Item {scene.scene} ({redact(href, query=False)}) "
                     f"cannot be read: {reason}"
                 )
             opened = None

@@ -159,7 +159,7 @@ def download(url: str, target: Path) -> None:
 
     limits = timeouts("http")
     wait = max(limits.connect, limits.read)  # urllib has one socket timeout for both
-    shown = _shown(url)
+    shown = redact(url, query=False)
     last = ""
     for attempt in range(limits.attempts):
         if attempt:
@@ -184,14 +184,28 @@ def download(url: str, target: Path) -> None:
     raise InputError(f"{last}; tried {limits.attempts} time(s)")
 
 
-def _shown(url: str) -> str:
-    """``url`` with any ``user:secret@`` hidden and any query string (signatures) cut."""
+def redact(url: str, query: bool = True) -> str:
+    """``url`` as it may be shown in a message: never its credentials.
+
+    Any ``user:secret@`` becomes ``***@``; without ``query``, the query string (the
+    signature of a signed URL) and the fragment are cut too.
+    """
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    netloc = f"***@{netloc}" if "@" in parts.netloc else netloc
-    return urlunsplit(parts._replace(netloc=netloc, query="", fragment=""))
+    if "@" in parts.netloc:  # never echo credentials
+        parts = parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[-1])
+    if not query:
+        parts = parts._replace(query="", fragment="")
+    return urlunsplit(parts)
 
 
-__all__ = ["Timeouts", "boto_config", "configure_gdal", "download", "gdal_options", "timeouts"]
+__all__ = [
+    "Timeouts",
+    "boto_config",
+    "configure_gdal",
+    "download",
+    "gdal_options",
+    "redact",
+    "timeouts",
+]

@@ -637,13 +637,10 @@ def _refuse_url(text: str) -> None:
 
     if not (re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) or text.startswith("/vsi")):
         return
-    from urllib.parse import urlsplit, urlunsplit
+    from ..network import redact
 
-    parts = urlsplit(text)
-    if "@" in parts.netloc:  # never echo credentials
-        text = urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[-1]))
     raise InputError(
-        f"{text} is not a local file or folder: cloudseg reads a scene from disk; download "
+        f"{redact(text)} is not a local file or folder: cloudseg reads a scene from disk; download "
         "it first (e.g. gdal_translate or curl), or give a local .vrt that points at it"
     )
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import atomic
 from ..errors import InputError
+from ..network import redact
 
 
 class StorageError(InputError):
@@ -312,16 +313,6 @@ def _environment(env_file: str | Path | None) -> dict[str, str]:
 
         values = {k: v for k, v in dotenv_values(env_file).items() if v} | values
     return values
-
-
-def redact(url: str) -> str:
-    """``url`` with any ``user:secret@`` replaced by ``***@``: never echo credentials."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 def is_s3_error(exc: BaseException) -> bool:

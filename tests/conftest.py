@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -142,6 +143,24 @@ def multiband(band_folder, tmp_path_factory) -> Path:
     return stack_bands(band_folder, tmp_path_factory.mktemp("mb") / "chip.tif", BANDS)
 
 
+def start_moto(port: int, **popen: Any) -> subprocess.Popen:
+    """A real moto S3 server on ``127.0.0.1:port``, started and answering."""
+    import time
+    import urllib.request
+
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        **popen,
+    )
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    return server
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 endpoint over HTTP: moto's server on 127.0.0.1, with IAM auth on.
@@ -150,8 +169,6 @@ def s3_server(tmp_path_factory):
     other credentials are refused, as MinIO or AWS would refuse them.
     """
     import socket
-    import time
-    import urllib.request
 
     import boto3
 
@@ -160,19 +177,11 @@ def s3_server(tmp_path_factory):
         port = probe.getsockname()[1]
     endpoint = f"http://127.0.0.1:{port}"
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3"),
-        stdout=log,
+    server = start_moto(
+        port, env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3"), stdout=log,
         stderr=subprocess.STDOUT,
-    )
+    )  # fmt: skip
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
         setup = {"endpoint_url": endpoint, "region_name": "us-east-1"}
         iam = boto3.client("iam", aws_access_key_id="setup", aws_secret_access_key="setup", **setup)
         iam.create_user(UserName="cloudseg")

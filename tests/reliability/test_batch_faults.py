@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from ..conftest import start_moto
 from .conftest import error_line, snapshot
 
 pytestmark = pytest.mark.real_data
@@ -450,8 +451,6 @@ def test_a_stac_file_in_the_output_folder_is_never_replaced(workspace, listing, 
 def test_an_s3_output_that_stops_answering_mid_run_stops_the_batch_with_one_line(
     workspace, batch_scenes, tmp_path
 ):
-    import sys
-    import urllib.request
 
     import boto3
 
@@ -459,18 +458,9 @@ def test_an_s3_output_that_stops_answering_mid_run_stops_the_batch_with_one_line
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     endpoint = f"http://127.0.0.1:{port}"
-    moto = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    moto = start_moto(port, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     silent = socket.socket()
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
         keys = {"aws_access_key_id": "key", "aws_secret_access_key": "secret"}
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys)
         s3.create_bucket(Bucket="masks")

@@ -104,6 +104,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         valid=args.valid,
         buffer_cloud_m=args.buffer_cloud,
         buffer_shadow_m=args.buffer_shadow,
+        stac_item=args.stac_item,
     )
     with percent_bar(args.quiet) as bar:
         result = segment(args.input, args.output, options, progress=bar_progress(bar))
@@ -116,6 +117,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         print(f"valid pixels: {result.valid} ({result.usable_percent:.1f} % of the data usable)")
     if result.accounting:
         print(f"cost: {result.accounting['summary']}")
+    if result.stac_item is not None:
+        print(f"STAC Item: {result.stac_item}")
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
@@ -392,8 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="find clouds and cloud shadows in a Sentinel-2 scene",
         description="Write a class GeoTIFF (COG): 0 clear, 1 cloud, 2 cloud shadow, "
         "255 nodata. INPUT is a multi-band raster whose band descriptions "
-        "name the bands, a folder of band files (B02.tif ...), or a SAFE "
-        "product (.SAFE folder or .zip).",
+        "name the bands, a folder of band files (B02.tif ...), a SAFE "
+        "product (.SAFE folder or .zip), or a STAC Item (.json file or https:// URL: "
+        "its B02, B03... assets, else its image asset).",
     )
     seg.add_argument("input", metavar="INPUT")
     seg.add_argument("output", metavar="OUTPUT", help="class raster to write (.tif)")
@@ -454,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_BUFFER_SHADOW_M,
         metavar="M",
         help=f"buffer around cloud shadow, metres (default {DEFAULT_BUFFER_SHADOW_M:g})",
+    )
+    seg.add_argument(
+        "--stac-item",
+        metavar="PATH",
+        help="also write a STAC Item (.json) of the outputs: geometry, datetime, "
+        "eo:cloud_cover, classes, checksums, model and its accuracy",
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_output_flags(seg)

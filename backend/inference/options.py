@@ -142,6 +142,8 @@ class SegmentOptions(RunOptions):
             buffer, 255 no data; see ``inference.valid``).
         buffer_cloud_m: Buffer grown around cloud in the valid mask, metres.
         buffer_shadow_m: Buffer grown around cloud shadow in the valid mask, metres.
+        stac_item: Also write the outputs' STAC Item here (see ``inference.stac_item``),
+            published with them.
     """
 
     probabilities: Path | None = None
@@ -156,6 +158,7 @@ class SegmentOptions(RunOptions):
     valid: Path | None = None
     buffer_cloud_m: float = choices.DEFAULT_BUFFER_CLOUD_M
     buffer_shadow_m: float = choices.DEFAULT_BUFFER_SHADOW_M
+    stac_item: Path | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -169,6 +172,8 @@ class SegmentOptions(RunOptions):
             self.uncertainty = Path(self.uncertainty).expanduser()
         if self.valid is not None:
             self.valid = Path(self.valid).expanduser()
+        if self.stac_item is not None:
+            self.stac_item = Path(self.stac_item).expanduser()
         from .valid import buffer_pixels
 
         for metres in (self.buffer_cloud_m, self.buffer_shadow_m):

@@ -3,15 +3,16 @@
 :class:`SegmentOutputs` is the run's one writer: the class raster and the probabilities
 are written block row by block row under hidden temporary names, polygons are traced
 from the temporary class raster, the rasters become Cloud-Optimized GeoTIFFs, and only
-then is every output renamed onto its target, the statistics last but one and the mask
-last. A failure or cancel at any moment removes every temporary file and leaves earlier
-results untouched.
+then is every output renamed onto its target: the statistics and the STAC Item before
+the mask, which comes last. A failure or cancel at any moment removes every temporary
+file and leaves earlier results untouched.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
@@ -317,8 +318,19 @@ class SegmentOutputs:
             self._staged.append((staged, self.options.valid))
         self._classes_staged = to_cog(self._classes_tmp, self.output, "NEAREST")
 
-    def publish(self, stats: dict[str, Any] | None, cancelled: CancelCallback) -> None:
-        """Rename every staged output onto its target: the statistics, then the mask last.
+    def publish(
+        self,
+        stats: dict[str, Any] | None,
+        cancelled: CancelCallback,
+        item: Callable[[dict[Path, Path]], bytes] | None = None,
+    ) -> None:
+        """Rename every staged output onto its target: the statistics, the Item, the mask last.
+
+        Args:
+            stats: The statistics JSON (written where ``options.stats`` says).
+            cancelled: Polled once more before anything is renamed.
+            item: Makes the STAC Item's JSON (written where ``options.stac_item`` says)
+                from ``{final path: staged path}`` of every other output, complete.
 
         Raises:
             CancelledError: If ``cancelled()`` says so before anything is renamed.
@@ -329,6 +341,10 @@ class SegmentOutputs:
             stats_tmp.write_text(json.dumps(stats, indent=2), encoding="utf-8")
         assert self._classes_staged is not None, "stage() first"
         self._staged.append((self._classes_staged, self.output))
+        if item is not None and self.options.stac_item is not None:
+            item_tmp = atomic.temporary_sibling(self.options.stac_item)
+            self._staged.insert(-1, (item_tmp, self.options.stac_item))  # the mask stays last
+            item_tmp.write_bytes(item({final: tmp for tmp, final in self._staged}))
         if cancelled():  # the last chance before anything looks like a result
             raise CancelledError("cancelled; no output was written")
         atomic.publish(self._staged)

@@ -14,8 +14,10 @@ are lost; see docs/accuracy.md).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,10 +30,12 @@ from ..errors import InputError
 from ..models.cards import ModelCard
 from ..raster.bands import band_from_filename
 from ..raster.reader import MAX_REFLECTANCE, SceneReader, check_reflectance
+from ..raster.stac_input import SourceItem, is_item_input, local_source, read_item
 from .engine import NODATA, RunPlan, open_input, plan_reader, reader_rows
 from .options import RunOptions, SegmentOptions
 from .outputs import SegmentOutputs, provenance_tags
 from .runners import Runner
+from .stac_item import item_bytes, mask_item, scene_time
 
 __all__ = ["NODATA", "RunOptions", "SegmentOptions", "SegmentResult", "load_classes", "segment"]
 
@@ -66,11 +70,19 @@ class SegmentResult:
     #: The valid-pixel mask, and the share of the scene's data pixels it keeps.
     valid: Path | None = None
     usable_percent: float | None = None
+    #: When the scene was acquired (ISO 8601, None where the source does not say), and
+    #: how that was found (see :func:`.stac_item.scene_time`).
+    acquired: str | None = None
+    acquired_from: str = ""
+    #: The STAC Item written (see :mod:`.stac_item`), and the one the input was read from.
+    stac_item: Path | None = None
+    source_item: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result as JSON-serialisable data."""
         data = asdict(self)
-        for key in ("output", "probabilities", "stats_path", "polygons", "uncertainty", "valid"):
+        paths = ("output", "probabilities", "stats_path", "polygons", "uncertainty", "valid")
+        for key in (*paths, "stac_item"):
             data[key] = str(data[key]) if data[key] else None
         data["megapixels_per_second"] = round(self.width * self.height / 1e6 / self.seconds, 3)
         return data
@@ -124,14 +136,23 @@ OUTPUT_SUFFIXES = {
     "--stats": (".json",),
     "--uncertainty": (".tif", ".tiff"),
     "--valid": (".tif", ".tiff"),
+    "--stac-item": (".json",),
 }
 
 
-def _check_outputs(reader: SceneReader, output: Path, options: SegmentOptions) -> dict[str, Path]:
-    """Check the run's outputs against each other and every file the scene reads."""
+def _check_outputs(
+    reader: SceneReader, output: Path, options: SegmentOptions, item: SourceItem | None
+) -> dict[str, Path]:
+    """Check the run's outputs against each other and every file the scene reads.
+
+    ``item``: the STAC Item the input is (its file and local assets are inputs too).
+    """
     inputs = [reader.path] + [
         Path(s.path) for s in reader.sources.values() if not s.path.startswith("/vsi")
     ]
+    if item is not None:
+        files = [item.href.split("#", 1)[0], *item.hrefs()]
+        inputs += [Path(f) for f in files if "://" not in f]
     return check_outputs(
         {
             "OUTPUT": output,
@@ -140,6 +161,7 @@ def _check_outputs(reader: SceneReader, output: Path, options: SegmentOptions) -
             "--stats": options.stats,
             "--uncertainty": options.uncertainty,
             "--valid": options.valid,
+            "--stac-item": options.stac_item,
         },
         inputs,
         options.overwrite,
@@ -165,7 +187,9 @@ def segment(
     were.
 
     Args:
-        input_path: Multi-band raster, folder of band files, or SAFE product.
+        input_path: Multi-band raster, folder of band files, SAFE product, or STAC Item
+            (a ``.json`` file or an http(s) URL: its band assets or image asset, see
+            :mod:`cloudseg.backend.raster.stac_input`).
         output_path: Where the class GeoTIFF (COG) goes.
         options: Run options; defaults pick the model automatically.
         progress: Called with (percent 0-100, message) as work proceeds.
@@ -179,15 +203,22 @@ def segment(
             (without ``overwrite``), a model that does not fit, or cancellation.
     """
     options = options or SegmentOptions()
+    original = input_path
     progress = progress or no_progress
     cancelled = cancelled or never_cancelled
     output = Path(output_path).expanduser()
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
+        item = None
+        if is_item_input(input_path):
+            item = read_item(input_path)
+            work = stack.enter_context(tempfile.TemporaryDirectory(prefix="cloudseg-item-"))
+            input_path = local_source(item, Path(work))
         reader = stack.enter_context(open_input(input_path, options, options.bounds))
         # The contract (backend.atomic) before the model loads: no output is an input or
         # another output, every folder is writable, and no other run holds the outputs.
-        stack.enter_context(claim(_check_outputs(reader, output, options).values()))
+        stack.enter_context(claim(_check_outputs(reader, output, options, item).values()))
+        acquired, acquired_from = scene_time(reader)
         plan = plan_reader(reader, options, options.max_memory_mib)
         logger.info("%s", plan.reason)
         warnings = _warnings(reader, plan.card, options)
@@ -232,9 +263,43 @@ def segment(
                 warnings=warnings,
                 polygon_counts=polygons,
             )
-            outputs.publish(result.to_dict() if options.stats else None, cancelled)
+            result.acquired, result.acquired_from = acquired, acquired_from
+            result.stac_item = options.stac_item
+            result.source_item = item.href if item is not None else None
+            outputs.publish(
+                result.to_dict() if options.stats else None,
+                cancelled,
+                functools.partial(_item_json, result, options, str(original), item),
+            )
     progress(100.0, f"done in {result.seconds:.1f} s")
     return result
+
+
+def _item_json(
+    result: SegmentResult,
+    options: SegmentOptions,
+    source: str,
+    item: SourceItem | None,
+    staged: dict[Path, Path],
+) -> bytes:
+    """The STAC Item of the run's outputs (:mod:`.stac_item`), read where they are staged."""
+    assert options.stac_item is not None
+    built = mask_item(
+        result.output,
+        result,
+        item_path=options.stac_item,
+        assets={
+            "probabilities": options.probabilities,
+            "uncertainty": options.uncertainty,
+            "valid": options.valid,
+            "polygons": options.polygons,
+            "stats": options.stats,
+        },
+        source=source,
+        source_item=item,
+        staged=staged,
+    )
+    return item_bytes(built)
 
 
 def _finish_outputs(

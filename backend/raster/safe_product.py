@@ -35,6 +35,8 @@ class SafeProduct:
         offsets: Per-band additive offset in DN (``-1000`` from baseline 04.00).
         band_files: GDAL paths of the finest-resolution file of each band.
         band_resolution: Resolution in metres of each file in ``band_files``.
+        sensing_time: When the scene was acquired (``PRODUCT_START_TIME``, ISO 8601), if
+            the metadata says.
     """
 
     path: Path
@@ -44,6 +46,7 @@ class SafeProduct:
     offsets: dict[str, float] = field(default_factory=dict)
     band_files: dict[str, str] = field(default_factory=dict)
     band_resolution: dict[str, int] = field(default_factory=dict)
+    sensing_time: str | None = None
 
 
 def is_safe(path: Path) -> bool:
@@ -117,7 +120,10 @@ def parse_metadata(xml_text: str, gdal_prefix: str, path: Path) -> SafeProduct:
             band_resolution[band] = resolution
     if not band_files:
         raise InputError(f"{path}: the product metadata lists no band images")
-    return SafeProduct(path, level, baseline, quantification, offsets, band_files, band_resolution)
+    sensing = _text(root, "PRODUCT_START_TIME") or _text(root, "DATATAKE_SENSING_START")
+    return SafeProduct(
+        path, level, baseline, quantification, offsets, band_files, band_resolution, sensing
+    )
 
 
 def open_safe(path: Path) -> SafeProduct:

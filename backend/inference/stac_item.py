@@ -1,0 +1,343 @@
+"""The STAC Item of a mask: what a run wrote, where, from what, and how cloudy it is.
+
+The one owner of a mask's Item (``cloudseg segment --stac-item``, every scene of
+``segment-batch``, every job of the server): :func:`mask_item` builds it from the class
+raster as written (geometry, bbox and the ``proj``/``raster`` fields through rio-stac;
+classes, model and its accuracy from the raster's ``CLOUDSEG_*`` tags) and the run's
+statistics; :func:`item_bytes` and :func:`write_item` give its JSON.
+
+What the Item says:
+
+- ``datetime``: when the scene was acquired (:func:`scene_time`: the source STAC Item,
+  SAFE metadata, a Sentinel-2 file name, the raster's ``TIFFTAG_DATETIME``), else the
+  run's time; ``cloudseg:datetime_from`` says which.
+- ``eo:cloud_cover``: the percentage of the data pixels that are cloud (thick and thin:
+  every class :func:`~cloudseg.backend.models.cards.class_kind` calls cloud), as STAC
+  defines it; cloud shadow is ``cloudseg:shadow_cover``, the valid mask's usable share
+  ``cloudseg:usable_percent``.
+- Assets: ``mask`` (roles ``data``, ``cloud``, ``cloud-shadow``; the ``classification``
+  extension with each class's value, name, colour, pixel count and percentage, and 255
+  as nodata), and where written ``probabilities``, ``uncertainty``, ``valid``
+  (``data-mask``), ``polygons`` and ``stats`` (``metadata``); each with ``file:size`` and
+  ``file:checksum`` (SHA2-256 multihash) and the rasters with ``raster:bands``. An
+  asset in the Item's folder has a relative href (``./mask.tif``), so the folder can be
+  moved or uploaded as it is.
+- ``processing:software`` (``{"cloudseg": version}``), ``processing:lineage``,
+  ``processing:datetime``, and the model: ``cloudseg:model``, ``cloudseg:model_version``,
+  ``cloudseg:model_accuracy`` (its measured accuracy, or "not measured").
+- A ``derived_from`` link to the source STAC Item when the input was one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .._version import __version__
+from ..models.cards import class_kind
+from .decision import NODATA
+
+if TYPE_CHECKING:
+    import pystac
+
+    from ..raster.reader import SceneReader
+    from ..raster.stac_input import SourceItem
+
+PROCESSING_SCHEMA = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
+COG = "image/tiff; application=geotiff; profile=cloud-optimized"
+#: Each output's asset: media type and roles.
+ASSETS: dict[str, tuple[str, list[str], str]] = {
+    "mask": (COG, ["data", "cloud", "cloud-shadow"], "Cloud and cloud-shadow classes"),
+    "probabilities": (COG, ["data", "probability"], "Class probabilities, percent"),
+    "uncertainty": (COG, ["data", "uncertainty"], "Normalized entropy, percent"),
+    "valid": (COG, ["data-mask"], "Valid pixels: 1 usable, 0 cloud/shadow/buffer"),
+    "polygons": ("application/geopackage+sqlite3", ["data", "cloud", "cloud-shadow"],
+                 "Cloud and cloud-shadow polygons"),
+    "stats": ("application/json", ["metadata"], "Run statistics"),
+}  # fmt: skip
+
+
+class RunStats(Protocol):
+    """What an Item takes from a run (a ``SegmentResult`` has it all)."""
+
+    model: str
+    class_pixels: dict[str, int]
+    class_percent: dict[str, float]
+    nodata_pixels: int
+    usable_percent: float | None
+    acquired: str | None
+    acquired_from: str
+
+
+RUN_TIME = "the run's time (the source records no acquisition time)"
+#: Sentinel-2 names carry the sensing time: ``..._20200429T082047_...``.
+_S2_TIME = re.compile(r"(?:^|[_/])(20\d{6}T\d{6})(?:[_./]|$)")
+
+
+def cover_percent(class_percent: Mapping[str, float], kind: str) -> float:
+    """The share of the data pixels in classes of one kind (``cloud``, ``shadow``), %.
+
+    The one rule for ``eo:cloud_cover`` and the batch records' ``cloud_percent``.
+    """
+    return round(sum(v for k, v in class_percent.items() if class_kind(k) == kind), 3)
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> dt.datetime | None:
+    """An ISO 8601 or ``YYYYMMDDTHHMMSS`` time (UTC unless it says), None if not one."""
+    text = text.strip()
+    for form in ("%Y%m%dT%H%M%S", "%Y:%m:%d %H:%M:%S"):  # S2 names; TIFFTAG_DATETIME
+        try:
+            return dt.datetime.strptime(text, form).replace(tzinfo=dt.timezone.utc)
+        except ValueError:
+            pass
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def scene_time(reader: SceneReader) -> tuple[str | None, str]:
+    """When a scene was acquired, and how that was found: ``(ISO time or None, how)``.
+
+    SAFE metadata (``PRODUCT_START_TIME``), a Sentinel-2 name of the input or its band
+    files (``..._20200429T082047_...``), then the ``TIFFTAG_DATETIME`` of its files.
+    """
+    from ..raster.safe_product import is_safe, open_safe
+
+    path = reader.path
+    try:
+        sensing = open_safe(path).sensing_time if is_safe(path) else None
+        if sensing and (found := parse_time(sensing)):
+            return _iso(found), f"SAFE metadata of {path.name}"
+    except Exception:  # the reader read this product already; the time is a nicety
+        pass
+    files = [str(path), *dict.fromkeys(s.path for s in reader.sources.values())]
+    for name in files:
+        match = _S2_TIME.search(name)
+        if match and (found := parse_time(match[1])):
+            return _iso(found), f"the name {Path(name).name}"
+    import rasterio
+
+    for name in files[1:]:
+        try:
+            with rasterio.open(name) as ds:
+                stamp = ds.tags().get("TIFFTAG_DATETIME")
+        except Exception:
+            continue
+        if stamp and (found := parse_time(stamp)):
+            return _iso(found), f"TIFFTAG_DATETIME of {Path(name).name}"
+    return None, RUN_TIME
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def multihash(path: Path) -> str:
+    """``file:checksum`` of a file: its SHA2-256 as a multihash (``1220`` + hex)."""
+    return "1220" + _sha256(path)
+
+
+def _href(final: Path, item_path: Path | None) -> str:
+    """An asset's href: ``./name`` in the Item's folder, else the absolute path."""
+    final = Path(final).expanduser()
+    if item_path is not None and final.absolute().parent == Path(item_path).absolute().parent:
+        return f"./{final.name}"
+    return str(final.absolute())
+
+
+def _field(result: RunStats | Mapping[str, Any], name: str, default: Any = None) -> Any:
+    if isinstance(result, Mapping):
+        return result.get(name, default)
+    return getattr(result, name, default)
+
+
+def _mask_asset(
+    item: pystac.Item,
+    mask: Path,
+    tags: dict[str, str],
+    result: RunStats | Mapping[str, Any],
+) -> None:
+    """Classes (classification), file size and checksum of the mask asset."""
+    from pystac.extensions.classification import Classification, ClassificationExtension
+
+    asset = item.assets["mask"]
+    percent = _field(result, "class_percent") or {}
+    pixels = _field(result, "class_pixels") or {}
+    classes = [
+        Classification.create(
+            value=int(c["value"]),
+            name=re.sub(r"[^0-9A-Za-z_-]+", "-", c["name"]).strip("-") or f"class-{c['value']}",
+            title=c["name"],
+            description=c["name"],
+            color_hint=str(c.get("color", "")).lstrip("#")[:6].upper() or None,
+            percentage=percent.get(c["name"]),
+            count=pixels.get(c["name"]),
+        )
+        for c in json.loads(tags.get("CLOUDSEG_CLASSES", "[]"))
+    ]
+    nodata = _field(result, "nodata_pixels")
+    classes.append(
+        Classification.create(
+            value=NODATA,
+            name="nodata",
+            title="no data",
+            description="no data",
+            nodata=True,
+            count=nodata,
+        )
+    )
+    ClassificationExtension.ext(asset, add_if_missing=True).classes = classes
+
+
+def _file_fields(asset: pystac.Asset, path: Path) -> None:
+    from pystac.extensions.file import FileExtension
+
+    file_ext = FileExtension.ext(asset, add_if_missing=True)
+    file_ext.size = path.stat().st_size
+    file_ext.checksum = multihash(path)
+
+
+def mask_item(
+    mask: Path,
+    result: RunStats | Mapping[str, Any],
+    *,
+    item_path: Path | None = None,
+    item_id: str | None = None,
+    assets: Mapping[str, Path | None] | None = None,
+    source: str | None = None,
+    source_item: SourceItem | None = None,
+    staged: Mapping[Path, Path] | None = None,
+) -> pystac.Item:
+    """The STAC Item of a mask and the run's other outputs (see the module doc).
+
+    Args:
+        mask: The class raster's path (its final one: the asset's href).
+        result: The run's ``SegmentResult`` (:mod:`.segment`), or its ``to_dict()``:
+            class pixels and percentages, usable share, the acquisition time
+            (``acquired``, ``acquired_from``).
+        item_path: Where the Item will be written: assets in its folder get relative
+            hrefs (``./mask.tif``); None gives absolute ones.
+        item_id: The Item's id; default the mask's file name without its suffix.
+        assets: The run's other outputs by kind (``probabilities``, ``uncertainty``,
+            ``valid``, ``polygons``, ``stats``; None: not written), final paths.
+        source: The input as given (recorded as ``cloudseg:source``).
+        source_item: The STAC Item the input was read from: a ``derived_from`` link, and
+            the Item's ``datetime``.
+        staged: Where files are read from while they are not yet at their final paths
+            (``final -> temporary``): an Item is built before the outputs are published.
+
+    Returns:
+        The Item (``pystac.Item``); :func:`item_bytes` gives its JSON.
+    """
+    import pystac
+    import rasterio
+    from pystac.extensions.eo import EOExtension
+    from rio_stac import create_stac_item
+    from rio_stac.stac import get_raster_info
+
+    staged = {Path(k): Path(v) for k, v in (staged or {}).items()}
+    mask = Path(mask).expanduser()
+
+    def local(path: Path) -> Path:
+        return staged.get(Path(path), Path(path))
+
+    acquired = source_item.datetime if source_item is not None else None
+    how = f"the source STAC Item {source_item.id}" if acquired and source_item else ""
+    if not acquired:
+        acquired, how = _field(result, "acquired"), _field(result, "acquired_from") or RUN_TIME
+    when = parse_time(acquired) if acquired else None
+    if when is None:
+        when, how = dt.datetime.now(dt.timezone.utc), RUN_TIME
+    with rasterio.open(local(mask)) as ds:
+        tags = ds.tags()
+        kind, roles, title = ASSETS["mask"]
+        item = create_stac_item(
+            ds, input_datetime=when, id=item_id or mask.stem, asset_name="mask",
+            asset_roles=roles, asset_media_type=kind, asset_href=_href(mask, item_path),
+            with_proj=True, with_raster=True, geom_precision=7,
+        )  # fmt: skip
+    item.assets["mask"].title = title
+    _mask_asset(item, local(mask), tags, result)
+    _file_fields(item.assets["mask"], local(mask))
+    for name, path in (assets or {}).items():
+        if path is None:
+            continue
+        kind, roles, title = ASSETS[name]
+        asset = pystac.Asset(_href(path, item_path), title=title, media_type=kind, roles=roles)
+        if kind == COG:
+            with rasterio.open(local(path)) as ds:
+                asset.extra_fields["raster:bands"] = get_raster_info(ds, max_size=1024)
+        item.add_asset(name, asset)
+        _file_fields(asset, local(path))
+    percent = _field(result, "class_percent") or {}
+    EOExtension.ext(item, add_if_missing=True).cloud_cover = cover_percent(percent, "cloud")
+    model = tags.get("CLOUDSEG_MODEL", _field(result, "model", ""))
+    accuracy = tags.get("CLOUDSEG_MODEL_ACCURACY", "not measured")
+    created = tags.get("CLOUDSEG_CREATED") or _iso(dt.datetime.now(dt.timezone.utc))
+    item.properties |= {
+        "created": created,
+        "cloudseg:shadow_cover": cover_percent(percent, "shadow"),
+        "cloudseg:class_percent": dict(percent),
+        "cloudseg:datetime_from": how,
+        "processing:software": {"cloudseg": tags.get("CLOUDSEG_VERSION", __version__)},
+        "processing:datetime": created,
+        "processing:lineage": (
+            f"Cloud and cloud-shadow classes by cloudseg with the model {model} "
+            f"(measured accuracy: {accuracy})"
+        ),
+        "cloudseg:model": model,
+        "cloudseg:model_version": tags.get("CLOUDSEG_MODEL_VERSION"),
+        "cloudseg:model_accuracy": accuracy,
+    }
+    if (usable := _field(result, "usable_percent")) is not None:
+        item.properties["cloudseg:usable_percent"] = usable
+    if source is not None:
+        item.properties["cloudseg:source"] = source
+    if PROCESSING_SCHEMA not in item.stac_extensions:
+        item.stac_extensions.append(PROCESSING_SCHEMA)
+    if source_item is not None:
+        item.add_link(
+            pystac.Link("derived_from", source_item.href, pystac.MediaType.GEOJSON,
+                        f"STAC Item {source_item.id}")
+        )  # fmt: skip
+    return item
+
+
+def item_bytes(item: pystac.Item) -> bytes:
+    """The Item as JSON bytes, hrefs as built (relative ones stay relative)."""
+    data = item.to_dict(include_self_link=False, transform_hrefs=False)
+    return (json.dumps(data, indent=2) + "\n").encode()
+
+
+def write_item(item: pystac.Item, path: Path) -> None:
+    """Write the Item's JSON to ``path`` atomically."""
+    from ..atomic import write_bytes
+
+    write_bytes(Path(path).expanduser(), item_bytes(item))
+
+
+__all__ = [
+    "ASSETS",
+    "cover_percent",
+    "item_bytes",
+    "mask_item",
+    "multihash",
+    "parse_time",
+    "scene_time",
+    "write_item",
+]

@@ -10,16 +10,22 @@ Inputs: folders (GeoTIFFs, SAFE folders or zips, folders of band files), glob pa
 list files (``.txt``: one input per line), STAC Items / ItemCollections / search results
 (``.json``: each Item's multi-band asset, or its band assets as one VRT), and S3
 prefixes of GeoTIFFs or SAFE zips (``s3://bucket/prefix/``). Outputs go to a folder or
-an S3 prefix: per scene ``<scene>.tif`` (the class raster) and ``<scene>.json`` (its
-record: status, model, seconds, cloud and shadow %, the run's settings key, the input's
-identity and the mask's checksum), and a run manifest ``manifest.json`` (every scene's
-record). No scene may be named ``manifest``, nor anything that is not a plain file name.
+an S3 prefix: per scene ``<scene>.tif`` (the class raster), ``<scene>.stac.json`` (its
+STAC Item, :mod:`cloudseg.backend.inference.stac_item`: ``eo:cloud_cover``, classes,
+checksum, model; ``derived_from`` the input's Item) and ``<scene>.json`` (its record:
+status, model, seconds, cloud and shadow %, the run's settings key, the input's identity
+and the mask's checksum), a run manifest ``manifest.json`` (every scene's record) and a
+STAC Collection ``collection.json`` linking every done scene's Item (also those of
+earlier batches into the folder), rewritten with the manifest as scenes finish. No scene
+may be named ``manifest`` or ``collection``, end in ``.stac``, nor be anything that is
+not a plain file name.
 
 Safe to re-run: a scene whose record says done with the same model and settings, the
-same input (size, modification time and a hash of its first and last MiB) and a mask
-whose checksum is the recorded one is skipped; anything else is segmented again. A
-scene's record is written after its mask, so a killed run redoes only the scenes it had
-not finished; the next run on the folder removes what a killed one left (its staging
+same input (size, modification time and a hash of its first and last MiB), a mask
+whose checksum is the recorded one and its STAC Item is skipped; anything else is
+segmented again. A scene's record is written after its mask and Item, so a killed run
+redoes only the scenes it had not finished, and the next run's collection lists every
+done scene again; the next run on the folder removes what a killed one left (its staging
 folders and temporary files). One batch at a time writes a local output folder (a lock
 beside the manifest), and files there that no batch wrote (``p.tif`` without a record)
 are never replaced unless ``overwrite`` is given.
@@ -52,18 +58,27 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .callbacks import CancelCallback
 from .errors import CancelledError, CloudsegError, InputError, OutputExistsError
-from .models.cards import class_kind
+from .raster.stac_input import BAND_ASSETS, SourceItem, band_vrt, read_items, resolve_href
+
+if TYPE_CHECKING:
+    import pystac
 
 MANIFEST = "manifest.json"
+#: The STAC Collection of the batch's masks (every done scene's Item).
+COLLECTION = "collection.json"
+#: A scene's STAC Item: ``<scene>.stac.json``, beside its mask and record.
+ITEM_SUFFIX = ".stac.json"
+#: A scene's files in the output: its mask, record and STAC Item.
+SCENE_FILES = (".tif", ".json", ITEM_SUFFIX)
 #: Scene names no scene may take: its files would replace the batch's own.
-RESERVED_NAMES = ("manifest",)
+RESERVED_NAMES = ("manifest", "collection")
 #: Files a folder of inputs contributes as scenes.
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".vrt")
-BAND_NAMES = ("B02", "B03", "B04", "B08", "B8A", "B11", "B12")
+BAND_NAMES = BAND_ASSETS
 #: Where the local cluster listens: this machine only.
 LOOPBACK = "127.0.0.1"
 #: A scene's staging folder in the output folder: host and process id of its writer.
@@ -89,12 +104,14 @@ class BatchScene:
             redoes a scene whose input changed.
         bands: An Item's band assets, ``(band, href)``, made into one VRT where the
             scene is segmented.
+        item: The STAC Item the scene is read from (its mask's Item derives from it).
     """
 
     scene: str
     source: str
     identity: str = ""
     bands: tuple[tuple[str, str], ...] = ()
+    item: SourceItem | None = None
 
 
 @dataclass
@@ -149,8 +166,13 @@ def check_scene_name(scene: str, source: str) -> None:
         )
     if scene.casefold() in RESERVED_NAMES:
         raise InputError(
-            f"{source}: a scene named {scene!r} would overwrite the batch's {MANIFEST}; "
-            "rename the input or the Item"
+            f"{source}: a scene named {scene!r} would overwrite the batch's "
+            f"{scene.casefold()}.json; rename the input or the Item"
+        )
+    if scene.casefold().endswith(ITEM_SUFFIX[:-5]):
+        raise InputError(
+            f"{source}: a scene named {scene!r} would overwrite the STAC Item of the scene "
+            f"{scene[: -len(ITEM_SUFFIX) + 5]!r}; rename the input or the Item"
         )
 
 
@@ -171,105 +193,25 @@ def _folder_scenes(folder: Path) -> list[str]:
     return found
 
 
-def _stac_scenes(path: Path) -> list[BatchScene]:
-    """Scenes of a STAC Item, ItemCollection or search result (a FeatureCollection).
+def _stac_scenes(source: str) -> list[BatchScene]:
+    """Scenes of a STAC Item, ItemCollection or search result (a file or an http(s) URL).
 
-    Nothing is read over the network here: an Item's band assets are opened (and made
-    one VRT) where the scene is segmented, so an asset server that does not answer
-    fails that scene alone, within the network timeouts.
+    The Items' assets are chosen by the one rule of :mod:`.raster.stac_input`. Nothing
+    else is read over the network here: an Item's band assets are opened (and made one
+    VRT) where the scene is segmented, so an asset server that does not answer fails
+    that scene alone, within the network timeouts.
     """
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not JSON ({exc})") from None
-    items = data.get("features", [data]) if isinstance(data, dict) else []
     scenes = []
-    for item in items if isinstance(items, list) else []:
-        if not isinstance(item, dict) or item.get("type") != "Feature":
-            raise InputError(f"{path}: not a STAC Item or ItemCollection")
-        item_id, assets = item.get("id"), item.get("assets", {})
-        if not isinstance(item_id, str) or not isinstance(assets, dict):
-            raise InputError(f"{path}: an Item without a text id or an assets object")
-        check_scene_name(item_id, f"{path} Item")
-        hrefs = {name: a.get("href") for name, a in assets.items() if isinstance(a, dict)}
-        if any(not isinstance(h, str) or not h for h in hrefs.values()):
-            raise InputError(f"{path}: Item {item_id} has an asset without an href")
-        item_text = json.dumps(item, sort_keys=True, default=str)
-        bands = tuple(
-            (name, _href(hrefs[name], path.parent)) for name in BAND_NAMES if name in hrefs
-        )
-        if bands:
-            identity = _digest([item_text, *(_local_identity(h) for _, h in bands)])
-            scenes.append(BatchScene(item_id, f"{path}#{item_id}", identity, bands))
-            continue
-        data_assets = [
-            hrefs[name] for name, a in assets.items()
-            if isinstance(a, dict) and ("data" in a.get("roles", [])
-                                        or str(a.get("type", "")).startswith("image/tiff"))
-        ]  # fmt: skip
-        if not data_assets:
-            raise InputError(f"{path}: Item {item_id} has no image asset (nor B02, B03...)")
-        href = _href(data_assets[0], path.parent)
-        scenes.append(BatchScene(item_id, href, _digest([item_text, _local_identity(href)])))
+    for item in read_items(source):
+        check_scene_name(item.id, f"{source} Item")
+        identity = _digest([item.text, *(_local_identity(h) for h in item.hrefs())])
+        if item.bands:
+            where = f"{source}#{item.id}"
+            scenes.append(BatchScene(item.id, where, identity, item.bands, item))
+        else:
+            assert item.image is not None
+            scenes.append(BatchScene(item.id, item.image, identity, item=item))
     return scenes
-
-
-def _href(href: str, base: Path) -> str:
-    if "://" in href:
-        return href
-    return str((base / href).resolve())
-
-
-def _gdal_path(href: str) -> str:
-    if href.startswith("s3://"):
-        return "/vsis3/" + href[5:]
-    if href.startswith(("http://", "https://")):
-        return "/vsicurl/" + href
-    return href
-
-
-def _band_vrt(scene: BatchScene, folder: Path) -> str:
-    """One VRT of an Item's band assets, bands named (what the band matcher reads).
-
-    Each asset is opened first, one at a time, under the network timeouts: the first
-    that cannot be read fails the scene with one line, without waiting on the others.
-
-    Raises:
-        InputError: Naming the band asset that cannot be read, and why.
-    """
-    from osgeo import gdal
-
-    from .network import configure_gdal, redact
-
-    configure_gdal()
-    paths = [_gdal_path(href) for _, href in scene.bands]
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    try:
-        for (name, href), path in zip(scene.bands, paths, strict=True):
-            gdal.ErrorReset()
-            try:
-                opened = gdal.Open(path)
-            except RuntimeError as exc:  # where another caller turned exceptions on
-                opened, message = None, str(exc)
-            else:
-                message = gdal.GetLastErrorMsg()
-            if opened is None:
-                reason = (message or "cannot be opened").splitlines()[0]
-                raise InputError(
-                    f"band asset {name} of Item {scene.scene} ({redact(href, query=False)}) "
-                    f"cannot be read: {reason}"
-                )
-            opened = None
-        vrt = folder / f"{scene.scene}.vrt"
-        dataset = gdal.BuildVRT(str(vrt), paths, separate=True)
-        if dataset is None:
-            raise InputError(f"cannot read the band assets of Item {scene.scene}")
-        for i, (name, _) in enumerate(scene.bands, start=1):
-            dataset.GetRasterBand(i).SetDescription(name)
-        dataset = None
-    finally:
-        gdal.PopErrorHandler()
-    return str(vrt)
 
 
 def _s3_scenes(url: str, endpoint_url: str | None) -> list[BatchScene]:
@@ -339,11 +281,13 @@ def find_scenes(inputs: list[str], work: Path, endpoint_url: str | None = None) 
         elif path.is_dir() and path.suffix != ".SAFE":
             found = [BatchScene(_scene_id(p), p) for p in _folder_scenes(path)]
         elif path.suffix.lower() == ".json" and path.is_file():
-            found = _stac_scenes(path)
+            found = _stac_scenes(str(path))
+        elif spec.startswith(("http://", "https://")):
+            found = _stac_scenes(spec)
         elif path.suffix.lower() in (".txt", ".lst") and path.is_file():
             lines = path.read_text(encoding="utf-8").splitlines()
             entries = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
-            found = find_scenes([_href(e, path.parent) for e in entries], Path(), endpoint_url)
+            found = find_scenes([resolve_href(e, str(path)) for e in entries], Path(), endpoint_url)
         elif path.exists():
             found = [BatchScene(_scene_id(str(path)), str(path))]
         else:
@@ -374,7 +318,7 @@ def _absolute(scene: BatchScene) -> BatchScene:
     source = scene.source
     if "://" not in source and not source.startswith("/vsi"):
         source = str(Path(source).expanduser().absolute())
-    return BatchScene(scene.scene, source, scene.identity, scene.bands)
+    return dataclasses.replace(scene, source=source)
 
 
 # -- where the outputs go ------------------------------------------------------------------
@@ -544,6 +488,8 @@ def _earlier_done(
         return False, "its mask is missing"
     if not recorded or found != recorded:
         return False, "its mask is not the one written (truncated or changed)"
+    if not earlier.get("stac_item") or destination.checksum(f"{scene.scene}{ITEM_SUFFIX}") is None:
+        return False, "its STAC Item is missing"
     return True, None
 
 
@@ -581,6 +527,8 @@ def _segment_scene(
     record: dict[str, Any],
     started: float,
 ) -> dict[str, Any]:
+    import pystac
+
     from .inference.segment import SegmentOptions, segment
     from .network import configure_gdal
 
@@ -596,7 +544,7 @@ def _segment_scene(
         folder = Path(tmp)
         try:
             if scene.bands:
-                local = _band_vrt(scene, folder)
+                local = band_vrt(scene.scene, scene.bands, folder)
             else:
                 local = _fetch(scene.source, folder, endpoint_url)
             run = SegmentOptions(**options, keep_runner=True, overwrite=True)
@@ -606,26 +554,53 @@ def _segment_scene(
             record["seconds"] = round(time.perf_counter() - started, 3)
             destination.put(f"{scene.scene}.json", _record_bytes(record))
             return record
+        mask = folder / f"{scene.scene}.tif"
+        item = _scene_item(scene, mask, result, destination)
         pct = result.class_percent
         record |= {
             "status": "done",
             "model": result.model,
             "runner": result.runner,
-            "cloud_percent": round(sum(v for k, v in pct.items() if class_kind(k) == "cloud"), 3),
-            "shadow_percent": round(sum(v for k, v in pct.items() if class_kind(k) == "shadow"), 3),
+            "cloud_percent": item.properties["eo:cloud_cover"],
+            "shadow_percent": item.properties["cloudseg:shadow_cover"],
             "class_percent": pct,
             "error": None,
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "bbox": item.bbox,
+            "datetime": pystac.utils.datetime_to_str(item.datetime) if item.datetime else None,
         }
-        mask = folder / f"{scene.scene}.tif"
         local_sum = f"sha256:{_sha256(mask)}"
         record["output"] = destination.put(f"{scene.scene}.tif", mask)
         record["output_checksum"] = (
             destination.checksum(f"{scene.scene}.tif") if destination.s3 else local_sum
         )
+        from .inference.stac_item import item_bytes
+
+        record["stac_item"] = destination.put(f"{scene.scene}{ITEM_SUFFIX}", item_bytes(item))
         record["seconds"] = round(time.perf_counter() - started, 3)
         destination.put(f"{scene.scene}.json", _record_bytes(record))  # last: the scene is done
     return record
+
+
+def _scene_item(
+    scene: BatchScene, mask: Path, result: Any, destination: _Destination
+) -> pystac.Item:
+    """The STAC Item of a scene's mask (staged in ``mask``'s folder), in the collection."""
+    import pystac
+
+    from .inference.stac_item import mask_item
+
+    item = mask_item(
+        mask,
+        result,
+        item_path=mask.with_name(f"{scene.scene}{ITEM_SUFFIX}"),
+        item_id=scene.scene,
+        source=scene.source,
+        source_item=scene.item,
+    )
+    item.collection_id = collection_id(destination.url)
+    item.add_link(pystac.Link("collection", f"./{COLLECTION}", pystac.MediaType.JSON))
+    return item
 
 
 def _record_bytes(record: dict[str, Any]) -> bytes:
@@ -829,7 +804,14 @@ def segment_batch(
     destination.open()  # an output store that does not answer stops here, in one line
     with _removed_if_empty(destination.folder if new_folder else None), _hold(destination):
         _check_ownership(destination, scenes, overwrite)
+        kept = _kept_records(destination, scenes)
         records: list[dict[str, Any]] = []
+
+        def write_manifest(complete: bool) -> str:
+            return _write_manifest(
+                destination, records, scenes, options, key, started, complete, kept
+            )
+
         with dask_client(scheduler, count, threads, processes) as client:
             dashboard = getattr(client, "dashboard_link", None)
             address = getattr(client.scheduler, "address", None)
@@ -864,11 +846,15 @@ def segment_batch(
                 records.append(record)
                 report(len(records), len(scenes), record)
                 if time.monotonic() - last_write > 2:
-                    _write_manifest(destination, records, scenes, options, key, started, False)
+                    _write_manifest(
+                        destination, records, scenes, options, key, started, False, kept
+                    )
                     last_write = time.monotonic()
                 if stop():
                     client.cancel(futures)
-                    _write_manifest(destination, records, scenes, options, key, started, False)
+                    _write_manifest(
+                        destination, records, scenes, options, key, started, False, kept
+                    )
                     done = sum(r["status"] in ("done", "skipped") for r in records)
                     raise CancelledError(
                         f"batch cancelled after {len(records)} of {len(scenes)} scenes; the "
@@ -876,7 +862,7 @@ def segment_batch(
                     )
         order = {s.scene: i for i, s in enumerate(scenes)}
         records.sort(key=lambda r: order[r["scene"]])
-        manifest = _write_manifest(destination, records, scenes, options, key, started, True)
+        manifest = write_manifest(True)
     return BatchResult(
         output=destination.url,
         manifest=manifest,
@@ -973,8 +959,9 @@ def _is_record(data: dict[str, Any] | None, scene: str) -> bool:
 def _check_ownership(destination: _Destination, scenes: list[BatchScene], overwrite: bool) -> None:
     """Refuse to replace files in the output that no batch wrote, unless ``overwrite``.
 
-    A ``<scene>.tif`` or ``<scene>.json`` is the batch's own when ``<scene>.json`` is a
-    scene record of that scene; ``manifest.json`` when it is a batch manifest.
+    A ``<scene>.tif``, ``<scene>.json`` or ``<scene>.stac.json`` is the batch's own when
+    ``<scene>.json`` is a scene record of that scene; ``manifest.json`` when it is a
+    batch manifest, ``collection.json`` when it is a batch's STAC Collection.
 
     Raises:
         OutputExistsError: Naming the first foreign file and how many there are.
@@ -987,9 +974,13 @@ def _check_ownership(destination: _Destination, scenes: list[BatchScene], overwr
         manifest = destination.read_json(MANIFEST)
         if not (manifest and "records" in manifest and "cloudseg" in manifest):
             foreign.append(MANIFEST)
+    if COLLECTION in names:
+        collection = destination.read_json(COLLECTION)
+        if not (collection and collection.get("type") == "Collection" and "cloudseg" in collection):
+            foreign.append(COLLECTION)
     lowered = {n.casefold(): n for n in names}
     for scene in scenes:
-        mine = [lowered.get(f"{scene.scene}{s}".casefold()) for s in (".tif", ".json")]
+        mine = [lowered.get(f"{scene.scene}{s}".casefold()) for s in SCENE_FILES]
         present = [n for n in mine if n]
         if not present:
             continue
@@ -1022,8 +1013,8 @@ def _check_not_input(
         return
     folder = Path(output).expanduser().resolve()
     files = [Path(i).expanduser() for i in inputs if "://" not in i and Path(i).is_file()]
-    targets = [folder / MANIFEST] + [
-        folder / f"{s.scene}{x}" for s in scenes for x in (".tif", ".json")
+    targets = [folder / MANIFEST, folder / COLLECTION] + [
+        folder / f"{s.scene}{x}" for s in scenes for x in SCENE_FILES
     ]
     for target in targets:
         for given in files:
@@ -1036,7 +1027,7 @@ def _check_not_input(
         if "://" in scene.source or scene.bands:
             continue
         source = Path(scene.source).resolve()
-        for suffix in (".tif", ".json"):
+        for suffix in SCENE_FILES:
             target = folder / f"{scene.scene}{suffix}"
             if source == target or (target.exists() and _same_file(source, target)):
                 raise InputError(
@@ -1051,6 +1042,90 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def collection_id(url: str) -> str:
+    """The id of a batch's STAC Collection: the output folder's (or prefix's) name."""
+    return url.rstrip("/").rsplit("/", 1)[-1] or "cloudseg-masks"
+
+
+def _kept_records(destination: _Destination, scenes: list[BatchScene]) -> list[dict[str, Any]]:
+    """Done scenes of earlier batches in the output that this run does not segment.
+
+    Their Items stay in the collection: every ``<scene>.stac.json`` whose record says
+    done, taken from the earlier manifest, else from the scene's own record (a scene a
+    killed batch finished after it last wrote its manifest).
+    """
+    names = destination.names()
+    current = {s.scene.casefold() for s in scenes}
+    manifest = destination.read_json(MANIFEST) or {}
+    earlier = {
+        r["scene"]: r
+        for r in manifest.get("records", [])
+        if isinstance(r, dict) and isinstance(r.get("scene"), str)
+    }
+    kept = []
+    for name in sorted(names):
+        scene = name[: -len(ITEM_SUFFIX)]
+        if not name.endswith(ITEM_SUFFIX) or scene.casefold() in current:
+            continue
+        record = earlier.get(scene)
+        if not record or record.get("status") not in ("done", "skipped"):
+            record = destination.read_json(f"{scene}.json")
+        if _is_record(record, scene) and _listed(record):
+            kept.append(record)
+    return kept
+
+
+def _listed(record: dict[str, Any]) -> bool:
+    """Whether a scene's Item belongs in the collection: done, with its Item written."""
+    return record.get("status") in ("done", "skipped") and bool(
+        record.get("stac_item") and record.get("bbox")
+    )
+
+
+def _write_collection(
+    destination: _Destination, records: list[dict[str, Any]], kept: list[dict[str, Any]]
+) -> str:
+    """The batch's STAC Collection: a link to every done scene's Item, and their extent.
+
+    Rewritten with the manifest as scenes finish, from the records: it lists only Items
+    that are written (a scene's Item is written before its record).
+    """
+    import pystac
+
+    from ._version import __version__
+    from .inference.stac_item import parse_time
+
+    entries = sorted((r for r in [*kept, *records] if _listed(r)), key=lambda r: str(r["scene"]))
+    boxes = [r["bbox"] for r in entries]
+    bbox = (
+        [min(b[0] for b in boxes), min(b[1] for b in boxes),
+         max(b[2] for b in boxes), max(b[3] for b in boxes)]
+        if boxes else [-180.0, -90.0, 180.0, 90.0]
+    )  # fmt: skip
+    times = sorted(t for r in entries if (t := parse_time(str(r.get("datetime", "")))))
+    now = dt.datetime.now(dt.timezone.utc)
+    interval = [times[0], times[-1]] if times else [now, now]
+    collection = pystac.Collection(
+        id=collection_id(destination.url),
+        title=f"cloudseg masks of {collection_id(destination.url)}",
+        description="Cloud and cloud-shadow masks made by cloudseg segment-batch, one "
+        "STAC Item per scene (eo:cloud_cover: the share of the data pixels that are cloud).",
+        extent=pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent([interval])),
+        license="other",
+    )
+    covers = [r["cloud_percent"] for r in entries if r.get("cloud_percent") is not None]
+    if covers:
+        collection.summaries.add("eo:cloud_cover", pystac.RangeSummary(min(covers), max(covers)))
+    for record in entries:
+        collection.add_link(
+            pystac.Link("item", f"./{record['scene']}{ITEM_SUFFIX}",
+                        pystac.MediaType.GEOJSON, str(record["scene"]))
+        )  # fmt: skip
+    data = collection.to_dict(include_self_link=False, transform_hrefs=False)
+    data["cloudseg"] = __version__
+    return destination.put(COLLECTION, (json.dumps(data, indent=2) + "\n").encode())
+
+
 def _write_manifest(
     destination: _Destination,
     records: list[dict[str, Any]],
@@ -1059,9 +1134,15 @@ def _write_manifest(
     key: str,
     started: float,
     complete: bool,
+    kept: list[dict[str, Any]] | None = None,
 ) -> str:
+    """Write the run's manifest, and first the STAC Collection of its done scenes.
+
+    ``kept``: done scenes of earlier batches whose Items stay in the collection.
+    """
     from ._version import __version__
 
+    _write_collection(destination, records, kept or [])
     data = {
         "cloudseg": __version__,
         "complete": complete,

@@ -584,11 +584,13 @@ def _add_batch_parser(sub: Any) -> None:
         "segment-batch",
         help="segment many scenes on a Dask cluster (local by default), resumable",
         description="Segment every scene the inputs name, one Dask task per scene, into "
-        "OUT (a folder or s3://bucket/prefix): <scene>.tif, its record <scene>.json and "
-        "manifest.json. Inputs: folders, glob patterns, list files (.txt), STAC Item / "
-        "ItemCollection / search-result files (.json), S3 prefixes of GeoTIFFs or SAFE "
-        "zips. A re-run skips scenes already done with the same model and settings; a "
-        "bad scene is recorded with its reason and the others go on (exit status 1).",
+        "OUT (a folder or s3://bucket/prefix): <scene>.tif, its STAC Item "
+        "<scene>.stac.json, its record <scene>.json, manifest.json and the STAC "
+        "Collection collection.json of every done scene. Inputs: folders, glob patterns, "
+        "list files (.txt), STAC Item / ItemCollection / search-result files (.json) or "
+        "URLs, S3 prefixes of GeoTIFFs or SAFE zips. A re-run skips scenes already done "
+        "with the same model and settings; a bad scene is recorded with its reason and "
+        "the others go on (exit status 1).",
     )
     batch.add_argument("inputs", nargs="+", metavar="INPUT")
     batch.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")

@@ -126,8 +126,9 @@ def test_inputs_and_outputs_on_s3(scenes, s3_server, s3_bucket, tmp_path):
                            workers=1, endpoint_url=endpoint)  # fmt: skip
     assert result.counts() == {"done": 2}
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]}
-    assert keys == {"out/manifest.json", "out/adwp-top.tif", "out/adwp-top.json",
-                    "out/adwu-top.tif", "out/adwu-top.json"}  # fmt: skip
+    assert keys == {"out/manifest.json", "out/collection.json", "out/adwp-top.tif",
+                    "out/adwp-top.json", "out/adwp-top.stac.json", "out/adwu-top.tif",
+                    "out/adwu-top.json", "out/adwu-top.stac.json"}  # fmt: skip
     again = segment_batch([f"s3://{bucket}/in/"], f"s3://{bucket}/out", {"product_level": "L2A"},
                           workers=1, endpoint_url=endpoint)  # fmt: skip
     assert again.counts() == {"skipped": 2}

@@ -266,3 +266,147 @@ def test_a_stac_item_by_url_reads_its_assets_over_http(real_data, tmp_path):
     assert item.properties["eo:cloud_cover"] == pytest.approx(
         mask_cover(tmp_path / "m.tif")[0], abs=0.001
     )
+
+
+# -- segment-batch: an Item per scene and a collection ---------------------------------------
+@pytest.fixture
+def three_scenes(batch_scenes, tmp_path):
+    """Three real scenes (halves of On Cloud N chips) and the broken one, in a folder."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("adwp-top.tif", "adwu-top.tif", "akny-bottom.tif", "broken.tif"):
+        shutil.copy2(batch_scenes / name, folder / name)
+    return folder
+
+
+def run_batch(inputs, out, **more):
+    from cloudseg.backend.batch import segment_batch
+
+    return segment_batch([str(i) for i in inputs], str(out), {"product_level": "L2A"},
+                         workers=1, processes=False, **more)  # fmt: skip
+
+
+def collection_items(out):
+    """The collection's Items, read back through its links; and the collection."""
+    collection = pystac.Collection.from_file(str(out / "collection.json"))
+    return {i.id: i for i in collection.get_items()}, collection
+
+
+def test_a_batch_leaves_an_item_per_done_scene_and_a_collection_of_them(three_scenes, tmp_path):
+    out = tmp_path / "out"
+    result = run_batch([three_scenes], out)
+    assert result.counts() == {"done": 3, "failed": 1}
+    records = {r["scene"]: r for r in result.records}
+    items, collection = collection_items(out)
+    assert sorted(items) == ["adwp-top", "adwu-top", "akny-bottom"]  # not the broken one
+    assert not (out / "broken.stac.json").exists()
+    for scene, item in items.items():
+        alone = pystac.Item.from_file(str(out / f"{scene}.stac.json"))
+        assert alone.properties == item.properties and alone.id == scene
+        check_assets(item)
+        assert item.assets["mask"].get_absolute_href() == str(out / f"{scene}.tif")
+        # eo:cloud_cover: the record's cloud %, and the mask's own share of cloud pixels.
+        cloud, shadow = mask_cover(out / f"{scene}.tif")
+        assert item.properties["eo:cloud_cover"] == records[scene]["cloud_percent"]
+        assert item.properties["eo:cloud_cover"] == pytest.approx(cloud, abs=0.001)
+        assert item.properties["cloudseg:shadow_cover"] == pytest.approx(shadow, abs=0.001)
+        assert item.collection_id == collection.id == "out"
+        assert item.get_collection().id == "out"
+        west, south, east, north = collection.extent.spatial.bboxes[0]
+        assert west <= item.bbox[0] and south <= item.bbox[1]
+        assert east >= item.bbox[2] and north >= item.bbox[3]
+    covers = [i.properties["eo:cloud_cover"] for i in items.values()]
+    summary = collection.summaries.get_range("eo:cloud_cover")
+    assert (summary.minimum, summary.maximum) == (min(covers), max(covers))
+
+
+def test_a_rerun_keeps_every_item_and_repairs_what_a_killed_run_left(three_scenes, tmp_path):
+    out = tmp_path / "out"
+    run_batch([three_scenes], out)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.stac.json")}
+    again = run_batch([three_scenes], out)
+    assert again.counts() == {"skipped": 3, "failed": 1}
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.stac.json")} == stamps
+    assert sorted(collection_items(out)[0]) == ["adwp-top", "adwu-top", "akny-bottom"]
+    # A run on one scene alone: the Items of the others stay in the collection.
+    one = run_batch([three_scenes / "adwp-top.tif"], out)
+    assert one.counts() == {"skipped": 1}
+    assert sorted(collection_items(out)[0]) == ["adwp-top", "adwu-top", "akny-bottom"]
+    # What a killed run leaves: a collection written before its last scenes finished,
+    # a scene whose Item never came. The next run lists every done scene again.
+    data = json.loads((out / "collection.json").read_text())
+    data["links"] = [link for link in data["links"] if link.get("title") == "adwp-top"]
+    (out / "collection.json").write_text(json.dumps(data))
+    (out / "adwu-top.stac.json").unlink()
+    repaired = run_batch([three_scenes], out)
+    by_scene = {r["scene"]: r for r in repaired.records}
+    assert by_scene["adwu-top"]["status"] == "done"
+    assert by_scene["adwu-top"]["redone"] == "its STAC Item is missing"
+    assert by_scene["akny-bottom"]["status"] == "skipped"
+    items, _ = collection_items(out)
+    assert sorted(items) == ["adwp-top", "adwu-top", "akny-bottom"]
+    check_assets(items["adwu-top"])
+
+
+def test_batch_items_of_stac_inputs_derive_from_them(real_data, tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    item_in = band_item(real_data, source, "akny")
+    out = tmp_path / "out"
+    assert run_batch([item_in], out).counts() == {"done": 1}
+    item = pystac.Item.from_file(str(out / "akny.stac.json"))
+    assert item.get_links("derived_from")[0].href == str(item_in)
+    assert item.datetime == chip_time(real_data, "akny")
+    check_assets(item)
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [("collection", "collection.json"), ("adwp.stac", "STAC Item of the scene 'adwp'")],
+)
+def test_a_scene_named_like_the_batch_stac_files_is_refused(batch_scenes, tmp_path, name, says):
+    from cloudseg.backend.errors import InputError
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy2(batch_scenes / "adwp-top.tif", folder / f"{name}.tif")
+    with pytest.raises(InputError, match=re.escape(says)):
+        run_batch([folder], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_items_and_collection_on_s3(batch_scenes, s3_server, s3_bucket, tmp_path):
+    import boto3
+
+    endpoint = s3_server["endpoint"]
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=s3_server["access_key"],
+        aws_secret_access_key=s3_server["secret_key"], region_name="us-east-1",
+    )  # fmt: skip
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("adwp-top.tif", "adwu-top.tif"):
+        shutil.copy2(batch_scenes / name, folder / name)
+    url = f"s3://{s3_bucket}/masks"
+    assert run_batch([folder], url, endpoint_url=endpoint).counts() == {"done": 2}
+    listed = client.list_objects_v2(Bucket=s3_bucket, Prefix="masks/")["Contents"]
+    keys = {o["Key"]: o["Size"] for o in listed}
+    assert {"masks/collection.json", "masks/adwp-top.stac.json", "masks/adwu-top.stac.json"} <= set(
+        keys
+    )
+
+    def read(key):
+        return client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+
+    collection = pystac.Collection.from_dict(json.loads(read("masks/collection.json")))
+    hrefs = sorted(link.href for link in collection.get_links("item"))
+    assert hrefs == ["./adwp-top.stac.json", "./adwu-top.stac.json"]
+    for scene in ("adwp-top", "adwu-top"):
+        item = pystac.Item.from_dict(json.loads(read(f"masks/{scene}.stac.json")))
+        mask = item.assets["mask"]
+        assert mask.href == f"./{scene}.tif"  # relative: the prefix holds it
+        data = read(f"masks/{scene}.tif")
+        assert mask.extra_fields["file:size"] == len(data) == keys[f"masks/{scene}.tif"]
+        assert mask.extra_fields["file:checksum"] == "1220" + hashlib.sha256(data).hexdigest()
+    again = run_batch([folder], url, endpoint_url=endpoint)
+    assert again.counts() == {"skipped": 2}

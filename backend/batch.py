@@ -126,6 +126,8 @@ class BatchResult:
     dashboard: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     scheduler: str | None = None
+    #: The STAC Collection of every done scene's Item.
+    collection: str = ""
 
     def counts(self) -> dict[str, int]:
         """Scenes by status (done, skipped, failed)."""
@@ -423,6 +425,10 @@ class _Destination:
                 return f"etag:{tag}" if tag else None
             path = self.folder / name
             return f"sha256:{_sha256(path)}" if path.is_file() else None
+
+    def location(self, name: str) -> str:
+        """Where a file of the output is: its path, or its ``s3://`` URL."""
+        return f"{self.url}/{name}" if self.s3 else str(self.folder / name)
 
     def put(self, name: str, source: Path | bytes) -> str:
         """Publish a file (moved from ``source``, or these bytes) atomically."""
@@ -866,6 +872,7 @@ def segment_batch(
     return BatchResult(
         output=destination.url,
         manifest=manifest,
+        collection=destination.location(COLLECTION),
         records=records,
         seconds=round(time.perf_counter() - started, 3),
         workers=running,

@@ -232,7 +232,7 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
             f"{len(result.records)} scene(s): {counts.get('done', 0)} done, "
             f"{counts.get('skipped', 0)} skipped (already done), {counts.get('failed', 0)} "
             f"failed; {result.workers} worker(s), {result.seconds:.1f} s; manifest "
-            f"{result.manifest}"
+            f"{result.manifest}; STAC collection {result.collection}"
         )
     for record in result.records:
         if record["status"] == "failed":

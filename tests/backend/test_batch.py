@@ -57,6 +57,15 @@ def test_a_batch_runs_on_a_local_cluster_and_a_rerun_skips_every_scene(scenes, t
     assert by_scene["adwp-top"]["cloud_percent"] == pytest.approx(
         100 * (mask[valid] == 1).mean(), abs=0.01
     )
+    # One STAC Item per done scene, read back by pystac, eo:cloud_cover the record's.
+    import pystac
+
+    for record in done:
+        item = pystac.Item.from_file(str(out / f"{record['scene']}.stac.json"))
+        assert item.properties["eo:cloud_cover"] == record["cloud_percent"]
+        assert item.assets["mask"].get_absolute_href() == str(out / f"{record['scene']}.tif")
+    linked = pystac.Collection.from_file(str(out / "collection.json")).get_items()
+    assert sorted(i.id for i in linked) == sorted(r["scene"] for r in done)
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tif")}
 
     again = json.loads(_run(venv_env, scenes, "--out", out, "--workers", "2").stdout)

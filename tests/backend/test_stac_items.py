@@ -51,6 +51,16 @@ def mask_cover(mask_path):
     return 100 * (data == 1).mean(), 100 * (data == 2).mean()
 
 
+def check_core(stac_object):
+    """Valid against the STAC core schema (pystac's own copy: no network needed)."""
+    from pystac.validation import JsonSchemaSTACValidator
+
+    data = stac_object.to_dict()
+    JsonSchemaSTACValidator().validate_core(
+        data, stac_object.STAC_OBJECT_TYPE, data["stac_version"], stac_object.get_self_href()
+    )
+
+
 def check_assets(item):
     """Every asset's file exists, with the size and SHA2-256 multihash the Item records."""
     for name, asset in item.assets.items():
@@ -80,6 +90,7 @@ def test_a_run_writes_an_item_pystac_reads_with_its_outputs_and_statistics(
     out, result = full_run
     item = pystac.Item.from_file(str(out / "mask.json"))
     assert item.id == "mask" and result.stac_item == out / "mask.json"
+    check_core(item)
     assert set(item.assets) == {"mask", "probabilities", "valid", "polygons", "stats"}
     check_assets(item)
     assert item.assets["mask"].href == "./mask.tif"  # relative: the folder can move
@@ -299,10 +310,12 @@ def test_a_batch_leaves_an_item_per_done_scene_and_a_collection_of_them(three_sc
     records = {r["scene"]: r for r in result.records}
     items, collection = collection_items(out)
     assert sorted(items) == ["adwp-top", "adwu-top", "akny-bottom"]  # not the broken one
+    check_core(collection)
     assert not (out / "broken.stac.json").exists()
     for scene, item in items.items():
         alone = pystac.Item.from_file(str(out / f"{scene}.stac.json"))
         assert alone.properties == item.properties and alone.id == scene
+        check_core(alone)
         check_assets(item)
         assert item.assets["mask"].get_absolute_href() == str(out / f"{scene}.tif")
         # eo:cloud_cover: the record's cloud %, and the mask's own share of cloud pixels.

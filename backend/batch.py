@@ -62,7 +62,14 @@ from typing import TYPE_CHECKING, Any
 
 from .callbacks import CancelCallback
 from .errors import CancelledError, CloudsegError, InputError, OutputExistsError
-from .raster.stac_input import BAND_ASSETS, SourceItem, band_vrt, read_items, resolve_href
+from .raster.stac_input import (
+    BAND_ASSETS,
+    SourceItem,
+    band_vrt,
+    is_item_input,
+    read_items,
+    resolve_href,
+)
 
 if TYPE_CHECKING:
     import pystac
@@ -284,7 +291,7 @@ def find_scenes(inputs: list[str], work: Path, endpoint_url: str | None = None) 
             found = [BatchScene(_scene_id(p), p) for p in _folder_scenes(path)]
         elif path.suffix.lower() == ".json" and path.is_file():
             found = _stac_scenes(str(path))
-        elif spec.startswith(("http://", "https://")):
+        elif spec.startswith(("http://", "https://")) and is_item_input(spec):
             found = _stac_scenes(spec)
         elif path.suffix.lower() in (".txt", ".lst") and path.is_file():
             lines = path.read_text(encoding="utf-8").splitlines()

@@ -24,6 +24,8 @@ from ..errors import InputError
 
 #: Asset names read as the bands of one scene.
 BAND_ASSETS = ("B02", "B03", "B04", "B08", "B8A", "B11", "B12")
+#: URL suffixes of rasters, not Items (see :func:`is_item_input`).
+RASTER_URL = (".tif", ".tiff", ".jp2", ".vrt", ".zip", ".img", ".png", ".jpg")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -54,13 +56,19 @@ class SourceItem:
 
 
 def is_item_input(source: str | Path) -> bool:
-    """Whether an input names a STAC Item: a ``.json`` file, or an http(s) URL.
+    """Whether an input names a STAC Item: a ``.json`` file, or an http(s) URL of one.
 
-    A scene is read from local files (see ``raster.reader``), so an http(s) URL given
-    as a scene can only be an Item.
+    An http(s) URL is an Item unless its path ends like a raster file (:data:`RASTER_URL`):
+    a STAC API's ``.../collections/c/items/<id>`` has no suffix, or the id's own
+    (``...T110000.SAFE``). A raster's URL is left to the scene reader, which reads local
+    files only and says so.
     """
+    from urllib.parse import urlsplit
+
     text = str(source)
-    return text.lower().endswith(".json") or text.startswith(("http://", "https://"))
+    if text.startswith(("http://", "https://")):
+        return Path(urlsplit(text).path).suffix.lower() not in RASTER_URL
+    return text.lower().endswith(".json") and not (_URL.match(text) or text.startswith("/vsi"))
 
 
 def resolve_href(href: str, base: str) -> str:

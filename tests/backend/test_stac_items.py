@@ -259,13 +259,13 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 def test_a_stac_item_by_url_reads_its_assets_over_http(real_data, tmp_path):
     served = tmp_path / "served"
     served.mkdir()
-    band_item(real_data, served, "akny")
+    band_item(real_data, served, "akny").rename(served / "akny")  # as a STAC API names it
     handler = functools.partial(RangeHandler, directory=str(served))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/akny.json"
+        url = f"http://127.0.0.1:{server.server_address[1]}/akny"
         options = SegmentOptions(product_level="L2A", stac_item=tmp_path / "m.json")
         result = segment(url, tmp_path / "m.tif", options)
     finally:

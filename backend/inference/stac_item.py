@@ -34,6 +34,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -263,14 +264,18 @@ def mask_item(
     when = parse_time(acquired) if acquired else None
     if when is None:
         when, how = dt.datetime.now(dt.timezone.utc), RUN_TIME
-    with rasterio.open(local(mask)) as ds:
-        tags = ds.tags()
+    with rasterio.open(local(mask)) as ds, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rio-stac's warning for a raster without a CRS
+        tags, georeferenced = ds.tags(), ds.crs is not None
         kind, roles, title = ASSETS["mask"]
         item = create_stac_item(
             ds, input_datetime=when, id=item_id or mask.stem, asset_name="mask",
             asset_roles=roles, asset_media_type=kind, asset_href=_href(mask, item_path),
-            with_proj=True, with_raster=True, geom_precision=7,
+            with_proj=georeferenced, with_raster=True, geom_precision=7,
         )  # fmt: skip
+    if not georeferenced:  # no footprint rather than rio-stac's whole world
+        item.geometry, item.bbox = None, None
+        item.properties["cloudseg:note"] = "the input is not georeferenced: no geometry"
     item.assets["mask"].title = title
     _mask_asset(item, local(mask), tags, result)
     _file_fields(item.assets["mask"], local(mask))

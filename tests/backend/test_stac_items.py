@@ -423,3 +423,25 @@ def test_items_and_collection_on_s3(batch_scenes, s3_server, s3_bucket, tmp_path
         assert mask.extra_fields["file:checksum"] == "1220" + hashlib.sha256(data).hexdigest()
     again = run_batch([folder], url, endpoint_url=endpoint)
     assert again.counts() == {"skipped": 2}
+
+
+def test_a_scene_without_georeferencing_gets_an_item_without_a_footprint(band_folder, tmp_path):
+    from rasterio.transform import Affine
+
+    from .conftest import stack_bands
+
+    scene = stack_bands(band_folder, tmp_path / "plain.tif", list(BANDS), crs=None,
+                        transform=Affine.identity())  # fmt: skip
+    segment(
+        scene,
+        tmp_path / "m.tif",
+        SegmentOptions(product_level="L2A", stac_item=tmp_path / "m.json"),
+    )
+    item = pystac.Item.from_file(str(tmp_path / "m.json"))
+    assert item.geometry is None and item.bbox is None  # not rio-stac's whole world
+    assert "not georeferenced" in item.properties["cloudseg:note"]
+    assert item.properties["eo:cloud_cover"] == pytest.approx(
+        mask_cover(tmp_path / "m.tif")[0], abs=0.001
+    )
+    check_core(item)
+    check_assets(item)

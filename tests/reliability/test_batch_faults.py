@@ -396,6 +396,12 @@ def test_a_killed_batch_leaves_nothing_that_the_next_run_keeps(workspace, scenes
     assert counts.get("done", 0) + counts.get("skipped", 0) == 3 and counts.get("done", 0) >= 1
     assert _hidden(masks) == []
     assert sorted(p.name for p in masks.glob("*.tif")) == sorted(p.name for p in scenes.iterdir())
+    # Every scene's STAC Item is written and the collection lists each one, whatever the
+    # killed run had written of them.
+    import pystac
+
+    linked = pystac.Collection.from_file(str(masks / "collection.json")).get_items()
+    assert sorted(i.id for i in linked) == sorted(p.stem for p in scenes.iterdir())
 
 
 def test_a_second_batch_on_the_same_folder_is_refused_while_the_first_runs(

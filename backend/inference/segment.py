@@ -151,7 +151,7 @@ def _check_outputs(
         Path(s.path) for s in reader.sources.values() if not s.path.startswith("/vsi")
     ]
     if item is not None:
-        files = [item.href.split("#", 1)[0], *item.hrefs()]
+        files = [item.source, item.href.split("#", 1)[0], *item.hrefs()]
         inputs += [Path(f) for f in files if "://" not in f]
     return check_outputs(
         {

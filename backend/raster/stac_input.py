@@ -41,6 +41,7 @@ class SourceItem:
         bands: Its band assets, ``(band, href)``, hrefs resolved.
         image: Its image asset's resolved href, when it has no band assets.
         text: The Item as canonical JSON (what identifies it).
+        source: The file (absolute) or URL the Item was read from.
     """
 
     id: str
@@ -49,6 +50,7 @@ class SourceItem:
     bands: tuple[tuple[str, str], ...]
     image: str | None
     text: str
+    source: str = ""
 
     def hrefs(self) -> list[str]:
         """Every asset href the scene is read from."""
@@ -152,7 +154,7 @@ def _source_item(item: Any, source: str, many: bool) -> SourceItem:
         (name, resolve_href(hrefs[name], source)) for name in BAND_ASSETS if name in hrefs
     )
     if bands:
-        return SourceItem(item_id, where, _datetime(item), bands, None, text)
+        return SourceItem(item_id, where, _datetime(item), bands, None, text, source)
     data_assets = [
         hrefs[name] for name, a in assets.items()
         if isinstance(a, dict) and ("data" in (a.get("roles") or [])
@@ -161,7 +163,7 @@ def _source_item(item: Any, source: str, many: bool) -> SourceItem:
     if not data_assets:
         raise InputError(f"{shown}: Item {item_id} has no image asset (nor B02, B03...)")
     image = resolve_href(data_assets[0], source)
-    return SourceItem(item_id, where, _datetime(item), (), image, text)
+    return SourceItem(item_id, where, _datetime(item), (), image, text, source)
 
 
 def read_items(source: str | Path) -> list[SourceItem]:

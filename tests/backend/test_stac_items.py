@@ -232,6 +232,19 @@ def test_a_stac_item_input_segments_its_bands_and_its_item_derives_from_it(
     with pytest.raises(OutputConflictError, match="is an input of this run"):
         segment(item_in, tmp_path / "x.tif",
                 SegmentOptions(product_level="L2A", stac_item=item_in, overwrite=True))  # fmt: skip
+    # Also when the Item names another place as its own (a self link).
+    data = json.loads(item_in.read_text())
+    data["links"] = [{"rel": "self", "href": "https://example.invalid/items/adwp"}]
+    item_in.write_text(json.dumps(data))
+    with pytest.raises(OutputConflictError, match="is an input of this run"):
+        segment(item_in, tmp_path / "x.tif",
+                SegmentOptions(product_level="L2A", stac_item=item_in, overwrite=True))  # fmt: skip
+    assert json.loads(item_in.read_text()) == data
+    # The derived Item links to where the source Item says it lives.
+    options = SegmentOptions(product_level="L2A", stac_item=tmp_path / "y.json")
+    segment(item_in, tmp_path / "y.tif", options)
+    linked = pystac.Item.from_file(str(tmp_path / "y.json")).get_links("derived_from")
+    assert [link.href for link in linked] == ["https://example.invalid/items/adwp"]
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):

@@ -473,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_batch_parser(sub)
     _add_propose_parser(sub)
     _add_explain_parser(sub)
+    _add_serve_parser(sub)
     _add_plugin_parsers(sub)
     return parser
 
@@ -534,6 +535,86 @@ def _add_explain_parser(sub: Any) -> None:
     ex.add_argument("--overwrite", action="store_true", help="replace an existing output")
     add_output_flags(ex)
     ex.set_defaults(handler=_cmd_explain)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Run the web page and OGC API server until interrupted."""
+    from .serve.app import serve
+    from .serve.config import ServeConfig
+
+    serve(
+        ServeConfig(
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            roots=args.root or [],
+            work=Path(args.work).expanduser() if args.work else None,
+            max_upload_mib=args.max_upload,
+            keep_hours=args.keep,
+            concurrency=args.concurrency,
+            url=args.url,
+        )
+    )
+    return 0
+
+
+def _add_serve_parser(sub: Any) -> None:
+    from .serve import config
+
+    srv = sub.add_parser(
+        "serve",
+        help="a web page and an OGC API - Processes endpoint over one job queue",
+        description="Serve a web page (upload a scene, see the mask, download the results) "
+        "and OGC API - Processes (/ogc: segment and explain, synchronous or asynchronous "
+        "jobs) from one server whose jobs share one queue. Listens on 127.0.0.1 unless "
+        "told otherwise; on any other interface every request needs a token. See "
+        "docs/serve.md.",
+    )
+    srv.add_argument(
+        "--host", default=config.LOOPBACK_HOST, help="interface to listen on (default %(default)s)"
+    )
+    srv.add_argument(
+        "--port", type=int, default=config.DEFAULT_PORT, help="port (default %(default)s; 0: any)"
+    )
+    srv.add_argument(
+        "--token",
+        help=f"the token every request must carry (default: ${config.TOKEN_ENV}; made and "
+        "printed at start when the server listens beyond this machine)",
+    )
+    srv.add_argument(
+        "--root",
+        action="append",
+        metavar="DIR",
+        help="a folder whose scenes jobs may read by path (repeat for more; default none: "
+        "uploads and URLs only)",
+    )
+    srv.add_argument(
+        "--work",
+        metavar="DIR",
+        help="folder for uploads and job results (default: a temporary one)",
+    )
+    srv.add_argument(
+        "--max-upload",
+        type=float,
+        default=config.DEFAULT_MAX_UPLOAD_MIB,
+        metavar="MIB",
+        help="largest upload, MiB (default %(default)g)",
+    )
+    srv.add_argument(
+        "--keep",
+        type=float,
+        default=config.DEFAULT_KEEP_HOURS,
+        metavar="HOURS",
+        help="hours uploads and finished jobs' results are kept (default %(default)g)",
+    )
+    srv.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="model runs at the same time; more wait in the queue (default 1)",
+    )
+    srv.add_argument("--url", help="the address clients reach the server at, behind a proxy")
+    srv.set_defaults(handler=_cmd_serve)
 
 
 #: Entry-point group through which other packages add subcommands: each entry is a

@@ -1,0 +1,224 @@
+"""The server: one FastAPI app on uvicorn with both faces and the job files.
+
+Routes: ``/`` the web page (Gradio), ``/ogc`` OGC API - Processes (pygeoapi),
+``/files/{job}/{name}`` a successful job's result files (names from its result
+document only), ``/health`` the queue and the runtime. Every request passes
+:class:`Guard` first: the token when the server has one, the ``Host`` header on a
+loopback server (so a web page elsewhere cannot reach it by DNS rebinding), and the
+upload limit.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+import threading
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from .config import ServeConfig, is_loopback
+
+logger = logging.getLogger(__name__)
+
+#: The cookie the page keeps the token in after ``?token=``.
+TOKEN_COOKIE = "cloudseg_token"
+
+
+class Guard:
+    """ASGI middleware: token, allowed ``Host`` headers, and the upload limit.
+
+    Args:
+        app: The app it guards.
+        token: The token requests must carry (None: no token needed).
+        hosts: ``Host`` headers answered (None: any).
+        max_bytes: The largest request body announced by ``Content-Length``.
+    """
+
+    def __init__(self, app: Any, token: str | None, hosts: set[str] | None, max_bytes: int) -> None:
+        self.app, self.token, self.hosts, self.max_bytes = app, token, hosts, max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Answer 401 / 403 / 413 in one line, or pass the request on."""
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.hosts is not None and headers.get("host", "") not in self.hosts:
+            await _refuse(scope, send, 403, "Forbidden", "this server answers localhost only")
+            return
+        if int(headers.get("content-length", "0") or 0) > self.max_bytes:
+            await _refuse(scope, send, 413, "PayloadTooLarge",
+                          f"requests are limited to {self.max_bytes / 2**20:g} MiB")  # fmt: skip
+            return
+        from_query = None
+        if self.token is not None:
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            from_query = (query.get("token") or [None])[0]
+            cookie = SimpleCookie(headers.get("cookie", ""))
+            offered = [
+                headers.get("authorization", "").removeprefix("Bearer ").strip(),
+                cookie[TOKEN_COOKIE].value if TOKEN_COOKIE in cookie else "",
+                from_query or "",
+            ]
+            if not any(o and hmac.compare_digest(o, self.token) for o in offered):
+                await _refuse(scope, send, 401, "Unauthorized",
+                              "this server needs its token: 'Authorization: Bearer TOKEN' or "
+                              "?token=TOKEN")  # fmt: skip
+                return
+        if from_query and scope["type"] == "http":
+            send = _setting_cookie(send, from_query)
+        await self.app(scope, receive, send)
+
+
+def _setting_cookie(send: Any, token: str) -> Any:
+    """``send`` that adds the token cookie to the response (the page's later requests)."""
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            cookie = f"{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
+            message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie.encode())]
+        await send(message)
+
+    return wrapped
+
+
+async def _refuse(scope: dict[str, Any], send: Any, status: int, code: str, text: str) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = json.dumps({"code": code, "description": text}).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+def _housekeeping(queue: Any, every: float) -> None:
+    """Remove expired jobs now and then (a daemon thread)."""
+    stop = threading.Event()
+    while not stop.wait(every):
+        try:
+            queue.remove_expired()
+        except Exception:  # housekeeping must never stop the server
+            logger.exception("removing expired jobs failed")
+
+
+def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
+    """The server's ASGI app and its job queue.
+
+    Args:
+        config: The server's settings.
+        port: The port it listens on (for links and the allowed ``Host`` headers).
+    """
+    work = config.work or Path(tempfile.mkdtemp(prefix="cloudseg-serve-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ["GRADIO_TEMP_DIR"] = str(work / "uploads")
+    import gradio as gr
+    import matplotlib
+
+    matplotlib.use("Agg")  # previews and plots are files; no display
+    import matplotlib.pyplot  # noqa: F401  imported once here, not by two job threads at once
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import FileResponse, JSONResponse
+
+    from .jobs import JobQueue, UnknownJobError
+    from .ogc import FILES_PREFIX, PREFIX, attach, dismissal, ogc_app
+    from .web import build_page
+
+    queue = JobQueue(work, config.concurrency, config.keep_seconds)
+    base = config.base_url(port)
+    attach(queue, config, base)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.delete(PREFIX + "/jobs/{job_id}")
+    def dismiss(job_id: str) -> JSONResponse:
+        # pygeoapi 0.21 answers a dismissal without a Content-Type, which its Starlette
+        # app cannot send (KeyError): this route answers with pygeoapi's own document.
+        try:
+            return JSONResponse(dismissal(job_id))
+        except UnknownJobError:
+            return JSONResponse(
+                {"type": "NoSuchJob", "code": "NoSuchJob", "description": job_id}, 404
+            )
+
+    app.mount(PREFIX, ogc_app(work, base))
+
+    @app.get(FILES_PREFIX + "/{job_id}/{name}")
+    def job_file(job_id: str, name: str) -> FileResponse:
+        try:
+            path = queue.file(job_id, name)
+        except UnknownJobError:
+            raise HTTPException(404, "no such job or result") from None
+        from .processes import media_type
+
+        job = queue.get(job_id)
+        key = next(k for k, p in job.files.items() if p == path)
+        return FileResponse(path, media_type=media_type(job.process, key), filename=path.name)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "concurrency": config.concurrency}
+
+    keep = config.keep_seconds
+    page = build_page(queue, config)
+    page.queue(default_concurrency_limit=None)
+    app = gr.mount_gradio_app(
+        app,
+        page,
+        path="",
+        allowed_paths=[str(queue.folder)],
+        max_file_size=int(config.max_upload_mib * 2**20),
+        footer_links=["api"],
+        root_path=config.url and config.url.rstrip("/"),
+    )
+    threading.Thread(target=_housekeeping, args=(queue, min(keep / 4, 600.0)), daemon=True).start()
+    hosts = config.allowed_hosts(port) if is_loopback(config.host) else None
+    limit = int(config.max_upload_mib * 2**20) + 2**20  # the form around an upload
+    return Guard(app, config.token, hosts, limit), queue
+
+
+def serve(config: ServeConfig) -> None:
+    """Run the server until interrupted; prints where it listens (first line)."""
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((config.host, config.port))
+    except OSError as exc:
+        from ..errors import InputError
+
+        raise InputError(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
+    port = sock.getsockname()[1]
+    app, queue = build_app(config, port)
+    sock.listen(128)  # clients that come before uvicorn starts wait in the backlog
+    base = config.base_url(port)
+    token = f"?token={config.token}" if config.token_generated else ""
+    print(f"cloudseg serve: listening on {base} (web page {base}/{token}, "
+          f"OGC API - Processes {base}/ogc)", flush=True)  # fmt: skip
+    if config.token:
+        where = f"token {config.token}" if config.token_generated else "the token you gave"
+        print(f"  every request needs {where} ('Authorization: Bearer TOKEN' or ?token=)",
+              flush=True)  # fmt: skip
+    if config.roots:
+        print(f"  jobs may read paths under: {', '.join(map(str, config.roots))}", flush=True)
+    sys.stdout.flush()
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5, lifespan="on")
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        queue.close()

@@ -1,0 +1,342 @@
+"""The server's processes, ``segment`` and ``explain``: their inputs, and how a job runs them.
+
+One owner for what a request may ask: each process's inputs are the options of the
+command it runs, described once here as JSON Schema. The run options come from the CLI's
+own table (:data:`cloudseg.backend.inference.options.RUN_FLAGS`: same names, help,
+choices and parsing), so the OGC API's process description, the web page's controls and
+``cloudseg segment --help`` say the same thing. :func:`parse_inputs` turns a request's
+inputs into the options the engine takes, refusing unknown or malformed ones in one line.
+
+A job runs the engine's own functions (:func:`cloudseg.backend.inference.segment.segment`,
+:func:`cloudseg.backend.inference.explain.explain`) into its folder, so the mask a job
+returns is the one ``cloudseg segment`` writes for the same file and options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import choices
+from ..errors import InputError
+from ..inference.options import RUN_FLAGS, RunOptions, SegmentOptions
+from .jobs import Job, JobOutcome
+
+#: Run options a request may not set: the server's operator decides the memory budget.
+SERVER_FIELDS = ("max_memory_mib",)
+#: Names under which each process's result files appear (OGC outputs, downloads).
+SEGMENT_FILES = {
+    "mask": ("mask.tif", "image/tiff; application=geotiff; profile=cloud-optimized"),
+    "probabilities": ("probabilities.tif", "image/tiff; application=geotiff"),
+    "uncertainty": ("uncertainty.tif", "image/tiff; application=geotiff"),
+    "valid": ("valid.tif", "image/tiff; application=geotiff; profile=cloud-optimized"),
+    "polygons": ("polygons.gpkg", "application/geopackage+sqlite3"),
+    "polygons_geojson": ("polygons.geojson", "application/geo+json"),
+    "statistics": ("statistics.json", "application/json"),
+    "stac_item": ("item.json", "application/geo+json"),
+}
+EXPLAIN_FILES = {
+    "cam": ("cam.tif", "image/tiff; application=geotiff"),
+}
+PREVIEW_TYPE = "image/png"
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input of a process.
+
+    Attributes:
+        name: The input's id (the option's field name).
+        title: A short title for forms.
+        description: The help text.
+        schema: JSON Schema of the value.
+        parse: Turns a request's value into the option's value (raises ValueError,
+            TypeError or argparse.ArgumentTypeError for a bad one).
+        required: The process cannot run without it.
+    """
+
+    name: str
+    title: str
+    description: str
+    schema: dict[str, Any]
+    parse: Any = None
+    required: bool = False
+
+
+_RUN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunOptions)}
+
+
+def _run_input(flag: Any) -> Input:
+    """The input of one run flag, from the CLI's own table."""
+    settings = flag.settings
+    text = flag.help.replace(" (default %(default)s)", "").replace("%(default)s", "")
+    if settings.get("action") == "store_true":
+        schema = {"type": "boolean", "default": False}
+        return Input(flag.field, flag.field.replace("_", " "), text, schema, _bool)
+    kind = settings.get("type", str)
+    schema: dict[str, Any] = {"type": "string"}
+    if kind is float:
+        schema = {"type": "number"}
+    elif kind is int:
+        schema = {"type": "integer", "minimum": 1}
+    if "choices" in settings:
+        schema = {"type": "string", "enum": list(settings["choices"])}
+    if flag.field == "bands":
+        schema = {"type": "string", "examples": ["B04,B03,B02,B08"]}
+    default = _RUN_DEFAULTS[flag.field]
+    if default is not None:
+        schema["default"] = default
+    return Input(flag.field, flag.field.replace("_", " "), text, schema, kind)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise TypeError(f"{value!r} is not true or false")
+
+
+def _extent(value: Any) -> tuple[float, float, float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise TypeError("give four numbers: left, bottom, right, top")
+    return tuple(float(v) for v in value)  # type: ignore[return-value]
+
+
+def _model(value: Any) -> str | None:
+    """A model by name; files on the server are not loaded by request."""
+    from ..models.registry import available_models
+
+    if value in (None, "", "auto"):
+        return None
+    names = [m.card.name for m in available_models()]
+    if value not in names:
+        raise ValueError(f"no model {value!r}; the models here: {', '.join(names)}")
+    return str(value)
+
+
+SOURCE = Input(
+    "input",
+    "scene",
+    "The scene: a path on the server under its --root folders, an https:// or s3:// URL "
+    "(GeoTIFF / COG, SAFE zip, STAC Item), or a file uploaded through the web page.",
+    {"type": "string"},
+    str,
+    required=True,
+)
+EXTENT = Input(
+    "extent",
+    "extent",
+    "only this extent, [left, bottom, right, top] in the scene's CRS",
+    {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
+    _extent,
+)
+RUN_INPUTS = tuple(
+    Input(i.name, "model", i.description, {"type": "string"}, _model) if i.name == "model" else i
+    for i in (_run_input(f) for f in RUN_FLAGS if f.field not in SERVER_FIELDS)
+)
+SEGMENT_INPUTS = (
+    SOURCE,
+    *RUN_INPUTS,
+    EXTENT,
+    Input(
+        "check_reflectance",
+        "check reflectance",
+        "refuse values that are not plausible reflectance after scaling (a wrong scale "
+        "gives a confident wrong mask); false makes it a warning",
+        {"type": "boolean", "default": True},
+        _bool,
+    ),
+    Input(
+        "buffer_cloud_m",
+        "cloud buffer (m)",
+        f"buffer around cloud in the valid mask, metres (default "
+        f"{choices.DEFAULT_BUFFER_CLOUD_M:g})",
+        {"type": "number", "minimum": 0, "default": choices.DEFAULT_BUFFER_CLOUD_M},
+        float,
+    ),
+    Input(
+        "buffer_shadow_m",
+        "shadow buffer (m)",
+        f"buffer around cloud shadow in the valid mask, metres (default "
+        f"{choices.DEFAULT_BUFFER_SHADOW_M:g})",
+        {"type": "number", "minimum": 0, "default": choices.DEFAULT_BUFFER_SHADOW_M},
+        float,
+    ),
+    Input(
+        "min_polygon_area_m2",
+        "smallest polygon (m²)",
+        "leave out polygons smaller than this, m² (default 0)",
+        {"type": "number", "minimum": 0, "default": 0},
+        float,
+    ),
+)
+EXPLAIN_INPUTS = (
+    SOURCE,
+    *RUN_INPUTS,
+    EXTENT,
+    Input(
+        "classes",
+        "classes",
+        "classes to explain, one band each (default: cloud)",
+        {"type": "array", "items": {"type": "string"}, "default": ["cloud"]},
+        lambda v: [str(c) for c in ([v] if isinstance(v, str) else v)],
+    ),
+    Input(
+        "method",
+        "method",
+        "gradcam: Grad-CAM; hirescam: HiResCAM (gradient x activation)",
+        {"type": "string", "enum": list(choices.EXPLAIN_METHODS), "default": "gradcam"},
+        str,
+    ),
+)
+INPUTS = {"segment": SEGMENT_INPUTS, "explain": EXPLAIN_INPUTS}
+
+
+def parse_inputs(process: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """A request's inputs as option values, checked.
+
+    Raises:
+        InputError: For an unknown input, a missing required one, or a bad value (one
+            line naming the input and what it takes).
+    """
+    if not isinstance(inputs, dict):
+        raise InputError("inputs must be an object of name: value")
+    known = {i.name: i for i in INPUTS[process]}
+    unknown = sorted(set(inputs) - set(known))
+    if unknown:
+        raise InputError(
+            f"unknown input {unknown[0]!r} for {process}; it takes: {', '.join(known)}"
+        )
+    values = {}
+    for name, spec in known.items():
+        value = inputs.get(name)
+        if value is None or value == "":
+            if spec.required:
+                raise InputError(f"input {name!r} is required: {spec.description}")
+            continue
+        try:
+            values[name] = spec.parse(value) if spec.parse else value
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+            raise InputError(f"input {name!r}: {exc}") from None
+        enum = spec.schema.get("enum")
+        if enum and values[name] not in enum:
+            raise InputError(f"input {name!r} must be one of {', '.join(enum)}, not {value!r}")
+    return values
+
+
+def segment_options(values: dict[str, Any], folder: Path) -> SegmentOptions:
+    """The options of a segment job writing every result into ``folder``."""
+    fields = {k: v for k, v in values.items() if k not in ("input", "extent")}
+    if "bands" in fields:
+        from ..raster.bands import parse_band_list
+
+        fields["bands"] = parse_band_list(fields["bands"])
+    return SegmentOptions(
+        **fields,
+        bounds=values.get("extent"),
+        probabilities=folder / SEGMENT_FILES["probabilities"][0],
+        uncertainty=folder / SEGMENT_FILES["uncertainty"][0],
+        valid=folder / SEGMENT_FILES["valid"][0],
+        polygons=folder / SEGMENT_FILES["polygons"][0],
+        stats=folder / SEGMENT_FILES["statistics"][0],
+        stac_item=folder / SEGMENT_FILES["stac_item"][0],
+        keep_runner=True,  # the next job with this model starts at once
+    )
+
+
+def run_segment(job: Job, progress: Any, cancelled: Any) -> JobOutcome:
+    """Run ``segment`` for a job: the CLI's outputs, a GeoJSON of the polygons, previews."""
+    from ..inference.segment import segment
+    from .render import geojson_from_gpkg, segment_previews
+
+    values = job.inputs
+    options = segment_options(values, job.folder)
+    mask = job.folder / SEGMENT_FILES["mask"][0]
+    result = segment(
+        values["input"],
+        mask,
+        options,
+        progress=lambda p, m: progress(p * 0.9, m),
+        cancelled=cancelled,
+    )
+    files = {name: job.folder / file for name, (file, _) in SEGMENT_FILES.items()}
+    geojson_from_gpkg(files["polygons"], files["polygons_geojson"])
+    progress(92.0, "drawing the previews")
+    files |= segment_previews(values["input"], options, files, job.folder)
+    summary = {
+        "model": result.model,
+        "runner": result.runner,
+        "seconds": result.seconds,
+        "width": result.width,
+        "height": result.height,
+        "class_percent": result.class_percent,
+        "usable_percent": result.usable_percent,
+        "polygon_counts": result.polygon_counts,
+        "warnings": result.warnings,
+        "model_accuracy": _accuracy(result.model),
+        "product_level": result.product_level,
+    }
+    return JobOutcome(files, summary)
+
+
+def run_explain(job: Job, progress: Any, cancelled: Any) -> JobOutcome:
+    """Run ``explain`` for a job: the class activation maps and a preview of the first."""
+    from ..inference.explain import explain
+    from .render import cam_preview
+
+    values = job.inputs
+    fields = {k: v for k, v in values.items() if k not in ("input", "extent", "classes", "method")}
+    if "bands" in fields:
+        from ..raster.bands import parse_band_list
+
+        fields["bands"] = parse_band_list(fields["bands"])
+    output = job.folder / EXPLAIN_FILES["cam"][0]
+    result = explain(
+        values["input"],
+        output,
+        classes=values.get("classes") or ["cloud"],
+        method=values.get("method", "gradcam"),
+        bounds=values.get("extent"),
+        progress=lambda p, m: progress(p * 0.95, m),
+        cancelled=cancelled,
+        options=RunOptions(**fields),
+    )
+    files = {"cam": output} | cam_preview(output, job.folder)
+    summary = {k: v for k, v in result.to_dict().items() if k != "output"}
+    return JobOutcome(files, summary)
+
+
+RUNNERS = {"segment": run_segment, "explain": run_explain}
+
+
+def _accuracy(model: str) -> str:
+    """The model's measured accuracy, one line (its card's headline)."""
+    from ..models.registry import load_model
+
+    try:
+        return load_model(model).card.headline() or "not measured"
+    except Exception:  # the run used it, so this cannot fail for want of the model
+        return "not measured"
+
+
+def media_type(process: str, name: str) -> str:
+    """The media type of one of a process's result files."""
+    files = SEGMENT_FILES if process == "segment" else EXPLAIN_FILES
+    return files[name][1] if name in files else PREVIEW_TYPE
+
+
+def describe_statistics(summary: dict[str, Any]) -> str:
+    """The shares of a segment job's summary, one line (``cloud 12.3 %, ...``)."""
+    shares = ", ".join(f"{k} {v:.1f} %" for k, v in summary.get("class_percent", {}).items())
+    usable = summary.get("usable_percent")
+    return shares + (f"; usable {usable:.1f} %" if usable is not None else "")
+
+
+def dumps(data: Any) -> str:
+    """JSON for responses (paths as strings)."""
+    return json.dumps(data, default=str, indent=2)

@@ -1,0 +1,207 @@
+"""The web page of ``cloudseg serve``, for people without QGIS (Gradio).
+
+Gradio is the established library for model demos: uploads with a size limit, progress
+streamed to the page, downloads, and a page that works in any browser without a build
+step. The page is a view over the same job queue and processes as the OGC API
+(:mod:`.jobs`, :mod:`.processes`): its option controls are made from the processes'
+input descriptions, a run is a queued ``segment`` job (and an ``explain`` job when
+Grad-CAM is asked for), the page shows the job's place in the queue and its progress,
+and Cancel dismisses it. Results are shown as previews (:mod:`.render`: at most 1024
+pixels a side, never the whole raster) and offered as downloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ..errors import CloudsegError
+from . import processes
+from .config import ServeConfig
+from .jobs import DISMISSED, SUCCESSFUL, Job, JobQueue, UnknownJobError
+
+#: Inputs the page offers under "Options" (the scene and the model have their own
+#: controls; an extent is a job for the API).
+_OMIT = ("input", "model", "product_level", "extent", "device", "batch_size", "tile_size",
+         "overlap")  # fmt: skip
+#: Seconds between the page's status updates while a job waits or runs.
+POLL_SECONDS = 0.5
+#: The previews of a segment job the page's tabs show, in their order.
+_VIEWS = ("mask", "scene", "cloud_probability", "uncertainty")
+#: Downloads, in the order the page lists them.
+DOWNLOADS = ("mask", "probabilities", "valid", "uncertainty", "polygons", "polygons_geojson",
+             "statistics", "stac_item", "cam")  # fmt: skip
+
+
+def _control(spec: processes.Input) -> Any:
+    """A form control for one process input."""
+    schema = spec.schema
+    common = {"label": spec.title, "info": spec.description[:200], "elem_id": f"option-{spec.name}"}
+    if schema.get("type") == "boolean":
+        return gr.Checkbox(value=bool(schema.get("default", False)), **common)
+    if "enum" in schema:
+        choices = [(v, v) for v in schema["enum"]]
+        if "default" not in schema:
+            choices.insert(0, ("auto (from the scene's metadata)", ""))
+        return gr.Dropdown(choices, value=schema.get("default", ""), **common)
+    if schema.get("type") in ("number", "integer"):
+        return gr.Number(value=schema.get("default"), **common)
+    return gr.Textbox(value="", **common)
+
+
+def _model_choices() -> list[str]:
+    from ..models.registry import available_models
+
+    return ["auto", *(m.card.name for m in available_models())]
+
+
+def _status(queue: JobQueue, job: Job, what: str) -> str:
+    place = queue.place(job)
+    if place is not None:
+        ahead = "next to run" if place == 1 else f"{place - 1} job(s) ahead of it"
+        return f"**{what}: waiting** - {ahead}"
+    return f"**{what}: {job.progress:.0f} %** - {job.message}"
+
+
+def _follow(queue: JobQueue, job: Job, what: str) -> Iterator[str]:
+    """Status lines while ``job`` waits and runs."""
+    while not job.done.wait(POLL_SECONDS):
+        yield _status(queue, job, what)
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
+    lines = [f"**{processes.describe_statistics(summary)}**"]
+    lines.append(
+        f"Model {summary.get('model')} on {summary.get('runner')}, "
+        f"{summary.get('seconds', 0):.1f} s; product level {summary.get('product_level')}"
+    )
+    lines.append(f"Measured accuracy: {summary.get('model_accuracy')}")
+    lines += [f"Warning: {w}" for w in summary.get("warnings", [])]
+    return "\n\n".join(lines)
+
+
+def build_page(queue: JobQueue, config: ServeConfig) -> gr.Blocks:
+    """The page's Blocks, wired to ``queue``."""
+    option_specs = [s for s in processes.SEGMENT_INPUTS if s.name not in _OMIT]
+    keep = int(config.keep_seconds)
+    with gr.Blocks(
+        title="cloudseg",
+        analytics_enabled=False,
+        delete_cache=(max(1, min(keep // 4, 3600)), keep),  # uploads go after keep_hours
+    ) as page:
+        gr.Markdown(
+            "# cloudseg\nClouds and cloud shadows in Sentinel-2 scenes. Upload a GeoTIFF, "
+            "COG or SAFE zip, or name a scene the server can read, and press **Segment**."
+        )
+        job_ids = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(
+                    label="Scene (GeoTIFF, COG or SAFE zip)",
+                    file_types=[".tif", ".tiff", ".zip", ".vrt", ".jp2"],
+                    elem_id="scene-upload",
+                )
+                source = gr.Textbox(
+                    label="...or a path on the server, an https:// or s3:// URL, a STAC Item URL",
+                    elem_id="scene-source",
+                )
+                model = gr.Dropdown(_model_choices(), value="auto", label="model")
+                level = _control(_LEVEL)
+                explain = gr.Checkbox(label="also explain the mask (Grad-CAM of cloud)")
+                with gr.Accordion("Options", open=False):
+                    controls = [_control(spec) for spec in option_specs]
+                with gr.Row():
+                    run = gr.Button("Segment", variant="primary", elem_id="run")
+                    cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
+            with gr.Column(scale=2):
+                status = gr.Markdown("Ready.", elem_id="status")
+                with gr.Tabs():
+                    with gr.Tab("Mask over the scene"):
+                        mask_view = gr.Image(type="filepath", show_label=False,
+                                             elem_id="mask-view")  # fmt: skip
+                    with gr.Tab("Scene"):
+                        scene_view = gr.Image(type="filepath", show_label=False)
+                    with gr.Tab("Cloud probability"):
+                        probability_view = gr.Image(type="filepath", show_label=False)
+                    with gr.Tab("Uncertainty"):
+                        uncertainty_view = gr.Image(type="filepath", show_label=False)
+                    with gr.Tab("Grad-CAM"):
+                        cam_view = gr.Image(type="filepath", show_label=False)
+                summary = gr.Markdown(elem_id="summary")
+                downloads = gr.File(label="Downloads", file_count="multiple",
+                                    elem_id="downloads")  # fmt: skip
+        views = [mask_view, scene_view, probability_view, uncertainty_view, cam_view]
+
+        def segment(
+            upload_path: str | None, source_text: str, model_name: str, product_level: str,
+            with_cam: bool, *values: Any,
+        ) -> Iterator[tuple[Any, ...]]:  # fmt: skip
+            nothing = (None,) * len(views)
+            try:
+                if upload_path:
+                    config.check_upload(Path(upload_path))
+                    scene = str(upload_path)
+                else:
+                    scene = config.resolve_input(source_text or "")
+                inputs = {spec.name: v for spec, v in zip(option_specs, values, strict=True)}
+                inputs |= {"input": scene, "model": model_name, "product_level": product_level}
+                parsed = processes.parse_inputs("segment", inputs)
+            except CloudsegError as exc:
+                raise gr.Error(str(exc)) from None
+            job = queue.submit("segment", parsed, processes.RUNNERS["segment"])
+            ids = [job.id]
+            for line in _follow(queue, job, "segment"):
+                yield ids, line, *nothing, "", None
+            if job.status != SUCCESSFUL:
+                yield ids, _ended(job), *nothing, "", None
+                return
+            files = dict(job.files)
+            done = _summary_text(job.summary)
+            shown = tuple(files.get(f"preview_{name}") for name in _VIEWS)
+            if with_cam:
+                cam_inputs = {k: v for k, v in parsed.items() if k in _CAM_FIELDS}
+                cam_job = queue.submit("explain", cam_inputs, processes.RUNNERS["explain"])
+                ids = [job.id, cam_job.id]
+                for line in _follow(queue, cam_job, "Grad-CAM"):
+                    yield ids, line, *shown, None, done, _downloads(files)
+                if cam_job.status == SUCCESSFUL:
+                    files |= cam_job.files
+                else:
+                    done += f"\n\nGrad-CAM: {_ended(cam_job)}"
+            yield (ids, f"**Done** in {job.summary.get('seconds', 0):.1f} s", *shown,
+                   files.get("preview_cam"), done, _downloads(files))  # fmt: skip
+
+        def stop(ids: list[str]) -> str:
+            for job_id in ids:
+                try:
+                    queue.dismiss(job_id)
+                except UnknownJobError:
+                    continue
+            return "**Cancelled** - nothing was kept." if ids else "Nothing is running."
+
+        run.click(
+            segment,
+            inputs=[upload, source, model, level, explain, *controls],
+            outputs=[job_ids, status, *views, summary, downloads],
+            concurrency_limit=None,  # the job queue, shared with the API, limits runs
+        )
+        cancel.click(stop, inputs=[job_ids], outputs=[status], concurrency_limit=None)
+    return page
+
+
+_LEVEL = next(s for s in processes.SEGMENT_INPUTS if s.name == "product_level")
+#: The segment inputs an explain job of the same scene takes.
+_CAM_FIELDS = {s.name for s in processes.EXPLAIN_INPUTS}
+
+
+def _ended(job: Job) -> str:
+    if job.status == DISMISSED:
+        return "**Cancelled** - nothing was kept."
+    return f"**Failed**: {job.message}"
+
+
+def _downloads(files: dict[str, Path]) -> list[str]:
+    return [str(files[name]) for name in DOWNLOADS if name in files and files[name].is_file()]

@@ -1,0 +1,88 @@
+"""The web page of the real ``cloudseg serve`` in a real headless Chromium, as a user uses it."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from ..browser import chromium
+from .conftest import cli_segment, same_mask
+
+pytestmark = [pytest.mark.real_data, pytest.mark.slow]
+
+#: Where the README's picture of the page goes when asked (scripts/screenshot_serve.py).
+SCREENSHOT_ENV = "CLOUDSEG_SERVE_SCREENSHOT"
+
+
+def _wait(browser, condition, timeout: float = 240, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition(browser):
+            return
+        time.sleep(0.25)
+    status = browser.find_element("id", "status").text
+    raise AssertionError(f"timed out waiting for {what}; status: {status}")
+
+
+def _upload_and_run(browser, server, scene: Path) -> None:
+    browser.get(server.url + "/")
+    _wait(browser, lambda b: b.find_elements("css selector", "#scene-upload input[type=file]"),
+          60, "the page")  # fmt: skip
+    browser.find_element("css selector", "#scene-upload input[type=file]").send_keys(str(scene))
+    _wait(browser, lambda b: scene.name in b.find_element("id", "scene-upload").text, 60,
+          "the upload")  # fmt: skip
+    browser.find_element("id", "run").click()
+
+
+def _severe(browser) -> list[dict]:
+    return [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_upload_shows_the_mask_and_downloads_the_clis_mask(server, serve_files, venv_env,
+                                                           tmp_path):  # fmt: skip
+    browser = chromium(1400, 1100)
+    try:
+        _upload_and_run(browser, server, serve_files / "chip.tif")
+        _wait(browser, lambda b: "Done" in b.find_element("id", "status").text,
+              what="the result")  # fmt: skip
+        image = browser.find_element("css selector", "#mask-view img")
+        assert image.get_attribute("naturalWidth") not in (None, "0")
+        summary = browser.find_element("id", "summary").text
+        assert "cloud" in summary and "usable" in summary and "IoU" in summary
+        links = {
+            a.get_attribute("href").rsplit("/", 1)[-1]: a.get_attribute("href")
+            for a in browser.find_elements("css selector", "#downloads a")
+            if a.get_attribute("href")
+        }
+        assert {"mask.tif", "probabilities.tif", "valid.tif", "polygons.gpkg",
+                "polygons.geojson"} <= set(links), links  # fmt: skip
+        if os.environ.get(SCREENSHOT_ENV):
+            browser.save_screenshot(os.environ[SCREENSHOT_ENV])
+        assert _severe(browser) == []
+    finally:
+        browser.quit()
+    served = tmp_path / "served.tif"
+    served.write_bytes(requests.get(links["mask.tif"], timeout=60).content)
+    cli = cli_segment(venv_env, serve_files / "chip.tif", tmp_path / "cli.tif")
+    same_mask(served, cli)
+
+
+def test_cancel_stops_the_run_and_keeps_nothing(server, serve_files):
+    from .test_ogc import _mosaic
+
+    mosaic = _mosaic(serve_files / "chip.tif", serve_files / "mosaic.tif")
+    browser = chromium(1400, 1100)
+    try:
+        _upload_and_run(browser, server, mosaic)
+        _wait(browser, lambda b: "%" in b.find_element("id", "status").text, 120, "progress")
+        browser.find_element("id", "cancel").click()
+        _wait(browser, lambda b: "Cancelled" in b.find_element("id", "status").text, 120,
+              "the cancel")  # fmt: skip
+        assert not browser.find_elements("css selector", "#downloads a")
+        assert _severe(browser) == []
+    finally:
+        browser.quit()

@@ -45,8 +45,8 @@ demo: install ## segment a real Sentinel-2 chip from ../shared/data/real
 
 test: install lint test-backend test-plugin test-gui ## lint, then all tests
 
-test-backend: install ## backend, training, reliability and packaging tests (QGIS never imported)
-	$(VENV)/bin/pytest -p no:qgis tests/backend tests/training tests/reliability tests/packaging
+test-backend: install ## backend, training, reliability, server and packaging tests (QGIS never imported)
+	$(VENV)/bin/pytest -p no:qgis tests/backend tests/training tests/reliability tests/serve tests/packaging
 
 test-plugin: install ## plugin tests with pytest-qgis, offscreen
 	QT_QPA_PLATFORM=offscreen $(VENV)/bin/pytest tests/plugin
@@ -91,7 +91,7 @@ $(QGIS_PLUGIN_LINK)/cloudseg:
 qgis: install $(QGIS_PLUGIN_LINK)/cloudseg ## start QGIS with this checkout as plugin and the venv's packages
 	PYTHONPATH=$(SITE_PACKAGES) QGIS_PLUGINPATH=$(QGIS_PLUGIN_LINK) qgis
 
-screenshot: install $(QGIS_PLUGIN_LINK)/cloudseg ## docs/qgis*.png: QGIS under Xvfb (the dock after a run, the results, the dialog, the label dock); docs/dashboard.png in headless Chromium
+screenshot: install $(QGIS_PLUGIN_LINK)/cloudseg ## docs/qgis*.png: QGIS under Xvfb (the dock after a run, the results, the dialog, the label dock); docs/dashboard.png and docs/serve.png in headless Chromium
 	rm -rf .qgis-screenshot-profile && mkdir -p .qgis-screenshot-profile/profiles/default/QGIS
 	printf '[PythonPlugins]\ncloudseg=true\n' > .qgis-screenshot-profile/profiles/default/QGIS/QGIS3.ini
 	PYTHONPATH=$(SITE_PACKAGES) QGIS_PLUGINPATH=$(QGIS_PLUGIN_LINK) \
@@ -103,3 +103,4 @@ screenshot: install $(QGIS_PLUGIN_LINK)/cloudseg ## docs/qgis*.png: QGIS under X
 	        --code $(CURDIR)/scripts/screenshot_qgis.py
 	test -s docs/qgis.png && test -s docs/qgis-results.png && test -s docs/qgis-dialog.png && test -s docs/qgis-labels.png && test -s docs/qgis-review.png
 	$(PY) scripts/screenshot_dashboard.py --data "$(CLOUDSEG_REAL_DATA)" --out docs/dashboard.png
+	$(PY) scripts/screenshot_serve.py --data "$(CLOUDSEG_REAL_DATA)" --out docs/serve.png

@@ -128,7 +128,8 @@ def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")  # previews and plots are files; no display
-    import matplotlib.pyplot  # noqa: F401  imported once here, not by two job threads at once
+    # Imported once here, not by two job threads at once (a half-imported module).
+    import matplotlib.pyplot
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import FileResponse, JSONResponse
 

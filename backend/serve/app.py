@@ -27,6 +27,8 @@ from .config import ServeConfig, is_loopback
 
 logger = logging.getLogger(__name__)
 
+#: Bytes a request may carry beyond the upload limit (the form around an upload).
+FORM_SLACK = 2**20
 #: The cookie the page keeps the token in after ``?token=``.
 TOKEN_COOKIE = "cloudseg_token"
 
@@ -55,7 +57,8 @@ class Guard:
             return
         if int(headers.get("content-length", "0") or 0) > self.max_bytes:
             await _refuse(scope, send, 413, "PayloadTooLarge",
-                          f"requests are limited to {self.max_bytes / 2**20:g} MiB")  # fmt: skip
+                          f"uploads are limited to {(self.max_bytes - FORM_SLACK) / 2**20:g} MiB "
+                          "(the server's --max-upload)")  # fmt: skip
             return
         from_query = None
         if self.token is not None:
@@ -113,6 +116,18 @@ def _housekeeping(queue: Any, every: float) -> None:
             logger.exception("removing expired jobs failed")
 
 
+def _share_proj_data() -> None:
+    """Point pyproj (pygeoapi imports it) at GDAL's PROJ data; in a venv it looks there."""
+    if os.environ.get("PROJ_DATA") or os.environ.get("PROJ_LIB"):
+        return
+    from osgeo import osr
+
+    for folder in osr.GetPROJSearchPaths() or []:
+        if (Path(folder) / "proj.db").is_file():
+            os.environ["PROJ_DATA"] = folder
+            return
+
+
 def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
     """The server's ASGI app and its job queue.
 
@@ -123,6 +138,7 @@ def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
     work = config.work or Path(tempfile.mkdtemp(prefix="cloudseg-serve-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    _share_proj_data()
     os.environ["GRADIO_TEMP_DIR"] = str(work / "uploads")
     import gradio as gr
     import matplotlib
@@ -185,7 +201,7 @@ def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
     )
     threading.Thread(target=_housekeeping, args=(queue, min(keep / 4, 600.0)), daemon=True).start()
     hosts = config.allowed_hosts(port) if is_loopback(config.host) else None
-    limit = int(config.max_upload_mib * 2**20) + 2**20  # the form around an upload
+    limit = int(config.max_upload_mib * 2**20) + FORM_SLACK
     return Guard(app, config.token, hosts, limit), queue
 
 

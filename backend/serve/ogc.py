@@ -307,18 +307,6 @@ def pygeoapi_config(base_url: str) -> dict[str, Any]:
     }
 
 
-def _share_proj_data() -> None:
-    """Point pyproj (pygeoapi's) at GDAL's PROJ data: in a venv it looks under the venv."""
-    if os.environ.get("PROJ_DATA") or os.environ.get("PROJ_LIB"):
-        return
-    from osgeo import osr
-
-    for folder in osr.GetPROJSearchPaths() or []:
-        if (Path(folder) / "proj.db").is_file():
-            os.environ["PROJ_DATA"] = folder
-            return
-
-
 def ogc_app(work: Path, base_url: str) -> Any:
     """The Starlette app of pygeoapi, configured for this server (imported once a process)."""
     from pygeoapi.openapi import get_oas
@@ -331,7 +319,6 @@ def ogc_app(work: Path, base_url: str) -> Any:
     openapi_path.write_text(yaml.safe_dump(get_oas(config)), encoding="utf-8")
     os.environ["PYGEOAPI_CONFIG"] = str(config_path)
     os.environ["PYGEOAPI_OPENAPI"] = str(openapi_path)
-    _share_proj_data()
     from pygeoapi import starlette_app
 
     return starlette_app.APP

@@ -240,3 +240,34 @@ def test_the_jobs_stac_item_reads_back_and_its_assets_resolve(server, serve_file
     served = requests.get(mask_href, timeout=30)
     assert served.status_code == 200
     assert served.content == requests.get(document["mask"]["href"], timeout=30).content
+
+
+def test_results_and_uploads_go_after_the_keep_time(venv_env, serve_files, tmp_path):
+    work = tmp_path / "work"
+    server = start_server(venv_env, work, "--root", str(serve_files), "--keep", "0.002")
+    try:
+        document = _execute(server, {"input": str(serve_files / "chip.tif")}).json()
+        mask = document["mask"]["href"]
+        job_id = mask.split("/files/")[1].split("/")[0]
+        assert requests.get(mask, timeout=30).status_code == 200
+        assert (work / "jobs" / job_id).is_dir()
+        deadline = time.monotonic() + 60  # kept 7.2 s, swept every 1.8 s
+        while (work / "jobs" / job_id).exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not (work / "jobs" / job_id).exists()
+        assert requests.get(mask, timeout=30).status_code == 404
+    finally:
+        server.stop()
+
+
+def test_an_upload_over_the_limit_is_refused(venv_env, serve_files, tmp_path):
+    server = start_server(venv_env, tmp_path / "work", "--max-upload", "0.5")
+    try:
+        with (serve_files / "chip.tif").open("rb") as chip:  # 2 MiB
+            response = requests.post(f"{server.url}/gradio_api/upload",
+                                     files={"files": chip}, timeout=60)  # fmt: skip
+        assert response.status_code == 413
+        assert "MiB" in response.json()["description"]
+        assert not any((tmp_path / "work").rglob("chip.tif"))
+    finally:
+        server.stop()

@@ -251,7 +251,7 @@ def segment_options(values: dict[str, Any], folder: Path) -> SegmentOptions:
 
 def run_segment(job: Job, progress: Any, cancelled: Any) -> JobOutcome:
     """Run ``segment`` for a job: the CLI's outputs, a GeoJSON of the polygons, previews."""
-    from ..inference.segment import segment
+    from ..inference.segment import load_classes, segment
     from .render import geojson_from_gpkg, segment_previews
 
     values = job.inputs
@@ -280,6 +280,7 @@ def run_segment(job: Job, progress: Any, cancelled: Any) -> JobOutcome:
         "warnings": result.warnings,
         "model_accuracy": _accuracy(result.model),
         "product_level": result.product_level,
+        "classes": load_classes(mask),
     }
     return JobOutcome(files, summary)
 

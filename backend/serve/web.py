@@ -73,7 +73,12 @@ def _follow(queue: JobQueue, job: Job, what: str) -> Iterator[str]:
 
 
 def _summary_text(summary: dict[str, Any]) -> str:
-    lines = [f"**{processes.describe_statistics(summary)}**"]
+    legend = " ".join(
+        f'<span style="color:{c["color"][:7]}">&#9632;</span> {c["name"]}'
+        for c in summary.get("classes", [])
+        if c["name"] != "clear"
+    )
+    lines = [f"**{processes.describe_statistics(summary)}**", f"Mask: {legend}"]
     lines.append(
         f"Model {summary.get('model')} on {summary.get('runner')}, "
         f"{summary.get('seconds', 0):.1f} s; product level {summary.get('product_level')}"

@@ -542,19 +542,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve.app import serve
     from .serve.config import ServeConfig
 
-    serve(
-        ServeConfig(
-            host=args.host,
-            port=args.port,
-            token=args.token,
-            roots=args.root or [],
-            work=Path(args.work).expanduser() if args.work else None,
-            max_upload_mib=args.max_upload,
-            keep_hours=args.keep,
-            concurrency=args.concurrency,
-            url=args.url,
-        )
+    config = ServeConfig(
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        roots=args.root or [],
+        work=Path(args.work).expanduser() if args.work else None,
+        max_upload_mib=args.max_upload,
+        keep_hours=args.keep,
+        concurrency=args.concurrency,
+        url=args.url,
     )
+    try:
+        serve(config)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: jobs were cancelled, nothing half-written
+        print("cloudseg serve: stopped", file=sys.stderr)
     return 0
 
 

@@ -52,7 +52,7 @@ from benchmark_common import write_results
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from browser import chromium  # noqa: E402
+from browser import chromium, upload  # noqa: E402
 from screenshot_serve import stack  # noqa: E402
 
 #: The real chip and the options every run uses.
@@ -265,15 +265,7 @@ def web_run(browser: Any, server: Server, chip: Path) -> dict[str, float]:
     wait_for(lambda: browser.find_elements("xpath", option), 10, "the level choices")
     browser.find_element("xpath", option).click()
     uploading = time.perf_counter()
-    browser.find_element("css selector", css).send_keys(str(chip))
-
-    def uploaded() -> bool:
-        # While uploading, the control says "Uploading 1 file... NAME"; once the file is
-        # there it shows the name split in stem and suffix ("adwp\n.tif\n2.0 MB").
-        text = browser.find_element("id", "scene-upload").text
-        return "Uploading" not in text and chip.name in text.replace("\n", "")
-
-    wait_for(uploaded, 60, "the upload")
+    upload(browser, "scene-upload", chip)
     uploaded_at = time.perf_counter()
     browser.find_element("id", "run").click()
     clicked = time.perf_counter()

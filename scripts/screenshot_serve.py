@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from browser import chromium  # noqa: E402
+from browser import chromium, upload  # noqa: E402
 
 BANDS = ("B02", "B03", "B04", "B08")
 
@@ -69,11 +69,7 @@ def main() -> int:
             browser = chromium(1500, 1150)
             try:
                 browser.get(url + "/")
-                css = "#scene-upload input[type=file]"
-                wait(lambda: browser.find_elements("css selector", css), 60, "the page")
-                browser.find_element("css selector", css).send_keys(str(scene))
-                wait(lambda: scene.name in browser.find_element("id", "scene-upload").text, 60,
-                     "the upload")  # fmt: skip
+                upload(browser, "scene-upload", scene)
                 level = browser.find_element("css selector", "#option-product_level input")
                 level.click()
                 option = "//*[@role='option' and contains(normalize-space(), 'L2A')]"

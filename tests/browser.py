@@ -51,3 +51,30 @@ def load(browser: Any, page: Path, plots: int, timeout: float = 60) -> list[dict
     browser.get(page.resolve().as_uri())
     WebDriverWait(browser, timeout).until(lambda b: b.execute_script(DRAWN) >= 2 * plots)
     return [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def upload(browser: Any, component: str, path: Path, timeout: float = 90) -> None:
+    """Give ``path`` to the file input of the page component ``#component`` (Gradio).
+
+    Returns when the upload is done: the component shows the file (its name, which Gradio
+    breaks over lines) and no longer says "Uploading". A file given while the page is
+    still being built can be dropped with the input it was given to: it is given again.
+    """
+    import time
+
+    def done() -> bool:
+        text = browser.find_element("id", component).text
+        return path.name in text.replace("\n", "") and "Uploading" not in text
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        inputs = browser.find_elements("css selector", f"#{component} input[type=file]")
+        if inputs:
+            inputs[0].send_keys(str(path))
+            shown = time.monotonic() + 20
+            while time.monotonic() < min(shown, deadline):
+                if done():
+                    return
+                time.sleep(0.25)
+        time.sleep(0.5)
+    raise AssertionError(f"the page did not take the upload of {path.name}")

@@ -10,6 +10,7 @@ upload limit.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -128,6 +129,24 @@ def _share_proj_data() -> None:
             return
 
 
+#: Threads for pygeoapi's requests: a synchronous execution holds one until its job ends,
+#: so asyncio's default pool (6 threads on 2 cores) would stop answering status polls
+#: and other requests once 6 clients wait.
+REQUEST_THREADS = 64
+
+
+@contextlib.asynccontextmanager
+async def _threads(app: Any) -> Any:
+    """Give the event loop a pool large enough for waiting synchronous executions."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="cloudseg-request")
+    asyncio.get_running_loop().set_default_executor(pool)
+    yield
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
     """The server's ASGI app and its job queue.
 
@@ -156,7 +175,7 @@ def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
     queue = JobQueue(work, config.concurrency, config.keep_seconds)
     base = config.base_url(port)
     attach(queue, config, base)
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=_threads)
 
     @app.delete(PREFIX + "/jobs/{job_id}")
     def dismiss(job_id: str) -> JSONResponse:

@@ -31,7 +31,7 @@ def _shape(height: int, width: int, size: int = PREVIEW_PIXELS) -> tuple[int, in
 def _save(rgb: np.ndarray, path: Path) -> Path:
     from PIL import Image
 
-    Image.fromarray(rgb).save(path, optimize=True)
+    Image.fromarray(rgb).save(path, compress_level=6)  # optimize=True: 3x slower, 1 % smaller
     return path
 
 

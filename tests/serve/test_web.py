@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from ..browser import chromium
+from ..browser import chromium, upload
 from .conftest import cli_segment, same_mask
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
@@ -30,11 +30,7 @@ def _wait(browser, condition, timeout: float = 240, what: str = "") -> None:
 
 def _upload_and_run(browser, server, scene: Path) -> None:
     browser.get(server.url + "/")
-    _wait(browser, lambda b: b.find_elements("css selector", "#scene-upload input[type=file]"),
-          60, "the page")  # fmt: skip
-    browser.find_element("css selector", "#scene-upload input[type=file]").send_keys(str(scene))
-    _wait(browser, lambda b: scene.name in b.find_element("id", "scene-upload").text, 60,
-          "the upload")  # fmt: skip
+    upload(browser, "scene-upload", scene)
     browser.find_element("id", "run").click()
 
 

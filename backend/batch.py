@@ -465,25 +465,6 @@ class _Destination:
             return tempfile.TemporaryDirectory(prefix=prefix, dir=where)
 
 
-def _fetch(source: str, folder: Path, endpoint_url: str | None) -> str:
-    """A local path for ``source`` (S3 objects and http(s) files are downloaded)."""
-    if not source.startswith(("s3://", "http://", "https://")):
-        return source
-    parent, name = source.split("?", 1)[0].rsplit("/", 1)
-    (folder / "input").mkdir(exist_ok=True)
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".") or "input"
-    local = folder / "input" / name  # apart from the outputs, which take its name
-    if source.startswith("s3://"):
-        from .store.storage import open_storage
-
-        local.write_bytes(open_storage(parent, endpoint_url, env_file=None).read_bytes(name))
-    else:
-        from .network import download
-
-        download(source, local)
-    return str(local)
-
-
 # -- one scene (runs on a worker) ----------------------------------------------------------
 def _earlier_done(
     earlier: dict[str, Any] | None, scene: BatchScene, key: str, destination: _Destination
@@ -543,7 +524,7 @@ def _segment_scene(
     import pystac
 
     from .inference.segment import SegmentOptions, segment
-    from .network import configure_gdal
+    from .network import configure_gdal, fetch_scene
 
     configure_gdal()  # this worker's GDAL reads under the network timeouts
     destination = _Destination(output, endpoint_url)
@@ -559,7 +540,7 @@ def _segment_scene(
             if scene.bands:
                 local = band_vrt(scene.scene, scene.bands, folder)
             else:
-                local = _fetch(scene.source, folder, endpoint_url)
+                local = fetch_scene(scene.source, folder, endpoint_url)
             run = SegmentOptions(**options, keep_runner=True, overwrite=True)
             result = segment(local, folder / f"{scene.scene}.tif", run)
         except CloudsegError as exc:

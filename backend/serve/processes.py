@@ -249,16 +249,32 @@ def segment_options(values: dict[str, Any], folder: Path) -> SegmentOptions:
     )
 
 
+def _scene(job: Job, progress: Any) -> str:
+    """The job's scene as the engine reads it: a remote raster is downloaded first.
+
+    STAC Items (files and URLs) go to the engine as they are; it reads their assets.
+    """
+    from ..network import REMOTE_SCHEMES, fetch_scene
+    from ..raster.stac_input import is_item_input
+
+    source = job.inputs["input"]
+    if source.startswith(REMOTE_SCHEMES) and not is_item_input(source):
+        progress(0.0, "downloading the scene")
+        return fetch_scene(source, job.folder)
+    return source
+
+
 def run_segment(job: Job, progress: Any, cancelled: Any) -> JobOutcome:
     """Run ``segment`` for a job: the CLI's outputs, a GeoJSON of the polygons, previews."""
     from ..inference.segment import load_classes, segment
     from .render import geojson_from_gpkg, segment_previews
 
     values = job.inputs
+    scene = _scene(job, progress)
     options = segment_options(values, job.folder)
     mask = job.folder / SEGMENT_FILES["mask"][0]
     result = segment(
-        values["input"],
+        scene,
         mask,
         options,
         progress=lambda p, m: progress(p * 0.9, m),
@@ -267,7 +283,7 @@ def run_segment(job: Job, progress: Any, cancelled: Any) -> JobOutcome:
     files = {name: job.folder / file for name, (file, _) in SEGMENT_FILES.items()}
     geojson_from_gpkg(files["polygons"], files["polygons_geojson"])
     progress(92.0, "drawing the previews")
-    files |= segment_previews(values["input"], options, files, job.folder)
+    files |= segment_previews(scene, options, files, job.folder)
     summary = {
         "model": result.model,
         "runner": result.runner,
@@ -298,7 +314,7 @@ def run_explain(job: Job, progress: Any, cancelled: Any) -> JobOutcome:
         fields["bands"] = parse_band_list(fields["bands"])
     output = job.folder / EXPLAIN_FILES["cam"][0]
     result = explain(
-        values["input"],
+        _scene(job, progress),
         output,
         classes=values.get("classes") or ["cloud"],
         method=values.get("method", "gradcam"),

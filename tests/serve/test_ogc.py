@@ -271,3 +271,60 @@ def test_an_upload_over_the_limit_is_refused(venv_env, serve_files, tmp_path):
         assert not any((tmp_path / "work").rglob("chip.tif"))
     finally:
         server.stop()
+
+
+def test_explain_returns_class_activation_maps(server, serve_files, tmp_path):
+    response = _execute(server, {"input": str(serve_files / "chip.tif"), "classes": ["cloud"]},
+                        process="explain")  # fmt: skip
+    assert response.status_code == 200, response.text
+    document = response.json()
+    cam = _fetch(server, document["cam"]["href"], tmp_path / "cam.tif")
+    with rasterio.open(cam) as ds, rasterio.open(serve_files / "chip.tif") as scene:
+        maps = ds.read(1)
+        assert (ds.width, ds.height) == (scene.width, scene.height)
+    assert np.nanmax(maps) == pytest.approx(1.0) and np.nanmin(maps) >= 0
+    assert document["summary"]["method"] == "gradcam"
+
+
+def test_a_scene_over_http_is_fetched_and_gives_the_clis_mask(server, serve_files, venv_env,
+                                                              tmp_path):  # fmt: skip
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(serve_files))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/chip.tif"
+        response = _execute(server, {"input": url})
+        assert response.status_code == 200, response.text
+        served = _fetch(server, response.json()["mask"]["href"], tmp_path / "served.tif")
+        missing = _execute(server, {"input": url.replace("chip.tif", "nothing.tif")})
+        assert missing.status_code == 400
+        assert "HTTP 404" in missing.json()["description"]
+    finally:
+        httpd.shutdown()
+    same_mask(served, cli_segment(venv_env, serve_files / "chip.tif", tmp_path / "cli.tif"))
+
+
+def test_a_scene_on_s3_is_fetched_and_gives_the_clis_mask(s3_server, serve_files, venv_env,
+                                                          tmp_path):  # fmt: skip
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_server["endpoint"], region_name="us-east-1",
+                          aws_access_key_id=s3_server["access_key"],
+                          aws_secret_access_key=s3_server["secret_key"])  # fmt: skip
+    client.create_bucket(Bucket="scenes")
+    client.upload_file(str(serve_files / "chip.tif"), "scenes", "s2/chip.tif")
+    env = dict(venv_env, MINIO_ENDPOINT=s3_server["endpoint"],
+               MINIO_ACCESS_KEY=s3_server["access_key"],
+               MINIO_SECRET_KEY=s3_server["secret_key"])  # fmt: skip
+    server = start_server(env, tmp_path / "work")
+    try:
+        response = _execute(server, {"input": "s3://scenes/s2/chip.tif"})
+        assert response.status_code == 200, response.text
+        served = _fetch(server, response.json()["mask"]["href"], tmp_path / "served.tif")
+    finally:
+        server.stop()
+    same_mask(served, cli_segment(venv_env, serve_files / "chip.tif", tmp_path / "cli.tif"))

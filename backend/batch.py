@@ -524,7 +524,8 @@ def _segment_scene(
     import pystac
 
     from .inference.segment import SegmentOptions, segment
-    from .network import configure_gdal, fetch_scene
+    from .network import configure_gdal
+    from .store.storage import fetch_scene
 
     configure_gdal()  # this worker's GDAL reads under the network timeouts
     destination = _Destination(output, endpoint_url)

@@ -209,34 +209,3 @@ __all__ = [
     "redact",
     "timeouts",
 ]
-
-
-#: Input schemes :func:`fetch_scene` downloads.
-REMOTE_SCHEMES = ("s3://", "http://", "https://")
-
-
-def fetch_scene(source: str, folder: Path, endpoint_url: str | None = None) -> str:
-    """A local path for a scene: an S3 object or http(s) file is downloaded into ``folder``.
-
-    The scene reader reads local files only (a scene's band files, SAFE metadata and
-    STAC Item are found beside it); a batch worker and a server job fetch a remote scene
-    first, under this policy's limits, into ``folder/input/`` (apart from the outputs).
-    A local path is returned as it is.
-
-    Raises:
-        InputError: One line, when an http(s) server cannot be reached or answers an error.
-        StorageError: When S3 cannot be reached or refuses (one line).
-    """
-    if not source.startswith(REMOTE_SCHEMES):
-        return source
-    parent, name = source.split("?", 1)[0].rsplit("/", 1)
-    (folder / "input").mkdir(exist_ok=True)
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".") or "input"
-    local = folder / "input" / name
-    if source.startswith("s3://"):
-        from .store.storage import open_storage
-
-        local.write_bytes(open_storage(parent, endpoint_url, env_file=None).read_bytes(name))
-    else:
-        download(source, local)
-    return str(local)

@@ -254,8 +254,8 @@ def _scene(job: Job, progress: Any) -> str:
 
     STAC Items (files and URLs) go to the engine as they are; it reads their assets.
     """
-    from ..network import REMOTE_SCHEMES, fetch_scene
     from ..raster.stac_input import is_item_input
+    from ..store.storage import REMOTE_SCHEMES, fetch_scene
 
     source = job.inputs["input"]
     if source.startswith(REMOTE_SCHEMES) and not is_item_input(source):

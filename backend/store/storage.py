@@ -394,3 +394,34 @@ def open_storage(
         if not bucket:
             raise StorageError(f"{text} names no bucket and S3_BUCKET_NAME is not set")
     return S3Storage(bucket, prefix, settings)
+
+
+#: Input schemes :func:`fetch_scene` downloads.
+REMOTE_SCHEMES = ("s3://", "http://", "https://")
+
+
+def fetch_scene(source: str, folder: Path, endpoint_url: str | None = None) -> str:
+    """A local path for a scene: an S3 object or http(s) file is downloaded into ``folder``.
+
+    The scene reader reads local files only (a scene's band files, SAFE metadata and
+    STAC Item are found beside it); a batch worker and a server job fetch a remote scene
+    first, under the network timeouts (:mod:`cloudseg.backend.network`), into
+    ``folder/input/`` (apart from the outputs). A local path is returned as it is.
+
+    Raises:
+        InputError: One line, when an http(s) server cannot be reached or answers an error.
+        StorageError: When S3 cannot be reached or refuses (one line).
+    """
+    if not source.startswith(REMOTE_SCHEMES):
+        return source
+    parent, name = source.split("?", 1)[0].rsplit("/", 1)
+    (folder / "input").mkdir(exist_ok=True)
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".") or "input"
+    local = folder / "input" / name
+    if source.startswith("s3://"):
+        local.write_bytes(open_storage(parent, endpoint_url, env_file=None).read_bytes(name))
+    else:
+        from ..network import download
+
+        download(source, local)
+    return str(local)

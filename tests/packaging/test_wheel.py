@@ -198,3 +198,20 @@ def test_the_installed_command_runs_a_label_round_outside_the_checkout(
     with rasterio.open(work / "mask-r1.tif") as mask:
         assert mask.tags()["CLOUDSEG_MODEL"] == "coast-r1"
         assert mask.shape == (512, 512)
+
+
+def test_the_installed_command_serves_the_page_and_the_ogc_api(installed, tmp_path):
+    """pygeoapi finds cloudseg's process manager and processes in the installed package."""
+    import urllib.request
+
+    from ..serve.conftest import start_server
+
+    server = start_server(_env(installed, tmp_path / "models"), tmp_path / "work")
+    try:
+        with urllib.request.urlopen(f"{server.url}/ogc/processes?f=json", timeout=30) as answer:
+            listed = json.load(answer)
+        assert {p["id"] for p in listed["processes"]} == {"segment", "explain"}
+        with urllib.request.urlopen(f"{server.url}/", timeout=30) as page:
+            assert page.status == 200 and b"cloudseg" in page.read()
+    finally:
+        server.stop()

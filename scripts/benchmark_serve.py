@@ -40,7 +40,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +53,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from browser import chromium, upload  # noqa: E402
 from screenshot_serve import stack  # noqa: E402
+from serving import Server, start_server  # noqa: E402
 
 #: The real chip and the options every run uses.
 CHIP = "oncloudn_l2a/adwp"
@@ -155,50 +155,19 @@ def server_extra_work(chip: Path, folders: list[Path]) -> dict[str, Any]:
     }
 
 
-class Server:
-    """A ``cloudseg serve`` process on a free loopback port, and when it got ready."""
+def start(cloudseg: Path, work: Path, root: Path, concurrency: int) -> Server:
+    """A ``cloudseg serve`` on a free loopback port, and when it got ready."""
+    import requests
 
-    def __init__(self, cloudseg: Path, work: Path, root: Path, concurrency: int) -> None:
-        import requests
-
-        started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [str(cloudseg), "serve", "--port", "0", "--work", str(work), "--root", str(root),
-             "--concurrency", str(concurrency)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        found = threading.Event()
-
-        def read() -> None:
-            for line in self.proc.stdout:  # type: ignore[union-attr]
-                self.lines.append(line.rstrip())
-                if "listening on" in line:
-                    found.set()
-            found.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not found.wait(TIMEOUT) or self.proc.poll() is not None:
-            self.stop()
-            raise SystemExit("cloudseg serve did not start:\n" + "\n".join(self.lines))
-        listening = time.perf_counter() - started
-        said = next(x for x in self.lines if "listening on" in x)
-        self.url = re.search(r"listening on (\S+)", said)[1]  # type: ignore[index]
-        requests.get(f"{self.url}/ogc/?f=json", timeout=TIMEOUT).raise_for_status()
-        answered = time.perf_counter() - started
-        self.startup = {
-            "to_listening_line_s": round(listening, 2),
-            "to_first_answer_s": round(answered, 2),
-        }
-
-    def stop(self) -> None:
-        """Stop the server and wait for it."""
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    server = start_server(None, work, "--root", str(root), "--concurrency", str(concurrency),
+                          command=cloudseg)  # fmt: skip
+    asked = time.perf_counter()
+    requests.get(f"{server.url}/ogc/?f=json", timeout=TIMEOUT).raise_for_status()
+    server.startup = {  # type: ignore[attr-defined]
+        "to_listening_line_s": round(server.started_s, 2),
+        "to_first_answer_s": round(server.started_s + time.perf_counter() - asked, 2),
+    }
+    return server
 
 
 def ogc_job(server: Server, chip: Path) -> dict[str, float]:
@@ -387,14 +356,14 @@ def main() -> int:
         chip = stack(args.data / CHIP, work / "root" / "adwp.tif")
         cli = cli_runs(cloudseg, chip, work, args.repeat)
         # Server 1 (--concurrency 1): OGC cold and warm, then throughput.
-        first = Server(cloudseg, work / "serve1", work / "root", 1)
+        first = start(cloudseg, work / "serve1", work / "root", 1)
         try:
             ogc = ogc_face(first, chip, args.repeat)
             runs = [throughput(first, chip, args.clients, args.jobs, 1)]
         finally:
             first.stop()
         # Server 2 (--concurrency 2): the web page cold and warm, then throughput.
-        second = Server(cloudseg, work / "serve2", work / "root", 2)
+        second = start(cloudseg, work / "serve2", work / "root", 2)
         try:
             web = web_face(second, chip, args.repeat)
             runs.append(throughput(second, chip, args.clients, args.jobs, 2))

@@ -11,8 +11,6 @@ Usage: screenshot_serve.py --data ../shared/data/real --out docs/serve.png
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from browser import chromium, upload  # noqa: E402
+from serving import start_server  # noqa: E402
+
+#: The command of the Python running this script (its venv's).
+CLOUDSEG = Path(sys.executable).parent / "cloudseg"
 
 BANDS = ("B02", "B03", "B04", "B08")
 
@@ -58,14 +60,9 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         scene = stack(args.data / "oncloudn_l2a/adwp", Path(tmp) / "adwp.tif")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "cloudseg.backend.cli", "serve", "--port", "0",
-             "--work", str(Path(tmp) / "work")],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        server = start_server(None, Path(tmp) / "work", command=CLOUDSEG)
         try:
-            line = server.stdout.readline()  # type: ignore[union-attr]
-            url = re.search(r"listening on (\S+)", line)[1]  # type: ignore[index]
+            url = server.url
             browser = chromium(1500, 1150)
             try:
                 browser.get(url + "/")
@@ -85,8 +82,7 @@ def main() -> int:
             finally:
                 browser.quit()
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            server.stop()
     print(f"wrote {args.out}")
     return 0
 

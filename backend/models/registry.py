@@ -56,11 +56,8 @@ class Model:
 @lru_cache(maxsize=32)
 def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
     """Hash a file; ``size`` and ``mtime_ns`` key the cache so a changed file is rehashed."""
-    digest = hashlib.sha256()
     with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def _package_file(package: str, name: str) -> Path | None:

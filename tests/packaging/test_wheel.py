@@ -204,7 +204,7 @@ def test_the_installed_command_serves_the_page_and_the_ogc_api(installed, tmp_pa
     """pygeoapi finds cloudseg's process manager and processes in the installed package."""
     import urllib.request
 
-    from ..serve.conftest import start_server
+    from ..serving import start_server
 
     server = start_server(_env(installed, tmp_path / "models"), tmp_path / "work")
     try:

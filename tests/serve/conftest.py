@@ -3,67 +3,14 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ..conftest import BANDS, stack_bands
-
-#: Seconds the server may take to start (Gradio, pygeoapi and torch imports).
-START_SECONDS = 120
-
-
-class Server:
-    """A running ``cloudseg serve`` and what it printed."""
-
-    def __init__(self, proc: subprocess.Popen, url: str, token: str | None) -> None:
-        self.proc, self.url, self.token = proc, url, token
-        self.lines: list[str] = []
-
-    def headers(self) -> dict[str, str]:
-        """The headers a client with the token sends."""
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def start_server(env: dict[str, str], work: Path, *args: str, token: str | None = None) -> Server:
-    """Start ``cloudseg serve --port 0`` and wait for the line that says where it listens."""
-    proc = subprocess.Popen(
-        ["cloudseg", "serve", "--port", "0", "--work", str(work), *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    found = threading.Event()
-
-    def read() -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            lines.append(line.rstrip())
-            if "listening on" in line:
-                found.set()
-        found.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not found.wait(START_SECONDS) or proc.poll() is not None:
-        proc.kill()
-        raise AssertionError("cloudseg serve did not start:\n" + "\n".join(lines))
-    url = re.search(r"listening on (\S+)", next(x for x in lines if "listening on" in x))[1]
-    server = Server(proc, url, token)
-    server.lines = lines
-    return server
+from ..serving import Server, start_server
 
 
 @pytest.fixture(scope="session")

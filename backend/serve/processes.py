@@ -264,6 +264,16 @@ def _scene(job: Job, progress: Any) -> str:
     return source
 
 
+def _readable(scene: str, folder: Path) -> str:
+    """What the scene reader opens for ``scene``: a STAC Item's assets (as segment reads them)."""
+    from ..raster.stac_input import is_item_input, local_source, read_item
+
+    if not is_item_input(scene):
+        return scene
+    (folder / "input").mkdir(exist_ok=True)
+    return local_source(read_item(scene), folder / "input")
+
+
 def run_segment(job: Job, progress: Any, cancelled: Any) -> JobOutcome:
     """Run ``segment`` for a job: the CLI's outputs, a GeoJSON of the polygons, previews."""
     from ..inference.segment import load_classes, segment
@@ -283,7 +293,7 @@ def run_segment(job: Job, progress: Any, cancelled: Any) -> JobOutcome:
     files = {name: job.folder / file for name, (file, _) in SEGMENT_FILES.items()}
     geojson_from_gpkg(files["polygons"], files["polygons_geojson"])
     progress(92.0, "drawing the previews")
-    files |= segment_previews(scene, options, files, job.folder)
+    files |= segment_previews(_readable(scene, job.folder), options, files, job.folder)
     summary = {
         "model": result.model,
         "runner": result.runner,
@@ -314,7 +324,7 @@ def run_explain(job: Job, progress: Any, cancelled: Any) -> JobOutcome:
         fields["bands"] = parse_band_list(fields["bands"])
     output = job.folder / EXPLAIN_FILES["cam"][0]
     result = explain(
-        _scene(job, progress),
+        _readable(_scene(job, progress), job.folder),
         output,
         classes=values.get("classes") or ["cloud"],
         method=values.get("method", "gradcam"),

@@ -328,3 +328,23 @@ def test_a_scene_on_s3_is_fetched_and_gives_the_clis_mask(s3_server, serve_files
     finally:
         server.stop()
     same_mask(served, cli_segment(venv_env, serve_files / "chip.tif", tmp_path / "cli.tif"))
+
+
+def test_a_stac_item_input_is_linked_from_the_masks_item(server, serve_files):
+    import json
+
+    import pystac
+
+    source = serve_files / "chip-item.json"
+    source.write_text(json.dumps({
+        "type": "Feature", "stac_version": "1.0.0", "id": "chip", "geometry": None,
+        "properties": {"datetime": "2020-04-29T08:20:47Z"}, "links": [],
+        "assets": {"image": {"href": "./chip.tif", "type": "image/tiff", "roles": ["data"]}},
+    }))  # fmt: skip
+    response = _execute(server, {"input": str(source)})
+    assert response.status_code == 200, response.text
+    item = pystac.Item.from_dict(
+        requests.get(response.json()["stac_item"]["href"], timeout=30).json()
+    )
+    assert [link.get_href() for link in item.links if link.rel == "derived_from"] == [str(source)]
+    assert item.datetime.isoformat().startswith("2020-04-29T08:20:47")

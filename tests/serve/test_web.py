@@ -82,3 +82,18 @@ def test_cancel_stops_the_run_and_keeps_nothing(server, serve_files):
         assert _severe(browser) == []
     finally:
         browser.quit()
+
+
+def test_a_path_outside_the_roots_is_refused_on_the_page(server):
+    browser = chromium(1400, 1100)
+    try:
+        browser.get(server.url + "/")
+        fields = "#scene-source textarea, #scene-source input"
+        _wait(browser, lambda b: b.find_elements("css selector", fields), 60, "the page")
+        browser.find_elements("css selector", fields)[0].send_keys("/etc/passwd")
+        browser.find_element("id", "run").click()
+        _wait(browser, lambda b: "outside the folders" in b.find_element("tag name", "body").text,
+              60, "the error")  # fmt: skip
+        assert not browser.find_elements("css selector", "#downloads a")
+    finally:
+        browser.quit()

@@ -97,3 +97,23 @@ def test_a_path_outside_the_roots_is_refused_on_the_page(server):
         assert not browser.find_elements("css selector", "#downloads a")
     finally:
         browser.quit()
+
+
+def test_the_page_and_the_api_share_one_queue(server, serve_files):
+    from .test_ogc import _execute, _mosaic, _poll
+
+    mosaic = _mosaic(serve_files / "chip.tif", serve_files / "mosaic.tif")
+    running = _execute(server, {"input": str(mosaic), "tta": True}, prefer="respond-async")
+    job_id = running.headers["Location"].rsplit("/", 1)[1]
+    _poll(server, job_id, until=("running",))
+    browser = chromium(1400, 1100)
+    try:
+        _upload_and_run(browser, server, serve_files / "chip.tif")
+        _wait(browser, lambda b: "waiting" in b.find_element("id", "status").text, 60,
+              "the place in the queue")  # fmt: skip
+        assert "next to run" in browser.find_element("id", "status").text
+        requests.delete(f"{server.url}/ogc/jobs/{job_id}", timeout=120)
+        _wait(browser, lambda b: "Done" in b.find_element("id", "status").text, what="the run")
+        assert _severe(browser) == []
+    finally:
+        browser.quit()

@@ -110,12 +110,19 @@ def test_an_interrupt_at_any_moment_leaves_all_old_or_all_new_outputs(workspace)
     args = ["cloudseg", *workspace.segment_args(), "--overwrite"]
     # Timed from the moment the run takes its locks (its inputs checked, the model next),
     # not from the process start, whose imports take a time of their own.
-    process = subprocess.Popen(args, cwd=workspace.root, env=workspace.env, stderr=subprocess.PIPE)
-    began = _claimed(process, workspace.out)
-    process.communicate(timeout=120)
-    duration = time.monotonic() - began  # the run itself
-    assert process.returncode == 0
-    assert _one_new_set(workspace.out, old)
+    # The fastest of three runs: one slowed by other work on the machine would put the
+    # later signals past the end of the runs they are meant to interrupt.
+    durations = []
+    for _ in range(3):
+        process = subprocess.Popen(
+            args, cwd=workspace.root, env=workspace.env, stderr=subprocess.PIPE
+        )
+        began = _claimed(process, workspace.out)
+        process.communicate(timeout=120)
+        durations.append(time.monotonic() - began)  # the run itself
+        assert process.returncode == 0
+        assert _one_new_set(workspace.out, old)
+    duration = min(durations)
     untouched = 0
     for i, fraction in enumerate((0.2, 0.4, 0.55, 0.7, 0.8, 0.88, 0.94, 0.98)):
         for name, data in old_bytes.items():  # start each time from the earlier outputs

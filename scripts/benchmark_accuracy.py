@@ -185,14 +185,19 @@ def compare(row: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def offset_study(scenes: list[LabeledScene], models: list[str], work: Path) -> list[dict]:
-    """Tiling choices over 9 crops (448 px, shifted by 0/24/48 px) of the 30 m scenes."""
+def offset_study(
+    scenes: list[LabeledScene],
+    models: list[str],
+    work: Path,
+    configs: tuple[tuple[str, dict[str, Any]], ...] | list = OFFSET_CONFIGS,
+) -> list[dict]:
+    """Tiling choices (``configs``) over 9 crops (448 px, shifted by 0/24/48 px) of the 30 m scenes."""
     import rasterio
 
     rows = []
     chosen = [s for s in scenes if s.true_resolution and s.scored == CLASSES]
     for model in models:
-        for label, options in OFFSET_CONFIGS:
+        for label, options in configs:
             summary = {"model": model, "config": label, "options": options, "scenes": {}}
             for scene in chosen:
                 with rasterio.open(scene.image) as src, rasterio.open(scene.labels) as lab:

@@ -41,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ from benchmark_common import write_results
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from browser import chromium, upload  # noqa: E402
+from browser import chromium, upload, wait_for  # noqa: E402
 from screenshot_serve import stack  # noqa: E402
 from serving import Server, start_server  # noqa: E402
 
@@ -206,16 +205,6 @@ def ogc_face(server: Server, chip: Path, repeat: int) -> dict[str, Any]:
         "note": "request = POST .../segment/execution (synchronous) until the result "
         "document; mask_fetch = GET of its mask link; run = the job's own 'seconds'",
     }
-
-
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``condition`` every 20 ms until it holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def web_run(browser: Any, server: Server, chip: Path) -> dict[str, float]:

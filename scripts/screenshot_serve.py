@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from browser import chromium, upload  # noqa: E402
+from browser import chromium, upload, wait_for  # noqa: E402
 from serving import start_server  # noqa: E402
 
 #: The command of the Python running this script (its venv's).
@@ -44,15 +42,6 @@ def stack(chip: Path, target: Path) -> Path:
     return target
 
 
-def wait(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.25)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -70,11 +59,13 @@ def main() -> int:
                 level = browser.find_element("css selector", "#option-product_level input")
                 level.click()
                 option = "//*[@role='option' and contains(normalize-space(), 'L2A')]"
-                wait(lambda: browser.find_elements("xpath", option), 10, "the level choices")
+                wait_for(lambda: browser.find_elements("xpath", option), 10, "the level choices")
                 browser.find_element("xpath", option).click()
                 browser.find_element("xpath", "//label[contains(., 'Grad-CAM')]").click()
                 browser.find_element("id", "run").click()
-                wait(lambda: "Done" in browser.find_element("id", "status").text, 600, "the run")
+                wait_for(
+                    lambda: "Done" in browser.find_element("id", "status").text, 600, "the run"
+                )
                 errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
                 if errors:
                     raise SystemExit(f"console errors: {errors}")

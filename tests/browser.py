@@ -78,3 +78,19 @@ def upload(browser: Any, component: str, path: Path, timeout: float = 90) -> Non
                 time.sleep(0.25)
         time.sleep(0.5)
     raise AssertionError(f"the page did not take the upload of {path.name}")
+
+
+def wait_for(condition: Any, timeout: float, what: str, every: float = 0.05) -> None:
+    """Poll ``condition()`` until it holds.
+
+    Raises:
+        AssertionError: Naming ``what`` after ``timeout`` seconds.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from ..browser import chromium, upload
+from ..browser import chromium, upload, wait_for
 from .conftest import cli_segment, same_mask
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
@@ -19,13 +18,12 @@ SCREENSHOT_ENV = "CLOUDSEG_SERVE_SCREENSHOT"
 
 
 def _wait(browser, condition, timeout: float = 240, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition(browser):
-            return
-        time.sleep(0.25)
-    status = browser.find_element("id", "status").text
-    raise AssertionError(f"timed out waiting for {what}; status: {status}")
+    try:
+        wait_for(lambda: condition(browser), timeout, what, every=0.25)
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}; status: {browser.find_element('id', 'status').text}"
+        ) from None
 
 
 def _upload_and_run(browser, server, scene: Path) -> None:

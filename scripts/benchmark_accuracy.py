@@ -191,7 +191,7 @@ def offset_study(
     work: Path,
     configs: tuple[tuple[str, dict[str, Any]], ...] | list = OFFSET_CONFIGS,
 ) -> list[dict]:
-    """Tiling choices (``configs``) over 9 crops (448 px, shifted by 0/24/48 px) of the 30 m scenes."""
+    """Tiling choices (``configs``) over 9 crops (448 px, shifted 0/24/48 px) of 30 m scenes."""
     import rasterio
 
     rows = []

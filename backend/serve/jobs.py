@@ -83,23 +83,6 @@ class Job:
     done: threading.Event = field(default_factory=threading.Event)
     ended_at: float | None = None
 
-    def describe(self, place: int | None = None) -> dict[str, Any]:
-        """The job as OGC API - Processes' status info (plus the place in the queue)."""
-        info = {
-            "jobID": self.id,
-            "processID": self.process,
-            "status": self.status,
-            "message": self.message,
-            "progress": int(self.progress),
-            "created": self.created,
-            "started": self.started,
-            "finished": self.finished,
-            "updated": self.updated,
-        }
-        if place is not None:
-            info["place"] = place
-        return info
-
 
 class JobQueue:
     """Jobs of both faces, run by ``concurrency`` worker threads in submission order."""

@@ -229,13 +229,19 @@ def parse_inputs(process: str, inputs: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _option_fields(values: dict[str, Any], besides: tuple[str, ...]) -> dict[str, Any]:
+    """The run-option fields of a job's inputs (all but ``besides``), band list parsed."""
+    from ..raster.bands import parse_band_list
+
+    fields = {k: v for k, v in values.items() if k not in besides}
+    if "bands" in fields:
+        fields["bands"] = parse_band_list(fields["bands"])
+    return fields
+
+
 def segment_options(values: dict[str, Any], folder: Path) -> SegmentOptions:
     """The options of a segment job writing every result into ``folder``."""
-    fields = {k: v for k, v in values.items() if k not in ("input", "extent")}
-    if "bands" in fields:
-        from ..raster.bands import parse_band_list
-
-        fields["bands"] = parse_band_list(fields["bands"])
+    fields = _option_fields(values, ("input", "extent"))
     return SegmentOptions(
         **fields,
         bounds=values.get("extent"),
@@ -317,11 +323,7 @@ def run_explain(job: Job, progress: Any, cancelled: Any) -> JobOutcome:
     from .render import cam_preview
 
     values = job.inputs
-    fields = {k: v for k, v in values.items() if k not in ("input", "extent", "classes", "method")}
-    if "bands" in fields:
-        from ..raster.bands import parse_band_list
-
-        fields["bands"] = parse_band_list(fields["bands"])
+    fields = _option_fields(values, ("input", "extent", "classes", "method"))
     output = job.folder / EXPLAIN_FILES["cam"][0]
     result = explain(
         _readable(_scene(job, progress), job.folder),

@@ -86,20 +86,34 @@ def run_ours(src: Path, dst: Path, args: argparse.Namespace) -> dict:
             precision=args.precision,
             device=args.device,
             resolution=args.resolution,
+            runtime=args.runtime,
         ),
     )
     return {"runner": result.runner, "model": result.model}
 
 
-def run_ukis(src: Path, dst: Path) -> dict:
-    """Segment with ukis-csmask as its README shows: read all, CSmask, write."""
+#: ukis-csmask's band names for the Sentinel-2 band names of a scene's descriptions.
+UKIS_NAMES = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir"}
+
+
+def run_ukis(src: Path, dst: Path, product_level: str = "l1c") -> dict:
+    """Segment with ukis-csmask as its README shows: read all, CSmask, write.
+
+    The bands are named by the file's band descriptions (ukis-csmask's or Sentinel-2's
+    names); uint16 digital numbers are scaled to reflectance first, as CSmask expects.
+    """
     import rasterio
     from ukis_csmask.mask import CSmask
 
     with rasterio.open(src) as ds:
-        img = np.moveaxis(ds.read(), 0, -1).astype(np.float32)
+        img = np.moveaxis(ds.read(), 0, -1)
+        scale = 1e-4 if img.dtype == np.uint16 else 1.0
+        img = img.astype(np.float32)
+        if scale != 1.0:
+            img *= scale
         profile = ds.profile
-    csm = CSmask(img, band_order=UKIS_BANDS, product_level="l1c").csm
+        bands = [UKIS_NAMES.get(d, d) for d in ds.descriptions]
+    csm = CSmask(img, band_order=bands, product_level=product_level.lower()).csm
     profile.update(count=1, dtype="uint8")
     with rasterio.open(dst, "w", **profile) as out:
         out.write(csm[..., 0], 1)
@@ -297,12 +311,19 @@ def main() -> int:
     parser.add_argument("--scale", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--product-level", help=argparse.SUPPRESS)
     parser.add_argument("--resolution", default="native", help=argparse.SUPPRESS)
+    parser.add_argument("--runtime", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-cap-gib", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
+        if args.memory_cap_gib:
+            import resource
+
+            cap = int(args.memory_cap_gib * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         info = (
             run_ours(args.src, args.dst, args)
             if args.run == "ours"
-            else run_ukis(args.src, args.dst)
+            else run_ukis(args.src, args.dst, args.product_level or "l1c")
         )
         print(json.dumps(info | {"peak_rss_mib": peak_rss_mib()}))
         return 0

@@ -214,6 +214,34 @@ def in_float(proto: Any, quantizers: list[str]) -> Any:
             copy.graph.node.remove(node)
 
 
+def nncf_start(proto: Any, tiles: list[np.ndarray]) -> Any:
+    """NNCF's int8 graph of ``proto`` calibrated on ``tiles``: where accuracy control starts."""
+    import nncf
+
+    name = proto.graph.input[0].name
+    calibration = nncf.Dataset(list(range(len(tiles))), lambda i: {name: tiles[i]})
+    return nncf.quantize(
+        proto,
+        calibration,
+        preset=nncf.QuantizationPreset.MIXED,
+        ignored_scope=nncf.IgnoredScope(patterns=START_IGNORED, validate=False),
+        subset_size=len(tiles),
+    )
+
+
+def start_int8(model: Any, others: list[LabeledScene], work: Path, tag: str) -> Path:
+    """The NNCF start (every quantizer of START_IGNORED's scope in int8) as a model file."""
+    import onnx
+
+    from cloudseg.backend.models.registry import embed_onnx_card
+
+    tiles, _, _ = tiles_of(model, others)
+    out = work / f"{model.card.name}.{tag}.start.int8.onnx"
+    onnx.save(nncf_start(float_graph(model, work), tiles), str(out))
+    embed_onnx_card(out, model.card)
+    return out
+
+
 def quantize(
     model: Any, others: list[LabeledScene], max_drop: float, work: Path, tag: str
 ) -> tuple[Path, dict[str, Any]]:
@@ -224,7 +252,6 @@ def quantize(
     RANKING_TILES tiles; the fewest most sensitive quantizers are put back into float
     (bisection over the ranking) that bring the agreement on all tiles to ``1 - max_drop``.
     """
-    import nncf
     import onnx
 
     from cloudseg.backend.models.registry import embed_onnx_card
@@ -271,15 +298,8 @@ def quantize(
             np.mean([np.mean(o == reference[i]) for o, i in zip(ours, chosen, strict=True)])
         )
 
-    calibration = nncf.Dataset(list(range(len(tiles))), lambda i: {name: tiles[i]})
     started = time.perf_counter()
-    quantized = nncf.quantize(
-        proto,
-        calibration,
-        preset=nncf.QuantizationPreset.MIXED,
-        ignored_scope=nncf.IgnoredScope(patterns=START_IGNORED, validate=False),
-        subset_size=len(tiles),
-    )
+    quantized = nncf_start(proto, tiles)
     plain_drop = drop(quantized)
     units = activation_quantizers(quantized)
     ranking = everything[:: max(1, len(tiles) // RANKING_TILES)][:RANKING_TILES]

@@ -33,6 +33,10 @@ def resolution_choice(value: str) -> str:
     return value
 
 
+#: What ``--shadow-geometry`` measurably does (scripts/study_shadow_geometry.py,
+#: docs/shadow-geometry.md): said by the CLI's help, the Processing dialog and the dock.
+SHADOW_GEOMETRY_EFFECT = "off by default: measured effect pending"
+
 #: Unlabeled image stored around each labeled box for fine-tuning, per side, as a share
 #: of the box edge (16 px around a 64 px box): the network sees what surrounds what was
 #: labeled. Measured with the simulated analyst (docs/active-learning.md): ahead of boxes

@@ -89,6 +89,7 @@ def add_output_flags(parser: argparse.ArgumentParser) -> None:
 def _cmd_segment(args: argparse.Namespace) -> int:
     """Segment a scene and print a summary (or JSON)."""
     from .inference.segment import SegmentOptions, segment
+    from .inference.shadow import describe as describe_geometry
 
     options = run_options(
         args,
@@ -119,6 +120,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         print(f"cost: {result.accounting['summary']}")
     if result.stac_item is not None:
         print(f"STAC Item: {result.stac_item}")
+    if result.shadow_geometry is not None:
+        print(describe_geometry(result.shadow_geometry))
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0

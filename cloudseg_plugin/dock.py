@@ -42,6 +42,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..backend.atomic import stamped_paths
+from ..backend.choices import SHADOW_GEOMETRY_EFFECT
 from ..backend.errors import CloudsegError
 from . import logbridge, styling
 from .messages import DOCK, for_qgis
@@ -123,9 +124,16 @@ class CloudSegDock(QDockWidget):
             "Also write the mask of usable pixels: cloud and shadow removed with a 90 m "
             "buffer (Fmask's default; other buffers: Processing or cloudseg segment)"
         )
+        self.shadow_check = QCheckBox("Shadow geometry")
+        self.shadow_check.setToolTip(
+            "Keep shadow only where a cloud of the layer can cast it along the sun's "
+            "direction (sun angles from the product, else estimated from the scene); "
+            + SHADOW_GEOMETRY_EFFECT
+        )
         for widget in (
             self.tta_check,
             self.preview_check,
+            self.shadow_check,
             self.probabilities_check,
             self.polygons_check,
             self.valid_check,
@@ -264,6 +272,7 @@ class CloudSegDock(QDockWidget):
             probabilities=self.probabilities_check.isChecked(),
             polygons=self.polygons_check.isChecked(),
             valid=self.valid_check.isChecked(),
+            shadow_geometry=self.shadow_check.isChecked(),
         )
         return self.runner.start(SegmentTask(request, self._task_done), self._run_failed)
 
@@ -390,6 +399,10 @@ class CloudSegDock(QDockWidget):
         )
         if result.usable_percent is not None:
             done += f"; {result.usable_percent:.1f} % usable"
+        if result.shadow_geometry is not None:
+            from ..backend.inference.shadow import describe as describe_geometry
+
+            done += f"; {describe_geometry(result.shadow_geometry)}"
         if result.warnings:
             warnings = "; ".join(for_qgis(w, DOCK) for w in result.warnings)
             self._say(f"{done}. Warning: {warnings}", Qgis.Warning)

@@ -27,6 +27,7 @@ class RunRequest:
     probabilities: bool = False
     polygons: bool = False
     valid: bool = False
+    shadow_geometry: bool = False
 
     def paths(self) -> dict[str, Path | None]:
         """Output paths for this run, unique by time (``backend.atomic.stamped_paths``)."""
@@ -76,6 +77,7 @@ class SegmentTask(BackendTask):
                 probabilities=self.outputs["probabilities"],
                 polygons=self.outputs["polygons"],
                 valid=self.outputs["valid"],
+                shadow_geometry=self.request.shadow_geometry,
             ),
             progress=progress,
             cancelled=cancelled,

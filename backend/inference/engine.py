@@ -39,6 +39,8 @@ from .decision import NODATA, decide
 from .options import RunOptions
 from .resample import ModelGrid, RowMasks, Upsampler, block_nanmean
 from .runners import Runner, create_runner, shared_runner
+from .shadow import ShadowGeometry, sun_for
+from .shadow import memory_mib as shadow_memory_mib
 from .tiling import RowBlender, TileLayout
 
 logger = logging.getLogger(__name__)
@@ -576,6 +578,8 @@ def plan_run(
     blocks = [(0, width, 0, width)]
     if budget_mib is not None:
         extra = gradient_memory_mib(card, options) if gradients else 0.0
+        if options.shadow_geometry:
+            extra += shadow_memory_mib(width, len(card.classes))
         memory = memory_plan(width, card, grid, options, budget_mib, extra)
         blocks = memory.blocks
         if len(blocks) > 1:
@@ -671,6 +675,8 @@ class Prediction:
     #: The run's cloud and shadow thresholds (None: argmax), as ``segment`` applies them.
     cloud_threshold: float | None = None
     shadow_threshold: float | None = None
+    #: What the shadow geometry step did (:class:`.shadow.GeometryReport`); None: off.
+    shadow_geometry: dict | None = None
 
     def classes(self) -> np.ndarray:
         """The class raster: uint8 class values, :data:`NODATA` where no data.
@@ -742,6 +748,12 @@ def predict(
                 scene, plan.grid, card, runner, options, progress, cancelled
             )
         )
+    geometry = None
+    if options.shadow_geometry:
+        sun = sun_for(scene) if isinstance(scene, SceneReader) else None
+        shape = (scene.height, scene.width)
+        geometry = ShadowGeometry(shape, card.classes, scene.resolution_m, sun)
+        rows = geometry.rows(rows, progress, cancelled)
     for row, col, probs, missing in rows:
         height, width = probs.shape[1:]
         probabilities[:, row : row + height, col : col + width] = probs
@@ -755,4 +767,5 @@ def predict(
         plan.reason,
         options.cloud_threshold,
         options.shadow_threshold,
+        geometry.report.to_dict() if geometry is not None else None,
     )

@@ -285,6 +285,11 @@ def explain(
     output = Path(output).expanduser()
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    if options.shadow_geometry:
+        raise InputError(
+            "explain maps what drove the network itself, before --shadow-geometry moves any "
+            "shadow; run explain without it (the mask's own tags say what the step changed)"
+        )
     if output.suffix.lower() not in (".tif", ".tiff"):
         raise InputError(f"the explanation must be a GeoTIFF (.tif), not {output.name}")
     check_target(output, overwrite)

@@ -26,6 +26,7 @@ from ..choices import (
     RESOLUTION_ALIASES,
     RESOLUTIONS,
     RUNTIMES,
+    SHADOW_GEOMETRY_EFFECT,
     resolution_choice,
 )
 from ..errors import InputError
@@ -64,6 +65,9 @@ class RunOptions:
             most probable class, argmax); see :mod:`.decision`.
         shadow_threshold: Shadow probability from which a pixel that is not cloud is
             shadow (default: argmax).
+        shadow_geometry: Refine the shadow probability by where the scene's clouds can
+            cast a shadow, along the sun's direction (:mod:`.shadow`); off by default
+            (measured effect: docs/shadow-geometry.md).
         max_memory_mib: The budget for the run's peak memory, MiB; a scene whose one
             pass over its width would need more runs in column blocks (same result),
             and a run that cannot fit even so is refused before the model loads (see
@@ -85,6 +89,7 @@ class RunOptions:
     resolution: str = "native"
     cloud_threshold: float | None = None
     shadow_threshold: float | None = None
+    shadow_geometry: bool = False
     max_memory_mib: float = DEFAULT_MAX_MEMORY_MIB
 
     def __post_init__(self) -> None:
@@ -296,6 +301,12 @@ RUN_FLAGS = (
         "shadow_threshold",
         "sensitivity for shadow, among the pixels that are not cloud (0-1)",
         {"type": float, "metavar": "P"},
+    ),
+    RunFlag(
+        "shadow_geometry",
+        "keep shadow only where a cloud of the scene can cast it along the sun's direction "
+        "(sun angles from the product, else estimated from the scene); " + SHADOW_GEOMETRY_EFFECT,
+        {"action": "store_true"},
     ),
     RunFlag(
         "max_memory_mib",

@@ -35,6 +35,7 @@ from .engine import NODATA, RunPlan, open_input, plan_reader, reader_rows
 from .options import RunOptions, SegmentOptions
 from .outputs import SegmentOutputs, provenance_tags
 from .runners import Runner
+from .shadow import shadow_geometry
 from .stac_item import item_bytes, mask_item, scene_time
 
 __all__ = ["NODATA", "RunOptions", "SegmentOptions", "SegmentResult", "load_classes", "segment"]
@@ -77,6 +78,9 @@ class SegmentResult:
     #: The STAC Item written (see :mod:`.stac_item`), and the one the input was read from.
     stac_item: Path | None = None
     source_item: str | None = None
+    #: What ``--shadow-geometry`` did (sun angles and their source, reach, pixels
+    #: changed; see :class:`.shadow.GeometryReport`); None when it was off.
+    shadow_geometry: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result as JSON-serialisable data."""
@@ -243,9 +247,14 @@ def segment(
         tags = provenance_tags(plan.model, reader, runner, options, plan.grid)
         with SegmentOutputs(output, options, profile, plan.card, tags) as outputs:
             rows = reader_rows(reader, plan, runner, options, progress, cancelled, meter)
+            geometry = shadow_geometry(reader, plan.card, options, item, output.parent)
+            if geometry is not None:
+                rows = geometry.rows(rows, progress, cancelled)
             for row, col, probs, nodata in rows:
                 with meter.stage("write"):
                     outputs.write(row, probs, nodata, col)
+            if geometry is not None:
+                outputs.tags["CLOUDSEG_SHADOW_GEOMETRY"] = json.dumps(geometry.report.to_dict())
             if reader.not_data_values and not checked:
                 warnings.append(_not_data_warning(reader))
             # The rasters' provenance: what reading, inference and writing their rows took.
@@ -265,6 +274,7 @@ def segment(
             )
             result.acquired, result.acquired_from = acquired, acquired_from
             result.stac_item = options.stac_item
+            result.shadow_geometry = geometry.report.to_dict() if geometry else None
             result.source_item = item.href if item is not None else None
             outputs.publish(
                 result.to_dict() if options.stats else None,

@@ -30,7 +30,11 @@ from qgis.core import (
 )
 
 from ...backend import choices
-from ...backend.choices import DEFAULT_BUFFER_CLOUD_M, DEFAULT_BUFFER_SHADOW_M
+from ...backend.choices import (
+    DEFAULT_BUFFER_CLOUD_M,
+    DEFAULT_BUFFER_SHADOW_M,
+    SHADOW_GEOMETRY_EFFECT,
+)
 from ...backend.dependencies import REQUIREMENTS
 from ...backend.errors import CloudsegError
 from .. import styling
@@ -164,6 +168,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
     BUFFER_SHADOW = "BUFFER_SHADOW"
     CLOUD_THRESHOLD = "CLOUD_THRESHOLD"
     SHADOW_THRESHOLD = "SHADOW_THRESHOLD"
+    SHADOW_GEOMETRY = "SHADOW_GEOMETRY"
     USABLE_PERCENT = "USABLE_PERCENT"
     CLOUD_PERCENT = "CLOUD_PERCENT"
     SHADOW_PERCENT = "SHADOW_PERCENT"
@@ -227,6 +232,9 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         "probable class",
         "SHADOW_THRESHOLD": "Sensitivity for shadow, 0-1, among pixels that are not cloud. "
         "Empty: the most probable class",
+        "SHADOW_GEOMETRY": "Keep shadow only where a cloud of the layer can cast it along the "
+        "sun's direction (sun angles from the product, else estimated from the scene; the "
+        "log says which); " + SHADOW_GEOMETRY_EFFECT,
     }
 
     def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
@@ -337,6 +345,11 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             )  # fmt: skip
             threshold.setFlags(threshold.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(threshold)
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                self.SHADOW_GEOMETRY, "Shadows only where a cloud can cast them", False
+            )
+        )
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Cloud mask"))
         self.addParameter(
             QgsProcessingParameterRasterDestination(
@@ -392,6 +405,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
     ) -> dict[str, Any]:
         """Run the backend engine with Processing's progress and cancel."""
         from ...backend.inference.segment import SegmentOptions, segment
+        from ...backend.inference.shadow import describe as describe_geometry
         from ...backend.raster.bands import parse_band_list
         from ...backend.raster.reader import scene_path_from_gdal_source
 
@@ -436,6 +450,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             valid=Path(valid) if valid else None,
             buffer_cloud_m=self.parameterAsDouble(parameters, self.BUFFER_CLOUD, context),
             buffer_shadow_m=self.parameterAsDouble(parameters, self.BUFFER_SHADOW, context),
+            shadow_geometry=self.parameterAsBool(parameters, self.SHADOW_GEOMETRY, context),
             **thresholds,
         )
         feedback.pushInfo(f"Input: {source}")
@@ -448,6 +463,8 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         )
         feedback.pushInfo(f"Product level: {result.product_level}")
         feedback.pushInfo(f"{result.model_reason}; ran on {result.runner}")
+        if result.shadow_geometry is not None:
+            feedback.pushInfo(describe_geometry(result.shadow_geometry))
         for warning in result.warnings:
             feedback.reportError(for_qgis(warning), fatalError=False)
         if vector:

@@ -24,9 +24,17 @@ TILE, TIME = "T36MXX", "20200101T080000"
 
 
 def make_safe(
-    band_dir: Path, out_dir: Path, level: str = "L2A", baseline: str = "04.00", as_zip: bool = False
+    band_dir: Path,
+    out_dir: Path,
+    level: str = "L2A",
+    baseline: str = "04.00",
+    as_zip: bool = False,
+    sun: tuple[float, float] | None = None,
 ) -> Path:
-    """Write the product; return the .SAFE folder or the .zip path."""
+    """Write the product; return the .SAFE folder or the .zip path.
+
+    ``sun`` (zenith, azimuth in degrees) also writes the granule's ``MTD_TL.xml``.
+    """
     offset = 1000 if tuple(int(p) for p in baseline.split(".")) >= (4, 0) else 0
     name = f"S2B_MSI{level}_{TIME}_N{baseline.replace('.', '')}_R000_{TILE}_{TIME}.SAFE"
     root = out_dir / name
@@ -92,6 +100,20 @@ def make_safe(
 </n1:{tag}>
 """
     (root / f"MTD_MSI{level}.xml").write_text(xml, encoding="utf-8")
+    if sun is not None:  # the tile metadata's mean sun angles, as ESA writes them
+        zenith, azimuth = sun
+        tile_xml = f"""<?xml version="1.0" encoding="UTF-8"?>
+<n1:Level-{level[1:]}_Tile_ID xmlns:n1="https://psd-14.sentinel2.eo.esa.int/PSD/S2_PDI_Level-{level[1:]}_Tile_Metadata.xsd">
+<n1:Geometric_Info><Tile_Angles>
+<Mean_Sun_Angle>
+<ZENITH_ANGLE unit="deg">{zenith}</ZENITH_ANGLE>
+<AZIMUTH_ANGLE unit="deg">{azimuth}</AZIMUTH_ANGLE>
+</Mean_Sun_Angle>
+</Tile_Angles></n1:Geometric_Info>
+</n1:Level-{level[1:]}_Tile_ID>
+"""
+        granule_dir = root / granule.removesuffix("/IMG_DATA")
+        (granule_dir / "MTD_TL.xml").write_text(tile_xml, encoding="utf-8")
     if not as_zip:
         return root
     archive = shutil.make_archive(str(out_dir / name.replace(".SAFE", "")), "zip", out_dir, name)

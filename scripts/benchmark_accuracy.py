@@ -103,6 +103,13 @@ CONFIGS = (
         finer_only=True,
         everywhere=True,
     ),
+    Config(
+        "shadow-geometry",
+        "--shadow-geometry: shadow kept only where a cloud of the scene can cast it (no scene "
+        "here records its sun: the direction is estimated from the scene), float32",
+        {"precision": "fp32", "shadow_geometry": True},
+        everywhere=True,
+    ),
     Config("overlap-32", "--overlap 32 (19 % fewer tiles)", {"precision": "fp32", "overlap": 32}),
     Config("overlap-0", "--overlap 0 (35 % fewer tiles)", {"precision": "fp32", "overlap": 0}),
     Config("tile-512", "--tile-size 512 (52 overlap)", {"precision": "fp32", "tile_size": 512}),

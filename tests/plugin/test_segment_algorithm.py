@@ -261,3 +261,36 @@ def test_the_valid_mask_loads_styled_with_its_usable_share(plugin, chip_layer, t
     layer = next(n.layer() for n in group.findLayers() if n.layer().name() == "chip - valid pixels")
     classes_drawn = {c.value: c.color.alpha() for c in layer.renderer().classes()}
     assert classes_drawn == {1: 0, 0: 190}  # usable transparent, the rest grey
+
+
+def test_shadow_geometry_reaches_the_engine_and_the_log(plugin, real_data, tmp_path):
+    from cloudseg.backend.choices import SHADOW_GEOMETRY_EFFECT
+
+    from ..conftest import BANDS, stack_bands
+
+    scene = stack_bands(real_data / "oncloudn_l2a" / "akny", tmp_path / "akny.tif", BANDS)
+    with rasterio.open(scene, "r+") as ds:
+        ds.update_tags(SUN_AZIMUTH="99.2", SUN_ZENITH="21.6")  # its place and time
+    options = SegmentOptions(product_level="L2A", shadow_geometry=True)
+    expected = segment(scene, tmp_path / "reference.tif", options)
+    assert expected.shadow_geometry["changed_pixels"] > 0
+    layer = QgsRasterLayer(str(scene), "akny")
+    feedback = LogFeedback()
+    out = tmp_path / "mask.tif"
+    processing.run(
+        "cloudseg:segment",
+        {"INPUT": layer, "PRODUCT_LEVEL": "L2A", "SHADOW_GEOMETRY": True, "OUTPUT": str(out)},
+        feedback=feedback,
+    )
+    with rasterio.open(out) as got, rasterio.open(tmp_path / "reference.tif") as want:
+        np.testing.assert_array_equal(got.read(1), want.read(1))
+        report = json.loads(got.tags()["CLOUDSEG_SHADOW_GEOMETRY"])
+    assert report["sun"]["source"] == "GDAL metadata"
+    assert any(
+        line.startswith("shadow geometry: sun azimuth 99, zenith 21.6 (GDAL metadata)")
+        for line in feedback.infos
+    )
+    alg = QgsApplication.processingRegistry().algorithmById("cloudseg:segment")
+    parameter = alg.parameterDefinition("SHADOW_GEOMETRY")
+    assert parameter.defaultValue() is False
+    assert SHADOW_GEOMETRY_EFFECT in parameter.help()

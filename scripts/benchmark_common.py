@@ -21,16 +21,24 @@ def write_results(report: dict[str, Any], packages: tuple[str, ...], out: Path) 
     print(json.dumps(report, indent=2))
 
 
-def oncloudn_chips(data: Path, rows: int | None = None) -> tuple[list[Any], Any, Any]:
+def oncloudn_chips(
+    data: Path, rows: int | None = None, names: list[str] | None = None
+) -> tuple[list[Any], Any, Any]:
     """The real On Cloud N L2A chips as (4, rows, cols) uint16 arrays, with a CRS and transform.
 
-    Bands B02, B03, B04, B08; ``rows`` keeps only the first rows of each chip.
+    Bands B02, B03, B04, B08; ``rows`` keeps only the first rows of each chip; ``names``
+    only these chips, in this order (default: all, by name).
     """
     import numpy as np
     import rasterio
 
     chips = []
-    for folder in sorted((data / "oncloudn_l2a").iterdir()):
+    folders = (
+        [data / "oncloudn_l2a" / n for n in names]
+        if names
+        else sorted((data / "oncloudn_l2a").iterdir())
+    )
+    for folder in folders:
         if folder.is_dir():
             stack = []
             for band in CHIP_BANDS:

@@ -241,12 +241,17 @@ def compare_with_ukis(args: argparse.Namespace, workdir: Path) -> dict:
     }
 
 
-def write_full_tile(data: Path, tile: Path, size: int = 10980) -> None:
-    """Write a ``size``-square, 4-band uint16 L2A tile at 10 m from the On Cloud N chips."""
+def write_full_tile(
+    data: Path, tile: Path, size: int = 10980, names: list[str] | None = None
+) -> None:
+    """Write a ``size``-square, 4-band uint16 L2A tile at 10 m from the On Cloud N chips.
+
+    ``names``: mirror only these chips (default: all five).
+    """
     import rasterio
 
     bands = CHIP_BANDS
-    chips, crs, transform = oncloudn_chips(data)
+    chips, crs, transform = oncloudn_chips(data, names=names)
     profile = {
         "driver": "GTiff",
         "width": size,

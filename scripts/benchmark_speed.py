@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchmark_common import CHIP_BANDS, write_results
-from benchmark_segment import mirrored_mosaic, write_scene
+from benchmark_common import write_results
+from benchmark_segment import mirrored_mosaic, write_full_tile, write_scene
 
 from cloudseg.backend.inference.runners import openvino_bf16_problem
 
@@ -143,38 +143,6 @@ def scene_30m(args: argparse.Namespace, work: Path, int8: Path | None, bf16: boo
     }
 
 
-def write_tile(data: Path, chips: list[str], tile: Path, size: int) -> None:
-    """A full 10 m tile of uint16 L2A DN mirrored from the named On Cloud N chips."""
-    import rasterio
-
-    stacks = []
-    for name in chips:
-        bands = []
-        for band in CHIP_BANDS:
-            with rasterio.open(data / "oncloudn_l2a" / name / f"{band}.tif") as ds:
-                bands.append(ds.read(1))
-                crs, transform = ds.crs, ds.transform
-        stacks.append(np.stack(bands))
-    profile = {
-        "driver": "GTiff",
-        "width": size,
-        "height": size,
-        "count": len(CHIP_BANDS),
-        "dtype": "uint16",
-        "nodata": 0,
-        "crs": crs,
-        "transform": transform,
-        "tiled": True,
-        "blockxsize": 512,
-        "blockysize": 512,
-        "compress": "deflate",
-    }
-    with rasterio.open(tile, "w", **profile) as dst:
-        dst.write(mirrored_mosaic(stacks, size))
-        for i, band in enumerate(CHIP_BANDS, start=1):
-            dst.set_band_description(i, band)
-
-
 def class_shares(mask: Path) -> dict[str, float]:
     """The share of valid pixels of each class of a written mask (by its class names)."""
     import rasterio
@@ -199,7 +167,7 @@ def full_tiles(args: argparse.Namespace, work: Path, bf16: bool) -> dict[str, An
     out = {}
     for label, chips in TILES.items():
         tile = work / f"{label}.tif"
-        write_tile(args.data, chips, tile, args.tile_size)
+        write_full_tile(args.data, tile, args.tile_size, chips)
         common = ["--run", "ours", "--src", str(tile), "--product-level", "L2A"]
         variants = {}
         for name, how in paths(bf16).items():

@@ -250,12 +250,12 @@ def timing(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     pass then goes to disk), with the sun's position at the chip's place and time in its
     GDAL tags, so that the step projects every cloud of the tile.
     """
-    from benchmark_speed import write_tile
+    from benchmark_segment import write_full_tile
 
     from cloudseg.backend.inference.segment import SegmentOptions, segment
 
     src = work / "timing.tif"
-    write_tile(args.data, ["akny"], src, args.size)
+    write_full_tile(args.data, src, args.size, ["akny"])
     with rasterio.open(src, "r+") as ds:
         ds.update_tags(SUN_AZIMUTH="99.2", SUN_ZENITH="21.6")
     seconds: dict[str, list[float]] = {"without": [], "with": []}

@@ -279,13 +279,15 @@ def markdown(report: dict[str, Any]) -> str:
     lines += _fmt_runs(s30["runs"], list(s30["runs"]))
     for label, tile in report.get("tiles_10m", {}).items():
         shares = ", ".join(f"{k} {v:g} %" for k, v in tile["class_percent_native_fp32"].items())
+        earlier = report.get("tiles_10m_measured_by")
         lines += [
             "",
             f"## Full 10 m tile, {label}",
             "",
             f"{tile['scene']}; model {tile['model']}; classes of the native float32 mask: "
             f"{shares}. {tile['repeat']} run(s) each. preview: the model's 30 m grid, "
-            "probabilities interpolated back to 10 m.",
+            "probabilities interpolated back to 10 m."
+            + (f" Measured by {earlier}." if earlier else ""),
             "",
             head,
         ]

@@ -175,9 +175,13 @@ SEGMENT_INPUTS = (
         float,
     ),
 )
+#: Run inputs ``explain`` does not take: a class activation map explains the network
+#: itself, before the shadow geometry step (the page's explain job of a segment job
+#: with the step explains the same network).
+NOT_EXPLAINED = ("shadow_geometry",)
 EXPLAIN_INPUTS = (
     SOURCE,
-    *RUN_INPUTS,
+    *(i for i in RUN_INPUTS if i.name not in NOT_EXPLAINED),
     EXTENT,
     Input(
         "classes",
@@ -313,6 +317,7 @@ def run_segment(job: Job, progress: Any, cancelled: Any) -> JobOutcome:
         "model_accuracy": _accuracy(result.model),
         "product_level": result.product_level,
         "classes": load_classes(mask),
+        "shadow_geometry": result.shadow_geometry,
     }
     return JobOutcome(files, summary)
 

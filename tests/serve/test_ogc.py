@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -62,6 +63,9 @@ def test_landing_conformance_and_processes_describe_segment_and_explain(server):
     assert inputs["product_level"]["schema"]["enum"] == ["L1C", "L2A"]
     assert inputs["tta"]["schema"]["type"] == "boolean"
     assert "max_memory_mib" not in inputs  # the operator's setting, not a request's
+    assert inputs["shadow_geometry"]["schema"]["type"] == "boolean"
+    explain = requests.get(f"{server.url}/ogc/processes/explain?f=json", timeout=30).json()
+    assert "shadow_geometry" not in explain["inputs"]  # a map of the network itself
     assert {"mask", "probabilities", "valid", "polygons", "statistics"} <= set(segment["outputs"])
 
 
@@ -81,6 +85,20 @@ def test_sync_execution_returns_the_clis_mask(server, serve_files, venv_env, tmp
     cloud = 100 * np.count_nonzero(mask[valid] == 1) / np.count_nonzero(valid)
     assert document["summary"]["class_percent"]["cloud"] == pytest.approx(cloud, abs=0.01)
     assert "IoU" in document["summary"]["model_accuracy"]
+
+
+def test_shadow_geometry_runs_as_the_cli_runs_it(server, serve_files, venv_env, tmp_path):
+    inputs = {"input": str(serve_files / "chip.tif"), "shadow_geometry": True}
+    response = _execute(server, inputs)
+    assert response.status_code == 200, response.text
+    document = response.json()
+    served = _fetch(server, document["mask"]["href"], tmp_path / "served.tif")
+    cli = cli_segment(venv_env, serve_files / "chip.tif", tmp_path / "cli.tif",
+                      "--shadow-geometry")  # fmt: skip
+    same_mask(served, cli)
+    with rasterio.open(served) as ds:
+        tag = json.loads(ds.tags()["CLOUDSEG_SHADOW_GEOMETRY"])
+    assert document["summary"]["shadow_geometry"] == tag
 
 
 def test_async_execution_reports_progress_and_links_results(server, serve_files, tmp_path):

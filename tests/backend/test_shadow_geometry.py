@@ -104,8 +104,10 @@ def test_the_estimated_sun_agrees_with_the_labels_shadows(labeled_s2, tmp_path):
 
 def test_the_step_moves_only_shadow_and_clear_and_counts_what_it_changed(labeled_s2, tmp_path):
     scene, _ = labeled_s2
-    without = segment(scene.image, tmp_path / "a.tif", SegmentOptions(model="ukis-csmask-6b-l1c"))
-    options = SegmentOptions(model="ukis-csmask-6b-l1c", shadow_geometry=True)
+    model = "ukis-csmask-6b-l1c"
+    options = SegmentOptions(model=model, uncertainty=tmp_path / "ua.tif")
+    without = segment(scene.image, tmp_path / "a.tif", options)
+    options = SegmentOptions(model=model, shadow_geometry=True, uncertainty=tmp_path / "ub.tif")
     with_step = segment(scene.image, tmp_path / "b.tif", options)
     a, tags = _mask(tmp_path / "a.tif")
     b, _ = _mask(tmp_path / "b.tif")
@@ -116,6 +118,10 @@ def test_the_step_moves_only_shadow_and_clear_and_counts_what_it_changed(labeled
     assert np.array_equal(a == CLOUD, b == CLOUD)
     assert with_step.shadow_geometry["changed_pixels"] == int(changed.sum())
     assert "CLOUDSEG_SHADOW_GEOMETRY" not in tags and without.shadow_geometry is None
+    # The uncertainty raster is the refined probabilities' doubt.
+    doubt_a, _ = _mask(tmp_path / "ua.tif")
+    doubt_b, _ = _mask(tmp_path / "ub.tif")
+    assert np.mean(doubt_a[changed] != doubt_b[changed]) > 0.9
     # Shadow it removes lies where no labeled cloud is upwind: mostly not labeled shadow.
     removed = (a == SHADOW) & (b == CLEAR)
     assert np.count_nonzero(scene.reference()[removed] == SHADOW) < 0.5 * removed.sum()

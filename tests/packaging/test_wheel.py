@@ -163,6 +163,9 @@ def test_the_installed_command_runs_a_label_round_outside_the_checkout(
         return run
 
     cloudseg("segment", scene.image, "mask.tif", "--model", BASE, "--uncertainty", "doubt.tif")
+    # The shadow geometry step from the installed package: the sun estimated from the scene.
+    said = cloudseg("segment", scene.image, "mask-sg.tif", "--model", BASE, "--shadow-geometry")
+    assert "(estimated from the scene, confidence" in said.stdout
     options = ("--box", 64, "--count", 4, "--scene", scene.image.stem, "--json")
     proposed = json.loads(cloudseg("propose", "doubt.tif", "coast.gpkg", *options).stdout)
     assert len(proposed) == 4

@@ -238,22 +238,31 @@ def _steps(azimuth: float, near: float, far: float) -> list[tuple[int, int]]:
     return steps
 
 
-def shadow_prior(cloud: np.ndarray, azimuth: float, near: float, far: float) -> np.ndarray:
-    """Cells where a cloud can cast a shadow (or one outside the scene could).
+def shadow_prior(
+    cloud: np.ndarray,
+    azimuth: float,
+    near: float,
+    far: float,
+    unseen: np.ndarray | None = None,
+) -> np.ndarray:
+    """Cells where a cloud can cast a shadow (or one the scene does not show could).
 
     Args:
         cloud: Boolean cloud cells.
         azimuth: The sun's azimuth, degrees.
         near: The nearest projection, cells.
         far: The farthest projection, cells.
+        unseen: Boolean cells without data (a swath's edge): a cloud there is not seen,
+            so it may cast a shadow like one outside the scene.
 
     Returns:
-        Boolean cells: a cloud cell lies ``near``-``far`` cells towards the sun, or the
-        way towards the sun leaves the scene within ``far`` cells.
+        Boolean cells: a cloud (or unseen) cell lies ``near``-``far`` cells towards the
+        sun, or the way towards the sun leaves the scene within ``far`` cells.
     """
+    casters = cloud if unseen is None else cloud | unseen
     prior = np.zeros_like(cloud)
     for dy, dx in _steps(azimuth, near, far):
-        prior |= _shift(cloud, dy, dx)
+        prior |= _shift(casters, dy, dx)
     # Tolerance of one cell: projections are rounded to whole cells.
     grown = prior.copy()
     for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
@@ -413,6 +422,7 @@ def plan_geometry(
     cell: int,
     pixel_m: float | None,
     sun: SunAngles | None,
+    unseen: np.ndarray | None = None,
 ) -> tuple[np.ndarray | None, GeometryReport]:
     """The prior on the coarse grid from the scene's cloud cells and shadow probability.
 
@@ -422,6 +432,7 @@ def plan_geometry(
         cell: Input pixels per cell.
         pixel_m: The input's pixel size, metres (None: unknown; the reach is estimated).
         sun: Angles from the product, or None (estimated).
+        unseen: Boolean cells without data (see :func:`shadow_prior`).
     """
     report = GeometryReport(cell_px=cell)
     cell_m = (pixel_m or 0.0) * cell
@@ -450,7 +461,7 @@ def plan_geometry(
             sun = estimated
     report.sun = sun
     report.reach_px = round(far * cell, 1)
-    return shadow_prior(cloud, sun.azimuth, near, far), report
+    return shadow_prior(cloud, sun.azimuth, near, far, unseen), report
 
 
 class ShadowGeometry:
@@ -504,9 +515,9 @@ class ShadowGeometry:
                 probs[:, row : row + h, col : col + w] = p
                 nodata[row : row + h, col : col + w] = missing
             cell = cell_for(self.height, self.width)
-            cloud_cells, shadow_cells = self._cells(probs, nodata, cloud_i, shadow_i, cell)
+            cloud_cells, shadow_cells, unseen = self._cells(probs, nodata, cloud_i, shadow_i, cell)
             prior_cells, self.report = plan_geometry(
-                cloud_cells, shadow_cells, cell, self.pixel_m, self.sun
+                cloud_cells, shadow_cells, cell, self.pixel_m, self.sun, unseen
             )
             changed = 0
             for r0 in range(0, self.height, STRIP_ROWS):
@@ -535,12 +546,13 @@ class ShadowGeometry:
         cloud_i: list[int],
         shadow_i: list[int],
         cell: int,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Cloud cells and the largest shadow probability per cell, strip by strip."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cloud cells, the largest shadow probability and any nodata, per cell."""
         rows = -(-self.height // cell)
         cols = -(-self.width // cell)
         cloud = np.zeros((rows, cols), bool)
         shadow = np.zeros((rows, cols), np.float32)
+        unseen = np.zeros((rows, cols), bool)
         step = max(cell, STRIP_ROWS - STRIP_ROWS % cell)
         for r0 in range(0, self.height, step):
             r1 = min(r0 + step, self.height)
@@ -550,7 +562,8 @@ class ShadowGeometry:
             s = np.where(valid, strip[shadow_i].sum(axis=0), 0.0).astype(np.float32)
             cloud[r0 // cell : -(-r1 // cell)] = coarse(c, cell)
             shadow[r0 // cell : -(-r1 // cell)] = coarse(s, cell)
-        return cloud, shadow
+            unseen[r0 // cell : -(-r1 // cell)] = coarse(~valid, cell)
+        return cloud, shadow, unseen
 
 
 def shadow_geometry(

@@ -273,3 +273,32 @@ def test_the_prior_projects_away_from_the_sun():
     assert not prior[40:50, 30:34].any()  # south of it: no cloud can cast there
     assert prior[54:].all()  # the way south leaves the scene: a cloud outside may cast
     assert not prior[:15].any()
+
+
+def test_shadow_beside_a_swath_edge_is_kept(real_data, tmp_path):
+    """Where the sun shines over pixels without data, a cloud there is unseen: keep shadow."""
+    scene = stack_bands(real_data / AKNY, tmp_path / "akny.tif", BANDS)
+    with rasterio.open(scene, "r+") as ds:
+        data = ds.read()
+        data[:, :, 384:] = 0  # the eastern quarter outside the swath (nodata 0)
+        ds.write(data)
+        ds.update_tags(SUN_AZIMUTH="99.2", SUN_ZENITH="21.6")  # morning sun in the east
+    runs = {}
+    for step in (False, True):
+        options = SegmentOptions(model=MODEL, shadow_geometry=step)
+        runs[step] = segment(scene, tmp_path / f"m{step}.tif", options)
+    a, _ = _mask(tmp_path / "mFalse.tif")
+    b, _ = _mask(tmp_path / "mTrue.tif")
+    reach = runs[True].shadow_geometry["reach_px"]
+    beside = slice(int(384 - reach) + 2, 384)  # within reach, west of the edge
+    assert np.count_nonzero(a[:, beside] == SHADOW) > 0
+    assert np.array_equal(a[:, beside], b[:, beside])
+    assert runs[True].shadow_geometry["changed_pixels"] > 0  # elsewhere it acts
+    prior = shadow.shadow_prior(
+        np.zeros((64, 64), bool),
+        90.0,
+        0.0,
+        10.0,
+        unseen=np.pad(np.ones((64, 8), bool), ((0, 0), (56, 0))),
+    )
+    assert prior[:, 46:56].all() and not prior[:, :40].any()

@@ -34,11 +34,12 @@ def resolution_choice(value: str) -> str:
 
 
 #: What ``--shadow-geometry`` measurably does (scripts/study_shadow_geometry.py,
-#: docs/shadow-geometry.md): said by the CLI's help, the Processing dialog and the dock.
+#: docs/shadow-geometry.md): said by the CLI's help, the Processing dialog and the dock
+#: (no percent sign: argparse formats help texts with %).
 SHADOW_GEOMETRY_EFFECT = (
     "off by default: on the labeled scenes here it changed shadow IoU by -0.001 to +0.012 "
-    "(cloud unchanged), removing shadow that no cloud can cast; it adds about 11 % to a run "
-    "(docs/shadow-geometry.md)"
+    "(cloud unchanged), removing shadow that no cloud can cast; it adds about a tenth to a "
+    "run's time (docs/shadow-geometry.md)"
 )
 
 #: Unlabeled image stored around each labeled box for fine-tuning, per side, as a share

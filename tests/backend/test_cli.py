@@ -95,6 +95,17 @@ def test_every_model_command_takes_the_same_run_flags():
 
 
 @pytest.mark.parametrize("command", MODEL_COMMANDS)
+def test_every_model_commands_help_prints(command, capsys):
+    from cloudseg.backend.cli import build_parser
+
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args([command, "--help"])
+    assert done.value.code == 0
+    shown = capsys.readouterr().out
+    assert "--shadow-geometry" in shown and "--max-memory" in shown
+
+
+@pytest.mark.parametrize("command", MODEL_COMMANDS)
 def test_every_model_command_parses_the_run_flags_alike(command):
     from cloudseg.backend.cli import build_parser
     from cloudseg.backend.inference.options import run_options

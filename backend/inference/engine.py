@@ -752,7 +752,8 @@ def predict(
     if options.shadow_geometry:
         sun = sun_for(scene) if isinstance(scene, SceneReader) else None
         shape = (scene.height, scene.width)
-        geometry = ShadowGeometry(shape, card.classes, scene.resolution_m, sun)
+        thresholds = (options.cloud_threshold, options.shadow_threshold)
+        geometry = ShadowGeometry(shape, card.classes, scene.resolution_m, sun, None, thresholds)
         rows = geometry.rows(rows, progress, cancelled)
     for row, col, probs, missing in rows:
         height, width = probs.shape[1:]

@@ -44,6 +44,7 @@ import numpy as np
 from ..callbacks import CancelCallback, ProgressCallback, never_cancelled, no_progress
 from ..errors import CancelledError
 from ..models.cards import class_kind
+from .decision import decide
 
 #: Plausible cloud-top heights, metres: the shadow lies between these heights' projections.
 HEIGHTS_M = (0.0, 6000.0)
@@ -479,12 +480,16 @@ class ShadowGeometry:
         pixel_m: float | None,
         sun: SunAngles | None,
         work: Path | None = None,
+        thresholds: tuple[float | None, float | None] = (None, None),
     ) -> None:
         self.height, self.width = shape
         self.classes = classes
         self.pixel_m = pixel_m
         self.sun = sun
         self.work = work
+        #: The run's cloud and shadow thresholds: the changed pixels are counted by the
+        #: class decision the mask is written with.
+        self.thresholds = thresholds
         self.report = GeometryReport()
 
     def rows(
@@ -526,14 +531,15 @@ class ShadowGeometry:
                 r1 = min(r0 + STRIP_ROWS, self.height)
                 strip = np.array(probs[:, r0:r1])
                 if prior_cells is not None:
-                    before = strip.argmax(axis=0)
+                    before = decide(strip, self.classes, *self.thresholds)
                     prior = prior_cells[r0 // cell : -(-r1 // cell)]
                     if cell > 1:
                         prior = np.repeat(np.repeat(prior, cell, 0), cell, 1)
                         offset = r0 - (r0 // cell) * cell
                         prior = prior[offset : offset + r1 - r0, : self.width]
                     refine(strip, prior, shadow_i, clear, OUTSIDE_KEEP, INSIDE_GAIN, INSIDE_FROM)
-                    changed += int(np.count_nonzero(strip.argmax(axis=0) != before))
+                    after = decide(strip, self.classes, *self.thresholds)
+                    changed += int(np.count_nonzero((after != before) & ~nodata[r0:r1]))
                 progress(98.0, f"shadow geometry: row {r1} of {self.height}")
                 yield r0, 0, strip, nodata[r0:r1]
             self.report.changed_pixels = changed
@@ -583,7 +589,8 @@ def shadow_geometry(
         return None
     sun = sun_for(reader, item)
     shape = (reader.height, reader.width)
-    return ShadowGeometry(shape, card.classes, reader.resolution_m, sun, work)
+    thresholds = (options.cloud_threshold, options.shadow_threshold)
+    return ShadowGeometry(shape, card.classes, reader.resolution_m, sun, work, thresholds)
 
 
 def sun_for(reader: Any, item: Any = None) -> SunAngles | None:

@@ -302,3 +302,13 @@ def test_shadow_beside_a_swath_edge_is_kept(real_data, tmp_path):
         unseen=np.pad(np.ones((64, 8), bool), ((0, 0), (56, 0))),
     )
     assert prior[:, 46:56].all() and not prior[:, :40].any()
+
+
+def test_the_changed_count_follows_the_runs_thresholds(labeled_s2, tmp_path):
+    scene, _ = labeled_s2
+    base = {"model": "ukis-csmask-6b-l1c", "shadow_threshold": 0.6, "cloud_threshold": 0.4}
+    segment(scene.image, tmp_path / "a.tif", SegmentOptions(**base))
+    result = segment(scene.image, tmp_path / "b.tif", SegmentOptions(**base, shadow_geometry=True))
+    a, _ = _mask(tmp_path / "a.tif")
+    b, _ = _mask(tmp_path / "b.tif")
+    assert result.shadow_geometry["changed_pixels"] == int(np.count_nonzero(a != b)) > 0

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -41,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import temporary_folder
 from ..callbacks import CancelCallback, ProgressCallback, never_cancelled, no_progress
 from ..errors import CancelledError
 from ..models.cards import class_kind
@@ -506,7 +506,9 @@ class ShadowGeometry:
             return
         n = len(self.classes)
         on_disk = (n * 4 + 1) * self.height * self.width > IN_MEMORY_MIB * 2**20
-        with tempfile.TemporaryDirectory(prefix="cloudseg-shadow-", dir=self.work) as tmp:
+        # A folder named for this process (backend.atomic): one a killed run left behind
+        # is removed by the next run that writes there.
+        with temporary_folder("cloudseg-shadow", self.work) as tmp:
 
             def store(name: str, dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
                 if on_disk:

@@ -190,7 +190,13 @@ def test_the_same_mask_over_column_blocks_and_strip_sizes(wide_chip, tmp_path, m
     b, _ = _mask(tmp_path / "blocks.tif")
     assert np.array_equal(a, b)
     assert one.shadow_geometry == blocks.shadow_geometry
-    assert not list(tmp_path.glob("cloudseg-shadow-*"))  # the stored pass is gone
+    assert not list(tmp_path.glob(".cloudseg-shadow*"))  # the stored pass is gone
+    # A stored pass a killed run left beside the output goes with the next run.
+    left = tmp_path / ".cloudseg-shadow.999999-deadbeef.part"
+    left.mkdir()
+    (left / "probs.npy").write_bytes(b"left by a killed run")
+    segment(wide_chip, tmp_path / "again.tif", SegmentOptions(**base))
+    assert not left.exists()
 
 
 def test_no_shadow_is_added_on_a_cloud_free_patch(real_data):

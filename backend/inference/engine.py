@@ -39,8 +39,8 @@ from .decision import NODATA, decide
 from .options import RunOptions
 from .resample import ModelGrid, RowMasks, Upsampler, block_nanmean
 from .runners import Runner, create_runner, shared_runner
-from .shadow import ShadowGeometry, sun_for
 from .shadow import memory_mib as shadow_memory_mib
+from .shadow import shadow_geometry
 from .tiling import RowBlender, TileLayout
 
 logger = logging.getLogger(__name__)
@@ -748,12 +748,8 @@ def predict(
                 scene, plan.grid, card, runner, options, progress, cancelled
             )
         )
-    geometry = None
-    if options.shadow_geometry:
-        sun = sun_for(scene) if isinstance(scene, SceneReader) else None
-        shape = (scene.height, scene.width)
-        thresholds = (options.cloud_threshold, options.shadow_threshold)
-        geometry = ShadowGeometry(shape, card.classes, scene.resolution_m, sun, None, thresholds)
+    geometry = shadow_geometry(scene, card, options)
+    if geometry is not None:
         rows = geometry.rows(rows, progress, cancelled)
     for row, col, probs, missing in rows:
         height, width = probs.shape[1:]

@@ -253,8 +253,9 @@ def segment(
             for row, col, probs, nodata in rows:
                 with meter.stage("write"):
                     outputs.write(row, probs, nodata, col)
-            if geometry is not None:
-                outputs.tags["CLOUDSEG_SHADOW_GEOMETRY"] = json.dumps(geometry.report.to_dict())
+            report = geometry.report.to_dict() if geometry is not None else None
+            if report is not None:
+                outputs.tags["CLOUDSEG_SHADOW_GEOMETRY"] = json.dumps(report)
             if reader.not_data_values and not checked:
                 warnings.append(_not_data_warning(reader))
             # The rasters' provenance: what reading, inference and writing their rows took.
@@ -274,7 +275,7 @@ def segment(
             )
             result.acquired, result.acquired_from = acquired, acquired_from
             result.stac_item = options.stac_item
-            result.shadow_geometry = geometry.report.to_dict() if geometry else None
+            result.shadow_geometry = report
             result.source_item = item.href if item is not None else None
             outputs.publish(
                 result.to_dict() if options.stats else None,

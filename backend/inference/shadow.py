@@ -34,7 +34,7 @@ import re
 import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from ..atomic import temporary_folder
 from ..callbacks import CancelCallback, ProgressCallback, never_cancelled, no_progress
 from ..errors import CancelledError
 from ..models.cards import class_kind
+from ..raster.reader import SceneReader
 from .decision import decide
 
 #: Plausible cloud-top heights, metres: the shadow lies between these heights' projections.
@@ -184,15 +185,11 @@ def sun_from_source(
     if path is not None and path.exists() and (path.is_dir() or path.suffix.lower() == ".zip"):
         try:
             text = _tile_xml(path)
+            sun = sun_from_tile_xml(text) if text else None
         except (OSError, zipfile.BadZipFile, ET.ParseError):
-            text = None
-        if text:
-            try:
-                sun = sun_from_tile_xml(text)
-            except ET.ParseError:
-                sun = None
-            if sun is not None:
-                return sun
+            sun = None
+        if sun is not None:
+            return sun
     return sun_from_tags(tags) if tags else None
 
 
@@ -387,15 +384,12 @@ class GeometryReport:
     cell_px: int = 1
     changed_pixels: int = 0
     note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready record (lists, not tuples: what the mask's tag reads back as)."""
         import json
 
-        out = asdict(self)
-        out.pop("extra")
-        return json.loads(json.dumps(out | self.extra))
+        return json.loads(json.dumps(asdict(self)))
 
 
 def describe(report: dict[str, Any]) -> str:
@@ -575,12 +569,13 @@ class ShadowGeometry:
 
 
 def shadow_geometry(
-    reader: Any, card: Any, options: Any, item: Any = None, work: Path | None = None
+    scene: Any, card: Any, options: Any, item: Any = None, work: Path | None = None
 ) -> ShadowGeometry | None:
-    """The step for a run read from files, or None when ``options`` leave it off.
+    """The step for a run, or None when ``options`` leave it off.
 
     Args:
-        reader: The run's :class:`~cloudseg.backend.raster.reader.SceneReader`.
+        scene: The run's :class:`~cloudseg.backend.raster.reader.SceneReader` (its sun
+            is looked up), or an array scene (the sun is estimated).
         card: The model's card.
         options: The run's options (``shadow_geometry``).
         item: The :class:`~cloudseg.backend.raster.stac_input.SourceItem` read, if any.
@@ -589,10 +584,10 @@ def shadow_geometry(
     """
     if not options.shadow_geometry:
         return None
-    sun = sun_for(reader, item)
-    shape = (reader.height, reader.width)
+    sun = sun_for(scene, item) if isinstance(scene, SceneReader) else None
+    shape = (scene.height, scene.width)
     thresholds = (options.cloud_threshold, options.shadow_threshold)
-    return ShadowGeometry(shape, card.classes, reader.resolution_m, sun, work, thresholds)
+    return ShadowGeometry(shape, card.classes, scene.resolution_m, sun, work, thresholds)
 
 
 def sun_for(reader: Any, item: Any = None) -> SunAngles | None:

@@ -17,7 +17,8 @@ QGIS_PROFILE  ?= default
 QGIS_PLUGINS_DIR ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/$(QGIS_PROFILE)/python/plugins
 export CLOUDSEG_REAL_DATA
 
-.PHONY: help install system-deps demo test test-backend test-plugin test-gui lint format deploy package wheel clean qgis screenshot
+
+.PHONY: help install lock system-deps demo test test-backend test-plugin test-gui lint format deploy package wheel clean qgis screenshot
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -33,12 +34,18 @@ system-deps: ## apt-get install the Debian packages that are missing
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-$(STAMP): pyproject.toml setup.py constraints.txt | system-deps
+LOCK := resources/locks/all.txt
+
+# The venv holds exactly the lock: every version pinned, every file checked by its hash;
+# the project itself goes in editable, without dependencies (they are the lock's).
+$(STAMP): $(LOCK) pyproject.toml setup.py | system-deps
 	$(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
-	$(PY) -m pip install -q --upgrade "pip>=24" "setuptools>=64"
-	$(PY) -m pip install -c constraints.txt torch torchvision
-	$(PY) -m pip install -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+lock: install ## refresh resources/locks from backend/dependencies.py (uv), on purpose
+	$(PY) scripts/lock.py
 
 demo: install ## segment a real Sentinel-2 chip from ../shared/data/real
 	$(PY) scripts/demo.py --data "$(CLOUDSEG_REAL_DATA)" --out demo_output

@@ -19,6 +19,9 @@ def classFactory(iface: Any) -> Any:
     Returns:
         The :class:`~cloudseg.cloudseg_plugin.plugin.CloudSegPlugin` instance.
     """
+    from .cloudseg_plugin.packages import activate_packages
+
+    activate_packages()  # cloudseg's own packages, after QGIS's on sys.path
     from .cloudseg_plugin.plugin import CloudSegPlugin
 
     return CloudSegPlugin(iface)

@@ -13,7 +13,7 @@ from importlib import metadata
 from typing import Any
 
 from ._version import __version__
-from .dependencies import REQUIREMENTS, is_available, missing_requirements
+from .dependencies import PLUGIN_STEPS, SEGMENT, is_available, missing_requirements
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,9 @@ class EnvironmentReport:
         python: Python version.
         platform: Operating system and machine.
         packages: Installed versions of the packages cloudseg uses (None if missing).
-        missing: Import names of required packages that are missing.
+        missing: Import names of the segmentation packages that are missing.
+        missing_steps: Each install step with a package missing, and which
+            (``{"training": ["torch", ...]}``).
         torch_cuda: Whether torch can use a CUDA GPU.
         torch_cuda_version: The CUDA version torch was built with (None for CPU builds).
         gpus: CUDA devices torch sees.
@@ -62,6 +64,7 @@ class EnvironmentReport:
     platform: str
     packages: dict[str, str | None]
     missing: list[str]
+    missing_steps: dict[str, list[str]]
     torch_cuda: bool
     torch_cuda_version: str | None
     gpus: list[GpuInfo] = field(default_factory=list)
@@ -85,22 +88,18 @@ class EnvironmentReport:
         ]
         for name, version in self.packages.items():
             lines.append(f"  {name}: {version or 'not installed'}")
+        for step, names in self.missing_steps.items():
+            lines.append(f"missing for {step}: {', '.join(names)}")
         if self.onnxruntime_providers:
             lines.append(f"onnxruntime providers: {', '.join(self.onnxruntime_providers)}")
         return "\n".join(lines)
 
 
+#: The packages whose versions the report lists: GDAL, then every package of the install
+#: steps that cloudseg imports (from the one list, backend/dependencies.py).
 _VERSIONED = (
-    "numpy",
-    "rasterio",
     "GDAL",
-    "onnxruntime",
-    "openvino",
-    "torch",
-    "torchvision",
-    "segmentation-models-pytorch",
-    "zarr",
-    "ukis-csmask",
+    *dict.fromkeys(r.distribution for s in PLUGIN_STEPS for r in s.requirements if r.module),
 )
 
 
@@ -197,7 +196,12 @@ def environment_report() -> EnvironmentReport:
         python=platform.python_version(),
         platform=f"{platform.system()} {platform.machine()}",
         packages={name: _version_of(name) for name in _VERSIONED},
-        missing=[req.module for req in missing_requirements(REQUIREMENTS)],
+        missing=[req.module for req in missing_requirements(SEGMENT)],
+        missing_steps={
+            step.name: [req.label for req in missing_requirements(step)]
+            for step in PLUGIN_STEPS
+            if missing_requirements(step)
+        },
         torch_cuda=cuda,
         torch_cuda_version=cuda_version,
         gpus=gpus,

@@ -43,8 +43,9 @@ from qgis.PyQt.QtWidgets import (
 
 from ..backend.atomic import stamped_paths
 from ..backend.choices import SHADOW_GEOMETRY_EFFECT
+from ..backend.dependencies import TRAINING
 from ..backend.errors import CloudsegError
-from . import logbridge, styling
+from . import logbridge, packages, styling
 from .messages import DOCK, for_qgis
 from .modelcard import card_html, device_line, preview_tooltip
 from .runs import RunRecord, RunRequest, SegmentTask
@@ -309,6 +310,10 @@ class CloudSegDock(QDockWidget):
     def explain_view(self, classes: list[str] | None = None) -> BackendTask | None:
         """Explain the active layer over the map's extent (a task); its task, or None."""
         from qgis.core import QgsCoordinateTransform
+
+        if not packages.ensure(TRAINING, self):
+            self._say("explain needs PyTorch and friends: install them first", Qgis.Info)
+            return None
 
         from ..backend.inference.explain import explain
 

@@ -33,9 +33,10 @@ from qgis.PyQt.QtWidgets import QDockWidget, QTabWidget, QWidget
 
 from ..backend.active.loop import latest_run, propose_on_scene, rerun
 from ..backend.active.project import LabelProject, ProjectContents
+from ..backend.dependencies import TRAINING
 from ..backend.errors import CloudsegError
 from ..backend.raster.reader import scene_key, scene_path_from_gdal_source
-from . import logbridge
+from . import logbridge, packages
 from .labellayers import STATUS_COLORS, ProjectLayers
 from .labelwidgets import LabelDockUi
 from .messages import DOCK, for_qgis
@@ -342,6 +343,9 @@ class LabelDock(QDockWidget, LabelDockUi):
     # -- teaching ------------------------------------------------------------------------
     def fine_tune(self) -> BackendTask | None:
         """Fine-tune the model on the done boxes (a task); registers a new version."""
+        if not packages.ensure(TRAINING, self):
+            self._say("fine-tuning needs PyTorch and friends: install them first", Qgis.Info)
+            return None
         from ..training.finetune import fine_tune
 
         ready = self._ready()

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayer, QgsMapLayerType, QgsMessageLog
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtWidgets import QAction
+from qgis.PyQt.QtWidgets import QAction, QPushButton
 
-from ..backend.dependencies import REQUIREMENTS, Requirement, install_hint, missing_requirements
-from . import logbridge
+from ..backend.dependencies import SEGMENT, TRAINING, Group, install_hint, missing_requirements
+from . import logbridge, packages
 from .provider import PROVIDER_ID, CloudSegProvider
 from .resources import icon
 
@@ -72,6 +73,12 @@ class CloudSegPlugin:
         self.iface.addPluginToRasterMenu(MENU, action)
         self.actions.append(action)
 
+        install = QAction(icon(), "Install packages...", self.iface.mainWindow())
+        install.setObjectName("cloudsegInstallPackages")
+        install.triggered.connect(lambda: self.open_install_dialog())
+        self.iface.addPluginToRasterMenu(MENU, install)
+        self.actions.append(install)
+
         panel = QAction(icon(), "Cloud segmentation panel", self.iface.mainWindow())
         panel.setObjectName("cloudsegShowPanel")
         panel.setCheckable(True)
@@ -122,6 +129,7 @@ class CloudSegPlugin:
 
     def _unload_gui(self) -> None:
         """Remove the layer action, the dock, an open dialog, menus and the toolbar icon."""
+        packages.close_dialog()
         if self.layer_action is not None:
             self.iface.removeCustomActionForLayerType(self.layer_action)
             self.layer_action.deleteLater()
@@ -161,22 +169,39 @@ class CloudSegPlugin:
             self._log_handler = None
 
     # -- helpers -----------------------------------------------------------------
-    def report_missing_dependencies(
-        self, requirements: tuple[Requirement, ...] = REQUIREMENTS
-    ) -> str:
-        """Show one message bar warning (and a log entry) if packages are missing.
+    def report_missing_dependencies(self, step: Group = SEGMENT) -> str:
+        """Offer the install once (a message bar with a button) if ``step`` is missing.
 
         Args:
-            requirements: What to check; all of cloudseg's requirements by default.
+            step: What to check; the segmentation step by default.
 
         Returns:
             The message shown, empty when nothing is missing.
         """
-        message = install_hint(missing_requirements(requirements))
+        message = install_hint(missing_requirements(step), where="qgis")
         if message:
             QgsMessageLog.logMessage(message, logbridge.LOG_TAG, Qgis.Warning)
-            self.iface.messageBar().pushMessage("cloudseg", message, Qgis.Warning, 0)
+            bar = self.iface.messageBar()
+            item = bar.createMessage("cloudseg", message)
+            button = QPushButton("Install packages...")
+            button.setObjectName("cloudsegInstallFromBar")
+            button.clicked.connect(lambda: (self.open_install_dialog(step), bar.popWidget(item)))
+            item.layout().addWidget(button)
+            bar.pushWidget(item, Qgis.Warning, 0)
         return message
+
+    def open_install_dialog(self, focus: Group | None = None) -> packages.InstallDialog:
+        """Show the Install packages dialog (with ``focus``'s step in bold)."""
+        dialog = packages.open_dialog(self.iface.mainWindow(), focus)
+        with contextlib.suppress(TypeError):  # connect once
+            dialog.installed.disconnect(self._packages_installed)
+        dialog.installed.connect(self._packages_installed)
+        return dialog
+
+    def _packages_installed(self, step: str) -> None:
+        """A step was installed: the docks list what it brought (built-in models)."""
+        if self.dock is not None:
+            self.dock.reload_models()
 
     def _open_environment_dialog(self) -> None:
         import processing
@@ -218,6 +243,14 @@ class CloudSegPlugin:
         self.dock.setVisible(visible)
 
     def _toggle_label_dock(self, visible: bool) -> None:
+        if visible and not packages.ensure(TRAINING, self.iface.mainWindow()):
+            self.iface.messageBar().pushMessage(
+                "cloudseg",
+                "fine-tuning needs PyTorch and friends: install them in the dialog, then "
+                "open the label dock again",
+                Qgis.Info,
+                8,
+            )
         if self.label_dock is None:
             from .labeldock import LabelDock
 

@@ -8,6 +8,7 @@ from .batch import SegmentBatchAlgorithm
 from .environment import EnvironmentAlgorithm
 from .explain import ExplainAlgorithm
 from .ingest import IngestAlgorithm
+from .install import InstallPackagesAlgorithm
 from .propose import LabelsToStoreAlgorithm, ProposeAlgorithm
 from .segment import SegmentAlgorithm
 from .training import CheckLabelsAlgorithm, EvaluateAlgorithm, ExportAlgorithm, TrainAlgorithm
@@ -17,6 +18,7 @@ def all_algorithms() -> list[QgsProcessingAlgorithm]:
     """Return a fresh instance of every algorithm of the provider."""
     return [
         EnvironmentAlgorithm(),
+        InstallPackagesAlgorithm(),
         SegmentAlgorithm(),
         SegmentBatchAlgorithm(),
         ProposeAlgorithm(),

@@ -16,7 +16,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from ...backend.dependencies import Requirement, install_hint, missing_requirements
+from ...backend.dependencies import SEGMENT, Group, install_hint, missing_requirements
 from ...backend.errors import CloudsegError
 from ..messages import for_qgis
 from ..resources import icon
@@ -54,8 +54,8 @@ class CloudsegAlgorithm(QgsProcessingAlgorithm):
     with the same text. Subclasses implement only :meth:`run_backend`.
     """
 
-    #: Packages the algorithm needs at run time (checked before running).
-    requirements: tuple[Requirement, ...] = ()
+    #: The package groups the algorithm needs at run time (checked before running).
+    requirements: tuple[Group, ...] = (SEGMENT,)
     #: Stable name (the part after ``cloudseg:``), toolbox name, group and group id.
     algorithm_name = ""
     display_name = ""
@@ -114,11 +114,13 @@ class CloudsegAlgorithm(QgsProcessingAlgorithm):
         """Raise a clear :class:`QgsProcessingException` if a needed package is missing.
 
         Raises:
-            QgsProcessingException: With the install command for the missing packages.
+            QgsProcessingException: Naming the missing packages and the install step.
         """
-        missing = missing_requirements(self.requirements)
+        if not self.requirements:
+            return
+        missing = missing_requirements(*self.requirements)
         if missing:
-            raise QgsProcessingException(install_hint(missing))
+            raise QgsProcessingException(install_hint(missing, where="qgis"))
 
     def extent_bounds(
         self, parameters: dict[str, Any], name: str, context: QgsProcessingContext, layer: Any

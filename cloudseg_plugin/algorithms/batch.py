@@ -17,7 +17,6 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ...backend.dependencies import REQUIREMENTS
 from .base import CloudsegAlgorithm, choice
 from .segment import AUTO, LEVELS, RESOLUTIONS, builtin_model_names
 
@@ -29,7 +28,6 @@ class SegmentBatchAlgorithm(CloudsegAlgorithm):
     display_name = "Segment a folder of scenes (batch, Dask)"
     group_name = "Cloud segmentation"
     group_id = "segmentation"
-    requirements = tuple(r for r in REQUIREMENTS if r.module == "onnxruntime")
 
     INPUT = "INPUT"
     MODEL = "MODEL"

@@ -14,7 +14,7 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
 )
 
-from ...backend.dependencies import install_hint, missing_requirements
+from ...backend.dependencies import PLUGIN_STEPS, install_hint, missing_requirements
 from ...backend.environment import environment_report
 from .base import CloudsegAlgorithm
 
@@ -31,14 +31,16 @@ class EnvironmentAlgorithm(CloudsegAlgorithm):
     DEVICE_REASON = "DEVICE_REASON"
     CUDA_AVAILABLE = "CUDA_AVAILABLE"
     MISSING = "MISSING"
+    requirements = ()
 
     def shortHelpString(self) -> str:
         """Return the help shown beside the dialog."""
         return (
             "Reports which device cloudseg runs models on (a CUDA GPU, or the CPU and "
             "why), the onnxruntime execution providers, and the versions of the Python "
-            "packages it uses. Missing packages are listed with the command that "
-            "installs them.\n\nOptionally writes the full report as JSON. Useful on "
+            "packages it uses. Missing packages are listed by install step, with where to "
+            "install them (Raster > Cloud segmentation > Install packages...)."
+            "\n\nOptionally writes the full report as JSON. Useful on "
             "servers: qgis_process run cloudseg:environment"
         )
 
@@ -68,13 +70,17 @@ class EnvironmentAlgorithm(CloudsegAlgorithm):
         report = environment_report()
         for line in report.summary().splitlines():
             feedback.pushInfo(line)
-        if report.missing:
-            feedback.reportError(install_hint(missing_requirements()), fatalError=False)
+        for step in PLUGIN_STEPS:
+            missing = missing_requirements(step)
+            if missing:
+                feedback.reportError(install_hint(missing, where="qgis"), fatalError=False)
         results: dict[str, Any] = {
             self.DEVICE: report.device,
             self.DEVICE_REASON: report.device_reason,
             self.CUDA_AVAILABLE: report.torch_cuda,
-            self.MISSING: ",".join(report.missing),
+            self.MISSING: ",".join(
+                name for names in report.missing_steps.values() for name in names
+            ),
         }
         destination = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         if destination:

@@ -20,6 +20,7 @@ from qgis.core import (
 )
 
 from ...backend.choices import EXPLAIN_METHODS
+from ...backend.dependencies import SEGMENT, TRAINING
 from .. import styling
 from .base import CloudsegAlgorithm, add_cost_outputs, cost_outputs
 
@@ -68,6 +69,7 @@ class ExplainAlgorithm(CloudsegAlgorithm):
     display_name = "Explain the mask (Grad-CAM)"
     group_name = "Cloud segmentation"
     group_id = "segmentation"
+    requirements = (SEGMENT, TRAINING)
 
     INPUT = "INPUT"
     CLASSES = "CLASSES"

@@ -14,6 +14,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ...backend.dependencies import SEGMENT, TRAINING
 from ...backend.store.sources import LAYOUTS
 from .base import CloudsegAlgorithm, choice
 
@@ -27,6 +28,7 @@ class IngestAlgorithm(CloudsegAlgorithm):
     display_name = "1 - Ingest labeled scenes (Zarr + STAC)"
     group_name = "Training and evaluation"
     group_id = "training"
+    requirements = (SEGMENT, TRAINING)
 
     SOURCE = "SOURCE"
     DESTINATION = "DESTINATION"

@@ -17,6 +17,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ...backend.dependencies import SEGMENT, TRAINING
 from .base import CloudsegAlgorithm
 
 
@@ -125,6 +126,7 @@ class LabelsToStoreAlgorithm(CloudsegAlgorithm):
     display_name = "Labels to store (active learning)"
     group_name = "Cloud segmentation"
     group_id = "segmentation"
+    requirements = (SEGMENT, TRAINING)
 
     PROJECT = "PROJECT"
     INPUT = "INPUT"

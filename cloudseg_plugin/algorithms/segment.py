@@ -35,7 +35,6 @@ from ...backend.choices import (
     DEFAULT_BUFFER_SHADOW_M,
     SHADOW_GEOMETRY_EFFECT,
 )
-from ...backend.dependencies import REQUIREMENTS
 from ...backend.errors import CloudsegError
 from .. import styling
 from ..messages import for_qgis
@@ -141,7 +140,6 @@ class SegmentAlgorithm(CloudsegAlgorithm):
     display_name = "Segment clouds and cloud shadows"
     group_name = "Cloud segmentation"
     group_id = "segmentation"
-    requirements = tuple(r for r in REQUIREMENTS if r.module == "onnxruntime")
 
     INPUT = "INPUT"
     MODEL = "MODEL"

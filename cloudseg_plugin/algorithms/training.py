@@ -31,9 +31,9 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
-from ...backend.dependencies import TRAINING_REQUIREMENTS
+from ...backend.dependencies import SEGMENT, TRAINING
 from .base import CloudsegAlgorithm, choice
-from .segment import RESOLUTIONS, SegmentAlgorithm, builtin_model_names
+from .segment import RESOLUTIONS, builtin_model_names
 
 GROUP = {"group_name": "Training and evaluation", "group_id": "training"}
 
@@ -45,7 +45,7 @@ class TrainAlgorithm(CloudsegAlgorithm):
     display_name = "2 - Train or fine-tune a model"
     group_name = GROUP["group_name"]
     group_id = GROUP["group_id"]
-    requirements = TRAINING_REQUIREMENTS
+    requirements = (SEGMENT, TRAINING)
 
     STORE = "STORE"
     BANDS = "BANDS"
@@ -201,7 +201,6 @@ class EvaluateAlgorithm(CloudsegAlgorithm):
     display_name = "3 - Evaluate a model on labeled data"
     group_name = GROUP["group_name"]
     group_id = GROUP["group_id"]
-    requirements = SegmentAlgorithm.requirements
 
     MODEL = "MODEL"
     MODEL_FILE = "MODEL_FILE"
@@ -389,7 +388,7 @@ class ExportAlgorithm(CloudsegAlgorithm):
     display_name = "4 - Export a trained model to ONNX"
     group_name = GROUP["group_name"]
     group_id = GROUP["group_id"]
-    requirements = TRAINING_REQUIREMENTS
+    requirements = (SEGMENT, TRAINING)
 
     MODEL = "MODEL"
     OPSET = "OPSET"
@@ -449,7 +448,7 @@ class CheckLabelsAlgorithm(CloudsegAlgorithm):
     display_name = "Check labels (find likely label errors)"
     group_name = GROUP["group_name"]
     group_id = GROUP["group_id"]
-    requirements = TRAINING_REQUIREMENTS
+    requirements = (SEGMENT, TRAINING)
 
     STORE = "STORE"
     MODEL = "MODEL"

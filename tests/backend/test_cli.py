@@ -146,3 +146,29 @@ def test_a_bad_run_option_is_one_line_for_every_command(command, tmp_path, venv_
     assert result.stderr.strip() == (
         "cloudseg: error: cloud threshold 1.5: give a probability above 0 and at most 1"
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("--help",), 0),
+        (("info",), 0),
+        (("segment", "no-such-scene.tif", "mask.tif"), 1),
+    ],
+    ids=["help", "info", "refused-segment"],
+)
+def test_commands_print_nothing_on_stderr_but_their_own_words(venv_env, tmp_path, args, code):
+    """No warning from a dependency (a pyOpenSSL built for another cryptography, say)."""
+    result = subprocess.run(
+        ["cloudseg", *args], capture_output=True, text=True, env=venv_env, cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == code, result.stderr
+    if code == 0:
+        assert result.stderr == ""
+        assert result.stdout.strip()
+    else:
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("cloudseg: error: ")
+        assert "no-such-scene.tif" in lines[0]
+    assert list(tmp_path.iterdir()) == []

@@ -783,8 +783,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cloudseg: error: {line or exc}", file=sys.stderr)
         return 1
     except Exception as exc:
+        from .dependencies import missing_from
         from .store.storage import explain_s3_error, is_s3_error
 
+        missing = missing_from(exc)
+        if missing is not None:
+            print(f"cloudseg: error: {missing}", file=sys.stderr)
+            return 1
         line = _write_fault_line(exc, faults, published)
         if line is None and not is_s3_error(exc):
             raise

@@ -277,3 +277,27 @@ def install_hint(
         f"cloudseg needs Python packages for {for_what} that are missing: {names}. "
         f"Install them with: pip install {target} (the locked versions: make install)"
     )
+
+
+def missing_from(exc: BaseException, where: str = "cli") -> str | None:
+    """The one-line install hint for an import of one of cloudseg's packages that failed.
+
+    Commands check their groups up front; this is the net under them: a
+    ``ModuleNotFoundError`` of a declared package becomes the same line as the check's,
+    never a traceback.
+
+    Args:
+        exc: Any exception.
+        where: As for :func:`install_hint`.
+
+    Returns:
+        The line, or None when ``exc`` is not the import of a declared package.
+    """
+    if not isinstance(exc, ImportError):
+        return None
+    top = (exc.name or "").split(".")[0]
+    for checked in GROUPS:
+        for req in checked.requirements:
+            if top and req.module == top:
+                return install_hint([req], where=where)
+    return None

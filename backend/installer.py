@@ -586,7 +586,7 @@ def _pip_failure(lines: list[str]) -> str:
         )
     for line in errors:
         if "No matching distribution" in line or "Could not find a version" in line:
-            wanted = re.search(r"for (\S+)", line)
+            wanted = re.search(r"(?:requirement|distribution found for) (\S+)", line)
             return (
                 f"pip found no file of {wanted[1] if wanted else 'a locked package'} for this "
                 "platform and Python (offline: is it in the wheel folder?); nothing was installed"

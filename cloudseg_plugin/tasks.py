@@ -13,6 +13,7 @@ from typing import Any
 
 from qgis.core import Qgis, QgsApplication, QgsTask
 
+from ..backend.dependencies import missing_from
 from ..backend.errors import CancelledError, CloudsegError
 from .messages import DOCK, for_qgis
 
@@ -65,7 +66,8 @@ class BackendTask(QgsTask):
             self.error = str(exc)
             return False
         except Exception as exc:  # report anything else instead of losing it in a thread
-            self.error = f"unexpected error: {type(exc).__name__}: {exc}"
+            missing = missing_from(exc, where="qgis")
+            self.error = missing or f"unexpected error: {type(exc).__name__}: {exc}"
             return False
 
     def finished(self, ok: bool) -> None:

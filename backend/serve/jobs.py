@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..dependencies import missing_from
 from ..errors import CancelledError, CloudsegError
 
 logger = logging.getLogger(__name__)
@@ -218,8 +219,10 @@ class JobQueue:
             job.error = str(exc)
             self._end(job, FAILED, str(exc))
         except Exception as exc:  # a bug must not take the worker down
-            logger.exception("job %s failed", job.id)
-            job.error = f"internal error: {type(exc).__name__}: {exc}"
+            missing = missing_from(exc)  # a server without the training extra
+            if missing is None:
+                logger.exception("job %s failed", job.id)
+            job.error = missing or f"internal error: {type(exc).__name__}: {exc}"
             self._end(job, FAILED, job.error)
         else:
             if job.cancel_requested.is_set():

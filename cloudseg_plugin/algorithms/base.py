@@ -16,7 +16,13 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from ...backend.dependencies import SEGMENT, Group, install_hint, missing_requirements
+from ...backend.dependencies import (
+    SEGMENT,
+    Group,
+    install_hint,
+    missing_from,
+    missing_requirements,
+)
 from ...backend.errors import CloudsegError
 from ..messages import for_qgis
 from ..resources import icon
@@ -43,6 +49,11 @@ def backend_errors() -> Iterator[None]:
         yield
     except CloudsegError as exc:
         raise QgsProcessingException(for_qgis(str(exc))) from exc
+    except ImportError as exc:
+        missing = missing_from(exc, where="qgis")
+        if missing is None:
+            raise
+        raise QgsProcessingException(missing) from exc
 
 
 class CloudsegAlgorithm(QgsProcessingAlgorithm):

@@ -212,7 +212,7 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"{record['scene']}: {record['status']}", refresh=False)
 
         def started(dashboard: str | None) -> None:
-            where = dashboard or "not available (pip install bokeh)"
+            where = dashboard or 'not available (pip install "cloudseg[serve]")'
             print(f"Dask dashboard: {where}", file=sys.stderr, flush=True)
 
         result = segment_batch(

@@ -98,10 +98,8 @@ SEGMENT = Group(
         Requirement("tqdm", ">=4.64", "tqdm", "progress bars in the command line"),
         Requirement("pystac", ">=1.10", "pystac", "masks and inputs as STAC Items"),
         Requirement("rio-stac", ">=0.10", "rio_stac", "STAC Items from the rasters"),
-        # Batches of scenes on a Dask cluster (cloudseg segment-batch); bokeh serves the
-        # Dask dashboard whose link the command prints.
+        # Batches of scenes on a Dask cluster (cloudseg segment-batch).
         Requirement("dask", ">=2024.1", "dask", "batches of scenes", extras="distributed"),
-        Requirement("bokeh", ">=3.1", "", "the Dask dashboard"),
         Requirement("psutil", ">=5.9", "psutil", "memory of batch workers"),
         # TLS with a key made for each run on the local Dask cluster (distributed's
         # Security.temporary), so other users of the machine cannot join it.
@@ -146,8 +144,11 @@ TRAINING = Group(
 
 SERVE = Group(
     "serve",
-    "The cloudseg server (web page and OGC API - Processes)",
+    "The cloudseg server (web page and OGC API - Processes) and the Dask dashboard",
     (
+        # bokeh serves the Dask dashboard whose link segment-batch prints. Not in the
+        # plugin's steps: it needs a newer contourpy than QGIS's matplotlib comes with.
+        Requirement("bokeh", ">=3.1", "", "the Dask dashboard of batches"),
         # cloudseg serve: the web page (Gradio, on FastAPI/uvicorn) and OGC API -
         # Processes (pygeoapi's Starlette app, mounted beside it on the same job queue).
         Requirement("gradio", ">=5.0", "gradio", "the web page"),
@@ -182,6 +183,10 @@ PLUGIN_STEPS: tuple[Group, ...] = tuple(group for group in GROUPS if group.plugi
 PIP = Requirement("pip", ">=24.1", "pip", "the installer")
 #: What ``make lock`` holds the resolution to, beyond the groups' ranges, and why.
 LOCK_CONSTRAINTS: tuple[str, ...] = (
+    # QGIS 3.22 on Debian 12 ships numpy 1.24, which the plugin never replaces: every locked
+    # package must work with it (contourpy and scipy releases that need numpy 1.25 would
+    # not), and the venv holds the same numpy line, so what is tested is what QGIS runs.
+    "numpy>=1.24,<1.25",
     # The torch and torchvision releases tested here (the newest the CI machines hold).
     "torch==2.14.1",
     "torchvision==0.29.1",

@@ -50,6 +50,10 @@ logger = logging.getLogger(__name__)
 
 #: The receipt of an installed step, written last: a folder without it is not installed.
 RECEIPT = "cloudseg-install.json"
+#: A step's folder of packages that must come before the Python's own copies.
+FIRST = ".first"
+#: Distributions of QGIS's own Python that no cloudseg package may ever replace.
+QGIS_OWN = frozenset({"numpy", "gdal", "pyqt5", "pyqt5-sip", "qgis", "rasterio"})
 #: Free space wanted beyond the download: wheels are unpacked (about 2.5 times larger).
 SPACE_FACTOR = 3.5
 #: ``(percent, message)``: where an install is.
@@ -91,16 +95,22 @@ def installed_folders(root: Path) -> list[Path]:
 
 
 def activate(root: Path) -> list[Path]:
-    """Put the installed steps' folders at the end of ``sys.path`` (once each).
+    """Put the installed steps' folders on ``sys.path`` (once each).
 
-    Appended, never prepended: a module QGIS's Python has is always QGIS's. ``.pth``
-    files in the folders are honoured (``site.addsitedir``).
+    A step's folder is appended: a module QGIS's Python has is QGIS's. Only its
+    :data:`FIRST` folder, holding the few packages the Python has at a version that a
+    locked package excludes (never numpy, GDAL or PyQt), goes first. ``.pth`` files in
+    the folders are honoured (``site.addsitedir``).
 
     Returns:
         The folders added now.
     """
     added = []
     for folder in installed_folders(root):
+        first = folder / FIRST
+        if first.is_dir() and str(first) not in sys.path:
+            sys.path.insert(0, str(first))
+            added.append(first)
         if str(folder) not in sys.path:
             site.addsitedir(str(folder))
             added.append(folder)
@@ -132,6 +142,12 @@ class Plan:
         from_earlier: Packages an earlier step installed.
         files: The files pip will fetch (name -> size in bytes, None if unknown).
         source: Where they come from (the package index, or a folder of wheels).
+        outside_range: Declared packages the Python has at a version outside cloudseg's
+            range (name -> what it has, what cloudseg wants, what for): its copy wins, so
+            that use may not work; said, never shadowed.
+        first: Packages the Python has at a version that a package being installed
+            excludes (name -> why): the locked version is installed and put before the
+            Python's own (never numpy, GDAL, PyQt or rasterio: those refuse the plan).
     """
 
     step: Group
@@ -141,6 +157,8 @@ class Plan:
     from_earlier: tuple[str, ...]
     files: dict[str, int | None] = field(default_factory=dict)
     source: str = "the package index"
+    outside_range: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    first: dict[str, str] = field(default_factory=dict)
 
     @property
     def download_bytes(self) -> int:
@@ -160,6 +178,10 @@ class Plan:
         )
         if used:
             text += f" Used as this Python has them: {used}."
+        for name, why in sorted(self.first.items()):
+            text += f" cloudseg's own {name} goes first ({why})."
+        for name, (have, wanted, purpose) in sorted(self.outside_range.items()):
+            text += f" This Python's {name} {have} is not {wanted}: {purpose} may not work."
         return text
 
 
@@ -223,18 +245,30 @@ class PackageInstaller:
             for before in PLUGIN_STEPS[:index]
             for name in dict(read_receipt(step_folder(self.root, before)).get("packages", {}))
         }
-        from_python, from_earlier, pins = {}, [], []
-        for pin in group_pins(step):
-            if pin.name == "pip":
-                continue
-            if pin.name in have:
-                from_python[pin.name] = have[pin.name]
-            elif pin.name in earlier:
-                from_earlier.append(pin.name)
-            else:
-                pins.append(pin)
-        files = self._dry_run(pins) if pins else {}
-        chosen = set(files.pop("\0chosen", []))
+        locked = {pin.name: pin for pin in group_pins(step) if pin.name != "pip"}
+        first: dict[str, str] = {}
+        for _ in range(8):  # each package put first may need another (sympy, then mpmath)
+            from_python, from_earlier, pins = {}, [], []
+            for pin in locked.values():
+                if pin.name in have and pin.name not in first:
+                    from_python[pin.name] = have[pin.name]
+                elif pin.name in earlier:
+                    from_earlier.append(pin.name)
+                else:
+                    pins.append(pin)
+            files = self._dry_run(pins) if pins else {}
+            chosen = set(files.pop("\0chosen", []))
+            requires = files.pop("\0requires", {})
+            clashes = _clashes(requires, from_python)
+            if not clashes:
+                break
+            for name, why in clashes.items():
+                if name in QGIS_OWN or name not in locked:
+                    raise InstallError(
+                        f"{why}, but this Python has {name} {from_python[name]}, which cloudseg "
+                        f"must not replace; {step.title} cannot be installed into it"
+                    )
+                first[name] = f"{why}; this Python has {from_python[name]}"
         kept = tuple(pin for pin in pins if (pin.name, pin.version) in chosen)  # pip's markers
         return Plan(
             step,
@@ -244,6 +278,8 @@ class PackageInstaller:
             tuple(from_earlier),
             files,
             f"the wheel folder {self.wheels}" if self.wheels else "the package index",
+            _outside_range(step, have),
+            first,
         )
 
     def _dry_run(self, pins: list[Pin]) -> dict:
@@ -269,6 +305,10 @@ class PackageInstaller:
         files["\0chosen"] = [
             (canonical(item["metadata"]["name"]), item["metadata"]["version"]) for item in chosen
         ]
+        files["\0requires"] = {
+            canonical(item["metadata"]["name"]): list(item["metadata"].get("requires_dist", []))
+            for item in chosen
+        }
         return files
 
     # -- the install -----------------------------------------------------------------
@@ -305,8 +345,12 @@ class PackageInstaller:
             partial = atomic.temporary_sibling(plan.folder)
             partial.mkdir()
             try:
-                if plan.pins:
-                    self._run_pip(plan, partial, progress, cancelled)
+                ahead = [pin for pin in plan.pins if pin.name in plan.first]
+                rest = [pin for pin in plan.pins if pin.name not in plan.first]
+                done = 0
+                for pins, target in ((ahead, partial / FIRST), (rest, partial)):
+                    if pins:
+                        done = self._run_pip(plan, pins, target, done, progress, cancelled)
                 progress(95.0, "checking that the packages import")
                 if cancelled():
                     raise CancelledError("install cancelled; nothing was changed")
@@ -320,23 +364,30 @@ class PackageInstaller:
         return plan.folder
 
     def _run_pip(
-        self, plan: Plan, partial: Path, progress: Progress, cancelled: Callable[[], bool]
-    ) -> None:
+        self,
+        plan: Plan,
+        pins: list[Pin],
+        target: Path,
+        done: int,
+        progress: Progress,
+        cancelled: Callable[[], bool],
+    ) -> int:
+        """Install ``pins`` into ``target`` with pip; returns the bytes fetched so far."""
         total = max(plan.download_bytes, 1)
         sizes = dict(plan.files)
-        done, current = 0, 0
+        current = 0
         with tempfile.TemporaryDirectory(prefix="cloudseg-install-") as tmp:
             requirements = Path(tmp) / "requirements.txt"
-            requirements.write_text("\n".join(p.requirement() for p in plan.pins) + "\n")
+            requirements.write_text("\n".join(p.requirement() for p in pins) + "\n")
             command = [
                 *self._pip_command(),
                 *("install", "--progress-bar", "raw"),
-                *self._install_options(partial, requirements),
+                *self._install_options(target, requirements),
             ]
             lines: list[str] = []
             process = self._start(command)
             reader = _LineReader(process)
-            progress(0.0, f"downloading {len(plan.pins)} packages")
+            progress(min(85.0, 85.0 * done / total), f"downloading {len(pins)} packages")
             while True:
                 if cancelled():
                     _stop(process)
@@ -367,14 +418,18 @@ class PackageInstaller:
                 progress(min(85.0, 85.0 * (done + current) / total), "downloading")
             if process.returncode != 0:
                 raise InstallError(_pip_failure(lines))
+        return done + current
 
     def _check_imports(self, step: Group, partial: Path) -> None:
         """Import the step's modules from ``partial`` in a fresh Python, as QGIS will."""
-        folders = [str(f) for f in installed_folders(self.root) if f.name != step.name]
+        folders = [f for f in installed_folders(self.root) if f.name != step.name]
+        folders.append(partial)
+        firsts = [str(f / FIRST) for f in folders if (f / FIRST).is_dir()]
         modules = [m for m in step.modules if m]
         code = (
             "import site, sys\n"
-            f"for folder in {[*folders, str(partial)]!r}:\n"
+            f"sys.path[:0] = {firsts!r}\n"
+            f"for folder in {[str(f) for f in folders]!r}:\n"
             "    site.addsitedir(folder)\n"
             f"for name in {modules!r}:\n"
             "    try:\n"
@@ -400,6 +455,7 @@ class PackageInstaller:
             "source": plan.source,
             "packages": {p.name: p.version for p in plan.pins},
             "from_python": plan.from_python,
+            "first": plan.first,
         }
         (partial / RECEIPT).write_text(json.dumps(receipt, indent=1), encoding="utf-8")
 
@@ -599,6 +655,48 @@ def _pip_failure(lines: list[str]) -> str:
             )
     text = errors[0][len("ERROR:") :].strip() if errors else (lines[-1] if lines else "pip failed")
     return f"pip failed: {text[:300]}"
+
+
+def _clashes(requires: dict[str, list[str]], have: dict[str, str]) -> dict[str, str]:
+    """Packages of ``have`` at a version that one of ``requires`` excludes: name -> why."""
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+        from packaging.version import InvalidVersion
+    except ImportError:  # no packaging in this Python: pip's import check still guards
+        return {}
+    clashes = {}
+    for owner, texts in sorted(requires.items()):
+        for text in texts:
+            try:
+                req = Requirement(text)
+                if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+                    continue
+                name = canonical(req.name)
+                if name in have and not req.specifier.contains(have[name], prereleases=True):
+                    clashes.setdefault(name, f"{owner} needs {name}{req.specifier}")
+            except (InvalidRequirement, InvalidVersion):
+                continue
+    return clashes
+
+
+def _outside_range(step: Group, have: dict[str, str]) -> dict[str, tuple[str, str, str]]:
+    """Declared packages of ``step`` that the Python has at a version cloudseg does not want."""
+    try:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+        from packaging.version import InvalidVersion
+    except ImportError:  # no packaging in this Python: nothing to compare with
+        return {}
+    outside = {}
+    for req in step.requirements:
+        version = have.get(canonical(req.distribution))
+        if version is None or not req.specifier or req.qgis:
+            continue
+        try:
+            if not SpecifierSet(req.specifier).contains(version, prereleases=True):
+                outside[req.distribution] = (version, req.specifier, req.purpose)
+        except (InvalidSpecifier, InvalidVersion):
+            continue
+    return outside
 
 
 def _system_missing(distribution: str) -> str:

@@ -29,7 +29,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..backend.dependencies import PLUGIN_STEPS, Group, group, missing_requirements
-from ..backend.installer import PackageInstaller, Plan, activate
+from ..backend.installer import PackageInstaller, Plan, activate, read_receipt
 from ..backend.packaging_text import human
 from .logbridge import LOG_TAG
 from .tasks import BackendTask, TaskRunner
@@ -202,7 +202,20 @@ class InstallDialog(QDialog):
             added = activate_packages()
             self.plans.pop(step.name, None)
             missing = missing_requirements(step)
-            if missing:  # an older copy was loaded before: a restart loads the new one
+            first = read_receipt(Path(task.result)).get("first", {})
+            loaded = [  # this Python's own copy is in use already: ours from the next start
+                name
+                for name in first
+                if name in sys.modules
+                and str(packages_root()) not in str(getattr(sys.modules[name], "__file__", ""))
+            ]
+            if loaded:
+                self.say(
+                    f"{step.title}: installed; restart QGIS once to use it ({', '.join(loaded)} "
+                    "of QGIS's Python are loaded already and must be replaced)",
+                    Qgis.Warning,
+                )
+            elif missing:  # an older copy was loaded before: a restart loads the new one
                 self.say(
                     f"{step.title}: installed; restart QGIS to load it "
                     f"({', '.join(r.label for r in missing)} not importable yet)",

@@ -8,7 +8,7 @@ from typing import Any
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayer, QgsMapLayerType, QgsMessageLog
 from qgis.PyQt import sip
-from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtCore import Qt, QTimer
 from qgis.PyQt.QtWidgets import QAction, QPushButton
 
 from ..backend.dependencies import SEGMENT, TRAINING, Group, install_hint, missing_requirements
@@ -53,6 +53,7 @@ class CloudSegPlugin:
         self.label_action: QAction | None = None
         self.dialog: Any = None
         self._log_handler: logging.Handler | None = None
+        self._offer: tuple[Group, Any, Any] | None = None
 
     # -- Processing --------------------------------------------------------------
     def initProcessing(self) -> None:
@@ -185,10 +186,22 @@ class CloudSegPlugin:
             item = bar.createMessage("cloudseg", message)
             button = QPushButton("Install packages...")
             button.setObjectName("cloudsegInstallFromBar")
-            button.clicked.connect(lambda: (self.open_install_dialog(step), bar.popWidget(item)))
             item.layout().addWidget(button)
+            self._offer = (step, item, button)  # kept: the bar does not keep Python's side
+            button.clicked.connect(self._install_from_bar)
             bar.pushWidget(item, Qgis.Warning, 0)
         return message
+
+    def _install_from_bar(self) -> None:
+        """The message bar's button: open the dialog, then close the message.
+
+        The message (and the button whose click runs this) is removed after the click
+        has been handled: deleting a widget from its own signal crashes QGIS.
+        """
+        step, item, _button = self._offer
+        self.open_install_dialog(step)
+        bar = self.iface.messageBar()
+        QTimer.singleShot(0, lambda: None if sip.isdeleted(item) else bar.popWidget(item))
 
     def open_install_dialog(self, focus: Group | None = None) -> packages.InstallDialog:
         """Show the Install packages dialog (with ``focus``'s step in bold)."""

@@ -76,6 +76,7 @@ class BackendTask(QgsTask):
         An error in the dock's handler is logged: raised from a Qt slot it would abort
         QGIS (PyQt's default), losing the user's session.
         """
+        what = self.description()  # read now: the handler may end the task's life
         try:
             self.on_done(self)
         except Exception as exc:
@@ -84,8 +85,7 @@ class BackendTask(QgsTask):
             from qgis.core import QgsMessageLog
 
             QgsMessageLog.logMessage(
-                f"{self.description()}: unexpected error: {type(exc).__name__}: {exc}\n"
-                + traceback.format_exc(),
+                f"{what}: unexpected error: {type(exc).__name__}: {exc}\n" + traceback.format_exc(),
                 "cloudseg",
                 Qgis.Critical,
             )

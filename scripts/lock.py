@@ -55,19 +55,23 @@ def not_locked() -> list[str]:
 
 
 def compile_lock(uv: str, groups: tuple[Group, ...], target: Path, constraints: Path) -> None:
-    """Resolve ``groups`` into ``target`` with uv."""
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / f"{target.stem}.in"
-        source.write_text(requirements_in(groups), encoding="utf-8")
-        command = [
-            uv,
-            *("pip", "compile", str(source), "--universal", "--generate-hashes"),
-            *("--python-version", LOCK_PYTHON, "--constraint", str(constraints)),
-            *("--custom-compile-command", "make lock", "--no-strip-markers"),
-            *(f"--no-emit-package={name}" for name in not_locked()),
-            *("--output-file", str(target), "--quiet"),
-        ]
-        subprocess.run(command, check=True)
+    """Resolve ``groups`` into ``target`` with uv, run in ``constraints``' folder.
+
+    File names are given relative to that folder, so the lock's ``# via`` notes name
+    ``all.in`` and ``policy.txt``, never a temporary path.
+    """
+    folder = constraints.parent
+    source = folder / f"{target.stem}.in"
+    source.write_text(requirements_in(groups), encoding="utf-8")
+    command = [
+        uv,
+        *("pip", "compile", source.name, "--universal", "--generate-hashes"),
+        *("--python-version", LOCK_PYTHON, "--constraint", constraints.name),
+        *("--custom-compile-command", "make lock", "--no-strip-markers"),
+        *(f"--no-emit-package={name}" for name in not_locked()),
+        *("--output-file", str(target.resolve()), "--quiet"),
+    ]
+    subprocess.run(command, check=True, cwd=folder)
 
 
 def pins_as_constraints(lock: Path, extra: tuple[str, ...]) -> str:

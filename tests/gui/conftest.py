@@ -32,31 +32,46 @@ def run_qgis(tmp_path_factory, real_data) -> Callable[..., dict]:
     plugins = tmp_path_factory.mktemp("plugins")
     (plugins / "cloudseg").symlink_to(ROOT)
 
-    def run(driver: str, timeout: int = 120, **env: str) -> dict:
+    def run(
+        driver: str,
+        timeout: int = 120,
+        _replace_env: dict[str, str] | None = None,
+        _profiles: bool = True,
+        **env: str,
+    ) -> dict:
+        """Run ``driver``; ``_replace_env``: the whole environment instead of this venv's
+        (a user's QGIS); ``_profiles=False``: HOME's default profile, as users have it."""
         work = tmp_path_factory.mktemp(driver)
         profile = work / "profile" / "profiles" / "default" / "QGIS"
         profile.mkdir(parents=True)
         (profile / "QGIS3.ini").write_text("[PythonPlugins]\ncloudseg=true\n")
         result = work / "result.json"
-        environment = (
-            dict(os.environ)
-            | {
-                "PYTHONPATH": sysconfig.get_paths()["purelib"],
-                "QGIS_PLUGINPATH": str(plugins),
-                "CLOUDSEG_GUI_RESULT": str(result),
-                "CLOUDSEG_GUI_WORK": str(work),
-                "CLOUDSEG_GUI_DRIVERS": str(DRIVERS),
-                "CLOUDSEG_REAL_DATA": str(real_data),
-                "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-            }
-            | env
-        )
+        ours = {
+            "CLOUDSEG_GUI_RESULT": str(result),
+            "CLOUDSEG_GUI_WORK": str(work),
+            "CLOUDSEG_GUI_DRIVERS": str(DRIVERS),
+        }
+        if _replace_env is not None:
+            environment = _replace_env | ours
+        else:
+            environment = (
+                dict(os.environ)
+                | {
+                    "PYTHONPATH": sysconfig.get_paths()["purelib"],
+                    "QGIS_PLUGINPATH": str(plugins),
+                    "CLOUDSEG_REAL_DATA": str(real_data),
+                    "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+                }
+                | ours
+                | env
+            )
         environment.pop("QT_QPA_PLATFORM", None)  # a real (virtual) display
+        profiles = ("--profiles-path", str(work / "profile")) if _profiles else ()
         command = [
             *("xvfb-run", "-a", "-s", "-screen 0 1600x1000x24"),
             *("timeout", str(timeout), "qgis", "--nologo", "--noversioncheck"),
-            *("--profiles-path", str(work / "profile"), "--code", str(DRIVERS / f"{driver}.py")),
-        ]
+            *profiles, "--code", str(DRIVERS / f"{driver}.py"),
+        ]  # fmt: skip
         done = subprocess.run(command, env=environment, capture_output=True, text=True)
         if not result.is_file():
             pytest.fail(

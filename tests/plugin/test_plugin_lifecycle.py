@@ -7,10 +7,11 @@ import processing
 import torch
 from qgis.core import Qgis, QgsApplication
 from qgis.PyQt.QtCore import QCoreApplication, QEvent
-from qgis.PyQt.QtWidgets import QAction
+from qgis.PyQt.QtWidgets import QAction, QPushButton
 
 import cloudseg
-from cloudseg.backend.dependencies import REQUIREMENTS, Requirement
+from cloudseg.backend.dependencies import SEGMENT, Group, Requirement
+from cloudseg.cloudseg_plugin import packages
 
 
 def cloudseg_actions(iface):
@@ -28,6 +29,7 @@ def test_init_gui_registers_provider_and_actions(plugin, qgis_iface):
     assert "cloudseg:environment" in ids and "cloudseg:segment" in ids
     assert sorted(a.objectName() for a in cloudseg_actions(qgis_iface)) == [
         "cloudsegCheckEnvironment",
+        "cloudsegInstallPackages",
         "cloudsegSegmentLayer",
         "cloudsegSegmentMenu",
         "cloudsegShowLabelDock",
@@ -61,20 +63,30 @@ def test_backend_log_records_reach_the_qgis_message_log(plugin):
     assert ("cloudseg.backend.test: tile 3 of 9 failed", "cloudseg", Qgis.Warning) in received
 
 
-def test_missing_packages_show_one_actionable_warning(plugin, qgis_iface):
-    qgis_iface.messageBar().clear_messages()
-    absent = Requirement("cloudseg_absent_module", "cloudseg-absent-dist", "testing")
-    message = plugin.report_missing_dependencies((*REQUIREMENTS, absent))
-    warnings = qgis_iface.messageBar().get_messages(Qgis.Warning)
-    assert len(warnings) == 1
-    assert "cloudseg_absent_module" in warnings[0]
-    assert '-m pip install "cloudseg-absent-dist"' in message
+def test_missing_packages_offer_the_installer_in_one_warning(plugin, qgis_iface):
+    bar = qgis_iface.messageBar()
+    bar.clearWidgets()
+    absent = Requirement("cloudseg-absent-dist", "", "cloudseg_absent_module", "testing")
+    step = Group("segment", SEGMENT.title, (*SEGMENT.requirements, absent), plugin_step=True)
+    message = plugin.report_missing_dependencies(step)
+    assert "\n" not in message and "cloudseg_absent_module" in message
+    assert "pip" not in message and "Install packages..." in message
+    items = bar.items()
+    assert len(items) == 1 and items[0].level() == Qgis.Warning
+    assert "cloudseg_absent_module" in items[0].text()
+    button = items[0].findChild(QPushButton, "cloudsegInstallFromBar")
+    button.click()  # the analyst's one click: the dialog, the step in bold
+    dialog = packages._dialog
+    assert dialog is not None and dialog.isVisible()
+    assert dialog.focus is step
+    assert bar.items() == []
+    packages.close_dialog()
 
 
 def test_complete_environment_shows_no_warning(plugin, qgis_iface):
-    qgis_iface.messageBar().clear_messages()
+    qgis_iface.messageBar().clearWidgets()
     assert plugin.report_missing_dependencies() == ""
-    assert qgis_iface.messageBar().get_messages(Qgis.Warning) == []
+    assert qgis_iface.messageBar().items() == []
 
 
 def test_environment_algorithm_reports_device_and_writes_json(plugin, tmp_path):

@@ -165,6 +165,17 @@ class Plan:
         """The bytes to fetch (known sizes)."""
         return sum(size or 0 for size in self.files.values())
 
+    def headline(self) -> str:
+        """The plan in one short line: how many packages, how much to download, from where."""
+        from .packaging_text import human
+
+        if not self.pins:
+            return "nothing to download"
+        text = f"{len(self.pins)} packages, {human(self.download_bytes)} to download"
+        if self.first:
+            text += f"; newer {', '.join(sorted(self.first))} than QGIS's go first"
+        return text
+
     def summary(self) -> str:
         """What will happen, in a few plain sentences."""
         from .packaging_text import human

@@ -154,9 +154,13 @@ class InstallDialog(QDialog):
             label, button = self.boxes[step.name]
             state = installer.status(step)
             needed = bool(missing_requirements(step))
-            if step.name in self.plans and needed:
-                state += f"<br>{self.plans[step.name].summary()}"
+            known = self.plans.get(step.name)
+            if known is not None and needed:
+                state += f"<br>{known.headline()}"
+                if step is not PLUGIN_STEPS[0] and missing:
+                    state += f" (with {missing[0].title.split(' (')[0]}, installed first)"
             label.setText(f"<b>{state}</b>" if step is self.focus else state)
+            label.setToolTip(known.summary() if known is not None and needed else "")
             button.setText("Install" if needed else "Reinstall")
             if needed:
                 missing.append(step)
@@ -178,24 +182,39 @@ class InstallDialog(QDialog):
 
         def planned(task: BackendTask) -> None:
             self.plans = task.result
+            self.progress.setValue(0)  # nothing installed yet
             self.refresh()
             wanted = self.focus or steps[0]
             if wanted.name in self.plans:
-                self.status.setText(self.plans[wanted.name].summary())
+                plan = self.plans[wanted.name]
+                self.status.setText(
+                    f"{wanted.title}: {plan.headline()} from {plan.source}. "
+                    "Hover over a step for the details."
+                )
 
         task = BackendTask("cloudseg: what to install", work, planned)
         return self.runner.start(task, cancelled="cancelled")
 
     # -- actions -----------------------------------------------------------------------
     def install(self, step: Group | str) -> BackendTask | None:
-        """Install ``step`` in a task: progress here and in QGIS's task manager."""
+        """Install ``step`` in a task: progress here and in QGIS's task manager.
+
+        A later step whose earlier ones are missing installs those first, in the same
+        task, each published on its own (a cancel keeps the ones already done).
+        """
         step = group(step) if isinstance(step, str) else step
         installer = self.installer()
-        known = self.plans.get(step.name)
+        chain = [
+            earlier
+            for earlier in PLUGIN_STEPS[: PLUGIN_STEPS.index(step)]
+            if missing_requirements(earlier)
+        ]
 
         def work(progress: Any, cancelled: Any) -> Path:
-            plan = known if known is not None else installer.plan(step)
-            progress(0, plan.summary())
+            for earlier in chain:
+                installer.install(installer.plan(earlier), progress, cancelled)
+            plan = installer.plan(step)
+            progress(0, plan.headline())
             return installer.install(plan, progress, cancelled)
 
         def done(task: BackendTask) -> None:

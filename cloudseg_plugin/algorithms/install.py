@@ -86,9 +86,7 @@ class InstallPackagesAlgorithm(CloudsegAlgorithm):
         feedback.pushInfo(plan.summary())
 
         def progress(percent: float, message: str) -> None:
-            feedback.setProgress(percent)
-            if message:
-                feedback.setProgressText(message)
+            self.report_progress(feedback, percent, message)
 
         try:
             folder = installer.install(plan, progress, feedback.isCanceled)

@@ -155,10 +155,7 @@ def test_cancel_leaves_nothing_behind(wheels, tmp_path):
 
 
 def test_a_changed_wheel_is_refused_and_nothing_is_installed(wheels, tmp_path):
-    changed = tmp_path / "wheels"
-    changed.mkdir()
-    for wheel in wheels.iterdir():
-        os.link(wheel, changed / wheel.name)
+    changed = linked_without(wheels, tmp_path / "wheels", "\0")
     victim = next(changed.glob("tqdm-*.whl"))
     data = victim.read_bytes()
     victim.unlink()  # a new file: the hard link to the fixture's stays intact
@@ -171,12 +168,17 @@ def test_a_changed_wheel_is_refused_and_nothing_is_installed(wheels, tmp_path):
     assert not (root / "segment").exists()
 
 
-def test_a_missing_wheel_offline_is_named(wheels, tmp_path):
-    partial = tmp_path / "wheels"
-    partial.mkdir()
+def linked_without(wheels: Path, folder: Path, prefix: str) -> Path:
+    """``folder`` with hard links to every wheel but those whose name starts ``prefix``."""
+    folder.mkdir()
     for wheel in wheels.iterdir():
-        if not wheel.name.startswith("tqdm-"):
-            os.link(wheel, partial / wheel.name)
+        if not wheel.name.startswith(prefix):
+            os.link(wheel, folder / wheel.name)
+    return folder
+
+
+def test_a_missing_wheel_offline_is_named(wheels, tmp_path):
+    partial = linked_without(wheels, tmp_path / "wheels", "tqdm-")
     installer = PackageInstaller(tmp_path / "root", python=QGIS_PYTHON, wheels=partial)
     with pytest.raises(InstallError) as error:
         installer.plan(SEGMENT)
@@ -185,11 +187,7 @@ def test_a_missing_wheel_offline_is_named(wheels, tmp_path):
 
 
 def test_a_wheel_folder_without_pip_says_how_to_add_it(wheels, tmp_path):
-    partial = tmp_path / "wheels"
-    partial.mkdir()
-    for wheel in wheels.iterdir():
-        if not wheel.name.startswith("pip-"):
-            os.link(wheel, partial / wheel.name)
+    partial = linked_without(wheels, tmp_path / "wheels", "pip-")
     installer = PackageInstaller(tmp_path / "root", python=QGIS_PYTHON, wheels=partial)
     with pytest.raises(InstallError) as error:
         installer.plan(SEGMENT)

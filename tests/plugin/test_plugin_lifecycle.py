@@ -79,6 +79,7 @@ def test_missing_packages_offer_the_installer_in_one_warning(plugin, qgis_iface)
     dialog = packages._dialog
     assert dialog is not None and dialog.isVisible()
     assert dialog.focus is step
+    QCoreApplication.processEvents()  # the message goes once the click is handled
     assert bar.items() == []
     packages.close_dialog()
 

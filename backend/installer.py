@@ -171,7 +171,8 @@ class Plan:
 
         if not self.pins:
             return "nothing to download"
-        text = f"{len(self.pins)} packages, {human(self.download_bytes)} to download"
+        size = human(self.download_bytes)
+        text = f"{len(self.pins)} packages, {size} to download from {self.source}"
         if self.first:
             text += f"; newer {', '.join(sorted(self.first))} than QGIS's go first"
         return text
@@ -427,6 +428,9 @@ class PackageInstaller:
                 else:
                     continue
                 progress(min(85.0, 85.0 * (done + current) / total), "downloading")
+            process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
             if process.returncode != 0:
                 raise InstallError(_pip_failure(lines))
         return done + current
@@ -600,8 +604,9 @@ class _LineReader:
 
     def _read(self, process: subprocess.Popen[str]) -> None:
         assert process.stdout is not None
-        for line in process.stdout:
-            self._lines.put(line.rstrip("\n"))
+        with contextlib.suppress(ValueError, OSError):  # closed under it by a cancel
+            for line in process.stdout:
+                self._lines.put(line.rstrip("\n"))
         self._done.set()
         self._lines.put(None)
 
@@ -624,6 +629,8 @@ def _stop(process: subprocess.Popen[str]) -> None:
             os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(timeout=10)
+        if process.stdout is not None:
+            process.stdout.close()
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError, OSError):
             if os.name == "nt":

@@ -188,8 +188,7 @@ class InstallDialog(QDialog):
             if wanted.name in self.plans:
                 plan = self.plans[wanted.name]
                 self.status.setText(
-                    f"{wanted.title}: {plan.headline()} from {plan.source}. "
-                    "Hover over a step for the details."
+                    f"{wanted.title}: {plan.headline()}. Hover over a step for the details."
                 )
 
         task = BackendTask("cloudseg: what to install", work, planned)

@@ -10,6 +10,7 @@ LOADED = {
     "provider": True,
     "actions": [
         "cloudsegCheckEnvironment",
+        "cloudsegInstallPackages",
         "cloudsegSegmentLayer",
         "cloudsegSegmentMenu",
         "cloudsegShowLabelDock",

@@ -123,6 +123,8 @@ def segmented() -> None:
     seen["paths"] = [p for p in sys.path if "cloudseg" in p and "plugins" not in p]
     seen["torch"] = "torch" in sys.modules
     seen["packages_root"] = str(plugin_packages().packages_root())
+    environment = processing.run("cloudseg:environment", {})  # Check environment
+    seen["environment_missing"] = environment["MISSING"]
     finish()
 
 

@@ -268,10 +268,8 @@ class PackageInstaller:
                     from_earlier.append(pin.name)
                 else:
                     pins.append(pin)
-            files = self._dry_run(pins) if pins else {}
-            chosen = set(files.pop("\0chosen", []))
-            requires = files.pop("\0requires", {})
-            clashes = _clashes(requires, from_python)
+            choice = self._dry_run(pins) if pins else _Choice({}, set(), {})
+            clashes = _clashes(choice.requires, from_python)
             if not clashes:
                 break
             for name, why in clashes.items():
@@ -281,21 +279,21 @@ class PackageInstaller:
                         f"must not replace; {step.title} cannot be installed into it"
                     )
                 first[name] = f"{why}; this Python has {from_python[name]}"
-        kept = tuple(pin for pin in pins if (pin.name, pin.version) in chosen)  # pip's markers
+        kept = tuple(pin for pin in pins if (pin.name, pin.version) in choice.chosen)  # markers
         return Plan(
             step,
             step_folder(self.root, step),
             kept,
             from_python,
             tuple(from_earlier),
-            files,
+            choice.files,
             f"the wheel folder {self.wheels}" if self.wheels else "the package index",
             _outside_range(step, have),
             first,
         )
 
-    def _dry_run(self, pins: list[Pin]) -> dict:
-        """The files pip chooses for ``pins`` on this Python: ``{file: size}``."""
+    def _dry_run(self, pins: list[Pin]) -> _Choice:
+        """What pip chooses for ``pins`` on this Python (its ``--dry-run --report``)."""
         with tempfile.TemporaryDirectory(prefix="cloudseg-plan-") as tmp:
             requirements = Path(tmp) / "requirements.txt"
             requirements.write_text("\n".join(p.requirement() for p in pins) + "\n")
@@ -308,20 +306,18 @@ class PackageInstaller:
             )
             chosen = json.loads(report.read_text(encoding="utf-8")).get("install", [])
         sizes = file_sizes()
-        files: dict = {}
+        result = _Choice({}, set(), {})
         for item in chosen:
             url = str(item.get("download_info", {}).get("url", ""))
             name = url.rsplit("/", 1)[-1].split("#", 1)[0]
             local = Path(url[len("file://") :]) if url.startswith("file://") else None
-            files[name] = local.stat().st_size if local and local.is_file() else sizes.get(name)
-        files["\0chosen"] = [
-            (canonical(item["metadata"]["name"]), item["metadata"]["version"]) for item in chosen
-        ]
-        files["\0requires"] = {
-            canonical(item["metadata"]["name"]): list(item["metadata"].get("requires_dist", []))
-            for item in chosen
-        }
-        return files
+            result.files[name] = (
+                local.stat().st_size if local and local.is_file() else sizes.get(name)
+            )
+            project = canonical(item["metadata"]["name"])
+            result.chosen.add((project, item["metadata"]["version"]))
+            result.requires[project] = list(item["metadata"].get("requires_dist", []))
+        return result
 
     # -- the install -----------------------------------------------------------------
     def install(
@@ -593,6 +589,15 @@ class PackageInstaller:
 
 
 # -- helpers -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Choice:
+    """What pip's dry run chose: files (name -> size), ``(name, version)``s, requirements."""
+
+    files: dict[str, int | None]
+    chosen: set[tuple[str, str]]
+    requires: dict[str, list[str]]
+
+
 class _LineReader:
     """Lines of a process's output, read in a thread so the caller can poll for cancel."""
 
@@ -730,21 +735,35 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _download_from_index(project: str, filename: str, target: Path) -> None:
-    """Fetch ``filename`` of ``project`` from the package index (PEP 691 JSON)."""
+#: The package index pip uses by default (its JSON simple API, PEP 691 and 700).
+INDEX = "https://pypi.org/simple"
+
+
+def index_files(project: str, timeout: float, index: str = INDEX) -> list[dict]:
+    """The files of ``project`` on the index: name, URL, hashes and size of each.
+
+    Raises:
+        OSError: If the index cannot be read within ``timeout`` seconds.
+    """
     import urllib.request
 
+    request = urllib.request.Request(
+        f"{index.rstrip('/')}/{project}/",
+        headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as answer:
+        return list(json.load(answer)["files"])
+
+
+def _download_from_index(project: str, filename: str, target: Path) -> None:
+    """Fetch ``filename`` of ``project`` from the package index (PEP 691 JSON)."""
     from .errors import InputError
     from .network import download, timeouts
 
-    index = os.environ.get("CLOUDSEG_PACKAGE_INDEX", "https://pypi.org/simple").rstrip("/")
-    request = urllib.request.Request(
-        f"{index}/{project}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
-    )
     limits = timeouts("http")
+    index = os.environ.get("CLOUDSEG_PACKAGE_INDEX", INDEX)
     try:
-        with urllib.request.urlopen(request, timeout=max(limits.connect, limits.read)) as answer:
-            files = json.load(answer)["files"]
+        files = index_files(project, max(limits.connect, limits.read), index)
         url = next(f["url"] for f in files if f["filename"] == filename)
         download(url, target)
     except (OSError, ValueError, KeyError, StopIteration, InputError) as exc:

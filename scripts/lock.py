@@ -22,7 +22,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 from cloudseg.backend.dependencies import (
@@ -34,12 +33,11 @@ from cloudseg.backend.dependencies import (
     SEGMENT,
     Group,
 )
+from cloudseg.backend.installer import index_files
 from cloudseg.backend.locks import ALL, LOCK_DIR, SIZES, lock_file, read_lock
 from cloudseg.backend.packaging_text import write_generated_texts
 
 ROOT = Path(__file__).resolve().parents[1]
-INDEX_JSON = "https://pypi.org/simple/{name}/"
-ACCEPT = {"Accept": "application/vnd.pypi.simple.v1+json"}
 TIMEOUT_S = 30
 
 
@@ -90,10 +88,7 @@ def fetch_sizes(locks: list[Path]) -> dict[str, int]:
             wanted.setdefault(pin.name, set()).update(pin.hashes)
     sizes: dict[str, int] = {}
     for name, hashes in sorted(wanted.items()):
-        request = urllib.request.Request(INDEX_JSON.format(name=name), headers=ACCEPT)
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            files = json.load(response)["files"]
-        for entry in files:
+        for entry in index_files(name, TIMEOUT_S):
             if entry["hashes"].get("sha256") in hashes:
                 sizes[entry["filename"]] = int(entry["size"])
     return dict(sorted(sizes.items()))

@@ -72,6 +72,7 @@ def install_zip() -> None:
     ]
     seen["bar"] = [item.text() for item in bar.items()]
     seen["clicks"] = 0
+    seen["clicked_s"] = time.monotonic() - STARTED  # QGIS's own zip install before it
     buttons[0].click()  # click 1: the message bar's Install packages...
     seen["clicks"] += 1
     dialog_idle(planned)

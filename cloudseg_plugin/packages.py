@@ -176,7 +176,11 @@ class InstallDialog(QDialog):
         def work(progress: Any, cancelled: Any) -> dict[str, Plan]:
             plans = {}
             for index, step in enumerate(steps):
-                progress(100 * index / len(steps), f"checking what {step.title} needs")
+                progress(
+                    100 * index / len(steps),
+                    f"checking what {step.title} needs (pip reads the package index: up to "
+                    "a minute the first time)",
+                )
                 plans[step.name] = installer.plan(step)
             return plans
 

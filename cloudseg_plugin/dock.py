@@ -43,7 +43,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ..backend.atomic import stamped_paths
 from ..backend.choices import SHADOW_GEOMETRY_EFFECT
-from ..backend.dependencies import TRAINING
+from ..backend.dependencies import SEGMENT, TRAINING
 from ..backend.errors import CloudsegError
 from . import logbridge, packages, styling
 from .messages import DOCK, for_qgis
@@ -255,6 +255,9 @@ class CloudSegDock(QDockWidget):
     # -- running --------------------------------------------------------------------------
     def run_active_layer(self) -> SegmentTask | None:
         """Start a run on the active raster layer; returns its task (None if refused)."""
+        if not packages.ensure(SEGMENT, self):
+            self._say("segmenting needs its packages: install them first", Qgis.Info)
+            return None
         layer = self.iface.activeLayer()
         found = self._active_scene(layer)
         if found is None:

@@ -312,6 +312,23 @@ def load_model(name_or_path: str | Path) -> Model:
     raise ModelError(f"no model named {text!r} and no such file; models: {names}")
 
 
+def _no_builtin_models() -> str:
+    """Why no built-in model is there, in one line: the package that brings them is missing."""
+    from ..dependencies import GROUPS, install_hint
+
+    packages = sorted(
+        {
+            str(ModelCard.from_json(f.read_text(encoding="utf-8")).source["package"])
+            for f in CARDS_DIR.glob("*.json")
+        }
+    )
+    missing = [r for g in GROUPS for r in g.requirements if r.distribution in packages]
+    return (
+        f"no built-in model is installed (they come with the Python package "
+        f"{', '.join(packages)}); {install_hint(missing[:1]) or 'reinstall it'}"
+    )
+
+
 def choose_model(bands: list[str], product_level: str | None) -> tuple[Model, str]:
     """Pick the built-in model that fits the input best.
 
@@ -329,7 +346,10 @@ def choose_model(bands: list[str], product_level: str | None) -> tuple[Model, st
         BandError: If no built-in model's bands are all present, naming what is missing.
     """
     level = product_level or "L1C"
-    candidates = [m for m in builtin_models() if m.card.product_level in (level, "any")]
+    installed = builtin_models()
+    if not installed:
+        raise ModelError(_no_builtin_models())
+    candidates = [m for m in installed if m.card.product_level in (level, "any")]
     if not candidates:
         raise ModelError(f"no built-in model for product level {level}")
     fitting = [m for m in candidates if set(m.card.bands) <= set(bands)]

@@ -202,3 +202,27 @@ def test_uninstall_removes_every_file(wheels, tmp_path):
     assert freed > 50 * 2**20
     assert not root.exists()
     assert root.parent.exists()  # only cloudseg's own folder went
+
+
+@pytest.mark.real_data
+def test_before_the_install_segment_names_the_package_that_brings_the_models(
+    plugin_parent, real_data, tmp_path
+):
+    """QGIS's Python with the plugin but no step installed: not "no model for L2A"."""
+    code = f"""
+from pathlib import Path
+from cloudseg.backend.errors import CloudsegError
+from cloudseg.backend.inference.segment import SegmentOptions, segment
+try:
+    segment(Path({str(real_data / "oncloudn_l2a" / "adwp")!r}), Path({str(tmp_path / "m.tif")!r}),
+            SegmentOptions(product_level="L2A"))
+except CloudsegError as exc:
+    print(exc)
+"""
+    env = {"PYTHONPATH": str(plugin_parent), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run([QGIS_PYTHON, "-c", code], capture_output=True, text=True, env=env)
+    line = done.stdout.strip()
+    assert done.returncode == 0 and "\n" not in line, done.stderr[-2000:]
+    assert line.startswith("no built-in model is installed")
+    assert "ukis-csmask" in line and "L2A" not in line
+    assert list(tmp_path.iterdir()) == []

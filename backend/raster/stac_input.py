@@ -249,7 +249,7 @@ def band_vrt(item_id: str, bands: tuple[tuple[str, str], ...], folder: Path) -> 
                     f"cannot be read: {reason}"
                 )
             opened = None
-        vrt = folder / f"{item_id}.vrt"
+        vrt = _scene_file(folder, item_id, ".vrt")
         dataset = gdal.BuildVRT(str(vrt), paths, separate=True)
         if dataset is None:
             raise InputError(f"cannot read the band assets of Item {item_id}")
@@ -259,6 +259,18 @@ def band_vrt(item_id: str, bands: tuple[tuple[str, str], ...], folder: Path) -> 
     finally:
         gdal.PopErrorHandler()
     return str(vrt)
+
+
+def _scene_file(folder: Path, name: str, suffix: str) -> Path:
+    """A file in ``folder`` named after ``name``, a name from the input made safe.
+
+    ``name`` is an Item id or a URL's last part: it never becomes a path of its own
+    (``../``, ``/``), so the file is always in ``folder``.
+    """
+    from ..atomic import safe_name
+
+    clean_suffix = "." + safe_name(suffix.lstrip("."))[:8]
+    return folder / f"{safe_name(name)}{clean_suffix}"
 
 
 def local_source(item: SourceItem, folder: Path) -> str:
@@ -278,8 +290,8 @@ def local_source(item: SourceItem, folder: Path) -> str:
         from ..network import download
 
         name = item.image.split("?", 1)[0].rsplit("/", 1)[-1]
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".")
-        local = folder / (name or "image.tif")
+        stem, dot, suffix = name.rpartition(".")
+        local = _scene_file(folder, stem if dot else name, f".{suffix}" if dot else ".tif")
         download(item.image, local)
         return str(local)
     if _URL.match(item.image):
@@ -288,7 +300,7 @@ def local_source(item: SourceItem, folder: Path) -> str:
         from ..network import configure_gdal
 
         configure_gdal()
-        vrt = folder / f"{item.id}.vrt"
+        vrt = _scene_file(folder, item.id, ".vrt")
         dataset = gdal.BuildVRT(str(vrt), [gdal_path(item.image)])
         if dataset is None:
             raise InputError(f"the image asset of Item {item.id} cannot be read")

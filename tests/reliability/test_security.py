@@ -346,3 +346,31 @@ def test_the_label_loop_refuses_a_model_that_would_run_code(workspace, label_pro
     assert f"planted.pt {REFUSED}" in line
     assert not marker.exists()
     assert workspace.snapshot() == before
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize(
+    "item_id", ["../../../../{victim}/victim", "/{victim}/victim", "a/../../b"]
+)
+def test_a_stac_item_id_never_becomes_a_path(real_data, tmp_path, venv_env, item_id):
+    """Issue 39, item 2: an Item's id names the run's own VRT, made safe, inside its folder."""
+    victim = tmp_path / "elsewhere"
+    victim.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    chip = real_data / "oncloudn_l2a" / "adwp"
+    item = {
+        "type": "Feature", "stac_version": "1.0.0", "id": item_id.format(victim=victim),
+        "geometry": None, "properties": {"datetime": "2020-01-01T00:00:00Z"}, "links": [],
+        "assets": {b: {"href": str(chip / f"{b}.tif"), "type": "image/tiff"}
+                   for b in ("B02", "B03", "B04", "B08")},
+    }  # fmt: skip
+    (work / "item.json").write_text(json.dumps(item))
+    done = subprocess.run(
+        ["cloudseg", "segment", "item.json", "m.tif", "--product-level", "L2A", "-q"],
+        cwd=work, env=venv_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert list(victim.iterdir()) == []
+    assert sorted(p.name for p in work.iterdir()) == ["item.json", "m.tif"]
+    assert not list(tmp_path.glob("*.vrt")) and not Path("/victim.vrt").exists()

@@ -92,7 +92,15 @@ class LabelDock(QDockWidget, LabelDockUi):
             button.clicked.connect(lambda _=False, action=action: action())
         self.model_combo.currentIndexChanged.connect(self._model_changed)
         self.class_buttons.connect(iface.mainWindow(), self.set_class, lambda: not self.isHidden())
-        self.project_widget.fileChanged.connect(lambda path: self.open_project(path))
+        # A path typed into the field opens when the typing ends (Enter, or leaving the
+        # field), not at every keystroke; one picked in the file dialog opens at once.
+        self._typing = False
+        line = self.project_widget.lineEdit()
+        line.textEdited.connect(lambda _text: setattr(self, "_typing", True))
+        line.editingFinished.connect(self._typed_project)
+        self.project_widget.fileChanged.connect(
+            lambda path: None if self._typing else self.open_project(path)
+        )
         self.load_models()
 
         def forget_layers(ids: list[str]) -> None:  # the analyst removed project layers
@@ -161,13 +169,33 @@ class LabelDock(QDockWidget, LabelDockUi):
             self.iface.mapCanvas().scene().removeItem(self.highlight)
 
     # -- the project ---------------------------------------------------------------------
+    def _typed_project(self) -> None:
+        """The analyst finished typing a project path: open it (once)."""
+        if self._typing:
+            self._typing = False
+            self.open_project(self.project_widget.filePath())
+
     def open_project(self, path: str | Path) -> None:
         """Open (or start) a label project: load its layers, progress and history."""
         text = str(path).strip()
         if not text:
             return
+        candidate = Path(text).expanduser()
+        if not candidate.name or candidate.name in (".", ".."):
+            self._say(f"{text} is a folder: give the label project a file name", Qgis.Warning)
+            return
+        if not candidate.parent.is_dir():
+            self._say(
+                f"the folder {candidate.parent} does not exist: choose a project in an "
+                "existing folder",
+                Qgis.Warning,
+            )
+            return
+        candidate = candidate.with_suffix(".gpkg")
+        if self.project is not None and self.project.path.resolve() == candidate.resolve():
+            return  # already open
         try:
-            self.project = LabelProject(Path(text).with_suffix(".gpkg"))
+            self.project = LabelProject(candidate)
         except CloudsegError as exc:
             self._say(for_qgis(str(exc), DOCK), Qgis.Warning)
             return

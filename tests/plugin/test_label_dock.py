@@ -228,3 +228,25 @@ def test_the_dock_refuses_clearly_without_a_project_or_box(plugin, qgis_iface):
         "pick the scene: a Sentinel-2 raster layer",
     )
     assert dock.task is None and QgsApplication.taskManager().countActiveTasks() == 0
+
+
+def test_a_typed_project_path_opens_once_when_the_typing_ends(dock, tmp_path):
+    """Issue 39, item 12: no error at "/", no project opened at every keystroke."""
+    from qgis.PyQt.QtCore import Qt
+    from qgis.PyQt.QtTest import QTest
+
+    before = dock.project
+    line = dock.project_widget.lineEdit()
+    line.clear()
+    target = tmp_path / "typed.gpkg"
+    QTest.keyClicks(line, str(target))  # "/" first, then every prefix of the path
+    assert dock.project is before  # nothing opened while typing
+    assert not target.exists()
+    QTest.keyClick(line, Qt.Key_Return)
+    assert dock.project is not None and dock.project.path == target
+    dock.open_project("/")  # a folder: said in one line, the project stays
+    assert "is a folder" in dock.status_label.text()
+    assert dock.project.path == target
+    dock.open_project(tmp_path / "no-such-folder" / "p.gpkg")
+    assert "does not exist" in dock.status_label.text()
+    assert dock.project.path == target

@@ -27,5 +27,9 @@ class CancelledError(CloudsegError):
     """The run was cancelled; nothing that looks like a result was left behind."""
 
 
+class WriteError(CloudsegError, OSError):
+    """A write that a file or database refused (a constraint, a trigger, a locked file)."""
+
+
 class OutputConflictError(CloudsegError, ValueError):
     """An output is an input or another output of the run, or another run holds it."""

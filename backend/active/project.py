@@ -42,7 +42,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..raster.reader import scene_key
-from ..raster.vectorize import ogr_srs, ogr_transaction
+from ..raster.vectorize import ogr_checked, ogr_srs, ogr_transaction
 from .history import Round
 
 #: The layer of proposed boxes.
@@ -641,13 +641,14 @@ class LabelProject:
             _labels_layer(dataset, srs)
             into = layer_transform(srs, layer.GetSpatialRef(), "the scene")
             when = now()
-            with ogr_transaction(dataset):
+            what = f"proposing boxes in {self.path.name}"
+            with ogr_transaction(dataset, what):
                 quoted = scene.replace("'", "''")
                 layer.SetAttributeFilter(f"status = 'todo' AND scene = '{quoted}'")
                 stale = [feature.GetFID() for feature in layer]
                 layer.SetAttributeFilter(None)
                 for fid in stale:
-                    layer.DeleteFeature(fid)
+                    ogr_checked(layer.DeleteFeature(fid), what)
                 for box, rank, score in boxes:
                     feature = ogr.Feature(layer.GetLayerDefn())
                     shape = ogr.CreateGeometryFromJson(json.dumps(box.polygon(transform)))
@@ -655,7 +656,7 @@ class LabelProject:
                     values = {"rank": rank, "score": score, "status": "todo", "scene": scene}
                     for name, value in (values | {"model": model, "proposed": when}).items():
                         feature.SetField(name, value)
-                    layer.CreateFeature(feature)
+                    ogr_checked(layer.CreateFeature(feature), what)
 
     def set_status(self, fid: int, status: str, who: str | None = None) -> None:
         """Set a proposal's status: labeled (Done), skipped (Skip), or todo again (Back).
@@ -679,7 +680,8 @@ class LabelProject:
             else:
                 feature.SetFieldNull("labeled_by")
                 feature.SetFieldNull("labeled_at")
-            layer.SetFeature(feature)
+            with ogr_transaction(dataset, f"marking box {fid} {status} in {self.path.name}"):
+                ogr_checked(layer.SetFeature(feature), f"marking box {fid} {status}")
 
     def ensure_labels_layer(self, crs: Any) -> None:
         """Create the empty ``labels`` layer in ``crs`` if the project has none yet."""
@@ -717,7 +719,8 @@ class LabelProject:
                 )
             into = layer_transform(srs, layer.GetSpatialRef(), "the label source")
             proposals = self._proposals_layer(dataset, write=True) if status else None
-            with ogr_transaction(dataset):
+            what = f"adding labels to {self.path.name}"
+            with ogr_transaction(dataset, what):
                 for shape, value in polygons:
                     feature = ogr.Feature(layer.GetLayerDefn())
                     polygon = moved(shape, into, "a label polygon")
@@ -726,7 +729,7 @@ class LabelProject:
                     feature.SetGeometry(polygon)
                     feature.SetField("class", int(value))
                     feature.SetField("name", names.get(int(value), str(int(value))))
-                    layer.CreateFeature(feature)
+                    ogr_checked(layer.CreateFeature(feature), what)
                 if status and proposals is not None:
                     fid, state, who = status
                     feature = proposals.GetFeature(int(fid))
@@ -735,7 +738,7 @@ class LabelProject:
                     feature.SetField("status", state)
                     feature.SetField("labeled_by", who or login_name())
                     feature.SetField("labeled_at", now())
-                    proposals.SetFeature(feature)
+                    ogr_checked(proposals.SetFeature(feature), f"marking box {fid} {state}")
         return len(polygons)
 
     def add_label_areas(
@@ -777,13 +780,14 @@ class LabelProject:
             for name, value in values.items():
                 if definition.GetFieldIndex(name) < 0:
                     layer.CreateField(ogr.FieldDefn(name, kinds.get(type(value), ogr.OFTString)))
-            with ogr_transaction(dataset):
+            what = f"recording the round in {self.path.name}"
+            with ogr_transaction(dataset, what):
                 feature = ogr.Feature(layer.GetLayerDefn())
                 for name, value in values.items():
                     if name in _ROUND_JSON:
                         value = json.dumps(value)
                     feature.SetField(name, int(value) if isinstance(value, bool) else value)
-                layer.CreateFeature(feature)
+                ogr_checked(layer.CreateFeature(feature), what)
 
 
 def class_polygons(
@@ -839,7 +843,8 @@ def add_class_polygons(
     from rasterio.features import shapes
 
     added = 0
-    with ogr_transaction(dataset):
+    what = "adding class polygons"
+    with ogr_transaction(dataset, what):
         for geometry, value in shapes(data, mask=keep, transform=transform, connectivity=8):
             feature = ogr.Feature(layer.GetLayerDefn())
             polygon = ogr.CreateGeometryFromJson(json.dumps(geometry))
@@ -848,7 +853,7 @@ def add_class_polygons(
             feature.SetField("name", names.get(int(value), str(int(value))))
             for key, text in (fields or {}).items():
                 feature.SetField(key, text)
-            layer.CreateFeature(feature)
+            ogr_checked(layer.CreateFeature(feature), what)
             added += 1
     return added
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..atomic import atomic_path, check_target
 from ..callbacks import ProgressCallback, no_progress
-from ..errors import InputError
+from ..errors import InputError, WriteError
 
 logger = logging.getLogger(__name__)
 LAYER_NAME = "cloudseg"
@@ -148,18 +148,59 @@ def write_polygons(
 
 
 @contextmanager
-def ogr_transaction(dataset: Any) -> Iterator[None]:
+def ogr_transaction(dataset: Any, what: str = "the write") -> Iterator[None]:
     """Run a block in one transaction of an OGR dataset: all of it is written, or none.
 
-    The dataset stays open; the caller closes it (``dataset = None``).
+    A write refused inside the block (an error code passed to :func:`ogr_checked`, or
+    GDAL's exception where exceptions are on) or a commit refused rolls everything back
+    and raises :class:`WriteError` in one line. The dataset stays open; the caller closes
+    it (``dataset = None``).
+
+    Raises:
+        WriteError: If the transaction cannot start, a write in it fails, or it cannot
+            be committed; nothing of the block is kept.
     """
-    dataset.StartTransaction()
+    from osgeo import gdal
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")  # said once, in the WriteError's line
     try:
-        yield
-        dataset.CommitTransaction()
-    except BaseException:
-        dataset.RollbackTransaction()
-        raise
+        ogr_checked(dataset.StartTransaction(), what)
+        try:
+            yield
+        except RuntimeError as exc:  # GDAL's own exception, with osgeo.gdal.UseExceptions()
+            dataset.RollbackTransaction()
+            reason = (str(exc) or type(exc).__name__).splitlines()[0]
+            raise WriteError(f"{what} was refused: {reason}; nothing was changed") from None
+        except BaseException:
+            dataset.RollbackTransaction()
+            raise
+        try:
+            committed = dataset.CommitTransaction()
+        except RuntimeError as exc:
+            committed, message = 1, str(exc)
+        else:
+            message = ""
+        if committed != 0:
+            dataset.RollbackTransaction()
+            ogr_checked(committed, what, message)
+    finally:
+        gdal.PopErrorHandler()
+
+
+def ogr_checked(code: int, what: str, message: str = "") -> None:
+    """Raise :class:`WriteError` when an OGR write returned an error code (0 is success).
+
+    Args:
+        code: What ``CreateFeature``, ``SetFeature``, ``CommitTransaction``... returned.
+        what: The write, in a user's words ("adding labels to coast.gpkg").
+        message: GDAL's message, when known; else GDAL's last error.
+    """
+    if code == 0:
+        return
+    from osgeo import gdal
+
+    reason = (message or gdal.GetLastErrorMsg() or f"OGR error {code}").splitlines()[0]
+    raise WriteError(f"{what} was refused: {reason}; nothing was changed")
 
 
 def ogr_srs(crs: Any) -> Any:

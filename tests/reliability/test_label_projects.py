@@ -532,3 +532,46 @@ def test_a_fine_tune_killed_before_publishing_leaves_nothing_after_the_next(proj
     assert sorted(p.name for p in models.iterdir()) == ["coast-r1.pt", "coast-r1.pt.card.json"]
     assert _leftovers(project) == []
     assert len(open_dataset(project.root / "coast-store").scenes()) == 4
+
+
+# -- issue 39, item 3: a write the project refuses is one line, and nothing changes ----------
+def _label_count(gpkg: Path) -> int:
+    from osgeo import ogr
+
+    dataset = ogr.Open(str(gpkg))
+    count = dataset.GetLayerByName("labels").GetFeatureCount()
+    dataset = None
+    return count
+
+
+ADD = ["labels", "add", PROJECT, "--box", "{fid}", "--from", "truth.tif"]
+
+
+@pytest.mark.parametrize(
+    ("trigger", "args"),
+    [
+        ("BEFORE INSERT ON labels", ADD),
+        ("BEFORE UPDATE ON proposals", ADD),
+        ("BEFORE UPDATE ON proposals", ["labels", "done", PROJECT, "--box", "{fid}"]),
+    ],
+    ids=["labels-insert", "status-with-labels", "status-alone"],
+)
+def test_a_write_the_project_refuses_is_one_line_and_changes_nothing(project, trigger, args):
+    gpkg = project.root / PROJECT
+    boxes = json.loads(project.cli("labels", "boxes", PROJECT, "--json").stdout)
+    fid = str(boxes[0]["fid"])
+    assert project.cli("labels", "todo", PROJECT, "--box", fid).returncode == 0
+    _sql(gpkg, f"CREATE TRIGGER refuse {trigger} BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    before = (
+        _label_count(gpkg),
+        json.loads(project.cli("labels", "boxes", PROJECT, "--json").stdout),
+    )
+    done = project.cli(*[a.format(fid=fid) for a in args])
+    line = error_line(done)
+    assert "refused" in line and "nothing was changed" in line, line
+    after = (
+        _label_count(gpkg),
+        json.loads(project.cli("labels", "boxes", PROJECT, "--json").stdout),
+    )
+    assert after == before  # no polygon stored, the box still to label
+    assert [b["status"] for b in after[1] if str(b["fid"]) == fid] == ["todo"]

@@ -467,6 +467,14 @@ def publish(renames: Sequence[tuple[Path, Path]]) -> None:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks (hex)."""
+    import hashlib
+
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def write_bytes(target: Path, data: bytes) -> None:
     """Write ``data`` to ``target`` atomically."""
     with atomic_path(target) as tmp:

@@ -60,6 +60,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .atomic import file_sha256
 from .callbacks import CancelCallback
 from .errors import CancelledError, CloudsegError, InputError, OutputExistsError
 from .raster.stac_input import (
@@ -343,11 +344,6 @@ def settings_key(options: dict[str, Any], model_sha: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 class _Destination:
     """Where a run's files go: a folder, or an S3 prefix (through the store storage).
 
@@ -428,7 +424,7 @@ class _Destination:
                 tag = self._storage.etag(name)
                 return f"etag:{tag}" if tag else None
             path = self.folder / name
-            return f"sha256:{_sha256(path)}" if path.is_file() else None
+            return f"sha256:{file_sha256(path)}" if path.is_file() else None
 
     def location(self, name: str) -> str:
         """Where a file of the output is: its path, or its ``s3://`` URL."""
@@ -561,7 +557,7 @@ def _segment_scene(
             "bbox": item.bbox,
             "datetime": pystac.utils.datetime_to_str(item.datetime) if item.datetime else None,
         }
-        local_sum = f"sha256:{_sha256(mask)}"
+        local_sum = f"sha256:{file_sha256(mask)}"
         record["output"] = destination.put(f"{scene.scene}.tif", mask)
         record["output_checksum"] = (
             destination.checksum(f"{scene.scene}.tif") if destination.s3 else local_sum

@@ -241,14 +241,6 @@ def missing_requirements(*groups: Group) -> list[Requirement]:
     return list(missing.values())
 
 
-def missing_group(*groups: Group) -> Group | None:
-    """The first of ``groups`` with a package missing, or None when all are there."""
-    for checked in groups:
-        if missing_requirements(checked):
-            return checked
-    return None
-
-
 def install_hint(
     missing: list[Requirement], where: str = "cli", groups: tuple[Group, ...] = ()
 ) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -42,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import atomic
+from .atomic import file_sha256
 from .dependencies import PLUGIN_STEPS, Group, missing_requirements
 from .errors import CancelledError, CloudsegError
 from .locks import Pin, canonical, file_sizes, group_pins, lock_digest
@@ -225,10 +225,6 @@ class PackageInstaller:
         if not missing:
             return "available in this Python already"
         return "not installed (missing: " + ", ".join(r.label for r in missing) + ")"
-
-    def needs(self, step: Group) -> bool:
-        """Whether ``step``'s modules are missing from this process."""
-        return bool(missing_requirements(step))
 
     def python_packages(self) -> dict[str, str]:
         """What the Python has on its own (canonical name -> version), from a fresh process."""
@@ -569,7 +565,7 @@ class PackageInstaller:
         pin = next(p for p in group_pins(PLUGIN_STEPS[0]) if p.name == "pip")
         name = f"pip-{pin.version}-py3-none-any.whl"
         cached = self.root / "pip" / name
-        if cached.is_file() and _sha256(cached) in pin.hashes:
+        if cached.is_file() and file_sha256(cached) in pin.hashes:
             return cached
         cached.parent.mkdir(parents=True, exist_ok=True)
         with atomic.atomic_path(cached) as part:
@@ -583,7 +579,7 @@ class PackageInstaller:
                 shutil.copyfile(source, part)
             else:
                 _download_from_index("pip", name, part)
-            if _sha256(part) not in pin.hashes:
+            if file_sha256(part) not in pin.hashes:
                 raise InstallError(f"{name} does not match the lock's SHA-256; not used")
         return cached
 
@@ -728,11 +724,6 @@ def _system_missing(distribution: str) -> str:
         f"and numpy): install QGIS's own {distribution} package (Debian/Ubuntu: "
         f"python3-{distribution}; OSGeo4W: python3-{distribution}) and try again"
     )
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 #: The package index pip uses by default (its JSON simple API, PEP 691 and 700).

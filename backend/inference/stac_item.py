@@ -31,7 +31,6 @@ What the Item says:
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import re
 import warnings
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._version import __version__
+from ..atomic import file_sha256
 from ..models.cards import class_kind
 from .decision import NODATA
 
@@ -140,14 +140,9 @@ def scene_time(reader: SceneReader) -> tuple[str | None, str]:
     return None, RUN_TIME
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def multihash(path: Path) -> str:
     """``file:checksum`` of a file: its SHA2-256 as a multihash (``1220`` + hex)."""
-    return "1220" + _sha256(path)
+    return "1220" + file_sha256(path)
 
 
 def _href(final: Path, item_path: Path | None) -> str:

@@ -365,12 +365,8 @@ class CloudSegDock(QDockWidget):
     def _explained(self, task: BackendTask, name: str, layer_id: str) -> None:
         """Add the map as a heat map over the image, one layer per class explained."""
         result = task.result
-        project = QgsProject.instance()
-        group = styling.results_group(project)
         layers = styling.explanation_layers(result.output, name, result.classes, result.method)
-        for layer in reversed(layers):  # the first class on top
-            project.addMapLayer(layer, False)
-            group.insertLayer(0, layer)
+        styling.place_results(QgsProject.instance(), layers)  # the first class on top, shown
         self._keep_active(layer_id)
         self._say(
             f"{name}: where {result.model} looked for {', '.join(result.classes)} "

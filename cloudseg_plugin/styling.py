@@ -17,6 +17,7 @@ from qgis.core import (
     QgsFillSymbol,
     QgsLayerMetadata,
     QgsLayerTreeGroup,
+    QgsLayerTreeNode,
     QgsMapLayer,
     QgsPalettedRasterRenderer,
     QgsProject,
@@ -316,18 +317,60 @@ def results_group(project: QgsProject, name: str = GROUP_NAME) -> QgsLayerTreeGr
     return root.findGroup(name) or root.insertGroup(0, name)
 
 
-def move_to_group(project: QgsProject, layer: QgsMapLayer, group: QgsLayerTreeGroup) -> None:
-    """Move a layer already in the project into ``group`` (on top)."""
+def show_on_map(node: QgsLayerTreeNode) -> None:
+    """Make a layer tree node visible on the map: check it and every group above it.
+
+    A group above it that was unchecked hid all its children: those children are
+    unchecked first, so that what was hidden stays hidden and only ``node`` appears.
+    """
+    node.setItemVisibilityChecked(True)
+    parent = node.parent()
+    while parent is not None:
+        if not parent.itemVisibilityChecked():
+            for child in parent.children():
+                if child is not node:
+                    child.setItemVisibilityChecked(False)
+            parent.setItemVisibilityChecked(True)
+        node, parent = parent, parent.parent()
+
+
+def place_results(
+    project: QgsProject,
+    layers: list[QgsMapLayer],
+    group_name: str | None = None,
+) -> QgsLayerTreeGroup:
+    """Put a run's result layers in the results group: the one place results enter the tree.
+
+    - In a new sub-group ``group_name`` on top of the results group, else on top of the
+      results group itself; ``layers`` top first. Layers already in the project (loaded
+      by Processing) are moved there, the others added.
+    - Visible on the map, also when the results group, or a group above it, was hidden
+      (unchecked): a run that reports success shows what it made (:func:`show_on_map`).
+
+    Returns:
+        The group that holds the layers.
+    """
+    parent = results_group(project)
+    parent.setExpanded(True)
+    group = parent
+    if group_name:
+        group = parent.insertGroup(0, group_name)
+        group.setExpanded(True)
     root = project.layerTreeRoot()
-    node = root.findLayer(layer.id())
-    if node is None:  # in the project but not in the layer tree
-        group.insertLayer(0, layer)
-        return
-    if node.parent() is group:
-        return
-    clone = node.clone()
-    group.insertChildNode(0, clone)
-    node.parent().removeChildNode(node)
+    for index, layer in enumerate(layers):
+        node = root.findLayer(layer.id())
+        if node is None:
+            if project.mapLayer(layer.id()) is None:
+                project.addMapLayer(layer, False)
+            node = group.insertLayer(index, layer)
+        elif node.parent() is not group:
+            clone = node.clone()
+            group.insertChildNode(index, clone)
+            node.parent().removeChildNode(node)
+            node = clone
+        show_on_map(node)
+    show_on_map(group)
+    return group
 
 
 def add_results(
@@ -342,7 +385,8 @@ def add_results(
     """Load a run's outputs as styled layers in a sub-group of the results group.
 
     Layers are named by their input first (``name``: "adwp - clouds"); the group (named
-    ``group_name``, else ``name``) and the results group are expanded, newest on top.
+    ``group_name``, else ``name``) and the results group are expanded, newest on top,
+    and shown (:func:`place_results`).
 
     Returns:
         The layers added (mask first), and their group.
@@ -365,11 +409,6 @@ def add_results(
         style_polygons(vector, _classes(tags))
         describe(vector, tags, "Cloud and shadow polygons")
         layers.append(vector)
-    parent = results_group(project)
-    parent.setExpanded(True)
-    group = parent.insertGroup(0, group_name or name)
-    group.setExpanded(True)
-    for layer in reversed(layers):  # polygons on top, mask at the bottom
-        project.addMapLayer(layer, False)
-        group.addLayer(layer)
+    # Polygons on top, the mask at the bottom.
+    group = place_results(project, list(reversed(layers)), group_name or name)
     return layers, group

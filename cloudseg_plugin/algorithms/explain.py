@@ -52,14 +52,10 @@ class ExplanationStyler(QgsProcessingLayerPostProcessorInterface):
         project = context.project()
         if project is None:
             return
-        group = styling.results_group(project)
-        styling.move_to_group(project, layer, group)
         others = styling.explanation_layers(
             layer.source(), self.input_name, self.classes, self.method
         )[1:]
-        for index, other in enumerate(others, start=1):  # below the first class, in order
-            project.addMapLayer(other, False)
-            group.insertLayer(index, other)
+        styling.place_results(project, [layer, *others])  # the classes in order, shown
 
 
 class ExplainAlgorithm(CloudsegAlgorithm):

@@ -130,7 +130,7 @@ class ResultStyler(QgsProcessingLayerPostProcessorInterface):
             layer.setName(self.name)
         project = context.project()
         if project is not None:
-            styling.move_to_group(project, layer, styling.results_group(project))
+            styling.place_results(project, [layer])
 
 
 class SegmentAlgorithm(CloudsegAlgorithm):

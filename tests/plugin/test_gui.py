@@ -249,3 +249,56 @@ def test_dock_explains_the_view_as_a_styled_heat_map(
     shown = canvas.extent().buffered(10)  # the view (widened to the canvas' shape), one px
     assert shown.contains(layer.extent()) and layer.width() < 512  # not the whole chip
     assert dock.run_button.isEnabled() and dock.explain_button.isEnabled()
+
+
+def _shown(group):
+    """The sources of the layers under ``group`` that the map draws."""
+    return {node.layer().source() for node in group.findLayers() if node.isVisible()}
+
+
+def test_a_run_into_a_hidden_results_group_shows_on_the_map(
+    plugin, qgis_iface, layers, tmp_path, wait_for
+):
+    """Issue 39, item 13: the analyst hid the results group; the next run still shows."""
+    dock = open_dock(plugin, tmp_path)
+    dock.level_combo.setCurrentIndex(dock.level_combo.findData("L2A"))
+    qgis_iface.setActiveLayer(layers["chip"])
+    wait_for(dock.run_active_layer())
+    results = QgsProject.instance().layerTreeRoot().findGroup("Cloud segmentation")
+    earlier = {node.layer().source() for node in results.findLayers()}
+    results.setItemVisibilityChecked(False)  # unticked in the Layers panel
+    assert _shown(results) == set()
+    task = dock.run_active_layer()
+    wait_for(task)
+    assert dock.runs[0].status == "done", dock.runs[0].message
+    # The new mask is drawn; the results hidden before stay hidden.
+    assert _shown(results) == {str(task.outputs["mask"])}
+    assert not earlier & _shown(results)
+
+
+def test_an_explanation_inside_a_hidden_group_shows_on_the_map(
+    plugin, qgis_iface, layers, tmp_path, wait_for
+):
+    """Issue 39, item 13: Explain view, the results group inside the analyst's hidden group."""
+    dock = open_dock(plugin, tmp_path)
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("ukis-csmask-4b-l2a"))
+    chip = layers["chip"]
+    qgis_iface.setActiveLayer(chip)
+    root = QgsProject.instance().layerTreeRoot()
+    archive = root.addGroup("Earlier work")
+    archive.addGroup("Cloud segmentation")
+    kept = QgsRasterLayer(chip.source(), "old chip")
+    QgsProject.instance().addMapLayer(kept, False)
+    archive.addLayer(kept)
+    archive.setItemVisibilityChecked(False)  # the whole group unticked
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(chip.crs())
+    full = chip.extent()
+    canvas.setExtent(
+        type(full)(full.xMinimum(), full.yMaximum() - 640, full.xMinimum() + 640, full.yMaximum())
+    )
+    task = dock.explain_view()
+    wait_for(task)
+    assert task.error == "", task.error
+    assert _shown(root.findGroup("Cloud segmentation")) == {str(task.result.output)}
+    assert not root.findLayer(kept.id()).isVisible()  # hidden before, hidden still

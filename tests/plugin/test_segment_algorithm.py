@@ -294,3 +294,15 @@ def test_shadow_geometry_reaches_the_engine_and_the_log(plugin, real_data, tmp_p
     parameter = alg.parameterDefinition("SHADOW_GEOMETRY")
     assert parameter.defaultValue() is False
     assert SHADOW_GEOMETRY_EFFECT in parameter.help()
+
+
+def test_results_show_on_the_map_when_the_results_group_is_hidden(plugin, chip_layer, tmp_path):
+    """Issue 39, item 13, through Processing: results land in a hidden group, yet show."""
+    results = QgsProject.instance().layerTreeRoot().insertGroup(0, "Cloud segmentation")
+    results.setItemVisibilityChecked(False)
+    result = processing.runAndLoadResults(
+        "cloudseg:segment",
+        {"INPUT": chip_layer, "PRODUCT_LEVEL": "L2A", "OUTPUT": str(tmp_path / "mask.tif")},
+    )
+    shown = [node.layer().source() for node in results.findLayers() if node.isVisible()]
+    assert shown == [result["OUTPUT"]]

@@ -264,7 +264,7 @@ class CloudSegDock(QDockWidget):
             return None
         folder, source, bands = found
         request = RunRequest(
-            layer_name=layer.name(),
+            layer_name=styling.input_name(layer, source),  # "adwp B04" for a band file
             source=source,
             output_dir=folder,
             model=self.model_combo.currentData(),
@@ -335,10 +335,10 @@ class CloudSegDock(QDockWidget):
             return None
         wanted = classes or ["cloud"]
         kind = f"why-{'-'.join(wanted)}"
-        output = stamped_paths(folder, layer.name(), {kind: ".tif"})[kind]
+        name = styling.input_name(layer, source)
+        output = stamped_paths(folder, name, {kind: ".tif"})[kind]
         bounds = (view.xMinimum(), view.yMinimum(), view.xMaximum(), view.yMaximum())
         model, level = self.model_combo.currentData(), self.level_combo.currentData()
-        name = layer.name()
 
         def work(progress: Callable[[float, str], None], cancelled: Callable[[], bool]) -> Any:
             return explain(

@@ -36,7 +36,7 @@ from ..backend.active.project import LabelProject, ProjectContents
 from ..backend.dependencies import TRAINING
 from ..backend.errors import CloudsegError
 from ..backend.raster.reader import scene_key, scene_path_from_gdal_source
-from . import logbridge, packages
+from . import logbridge, packages, styling
 from .labellayers import STATUS_COLORS, ProjectLayers
 from .labelwidgets import LabelDockUi
 from .messages import DOCK, for_qgis
@@ -254,7 +254,8 @@ class LabelDock(QDockWidget, LabelDockUi):
             return propose_on_scene(project, source, model, box, count, progress, cancelled)
 
         def done(result: Any) -> None:
-            self.layers.add_run(layer.name(), result.run.mask, result.run.uncertainty)
+            name = styling.input_name(layer, source)
+            self.layers.add_run(name, result.run.mask, result.run.uncertainty)
             self._pick_scene_and_model(self._reload())
             self.current = None
             self._say(f"{len(result.proposals)} boxes proposed, most doubtful first", Qgis.Info)
@@ -416,7 +417,7 @@ class LabelDock(QDockWidget, LabelDockUi):
             return rerun(project, source, model, progress, cancelled)
 
         def done(run: Any) -> None:
-            self.layers.add_run(layer.name(), run.mask, run.uncertainty)
+            self.layers.add_run(styling.input_name(layer, source), run.mask, run.uncertainty)
             cloud = run.result.class_percent.get("cloud", 0.0)
             self._say(
                 f"{run.result.model}: {cloud:.1f} % cloud, beside the earlier masks", Qgis.Info

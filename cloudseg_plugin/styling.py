@@ -16,6 +16,7 @@ from qgis.core import (
     QgsColorRampShader,
     QgsFillSymbol,
     QgsLayerMetadata,
+    QgsLayerTree,
     QgsLayerTreeGroup,
     QgsLayerTreeNode,
     QgsMapLayer,
@@ -49,6 +50,45 @@ RESULT_WORDS = {
 def result_name(input_name: str, kind: str) -> str:
     """A result layer's name: the input's first, then what it is ("adwp - clouds")."""
     return f"{input_name} - {RESULT_WORDS[kind]}"
+
+
+def input_name(layer: QgsMapLayer, scene: Path | None = None) -> str:
+    """What a run's results on ``layer`` are named after ("adwp B04" for ``adwp/B04.tif``).
+
+    The layer's name, with the band folder's name first when the layer is one band file
+    of a band folder: QGIS names the layer after the file ("B04"), cloudseg reads the
+    whole folder, and without its name two scenes' B04 results could not be told apart.
+
+    Args:
+        layer: The layer the run is made on.
+        scene: What cloudseg reads for it (``scene_path_from_gdal_source``), if known.
+    """
+    from ..backend.errors import CloudsegError
+    from ..backend.raster.reader import scene_path_from_gdal_source
+
+    name = layer.name()
+    if scene is None:
+        try:
+            scene = scene_path_from_gdal_source(layer.source())
+        except (CloudsegError, OSError, ValueError):
+            return name
+    file = Path(layer.source().split("|")[0])
+    if scene.is_dir() and file.parent == scene and scene.name.lower() not in name.lower():
+        return f"{scene.name} {name}"
+    return name
+
+
+def distinct_suffix(names: list[str], taken: set[str]) -> str:
+    """The suffix that sets one run's ``names`` apart from those ``taken``.
+
+    "" when none is taken, else " (2)", " (3)"... the first that frees them all: one for
+    the whole run, so that its layers and group keep matching names.
+    """
+    suffix, number = "", 1
+    while any(name + suffix in taken for name in names):
+        number += 1
+        suffix = f" ({number})"
+    return suffix
 
 
 def cloudseg_tags(layer: QgsRasterLayer) -> dict[str, str]:
@@ -344,6 +384,8 @@ def place_results(
     - In a new sub-group ``group_name`` on top of the results group, else on top of the
       results group itself; ``layers`` top first. Layers already in the project (loaded
       by Processing) are moved there, the others added.
+    - Named apart from the layers already there: a second run's layers and group get
+      " (2)", as QGIS names copies, so that no two results share a name.
     - Visible on the map, also when the results group, or a group above it, was hidden
       (unchecked): a run that reports success shows what it made (:func:`show_on_map`).
 
@@ -352,12 +394,18 @@ def place_results(
     """
     parent = results_group(project)
     parent.setExpanded(True)
+    ours = {layer.id() for layer in layers}
+    taken = {layer.name() for layer in project.mapLayers().values() if layer.id() not in ours}
+    taken |= {child.name() for child in parent.children() if QgsLayerTree.isGroup(child)}
+    names = [layer.name() for layer in layers] + ([group_name] if group_name else [])
+    suffix = distinct_suffix(names, taken)
     group = parent
     if group_name:
-        group = parent.insertGroup(0, group_name)
+        group = parent.insertGroup(0, group_name + suffix)
         group.setExpanded(True)
     root = project.layerTreeRoot()
     for index, layer in enumerate(layers):
+        layer.setName(layer.name() + suffix)
         node = root.findLayer(layer.id())
         if node is None:
             if project.mapLayer(layer.id()) is None:
@@ -386,7 +434,7 @@ def add_results(
 
     Layers are named by their input first (``name``: "adwp - clouds"); the group (named
     ``group_name``, else ``name``) and the results group are expanded, newest on top,
-    and shown (:func:`place_results`).
+    and shown (:func:`place_results`: a second run's names end in " (2)")
 
     Returns:
         The layers added (mask first), and their group.

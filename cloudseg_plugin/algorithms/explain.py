@@ -149,10 +149,11 @@ trained with cloudseg."""
             f"{result.layer}, {result.seconds:.1f} s"
         )
         if context.willLoadLayerOnCompletion(output):
-            styler = ExplanationStyler(layer.name(), result.classes, result.method)
+            name = styling.input_name(layer)  # "adwp B04" for a band file of a band folder
+            styler = ExplanationStyler(name, result.classes, result.method)
             _STYLERS.append(styler)
             details = context.layerToLoadOnCompletionDetails(output)
-            details.name = styling.explanation_name(layer.name(), result.classes[0], result.method)
+            details.name = styling.explanation_name(name, result.classes[0], result.method)
             details.forceName = True  # not the file's name, whatever Processing prefers
             details.setPostProcessor(styler)
         feedback.pushInfo(f"Cost: {result.accounting['summary']}")

@@ -469,7 +469,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             feedback.pushInfo(f"Polygons: {result.polygon_counts}")
 
         self._style_on_load(
-            context, output, probabilities, vector, layer.name(), uncertainty, valid
+            context, output, probabilities, vector, styling.input_name(layer), uncertainty, valid
         )
         percent = result.class_percent
         feedback.pushInfo(

@@ -302,3 +302,38 @@ def test_an_explanation_inside_a_hidden_group_shows_on_the_map(
     assert task.error == "", task.error
     assert _shown(root.findGroup("Cloud segmentation")) == {str(task.result.output)}
     assert not root.findLayer(kept.id()).isVisible()  # hidden before, hidden still
+
+
+def test_results_are_named_after_the_band_folder_and_apart_run_by_run(
+    plugin, qgis_iface, layers, band_folder, tmp_path, wait_for
+):
+    """Issue 39, item 16: QGIS names the band file's layer "B04"; cloudseg reads its folder.
+
+    The results say which scene ("adwp B04 - clouds"), and a second run's end in " (2)".
+    """
+    dock = open_dock(plugin, tmp_path)
+    dock.level_combo.setCurrentIndex(dock.level_combo.findData("L2A"))
+    band = layers["band"]
+    assert band.name() == "B04"  # as QGIS names adwp/B04.tif
+    scene = f"{band_folder.name} B04"
+    qgis_iface.setActiveLayer(band)
+    for _ in range(2):
+        wait_for(dock.run_active_layer())
+    model = dock.runs[0].model
+    results = QgsProject.instance().layerTreeRoot().findGroup("Cloud segmentation")
+    newest, first = results.children()
+    assert [first.name(), newest.name()] == [f"{scene} - {model}", f"{scene} - {model} (2)"]
+    assert [node.name() for node in first.findLayers()] == [f"{scene} - clouds"]
+    assert [node.name() for node in newest.findLayers()] == [f"{scene} - clouds (2)"]
+    assert dock.runs_table.item(0, 0).text() == scene
+    # Explain view twice: the second heat map is named apart too.
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(band.crs())
+    full = band.extent()
+    canvas.setExtent(
+        type(full)(full.xMinimum(), full.yMaximum() - 640, full.xMinimum() + 640, full.yMaximum())
+    )
+    for _ in range(2):
+        wait_for(dock.explain_view())
+    names = [child.name() for child in results.children()[:2]]
+    assert names == [f"{scene} - why cloud (gradcam) (2)", f"{scene} - why cloud (gradcam)"]

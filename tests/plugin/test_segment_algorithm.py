@@ -306,3 +306,35 @@ def test_results_show_on_the_map_when_the_results_group_is_hidden(plugin, chip_l
     )
     shown = [node.layer().source() for node in results.findLayers() if node.isVisible()]
     assert shown == [result["OUTPUT"]]
+
+
+@pytest.fixture
+def band_layer(band_folder):
+    """adwp/B04.tif as QGIS opens it: a layer named "B04"."""
+    layer = QgsRasterLayer(str(band_folder / "B04.tif"), "B04")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    yield layer
+    QgsProject.instance().removeAllMapLayers()
+    QgsProject.instance().layerTreeRoot().removeAllChildren()
+
+
+def test_a_band_files_results_are_named_after_its_folder_and_apart(
+    plugin, band_layer, band_folder, tmp_path
+):
+    """Issue 39, item 16, through Processing: "adwp B04 - clouds", then "... (2)"."""
+    for number in range(2):
+        processing.runAndLoadResults(
+            "cloudseg:segment",
+            {
+                "INPUT": band_layer,
+                "PRODUCT_LEVEL": "L2A",
+                "OUTPUT": str(tmp_path / f"mask{number}.tif"),
+            },
+        )
+    results = QgsProject.instance().layerTreeRoot().findGroup("Cloud segmentation")
+    scene = f"{band_folder.name} B04"
+    assert [node.name() for node in results.findLayers()] == [
+        f"{scene} - clouds (2)",
+        f"{scene} - clouds",
+    ]

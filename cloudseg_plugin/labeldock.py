@@ -109,6 +109,10 @@ class LabelDock(QDockWidget, LabelDockUi):
 
         self._forget_layers = forget_layers
         QgsProject.instance().layersWillBeRemoved.connect(forget_layers)
+        self._results: dict[str, bool] = {}  # layer id -> made by cloudseg (not a scene)
+        QgsProject.instance().layersAdded.connect(self._offer_scenes_only)
+        QgsProject.instance().layersRemoved.connect(self._offer_scenes_only)
+        self._offer_scenes_only()
         saved = QSettings().value(SETTINGS_PROJECT, "")
         if saved and Path(saved).is_file():
             self.project_widget.setFilePath(saved)  # opens it (fileChanged)
@@ -161,12 +165,33 @@ class LabelDock(QDockWidget, LabelDockUi):
 
     def detach(self) -> None:
         """Remove the keys, the outline and signal connections (before deletion)."""
+        project = QgsProject.instance()
         with contextlib.suppress(TypeError, RuntimeError):
-            QgsProject.instance().layersWillBeRemoved.disconnect(self._forget_layers)
+            project.layersWillBeRemoved.disconnect(self._forget_layers)
+        for signal in (project.layersAdded, project.layersRemoved):
+            with contextlib.suppress(TypeError, RuntimeError):
+                signal.disconnect(self._offer_scenes_only)
         self.class_buttons.disconnect()
         with contextlib.suppress(RuntimeError):
             self.highlight.reset()
             self.iface.mapCanvas().scene().removeItem(self.highlight)
+
+    def _offer_scenes_only(self, *_changed: Any) -> None:
+        """The Scene list offers scenes: not the masks, probabilities, uncertainty...
+
+        What cloudseg made is known by its file's tags (:func:`styling.is_result`), read
+        once per layer.
+        """
+        layers = QgsProject.instance().mapLayers()
+        self._results = {
+            layer_id: self._results[layer_id]
+            if layer_id in self._results
+            else styling.is_result(layer)
+            for layer_id, layer in layers.items()
+        }
+        self.scene_combo.setExceptedLayerList(
+            [layers[layer_id] for layer_id, result in self._results.items() if result]
+        )
 
     # -- the project ---------------------------------------------------------------------
     def _typed_project(self) -> None:

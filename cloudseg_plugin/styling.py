@@ -78,6 +78,15 @@ def input_name(layer: QgsMapLayer, scene: Path | None = None) -> str:
     return name
 
 
+def is_result(layer: QgsMapLayer) -> bool:
+    """Whether ``layer`` is something cloudseg made, not a scene.
+
+    Masks, probabilities, uncertainty, valid pixels, explanations: their files carry
+    cloudseg's tags.
+    """
+    return isinstance(layer, QgsRasterLayer) and bool(cloudseg_tags(layer))
+
+
 def distinct_suffix(names: list[str], taken: set[str]) -> str:
     """The suffix that sets one run's ``names`` apart from those ``taken``.
 
@@ -95,7 +104,12 @@ def cloudseg_tags(layer: QgsRasterLayer) -> dict[str, str]:
     """The ``CLOUDSEG_*`` metadata tags of a raster layer's file (empty if none)."""
     from osgeo import gdal
 
-    dataset = gdal.Open(layer.source())
+    if layer.providerType() != "gdal":  # a web service: nothing of cloudseg's, no request
+        return {}
+    try:
+        dataset = gdal.Open(layer.source())
+    except RuntimeError:  # GDAL raising (osgeo.gdal.UseExceptions elsewhere)
+        return {}
     if dataset is None:
         return {}
     return {k: v for k, v in (dataset.GetMetadata() or {}).items() if k.startswith("CLOUDSEG_")}

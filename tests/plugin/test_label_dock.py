@@ -250,3 +250,31 @@ def test_a_typed_project_path_opens_once_when_the_typing_ends(dock, tmp_path):
     dock.open_project(tmp_path / "no-such-folder" / "p.gpkg")
     assert "does not exist" in dock.status_label.text()
     assert dock.project.path == target
+
+
+def _offered(combo):
+    """The layers a QgsMapLayerComboBox offers, by name."""
+    return sorted(combo.layer(index).name() for index in range(combo.count()))
+
+
+def test_the_scene_list_offers_scenes_not_results(dock, session, tmp_path):
+    """Issue 39, item 16: masks, probabilities, uncertainty are no scenes to label."""
+    from cloudseg.backend.inference.segment import SegmentOptions, segment
+
+    chip = session["chip"]
+    outputs = {kind: tmp_path / f"{kind}.tif" for kind in ("mask", "probs", "doubt", "valid")}
+    options = SegmentOptions(
+        model=MODEL,
+        probabilities=outputs["probs"],
+        uncertainty=outputs["doubt"],
+        valid=outputs["valid"],
+    )
+    segment(chip.source(), outputs["mask"], options)
+    project = QgsProject.instance()
+    for kind, path in outputs.items():
+        project.addMapLayer(QgsRasterLayer(str(path), f"chip - {kind}"))
+    other = QgsRasterLayer(chip.source(), "another scene")
+    project.addMapLayer(other)
+    assert _offered(dock.scene_combo) == ["another scene", "chip"]
+    project.removeMapLayer(other.id())
+    assert _offered(dock.scene_combo) == ["chip"]

@@ -79,9 +79,13 @@ def from_stac(path: Path) -> Level | None:
     item = path.with_suffix(".json") if path.suffix else path / "item.json"
     if not item.is_file():
         return None
+    from ..errors import InputError
+    from .boundary import check_path
+
     try:
+        check_path(item)  # a server job reads under its roots only
         properties = json.loads(item.read_text(encoding="utf-8")).get("properties", {})
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, InputError):
         return None
     for key in ("processing:level", "s2:product_type", "product_type"):
         value = properties.get(key)

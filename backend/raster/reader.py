@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import BandError, InputError
 from .bands import band_from_filename, canonical_band
+from .boundary import check_path, check_raster
 from .level import UNKNOWN, Level
 from .level import from_names as level_from_names
 from .level import from_radiometry as level_from_radiometry
@@ -82,6 +83,7 @@ class SceneReader:
         try:
             for band_source in sources.values():
                 if band_source.path not in self._datasets:
+                    check_raster(band_source.path)  # a server job's roots (see .boundary)
                     # Full-resolution pixels only: internal overviews (JPEG 2000 levels,
                     # COG overviews) would make results depend on the file format.
                     self._datasets[band_source.path] = rasterio.open(
@@ -90,6 +92,9 @@ class SceneReader:
         except rasterio.errors.RasterioIOError as exc:
             self.close()
             raise InputError(f"cannot read {path}: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
         reference = min(self._datasets.values(), key=lambda ds: abs(ds.res[0]))
         self.crs = reference.crs
         self.transform = reference.transform
@@ -475,6 +480,7 @@ def _sources_from_multiband(
 ) -> tuple[dict[str, BandSource], str]:
     import rasterio
 
+    check_raster(path)
     try:
         ds = rasterio.open(path)
     except rasterio.errors.RasterioIOError as exc:
@@ -536,6 +542,7 @@ def _sources_from_folder(
         if scale is None:
             import rasterio
 
+            check_raster(file)
             with rasterio.open(file) as ds:
                 band_scale, how = _default_scale(str(file), ds.dtypes[0])
         else:
@@ -579,6 +586,7 @@ def open_scene(
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"input {path} does not exist")
+    check_path(path)  # a server job reads under its roots only (see .boundary)
     level = product_level.upper() if product_level else None
     if level not in (None, "L1C", "L2A"):
         raise InputError(f"product level must be L1C or L2A, not {product_level!r}")

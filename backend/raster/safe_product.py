@@ -148,4 +148,7 @@ def open_safe(path: Path) -> SafeProduct:
     candidates = sorted(path.glob("MTD_MSIL*.xml"))
     if not candidates:
         raise InputError(f"{path}: no MTD_MSIL1C.xml or MTD_MSIL2A.xml in the product folder")
+    from .boundary import check_path
+
+    check_path(candidates[0])  # a server job reads under its roots only (a link out)
     return parse_metadata(candidates[0].read_text(encoding="utf-8"), str(path.resolve()), path)

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 from ..errors import InputError
+from .boundary import check_raster
 
 #: Asset names read as the bands of one scene.
 BAND_ASSETS = ("B02", "B03", "B04", "B08", "B8A", "B11", "B12")
@@ -231,6 +232,9 @@ def band_vrt(item_id: str, bands: tuple[tuple[str, str], ...], folder: Path) -> 
     from ..network import configure_gdal, redact
 
     configure_gdal()
+    for name, href in bands:  # a server job reads local assets under its roots only
+        if not href.startswith(("http://", "https://", "s3://")):
+            check_raster(href, f"band asset {name} of Item {item_id} ({href})")
     paths = [gdal_path(href) for _, href in bands]
     gdal.PushErrorHandler("CPLQuietErrorHandler")
     try:
@@ -306,6 +310,7 @@ def local_source(item: SourceItem, folder: Path) -> str:
             raise InputError(f"the image asset of Item {item.id} cannot be read")
         dataset = None
         return str(vrt)
+    check_raster(item.image, f"the image asset of Item {item.id} ({item.image})")
     return item.image
 
 

@@ -172,7 +172,10 @@ def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
     from .ogc import FILES_PREFIX, PREFIX, attach, dismissal, ogc_app
     from .web import build_page
 
-    queue = JobQueue(work, config.concurrency, config.keep_seconds)
+    # A job reads under --root, its own folder and the page's uploads, nothing else.
+    queue = JobQueue(
+        work, config.concurrency, config.keep_seconds, [*config.roots, work / "uploads"]
+    )
     base = config.base_url(port)
     attach(queue, config, base)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=_threads)

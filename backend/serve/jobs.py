@@ -28,6 +28,7 @@ from typing import Any
 
 from ..dependencies import missing_from
 from ..errors import CancelledError, CloudsegError
+from ..raster.boundary import reading_under
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +89,18 @@ class Job:
 class JobQueue:
     """Jobs of both faces, run by ``concurrency`` worker threads in submission order."""
 
-    def __init__(self, work: Path, concurrency: int = 1, keep_seconds: float = 86400.0) -> None:
+    def __init__(
+        self,
+        work: Path,
+        concurrency: int = 1,
+        keep_seconds: float = 86400.0,
+        read_roots: list[Path] | None = None,
+    ) -> None:
         self.folder = work / "jobs"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.keep_seconds = keep_seconds
+        #: Folders a job may read besides its own (None: anything; see raster.boundary).
+        self.read_roots = read_roots
         self._jobs: dict[str, Job] = {}
         self._waiting: list[Job] = []
         self._lock = threading.Condition()
@@ -212,7 +221,11 @@ class JobQueue:
             job.updated = _now()
 
         try:
-            outcome = job.runner(job, progress, job.cancel_requested.is_set)
+            if self.read_roots is None:
+                outcome = job.runner(job, progress, job.cancel_requested.is_set)
+            else:
+                with reading_under([*self.read_roots, job.folder]):
+                    outcome = job.runner(job, progress, job.cancel_requested.is_set)
         except CancelledError:
             self._end(job, DISMISSED, "dismissed while it ran; nothing was kept")
         except CloudsegError as exc:

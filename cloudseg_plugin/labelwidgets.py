@@ -113,7 +113,7 @@ class LabelDockUi:
         )
         layout.addWidget(self.start_button)
         self.class_buttons = ClassButtons(body)
-        layout.addWidget(QLabel("Class of the next polygon (keys 1-4)"))
+        layout.addWidget(self.class_buttons.hint)
         layout.addLayout(self.class_buttons.row)
         self.progress_label = QLabel("no label project open")
         self.progress_label.setWordWrap(True)
@@ -158,14 +158,16 @@ class LabelDockUi:
 
 
 class ClassButtons:
-    """One checkable button per class of the model (at most 4), and keys 1-4 for them.
+    """One checkable button per class of the model (at most 4), and keys 1, 2... for them.
 
     ``picked(value)`` is called with the class value when a button is clicked or its
-    key pressed (keys only while ``active()`` says the dock is shown).
+    key pressed (keys only while ``active()`` says the dock is shown). ``hint`` names
+    the keys there are: "keys 1-3" for three classes.
     """
 
     def __init__(self, parent: QWidget) -> None:
         self.row = QHBoxLayout()
+        self.hint = QLabel("Class of the next polygon")
         self.group = QButtonGroup(parent)
         self.group.setExclusive(True)
         self.shortcuts: list[QShortcut] = []
@@ -186,6 +188,9 @@ class ClassButtons:
             button.setToolTip(f"New polygons get class {info.value} ({info.name}); key {key}")
             self.group.addButton(button, info.value)
             self.row.addWidget(button)
+        count = len(self.group.buttons())
+        keys = "" if not count else " (key 1)" if count == 1 else f" (keys 1-{count})"
+        self.hint.setText(f"Class of the next polygon{keys}")
 
     def check(self, value: int) -> None:
         """Show ``value``'s button as the one chosen."""
@@ -196,7 +201,10 @@ class ClassButtons:
     def connect(
         self, window: QWidget, picked: Callable[[int], None], active: Callable[[], bool]
     ) -> None:
-        """Call ``picked`` on a click, and on keys 1-4 in ``window`` while ``active()``."""
+        """Call ``picked`` on a click, and on keys 1-4 in ``window`` while ``active()``.
+
+        A key with no button (4 for three classes) does nothing.
+        """
         self.group.idClicked.connect(picked)
 
         def key(number: int) -> None:

@@ -21,7 +21,7 @@ from qgis.core import (
 from cloudseg.backend.active.labels import rasterize_box
 from cloudseg.backend.active.loop import latest_run
 from cloudseg.backend.active.project import LabelProject
-from cloudseg.backend.models.registry import registered_models
+from cloudseg.backend.models.registry import load_model, registered_models
 
 pytestmark = pytest.mark.real_data
 MODEL = "ukis-csmask-4b-l2a"
@@ -278,3 +278,13 @@ def test_the_scene_list_offers_scenes_not_results(dock, session, tmp_path):
     assert _offered(dock.scene_combo) == ["another scene", "chip"]
     project.removeMapLayer(other.id())
     assert _offered(dock.scene_combo) == ["chip"]
+
+
+def test_the_key_hint_names_the_keys_of_the_class_buttons(dock):
+    """Issue 39, item 16: "keys 1-4" was shown beside three class buttons."""
+    from qgis.PyQt.QtWidgets import QLabel
+
+    buttons = dock.class_buttons.group.buttons()
+    assert len(buttons) == len(load_model(MODEL).card.classes)
+    hints = [w.text() for w in dock.findChildren(QLabel) if w.text().startswith("Class of")]
+    assert hints == [f"Class of the next polygon (keys 1-{len(buttons)})"]

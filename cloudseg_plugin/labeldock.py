@@ -2,10 +2,12 @@
 
 Pick the scene layer, the model and a label project (one GeoPackage); "Propose areas"
 segments the scene with an uncertainty layer and ranks boxes by doubt (a QgsTask);
-"Next" zooms to the next box and outlines it, hiding the model's layers so the scene
-shows in true colour; "Start from the model" fills the box with the model's mask as
-polygons; class buttons (keys 1-4) set the class of the next polygon digitized with
-QGIS's own tools on the ``labels`` layer; Done / Skip / Back mark the box.
+"Next" zooms to the next box and outlines it (box 1 first after proposing), hiding the
+model's layers so the scene shows in true colour; "Start from the model" fills the box
+with the model's mask as polygons; class buttons (keys 1 to the number of classes) set
+the class of the next polygon digitized with QGIS's own tools on the ``labels`` layer;
+Done / Skip / Back mark the box. The box's outline shows while the dock and the
+proposals layer do.
 "Fine-tune" (a QgsTask) makes a new model version from the done boxes and "Re-run"
 segments the scene with it beside the old mask; the round history shows IoU on the
 held-out boxes before and after.
@@ -106,10 +108,12 @@ class LabelDock(QDockWidget, LabelDockUi):
         def forget_layers(ids: list[str]) -> None:  # the analyst removed project layers
             if self.layers is not None:
                 self.layers.forget(ids)
+            self._show_outline()
 
         self._forget_layers = forget_layers
         QgsProject.instance().layersWillBeRemoved.connect(forget_layers)
         self._results: dict[str, bool] = {}  # layer id -> made by cloudseg (not a scene)
+        QgsProject.instance().layerTreeRoot().visibilityChanged.connect(self._show_outline)
         QgsProject.instance().layersAdded.connect(self._offer_scenes_only)
         QgsProject.instance().layersRemoved.connect(self._offer_scenes_only)
         self._offer_scenes_only()
@@ -171,6 +175,8 @@ class LabelDock(QDockWidget, LabelDockUi):
         for signal in (project.layersAdded, project.layersRemoved):
             with contextlib.suppress(TypeError, RuntimeError):
                 signal.disconnect(self._offer_scenes_only)
+        with contextlib.suppress(TypeError, RuntimeError):
+            project.layerTreeRoot().visibilityChanged.disconnect(self._show_outline)
         self.class_buttons.disconnect()
         with contextlib.suppress(RuntimeError):
             self.highlight.reset()
@@ -192,6 +198,26 @@ class LabelDock(QDockWidget, LabelDockUi):
         self.scene_combo.setExceptedLayerList(
             [layers[layer_id] for layer_id, result in self._results.items() if result]
         )
+
+    def setVisible(self, visible: bool) -> None:
+        """Show or hide the dock, and the current box's outline with it."""
+        super().setVisible(visible)
+        self._show_outline()
+
+    def _show_outline(self, *_node: Any) -> None:
+        """Show the current box's outline while the dock and the proposals layer are shown.
+
+        Hidden with the dock (closed) and with the proposals layer or a group above it
+        (unchecked in the Layers panel); shown again with them.
+        """
+        if not hasattr(self, "highlight"):  # Qt shows the dock before it is built
+            return
+        node = None
+        if self.proposals is not None:
+            with contextlib.suppress(RuntimeError):  # the layer is being deleted
+                node = QgsProject.instance().layerTreeRoot().findLayer(self.proposals.id())
+        shown = self.current is not None and not self.isHidden()
+        self.highlight.setVisible(shown and node is not None and node.isVisible())
 
     # -- the project ---------------------------------------------------------------------
     def _typed_project(self) -> None:
@@ -225,7 +251,8 @@ class LabelDock(QDockWidget, LabelDockUi):
             self._say(for_qgis(str(exc), DOCK), Qgis.Warning)
             return
         self.layers = ProjectLayers(self.project)
-        self.current = None
+        self.current = None  # no box of this project is shown yet
+        self._show_outline()
         self.handled.clear()
         QSettings().setValue(SETTINGS_PROJECT, str(self.project.path))
         self._pick_scene_and_model(self._reload())
@@ -282,21 +309,40 @@ class LabelDock(QDockWidget, LabelDockUi):
             name = styling.input_name(layer, source)
             self.layers.add_run(name, result.run.mask, result.run.uncertainty)
             self._pick_scene_and_model(self._reload())
+            # No box is shown yet: Next goes to box 1, never past a box not seen.
             self.current = None
-            self._say(f"{len(result.proposals)} boxes proposed, most doubtful first", Qgis.Info)
-            self.next_box()
+            self._show_outline()
+            self._say(
+                f"{len(result.proposals)} boxes proposed, most doubtful first: press Next "
+                "to go to box 1",
+                Qgis.Info,
+            )
 
         return self._run(f"Propose areas in {layer.name()}", work, done)
 
     # -- walking the boxes -------------------------------------------------------------
     def next_box(self) -> int | None:
-        """Zoom to the next box to label (by rank) and select it; its fid, or None."""
+        """Zoom to the box after the one shown (box 1 when none is) and outline it.
+
+        Returns:
+            The box's fid, or None (said) when there is no project or no box to label.
+        """
         if self.project is None:
+            self._say(
+                "no label project open: choose one (a .gpkg) under Label project, then "
+                "press Propose areas",
+                Qgis.Warning,
+            )
             return None
-        following = self.project.read().next_todo(self.current)
+        contents = self.project.read()
+        following = contents.next_todo(self.current)
         if following is None:
             self.current = None
-            self._say("no box left to label: fine-tune, or propose more", Qgis.Info)
+            self._show_outline()
+            if contents.proposals:
+                self._say("no box left to label: fine-tune, or propose more", Qgis.Info)
+            else:
+                self._say("no boxes proposed yet: press Propose areas", Qgis.Info)
             self.refresh()
             return None
         self._go_to(following.fid)
@@ -309,12 +355,14 @@ class LabelDock(QDockWidget, LabelDockUi):
         with the selection colour, which would hide the very pixels to label.
         """
         self.layers.ensure(getattr(self._card(), "classes", None))
-        self.current = fid
-        if self.proposals is None:
+        if self.proposals is None:  # nothing shown: the box is not the current one
+            self._say("the project's proposals could not be loaded in QGIS", Qgis.Warning)
             return
+        self.current = fid
         canvas = self.iface.mapCanvas()
         geometry = self.proposals.getFeature(fid).geometry()
         self.highlight.setToGeometry(geometry, self.proposals)
+        self._show_outline()
         with contextlib.suppress(AttributeError, RuntimeError):
             extent = geometry.boundingBox()
             extent.scale(1.15)

@@ -96,8 +96,9 @@ class LabelDockUi:
         self.back_button = _button("Back", "Return to the box marked last; it is to label again")
         self.next_button = _button(
             "Next",
-            "Zoom to the next box to label and select it; the model's layers are hidden so "
-            "the scene shows in true colour (tick them in the layer tree to compare)",
+            "Zoom to the next box to label (box 1 after Propose areas) and outline it; the "
+            "model's layers are hidden so the scene shows in true colour (tick them in the "
+            "layer tree to compare)",
         )
         self.skip_button = _button("Skip", "Never propose this box again")
         self.done_button = _button(

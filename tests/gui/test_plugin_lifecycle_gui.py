@@ -66,8 +66,21 @@ def test_a_label_dock_round_inside_the_real_qgis(run_qgis):
     seen = run_qgis("label_round", timeout=300)
     assert seen["errors"] == []
     assert seen["propose_started"] and seen["proposed"] == 4
+    # Issue 39, item 16: Propose shows no box yet and says so; the first Next is box 1.
+    assert seen["after_propose"].endswith("press Next to go to box 1")
+    assert seen["first_rank"] == 1
+    # The scene list offers the scene, not the model's mask and heat map just added.
+    assert seen["scene_layer"] == "B04" and seen["scenes"] == ["B04"]
+    assert seen["key_hint"] == f"Class of the next polygon (keys 1-{seen['class_buttons']})"
+    # The box's outline goes with the project's group and with the dock, and comes back.
+    assert seen["outline"] == {
+        "at_box": True,
+        "group_hidden": False,
+        "dock_closed": False,
+        "both_back": True,
+    }
     # At a box, the model's heat map and mask are hidden: the scene shows under the labels.
-    assert seen["shown_at_box"] == ["adwp B04", "coast - labels", "coast - proposals"]
+    assert seen["shown_at_box"] == ["B04", "coast - labels", "coast - proposals"]
     assert seen["active_at_box"] == "coast - labels"
     for red, green, blue in seen["box_colours"]:  # the grey band, no colour ramp over it
         assert red == green == blue, seen["box_colours"]
@@ -78,5 +91,6 @@ def test_a_label_dock_round_inside_the_real_qgis(run_qgis):
     # The judge's verdict decides which model the dock selects.
     assert seen["model"] == ("coast-r1" if "coast-r1 adopted" in said else "ukis-csmask-4b-l2a")
     assert seen["triton"] == "None"  # kept out: loading it kills QGIS (see keep_triton_out)
+    # Named after the band folder cloudseg read, not the file QGIS named the layer after.
     assert seen["rerun_started"] and "adwp B04 - clouds (coast-r1)" in seen["layers"]
     assert not [line for line in seen["log"] if "Traceback" in line]

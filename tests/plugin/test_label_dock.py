@@ -80,9 +80,9 @@ def test_the_analyst_loop_from_proposals_to_a_better_model(dock, session, plugin
     task = dock.propose()
     wait_for(task)
     assert task.error == ""
-    # Proposals: four boxes, all to label, the first selected and zoomed to.
+    # Proposals: four boxes, all to label; Next selects the first and zooms to it.
     assert _statuses(dock) == {1: "todo", 2: "todo", 3: "todo", 4: "todo"}
-    first = dock.current
+    first = dock.next_box()
     assert dock.proposals.getFeature(first)["rank"] == 1
     # Outlined, not selected: a selected polygon is filled and would hide the pixels.
     outline = dock.highlight.asGeometry().boundingBox()
@@ -278,6 +278,52 @@ def test_the_scene_list_offers_scenes_not_results(dock, session, tmp_path):
     assert _offered(dock.scene_combo) == ["another scene", "chip"]
     project.removeMapLayer(other.id())
     assert _offered(dock.scene_combo) == ["chip"]
+
+
+def test_next_after_propose_shows_box_1_and_the_outline_hides_with_the_dock(
+    dock, session, plugin, wait_for
+):
+    """Issue 39, item 16: the first Next skips no box; the outline goes with dock and group."""
+    dock.project_widget.setFilePath(str(session["project"]))
+    wait_for(dock.propose())
+    assert dock.current is None and not dock.highlight.isVisible()  # no box shown yet
+    assert "press Next to go to box 1" in dock.status_label.text()
+    ranks = [dock.proposals.getFeature(dock.next_box())["rank"] for _ in range(2)]
+    assert ranks == [1, 2]
+    outline = dock.highlight.asGeometry().boundingBox()
+    assert outline == dock.proposals.getFeature(dock.current).geometry().boundingBox()
+    assert dock.highlight.isVisible()
+    # The project's group unticked in the Layers panel: the outline goes with its boxes.
+    group = QgsProject.instance().layerTreeRoot().findGroup(f"Labels - {dock.project.name}")
+    group.setItemVisibilityChecked(False)
+    assert not dock.highlight.isVisible()
+    group.setItemVisibilityChecked(True)
+    assert dock.highlight.isVisible()
+    # The dock closed (its menu action, or its close button): the outline goes with it.
+    plugin.label_action.setChecked(False)
+    assert dock.isHidden() and not dock.highlight.isVisible()
+    plugin.label_action.setChecked(True)
+    assert dock.highlight.isVisible()
+    dock.close()
+    assert not dock.highlight.isVisible()
+    dock.show()
+    assert dock.highlight.isVisible()
+    # Another project opened: none of its boxes is shown yet, nor outlined.
+    dock.open_project(session["project"].with_name("other.gpkg"))
+    assert dock.current is None and not dock.highlight.isVisible()
+
+
+def test_next_without_a_project_or_proposals_says_what_to_do(dock, tmp_path):
+    """Issue 39, item 16: Next said nothing without a project."""
+    dock.project = None
+    dock.status_label.setText("")
+    assert dock.next_box() is None
+    assert dock.status_label.text() == (
+        "no label project open: choose one (a .gpkg) under Label project, then press Propose areas"
+    )
+    dock.open_project(tmp_path / "new.gpkg")
+    assert dock.next_box() is None
+    assert dock.status_label.text() == "no boxes proposed yet: press Propose areas"
 
 
 def test_the_key_hint_names_the_keys_of_the_class_buttons(dock):

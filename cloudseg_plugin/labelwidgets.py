@@ -202,7 +202,7 @@ class ClassButtons:
     def connect(
         self, window: QWidget, picked: Callable[[int], None], active: Callable[[], bool]
     ) -> None:
-        """Call ``picked`` on a click, and on keys 1-4 in ``window`` while ``active()``.
+        """Call ``picked`` on a click, and on its number key (1-N) in ``window`` while ``active()``.
 
         A key with no button (4 for three classes) does nothing.
         """

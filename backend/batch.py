@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 from .atomic import file_sha256
 from .callbacks import CancelCallback
 from .errors import CancelledError, CloudsegError, InputError, OutputExistsError
+from .metadata_files import read_json, read_text
 from .raster.stac_input import (
     BAND_ASSETS,
     SourceItem,
@@ -295,7 +296,7 @@ def find_scenes(inputs: list[str], work: Path, endpoint_url: str | None = None) 
         elif spec.startswith(("http://", "https://")) and is_item_input(spec):
             found = _stac_scenes(spec)
         elif path.suffix.lower() in (".txt", ".lst") and path.is_file():
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = read_text(path).splitlines()  # within the metadata limit
             entries = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")]
             found = find_scenes([resolve_href(e, str(path)) for e in entries], Path(), endpoint_url)
         elif path.exists():
@@ -411,8 +412,8 @@ class _Destination:
             try:
                 if self.s3:
                     data = json.loads(self._storage.read_bytes(name))
-                else:
-                    data = json.loads((self.folder / name).read_text(encoding="utf-8"))
+                else:  # within the metadata limit: a foreign file there is not read whole
+                    data = read_json(self.folder / name)
             except (KeyError, FileNotFoundError, IsADirectoryError, ValueError):
                 return None
         return data if isinstance(data, dict) else None

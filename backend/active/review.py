@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..metadata_files import read_json
 from ..models.cards import class_color
 from ..raster.vectorize import ogr_srs
 from ..store.dataset import StoredDataset, open_dataset
@@ -80,9 +81,9 @@ def read_report(report: str | Path) -> dict[str, Any]:
     """
     path = Path(report).expanduser()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read the label check report {path}: {exc}") from None
+        data = read_json(path)  # within the metadata limit
+    except InputError as exc:
+        raise InputError(f"cannot read the label check report: {exc}") from None
     if not isinstance(data, dict) or "scenes" not in data or "store" not in data:
         raise InputError(f"{path} is not a label check report (label_issues.json)")
     return data

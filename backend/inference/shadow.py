@@ -30,9 +30,6 @@ stays bounded).
 from __future__ import annotations
 
 import math
-import re
-import xml.etree.ElementTree as ET
-import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,8 +40,10 @@ import numpy as np
 from ..atomic import temporary_folder
 from ..callbacks import CancelCallback, ProgressCallback, never_cancelled, no_progress
 from ..errors import CancelledError
+from ..metadata_files import parse_xml
 from ..models.cards import class_kind
 from ..raster.reader import SceneReader
+from ..raster.safe_product import tile_metadata
 from .decision import decide
 
 #: Plausible cloud-top heights, metres: the shadow lies between these heights' projections.
@@ -143,9 +142,13 @@ def sun_from_tags(tags: dict[str, Any], source: str = "GDAL metadata") -> SunAng
     return SunAngles(azimuth % 360.0, zenith, source)
 
 
-def sun_from_tile_xml(text: str) -> SunAngles | None:
-    """The mean sun angles of a Sentinel-2 ``MTD_TL.xml``; None if it has none."""
-    root = ET.fromstring(text)
+def sun_from_tile_xml(text: str | bytes, shown: str = "MTD_TL.xml") -> SunAngles | None:
+    """The mean sun angles of a Sentinel-2 ``MTD_TL.xml``; None if it has none.
+
+    Raises:
+        InputError: For text that is not UTF-8 or not XML (naming ``shown``).
+    """
+    root = parse_xml(text, shown)
     mean = next((e for e in root.iter() if e.tag.split("}")[-1] == "Mean_Sun_Angle"), None)
     if mean is None:
         return None
@@ -156,38 +159,28 @@ def sun_from_tile_xml(text: str) -> SunAngles | None:
     )
 
 
-def _tile_xml(path: Path) -> str | None:
-    """The text of a SAFE product's (folder or zip) first ``GRANULE/*/MTD_TL.xml``."""
-    if path.is_dir():
-        found = sorted(path.glob("GRANULE/*/MTD_TL.xml"))
-        return found[0].read_text(encoding="utf-8") if found else None
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if re.search(r"GRANULE/[^/]+/MTD_TL\.xml$", n)]
-            return archive.read(sorted(names)[0]).decode("utf-8") if names else None
-    return None
-
-
 def sun_from_source(
     path: Path | None, tags: dict[str, Any] | None = None, item_properties: dict | None = None
 ) -> SunAngles | None:
     """The sun angles the input records, or None.
 
     Args:
-        path: The input (a SAFE folder or zip is searched for ``MTD_TL.xml``).
+        path: The input (a SAFE folder or zip: its granule's ``MTD_TL.xml``, found and
+            read by :func:`~cloudseg.backend.raster.safe_product.tile_metadata`).
         tags: The input raster's GDAL metadata.
         item_properties: The properties of the STAC Item the input came from.
+
+    Raises:
+        InputError: For a tile metadata file that cannot be read (over the size limit,
+            not UTF-8, not XML): the product is damaged, and the run says so.
     """
     if item_properties:
         sun = sun_from_tags(item_properties, "STAC Item")
         if sun is not None:
             return sun
     if path is not None and path.exists() and (path.is_dir() or path.suffix.lower() == ".zip"):
-        try:
-            text = _tile_xml(path)
-            sun = sun_from_tile_xml(text) if text else None
-        except (OSError, zipfile.BadZipFile, ET.ParseError):
-            sun = None
+        found = tile_metadata(path)
+        sun = sun_from_tile_xml(*found) if found else None
         if sun is not None:
             return sun
     return sun_from_tags(tags) if tags else None

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BandError, ModelError
+from ..metadata_files import read_text
 from .cards import ONNX_CARD_KEY, ModelCard, check_network_shape
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def registered_models() -> list[Model]:
         if not weights.is_file():
             continue  # a registration that did not complete
         try:
-            card = ModelCard.from_json(card_file.read_text(encoding="utf-8"))
+            card = ModelCard.from_json(read_text(card_file))  # within the metadata limit
         except (OSError, ValueError, ModelError) as exc:
             logger.warning("skipped the registered model %s: %s", card_file.name, exc)
             continue
@@ -278,7 +279,7 @@ def read_torch_card(path: Path) -> ModelCard:
     """
     beside = path.with_name(path.name + ".card.json")
     if beside.is_file():
-        return ModelCard.from_json(beside.read_text(encoding="utf-8"))
+        return ModelCard.from_json(read_text(beside))  # within the metadata limit
     checkpoint = load_checkpoint(path)
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("card"), dict):
         return ModelCard.from_dict(checkpoint["card"])

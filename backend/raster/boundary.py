@@ -141,14 +141,9 @@ def _check_vrt(vrt: Path, shown: str, depth: int) -> None:
     """Check every source a VRT reads (its ``SourceFilename`` elements), recursively."""
     if depth >= MAX_VRT_DEPTH:
         raise InputError(f"{shown}: VRTs nested more than {MAX_VRT_DEPTH} deep; refused")
-    import xml.etree.ElementTree as ElementTree  # expat: no external entities fetched
+    from ..metadata_files import parse_xml, read_file  # expat: no external entities fetched
 
-    if vrt.stat().st_size > MAX_VRT_BYTES:
-        raise InputError(f"{shown}: a VRT larger than {MAX_VRT_BYTES // 2**20} MiB; refused")
-    try:
-        root = ElementTree.fromstring(vrt.read_bytes())
-    except (ElementTree.ParseError, ValueError) as exc:
-        raise InputError(f"{shown}: not a readable VRT ({exc}); refused") from None
+    root = parse_xml(read_file(vrt, shown, MAX_VRT_BYTES), shown)  # the one bounded read
     kinds = ("SourceFilename", "SourceDataset", "OverviewDataset")
     for element in root.iter():
         tag = element.tag.rsplit("}", 1)[-1] if isinstance(element.tag, str) else ""

@@ -22,7 +22,6 @@ When none of these says, the level is unknown: the run assumes L1C and warns vis
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,12 +79,13 @@ def from_stac(path: Path) -> Level | None:
     if not item.is_file():
         return None
     from ..errors import InputError
+    from ..metadata_files import read_json
     from .boundary import check_path
 
     try:
         check_path(item)  # a server job reads under its roots only
-        properties = json.loads(item.read_text(encoding="utf-8")).get("properties", {})
-    except (OSError, ValueError, AttributeError, InputError):
+        properties = read_json(item).get("properties", {})  # within the metadata limit
+    except (AttributeError, InputError):
         return None
     for key in ("processing:level", "s2:product_type", "product_type"):
         value = properties.get(key)

@@ -2,7 +2,10 @@
 
 Reads the product metadata (``MTD_MSIL1C.xml`` / ``MTD_MSIL2A.xml``): processing level,
 processing baseline, quantification value and the per-band radiometric offsets that
-baseline 04.00 (January 2022) introduced.
+baseline 04.00 (January 2022) introduced; and finds the granule's tile metadata
+(``MTD_TL.xml``: the sun's angles, read by the shadow geometry). Every metadata file is
+read within :data:`~cloudseg.backend.metadata_files.MAX_METADATA_BYTES`: a file over
+it, or one that is not UTF-8 or not XML, is one line naming the file.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from ..metadata_files import parse_xml, read_file, read_member
 from .bands import S2_BANDS, band_from_filename
 
 #: The band order of ``band_id`` attributes in the product metadata.
@@ -68,26 +72,28 @@ def _text(root: ET.Element, tag: str) -> str | None:
     return node.text.strip() if node is not None and node.text else None
 
 
-def parse_metadata(xml_text: str, gdal_prefix: str, path: Path) -> SafeProduct:
+def parse_metadata(
+    xml_text: str | bytes, gdal_prefix: str, path: Path, shown: str | None = None
+) -> SafeProduct:
     """Parse a product metadata document.
 
     Args:
-        xml_text: Contents of ``MTD_MSIL1C.xml`` or ``MTD_MSIL2A.xml``.
+        xml_text: Contents of ``MTD_MSIL1C.xml`` or ``MTD_MSIL2A.xml`` (bytes: UTF-8).
         gdal_prefix: GDAL path of the product root (``/vsizip/...`` for zips), to which
             the metadata's relative image paths are appended.
-        path: The product path, for messages.
+        path: The product path.
+        shown: How messages name the metadata file (default: the product's path).
 
     Raises:
-        InputError: If the document is not Sentinel-2 product metadata.
+        InputError: If the document is not Sentinel-2 product metadata, or is not UTF-8
+            or XML.
     """
-    try:
-        root = ET.fromstring(xml_text)
-    except ET.ParseError as exc:
-        raise InputError(f"{path}: unreadable product metadata: {exc}") from exc
+    shown = shown or str(path)
+    root = parse_xml(xml_text, shown)
     level_text = _text(root, "PROCESSING_LEVEL") or ""
     level = "L2A" if "2A" in level_text else "L1C" if "1C" in level_text else None
     if level is None:
-        raise InputError(f"{path}: product level {level_text!r} is not Level-1C or Level-2A")
+        raise InputError(f"{shown}: product level {level_text!r} is not Level-1C or Level-2A")
     baseline = _text(root, "PROCESSING_BASELINE") or "00.00"
     quant_tag = "BOA_QUANTIFICATION_VALUE" if level == "L2A" else "QUANTIFICATION_VALUE"
     quantification = float(_text(root, quant_tag) or DEFAULT_QUANTIFICATION)
@@ -107,7 +113,7 @@ def parse_metadata(xml_text: str, gdal_prefix: str, path: Path) -> SafeProduct:
         parts = Path(rel).parts
         if rel.startswith(("/", "\\")) or ".." in parts or ":" in rel:
             raise InputError(
-                f"{path}: the product metadata points at {rel!r}, outside the product; "
+                f"{shown} points at {rel!r}, outside the product; "
                 "the metadata is damaged or not from ESA: download the product again"
             )
         band = band_from_filename(Path(rel).name)
@@ -119,7 +125,7 @@ def parse_metadata(xml_text: str, gdal_prefix: str, path: Path) -> SafeProduct:
             band_files[band] = f"{gdal_prefix}/{rel}.jp2"
             band_resolution[band] = resolution
     if not band_files:
-        raise InputError(f"{path}: the product metadata lists no band images")
+        raise InputError(f"{shown} lists no band images")
     sensing = _text(root, "PRODUCT_START_TIME") or _text(root, "DATATAKE_SENSING_START")
     return SafeProduct(
         path, level, baseline, quantification, offsets, band_files, band_resolution, sensing
@@ -127,10 +133,10 @@ def parse_metadata(xml_text: str, gdal_prefix: str, path: Path) -> SafeProduct:
 
 
 def open_safe(path: Path) -> SafeProduct:
-    """Read a SAFE product's metadata from its folder or zip.
+    """Read a SAFE product's metadata from its folder or zip (within the size limit).
 
     Raises:
-        InputError: If no product metadata is found.
+        InputError: If no product metadata is found, or it cannot be read or used.
     """
     if path.is_file() and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
@@ -142,13 +148,43 @@ def open_safe(path: Path) -> SafeProduct:
             if not names:
                 raise InputError(f"{path}: no MTD_MSIL1C.xml or MTD_MSIL2A.xml in the zip")
             inner = names[0].rsplit("/", 1)[0] if "/" in names[0] else ""
-            xml_text = archive.read(names[0]).decode("utf-8")
+            shown = f"{names[0]} in {path}"
+            data = read_member(archive, names[0], shown)
         prefix = f"/vsizip/{path.resolve()}" + (f"/{inner}" if inner else "")
-        return parse_metadata(xml_text, prefix, path)
+        return parse_metadata(data, prefix, path, shown)
     candidates = sorted(path.glob("MTD_MSIL*.xml"))
     if not candidates:
         raise InputError(f"{path}: no MTD_MSIL1C.xml or MTD_MSIL2A.xml in the product folder")
     from .boundary import check_path
 
     check_path(candidates[0])  # a server job reads under its roots only (a link out)
-    return parse_metadata(candidates[0].read_text(encoding="utf-8"), str(path.resolve()), path)
+    shown = str(candidates[0])
+    return parse_metadata(read_file(candidates[0], shown), str(path.resolve()), path, shown)
+
+
+def tile_metadata(path: Path) -> tuple[bytes, str] | None:
+    """The first granule's ``GRANULE/*/MTD_TL.xml`` of a SAFE folder or zip, and its name.
+
+    Returns:
+        ``(bytes, how messages name it)``; None where the product has none (or ``path``
+        is not a SAFE folder or zip).
+
+    Raises:
+        InputError: For a file over the size limit, or one that cannot be read.
+    """
+    if path.is_dir():
+        found = sorted(path.glob("GRANULE/*/MTD_TL.xml"))
+        if not found:
+            return None
+        from .boundary import check_path
+
+        check_path(found[0])  # a server job reads under its roots only (a link out)
+        return read_file(found[0], str(found[0])), str(found[0])
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if re.search(r"GRANULE/[^/]+/MTD_TL\.xml$", n)]
+            if not names:
+                return None
+            shown = f"{sorted(names)[0]} in {path}"
+            return read_member(archive, sorted(names)[0], shown), shown
+    return None

@@ -91,27 +91,23 @@ def resolve_href(href: str, base: str) -> str:
 def _read_json(source: str) -> Any:
     """The JSON of a local file or an http(s) URL (read under the network timeouts).
 
+    Read within :data:`~cloudseg.backend.metadata_files.MAX_METADATA_BYTES`, as every
+    metadata file is.
+
     Raises:
-        InputError: For a file or URL that cannot be read, or text that is not JSON.
+        InputError: For a file or URL that cannot be read, is over the size limit, or
+            holds text that is not JSON.
     """
+    from ..metadata_files import parse_json, read_file
     from ..network import download, redact
 
     shown = redact(source, query=False)
-    try:
-        if source.startswith(("http://", "https://")):
-            with tempfile.TemporaryDirectory(prefix="cloudseg-item-") as folder:
-                target = Path(folder) / "item.json"
-                download(source, target)
-                text = target.read_text(encoding="utf-8")
-        else:
-            text = Path(source).expanduser().read_text(encoding="utf-8")
-        return json.loads(text)
-    except FileNotFoundError:
-        raise InputError(f"{shown}: no such file") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"{shown}: not JSON ({str(exc).splitlines()[0]})") from None
-    except OSError as exc:
-        raise InputError(f"{shown}: cannot be read ({exc.strerror or exc})") from None
+    if source.startswith(("http://", "https://")):
+        with tempfile.TemporaryDirectory(prefix="cloudseg-item-") as folder:
+            target = Path(folder) / "item.json"
+            download(source, target)
+            return parse_json(read_file(target, shown), shown)
+    return parse_json(read_file(source, shown), shown)
 
 
 def _self_link(item: dict[str, Any]) -> str | None:

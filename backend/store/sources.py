@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..metadata_files import read_json
 from .keys import IGNORE
 
 LAYOUTS = ("raw", "cloudsen12", "pairs", "npz")
@@ -292,10 +292,7 @@ def _scheme_file(root: Path, scheme: Scheme | None) -> Scheme:
         return scheme
     for name in ("data.json", "dataset.json"):
         if (root / name).is_file():
-            try:
-                data = json.loads((root / name).read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{root / name} is not valid JSON: {exc}") from None
+            data = read_json(root / name)  # within the metadata limit
             return Scheme.from_json(data, str(root / name))
     raise InputError(
         f"{root}: no data.json naming the bands and classes; write one, e.g. "
@@ -327,9 +324,7 @@ def _paired(
         def load(stem: str = stem, meta: Path | None = meta) -> LoadedScene:
             image = _inside(root, images[stem])
             mask = _inside(root, masks[stem])
-            metadata = (
-                json.loads(_inside(root, meta).read_text()) if meta and meta.is_file() else None
-            )
+            metadata = read_json(_inside(root, meta)) if meta and meta.is_file() else None
             return load_pair(image, mask, scheme, stem, metadata)
 
         source.scenes.append(SourceScene(stem, files, load))

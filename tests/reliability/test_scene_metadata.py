@@ -1,0 +1,126 @@
+"""Metadata that comes with a scene: SAFE XMLs, STAC Items, the sun's angles.
+
+Every case runs the real ``cloudseg`` on the real crop of the workspace (as a GeoTIFF,
+a SAFE product built from its band files, or a STAC Item pointing at it) and checks
+what a user relies on: a metadata file over the size limit is one ``cloudseg: error:``
+line naming the file, in bounded memory and time, with every file left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from .conftest import error_line
+from .test_hostile_inputs import _peak_run
+
+pytestmark = pytest.mark.real_data
+
+#: What the bombs inflate to: far beyond any metadata file, cheap to build.
+BOMB_BYTES = 2**30
+#: Peak memory a refused run may reach (a run reading the bomb whole needs twice it).
+REFUSED_PEAK_MIB = 1024
+
+
+def _inflated(product: Path, member: str, size: int) -> Path:
+    """A copy of a SAFE zip whose ``member`` (a regular expression) inflates to ``size``.
+
+    The member keeps its XML; a comment of spaces makes it large (it deflates to about
+    a thousandth of that).
+    """
+    bomb = product.with_name(f"bomb-{product.name}")
+    with (
+        zipfile.ZipFile(product) as source,
+        zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as out,
+    ):
+        for info in source.infolist():
+            data = source.read(info)
+            if not re.search(member, info.filename):
+                out.writestr(info, data)
+                continue
+            head, tail = data.split(b"?>", 1)
+            with out.open(info.filename, "w", force_zip64=True) as stream:
+                stream.write(head + b"?>\n<!--")
+                spaces = b" " * 2**20
+                for _ in range(size // len(spaces)):
+                    stream.write(spaces)
+                stream.write(b"-->" + tail)
+    product.unlink()
+    return bomb
+
+
+def _sparse(path: Path, text: str, size: int) -> None:
+    """``path``: ``text``, then zeros up to ``size`` bytes (a sparse file: no disk used)."""
+    path.write_text(text, encoding="utf-8")
+    os.truncate(path, size)
+
+
+def _item(path: Path, image: Path, **properties: object) -> Path:
+    """A STAC Item of one image asset (the scene), with ``properties``."""
+    item = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": path.stem,
+        "geometry": None,
+        "properties": {"datetime": "2020-04-29T08:20:47Z", **properties},
+        "links": [],
+        "assets": {
+            "image": {"href": image.name, "type": "image/tiff; application=geotiff",
+                      "roles": ["data"]},
+        },
+    }  # fmt: skip
+    path.write_text(json.dumps(item), encoding="utf-8")
+    return path
+
+
+# -- metadata files over the size limit: read no further than it ---------------------------------
+@pytest.mark.parametrize(
+    "case",
+    ["tile-xml-in-zip", "product-xml-in-zip", "product-xml-in-folder", "tile-xml-in-folder",
+     "stac-item", "stac-item-of-a-batch", "level-sidecar-item"],
+)  # fmt: skip
+def test_a_metadata_file_over_the_limit_is_refused_in_bounded_memory(workspace, make_safe, case):
+    """Issue 39, item 8: a 1.6 MB zip whose MTD_TL.xml inflated to 1.5 GB took 3.4 GB."""
+    root = workspace.root
+    args: list[str | Path] = ["-q", "--shadow-geometry"]
+    if case.endswith("in-zip"):
+        member = r"GRANULE/[^/]+/MTD_TL\.xml$" if case.startswith("tile") else r"MTD_MSIL2A\.xml$"
+        product = make_safe(workspace.chip, root / "products", as_zip=True, sun=(35.2, 151.7))
+        scene = _inflated(product, member, BOMB_BYTES)
+        named = "MTD_TL.xml" if case.startswith("tile") else "MTD_MSIL2A.xml"
+    elif case.endswith("in-folder"):
+        scene = make_safe(workspace.chip, root / "products", sun=(35.2, 151.7))
+        pattern = "GRANULE/*/MTD_TL.xml" if case.startswith("tile") else "MTD_MSIL2A.xml"
+        metadata = next(scene.glob(pattern))
+        _sparse(metadata, metadata.read_text(encoding="utf-8"), BOMB_BYTES)
+        named = metadata.name
+    elif case == "level-sidecar-item":  # scene.json beside scene.tif: read for the level
+        scene, named = workspace.scene, "scene.json"
+        _sparse(root / "scene.json", '{"type": "Feature", "properties": {}}', BOMB_BYTES)
+    else:
+        scene = _item(root / "item.json", workspace.scene)
+        _sparse(scene, scene.read_text(encoding="utf-8"), BOMB_BYTES)
+        named = "item.json"
+    before = workspace.snapshot()
+    start = time.monotonic()
+    if case == "stac-item-of-a-batch":
+        result, peak = _peak_run(workspace, "segment-batch", scene, "--out", "batch", "-q")
+    else:
+        result, peak = _peak_run(workspace, "segment", scene, "m.tif", *args)
+    seconds = time.monotonic() - start
+    if case == "level-sidecar-item":  # a level hint that cannot be read is no hint
+        assert result.returncode == 0, result.stderr
+        assert peak < REFUSED_PEAK_MIB, f"{peak:.0f} MiB"
+        return
+    line = error_line(result)
+    assert result.returncode == 1
+    assert named in line and "larger than 32 MiB" in line, line
+    assert peak < REFUSED_PEAK_MIB, f"{peak:.0f} MiB for a refusal"
+    assert seconds < 60
+    assert workspace.snapshot() == before

@@ -4,12 +4,15 @@ Reads the product metadata (``MTD_MSIL1C.xml`` / ``MTD_MSIL2A.xml``): processing
 processing baseline, quantification value and the per-band radiometric offsets that
 baseline 04.00 (January 2022) introduced; and finds the granule's tile metadata
 (``MTD_TL.xml``: the sun's angles, read by the shadow geometry). Every metadata file is
-read within :data:`~cloudseg.backend.metadata_files.MAX_METADATA_BYTES`: a file over
-it, or one that is not UTF-8 or not XML, is one line naming the file.
+read within :data:`~cloudseg.backend.metadata_files.MAX_METADATA_BYTES` and checked: a
+file over it, one that is not UTF-8 or not XML, a quantification value that is not a
+positive number or an offset for a band that Sentinel-2 does not have is one line
+naming the file, never a traceback or a silently wrong scale.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 import zipfile
@@ -72,6 +75,41 @@ def _text(root: ET.Element, tag: str) -> str | None:
     return node.text.strip() if node is not None and node.text else None
 
 
+def _number(text: str | None, what: str, shown: str, positive: bool = False) -> float:
+    """A number of the metadata, finite (and above 0 where ``positive``).
+
+    Raises:
+        InputError: Naming the file, the field and its text.
+    """
+    try:
+        value = float(text or "")
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or (positive and value <= 0):
+        kind = "a positive number" if positive else "a number"
+        raise InputError(
+            f"{shown}: {what} is {text!r}, not {kind}; the metadata is damaged or not "
+            "from ESA: download the product again"
+        )
+    return value
+
+
+def _band_of(band_id: str | None, tag: str, shown: str) -> str:
+    """The band a ``band_id`` attribute names (0-12, ESA's order :data:`BAND_IDS`).
+
+    Raises:
+        InputError: For an id that is not one of Sentinel-2's 13 bands.
+    """
+    text = (band_id or "").strip()
+    if not text.isdigit() or int(text) >= len(BAND_IDS):
+        raise InputError(
+            f"{shown}: {tag} has band_id {band_id!r}, not a Sentinel-2 band (0-"
+            f"{len(BAND_IDS) - 1}); the metadata is damaged or not from ESA: download the "
+            "product again"
+        )
+    return BAND_IDS[int(text)]
+
+
 def parse_metadata(
     xml_text: str | bytes, gdal_prefix: str, path: Path, shown: str | None = None
 ) -> SafeProduct:
@@ -85,8 +123,9 @@ def parse_metadata(
         shown: How messages name the metadata file (default: the product's path).
 
     Raises:
-        InputError: If the document is not Sentinel-2 product metadata, or is not UTF-8
-            or XML.
+        InputError: If the document is not Sentinel-2 product metadata, is not UTF-8 or
+            XML, or holds values that cannot be a product's (a quantification value
+            that is not a positive number, an offset of an unknown band).
     """
     shown = shown or str(path)
     root = parse_xml(xml_text, shown)
@@ -96,11 +135,18 @@ def parse_metadata(
         raise InputError(f"{shown}: product level {level_text!r} is not Level-1C or Level-2A")
     baseline = _text(root, "PROCESSING_BASELINE") or "00.00"
     quant_tag = "BOA_QUANTIFICATION_VALUE" if level == "L2A" else "QUANTIFICATION_VALUE"
-    quantification = float(_text(root, quant_tag) or DEFAULT_QUANTIFICATION)
+    quant_text = _text(root, quant_tag)
+    quantification = (
+        DEFAULT_QUANTIFICATION
+        if quant_text is None
+        else _number(quant_text, quant_tag, shown, positive=True)
+    )
 
     offset_tag = "BOA_ADD_OFFSET" if level == "L2A" else "RADIO_ADD_OFFSET"
     offsets = {
-        BAND_IDS[int(node.get("band_id", "0"))]: float(node.text or 0)
+        _band_of(node.get("band_id"), offset_tag, shown): _number(
+            (node.text or "0").strip(), f"{offset_tag} of band_id {node.get('band_id')}", shown
+        )
         for node in root.iter(offset_tag)
     }
     if not offsets and _baseline_tuple(baseline) >= (4, 0):

@@ -2,8 +2,9 @@
 
 Every case runs the real ``cloudseg`` on the real crop of the workspace (as a GeoTIFF,
 a SAFE product built from its band files, or a STAC Item pointing at it) and checks
-what a user relies on: a metadata file over the size limit is one ``cloudseg: error:``
-line naming the file, in bounded memory and time, with every file left as it was.
+what a user relies on: a metadata file over the size limit, or one that is damaged, is
+one ``cloudseg: error:`` line naming the file, in bounded memory and time, with every
+file left as it was.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -123,4 +125,69 @@ def test_a_metadata_file_over_the_limit_is_refused_in_bounded_memory(workspace, 
     assert named in line and "larger than 32 MiB" in line, line
     assert peak < REFUSED_PEAK_MIB, f"{peak:.0f} MiB for a refusal"
     assert seconds < 60
+    assert workspace.snapshot() == before
+
+
+# -- damaged SAFE metadata: one line naming the file and what is wrong ----------------------------
+#: ``(file, bytes replaced, by, words of the line)``.
+DAMAGE = {
+    "quantification-not-a-number": (
+        "MTD_MSIL2A.xml", b">10000</BOA_QUANTIFICATION_VALUE>",
+        b">ten thousand</BOA_QUANTIFICATION_VALUE>",
+        "BOA_QUANTIFICATION_VALUE is 'ten thousand', not a positive number",
+    ),
+    "quantification-zero": (
+        "MTD_MSIL2A.xml", b">10000</BOA_QUANTIFICATION_VALUE>", b">0</BOA_QUANTIFICATION_VALUE>",
+        "BOA_QUANTIFICATION_VALUE is '0', not a positive number",
+    ),
+    "band-id-13": (
+        "MTD_MSIL2A.xml", b'band_id="12"', b'band_id="13"',
+        "band_id '13', not a Sentinel-2 band (0-12)",
+    ),
+    "band-id-name": (
+        "MTD_MSIL2A.xml", b'band_id="12"', b'band_id="B12"',
+        "band_id 'B12', not a Sentinel-2 band (0-12)",
+    ),
+    "band-id-negative": (
+        "MTD_MSIL2A.xml", b'band_id="12"', b'band_id="-1"',
+        "band_id '-1', not a Sentinel-2 band (0-12)",
+    ),
+    "offset-not-a-number": (
+        "MTD_MSIL2A.xml", b'band_id="12">-1000<', b'band_id="12">-1e999<',
+        "BOA_ADD_OFFSET of band_id 12 is '-1e999', not a number",
+    ),
+    "product-xml-not-utf8": (
+        "MTD_MSIL2A.xml", b"<PROCESSING_LEVEL>Level-2A", b"<PROCESSING_LEVEL>Level-2A \xff\xfe",
+        "is not UTF-8 text (byte 0xff on line",
+    ),
+    "tile-xml-not-utf8": (
+        "MTD_TL.xml", b"<ZENITH_ANGLE", b"<!-- \xe9t\xe9 --><ZENITH_ANGLE",
+        "is not UTF-8 text (byte 0xe9 on line",
+    ),
+    "tile-xml-not-xml": (
+        "MTD_TL.xml", b"</Mean_Sun_Angle>", b"</Mean_Sun>", "is not well-formed XML",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_safe_metadata_is_one_line_naming_the_file(workspace, make_safe, case, as_zip):
+    """Issue 39, item 9: each was a Python traceback (ValueError, IndexError, Unicode...)."""
+    name, old, new, words = DAMAGE[case]
+    product = make_safe(workspace.chip, workspace.root / "products", sun=(35.2, 151.7))
+    metadata = next(product.rglob(name))
+    data = metadata.read_bytes()
+    assert old in data, case
+    metadata.write_bytes(data.replace(old, new, 1))
+    scene = product
+    if as_zip:
+        scene = Path(shutil.make_archive(str(product.with_suffix("")), "zip", product.parent,
+                                         product.name))  # fmt: skip
+        shutil.rmtree(product)
+    before = workspace.snapshot()
+    result = workspace.cli("segment", scene, "m.tif", "-q", "--shadow-geometry")
+    line = error_line(result)
+    assert result.returncode == 1
+    assert name in line and words in line, line
     assert workspace.snapshot() == before

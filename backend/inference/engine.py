@@ -579,7 +579,7 @@ def plan_run(
     if budget_mib is not None:
         extra = gradient_memory_mib(card, options) if gradients else 0.0
         if options.shadow_geometry:
-            extra += shadow_memory_mib(width, len(card.classes))
+            extra += shadow_memory_mib(height, width, len(card.classes))
         memory = memory_plan(width, card, grid, options, budget_mib, extra)
         blocks = memory.blocks
         if len(blocks) > 1:

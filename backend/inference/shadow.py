@@ -13,8 +13,13 @@ class decision (:func:`.decision.decide`):
 2. **Where a cloud can cast a shadow** (:func:`shadow_prior`): every cloud pixel swept
    away from the sun over the distances plausible cloud heights give (height x
    tan(sun zenith), :data:`HEIGHTS_M`; from the shift profile where the zenith is not
-   known), on a coarse grid of :data:`CELL`-pixel cells. Near the border the sun shines
-   from, a cloud outside the scene may cast the shadow: there nothing is lowered.
+   known), on a coarse grid of :data:`CELL`-pixel cells (coarser on scenes so large
+   that the grid would pass :data:`MAX_CELLS`). Near the border the sun shines from, a
+   cloud outside the scene may cast the shadow: there nothing is lowered. The reach is
+   clamped to the scene: a sun so low that shadows reach farther than the scene's
+   diagonal (a sun elevation of a few degrees, or a metadata value such as
+   ``SUN_ELEVATION=0.001``) lets a cloud outside the scene shade any pixel, so nothing
+   is lowered and nothing is swept (the sweep's cost grows with the reach).
 3. **The refinement** (:func:`refine`): where no cloud can cast a shadow, the shadow
    probability goes to the clear class (times :data:`OUTSIDE_KEEP`); where one can, and
    the model sees some shadow (at least :data:`INSIDE_FROM`), the shadow class gains
@@ -24,7 +29,8 @@ The thresholds were chosen on labeled data (``scripts/study_shadow_geometry.py``
 docs/shadow-geometry.md). The geometry is the scene's, computed once on the coarse grid
 after the model's pass, so the result does not depend on strip or column-block sizes
 (:class:`ShadowGeometry` stores the probabilities on disk for the second pass: memory
-stays bounded).
+stays bounded, and :func:`memory_mib` counts what the step holds in the run's budget,
+``--max-memory``).
 """
 
 from __future__ import annotations
@@ -58,6 +64,13 @@ INSIDE_GAIN = 0.0
 CELL = 8
 #: A scene whose side is at most this many pixels gets a prior at full resolution.
 FINE_SIDE = 2048
+#: The most cells of the coarse grid (a 2048 px square at full resolution, a 16384 px
+#: square of 8 px cells): larger scenes get larger cells, so the grid's memory and the
+#: sweep's time are bounded whatever the scene's size.
+MAX_CELLS = FINE_SIDE * FINE_SIDE
+#: Bytes per coarse cell while the prior is planned: the cloud, shadow and unseen grids,
+#: the prior, its growth and the shifted copies of the sweep.
+GRID_BYTES = 24
 #: Azimuths searched when the sun's direction is estimated, degrees apart.
 AZIMUTH_STEP = 5
 #: The sun's direction is estimated on a grid at most this many cells a side.
@@ -79,14 +92,17 @@ STRIP_ROWS = 256
 IN_MEMORY_MIB = 64
 
 
-def memory_mib(width: int, classes: int) -> float:
-    """Memory the step holds beyond the engine's, MiB.
+def memory_mib(height: int, width: int, classes: int) -> float:
+    """Memory the step holds beyond the engine's, MiB (counted in the run's budget).
 
     The first pass in memory (up to :data:`IN_MEMORY_MIB`, else on disk), a strip and
-    its classes twice over, and the coarse grids.
+    its classes twice over, and the coarse grids of the prior (:func:`cell_for` bounds
+    them to :data:`MAX_CELLS` cells).
     """
     strip = STRIP_ROWS * width * (classes * 4 + 8 * 2) / 2**20
-    return IN_MEMORY_MIB + 2 * strip + 16.0
+    cell = cell_for(height, width)
+    cells = -(-height // cell) * -(-width // cell)
+    return IN_MEMORY_MIB + 2 * strip + cells * GRID_BYTES / 2**20 + 8.0
 
 
 @dataclass(frozen=True)
@@ -188,8 +204,23 @@ def sun_from_source(
 
 # -- geometry on the coarse grid -------------------------------------------------------------
 def cell_for(height: int, width: int) -> int:
-    """The prior's cell, input pixels: 1 up to :data:`FINE_SIDE`, else :data:`CELL`."""
-    return 1 if max(height, width) <= FINE_SIDE else CELL
+    """The prior's cell, input pixels: 1 up to :data:`FINE_SIDE`, else :data:`CELL`.
+
+    Larger still where :data:`CELL`-pixel cells would be more than :data:`MAX_CELLS`
+    (a scene beyond 16384 px a side): the grid's memory stays bounded.
+    """
+    if max(height, width) <= FINE_SIDE:
+        return 1
+    return max(CELL, math.ceil(math.sqrt(height * width / MAX_CELLS)))
+
+
+def beyond_scene(shape: tuple[int, int]) -> float:
+    """The reach, cells, from which a shadow leaves the scene whatever its direction.
+
+    A shift of the scene's diagonal moves every cell out of it (in whole cells: the
+    larger part of the shift is at least the scene's side in its direction).
+    """
+    return math.hypot(*shape)
 
 
 def coarse(values: np.ndarray, cell: int) -> np.ndarray:
@@ -250,6 +281,10 @@ def shadow_prior(
         Boolean cells: a cloud (or unseen) cell lies ``near``-``far`` cells towards the
         sun, or the way towards the sun leaves the scene within ``far`` cells.
     """
+    # Beyond the scene's diagonal every cell may be shaded from outside: the prior is the
+    # whole scene, and the sweep (one shift per step) is not run.
+    if not far < beyond_scene(cloud.shape):
+        return np.ones_like(cloud)
     casters = cloud if unseen is None else cloud | unseen
     prior = np.zeros_like(cloud)
     for dy, dx in _steps(azimuth, near, far):
@@ -428,6 +463,15 @@ def plan_geometry(
         tan = math.tan(math.radians(sun.zenith))
         near, far = (h * tan / cell_m for h in HEIGHTS_M)
         report.heights_m = HEIGHTS_M
+        beyond = beyond_scene(cloud.shape)
+        if not far < beyond:  # NaN and infinity too
+            report.sun, report.reach_px = sun, round(beyond * cell, 1)
+            report.note = (
+                f"the sun is {90.0 - sun.zenith:.3g} degrees above the horizon: shadows of "
+                f"clouds up to {HEIGHTS_M[1]:g} m reach beyond the scene, so a cloud outside "
+                "it may shade any pixel: shadows left as the model gave them"
+            )
+            return None, report
     else:
         k = max(1, -(-max(cloud.shape) // ESTIMATION_SIDE))
         search = SEARCH_M / cell_m if cell_m > 0 else max(cloud.shape) / 4

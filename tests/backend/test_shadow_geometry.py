@@ -177,7 +177,7 @@ def test_the_same_mask_over_column_blocks_and_strip_sizes(wide_chip, tmp_path, m
     monkeypatch.setattr(shadow, "STRIP_ROWS", 64)
     monkeypatch.setattr(shadow, "IN_MEMORY_MIB", 0)  # the first pass stored on disk
     for columns in (1800, 1500, 1300):  # a budget that splits the scene in blocks
-        budget = BASE_MEMORY_MIB + shadow.memory_mib(2560, 3)
+        budget = BASE_MEMORY_MIB + shadow.memory_mib(512, 2560, 3)
         budget += bytes_per_column(4, 3, 256, 1.0) * columns / 2**20
         options = SegmentOptions(**base, max_memory_mib=budget)
         with open_scene(wide_chip) as reader:

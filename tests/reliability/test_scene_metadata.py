@@ -4,7 +4,7 @@ Every case runs the real ``cloudseg`` on the real crop of the workspace (as a Ge
 a SAFE product built from its band files, or a STAC Item pointing at it) and checks
 what a user relies on: a metadata file over the size limit, or one that is damaged, is
 one ``cloudseg: error:`` line naming the file, in bounded memory and time, with every
-file left as it was.
+file left as it was; a sun at the horizon gives a mask, within the memory budget.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
 
 from .conftest import error_line
 from .test_hostile_inputs import _peak_run
@@ -191,3 +193,62 @@ def test_damaged_safe_metadata_is_one_line_naming_the_file(workspace, make_safe,
     assert result.returncode == 1
     assert name in line and words in line, line
     assert workspace.snapshot() == before
+
+
+# -- a sun at the horizon: the shadow's reach is clamped to the scene -----------------------------
+def _tagged_copy(workspace, elevation: str) -> Path:
+    """The workspace scene with the sun's angles in its GDAL metadata."""
+    path = workspace.root / "tagged.tif"
+    shutil.copy(workspace.scene, path)
+    with rasterio.open(path, "r+") as ds:
+        ds.update_tags(SUN_ELEVATION=elevation, SUN_AZIMUTH="150")
+    return path
+
+
+def _classes(path: Path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+@pytest.mark.parametrize(
+    ("how", "elevation"),
+    [("gdal-tags", "0.001"), ("gdal-tags", "0.00001"), ("stac-item", "0.001"),
+     ("safe-tile-xml", "0.001")],
+)  # fmt: skip
+def test_a_sun_at_the_horizon_gives_the_mask_within_the_budget(
+    workspace, make_safe, how, elevation
+):
+    """Issue 39, item 7: SUN_ELEVATION=0.001 took 4-6 GB against --max-memory 1G (and
+    minutes); 0.00001 was a 51 GiB MemoryError traceback.
+
+    Shadows that long reach beyond the scene: a cloud outside it may shade any pixel,
+    so the step lowers nothing, and the mask is the one without it.
+    """
+    if how == "gdal-tags":
+        scene = _tagged_copy(workspace, elevation)
+        plain = ["segment", scene, "plain.tif", "-q", "--product-level", "L2A"]
+    elif how == "stac-item":
+        sun = {"view:sun_elevation": float(elevation), "view:sun_azimuth": 150.0}
+        scene = _item(workspace.root / "item.json", workspace.scene, **sun)
+        plain = ["segment", scene, "plain.tif", "-q", "--product-level", "L2A"]
+    else:
+        zenith = 90.0 - float(elevation)
+        scene = make_safe(workspace.chip, workspace.root / "products", sun=(zenith, 150.0))
+        plain = ["segment", scene, "plain.tif", "-q"]
+    args = [*plain[:2], "m.tif", *plain[3:]]
+    start = time.monotonic()
+    result, peak = _peak_run(
+        workspace, *args, "--shadow-geometry", "--max-memory", "1G", "--stats", "m.json"
+    )
+    seconds = time.monotonic() - start
+    assert result.returncode == 0, result.stderr
+    assert peak < 1024, f"peak {peak:.0f} MiB over the 1 GiB budget"
+    assert seconds < 60
+    report = json.loads((workspace.root / "m.json").read_text())["shadow_geometry"]
+    assert report["sun"]["zenith"] == pytest.approx(90.0 - float(elevation))
+    assert report["changed_pixels"] == 0 and "beyond the scene" in report["note"]
+    assert "Traceback" not in result.stderr
+    assert workspace.cli(*plain).returncode == 0
+    np.testing.assert_array_equal(
+        _classes(workspace.root / "m.tif"), _classes(workspace.root / "plain.tif")
+    )

@@ -18,14 +18,16 @@ replaced. One request that meets a silent server thus fails within
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-import shutil
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from .errors import CancelledError, InputError
 
 #: Defaults, in seconds.
 CONNECT_TIMEOUT = 10.0
@@ -146,12 +148,55 @@ def configure_gdal() -> None:
 
 
 # -- urllib --------------------------------------------------------------------------------
+_MAX_DOWNLOAD: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "cloudseg_max_download", default=None
+)
+_CANCELLED: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar(
+    "cloudseg_download_cancelled", default=None
+)
+
+
+@contextlib.contextmanager
+def download_limit(
+    max_bytes: int | None, cancelled: Callable[[], bool] | None = None
+) -> Iterator[None]:
+    """Cap every input fetched inside (http(s) downloads, S3 objects) at ``max_bytes``.
+
+    A server sets it for a job's thread (its ``--max-upload``): a URL input is an upload
+    the server makes on the client's behalf. None: no cap. ``cancelled`` is asked
+    between chunks: a dismissed job stops downloading at once (``CancelledError``).
+    """
+    tokens = (_MAX_DOWNLOAD.set(max_bytes), _CANCELLED.set(cancelled))
+    try:
+        yield
+    finally:
+        _MAX_DOWNLOAD.reset(tokens[0])
+        _CANCELLED.reset(tokens[1])
+
+
+def check_download_size(size: int, shown: str) -> None:
+    """Refuse an input of ``size`` bytes over the active cap (:func:`download_limit`).
+
+    Raises:
+        InputError: One line naming the input, its size and the cap.
+    """
+    cap = _MAX_DOWNLOAD.get()
+    if cap is not None and size > cap:
+        raise InputError(
+            f"{shown} is over {cap / 2**20:g} MiB, the largest input this server "
+            "accepts (--max-upload)"
+        )
+
+
 def download(url: str, target: Path) -> None:
     """Stream an http(s) URL into ``target`` under this policy's limits.
 
+    Under :func:`download_limit` the announced size is checked first and the bytes are
+    counted as they arrive; past the cap the partial file is removed.
+
     Raises:
         InputError: One line, when the server cannot be reached, does not answer in
-            time, or answers with an error.
+            time, answers with an error, or sends more than the cap.
     """
     import time
     import urllib.error
@@ -165,12 +210,23 @@ def download(url: str, target: Path) -> None:
         if attempt:
             time.sleep(0.5)
         try:
-            with (
-                urllib.request.urlopen(url, timeout=wait) as answer,
-                target.open("wb") as handle,
-            ):
-                shutil.copyfileobj(answer, handle, 1 << 20)
+            with urllib.request.urlopen(url, timeout=wait) as answer:
+                announced = answer.headers.get("Content-Length", "")
+                if announced.isdigit():
+                    check_download_size(int(announced), shown)
+                with target.open("wb") as handle:
+                    received = 0
+                    cancelled = _CANCELLED.get()
+                    while chunk := answer.read(1 << 20):
+                        received += len(chunk)
+                        check_download_size(received, shown)
+                        if cancelled is not None and cancelled():
+                            raise CancelledError(f"the download of {shown} was cancelled")
+                        handle.write(chunk)
             return
+        except (InputError, CancelledError):
+            target.unlink(missing_ok=True)
+            raise
         except urllib.error.HTTPError as exc:
             raise InputError(f"{shown} answered HTTP {exc.code} ({exc.reason})") from None
         except TimeoutError:
@@ -203,8 +259,10 @@ def redact(url: str, query: bool = True) -> str:
 __all__ = [
     "Timeouts",
     "boto_config",
+    "check_download_size",
     "configure_gdal",
     "download",
+    "download_limit",
     "gdal_options",
     "redact",
     "timeouts",

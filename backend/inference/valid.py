@@ -19,6 +19,7 @@ shadow thresholds if any (:func:`cloudseg.backend.inference.decision.decide`).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,8 @@ def buffer_pixels(metres: float, pixel_m: float | None) -> float:
     Raises:
         InputError: For a negative buffer, or metres on a grid without a pixel size.
     """
-    if metres < 0:
-        raise InputError(f"buffer {metres} m: give 0 or more metres")
+    if not math.isfinite(metres) or metres < 0:
+        raise InputError(f"buffer {metres} m: give 0 or more metres, a finite number")
     if metres == 0:
         return 0.0
     if not pixel_m:

@@ -75,16 +75,25 @@ def band_from_filename(stem: str) -> str | None:
     return None
 
 
+#: The most bands a band list may name (a Sentinel-2 product has 13).
+MAX_BANDS = 64
+
+
 def parse_band_list(text: str) -> list[str]:
     """Parse ``"B04,B03,B02,B08"`` (or aliases) into canonical names.
 
     Raises:
         BandError: On an unknown or repeated band.
     """
-    bands = [canonical_band(part) for part in text.split(",") if part.strip()]
+    parts = text.split(",", MAX_BANDS)
+    if len(parts) > MAX_BANDS:
+        raise BandError(f"the band list names more than {MAX_BANDS} bands")
+    bands = [canonical_band(part) for part in parts if part.strip()]
     if not bands:
         raise BandError("the band list is empty: give names like B02,B03,B04,B08")
-    repeated = sorted({b for b in bands if bands.count(b) > 1})
+    from collections import Counter
+
+    repeated = sorted(b for b, n in Counter(bands).items() if n > 1)
     if repeated:
         raise BandError(f"band(s) listed twice: {', '.join(repeated)}")
     return bands

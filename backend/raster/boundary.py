@@ -125,7 +125,8 @@ def _check_raster(text: str, shown: str, depth: int) -> None:
         _check_vrt(resolved, shown, depth)
         return
     raise InputError(
-        f"{shown}: this server reads GeoTIFF, JPEG 2000, VRT and SAFE inputs only; refused"
+        f"cannot read {shown}: not a GeoTIFF, JPEG 2000, VRT or SAFE zip, the formats "
+        "this server reads"
     )
 
 

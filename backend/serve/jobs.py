@@ -28,6 +28,7 @@ from typing import Any
 
 from ..dependencies import missing_from
 from ..errors import CancelledError, CloudsegError
+from ..network import download_limit
 from ..raster.boundary import reading_under
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,22 @@ ACCEPTED, RUNNING, SUCCESSFUL, FAILED, DISMISSED = (
 FINISHED = (SUCCESSFUL, FAILED, DISMISSED)
 
 
+#: Jobs that may wait at once (beyond those running): more are refused, to be tried later.
+MAX_WAITING = 32
+#: Seconds a dismissal waits for a running job to stop before it answers anyway (the job
+#: is dismissed; its thread stops at its next check and keeps nothing).
+DISMISS_WAIT = 10.0
+
+
 class UnknownJobError(KeyError):
     """No job has this id (or it was removed)."""
+
+
+class QueueFullError(CloudsegError):
+    """The queue holds as many waiting jobs as it may: try again later."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"the server is busy: {waiting} jobs are waiting; try again in a minute")
 
 
 def _now() -> str:
@@ -95,12 +110,17 @@ class JobQueue:
         concurrency: int = 1,
         keep_seconds: float = 86400.0,
         read_roots: list[Path] | None = None,
+        max_input_bytes: int | None = None,
+        max_waiting: int = MAX_WAITING,
     ) -> None:
         self.folder = work / "jobs"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.keep_seconds = keep_seconds
         #: Folders a job may read besides its own (None: anything; see raster.boundary).
         self.read_roots = read_roots
+        #: The largest input a job fetches by URL (None: no cap; see network.download_limit).
+        self.max_input_bytes = max_input_bytes
+        self.max_waiting = max_waiting
         self._jobs: dict[str, Job] = {}
         self._waiting: list[Job] = []
         self._lock = threading.Condition()
@@ -114,12 +134,18 @@ class JobQueue:
 
     # -- submitting and looking up -------------------------------------------------------
     def submit(self, process: str, inputs: dict[str, Any], runner: Runner) -> Job:
-        """Queue a run of ``process``; returns at once with the accepted job."""
+        """Queue a run of ``process``; returns at once with the accepted job.
+
+        Raises:
+            QueueFullError: When ``max_waiting`` jobs wait already (nothing is created).
+        """
         job_id = secrets.token_hex(16)
         folder = self.folder / job_id
-        folder.mkdir(mode=0o700)
-        job = Job(job_id, process, inputs, folder, runner)
         with self._lock:
+            if len(self._waiting) >= self.max_waiting:
+                raise QueueFullError(len(self._waiting))
+            folder.mkdir(mode=0o700)
+            job = Job(job_id, process, inputs, folder, runner)
             self._jobs[job_id] = job
             self._waiting.append(job)
             job.message = self._queued_message(len(self._waiting))
@@ -184,8 +210,8 @@ class JobQueue:
                 job.cancel_requested.set()
                 job.message = "cancelling"
         if job.status == RUNNING:
-            job.done.wait(timeout=120)  # it stops at its next batch of tiles
-        if job.status != DISMISSED:  # a finished job: its results go
+            job.done.wait(timeout=DISMISS_WAIT)  # it stops at its next check
+        if job.status != DISMISSED:  # a finished job, or one still stopping: its results go
             with self._lock:
                 job.status, job.message, job.updated = DISMISSED, "dismissed", _now()
         job.files = {}
@@ -221,22 +247,20 @@ class JobQueue:
             job.updated = _now()
 
         try:
-            if self.read_roots is None:
+            with contextlib.ExitStack() as limits:
+                if self.read_roots is not None:
+                    limits.enter_context(reading_under([*self.read_roots, job.folder]))
+                cancelled = job.cancel_requested.is_set
+                limits.enter_context(download_limit(self.max_input_bytes, cancelled))
                 outcome = job.runner(job, progress, job.cancel_requested.is_set)
-            else:
-                with reading_under([*self.read_roots, job.folder]):
-                    outcome = job.runner(job, progress, job.cancel_requested.is_set)
         except CancelledError:
             self._end(job, DISMISSED, "dismissed while it ran; nothing was kept")
-        except CloudsegError as exc:
-            job.error = str(exc)
-            self._end(job, FAILED, str(exc))
-        except Exception as exc:  # a bug must not take the worker down
-            missing = missing_from(exc)  # a server without the training extra
-            if missing is None:
-                logger.exception("job %s failed", job.id)
-            job.error = missing or f"internal error: {type(exc).__name__}: {exc}"
-            self._end(job, FAILED, job.error)
+        except Exception as exc:
+            if not job.cancel_requested.is_set():
+                self._failed(job, exc)
+                return
+            # dismissed while a stage ran that does not check: its folder went under it
+            self._end(job, DISMISSED, "dismissed while it ran; nothing was kept")
         else:
             if job.cancel_requested.is_set():
                 self._end(job, DISMISSED, "dismissed; nothing was kept")
@@ -244,6 +268,35 @@ class JobQueue:
                 job.files, job.summary = outcome.files, outcome.summary
                 job.progress = 100.0
                 self._end(job, SUCCESSFUL, "done")
+
+    def _failed(self, job: Job, exc: Exception) -> None:
+        """End a job whose runner raised ``exc``: its one line, without the server's paths."""
+        if isinstance(exc, CloudsegError):
+            job.error = self.public(str(exc), job)
+            self._end(job, FAILED, job.error)
+            return
+        # a bug must not take the worker down
+        missing = missing_from(exc)  # a server without the training extra
+        if missing is None:
+            logger.exception("job %s failed", job.id)
+        job.error = self.public(missing or f"internal error: {type(exc).__name__}: {exc}", job)
+        self._end(job, FAILED, job.error)
+
+    def public(self, message: str, job: Job | None = None) -> str:
+        """``message`` as a client may read it: the server's own folders are not shown.
+
+        A job's files (a download, an upload) are named by their file names; any other
+        path in the server's work folder becomes ``<server>``. Paths under ``--root``
+        are the client's own words and stay.
+        """
+        import re
+
+        work = str(self.folder.parent)
+        if job is not None:
+            for inner in (job.folder / "input", job.folder):
+                message = message.replace(f"{inner}/", "")
+        message = re.sub(re.escape(f"{work}/uploads/") + r"[^/\s]+/", "", message)
+        return message.replace(work, "<server>")
 
     def _end(self, job: Job, status: str, message: str) -> None:
         job.status, job.message = status, message
@@ -286,5 +339,7 @@ class JobQueue:
         for job in waiting:
             self._end(job, DISMISSED, "the server stopped")
         for job in list(self._jobs.values()):
-            if job.status == RUNNING:
+            if job.status == RUNNING:  # it stops at its next check; its waiters go now
                 job.cancel_requested.set()
+                job.status, job.message = DISMISSED, "the server stopped"
+                job.done.set()

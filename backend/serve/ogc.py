@@ -39,7 +39,7 @@ from pygeoapi.util import JobStatus, RequestedProcessExecutionMode
 from .._version import __version__
 from ..errors import CloudsegError
 from . import processes
-from .jobs import DISMISSED, SUCCESSFUL, Job, JobQueue, UnknownJobError
+from .jobs import DISMISSED, SUCCESSFUL, Job, JobQueue, QueueFullError, UnknownJobError
 
 #: Where the OGC API is mounted on the server.
 PREFIX = "/ogc"
@@ -56,6 +56,13 @@ class BadInputError(ProcessorExecuteError):
 
     http_status_code = HTTPStatus.BAD_REQUEST
     ogc_exception_code = "InvalidParameterValue"
+
+
+class BusyError(ProcessorExecuteError):
+    """The queue is full: HTTP 429, with ``Retry-After`` (see :func:`request_shape`)."""
+
+    http_status_code = HTTPStatus.TOO_MANY_REQUESTS
+    ogc_exception_code = "ServerBusy"
 
 
 def attach(queue: JobQueue, config: Any, base_url: str) -> None:
@@ -171,7 +178,10 @@ class QueueManager(BaseManager):
             values["input"] = _SERVER["config"].resolve_input(values["input"])
         except CloudsegError as exc:
             raise BadInputError(user_msg=str(exc)) from None
-        return self.queue.submit(process_id, values, processes.RUNNERS[process_id])
+        try:
+            return self.queue.submit(process_id, values, processes.RUNNERS[process_id])
+        except QueueFullError as exc:
+            raise BusyError(user_msg=str(exc)) from None
 
     def execute_process(
         self,
@@ -307,6 +317,82 @@ def pygeoapi_config(base_url: str) -> dict[str, Any]:
     }
 
 
+#: Seconds a client told 429 waits before it tries again.
+RETRY_AFTER_S = 60
+
+
+def request_shape(app: Any) -> Any:
+    """ASGI wrapper of pygeoapi: an execution's body must be a JSON object, 429s say when.
+
+    pygeoapi reads ``{"inputs": {...}}`` with ``.get``: a JSON array, a string or a
+    number as the body raised inside it (HTTP 500). Such a body is answered 400 in one
+    line here. The body was bounded by the server's guard before it arrives.
+    """
+    import json
+
+    async def shaped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if not (
+            scope["type"] == "http"
+            and scope.get("method") == "POST"
+            and scope.get("path", "").rstrip("/").endswith("/execution")
+        ):
+            await app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        problem = None
+        try:
+            document = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            problem = 'the request body is not JSON: send {"inputs": {...}}'
+        else:
+            if not isinstance(document, dict):
+                problem = 'the request body must be a JSON object: {"inputs": {...}}'
+            elif not isinstance(document.get("inputs", {}), dict):
+                problem = '"inputs" must be an object of name: value'
+        if problem:
+            answer = json.dumps(
+                {
+                    "type": "InvalidParameterValue",
+                    "code": "InvalidParameterValue",
+                    "description": problem,
+                }
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 400,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": answer.encode()})
+            return  # fmt: skip
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def with_retry_after(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 429:
+                retry = str(RETRY_AFTER_S).encode()
+                message["headers"] = [*message.get("headers", []), (b"retry-after", retry)]
+            await send(message)
+
+        await app(scope, replay, with_retry_after)
+
+    return shaped
+
+
 def ogc_app(work: Path, base_url: str) -> Any:
     """The Starlette app of pygeoapi, configured for this server (imported once a process)."""
     from pygeoapi.openapi import get_oas
@@ -321,4 +407,4 @@ def ogc_app(work: Path, base_url: str) -> Any:
     os.environ["PYGEOAPI_OPENAPI"] = str(openapi_path)
     from pygeoapi import starlette_app
 
-    return starlette_app.APP
+    return request_shape(starlette_app.APP)

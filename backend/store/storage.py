@@ -47,6 +47,10 @@ class Storage:
         """Whether ``key`` holds data."""
         raise NotImplementedError
 
+    def size(self, key: str) -> int:
+        """The size of ``key`` in bytes; raise KeyError if absent."""
+        raise NotImplementedError
+
     def list(self, prefix: str) -> list[str]:
         """All keys under ``prefix`` (relative to the store), sorted."""
         raise NotImplementedError
@@ -97,6 +101,13 @@ class LocalStorage(Storage):
     def exists(self, key: str) -> bool:
         """See :class:`Storage`."""
         return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        """See :class:`Storage`."""
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise KeyError(key) from None
 
     def list(self, prefix: str) -> list[str]:
         """See :class:`Storage`."""
@@ -204,15 +215,23 @@ class S3Storage(Storage):
 
     def exists(self, key: str) -> bool:
         """See :class:`Storage`."""
+        try:
+            self.size(key)
+            return True
+        except KeyError:
+            return False
+
+    def size(self, key: str) -> int:
+        """See :class:`Storage`."""
         from botocore.exceptions import ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-            return True
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
+                raise KeyError(key) from None
             raise
+        return int(head["ContentLength"])
 
     def list(self, prefix: str) -> list[str]:
         """See :class:`Storage`."""
@@ -419,7 +438,11 @@ def fetch_scene(source: str, folder: Path, endpoint_url: str | None = None) -> s
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".") or "input"
     local = folder / "input" / name
     if source.startswith("s3://"):
-        local.write_bytes(open_storage(parent, endpoint_url, env_file=None).read_bytes(name))
+        from ..network import check_download_size
+
+        storage = open_storage(parent, endpoint_url, env_file=None)
+        check_download_size(storage.size(name), redact(source))
+        local.write_bytes(storage.read_bytes(name))
     else:
         from ..network import download
 

@@ -35,17 +35,31 @@ TOKEN_COOKIE = "cloudseg_token"
 
 
 class Guard:
-    """ASGI middleware: token, allowed ``Host`` headers, and the upload limit.
+    """ASGI middleware: token, allowed ``Host`` headers, cross-site requests, upload limit.
 
     Args:
         app: The app it guards.
         token: The token requests must carry (None: no token needed).
         hosts: ``Host`` headers answered (None: any).
-        max_bytes: The largest request body announced by ``Content-Length``.
+        max_bytes: The largest request body, counted as it arrives (``Content-Length``
+            is checked first, but a chunked body announces none).
+        origins: Origins (``scheme://host:port``) of the server's own page besides the
+            request's own ``Host`` (a proxy's public address).
+        json_only: Path prefixes whose POSTs must be JSON: a form or ``text/plain`` POST,
+            which a page elsewhere can send without asking, is never a job.
     """
 
-    def __init__(self, app: Any, token: str | None, hosts: set[str] | None, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: Any,
+        token: str | None,
+        hosts: set[str] | None,
+        max_bytes: int,
+        origins: set[str] | None = None,
+        json_only: tuple[str, ...] = (),
+    ) -> None:
         self.app, self.token, self.hosts, self.max_bytes = app, token, hosts, max_bytes
+        self.origins, self.json_only = origins or set(), json_only
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Answer 401 / 403 / 413 in one line, or pass the request on."""
@@ -56,29 +70,138 @@ class Guard:
         if self.hosts is not None and headers.get("host", "") not in self.hosts:
             await _refuse(scope, send, 403, "Forbidden", "this server answers localhost only")
             return
-        if int(headers.get("content-length", "0") or 0) > self.max_bytes:
-            await _refuse(scope, send, 413, "PayloadTooLarge",
-                          f"uploads are limited to {(self.max_bytes - FORM_SLACK) / 2**20:g} MiB "
-                          "(the server's --max-upload)")  # fmt: skip
+        foreign = self._foreign_origin(scope, headers)
+        if foreign is not None:
+            await _refuse(scope, send, 403, "Forbidden",
+                          f"a request from another site ({foreign}) may not change anything "
+                          "here; use the server's own page or a script")  # fmt: skip
+            return
+        if (
+            scope["type"] == "http"
+            and scope.get("method", "GET").upper() == "POST"
+            and scope.get("path", "").startswith(self.json_only)
+            and headers.get("content-type", "").split(";")[0].strip().lower() != "application/json"
+        ):
+            await _refuse(scope, send, 415, "UnsupportedMediaType",
+                          "send the request as JSON (Content-Type: application/json)")  # fmt: skip
+            return
+        if _announced_length(headers) > self.max_bytes:
+            await _refuse(scope, send, 413, "PayloadTooLarge", self._too_large())
             return
         from_query = None
         if self.token is not None:
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             from_query = (query.get("token") or [None])[0]
-            cookie = SimpleCookie(headers.get("cookie", ""))
+            cookie = _cookie(headers.get("cookie", ""))
             offered = [
                 headers.get("authorization", "").removeprefix("Bearer ").strip(),
-                cookie[TOKEN_COOKIE].value if TOKEN_COOKIE in cookie else "",
+                cookie,
                 from_query or "",
             ]
-            if not any(o and hmac.compare_digest(o, self.token) for o in offered):
+            if not any(o and _same_secret(o, self.token) for o in offered):
                 await _refuse(scope, send, 401, "Unauthorized",
                               "this server needs its token: 'Authorization: Bearer TOKEN' or "
                               "?token=TOKEN")  # fmt: skip
                 return
-        if from_query and scope["type"] == "http":
+        if from_query and scope["type"] == "http" and _same_secret(from_query, self.token or ""):
             send = _setting_cookie(send, from_query)
-        await self.app(scope, receive, send)
+        if scope["type"] == "http":
+            await self._counted(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _too_large(self) -> str:
+        return (
+            f"uploads are limited to {(self.max_bytes - FORM_SLACK) / 2**20:g} MiB "
+            "(the server's --max-upload)"
+        )
+
+    def _foreign_origin(self, scope: dict[str, Any], headers: dict[str, str]) -> str | None:
+        """The other site a state-changing browser request comes from, or None.
+
+        A browser names the page that sends a request in ``Origin`` (or ``Referer``); a
+        script sends neither. A POST, PUT, PATCH or DELETE from a page that is not this
+        server's own is refused, so that a page elsewhere cannot start or dismiss jobs
+        (a form or ``text/plain`` POST needs no preflight).
+        """
+        if scope["type"] == "websocket":
+            method = "GET"
+            sender = headers.get("origin")
+        else:
+            method = scope.get("method", "GET").upper()
+            sender = headers.get("origin") or _origin_of(headers.get("referer", ""))
+        if method in ("GET", "HEAD", "OPTIONS") and scope["type"] == "http":
+            return None
+        if not sender:
+            return None
+        own = {f"{scope.get('scheme', 'http')}://{headers.get('host', '')}"} | self.origins
+        own |= {o.replace("http://", "https://", 1) for o in own}  # TLS at a proxy
+        return None if sender.lower() in {o.lower() for o in own} else sender
+
+    async def _counted(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Pass the request on, counting its body: past the limit it is answered 413."""
+        state = {"bytes": 0, "refused": False, "started": False}
+
+        async def counted_receive() -> dict[str, Any]:
+            if state["refused"]:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                state["bytes"] += len(message.get("body", b""))
+                if state["bytes"] > self.max_bytes:
+                    state["refused"] = True
+                    if not state["started"]:
+                        state["started"] = True
+                        await _refuse(scope, send, 413, "PayloadTooLarge", self._too_large())
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if state["refused"]:  # the 413 is the answer
+                return
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not state["refused"]:
+                raise
+            # the app gave up on the body it was denied; the client has its 413
+
+
+def _announced_length(headers: dict[str, str]) -> int:
+    """The body size a request announces (0 when it announces none or nonsense)."""
+    text = headers.get("content-length", "0").strip() or "0"
+    return int(text) if text.isdigit() else 0
+
+
+def _origin_of(url: str) -> str | None:
+    """``scheme://host:port`` of a URL (a ``Referer``), or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
+
+
+def _cookie(text: str) -> str:
+    """The token cookie's value, '' when absent or unreadable."""
+    from http.cookies import CookieError
+
+    try:
+        cookie = SimpleCookie(text)
+    except CookieError:
+        return ""
+    return cookie[TOKEN_COOKIE].value if TOKEN_COOKIE in cookie else ""
+
+
+def _same_secret(offered: str, token: str) -> bool:
+    """Compare in constant time; any text (non-ASCII included) is just not the token."""
+    return hmac.compare_digest(offered.encode("utf-8", "surrogatepass"), token.encode("utf-8"))
 
 
 def _setting_cookie(send: Any, token: str) -> Any:
@@ -135,16 +258,28 @@ def _share_proj_data() -> None:
 REQUEST_THREADS = 64
 
 
-@contextlib.asynccontextmanager
-async def _threads(app: Any) -> Any:
-    """Give the event loop a pool large enough for waiting synchronous executions."""
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
+def _lifespan(queue: Any) -> Any:
+    """The app's lifespan: a pool large enough for waiting executions; the queue closed last.
 
-    pool = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="cloudseg-request")
-    asyncio.get_running_loop().set_default_executor(pool)
-    yield
-    pool.shutdown(wait=False, cancel_futures=True)
+    At shutdown (SIGTERM, SIGINT) the queue is closed before the pool: running jobs are
+    told to stop, queued ones dismissed, and every request thread waiting on a job wakes
+    and answers, so the process ends within seconds instead of waiting for the jobs.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(REQUEST_THREADS, thread_name_prefix="cloudseg-request")
+        asyncio.get_running_loop().set_default_executor(pool)
+        try:
+            yield
+        finally:
+            queue.close()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    return lifespan
 
 
 def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
@@ -174,11 +309,15 @@ def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
 
     # A job reads under --root, its own folder and the page's uploads, nothing else.
     queue = JobQueue(
-        work, config.concurrency, config.keep_seconds, [*config.roots, work / "uploads"]
+        work,
+        config.concurrency,
+        config.keep_seconds,
+        read_roots=[*config.roots, work / "uploads"],
+        max_input_bytes=int(config.max_upload_mib * 2**20),
     )
     base = config.base_url(port)
     attach(queue, config, base)
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=_threads)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan(queue))
 
     @app.delete(PREFIX + "/jobs/{job_id}")
     def dismiss(job_id: str) -> JSONResponse:
@@ -224,7 +363,9 @@ def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
     threading.Thread(target=_housekeeping, args=(queue, min(keep / 4, 600.0)), daemon=True).start()
     hosts = config.allowed_hosts(port) if is_loopback(config.host) else None
     limit = int(config.max_upload_mib * 2**20) + FORM_SLACK
-    return Guard(app, config.token, hosts, limit), queue
+    origins = {_origin_of(base)} - {None}
+    guard = Guard(app, config.token, hosts, limit, origins, (PREFIX + "/",))  # type: ignore[arg-type]
+    return guard, queue
 
 
 def serve(config: ServeConfig) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import choices
-from ..errors import InputError
+from ..errors import CloudsegError, InputError
 from ..inference.options import RUN_FLAGS, RunOptions, SegmentOptions
 from .jobs import Job, JobOutcome
 
@@ -68,6 +68,11 @@ class Input:
 
 
 _RUN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunOptions)}
+#: Bounds on what one request may carry (a request is parsed before it waits in line).
+MAX_TEXT = 4096  # a path or a signed URL
+MAX_BANDS_TEXT = 256  # "B01,B02,...,B12" is 51
+MAX_INTEGER = 65536  # pixels: a tile edge, an overlap; tiles per call
+MAX_ITEMS = 16
 
 
 def _run_input(flag: Any) -> Input:
@@ -78,15 +83,16 @@ def _run_input(flag: Any) -> Input:
         schema = {"type": "boolean", "default": False}
         return Input(flag.field, flag.field.replace("_", " "), text, schema, _bool)
     kind = settings.get("type", str)
-    schema: dict[str, Any] = {"type": "string"}
+    schema: dict[str, Any] = {"type": "string", "maxLength": MAX_TEXT}
     if kind is float:
         schema = {"type": "number"}
     elif kind is int:
-        schema = {"type": "integer", "minimum": 1}
+        schema = {"type": "integer", "minimum": 0 if flag.field == "overlap" else 1,
+                  "maximum": MAX_INTEGER}  # fmt: skip
     if "choices" in settings:
         schema = {"type": "string", "enum": list(settings["choices"])}
     if flag.field == "bands":
-        schema = {"type": "string", "examples": ["B04,B03,B02,B08"]}
+        schema = {"type": "string", "maxLength": MAX_BANDS_TEXT, "examples": ["B04,B03,B02,B08"]}
     default = _RUN_DEFAULTS[flag.field]
     if default is not None:
         schema["default"] = default
@@ -124,7 +130,7 @@ SOURCE = Input(
     "scene",
     "The scene: a path on the server under its --root folders, an https:// or s3:// URL "
     "(GeoTIFF / COG, SAFE zip, STAC Item), or a file uploaded through the web page.",
-    {"type": "string"},
+    {"type": "string", "maxLength": MAX_TEXT},
     str,
     required=True,
 )
@@ -136,7 +142,9 @@ EXTENT = Input(
     _extent,
 )
 RUN_INPUTS = tuple(
-    Input(i.name, "model", i.description, {"type": "string"}, _model) if i.name == "model" else i
+    Input(i.name, "model", i.description, {"type": "string", "maxLength": 256}, _model)
+    if i.name == "model"
+    else i
     for i in (_run_input(f) for f in RUN_FLAGS if f.field not in SERVER_FIELDS)
 )
 SEGMENT_INPUTS = (
@@ -187,7 +195,12 @@ EXPLAIN_INPUTS = (
         "classes",
         "classes",
         "classes to explain, one band each (default: cloud)",
-        {"type": "array", "items": {"type": "string"}, "default": ["cloud"]},
+        {
+            "type": "array",
+            "items": {"type": "string", "maxLength": 64},
+            "maxItems": MAX_ITEMS,
+            "default": ["cloud"],
+        },
         lambda v: [str(c) for c in ([v] if isinstance(v, str) else v)],
     ),
     Input(
@@ -223,14 +236,56 @@ def parse_inputs(process: str, inputs: dict[str, Any]) -> dict[str, Any]:
             if spec.required:
                 raise InputError(f"input {name!r} is required: {spec.description}")
             continue
+        _within_schema(name, value, spec.schema)  # before any parsing: its size is bounded
         try:
             values[name] = spec.parse(value) if spec.parse else value
-        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+        except (TypeError, ValueError, OverflowError, argparse.ArgumentTypeError) as exc:
             raise InputError(f"input {name!r}: {exc}") from None
+        _within_schema(name, values[name], spec.schema)
         enum = spec.schema.get("enum")
         if enum and values[name] not in enum:
             raise InputError(f"input {name!r} must be one of {', '.join(enum)}, not {value!r}")
+    if "bands" in values:  # checked now, not after the job waited in line
+        from ..raster.bands import parse_band_list
+
+        try:
+            parse_band_list(values["bands"])
+        except CloudsegError as exc:
+            raise InputError(f"input 'bands': {exc}") from None
     return values
+
+
+def _within_schema(name: str, value: Any, schema: dict[str, Any]) -> None:
+    """Refuse a value beyond its schema's bounds: length, items, range, finite, text.
+
+    Raises:
+        InputError: One line naming the input and its bound.
+    """
+    import math
+
+    if schema.get("type") == "string" and not isinstance(value, str):
+        raise InputError(f"input {name!r} must be text, not {type(value).__name__}")
+    if isinstance(value, str):
+        limit = schema.get("maxLength", MAX_TEXT)
+        if len(value) > limit:
+            raise InputError(f"input {name!r} is {len(value)} characters; at most {limit}")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise InputError(f"input {name!r} holds a control character (such as NUL)")
+    elif isinstance(value, (list, tuple)):
+        limit = schema.get("maxItems", MAX_ITEMS)
+        if len(value) > limit:
+            raise InputError(f"input {name!r} has {len(value)} entries; at most {limit}")
+        for entry in value:
+            _within_schema(name, entry, schema.get("items", {}))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise InputError(f"input {name!r} must be a finite number, not {value}")
+        low, high = schema.get("minimum"), schema.get("maximum")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"{low if low is not None else '...'} to {high if high is not None else '...'}"
+            raise InputError(f"input {name!r} must be from {bounds}, not {value:g}")
+    elif not isinstance(value, (bool, dict)) and value is not None:
+        raise InputError(f"input {name!r} cannot be {type(value).__name__}")
 
 
 def _option_fields(values: dict[str, Any], besides: tuple[str, ...]) -> dict[str, Any]:

@@ -18,7 +18,11 @@ and the mask's checksum), a run manifest ``manifest.json`` (every scene's record
 STAC Collection ``collection.json`` linking every done scene's Item (also those of
 earlier batches into the folder), rewritten with the manifest as scenes finish. No scene
 may be named ``manifest`` or ``collection``, end in ``.stac``, nor be anything that is
-not a plain file name.
+not a plain file name. A scene's name is its Item's id and its files' name, by the one
+id rule of :func:`~cloudseg.backend.inference.stac_item.stac_id`: the input ``h#ash.tif``
+or ``my scene.tif`` gives ``h_ash.tif`` or ``my_scene.tif`` (the record keeps the
+source), so every href of the collection is a plain relative URL that pystac, GDAL and
+a web server read alike.
 
 Safe to re-run: a scene whose record says done with the same model and settings, the
 same input (size, modification time and a hash of its first and last MiB), a mask
@@ -306,9 +310,14 @@ def find_scenes(inputs: list[str], work: Path, endpoint_url: str | None = None) 
         if not found:
             raise InputError(f"{spec}: no scenes found (GeoTIFF, SAFE, band folder, zip)")
         scenes += found
+    from .inference.stac_item import stac_id
+
     seen: dict[str, BatchScene] = {}
-    for scene in scenes:
+    for i, scene in enumerate(scenes):
         check_scene_name(scene.scene, scene.source)
+        # The scene names its files and is its Item's id: characters an href would
+        # have to percent-encode (a space, '#', '%') become '_'.
+        scene = scenes[i] = dataclasses.replace(scene, scene=stac_id(scene.scene))
         other = seen.get(scene.scene.casefold())
         if other is not None and other.source != scene.source:
             raise InputError(
@@ -1033,8 +1042,10 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def collection_id(url: str) -> str:
-    """The id of a batch's STAC Collection: the output folder's (or prefix's) name."""
-    return url.rstrip("/").rsplit("/", 1)[-1] or "cloudseg-masks"
+    """The id of a batch's STAC Collection: the output folder's (or prefix's) name, safe."""
+    from .inference.stac_item import stac_id
+
+    return stac_id(url.rstrip("/").rsplit("/", 1)[-1], "cloudseg-masks")
 
 
 def _kept_records(destination: _Destination, scenes: list[BatchScene]) -> list[dict[str, Any]]:
@@ -1083,7 +1094,7 @@ def _write_collection(
     import pystac
 
     from ._version import __version__
-    from .inference.stac_item import parse_time
+    from .inference.stac_item import href_of, parse_time
 
     entries = sorted((r for r in [*kept, *records] if _listed(r)), key=lambda r: str(r["scene"]))
     boxes = [r["bbox"] for r in entries]
@@ -1108,7 +1119,7 @@ def _write_collection(
         collection.summaries.add("eo:cloud_cover", pystac.RangeSummary(min(covers), max(covers)))
     for record in entries:
         collection.add_link(
-            pystac.Link("item", f"./{record['scene']}{ITEM_SUFFIX}",
+            pystac.Link("item", f"./{href_of(str(record['scene']))}{ITEM_SUFFIX}",
                         pystac.MediaType.GEOJSON, str(record["scene"]))
         )  # fmt: skip
     data = collection.to_dict(include_self_link=False, transform_hrefs=False)

@@ -22,6 +22,12 @@ What the Item says:
   ``file:checksum`` (SHA2-256 multihash) and the rasters with ``raster:bands``. An
   asset in the Item's folder has a relative href (``./mask.tif``), so the folder can be
   moved or uploaded as it is.
+- Ids and hrefs follow one rule (:func:`stac_id`, :func:`href_of`): an id keeps letters,
+  digits and ``-._~!$&'()+,;=@`` (any other character, a space, ``#``, ``%``, ``/`` or a
+  newline, becomes ``_``), and every href is a URI reference whose other characters are
+  percent-encoded (``./h%23ash.tif``; letters of any script stay as they are, as STAC's
+  IRI references allow). A batch names its files by such ids, so their hrefs need no
+  encoding and read the same as paths (pystac, GDAL) and as URLs (a web server, S3).
 - ``processing:software`` (``{"cloudseg": version}``), ``processing:lineage``,
   ``processing:datetime``, and the model: ``cloudseg:model``, ``cloudseg:model_version``,
   ``cloudseg:model_accuracy`` (its measured accuracy, or "not measured").
@@ -33,6 +39,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import unicodedata
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -145,12 +152,68 @@ def multihash(path: Path) -> str:
     return "1220" + file_sha256(path)
 
 
+#: What an id keeps besides letters and digits (of any script), and what an href keeps
+#: as it is besides those and ``/``: RFC 3986's unreserved characters and the
+#: sub-delimiters a path segment takes, less ``*`` (not in a Windows file name).
+PLAIN = "-._~!$&'()+,;=@"
+
+
+def stac_id(text: str, default: str = "mask") -> str:
+    """``text`` as a STAC id (and a file name that needs no percent-encoding in an href).
+
+    Letters and digits of any script and :data:`PLAIN` are kept (NFC); every other
+    character (a space, ``#``, ``%``, ``?``, ``/``, a newline) becomes ``_``.
+    """
+    normal = unicodedata.normalize("NFC", text)
+    return "".join(c if c.isalnum() or c in PLAIN else "_" for c in normal) or default
+
+
+def href_of(path: str) -> str:
+    """A path as an href: a URI reference, percent-encoded where it must be.
+
+    Characters outside :data:`PLAIN`, ``/`` and letters and digits are percent-encoded
+    as UTF-8 (``h#ash m.tif`` -> ``h%23ash%20m.tif``, a newline ``%0A``, ``%`` itself
+    ``%25``); letters and digits of other scripts stay as they are (an IRI reference).
+    """
+    from urllib.parse import quote
+
+    return "".join(
+        c if c == "/" or c in PLAIN or (c.isalnum() and (c.isascii() or c.isprintable()))
+        else quote(c, safe="")
+        for c in unicodedata.normalize("NFC", path)
+    )  # fmt: skip
+
+
+def url_href(url: str) -> str:
+    """A URL as an href: as it is, but for what no URL may hold raw.
+
+    Spaces, control characters, quotes and non-ASCII characters are percent-encoded;
+    reserved characters and ``%XX`` escapes stay.
+    """
+    from urllib.parse import quote
+
+    return quote(url, safe=":/?#[]@!$&'()*+,;=%~")
+
+
 def _href(final: Path, item_path: Path | None) -> str:
-    """An asset's href: ``./name`` in the Item's folder, else the absolute path."""
+    """An asset's href: ``./name`` in the Item's folder, else the absolute path (encoded)."""
     final = Path(final).expanduser()
     if item_path is not None and final.absolute().parent == Path(item_path).absolute().parent:
-        return f"./{final.name}"
-    return str(final.absolute())
+        return f"./{href_of(final.name)}"
+    return href_of(str(final.absolute()))
+
+
+def _source_href(source: SourceItem) -> str:
+    """The ``derived_from`` href of the Item a run read, as a URI reference.
+
+    Its URL, or its file (with the ``#id`` fragment of one Item of a collection).
+    """
+    href = source.href
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", href):
+        return url_href(href)
+    if source.source and href == f"{source.source}#{source.id}":
+        return f"{href_of(source.source)}#{href_of(source.id)}"
+    return href_of(href)
 
 
 def _field(result: RunStats | Mapping[str, Any], name: str, default: Any = None) -> Any:
@@ -224,8 +287,10 @@ def mask_item(
             class pixels and percentages, usable share, the acquisition time
             (``acquired``, ``acquired_from``).
         item_path: Where the Item will be written: assets in its folder get relative
-            hrefs (``./mask.tif``); None gives absolute ones.
-        item_id: The Item's id; default the mask's file name without its suffix.
+            hrefs (``./mask.tif``); None gives absolute ones. Hrefs are percent-encoded
+            (:func:`href_of`).
+        item_id: The Item's id; default the mask's file name without its suffix (made
+            safe by :func:`stac_id`).
         assets: The run's other outputs by kind (``probabilities``, ``uncertainty``,
             ``valid``, ``polygons``, ``stats``; None: not written), final paths.
         source: The input as given (recorded as ``cloudseg:source``).
@@ -261,7 +326,7 @@ def mask_item(
         tags, georeferenced = ds.tags(), ds.crs is not None
         kind, roles, title = ASSETS["mask"]
         item = create_stac_item(
-            ds, input_datetime=when, id=item_id or mask.stem, asset_name="mask",
+            ds, input_datetime=when, id=stac_id(item_id or mask.stem), asset_name="mask",
             asset_roles=roles, asset_media_type=kind, asset_href=_href(mask, item_path),
             with_proj=georeferenced, with_raster=True, geom_precision=7,
         )  # fmt: skip
@@ -309,7 +374,7 @@ def mask_item(
         item.stac_extensions.append(PROCESSING_SCHEMA)
     if source_item is not None:
         item.add_link(
-            pystac.Link("derived_from", source_item.href, pystac.MediaType.GEOJSON,
+            pystac.Link("derived_from", _source_href(source_item), pystac.MediaType.GEOJSON,
                         f"STAC Item {source_item.id}")
         )  # fmt: skip
     return item
@@ -331,10 +396,12 @@ def write_item(item: pystac.Item, path: Path) -> None:
 __all__ = [
     "ASSETS",
     "cover_percent",
+    "href_of",
     "item_bytes",
     "mask_item",
     "multihash",
     "parse_time",
     "scene_time",
+    "stac_id",
     "write_item",
 ]

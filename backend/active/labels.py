@@ -35,6 +35,7 @@ from .project import (
     moved,
     polygonal,
     quiet_gdal,
+    valid_area,
 )
 
 
@@ -485,7 +486,7 @@ def polygon_labels(
             polygons none of which lies in the box (a file in the wrong place: to mark
             a box all clear, use ``cloudseg labels done``).
     """
-    from osgeo import ogr
+    from osgeo import gdal, ogr
 
     path = Path(source).expanduser()
     if not path.exists():
@@ -511,8 +512,14 @@ def polygon_labels(
                 f"({', '.join(map(str, classes))})"
             )
         count += 1
-        inside = moved(shape, transform_to, what).Intersection(geometry)
-        if inside is not None and not inside.IsEmpty() and inside.GetArea() > 0:
+        shape = valid_area(moved(shape, transform_to, what), what)  # a bow-tie: its lobes
+        with quiet_gdal():
+            gdal.ErrorReset()
+            inside = shape.Intersection(geometry)
+            reason = gdal.GetLastErrorMsg().strip()
+        if inside is None:  # GEOS refused it: never blamed on the CRS
+            raise InputError(f"{what} cannot be clipped to the box ({reason or 'GEOS failed'})")
+        if not inside.IsEmpty() and inside.GetArea() > 0:
             found.append((inside, value))
     if count and not found:
         raise InputError(

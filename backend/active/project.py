@@ -31,6 +31,7 @@ import contextlib
 import datetime as dt
 import getpass
 import json
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -199,6 +200,54 @@ def polygonal(geometry: Any, what: str) -> Any:
         name = geometry.GetGeometryName().lower()
         raise InputError(f"{what} is a {name}, not a polygon; labels are areas")
     return geometry
+
+
+def valid_area(geometry: Any, what: str) -> Any:
+    """A label polygon whose rings cross themselves, repaired into the area it encloses.
+
+    A ring drawn across itself (a bow-tie) is shown by QGIS as its filled parts, and
+    the project's labels are rasterized the same way (labels-to-store, fine-tune); GEOS
+    refuses such a polygon in every overlay. It is repaired with ``MakeValid`` (the
+    GEOS "linework" rule: every part the rings enclose, a bow-tie's two lobes), and a
+    warning names the polygon and where it crosses itself. A valid polygon is returned
+    as it is.
+
+    Raises:
+        InputError: For a polygon whose rings enclose no area at all (a ring folded
+            onto a line): one line naming it and where.
+    """
+    from osgeo import gdal, ogr
+
+    with quiet_gdal():
+        gdal.ErrorReset()
+        if geometry.IsValid():
+            return geometry
+        reason = gdal.GetLastErrorMsg().strip() or "its rings are not valid"
+        try:
+            repaired = geometry.MakeValid()
+        except RuntimeError:
+            repaired = None
+    parts = ogr.Geometry(ogr.wkbMultiPolygon)
+    if repaired is not None:
+        flat = ogr.GT_Flatten(repaired.GetGeometryType())
+        pieces = (
+            [repaired.GetGeometryRef(i) for i in range(repaired.GetGeometryCount())]
+            if flat in (ogr.wkbGeometryCollection, ogr.wkbMultiPolygon)
+            else [repaired]
+        )
+        for piece in pieces:
+            kind = ogr.GT_Flatten(piece.GetGeometryType())
+            if kind == ogr.wkbPolygon:
+                parts.AddGeometry(piece)
+            elif kind == ogr.wkbMultiPolygon:
+                for i in range(piece.GetGeometryCount()):
+                    parts.AddGeometry(piece.GetGeometryRef(i))
+    if parts.IsEmpty() or parts.GetArea() <= 0:
+        raise InputError(f"{what} encloses no area ({reason}); draw it again")
+    logging.getLogger(__name__).warning(
+        "%s is not a valid polygon (%s): stored as the area its rings enclose", what, reason
+    )
+    return parts
 
 
 def class_value(raw: Any, what: str) -> int | None:
@@ -1006,4 +1055,5 @@ __all__ = [
     "polygonal",
     "quiet_gdal",
     "scene_key",
+    "valid_area",
 ]

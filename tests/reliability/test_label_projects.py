@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -575,3 +576,77 @@ def test_a_write_the_project_refuses_is_one_line_and_changes_nothing(project, tr
     )
     assert after == before  # no polygon stored, the box still to label
     assert [b["status"] for b in after[1] if str(b["fid"]) == fid] == ["todo"]
+
+
+# -- a polygon drawn across itself (a bow-tie): stored as the area it shows -----------------------
+def _box_envelope(gpkg: Path, fid: int) -> tuple[float, float, float, float]:
+    """``(xmin, xmax, ymin, ymax)`` of a proposal's box, in the project's CRS."""
+    from osgeo import ogr
+
+    dataset = ogr.Open(str(gpkg))
+    feature = dataset.GetLayerByName("proposals").GetFeature(fid)  # held while it is read
+    envelope = feature.GetGeometryRef().GetEnvelope()
+    feature = dataset = None
+    return envelope
+
+
+def test_a_self_intersecting_polygon_is_stored_as_the_area_it_shows(project):
+    """Issue 39, item 10: a bow-tie gave GDAL's raw 'TopologyException' line and 'none of
+    the 1 polygon(s) lies in the box; is its CRS right?'.
+
+    QGIS shows a bow-tie as its two lobes, and the project's own labels are rasterized so
+    (labels-to-store and fine-tune read a bow-tie drawn in the project that way): ``labels
+    add`` stores those lobes, and says which polygon crosses itself and where.
+    """
+    import rasterio.features
+    from affine import Affine
+
+    boxes = json.loads(project.cli("labels", "boxes", PROJECT, "--json").stdout)
+    fid = boxes[0]["fid"]
+    assert project.cli("labels", "todo", PROJECT, "--box", str(fid)).returncode == 0
+    xmin, xmax, ymin, ymax = _box_envelope(project.root / PROJECT, fid)
+    # Corners off the pixel grid, so that no pixel centre lies on an edge.
+    a, b = (xmin + 11, ymax - 7), (xmax - 13, ymin + 5)
+    c, d = (xmax - 13, ymax - 7), (xmin + 11, ymin + 5)
+    bow = f"POLYGON(({a[0]} {a[1]},{b[0]} {b[1]},{c[0]} {c[1]},{d[0]} {d[1]},{a[0]} {a[1]}))"
+    _user_polygons(project.root / "bow.gpkg", [(bow, 1)], "EPSG:32632")
+    added = project.cli(
+        "labels", "add", PROJECT, "--box", str(fid), "--from", "bow.gpkg", "--keep-todo"
+    )
+    assert added.returncode == 0, added.stderr
+    said = re.search(r"feature 1 is not a valid polygon \(Self-intersection at or near point "
+                     r"(\S+) (\S+)\)", added.stderr)  # fmt: skip
+    assert said, added.stderr
+    crossing = ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2)  # where the diagonals cross
+    assert np.allclose([float(said[1]), float(said[2])], crossing, atol=1.0), said[0]
+    assert "TopologyException" not in added.stderr and "CRS" not in added.stderr
+    assert project.cli("labels", "done", PROJECT, "--box", str(fid)).returncode == 0
+    done = project.cli("labels-to-store", PROJECT, SCENE, "store", "--context", "0", "--json")
+    assert done.returncode == 0, done.stderr
+    from cloudseg.backend.store.dataset import open_dataset
+
+    stored = open_dataset(project.root / "store")
+    transforms = {
+        n: Affine(*stored.item(n).properties["proj:transform"][:6]) for n in stored.scenes()
+    }
+    name = next(n for n, t in transforms.items() if (t.c, t.f) == (xmin, ymax))  # the box
+    labels, transform = stored.read(name)[1], transforms[name]
+    from shapely import wkt
+
+    lobes = rasterio.features.rasterize(
+        [(wkt.loads(bow), 1)], out_shape=labels.shape, transform=transform, fill=0, dtype="uint8"
+    )
+    assert 0.3 < lobes.mean() < 0.7  # both lobes: about half the box
+    np.testing.assert_array_equal(labels, lobes)
+
+
+def test_a_polygon_that_encloses_no_area_is_one_line(project):
+    boxes = json.loads(project.cli("labels", "boxes", PROJECT, "--json").stdout)
+    fid = str(boxes[0]["fid"])
+    _sql(project.root / PROJECT, "UPDATE proposals SET status = 'todo'")
+    xmin, xmax, ymin, ymax = _box_envelope(project.root / PROJECT, int(fid))
+    folded = f"POLYGON(({xmin} {ymin},{xmax} {ymax},{xmin} {ymin},{xmin} {ymin}))"
+    _user_polygons(project.root / "folded.gpkg", [(folded, 1)], "EPSG:32632")
+    args = ["labels", "add", PROJECT, "--box", fid, "--from", "folded.gpkg"]
+    line = _refused(project, args, "encloses no area")
+    assert "folded.gpkg: feature 1" in line and "CRS" not in line

@@ -241,7 +241,8 @@ def parse_inputs(process: str, inputs: dict[str, Any]) -> dict[str, Any]:
             values[name] = spec.parse(value) if spec.parse else value
         except (TypeError, ValueError, OverflowError, argparse.ArgumentTypeError) as exc:
             raise InputError(f"input {name!r}: {exc}") from None
-        _within_schema(name, values[name], spec.schema)
+        if values[name] is not None:  # None: the default ("auto" model)
+            _within_schema(name, values[name], spec.schema)
         enum = spec.schema.get("enum")
         if enum and values[name] not in enum:
             raise InputError(f"input {name!r} must be one of {', '.join(enum)}, not {value!r}")

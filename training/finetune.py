@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..backend.active.history import Round, current_model
-from ..backend.active.judge import Verdict, judge, split_boxes
+from ..backend.active.judge import SceneChange, Verdict, judge, split_boxes
 from ..backend.active.labels import labels_to_store, stored_box_id
 from ..backend.active.project import LabelProject, StoredProposal, login_name
 from ..backend.atomic import claim, temporary_folder
@@ -65,6 +65,15 @@ from .adapt import DEFAULT_RECIPE, AdaptResult, Recipe, adapt, recipe_named, set
 
 #: Unlabeled windows of the scene used for distillation, per trained box (at most).
 UNLABELED_PER_BOX = 1
+#: Windows (a tile each) of the unlabeled scene where a round checks what a new version
+#: changes (see :class:`cloudseg.backend.active.judge.SceneChange`).
+CHECK_WINDOWS = 6
+
+
+def _around(box: Any, context: int | None) -> tuple[int, int, int]:
+    """A labeled box with the context stored around it, ``(row, col, size)``."""
+    extra = box.size // 4 if context is None else context
+    return (box.row - extra, box.col - extra, box.size + 2 * extra)
 
 
 @dataclass
@@ -143,6 +152,45 @@ def _unlabeled_windows(
     return np.stack(found) if found else np.zeros((0, len(card.bands), size, size), np.float32)
 
 
+def _window_runner(model: str, network: Any = None) -> tuple[Any, Any, Any]:
+    """The model loaded as a round runs it: its card, run options and a float32 torch runner."""
+    from ..backend.inference.options import RunOptions
+    from ..backend.inference.runners import TorchRunner
+
+    loaded = load_model(model)
+    options = RunOptions(model=model, device="cpu", precision="fp32", runtime="torch")
+    return loaded.card, options, TorchRunner(loaded, "cpu", "fp32", network=network)
+
+
+def _predict_window(
+    card: ModelCard, options: Any, runner: Any, reader: Any, row: int, col: int, size: int
+) -> Any:
+    """A model's prediction of a ``size`` square of the scene, with half a tile around it.
+
+    The square is segmented in a window of the scene that reaches half a tile beyond it,
+    by the same engine and tiling as ``cloudseg segment``.
+
+    Returns:
+        The :class:`~cloudseg.backend.inference.engine.Prediction` cropped to the square.
+    """
+    from ..backend.inference.engine import ArrayScene, predict
+
+    tile, _ = options.tiling(card)
+    margin = tile // 2
+    bands = list(card.bands)
+    r0, c0 = max(row - margin, 0), max(col - margin, 0)
+    r1, c1 = min(row + size + margin, reader.height), min(col + size + margin, reader.width)
+    image = reader.read(bands, r0, c0, r1 - r0, c1 - c0)
+    prediction = predict(ArrayScene(image, bands, reader.resolution_m), options, runner)
+    rows = slice(row - r0, row - r0 + size)
+    cols = slice(col - c0, col - c0 + size)
+    return replace(
+        prediction,
+        probabilities=prediction.probabilities[:, rows, cols],
+        nodata=prediction.nodata[rows, cols],
+    )
+
+
 def held_out_confusion(
     model: str,
     reader: Any,
@@ -163,27 +211,66 @@ def held_out_confusion(
         classes: Number of classes.
         network: The model's network already in memory (None: loaded from ``model``).
     """
-    from ..backend.inference.engine import ArrayScene, predict
-    from ..backend.inference.options import RunOptions
-    from ..backend.inference.runners import TorchRunner
     from .metrics import confusion_matrix
 
-    loaded = load_model(model)
-    options = RunOptions(model=model, device="cpu", precision="fp32", runtime="torch")
-    tile, _ = options.tiling(loaded.card)
-    runner = TorchRunner(loaded, "cpu", "fp32", network=network)
-    margin = tile // 2
+    card, options, runner = _window_runner(model, network)
     matrix = np.zeros((classes, classes), np.int64)
-    bands = list(loaded.card.bands)
     for row, col, size, labels in windows:
-        r0, c0 = max(row - margin, 0), max(col - margin, 0)
-        r1, c1 = min(row + size + margin, reader.height), min(col + size + margin, reader.width)
-        image = reader.read(bands, r0, c0, r1 - r0, c1 - c0)
-        scene = ArrayScene(image, bands, reader.resolution_m)
-        predicted = predict(scene, options, runner).classes()
-        inside = predicted[row - r0 : row - r0 + size, col - c0 : col - c0 + size]
+        inside = _predict_window(card, options, runner, reader, row, col, size).classes()
         matrix += confusion_matrix(labels, inside, classes)
     return matrix
+
+
+def check_windows(
+    reader: Any, size: int, avoid: list[tuple[int, int, int]], count: int, seed: int
+) -> list[tuple[int, int, int]]:
+    """Up to ``count`` squares ``(row, col, size)`` of the scene that touch no labeled box.
+
+    Where a round checks what a new version does to the scene nobody labeled (see
+    :class:`cloudseg.backend.active.judge.SceneChange`): random places, apart from each
+    other and from the boxes (and their stored context).
+    """
+    rng = np.random.default_rng(seed)
+    size = min(size, reader.height, reader.width)
+    found: list[tuple[int, int, int]] = []
+    for _ in range(100 * count):
+        if len(found) == count:
+            break
+        r = int(rng.integers(0, reader.height - size + 1))
+        c = int(rng.integers(0, reader.width - size + 1))
+        if any(_overlap((r, c, size), other) for other in [*avoid, *found]):
+            continue
+        found.append((r, c, size))
+    return found
+
+
+def scene_before(
+    model: str, reader: Any, windows: list[tuple[int, int, int]], network: Any = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The current model's probabilities and nodata on each check window."""
+    card, options, runner = _window_runner(model, network)
+    kept = []
+    for row, col, size in windows:
+        prediction = _predict_window(card, options, runner, reader, row, col, size)
+        kept.append((prediction.probabilities, prediction.nodata))
+    return kept
+
+
+def scene_change(
+    model: str,
+    reader: Any,
+    windows: list[tuple[int, int, int]],
+    before: list[tuple[np.ndarray, np.ndarray]],
+    network: Any = None,
+) -> SceneChange | None:
+    """What the new version ``model`` changes of ``before`` (see :func:`scene_before`)."""
+    card, options, runner = _window_runner(model, network)
+    change = None
+    for (row, col, size), (probabilities, nodata) in zip(windows, before, strict=True):
+        after = _predict_window(card, options, runner, reader, row, col, size).classes()
+        one = SceneChange.measure(probabilities, after, nodata)
+        change = one if change is None else change + one
+    return change
 
 
 def _padded(images: list[np.ndarray], labels: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -309,6 +396,13 @@ def fine_tune(
         classes = len(init_card.classes)
         report(10, f"judging {init_card.name} on {len(validation)} held-out box(es)")
         before = held_out_confusion(init, reader, judged_windows, classes, network)
+        from ..backend.inference.options import RunOptions
+
+        tile, _ = RunOptions(model=init).tiling(init_card)
+        labeled = [_around(p.box(reader.transform), context) for p in boxes]
+        checks = check_windows(reader, tile, labeled, CHECK_WINDOWS, seed)
+        report(12, f"reading {init_card.name}'s classes on {len(checks)} unlabeled window(s)")
+        scene_probabilities = scene_before(init, reader, checks, network)
 
         def training_progress(percent: float, message: str) -> None:
             report(15 + 0.75 * percent, f"fine-tuning ({chosen.name}): {message}")
@@ -320,7 +414,16 @@ def fine_tune(
             candidate = _save_version(network, _draft_card(init_card, new_name), work)
             report(91, f"judging {new_name} on {len(validation)} held-out box(es)")
             after = held_out_confusion(str(candidate), reader, judged_windows, classes, network)
-            verdict = judge(before, after, init_card.class_names(), init_card.name, new_name)
+            report(94, f"checking what {new_name} changes outside the boxes")
+            change = scene_change(str(candidate), reader, checks, scene_probabilities, network)
+            verdict = judge(
+                before,
+                after,
+                init_card.class_names(),
+                init_card.name,
+                new_name,
+                change=change or SceneChange([0] * classes, [0] * classes),
+            )
             entry = replace(
                 _round_entry(number, new_name, base, init_card.name, history, boxes),
                 model_path=str(models_dir() / f"{new_name}.pt"),

@@ -17,6 +17,14 @@ benchmark) shows and none may decide differently:
   least :data:`MIN_GAIN`: a smaller gain on a few boxes is within what they vary by,
   and a version adopted for it risks more elsewhere than it gains (measured:
   docs/active-learning.md).
+- **The rest of the scene** (:class:`SceneChange`): a few held-out boxes cannot show
+  what a version does to a class they do not hold (an analyst who labels only clear
+  ground can teach the model to forget cloud). So every class is also checked where
+  nobody labeled: of the pixels the current model gives that class with probability
+  :data:`CONFIDENT` or more, outside every labeled box, the new version may repaint at
+  most :data:`CHANGE_BUDGET` - it may change what the labels taught it, not the scene.
+  A class that neither the held-out boxes nor the scene can check is not protected, so
+  the version is not adopted, and the verdict names the class to label next.
 """
 
 from __future__ import annotations
@@ -34,6 +42,54 @@ MIN_CLASS_PIXELS = 400
 TOLERANCE = 0.01
 #: How much the mean IoU over the judged classes must rise for a version to be adopted.
 MIN_GAIN = 0.01
+#: A pixel is the current model's confident prediction of its class from this probability.
+CONFIDENT = 0.8
+#: Share of a class's confident pixels outside the labeled boxes a version may repaint.
+CHANGE_BUDGET = 0.05
+#: Confident pixels outside the boxes a class needs before its change is checked.
+MIN_CONFIDENT_PIXELS = MIN_CLASS_PIXELS
+
+
+@dataclass
+class SceneChange:
+    """How much a new version changes the current model's confident classes, per class.
+
+    Attributes:
+        confident: Pixels (outside the labeled boxes) the current model gives each
+            class with probability :data:`CONFIDENT` or more.
+        changed: Of those, how many the new version gives another class.
+    """
+
+    confident: list[int]
+    changed: list[int]
+
+    @classmethod
+    def measure(
+        cls, before: np.ndarray, after: np.ndarray, nodata: np.ndarray | None = None
+    ) -> SceneChange:
+        """The change between two models' outputs on the same pixels.
+
+        Args:
+            before: The current model's class probabilities ``(classes, rows, cols)``.
+            after: The new version's class raster ``(rows, cols)`` (values = class index).
+            nodata: Pixels to leave out.
+        """
+        classes = before.shape[0]
+        best = np.nan_to_num(before, nan=0.0).argmax(axis=0)
+        sure = np.nan_to_num(before, nan=0.0).max(axis=0) >= CONFIDENT
+        if nodata is not None:
+            sure &= ~nodata
+        confident = np.bincount(best[sure].ravel(), minlength=classes)[:classes]
+        moved = sure & (after != best)
+        changed = np.bincount(best[moved].ravel(), minlength=classes)[:classes]
+        return cls([int(v) for v in confident], [int(v) for v in changed])
+
+    def __add__(self, other: SceneChange) -> SceneChange:
+        """Both changes together (windows of one scene)."""
+        return SceneChange(
+            [a + b for a, b in zip(self.confident, other.confident, strict=True)],
+            [a + b for a, b in zip(self.changed, other.changed, strict=True)],
+        )
 
 
 def held_out_target(n: int) -> int:
@@ -86,6 +142,16 @@ class ClassScore:
     before: float | None
     after: float | None
     judged: bool
+    #: Confident pixels of the class outside the boxes (see :class:`SceneChange`).
+    confident: int = 0
+    #: Share of them the new version repaints; None: too few to check.
+    changed: float | None = None
+
+    @property
+    def checked_by(self) -> str:
+        """How the class was checked: held-out boxes, the scene, both, or nothing."""
+        ways = ["held-out boxes"] * self.judged + ["the scene"] * (self.changed is not None)
+        return " and ".join(ways) or "nothing"
 
 
 @dataclass
@@ -99,6 +165,8 @@ class Verdict:
         mean_after: The same for the new version.
         classes: Per class name, a :class:`ClassScore`.
         unjudged: Classes with too few held-out pixels to judge (said in the reason).
+        unchecked: Classes nothing could check: neither held-out boxes nor the scene
+            (the verdict is then never an adoption; label these next).
     """
 
     adopted: bool
@@ -107,10 +175,18 @@ class Verdict:
     mean_after: float | None
     classes: dict[str, ClassScore] = field(default_factory=dict)
     unjudged: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The verdict as JSON-serialisable data."""
-        return asdict(self)
+        """The verdict as JSON-serialisable data (each class says how it was checked)."""
+        data = asdict(self)
+        for name, score in self.classes.items():
+            data["classes"][name]["checked_by"] = score.checked_by
+        return data
+
+    def checks(self) -> str:
+        """One phrase saying how each class was checked, e.g. ``clear: held-out boxes``."""
+        return "; ".join(f"{n}: {s.checked_by}" for n, s in self.classes.items())
 
     def iou(self, which: str) -> dict[str, float | None]:
         """Per-class IoU (``before`` or ``after``) and ``mean`` over the judged classes."""
@@ -133,6 +209,8 @@ def judge(
     min_pixels: int = MIN_CLASS_PIXELS,
     tolerance: float = TOLERANCE,
     min_gain: float = MIN_GAIN,
+    change: SceneChange | None = None,
+    change_budget: float = CHANGE_BUDGET,
 ) -> Verdict:
     """Judge a new version against the current model on the same held-out pixels.
 
@@ -145,6 +223,10 @@ def judge(
         min_pixels: Held-out pixels a class needs to be judged.
         tolerance: IoU a judged class may lose.
         min_gain: How much the mean over the judged classes must rise.
+        change: What the new version does to the current model's confident classes
+            outside the labeled boxes; None: not measured (only the boxes judge, and no
+            class counts as unchecked).
+        change_budget: The share of a class's confident pixels it may repaint.
 
     Returns:
         The :class:`Verdict`.
@@ -159,12 +241,32 @@ def judge(
             round(_iou(after, k), 4) if present else None,
             bool(truth[k] >= min_pixels),
         )
+    if change is not None:
+        for k, name in enumerate(names):
+            score = classes[name]
+            score.confident = change.confident[k]
+            if score.confident >= MIN_CONFIDENT_PIXELS:
+                score.changed = round(change.changed[k] / score.confident, 4)
     judged = [n for n, s in classes.items() if s.judged]
     unjudged = [n for n, s in classes.items() if not s.judged]
+    unchecked = (
+        [n for n, s in classes.items() if not s.judged and s.changed is None]
+        if change is not None
+        else []
+    )
+    repainted = [
+        f"{n} {s.changed:.0%}"
+        for n, s in classes.items()
+        if s.changed is not None and s.changed > change_budget
+    ]
+    scene_only = [n for n in unjudged if classes[n].changed is not None]
     few = (
         f"; too few held-out pixels to judge {', '.join(unjudged)} "
         f"(fewer than {min_pixels}: label boxes with them)"
-        if unjudged
+        if unjudged and not scene_only
+        else f"; {', '.join(scene_only)} checked on the scene outside your boxes only "
+        f"(too few held-out pixels)"
+        if scene_only
         else ""
     )
     if not judged:
@@ -175,6 +277,7 @@ def judge(
             None,
             classes,
             unjudged,
+            unchecked,
         )
     mean_before = round(float(np.mean([classes[n].before for n in judged])), 4)
     mean_after = round(float(np.mean([classes[n].after for n in judged])), 4)
@@ -184,7 +287,25 @@ def judge(
         if classes[n].after < classes[n].before - tolerance
     ]
     figures = f"{mean_before:.3f} -> {mean_after:.3f}"
-    if lost:
+    if repainted:
+        reason = (
+            f"the new version repaints the scene outside your boxes: {', '.join(repainted)} "
+            f"of what {current} marks there with confidence is changed (at most "
+            f"{change_budget:.0%}; mean on your held-out boxes {figures}); kept {current}"
+        )
+        adopted = False
+    elif unchecked:
+        label = ", ".join(unchecked)
+        reason = (
+            f"nothing can check what the new version does to {label}: your held-out boxes "
+            f"hold fewer than {min_pixels} pixels of it and {current} marks fewer than "
+            f"{MIN_CONFIDENT_PIXELS} elsewhere (mean on your held-out boxes {figures}); "
+            f"kept {current}; label a box with {label} next"
+        )
+        verdict = Verdict(False, reason, mean_before, mean_after, classes, unjudged, unchecked)
+        verdict.reason += f" (checked - {verdict.checks()})"
+        return verdict
+    elif lost:
         reason = (
             f"the new version is worse on your held-out boxes for {', '.join(lost)} "
             f"(mean {figures}); kept {current}"
@@ -202,14 +323,21 @@ def judge(
     else:
         reason = f"the new version is better on your held-out boxes: {figures}; {new} adopted"
         adopted = True
-    return Verdict(adopted, reason + few, mean_before, mean_after, classes, unjudged)
+    verdict = Verdict(adopted, reason + few, mean_before, mean_after, classes, unjudged, unchecked)
+    if change is not None:
+        verdict.reason += f" (checked - {verdict.checks()})"
+    return verdict
 
 
 __all__ = [
+    "CHANGE_BUDGET",
+    "CONFIDENT",
     "MIN_CLASS_PIXELS",
+    "MIN_CONFIDENT_PIXELS",
     "MIN_GAIN",
     "TOLERANCE",
     "ClassScore",
+    "SceneChange",
     "Verdict",
     "judge",
     "split_boxes",

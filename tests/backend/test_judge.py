@@ -103,3 +103,48 @@ def test_a_gain_smaller_than_a_few_boxes_vary_by_is_not_adopted():
     assert 0 < verdict.mean_after - verdict.mean_before < 0.01
     assert not verdict.adopted and "not clearly better" in verdict.reason
     assert "kept base" in verdict.reason
+
+
+def _probabilities(classes: np.ndarray, sure: float = 0.9) -> np.ndarray:
+    """Class probabilities whose best class is ``classes`` with probability ``sure``."""
+    out = np.full((3, *classes.shape), (1 - sure) / 2, np.float32)
+    for k in range(3):
+        out[k][classes == k] = sure
+    return out
+
+
+def test_a_class_the_boxes_cannot_judge_is_checked_on_the_scene():
+    from cloudseg.backend.active.judge import CHANGE_BUDGET, SceneChange
+
+    truth = np.zeros((64, 64), np.int64)  # held-out boxes: clear ground only
+    before, after = truth.copy(), truth.copy()
+    before[:10] = 1  # the current model calls some of it cloud; the version fixes that
+    held_before, held_after = _confusion(truth, before), _confusion(truth, after)
+    scene = np.zeros((100, 100), np.int64)
+    scene[:40] = 1  # cloud the current model is sure of
+    scene[40:60] = 2  # and shadow
+    # A version that keeps the scene's cloud and shadow: checked there, adopted.
+    kept = SceneChange.measure(_probabilities(scene), scene)
+    verdict = judge(held_before, held_after, NAMES, "base", "new", change=kept)
+    assert verdict.adopted, verdict.reason
+    assert verdict.classes["cloud"].checked_by == "the scene"
+    assert verdict.classes["clear"].checked_by == "held-out boxes and the scene"
+    assert "cloud: the scene" in verdict.reason
+    # A version that repaints a tenth of the scene's cloud as clear: kept aside.
+    repainted = scene.copy()
+    repainted[:4] = 0
+    change = SceneChange.measure(_probabilities(scene), repainted)
+    assert change.changed[1] / change.confident[1] == pytest.approx(0.1)
+    assert 0.1 > CHANGE_BUDGET
+    verdict = judge(held_before, held_after, NAMES, "base", "new", change=change)
+    assert not verdict.adopted and "repaints the scene" in verdict.reason
+    assert "cloud 10%" in verdict.reason and "kept base" in verdict.reason
+    # Unsure pixels and nodata are not counted; a class nobody can check stops adoption.
+    unsure = SceneChange.measure(_probabilities(scene, sure=0.5), repainted)
+    assert unsure.confident == [0, 0, 0]
+    nodata = np.zeros(scene.shape, bool)
+    nodata[40:60] = True  # the shadow lies where there is no data
+    no_shadow = SceneChange.measure(_probabilities(scene), scene, nodata)
+    verdict = judge(held_before, held_after, NAMES, "base", "new", change=no_shadow)
+    assert not verdict.adopted and verdict.unchecked == ["cloud shadow"]
+    assert "label a box with cloud shadow next" in verdict.reason

@@ -148,6 +148,40 @@ def test_a_worse_version_is_kept_aside_and_the_next_round_starts_from_the_curren
 
 
 @pytest.mark.real_data
+@pytest.mark.slow
+def test_a_round_that_labels_only_clear_ground_cannot_unlearn_the_other_classes(s2, tmp_path):
+    """Every box labeled clear: the held-out boxes hold no cloud or shadow to judge.
+
+    The scene outside the boxes checks them: the version that learned "all is clear"
+    repaints what the current model marks as cloud there, or nothing can check a class;
+    either way it is kept aside, and the verdict says how each class was checked.
+    """
+    import rasterio
+
+    from cloudseg.backend.active.judge import CHANGE_BUDGET
+    from cloudseg.training.finetune import fine_tune
+
+    scene, _, _ = s2
+    clear = tmp_path / "all-clear.tif"
+    with rasterio.open(scene.labels) as src, rasterio.open(clear, "w", **src.profile) as dst:
+        dst.write(np.zeros((1, src.height, src.width), np.uint8))
+    project = _project(s2, tmp_path, "clear")
+    for fid in [r["fid"] for r in proposal_rows(project)][:4]:
+        label_box(project, fid, clear)
+    result = fine_tune(project, scene.image)
+    verdict = result.verdict
+    assert not result.adopted and result.current == BASE, verdict.reason
+    assert not verdict.classes["cloud"].judged  # the held-out box holds no cloud
+    cloud = verdict.classes["cloud"]
+    assert cloud.checked_by == "the scene" or "cloud" in verdict.unchecked
+    if cloud.changed is not None:
+        assert cloud.changed > CHANGE_BUDGET and "repaints the scene" in verdict.reason
+    assert "checked - clear: held-out boxes" in verdict.reason
+    (entry,) = read_rounds(project)
+    assert not entry.adopted and entry.scores["cloud"]["confident"] == cloud.confident
+
+
+@pytest.mark.real_data
 def test_a_cancelled_round_registers_nothing(s2, tmp_path):
     from cloudseg.training.finetune import fine_tune
 

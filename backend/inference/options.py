@@ -149,6 +149,8 @@ class SegmentOptions(RunOptions):
         buffer_shadow_m: Buffer grown around cloud shadow in the valid mask, metres.
         stac_item: Also write the outputs' STAC Item here (see ``inference.stac_item``),
             published with them.
+        stac_item_id: The Item's id (default: the mask's file name without its suffix);
+            a server's job gives each Item its own (``mask`` for every job collides).
     """
 
     probabilities: Path | None = None
@@ -164,6 +166,7 @@ class SegmentOptions(RunOptions):
     buffer_cloud_m: float = choices.DEFAULT_BUFFER_CLOUD_M
     buffer_shadow_m: float = choices.DEFAULT_BUFFER_SHADOW_M
     stac_item: Path | None = None
+    stac_item_id: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()

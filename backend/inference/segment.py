@@ -299,6 +299,7 @@ def _item_json(
         result.output,
         result,
         item_path=options.stac_item,
+        item_id=options.stac_item_id,
         assets={
             "probabilities": options.probabilities,
             "uncertainty": options.uncertainty,

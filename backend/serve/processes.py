@@ -299,11 +299,27 @@ def _option_fields(values: dict[str, Any], besides: tuple[str, ...]) -> dict[str
     return fields
 
 
+def item_id(source: str, job_id: str) -> str:
+    """A job's STAC Item id, its own: the scene's name and a digest of the job's id.
+
+    The job's id is its key (whoever holds it reads and dismisses the job), so the
+    Item, which travels (collected into catalogs), carries a digest of it, not the id.
+    """
+    import hashlib
+
+    from ..atomic import safe_name
+    from ..raster.reader import scene_key
+
+    digest = hashlib.sha256(job_id.encode()).hexdigest()[:12]
+    return f"{safe_name(scene_key(source.split('?', 1)[0]))}-{digest}"
+
+
 def segment_options(values: dict[str, Any], folder: Path) -> SegmentOptions:
-    """The options of a segment job writing every result into ``folder``."""
+    """The options of a segment job writing every result into ``folder`` (named by its id)."""
     fields = _option_fields(values, ("input", "extent"))
     return SegmentOptions(
         **fields,
+        stac_item_id=item_id(values["input"], folder.name),
         bounds=values.get("extent"),
         probabilities=folder / SEGMENT_FILES["probabilities"][0],
         uncertainty=folder / SEGMENT_FILES["uncertainty"][0],

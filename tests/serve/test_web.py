@@ -115,3 +115,36 @@ def test_the_page_and_the_api_share_one_queue(server, serve_files):
         assert _severe(browser) == []
     finally:
         browser.quit()
+
+
+# -- what the page serves, and how it says how a run went (issue 39) ---------------------------
+def _status_text(browser) -> str:
+    return browser.find_element("id", "status").text
+
+
+def _links(browser) -> dict[str, str]:
+    """The page's downloads: file name -> link."""
+    return {
+        a.get_attribute("href").rsplit("/", 1)[-1]: a.get_attribute("href")
+        for a in browser.find_elements("css selector", "#downloads a")
+        if a.get_attribute("href")
+    }
+
+
+def test_each_jobs_stac_item_has_its_own_id(server, serve_files):
+    """Item 15: Items of the page's and the API's jobs do not share the id ``mask``."""
+    from .test_ogc import _execute
+
+    ids = []
+    for _ in range(2):
+        document = _execute(server, {"input": str(serve_files / "chip.tif")}).json()
+        ids.append(requests.get(document["stac_item"]["href"], timeout=60).json()["id"])
+    browser = chromium(1400, 1100)
+    try:
+        _upload_and_run(browser, server, serve_files / "chip.tif")
+        _wait(browser, lambda b: "Done" in _status_text(b), what="the result")
+        ids.append(requests.get(_links(browser)["item.json"], timeout=60).json()["id"])
+    finally:
+        browser.quit()
+    assert len(set(ids)) == 3, ids
+    assert all(i.startswith("chip-") for i in ids), ids  # the scene's name, then the job's

@@ -26,10 +26,12 @@ class Server:
         token: The token its clients send, if any.
         lines: Everything it printed so far.
         started_s: Seconds from the process start to its "listening on" line.
+        work: Its ``--work`` folder (uploads, job folders).
     """
 
     def __init__(self, proc: subprocess.Popen, url: str, token: str | None) -> None:
         self.proc, self.url, self.token = proc, url, token
+        self.work = Path()
         self.lines: list[str] = []
         self.started_s = 0.0
 
@@ -84,5 +86,6 @@ def start_server(
     said = next(x for x in lines if "listening on" in x)
     server = Server(proc, re.search(r"listening on (\S+)", said)[1], token)  # type: ignore[index]
     server.lines = lines
+    server.work = Path(work).resolve()
     server.started_s = time.perf_counter() - started
     return server

@@ -305,7 +305,7 @@ def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
 
     from .jobs import JobQueue, UnknownJobError
     from .ogc import FILES_PREFIX, PREFIX, attach, dismissal, ogc_app
-    from .web import build_page
+    from .web import PublishedOnly, build_page
 
     # A job reads under --root, its own folder and the page's uploads, nothing else.
     queue = JobQueue(
@@ -355,11 +355,12 @@ def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
         app,
         page,
         path="",
-        allowed_paths=[str(queue.folder)],
+        blocked_paths=[str(queue.folder)],  # results reach the page as its own copies
         max_file_size=int(config.max_upload_mib * 2**20),
         footer_links=["api"],
         root_path=config.url and config.url.rstrip("/"),
     )
+    app = PublishedOnly(app)  # Gradio's file route: published results only
     threading.Thread(target=_housekeeping, args=(queue, min(keep / 4, 600.0)), daemon=True).start()
     hosts = config.allowed_hosts(port) if is_loopback(config.host) else None
     limit = int(config.max_upload_mib * 2**20) + FORM_SLACK

@@ -8,10 +8,20 @@ input descriptions, a run is a queued ``segment`` job (and an ``explain`` job wh
 Grad-CAM is asked for), the page shows the job's place in the queue and its progress,
 and Cancel dismisses it. Results are shown as previews (:mod:`.render`: at most 1024
 pixels a side, never the whole raster) and offered as downloads.
+
+What Gradio serves: its file route (``/gradio_api/file=``) answers only for the page's
+own copies of published results (:func:`publish`, :class:`PublishedOnly`), never for a
+job's folder (the downloaded input, anything not in the result document) nor for an
+upload, whose path a job's results name (the STAC Item's ``cloudseg:source``): the page
+hands an upload to its job on the server, it never reads it back.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +44,104 @@ _VIEWS = ("mask", "scene", "cloud_probability", "uncertainty")
 #: Downloads, in the order the page lists them.
 DOWNLOADS = ("mask", "probabilities", "valid", "uncertainty", "polygons", "polygons_geojson",
              "statistics", "stac_item", "cam")  # fmt: skip
+#: What the page shows of a job: the downloads and the previews (nothing else is copied).
+SHOWN = (*DOWNLOADS, *(f"preview_{name}" for name in (*_VIEWS, "cam")))
+#: The folder, in Gradio's upload folder, of the page's copies of published results.
+RESULTS_FOLDER = "results"
+
+
+# -- what Gradio serves ----------------------------------------------------------------------
+def results_folder() -> Path:
+    """Where the page's copies of published results live (in Gradio's upload folder)."""
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder()).resolve() / RESULTS_FOLDER
+
+
+def publish(files: dict[str, Path]) -> dict[str, Path]:
+    """The page's own copies of a job's published results, for Gradio to serve.
+
+    Each job's copies go into a folder of their own with a random name under
+    :func:`results_folder` (hard links where the file system allows: no second copy of a
+    large raster); Gradio's ``delete_cache`` removes them after the server's keep time.
+    The copies outlive the job's folder, so what the page shows stays whole whatever
+    happens to the job afterwards (a Cancel of the Grad-CAM that followed it, expiry).
+    A file the job no longer has (dismissed meanwhile) is left out.
+    """
+    folder = results_folder() / secrets.token_hex(16)
+    folder.mkdir(parents=True)
+    copies = {}
+    for name, path in files.items():
+        if name not in SHOWN:
+            continue
+        target = folder / path.name
+        if _link_or_copy(path, target):
+            copies[name] = target
+    return copies
+
+
+def _link_or_copy(path: Path, target: Path) -> bool:
+    """Hard-link ``path`` to ``target``, else copy it; False if ``path`` is gone."""
+    try:
+        os.link(path, target)
+    except FileNotFoundError:
+        return False
+    except OSError:  # another file system, or no hard links there
+        try:
+            shutil.copy2(path, target)
+        except FileNotFoundError:
+            return False
+    return True
+
+
+class PublishedOnly:
+    """ASGI middleware: Gradio's file route answers only for published results.
+
+    Gradio serves, by absolute path, whatever lies in its upload folder and the
+    ``allowed_paths``: uploads (whose paths a job's results name) and, before, every
+    job's folder (the downloaded input, files not in the result document) to anyone who
+    could name them. This passes a request of that route on only for a file under
+    :func:`results_folder` (:func:`publish`'s copies); anything else is ``404`` in one
+    line, as for a file that is not there.
+
+    Args:
+        app: The app it guards (Gradio mounted on the server's app).
+    """
+
+    #: Gradio's file routes: ``/gradio_api/file=PATH`` and the older ``/gradio_api/file/PATH``.
+    ROUTE = re.compile(r"/gradio_api/file[=/](.*)", re.DOTALL)
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.folder = results_folder()
+
+    def allowed(self, path: str) -> bool:
+        """Whether the file route may answer for the path ``path``."""
+        match = self.ROUTE.search(path)
+        if match is None:
+            return True  # not the file route
+        wanted = match[1]
+        if not wanted.startswith("/") or "\0" in wanted:
+            return False  # URLs (Gradio would fetch them) and relative paths
+        real = Path(os.path.realpath(wanted))
+        return real.is_relative_to(self.folder) and real != self.folder
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Refuse the file route for anything but a published result."""
+        if scope["type"] == "http" and not self.allowed(scope.get("path", "")):
+            body = b'{"detail": "no such file"}'
+            await send({
+                "type": "http.response.start",
+                "status": 404,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())],
+            })  # fmt: skip
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
+# -- the page --------------------------------------------------------------------------------
 
 
 def _control(spec: processes.Input) -> Any:
@@ -163,7 +271,7 @@ def build_page(queue: JobQueue, config: ServeConfig) -> gr.Blocks:
             if job.status != SUCCESSFUL:
                 yield ids, _ended(job), *nothing, "", None
                 return
-            files = dict(job.files)
+            files = publish(job.files)
             done = _summary_text(job.summary)
             shown = tuple(files.get(f"preview_{name}") for name in _VIEWS)
             if with_cam:
@@ -173,7 +281,7 @@ def build_page(queue: JobQueue, config: ServeConfig) -> gr.Blocks:
                 for line in _follow(queue, cam_job, "Grad-CAM"):
                     yield ids, line, *shown, None, done, _downloads(files)
                 if cam_job.status == SUCCESSFUL:
-                    files |= cam_job.files
+                    files |= publish(cam_job.files)
                 else:
                     done += f"\n\nGrad-CAM: {_ended(cam_job)}"
             yield (ids, f"**Done** in {job.summary.get('seconds', 0):.1f} s", *shown,

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import os
+import re
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -129,6 +135,88 @@ def _links(browser) -> dict[str, str]:
         for a in browser.find_elements("css selector", "#downloads a")
         if a.get_attribute("href")
     }
+
+
+def _shown(browser, view: str) -> bool:
+    """Whether the image of the page's ``#view`` has loaded (a broken image has no width)."""
+    images = browser.find_elements("css selector", f"#{view} img")
+    return bool(images) and images[0].get_attribute("naturalWidth") not in (None, "0")
+
+
+def _gradio_file(server, path: Path | str) -> requests.Response:
+    """Ask Gradio's file route for ``path``, as anyone who can name it may."""
+    return requests.get(f"{server.url}/gradio_api/file={path}", timeout=60)
+
+
+@contextlib.contextmanager
+def _http_server(folder: Path) -> Iterator[str]:
+    """A plain HTTP server of ``folder`` on loopback (a scene given by URL); yields its URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_gradio_serves_no_file_of_a_jobs_folder(server, serve_files):
+    """Item 11: the input a job downloaded lies in its folder, not in its results."""
+    from .test_ogc import _execute
+
+    with _http_server(serve_files) as base:
+        response = _execute(server, {"input": f"{base}/chip.tif"})
+    assert response.status_code == 200, response.text
+    hrefs = [v["href"] for v in response.json().values() if isinstance(v, dict) and "href" in v]
+    published = set()
+    for href in hrefs:
+        answer = requests.get(href, timeout=60)
+        assert answer.status_code == 200, href
+        published.add(re.search(r'filename="?([^";]+)', answer.headers["content-disposition"])[1])
+    job_id = hrefs[0].split("/")[-2]
+    folder = server.work / "jobs" / job_id
+    others = [p for p in folder.rglob("*") if p.is_file() and p.name not in published]
+    assert any(p.name == "chip.tif" for p in others), others  # the input, downloaded
+    for path in others:
+        assert _gradio_file(server, path).status_code in (403, 404), path
+        by_name = requests.get(f"{server.url}/files/{job_id}/{path.name}", timeout=60)
+        assert by_name.status_code == 404, path
+
+
+def test_gradio_serves_no_upload_that_a_jobs_results_name(server, serve_files):
+    """Item 11: a page job's Item names its upload; whoever has the Item cannot fetch it."""
+    browser = chromium(1400, 1100)
+    try:
+        _upload_and_run(browser, server, serve_files / "chip.tif")
+        _wait(browser, lambda b: "Done" in _status_text(b), what="the result")
+        _wait(browser, lambda b: _shown(b, "mask-view"), 30, "the mask preview")
+        links = _links(browser)
+        assert {"mask.tif", "item.json"} <= set(links), links
+        for href in links.values():  # the page's downloads are served
+            assert requests.get(href, timeout=60).status_code == 200, href
+        item = requests.get(links["item.json"], timeout=60).json()
+        assert _severe(browser) == []
+    finally:
+        browser.quit()
+    named = [v for v in _strings(item) if v.startswith(str(server.work))]
+    assert named, "the Item names the scene it was made from"
+    for path in named:
+        assert Path(path).is_file()
+        assert _gradio_file(server, path).status_code in (403, 404), path
+
+
+def _strings(data) -> Iterator[str]:
+    """Every string in a JSON document."""
+    if isinstance(data, str):
+        yield data
+    elif isinstance(data, dict):
+        for value in data.values():
+            yield from _strings(value)
+    elif isinstance(data, list):
+        for value in data:
+            yield from _strings(value)
 
 
 def test_each_jobs_stac_item_has_its_own_id(server, serve_files):

@@ -726,6 +726,9 @@ def _configure_logging(verbosity: int) -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(level)
+    # Said once, here: a library that configures the root logger (pygeoapi in
+    # ``cloudseg serve``) would print every line a second time in its own format.
+    logger.propagate = False
 
 
 def _write_fault_line(exc: BaseException, faults: int, published: int) -> str | None:

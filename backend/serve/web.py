@@ -14,24 +14,43 @@ own copies of published results (:func:`publish`, :class:`PublishedOnly`), never
 job's folder (the downloaded input, anything not in the result document) nor for an
 upload, whose path a job's results name (the STAC Item's ``cloudseg:source``): the page
 hands an upload to its job on the server, it never reads it back.
+
+Messages are the engine's and the server's, worded for the command line: the page says
+them in its own words (:func:`page_words`: each flag becomes the control that sets it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from ..errors import CloudsegError
+from ..inference.options import RUN_FLAGS
 from . import processes
 from .config import ServeConfig
-from .jobs import DISMISSED, SUCCESSFUL, Job, JobQueue, UnknownJobError
+from .jobs import (
+    DISMISSED,
+    FINISHED,
+    SUCCESSFUL,
+    Job,
+    JobOutcome,
+    JobQueue,
+    Runner,
+    UnknownJobError,
+)
+
+logger = logging.getLogger(__name__)
 
 #: Inputs the page offers under "Options" (the scene and the model have their own
 #: controls; an extent is a job for the API).
@@ -48,6 +67,8 @@ DOWNLOADS = ("mask", "probabilities", "valid", "uncertainty", "polygons", "polyg
 SHOWN = (*DOWNLOADS, *(f"preview_{name}" for name in (*_VIEWS, "cam")))
 #: The folder, in Gradio's upload folder, of the page's copies of published results.
 RESULTS_FOLDER = "results"
+#: The label of the page's model control.
+MODEL_LABEL = "model"
 
 
 # -- what Gradio serves ----------------------------------------------------------------------
@@ -141,9 +162,55 @@ class PublishedOnly:
         await self.app(scope, receive, send)
 
 
+# -- the page's words ------------------------------------------------------------------------
+#: ``cloudseg segment``'s own flags (not run options) by the input they set.
+_SEGMENT_FLAGS = {
+    "--no-reflectance-check": "check_reflectance",
+    "--min-area": "min_polygon_area_m2",
+    "--buffer-cloud": "buffer_cloud_m",
+    "--buffer-shadow": "buffer_shadow_m",
+    "--extent": "extent",
+}
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+
+
+def _labels() -> dict[str, str]:
+    """The label of each control the page has, by the input it sets."""
+    specs = [_LEVEL, *(s for s in processes.SEGMENT_INPUTS if s.name not in _OMIT)]
+    return {"model": MODEL_LABEL} | {spec.name: spec.title for spec in specs}
+
+
+@functools.cache
+def _flag_words() -> dict[str, str]:
+    """How the page says each command-line flag a message may name."""
+    flags = {flag.flag: flag.field for flag in RUN_FLAGS} | _SEGMENT_FLAGS
+    labels, inputs = _labels(), {spec.name for spec in processes.SEGMENT_INPUTS}
+    words = {}
+    for flag, field in flags.items():
+        if field in labels:
+            unticked = " unticked" if flag.startswith("--no-") else ""
+            words[flag] = f"“{labels[field]}”{unticked}"
+        elif field in inputs:  # an input of the OGC API the page does not offer
+            words[flag] = f"the OGC API's {field} input, not on this page"
+        else:  # the server's own setting (--max-memory)
+            words[flag] = f"the server's {flag} (its operator's setting)"
+    return words
+
+
+def page_words(message: str) -> str:
+    """``message`` (the engine's or the server's, worded for the command line) in the page's words.
+
+    The one place the page words messages: each flag becomes the page's control that
+    sets it (``--product-level`` is “product level”, ``--no-reflectance-check`` is
+    “check reflectance” unticked), an input only the OGC API takes is said so, and a
+    flag of the server's operator is named as the server's setting. Anything else,
+    ``--root`` and ``--max-upload`` (the server's, named so already), stays as it is.
+    """
+    words = _flag_words()
+    return _FLAG.sub(lambda m: words.get(m[0], m[0]), message)
+
+
 # -- the page --------------------------------------------------------------------------------
-
-
 def _control(spec: processes.Input) -> Any:
     """A form control for one process input."""
     schema = spec.schema
@@ -171,13 +238,55 @@ def _status(queue: JobQueue, job: Job, what: str) -> str:
     if place is not None:
         ahead = "next to run" if place == 1 else f"{place - 1} job(s) ahead of it"
         return f"**{what}: waiting** - {ahead}"
-    return f"**{what}: {job.progress:.0f} %** - {job.message}"
+    return f"**{what}: {job.progress:.0f} %** - {page_words(job.message)}"
 
 
 def _follow(queue: JobQueue, job: Job, what: str) -> Iterator[str]:
-    """Status lines while ``job`` waits and runs."""
+    """Status lines while ``job`` waits and runs: one at once, then every POLL_SECONDS."""
+    yield _status(queue, job, what)
     while not job.done.wait(POLL_SECONDS):
         yield _status(queue, job, what)
+
+
+class _Clock:
+    """When a job of the page's run waited and ran (:meth:`timed` wraps its runner)."""
+
+    def __init__(self) -> None:
+        self.submitted: float | None = None
+        self.started: float | None = None
+        self.ended: float | None = None
+
+    def timed(self, runner: Runner) -> Runner:
+        """``runner``, noting when the queue starts and ends it."""
+
+        def run(job: Job, progress: Callable[[float, str], None], cancelled: Any) -> JobOutcome:
+            self.started = time.monotonic()
+            try:
+                return runner(job, progress, cancelled)
+            finally:
+                self.ended = time.monotonic()
+
+        self.submitted = time.monotonic()
+        return run
+
+    @property
+    def waited(self) -> float:
+        """Seconds in the queue (until now, if it never started)."""
+        return (self.started or time.monotonic()) - (self.submitted or time.monotonic())
+
+    @property
+    def ran(self) -> float:
+        """Seconds it ran (0 if it never started)."""
+        if self.started is None:
+            return 0.0
+        return (self.ended or time.monotonic()) - self.started
+
+
+def _took(total: float, parts: list[str], waited: float) -> str:
+    """``Done in 31.2 s: segmentation 2.1 s, Grad-CAM 28.7 s, 0.4 s waiting in the queue``."""
+    if waited >= 0.1:
+        parts = [*parts, f"{waited:.1f} s waiting in the queue"]
+    return f"**Done** in {total:.1f} s: {', '.join(parts)}"
 
 
 def _summary_text(summary: dict[str, Any]) -> str:
@@ -188,11 +297,12 @@ def _summary_text(summary: dict[str, Any]) -> str:
     )
     lines = [f"**{processes.describe_statistics(summary)}**", f"Mask: {legend}"]
     lines.append(
-        f"Model {summary.get('model')} on {summary.get('runner')}, "
-        f"{summary.get('seconds', 0):.1f} s; product level {summary.get('product_level')}"
+        f"Model {summary.get('model')} on {summary.get('runner')} "
+        f"(the model's run {summary.get('seconds', 0):.1f} s); "
+        f"product level {summary.get('product_level')}"
     )
     lines.append(f"Measured accuracy: {summary.get('model_accuracy')}")
-    lines += [f"Warning: {w}" for w in summary.get("warnings", [])]
+    lines += [f"Warning: {page_words(w)}" for w in summary.get("warnings", [])]
     return "\n\n".join(lines)
 
 
@@ -221,9 +331,10 @@ def build_page(queue: JobQueue, config: ServeConfig) -> gr.Blocks:
                     label="...or a path on the server, an https:// or s3:// URL, a STAC Item URL",
                     elem_id="scene-source",
                 )
-                model = gr.Dropdown(_model_choices(), value="auto", label="model")
+                model = gr.Dropdown(_model_choices(), value="auto", label=MODEL_LABEL)
                 level = _control(_LEVEL)
-                explain = gr.Checkbox(label="also explain the mask (Grad-CAM of cloud)")
+                explain = gr.Checkbox(label="also explain the mask (Grad-CAM of cloud)",
+                                      elem_id="explain")  # fmt: skip
                 with gr.Accordion("Options", open=False):
                     controls = [_control(spec) for spec in option_specs]
                 with gr.Row():
@@ -242,7 +353,8 @@ def build_page(queue: JobQueue, config: ServeConfig) -> gr.Blocks:
                     with gr.Tab("Uncertainty"):
                         uncertainty_view = gr.Image(type="filepath", show_label=False)
                     with gr.Tab("Grad-CAM"):
-                        cam_view = gr.Image(type="filepath", show_label=False)
+                        cam_view = gr.Image(type="filepath", show_label=False,
+                                            elem_id="cam-view")  # fmt: skip
                 summary = gr.Markdown(elem_id="summary")
                 downloads = gr.File(label="Downloads", file_count="multiple",
                                     elem_id="downloads")  # fmt: skip
@@ -252,6 +364,7 @@ def build_page(queue: JobQueue, config: ServeConfig) -> gr.Blocks:
             upload_path: str | None, source_text: str, model_name: str, product_level: str,
             with_cam: bool, *values: Any,
         ) -> Iterator[tuple[Any, ...]]:  # fmt: skip
+            clicked = time.monotonic()
             nothing = (None,) * len(views)
             try:
                 if upload_path:
@@ -262,46 +375,71 @@ def build_page(queue: JobQueue, config: ServeConfig) -> gr.Blocks:
                 inputs = {spec.name: v for spec, v in zip(option_specs, values, strict=True)}
                 inputs |= {"input": scene, "model": model_name, "product_level": product_level}
                 parsed = processes.parse_inputs("segment", inputs)
-            except CloudsegError as exc:
-                raise gr.Error(str(exc)) from None
-            job = queue.submit("segment", parsed, processes.RUNNERS["segment"])
+            except CloudsegError as exc:  # the user's to fix: one line, no traceback
+                message = page_words(str(exc))
+                logger.warning("the page refused a run: %s", message)
+                raise gr.Error(message, print_exception=False) from None
+            clock = _Clock()
+            job = queue.submit("segment", parsed, clock.timed(processes.RUNNERS["segment"]))
             ids = [job.id]
             for line in _follow(queue, job, "segment"):
                 yield ids, line, *nothing, "", None
-            if job.status != SUCCESSFUL:
+            files = publish(job.files) if job.status == SUCCESSFUL else {}
+            if job.status != SUCCESSFUL:  # (a Cancel may land as the job ends)
                 yield ids, _ended(job), *nothing, "", None
                 return
-            files = publish(job.files)
             done = _summary_text(job.summary)
             shown = tuple(files.get(f"preview_{name}") for name in _VIEWS)
+            parts, waited = [f"segmentation {clock.ran:.1f} s"], clock.waited
             if with_cam:
                 cam_inputs = {k: v for k, v in parsed.items() if k in _CAM_FIELDS}
-                cam_job = queue.submit("explain", cam_inputs, processes.RUNNERS["explain"])
+                cam_clock = _Clock()
+                cam_job = queue.submit("explain", cam_inputs,
+                                       cam_clock.timed(processes.RUNNERS["explain"]))  # fmt: skip
                 ids = [job.id, cam_job.id]
                 for line in _follow(queue, cam_job, "Grad-CAM"):
                     yield ids, line, *shown, None, done, _downloads(files)
+                waited += cam_clock.waited
                 if cam_job.status == SUCCESSFUL:
                     files |= publish(cam_job.files)
+                    parts.append(f"Grad-CAM {cam_clock.ran:.1f} s")
+                elif cam_job.status == DISMISSED:
+                    parts.append(f"Grad-CAM cancelled after {cam_clock.ran:.1f} s; the mask and "
+                                 "its downloads are kept")  # fmt: skip
+                    done += "\n\nGrad-CAM: cancelled"
                 else:
-                    done += f"\n\nGrad-CAM: {_ended(cam_job)}"
-            yield (ids, f"**Done** in {job.summary.get('seconds', 0):.1f} s", *shown,
+                    parts.append(f"Grad-CAM failed after {cam_clock.ran:.1f} s")
+                    done += f"\n\nGrad-CAM failed: {page_words(cam_job.message)}"
+            yield (ids, _took(time.monotonic() - clicked, parts, waited), *shown,
                    files.get("preview_cam"), done, _downloads(files))  # fmt: skip
 
-        def stop(ids: list[str]) -> str:
+        def stop(ids: list[str]) -> None:
+            """Cancel the run's jobs that have not ended; its own status line says how it ends.
+
+            A job that has ended is left alone: a Cancel during the Grad-CAM stops the
+            Grad-CAM and keeps the finished segmentation.
+            """
+            running = []
             for job_id in ids:
-                try:
+                with contextlib.suppress(UnknownJobError):
+                    if queue.get(job_id).status not in FINISHED:
+                        running.append(job_id)
+            if not running:
+                gr.Info("Nothing is running.")
+            for job_id in running:
+                with contextlib.suppress(UnknownJobError):
                     queue.dismiss(job_id)
-                except UnknownJobError:
-                    continue
-            return "**Cancelled** - nothing was kept." if ids else "Nothing is running."
 
         run.click(
             segment,
             inputs=[upload, source, model, level, explain, *controls],
             outputs=[job_ids, status, *views, summary, downloads],
             concurrency_limit=None,  # the job queue, shared with the API, limits runs
+            # A click while the last run still ends (a Cancel waits for the job to stop
+            # at its next batch of tiles) runs once that run has ended; "once" dropped it.
+            trigger_mode="always_last",
         )
-        cancel.click(stop, inputs=[job_ids], outputs=[status], concurrency_limit=None)
+        cancel.click(stop, inputs=[job_ids], outputs=None, concurrency_limit=None)
     return page
 
 
@@ -313,7 +451,7 @@ _CAM_FIELDS = {s.name for s in processes.EXPLAIN_INPUTS}
 def _ended(job: Job) -> str:
     if job.status == DISMISSED:
         return "**Cancelled** - nothing was kept."
-    return f"**Failed**: {job.message}"
+    return f"**Failed**: {page_words(job.message)}"
 
 
 def _downloads(files: dict[str, Path]) -> list[str]:

@@ -8,6 +8,7 @@ import http.server
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,6 +144,12 @@ def _shown(browser, view: str) -> bool:
     return bool(images) and images[0].get_attribute("naturalWidth") not in (None, "0")
 
 
+def _tick_explain(browser) -> None:
+    """Tick the page's "also explain the mask (Grad-CAM ...)"."""
+    label = "//label[contains(., 'also explain the mask')]//input[@type='checkbox']"
+    browser.find_element("xpath", label).click()
+
+
 def _gradio_file(server, path: Path | str) -> requests.Response:
     """Ask Gradio's file route for ``path``, as anyone who can name it may."""
     return requests.get(f"{server.url}/gradio_api/file={path}", timeout=60)
@@ -219,6 +226,92 @@ def _strings(data) -> Iterator[str]:
             yield from _strings(value)
 
 
+def test_cancel_during_the_grad_cam_keeps_the_mask_and_its_downloads(server, serve_files):
+    """Item 15: the segmentation had finished; Cancel stops only the Grad-CAM."""
+    from .test_ogc import _mosaic
+
+    mosaic = _mosaic(serve_files / "chip.tif", serve_files / "mosaic.tif")  # a Grad-CAM of 9 s+
+    browser = chromium(1400, 1100)
+    try:
+        browser.get(server.url + "/")
+        upload(browser, "scene-upload", mosaic)
+        _tick_explain(browser)
+        browser.find_element("id", "run").click()
+        _wait(browser, lambda b: "Grad-CAM:" in _status_text(b), 120, "the Grad-CAM step")
+        browser.find_element("id", "cancel").click()
+        _wait(browser, lambda b: "Done" in _status_text(b), 240, "the end of the run")
+        status = _status_text(browser)
+        assert "Grad-CAM cancelled" in status and "kept" in status, status
+        _wait(browser, lambda b: _shown(b, "mask-view"), 30, "the mask preview")
+        links = _links(browser)
+        assert {"mask.tif", "probabilities.tif", "valid.tif", "polygons.gpkg",
+                "item.json"} <= set(links), links  # fmt: skip
+        assert "cam.tif" not in links
+        for href in links.values():
+            assert requests.get(href, timeout=60).status_code == 200, href
+        assert "Grad-CAM: cancelled" in browser.find_element("id", "summary").text
+        assert _severe(browser) == []
+    finally:
+        browser.quit()
+
+
+def test_segment_clicked_while_a_cancel_ends_runs(server, serve_files):
+    """Item 15: a Segment click while the last run is still being cancelled is not lost."""
+    from .test_ogc import _mosaic
+
+    mosaic = _mosaic(serve_files / "chip.tif", serve_files / "mosaic.tif")
+    browser = chromium(1400, 1100)
+    try:
+        _upload_and_run(browser, server, mosaic)
+        _wait(browser, lambda b: "%" in _status_text(b), 120, "progress")
+        browser.find_element("id", "cancel").click()
+        browser.find_element("id", "run").click()  # while the cancel is under way
+        _wait(browser, lambda b: "Done" in _status_text(b), 240, "the second run")
+        assert _shown(browser, "mask-view")
+        assert "mask.tif" in _links(browser)
+        assert _severe(browser) == []
+    finally:
+        browser.quit()
+
+
+def test_warnings_on_the_page_name_the_pages_controls(server, serve_files):
+    """Item 15: the product-level warning names the page's control, not a CLI flag."""
+    browser = chromium(1400, 1100)
+    try:
+        _upload_and_run(browser, server, serve_files / "chip.tif")  # no level in its metadata
+        _wait(browser, lambda b: "Warning" in b.find_element("id", "summary").text, 120,
+              "the warning")  # fmt: skip
+        summary = browser.find_element("id", "summary").text
+        assert "product level unknown" in summary
+        assert "“product level” L2A" in summary, summary
+        assert "--" not in summary, summary
+    finally:
+        browser.quit()
+
+
+def test_done_says_the_whole_runs_time_and_its_parts(server, serve_files):
+    """Item 15: "Done in" counts the whole run (segmentation and Grad-CAM), not the model's."""
+    browser = chromium(1400, 1100)
+    try:
+        browser.get(server.url + "/")
+        upload(browser, "scene-upload", serve_files / "chip.tif")
+        _tick_explain(browser)
+        started = time.monotonic()
+        browser.find_element("id", "run").click()
+        _wait(browser, lambda b: "Done" in _status_text(b), 300, "the run")
+        wall = time.monotonic() - started
+        status = _status_text(browser)
+        said = float(re.search(r"Done in ([0-9.]+) s", status)[1])
+        assert 0.8 * wall - 1.0 <= said <= wall + 0.5, (said, wall, status)
+        assert re.search(r"segmentation [0-9.]+ s", status), status
+        assert re.search(r"Grad-CAM [0-9.]+ s", status), status
+        browser.find_element("xpath", "//button[@role='tab'][contains(., 'Grad-CAM')]").click()
+        _wait(browser, lambda b: _shown(b, "cam-view"), 30, "the Grad-CAM preview")
+        assert "cam.tif" in _links(browser)
+    finally:
+        browser.quit()
+
+
 def test_each_jobs_stac_item_has_its_own_id(server, serve_files):
     """Item 15: Items of the page's and the API's jobs do not share the id ``mask``."""
     from .test_ogc import _execute
@@ -236,3 +329,25 @@ def test_each_jobs_stac_item_has_its_own_id(server, serve_files):
         browser.quit()
     assert len(set(ids)) == 3, ids
     assert all(i.startswith("chip-") for i in ids), ids  # the scene's name, then the job's
+
+
+def test_a_refused_path_is_one_line_in_the_server_log(server):
+    """Item 15: a user's error (a path outside --root) is one line, not a traceback."""
+    before = len(server.lines)
+    browser = chromium(1400, 1100)
+    try:
+        browser.get(server.url + "/")
+        fields = "#scene-source textarea, #scene-source input"
+        _wait(browser, lambda b: b.find_elements("css selector", fields), 60, "the page")
+        browser.find_elements("css selector", fields)[0].send_keys("/etc/passwd")
+        browser.find_element("id", "run").click()
+        _wait(browser, lambda b: "outside the folders" in b.find_element("tag name", "body").text,
+              60, "the error")  # fmt: skip
+    finally:
+        browser.quit()
+    wait_for(lambda: any("/etc/passwd" in line for line in server.lines[before:]), 10,
+             "the log line")  # fmt: skip
+    time.sleep(1.0)  # anything printed after it
+    new = server.lines[before:]
+    assert not any("Traceback" in line for line in new), "\n".join(new)
+    assert sum("/etc/passwd" in line for line in new) == 1, "\n".join(new)

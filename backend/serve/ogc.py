@@ -21,6 +21,7 @@ server's work folder first.
 
 from __future__ import annotations
 
+import logging
 import os
 from http import HTTPStatus
 from pathlib import Path
@@ -393,6 +394,22 @@ def request_shape(app: Any) -> Any:
     return shaped
 
 
+class _UserErrorsInOneLine(logging.Filter):
+    """pygeoapi logs every refused request with its traceback: a client's error is one line.
+
+    A request the server refuses (bad input, a full queue) is the client's to fix, not
+    the server's fault: it is logged as one WARNING line, as the page logs its refusals.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop the traceback of a refusal; keep everything else as it is."""
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, (BadInputError, BusyError)):
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def ogc_app(work: Path, base_url: str) -> Any:
     """The Starlette app of pygeoapi, configured for this server (imported once a process)."""
     from pygeoapi.openapi import get_oas
@@ -407,4 +424,5 @@ def ogc_app(work: Path, base_url: str) -> Any:
     os.environ["PYGEOAPI_OPENAPI"] = str(openapi_path)
     from pygeoapi import starlette_app
 
+    logging.getLogger("pygeoapi.api").addFilter(_UserErrorsInOneLine())
     return request_shape(starlette_app.APP)

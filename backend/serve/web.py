@@ -46,6 +46,7 @@ from .jobs import (
     Job,
     JobOutcome,
     JobQueue,
+    QueueFullError,
     Runner,
     UnknownJobError,
 )
@@ -375,12 +376,12 @@ def build_page(queue: JobQueue, config: ServeConfig) -> gr.Blocks:
                 inputs = {spec.name: v for spec, v in zip(option_specs, values, strict=True)}
                 inputs |= {"input": scene, "model": model_name, "product_level": product_level}
                 parsed = processes.parse_inputs("segment", inputs)
-            except CloudsegError as exc:  # the user's to fix: one line, no traceback
+                clock = _Clock()
+                job = queue.submit("segment", parsed, clock.timed(processes.RUNNERS["segment"]))
+            except CloudsegError as exc:  # the user's to fix (or a full queue): one line
                 message = page_words(str(exc))
                 logger.warning("the page refused a run: %s", message)
                 raise gr.Error(message, print_exception=False) from None
-            clock = _Clock()
-            job = queue.submit("segment", parsed, clock.timed(processes.RUNNERS["segment"]))
             ids = [job.id]
             for line in _follow(queue, job, "segment"):
                 yield ids, line, *nothing, "", None
@@ -394,22 +395,27 @@ def build_page(queue: JobQueue, config: ServeConfig) -> gr.Blocks:
             if with_cam:
                 cam_inputs = {k: v for k, v in parsed.items() if k in _CAM_FIELDS}
                 cam_clock = _Clock()
-                cam_job = queue.submit("explain", cam_inputs,
-                                       cam_clock.timed(processes.RUNNERS["explain"]))  # fmt: skip
-                ids = [job.id, cam_job.id]
-                for line in _follow(queue, cam_job, "Grad-CAM"):
-                    yield ids, line, *shown, None, done, _downloads(files)
-                waited += cam_clock.waited
-                if cam_job.status == SUCCESSFUL:
-                    files |= publish(cam_job.files)
-                    parts.append(f"Grad-CAM {cam_clock.ran:.1f} s")
-                elif cam_job.status == DISMISSED:
-                    parts.append(f"Grad-CAM cancelled after {cam_clock.ran:.1f} s; the mask and "
-                                 "its downloads are kept")  # fmt: skip
-                    done += "\n\nGrad-CAM: cancelled"
+                try:
+                    runner = cam_clock.timed(processes.RUNNERS["explain"])
+                    cam_job = queue.submit("explain", cam_inputs, runner)
+                except QueueFullError as exc:  # the mask is kept; say why no Grad-CAM
+                    parts.append("Grad-CAM not run: the server is busy")
+                    done += f"\n\nGrad-CAM not run: {page_words(str(exc))}"
                 else:
-                    parts.append(f"Grad-CAM failed after {cam_clock.ran:.1f} s")
-                    done += f"\n\nGrad-CAM failed: {page_words(cam_job.message)}"
+                    ids = [job.id, cam_job.id]
+                    for line in _follow(queue, cam_job, "Grad-CAM"):
+                        yield ids, line, *shown, None, done, _downloads(files)
+                    waited += cam_clock.waited
+                    if cam_job.status == SUCCESSFUL:
+                        files |= publish(cam_job.files)
+                        parts.append(f"Grad-CAM {cam_clock.ran:.1f} s")
+                    elif cam_job.status == DISMISSED:
+                        parts.append(f"Grad-CAM cancelled after {cam_clock.ran:.1f} s; the mask "
+                                     "and its downloads are kept")  # fmt: skip
+                        done += "\n\nGrad-CAM: cancelled"
+                    else:
+                        parts.append(f"Grad-CAM failed after {cam_clock.ran:.1f} s")
+                        done += f"\n\nGrad-CAM failed: {page_words(cam_job.message)}"
             yield (ids, _took(time.monotonic() - clicked, parts, waited), *shown,
                    files.get("preview_cam"), done, _downloads(files))  # fmt: skip
 

@@ -135,7 +135,7 @@ def test_a_class_the_boxes_cannot_judge_is_checked_on_the_scene():
     repainted[:4] = 0
     change = SceneChange.measure(_probabilities(scene), repainted)
     assert change.changed[1] / change.confident[1] == pytest.approx(0.1)
-    assert 0.1 > CHANGE_BUDGET
+    assert CHANGE_BUDGET < 0.1
     verdict = judge(held_before, held_after, NAMES, "base", "new", change=change)
     assert not verdict.adopted and "repaints the scene" in verdict.reason
     assert "cloud 10%" in verdict.reason and "kept base" in verdict.reason

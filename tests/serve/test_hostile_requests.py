@@ -226,6 +226,7 @@ def test_a_full_queue_says_when_to_come_back_and_cancel_is_prompt(server, slow_s
         slowest = max(slowest, time.monotonic() - started)
         assert status.json()["status"] == "accepted"
     assert slowest < 2.0, f"a status request took {slowest:.1f} s"
+    _page_says_busy(server)
     for job_id in accepted:
         assert requests.delete(f"{server.url}/ogc/jobs/{job_id}", timeout=30).status_code == 200
     started = time.monotonic()
@@ -234,6 +235,24 @@ def test_a_full_queue_says_when_to_come_back_and_cancel_is_prompt(server, slow_s
     assert took < 15, f"the running job's dismissal took {took:.1f} s"
     print(f"queue full after {len(accepted)} waiting jobs; slowest status {slowest:.2f} s; "
           f"running job dismissed in {took:.1f} s")  # fmt: skip
+
+
+def _page_says_busy(server: Server) -> None:
+    """With the queue full, a Segment click on the page is one line saying so."""
+    from ..browser import chromium, wait_for
+
+    browser = chromium(1400, 1100)
+    try:
+        browser.get(server.url + "/")
+        fields = "#scene-source textarea, #scene-source input"
+        wait_for(lambda: browser.find_elements("css selector", fields), 60, "the page")
+        browser.find_elements("css selector", fields)[0].send_keys("chip.tif")
+        browser.find_element("id", "run").click()
+        body = lambda: browser.find_element("tag name", "body").text  # noqa: E731
+        wait_for(lambda: "the server is busy" in body(), 60, "the busy message")
+        assert "Traceback" not in body()
+    finally:
+        browser.quit()
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
@@ -317,3 +336,17 @@ def test_errors_do_not_show_the_servers_folders(server, serve_files, tmp_path):
     finally:
         httpd.shutdown()
     assert str(server.work) not in description and "/jobs/" not in description, description
+
+
+def test_a_refused_request_is_one_line_in_the_server_log(server):
+    """The OGC API's refusals, like the page's, are one WARNING line, not a traceback."""
+    seen = len(server.lines)
+    _one_line(_execute(server, {"input": "/etc/passwd"}), 400, "outside the folders")
+    deadline = time.monotonic() + 10
+    while not any("outside the folders" in line for line in server.lines[seen:]):
+        assert time.monotonic() < deadline, "the refusal was not logged"
+        time.sleep(0.1)
+    time.sleep(0.5)
+    logged = server.lines[seen:]
+    assert next(line for line in logged if "outside the folders" in line).count("WARNING") == 1
+    assert not any("Traceback" in line for line in logged), "\n".join(logged)

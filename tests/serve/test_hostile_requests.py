@@ -240,14 +240,11 @@ def test_a_full_queue_says_when_to_come_back_and_cancel_is_prompt(server, slow_s
 def _page_says_busy(server: Server) -> None:
     """With the queue full, a Segment click on the page is one line saying so."""
     from ..browser import chromium, wait_for
+    from .test_web import _name_and_run
 
     browser = chromium(1400, 1100)
     try:
-        browser.get(server.url + "/")
-        fields = "#scene-source textarea, #scene-source input"
-        wait_for(lambda: browser.find_elements("css selector", fields), 60, "the page")
-        browser.find_elements("css selector", fields)[0].send_keys("chip.tif")
-        browser.find_element("id", "run").click()
+        _name_and_run(browser, server, "chip.tif")
         body = lambda: browser.find_element("tag name", "body").text  # noqa: E731
         wait_for(lambda: "the server is busy" in body(), 60, "the busy message")
         assert "Traceback" not in body()

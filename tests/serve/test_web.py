@@ -39,6 +39,15 @@ def _upload_and_run(browser, server, scene: Path) -> None:
     browser.find_element("id", "run").click()
 
 
+def _name_and_run(browser, server, source: str) -> None:
+    """Open the page, name a scene in its text field and press Segment."""
+    browser.get(server.url + "/")
+    fields = "#scene-source textarea, #scene-source input"
+    _wait(browser, lambda b: b.find_elements("css selector", fields), 60, "the page")
+    browser.find_elements("css selector", fields)[0].send_keys(source)
+    browser.find_element("id", "run").click()
+
+
 def _severe(browser) -> list[dict]:
     return [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
 
@@ -92,11 +101,7 @@ def test_cancel_stops_the_run_and_keeps_nothing(server, serve_files):
 def test_a_path_outside_the_roots_is_refused_on_the_page(server):
     browser = chromium(1400, 1100)
     try:
-        browser.get(server.url + "/")
-        fields = "#scene-source textarea, #scene-source input"
-        _wait(browser, lambda b: b.find_elements("css selector", fields), 60, "the page")
-        browser.find_elements("css selector", fields)[0].send_keys("/etc/passwd")
-        browser.find_element("id", "run").click()
+        _name_and_run(browser, server, "/etc/passwd")
         _wait(browser, lambda b: "outside the folders" in b.find_element("tag name", "body").text,
               60, "the error")  # fmt: skip
         assert not browser.find_elements("css selector", "#downloads a")
@@ -336,11 +341,7 @@ def test_a_refused_path_is_one_line_in_the_server_log(server):
     before = len(server.lines)
     browser = chromium(1400, 1100)
     try:
-        browser.get(server.url + "/")
-        fields = "#scene-source textarea, #scene-source input"
-        _wait(browser, lambda b: b.find_elements("css selector", fields), 60, "the page")
-        browser.find_elements("css selector", fields)[0].send_keys("/etc/passwd")
-        browser.find_element("id", "run").click()
+        _name_and_run(browser, server, "/etc/passwd")
         _wait(browser, lambda b: "outside the folders" in b.find_element("tag name", "body").text,
               60, "the error")  # fmt: skip
     finally:

@@ -166,7 +166,7 @@ def fine_tuned(dock: object) -> None:
     seen["after_fine_tune"] = dock.status_label.text()
     seen["rounds"] = dock.history_table.rowCount()
     seen["first_fine_tune_s"] = time.monotonic() - STARTED
-    layer = QgsProject.instance().mapLayersByName("adwp B04")[0]
+    layer = QgsProject.instance().mapLayersByName(seen["scene_layer"])[0]  # the dock's scene
     full = layer.extent()
     left, top = full.xMinimum(), full.yMaximum()
     result = processing.run(

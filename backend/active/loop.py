@@ -159,7 +159,7 @@ def propose_on_scene(
     if cancelled is not None and cancelled():
         raise CancelledError("cancelled; the label project is as it was")
     report(92, "ranking boxes")
-    proposals = propose(run.uncertainty, project, box, count, scene=scene)
+    proposals = propose(run.uncertainty, project, box, count, scene=scene, mask=run.mask)
     report(100, f"{len(proposals)} boxes proposed")
     return Proposed(run, proposals)
 

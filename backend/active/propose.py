@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..inference.decision import NODATA
 from ..raster.reader import scene_key
+from .judge import held_out_target
 from .project import Box, LabelProject
 
 #: Boxes with more nodata than this share are not proposed.
@@ -33,18 +35,33 @@ class Proposal:
 
 
 def rank_boxes(
-    doubt: np.ndarray, box: int, count: int, avoid: list[Box] | None = None
+    doubt: np.ndarray,
+    box: int,
+    count: int,
+    avoid: list[Box] | None = None,
+    classes: np.ndarray | None = None,
+    done: int = 0,
 ) -> list[Proposal]:
     """The ``count`` most doubtful boxes of ``box`` px: non-overlapping, none over ``avoid``.
+
+    With the model's class raster, the boxes that will be held out to judge a round
+    (the ranks :func:`~.judge.held_out_target` holds out, counting ``done`` boxes
+    labeled before) are chosen for coverage first: the most doubtful box that holds
+    :data:`~.judge.MIN_CLASS_PIXELS` (at most a tenth of the box) of the most classes
+    the held-out boxes lack so far. So after 8 boxes every class the model finds in the
+    scene can be judged, and an analyst shown only cloud edges still protects clear
+    ground. Every other rank is the most doubtful box.
 
     Args:
         doubt: ``(rows, cols)`` uncertainty in percent, NaN where there is no data.
         box: Box edge in pixels.
         count: How many boxes at most.
         avoid: Boxes already labeled or skipped.
+        classes: The same run's class raster on the same grid (None: doubt alone).
+        done: Boxes labeled before these (where the held-out ranks continue).
 
     Returns:
-        Proposals, highest mean doubt first (rank 1).
+        Proposals in the order to label them (rank 1 first); ``score`` is the mean doubt.
     """
     rows, cols = doubt.shape
     if rows < box or cols < box:
@@ -70,19 +87,67 @@ def rank_boxes(
     n = box_sum(count_valid)
     score = np.where(n >= (1 - MAX_NODATA_SHARE) * box * box, box_sum(total) / np.maximum(n, 1), -1)
     order = np.argsort(-score, axis=None, kind="stable")
+    # Per box and class: whether it holds enough of the class to judge it.
+    holds = None
+    if classes is not None:
+        from .judge import MIN_CLASS_PIXELS
+
+        enough = min(MIN_CLASS_PIXELS, box * box // 10)
+        found = classes[classes != NODATA]
+        kinds = int(found.max()) + 1 if found.size else 0
+        holds = np.stack([
+            box_sum(np.pad((classes == k).astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1))
+            >= enough
+            for k in range(kinds)
+        ])  # fmt: skip
     chosen: list[Proposal] = []
     blocked = list(avoid or [])
+    missing = set(range(holds.shape[0])) if holds is not None else set()
+    if holds is not None:  # only classes some box can show
+        missing = {k for k in missing if (holds[k] & (score >= 0)).any()}
+    while len(chosen) < count:
+        rank = len(chosen) + 1
+        held = held_out_target(done + rank) > held_out_target(done + rank - 1)
+        pick = _next_box(order, score, starts_r, starts_c, box, blocked,
+                         holds if held and missing else None, missing)  # fmt: skip
+        if pick is None:
+            break
+        value, candidate, covered = pick
+        chosen.append(Proposal(rank, round(value, 3), candidate))
+        blocked.append(candidate)
+        if held:
+            missing -= covered
+    return chosen
+
+
+def _next_box(
+    order: np.ndarray,
+    score: np.ndarray,
+    starts_r: list[int],
+    starts_c: list[int],
+    box: int,
+    blocked: list[Box],
+    holds: np.ndarray | None,
+    missing: set[int],
+) -> tuple[float, Box, set[int]] | None:
+    """The most doubtful free box; with ``holds``, the one covering most ``missing`` classes."""
+    best: tuple[int, float, Box, set[int]] | None = None
     for flat in order:
         value = float(score.flat[flat])
-        if value < 0 or len(chosen) >= count:
+        if value < 0:
             break
         i, j = divmod(int(flat), score.shape[1])
         candidate = Box(int(starts_r[i]), int(starts_c[j]), box)
         if any(candidate.overlaps(other) for other in blocked):
             continue
-        chosen.append(Proposal(len(chosen) + 1, round(value, 3), candidate))
-        blocked.append(candidate)
-    return chosen
+        covered = {k for k in missing if holds is not None and holds[k, i, j]}
+        if holds is None:
+            return value, candidate, covered
+        if best is None or len(covered) > best[0]:
+            best = (len(covered), value, candidate, covered)
+            if len(covered) == len(missing):
+                break
+    return None if best is None else (best[1], best[2], best[3])
 
 
 def is_uncertainty_raster(path: str | Path) -> bool:
@@ -119,6 +184,7 @@ def propose(
     box: int = 128,
     count: int = 20,
     scene: str | Path | None = None,
+    mask: str | Path | None = None,
 ) -> list[Proposal]:
     """Propose the most doubtful boxes of a scene into a label project.
 
@@ -129,6 +195,8 @@ def propose(
         count: How many boxes.
         scene: The scene (its path, or its key); default the scene the raster records
             (``CLOUDSEG_SCENE``).
+        mask: The same run's class raster: the boxes held out to judge a round are then
+            chosen to cover every class (see :func:`rank_boxes`); None: doubt alone.
 
     Returns:
         The new proposals, highest doubt first.
@@ -154,7 +222,14 @@ def propose(
         )
     held = project.read(scene=key, crs=crs).proposals  # on the raster's grid
     done = [p.box(transform) for p in held if p.status != "todo"]
-    proposals = rank_boxes(doubt, box, count, done)
+    labeled = sum(p.status == "labeled" for p in held)
+    classes = None
+    if mask is not None:
+        with rasterio.open(Path(mask).expanduser()) as ds:
+            if ds.shape != doubt.shape:
+                raise InputError(f"{Path(mask).name} is not on the uncertainty raster's grid")
+            classes = ds.read(1)
+    proposals = rank_boxes(doubt, box, count, done, classes, labeled)
     project.replace_proposals(
         [(p.box, p.rank, p.score) for p in proposals],
         transform,

@@ -250,3 +250,41 @@ def test_a_box_stored_with_context_has_its_labels_inside_and_ignored_around(mult
     labels_to_store(project, multiband, tmp_path / "default")
     _, default = open_dataset(tmp_path / "default").read(scene)
     np.testing.assert_array_equal(default, labels)
+
+
+def test_the_held_out_ranks_cover_every_class_the_model_finds():
+    """Doubt only over cloud edges: the 2nd and 6th boxes (held out) still show clear and shadow.
+
+    The analyst labels in rank order and the judge holds out the 2nd, 6th, 10th box; a
+    class no held-out box holds cannot be judged, so those ranks are chosen for coverage.
+    """
+    from cloudseg.backend.active.judge import held_out_target
+
+    classes = np.zeros((256, 256), np.uint8)  # clear on the left
+    classes[:, 128:] = 1  # cloud on the right
+    classes[192:, :64] = 2  # shadow in a corner of the clear ground
+    doubt = np.where(classes == 1, 40.0, 1.0).astype(np.float32)
+    doubt[:, 120:136] = 80.0  # the cloud edge is where the model doubts most
+    plain = rank_boxes(doubt, 32, 8)
+    covered = rank_boxes(doubt, 32, 8, classes=classes)
+    held = [p for p in covered if held_out_target(p.rank) > held_out_target(p.rank - 1)]
+    assert [p.rank for p in held] == [2, 6]
+
+    def shown(boxes: list) -> set[int]:
+        """Classes a box set holds a tenth of a box of (what the judge needs of 32 px)."""
+        kinds: set[int] = set()
+        for p in boxes:
+            window = classes[p.box.row : p.box.row + 32, p.box.col : p.box.col + 32]
+            kinds |= {k for k, n in enumerate(np.bincount(window.ravel(), minlength=3)) if n >= 102}
+        return kinds
+
+    plain_held = [p for p in plain if p.rank in (2, 6)]
+    assert shown(plain_held) != {0, 1, 2}  # doubt alone leaves a class unjudged
+    assert shown(held) == {0, 1, 2}
+    # The other ranks are the most doubtful boxes, as without the class raster.
+    assert [p.box for p in covered if p.rank == 1] == [plain[0].box]
+    assert all(p.score >= 40 for p in covered if p not in held)
+    # Without a class the model finds, nothing is forced: all-cloud gives the plain ranking.
+    assert [p.box for p in rank_boxes(doubt, 32, 8, classes=np.ones_like(classes))] == [
+        p.box for p in plain
+    ]

@@ -208,6 +208,7 @@ def label_and_fine_tune(dock: object) -> None:
     if dock.proposals is None:
         fail(f"no proposals: {dock.status_label.text()}")
         return
+    dock.next_box()  # Propose areas shows no box: Next goes to box 1, as the analyst does
     for _ in range(3):
         dock.start_from_model()
         dock.mark("labeled")

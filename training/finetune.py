@@ -262,14 +262,17 @@ def scene_change(
     windows: list[tuple[int, int, int]],
     before: list[tuple[np.ndarray, np.ndarray]],
     network: Any = None,
-) -> SceneChange | None:
-    """What the new version ``model`` changes of ``before`` (see :func:`scene_before`)."""
+) -> SceneChange:
+    """What the new version ``model`` changes of ``before`` (see :func:`scene_before`).
+
+    No windows: nothing confident, so the scene checks no class.
+    """
     card, options, runner = _window_runner(model, network)
-    change = None
+    nothing = [0] * len(card.classes)
+    change = SceneChange(nothing, nothing)
     for (row, col, size), (probabilities, nodata) in zip(windows, before, strict=True):
         after = _predict_window(card, options, runner, reader, row, col, size).classes()
-        one = SceneChange.measure(probabilities, after, nodata)
-        change = one if change is None else change + one
+        change = change + SceneChange.measure(probabilities, after, nodata)
     return change
 
 
@@ -422,7 +425,7 @@ def fine_tune(
                 init_card.class_names(),
                 init_card.name,
                 new_name,
-                change=change or SceneChange([0] * classes, [0] * classes),
+                change=change,
             )
             entry = replace(
                 _round_entry(number, new_name, base, init_card.name, history, boxes),

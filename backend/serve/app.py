@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import logging
 import os
 import socket
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from .config import ServeConfig, is_loopback
+from .config import ServeConfig, is_loopback, refuse
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +67,11 @@ class Guard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if self.hosts is not None and headers.get("host", "") not in self.hosts:
-            await _refuse(scope, send, 403, "Forbidden", "this server answers localhost only")
+            await refuse(scope, send, 403, "Forbidden", "this server answers localhost only")
             return
         foreign = self._foreign_origin(scope, headers)
         if foreign is not None:
-            await _refuse(scope, send, 403, "Forbidden",
+            await refuse(scope, send, 403, "Forbidden",
                           f"a request from another site ({foreign}) may not change anything "
                           "here; use the server's own page or a script")  # fmt: skip
             return
@@ -82,11 +81,11 @@ class Guard:
             and scope.get("path", "").startswith(self.json_only)
             and headers.get("content-type", "").split(";")[0].strip().lower() != "application/json"
         ):
-            await _refuse(scope, send, 415, "UnsupportedMediaType",
+            await refuse(scope, send, 415, "UnsupportedMediaType",
                           "send the request as JSON (Content-Type: application/json)")  # fmt: skip
             return
         if _announced_length(headers) > self.max_bytes:
-            await _refuse(scope, send, 413, "PayloadTooLarge", self._too_large())
+            await refuse(scope, send, 413, "PayloadTooLarge", self._too_large())
             return
         from_query = None
         if self.token is not None:
@@ -99,7 +98,7 @@ class Guard:
                 from_query or "",
             ]
             if not any(o and _same_secret(o, self.token) for o in offered):
-                await _refuse(scope, send, 401, "Unauthorized",
+                await refuse(scope, send, 401, "Unauthorized",
                               "this server needs its token: 'Authorization: Bearer TOKEN' or "
                               "?token=TOKEN")  # fmt: skip
                 return
@@ -152,7 +151,7 @@ class Guard:
                     state["refused"] = True
                     if not state["started"]:
                         state["started"] = True
-                        await _refuse(scope, send, 413, "PayloadTooLarge", self._too_large())
+                        await refuse(scope, send, 413, "PayloadTooLarge", self._too_large())
                     return {"type": "http.disconnect"}
             return message
 
@@ -214,20 +213,6 @@ def _setting_cookie(send: Any, token: str) -> Any:
         await send(message)
 
     return wrapped
-
-
-async def _refuse(scope: dict[str, Any], send: Any, status: int, code: str, text: str) -> None:
-    if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 1008})
-        return
-    body = json.dumps({"code": code, "description": text}).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())],
-    })  # fmt: skip
-    await send({"type": "http.response.body", "body": body})
 
 
 def _housekeeping(queue: Any, every: float) -> None:

@@ -18,10 +18,12 @@ Processes) go through them:
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 
@@ -163,3 +165,21 @@ class ServeConfig:
                 f"the upload is {size / 2**20:.0f} MiB; this server accepts up to "
                 f"{self.max_upload_mib:g} MiB (--max-upload)"
             )
+
+
+async def refuse(scope: dict[str, Any], send: Any, status: int, code: str, text: str) -> None:
+    """Answer a request in one line: ``{"type", "code", "description"}`` (OGC's shape).
+
+    A websocket is closed (policy violation) instead.
+    """
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = json.dumps({"type": code, "code": code, "description": text}).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode())],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": body})

@@ -252,15 +252,14 @@ class JobQueue:
                     limits.enter_context(reading_under([*self.read_roots, job.folder]))
                 cancelled = job.cancel_requested.is_set
                 limits.enter_context(download_limit(self.max_input_bytes, cancelled))
-                outcome = job.runner(job, progress, job.cancel_requested.is_set)
-        except CancelledError:
-            self._end(job, DISMISSED, "dismissed while it ran; nothing was kept")
+                outcome = job.runner(job, progress, cancelled)
         except Exception as exc:
-            if not job.cancel_requested.is_set():
+            # Cancelled, or dismissed while a stage that does not check ran (its folder
+            # went under it): nothing was kept either way.
+            if isinstance(exc, CancelledError) or job.cancel_requested.is_set():
+                self._end(job, DISMISSED, "dismissed while it ran; nothing was kept")
+            else:
                 self._failed(job, exc)
-                return
-            # dismissed while a stage ran that does not check: its folder went under it
-            self._end(job, DISMISSED, "dismissed while it ran; nothing was kept")
         else:
             if job.cancel_requested.is_set():
                 self._end(job, DISMISSED, "dismissed; nothing was kept")

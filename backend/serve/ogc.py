@@ -358,22 +358,10 @@ def request_shape(app: Any) -> Any:
             elif not isinstance(document.get("inputs", {}), dict):
                 problem = '"inputs" must be an object of name: value'
         if problem:
-            answer = json.dumps(
-                {
-                    "type": "InvalidParameterValue",
-                    "code": "InvalidParameterValue",
-                    "description": problem,
-                }
-            )
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 400,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send({"type": "http.response.body", "body": answer.encode()})
-            return  # fmt: skip
+            from .config import refuse
+
+            await refuse(scope, send, 400, "InvalidParameterValue", problem)
+            return
         sent = False
 
         async def replay() -> dict[str, Any]:

@@ -317,7 +317,9 @@ def _add_propose_parser(sub: Any) -> None:
         "project's GeoPackage (layer proposals: rank, score, status, scene, model). INPUT is "
         "the scene (segmented first with an uncertainty raster into <project>-runs, or the "
         "newest run there of the same model is reused) or an uncertainty raster from "
-        "'cloudseg segment --uncertainty'.",
+        "'cloudseg segment --uncertainty'. Without --model the project's current model "
+        "proposes (the last version a round adopted), so each round asks where the model "
+        "the last one taught is unsure.",
     )
     propose.add_argument(
         "input", metavar="INPUT", help="the scene, or its uncertainty raster (.tif)"

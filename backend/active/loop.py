@@ -26,6 +26,7 @@ from ..callbacks import CancelCallback, ProgressCallback
 from ..errors import CancelledError, InputError
 from ..inference.options import RunOptions
 from ..raster.reader import scene_key
+from .history import current_model
 from .project import LabelProject
 from .propose import Proposal, propose
 
@@ -135,7 +136,9 @@ def propose_on_scene(
     Args:
         project: The label project (created if missing).
         scene: The scene (any input ``cloudseg segment`` reads).
-        model: The model; None: the best built-in one for the scene.
+        model: The model; None: the one ``options`` names, else the project's current
+            model (the last adopted version: the next round proposes with what the last
+            one taught), else the best built-in one for the scene.
         box: Box edge in pixels.
         count: How many boxes.
         progress: Called with (percent, message).
@@ -146,9 +149,11 @@ def propose_on_scene(
     Returns:
         The run ranked and the proposals, highest doubt first.
     """
+    project = project if isinstance(project, LabelProject) else LabelProject(project)
+    if model is None and (options is None or options.model is None):
+        model = current_model(project.rounds(), None) if project.path.is_file() else None
     options = _with_model(options, model)
     model = options.model
-    project = project if isinstance(project, LabelProject) else LabelProject(project)
     report = progress or (lambda percent, message: None)
     _refuse_outputs(scene)
     run = latest_run(project, scene, model) if model else None

@@ -42,7 +42,8 @@ class ProposeAlgorithm(CloudsegAlgorithm):
 least sure.
 
 <b>Scene</b>: the scene to label. Without an uncertainty raster it is segmented first \
-(with <b>Model</b>; empty: the best built-in model for it) into the folder \
+(with <b>Model</b>; empty: the project's current model, the last version a round \
+adopted, else the best built-in model for it) into the folder \
 &lt;project&gt;-runs beside the project, or the newest run there of the same model is \
 reused: the label dock's "Propose areas".
 

@@ -11,6 +11,7 @@ import pytest
 from cloudseg.backend.active.history import current_model
 from cloudseg.backend.active.judge import TOLERANCE, judge
 from cloudseg.backend.active.labels import label_box, stored_box_id
+from cloudseg.backend.active.loop import propose_on_scene
 from cloudseg.backend.active.project import LabelProject
 from cloudseg.backend.active.propose import propose
 from cloudseg.backend.errors import CancelledError, InputError
@@ -101,6 +102,11 @@ def test_a_round_on_true_labels_is_adopted_and_keeps_the_inference_settings(s2, 
     with rasterio.open(out) as ds:
         assert ds.tags()["CLOUDSEG_MODEL"] == "coast-r1"
         assert json.loads(ds.tags()["CLOUDSEG_TILING"])["tile_size"] == 256
+    # The next round's proposals, with no model named, come from the adopted version.
+    proposed = propose_on_scene(project, scene.image, box=64, count=2)
+    with rasterio.open(proposed.run.mask) as ds:
+        assert ds.tags()["CLOUDSEG_MODEL"] == "coast-r1"
+    assert {p.model for p in LabelProject(project).read().with_status("todo")} == {"coast-r1"}
 
 
 @pytest.mark.real_data

@@ -7,8 +7,10 @@ bottom half is where the analyst labels), the labeling half is written as a scen
 own; the other half is never seen by the loop. Each round goes through the public API
 exactly as ``cloudseg propose`` / ``cloudseg labels add`` / ``cloudseg fine-tune`` do:
 
-1. the current model segments the labeling half; its doubt ranks boxes
-   (``rank_boxes``, the ranking of ``cloudseg propose``) written as proposals;
+1. the current model segments the labeling half with an uncertainty raster and its
+   doubt ranks boxes (``propose_on_scene``: what ``cloudseg propose`` runs, held-out
+   ranks chosen for class coverage); or, as the control, the same number of boxes of
+   the same size is placed at random (``--pickers random``);
 2. each new box is labeled from the true labels (``label_box``: a careful analyst) and
    marked done;
 3. ``fine_tune`` runs one round with the recipe under test (held-out boxes, judge,
@@ -28,11 +30,14 @@ with the spread over directions and seeds, the machine and versions).
 Usage: benchmark_active_learning.py --data ../shared/data/real [--recipes head,full]
        benchmark_active_learning.py --tables REPORT.json [...]   (the docs' tables)
        benchmark_active_learning.py --plot OUT.png REPORT.json [...]   (the docs' plot)
+       benchmark_active_learning.py --decisions left,right REPORT.json [...]
+           (every round of those directions re-judged under each change budget)
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -45,11 +50,10 @@ import numpy as np
 from benchmark_common import write_results
 
 from cloudseg.backend.active.labels import label_box
-from cloudseg.backend.active.project import LabelProject
-from cloudseg.backend.active.propose import rank_boxes
+from cloudseg.backend.active.loop import propose_on_scene
+from cloudseg.backend.active.project import Box, LabelProject
 from cloudseg.backend.inference.engine import predict
 from cloudseg.backend.inference.options import RunOptions
-from cloudseg.backend.inference.resample import normalized_entropy
 from cloudseg.backend.raster.reader import open_scene, scene_key
 from cloudseg.training.adapt import DEFAULT_RECIPE
 from cloudseg.training.finetune import fine_tune
@@ -57,10 +61,13 @@ from cloudseg.training.metrics import confusion_matrix, metrics_from_confusion
 from cloudseg.training.reference import CLASSES, on_grid
 
 BASE = "ukis-csmask-4b-l1c"
+#: The 10 m, 4-band case: the labeled Sentinel-2 scene's B02, B03, B04 and B08 written
+#: with a 10 m pixel size, the product's main input (its truth is the same labels).
+TEN_M = "ukis-s2-10m-4b"
 SOURCES = ("ukis-s2-l1c", "ukis-landsat5", "ukis-landsat7")
 DIRECTIONS = ("left", "right", "top", "bottom")
 #: Scenes that are the same pixels as another (not an independent scene).
-SAME_PIXELS = {"ukis-s2-l1c-as-10m": "ukis-s2-l1c"}
+SAME_PIXELS = {"ukis-s2-l1c-as-10m": "ukis-s2-l1c", TEN_M: "ukis-s2-l1c"}
 
 
 def write_part(image: Path, labels: Path, rows: slice, cols: slice, out: Path) -> tuple[Path, Path]:
@@ -133,31 +140,72 @@ class Scorer:
         return self.cache[key]
 
 
+def random_boxes(
+    shape: tuple[int, int],
+    box: int,
+    count: int,
+    avoid: list[Box],
+    seed: int,
+    only: np.ndarray | None = None,
+) -> list[Box]:
+    """``count`` boxes placed at random on the half-box grid the ranking uses, apart.
+
+    The control for doubt: the same number of boxes of the same size, none over a box
+    labeled before. With ``only`` (a boolean raster), only boxes it covers whole: the
+    analyst who labels nothing but clear ground.
+    """
+    rng = np.random.default_rng(seed)
+    step = max(box // 2, 1)
+    starts = [
+        (r, c)
+        for r in range(0, shape[0] - box + 1, step)
+        for c in range(0, shape[1] - box + 1, step)
+    ]
+    chosen: list[Box] = []
+    for i in rng.permutation(len(starts)):
+        candidate = Box(*starts[i], box)
+        r, c = starts[i]
+        if only is not None and not only[r : r + box, c : c + box].all():
+            continue
+        if not any(candidate.overlaps(b) for b in [*avoid, *chosen]):
+            chosen.append(candidate)
+        if len(chosen) == count:
+            break
+    return chosen
+
+
 def simulate(
     source: Any,
     direction: str,
     box: int,
-    rounds: int,
-    per_round: int,
+    counts: list[int],
     recipe: str,
     seed: int,
     targets: dict[str, Any],
     scorer: Scorer,
     work: Path,
+    picker: str = "doubt",
+    base: str = BASE,
 ) -> dict:
-    """One simulated analyst: ``rounds`` rounds of ``per_round`` boxes on one half."""
+    """One simulated analyst: a round per entry of ``counts`` (new boxes each) on one half.
+
+    ``picker`` ``doubt`` proposes as ``cloudseg propose`` does (the current model
+    segments the half with an uncertainty raster, :func:`propose_on_scene` ranks it);
+    ``random`` places the same number of boxes at random (seeded by ``seed``); ``clear``
+    at random where the truth is all clear (an analyst who labels only clear ground).
+    """
     import rasterio
 
     with rasterio.open(source.image) as ds:
         shape = (ds.height, ds.width)
     (lab_r, lab_c), (sc_r, sc_c) = halves(shape, direction)
-    folder = work / f"{source.name}-{direction}-{box}-{recipe}-{seed}"
+    folder = work / f"{source.name}-{direction}-{box}-{recipe}-{picker}-{seed}"
     folder.mkdir(parents=True)
     scene, scene_labels = write_part(source.image, source.labels, lab_r, lab_c, folder / "label")
     scored, scored_labels = write_part(source.image, source.labels, sc_r, sc_c, folder / "score")
     project = folder / "project.gpkg"
     classes = {i: n for i, n in enumerate(CLASSES)}
-    current = BASE
+    current = base
 
     def score(model: str) -> dict:
         return {
@@ -172,27 +220,39 @@ def simulate(
         "direction": direction,
         "box": box,
         "recipe": recipe,
+        "picker": picker,
         "seed": seed,
-        "base": score(BASE),
+        "base_model": base,
+        "base": score(base),
         "rounds": [],
     }
-    for number in range(1, rounds + 1):
+    for number, per_round in enumerate(counts, start=1):
         started = time.perf_counter()
-        with open_scene(scene) as reader:
-            prediction = predict(reader, RunOptions(model=current, precision="fp32"))
-            transform, crs = reader.transform, reader.crs
-        doubt = normalized_entropy(prediction.probabilities) * 100
         labels = LabelProject(project)
-        held = labels.read(scene=scene).proposals
-        done = [p.box(transform) for p in held if p.status != "todo"]
-        new = rank_boxes(doubt, box, per_round, done)
-        labels.replace_proposals(
-            [(p.box, p.rank, p.score) for p in new], transform, crs, scene_key(scene), current
-        )
+        if picker == "doubt":
+            propose_on_scene(labels, scene, current, box, per_round)
+        else:
+            with open_scene(scene) as reader:
+                transform, crs, shape = reader.transform, reader.crs, (reader.height, reader.width)
+            held = labels.read(scene=scene).proposals
+            done = [p.box(transform) for p in held if p.status != "todo"]
+            only = None
+            if picker == "clear":
+                with rasterio.open(scene_labels) as ds:
+                    only = ds.read(1) == 0
+            new = random_boxes(shape, box, per_round, done, seed * 1000 + number, only)
+            labels.replace_proposals(
+                [(b, rank, 0.0) for rank, b in enumerate(new, 1)],
+                transform,
+                crs,
+                scene_key(scene),
+                current,
+            )
         todo = [p.fid for p in labels.read(scene=scene).with_status("todo")]
         for fid in todo:
             label_box(project, fid, scene_labels, classes)
         propose_seconds = time.perf_counter() - started
+        before = current
         result = fine_tune(project, scene, recipe=recipe, seed=seed, store=folder / "store")
         round_seconds = result.round.seconds
         current = result.current
@@ -207,20 +267,27 @@ def simulate(
             "held_out_iou_after": result.round.iou_after,
             "fine_tune_seconds": round_seconds,
             "propose_and_label_seconds": round(propose_seconds, 1),
+            "judged_against": before,
+            "scores": result.round.scores,
             "current": current,
             "adopted_model": score(current),
+            "new_version": score(result.model),
         }
-        if not result.adopted:
-            entry["new_version"] = score(result.model)
         run["rounds"].append(entry)
         print(
-            f"{source.name} {direction} {box}px {recipe} seed {seed} round {number}: "
+            f"{source.name} {direction} {box}px {recipe} {picker} seed {seed} round {number}: "
             f"{result.round.boxes} boxes, {'adopted' if result.adopted else 'kept'}, "
             f"same {entry['adopted_model']['same_scene']}, {round_seconds} s",
             file=sys.stderr,
             flush=True,
         )
     return run
+
+
+def _label(run: dict) -> str:
+    """A run's recipe, with the box picker when it is not the model's doubt."""
+    picker = run.get("picker", "doubt")
+    return run["recipe"] + ("" if picker == "doubt" else f" ({picker} boxes)")
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -242,7 +309,7 @@ def summarize(runs: list[dict]) -> list[dict]:
     groups: dict[tuple, list[tuple[dict, dict]]] = {}
     for run in runs:
         for entry in run["rounds"]:
-            key = (run["recipe"], run["box"], entry["round"])
+            key = (_label(run), run["box"], entry["round"])
             groups.setdefault(key, []).append((run, entry))
     summary = []
     for (recipe, box, number), members in sorted(groups.items()):
@@ -294,7 +361,7 @@ def bar_check(runs: list[dict]) -> list[dict]:
     groups: dict[tuple, list[tuple[dict, dict]]] = {}
     for run in runs:
         for entry in run["rounds"]:
-            key = (run["recipe"], run["box"], entry["round"], run["source"])
+            key = (_label(run), run["box"], entry["round"], run["source"])
             groups.setdefault(key, []).append((run, entry))
     rows = []
     for (recipe, box, number, source), members in sorted(groups.items()):
@@ -409,8 +476,98 @@ def plot(summary: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+#: Change budgets the decision study re-judges every round with.
+BUDGETS = (0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 1.0)
+
+
+def decisions(runs: list[dict], budgets: tuple[float, ...] = BUDGETS) -> list[dict]:
+    """Every round re-judged under each change budget, against what it really did.
+
+    Each round's recorded figures (held-out IoU and scene change per class) are judged
+    again by the judge's own rule (:func:`decide`) with another budget; the round's new
+    version is then compared with the model it started from on the scored half and the
+    other scenes. A harmful adoption is one where any class loses more than
+    :data:`BAR_LOSS` (counted apart for the scored half and the other scenes); a missed
+    gain is a refused version that loses no class of the scored half by more and raises
+    its mean by :data:`BAR_GAIN` or more.
+    """
+    from cloudseg.backend.active.judge import ClassScore, decide
+
+    rows = []
+    for budget in budgets:
+        adopted = harmful = harmful_elsewhere = missed = 0
+        gains: list[float] = []
+        for run in runs:
+            earlier = run["base"]
+            for entry in run["rounds"]:
+                classes = {n: ClassScore(**v) for n, v in entry["scores"].items()}
+                verdict = decide(classes, "current", "new", change_budget=budget)
+                new = entry["new_version"]
+                same = {
+                    k: v - earlier["same_scene"][k]
+                    for k, v in new["same_scene"].items()
+                    if k != "mean"
+                }
+                other = [
+                    v - earlier["other_scenes"][scene][k]
+                    for scene, figures in new["other_scenes"].items()
+                    for k, v in figures.items()
+                    if k != "mean"
+                ]
+                worst = min(same.values())
+                gain = new["same_scene"]["mean"] - earlier["same_scene"]["mean"]
+                if verdict.adopted:
+                    adopted += 1
+                    harmful += worst < -BAR_LOSS
+                    harmful_elsewhere += min(other) < -BAR_LOSS
+                    gains.append(gain)
+                else:
+                    missed += worst >= -BAR_LOSS and gain >= BAR_GAIN
+                earlier = entry["adopted_model"]
+        rounds = sum(len(r["rounds"]) for r in runs)
+        rows.append(
+            {
+                "change_budget": budget,
+                "rounds": rounds,
+                "adopted": adopted,
+                "harmful_adoptions": harmful,
+                "harmful_elsewhere": harmful_elsewhere,
+                "missed_gains": missed,
+                "mean_gain_when_adopted": round(float(np.mean(gains)), 4) if gains else None,
+            }
+        )
+    return rows
+
+
+def decisions_table(rows: list[dict]) -> str:
+    """The decision study as a Markdown table."""
+    lines = [
+        "| change budget | rounds | adopted | harmful on the scored half | harmful on other "
+        "scenes | missed gains | mean gain when adopted |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        gain = r["mean_gain_when_adopted"]
+        lines.append(
+            f"| {r['change_budget']:.0%} | {r['rounds']} | {r['adopted']} "
+            f"| {r['harmful_adoptions']} | {r['harmful_elsewhere']} | {r['missed_gains']} "
+            f"| {'-' if gain is None else f'{gain:+.3f}'} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     """Run the simulations and write the JSON."""
+    if sys.argv[1:2] == ["--decisions"]:  # --decisions DIRECTIONS REPORT.json [...]
+        wanted = set(sys.argv[2].split(","))
+        runs = [
+            r
+            for path in sys.argv[3:]
+            for r in json.loads(Path(path).read_text())["runs"]
+            if r["direction"] in wanted and "scores" in r["rounds"][0]
+        ]
+        print(decisions_table(decisions(runs)))
+        return 0
     if sys.argv[1:2] == ["--tables"]:  # print the Markdown tables of written reports
         runs = [r for path in sys.argv[2:] for r in json.loads(Path(path).read_text())["runs"]]
         print(tables(summarize(runs)))
@@ -433,6 +590,11 @@ def main() -> int:
     parser.add_argument(
         "--rounds", default="64:3,128:2", help="rounds per box edge (box:rounds, ...)"
     )
+    parser.add_argument(
+        "--counts", default="", help="new boxes per round, e.g. 8,4 (overrides --rounds)"
+    )
+    parser.add_argument("--pickers", default="doubt", help="doubt, random, clear (comma-separated)")
+    parser.add_argument("--base", default=BASE, help="the model the analyst starts from")
     parser.add_argument("--label", default="", help="what this run is for (kept in the JSON)")
     args = parser.parse_args()
     from cloudseg.training.reference import labeled_scenes
@@ -445,7 +607,9 @@ def main() -> int:
         os.environ["CLOUDSEG_MODELS_DIR"] = str(work / "models")
         scenes = {}
         for s in labeled_scenes(args.data, work / "scenes"):
-            if s.name in SAME_PIXELS:
+            if s.name == "ukis-s2-l1c-as-10m":
+                s.image, s.name = four_bands(s.image, work / "scenes" / f"{TEN_M}.tif"), TEN_M
+            if s.name in SAME_PIXELS and s.name != TEN_M:
                 continue
             if s.resolution_m is None:  # not georeferenced: give it the ~30 m grid it has
                 s.image = on_grid(s, work / "scenes", 30.0)
@@ -456,27 +620,51 @@ def main() -> int:
         scorer = Scorer()
         for recipe in args.recipes.split(","):
             for name in args.sources.split(","):
-                targets = {k: v for k, v in scenes.items() if k != name}
-                for direction in args.directions.split(","):
-                    for box in map(int, args.boxes.split(",")):
-                        for seed in map(int, args.seeds.split(",")):
-                            runs.append(
-                                simulate(
-                                    scenes[name],
-                                    direction,
-                                    box,
-                                    rounds_for[box],
-                                    args.per_round,
-                                    recipe,
-                                    seed,
-                                    targets,
-                                    scorer,
-                                    work,
-                                )
-                            )
-                            _write(args, runs, started)
+                same = {name, SAME_PIXELS.get(name)}
+                targets = {
+                    k: v for k, v in scenes.items() if k not in same and k not in SAME_PIXELS
+                }
+                for direction, box, seed, picker in itertools.product(
+                    args.directions.split(","),
+                    map(int, args.boxes.split(",")),
+                    map(int, args.seeds.split(",")),
+                    args.pickers.split(","),
+                ):
+                    counts = (
+                        [int(n) for n in args.counts.split(",")]
+                        if args.counts
+                        else [args.per_round] * rounds_for[box]
+                    )
+                    runs.append(
+                        simulate(
+                            scenes[name],
+                            direction,
+                            box,
+                            counts,
+                            recipe,
+                            seed,
+                            targets,
+                            scorer,
+                            work,
+                            picker,
+                            args.base,
+                        )
+                    )
+                    _write(args, runs, started)
     _write(args, runs, started)
     return 0
+
+
+def four_bands(image: Path, out: Path) -> Path:
+    """A copy of a B02, B03, B04, B08, B11, B12 image with its first four bands only."""
+    import rasterio
+
+    with rasterio.open(image) as src:
+        profile = src.profile | {"count": 4}
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(src.read([1, 2, 3, 4]))
+            dst.descriptions = src.descriptions[:4]
+    return out
 
 
 def _regrid_labels(labels: Path, image: Path, out: Path) -> None:
@@ -495,7 +683,7 @@ def _write(args: argparse.Namespace, runs: list[dict], started: float) -> None:
         "fine-tune with the judge), scored on the same scene's unseen half and on every "
         "other labeled scene, per class, against the base model",
         "label": args.label,
-        "base_model": BASE,
+        "base_model": args.base,
         "settings": {k: v for k, v in vars(args).items() if k not in ("data", "out")},
         "summary": summarize(runs),
         "bar": bar_check(runs),

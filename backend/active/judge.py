@@ -247,11 +247,42 @@ def judge(
             score.confident = change.confident[k]
             if score.confident >= MIN_CONFIDENT_PIXELS:
                 score.changed = round(change.changed[k] / score.confident, 4)
+    return decide(
+        classes, current, new, min_pixels, tolerance, min_gain, change is not None, change_budget
+    )
+
+
+def decide(
+    classes: dict[str, ClassScore],
+    current: str,
+    new: str,
+    min_pixels: int = MIN_CLASS_PIXELS,
+    tolerance: float = TOLERANCE,
+    min_gain: float = MIN_GAIN,
+    scene_checked: bool = True,
+    change_budget: float = CHANGE_BUDGET,
+) -> Verdict:
+    """The verdict from each class's figures (what :func:`judge` measured).
+
+    Kept apart so that a round's recorded figures (``Round.scores``) can be judged again
+    under other settings, as the benchmark does when it chooses them.
+
+    Args:
+        classes: Per class name, its :class:`ClassScore` (``judged`` already set).
+        current: The current model's name (for the reason).
+        new: The new version's name.
+        min_pixels: Held-out pixels a class needs to be judged (for the reason).
+        tolerance: IoU a judged class may lose.
+        min_gain: How much the mean over the judged classes must rise.
+        scene_checked: Whether the scene change was measured (else no class counts as
+            unchecked).
+        change_budget: The share of a class's confident pixels a version may repaint.
+    """
     judged = [n for n, s in classes.items() if s.judged]
     unjudged = [n for n, s in classes.items() if not s.judged]
     unchecked = (
         [n for n, s in classes.items() if not s.judged and s.changed is None]
-        if change is not None
+        if scene_checked
         else []
     )
     repainted = [
@@ -324,7 +355,7 @@ def judge(
         reason = f"the new version is better on your held-out boxes: {figures}; {new} adopted"
         adopted = True
     verdict = Verdict(adopted, reason + few, mean_before, mean_after, classes, unjudged, unchecked)
-    if change is not None:
+    if scene_checked:
         verdict.reason += f" (checked - {verdict.checks()})"
     return verdict
 
@@ -339,6 +370,7 @@ __all__ = [
     "ClassScore",
     "SceneChange",
     "Verdict",
+    "decide",
     "judge",
     "split_boxes",
 ]

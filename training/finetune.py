@@ -65,8 +65,8 @@ from .adapt import DEFAULT_RECIPE, AdaptResult, Recipe, adapt, recipe_named, set
 
 #: Unlabeled windows of the scene used for distillation, per trained box (at most).
 UNLABELED_PER_BOX = 1
-#: Windows (a tile each) of the unlabeled scene where a round checks what a new version
-#: changes (see :class:`cloudseg.backend.active.judge.SceneChange`).
+#: Tiles of the scene (at most) where a round checks what a new version changes outside
+#: the labeled boxes (see :class:`cloudseg.backend.active.judge.SceneChange`).
 CHECK_WINDOWS = 6
 
 
@@ -221,38 +221,62 @@ def held_out_confusion(
     return matrix
 
 
-def check_windows(
-    reader: Any, size: int, avoid: list[tuple[int, int, int]], count: int, seed: int
-) -> list[tuple[int, int, int]]:
-    """Up to ``count`` squares ``(row, col, size)`` of the scene that touch no labeled box.
+def _starts(length: int, size: int) -> list[int]:
+    """Starts of ``size`` windows that cover ``length`` pixels (the last one flush with the end)."""
+    starts = list(range(0, length - size + 1, size))
+    return starts if starts[-1] == length - size else [*starts, length - size]
 
-    Where a round checks what a new version does to the scene nobody labeled (see
-    :class:`cloudseg.backend.active.judge.SceneChange`): random places, apart from each
-    other and from the boxes (and their stored context).
+
+def check_windows(reader: Any, size: int, count: int, seed: int) -> list[tuple[int, int, int]]:
+    """Squares ``(row, col, size)`` where a round checks what a new version does to the scene.
+
+    The tile-sized squares that cover the scene: all of them on a scene of ``count``
+    tiles or fewer (a chip, or half of one: the whole scene is checked), else ``count``
+    of them at random. Labeled boxes may lie inside; :func:`scene_before` leaves their
+    pixels out (see :class:`cloudseg.backend.active.judge.SceneChange`).
     """
-    rng = np.random.default_rng(seed)
     size = min(size, reader.height, reader.width)
-    found: list[tuple[int, int, int]] = []
-    for _ in range(100 * count):
-        if len(found) == count:
-            break
-        r = int(rng.integers(0, reader.height - size + 1))
-        c = int(rng.integers(0, reader.width - size + 1))
-        if any(_overlap((r, c, size), other) for other in [*avoid, *found]):
-            continue
-        found.append((r, c, size))
-    return found
+    grid = [(r, c, size) for r in _starts(reader.height, size) for c in _starts(reader.width, size)]
+    if len(grid) <= count:
+        return grid
+    picked = np.random.default_rng(seed).choice(len(grid), count, replace=False)
+    return [grid[i] for i in sorted(picked)]
+
+
+def _labeled_pixels(
+    window: tuple[int, int, int], labeled: list[tuple[int, int, int]]
+) -> np.ndarray:
+    """The pixels of ``window`` that lie in any of the ``labeled`` boxes."""
+    row, col, size = window
+    inside = np.zeros((size, size), bool)
+    for r, c, s in labeled:
+        r0, c0 = max(r - row, 0), max(c - col, 0)
+        r1, c1 = min(r + s - row, size), min(c + s - col, size)
+        if r0 < r1 and c0 < c1:
+            inside[r0:r1, c0:c1] = True
+    return inside
 
 
 def scene_before(
-    model: str, reader: Any, windows: list[tuple[int, int, int]], network: Any = None
+    model: str,
+    reader: Any,
+    windows: list[tuple[int, int, int]],
+    network: Any = None,
+    labeled: list[tuple[int, int, int]] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The current model's probabilities and nodata on each check window."""
+    """The current model's probabilities on each check window, and the pixels left out.
+
+    Left out: nodata, and every labeled box ``(row, col, size)`` in ``labeled`` (there a
+    version may change what the labels taught it). The context stored around a box is
+    checked: it is unlabeled, and the recipe holds the version to the model there.
+    """
     card, options, runner = _window_runner(model, network)
     kept = []
-    for row, col, size in windows:
-        prediction = _predict_window(card, options, runner, reader, row, col, size)
-        kept.append((prediction.probabilities, prediction.nodata))
+    for window in windows:
+        prediction = _predict_window(card, options, runner, reader, *window)
+        kept.append(
+            (prediction.probabilities, prediction.nodata | _labeled_pixels(window, labeled or []))
+        )
     return kept
 
 
@@ -402,10 +426,10 @@ def fine_tune(
         from ..backend.inference.options import RunOptions
 
         tile, _ = RunOptions(model=init).tiling(init_card)
-        labeled = [_around(p.box(reader.transform), context) for p in boxes]
-        checks = check_windows(reader, tile, labeled, CHECK_WINDOWS, seed)
-        report(12, f"reading {init_card.name}'s classes on {len(checks)} unlabeled window(s)")
-        scene_probabilities = scene_before(init, reader, checks, network)
+        labeled = [_around(p.box(reader.transform), 0) for p in boxes]
+        checks = check_windows(reader, tile, CHECK_WINDOWS, seed)
+        report(12, f"reading {init_card.name}'s classes outside the boxes ({len(checks)} tiles)")
+        scene_probabilities = scene_before(init, reader, checks, network, labeled)
 
         def training_progress(percent: float, message: str) -> None:
             report(15 + 0.75 * percent, f"fine-tuning ({chosen.name}): {message}")

@@ -156,35 +156,63 @@ def test_a_worse_version_is_kept_aside_and_the_next_round_starts_from_the_curren
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_a_round_that_labels_only_clear_ground_cannot_unlearn_the_other_classes(s2, tmp_path):
-    """Every box labeled clear: the held-out boxes hold no cloud or shadow to judge.
+    """Eight 64 px boxes on half of the chip, every one labeled clear.
 
-    The scene outside the boxes checks them: the version that learned "all is clear"
-    repaints what the current model marks as cloud there, or nothing can check a class;
-    either way it is kept aside, and the verdict says how each class was checked.
+    The held-out boxes hold no cloud to judge. The rest of the half checks it, though
+    the boxes (with their context) leave no tile of it free: the version that learned
+    "all is clear" repaints what the current model marks as cloud there, so it is kept
+    aside, and the verdict says how each class was checked.
     """
     import rasterio
+    from rasterio.windows import Window
 
-    from cloudseg.backend.active.judge import CHANGE_BUDGET
+    from cloudseg.backend.active.judge import CHANGE_BUDGET, MIN_CONFIDENT_PIXELS
     from cloudseg.training.finetune import fine_tune
 
     scene, _, _ = s2
+    half = tmp_path / "left-half.tif"
+    with rasterio.open(scene.image) as src:
+        window = Window(0, 0, src.width // 2, src.height)
+        profile = src.profile | {"width": window.width, "transform": src.window_transform(window)}
+        with rasterio.open(half, "w", **profile) as dst:
+            dst.write(src.read(window=window))
+            dst.descriptions = src.descriptions
     clear = tmp_path / "all-clear.tif"
     with rasterio.open(scene.labels) as src, rasterio.open(clear, "w", **src.profile) as dst:
         dst.write(np.zeros((1, src.height, src.width), np.uint8))
-    project = _project(s2, tmp_path, "clear")
-    for fid in [r["fid"] for r in proposal_rows(project)][:4]:
+    project = tmp_path / "clear.gpkg"
+    propose_on_scene(project, half, BASE, box=64, count=8)
+    for fid in [r["fid"] for r in proposal_rows(project)]:
         label_box(project, fid, clear)
-    result = fine_tune(project, scene.image)
+    result = fine_tune(project, half)
     verdict = result.verdict
     assert not result.adopted and result.current == BASE, verdict.reason
-    assert not verdict.classes["cloud"].judged  # the held-out box holds no cloud
     cloud = verdict.classes["cloud"]
-    assert cloud.checked_by == "the scene" or "cloud" in verdict.unchecked
-    if cloud.changed is not None:
-        assert cloud.changed > CHANGE_BUDGET and "repaints the scene" in verdict.reason
-    assert "checked - clear: held-out boxes" in verdict.reason
+    assert not cloud.judged  # the held-out boxes hold no cloud
+    assert cloud.checked_by == "the scene" and cloud.confident >= MIN_CONFIDENT_PIXELS
+    assert cloud.changed > CHANGE_BUDGET and "repaints the scene" in verdict.reason
+    assert "checked - clear: held-out boxes and the scene" in verdict.reason
     (entry,) = read_rounds(project)
     assert not entry.adopted and entry.scores["cloud"]["confident"] == cloud.confident
+
+
+@pytest.mark.real_data
+def test_the_scene_check_covers_a_chip_whole_and_leaves_out_the_labeled_boxes(s2):
+    from cloudseg.backend.raster.reader import open_scene
+    from cloudseg.training.finetune import check_windows, scene_before
+
+    scene, _, _ = s2
+    with open_scene(scene.image) as reader:
+        # 512 x 512 px in 256 px tiles: four tiles, the whole chip; a large scene: a few.
+        windows = check_windows(reader, 256, 6, seed=0)
+        assert sorted(windows) == [(0, 0, 256), (0, 256, 256), (256, 0, 256), (256, 256, 256)]
+        assert len(check_windows(reader, 128, 6, seed=0)) == 6
+        box = (200, 230, 64)  # across the corner of all four tiles
+        kept = scene_before(BASE, reader, windows, labeled=[box])
+    left_out = sum(int(nodata.sum()) for _, nodata in kept)
+    assert left_out == 64 * 64
+    top_left = kept[0][1]
+    assert top_left[200:256, 230:256].all() and not top_left[:200].any()
 
 
 @pytest.mark.real_data

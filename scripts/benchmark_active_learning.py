@@ -476,15 +476,17 @@ def plot(summary: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-#: Change budgets the decision study re-judges every round with.
-BUDGETS = (0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 1.0)
+#: Change budgets the decision study re-judges every round with: for the classes the
+#: held-out boxes cannot judge, and for those they judge (1.0: no scene check).
+BUDGETS = (0.02, 0.05, 0.1, 0.2, 1.0)
+JUDGED_BUDGETS = (0.05, 0.1, 0.2, 1.0)
 
 
-def decisions(runs: list[dict], budgets: tuple[float, ...] = BUDGETS) -> list[dict]:
-    """Every round re-judged under each change budget, against what it really did.
+def decisions(runs: list[dict]) -> list[dict]:
+    """Every round re-judged under each pair of change budgets, against what it really did.
 
     Each round's recorded figures (held-out IoU and scene change per class) are judged
-    again by the judge's own rule (:func:`decide`) with another budget; the round's new
+    again by the judge's own rule (:func:`decide`) with other budgets; the round's new
     version is then compared with the model it started from on the scored half and the
     other scenes. A harmful adoption is one where any class loses more than
     :data:`BAR_LOSS` (counted apart for the scored half and the other scenes); a missed
@@ -494,14 +496,20 @@ def decisions(runs: list[dict], budgets: tuple[float, ...] = BUDGETS) -> list[di
     from cloudseg.backend.active.judge import ClassScore, decide
 
     rows = []
-    for budget in budgets:
+    for budget, judged_budget in itertools.product(BUDGETS, JUDGED_BUDGETS):
         adopted = harmful = harmful_elsewhere = missed = 0
         gains: list[float] = []
         for run in runs:
             earlier = run["base"]
             for entry in run["rounds"]:
                 classes = {n: ClassScore(**v) for n, v in entry["scores"].items()}
-                verdict = decide(classes, "current", "new", change_budget=budget)
+                verdict = decide(
+                    classes,
+                    "current",
+                    "new",
+                    change_budget=budget,
+                    judged_change_budget=judged_budget,
+                )
                 new = entry["new_version"]
                 same = {
                     k: v - earlier["same_scene"][k]
@@ -528,6 +536,7 @@ def decisions(runs: list[dict], budgets: tuple[float, ...] = BUDGETS) -> list[di
         rows.append(
             {
                 "change_budget": budget,
+                "judged_change_budget": judged_budget,
                 "rounds": rounds,
                 "adopted": adopted,
                 "harmful_adoptions": harmful,
@@ -542,14 +551,15 @@ def decisions(runs: list[dict], budgets: tuple[float, ...] = BUDGETS) -> list[di
 def decisions_table(rows: list[dict]) -> str:
     """The decision study as a Markdown table."""
     lines = [
-        "| change budget | rounds | adopted | harmful on the scored half | harmful on other "
-        "scenes | missed gains | mean gain when adopted |",
+        "| change budget: unjudged / judged classes | rounds | adopted | harmful on the "
+        "scored half | harmful on other scenes | missed gains | mean gain when adopted |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         gain = r["mean_gain_when_adopted"]
         lines.append(
-            f"| {r['change_budget']:.0%} | {r['rounds']} | {r['adopted']} "
+            f"| {r['change_budget']:.0%} / {r['judged_change_budget']:.0%} | {r['rounds']} "
+            f"| {r['adopted']} "
             f"| {r['harmful_adoptions']} | {r['harmful_elsewhere']} | {r['missed_gains']} "
             f"| {'-' if gain is None else f'{gain:+.3f}'} |"
         )

@@ -21,8 +21,10 @@ benchmark) shows and none may decide differently:
   what a version does to a class they do not hold (an analyst who labels only clear
   ground can teach the model to forget cloud). So every class is also checked where
   nobody labeled: of the pixels the current model gives that class with probability
-  :data:`CONFIDENT` or more, outside every labeled box, the new version may repaint at
-  most :data:`CHANGE_BUDGET` - it may change what the labels taught it, not the scene.
+  :data:`CONFIDENT` or more, outside every labeled box (the whole of a chip, or a few
+  tiles of a large scene: ``training.finetune.check_windows``), the new version may
+  repaint at most :data:`CHANGE_BUDGET` - it may change what the labels taught it, not
+  the scene.
   A class that neither the held-out boxes nor the scene can check is not protected, so
   the version is not adopted, and the verdict names the class to label next.
 """
@@ -44,8 +46,11 @@ TOLERANCE = 0.01
 MIN_GAIN = 0.01
 #: A pixel is the current model's confident prediction of its class from this probability.
 CONFIDENT = 0.8
-#: Share of a class's confident pixels outside the labeled boxes a version may repaint.
+#: Share of a class's confident pixels outside the labeled boxes a version may repaint,
+#: for a class the held-out boxes cannot judge (the scene is all that checks it).
 CHANGE_BUDGET = 0.05
+#: The same for a class the held-out boxes judge (they show whether the change is right).
+JUDGED_CHANGE_BUDGET = CHANGE_BUDGET
 #: Confident pixels outside the boxes a class needs before its change is checked.
 MIN_CONFIDENT_PIXELS = MIN_CLASS_PIXELS
 
@@ -200,6 +205,15 @@ def _iou(matrix: np.ndarray, k: int) -> float:
     return tp / union if union else 0.0
 
 
+def _budgets(unjudged: float, judged: float) -> str:
+    """The change budgets as the verdict says them."""
+    if unjudged == judged:
+        return f"{unjudged:.0%}"
+    return (
+        f"{unjudged:.0%} of a class your held-out boxes cannot judge, {judged:.0%} of one they do"
+    )
+
+
 def judge(
     before: np.ndarray,
     after: np.ndarray,
@@ -211,6 +225,7 @@ def judge(
     min_gain: float = MIN_GAIN,
     change: SceneChange | None = None,
     change_budget: float = CHANGE_BUDGET,
+    judged_change_budget: float = JUDGED_CHANGE_BUDGET,
 ) -> Verdict:
     """Judge a new version against the current model on the same held-out pixels.
 
@@ -226,7 +241,9 @@ def judge(
         change: What the new version does to the current model's confident classes
             outside the labeled boxes; None: not measured (only the boxes judge, and no
             class counts as unchecked).
-        change_budget: The share of a class's confident pixels it may repaint.
+        change_budget: The share of a class's confident pixels it may repaint, for a
+            class the held-out boxes cannot judge.
+        judged_change_budget: The same for a class they judge.
 
     Returns:
         The :class:`Verdict`.
@@ -248,7 +265,15 @@ def judge(
             if score.confident >= MIN_CONFIDENT_PIXELS:
                 score.changed = round(change.changed[k] / score.confident, 4)
     return decide(
-        classes, current, new, min_pixels, tolerance, min_gain, change is not None, change_budget
+        classes,
+        current,
+        new,
+        min_pixels,
+        tolerance,
+        min_gain,
+        change is not None,
+        change_budget,
+        judged_change_budget,
     )
 
 
@@ -261,6 +286,7 @@ def decide(
     min_gain: float = MIN_GAIN,
     scene_checked: bool = True,
     change_budget: float = CHANGE_BUDGET,
+    judged_change_budget: float = JUDGED_CHANGE_BUDGET,
 ) -> Verdict:
     """The verdict from each class's figures (what :func:`judge` measured).
 
@@ -276,7 +302,9 @@ def decide(
         min_gain: How much the mean over the judged classes must rise.
         scene_checked: Whether the scene change was measured (else no class counts as
             unchecked).
-        change_budget: The share of a class's confident pixels a version may repaint.
+        change_budget: The share of a class's confident pixels a version may repaint,
+            for a class the held-out boxes cannot judge.
+        judged_change_budget: The same for a class they judge.
     """
     judged = [n for n, s in classes.items() if s.judged]
     unjudged = [n for n, s in classes.items() if not s.judged]
@@ -285,10 +313,11 @@ def decide(
         if scene_checked
         else []
     )
+    budget = {n: judged_change_budget if s.judged else change_budget for n, s in classes.items()}
     repainted = [
         f"{n} {s.changed:.0%}"
         for n, s in classes.items()
-        if s.changed is not None and s.changed > change_budget
+        if s.changed is not None and s.changed > budget[n]
     ]
     scene_only = [n for n in unjudged if classes[n].changed is not None]
     few = (
@@ -322,7 +351,8 @@ def decide(
         reason = (
             f"the new version repaints the scene outside your boxes: {', '.join(repainted)} "
             f"of what {current} marks there with confidence is changed (at most "
-            f"{change_budget:.0%}; mean on your held-out boxes {figures}); kept {current}"
+            f"{_budgets(change_budget, judged_change_budget)}; mean on your held-out boxes "
+            f"{figures}); kept {current}"
         )
         adopted = False
     elif unchecked:
@@ -363,6 +393,7 @@ def decide(
 __all__ = [
     "CHANGE_BUDGET",
     "CONFIDENT",
+    "JUDGED_CHANGE_BUDGET",
     "MIN_CLASS_PIXELS",
     "MIN_CONFIDENT_PIXELS",
     "MIN_GAIN",

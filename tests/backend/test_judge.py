@@ -148,3 +148,32 @@ def test_a_class_the_boxes_cannot_judge_is_checked_on_the_scene():
     verdict = judge(held_before, held_after, NAMES, "base", "new", change=no_shadow)
     assert not verdict.adopted and verdict.unchecked == ["cloud shadow"]
     assert "label a box with cloud shadow next" in verdict.reason
+
+
+def test_a_class_the_boxes_judge_may_change_more_of_the_scene_than_one_they_cannot():
+    """The held-out boxes show whether a change is right: their classes get a larger budget."""
+    from cloudseg.backend.active.judge import (
+        CHANGE_BUDGET,
+        JUDGED_CHANGE_BUDGET,
+        ClassScore,
+        decide,
+    )
+
+    assert CHANGE_BUDGET < 0.07 < JUDGED_CHANGE_BUDGET
+
+    def scores(shadow_judged: bool) -> dict[str, ClassScore]:
+        return {
+            "clear": ClassScore(5000, 0.75, 0.82, True, 70000, 0.0),
+            "cloud": ClassScore(1300, 0.62, 0.67, True, 12000, 0.01),
+            # The version repaints 7 % of the shadow the current model is sure of.
+            "cloud shadow": ClassScore(
+                1200 if shadow_judged else 300, 0.58, 0.69, shadow_judged, 9000, 0.07
+            ),
+        }
+
+    judged = decide(scores(True), "base", "new")
+    assert judged.adopted, judged.reason
+    assert "cloud shadow: held-out boxes and the scene" in judged.reason
+    unjudged = decide(scores(False), "base", "new")
+    assert not unjudged.adopted and "cloud shadow 7%" in unjudged.reason
+    assert "5% of a class your held-out boxes cannot judge, 10% of one they do" in unjudged.reason

@@ -608,12 +608,12 @@ def pickers_table(rows: list[dict]) -> str:
     """The picker comparison as a Markdown table: mean (std) IoU change per class."""
     short = {"clear": "clear", "cloud": "cloud", "cloud shadow": "shadow", "mean": "mean"}
     lines = [
-        "| boxes picked by | boxes | runs | adopted | new version: "
+        "| boxes picked by | round | boxes | runs | adopted | new version: "
         + " / ".join(short.values())
         + " | the analyst's model: "
         + " / ".join(short.values())
         + " |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = [
@@ -622,7 +622,8 @@ def pickers_table(rows: list[dict]) -> str:
         ]
         boxes = "-".join(map(str, sorted({r["boxes"][0], r["boxes"][-1]})))
         lines.append(
-            f"| {r['picker']} | {boxes} | {r['runs']} | {r['adopted']} | {cells[0]} | {cells[1]} |"
+            f"| {r['picker']} | {r['round']} | {boxes} | {r['runs']} | {r['adopted']} "
+            f"| {cells[0]} | {cells[1]} |"
         )
     return "\n".join(lines)
 

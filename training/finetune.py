@@ -163,27 +163,36 @@ def _window_runner(model: str, network: Any = None) -> tuple[Any, Any, Any]:
 
 
 def _predict_window(
-    card: ModelCard, options: Any, runner: Any, reader: Any, row: int, col: int, size: int
+    card: ModelCard,
+    options: Any,
+    runner: Any,
+    reader: Any,
+    row: int,
+    col: int,
+    size: int,
+    width: int | None = None,
 ) -> Any:
     """A model's prediction of a ``size`` square of the scene, with half a tile around it.
 
-    The square is segmented in a window of the scene that reaches half a tile beyond it,
-    by the same engine and tiling as ``cloudseg segment``.
+    The square (``size`` rows by ``width`` columns where ``width`` is given) is segmented
+    in a window of the scene that reaches half a tile beyond it, by the same engine and
+    tiling as ``cloudseg segment``.
 
     Returns:
         The :class:`~cloudseg.backend.inference.engine.Prediction` cropped to the square.
     """
     from ..backend.inference.engine import ArrayScene, predict
 
+    height, width = size, size if width is None else width
     tile, _ = options.tiling(card)
     margin = tile // 2
     bands = list(card.bands)
     r0, c0 = max(row - margin, 0), max(col - margin, 0)
-    r1, c1 = min(row + size + margin, reader.height), min(col + size + margin, reader.width)
+    r1, c1 = min(row + height + margin, reader.height), min(col + width + margin, reader.width)
     image = reader.read(bands, r0, c0, r1 - r0, c1 - c0)
     prediction = predict(ArrayScene(image, bands, reader.resolution_m), options, runner)
-    rows = slice(row - r0, row - r0 + size)
-    cols = slice(col - c0, col - c0 + size)
+    rows = slice(row - r0, row - r0 + height)
+    cols = slice(col - c0, col - c0 + width)
     return replace(
         prediction,
         probabilities=prediction.probabilities[:, rows, cols],
@@ -227,31 +236,37 @@ def _starts(length: int, size: int) -> list[int]:
     return starts if starts[-1] == length - size else [*starts, length - size]
 
 
-def check_windows(reader: Any, size: int, count: int, seed: int) -> list[tuple[int, int, int]]:
-    """Squares ``(row, col, size)`` where a round checks what a new version does to the scene.
+#: ``(row, col, height, width)`` of a part of the scene.
+Area = tuple[int, int, int, int]
 
-    The tile-sized squares that cover the scene: all of them on a scene of ``count``
-    tiles or fewer (a chip, or half of one: the whole scene is checked), else ``count``
-    of them at random. Labeled boxes may lie inside; :func:`scene_before` leaves their
-    pixels out (see :class:`cloudseg.backend.active.judge.SceneChange`).
+
+def check_windows(reader: Any, size: int, count: int, seed: int) -> list[Area]:
+    """Parts ``(row, col, height, width)`` where a round checks what a new version does.
+
+    A scene no larger than ``count`` tiles (a chip, or half of one) is checked whole, in
+    one part segmented as ``cloudseg segment`` would; a larger one in ``count`` of the
+    tiles that cover it, at random. Labeled boxes may lie inside; :func:`scene_before`
+    leaves their pixels out (see :class:`cloudseg.backend.active.judge.SceneChange`).
     """
+    if reader.height * reader.width <= count * size * size:
+        return [(0, 0, reader.height, reader.width)]
     size = min(size, reader.height, reader.width)
-    grid = [(r, c, size) for r in _starts(reader.height, size) for c in _starts(reader.width, size)]
-    if len(grid) <= count:
-        return grid
-    picked = np.random.default_rng(seed).choice(len(grid), count, replace=False)
+    grid = [
+        (r, c, size, size)
+        for r in _starts(reader.height, size)
+        for c in _starts(reader.width, size)
+    ]
+    picked = np.random.default_rng(seed).choice(len(grid), min(count, len(grid)), replace=False)
     return [grid[i] for i in sorted(picked)]
 
 
-def _labeled_pixels(
-    window: tuple[int, int, int], labeled: list[tuple[int, int, int]]
-) -> np.ndarray:
-    """The pixels of ``window`` that lie in any of the ``labeled`` boxes."""
-    row, col, size = window
-    inside = np.zeros((size, size), bool)
+def _labeled_pixels(window: Area, labeled: list[tuple[int, int, int]]) -> np.ndarray:
+    """The pixels of ``window`` that lie in any of the ``labeled`` boxes ``(row, col, size)``."""
+    row, col, height, width = window
+    inside = np.zeros((height, width), bool)
     for r, c, s in labeled:
         r0, c0 = max(r - row, 0), max(c - col, 0)
-        r1, c1 = min(r + s - row, size), min(c + s - col, size)
+        r1, c1 = min(r + s - row, height), min(c + s - col, width)
         if r0 < r1 and c0 < c1:
             inside[r0:r1, c0:c1] = True
     return inside
@@ -260,7 +275,7 @@ def _labeled_pixels(
 def scene_before(
     model: str,
     reader: Any,
-    windows: list[tuple[int, int, int]],
+    windows: list[Area],
     network: Any = None,
     labeled: list[tuple[int, int, int]] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -272,18 +287,17 @@ def scene_before(
     """
     card, options, runner = _window_runner(model, network)
     kept = []
-    for window in windows:
-        prediction = _predict_window(card, options, runner, reader, *window)
-        kept.append(
-            (prediction.probabilities, prediction.nodata | _labeled_pixels(window, labeled or []))
-        )
+    for row, col, height, width in windows:
+        prediction = _predict_window(card, options, runner, reader, row, col, height, width)
+        left_out = prediction.nodata | _labeled_pixels((row, col, height, width), labeled or [])
+        kept.append((prediction.probabilities, left_out))
     return kept
 
 
 def scene_change(
     model: str,
     reader: Any,
-    windows: list[tuple[int, int, int]],
+    windows: list[Area],
     before: list[tuple[np.ndarray, np.ndarray]],
     network: Any = None,
 ) -> SceneChange:
@@ -294,8 +308,8 @@ def scene_change(
     card, options, runner = _window_runner(model, network)
     nothing = [0] * len(card.classes)
     change = SceneChange(nothing, nothing)
-    for (row, col, size), (probabilities, nodata) in zip(windows, before, strict=True):
-        after = _predict_window(card, options, runner, reader, row, col, size).classes()
+    for (row, col, height, width), (probabilities, nodata) in zip(windows, before, strict=True):
+        after = _predict_window(card, options, runner, reader, row, col, height, width).classes()
         change = change + SceneChange.measure(probabilities, after, nodata)
     return change
 

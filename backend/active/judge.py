@@ -21,7 +21,7 @@ benchmark) shows and none may decide differently:
   what a version does to a class they do not hold (an analyst who labels only clear
   ground can teach the model to forget cloud). So every class is also checked where
   nobody labeled: of the pixels the current model gives that class with probability
-  :data:`CONFIDENT` or more, outside every labeled box (the whole of a chip, or a few
+  :data:`CONFIDENT` or more, outside every labeled box (the whole of a chip, or six
   tiles of a large scene: ``training.finetune.check_windows``), the new version may
   repaint at most :data:`CHANGE_BUDGET` - it may change what the labels taught it, not
   the scene.

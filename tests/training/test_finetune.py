@@ -203,16 +203,15 @@ def test_the_scene_check_covers_a_chip_whole_and_leaves_out_the_labeled_boxes(s2
 
     scene, _, _ = s2
     with open_scene(scene.image) as reader:
-        # 512 x 512 px in 256 px tiles: four tiles, the whole chip; a large scene: a few.
-        windows = check_windows(reader, 256, 6, seed=0)
-        assert sorted(windows) == [(0, 0, 256), (0, 256, 256), (256, 0, 256), (256, 256, 256)]
-        assert len(check_windows(reader, 128, 6, seed=0)) == 6
-        box = (200, 230, 64)  # across the corner of all four tiles
-        kept = scene_before(BASE, reader, windows, labeled=[box])
-    left_out = sum(int(nodata.sum()) for _, nodata in kept)
-    assert left_out == 64 * 64
-    top_left = kept[0][1]
-    assert top_left[200:256, 230:256].all() and not top_left[:200].any()
+        # A 512 x 512 px chip is no more than six 256 px tiles: checked whole, in one part.
+        assert check_windows(reader, 256, 6, seed=0) == [(0, 0, 512, 512)]
+        # A scene of more tiles: six of the tiles that cover it, apart.
+        tiles = check_windows(reader, 128, 6, seed=0)
+        assert len(set(tiles)) == 6 and all(t[2:] == (128, 128) for t in tiles)
+        box = (200, 230, 64)
+        ((probabilities, left_out),) = scene_before(BASE, reader, [(0, 0, 512, 512)], labeled=[box])
+    assert probabilities.shape == (3, 512, 512)
+    assert left_out.sum() == 64 * 64 and left_out[200:264, 230:294].all()
 
 
 @pytest.mark.real_data

@@ -18,7 +18,7 @@ QGIS_PLUGINS_DIR ?= $(HOME)/.local/share/QGIS/QGIS3/profiles/$(QGIS_PROFILE)/pyt
 export CLOUDSEG_REAL_DATA
 
 
-.PHONY: help install lock system-deps demo test test-backend test-plugin test-gui lint format deploy package wheel clean qgis screenshot
+.PHONY: help install lock system-deps demo test test-fast test-backend test-plugin test-gui lint format deploy package wheel clean qgis screenshot
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -51,6 +51,11 @@ demo: install ## segment a real Sentinel-2 chip from ../shared/data/real
 	$(PY) scripts/demo.py --data "$(CLOUDSEG_REAL_DATA)" --out demo_output
 
 test: install lint test-backend test-plugin test-gui ## lint, then all tests
+
+test-fast: install ## the inner loop: lint, then every test not marked slow (no desktop QGIS)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest -p no:qgis -q -m "not slow" tests/backend tests/training tests/reliability tests/serve tests/packaging
+	QT_QPA_PLATFORM=offscreen $(VENV)/bin/pytest -q -m "not slow" tests/plugin
 
 test-backend: install ## backend, training, reliability, server and packaging tests (QGIS never imported)
 	$(VENV)/bin/pytest -p no:qgis tests/backend tests/training tests/reliability tests/serve tests/packaging

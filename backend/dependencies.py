@@ -164,6 +164,7 @@ DEV = Group(
     (
         Requirement("pytest", ">=7.4", "pytest", "tests"),
         Requirement("pytest-qgis", ">=5.0", "pytest_qgis", "plugin tests"),
+        Requirement("pytest-timeout", ">=2.3", "pytest_timeout", "a hung test fails alone"),
         Requirement("ruff", ">=0.6", "", "lint and format"),
         Requirement("import-linter", ">=2.1", "importlinter", "architecture contracts"),
         Requirement("moto", ">=5.0", "moto", "a real S3 endpoint in tests", extras="server"),

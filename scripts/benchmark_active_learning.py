@@ -403,33 +403,49 @@ def bar_check(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def _markdown(header: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _boxes(counts: list[int]) -> str:
+    """A range of box counts as ``8`` or ``3-8``."""
+    return "-".join(map(str, sorted({counts[0], counts[-1]})))
+
+
 def bar_table(rows: list[dict]) -> str:
     """The bar check as a Markdown table."""
-    lines = [
-        "| labeled scene | box | boxes | runs | same scene: mean gain | same scene: worst class "
-        "| other scenes: worst class | gain >= 0.03 | no class down > 0.01 |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        boxes = "-".join(map(str, sorted({r["boxes"][0], r["boxes"][-1]})))
-        lines.append(
-            f"| {r['source']} | {r['box']} | {boxes} | {r['runs']} "
-            f"| {r['same_scene_mean_gain']:+.3f} | {r['same_scene_worst_class']:+.3f} "
-            f"| {r['other_scenes_worst_class']:+.3f} | {'yes' if r['gain_bar_met'] else 'no'} "
-            f"| {'yes' if r['loss_bar_met'] else 'no'} |"
-        )
-    return "\n".join(lines)
+    header = ["labeled scene", "box", "boxes", "runs", "same scene: mean gain"]
+    header += ["same scene: worst class", "other scenes: worst class", "gain >= 0.03"]
+    header += ["no class down > 0.01"]
+    return _markdown(
+        header,
+        [
+            [
+                r["source"],
+                r["box"],
+                _boxes(r["boxes"]),
+                r["runs"],
+                f"{r['same_scene_mean_gain']:+.3f}",
+                f"{r['same_scene_worst_class']:+.3f}",
+                f"{r['other_scenes_worst_class']:+.3f}",
+                "yes" if r["gain_bar_met"] else "no",
+                "yes" if r["loss_bar_met"] else "no",
+            ]
+            for r in rows
+        ],
+    )
 
 
 def tables(summary: list[dict]) -> str:
     """The summary as a Markdown table (docs/active-learning.md)."""
     short = {"clear": "clear", "cloud": "cloud", "cloud shadow": "shadow"}
-    lines = [
-        "| recipe | box | boxes | runs | adopted | same scene: mean IoU gain (min, max) "
-        "| same scene: worst class change | other scenes: worst class change (mean) "
-        "| round s (max) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["recipe", "box", "boxes", "runs", "adopted", "same scene: mean IoU gain (min, max)"]
+    header += ["same scene: worst class change", "other scenes: worst class change (mean)"]
+    header += ["round s (max)"]
+    rows = []
     for row in summary:
         gain = row["same_scene_mean_iou_gain"]
         same = ", ".join(
@@ -439,12 +455,20 @@ def tables(summary: list[dict]) -> str:
             f"{short[k]} {v['min']:+.3f} ({v['mean']:+.3f})"
             for k, v in row["other_scenes_class_change"].items()
         )
-        lines.append(
-            f"| {row['recipe']} | {row['box']} | {row['boxes']} | {row['runs']} "
-            f"| {row['adopted']} | {gain['mean']:+.3f} ({gain['min']:+.3f}, {gain['max']:+.3f}) "
-            f"| {same} | {other} | {row['fine_tune_seconds']['max']:.0f} |"
+        rows.append(
+            [
+                row["recipe"],
+                row["box"],
+                row["boxes"],
+                row["runs"],
+                row["adopted"],
+                f"{gain['mean']:+.3f} ({gain['min']:+.3f}, {gain['max']:+.3f})",
+                same,
+                other,
+                f"{row['fine_tune_seconds']['max']:.0f}",
+            ]
         )
-    return "\n".join(lines)
+    return _markdown(header, rows)
 
 
 def plot(summary: list[dict], path: Path) -> None:
@@ -556,20 +580,26 @@ def decisions(runs: list[dict]) -> list[dict]:
 
 def decisions_table(rows: list[dict]) -> str:
     """The decision study as a Markdown table."""
-    lines = [
-        "| change budget: unjudged / judged classes | rounds | adopted | harmful on the "
-        "scored half | harmful on other scenes | missed gains | mean gain when adopted |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        gain = r["mean_gain_when_adopted"]
-        lines.append(
-            f"| {r['change_budget']:.0%} / {r['judged_change_budget']:.0%} | {r['rounds']} "
-            f"| {r['adopted']} "
-            f"| {r['harmful_adoptions']} | {r['harmful_elsewhere']} | {r['missed_gains']} "
-            f"| {'-' if gain is None else f'{gain:+.3f}'} |"
-        )
-    return "\n".join(lines)
+    header = ["change budget: unjudged / judged classes", "rounds", "adopted"]
+    header += ["harmful on the scored half", "harmful on other scenes", "missed gains"]
+    header += ["mean gain when adopted"]
+    return _markdown(
+        header,
+        [
+            [
+                f"{r['change_budget']:.0%} / {r['judged_change_budget']:.0%}",
+                r["rounds"],
+                r["adopted"],
+                r["harmful_adoptions"],
+                r["harmful_elsewhere"],
+                r["missed_gains"],
+                "-"
+                if r["mean_gain_when_adopted"] is None
+                else f"{r['mean_gain_when_adopted']:+.3f}",
+            ]
+            for r in rows
+        ],
+    )
 
 
 def pickers(runs: list[dict]) -> list[dict]:
@@ -607,25 +637,20 @@ def pickers(runs: list[dict]) -> list[dict]:
 def pickers_table(rows: list[dict]) -> str:
     """The picker comparison as a Markdown table: mean (std) IoU change per class."""
     short = {"clear": "clear", "cloud": "cloud", "cloud shadow": "shadow", "mean": "mean"}
-    lines = [
-        "| boxes picked by | round | boxes | runs | adopted | new version: "
-        + " / ".join(short.values())
-        + " | the analyst's model: "
-        + " / ".join(short.values())
-        + " |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        cells = [
-            " / ".join(f"{r[w][n]['mean']:+.3f} ({r[w][n]['std']:.3f})" for n in short)
-            for w in ("new_version", "adopted_model")
-        ]
-        boxes = "-".join(map(str, sorted({r["boxes"][0], r["boxes"][-1]})))
-        lines.append(
-            f"| {r['picker']} | {r['round']} | {boxes} | {r['runs']} | {r['adopted']} "
-            f"| {cells[0]} | {cells[1]} |"
-        )
-    return "\n".join(lines)
+    names = " / ".join(short.values())
+    header = ["boxes picked by", "round", "boxes", "runs", "adopted"]
+    header += [f"new version: {names}", f"the analyst's model: {names}"]
+    return _markdown(
+        header,
+        [
+            [r["picker"], r["round"], _boxes(r["boxes"]), r["runs"], r["adopted"]]
+            + [
+                " / ".join(f"{r[w][n]['mean']:+.3f} ({r[w][n]['std']:.3f})" for n in short)
+                for w in ("new_version", "adopted_model")
+            ]
+            for r in rows
+        ],
+    )
 
 
 def main() -> int:

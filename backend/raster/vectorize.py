@@ -104,44 +104,50 @@ def write_polygons(
     dataset = driver.CreateDataSource(str(gpkg_path))
     if dataset is None:
         raise InputError(f"cannot create a GeoPackage at {gpkg_path}")
-    layer = dataset.CreateLayer(LAYER_NAME, ogr_srs(crs), ogr.wkbMultiPolygon)
-    for name, kind in (("class", ogr.OFTInteger), ("name", ogr.OFTString)):
-        layer.CreateField(ogr.FieldDefn(name, kind))
-    layer.CreateField(ogr.FieldDefn("area_m2", ogr.OFTReal))
-
-    def traced(complete: float, message: object, data: object) -> int:
-        progress(80.0 * complete, "tracing polygons")
-        return 1
-
-    layer.StartTransaction()
-    gdal.PushErrorHandler("CPLQuietErrorHandler")  # "polygon into a multipolygon layer"
     try:
-        gdal.Polygonize(
-            source.GetRasterBand(1), mask.GetRasterBand(1), layer, 0, ["8CONNECTED=8"], traced
-        )
-    finally:
-        gdal.PopErrorHandler()
-    layer.CommitTransaction()
-    progress(80.0, "measuring polygons")
-    counts = dict.fromkeys(wanted, 0)
-    small = []
-    layer.StartTransaction()
-    layer.ResetReading()
-    for feature in layer:
-        value = feature.GetField("class")
-        polygon = feature.GetGeometryRef()
-        area = polygon.GetArea()
-        if area < min_area_m2:
-            small.append(feature.GetFID())
-            continue
-        feature.SetField("name", names[value])
-        feature.SetField("area_m2", float(area))
-        feature.SetGeometry(ogr.ForceToMultiPolygon(polygon.Clone()))
-        layer.SetFeature(feature)
-        counts[names[value]] += 1
-    for fid in small:
-        layer.DeleteFeature(fid)
-    layer.CommitTransaction()
+        layer = dataset.CreateLayer(LAYER_NAME, ogr_srs(crs), ogr.wkbMultiPolygon)
+        for name, kind in (("class", ogr.OFTInteger), ("name", ogr.OFTString)):
+            layer.CreateField(ogr.FieldDefn(name, kind))
+        layer.CreateField(ogr.FieldDefn("area_m2", ogr.OFTReal))
+
+        def traced(complete: float, message: object, data: object) -> int:
+            progress(80.0 * complete, "tracing polygons")
+            return 1
+
+        layer.StartTransaction()
+        gdal.PushErrorHandler("CPLQuietErrorHandler")  # "polygon into a multipolygon layer"
+        try:
+            gdal.Polygonize(
+                source.GetRasterBand(1), mask.GetRasterBand(1), layer, 0, ["8CONNECTED=8"], traced
+            )
+        finally:
+            gdal.PopErrorHandler()
+        layer.CommitTransaction()
+        progress(80.0, "measuring polygons")
+        counts = dict.fromkeys(wanted, 0)
+        small = []
+        layer.StartTransaction()
+        layer.ResetReading()
+        for feature in layer:
+            value = feature.GetField("class")
+            polygon = feature.GetGeometryRef()
+            area = polygon.GetArea()
+            if area < min_area_m2:
+                small.append(feature.GetFID())
+                continue
+            feature.SetField("name", names[value])
+            feature.SetField("area_m2", float(area))
+            feature.SetGeometry(ogr.ForceToMultiPolygon(polygon.Clone()))
+            layer.SetFeature(feature)
+            counts[names[value]] += 1
+        for fid in small:
+            layer.DeleteFeature(fid)
+        layer.CommitTransaction()
+    except BaseException:
+        # Closed here, not when the traceback goes: a run interrupted mid-write removes
+        # the unfinished file next, and GDAL must not write into it afterwards.
+        layer = feature = polygon = dataset = source = mask = None
+        raise
     dataset = source = mask = None  # closes and flushes the GeoPackage
     progress(100.0, f"{sum(counts.values())} polygons")
     return counts

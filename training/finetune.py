@@ -172,14 +172,14 @@ def _predict_window(
     size: int,
     width: int | None = None,
 ) -> Any:
-    """A model's prediction of a ``size`` square of the scene, with half a tile around it.
+    """A model's prediction of a part of the scene, with half a tile around it.
 
-    The square (``size`` rows by ``width`` columns where ``width`` is given) is segmented
-    in a window of the scene that reaches half a tile beyond it, by the same engine and
-    tiling as ``cloudseg segment``.
+    The part (``size`` rows by ``width`` columns; a square where ``width`` is None) is
+    segmented in a window of the scene that reaches half a tile beyond it, by the same
+    engine and tiling as ``cloudseg segment``.
 
     Returns:
-        The :class:`~cloudseg.backend.inference.engine.Prediction` cropped to the square.
+        The :class:`~cloudseg.backend.inference.engine.Prediction` cropped to the part.
     """
     from ..backend.inference.engine import ArrayScene, predict
 

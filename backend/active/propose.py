@@ -70,8 +70,8 @@ def rank_boxes(
     valid = np.isfinite(doubt)
     filled = np.where(valid, doubt, 0.0)
     # Sums over every box by an integral image: O(pixels), exact for any grid.
-    total = np.pad(filled, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
-    count_valid = np.pad(valid.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    total = _integral(filled)
+    count_valid = _integral(valid.astype(np.int64))
     starts_r = list(range(0, rows - box + 1, step))
     starts_c = list(range(0, cols - box + 1, step))
     if starts_r[-1] != rows - box:
@@ -95,11 +95,9 @@ def rank_boxes(
         enough = min(MIN_CLASS_PIXELS, box * box // 10)
         found = classes[classes != NODATA]
         kinds = int(found.max()) + 1 if found.size else 0
-        holds = np.stack([
-            box_sum(np.pad((classes == k).astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1))
-            >= enough
-            for k in range(kinds)
-        ])  # fmt: skip
+        holds = np.stack(
+            [box_sum(_integral((classes == k).astype(np.int64))) >= enough for k in range(kinds)]
+        )
     chosen: list[Proposal] = []
     blocked = list(avoid or [])
     missing = set(range(holds.shape[0])) if holds is not None else set()
@@ -118,6 +116,11 @@ def rank_boxes(
         if held:
             missing -= covered
     return chosen
+
+
+def _integral(values: np.ndarray) -> np.ndarray:
+    """The integral image of ``values``, a zero row and column first (box sums in O(1))."""
+    return np.pad(values, ((1, 0), (1, 0))).cumsum(0).cumsum(1)
 
 
 def _next_box(

@@ -16,7 +16,7 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 # Folders of the checkout that are not part of the installed package.
-DEVELOPER_DIRS = ("tests", "scripts", "docs", "benchmarks", "build", "dist", "demo_output", "runs")
+DEVELOPER_DIRS = ("tests", "scripts", "dev", "docs", "build", "dist", "demo_output", "runs")
 
 
 def _dependencies() -> object:

@@ -33,7 +33,7 @@ def resolution_choice(value: str) -> str:
     return value
 
 
-#: What ``--shadow-geometry`` measurably does (scripts/study_shadow_geometry.py,
+#: What ``--shadow-geometry`` measurably does (dev/study_shadow_geometry.py,
 #: docs/shadow-geometry.md): said by the CLI's help, the Processing dialog and the dock
 #: (no percent sign: argparse formats help texts with %).
 SHADOW_GEOMETRY_EFFECT = (

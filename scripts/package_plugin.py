@@ -22,7 +22,7 @@ TOP_FILES = ("__init__.py", "metadata.txt", "LICENSE", "README.md", "CHANGELOG.m
 DATA_DIRS = ("resources",)
 # Folders of the checkout that are not part of the plugin (setup.py leaves them out too).
 DEVELOPER_DIRS = frozenset(
-    {"tests", "scripts", "docs", "benchmarks", "build", "dist", "demo_output", "runs"}
+    {"tests", "scripts", "dev", "docs", "build", "dist", "demo_output", "runs"}
 )
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache"}
 SKIP_SUFFIXES = {".pyc", ".pyo", ".orig", ".rej", ".swp"}

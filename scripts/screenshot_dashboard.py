@@ -32,7 +32,9 @@ def checked_store(data: Path, work: Path) -> tuple[Path, Path]:
 
     from cloudseg.backend.active.labels import LabeledWindow, windows_to_store
     from cloudseg.training.label_check import check_labels
-    from cloudseg.training.reference import SIX_BANDS, labeled_scenes
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dev"))  # the labeled scenes
+    from reference_scenes import SIX_BANDS, labeled_scenes
 
     scene = next(s for s in labeled_scenes(data, work / "s") if s.name == "ukis-s2-l1c")
     image, truth = np.moveaxis(scene.reflectance, -1, 0), scene.reference()

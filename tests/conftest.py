@@ -126,8 +126,9 @@ def labeled_s2(real_data, tmp_path_factory):
     Returns ``(scene, doubt)``: a ``LabeledScene`` (image and label GeoTIFFs) and the
     uncertainty raster of ``ukis-csmask-4b-l1c`` on it, to propose boxes from.
     """
+    from reference_scenes import labeled_scenes
+
     from cloudseg.backend.inference.segment import SegmentOptions, segment
-    from cloudseg.training.reference import labeled_scenes
 
     work = tmp_path_factory.mktemp("labeled-s2")
     scene = next(labeled_scenes(real_data, work))
@@ -235,9 +236,9 @@ def planted_store(real_data, tmp_path_factory):
     Returns the store, the planted chip's id and every chip's stored labels.
     """
     from rasterio.transform import from_origin
+    from reference_scenes import SIX_BANDS, labeled_scenes
 
     from cloudseg.backend.active.labels import LabeledWindow, windows_to_store
-    from cloudseg.training.reference import SIX_BANDS, labeled_scenes
 
     work = tmp_path_factory.mktemp("labels")
     scene = next(s for s in labeled_scenes(real_data, work / "s") if s.name == "ukis-s2-l1c")

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Top-level folders of the checkout that outputs of a build or a run go into.
 BUILD_OUTPUTS = frozenset({"build", "dist", "demo_output", "runs"})
 # Top-level folders that are for developers (setup.py and the plugin zip leave them out).
-DEVELOPER_DIRS = frozenset({"tests", "scripts", "docs", "benchmarks"}) | BUILD_OUTPUTS
+DEVELOPER_DIRS = frozenset({"tests", "scripts", "dev", "docs"}) | BUILD_OUTPUTS
 # Files of the root that build the package rather than belong to it.
 BUILD_FILES = frozenset({"setup.py"})
 DATA = ("metadata.txt", "resources")

@@ -1,7 +1,7 @@
 """A real ``cloudseg serve`` process on a free loopback port.
 
 Used by the server's tests (``tests/serve``), ``scripts/screenshot_serve.py`` and
-``scripts/benchmark_serve.py``: the server is started as a user starts it, and the line
+``dev/benchmark_serve.py``: the server is started as a user starts it, and the line
 it prints first says where it listens.
 """
 

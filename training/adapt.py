@@ -19,7 +19,7 @@ recipe names, and can be pulled back toward the base:
 
 The recipe used by ``cloudseg fine-tune`` and the dock is :data:`DEFAULT_RECIPE` (the
 head: the base's features computed once, a few hundred weights trained), chosen with the
-simulated analyst of ``scripts/benchmark_active_learning.py`` (see
+simulated analyst of ``dev/benchmark_active_learning.py`` (see
 ``docs/active-learning.md``). The loop is plain torch, not Lightning: a round is a few
 dozen steps over tensors already in memory, where a Trainer's set-up would cost more
 than the training.

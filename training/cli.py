@@ -165,30 +165,6 @@ def _cmd_fine_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from .benchmark import publish_benchmark, run_benchmark
-
-    with percent_bar(args.quiet) as bar:
-        report = run_benchmark(args.data, args.repeats, args.device, bar_progress(bar))
-    publish_benchmark(report, args.out, args.plot)
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    for task, figures in report["summary"].items():
-        rate, joules = figures["seconds_per_km2"], figures["joules_per_km2"]
-        energy = (
-            f"{joules['median']} J/km²"
-            if joules["median"] is not None
-            else f"energy {figures['energy_method']}"
-        )
-        print(
-            f"{task}: {rate['median']} s/km² (min {rate['min']}, max {rate['max']}) "
-            f"on {figures['km2']} km²; {energy}"
-        )
-    print(f"wrote {args.out} and {args.plot}")
-    return 0
-
-
 def _cmd_labels_check(args: argparse.Namespace) -> int:
     from .label_check import check_labels
 
@@ -350,22 +326,6 @@ def add_parsers(sub: Any) -> None:
     )
     add_output_flags(ft)
     ft.set_defaults(handler=_cmd_fine_tune)
-
-    be = sub.add_parser(
-        "benchmark",
-        help="time and energy per km² of segmentation and training on the real data",
-        description="Segment two real scenes and run a short training on the real "
-        "CloudSEN12 store, several times, on the chosen device; write the JSON (every run, "
-        "median and spread, machine, versions) and a plot. Energy comes from NVML (CUDA "
-        "GPUs) or RAPL (CPUs) only; elsewhere it says 'not measured'.",
-    )
-    be.add_argument("--data", required=True, help="the shared real data folder")
-    be.add_argument("--repeats", type=int, default=3, help="runs per task (default 3)")
-    add_run_flags(be, only=("device",))
-    be.add_argument("--out", default="benchmarks/run_cost.json", help="the JSON to write")
-    be.add_argument("--plot", default="docs/run_cost.png", help="the plot to write")
-    add_output_flags(be)
-    be.set_defaults(handler=_cmd_benchmark)
 
     labels = sub.add_parser(
         "labels",

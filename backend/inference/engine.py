@@ -360,7 +360,7 @@ def scene_rows(
 BASE_MEMORY_MIB = 768
 #: More memory, in MiB, when probabilities or polygons are written too: converting the
 #: probabilities to a COG and tracing polygons hold buffers of their own (measured: 194
-#: MiB more on a full 10980 x 10980 tile; benchmarks/memory.json).
+#: MiB more on a full 10980 x 10980 tile; dev/results/memory.json).
 EXTRA_OUTPUTS_MIB = 256
 #: Column blocks are whole COG blocks wide, so that each block of the output is written once.
 COLUMN_ALIGN = 512
@@ -401,7 +401,7 @@ def bytes_per_column(bands: int, classes: int, tile: int, factor: float) -> floa
     twice as float32 (read and normalised, then padded) with its nodata mask; then the
     blender's sums, the blended and upsampled probabilities, and the output writers'
     buffers of one COG block row. Checked against the measured peak (about 20 KB per
-    column for 4 bands, 3 classes, 256 px tiles; benchmarks/memory.json): the estimate
+    column for 4 bands, 3 classes, 256 px tiles; dev/results/memory.json): the estimate
     errs on the high side.
     """
     rows = tile * max(factor, 1.0)

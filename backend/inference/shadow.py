@@ -25,7 +25,7 @@ class decision (:func:`.decision.decide`):
    the model sees some shadow (at least :data:`INSIDE_FROM`), the shadow class gains
    :data:`INSIDE_GAIN` of the clear probability (faint shadows).
 
-The thresholds were chosen on labeled data (``scripts/study_shadow_geometry.py``,
+The thresholds were chosen on labeled data (``dev/study_shadow_geometry.py``,
 docs/shadow-geometry.md). The geometry is the scene's, computed once on the coarse grid
 after the model's pass, so the result does not depend on strip or column-block sizes
 (:class:`ShadowGeometry` stores the probabilities on disk for the second pass: memory
@@ -84,7 +84,7 @@ SEARCH_M = 17000.0
 PROFILE_SHARE = 0.7
 #: Below this confidence the estimated direction is not used, and nothing changes: the
 #: lowest that kept out every wrong estimate on the real chips whose sun position is
-#: known from their place and time (scripts/study_shadow_geometry.py).
+#: known from their place and time (dev/study_shadow_geometry.py).
 MIN_CONFIDENCE = 0.2
 #: Rows of each strip of the second pass.
 STRIP_ROWS = 256

@@ -47,7 +47,7 @@ def test_the_level_comes_from_names_metadata_and_stac(real_data, tmp_path):
 
 
 def test_the_radiometry_tells_dark_surface_reflectance_and_never_calls_toa_l2a(real_data, tmp_path):
-    from cloudseg.training.reference import labeled_scenes
+    from reference_scenes import labeled_scenes
 
     akny = _level(_stack(real_data, "akny", tmp_path / "a.tif"))  # dark land, corrected
     assert akny.level == "L2A" and akny.how.startswith("radiometry: ")

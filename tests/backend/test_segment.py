@@ -434,8 +434,9 @@ def test_values_that_are_not_reflectance_are_refused(multiband, tmp_path, scale,
 
 
 def test_every_real_scene_passes_the_reflectance_check(real_data, tmp_path):
+    from reference_scenes import labeled_scenes
+
     from cloudseg.backend.raster.reader import check_reflectance, open_scene
-    from cloudseg.training.reference import labeled_scenes
 
     scenes = [s.image for s in labeled_scenes(real_data, tmp_path)]
     scenes += sorted(p for p in (real_data / "oncloudn_l2a").iterdir() if p.is_dir())

@@ -134,7 +134,7 @@ AKNY = "oncloudn_l2a/akny"
 def test_the_estimate_agrees_with_the_sun_at_the_chips_place_and_time(
     real_data, tmp_path, monkeypatch
 ):
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    monkeypatch.syspath_prepend(str(ROOT / "dev"))
     from study_shadow_geometry import solar_position
 
     with rasterio.open(real_data / AKNY / "B02.tif") as ds:

@@ -1,6 +1,6 @@
 """The default run is as accurate as ukis-csmask's own CSmask on every labeled real scene.
 
-Each scene is written as a user would have it (see ``cloudseg.training.reference``) and
+Each scene is written as a user would have it (see ``dev/reference_scenes.py``) and
 segmented by ``cloudseg segment`` with no options at all; CSmask runs on the same
 reflectance. Per class, our IoU may not fall more than 0.005 below CSmask's.
 """
@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from reference_scenes import CLASSES, csmask_classes, labeled_scenes, score
 
 from cloudseg.backend.inference.options import RunOptions
 from cloudseg.backend.inference.segment import SegmentOptions, segment
 from cloudseg.backend.models.registry import builtin_models, load_model
 from cloudseg.training.evaluate import evaluate_rasters
-from cloudseg.training.reference import CLASSES, csmask_classes, labeled_scenes, score
 
 ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 0.005
@@ -112,7 +112,7 @@ def test_every_builtin_card_carries_measured_metrics_with_their_data(venv_env):
     assert done.returncode == 0, done.stderr
     listed = json.loads(done.stdout)
     assert {m["name"] for m in listed} == {m.card.name for m in builtin_models()}
-    benchmark = json.loads((ROOT / "benchmarks" / "accuracy.json").read_text())
+    benchmark = json.loads((ROOT / "dev" / "results" / "accuracy.json").read_text())
     for model in listed:
         defaults = [m for m in model["metrics"] if m["config"] == "default-fp32"]
         assert defaults, f"{model['name']} has no measured default"
@@ -154,7 +154,7 @@ def test_the_accuracy_benchmark_writes_json_docs_and_leaves_cards_alone(real_dat
     done = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "benchmark_accuracy.py"),
+            str(ROOT / "dev" / "benchmark_accuracy.py"),
             "--data",
             str(real_data),
             "--out",

@@ -1,11 +1,15 @@
-"""``cloudseg benchmark``: every run's cost on real data, summarized, and a plot."""
+"""``dev/benchmark_run_cost.py``: every run's cost on real data, summarized, and a plot."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "dev" / "benchmark_run_cost.py"
 
 
 @pytest.mark.real_data
@@ -13,8 +17,8 @@ def test_the_benchmark_writes_its_json_and_plot(real_data, tmp_path, venv_env):
     out, plot = tmp_path / "cost.json", tmp_path / "cost.png"
     run = subprocess.run(
         [
-            "cloudseg",
-            "benchmark",
+            sys.executable,
+            str(SCRIPT),
             "--data",
             str(real_data),
             "--repeats",
@@ -46,7 +50,7 @@ def test_the_benchmark_writes_its_json_and_plot(real_data, tmp_path, venv_env):
     assert report["summary"]["segment"]["km2"] == pytest.approx(26.2144)
     assert "s/km²" in run.stdout
     bad = subprocess.run(
-        ["cloudseg", "benchmark", "--data", str(tmp_path), "--out", str(tmp_path / "x.json")],
+        [sys.executable, str(SCRIPT), "--data", str(tmp_path), "--out", str(tmp_path / "x.json")],
         capture_output=True,
         text=True,
         env=venv_env,

@@ -6,9 +6,8 @@ import subprocess
 
 import pytest
 import rasterio
+from reference_scenes import labeled_scenes, on_grid, reference_valid
 from sklearn.metrics import cohen_kappa_score
-
-from cloudseg.training.reference import labeled_scenes, on_grid, reference_valid
 
 pytestmark = pytest.mark.real_data
 #: ukis-csmask's buffer: 4 pixels, here 4 x 30 m.

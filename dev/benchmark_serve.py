@@ -28,7 +28,7 @@ Overhead = a face's median time to the mask minus the CLI's median wall time (wh
 server saves or costs a user), and minus the job's own engine ``seconds`` (what HTTP,
 the queue, the previews and the GeoJSON add to the run).
 
-Usage: benchmark_serve.py --data ../shared/data/real --out benchmarks/serve.json
+Usage: benchmark_serve.py --data ../shared/data/real --out dev/results/serve.json
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ from typing import Any
 from benchmark_common import write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+# The test suite's browser and server helpers, and the page screenshot's sample stack.
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "scripts")]
 
 from browser import chromium, upload, wait_for  # noqa: E402
 from screenshot_serve import stack  # noqa: E402
@@ -332,7 +333,7 @@ def main() -> int:
     """Run every measurement, write the JSON and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/serve.json"))
+    parser.add_argument("--out", type=Path, default=Path("dev/results/serve.json"))
     parser.add_argument("--repeat", type=int, default=5, help="warm runs of each face")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=5, help="jobs per client")

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 from benchmark_common import write_results
+from reference_scenes import CLASSES, on_grid
 
 from cloudseg.backend.active.labels import label_box
 from cloudseg.backend.active.loop import propose_on_scene
@@ -59,7 +60,6 @@ from cloudseg.backend.raster.reader import open_scene, scene_key
 from cloudseg.training.adapt import DEFAULT_RECIPE
 from cloudseg.training.finetune import fine_tune
 from cloudseg.training.metrics import confusion_matrix, metrics_from_confusion
-from cloudseg.training.reference import CLASSES, on_grid
 
 BASE = "ukis-csmask-4b-l1c"
 #: The 10 m, 4-band case: the labeled Sentinel-2 scene's B02, B03, B04 and B08 written
@@ -680,7 +680,7 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/active_learning.json"))
+    parser.add_argument("--out", type=Path, default=Path("dev/results/active_learning.json"))
     parser.add_argument("--recipes", default=DEFAULT_RECIPE, help="comma-separated")
     parser.add_argument("--sources", default=",".join(SOURCES), help="comma-separated")
     parser.add_argument("--directions", default="top,bottom", help="comma-separated")
@@ -697,7 +697,7 @@ def main() -> int:
     parser.add_argument("--base", default=BASE, help="the model the analyst starts from")
     parser.add_argument("--label", default="", help="what this run is for (kept in the JSON)")
     args = parser.parse_args()
-    from cloudseg.training.reference import labeled_scenes
+    from reference_scenes import labeled_scenes
 
     rounds_for = {int(k): int(v) for k, v in (p.split(":") for p in args.rounds.split(","))}
     started = time.perf_counter()

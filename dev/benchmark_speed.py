@@ -16,14 +16,14 @@ write the mask COG), each in its own process (benchmark_segment's children), on:
 
 ukis-csmask's own CSmask runs in the same loop on the same file (with a memory cap on the
 full tiles: it reads the whole scene as float32). int8 is the NNCF start of
-``scripts/study_int8.py`` for the 6-band model calibrated on ukis-s2-l1c and
+``dev/study_int8.py`` for the 6-band model calibrated on ukis-s2-l1c and
 ukis-landsat7 (every quantizer int8); its accuracy is the study's leave-one-scene-out
-figures (``benchmarks/int8_study.json``), since a file calibrated on a scene cannot be
+figures (``dev/results/int8_study.json``), since a file calibrated on a scene cannot be
 judged on it. The accuracy of the other paths is measured here by the accuracy harness
 (``benchmark_accuracy``): per class IoU on every labeled scene next to the native float32
 run and CSmask. Needs ``nncf`` for the int8 path (``--no-int8`` skips it).
 
-Usage: benchmark_speed.py --data ../shared/data/real --out benchmarks/speed.json
+Usage: benchmark_speed.py --data ../shared/data/real --out dev/results/speed.json
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def accuracy(args: argparse.Namespace, work: Path, bf16: bool) -> dict[str, Any]
             }
             entry.setdefault("iou_minus_native_fp32", {})[name] = delta
             entry.setdefault("within_bar", {})[name] = all(abs(d) <= BAR for d in delta.values())
-    study = json.loads((Path(__file__).parents[1] / "benchmarks/int8_study.json").read_text())
+    study = json.loads((Path(__file__).parents[1] / "dev/results/int8_study.json").read_text())
     int8 = {
         name: {
             r["dataset"] + f" ({r['config']})": r["iou_minus_fp32"]
@@ -232,7 +232,7 @@ def accuracy(args: argparse.Namespace, work: Path, bf16: bool) -> dict[str, Any]
     return {
         "labeled_scenes": table,
         "int8_leave_one_scene_out": int8,
-        "int8_source": "benchmarks/int8_study.json (scripts/study_int8.py), measured "
+        "int8_source": "dev/results/int8_study.json (dev/study_int8.py), measured "
         + study.get("measured", ""),
     }
 
@@ -265,8 +265,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Speed: every CPU path and resolution mode, next to ukis-csmask",
         "",
-        "Made by `scripts/benchmark_speed.py --data ../shared/data/real --docs docs/speed.md` "
-        "(`benchmarks/speed.json`, do not edit by hand). Each run is a whole process: read "
+        "Made by `dev/benchmark_speed.py --data ../shared/data/real --docs docs/speed.md` "
+        "(`dev/results/speed.json`, do not edit by hand). Each run is a whole process: read "
         "the GeoTIFF, segment, write the mask COG; peak memory is the process's VmHWM. "
         f"Machine: {report['machine']['cpu_model']}, {report['machine']['cpus']} cores; "
         f"bf16: {report['bf16']}. {report['note']}.",
@@ -297,7 +297,7 @@ def markdown(report: dict[str, Any]) -> str:
         "## Accuracy of each configuration",
         "",
         f"IoU minus the native float32 run, per class (clear / cloud / shadow), on every "
-        f"labeled scene (the accuracy harness, `scripts/benchmark_accuracy.py`); ✗: beyond "
+        f"labeled scene (the accuracy harness, `dev/benchmark_accuracy.py`); ✗: beyond "
         f"{BAR} IoU. CSmask is ukis-csmask's own run of the same network.",
         "",
         "| model on scene | " + " | ".join(CONFIG_ORDER) + " |",
@@ -408,7 +408,7 @@ def main() -> int:
     """Build the scenes, time every configuration, score the accuracy, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/speed.json"))
+    parser.add_argument("--out", type=Path, default=Path("dev/results/speed.json"))
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=3, help="runs on the 30 m scene")
     parser.add_argument("--tile-size", type=int, default=10980, help="a full tile's side")
@@ -438,10 +438,10 @@ def main() -> int:
         work = Path(tmp)
         int8 = None
         if not args.no_int8:
+            from reference_scenes import labeled_scenes
             from study_int8 import start_int8
 
             from cloudseg.backend.models.registry import builtin_models
-            from cloudseg.training.reference import labeled_scenes
 
             model = next(m for m in builtin_models() if m.card.name == "ukis-csmask-6b-l1c")
             scenes = labeled_scenes(args.data, work / "calibration")

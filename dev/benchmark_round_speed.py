@@ -13,7 +13,7 @@ labeled from its true labels (``label_box``) and marked done; then one round
 
 Writes ``--out`` (each run's seconds, the round's own seconds, the machine, versions).
 
-Usage: benchmark_round_speed.py --data ../shared/data/real --out benchmarks/round_speed.json
+Usage: benchmark_round_speed.py --data ../shared/data/real --out dev/results/round_speed.json
 """
 
 from __future__ import annotations
@@ -83,11 +83,12 @@ print(json.dumps({"seconds": round(seconds, 1), "frames": frames,
 
 def prepare(data: Path, work: Path) -> tuple[Path, Path]:
     """The scene file and a label project with 8 boxes of 128 px labeled from the truth."""
+    from reference_scenes import labeled_scenes
+
     from cloudseg.backend.active.labels import label_box
     from cloudseg.backend.active.project import LabelProject
     from cloudseg.backend.active.propose import propose
     from cloudseg.backend.inference.segment import SegmentOptions, segment
-    from cloudseg.training.reference import labeled_scenes
 
     scene = next(labeled_scenes(data, work / "scenes"))
     doubt = work / "doubt.tif"
@@ -113,7 +114,7 @@ def main() -> int:
     """Time the rounds and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/round_speed.json"))
+    parser.add_argument("--out", type=Path, default=Path("dev/results/round_speed.json"))
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     root = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ be), so the figures include the HTTP round trips but no real network. The source
 the real CloudSEN12 patches (11 labeled, 509 x 509 x 3 float32), ingested ``--repeat``
 times under different prefixes. Writes JSON with the figures, the machine and versions.
 
-Usage: benchmark_ingest.py --data ../shared/data/real --out benchmarks/ingest.json
+Usage: benchmark_ingest.py --data ../shared/data/real --out dev/results/ingest.json
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main() -> int:
     """Run the benchmark and write its JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/ingest.json"))
+    parser.add_argument("--out", type=Path, default=Path("dev/results/ingest.json"))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--windows", type=int, default=200)
     args = parser.parse_args()

@@ -18,9 +18,9 @@ figures, the machine and the versions.
 bands of uint16 L2A digital numbers mosaicked from the real On Cloud N chips, as a tiled
 GeoTIFF), end to end to the mask COG, on ``--device``.
 
-Usage: benchmark_segment.py --data ../shared/data/real --out benchmarks/segment_cpu.json
+Usage: benchmark_segment.py --data ../shared/data/real --out dev/results/segment_cpu.json
        benchmark_segment.py --data ../shared/data/real --full-tile --device cuda \
-           --out benchmarks/segment_10980_cuda.json
+           --out dev/results/segment_10980_cuda.json
 """
 
 from __future__ import annotations
@@ -168,9 +168,9 @@ def labeled_accuracy(data: Path, workdir: Path) -> dict[str, dict]:
     runs on CPUs without native bf16), and ukis-csmask's own CSmask.
     """
     import rasterio
+    from reference_scenes import LabeledScene, csmask_classes, labeled_scenes, score
 
     from cloudseg.backend.inference.segment import SegmentOptions, segment
-    from cloudseg.training.reference import LabeledScene, csmask_classes, labeled_scenes, score
 
     def iou(scene: LabeledScene, prediction: np.ndarray) -> dict:
         return {k: round(v["iou"], 4) for k, v in score(scene, prediction)["per_class"].items()}
@@ -228,7 +228,7 @@ def compare_with_ukis(args: argparse.Namespace, workdir: Path) -> dict:
         "mirrored; 30 m so both run at the model's resolution",
         "runs": runs,
         "accuracy_note": "iou_on_labeled_scenes: each configuration's IoU per class on the "
-        "labeled real 30 m scenes (cloudseg.training.reference), next to CSmask's",
+        "labeled real 30 m scenes (dev/reference_scenes.py), next to CSmask's",
         "repeat": args.repeat,
         "speedup": round(ukis["seconds"] / runs["ours"]["seconds"], 2),
         "speedup_fp32": round(ukis["seconds"] / runs["ours_fp32"]["seconds"], 2),
@@ -302,7 +302,7 @@ def main() -> int:
     """Run the benchmark (or, with --run, one timed child)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/segment_cpu.json"))
+    parser.add_argument("--out", type=Path, default=Path("dev/results/segment_cpu.json"))
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each tool (median)")
     parser.add_argument("--batch-size", type=int, default=0, help="0: the engine's default")

@@ -15,7 +15,7 @@ bands of uint16 digital numbers at 10 m, tiled deflate GeoTIFF):
 Writes JSON with, per scene: the peak, the budget, the engine's own estimate for one
 pass, the column blocks it chose, seconds, and the machine and versions.
 
-Usage: benchmark_memory.py --data ../shared/data/real --one-pass --out benchmarks/memory.json
+Usage: benchmark_memory.py --data ../shared/data/real --one-pass --out dev/results/memory.json
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def main() -> int:
     """Build the scenes, measure each, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/memory.json"))
+    parser.add_argument("--out", type=Path, default=Path("dev/results/memory.json"))
     parser.add_argument("--wide", type=int, default=100_000, help="width of the wide strip")
     parser.add_argument(
         "--one-pass", action="store_true", help="also run the wide strip with no budget"

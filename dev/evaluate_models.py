@@ -4,7 +4,7 @@ Reproduces the table of docs/training.md::
 
     .venv/bin/cloudseg ingest ../shared/data/real/cloudsen12_figures runs/cloudsen12-store
     .venv/bin/cloudseg train --config docs/train-cloudsen12.yaml
-    .venv/bin/python scripts/evaluate_models.py --finetuned runs/cloudsen12-rgb/model.pt
+    .venv/bin/python dev/evaluate_models.py --finetuned runs/cloudsen12-rgb/model.pt
 
 Datasets (see ../shared/data/real/PROVENANCE.md; both are tiny, figures are indicative):
 - CloudSEN12 figure patches, Sentinel-2 L1C, B02-B04 only, 10 m: the held-out place
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/real"))
     parser.add_argument("--work", type=Path, default=Path("runs"))
     parser.add_argument("--finetuned", action="append", default=[], help="model.pt or .onnx")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/evaluation.json"))
+    parser.add_argument("--out", type=Path, default=Path("dev/results/evaluation.json"))
     args = parser.parse_args()
 
     cs12 = args.work / "cloudsen12-store"

@@ -110,8 +110,6 @@ def run_side(python_path: Path | None, scenes: dict[str, Path], out: Path) -> di
 def scenes_for(data: Path, work: Path, size: int) -> dict[str, tuple[Path, dict]]:
     """The demo chip as it is, and the benchmark scene written as benchmark_segment does."""
     import numpy as np
-
-    sys.path.insert(0, str(ROOT / "scripts"))
     from benchmark_segment import mirrored_mosaic, write_scene
 
     chip = np.load(data / "ukis_landsat" / "landsat5.npz")["img"].astype(np.float32)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Choose and judge the shadow geometry step (``--shadow-geometry``) on labeled data.
 
-Every labeled real scene with shadow labels (``cloudseg.training.reference``: the ukis
+Every labeled real scene with shadow labels (``dev/reference_scenes.py``: the ukis
 Sentinel-2 L1C scene at 30 m and written as 10 m input, the ukis Landsat-5 and Landsat-7
 chips) is run through the engine once per L1C built-in model (float32). Then each
 setting of the step's thresholds (:data:`GRID`: the profile share that sets the reach,
@@ -20,7 +20,7 @@ full 10 m tile of the real akny chip (sun angles in its tags) with and without t
 Writes ``--out`` (JSON with the machine and versions).
 
 Usage: study_shadow_geometry.py --data ../shared/data/real \
-           --out benchmarks/shadow_geometry_study.json
+           --out dev/results/shadow_geometry_study.json
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ from typing import Any
 import numpy as np
 import rasterio
 from benchmark_common import CHIP_BANDS, write_results
+from reference_scenes import CLASSES, labeled_scenes, score
 
 from cloudseg.backend.inference import shadow
 from cloudseg.backend.inference.engine import ArrayScene, predict
 from cloudseg.backend.inference.options import RunOptions
 from cloudseg.backend.raster.reader import open_scene
-from cloudseg.training.reference import CLASSES, labeled_scenes, score
 
 #: The settings searched: (PROFILE_SHARE, OUTSIDE_KEEP, INSIDE_GAIN).
 GRID = list(itertools.product((0.3, 0.5, 0.7), (0.0, 0.5), (0.0, 0.25, 0.5)))
@@ -344,7 +344,7 @@ def main() -> int:
     """Run the study and write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/shadow_geometry_study.json"))
+    parser.add_argument("--out", type=Path, default=Path("dev/results/shadow_geometry_study.json"))
     parser.add_argument("--size", type=int, default=10980, help="the timed tile's side")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--picture", type=Path, help="draw the before and after PNG here")

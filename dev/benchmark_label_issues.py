@@ -17,7 +17,7 @@
    evaluated on an independent labeled scene (the ukis-csmask Sentinel-2 test scene,
    same three bands), two seeds each.
 
-Usage: benchmark_label_issues.py --data ../shared/data/real --out benchmarks/label_issues.json
+Usage: benchmark_label_issues.py --data ../shared/data/real --out dev/results/label_issues.json
 """
 
 from __future__ import annotations
@@ -124,8 +124,7 @@ def test_scene(data: Path, folder: Path) -> tuple[Path, Path]:
     """The ukis-csmask Sentinel-2 scene's B02 B03 B04 (as 10 m) and labels, as GeoTIFFs."""
     import rasterio
     from rasterio.transform import from_origin
-
-    from cloudseg.training.reference import labeled_scenes
+    from reference_scenes import labeled_scenes
 
     scene = next(s for s in labeled_scenes(data, folder) if s.name == "ukis-s2-l1c-as-10m")
     with rasterio.open(scene.image) as ds:
@@ -145,7 +144,7 @@ def main() -> int:
     """Build the stores, plant the errors, check with folds, train with and without flags."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/label_issues.json"))
+    parser.add_argument("--out", type=Path, default=Path("dev/results/label_issues.json"))
     parser.add_argument("--per-kind", type=int, default=2, help="chips planted per kind")
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])

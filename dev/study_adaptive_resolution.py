@@ -28,7 +28,7 @@ models. Unlabeled real 10 m chips (On Cloud N L2A, 5 chips) show what the chosen
 elsewhere: the share of pixels whose class differs from the native run, and the cost.
 
 Usage: study_adaptive_resolution.py --data ../shared/data/real
-       (writes benchmarks/adaptive_resolution_study.json; --out to write elsewhere)
+       (writes dev/results/adaptive_resolution_study.json; --out to write elsewhere)
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 from benchmark_common import write_results
+from reference_scenes import CLASSES, labeled_scenes
 from scipy import ndimage
 
 from cloudseg.backend.inference.decision import decide
@@ -51,7 +52,6 @@ from cloudseg.backend.inference.options import RunOptions
 from cloudseg.backend.inference.resample import normalized_entropy
 from cloudseg.backend.raster.reader import open_scene
 from cloudseg.training.metrics import confusion_matrix, metrics_from_confusion
-from cloudseg.training.reference import CLASSES, labeled_scenes
 
 TOLERANCE = 0.005
 MODELS = ("ukis-csmask-4b-l1c", "ukis-csmask-6b-l1c")
@@ -223,7 +223,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument(
-        "--out", type=Path, default=Path("benchmarks/adaptive_resolution_study.json")
+        "--out", type=Path, default=Path("dev/results/adaptive_resolution_study.json")
     )
     args = parser.parse_args()
     started = time.perf_counter()

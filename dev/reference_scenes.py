@@ -1,6 +1,6 @@
 """The labeled real scenes of the shared data, as engine inputs with label rasters.
 
-Accuracy is measured on these scenes (``scripts/benchmark_accuracy.py``, the model cards'
+Accuracy is measured on these scenes (``dev/benchmark_accuracy.py``, the model cards'
 metrics, the tests that hold the defaults to ukis-csmask's own results). Each scene is
 written as a user would have it: a GeoTIFF of uint16 reflectance x 10000 whose band
 descriptions name the bands, so a default ``cloudseg segment`` run reads it without
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from ..backend.errors import InputError
-from ..backend.store.keys import IGNORE
-from .metrics import confusion_matrix, metrics_from_confusion
+from cloudseg.backend.errors import InputError
+from cloudseg.backend.store.keys import IGNORE
+from cloudseg.training.metrics import confusion_matrix, metrics_from_confusion
 
 #: Label values of the written label rasters.
 CLASSES = ("clear", "cloud", "cloud shadow")

@@ -11,7 +11,7 @@ The valid mask (buffers 120 m = ukis-csmask's 4 pixels at 30 m) is compared with
 reference valid mask as ukis-csmask's own test builds it (Cohen's kappa), next to
 ukis-csmask's ``valid`` output on the same scene.
 
-Usage: benchmark_sensitivity.py --data ../shared/data/real --out benchmarks/sensitivity.json
+Usage: benchmark_sensitivity.py --data ../shared/data/real --out dev/results/sensitivity.json
 """
 
 from __future__ import annotations
@@ -46,18 +46,18 @@ def main() -> int:
     """Run every threshold on every scene, then the valid-mask agreement."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/sensitivity.json"))
+    parser.add_argument("--out", type=Path, default=Path("dev/results/sensitivity.json"))
     args = parser.parse_args()
     import rasterio
-    from sklearn.metrics import cohen_kappa_score
-
-    from cloudseg.backend.inference.segment import SegmentOptions, segment
-    from cloudseg.training.reference import (
+    from reference_scenes import (
         csmask_valid,
         labeled_scenes,
         on_grid,
         reference_valid,
     )  # fmt: skip
+    from sklearn.metrics import cohen_kappa_score
+
+    from cloudseg.backend.inference.segment import SegmentOptions, segment
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,7 +14,7 @@ Reported: wall seconds, scenes per second, and the overhead per scene against th
 serial loop ((batch seconds x workers - serial seconds) / scenes: what Dask and the
 records cost a worker per scene, when W workers share the cores).
 
-Usage: benchmark_batch.py --data ../shared/data/real --out benchmarks/batch.json
+Usage: benchmark_batch.py --data ../shared/data/real --out dev/results/batch.json
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def main() -> int:
     """Make the scenes, run the three ways, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/batch.json"))
+    parser.add_argument("--out", type=Path, default=Path("dev/results/batch.json"))
     parser.add_argument("--rotations", type=int, default=4, help="scenes per chip (1-4)")
     args = parser.parse_args()
     import rasterio

@@ -1,7 +1,7 @@
 """Training throughput (windows per second) on this machine, written as JSON.
 
     .venv/bin/cloudseg ingest ../shared/data/real/cloudsen12_figures runs/cloudsen12-store
-    .venv/bin/python scripts/benchmark_train.py            # -> benchmarks/train_cpu.json
+    .venv/bin/python dev/benchmark_train.py            # -> dev/results/train_cpu.json
 
 Each model trains for one epoch on 256-pixel windows of the real CloudSEN12 patches
 (batch 4, 3 bands); the figure counts the training batches only, window reading and
@@ -69,7 +69,7 @@ def main() -> None:
             }
         )
         print(rows[-1])
-    out = args.out or Path(f"benchmarks/train_{args.device}.json")
+    out = args.out or Path(f"dev/results/train_{args.device}.json")
     report = {"training_throughput": rows, "threads": torch.get_num_threads()}
     write_results(report, ("torch", "lightning", "segmentation-models-pytorch", "kornia"), out)
 

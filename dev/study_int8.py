@@ -2,7 +2,7 @@
 """Accuracy-controlled int8 of the built-in L1C models, judged leave-one-scene-out.
 
 For each L1C built-in model and each labeled real scene it fits at its own resolution
-(``cloudseg.training.reference``), an int8 copy (ONNX QDQ, so the engine runs it like
+(``dev/reference_scenes.py``), an int8 copy (ONNX QDQ, so the engine runs it like
 any model file) is made from tiles of the *other* scenes only. NNCF quantizes it
 (asymmetric activations, depthwise convolutions left in float: see START_IGNORED), with
 the other scenes' tiles as calibration data; then, as accuracy control, every activation
@@ -28,7 +28,7 @@ for ukis-csmask, onnxruntime float32, OpenVINO float32 / bf16 / int8 and onnxrun
 Needs ``pip install nncf`` (not a cloudseg dependency). Writes ``--out`` (JSON with the
 machine and versions).
 
-Usage: study_int8.py --data ../shared/data/real --out benchmarks/int8_study.json \
+Usage: study_int8.py --data ../shared/data/real --out dev/results/int8_study.json \
            [--offsets] [--speed 2048]
 """
 
@@ -47,11 +47,11 @@ from typing import Any
 import numpy as np
 from benchmark_accuracy import CONFIGS, OFFSET_CONFIGS, Config, engine_row, fits, offset_study
 from benchmark_common import write_results
+from reference_scenes import CLASSES, LabeledScene, labeled_scenes
 
 from cloudseg.backend._version import __version__
 from cloudseg.backend.inference.runners import openvino_bf16_problem
 from cloudseg.backend.models.registry import builtin_models
-from cloudseg.training.reference import CLASSES, LabeledScene, labeled_scenes
 
 #: Every class on every labeled scene must stay this close to native float32 (IoU).
 BAR = 0.005
@@ -476,7 +476,7 @@ def main() -> int:
     """Run the study, writing the JSON after each model (so a partial run keeps its figures)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/int8_study.json"))
+    parser.add_argument("--out", type=Path, default=Path("dev/results/int8_study.json"))
     parser.add_argument("--models", nargs="*", help="built-in L1C model names, in this order")
     parser.add_argument("--max-drop", type=float, default=BAR)
     parser.add_argument("--offsets", action="store_true", help="also over 9 shifted crops")

@@ -1,4 +1,5 @@
-"""``cloudseg benchmark``: time and energy of inference and training on real data.
+#!/usr/bin/env python3
+"""Time and energy of inference and training on real data, per km² (docs/run-cost.md).
 
 Runs, ``repeats`` times each, on the chosen device:
 
@@ -11,20 +12,27 @@ Runs, ``repeats`` times each, on the chosen device:
 Each run's accounting (:mod:`cloudseg.backend.accounting`) gives seconds, km², seconds
 per km² and energy with its method. The JSON holds every run and, per task, the median
 and the spread (min, max); the plot shows seconds per km² (and J/km² where measured).
+Energy comes from NVML (CUDA GPUs) or RAPL (CPUs) only; elsewhere it says 'not measured'.
+
+Usage: benchmark_run_cost.py --data ../shared/data/real [--repeats 3] [--device cpu]
+(writes dev/results/run_cost.json and docs/run_cost.png)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
+import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..backend.accounting import machine_info
-from ..backend.callbacks import ProgressCallback, no_progress
-from ..backend.errors import InputError
+from cloudseg.backend.accounting import machine_info
+from cloudseg.backend.callbacks import ProgressCallback, no_progress
+from cloudseg.backend.cli import bar_progress, percent_bar
+from cloudseg.backend.errors import InputError
 
 #: The figures summarized per task.
 FIGURES = ("seconds", "seconds_per_km2", "joules", "joules_per_km2")
@@ -53,11 +61,12 @@ def run_benchmark(
     Raises:
         InputError: If ``data`` is not the shared real-data folder.
     """
-    from ..backend.inference.segment import SegmentOptions, segment
-    from ..backend.store.ingest import ingest
-    from .config import Config
-    from .reference import labeled_scenes
-    from .train import train
+    from reference_scenes import labeled_scenes
+
+    from cloudseg.backend.inference.segment import SegmentOptions, segment
+    from cloudseg.backend.store.ingest import ingest
+    from cloudseg.training.config import Config
+    from cloudseg.training.train import train
 
     data = Path(data).expanduser()
     chip = data / "oncloudn_l2a" / "adwp"
@@ -166,7 +175,7 @@ def write_benchmark(report: dict[str, Any], out: str | Path) -> Path:
 
 def publish_benchmark(report: dict[str, Any], out: str | Path, plot: str | Path) -> None:
     """Write the JSON and the plot as one step: both new, or (on a failure) both as they were."""
-    from ..backend.atomic import claim, cleanup_on_failure, publish, temporary_sibling
+    from cloudseg.backend.atomic import claim, cleanup_on_failure, publish, temporary_sibling
 
     out, plot = Path(out), Path(plot)
     json_tmp, plot_tmp = temporary_sibling(out), temporary_sibling(plot)
@@ -176,3 +185,43 @@ def publish_benchmark(report: dict[str, Any], out: str | Path, plot: str | Path)
         write_benchmark(report, json_tmp)
         plot_benchmark(report, plot_tmp)
         publish([(json_tmp, out), (plot_tmp, plot)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point: run, publish the JSON and the plot, print the summary."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="the shared real data folder")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per task (default 3)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda... (default auto)")
+    parser.add_argument("--out", default="dev/results/run_cost.json", help="the JSON to write")
+    parser.add_argument("--plot", default="docs/run_cost.png", help="the plot to write")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        with percent_bar(args.quiet) as bar:
+            report = run_benchmark(args.data, args.repeats, args.device, bar_progress(bar))
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    publish_benchmark(report, args.out, args.plot)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for task, figures in report["summary"].items():
+        rate, joules = figures["seconds_per_km2"], figures["joules_per_km2"]
+        energy = (
+            f"{joules['median']} J/km²"
+            if joules["median"] is not None
+            else f"energy {figures['energy_method']}"
+        )
+        print(
+            f"{task}: {rate['median']} s/km² (min {rate['min']}, max {rate['max']}) "
+            f"on {figures['km2']} km²; {energy}"
+        )
+    print(f"wrote {args.out} and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,7 +7,7 @@ with ``cloudseg explain`` (Grad-CAM and HiResCAM, cloud and cloud shadow). Write
 figure (``--plot``) and what each map took (``--out``, JSON with the machine).
 
 Usage: explain_examples.py --data ../shared/data/real --plot docs/explain.png \
-           --out benchmarks/explain_examples.json
+           --out dev/results/explain_examples.json
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--plot", type=Path, default=Path("docs/explain.png"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/explain_examples.json"))
+    parser.add_argument("--out", type=Path, default=Path("dev/results/explain_examples.json"))
     args = parser.parse_args()
     import rasterio
-
-    from cloudseg.training.reference import labeled_scenes
+    from reference_scenes import labeled_scenes
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

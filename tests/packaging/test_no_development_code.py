@@ -5,7 +5,7 @@ live in ``dev/``; the build, demo and screenshot tools in ``scripts/``; the test
 ``tests/``. None of them may reach a user: not as a folder, not as a module copied into
 a package, not as a result file, and no shipped module may import one. The zip is built
 with ``scripts/package_plugin.py`` (what ``make package`` runs), the wheel by pip
-(``conftest.py``).
+(``conftest.py``, a few seconds: not marked slow, so ``make test-fast`` checks both).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import importlib.util
 import zipfile
 from pathlib import Path
 
-import pytest
 from package_tree import ROOT, tree_modules
 
 #: Folders of the checkout for developers only.
@@ -98,6 +97,5 @@ def test_the_plugin_zip_holds_what_users_run_and_no_development_code(tmp_path):
     assert_no_development_code(zipfile.ZipFile(built).namelist())
 
 
-@pytest.mark.slow
 def test_the_wheel_holds_what_users_run_and_no_development_code(wheel):
     assert_no_development_code(zipfile.ZipFile(wheel).namelist())

@@ -10,7 +10,6 @@ checkpoint with its card.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
@@ -23,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from ..atomic import file_sha256
 from ..errors import BandError, ModelError
 from ..metadata_files import read_text
 from .cards import ONNX_CARD_KEY, ModelCard, check_network_shape
@@ -51,14 +51,14 @@ class Model:
     def sha256(self) -> str:
         """Return the SHA-256 of the weights file (hashed once per file version)."""
         stat = self.path.stat()
-        return _file_sha256(self.path.resolve(), stat.st_size, stat.st_mtime_ns)
+        return _cached_sha256(self.path.resolve(), stat.st_size, stat.st_mtime_ns)
 
 
 @lru_cache(maxsize=32)
-def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
-    """Hash a file; ``size`` and ``mtime_ns`` key the cache so a changed file is rehashed."""
-    with path.open("rb") as stream:
-        return hashlib.file_digest(stream, "sha256").hexdigest()
+def _cached_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """:func:`~..atomic.file_sha256`, once per file version (``size`` and ``mtime_ns``)."""
+    del size, mtime_ns  # they key the cache only
+    return file_sha256(path)
 
 
 def _package_file(package: str, name: str) -> Path | None:

@@ -4,7 +4,11 @@ The one owner of a mask's Item (``cloudseg segment --stac-item``, every scene of
 ``segment-batch``, every job of the server): :func:`mask_item` builds it from the class
 raster as written (geometry, bbox and the ``proj``/``raster`` fields through rio-stac;
 classes, model and its accuracy from the raster's ``CLOUDSEG_*`` tags) and the run's
-statistics; :func:`item_bytes` and :func:`write_item` give its JSON.
+statistics; :func:`item_bytes` and :func:`write_item` give its JSON. It builds cloudseg's
+STAC Collections as well: :func:`collection_dict` is the one builder (extent from the
+Items' bboxes and datetimes, item links, summaries), used for a batch's masks
+(:func:`mask_collection`) and for an ingested store
+(:func:`cloudseg.backend.store.ingest.write_collection`).
 
 What the Item says:
 
@@ -41,7 +45,7 @@ import json
 import re
 import unicodedata
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -393,11 +397,103 @@ def write_item(item: pystac.Item, path: Path) -> None:
     write_bytes(Path(path).expanduser(), item_bytes(item))
 
 
+# -- Collections -------------------------------------------------------------------------------
+#: A Collection's extent where it has no Item with a bbox.
+WHOLE_EARTH = (-180.0, -90.0, 180.0, 90.0)
+
+
+def collection_dict(
+    collection_id: str,
+    description: str,
+    links: Sequence[Mapping[str, str]],
+    boxes: Sequence[Sequence[float]],
+    times: Sequence[dt.datetime],
+    empty_interval: Sequence[dt.datetime | None],
+    title: str | None = None,
+    summaries: Mapping[str, Any] | None = None,
+    extra_fields: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A STAC Collection (pystac) as a JSON object: the one builder of cloudseg's Collections.
+
+    Args:
+        collection_id: Its id.
+        description: What it holds.
+        links: Its ``item`` links (``rel``, ``href``, ``type`` and maybe ``title``), in order.
+        boxes: The Items' bboxes; the extent covers them (the whole Earth without any).
+        times: The Items' datetimes; the extent spans them (``empty_interval`` without any).
+        empty_interval: The temporal extent of a Collection without datetimes.
+        title: Its title, if any.
+        summaries: Property summaries: a list of values, or a ``pystac.RangeSummary``.
+        extra_fields: Fields of its own (``cloudseg``, ``cloudseg:scheme``), set last.
+    """
+    import pystac
+
+    bbox = (
+        [min(b[0] for b in boxes), min(b[1] for b in boxes),
+         max(b[2] for b in boxes), max(b[3] for b in boxes)]
+        if boxes else list(WHOLE_EARTH)
+    )  # fmt: skip
+    ordered = sorted(times)
+    interval = [ordered[0], ordered[-1]] if ordered else list(empty_interval)
+    collection = pystac.Collection(
+        id=collection_id,
+        title=title,
+        description=description,
+        extent=pystac.Extent(pystac.SpatialExtent([bbox]), pystac.TemporalExtent([interval])),
+        license="other",
+    )
+    for key, summary in (summaries or {}).items():
+        collection.summaries.add(key, summary)
+    data = collection.to_dict(include_self_link=False, transform_hrefs=False)
+    data["links"] = [link for link in data["links"] if link["rel"] != "root"]
+    data["links"] += [dict(link) for link in links]
+    data.update(extra_fields or {})
+    return data
+
+
+def mask_collection(
+    collection_id: str, scenes: Sequence[Mapping[str, Any]], item_suffix: str
+) -> dict[str, Any]:
+    """The Collection of a batch's masks: a link to each scene's Item, and their extent.
+
+    Args:
+        collection_id: Its id (the output folder's name, made an id by :func:`stac_id`).
+        scenes: Per scene (the batch's records): ``scene`` (its id, and its files' name),
+            ``bbox``, ``datetime`` (ISO text or None) and ``cloud_percent``.
+        item_suffix: What follows a scene's name in its Item's file name.
+    """
+    import pystac
+
+    now = dt.datetime.now(dt.timezone.utc)
+    covers = [s["cloud_percent"] for s in scenes if s.get("cloud_percent") is not None]
+    links = [
+        {"rel": "item", "href": f"./{href_of(str(s['scene']))}{item_suffix}",
+         "type": pystac.MediaType.GEOJSON.value, "title": str(s["scene"])}
+        for s in scenes
+    ]  # fmt: skip
+    return collection_dict(
+        collection_id,
+        "Cloud and cloud-shadow masks made by cloudseg segment-batch, one STAC Item per "
+        "scene (eo:cloud_cover: the share of the data pixels that are cloud).",
+        links,
+        [s["bbox"] for s in scenes],
+        [t for s in scenes if (t := parse_time(str(s.get("datetime", ""))))],
+        [now, now],
+        title=f"cloudseg masks of {collection_id}",
+        summaries={"eo:cloud_cover": pystac.RangeSummary(min(covers), max(covers))}
+        if covers
+        else None,
+        extra_fields={"cloudseg": __version__},
+    )
+
+
 __all__ = [
     "ASSETS",
+    "collection_dict",
     "cover_percent",
     "href_of",
     "item_bytes",
+    "mask_collection",
     "mask_item",
     "multihash",
     "parse_time",

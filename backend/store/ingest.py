@@ -193,46 +193,31 @@ def _make_item(
 def write_collection(
     storage: Storage, scheme: Scheme, name: str, items: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """(Re)write the STAC Collection for ``items`` (those in the store); deterministic."""
-    import pystac
+    """(Re)write the STAC Collection for ``items`` (those in the store); deterministic.
 
-    boxes = [i["bbox"] for i in items if i.get("bbox")]
-    spatial = (
+    Built by the one Collection builder, :func:`~..inference.stac_item.collection_dict`.
+    """
+    from ..inference.stac_item import collection_dict
+
+    links = [{"rel": "item", "href": f"items/{i['id']}.json", "type": "application/json"}
+             for i in items]  # fmt: skip
+    data = collection_dict(
+        name,
+        f"Labeled cloud and cloud-shadow scenes, ingested by cloudseg ({len(items)})",
+        links,
+        [i["bbox"] for i in items if i.get("bbox")],
         [
-            [
-                min(b[0] for b in boxes),
-                min(b[1] for b in boxes),
-                max(b[2] for b in boxes),
-                max(b[3] for b in boxes),
-            ]
-        ]
-        if boxes
-        else [[-180.0, -90.0, 180.0, 90.0]]
-    )
-    times = sorted(i["properties"]["datetime"] for i in items if i["properties"].get("datetime"))
-    temporal = [[times[0], times[-1]]] if times else [[SENTINEL2_START.isoformat(), None]]
-    collection = pystac.Collection(
-        id=name,
-        description=f"Labeled cloud and cloud-shadow scenes, ingested by cloudseg ({len(items)})",
-        extent=pystac.Extent(
-            pystac.SpatialExtent(spatial),
-            pystac.TemporalExtent(
-                [[dt.datetime.fromisoformat(t) if t else None for t in temporal[0]]]
-            ),
-        ),
-        license="other",
-        summaries=pystac.Summaries(
-            {
-                "eo:bands": [{"name": b} for b in scheme.bands],
-                "label:classes": [{"name": None, "classes": [c["name"] for c in scheme.classes]}],
-            }
-        ),
+            dt.datetime.fromisoformat(i["properties"]["datetime"])
+            for i in items
+            if i["properties"].get("datetime")
+        ],
+        [SENTINEL2_START, None],
+        summaries={
+            "eo:bands": [{"name": b} for b in scheme.bands],
+            "label:classes": [{"name": None, "classes": [c["name"] for c in scheme.classes]}],
+        },
         extra_fields={"cloudseg:scheme": scheme.to_json(), "cloudseg:chunk_size": CHUNK},
     )
-    data = collection.to_dict(include_self_link=False, transform_hrefs=False)
-    data["links"] = [link for link in data["links"] if link["rel"] not in ("root",)] + [
-        {"rel": "item", "href": f"items/{i['id']}.json", "type": "application/json"} for i in items
-    ]
     storage.write_bytes(
         COLLECTION_KEY, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
     )

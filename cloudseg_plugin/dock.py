@@ -42,9 +42,9 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..backend.atomic import stamped_paths
-from ..backend.choices import SHADOW_GEOMETRY_EFFECT
 from ..backend.dependencies import SEGMENT, TRAINING
 from ..backend.errors import CloudsegError
+from ..backend.inference.options import declaration
 from . import logbridge, packages, styling
 from .messages import DOCK, for_qgis
 from .modelcard import card_html, device_line, preview_tooltip
@@ -80,14 +80,14 @@ class CloudSegDock(QDockWidget):
         self.level_combo.setToolTip(
             "auto reads the level from SAFE or STAC metadata, GDAL metadata, the file name "
             "(MSIL2A...) or the blue band's darkest pixels; when none tells, L1C is assumed "
-            "and the run warns. The L1C and L2A models give different masks."
+            "and the run warns. " + declaration("product_level").help
         )
         form.addRow("Product level", self.level_combo)
         self.bands_edit = QLineEdit()
         self.bands_edit.setPlaceholderText("from the layer (e.g. B04,B03,B02,B08)")
         self.bands_edit.setToolTip(
-            "The layer's bands in file order, for files whose bands have no names; "
-            "ignored for a band folder or a SAFE product, whose files name their bands"
+            declaration("bands").help + "; ignored for a band folder or a SAFE product, "
+            "whose files name their bands"
         )
         self.bands_note = QLabel("")
         self.bands_note.setWordWrap(True)
@@ -113,8 +113,7 @@ class CloudSegDock(QDockWidget):
         options = QHBoxLayout()
         self.tta_check = QCheckBox("TTA")
         self.tta_check.setToolTip(
-            "Average the model over flips and a rotation: 4x slower; "
-            "the gain measured per model is in its card below"
+            declaration("tta").help + "; the gain measured per model is in its card below"
         )
         self.preview_check = QCheckBox("Preview")
         self.preview_check.setToolTip(preview_tooltip())
@@ -126,11 +125,7 @@ class CloudSegDock(QDockWidget):
             "buffer (Fmask's default; other buffers: Processing or cloudseg segment)"
         )
         self.shadow_check = QCheckBox("Shadow geometry")
-        self.shadow_check.setToolTip(
-            "Keep shadow only where a cloud of the layer can cast it along the sun's "
-            "direction (sun angles from the product, else estimated from the scene); "
-            + SHADOW_GEOMETRY_EFFECT
-        )
+        self.shadow_check.setToolTip(declaration("shadow_geometry").help)
         for widget in (
             self.tta_check,
             self.preview_check,
@@ -267,16 +262,18 @@ class CloudSegDock(QDockWidget):
             layer_name=styling.input_name(layer, source),  # "adwp B04" for a band file
             source=source,
             output_dir=folder,
-            model=self.model_combo.currentData(),
             layer_id=layer.id(),
-            product_level=self.level_combo.currentData(),
-            bands=bands,
-            tta=self.tta_check.isChecked(),
-            preview=self.preview_check.isChecked(),
+            options={
+                "model": self.model_combo.currentData(),
+                "product_level": self.level_combo.currentData(),
+                "bands": bands,
+                "tta": self.tta_check.isChecked(),
+                "resolution": "preview" if self.preview_check.isChecked() else "native",
+                "shadow_geometry": self.shadow_check.isChecked(),
+            },
             probabilities=self.probabilities_check.isChecked(),
             polygons=self.polygons_check.isChecked(),
             valid=self.valid_check.isChecked(),
-            shadow_geometry=self.shadow_check.isChecked(),
         )
         return self.runner.start(SegmentTask(request, self._task_done), self._run_failed)
 

@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import re
 
-#: The Processing dialog's names for the command line's flags.
+from ..backend.inference.options import RUN_FLAGS
+
+#: The Processing dialog's names for the command line's flags: each run option's
+#: parameter, by its declared label, and the segment algorithm's own.
 DIALOG = {
-    "--bands": "the Bands parameter",
-    "--product-level": "the Product level parameter",
-    "--model": "the Model parameter",
-    "--scale": "scale (QGIS has no field for it: write the scale into the file's metadata, "
-    "or run cloudseg segment --scale)",
-    "--offset": "offset",
+    f.flag: f"the {'advanced ' if f.advanced else ''}{f.label} parameter"
+    for f in RUN_FLAGS
+    if f.offered("processing")
+} | {
     "--extent": "the Extent parameter",
-    "--max-memory": "the advanced Memory budget parameter",
-    "--no-reflectance-check": "the advanced parameter 'Refuse values that are not plausible "
-    "reflectance' (off)",
+    "--no-reflectance-check": "the advanced parameter 'Refuse implausible reflectance' (off)",
     "--overwrite": "another output file",
-    "--resolution": "the advanced Run at parameter",
-    "--tile-size": "the advanced Tile size parameter",
 }
 #: The dock's names for the same flags (what the dock lacks, the dialog has).
 DOCK = DIALOG | {

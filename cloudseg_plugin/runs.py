@@ -13,21 +13,22 @@ from .tasks import BackendTask
 
 @dataclass
 class RunRequest:
-    """One segmentation run asked for from the dock."""
+    """One segmentation run asked for from the dock.
+
+    Attributes:
+        options: The run options the dock sets, by field name
+            (:class:`cloudseg.backend.inference.options.RunOptions`: model, product level,
+            bands, TTA, resolution, shadow geometry); the others keep their defaults.
+    """
 
     layer_name: str
     source: Path
     output_dir: Path
-    model: str | None = None
     layer_id: str = ""
-    product_level: str | None = None
-    bands: list[str] | None = None
-    tta: bool = False
-    preview: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
     probabilities: bool = False
     polygons: bool = False
     valid: bool = False
-    shadow_geometry: bool = False
 
     def paths(self) -> dict[str, Path | None]:
         """Output paths for this run, unique by time (``backend.atomic.stamped_paths``)."""
@@ -69,15 +70,10 @@ class SegmentTask(BackendTask):
             self.request.source,
             self.outputs["mask"],
             SegmentOptions(
-                model=self.request.model,
-                product_level=self.request.product_level,
-                bands=self.request.bands,
-                tta=self.request.tta,
-                resolution="preview" if self.request.preview else "native",
+                **self.request.options,
                 probabilities=self.outputs["probabilities"],
                 polygons=self.outputs["polygons"],
                 valid=self.outputs["valid"],
-                shadow_geometry=self.request.shadow_geometry,
             ),
             progress=progress,
             cancelled=cancelled,

@@ -1,20 +1,26 @@
-"""The options of a run, typed: what every engine entry point shares, and what segment adds.
+"""The options of a run, typed and declared once: what every engine entry point shares.
 
 :class:`RunOptions` says how to read the input, run the model and decide the classes
 (segment, segment-batch, explain, evaluate and the in-memory
 :func:`cloudseg.backend.inference.engine.predict` all take it); :class:`SegmentOptions`
-adds the outputs of ``cloudseg segment``. The command line, the Python API and the QGIS
-algorithms map onto these fields by name.
+adds the outputs of ``cloudseg segment``.
 
-The command-line flags of :class:`RunOptions` are declared here, once (:data:`RUN_FLAGS`,
-:func:`add_run_flags`, :func:`run_options`): every command that runs a model offers the
-same spelling, help, choices and parsing.
+Each field of :class:`RunOptions` is declared once, with :func:`option`: its type and
+default, its help text, a short label, its bounds and choices, and the surfaces that
+offer it (:data:`SURFACES`). :data:`RUN_FLAGS` reads the declarations, and every
+surface is generated from them: the command-line flags (:func:`add_run_flags`,
+:func:`run_options`), the OGC API's inputs and their JSON Schema and the web page's
+controls (:mod:`cloudseg.backend.serve.processes`), the QGIS Processing parameters
+(``cloudseg_plugin/algorithms/options.py``) and the dock's request. A new option is one
+field here and its use in the engine.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,63 +40,248 @@ from ..models.cards import ModelCard
 
 #: The memory budget of a run, MiB, unless told otherwise.
 DEFAULT_MAX_MEMORY_MIB = 2048.0
+#: The surfaces an option can appear on: the command line, the server's OGC API (its
+#: inputs and JSON Schema), the server's web page and the QGIS Processing dialogs.
+SURFACES = frozenset({"cli", "server", "web", "processing"})
+#: The largest integer a surface accepts for a pixel count (a tile edge, an overlap,
+#: tiles per call): a bound, so that no request asks for absurd work.
+MAX_INTEGER = 65536
+_DECLARATION = "cloudseg"
+
+
+def memory_size(text: str) -> float:
+    """``--max-memory``: MiB, or a number with a unit (``1500M``, ``2G``, ``2GiB``)."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([MmGg])?(?:i?[Bb])?\s*", text)
+    if not match or not float(match[1]) > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size such as 2G or 1500M")
+    return float(match[1]) * (1024 if (match[2] or "M").upper() == "G" else 1)
+
+
+def _resolution(value: str) -> str:
+    """``--resolution``: a choice, or an older spelling of one."""
+    return RESOLUTION_ALIASES.get(value, value)
+
+
+@dataclass(frozen=True)
+class RunFlag:
+    """The one declaration of a run option: what every surface shows of it.
+
+    Attributes:
+        field: The :class:`RunOptions` field; the flag is its name with dashes
+            (``tile_size``: ``--tile-size``), the Processing parameter its flag in capitals
+            (``TILE_SIZE``).
+        help: What the option does: the same words on every surface (the CLI's
+            ``--help``, the OGC API's description, the web page's and the Processing
+            dialog's tooltips).
+        label: A short label for dialogs and forms ("Tile size (px)").
+        settings: More ``add_argument`` keywords for the command line (``metavar``...).
+        name: The flag where it is not the field's name with dashes.
+        choices: The values it may take (the type's values: None may also mean "auto").
+        minimum: The smallest value a number may take.
+        maximum: The largest value a number may take.
+        advanced: Shown among the advanced parameters of a dialog.
+        surfaces: Where the option is offered (:data:`SURFACES`).
+        cli_note: Words only the command line adds (its own syntax, e.g. ``2G``).
+        kind: The value's type: ``bool``, ``int``, ``float`` or ``str`` (from the field's
+            annotation).
+        default: The field's default.
+    """
+
+    field: str
+    help: str
+    label: str = ""
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    name: str | None = None
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    advanced: bool = False
+    surfaces: frozenset[str] = SURFACES
+    cli_note: str = ""
+    kind: type = str
+    default: Any = None
+
+    @property
+    def flag(self) -> str:
+        """The flag, e.g. ``--product-level``."""
+        return self.name or "--" + self.field.replace("_", "-")
+
+    @property
+    def key(self) -> str:
+        """The Processing parameter's name, e.g. ``PRODUCT_LEVEL`` (``MAX_MEMORY``)."""
+        return self.flag.lstrip("-").replace("-", "_").upper()
+
+    def offered(self, surface: str) -> bool:
+        """Whether ``surface`` (one of :data:`SURFACES`) offers this option."""
+        return surface in self.surfaces
+
+
+def option(default: Any, help: str, label: str, **declared: Any) -> Any:
+    """Declare a :class:`RunOptions` field: its default and what every surface shows.
+
+    Args:
+        default: The field's default.
+        help: What the option does (:attr:`RunFlag.help`).
+        label: Its short label (:attr:`RunFlag.label`).
+        declared: More of :class:`RunFlag` (``choices``, ``minimum``, ``advanced``...).
+    """
+    flag = RunFlag("", help, label, **declared)
+    return dataclasses.field(default=default, metadata={_DECLARATION: flag})
 
 
 @dataclass
 class RunOptions:
     """How to read an input and run a model on it.
 
-    Attributes:
-        model: Built-in model name or model file; None picks the best built-in model.
-        bands: Band names in file order, overriding the file's band descriptions.
-        product_level: ``"L1C"`` or ``"L2A"``, overriding the product metadata.
-        scale: Reflectance per digital number (default from metadata or 0.0001).
-        offset: Reflectance added after scaling.
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        precision: ``"auto"`` (bf16 where the hardware computes it natively: about 1.6x
-            faster on such CPUs; 0.3 to 0.8 % of mask pixels differ), ``"fp32"`` or
-            ``"bf16"``.
-        runtime: ``"auto"``, ``"onnxruntime"``, ``"openvino"`` or ``"torch"``; see
-            :func:`cloudseg.backend.inference.runners.plan_runner`.
-        batch_size: Tiles per model call; None picks the runner's fastest: 16 on a GPU,
-            4 with OpenVINO and 1 with onnxruntime or torch on the CPU.
-        tta: Average predictions over flips and a 90-degree rotation (4x slower).
-        tile_size: Tile edge in model-grid pixels (a multiple of 32); None: the card's.
-        overlap: Pixels shared by neighbouring tiles (at most half a tile); None: the
-            card's.
-        resolution: ``"native"`` (the input's grid, the default) or ``"preview"`` (the
-            model card's resolution: faster on finer input, less accurate); ``"model"``
-            is accepted for ``"preview"``.
-        cloud_threshold: Cloud probability from which a pixel is cloud (default: the
-            most probable class, argmax); see :mod:`.decision`.
-        shadow_threshold: Shadow probability from which a pixel that is not cloud is
-            shadow (default: argmax).
-        shadow_geometry: Refine the shadow probability by where the scene's clouds can
-            cast a shadow, along the sun's direction (:mod:`.shadow`); off by default
-            (measured effect: docs/shadow-geometry.md).
-        max_memory_mib: The budget for the run's peak memory, MiB; a scene whose one
-            pass over its width would need more runs in column blocks (same result),
-            and a run that cannot fit even so is refused before the model loads (see
-            :func:`cloudseg.backend.inference.engine.memory_plan`).
+    Each field's help, label, bounds and surfaces are its declaration (:func:`option`);
+    ``cloudseg segment --help`` lists them. What the values mean in the engine:
+    ``batch_size`` None picks the runner's fastest, ``tile_size`` and ``overlap`` None
+    take the model card's (:meth:`tiling`), ``cloud_threshold`` and
+    ``shadow_threshold`` None decide by the most probable class (:mod:`.decision`),
+    ``runtime`` is planned by :func:`cloudseg.backend.inference.runners.plan_runner`, and
+    ``max_memory_mib`` by :func:`cloudseg.backend.inference.engine.memory_plan`.
     """
 
-    model: str | None = None
-    bands: list[str] | None = None
-    product_level: str | None = None
-    scale: float | None = None
-    offset: float | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    runtime: str = "auto"
-    batch_size: int | None = None
-    tta: bool = False
-    tile_size: int | None = None
-    overlap: int | None = None
-    resolution: str = "native"
-    cloud_threshold: float | None = None
-    shadow_threshold: float | None = None
-    shadow_geometry: bool = False
-    max_memory_mib: float = DEFAULT_MAX_MEMORY_MIB
+    model: str | None = option(
+        None, "built-in model name (see 'cloudseg models') or a model file", "Model"
+    )
+    bands: list[str] | None = option(
+        None,
+        "band names in file order, e.g. B04,B03,B02,B08 (overrides the file's band descriptions)",
+        "Bands",
+    )
+    product_level: str | None = option(
+        None,
+        "the product level, L1C or L2A (default: from metadata, else L1C); the L1C and L2A "
+        "models give different masks",
+        "Product level",
+        choices=("L1C", "L2A"),
+        settings={"type": str.upper},
+    )
+    scale: float | None = option(
+        None,
+        "reflectance per digital number (default: from metadata, else 0.0001 for S2 DN)",
+        "Scale",
+        advanced=True,
+    )
+    offset: float | None = option(
+        None,
+        "reflectance added after scaling (e.g. -0.1 for baseline >= 04.00 products outside SAFE)",
+        "Offset",
+        advanced=True,
+    )
+    device: str = option(
+        "auto",
+        "auto: a CUDA GPU when torch sees one, else the CPU",
+        "Device",
+        choices=DEVICES,
+        surfaces=SURFACES - {"web"},  # the page runs on the server's own choice
+    )
+    precision: str = option(
+        "auto",
+        "auto: bf16 where the hardware computes it natively (GPUs; CPUs with "
+        "AVX512-BF16/AMX, through OpenVINO), about 1.6x faster there; fp32: full-precision "
+        "results, the model itself",
+        "Precision",
+        choices=PRECISIONS,
+        advanced=True,
+    )
+    runtime: str = option(
+        "auto",
+        "auto: torch on a CUDA GPU, OpenVINO on CPUs with native bf16, onnxruntime elsewhere",
+        "Runtime",
+        choices=RUNTIMES,
+        advanced=True,
+        cli_note="'cloudseg info' says which runs here",
+    )
+    batch_size: int | None = option(
+        None,
+        "tiles per model call (default: 16 on a GPU, 4 with OpenVINO, 1 otherwise)",
+        "Tiles per model call",
+        minimum=1,
+        maximum=MAX_INTEGER,
+        advanced=True,
+        surfaces=SURFACES - {"web"},
+        settings={"metavar": "N"},
+    )
+    tta: bool = option(
+        False,
+        "test-time augmentation: average flips and rotation (4x slower)",
+        "Test-time augmentation",
+    )
+    tile_size: int | None = option(
+        None,
+        "tile edge in pixels, a multiple of 32 (default: the model card's; the built-in "
+        "models were measured best at their 256)",
+        "Tile size (px)",
+        minimum=64,
+        maximum=MAX_INTEGER,
+        advanced=True,
+        surfaces=SURFACES - {"web"},
+        settings={"metavar": "PX"},
+    )
+    overlap: int | None = option(
+        None,
+        "pixels shared by neighbouring tiles, at most half a tile (default: the model card's)",
+        "Tile overlap (px)",
+        minimum=0,
+        maximum=MAX_INTEGER,
+        advanced=True,
+        surfaces=SURFACES - {"web"},
+        settings={"metavar": "PX"},
+    )
+    resolution: str = option(
+        "native",
+        "native: run on the input's own grid, most accurate; preview: run at the model "
+        "card's resolution (30 m for the built-in models), about 9x faster on 10 m input "
+        "but coarser",
+        "Run at",
+        choices=RESOLUTIONS,
+        advanced=True,
+        settings={"type": _resolution},
+    )
+    cloud_threshold: float | None = option(
+        None,
+        "sensitivity: a pixel is cloud from this cloud probability on (0-1; lower masks "
+        "more cloud). Default: the most probable class (see docs/valid-pixels.md)",
+        "Cloud from probability",
+        minimum=0.0,
+        maximum=1.0,
+        advanced=True,
+        settings={"metavar": "P"},
+    )
+    shadow_threshold: float | None = option(
+        None,
+        "sensitivity for shadow, among the pixels that are not cloud (0-1). Default: the "
+        "most probable class",
+        "Shadow from probability",
+        minimum=0.0,
+        maximum=1.0,
+        advanced=True,
+        settings={"metavar": "P"},
+    )
+    shadow_geometry: bool = option(
+        False,
+        "keep shadow only where a cloud of the scene can cast it along the sun's direction "
+        "(sun angles from the product, else estimated from the scene); " + SHADOW_GEOMETRY_EFFECT,
+        "Shadows only where a cloud can cast them",
+    )
+    max_memory_mib: float = option(
+        DEFAULT_MAX_MEMORY_MIB,
+        "budget for the run's peak memory, MiB; a scene too wide for it runs in column "
+        "blocks, with the same result, and a run that cannot fit is refused before the "
+        "model loads",
+        "Memory budget (MiB)",
+        minimum=1.0,
+        advanced=True,
+        # The server's operator decides the memory budget (``cloudseg serve``'s own flag).
+        surfaces=SURFACES - {"server", "web"},
+        name="--max-memory",
+        cli_note="e.g. 2G (default) or 1500M",
+        settings={"metavar": "SIZE", "type": memory_size},
+    )
 
     def __post_init__(self) -> None:
         from .decision import check_threshold
@@ -188,138 +379,51 @@ class SegmentOptions(RunOptions):
             buffer_pixels(metres, 1.0)  # refuses a negative buffer
 
 
-# -- the command line ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunFlag:
-    """The command-line flag of one :class:`RunOptions` field.
+# -- the declarations, and the command line --------------------------------------------------
+def _value_type(hint: Any) -> type:
+    """The type of one value of a field: ``int | None`` is int, ``list[str]`` is str."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(h for h in typing.get_args(hint) if h is not type(None))
+    if typing.get_origin(hint) is list:
+        return str  # a list is given as comma-separated text (the band list)
+    return hint
 
-    Attributes:
-        field: The field; the flag is its name with dashes (``tile_size``: ``--tile-size``).
-        help: The help text (``%(default)s`` is the command's default).
-        settings: More ``add_argument`` keywords (``type``, ``choices``, ``action``...).
+
+def declared_options(kind: type[RunOptions] | None = None) -> tuple[RunFlag, ...]:
+    """The declarations of ``kind``'s run options (default :class:`RunOptions`), in order.
+
+    ``kind`` may be a subclass that declares more options with :func:`option`: each
+    surface's generator takes such a tuple (how a test adds an option).
     """
-
-    field: str
-    help: str
-    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
-    #: The flag where it is not the field's name with dashes.
-    name: str | None = None
-
-    @property
-    def flag(self) -> str:
-        """The flag, e.g. ``--product-level``."""
-        return self.name or "--" + self.field.replace("_", "-")
-
-
-def memory_size(text: str) -> float:
-    """``--max-memory``: MiB, or a number with a unit (``1500M``, ``2G``, ``2GiB``)."""
-    import re
-
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([MmGg])?(?:i?[Bb])?\s*", text)
-    if not match or not float(match[1]) > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size such as 2G or 1500M")
-    return float(match[1]) * (1024 if (match[2] or "M").upper() == "G" else 1)
+    kind = kind or RunOptions
+    hints = typing.get_type_hints(kind)
+    return tuple(
+        dataclasses.replace(
+            f.metadata[_DECLARATION],
+            field=f.name,
+            kind=_value_type(hints[f.name]),
+            default=f.default,
+        )
+        for f in dataclasses.fields(kind)
+        if _DECLARATION in f.metadata
+    )
 
 
-def _resolution(value: str) -> str:
-    """``--resolution``: a choice, or an older spelling of one."""
-    return RESOLUTION_ALIASES.get(value, value)
+#: Every run option's declaration, in the order ``--help`` and the dialogs list them.
+RUN_FLAGS = declared_options()
 
 
-#: Every field of :class:`RunOptions` as a flag, in the order ``--help`` lists them.
-RUN_FLAGS = (
-    RunFlag("model", "built-in model name (see 'cloudseg models') or a model file"),
-    RunFlag(
-        "bands",
-        "band names in file order, e.g. B04,B03,B02,B08 (overrides the file's band descriptions)",
-    ),
-    RunFlag(
-        "product_level",
-        "override the product level, L1C or L2A (default: from metadata, else L1C)",
-        {"choices": ("L1C", "L2A"), "type": str.upper},
-    ),
-    RunFlag(
-        "scale",
-        "reflectance per digital number (default: from metadata, else 0.0001 for S2 DN)",
-        {"type": float},
-    ),
-    RunFlag(
-        "offset",
-        "reflectance added after scaling (e.g. -0.1 for baseline >= 04.00 products outside SAFE)",
-        {"type": float},
-    ),
-    RunFlag(
-        "device",
-        "auto: a CUDA GPU when torch sees one, else the CPU (default %(default)s)",
-        {"choices": DEVICES},
-    ),
-    RunFlag(
-        "precision",
-        "auto: bf16 where the hardware computes it natively (GPUs; CPUs with "
-        "AVX512-BF16/AMX, through OpenVINO), about 1.6x faster there; fp32: full-precision "
-        "results, the model itself (default %(default)s)",
-        {"choices": PRECISIONS},
-    ),
-    RunFlag(
-        "runtime",
-        "auto: torch on a CUDA GPU, OpenVINO on CPUs with native bf16, onnxruntime "
-        "elsewhere ('cloudseg info' says which runs here) (default %(default)s)",
-        {"choices": RUNTIMES},
-    ),
-    RunFlag(
-        "batch_size",
-        "tiles per model call (default: 16 on a GPU, 4 with OpenVINO, 1 otherwise)",
-        {"type": int, "metavar": "N"},
-    ),
-    RunFlag(
-        "tta",
-        "test-time augmentation: average flips and rotation (4x slower)",
-        {"action": "store_true"},
-    ),
-    RunFlag(
-        "tile_size",
-        "tile edge in pixels, a multiple of 32 (default: the model card's; the built-in "
-        "models were measured best at their 256)",
-        {"type": int, "metavar": "PX"},
-    ),
-    RunFlag(
-        "overlap",
-        "pixels shared by neighbouring tiles (default: the model card's)",
-        {"type": int, "metavar": "PX"},
-    ),
-    RunFlag(
-        "resolution",
-        "native: run on the input's own grid; preview: run at the model card's resolution "
-        "(30 m for the built-in models), about 9x faster on 10 m input but coarser "
-        "(default %(default)s)",
-        {"choices": RESOLUTIONS, "type": _resolution},
-    ),
-    RunFlag(
-        "cloud_threshold",
-        "sensitivity: a pixel is cloud from this cloud probability on (0-1; lower masks "
-        "more cloud). Default: the most probable class (see docs/valid-pixels.md)",
-        {"type": float, "metavar": "P"},
-    ),
-    RunFlag(
-        "shadow_threshold",
-        "sensitivity for shadow, among the pixels that are not cloud (0-1)",
-        {"type": float, "metavar": "P"},
-    ),
-    RunFlag(
-        "shadow_geometry",
-        "keep shadow only where a cloud of the scene can cast it along the sun's direction "
-        "(sun angles from the product, else estimated from the scene); " + SHADOW_GEOMETRY_EFFECT,
-        {"action": "store_true"},
-    ),
-    RunFlag(
-        "max_memory_mib",
-        "budget for the run's peak memory, e.g. 2G (default) or 1500M; a scene too wide "
-        "for it runs in column blocks, with the same result, and a run that cannot fit is "
-        "refused before the model loads",
-        {"type": memory_size, "metavar": "SIZE"},
-        name="--max-memory",
-    ),
-)
+def declaration(field: str) -> RunFlag:
+    """The declaration of one run option, by its field name (``"tta"``)."""
+    return next(f for f in RUN_FLAGS if f.field == field)
+
+
+def cli_help(flag: RunFlag) -> str:
+    """The command line's help of one option: its help, the CLI's note and the default."""
+    text = flag.help + (f"; {flag.cli_note}" if flag.cli_note else "")
+    if flag.choices is not None and flag.default is not None:
+        text += " (default %(default)s)"
+    return text
 
 
 def add_run_flags(
@@ -328,33 +432,42 @@ def add_run_flags(
     model_required: bool = False,
     defaults: dict[str, Any] | None = None,
     only: tuple[str, ...] | None = None,
+    flags: tuple[RunFlag, ...] | None = None,
 ) -> None:
     """Add the run flags (:data:`RUN_FLAGS`) to a command that runs a model.
 
     Args:
         parser: The command's parser.
         model_required: ``--model`` must be given (the command has no automatic choice).
-        defaults: Field defaults other than :class:`RunOptions`' for this command (e.g.
+        defaults: Field defaults other than the declared ones for this command (e.g.
             ``{"precision": "fp32"}`` to measure the model itself).
         only: Add just these fields' flags (a command that runs a fixed setup).
+        flags: The declarations (default :data:`RUN_FLAGS`).
     """
     from ..models.registry import preview_cost
 
-    start = {f.name: f.default for f in dataclasses.fields(RunOptions)} | (defaults or {})
     group = parser.add_argument_group("how the model runs")
-    for run_flag in RUN_FLAGS:
-        if only is not None and run_flag.field not in only:
+    for run_flag in flags or RUN_FLAGS:
+        if (only is not None and run_flag.field not in only) or not run_flag.offered("cli"):
             continue
-        text = run_flag.help
+        text = cli_help(run_flag)
         if run_flag.field == "resolution" and (cost := preview_cost()):
             text += f"; {cost}"
-        settings = dict(run_flag.settings)
+        settings: dict[str, Any] = {}
+        if run_flag.kind is bool:
+            settings["action"] = "store_true"
+        else:
+            settings["type"] = run_flag.kind
+        if run_flag.choices is not None:
+            settings["choices"] = run_flag.choices
+        settings |= run_flag.settings
         if run_flag.field == "model" and model_required:
             settings["required"] = True
         elif run_flag.field == "model":
             text += "; default: the best built-in model for the input"
+        default = (defaults or {}).get(run_flag.field, run_flag.default)
         group.add_argument(
-            run_flag.flag, dest=run_flag.field, default=start[run_flag.field], help=text, **settings
+            run_flag.flag, dest=run_flag.field, default=default, help=text, **settings
         )
 
 
@@ -371,7 +484,9 @@ def run_options(args: argparse.Namespace, kind: type[RunOptions] = RunOptions, *
     """
     from ..raster.bands import parse_band_list
 
-    values = {f.field: getattr(args, f.field) for f in RUN_FLAGS if hasattr(args, f.field)}
+    values = {
+        f.field: getattr(args, f.field) for f in declared_options(kind) if hasattr(args, f.field)
+    }
     if isinstance(values.get("bands"), str):
         values["bands"] = parse_band_list(values["bands"])
     return kind(**values, **more)

@@ -1,10 +1,11 @@
 """The server's processes, ``segment`` and ``explain``: their inputs, and how a job runs them.
 
 One owner for what a request may ask: each process's inputs are the options of the
-command it runs, described once here as JSON Schema. The run options come from the CLI's
-own table (:data:`cloudseg.backend.inference.options.RUN_FLAGS`: same names, help,
-choices and parsing), so the OGC API's process description, the web page's controls and
-``cloudseg segment --help`` say the same thing. :func:`parse_inputs` turns a request's
+command it runs, described once here as JSON Schema. The run options come from their
+declarations (:data:`cloudseg.backend.inference.options.RUN_FLAGS`: same names, help,
+labels, bounds, choices and parsing; :func:`run_inputs`), so the OGC API's process
+description, the web page's controls, ``cloudseg segment --help`` and the QGIS dialog say
+the same thing. :func:`parse_inputs` turns a request's
 inputs into the options the engine takes, refusing unknown or malformed ones in one line.
 
 A job runs the engine's own functions (:func:`cloudseg.backend.inference.segment.segment`,
@@ -15,7 +16,6 @@ returns is the one ``cloudseg segment`` writes for the same file and options.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +23,9 @@ from typing import Any
 
 from .. import choices
 from ..errors import CloudsegError, InputError
-from ..inference.options import RUN_FLAGS, RunOptions, SegmentOptions
+from ..inference.options import RUN_FLAGS, RunFlag, RunOptions, SegmentOptions
 from .jobs import Job, JobOutcome
 
-#: Run options a request may not set: the server's operator decides the memory budget.
-SERVER_FIELDS = ("max_memory_mib",)
 #: Names under which each process's result files appear (OGC outputs, downloads).
 SEGMENT_FILES = {
     "mask": ("mask.tif", "image/tiff; application=geotiff; profile=cloud-optimized"),
@@ -67,36 +65,42 @@ class Input:
     required: bool = False
 
 
-_RUN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunOptions)}
 #: Bounds on what one request may carry (a request is parsed before it waits in line).
 MAX_TEXT = 4096  # a path or a signed URL
 MAX_BANDS_TEXT = 256  # "B01,B02,...,B12" is 51
-MAX_INTEGER = 65536  # pixels: a tile edge, an overlap; tiles per call
 MAX_ITEMS = 16
 
 
-def _run_input(flag: Any) -> Input:
-    """The input of one run flag, from the CLI's own table."""
-    settings = flag.settings
-    text = flag.help.replace(" (default %(default)s)", "").replace("%(default)s", "")
-    if settings.get("action") == "store_true":
-        schema = {"type": "boolean", "default": False}
-        return Input(flag.field, flag.field.replace("_", " "), text, schema, _bool)
-    kind = settings.get("type", str)
-    schema: dict[str, Any] = {"type": "string", "maxLength": MAX_TEXT}
-    if kind is float:
-        schema = {"type": "number"}
-    elif kind is int:
-        schema = {"type": "integer", "minimum": 0 if flag.field == "overlap" else 1,
-                  "maximum": MAX_INTEGER}  # fmt: skip
-    if "choices" in settings:
-        schema = {"type": "string", "enum": list(settings["choices"])}
-    if flag.field == "bands":
+def run_input(flag: RunFlag) -> Input:
+    """The OGC input of one run option, from its declaration (same help, bounds, choices)."""
+    title = flag.label
+    if flag.kind is bool:
+        schema: dict[str, Any] = {"type": "boolean", "default": bool(flag.default)}
+        return Input(flag.field, title, flag.help, schema, _bool)
+    parse = flag.settings.get("type", flag.kind)
+    if flag.choices is not None:
+        schema = {"type": "string", "enum": list(flag.choices)}
+    elif flag.kind in (int, float):
+        schema = {"type": "integer" if flag.kind is int else "number"}
+        schema |= {k: v for k, v in (("minimum", flag.minimum), ("maximum", flag.maximum))
+                   if v is not None}  # fmt: skip
+    elif flag.field == "bands":
         schema = {"type": "string", "maxLength": MAX_BANDS_TEXT, "examples": ["B04,B03,B02,B08"]}
-    default = _RUN_DEFAULTS[flag.field]
-    if default is not None:
-        schema["default"] = default
-    return Input(flag.field, flag.field.replace("_", " "), text, schema, kind)
+    else:
+        schema = {"type": "string", "maxLength": MAX_TEXT}
+    if flag.default is not None:
+        schema["default"] = flag.default
+    return Input(flag.field, title, flag.help, schema, parse)
+
+
+def run_inputs(flags: tuple[RunFlag, ...] = RUN_FLAGS) -> tuple[Input, ...]:
+    """The OGC inputs of the run options a request may set (those the server offers)."""
+    return tuple(
+        Input(i.name, i.title, i.description, {"type": "string", "maxLength": 256}, _model)
+        if i.name == "model"
+        else i
+        for i in (run_input(f) for f in flags if f.offered("server"))
+    )
 
 
 def _bool(value: Any) -> bool:
@@ -127,7 +131,7 @@ def _model(value: Any) -> str | None:
 
 SOURCE = Input(
     "input",
-    "scene",
+    "Scene",
     "The scene: a path on the server under its --root folders, an https:// or s3:// URL "
     "(GeoTIFF / COG, SAFE zip, STAC Item), or a file uploaded through the web page.",
     {"type": "string", "maxLength": MAX_TEXT},
@@ -136,24 +140,19 @@ SOURCE = Input(
 )
 EXTENT = Input(
     "extent",
-    "extent",
+    "Extent",
     "only this extent, [left, bottom, right, top] in the scene's CRS",
     {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
     _extent,
 )
-RUN_INPUTS = tuple(
-    Input(i.name, "model", i.description, {"type": "string", "maxLength": 256}, _model)
-    if i.name == "model"
-    else i
-    for i in (_run_input(f) for f in RUN_FLAGS if f.field not in SERVER_FIELDS)
-)
+RUN_INPUTS = run_inputs()
 SEGMENT_INPUTS = (
     SOURCE,
     *RUN_INPUTS,
     EXTENT,
     Input(
         "check_reflectance",
-        "check reflectance",
+        "Check reflectance",
         "refuse values that are not plausible reflectance after scaling (a wrong scale "
         "gives a confident wrong mask); false makes it a warning",
         {"type": "boolean", "default": True},
@@ -161,7 +160,7 @@ SEGMENT_INPUTS = (
     ),
     Input(
         "buffer_cloud_m",
-        "cloud buffer (m)",
+        "Cloud buffer (m)",
         f"buffer around cloud in the valid mask, metres (default "
         f"{choices.DEFAULT_BUFFER_CLOUD_M:g})",
         {"type": "number", "minimum": 0, "default": choices.DEFAULT_BUFFER_CLOUD_M},
@@ -169,7 +168,7 @@ SEGMENT_INPUTS = (
     ),
     Input(
         "buffer_shadow_m",
-        "shadow buffer (m)",
+        "Shadow buffer (m)",
         f"buffer around cloud shadow in the valid mask, metres (default "
         f"{choices.DEFAULT_BUFFER_SHADOW_M:g})",
         {"type": "number", "minimum": 0, "default": choices.DEFAULT_BUFFER_SHADOW_M},
@@ -177,7 +176,7 @@ SEGMENT_INPUTS = (
     ),
     Input(
         "min_polygon_area_m2",
-        "smallest polygon (m²)",
+        "Smallest polygon (m²)",
         "leave out polygons smaller than this, m² (default 0)",
         {"type": "number", "minimum": 0, "default": 0},
         float,
@@ -193,7 +192,7 @@ EXPLAIN_INPUTS = (
     EXTENT,
     Input(
         "classes",
-        "classes",
+        "Classes",
         "classes to explain, one band each (default: cloud)",
         {
             "type": "array",
@@ -205,7 +204,7 @@ EXPLAIN_INPUTS = (
     ),
     Input(
         "method",
-        "method",
+        "Method",
         "gradcam: Grad-CAM; hirescam: HiResCAM (gradient x activation)",
         {"type": "string", "enum": list(choices.EXPLAIN_METHODS), "default": "gradcam"},
         str,

@@ -36,7 +36,7 @@ from typing import Any
 import gradio as gr
 
 from ..errors import CloudsegError
-from ..inference.options import RUN_FLAGS
+from ..inference.options import RUN_FLAGS, RunFlag
 from . import processes
 from .config import ServeConfig
 from .jobs import (
@@ -53,10 +53,23 @@ from .jobs import (
 
 logger = logging.getLogger(__name__)
 
-#: Inputs the page offers under "Options" (the scene and the model have their own
-#: controls; an extent is a job for the API).
-_OMIT = ("input", "model", "product_level", "extent", "device", "batch_size", "tile_size",
-         "overlap")  # fmt: skip
+#: Inputs the page does not offer under "Options": the scene, the model and the product
+#: level have their own controls, and an extent is a job for the API.
+_OWN = ("input", "model", "product_level", "extent")
+
+
+def page_inputs(
+    inputs: tuple[processes.Input, ...] | None = None, flags: tuple[RunFlag, ...] = RUN_FLAGS
+) -> list[processes.Input]:
+    """The inputs the page offers under "Options".
+
+    All but the page's own controls, and a run option only where its declaration says
+    the page offers it.
+    """
+    hidden = {*_OWN, *(f.field for f in flags if not f.offered("web"))}
+    return [s for s in (inputs or processes.SEGMENT_INPUTS) if s.name not in hidden]
+
+
 #: Seconds between the page's status updates while a job waits or runs.
 POLL_SECONDS = 0.5
 #: The previews of a segment job the page's tabs show, in their order.
@@ -69,7 +82,7 @@ SHOWN = (*DOWNLOADS, *(f"preview_{name}" for name in (*_VIEWS, "cam")))
 #: The folder, in Gradio's upload folder, of the page's copies of published results.
 RESULTS_FOLDER = "results"
 #: The label of the page's model control.
-MODEL_LABEL = "model"
+MODEL_LABEL = "Model"
 
 
 # -- what Gradio serves ----------------------------------------------------------------------
@@ -177,7 +190,7 @@ _FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 
 def _labels() -> dict[str, str]:
     """The label of each control the page has, by the input it sets."""
-    specs = [_LEVEL, *(s for s in processes.SEGMENT_INPUTS if s.name not in _OMIT)]
+    specs = [_LEVEL, *page_inputs()]
     return {"model": MODEL_LABEL} | {spec.name: spec.title for spec in specs}
 
 
@@ -212,10 +225,10 @@ def page_words(message: str) -> str:
 
 
 # -- the page --------------------------------------------------------------------------------
-def _control(spec: processes.Input) -> Any:
+def control(spec: processes.Input) -> Any:
     """A form control for one process input."""
     schema = spec.schema
-    common = {"label": spec.title, "info": spec.description[:200], "elem_id": f"option-{spec.name}"}
+    common = {"label": spec.title, "info": spec.description, "elem_id": f"option-{spec.name}"}
     if schema.get("type") == "boolean":
         return gr.Checkbox(value=bool(schema.get("default", False)), **common)
     if "enum" in schema:
@@ -309,7 +322,7 @@ def _summary_text(summary: dict[str, Any]) -> str:
 
 def build_page(queue: JobQueue, config: ServeConfig) -> gr.Blocks:
     """The page's Blocks, wired to ``queue``."""
-    option_specs = [s for s in processes.SEGMENT_INPUTS if s.name not in _OMIT]
+    option_specs = page_inputs()
     keep = int(config.keep_seconds)
     with gr.Blocks(
         title="cloudseg",
@@ -332,12 +345,13 @@ def build_page(queue: JobQueue, config: ServeConfig) -> gr.Blocks:
                     label="...or a path on the server, an https:// or s3:// URL, a STAC Item URL",
                     elem_id="scene-source",
                 )
-                model = gr.Dropdown(_model_choices(), value="auto", label=MODEL_LABEL)
-                level = _control(_LEVEL)
+                model = gr.Dropdown(_model_choices(), value="auto", label=MODEL_LABEL,
+                                    info=_MODEL.description)  # fmt: skip
+                level = control(_LEVEL)
                 explain = gr.Checkbox(label="also explain the mask (Grad-CAM of cloud)",
                                       elem_id="explain")  # fmt: skip
                 with gr.Accordion("Options", open=False):
-                    controls = [_control(spec) for spec in option_specs]
+                    controls = [control(spec) for spec in option_specs]
                 with gr.Row():
                     run = gr.Button("Segment", variant="primary", elem_id="run")
                     cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
@@ -450,6 +464,7 @@ def build_page(queue: JobQueue, config: ServeConfig) -> gr.Blocks:
 
 
 _LEVEL = next(s for s in processes.SEGMENT_INPUTS if s.name == "product_level")
+_MODEL = next(s for s in processes.SEGMENT_INPUTS if s.name == "model")
 #: The segment inputs an explain job of the same scene takes.
 _CAM_FIELDS = {s.name for s in processes.EXPLAIN_INPUTS}
 

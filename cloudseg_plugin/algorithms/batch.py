@@ -10,15 +10,14 @@ from qgis.core import (
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
     QgsProcessingParameterDefinition,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
 
-from .base import CloudsegAlgorithm, choice
-from .segment import AUTO, LEVELS, RESOLUTIONS, builtin_model_names
+from .base import CloudsegAlgorithm
+from .options import add_model_parameters, add_run_parameters, model_value, run_values
 
 
 class SegmentBatchAlgorithm(CloudsegAlgorithm):
@@ -30,10 +29,6 @@ class SegmentBatchAlgorithm(CloudsegAlgorithm):
     group_id = "segmentation"
 
     INPUT = "INPUT"
-    MODEL = "MODEL"
-    MODEL_FILE = "MODEL_FILE"
-    PRODUCT_LEVEL = "PRODUCT_LEVEL"
-    RESOLUTION = "RESOLUTION"
     WORKERS = "WORKERS"
     SCHEDULER = "SCHEDULER"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
@@ -58,19 +53,8 @@ a server: cloudseg segment-batch (docs/batch.md)."""
                 self.INPUT, "Folder of scenes", QgsProcessingParameterFile.Folder
             )
         )
-        model = QgsProcessingParameterEnum(
-            self.MODEL, "Model", options=[AUTO, *builtin_model_names()], defaultValue=AUTO
-        )
-        model.setUsesStaticStrings(True)
-        self.addParameter(model)
-        self.addParameter(
-            QgsProcessingParameterFile(
-                self.MODEL_FILE, "Model file", optional=True,
-                fileFilter="Models (*.onnx *.pt *.pth *.ckpt)",
-            )
-        )  # fmt: skip
-        self.addParameter(choice(self.PRODUCT_LEVEL, "Product level", LEVELS, AUTO))
-        self.addParameter(choice(self.RESOLUTION, "Run at", RESOLUTIONS, "native", advanced=True))
+        add_model_parameters(self)
+        add_run_parameters(self)
         workers = QgsProcessingParameterNumber(
             self.WORKERS, "Workers (scenes at a time)", minValue=1, defaultValue=1
         )
@@ -97,16 +81,11 @@ a server: cloudseg segment-batch (docs/batch.md)."""
     ) -> dict[str, Any]:
         """Run the batch with Processing's progress and cancel; report failed scenes."""
         from ...backend.batch import segment_batch
+        from ...backend.inference.options import RunOptions, changed_run_options
 
-        model_file = self.parameterAsFile(parameters, self.MODEL_FILE, context)
-        model = model_file or self.parameterAsEnumString(parameters, self.MODEL, context)
-        level = self.parameterAsEnumString(parameters, self.PRODUCT_LEVEL, context)
-        options = {
-            "model": None if model == AUTO else model,
-            "product_level": None if level == AUTO else level,
-            "resolution": self.parameterAsEnumString(parameters, self.RESOLUTION, context),
-        }
-        options = {k: v for k, v in options.items() if v not in (None, "native")}
+        run = RunOptions(model=model_value(self, parameters, context),
+                         **run_values(self, parameters, context))  # fmt: skip
+        options = changed_run_options(run)  # the batch records what differs from defaults
         output = self.parameterAsString(parameters, self.OUTPUT_FOLDER, context)
 
         def progress(done: int, total: int, record: dict[str, Any]) -> None:

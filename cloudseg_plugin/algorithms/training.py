@@ -31,9 +31,10 @@ from qgis.core import (
     QgsProcessingUtils,
 )
 
+from ...backend.choices import RESOLUTIONS
 from ...backend.dependencies import SEGMENT, TRAINING
 from .base import CloudsegAlgorithm, choice
-from .segment import RESOLUTIONS, builtin_model_names
+from .options import builtin_model_names
 
 GROUP = {"group_name": "Training and evaluation", "group_id": "training"}
 
@@ -271,7 +272,7 @@ Unlabeled pixels (nodata, 255) are ignored."""
             QgsProcessingParameterString(self.LABEL_CLASSES, "Label classes", optional=True)
         )
         self.addParameter(QgsProcessingParameterString(self.CLASS_MAP, "Class map", optional=True))
-        self.addParameter(choice(self.RESOLUTION, "Resolution", RESOLUTIONS, "native"))
+        self.addParameter(choice(self.RESOLUTION, "Resolution", list(RESOLUTIONS), "native"))
         self.addParameter(
             QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, "Evaluation report")
         )

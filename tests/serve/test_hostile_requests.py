@@ -180,7 +180,7 @@ def test_a_url_input_beyond_the_limit_is_not_downloaded(small_server, serve_file
     [
         ({"bands": ",".join(["B02", "B03", "B04", "B08"] * 10_000)}, "at most 256"),
         ({"input": "chip.tif" + "/x" * 5000}, "at most 4096"),
-        ({"tile_size": 1e308}, "must be from 1 to 65536"),
+        ({"tile_size": 1e308}, "must be from 64 to 65536"),
         ({"batch_size": 10**12}, "must be from 1 to 65536"),
         ({"bands": "B02,B03,B02,B08"}, "listed twice"),
     ],

@@ -288,7 +288,7 @@ def test_warnings_on_the_page_name_the_pages_controls(server, serve_files):
               "the warning")  # fmt: skip
         summary = browser.find_element("id", "summary").text
         assert "product level unknown" in summary
-        assert "“product level” L2A" in summary, summary
+        assert "“Product level” L2A" in summary, summary
         assert "--" not in summary, summary
     finally:
         browser.quit()

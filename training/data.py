@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..backend.errors import InputError
-from ..backend.models.cards import class_kind
+from ..backend.models.cards import class_kind, normalize
 from ..backend.store.dataset import StoredDataset
 from ..backend.store.keys import IGNORE
 from .config import DataConfig, LabelQualityConfig, SplitConfig
@@ -275,8 +275,8 @@ class WindowDataset:
             map_classes(dataset.classes, classes, config.class_map), config.ignore_index
         )
         self.cloud_values = [i for i, name in enumerate(classes) if class_kind(name) == "cloud"]
-        self.mean = np.asarray(mean, dtype=np.float32)[:, None, None]
-        self.std = np.asarray(std, dtype=np.float32)[:, None, None]
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
         stride = config.stride or max(1, config.window // 2)
         windows = []
         self.labels = labels or {}
@@ -329,7 +329,7 @@ class WindowDataset:
         h, wd = min(self.window, rows), min(self.window, cols)
         image, mask = self.dataset.read(w.scene, (w.row, w.col, h, wd))
         image = image[self.band_index].astype(np.float32) * self.config.scale
-        image = (image - self.mean) / self.std
+        image = normalize(image, self.mean, self.std)
         mask = self._ignore_removed(w.scene, self.table[mask], w.row, w.col)
         if (h, wd) != (self.window, self.window):
             pad = ((0, self.window - h), (0, self.window - wd))

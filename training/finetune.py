@@ -115,9 +115,7 @@ def _minutes(start: str | None, end: str | None) -> float:
 
 def normalized(reflectance: np.ndarray, card: ModelCard) -> np.ndarray:
     """Reflectance ``(..., bands, rows, cols)`` as the card's model input; NaN -> 0."""
-    mean = np.asarray(card.normalization["mean"], np.float32)[:, None, None]
-    std = np.asarray(card.normalization["std"], np.float32)[:, None, None]
-    return np.nan_to_num((reflectance.astype(np.float32) - mean) / std, nan=0.0)
+    return np.nan_to_num(card.normalize(reflectance.astype(np.float32)), nan=0.0)
 
 
 def _overlap(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:

@@ -296,8 +296,7 @@ def _normalization(
     if norm == "card":
         for i, band in enumerate(bands):  # the card's values where it has the band
             if band in card.bands:
-                mean[i] = card.normalization["mean"][card.bands.index(band)]
-                std[i] = card.normalization["std"][card.bands.index(band)]
+                mean[i], std[i] = card.band_statistics(band)
     return mean, std
 
 

@@ -319,15 +319,13 @@ def scene_rows(
     blender = RowBlender(layout.grid, len(card.classes))
     upsampler = Upsampler(grid, scene.height, scene.width)
     strips = _Strips(scene, list(card.bands), grid)
-    mean = np.asarray(card.normalization["mean"], dtype=np.float32)[:, None, None]
-    std = np.asarray(card.normalization["std"], dtype=np.float32)[:, None, None]
     cols = layout.grid.cols
     total, done = len(layout.grid), 0
     batch_size = options.batch_size or runner.default_batch
     for tile_row in layout.grid.rows:
         top, r0, r1 = layout.rows_of(tile_row)
         with stage("read"):
-            strip = (strips.strip(r0, r1) - mean) / std
+            strip = card.normalize(strips.strip(r0, r1))
         fill_nodata(strip)
         strip = layout.pad(strip, top, r0, r1)
         for i in range(0, len(cols), batch_size):

@@ -85,6 +85,20 @@ class ClassInfo:
         return tuple(int(text[i : i + 2], 16) for i in range(0, 8, 2))  # type: ignore[return-value]
 
 
+def normalize(reflectance: Any, mean: Any, std: Any) -> Any:
+    """Reflectance ``(..., bands, rows, cols)`` as a model's input: ``(x - mean) / std``.
+
+    ``mean`` and ``std`` hold one value per band (float32). A model's card normalises its
+    input with its own (:meth:`ModelCard.normalize`); training normalises with the
+    statistics it then writes into the new model's card, through this same function.
+    """
+    import numpy as np
+
+    mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
+    return (reflectance - mean) / std
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """What a model needs (bands, scale, resolution) and what it returns (classes).
@@ -147,6 +161,20 @@ class ModelCard:
             problems.append("resolution_m must be positive")
         if problems:
             raise ModelError(f"invalid model card {self.name!r}: {'; '.join(problems)}")
+
+    def normalize(self, reflectance: Any) -> Any:
+        """Reflectance ``(..., bands, rows, cols)`` as the model's input: ``(x - mean) / std``.
+
+        The one place a model's input is made from reflectance: inference, fine-tuning
+        and training's card statistics all go through the card. NaN stays NaN (the caller
+        decides what nodata becomes); float32 in gives float32 out.
+        """
+        return normalize(reflectance, self.normalization["mean"], self.normalization["std"])
+
+    def band_statistics(self, band: str) -> tuple[float, float]:
+        """The mean and standard deviation the model normalises ``band`` with."""
+        index = self.bands.index(band)
+        return self.normalization["mean"][index], self.normalization["std"][index]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:

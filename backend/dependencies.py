@@ -101,6 +101,9 @@ SEGMENT = Group(
         # Batches of scenes on a Dask cluster (cloudseg segment-batch).
         Requirement("dask", ">=2024.1", "dask", "batches of scenes", extras="distributed"),
         Requirement("psutil", ">=5.9", "psutil", "memory of batch workers"),
+        # The lock beside each output (backend/atomic.py): the kernel's, so it goes with
+        # a killed run, and two runs that find a dead run's lock cannot both take it.
+        Requirement("filelock", ">=4.1", "filelock", "one run at a time per output"),
         # TLS with a key made for each run on the local Dask cluster (distributed's
         # Security.temporary), so other users of the machine cannot join it.
         Requirement("cryptography", ">=41", "cryptography", "TLS of the local Dask cluster"),

@@ -50,6 +50,10 @@ DEFAULT_CONTEXT_SHARE = 0.25
 
 #: Class activation map methods of ``cloudseg explain``: Grad-CAM and HiResCAM.
 EXPLAIN_METHODS = ("gradcam", "hirescam")
+#: Run options an explanation does not take: a class activation map explains the
+#: network itself, before the shadow geometry step (the server's explain process and the
+#: Processing algorithm leave them out).
+NOT_EXPLAINED = ("shadow_geometry",)
 
 #: Buffers of the valid-pixel mask, metres: Fmask 4's defaults (3 pixels of 30 m for
 #: cloud and for cloud shadow; Zhu & Woodcock 2012, Qiu et al. 2019).

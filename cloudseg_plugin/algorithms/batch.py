@@ -17,7 +17,13 @@ from qgis.core import (
 )
 
 from .base import CloudsegAlgorithm
-from .options import add_model_parameters, add_run_parameters, model_value, run_values
+from .options import (
+    add_model_parameters,
+    add_run_parameters,
+    model_value,
+    run_help,
+    run_values,
+)
 
 
 class SegmentBatchAlgorithm(CloudsegAlgorithm):
@@ -35,7 +41,8 @@ class SegmentBatchAlgorithm(CloudsegAlgorithm):
 
     def shortHelpString(self) -> str:
         """Return the help shown beside the dialog."""
-        return """Segments every scene in the <b>Folder of scenes</b> (GeoTIFFs, SAFE \
+        return (
+            """Segments every scene in the <b>Folder of scenes</b> (GeoTIFFs, SAFE \
 folders or zips, folders of band files; from qgis_process also a list file .txt or a \
 STAC ItemCollection .json) into the <b>Output folder</b>: one class raster and one record \
 per scene, and manifest.json (scene, status, model, seconds, cloud %, error).
@@ -45,6 +52,9 @@ an existing cluster given as <b>Scheduler</b> (tcp://host:8786 or a scheduler fi
 Running it again skips the scenes already done with the same model and settings; a bad \
 scene is reported with its reason and the others are segmented. For a command line on \
 a server: cloudseg segment-batch (docs/batch.md)."""
+            + "\n\n"
+            + run_help(self)
+        )
 
     def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
         """Declare the parameters and outputs."""

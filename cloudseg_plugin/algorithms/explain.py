@@ -19,10 +19,17 @@ from qgis.core import (
     QgsRasterLayer,
 )
 
-from ...backend.choices import EXPLAIN_METHODS
+from ...backend.choices import EXPLAIN_METHODS, NOT_EXPLAINED
 from ...backend.dependencies import SEGMENT, TRAINING
 from .. import styling
 from .base import CloudsegAlgorithm, add_cost_outputs, cost_outputs
+from .options import (
+    add_model_parameters,
+    add_run_parameters,
+    model_value,
+    run_help,
+    run_values,
+)
 
 _STYLERS: list[Any] = []  # Processing keeps a pointer only; keep the Python objects alive
 
@@ -70,13 +77,13 @@ class ExplainAlgorithm(CloudsegAlgorithm):
     INPUT = "INPUT"
     CLASSES = "CLASSES"
     METHOD = "METHOD"
-    MODEL = "MODEL"
     EXTENT = "EXTENT"
     OUTPUT = "OUTPUT"
 
     def shortHelpString(self) -> str:
         """Return the help shown beside the dialog."""
-        return """Shows what the model looked at when it marked pixels as a class: a \
+        return (
+            """Shows what the model looked at when it marked pixels as a class: a \
 class activation map per class, 0-1 (1: the place that drove the score most).
 
 <b>Classes</b>: class names of the model, comma-separated (default cloud). Each \
@@ -92,6 +99,9 @@ class and tile, several times a segmentation.
 
 Needs the model's torch form: the built-in models (imported from ONNX) and models \
 trained with cloudseg."""
+            + "\n\n"
+            + run_help(self)
+        )
 
     def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
         """Declare the parameters and outputs."""
@@ -104,10 +114,9 @@ trained with cloudseg."""
                 self.METHOD, "Method", options=list(EXPLAIN_METHODS), defaultValue=0
             )
         )
-        self.addParameter(
-            QgsProcessingParameterString(self.MODEL, "Model (name or file)", optional=True)
-        )
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent", optional=True))
+        add_model_parameters(self)
+        add_run_parameters(self, skip=NOT_EXPLAINED)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Explanation"))
         self.addOutput(QgsProcessingOutputString("MODEL_USED", "Model used"))
         add_cost_outputs(self)
@@ -120,6 +129,7 @@ trained with cloudseg."""
     ) -> dict[str, Any]:
         """Explain, and style the layer Processing loads."""
         from ...backend.inference.explain import explain
+        from ...backend.inference.options import RunOptions
         from ...backend.raster.reader import scene_path_from_gdal_source
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
@@ -132,14 +142,17 @@ trained with cloudseg."""
             if c.strip()
         ]
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        model = self.parameterAsString(parameters, self.MODEL, context).strip()
+        options = RunOptions(
+            model=model_value(self, parameters, context),
+            **run_values(self, parameters, context, skip=NOT_EXPLAINED),
+        )
         result = explain(
             scene_path_from_gdal_source(layer.source()),
             output,
             classes or None,
             EXPLAIN_METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
-            model=model or None,
             bounds=bounds,
+            options=options,
             overwrite=True,  # Processing asked for this destination
             progress=lambda p, m: self.report_progress(feedback, p, m),
             cancelled=feedback.isCanceled,

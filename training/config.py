@@ -258,6 +258,14 @@ _SECTIONS = {
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """``cls`` (a config dataclass) from ``data``, its sections built the same way.
+
+    Unknown keys are refused with the section's path and valid keys, from the
+    dataclasses' own fields: no second list of keys to keep. Not pydantic, which the
+    server validates its requests with: pydantic is not in the ``training`` group, which
+    the QGIS plugin installs into QGIS's own Python, and one more compiled package there
+    (pydantic-core) is not worth these few lines.
+    """
     if not isinstance(data, dict):
         raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}

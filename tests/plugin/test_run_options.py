@@ -150,9 +150,13 @@ def test_a_new_option_is_one_declaration_and_reaches_every_surface(qgis_app):
         ({"PRODUCT_LEVEL": "auto", "OVERLAP": ""}, {"product_level": None, "overlap": None}),
         (
             {"PRODUCT_LEVEL": "L2A", "OVERLAP": 0, "MAX_MEMORY": 1024, "BANDS": " B04, B03 "},
-            {"product_level": "L2A", "overlap": 0, "max_memory_mib": 1024.0,
-             "bands": ["B04", "B03"]},
-        ),  # fmt: skip
+            {
+                "product_level": "L2A",
+                "overlap": 0,
+                "max_memory_mib": 1024.0,
+                "bands": ["B04", "B03"],
+            },
+        ),
     ],
 )
 def test_processing_values_are_the_options_the_cli_would_give(qgis_app, parameters, expected):

@@ -6,9 +6,11 @@ Every command that writes follows the same rules, all kept here:
   hard links, the band files of an input folder or product) nor another output of the
   same run; it is not a folder, has a suffix its format allows, and its folder exists
   and is writable; an existing output is replaced only when asked.
-- :func:`claim` for the run's duration: a lock file beside each output refuses a second
-  run on the same outputs (a lock left by a dead process is taken over), and hidden
-  temporary files of dead runs (killed by SIGKILL or a power cut) are removed.
+- :func:`claim` for the run's duration: a lock beside each output refuses a second run
+  on the same outputs. It is the kernel's (:mod:`filelock`: ``flock`` on Unix), so it
+  goes with its process however that ends, and of two runs that find a dead run's lock
+  file one only takes it. Hidden temporary files of dead runs (killed by SIGKILL or a
+  power cut) are removed.
 - Data is written under a hidden temporary name beside the target, which carries the
   writer's process id (:func:`temporary_sibling`); the rename onto the target (atomic
   on one file system) happens only once every output of the run is complete. A failure
@@ -27,9 +29,11 @@ import signal
 import socket
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import OutputConflictError, OutputExistsError
 
@@ -84,7 +88,7 @@ def temporary_sibling(path: Path, tag: str = "part") -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.{tag}")
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
     """Whether two paths name one file: equal when resolved, or hard links of one inode."""
     if a.resolve() == b.resolve():
         return True
@@ -152,7 +156,7 @@ def check_outputs(
                 f"in that format, whatever its name says)"
             )
         for source in read:
-            if _same_file(path, source):
+            if same_file(path, source):
                 raise OutputConflictError(
                     f"{role} {path} is an input of this run; write the result to another file"
                 )
@@ -164,7 +168,7 @@ def check_outputs(
                     "write it elsewhere or give it another name"
                 )
         for other_role, other in seen:
-            if _same_file(path, other):
+            if same_file(path, other):
                 raise OutputConflictError(
                     f"{role} and {other_role} are the same file ({path}); give each its own name"
                 )
@@ -176,12 +180,112 @@ def check_outputs(
 
 
 # -- one run at a time per output, and the leftovers of dead runs ---------------------------
+#: How long a run waits for a lock before it is refused (seconds).
+_LOCK_WAIT_S = 0.5
+
+
 def _lock_path(target: Path) -> Path:
     return target.with_name(f".{target.name}.cloudseg-lock")
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host."""
+def held(lock: Path) -> bool:
+    """Whether a live process holds the lock file ``lock`` now (it is left as it is)."""
+    probe = _kernel_lock(lock, 0)
+    try:
+        probe.acquire()
+    except TimeoutError:
+        return True
+    except OSError:  # gone meanwhile, or unreadable: no one holds it through this file
+        return False
+    probe.release()
+    return False
+
+
+def _kernel_lock(
+    lock: Path, timeout: float, on_acquired: Callable[[int], None] | None = None
+) -> Any:
+    """A kernel lock on the file ``lock``: :mod:`filelock`'s, else :class:`_StdlibLock`.
+
+    Its ``acquire()`` raises TimeoutError after ``timeout`` seconds; ``on_acquired`` gets
+    the locked descriptor. The file stays on release (:func:`_release` removes it).
+    """
+    try:
+        import filelock
+    except ImportError:  # QGIS's own Python before the plugin's first install step
+        return _StdlibLock(lock, timeout, on_acquired)
+    return filelock.FileLock(
+        lock, timeout=timeout, preserve_lock_file=on_acquired is None, on_acquired=on_acquired
+    )
+
+
+class _StdlibLock:
+    """The same kernel lock from the standard library, where :mod:`filelock` is missing.
+
+    Only QGIS's own Python before the plugin's segment step is installed needs it: the
+    installer holds its folder with :func:`claim` while it installs that step (filelock
+    included). On Unix it is filelock's ``flock``, so the two exclude each other; on
+    Windows ``msvcrt.locking`` of the file's first byte.
+    """
+
+    def __init__(
+        self, lock: Path, timeout: float, on_acquired: Callable[[int], None] | None
+    ) -> None:
+        self.lock_file, self.timeout, self.on_acquired = lock, timeout, on_acquired
+        self.fd: int | None = None
+
+    @staticmethod
+    def _lock(fd: int, take: bool) -> bool:
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                os.lseek(fd, 0, os.SEEK_SET)
+                msvcrt.locking(fd, msvcrt.LK_NBLCK if take else msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
+            else:
+                import fcntl
+
+                fcntl.flock(fd, (fcntl.LOCK_EX | fcntl.LOCK_NB) if take else fcntl.LOCK_UN)
+        except OSError:
+            return False
+        return True
+
+    def acquire(self) -> None:
+        """Take the lock, trying for ``timeout`` seconds; raise TimeoutError if held."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+            if self._lock(fd, True):
+                try:  # still the file at that name (its last holder may have removed it)
+                    current = os.path.samestat(os.fstat(fd), self.lock_file.stat())
+                except FileNotFoundError:
+                    current = False
+                if current:
+                    if self.on_acquired is not None:
+                        self.on_acquired(fd)
+                    self.fd = fd
+                    return
+                self._lock(fd, False)
+                os.close(fd)
+                continue
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{self.lock_file} is held")
+            time.sleep(0.05)
+
+    def release(self) -> None:
+        """Let go of the lock."""
+        if self.fd is not None:
+            self._lock(self.fd, False)
+            os.close(self.fd)
+            self.fd = None
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` of this host still runs (a killed one not yet reaped does not).
+
+    What judges the temporary files and folders named by their writer's process id
+    (:func:`temporary_sibling`); the locks themselves need no such check.
+    """
     if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows
         import ctypes
 
@@ -197,38 +301,60 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # another user's live process
         return True
-    return True
+    try:
+        import psutil
+
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except ImportError:
+        return True
+    except psutil.Error:  # gone meanwhile
+        return False
 
 
-def _lock_owner(lock: Path) -> tuple[int, str] | None:
-    """``(pid, host)`` written in a lock file, or None if unreadable."""
+def _lock_holder(lock: Path) -> str:
+    """Who holds a lock, as its holder wrote it (``process 4242 on host``), or empty."""
     try:
         pid, host = lock.read_text(encoding="utf-8").split()[:2]
-        return int(pid), host
-    except (OSError, ValueError):
-        return None
+        return f"process {int(pid)} on {host}"
+    except (OSError, ValueError):  # not yet written, gone meanwhile, or locked (Windows)
+        return ""
 
 
-def _take_lock(target: Path) -> Path:
+def _take_lock(target: Path) -> Any:
+    """Lock ``target`` for this process with the kernel (:mod:`filelock`), or refuse.
+
+    The kernel releases the lock when its process ends, however it ends (SIGKILL, a
+    crash), so a lock file left by a dead run is taken like a free one; of two runs that
+    find it, one only gets it. The holder writes its process id and host in the file,
+    for the message a second run shows.
+
+    Raises:
+        OutputConflictError: If another live run holds ``target``.
+    """
     lock = _lock_path(target)
-    me = f"{os.getpid()} {socket.gethostname()}\n"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = _lock_owner(lock)
-            if owner is not None and (owner[1] != socket.gethostname() or _alive(owner[0])):
-                raise OutputConflictError(
-                    f"another cloudseg run (process {owner[0]} on {owner[1]}) is writing "
-                    f"{target}; wait for it to finish, or remove {lock} if it is gone"
-                ) from None
-            with contextlib.suppress(FileNotFoundError):  # left by a dead run: take over
-                lock.unlink()
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(me)
-        return lock
-    raise OutputConflictError(f"cannot lock {target}: {lock} keeps reappearing; retry")
+    me = f"{os.getpid()} {socket.gethostname()}\n".encode()
+
+    def sign(fd: int) -> None:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, me)
+
+    # A short wait: a holder that is just finishing removes the file before it lets go.
+    kernel_lock = _kernel_lock(lock, _LOCK_WAIT_S, sign)
+    try:
+        kernel_lock.acquire()
+    except TimeoutError:  # filelock.Timeout is one
+        holder = _lock_holder(lock)
+        who = f"another cloudseg run ({holder})" if holder else "another cloudseg run"
+        raise OutputConflictError(f"{who} is writing {target}; wait for it to finish") from None
+    return kernel_lock
+
+
+def _release(kernel_lock: Any) -> None:
+    """Remove a lock's file, then let go of it (a run waiting on the old file retries)."""
+    with contextlib.suppress(OSError):  # Windows: the open file stays until released
+        Path(kernel_lock.lock_file).unlink()
+    kernel_lock.release()
 
 
 def stale_temporaries(target: Path) -> list[Path]:
@@ -237,7 +363,7 @@ def stale_temporaries(target: Path) -> list[Path]:
     with contextlib.suppress(OSError):
         for candidate in target.parent.iterdir():
             match = _TEMPORARY.match(candidate.name)
-            if match and match["name"] == target.name and not _alive(int(match["pid"])):
+            if match and match["name"] == target.name and not running(int(match["pid"])):
                 stale.append(candidate)
     return stale
 
@@ -248,7 +374,7 @@ def dead_temporaries(folder: Path) -> list[Path]:
     with contextlib.suppress(OSError):
         for candidate in Path(folder).iterdir():
             match = _TEMPORARY.match(candidate.name)
-            if match and not _alive(int(match["pid"])):
+            if match and not running(int(match["pid"])):
                 stale.append(candidate)
     return stale
 
@@ -282,13 +408,15 @@ def temporary_folder(name: str, where: Path | None = None) -> Iterator[Path]:
 def claim(targets: Iterable[Path]) -> Iterator[None]:
     """Hold the run's outputs: refuse a concurrent run, clean what dead runs left.
 
-    Outputs in a folder that does not exist yet (a store or run folder that the command
-    creates with its parents) are not locked: a lock file would create the folder.
+    Each output's lock is ``.<name>.cloudseg-lock`` beside it, held by this process
+    (:func:`_take_lock`) and removed as the block ends. Outputs in a folder that does
+    not exist yet (a store or run folder that the command creates with its parents) are
+    not locked: a lock file would create the folder.
 
     Raises:
         OutputConflictError: If another live run holds one of the outputs.
     """
-    locks: list[Path] = []
+    locks: list[Any] = []
     try:
         for target in sorted({Path(t).expanduser().resolve() for t in targets}):
             if not target.parent.is_dir():  # created by the run itself: nothing to hold yet
@@ -297,9 +425,8 @@ def claim(targets: Iterable[Path]) -> Iterator[None]:
             remove(*stale_temporaries(target))
         yield
     finally:
-        for lock in locks:
-            with contextlib.suppress(FileNotFoundError):
-                lock.unlink()
+        for held in reversed(locks):
+            _release(held)
 
 
 #: What a write refused by the file system says, by errno: faults of the disk, not of

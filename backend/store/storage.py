@@ -2,10 +2,15 @@
 
 Both offer the same small interface (bytes by key, listing, deleting, and a
 ``MutableMapping`` that zarr uses as its store), so ingestion and training code never
-care which one they write to. S3 goes through boto3 with an endpoint URL and
-credentials from the environment or a ``.env`` file; credentials never appear in
-messages. Its connect and read timeouts and retries are the network policy of
-:mod:`cloudseg.backend.network`.
+care which one they write to. The outputs of a batch (:mod:`cloudseg.backend.batch`) go
+through it too: a file published whole from a staging folder (:meth:`Storage.put`), what
+identifies a file's bytes (:meth:`Storage.checksum`: SHA-256 of a local file, an S3
+object's ETag), and one writer at a time where the store can hold a lock
+(:meth:`Storage.hold`: a local folder; S3 offers no lock every client honours).
+
+S3 goes through boto3 with an endpoint URL and credentials from the environment or a
+``.env`` file; credentials never appear in messages. Its connect and read timeouts and
+retries are the network policy of :mod:`cloudseg.backend.network`.
 
 zarr's own fsspec/s3fs route is not used: s3fs brings aiobotocore, which pins botocore
 versions that conflict with boto3's, and the errors it raises for bad credentials or a
@@ -14,8 +19,13 @@ missing bucket are not ones we can turn into a clear one-line message.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import shutil
+import socket
+import tempfile
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +33,13 @@ from typing import Any
 
 from .. import atomic
 from ..errors import InputError
+from ..metadata_files import read_json
 from ..network import redact
+
+#: A staging folder's name: the host and process id of its writer, then tempfile's part.
+STAGING_PREFIX = ".cloudseg-batch-"
+_STAGING = re.compile(r"^\.cloudseg-batch-(?P<host>.+)-(?P<pid>\d+)-[^-]+$")
+_TEMPORARY_FILE = re.compile(r"^\.(?P<name>.+)\.\d+-[0-9a-f]{8}\.(?:part|cog)(?:\.gpkg)?$")
 
 
 class StorageError(InputError):
@@ -63,6 +79,53 @@ class Storage:
         """A ``MutableMapping`` over the keys under ``prefix`` (a zarr store)."""
         raise NotImplementedError
 
+    def names(self) -> set[str]:
+        """The names directly in the store (a local folder's sub-folders included)."""
+        return {key for key in self.list("") if "/" not in key}
+
+    def read_json(self, key: str) -> dict[str, Any] | None:
+        """A JSON object at ``key``; None where absent or not a JSON object."""
+        try:
+            data = json.loads(self.read_bytes(key))
+        except (KeyError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def checksum(self, key: str) -> str | None:
+        """What identifies the bytes at ``key`` (``sha256:...``, ``etag:...``); None if absent."""
+        raise NotImplementedError
+
+    def location(self, key: str) -> str:
+        """Where ``key`` is, for people and records: a path, or an ``s3://`` URL."""
+        return f"{self.url}/{key}"
+
+    def put(self, key: str, source: Path | bytes) -> str:
+        """Publish a file at ``key`` whole: these bytes, or moved from the file ``source``.
+
+        Returns:
+            Its :meth:`location`.
+        """
+        self.write_bytes(key, source if isinstance(source, bytes) else Path(source).read_bytes())
+        return self.location(key)
+
+    def staging(self) -> tempfile.TemporaryDirectory[str]:
+        """A temporary folder for files to :meth:`put` (on the store's file system if local).
+
+        Its name carries this host and process, so that the next holder of the store
+        (:meth:`hold`) removes it if this process dies.
+        """
+        prefix = f"{STAGING_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+        return tempfile.TemporaryDirectory(prefix=prefix, dir=self._staging_folder())
+
+    def _staging_folder(self) -> Path | None:
+        return None  # the system's temporary folder
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        """One writer of ``key`` at a time, where the store can lock (see subclasses)."""
+        del key
+        yield
+
 
 class LocalStorage(Storage):
     """A folder on disk; writes go to a temporary name and are renamed."""
@@ -73,7 +136,7 @@ class LocalStorage(Storage):
         Raises:
             StorageError: If the folder does not exist and ``create`` is False.
         """
-        self.root = root.expanduser().resolve()
+        self.root = Path(os.path.abspath(root.expanduser()))  # noqa: PTH100 (links as given)
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
         elif not self.root.is_dir():
@@ -129,6 +192,78 @@ class LocalStorage(Storage):
         import zarr
 
         return zarr.DirectoryStore(str(self._path(prefix)))
+
+    def names(self) -> set[str]:
+        """See :class:`Storage`."""
+        return {p.name for p in self.root.iterdir()}
+
+    def read_json(self, key: str) -> dict[str, Any] | None:
+        """See :class:`Storage` (within the metadata limit: a foreign file is not read whole)."""
+        try:
+            data = read_json(self._path(key))
+        except (FileNotFoundError, IsADirectoryError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def checksum(self, key: str) -> str | None:
+        """See :class:`Storage` (the file's SHA-256)."""
+        path = self._path(key)
+        return f"sha256:{atomic.file_sha256(path)}" if path.is_file() else None
+
+    def location(self, key: str) -> str:
+        """See :class:`Storage`."""
+        return str(self._path(key))
+
+    def put(self, key: str, source: Path | bytes) -> str:
+        """See :class:`Storage` (a file is renamed: ``source`` must be on this file system)."""
+        target = self._path(key)
+        if isinstance(source, bytes):
+            atomic.write_bytes(target, source)
+        else:
+            Path(source).replace(target)
+        return str(target)
+
+    def _staging_folder(self) -> Path | None:
+        return self.root
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        """See :class:`Storage`: a second writer of ``key`` is refused while this one lives.
+
+        The lock is ``key``'s (:func:`cloudseg.backend.atomic.claim`); once it is held,
+        what dead writers left in the folder is removed (:meth:`remove_leftovers`).
+
+        Raises:
+            OutputConflictError: If another live run holds ``key``.
+        """
+        with atomic.claim([self._path(key)]):
+            self.remove_leftovers()
+            yield
+
+    def remove_leftovers(self) -> None:
+        """Staging folders and temporary files of dead writers on this host (a kill, a crash).
+
+        Only processes of this host are judged: a staging folder of another host's writer
+        (a cluster writing to a shared file system) is left alone. A staging folder in the
+        older form (no process id in its name) goes unless a lock in it is held.
+        """
+        host = socket.gethostname()
+        stale_names = set()
+        for entry in self.root.iterdir():
+            staging = _STAGING.match(entry.name)
+            if staging and entry.is_dir():
+                if staging["host"] == host and not atomic.running(int(staging["pid"])):
+                    shutil.rmtree(entry, ignore_errors=True)
+                continue
+            if entry.name.startswith(STAGING_PREFIX) and entry.is_dir():  # an older run's
+                if not any(atomic.held(lock) for lock in entry.glob(".*.cloudseg-lock")):
+                    shutil.rmtree(entry, ignore_errors=True)
+                continue
+            temporary = _TEMPORARY_FILE.match(entry.name)
+            if temporary:
+                stale_names.add(temporary["name"])
+        for name in sorted(stale_names):
+            atomic.remove(*atomic.stale_temporaries(self.root / name))
 
 
 @dataclass(frozen=True)
@@ -248,6 +383,11 @@ class S3Storage(Storage):
             for obj in page.get("Contents", []):
                 found[obj["Key"][cut:]] = (int(obj.get("Size", 0)), str(obj.get("ETag", "")))
         return dict(sorted(found.items()))
+
+    def checksum(self, key: str) -> str | None:
+        """See :class:`Storage` (the object's ETag)."""
+        tag = self.etag(key)
+        return f"etag:{tag}" if tag else None
 
     def etag(self, key: str) -> str | None:
         """The ETag of ``key`` (it changes with the bytes), None if there is no such key."""

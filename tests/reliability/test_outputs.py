@@ -154,24 +154,32 @@ def test_an_interrupt_at_any_moment_leaves_all_old_or_all_new_outputs(workspace)
 
 
 # -- 8. two runs on the same outputs, and what dead runs left ---------------------------------
+#: A process that holds the lock of the output argv[1] (atomic.claim) until it is killed.
+HOLD = (
+    "import sys, time; from pathlib import Path; from cloudseg.backend.atomic import claim\n"
+    "with claim([Path(sys.argv[1])]):\n    print('held', flush=True); time.sleep(60)\n"
+)
+
+
 @pytest.mark.parametrize("command", ["segment", "ingest", "train"])
 def test_a_second_run_on_the_same_outputs_is_refused(workspace, real_data, command):
-    lock, args = {
-        "segment": (workspace.out / ".mask.tif.cloudseg-lock", workspace.segment_args()),
-        "ingest": (
-            workspace.root / ".store.cloudseg-lock",
-            ["ingest", real_data / "cloudsen12_figures", "store"],
-        ),
-        "train": (workspace.root / ".run.cloudseg-lock", ["train", "--config", "train.yaml"]),
+    target, args = {
+        "segment": (workspace.out / "mask.tif", workspace.segment_args()),
+        "ingest": (workspace.root / "store", ["ingest", real_data / "cloudsen12_figures", "store"]),
+        "train": (workspace.root / "run", ["train", "--config", "train.yaml"]),
     }[command]
     (workspace.root / "store").mkdir()
     (workspace.root / "train.yaml").write_text("data:\n  store: store\noutput: run\n")
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(target)], stdout=subprocess.PIPE, text=True
+    )
     try:  # a live run holds the outputs
-        lock.write_text(f"{holder.pid} {socket.gethostname()}\n")
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert (target.parent / f".{target.name}.cloudseg-lock").exists()
         before = workspace.snapshot()
         line = error_line(workspace.cli(*args, "--overwrite" if command != "ingest" else "-q"))
-        assert f"another cloudseg run (process {holder.pid}" in line
+        assert f"another cloudseg run (process {holder.pid} on {socket.gethostname()})" in line
+        assert f"is writing {target}" in line
         assert workspace.snapshot() == before
     finally:
         holder.kill()

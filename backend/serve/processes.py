@@ -1,12 +1,17 @@
 """The server's processes, ``segment`` and ``explain``: their inputs, and how a job runs them.
 
 One owner for what a request may ask: each process's inputs are the options of the
-command it runs, described once here as JSON Schema. The run options come from their
-declarations (:data:`cloudseg.backend.inference.options.RUN_FLAGS`: same names, help,
-labels, bounds, choices and parsing; :func:`run_inputs`), so the OGC API's process
-description, the web page's controls, ``cloudseg segment --help`` and the QGIS dialog say
-the same thing. :func:`parse_inputs` turns a request's
-inputs into the options the engine takes, refusing unknown or malformed ones in one line.
+command it runs, each described once here as a pydantic type (:class:`Input`: the
+value's type, bounds and conversion). The run options come from their declarations
+(:data:`cloudseg.backend.inference.options.RUN_FLAGS`: same names, help, labels, bounds,
+choices and parsing; :func:`run_inputs`), so the OGC API's process description, the web
+page's controls, ``cloudseg segment --help`` and the QGIS dialog say the same thing.
+From the same types come the JSON Schema the process description publishes
+(:attr:`Input.schema`) and the pydantic model a request is validated with
+(:func:`request_model`: unknown inputs forbidden); :func:`parse_inputs` turns a
+request's inputs into the options the engine takes, saying pydantic's first error in
+one line that names the input and its bound. pydantic comes with the server's FastAPI
+and Gradio (``resources/locks/serve.txt``).
 
 A job runs the engine's own functions (:func:`cloudseg.backend.inference.segment.segment`,
 :func:`cloudseg.backend.inference.explain.explain`) into its folder, so the mask a job
@@ -16,10 +21,23 @@ returns is the one ``cloudseg segment`` writes for the same file and options.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
 
 from .. import choices
 from ..errors import CloudsegError, InputError
@@ -51,77 +69,103 @@ class Input:
         name: The input's id (the option's field name).
         title: A short title for forms.
         description: The help text.
-        schema: JSON Schema of the value.
-        parse: Turns a request's value into the option's value (raises ValueError,
-            TypeError or argparse.ArgumentTypeError for a bad one).
+        kind: The value's type, bounds and conversion as pydantic reads them
+            (``Annotated[int, Field(ge=64, le=65536)]``): a request's value is validated
+            against it (:func:`parse_inputs`) and its JSON Schema is the one the process
+            description publishes (:attr:`schema`).
+        default: The default the description names (None: none; the engine decides).
         required: The process cannot run without it.
     """
 
     name: str
     title: str
     description: str
-    schema: dict[str, Any]
-    parse: Any = None
+    kind: Any
+    default: Any = None
     required: bool = False
 
+    @functools.cached_property
+    def schema(self) -> dict[str, Any]:
+        """JSON Schema of the value (pydantic's, from :attr:`kind`), with its default."""
+        schema = TypeAdapter(self.kind).json_schema()
+        return schema if self.default is None else schema | {"default": self.default}
 
-#: Bounds on what one request may carry (a request is parsed before it waits in line).
+
+#: Bounds on what one request may carry (a request is checked before it waits in line).
 MAX_TEXT = 4096  # a path or a signed URL
 MAX_BANDS_TEXT = 256  # "B01,B02,...,B12" is 51
 MAX_ITEMS = 16
+#: Text without control characters (NUL, line breaks): no path, URL or name holds one.
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+
+
+def text(limit: int = MAX_TEXT, *then: Any, **field: Any) -> Any:
+    """Text of at most ``limit`` characters, none a control character; ``then`` converts it."""
+    return Annotated[(str, Field(max_length=limit, pattern=PRINTABLE, **field), *then)]
+
+
+def number(kind: type, minimum: float | None = None, maximum: float | None = None) -> Any:
+    """A finite ``int`` or ``float`` within ``minimum`` to ``maximum`` (None: unbounded)."""
+    return Annotated[kind, Field(ge=minimum, le=maximum, allow_inf_nan=False)]
+
+
+def _converted(convert: Any) -> AfterValidator:
+    """A validator running ``convert`` on a value within its bounds (its errors: one line)."""
+
+    def run(value: Any) -> Any:
+        try:
+            return convert(value)
+        except (TypeError, ValueError, OverflowError, argparse.ArgumentTypeError,
+                CloudsegError) as exc:  # fmt: skip
+            raise ValueError(str(exc)) from None
+
+    return AfterValidator(run)
+
+
+def _spelled(convert: Any) -> BeforeValidator:
+    """A validator normalising the spelling of a choice (``l2a``) before it is compared."""
+    return BeforeValidator(lambda value: convert(value) if isinstance(value, str) else value)
 
 
 def run_input(flag: RunFlag) -> Input:
     """The OGC input of one run option, from its declaration (same help, bounds, choices)."""
-    title = flag.label
+    kind: Any
     if flag.kind is bool:
-        schema: dict[str, Any] = {"type": "boolean", "default": bool(flag.default)}
-        return Input(flag.field, title, flag.help, schema, _bool)
-    parse = flag.settings.get("type", flag.kind)
-    if flag.choices is not None:
-        schema = {"type": "string", "enum": list(flag.choices)}
+        kind = bool
+    elif flag.choices is not None:
+        spelling = flag.settings.get("type")  # str.upper, older spellings
+        kind = Literal[tuple(flag.choices)]
+        kind = Annotated[kind, _spelled(spelling)] if spelling else kind
     elif flag.kind in (int, float):
-        schema = {"type": "integer" if flag.kind is int else "number"}
-        schema |= {k: v for k, v in (("minimum", flag.minimum), ("maximum", flag.maximum))
-                   if v is not None}  # fmt: skip
+        kind = number(flag.kind, flag.minimum, flag.maximum)
     elif flag.field == "bands":
-        schema = {"type": "string", "maxLength": MAX_BANDS_TEXT, "examples": ["B04,B03,B02,B08"]}
+        kind = text(MAX_BANDS_TEXT, _converted(_band_list), examples=["B04,B03,B02,B08"])
     else:
-        schema = {"type": "string", "maxLength": MAX_TEXT}
-    if flag.default is not None:
-        schema["default"] = flag.default
-    return Input(flag.field, title, flag.help, schema, parse)
+        kind = text(MAX_TEXT)
+    return Input(flag.field, flag.label, flag.help, kind, flag.default)
 
 
 def run_inputs(flags: tuple[RunFlag, ...] = RUN_FLAGS) -> tuple[Input, ...]:
     """The OGC inputs of the run options a request may set (those the server offers)."""
     return tuple(
-        Input(i.name, i.title, i.description, {"type": "string", "maxLength": 256}, _model)
-        if i.name == "model"
-        else i
+        dataclasses.replace(i, kind=text(256, _converted(_model))) if i.name == "model" else i
         for i in (run_input(f) for f in flags if f.offered("server"))
     )
 
 
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise TypeError(f"{value!r} is not true or false")
+def _band_list(value: str) -> str:
+    """Band names checked now (not after the job waited in line); the job parses them."""
+    from ..raster.bands import parse_band_list
+
+    parse_band_list(value)
+    return value
 
 
-def _extent(value: Any) -> tuple[float, float, float, float]:
-    if not isinstance(value, (list, tuple)) or len(value) != 4:
-        raise TypeError("give four numbers: left, bottom, right, top")
-    return tuple(float(v) for v in value)  # type: ignore[return-value]
-
-
-def _model(value: Any) -> str | None:
+def _model(value: str) -> str | None:
     """A model by name; files on the server are not loaded by request."""
     from ..models.registry import available_models
 
-    if value in (None, "", "auto"):
+    if value in ("", "auto"):
         return None
     names = [m.card.name for m in available_models()]
     if value not in names:
@@ -134,16 +178,14 @@ SOURCE = Input(
     "Scene",
     "The scene: a path on the server under its --root folders, an https:// or s3:// URL "
     "(GeoTIFF / COG, SAFE zip, STAC Item), or a file uploaded through the web page.",
-    {"type": "string", "maxLength": MAX_TEXT},
-    str,
+    text(MAX_TEXT),
     required=True,
 )
 EXTENT = Input(
     "extent",
     "Extent",
     "only this extent, [left, bottom, right, top] in the scene's CRS",
-    {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
-    _extent,
+    Annotated[list[number(float)], Field(min_length=4, max_length=4), AfterValidator(tuple)],
 )
 RUN_INPUTS = run_inputs()
 SEGMENT_INPUTS = (
@@ -155,31 +197,31 @@ SEGMENT_INPUTS = (
         "Check reflectance",
         "refuse values that are not plausible reflectance after scaling (a wrong scale "
         "gives a confident wrong mask); false makes it a warning",
-        {"type": "boolean", "default": True},
-        _bool,
+        bool,
+        True,
     ),
     Input(
         "buffer_cloud_m",
         "Cloud buffer (m)",
         f"buffer around cloud in the valid mask, metres (default "
         f"{choices.DEFAULT_BUFFER_CLOUD_M:g})",
-        {"type": "number", "minimum": 0, "default": choices.DEFAULT_BUFFER_CLOUD_M},
-        float,
+        number(float, 0),
+        choices.DEFAULT_BUFFER_CLOUD_M,
     ),
     Input(
         "buffer_shadow_m",
         "Shadow buffer (m)",
         f"buffer around cloud shadow in the valid mask, metres (default "
         f"{choices.DEFAULT_BUFFER_SHADOW_M:g})",
-        {"type": "number", "minimum": 0, "default": choices.DEFAULT_BUFFER_SHADOW_M},
-        float,
+        number(float, 0),
+        choices.DEFAULT_BUFFER_SHADOW_M,
     ),
     Input(
         "min_polygon_area_m2",
         "Smallest polygon (m²)",
         "leave out polygons smaller than this, m² (default 0)",
-        {"type": "number", "minimum": 0, "default": 0},
-        float,
+        number(float, 0),
+        0,
     ),
 )
 #: Run inputs ``explain`` does not take: a class activation map explains the network
@@ -194,27 +236,33 @@ EXPLAIN_INPUTS = (
         "classes",
         "Classes",
         "classes to explain, one band each (default: cloud)",
-        {
-            "type": "array",
-            "items": {"type": "string", "maxLength": 64},
-            "maxItems": MAX_ITEMS,
-            "default": ["cloud"],
-        },
-        lambda v: [str(c) for c in ([v] if isinstance(v, str) else v)],
+        Annotated[
+            list[text(64)],
+            Field(max_length=MAX_ITEMS),
+            BeforeValidator(lambda v: [v] if isinstance(v, str) else v),  # one class
+        ],
+        ["cloud"],
     ),
     Input(
         "method",
         "Method",
         "gradcam: Grad-CAM; hirescam: HiResCAM (gradient x activation)",
-        {"type": "string", "enum": list(choices.EXPLAIN_METHODS), "default": "gradcam"},
-        str,
+        Literal[tuple(choices.EXPLAIN_METHODS)],
+        "gradcam",
     ),
 )
 INPUTS = {"segment": SEGMENT_INPUTS, "explain": EXPLAIN_INPUTS}
 
 
+@functools.cache
+def request_model(process: str) -> type[BaseModel]:
+    """The pydantic model of a process's request: its inputs, nothing else."""
+    fields = {i.name: (i.kind, ... if i.required else None) for i in INPUTS[process]}
+    return create_model(f"{process}_inputs", __config__=ConfigDict(extra="forbid"), **fields)
+
+
 def parse_inputs(process: str, inputs: dict[str, Any]) -> dict[str, Any]:
-    """A request's inputs as option values, checked.
+    """A request's inputs as option values, checked (those it gives; null or "" is not given).
 
     Raises:
         InputError: For an unknown input, a missing required one, or a bad value (one
@@ -222,70 +270,72 @@ def parse_inputs(process: str, inputs: dict[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(inputs, dict):
         raise InputError("inputs must be an object of name: value")
-    known = {i.name: i for i in INPUTS[process]}
-    unknown = sorted(set(inputs) - set(known))
-    if unknown:
-        raise InputError(
-            f"unknown input {unknown[0]!r} for {process}; it takes: {', '.join(known)}"
-        )
-    values = {}
-    for name, spec in known.items():
-        value = inputs.get(name)
-        if value is None or value == "":
-            if spec.required:
-                raise InputError(f"input {name!r} is required: {spec.description}")
-            continue
-        _within_schema(name, value, spec.schema)  # before any parsing: its size is bounded
-        try:
-            values[name] = spec.parse(value) if spec.parse else value
-        except (TypeError, ValueError, OverflowError, argparse.ArgumentTypeError) as exc:
-            raise InputError(f"input {name!r}: {exc}") from None
-        if values[name] is not None:  # None: the default ("auto" model)
-            _within_schema(name, values[name], spec.schema)
-        enum = spec.schema.get("enum")
-        if enum and values[name] not in enum:
-            raise InputError(f"input {name!r} must be one of {', '.join(enum)}, not {value!r}")
-    if "bands" in values:  # checked now, not after the job waited in line
-        from ..raster.bands import parse_band_list
-
-        try:
-            parse_band_list(values["bands"])
-        except CloudsegError as exc:
-            raise InputError(f"input 'bands': {exc}") from None
-    return values
+    given = {k: v for k, v in inputs.items() if v is not None and v != ""}
+    try:
+        request = request_model(process).model_validate(given)
+    except ValidationError as exc:
+        raise InputError(_first_problem(process, exc.errors())) from None
+    return {
+        n: getattr(request, n) for n in type(request).model_fields if n in request.model_fields_set
+    }
 
 
-def _within_schema(name: str, value: Any, schema: dict[str, Any]) -> None:
-    """Refuse a value beyond its schema's bounds: length, items, range, finite, text.
+#: What a value of each kind is, for "must be ..." (pydantic's error types).
+_EXPECTED = {"string": "text", "int": "a whole number", "float": "a number",
+             "bool": "true or false", "list": "a list"}  # fmt: skip
 
-    Raises:
-        InputError: One line naming the input and its bound.
+
+def _first_problem(process: str, errors: list[Any]) -> str:
+    """The first of pydantic's errors as one line naming the input and its bound.
+
+    An unknown input is said first, then a missing one, then the others in input order.
     """
-    import math
+    inputs = {i.name: i for i in INPUTS[process]}
+    order = list(inputs)
 
-    if schema.get("type") == "string" and not isinstance(value, str):
-        raise InputError(f"input {name!r} must be text, not {type(value).__name__}")
-    if isinstance(value, str):
-        limit = schema.get("maxLength", MAX_TEXT)
-        if len(value) > limit:
-            raise InputError(f"input {name!r} is {len(value)} characters; at most {limit}")
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise InputError(f"input {name!r} holds a control character (such as NUL)")
-    elif isinstance(value, (list, tuple)):
-        limit = schema.get("maxItems", MAX_ITEMS)
-        if len(value) > limit:
-            raise InputError(f"input {name!r} has {len(value)} entries; at most {limit}")
-        for entry in value:
-            _within_schema(name, entry, schema.get("items", {}))
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise InputError(f"input {name!r} must be a finite number, not {value}")
-        low, high = schema.get("minimum"), schema.get("maximum")
-        if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"{low if low is not None else '...'} to {high if high is not None else '...'}"
-            raise InputError(f"input {name!r} must be from {bounds}, not {value:g}")
-    elif not isinstance(value, (bool, dict)) and value is not None:
-        raise InputError(f"input {name!r} cannot be {type(value).__name__}")
+    def rank(error: Any) -> tuple[int, int]:
+        name = error["loc"][0] if error["loc"] else ""
+        first = {"extra_forbidden": 0, "missing": 1}.get(error["type"], 2)
+        return first, order.index(name) if name in order else len(order)
+
+    error = min(errors, key=rank)
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    name = str(error["loc"][0]) if error["loc"] else ""
+    schema = inputs[name].schema if name in inputs else {}
+    if kind == "extra_forbidden":
+        return f"unknown input {name!r} for {process}; it takes: {', '.join(order)}"
+    if kind == "missing":
+        return f"input {name!r} is required: {inputs[name].description}"
+    if kind == "string_too_long":
+        return f"input {name!r} is {len(value)} characters; at most {ctx['max_length']}"
+    if kind in ("too_long", "too_short"):
+        fewest, most = schema.get("minItems"), schema.get("maxItems")
+        takes = f"at most {most}" if kind == "too_long" else f"at least {fewest}"
+        takes = f"it takes {most}" if fewest == most else takes
+        return f"input {name!r} has {ctx.get('actual_length')} entries; {takes}"
+    if kind == "string_pattern_mismatch":
+        return f"input {name!r} holds a control character (such as NUL)"
+    if kind == "finite_number":
+        return f"input {name!r} must be a finite number, not {value}"
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if kind in ("greater_than_equal", "less_than_equal", "int_parsing_size"):
+        bounds = f"{'...' if low is None else low} to {'...' if high is None else high}"
+        return f"input {name!r} must be from {bounds}, not {_shown(value)}"
+    if kind == "literal_error":
+        return f"input {name!r} must be one of {', '.join(schema['enum'])}, not {_shown(value)}"
+    if kind in ("value_error", "assertion_error"):
+        return f"input {name!r}: {ctx.get('error', error['msg'])}"
+    expected = next((v for k, v in _EXPECTED.items() if kind.startswith(f"{k}_")), None)
+    if expected:
+        return f"input {name!r} must be {expected}, not {_shown(value)}"
+    return f"input {name!r}: {error['msg']}"
+
+
+def _shown(value: Any) -> str:
+    """A value as a message quotes it: short scalars as written, anything else by its type."""
+    if isinstance(value, (str, int, float)) and len(shown := repr(value)) <= 40:
+        return shown
+    return type(value).__name__
 
 
 def _option_fields(values: dict[str, Any], besides: tuple[str, ...]) -> dict[str, Any]:

@@ -18,10 +18,8 @@ import socket
 import sys
 import tempfile
 import threading
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 from .config import ServeConfig, is_loopback, refuse
 
@@ -35,6 +33,17 @@ TOKEN_COOKIE = "cloudseg_token"
 
 class Guard:
     """ASGI middleware: token, allowed ``Host`` headers, cross-site requests, upload limit.
+
+    Why its own middleware and not Starlette's: each refusal must be one line in the
+    shape of the server's other refusals (``{"type", "code", "description"}``, OGC's)
+    naming what to do, on every route (FastAPI's, the mounted pygeoapi and Gradio apps)
+    and websocket, which FastAPI dependencies (its routes only) and
+    ``BaseHTTPMiddleware`` (no websockets, buffered streams) do not cover. Starlette's
+    ``TrustedHostMiddleware`` answers a foreign ``Host`` with a plain-text 400, and its
+    ``RequestBodyLimitMiddleware`` a plain-text 413 raised as an exception inside the
+    app, which the mounted apps' own handlers answer in their own words (the limit and
+    ``--max-upload`` unsaid). The request is read with Starlette's own parsers
+    (:class:`~starlette.requests.HTTPConnection`: headers, query, cookies).
 
     Args:
         app: The app it guards.
@@ -61,11 +70,14 @@ class Guard:
         self.origins, self.json_only = origins or set(), json_only
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Answer 401 / 403 / 413 in one line, or pass the request on."""
+        """Answer 401 / 403 / 413 / 415 in one line, or pass the request on."""
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        from starlette.requests import HTTPConnection
+
+        request = HTTPConnection(scope)
+        headers = request.headers
         if self.hosts is not None and headers.get("host", "") not in self.hosts:
             await refuse(scope, send, 403, "Forbidden", "this server answers localhost only")
             return
@@ -89,12 +101,10 @@ class Guard:
             return
         from_query = None
         if self.token is not None:
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            from_query = (query.get("token") or [None])[0]
-            cookie = _cookie(headers.get("cookie", ""))
+            from_query = request.query_params.get("token")
             offered = [
                 headers.get("authorization", "").removeprefix("Bearer ").strip(),
-                cookie,
+                request.cookies.get(TOKEN_COOKIE, ""),
                 from_query or "",
             ]
             if not any(o and _same_secret(o, self.token) for o in offered):
@@ -115,7 +125,7 @@ class Guard:
             "(the server's --max-upload)"
         )
 
-    def _foreign_origin(self, scope: dict[str, Any], headers: dict[str, str]) -> str | None:
+    def _foreign_origin(self, scope: dict[str, Any], headers: Any) -> str | None:
         """The other site a state-changing browser request comes from, or None.
 
         A browser names the page that sends a request in ``Origin`` (or ``Referer``); a
@@ -170,7 +180,7 @@ class Guard:
             # the app gave up on the body it was denied; the client has its 413
 
 
-def _announced_length(headers: dict[str, str]) -> int:
+def _announced_length(headers: Any) -> int:
     """The body size a request announces (0 when it announces none or nonsense)."""
     text = headers.get("content-length", "0").strip() or "0"
     return int(text) if text.isdigit() else 0
@@ -187,17 +197,6 @@ def _origin_of(url: str) -> str | None:
     return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
 
 
-def _cookie(text: str) -> str:
-    """The token cookie's value, '' when absent or unreadable."""
-    from http.cookies import CookieError
-
-    try:
-        cookie = SimpleCookie(text)
-    except CookieError:
-        return ""
-    return cookie[TOKEN_COOKIE].value if TOKEN_COOKIE in cookie else ""
-
-
 def _same_secret(offered: str, token: str) -> bool:
     """Compare in constant time; any text (non-ASCII included) is just not the token."""
     return hmac.compare_digest(offered.encode("utf-8", "surrogatepass"), token.encode("utf-8"))
@@ -205,11 +204,12 @@ def _same_secret(offered: str, token: str) -> bool:
 
 def _setting_cookie(send: Any, token: str) -> Any:
     """``send`` that adds the token cookie to the response (the page's later requests)."""
+    from starlette.datastructures import MutableHeaders
 
     async def wrapped(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             cookie = f"{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
-            message["headers"] = [*message.get("headers", []), (b"set-cookie", cookie.encode())]
+            MutableHeaders(scope=message).append("set-cookie", cookie)
         await send(message)
 
     return wrapped

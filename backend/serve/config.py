@@ -18,7 +18,6 @@ Processes) go through them:
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -172,14 +171,16 @@ async def refuse(scope: dict[str, Any], send: Any, status: int, code: str, text:
 
     A websocket is closed (policy violation) instead.
     """
+    from starlette.responses import JSONResponse
+    from starlette.websockets import WebSocketClose
+
     if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 1008})
+        await WebSocketClose(code=1008)(scope, _nothing, send)
         return
-    body = json.dumps({"type": code, "code": code, "description": text}).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())],
-    })  # fmt: skip
-    await send({"type": "http.response.body", "body": body})
+    body = {"type": code, "code": code, "description": text}
+    await JSONResponse(body, status_code=status)(scope, _nothing, send)
+
+
+async def _nothing() -> dict[str, Any]:
+    """``receive`` for an answer that reads nothing of the request."""
+    return {"type": "http.disconnect"}

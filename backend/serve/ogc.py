@@ -323,63 +323,44 @@ RETRY_AFTER_S = 60
 
 
 def request_shape(app: Any) -> Any:
-    """ASGI wrapper of pygeoapi: an execution's body must be a JSON object, 429s say when.
+    """Middleware around pygeoapi: an execution's body must be a JSON object, 429s say when.
 
     pygeoapi reads ``{"inputs": {...}}`` with ``.get``: a JSON array, a string or a
     number as the body raised inside it (HTTP 500). Such a body is answered 400 in one
-    line here. The body was bounded by the server's guard before it arrives.
+    line here; pygeoapi reads the same body after it (``BaseHTTPMiddleware`` replays
+    it). The body was bounded by the server's guard before it arrives.
     """
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    async def shaped(request: Any, call_next: Any) -> Any:
+        if request.method == "POST" and request.url.path.rstrip("/").endswith("/execution"):
+            problem = _body_problem(await request.body())
+            if problem:
+                from starlette.responses import JSONResponse
+
+                code = "InvalidParameterValue"
+                return JSONResponse({"type": code, "code": code, "description": problem}, 400)
+        response = await call_next(request)
+        if response.status_code == 429:
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+        return response
+
+    return BaseHTTPMiddleware(app, dispatch=shaped)
+
+
+def _body_problem(body: bytes) -> str | None:
+    """What is wrong with an execution's body, in one line (None: nothing)."""
     import json
 
-    async def shaped(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if not (
-            scope["type"] == "http"
-            and scope.get("method") == "POST"
-            and scope.get("path", "").rstrip("/").endswith("/execution")
-        ):
-            await app(scope, receive, send)
-            return
-        chunks, more = [], True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
-        problem = None
-        try:
-            document = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            problem = 'the request body is not JSON: send {"inputs": {...}}'
-        else:
-            if not isinstance(document, dict):
-                problem = 'the request body must be a JSON object: {"inputs": {...}}'
-            elif not isinstance(document.get("inputs", {}), dict):
-                problem = '"inputs" must be an object of name: value'
-        if problem:
-            from .config import refuse
-
-            await refuse(scope, send, 400, "InvalidParameterValue", problem)
-            return
-        sent = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def with_retry_after(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start" and message["status"] == 429:
-                retry = str(RETRY_AFTER_S).encode()
-                message["headers"] = [*message.get("headers", []), (b"retry-after", retry)]
-            await send(message)
-
-        await app(scope, replay, with_retry_after)
-
-    return shaped
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return 'the request body is not JSON: send {"inputs": {...}}'
+    if not isinstance(document, dict):
+        return 'the request body must be a JSON object: {"inputs": {...}}'
+    if not isinstance(document.get("inputs", {}), dict):
+        return '"inputs" must be an object of name: value'
+    return None
 
 
 class _UserErrorsInOneLine(logging.Filter):

@@ -139,6 +139,11 @@ class PublishedOnly:
     :func:`results_folder` (:func:`publish`'s copies); anything else is ``404`` in one
     line, as for a file that is not there.
 
+    A plain ASGI middleware, not a FastAPI route or dependency (the route is Gradio's,
+    in its mounted app) nor Starlette's ``BaseHTTPMiddleware``, which would put every
+    request of the page (its streamed queue events, uploads) through its own streams
+    only to look at one route's path.
+
     Args:
         app: The app it guards (Gradio mounted on the server's app).
     """
@@ -164,14 +169,9 @@ class PublishedOnly:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Refuse the file route for anything but a published result."""
         if scope["type"] == "http" and not self.allowed(scope.get("path", "")):
-            body = b'{"detail": "no such file"}'
-            await send({
-                "type": "http.response.start",
-                "status": 404,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())],
-            })  # fmt: skip
-            await send({"type": "http.response.body", "body": body})
+            from starlette.responses import JSONResponse
+
+            await JSONResponse({"detail": "no such file"}, 404)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

@@ -152,7 +152,7 @@ def labels_to_store(
             )
         card = load_model(model or done[0].model).card
         boxes = [(proposal, proposal.box(reader.transform)) for proposal in done]
-        check_labels(project, contents, name, reader, boxes, card)
+        refuse_unstorable_labels(project, contents, name, reader, boxes, card)
         windows = []
         for proposal, box in boxes:
             around = round(box.size * DEFAULT_CONTEXT_SHARE) if context is None else context
@@ -189,7 +189,7 @@ def _touch(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def check_labels(
+def refuse_unstorable_labels(
     project: LabelProject,
     contents: ProjectContents,
     scene: str,
@@ -207,6 +207,10 @@ def check_labels(
       the boxes they were drawn for would be stored clear;
     - a label polygon in a done box without a class, or with one the model does not
       have.
+
+    Not to be confused with the label-quality check of a store (``cloudseg labels
+    check``, ``training/label_check.py``'s ``check_labels``), which ranks stored labels
+    against a model.
 
     Raises:
         InputError: As above.

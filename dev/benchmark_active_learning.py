@@ -50,9 +50,10 @@ import numpy as np
 from benchmark_common import write_results
 from reference_scenes import CLASSES, on_grid
 
+from cloudseg.backend.active.geometry import Box
 from cloudseg.backend.active.labels import label_box
 from cloudseg.backend.active.loop import propose_on_scene
-from cloudseg.backend.active.project import Box, LabelProject
+from cloudseg.backend.active.project import LabelProject
 from cloudseg.backend.errors import InputError
 from cloudseg.backend.inference.engine import predict
 from cloudseg.backend.inference.options import RunOptions

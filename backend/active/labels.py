@@ -25,57 +25,24 @@ from ..errors import InputError
 from ..raster.reader import scene_key
 from ..raster.vectorize import ogr_srs
 from ..store.ingest import IngestResult, ingest
-from .project import (
+from .geometry import (
     Box,
-    LabelProject,
-    ProjectContents,
-    StoredProposal,
-    class_value,
+    box_grid,
+    context_window,
     layer_transform,
     moved,
     polygonal,
     quiet_gdal,
+    rasterize_box,
+    rectangles_touch,
     valid_area,
 )
+from .project import LabelProject, ProjectContents, StoredProposal, class_value
 
 
 def stored_box_id(scene: str, box: Box) -> str:
     """The id a labeled box is stored under: ``<scene>-r<row>-c<col>-<size>``."""
     return f"{scene}-r{box.row}-c{box.col}-{box.size}"
-
-
-def rasterize_box(
-    shapes: list[tuple[dict[str, Any], int]], box: Box, transform: Any, clear: int = 0
-) -> np.ndarray:
-    """The labels of one box on the scene's grid: later polygons over earlier ones."""
-    from rasterio.features import rasterize
-    from rasterio.transform import Affine
-
-    window_transform = transform * Affine.translation(box.col, box.row)
-    if not shapes:
-        return np.full((box.size, box.size), clear, np.uint8)
-    return rasterize(
-        shapes,
-        out_shape=(box.size, box.size),
-        transform=window_transform,
-        fill=clear,
-        dtype="uint8",
-    )
-
-
-def context_window(box: Box, context: int, rows: int, cols: int) -> tuple[int, int, int]:
-    """The window around a box with ``context`` px on each side, shifted to stay inside.
-
-    Every box of one size gets a window of one size (``size + 2 * context``, at most the
-    scene's), so training windows need no padding; the box may sit off-centre at edges.
-
-    Returns:
-        ``(row, col, size)`` of the square window.
-    """
-    size = min(box.size + 2 * context, rows, cols)
-    row = min(max(box.row - context, 0), rows - size)
-    col = min(max(box.col - context, 0), cols - size)
-    return row, col, size
 
 
 def window_labels(box: Box, window: tuple[int, int, int], box_labels: np.ndarray) -> np.ndarray:
@@ -184,11 +151,6 @@ def labels_to_store(
         )
 
 
-def _touch(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    """Whether two ``(xmin, ymin, xmax, ymax)`` rectangles share more than an edge."""
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
 def refuse_unstorable_labels(
     project: LabelProject,
     contents: ProjectContents,
@@ -233,7 +195,7 @@ def refuse_unstorable_labels(
     astray = [
         fid
         for fid, b in zip(contents.label_ids, where, strict=True)
-        if not any(_touch(b, place) for place in places)
+        if not any(rectangles_touch(b, place) for place in places)
     ]
     if astray:
         raise InputError(
@@ -245,13 +207,13 @@ def refuse_unstorable_labels(
     known = {c.value: c.name for c in card.classes}
     for proposal, _ in boxes:
         for fid, b in contents.unclassed:
-            if _touch(b, proposal.bounds):
+            if rectangles_touch(b, proposal.bounds):
                 raise InputError(
                     f"label polygon {fid} in box {proposal.fid} of {project.path.name} has no "
                     "class; give it one or delete it, nothing was stored"
                 )
         for fid, b, (_, value) in zip(contents.label_ids, where, contents.labels, strict=True):
-            if value not in known and _touch(b, proposal.bounds):
+            if value not in known and rectangles_touch(b, proposal.bounds):
                 raise InputError(
                     f"label polygon {fid} in box {proposal.fid} of {project.path.name} has "
                     f"class {value}, which {card.name} does not have ("
@@ -391,16 +353,6 @@ def start_from_model(project: str | Path | LabelProject, mask: str | Path, fid: 
     return project.add_label_areas(data, keep, transform, names, ogr_srs(crs))
 
 
-def _box_grid(geometry: Any, pixel: float) -> tuple[Any, int]:
-    """A proposal's square as a grid of ``pixel`` (CRS units): its transform and edge."""
-    from rasterio.transform import from_origin
-
-    xmin, xmax, _, ymax = geometry.GetEnvelope()
-    edge = max(round((xmax - xmin) / pixel), 1)
-    step = (xmax - xmin) / edge
-    return from_origin(xmin, ymax, step, step), edge
-
-
 def raster_labels(
     source: str | Path, geometry: Any, srs: Any, classes: list[int]
 ) -> tuple[np.ndarray, Any]:
@@ -449,7 +401,7 @@ def _warped_labels(
         else:
             moved, _, _ = calculate_default_transform(ds.crs, crs, ds.width, ds.height, *ds.bounds)
             pixel = abs(moved.a)
-        transform, edge = _box_grid(geometry, pixel)
+        transform, edge = box_grid(geometry, pixel)
         nodata = ds.nodata if ds.nodata is not None else 255
         with WarpedVRT(
             ds,
@@ -482,7 +434,7 @@ def polygon_labels(
     """Polygons with a ``class`` field inside a proposal's box, in the project's CRS.
 
     Each polygon is moved into the project's CRS by the project's one CRS rule
-    (:func:`.project.layer_transform`) and clipped to the box.
+    (:func:`.geometry.layer_transform`) and clipped to the box.
 
     Raises:
         InputError: For a file without a layer or a ``class`` field, geometries that are

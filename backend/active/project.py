@@ -16,7 +16,8 @@ A label project is a GeoPackage with three layers, and two folders beside it:
 it once: :meth:`LabelProject.read` returns proposals, labels and rounds together, and
 each write is one transaction (a failure writes nothing).
 
-One CRS rule for every geometry read or written (:func:`layer_transform`): each layer
+One CRS rule for every geometry read or written (:func:`.geometry.layer_transform`,
+with the rest of the loop's pure geometry in :mod:`.geometry`): each layer
 keeps its own CRS (a user may reproject one in QGIS or with ogr2ogr); a read for a scene
 moves every geometry into the scene's CRS, a write moves the caller's geometries into the
 layer's. A layer without a CRS, with a caller that has one (or the reverse), is refused
@@ -31,8 +32,6 @@ import contextlib
 import datetime as dt
 import getpass
 import json
-import logging
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,6 +43,16 @@ import numpy as np
 from ..errors import InputError
 from ..raster.reader import scene_key
 from ..raster.vectorize import ogr_checked, ogr_srs, ogr_transaction
+from .geometry import (
+    Box,
+    box_on_grid,
+    ground_area_km2,
+    layer_transform,
+    moved,
+    polygonal,
+    quiet_gdal,
+    spatial_reference,
+)
 from .history import Round
 
 #: The layer of proposed boxes.
@@ -73,181 +82,6 @@ _ROUND_JSON = ("iou_before", "iou_after", "held_out", "trained", "scores")
 REQUIRED_PROPOSAL_FIELDS = ("rank", "score", "status", "scene", "model")
 #: The first bytes of every SQLite file, hence of every GeoPackage.
 _SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-@contextlib.contextmanager
-def quiet_gdal() -> Iterator[None]:
-    """GDAL's own error printing held back: the caller reports one line instead."""
-    from osgeo import gdal
-
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    try:
-        yield
-    finally:
-        gdal.PopErrorHandler()
-
-
-def spatial_reference(crs: Any) -> Any:
-    """An OGR spatial reference (x, y order) for an OGR one or a rasterio CRS; None for None."""
-    from osgeo import osr
-
-    if crs is None:
-        return None
-    if isinstance(crs, osr.SpatialReference):
-        if (crs.GetName() or "").startswith("Undefined "):
-            return None  # GDAL's stand-ins for a GeoPackage layer without a CRS (srs_id 0, -1)
-        srs = crs.Clone()
-        srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        return srs
-    return ogr_srs(crs)
-
-
-def _crs_name(srs: Any) -> str:
-    """``EPSG:32632``, else the CRS's name."""
-    code = srs.GetAuthorityCode(None)
-    return f"{srs.GetAuthorityName(None)}:{code}" if code else (srs.GetName() or "a custom CRS")
-
-
-def layer_transform(source: Any, target: Any, what: str) -> Any:
-    """The one CRS rule: how ``what``'s geometries move from ``source`` into ``target``.
-
-    Every label read (the project's layers, a user's polygons) and every write into the
-    project goes through here.
-
-    Args:
-        source: The CRS the geometries are in (OGR spatial reference or rasterio CRS;
-            None: none recorded).
-        target: The CRS they are wanted in (the scene's, or the layer written to).
-        what: What holds them, for the message (``the labels layer of coast.gpkg``).
-
-    Returns:
-        An OGR coordinate transformation; None when the two CRSs are one (or both are
-        absent: a scene and project without georeferencing, in pixel units).
-
-    Raises:
-        InputError: If only one of the two has a CRS (the geometries cannot be placed),
-            or GDAL knows no transformation between them.
-    """
-    from osgeo import osr
-
-    source, target = spatial_reference(source), spatial_reference(target)
-    if source is None and target is None:
-        return None
-    if source is None:
-        raise InputError(
-            f"{what} has no CRS, so its geometries cannot be placed in {_crs_name(target)}; "
-            "assign the CRS they were drawn in (QGIS: Set Layer CRS; ogr2ogr -a_srs)"
-        )
-    if target is None:
-        raise InputError(
-            f"{what} is in {_crs_name(source)} but the scene has no CRS; its geometries "
-            "cannot be placed on it"
-        )
-    if source.IsSame(target):
-        return None
-    with quiet_gdal():
-        try:
-            transformation = osr.CoordinateTransformation(source, target)
-        except (RuntimeError, TypeError, ValueError):
-            transformation = None
-    if transformation is None:
-        raise InputError(
-            f"{what}: GDAL knows no transformation from {_crs_name(source)} to {_crs_name(target)}"
-        )
-    return transformation
-
-
-def moved(geometry: Any, transformation: Any, what: str) -> Any:
-    """A copy of an OGR geometry in the target CRS of ``transformation`` (None: as it is).
-
-    Raises:
-        InputError: If it cannot be transformed (coordinates outside its CRS's area: a
-            layer whose CRS is wrong).
-    """
-    shape = geometry.Clone()
-    if transformation is None:
-        return shape
-    with quiet_gdal():
-        try:
-            failed = shape.Transform(transformation) != 0
-        except RuntimeError:
-            failed = True
-    if not failed:
-        failed = not all(math.isfinite(v) for v in shape.GetEnvelope())
-    if failed:
-        raise InputError(
-            f"{what} cannot be moved into the scene's CRS (its coordinates are not valid in "
-            "its layer's CRS); is the layer's CRS right?"
-        )
-    return shape
-
-
-def polygonal(geometry: Any, what: str) -> Any:
-    """A label geometry as a linear polygon or multipolygon; None if it is empty.
-
-    Raises:
-        InputError: For points, lines and collections: a label is an area.
-    """
-    from osgeo import ogr
-
-    if geometry is None or geometry.IsEmpty():
-        return None
-    flat = ogr.GT_Flatten(geometry.GetGeometryType())
-    if flat in (ogr.wkbCurvePolygon, ogr.wkbMultiSurface):
-        geometry = geometry.GetLinearGeometry()
-        flat = ogr.GT_Flatten(geometry.GetGeometryType())
-    if flat not in (ogr.wkbPolygon, ogr.wkbMultiPolygon):
-        name = geometry.GetGeometryName().lower()
-        raise InputError(f"{what} is a {name}, not a polygon; labels are areas")
-    return geometry
-
-
-def valid_area(geometry: Any, what: str) -> Any:
-    """A label polygon whose rings cross themselves, repaired into the area it encloses.
-
-    A ring drawn across itself (a bow-tie) is shown by QGIS as its filled parts, and
-    the project's labels are rasterized the same way (labels-to-store, fine-tune); GEOS
-    refuses such a polygon in every overlay. It is repaired with ``MakeValid`` (the
-    GEOS "linework" rule: every part the rings enclose, a bow-tie's two lobes), and a
-    warning names the polygon and where it crosses itself. A valid polygon is returned
-    as it is.
-
-    Raises:
-        InputError: For a polygon whose rings enclose no area at all (a ring folded
-            onto a line): one line naming it and where.
-    """
-    from osgeo import gdal, ogr
-
-    with quiet_gdal():
-        gdal.ErrorReset()
-        if geometry.IsValid():
-            return geometry
-        reason = gdal.GetLastErrorMsg().strip() or "its rings are not valid"
-        try:
-            repaired = geometry.MakeValid()
-        except RuntimeError:
-            repaired = None
-    parts = ogr.Geometry(ogr.wkbMultiPolygon)
-    if repaired is not None:
-        flat = ogr.GT_Flatten(repaired.GetGeometryType())
-        pieces = (
-            [repaired.GetGeometryRef(i) for i in range(repaired.GetGeometryCount())]
-            if flat in (ogr.wkbGeometryCollection, ogr.wkbMultiPolygon)
-            else [repaired]
-        )
-        for piece in pieces:
-            kind = ogr.GT_Flatten(piece.GetGeometryType())
-            if kind == ogr.wkbPolygon:
-                parts.AddGeometry(piece)
-            elif kind == ogr.wkbMultiPolygon:
-                for i in range(piece.GetGeometryCount()):
-                    parts.AddGeometry(piece.GetGeometryRef(i))
-    if parts.IsEmpty() or parts.GetArea() <= 0:
-        raise InputError(f"{what} encloses no area ({reason}); draw it again")
-    logging.getLogger(__name__).warning(
-        "%s is not a valid polygon (%s): stored as the area its rings enclose", what, reason
-    )
-    return parts
 
 
 def class_value(raw: Any, what: str) -> int | None:
@@ -289,34 +123,6 @@ def now() -> str:
 
 
 @dataclass(frozen=True)
-class Box:
-    """A square of the scene's grid: rows ``row..row + size``, columns ``col..col + size``."""
-
-    row: int
-    col: int
-    size: int
-
-    def overlaps(self, other: Box) -> bool:
-        """Whether the two boxes share a pixel."""
-        return not (
-            self.row + self.size <= other.row
-            or other.row + other.size <= self.row
-            or self.col + self.size <= other.col
-            or other.col + other.size <= self.col
-        )
-
-    def polygon(self, transform: Any) -> dict[str, Any]:
-        """The box as a GeoJSON polygon in the CRS of ``transform``."""
-        corners = [
-            transform * (self.col, self.row),
-            transform * (self.col + self.size, self.row),
-            transform * (self.col + self.size, self.row + self.size),
-            transform * (self.col, self.row + self.size),
-        ]
-        return {"type": "Polygon", "coordinates": [[*map(list, corners), list(corners[0])]]}
-
-
-@dataclass(frozen=True)
 class StoredProposal:
     """A proposal as the project holds it.
 
@@ -348,11 +154,7 @@ class StoredProposal:
 
     def box(self, transform: Any) -> Box:
         """The box on the grid of ``transform`` (the scene's)."""
-        xmin, ymin, xmax, ymax = self.bounds
-        inverse = ~transform
-        col0, row0 = inverse * (xmin, ymax)
-        col1, _ = inverse * (xmax, ymin)
-        return Box(round(row0), round(col0), round(col1 - col0))
+        return box_on_grid(self.bounds, transform)
 
     def to_dict(self) -> dict[str, Any]:
         """The proposal as a row (``cloudseg labels boxes --json``)."""
@@ -961,31 +763,6 @@ def _stored_proposal(
     )
 
 
-def ground_area_km2(geometry: Any, srs: Any) -> float:
-    """The area of an OGR ``geometry`` in ``srs`` on the ground, km².
-
-    Measured in a Lambert azimuthal equal-area projection centred on the geometry, so a
-    layer in degrees (EPSG:4326) or in Web Mercator gives the area a UTM layer gives;
-    without a CRS, in the geometry's own units (pixels of an unreferenced scene).
-    """
-    from osgeo import osr
-
-    if srs is None or not (srs.IsProjected() or srs.IsGeographic()):
-        return geometry.GetArea() / 1e6
-    source = srs.Clone()
-    source.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    degrees = source.CloneGeogCS()
-    degrees.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    centre = geometry.Centroid()
-    centre.Transform(osr.CoordinateTransformation(source, degrees))
-    equal_area = osr.SpatialReference()
-    equal_area.SetLAEA(centre.GetY(), centre.GetX(), 0, 0)
-    equal_area.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    on_ground = geometry.Clone()
-    on_ground.Transform(osr.CoordinateTransformation(source, equal_area))
-    return on_ground.GetArea() / 1e6
-
-
 def _class_shapes(
     layer: Any, path: Path, transformation: Any = None, unclassed: list[Any] | None = None
 ) -> list[tuple[int, dict[str, Any], int]]:
@@ -1042,18 +819,12 @@ __all__ = [
     "REQUIRED_PROPOSAL_FIELDS",
     "ROUNDS_LAYER",
     "STATUSES",
-    "Box",
     "LabelProject",
     "ProjectContents",
     "StoredProposal",
     "add_class_polygons",
     "class_polygons",
     "class_value",
-    "layer_transform",
     "login_name",
-    "moved",
-    "polygonal",
-    "quiet_gdal",
     "scene_key",
-    "valid_area",
 ]

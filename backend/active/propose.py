@@ -18,8 +18,9 @@ import numpy as np
 from ..errors import InputError
 from ..inference.decision import NODATA
 from ..raster.reader import scene_key
+from .geometry import Box
 from .judge import held_out_target
-from .project import Box, LabelProject
+from .project import LabelProject
 
 #: Boxes with more nodata than this share are not proposed.
 MAX_NODATA_SHARE = 0.5

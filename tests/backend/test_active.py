@@ -206,7 +206,7 @@ def test_start_from_the_model_then_done_gives_the_models_labels(multiband, tmp_p
 
 
 def test_context_windows_keep_one_size_and_stay_inside_the_scene():
-    from cloudseg.backend.active.labels import context_window
+    from cloudseg.backend.active.geometry import context_window
 
     assert context_window(Box(100, 100, 64), 16, 512, 512) == (84, 84, 96)  # centred
     assert context_window(Box(0, 500 - 64, 64), 16, 512, 500) == (0, 500 - 96, 96)  # edges
@@ -217,7 +217,8 @@ def test_context_windows_keep_one_size_and_stay_inside_the_scene():
 def test_a_box_stored_with_context_has_its_labels_inside_and_ignored_around(multiband, tmp_path):
     import rasterio
 
-    from cloudseg.backend.active.labels import context_window, labels_to_store, start_from_model
+    from cloudseg.backend.active.geometry import context_window
+    from cloudseg.backend.active.labels import labels_to_store, start_from_model
     from cloudseg.backend.active.project import LabelProject
     from cloudseg.backend.store.dataset import open_dataset
 

@@ -6,13 +6,8 @@ import pytest
 from osgeo import ogr, osr
 from rasterio.crs import CRS
 
-from cloudseg.backend.active.project import (
-    class_value,
-    ground_area_km2,
-    layer_transform,
-    moved,
-    polygonal,
-)
+from cloudseg.backend.active.geometry import ground_area_km2, layer_transform, moved, polygonal
+from cloudseg.backend.active.project import class_value
 from cloudseg.backend.errors import InputError
 
 

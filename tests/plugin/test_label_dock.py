@@ -18,7 +18,7 @@ from qgis.core import (
     QgsVectorLayerUtils,
 )
 
-from cloudseg.backend.active.labels import rasterize_box
+from cloudseg.backend.active.geometry import rasterize_box
 from cloudseg.backend.active.loop import latest_run
 from cloudseg.backend.active.project import LabelProject
 from cloudseg.backend.models.registry import load_model, registered_models

@@ -15,10 +15,10 @@ held-out boxes before and after.
 The second tab, "Suspicious labels" (:mod:`.reviewpanel`), reviews the windows a label
 check flagged: accept, correct with the same digitizing tools, or drop.
 
-This module is a view: the project's files and every decision are the backend's
-(:class:`cloudseg.backend.active.project.LabelProject`, :mod:`cloudseg.backend.active.loop`)
-and the training's (:func:`cloudseg.training.finetune.fine_tune`); the project's layers
-are :mod:`.labellayers`', the widgets :mod:`.labelwidgets`', the tasks :mod:`.tasks`'.
+This module is a view: the round's steps (propose, fine-tune, re-run) are
+:class:`cloudseg.training.label_round.LabelRound`'s, the project's files
+:class:`cloudseg.backend.active.project.LabelProject`'s; the project's layers are
+:mod:`.labellayers`', the widgets :mod:`.labelwidgets`', the tasks :mod:`.tasks`'.
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ from qgis.PyQt.QtCore import QSettings, pyqtSignal
 from qgis.PyQt.QtGui import QColor
 from qgis.PyQt.QtWidgets import QDockWidget, QTabWidget, QWidget
 
-from ..backend.active.loop import latest_run, propose_on_scene, rerun
+from ..backend.active.loop import latest_run
 from ..backend.active.project import LabelProject, ProjectContents
 from ..backend.dependencies import TRAINING
 from ..backend.errors import CloudsegError
 from ..backend.raster.reader import scene_key, scene_path_from_gdal_source
+from ..training.label_round import LabelRound
 from . import logbridge, packages, styling
 from .labellayers import STATUS_COLORS, ProjectLayers
 from .labelwidgets import LabelDockUi
@@ -303,7 +304,7 @@ class LabelDock(QDockWidget, LabelDockUi):
         box, count = self.box_spin.value(), self.count_spin.value()
 
         def work(progress: Any, cancelled: Any) -> Any:
-            return propose_on_scene(project, source, model, box, count, progress, cancelled)
+            return LabelRound(project, source).propose(model, box, count, progress, cancelled)
 
         def done(result: Any) -> None:
             name = styling.input_name(layer, source)
@@ -448,8 +449,6 @@ class LabelDock(QDockWidget, LabelDockUi):
         if not packages.ensure(TRAINING, self):
             self._say("fine-tuning needs PyTorch and friends: install them first", Qgis.Info)
             return None
-        from ..training.finetune import fine_tune
-
         ready = self._ready()
         if ready is None or not self._saved():
             return None
@@ -457,8 +456,8 @@ class LabelDock(QDockWidget, LabelDockUi):
         model, steps = self.model_combo.currentData(), self.steps_spin.value()
 
         def work(progress: Any, cancelled: Any) -> Any:
-            return fine_tune(
-                project, source, model, steps=steps, progress=progress, cancelled=cancelled
+            return LabelRound(project, source).fine_tune(
+                model, steps=steps, progress=progress, cancelled=cancelled
             )
 
         def done(result: Any) -> None:
@@ -487,7 +486,7 @@ class LabelDock(QDockWidget, LabelDockUi):
         project, model = self.project, self.model_combo.currentData()
 
         def work(progress: Any, cancelled: Any) -> Any:
-            return rerun(project, source, model, progress, cancelled)
+            return LabelRound(project, source).rerun(model, progress, cancelled)
 
         def done(run: Any) -> None:
             self.layers.add_run(styling.input_name(layer, source), run.mask, run.uncertainty)

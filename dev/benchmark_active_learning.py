@@ -59,7 +59,7 @@ from cloudseg.backend.inference.engine import predict
 from cloudseg.backend.inference.options import RunOptions
 from cloudseg.backend.raster.reader import open_scene, scene_key
 from cloudseg.training.adapt import DEFAULT_RECIPE
-from cloudseg.training.finetune import fine_tune
+from cloudseg.training.label_round import fine_tune
 from cloudseg.training.metrics import confusion_matrix, metrics_from_confusion
 
 BASE = "ukis-csmask-4b-l1c"

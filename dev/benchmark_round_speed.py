@@ -55,7 +55,7 @@ from qgis.core import (QgsApplication, QgsMapRendererSequentialJob, QgsMapSettin
 from qgis.PyQt.QtCore import QSize
 app = QgsApplication([], False); app.initQgis()
 from cloudseg.cloudseg_plugin.tasks import BackendTask
-from cloudseg.training.finetune import fine_tune
+from cloudseg.training.label_round import fine_tune
 project, scene = sys.argv[1], sys.argv[2]
 seen = {}
 def work(progress, cancelled):

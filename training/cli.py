@@ -127,12 +127,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_fine_tune(args: argparse.Namespace) -> int:
-    from .finetune import fine_tune
+    from .label_round import LabelRound
 
     with percent_bar(args.quiet) as bar:
-        result = fine_tune(
-            args.project,
-            args.scene,
+        result = LabelRound(args.project, args.scene).fine_tune(
             model=args.model,
             store=args.store,
             recipe=args.recipe,

@@ -1,4 +1,7 @@
-"""Active learning in Processing: ``cloudseg:propose`` and ``cloudseg:labels_to_store``."""
+"""Active learning in Processing: ``cloudseg:propose`` and ``cloudseg:labels_to_store``.
+
+Both are adapters to the label round, :class:`cloudseg.training.label_round.LabelRound`.
+"""
 
 from __future__ import annotations
 
@@ -86,10 +89,9 @@ proposals of an earlier round are replaced.
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
         """Propose, and load the proposals layer when run from the toolbox."""
-        from ...backend.active.loop import propose_on_scene
         from ...backend.active.project import PROPOSALS_LAYER
-        from ...backend.active.propose import propose
         from ...backend.raster.reader import scene_path_from_gdal_source
+        from ...training.label_round import LabelRound
 
         doubt = self.parameterAsRasterLayer(parameters, self.UNCERTAINTY, context)
         layer = self.parameterAsRasterLayer(parameters, self.SCENE, context)
@@ -97,13 +99,12 @@ proposals of an earlier round are replaced.
         project = self.parameterAsFileOutput(parameters, self.PROJECT, context)
         box = self.parameterAsInt(parameters, self.BOX, context)
         count = self.parameterAsInt(parameters, self.COUNT, context)
+        labeling = LabelRound(project, scene)
         if doubt is not None:
-            proposals = propose(doubt.source(), project, box, count, scene)
+            proposals = labeling.rank(doubt.source(), box, count)
         elif scene is not None:
             model = self.parameterAsString(parameters, self.MODEL, context).strip() or None
-            proposals = propose_on_scene(
-                project,
-                scene,
+            proposals = labeling.propose(
                 model,
                 box,
                 count,
@@ -179,16 +180,18 @@ edge, which fine-tuned better than no context in every measured round."""
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
         """Rasterize the labeled boxes and ingest them."""
-        from ...backend.active.labels import labels_to_store
         from ...backend.raster.reader import scene_path_from_gdal_source
+        from ...training.label_round import LabelRound
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:
             raise QgsProcessingException("no scene layer given")
         model = self.parameterAsString(parameters, self.MODEL, context).strip()
-        result = labels_to_store(
+        labeling = LabelRound(
             self.parameterAsFile(parameters, self.PROJECT, context),
             scene_path_from_gdal_source(layer.source()),
+        )
+        result = labeling.store(
             self.parameterAsString(parameters, self.STORE, context).strip(),
             model=model or None,
             context=(

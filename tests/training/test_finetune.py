@@ -54,7 +54,8 @@ def test_a_round_on_true_labels_is_adopted_and_keeps_the_inference_settings(s2, 
     import rasterio
 
     from cloudseg.backend.raster.reader import open_scene
-    from cloudseg.training.finetune import fine_tune, held_out_confusion, held_out_windows
+    from cloudseg.training.finetune import held_out_confusion, held_out_windows
+    from cloudseg.training.label_round import fine_tune
 
     scene, _, _ = s2
     project = _project(s2, tmp_path)
@@ -167,7 +168,7 @@ def test_a_round_that_labels_only_clear_ground_cannot_unlearn_the_other_classes(
     from rasterio.windows import Window
 
     from cloudseg.backend.active.judge import CHANGE_BUDGET, MIN_CONFIDENT_PIXELS
-    from cloudseg.training.finetune import fine_tune
+    from cloudseg.training.label_round import fine_tune
 
     scene, _, _ = s2
     half = tmp_path / "left-half.tif"
@@ -216,7 +217,7 @@ def test_the_scene_check_covers_a_chip_whole_and_leaves_out_the_labeled_boxes(s2
 
 @pytest.mark.real_data
 def test_a_cancelled_round_registers_nothing(s2, tmp_path):
-    from cloudseg.training.finetune import fine_tune
+    from cloudseg.training.label_round import fine_tune
 
     scene, _, _ = s2
     project = _project(s2, tmp_path, "cancel", count=3)
@@ -237,7 +238,7 @@ def test_a_cancelled_round_registers_nothing(s2, tmp_path):
 
 @pytest.mark.real_data
 def test_a_round_needs_two_done_boxes_and_a_known_recipe(s2, tmp_path):
-    from cloudseg.training.finetune import fine_tune
+    from cloudseg.training.label_round import fine_tune
 
     scene, _, _ = s2
     project = _project(s2, tmp_path, "one", count=2)

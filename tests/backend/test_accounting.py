@@ -81,6 +81,7 @@ def test_area_of_projected_and_geographic_grids():
     assert degree == pytest.approx(111.32**2, rel=1e-3)  # one square degree at the equator
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_a_segmentation_records_its_cost_in_the_stats_and_the_provenance(multiband, tmp_path):
     from cloudseg.backend.inference.segment import SegmentOptions, segment

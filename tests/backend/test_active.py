@@ -40,6 +40,7 @@ def test_boxes_are_ranked_by_doubt_never_overlap_and_avoid_labeled_ones():
         rank_boxes(doubt[:50, :50], 64, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_proposals_of_a_real_chip_go_into_the_label_project(multiband, tmp_path, venv_env):
     doubt = tmp_path / "doubt.tif"
@@ -91,6 +92,7 @@ def _features(project):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_labeled_boxes_become_a_store_that_matches_the_labels(multiband, tmp_path):
     """A simulated analyst: the model's own polygons as labels, then one polygon changed."""
@@ -160,6 +162,7 @@ def test_labeled_boxes_become_a_store_that_matches_the_labels(multiband, tmp_pat
     np.testing.assert_array_equal(changed[10:, 10:], model_mask[10:, 10:])
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_start_from_the_model_then_done_gives_the_models_labels(multiband, tmp_path):
     """The label dock's steps, as functions: start from the model, mark done, store."""
@@ -213,6 +216,7 @@ def test_context_windows_keep_one_size_and_stay_inside_the_scene():
     assert context_window(Box(0, 0, 64), 100, 128, 200) == (0, 0, 128)  # scene-bounded
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_a_box_stored_with_context_has_its_labels_inside_and_ignored_around(multiband, tmp_path):
     import rasterio

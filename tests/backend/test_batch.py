@@ -29,6 +29,7 @@ def _run(venv_env, *args):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_batch_runs_on_a_local_cluster_and_a_rerun_skips_every_scene(scenes, tmp_path, venv_env):
     out = tmp_path / "out"
     first = _run(venv_env, scenes, "--out", out, "--workers", "2")
@@ -100,6 +101,7 @@ def test_inputs_from_a_list_a_pattern_and_a_stac_item_collection(scenes, tmp_pat
     assert find_scenes([str(tmp_path / "items.json")], tmp_path)[0].scene == "item-a"
 
 
+@pytest.mark.slow
 def test_band_assets_become_one_scene_that_segments(real_data, tmp_path):
     from cloudseg.backend.batch import find_scenes, segment_batch
 
@@ -119,6 +121,7 @@ def test_band_assets_become_one_scene_that_segments(real_data, tmp_path):
         assert (ds.width, ds.height) == (512, 512)
 
 
+@pytest.mark.slow
 def test_inputs_and_outputs_on_s3(scenes, s3_server, s3_bucket, tmp_path):
     import boto3
 
@@ -151,6 +154,7 @@ def test_an_output_folder_holding_an_input_is_refused(scenes, tmp_path):
         segment_batch([str(scenes / "adwp-top.tif")], str(scenes), {"product_level": "L2A"})
 
 
+@pytest.mark.slow
 def test_an_existing_cluster_runs_the_batch_by_its_address_or_scheduler_file(scenes, tmp_path):
     from distributed import LocalCluster
 

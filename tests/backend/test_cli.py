@@ -25,6 +25,7 @@ def test_version_comes_from_plugin_metadata(venv_env):
     assert result.stdout.strip() == f"cloudseg {metadata['general']['version']}"
 
 
+@pytest.mark.slow
 def test_info_json_reports_the_device_torch_sees(venv_env):
     result = run_cli("info", "--json", env=venv_env)
     assert result.returncode == 0, result.stderr
@@ -47,6 +48,7 @@ def test_info_json_reports_the_device_torch_sees(venv_env):
         assert report["cpu_inference"] == f"onnxruntime, float32 ({problem})"
 
 
+@pytest.mark.slow
 def test_info_text_says_which_device(venv_env):
     result = run_cli("info", env=venv_env)
     assert result.returncode == 0
@@ -148,6 +150,7 @@ def test_a_bad_run_option_is_one_line_for_every_command(command, tmp_path, venv_
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "code"),
     [

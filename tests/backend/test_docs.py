@@ -17,6 +17,7 @@ import re
 from functools import cache
 from pathlib import Path
 
+import pytest
 from package_tree import BUILD_OUTPUTS, ROOT, tree_modules
 
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
@@ -164,6 +165,7 @@ def test_every_path_the_architecture_page_names_exists():
     assert "backend/active/project.py" in paths_in(text)
 
 
+@pytest.mark.slow
 def test_the_commands_and_algorithms_the_architecture_page_names_exist():
     text = ARCHITECTURE.read_text(encoding="utf-8")
     known = commands()

@@ -22,6 +22,7 @@ def _reflectance(multiband):
         return image, reader.resolution_m
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize("resolution", ["native", "preview"])
 def test_an_array_gives_the_mask_segment_writes(multiband, tmp_path, resolution):
@@ -55,6 +56,7 @@ def test_an_array_gives_the_mask_segment_writes(multiband, tmp_path, resolution)
     assert prediction.runner == result.runner and prediction.model.name == result.model
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_a_reader_window_gives_the_mask_of_that_extent(multiband, tmp_path):
     with open_scene(multiband, product_level="L2A") as reader:
@@ -71,6 +73,7 @@ def test_a_reader_window_gives_the_mask_of_that_extent(multiband, tmp_path):
         np.testing.assert_array_equal(prediction.classes(), ds.read(1))
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_predict_with_thresholds_gives_the_classes_segment_writes(multiband, tmp_path):
     thresholds = {"cloud_threshold": 0.3, "shadow_threshold": 0.2}
@@ -122,6 +125,7 @@ def test_nodata_is_filled_by_mirroring_the_valid_pixels_beside_it():
     assert (hole == 0).all()
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize("chip", ["adwp", "akny"])
 def test_a_half_empty_scene_gives_its_valid_half_the_mask_of_the_crop(real_data, chip):

@@ -89,6 +89,7 @@ def small_extent(multiband):
     return (left, bottom, right, top)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_a_real_chip_gets_a_georeferenced_map_that_cancel_never_leaves(
     multiband, small_extent, tmp_path
@@ -123,6 +124,7 @@ def test_a_real_chip_gets_a_georeferenced_map_that_cancel_never_leaves(
     assert not (tmp_path / "x.tif").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_the_command_writes_hirescam_and_refuses_clearly(
     multiband, small_extent, tmp_path, venv_env

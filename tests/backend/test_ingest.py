@@ -56,6 +56,7 @@ def assert_store_equals_source(store, expected):
     return ds
 
 
+@pytest.mark.slow
 def test_real_cloudsen12_patches_round_trip_exactly_with_stac(real_data, tmp_path):
     store = tmp_path / "store"
     result = ingest(real_data / CLOUDSEN12, store, env_file=None)
@@ -98,6 +99,7 @@ def test_real_cloudsen12_patches_round_trip_exactly_with_stac(real_data, tmp_pat
     assert again.ingested == [] and sorted(again.skipped) == sorted(expected)
 
 
+@pytest.mark.slow
 def test_s3_endpoint_round_trip_and_rerun(real_data, s3_bucket, s3_server):
     store = f"s3://{s3_bucket}/clouds"
     result = ingest(real_data / CLOUDSEN12, store, env_file=None)
@@ -107,6 +109,7 @@ def test_s3_endpoint_round_trip_and_rerun(real_data, s3_bucket, s3_server):
     assert again.ingested == [] and len(again.skipped) == 11
 
 
+@pytest.mark.slow
 def test_s3_wrong_credentials_or_bucket_fail_at_once_without_secrets(
     real_data, s3_bucket, s3_server, monkeypatch, tmp_path
 ):
@@ -136,6 +139,7 @@ def store_files(root: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow
 def test_killed_ingestion_resumes_to_the_same_store(real_data, tmp_path, venv_env):
     clean, resumed = tmp_path / "clean", tmp_path / "resumed"
     ingest(real_data / CLOUDSEN12, clean, env_file=None)

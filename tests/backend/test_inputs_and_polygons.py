@@ -29,6 +29,7 @@ def test_a_multiband_file_is_itself_and_a_missing_one_is_an_error(multiband, tmp
         scene_path_from_gdal_source("https://example.com/tile.tif")
 
 
+@pytest.mark.slow
 def test_extent_crops_to_whole_pixels_and_outside_is_refused(multiband, tmp_path):
     with rasterio.open(multiband) as ds:
         b, res = ds.bounds, ds.res[0]
@@ -50,6 +51,7 @@ def test_extent_crops_to_whole_pixels_and_outside_is_refused(multiband, tmp_path
     assert not (tmp_path / "n.tif").exists()
 
 
+@pytest.mark.slow
 def test_polygons_keep_cloud_and_shadow_above_the_minimum_area(multiband, tmp_path):
     from osgeo import ogr
 
@@ -78,6 +80,7 @@ def test_polygons_keep_cloud_and_shadow_above_the_minimum_area(multiband, tmp_pa
     assert np.isin(classes, [0, 1, 2]).all()
 
 
+@pytest.mark.slow
 def test_segment_writes_polygons_and_a_late_cancel_removes_everything(multiband, tmp_path):
     mask, polygons = tmp_path / "m.tif", tmp_path / "p.gpkg"
     options = SegmentOptions(product_level="L2A", polygons=polygons, min_polygon_area_m2=2000)

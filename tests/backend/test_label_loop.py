@@ -68,6 +68,7 @@ def _warped(source, target, crs):
     return target
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_a_box_labeled_from_the_truth_raster_stores_exactly_the_truth(s2, tmp_path):
     scene, _ = s2
@@ -88,6 +89,7 @@ def test_a_box_labeled_from_the_truth_raster_stores_exactly_the_truth(s2, tmp_pa
     assert (_stored(project, scene, tmp_path / "store2", box) == 1).all()
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_labels_in_another_crs_are_moved_onto_the_box(s2, tmp_path):
     """A raster and polygons in EPSG:4326 label the box as the UTM truth says."""
@@ -148,6 +150,7 @@ def test_bad_label_sources_are_refused_with_one_line_and_add_nothing(s2, tmp_pat
     assert proposal_rows(project)[0]["status"] == "todo"
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_the_label_loop_from_the_command_line(s2, tmp_path, venv_env):
     scene, _ = s2

@@ -59,6 +59,7 @@ def test_the_radiometry_tells_dark_surface_reflectance_and_never_calls_toa_l2a(r
     assert 0.03 < DARK_BLUE_L2A < 0.06
 
 
+@pytest.mark.slow
 def test_a_guessed_level_is_a_warning_and_a_detected_one_picks_the_model(real_data, tmp_path):
     guessed = segment(_stack(real_data, "adwp", tmp_path / "b.tif"), tmp_path / "b_mask.tif")
     assert guessed.model == "ukis-csmask-4b-l1c"

@@ -55,6 +55,7 @@ def _budget_for(columns: int, resolution: str) -> float:
     return base + bytes_per_column(4, 3, 256, factor) * columns / 2**20
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize(("resolution", "columns"), [("native", 1300), ("preview", 2700)])
 def test_a_scene_run_in_column_blocks_gives_the_same_outputs(

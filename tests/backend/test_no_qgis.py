@@ -3,7 +3,10 @@
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_backend_modules_never_import_qgis(import_all):
     result = import_all("cloudseg.backend")
     assert "cloudseg.backend.cli" in result["modules"]

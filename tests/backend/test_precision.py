@@ -26,6 +26,7 @@ def _run(image, out, precision, **options):
         return result, ds.read(1), p.read().astype(int), ds.tags()
 
 
+@pytest.mark.slow
 @needs_bf16
 def test_auto_runs_onnx_in_bf16_on_this_cpu_and_agrees_with_fp32(multiband, tmp_path):
     auto, mask16, probs16, tags = _run(multiband, tmp_path / "auto.tif", "auto")
@@ -41,6 +42,7 @@ def test_auto_runs_onnx_in_bf16_on_this_cpu_and_agrees_with_fp32(multiband, tmp_
         assert abs(auto.class_percent[name] - share) < 1.0
 
 
+@pytest.mark.slow
 @needs_bf16
 def test_compiled_models_are_cached_and_reused(multiband, tmp_path, monkeypatch):
     monkeypatch.setenv("CLOUDSEG_CACHE_DIR", str(tmp_path / "cache"))
@@ -52,6 +54,7 @@ def test_compiled_models_are_cached_and_reused(multiband, tmp_path, monkeypatch)
     assert list((tmp_path / "cache" / "openvino").glob("*.blob")) == blobs
 
 
+@pytest.mark.slow
 def test_cli_precision_fp32_is_recorded_and_bad_values_fail(multiband, tmp_path, venv_env):
     out = tmp_path / "m.tif"
     args = ["cloudseg", "segment", str(multiband), str(out)]
@@ -69,6 +72,7 @@ def test_cli_precision_fp32_is_recorded_and_bad_values_fail(multiband, tmp_path,
     assert bad.returncode == 2 and "invalid choice: 'fp16'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_torch_checkpoint_in_bf16_on_the_cpu_when_asked(multiband, tmp_path):
     import segmentation_models_pytorch as smp
     import torch

@@ -125,6 +125,7 @@ def _thumbnail_pixels(page: str) -> np.ndarray:
         return np.asarray(picture.convert("RGB"))
 
 
+@pytest.mark.slow
 def test_the_dashboards_stored_label_thumbnails_show_cloud_and_shadow_colours(store):
     dataset = open_dataset(store)
     key = item_key(SCENE)

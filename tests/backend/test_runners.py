@@ -74,6 +74,7 @@ def _classes_and_probs(image, out, **options):
         return result, ds.read(1), p.read().astype(int), ds.tags()
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_builtin_models_run_in_torch_with_the_same_mask(multiband, tmp_path):
     """The network a GPU runs, here on the CPU: it gives onnxruntime's mask."""
@@ -90,6 +91,7 @@ def test_builtin_models_run_in_torch_with_the_same_mask(multiband, tmp_path):
     assert np.abs(torch_probs - ort_probs).max() <= 1  # percent, rounding only
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_float16_graphs_are_widened_once_and_cached(tmp_path, monkeypatch, multiband):
     monkeypatch.setenv("CLOUDSEG_CACHE_DIR", str(tmp_path / "cache"))
@@ -116,6 +118,7 @@ def test_float16_graphs_are_widened_once_and_cached(tmp_path, monkeypatch, multi
     assert (cached_mask == memory_mask).all()
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_tile_size_and_overlap_are_options_recorded_in_the_provenance(multiband, tmp_path):
     _, mask, _, tags = _classes_and_probs(
@@ -143,6 +146,7 @@ def test_tile_size_and_overlap_are_options_recorded_in_the_provenance(multiband,
         assert not (tmp_path / "bad.tif").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_resolution_default_is_native_and_model_means_preview(multiband, tmp_path, venv_env):
     native = segment(multiband, tmp_path / "n.tif", SegmentOptions(product_level="L2A"))
@@ -168,6 +172,7 @@ def test_resolution_default_is_native_and_model_means_preview(multiband, tmp_pat
         assert ds.tags()["CLOUDSEG_RUN_RESOLUTION"] == "30 m (model card; preview)"
 
 
+@pytest.mark.slow
 def test_info_says_what_runs_the_builtin_models(venv_env):
     done = subprocess.run(
         ["cloudseg", "info", "--json"], capture_output=True, text=True, env=venv_env

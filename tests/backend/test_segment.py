@@ -46,6 +46,7 @@ def reference(band_folder, tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_folder_of_bands_gives_a_styled_cog_with_provenance(reference, band_folder):
     out, result = reference
     assert result.model == "ukis-csmask-4b-l2a"
@@ -83,12 +84,14 @@ def test_folder_of_bands_gives_a_styled_cog_with_provenance(reference, band_fold
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporaries
 
 
+@pytest.mark.slow
 def test_multiband_raster_named_by_descriptions_gives_the_same_mask(reference, multiband, tmp_path):
     out = tmp_path / "mask.tif"
     segment(multiband, out, L2A)
     np.testing.assert_array_equal(read(out), read(reference[0]))
 
 
+@pytest.mark.slow
 def test_bands_are_matched_by_name_not_position(reference, band_folder, tmp_path):
     shuffled = stack_bands(band_folder, tmp_path / "shuffled.tif", ["B08", "B04", "B02", "B03"])
     out = tmp_path / "mask.tif"
@@ -96,6 +99,7 @@ def test_bands_are_matched_by_name_not_position(reference, band_folder, tmp_path
     np.testing.assert_array_equal(read(out), read(reference[0]))
 
 
+@pytest.mark.slow
 def test_explicit_band_list_names_unnamed_bands(reference, band_folder, tmp_path):
     unnamed = stack_bands(
         band_folder, tmp_path / "unnamed.tif", ["B04", "B03", "B02", "B08"], describe=False
@@ -109,6 +113,7 @@ def test_explicit_band_list_names_unnamed_bands(reference, band_folder, tmp_path
     np.testing.assert_array_equal(read(out), read(reference[0]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("as_zip", [False, True], ids=["SAFE-folder", "SAFE-zip"])
 def test_safe_product_with_baseline_offset_gives_the_same_mask(
     reference, band_folder, make_safe, tmp_path, as_zip
@@ -122,6 +127,7 @@ def test_safe_product_with_baseline_offset_gives_the_same_mask(
     np.testing.assert_array_equal(read(out), read(reference[0]))
 
 
+@pytest.mark.slow
 def test_safe_without_offset_handling_would_differ(reference, band_folder, make_safe, tmp_path):
     """Guard: the +1000 DN offset matters, so ignoring it is visible in the mask."""
     product = make_safe(band_folder, tmp_path, level="L2A", baseline="04.00")
@@ -130,6 +136,7 @@ def test_safe_without_offset_handling_would_differ(reference, band_folder, make_
     assert (read(out) != read(reference[0])).mean() > 0.01
 
 
+@pytest.mark.slow
 def test_coarser_band_is_resampled_to_the_finest_grid(reference, band_folder, tmp_path):
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -148,6 +155,7 @@ def test_coarser_band_is_resampled_to_the_finest_grid(reference, band_folder, tm
     assert (read(out) == read(reference[0])).mean() > 0.95
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resolution", ["preview", "native"])
 @pytest.mark.parametrize("marked_by", ["value", "mask band"])
 def test_nodata_pixels_stay_nodata(band_folder, tmp_path, resolution, marked_by):
@@ -227,6 +235,7 @@ def test_unknown_model_lists_the_built_in_ones(multiband, tmp_path):
         segment(multiband, tmp_path / "x.tif", SegmentOptions(model="no-such-model"))
 
 
+@pytest.mark.slow
 def test_existing_output_needs_overwrite(multiband, tmp_path):
     out = tmp_path / "mask.tif"
     out.write_bytes(b"keep me")
@@ -237,6 +246,7 @@ def test_existing_output_needs_overwrite(multiband, tmp_path):
     assert read(out).shape == (512, 512)
 
 
+@pytest.mark.slow
 def test_cancelled_run_leaves_nothing_behind(multiband, tmp_path):
     calls = []
 
@@ -261,6 +271,7 @@ def test_cancelled_run_leaves_nothing_behind(multiband, tmp_path):
     assert sorted(p.name for p in out_dir.iterdir()) == ["mask.tif", "p.tif", "s.json"]
 
 
+@pytest.mark.slow
 def test_a_cancel_after_the_last_tile_still_leaves_nothing(multiband, tmp_path):
     # The default run of this chip is one batch: the cancel arrives with its progress
     # report, after every tile has run but before the outputs are published.
@@ -277,6 +288,7 @@ def test_a_cancel_after_the_last_tile_still_leaves_nothing(multiband, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_progress_is_reported_up_to_100(multiband, tmp_path):
     seen = []
     segment(multiband, tmp_path / "m.tif", L2A, progress=lambda pct, msg: seen.append(pct))
@@ -319,6 +331,7 @@ def test_constant_logits_give_a_constant_output_without_seams(multiband, tmp_pat
     assert (read(out) == 1).all()
 
 
+@pytest.mark.slow
 def test_torch_checkpoint_and_its_onnx_export_agree(multiband, tmp_path):
     import segmentation_models_pytorch as smp
     import torch
@@ -363,6 +376,7 @@ def test_torch_checkpoint_and_its_onnx_export_agree(multiband, tmp_path):
     assert (read(tmp_path / "torch.tif") == read(tmp_path / "onnx.tif")).mean() > 0.999
 
 
+@pytest.mark.slow
 def test_cli_segments_and_reports_errors_in_one_line(multiband, tmp_path, venv_env):
     out = tmp_path / "mask.tif"
     ok = subprocess.run(
@@ -406,6 +420,7 @@ def test_models_json_lists_bands_level_resolution_and_classes(venv_env):
     ]
 
 
+@pytest.mark.slow
 def test_l1c_safe_is_read_as_l1c(band_folder, make_safe, tmp_path):
     product = make_safe(band_folder, tmp_path, level="L1C", baseline="05.09")
     out = tmp_path / "mask.tif"
@@ -416,6 +431,7 @@ def test_l1c_safe_is_read_as_l1c(band_folder, make_safe, tmp_path):
     np.testing.assert_array_equal(read(out), read(folder_out))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("scale", "words"),
     [(1e-3, "above reflectance 1.6"), (1e-6, "darker than any real scene")],
@@ -464,6 +480,7 @@ def test_reflectance_check_samples_the_whole_scene(band_folder, tmp_path, overvi
         assert np.nanmedian(sample[band]) == pytest.approx(np.nanmedian(whole[band]), rel=0.1)
 
 
+@pytest.mark.slow
 def test_tta_keeps_constants_and_stays_close_on_real_data(reference, multiband, tmp_path):
     model = constant_onnx(tmp_path / "constant.onnx", [0.3, -1.0, 2.0])
     segment(multiband, tmp_path / "c.tif", SegmentOptions(model=str(model), tta=True))
@@ -484,6 +501,7 @@ def test_normalized_entropy_on_known_cases():
     )
 
 
+@pytest.mark.slow
 def test_the_uncertainty_output_is_the_entropy_of_the_probabilities(multiband, tmp_path):
     logits = np.array([0.1, 1.0, -0.5])
     model = constant_onnx(tmp_path / "constant.onnx", logits.tolist())

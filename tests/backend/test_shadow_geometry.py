@@ -43,6 +43,7 @@ def _angle_between(a: float, b: float) -> float:
     return abs((a - b + 180.0) % 360.0 - 180.0)
 
 
+@pytest.mark.slow
 def test_sun_angles_come_from_the_products_tile_metadata(make_safe, band_folder, tmp_path):
     safe = make_safe(band_folder, tmp_path, level="L2A", sun=(35.2, 151.7))
     result = segment(safe, tmp_path / "mask.tif", SegmentOptions(shadow_geometry=True))
@@ -63,6 +64,7 @@ def test_sun_angles_come_from_the_products_tile_metadata(make_safe, band_folder,
     assert shadow.sun_from_source(zipped) == shadow.SunAngles(151.7, 35.2, "MTD_TL.xml")
 
 
+@pytest.mark.slow
 def test_sun_angles_from_gdal_tags_and_stac_properties(band_folder, tmp_path):
     tiff = stack_bands(band_folder, tmp_path / "tagged.tif", BANDS)
     with rasterio.open(tiff, "r+") as ds:
@@ -92,6 +94,7 @@ def _label_direction(labels: np.ndarray) -> float:
     return best_azimuth
 
 
+@pytest.mark.slow
 def test_the_estimated_sun_agrees_with_the_labels_shadows(labeled_s2, tmp_path):
     scene, _ = labeled_s2
     options = SegmentOptions(model="ukis-csmask-6b-l1c", shadow_geometry=True, stats=None)
@@ -102,6 +105,7 @@ def test_the_estimated_sun_agrees_with_the_labels_shadows(labeled_s2, tmp_path):
     assert _angle_between(sun["azimuth"], _label_direction(scene.reference())) <= 20
 
 
+@pytest.mark.slow
 def test_the_step_moves_only_shadow_and_clear_and_counts_what_it_changed(labeled_s2, tmp_path):
     scene, _ = labeled_s2
     model = "ukis-csmask-6b-l1c"
@@ -131,6 +135,7 @@ def test_the_step_moves_only_shadow_and_clear_and_counts_what_it_changed(labeled
 AKNY = "oncloudn_l2a/akny"
 
 
+@pytest.mark.slow
 def test_the_estimate_agrees_with_the_sun_at_the_chips_place_and_time(
     real_data, tmp_path, monkeypatch
 ):
@@ -169,6 +174,7 @@ def wide_chip(real_data, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_the_same_mask_over_column_blocks_and_strip_sizes(wide_chip, tmp_path, monkeypatch):
     base = {"model": MODEL, "shadow_geometry": True}
     one = segment(wide_chip, tmp_path / "one.tif", SegmentOptions(**base))
@@ -199,6 +205,7 @@ def test_the_same_mask_over_column_blocks_and_strip_sizes(wide_chip, tmp_path, m
     assert not left.exists()
 
 
+@pytest.mark.slow
 def test_no_shadow_is_added_on_a_cloud_free_patch(real_data):
     chip = []
     for band in BANDS:
@@ -224,6 +231,7 @@ def test_no_shadow_is_added_on_a_cloud_free_patch(real_data):
         assert with_step.shadow_geometry is not None
 
 
+@pytest.mark.slow
 def test_cancel_during_the_step_leaves_no_output(multiband, tmp_path):
     seen = []
 
@@ -244,6 +252,7 @@ def test_cancel_during_the_step_leaves_no_output(multiband, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_cli_says_what_the_step_did_and_explain_refuses_it(multiband, tmp_path, venv_env):
     import subprocess
 
@@ -281,6 +290,7 @@ def test_the_prior_projects_away_from_the_sun():
     assert not prior[:15].any()
 
 
+@pytest.mark.slow
 def test_shadow_beside_a_swath_edge_is_kept(real_data, tmp_path):
     """Where the sun shines over pixels without data, a cloud there is unseen: keep shadow."""
     scene = stack_bands(real_data / AKNY, tmp_path / "akny.tif", BANDS)
@@ -310,6 +320,7 @@ def test_shadow_beside_a_swath_edge_is_kept(real_data, tmp_path):
     assert prior[:, 46:56].all() and not prior[:, :40].any()
 
 
+@pytest.mark.slow
 def test_the_changed_count_follows_the_runs_thresholds(labeled_s2, tmp_path):
     scene, _ = labeled_s2
     base = {"model": "ukis-csmask-6b-l1c", "shadow_threshold": 0.6, "cloud_threshold": 0.4}

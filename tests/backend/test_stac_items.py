@@ -84,6 +84,7 @@ def full_run(band_folder, tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_a_run_writes_an_item_pystac_reads_with_its_outputs_and_statistics(
     full_run, band_folder, real_data
 ):
@@ -131,6 +132,7 @@ def test_a_run_writes_an_item_pystac_reads_with_its_outputs_and_statistics(
         assert any(f"/{extension}/" in uri for uri in item.stac_extensions), extension
 
 
+@pytest.mark.slow
 def test_the_command_line_writes_the_item_and_checks_it_as_an_output(
     band_folder, tmp_path, venv_env
 ):
@@ -155,6 +157,7 @@ def test_the_command_line_writes_the_item_and_checks_it_as_an_output(
     assert not (tmp_path / "m2.tif").exists() and not (tmp_path / "m3.tif").exists()
 
 
+@pytest.mark.slow
 def test_a_cancelled_run_leaves_no_item_and_the_earlier_one_as_it_was(band_folder, tmp_path):
     item_path = tmp_path / "m.json"
     item_path.write_text("earlier")
@@ -181,6 +184,7 @@ def test_an_item_output_over_an_input_or_of_another_suffix_is_refused(band_folde
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken.json"]
 
 
+@pytest.mark.slow
 def test_a_safe_product_gives_the_item_its_sensing_time(band_folder, make_safe, tmp_path):
     safe = make_safe(band_folder, tmp_path)
     item_path = tmp_path / "m.json"
@@ -209,6 +213,7 @@ def band_item(real_data, folder, chip="adwp", relative=True):
     return path
 
 
+@pytest.mark.slow
 def test_a_stac_item_input_segments_its_bands_and_its_item_derives_from_it(
     real_data, full_run, tmp_path
 ):
@@ -269,6 +274,7 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_a_stac_item_by_url_reads_its_assets_over_http(real_data, tmp_path):
     served = tmp_path / "served"
     served.mkdir()
@@ -316,6 +322,7 @@ def collection_items(out):
     return {i.id: i for i in collection.get_items()}, collection
 
 
+@pytest.mark.slow
 def test_a_batch_leaves_an_item_per_done_scene_and_a_collection_of_them(three_scenes, tmp_path):
     out = tmp_path / "out"
     result = run_batch([three_scenes], out)
@@ -346,6 +353,7 @@ def test_a_batch_leaves_an_item_per_done_scene_and_a_collection_of_them(three_sc
     assert (summary.minimum, summary.maximum) == (min(covers), max(covers))
 
 
+@pytest.mark.slow
 def test_a_rerun_keeps_every_item_and_repairs_what_a_killed_run_left(three_scenes, tmp_path):
     out = tmp_path / "out"
     run_batch([three_scenes], out)
@@ -374,6 +382,7 @@ def test_a_rerun_keeps_every_item_and_repairs_what_a_killed_run_left(three_scene
     check_assets(items["adwu-top"])
 
 
+@pytest.mark.slow
 def test_batch_items_of_stac_inputs_derive_from_them(real_data, tmp_path):
     source = tmp_path / "source"
     source.mkdir()
@@ -401,6 +410,7 @@ def test_a_scene_named_like_the_batch_stac_files_is_refused(batch_scenes, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_items_and_collection_on_s3(batch_scenes, s3_server, s3_bucket, tmp_path):
     import boto3
 
@@ -438,6 +448,7 @@ def test_items_and_collection_on_s3(batch_scenes, s3_server, s3_bucket, tmp_path
     assert again.counts() == {"skipped": 2}
 
 
+@pytest.mark.slow
 def test_a_scene_without_georeferencing_gets_an_item_without_a_footprint(band_folder, tmp_path):
     from rasterio.transform import Affine
 

@@ -10,6 +10,7 @@ from cloudseg.backend.inference.segment import SegmentOptions, segment
 UKIS_BANDS = ["blue", "green", "red", "nir", "swir16", "swir22"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scene", ["landsat5", "landsat7"])
 def test_pixel_agreement_with_ukis_csmask_on_labeled_real_scenes(real_data, tmp_path, scene):
     data = np.load(real_data / "ukis_landsat" / f"{scene}.npz")

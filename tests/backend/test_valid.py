@@ -42,6 +42,7 @@ def _class_raster(path, classes):
         ds.write(classes, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_the_buffer_is_scipys_dilation_and_the_same_for_any_strip_height(
     multiband, tmp_path, venv_env
@@ -109,6 +110,7 @@ def test_the_default_decision_is_the_argmax_byte_for_byte_and_thresholds_move_it
     np.testing.assert_array_equal(shadow == 2, (probs[2] >= 0.3) & (argmax != 1))
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_default_sensitivity_reproduces_todays_mask_and_a_threshold_changes_it(
     multiband, tmp_path, venv_env

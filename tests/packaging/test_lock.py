@@ -96,6 +96,7 @@ def test_every_wheel_this_platform_installs_has_a_known_size():
             assert files, f"no size for {pin.name}=={pin.version}: run make lock"
 
 
+@pytest.mark.slow
 def test_metadata_about_and_readme_table_are_generated_from_the_list():
     assert metadata_about(ROOT) == about_text(), "run make lock (or scripts/lock.py --texts-only)"
     readme = (ROOT / "README.md").read_text(encoding="utf-8")

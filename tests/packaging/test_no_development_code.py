@@ -15,6 +15,7 @@ import importlib.util
 import zipfile
 from pathlib import Path
 
+import pytest
 from package_tree import ROOT, tree_modules
 
 #: Folders of the checkout for developers only.
@@ -97,5 +98,6 @@ def test_the_plugin_zip_holds_what_users_run_and_no_development_code(tmp_path):
     assert_no_development_code(zipfile.ZipFile(built).namelist())
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_what_users_run_and_no_development_code(wheel):
     assert_no_development_code(zipfile.ZipFile(wheel).namelist())

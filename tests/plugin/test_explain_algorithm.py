@@ -30,6 +30,7 @@ def _results() -> dict[str, QgsRasterLayer]:
     return {node.layer().name(): node.layer() for node in group.findLayers()}
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_two_classes_load_as_two_heat_maps_named_after_the_input(plugin, chip_layer, tmp_path):
     full = chip_layer.extent()

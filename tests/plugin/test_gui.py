@@ -145,6 +145,7 @@ def test_dock_card_of_a_finetuned_version_shows_its_held_out_iou(plugin, tmp_pat
     assert f"before ({base.name}): clear 0.900, cloud 0.856, cloud shadow 0.700" in text
 
 
+@pytest.mark.slow
 def test_dock_runs_a_task_to_completion_and_adds_styled_layers(
     plugin, qgis_iface, layers, tmp_path, wait_for
 ):
@@ -172,6 +173,7 @@ def test_dock_runs_a_task_to_completion_and_adds_styled_layers(
     assert dock.run_button.isEnabled() and dock.progress.value() == 100
 
 
+@pytest.mark.slow
 def test_dock_writes_the_valid_pixels_as_a_grey_layer(
     plugin, qgis_iface, layers, tmp_path, wait_for
 ):
@@ -195,6 +197,7 @@ def test_dock_writes_the_valid_pixels_as_a_grey_layer(
     assert f"{100 * (valid == 1).mean():.1f} % usable" in dock.status_label.text()
 
 
+@pytest.mark.slow
 def test_cancelled_dock_run_leaves_nothing_behind(plugin, qgis_iface, layers, tmp_path, wait_for):
     dock = open_dock(plugin, tmp_path)
     dock.probabilities_check.setChecked(True)
@@ -215,6 +218,7 @@ def test_dock_refuses_a_vector_layer_with_a_clear_message(plugin, qgis_iface, la
     assert "raster layer" in dock.status_label.text()
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_dock_explains_the_view_as_a_styled_heat_map(
     plugin, qgis_iface, layers, tmp_path, wait_for
@@ -256,6 +260,7 @@ def _shown(group):
     return {node.layer().source() for node in group.findLayers() if node.isVisible()}
 
 
+@pytest.mark.slow
 def test_a_run_into_a_hidden_results_group_shows_on_the_map(
     plugin, qgis_iface, layers, tmp_path, wait_for
 ):
@@ -276,6 +281,7 @@ def test_a_run_into_a_hidden_results_group_shows_on_the_map(
     assert not earlier & _shown(results)
 
 
+@pytest.mark.slow
 def test_an_explanation_inside_a_hidden_group_shows_on_the_map(
     plugin, qgis_iface, layers, tmp_path, wait_for
 ):
@@ -304,6 +310,7 @@ def test_an_explanation_inside_a_hidden_group_shows_on_the_map(
     assert not root.findLayer(kept.id()).isVisible()  # hidden before, hidden still
 
 
+@pytest.mark.slow
 def test_results_are_named_after_the_band_folder_and_apart_run_by_run(
     plugin, qgis_iface, layers, band_folder, tmp_path, wait_for
 ):

@@ -7,6 +7,7 @@ import pytest
 from qgis.core import QgsProcessingException
 
 
+@pytest.mark.slow
 def test_ingest_algorithm_builds_the_store_and_reports_failures(plugin, real_data, tmp_path):
     store = tmp_path / "store"
     params = {"SOURCE": str(real_data / "cloudsen12_figures"), "DESTINATION": str(store)}

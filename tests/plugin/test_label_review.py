@@ -44,6 +44,7 @@ def _layers():
     }
 
 
+@pytest.mark.slow
 def test_review_accept_correct_drop_and_training_follows(review, tmp_path, wait_for):
     panel, result, cloudiest, stored = review
     panel.show_dashboard = False
@@ -130,6 +131,7 @@ def test_review_accept_correct_drop_and_training_follows(review, tmp_path, wait_
     assert "Label quality" in page.read_text() and cloudiest in page.read_text()
 
 
+@pytest.mark.slow
 def test_a_bad_report_is_one_clear_message(review, tmp_path):
     panel = review[0]
     bad = tmp_path / "label_issues.json"
@@ -141,6 +143,7 @@ def test_a_bad_report_is_one_clear_message(review, tmp_path):
     assert len(messages) == 1 and "not a label check report" in messages[0]
 
 
+@pytest.mark.slow
 def test_a_missing_check_raster_is_said_and_the_rest_shown(review, wait_for):
     panel, result, _, _ = review
     panel.show_dashboard = False

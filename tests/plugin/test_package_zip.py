@@ -55,6 +55,7 @@ def test_zip_holds_every_package_module_and_data_file_of_the_tree(plugin_zip):
     assert "cloudseg/setup.py" not in names
 
 
+@pytest.mark.slow
 def test_zip_installs_into_an_empty_profile_and_loads(plugin_zip, tmp_path, venv_env):
     plugins_dir = tmp_path / "profile" / "python" / "plugins"
     helper = Path(__file__).with_name("zip_install_helper.py")

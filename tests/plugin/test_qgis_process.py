@@ -30,6 +30,7 @@ def qgis_process(*args, env):
     )
 
 
+@pytest.mark.slow
 def test_qgis_process_lists_and_runs_the_cloudseg_provider(qgis_process_env, tmp_path):
     enabled = qgis_process("plugins", "enable", "cloudseg", env=qgis_process_env)
     assert enabled.returncode == 0, enabled.stderr
@@ -54,6 +55,7 @@ def test_qgis_process_lists_and_runs_the_cloudseg_provider(qgis_process_env, tmp
     assert json.loads(report.read_text())["device"] == results["DEVICE"]
 
 
+@pytest.mark.slow
 def test_qgis_process_segments_a_real_chip(qgis_process_env, multiband, tmp_path):
     assert qgis_process("plugins", "enable", "cloudseg", env=qgis_process_env).returncode == 0
     out = tmp_path / "mask.tif"
@@ -97,6 +99,7 @@ def test_qgis_process_segments_a_real_chip(qgis_process_env, multiband, tmp_path
     assert not (tmp_path / "other.tif").exists()
 
 
+@pytest.mark.slow
 def test_qgis_process_writes_uncertainty_then_proposals_on_a_real_chip(
     qgis_process_env, multiband, tmp_path
 ):
@@ -199,6 +202,7 @@ def test_qgis_process_writes_uncertainty_then_proposals_on_a_real_chip(
     assert runs == ["mask.tif", "uncertainty.tif"]
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_qgis_process_explains_a_real_chip(qgis_process_env, multiband, tmp_path):
     """cloudseg:explain headless: a georeferenced 0-1 map of an extent of the chip."""
@@ -234,6 +238,7 @@ def test_qgis_process_explains_a_real_chip(qgis_process_env, multiband, tmp_path
     assert values.min() >= 0 and values.max() <= 1
 
 
+@pytest.mark.slow
 def test_qgis_process_segments_a_folder_as_a_batch(qgis_process_env, batch_scenes, tmp_path):
     assert qgis_process("plugins", "enable", "cloudseg", env=qgis_process_env).returncode == 0
     out = tmp_path / "masks"

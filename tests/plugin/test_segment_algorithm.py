@@ -34,6 +34,7 @@ def chip_layer(multiband):
     QgsProject.instance().layerTreeRoot().removeAllChildren()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["auto", "fp32"])
 def test_algorithm_writes_the_engines_mask_and_percentages(
     plugin, chip_layer, multiband, tmp_path, precision
@@ -63,6 +64,7 @@ def test_algorithm_writes_the_engines_mask_and_percentages(
     assert 0 < result["CLOUD_PERCENT"] < 100
 
 
+@pytest.mark.slow
 def test_advanced_resolution_runtime_and_tiling_reach_the_engine(plugin, chip_layer, tmp_path):
     """The same options by name as the command line, with the same masks."""
     options = SegmentOptions(
@@ -92,6 +94,7 @@ def test_advanced_resolution_runtime_and_tiling_reach_the_engine(plugin, chip_la
     assert "preview" in alg.shortHelpString() and "cloud IoU" in alg.shortHelpString()
 
 
+@pytest.mark.slow
 def test_results_load_as_styled_layers_in_a_group(plugin, chip_layer, tmp_path):
     result = processing.runAndLoadResults(
         "cloudseg:segment",
@@ -138,6 +141,7 @@ def test_results_load_as_styled_layers_in_a_group(plugin, chip_layer, tmp_path):
     assert min(f["area_m2"] for f in polygons.getFeatures()) >= 2000
 
 
+@pytest.mark.slow
 def test_polygons_cover_the_cloud_pixels(plugin, chip_layer, tmp_path):
     result = processing.run(
         "cloudseg:segment",
@@ -263,6 +267,7 @@ def test_the_valid_mask_loads_styled_with_its_usable_share(plugin, chip_layer, t
     assert classes_drawn == {1: 0, 0: 190}  # usable transparent, the rest grey
 
 
+@pytest.mark.slow
 def test_shadow_geometry_reaches_the_engine_and_the_log(plugin, real_data, tmp_path):
     from cloudseg.backend.choices import SHADOW_GEOMETRY_EFFECT
 
@@ -296,6 +301,7 @@ def test_shadow_geometry_reaches_the_engine_and_the_log(plugin, real_data, tmp_p
     assert SHADOW_GEOMETRY_EFFECT in parameter.help()
 
 
+@pytest.mark.slow
 def test_results_show_on_the_map_when_the_results_group_is_hidden(plugin, chip_layer, tmp_path):
     """Issue 39, item 13, through Processing: results land in a hidden group, yet show."""
     results = QgsProject.instance().layerTreeRoot().insertGroup(0, "Cloud segmentation")
@@ -319,6 +325,7 @@ def band_layer(band_folder):
     QgsProject.instance().layerTreeRoot().removeAllChildren()
 
 
+@pytest.mark.slow
 def test_a_band_files_results_are_named_after_its_folder_and_apart(
     plugin, band_layer, band_folder, tmp_path
 ):

@@ -12,6 +12,7 @@ from qgis.core import QgsProcessingException, QgsProcessingFeedback
 pytestmark = pytest.mark.real_data
 
 
+@pytest.mark.slow
 def test_processing_batch_mode_runs_segment_per_row(plugin, batch_scenes, tmp_path):
     """The Batch Processing dialog (QGIS's own) with three rows: two scenes and a bad one."""
     from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
@@ -49,6 +50,7 @@ def test_processing_batch_mode_runs_segment_per_row(plugin, batch_scenes, tmp_pa
     dialog.close()
 
 
+@pytest.mark.slow
 def test_segment_batch_through_processing_and_its_cancel(plugin, batch_scenes, tmp_path):
     out = tmp_path / "masks"
     result = processing.run(

@@ -44,6 +44,7 @@ def _config(store, tmp_path, epochs=2):
     return path
 
 
+@pytest.mark.slow
 def test_train_export_evaluate_and_segment_with_the_exported_model(
     plugin, store, real_data, tmp_path
 ):
@@ -111,6 +112,7 @@ def test_train_export_evaluate_and_segment_with_the_exported_model(
     assert (tmp_path / "eval-store" / "confusion.png").is_file()
 
 
+@pytest.mark.slow
 def test_cancelled_training_writes_no_model_and_errors_are_processing_exceptions(
     plugin, store, tmp_path
 ):
@@ -140,6 +142,7 @@ def test_cancelled_training_writes_no_model_and_errors_are_processing_exceptions
         )
 
 
+@pytest.mark.slow
 def test_train_takes_its_main_settings_as_parameters_over_the_config(plugin, store, tmp_path):
     # The config names no usable store and other bands: the parameters win.
     config = _config(tmp_path / "no-such-store", tmp_path)

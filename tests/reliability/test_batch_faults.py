@@ -79,6 +79,7 @@ def _listening(pid: int, children: bool = True) -> set[tuple[str, int]]:
     return found
 
 
+@pytest.mark.slow
 def test_a_local_batch_listens_on_loopback_only_and_needs_its_own_key(
     workspace, batch_scenes, tmp_path
 ):
@@ -164,6 +165,7 @@ def _pem_files(folder: Path) -> tuple[object, dict[str, str]]:
     return security, env
 
 
+@pytest.mark.slow
 def test_a_tls_scheduler_runs_the_batch_with_dask_security_settings(workspace, scenes, tmp_path):
     from distributed import LocalCluster
 
@@ -191,6 +193,7 @@ def test_a_tls_scheduler_runs_the_batch_with_dask_security_settings(workspace, s
 
 
 # -- 6. network reads that never answer --------------------------------------------------------
+@pytest.mark.slow
 def test_an_s3_output_that_never_answers_stops_at_once_with_one_line(
     workspace, scenes, silent_server
 ):
@@ -207,6 +210,7 @@ def test_an_s3_output_that_never_answers_stops_at_once_with_one_line(
     assert workspace.snapshot() == before
 
 
+@pytest.mark.slow
 def test_an_s3_input_that_never_answers_is_one_line_and_creates_nothing(workspace, silent_server):
     workspace.env |= FAST | {"MINIO_ACCESS_KEY": "key", "MINIO_SECRET_KEY": "secret"}
     before = workspace.snapshot()
@@ -222,6 +226,7 @@ def _item(item_id: str, assets: dict[str, dict[str, object]]) -> dict[str, objec
     return {"type": "Feature", "stac_version": "1.0.0", "id": item_id, "assets": assets}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["band assets", "image asset"])
 def test_assets_on_a_server_that_never_answers_fail_their_scene_alone(
     workspace, real_data, silent_server, form
@@ -257,6 +262,7 @@ def test_assets_on_a_server_that_never_answers_fail_their_scene_alone(
 
 
 # -- 8. the output folder holds only the batch's own files -------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["manifest", "MANIFEST", "Manifest"])
 def test_a_scene_named_like_the_manifest_is_refused(workspace, scenes, name):
     shutil.copy2(scenes / "adwp-top.tif", scenes / f"{name}.tif")
@@ -266,6 +272,7 @@ def test_a_scene_named_like_the_manifest_is_refused(workspace, scenes, name):
     assert workspace.snapshot() == before and not (workspace.root / "masks").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("item_id", ["manifest", "../escaped", ".hidden", "a/b", ""])
 def test_an_item_id_that_is_not_a_plain_scene_name_is_refused(workspace, real_data, item_id):
     chip = real_data / "oncloudn_l2a" / "adwp"
@@ -278,6 +285,7 @@ def test_an_item_id_that_is_not_a_plain_scene_name_is_refused(workspace, real_da
     assert not (workspace.root / "masks").exists() and not (workspace.root / "escaped.tif").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("foreign", ["adwu-top.tif", "adwu-top.json", "manifest.json"])
 def test_files_the_batch_did_not_write_are_kept_unless_overwrite(workspace, scenes, foreign):
     masks = workspace.root / "masks"
@@ -295,6 +303,7 @@ def test_files_the_batch_did_not_write_are_kept_unless_overwrite(workspace, scen
         assert ds.read(1).shape == (256, 512)
 
 
+@pytest.mark.slow
 def test_a_rerun_redoes_a_truncated_mask_and_a_changed_input_and_skips_the_rest(workspace, scenes):
     masks = workspace.root / "masks"
     first = batch(workspace, scenes, "--out", "masks")
@@ -360,6 +369,7 @@ def _wait_gone(group: int, seconds: float = 30) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_a_killed_batch_leaves_nothing_that_the_next_run_keeps(workspace, scenes, tmp_path):
     masks = tmp_path / "masks"
     process = subprocess.Popen(
@@ -404,6 +414,7 @@ def test_a_killed_batch_leaves_nothing_that_the_next_run_keeps(workspace, scenes
     assert sorted(i.id for i in linked) == sorted(p.stem for p in scenes.iterdir())
 
 
+@pytest.mark.slow
 def test_a_second_batch_on_the_same_folder_is_refused_while_the_first_runs(
     workspace, scenes, tmp_path, silent_server
 ):
@@ -434,6 +445,7 @@ def test_a_second_batch_on_the_same_folder_is_refused_while_the_first_runs(
     assert manifest["complete"] and len(manifest["records"]) == 4
 
 
+@pytest.mark.slow
 def test_a_batch_leaves_the_input_folder_as_it_was(workspace, scenes):
     before = snapshot(scenes)
     result = batch(workspace, scenes, "--out", "masks")
@@ -441,6 +453,7 @@ def test_a_batch_leaves_the_input_folder_as_it_was(workspace, scenes):
     assert snapshot(scenes) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("listing", "item_id"), [("items.json", "items"), ("manifest.json", "x")])
 def test_a_stac_file_in_the_output_folder_is_never_replaced(workspace, listing, item_id):
     # Even with --overwrite: the Item's record, or the manifest, would replace the input.
@@ -454,6 +467,7 @@ def test_a_stac_file_in_the_output_folder_is_never_replaced(workspace, listing, 
     assert workspace.snapshot() == before
 
 
+@pytest.mark.slow
 def test_an_s3_output_that_stops_answering_mid_run_stops_the_batch_with_one_line(
     workspace, batch_scenes, tmp_path
 ):
@@ -505,6 +519,7 @@ def test_an_s3_output_that_stops_answering_mid_run_stops_the_batch_with_one_line
     assert seconds < 2 * (3 * (1 + 1) + 2) + STARTUP
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("variable", "value"),
     [("CLOUDSEG_READ_TIMEOUT", "soon"), ("CLOUDSEG_CONNECT_TIMEOUT", "0"),

@@ -65,6 +65,7 @@ def _put(values: list[float], positions: list[tuple[int, int]], bands=slice(None
 
 
 # -- 1. non-finite values are nodata and change no other pixel ---------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("resolution", ["native", "preview"])
 def test_non_finite_pixels_are_nodata_and_leave_every_other_pixel_as_declared_nodata_does(
     workspace, resolution
@@ -83,6 +84,7 @@ def test_non_finite_pixels_are_nodata_and_leave_every_other_pixel_as_declared_no
     assert (hostile != 255).sum() == hostile.size - len(positions)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("band", [0, 3])
 def test_inf_in_one_band_of_a_folder_of_band_files_is_nodata_too(workspace, band):
     """Another reader (a folder of band files), one band only: the same rule."""
@@ -106,6 +108,7 @@ def test_inf_in_one_band_of_a_folder_of_band_files_is_nodata_too(workspace, band
     assert hostile[7, 9] == 255
 
 
+@pytest.mark.slow
 def test_one_inf_pixel_gets_a_warning_not_a_silent_change(workspace):
     _float_copy(workspace, "hostile.tif", _put([np.inf], [(100, 120)]))
     result = workspace.cli(
@@ -115,6 +118,7 @@ def test_one_inf_pixel_gets_a_warning_not_a_silent_change(workspace):
     assert "not finite" in result.stdout  # the result's warnings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("case", "change"),
     [
@@ -139,6 +143,7 @@ def test_a_scene_largely_non_finite_is_refused_in_one_line(workspace, case, chan
     assert workspace.snapshot() == before
 
 
+@pytest.mark.slow
 def test_rows_of_inf_run_anyway_are_nodata_and_the_rest_as_declared_nodata(workspace):
     _float_copy(
         workspace, "hostile.tif", lambda d: d.__setitem__((slice(None), slice(0, 40)), np.inf)
@@ -200,6 +205,7 @@ def cards_that_lie(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args",
     [
@@ -242,6 +248,7 @@ def test_explain_within_its_budget_never_spreads_an_inf_pixel(workspace):
 
 
 # -- 9. extents, URLs and cards that do not describe their network ------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["segment", "explain"])
 @pytest.mark.parametrize(
     ("extent", "words"),
@@ -259,6 +266,7 @@ def test_an_extent_that_is_not_a_box_gets_one_line(workspace, unchanged, command
     unchanged()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["segment", "explain", "evaluate"])
 @pytest.mark.parametrize("card", ["four-classes", "two-classes", "three-bands"])
 def test_a_card_that_does_not_fit_its_network_is_refused_at_load(
@@ -279,6 +287,7 @@ def test_a_card_that_does_not_fit_its_network_is_refused_at_load(
     unchanged()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
@@ -298,6 +307,7 @@ def test_a_url_is_named_intact_in_one_line(workspace, unchanged, url, shown, com
 
 
 # -- ingest reads whole arrays for a store, not through the scene reader ------------------------
+@pytest.mark.slow
 def test_ingest_refuses_a_scene_with_inf_in_one_line_and_keeps_the_others(workspace, real_data):
     """A store holds training arrays without nodata: such a scene is not ingested."""
     source = workspace.root / "dataset"

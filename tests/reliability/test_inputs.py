@@ -24,6 +24,7 @@ def _write_like(path, data, source, **changes):
 
 
 # -- 2. values that are not reflectance ----------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize(("factor", "words"), [(10, "above reflectance 1.6"), (0.01, "darker")])
 def test_reflectance_on_the_wrong_scale_is_refused(workspace, factor, words):
     with rasterio.open(workspace.scene) as src:
@@ -60,6 +61,7 @@ def test_a_damaged_geotiff_names_the_file_and_the_window(workspace, damage):
     assert workspace.snapshot() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", [b"not a checkpoint", b"PK\x03\x04broken zip"])
 @pytest.mark.parametrize("command", ["segment", "export", "evaluate"])
 def test_a_model_file_that_cannot_be_loaded_gets_one_line(workspace, content, command):
@@ -79,6 +81,7 @@ def test_a_model_file_that_cannot_be_loaded_gets_one_line(workspace, content, co
 
 
 # -- 6. a scene too wide for the memory budget -------------------------------------------------
+@pytest.mark.slow
 def test_a_budget_too_small_is_refused_up_front_with_the_estimate(workspace, unchanged):
     line = error_line(workspace.cli("segment", "scene.tif", "m.tif", "-q", "--max-memory", "500M"))
     assert "needs about" in line and "GiB of memory" in line and "--max-memory" in line
@@ -97,6 +100,7 @@ def test_a_band_off_the_grid_by_half_a_pixel_is_refused(workspace):
     assert workspace.snapshot() == before
 
 
+@pytest.mark.slow
 def test_safe_metadata_pointing_outside_the_product_is_refused(workspace, make_safe):
     safe = make_safe(workspace.chip, workspace.root / "products")
     metadata = next(safe.glob("MTD_MSI*.xml"))
@@ -113,6 +117,7 @@ def test_safe_metadata_pointing_outside_the_product_is_refused(workspace, make_s
 DATASET = "cloudsen12_figures"
 
 
+@pytest.mark.slow
 def test_an_s3_endpoint_that_never_answers_times_out_with_one_line(
     workspace, silent_server, real_data
 ):
@@ -150,6 +155,7 @@ def test_a_missing_env_file_is_an_error(workspace, unchanged):
     unchanged()
 
 
+@pytest.mark.slow
 def test_training_and_evaluating_a_missing_store_create_nothing(workspace):
     config = workspace.root / "train.yaml"
     config.write_text("data:\n  store: no-store\noutput: run\n")

@@ -173,6 +173,7 @@ def _refused(work: Workspace, args: list, *words: str) -> str:
 
 
 # -- 2. a project whose layers are in another CRS than the scene ----------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("crs", "layers"),
     [
@@ -196,6 +197,7 @@ def test_a_project_in_another_crs_stores_the_same_labels(label_template, project
         assert differ.mean() <= 0.005, name
 
 
+@pytest.mark.slow
 def test_labels_moved_into_another_crs_and_added_again_land_in_the_same_box(project):
     """A project in degrees takes new labels from the UTM truth: they are moved into it."""
     _reproject(project.root / PROJECT, "EPSG:4326", ("labels", "proposals"))
@@ -207,6 +209,7 @@ def test_labels_moved_into_another_crs_and_added_again_land_in_the_same_box(proj
     assert len(json.loads(done.stdout)["ingested"]) == 4
 
 
+@pytest.mark.slow
 def test_proposing_again_into_a_project_in_degrees_gives_the_same_boxes(project):
     """New boxes avoid the labeled ones, and are written where the scene's grid says."""
     import rasterio
@@ -229,6 +232,7 @@ def test_proposing_again_into_a_project_in_degrees_gives_the_same_boxes(project)
     assert propose_again(project.root / "degrees.gpkg") == boxes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("layer", "srs_id"), [("labels", 0), ("labels", -1), ("proposals", -1)])
 def test_a_layer_without_a_crs_is_refused(project, layer, srs_id):
     """GeoPackage layers whose CRS was removed (srs_id 0: undefined geographic, -1)."""
@@ -244,6 +248,7 @@ def test_a_layer_without_a_crs_is_refused(project, layer, srs_id):
     assert not (project.root / "store").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "how",
     ["another-zone-assigned", "degrees-assigned-utm", "utm-assigned-degrees", "one-far-away"],
@@ -274,6 +279,7 @@ def test_labels_that_fall_outside_the_scene_are_refused_not_stored_clear(project
 
 
 # -- 9. what a damaged or foreign project holds ---------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("value", "words"),
     [
@@ -297,6 +303,7 @@ def test_a_class_the_model_lacks_stores_nothing(project, value, words):
     assert not (project.root / "store2").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("value", "field_type"),
     [("cloud", "string"), ("1.5", "real"), ("", "string")],
@@ -316,6 +323,7 @@ def test_a_class_that_is_not_a_whole_number_is_refused(project, value, field_typ
         _refused(project, args, "not a class value")
 
 
+@pytest.mark.slow
 def test_class_numbers_written_as_text_are_read_as_numbers(label_template, project):
     from osgeo import ogr
 
@@ -327,6 +335,7 @@ def test_class_numbers_written_as_text_are_read_as_numbers(label_template, proje
         np.testing.assert_array_equal(stored[name], labels)
 
 
+@pytest.mark.slow
 def test_an_empty_labels_layer_stores_the_done_boxes_clear(project):
     """Pixels under no polygon are clear: the analyst marked the boxes done (documented)."""
     _sql(project.root / PROJECT, "DELETE FROM labels")
@@ -385,6 +394,7 @@ DAMAGE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", list(DAMAGE))
 def test_a_damaged_or_foreign_project_gets_one_line_from_every_command(project, how):
     _damage(project.root, how)
@@ -426,6 +436,7 @@ def _user_polygons(path: Path, shapes: list[tuple[str, object]], srs: str | None
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "how", ["no-crs", "points", "far-away", "class-name", "random-bytes", "random-bytes-raster"]
 )
@@ -548,6 +559,7 @@ def _label_count(gpkg: Path) -> int:
 ADD = ["labels", "add", PROJECT, "--box", "{fid}", "--from", "truth.tif"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("trigger", "args"),
     [
@@ -590,6 +602,7 @@ def _box_envelope(gpkg: Path, fid: int) -> tuple[float, float, float, float]:
     return envelope
 
 
+@pytest.mark.slow
 def test_a_self_intersecting_polygon_is_stored_as_the_area_it_shows(project):
     """Issue 39, item 10: a bow-tie gave GDAL's raw 'TopologyException' line and 'none of
     the 1 polygon(s) lies in the box; is its CRS right?'.

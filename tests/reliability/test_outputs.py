@@ -46,6 +46,7 @@ def test_a_hard_link_to_the_input_is_refused(workspace):
 
 
 # -- 3. outputs that collide -----------------------------------------------------------------
+@pytest.mark.slow
 def test_the_mask_and_the_probabilities_on_one_file_are_refused(workspace, unchanged):
     args = ["segment", "scene.tif", "out/mask.tif", "--probabilities", "out/mask.tif"]
     line = error_line(workspace.cli(*args, "--overwrite", "-q"))
@@ -161,6 +162,7 @@ HOLD = (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["segment", "ingest", "train"])
 def test_a_second_run_on_the_same_outputs_is_refused(workspace, real_data, command):
     target, args = {
@@ -186,6 +188,7 @@ def test_a_second_run_on_the_same_outputs_is_refused(workspace, real_data, comma
         holder.wait()
 
 
+@pytest.mark.slow
 def test_a_killed_runs_lock_and_temporaries_are_cleaned_by_the_next_run(workspace):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

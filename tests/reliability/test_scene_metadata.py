@@ -84,6 +84,7 @@ def _item(path: Path, image: Path, **properties: object) -> Path:
 
 
 # -- metadata files over the size limit: read no further than it ---------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case",
     ["tile-xml-in-zip", "product-xml-in-zip", "product-xml-in-folder", "tile-xml-in-folder",
@@ -172,6 +173,7 @@ DAMAGE = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("as_zip", [False, True], ids=["folder", "zip"])
 @pytest.mark.parametrize("case", list(DAMAGE))
 def test_damaged_safe_metadata_is_one_line_naming_the_file(workspace, make_safe, case, as_zip):
@@ -210,6 +212,7 @@ def _classes(path: Path) -> np.ndarray:
         return ds.read(1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("how", "elevation"),
     [("gdal-tags", "0.001"), ("gdal-tags", "0.00001"), ("stac-item", "0.001"),

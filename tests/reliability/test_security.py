@@ -85,6 +85,7 @@ def write_payload(
     return path
 
 
+@pytest.mark.slow
 def test_the_planted_payloads_do_run_code_when_unpickled(tmp_path, venv_env):
     # The control: loading these files the unsafe way creates the markers; so a test
     # below in which the marker stays absent shows code was refused, not a dud payload.
@@ -155,6 +156,7 @@ def resumable(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "kind", "where", "form"),
     [
@@ -181,6 +183,7 @@ def test_resume_from_a_checkpoint_that_would_run_code_is_refused(
     assert workspace.snapshot() == before
 
 
+@pytest.mark.slow
 def test_resume_from_a_file_that_is_no_training_checkpoint_is_refused(workspace, store, unchanged):
     import torch
 
@@ -237,6 +240,7 @@ def _command(name: str, model: str) -> list[str]:
     }[name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("command", "kind", "where", "form"),
     [
@@ -264,6 +268,7 @@ def test_a_model_that_would_run_code_is_refused_by_every_command(
     assert workspace.snapshot() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["segment", "explain", "export"])
 def test_a_payload_with_a_valid_card_beside_it_is_refused_when_its_weights_are_read(
     workspace, card_json, command
@@ -279,6 +284,7 @@ def test_a_payload_with_a_valid_card_beside_it_is_refused_when_its_weights_are_r
     assert workspace.snapshot() == before
 
 
+@pytest.mark.slow
 def test_a_registered_model_that_would_run_code_is_refused_by_name(workspace, card_json):
     models = workspace.root.parent / "models"
     models.mkdir()
@@ -293,6 +299,7 @@ def test_a_registered_model_that_would_run_code_is_refused_by_name(workspace, ca
     assert workspace.snapshot() | {f"models/{k}": v for k, v in snapshot(models).items()} == before
 
 
+@pytest.mark.slow
 def test_a_starting_model_that_would_run_code_is_refused_by_train(workspace, store):
     marker = workspace.root.parent / "marker"
     write_payload(workspace.root / "start.pt", marker, "subprocess")
@@ -304,6 +311,7 @@ def test_a_starting_model_that_would_run_code_is_refused_by_train(workspace, sto
     assert workspace.snapshot() == before  # no run folder either
 
 
+@pytest.mark.slow
 def test_label_check_refuses_a_model_that_would_run_code_and_leaves_the_store(workspace, store):
     stored = workspace.root / "store"
     shutil.copytree(store, stored)
@@ -332,6 +340,7 @@ def label_project(workspace, labeled_s2) -> tuple[Path, Path]:
     return project, scene.image
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["fine-tune", "labels-to-store"])
 def test_the_label_loop_refuses_a_model_that_would_run_code(workspace, label_project, command):
     project, scene = label_project
@@ -348,6 +357,7 @@ def test_the_label_loop_refuses_a_model_that_would_run_code(workspace, label_pro
     assert workspace.snapshot() == before
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 @pytest.mark.parametrize(
     "item_id", ["../../../../{victim}/victim", "/{victim}/victim", "a/../../b"]

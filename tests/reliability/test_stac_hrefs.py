@@ -42,6 +42,7 @@ def _plain(path: Path) -> None:
         assert HREF.match(href), f"{path.name}: {href!r}"
 
 
+@pytest.mark.slow
 def test_a_batch_of_awkward_names_writes_a_collection_pystac_reads_back(workspace):
     """Issue 39, item 10: with ``h#ash.tif`` the collection linked ``./h#ash.stac.json``,
     which pystac reads as ``./h`` (and a fragment): the collection could not be read."""
@@ -70,6 +71,7 @@ def test_a_batch_of_awkward_names_writes_a_collection_pystac_reads_back(workspac
     _plain(out / "collection.json")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["h#ash m", "per%cent", "new\nline"])
 def test_an_item_of_an_awkward_output_name_has_encoded_hrefs_and_a_plain_id(workspace, name):
     """``segment --stac-item`` names the user's own files: its hrefs are percent-encoded

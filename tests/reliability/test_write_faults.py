@@ -157,16 +157,19 @@ def test_segment_on_a_disk_that_fills_up_at_any_stage_keeps_the_earlier_outputs(
     assert all(f"in {workspace.out}" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_explain_on_a_full_disk_gets_one_line(workspace, namespaces):
     run = on_full_disk(workspace, 16 << 10, "explain", "scene.tif", "out/cam.tif", "-q")
     check_refused(run)
 
 
+@pytest.mark.slow
 def test_report_on_a_full_disk_gets_one_line(workspace, namespaces, store_for_report):
     run = on_full_disk(workspace, 64 << 10, "report", str(store_for_report), "--out", "out/d.html")
     check_refused(run)
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_full_disk_gets_one_line(workspace, namespaces):
     (workspace.out / "report").mkdir()
     args = [
@@ -199,6 +202,7 @@ def torch_model(workspace) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_export_on_a_full_disk_gets_one_line(workspace, namespaces, torch_model):
     check_refused(on_full_disk(workspace, 1 << 20, "export", "tiny.pt", "out/tiny.onnx"))
 
@@ -222,6 +226,7 @@ def _limited(size: int):
     return limit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [4 << 10, 24 << 10])
 def test_segment_past_the_file_size_limit_gets_one_line(workspace, unchanged, size):
     args = ["cloudseg", *workspace.segment_args(), "--overwrite"]
@@ -241,6 +246,7 @@ def test_segment_past_the_file_size_limit_gets_one_line(workspace, unchanged, si
 
 
 # -- report --out: the output contract --------------------------------------------------------
+@pytest.mark.slow
 def test_report_out_replaces_a_file_only_when_asked(workspace, store_for_report):
     page = workspace.root / "page.html"
     page.write_text("a page the user keeps\n")

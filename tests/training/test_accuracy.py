@@ -79,6 +79,7 @@ def test_preview_on_10m_input_costs_accuracy_that_native_keeps(scenes, tmp_path,
     assert preview["cloud shadow"] < native["cloud shadow"] - 0.02
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_evaluation_scores_the_mask_segment_writes_with_thresholds(scenes, tmp_path):
     """Cloud and shadow thresholds move the metrics exactly as they move the mask."""

@@ -12,6 +12,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "dev" / "benchmark_run_cost.py"
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_the_benchmark_writes_its_json_and_plot(real_data, tmp_path, venv_env):
     out, plot = tmp_path / "cost.json", tmp_path / "cost.png"

@@ -197,6 +197,7 @@ def test_a_round_that_labels_only_clear_ground_cannot_unlearn_the_other_classes(
     assert not entry.adopted and entry.scores["cloud"]["confident"] == cloud.confident
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_the_scene_check_covers_a_chip_whole_and_leaves_out_the_labeled_boxes(s2):
     from cloudseg.backend.raster.reader import open_scene
@@ -215,6 +216,7 @@ def test_the_scene_check_covers_a_chip_whole_and_leaves_out_the_labeled_boxes(s2
     assert left_out.sum() == 64 * 64 and left_out[200:264, 230:294].all()
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_a_cancelled_round_registers_nothing(s2, tmp_path):
     from cloudseg.training.label_round import fine_tune

@@ -14,6 +14,7 @@ from browser import chromium, load
 from cloudseg.backend.errors import CloudsegError
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_the_contradicted_chip_ranks_first_and_the_labels_stay(planted_store, tmp_path, venv_env):
     import rasterio
@@ -60,6 +61,7 @@ def test_the_contradicted_chip_ranks_first_and_the_labels_stay(planted_store, tm
     assert (flagged == 1).mean() == pytest.approx(first["flagged_share"], abs=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_the_dashboard_renders_its_plots_in_chromium_without_errors(
     checked_store, tmp_path, venv_env
@@ -115,6 +117,7 @@ def test_windows_and_flags_are_recorded_and_the_table_matches(checked_store):
     assert quality["flagged"] is True and quality["windows"] == worst["windows"]
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_a_report_written_with_a_relative_out_opens_its_rasters_from_anywhere(
     real_data, tmp_path, monkeypatch
@@ -173,6 +176,7 @@ def test_a_cancelled_check_leaves_the_earlier_report_and_creates_nothing(checked
         check_labels(copy, None, tmp_path / "x", folds=2)
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_cross_validated_folds_predict_each_scene_with_a_model_that_did_not_see_it(
     planted_store, tmp_path
@@ -234,6 +238,7 @@ def test_the_label_quality_policy_reads_flags_and_reviews():
         scene_labels(props, LabelQualityConfig(action="drop"))
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_training_leaves_out_or_down_weights_what_was_flagged(checked_store, tmp_path):
     import shutil

@@ -10,6 +10,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 BATCH = """
 import cloudseg.training.train
 from lightning.pytorch.utilities._pytree import _tree_flatten
@@ -18,6 +20,7 @@ print("flattened")
 """
 
 
+@pytest.mark.slow
 def test_a_batch_raises_no_leafspec_deprecation_warning():
     run = subprocess.run(
         [sys.executable, "-W", "always", "-c", BATCH], capture_output=True, text=True, timeout=300
@@ -26,6 +29,7 @@ def test_a_batch_raises_no_leafspec_deprecation_warning():
     assert "LeafSpec" not in run.stderr, run.stderr
 
 
+@pytest.mark.slow
 def test_other_future_warnings_are_still_shown():
     code = "import warnings, cloudseg.training.train\nwarnings.warn('kept', FutureWarning)\n"
     run = subprocess.run(

@@ -33,6 +33,7 @@ def _real_tile(real_data, card) -> np.ndarray:
     return ((image - mean) / std)[None].astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     ["ukis-csmask-4b-l1c", "ukis-csmask-4b-l2a", "ukis-csmask-6b-l1c", "ukis-csmask-6b-l2a"],
@@ -58,6 +59,7 @@ def test_ukis_weights_reproduce_onnxruntime_on_real_inputs(real_data, name):
     assert (ours.argmax(1) == reference16.argmax(1)).mean() >= 0.99
 
 
+@pytest.mark.slow
 def test_import_for_other_bands_and_classes_keeps_the_matching_weights():
     source, card = import_onnx_unet("ukis-csmask-4b-l1c")
     network, _ = import_onnx_unet("ukis-csmask-4b-l1c", bands=["B04", "B02", "B11"], classes=4)

@@ -39,6 +39,7 @@ def _cli(*args, cwd=None):
     )
 
 
+@pytest.mark.slow
 def test_short_real_training_lowers_the_loss_and_writes_a_run(trained_run):
     _config, result = trained_run
     out = result.model_path.parent
@@ -76,6 +77,7 @@ def test_short_real_training_lowers_the_loss_and_writes_a_run(trained_run):
     assert mine["accuracy"] == card.headline() and mine["accuracy"].endswith("on validation")
 
 
+@pytest.mark.slow
 def test_checkpoint_reloads_to_identical_outputs(trained_run, cs12_store):
     _, result = trained_run
     network, _card = load_checkpoint(result.model_path)
@@ -94,6 +96,7 @@ def test_checkpoint_reloads_to_identical_outputs(trained_run, cs12_store):
     assert np.allclose(probabilities, network(x).softmax(1).detach().numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_export_parity_and_the_onnx_file_segments_like_the_checkpoint(
     trained_run, real_data, tmp_path
 ):
@@ -142,6 +145,7 @@ def test_export_parity_and_the_onnx_file_segments_like_the_checkpoint(
     assert not (tmp_path / "no.tif").exists()
 
 
+@pytest.mark.slow
 def test_evaluation_on_a_store_matches_evaluation_on_the_rasters(
     trained_run, cs12_store, real_data, tmp_path
 ):
@@ -182,6 +186,7 @@ def test_evaluation_on_a_store_matches_evaluation_on_the_rasters(
     assert (tmp_path / "s" / "confusion.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_evaluate_cli_reports_metrics_and_refuses_missing_bands(cs12_store, trained_run, tmp_path):
     _, result = trained_run
     done = _cli(
@@ -206,6 +211,7 @@ def test_evaluate_cli_reports_metrics_and_refuses_missing_bands(cs12_store, trai
     assert "B08" in builtin.stderr
 
 
+@pytest.mark.slow
 def test_rerun_refuses_resume_continues_and_cancel_leaves_no_model(cs12_store, tmp_path):
     config = Config.from_dict(tiny_config(cs12_store, tmp_path / "run", epochs=1))
     first = train(config)
@@ -232,6 +238,7 @@ def test_rerun_refuses_resume_continues_and_cancel_leaves_no_model(cs12_store, t
         train(Config.from_dict(tiny_config(cs12_store, tmp_path / "other")), resume=True)
 
 
+@pytest.mark.slow
 def test_fine_tune_the_real_cloud_model_with_three_bands(cs12_store, tmp_path):
     data = tiny_config(cs12_store, tmp_path / "ft", epochs=1)
     data["model"] = {"init": "ukis-csmask-4b-l1c"}
@@ -245,6 +252,7 @@ def test_fine_tune_the_real_cloud_model_with_three_bands(cs12_store, tmp_path):
     assert card.license == "Apache-2.0" and np.isfinite(result.epoch_losses).all()
 
 
+@pytest.mark.slow
 def test_train_cli_tiny_config_and_bad_config(cs12_store, tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_config(cs12_store, tmp_path / "cli")))
@@ -266,6 +274,7 @@ def test_train_cli_tiny_config_and_bad_config(cs12_store, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_training_reads_windows_from_s3(real_data, s3_bucket, tmp_path):
     from cloudseg.backend.store.ingest import ingest
 
@@ -284,6 +293,7 @@ def test_training_reads_windows_from_s3(real_data, s3_bucket, tmp_path):
     assert result.val_metrics["pixels"] > 0
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_weights(cs12_store, tmp_path):
     data = tiny_config(cs12_store, tmp_path / "a", epochs=1)
     data["data"]["samples_per_epoch"] = 8
@@ -295,6 +305,7 @@ def test_the_same_seed_gives_the_same_weights(cs12_store, tmp_path):
     assert first.epoch_losses == second.epoch_losses
 
 
+@pytest.mark.slow
 def test_training_continues_from_a_model_pt_with_the_same_bands(trained_run, cs12_store, tmp_path):
     _, result = trained_run
     data = tiny_config(cs12_store, tmp_path / "more", epochs=1)

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.real_data
 BUFFER_M = 120
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ukis-s2-l1c", "ukis-landsat5", "ukis-landsat7"])
 def test_the_valid_mask_agrees_with_the_reference_as_ukis_csmask_tests_it(
     name, real_data, tmp_path, venv_env

@@ -243,122 +243,6 @@ def _cmd_segment_batch(args: argparse.Namespace) -> int:
     return 1 if any(r["status"] == "failed" for r in result.records) else 0
 
 
-def _cmd_propose(args: argparse.Namespace) -> int:
-    """Propose the most doubtful boxes of a scene into a label project."""
-    from .active.loop import propose_on_scene
-    from .active.propose import is_uncertainty_raster, propose
-
-    if is_uncertainty_raster(args.input):
-        proposals = propose(args.input, args.project, args.box, args.count, args.scene)
-    else:
-        with percent_bar(args.quiet) as bar:
-            proposals = propose_on_scene(
-                args.project,
-                args.input,
-                box=args.box,
-                count=args.count,
-                progress=bar_progress(bar),
-                options=run_options(args),
-            ).proposals
-    if args.json:
-        rows = [
-            {"rank": p.rank, "score": p.score, "row": p.box.row, "col": p.box.col}
-            | {"size": p.box.size}
-            for p in proposals
-        ]
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{args.project}: {len(proposals)} boxes of {args.box} px proposed (layer proposals)")
-    for p in proposals[:10]:
-        print(
-            f"  {p.rank:>3}. doubt {p.score:5.1f} %  rows {p.box.row}-{p.box.row + p.box.size}"
-            f", columns {p.box.col}-{p.box.col + p.box.size}"
-        )
-    return 0
-
-
-def _cmd_labels_to_store(args: argparse.Namespace) -> int:
-    """Add a label project's labeled boxes of a scene to a store."""
-    from .active.labels import labels_to_store
-
-    result = labels_to_store(
-        args.project,
-        args.scene,
-        args.store,
-        model=args.model,
-        endpoint_url=args.endpoint_url,
-        context=args.context,
-    )
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
-        print(
-            f"{result.store}: {len(result.ingested)} labeled box(es) added, "
-            f"{len(result.skipped)} already there, {len(result.failed)} failed"
-        )
-    if not result.failed:
-        return 0
-    for scene, reason in result.failed:
-        print(f"not added: {scene}: {reason}", file=sys.stderr)
-    print(
-        f"cloudseg: error: {len(result.failed)} labeled box(es) were not added to "
-        f"{result.store}; the boxes added are kept, run the command again to add the rest",
-        file=sys.stderr,
-    )
-    return 1
-
-
-def _add_propose_parser(sub: Any) -> None:
-    propose = sub.add_parser(
-        "propose",
-        help="boxes to label where the model is unsure (active learning)",
-        description="Rank boxes of a scene by the model's mean doubt and write the top ones, "
-        "non-overlapping and never over a box already labeled or skipped, into the label "
-        "project's GeoPackage (layer proposals: rank, score, status, scene, model). INPUT is "
-        "the scene (segmented first with an uncertainty raster into <project>-runs, or the "
-        "newest run there of the same model is reused) or an uncertainty raster from "
-        "'cloudseg segment --uncertainty'. Without --model the project's current model "
-        "proposes (the last version a round adopted), so each round asks where the model "
-        "the last one taught is unsure.",
-    )
-    propose.add_argument(
-        "input", metavar="INPUT", help="the scene, or its uncertainty raster (.tif)"
-    )
-    propose.add_argument("project", metavar="PROJECT", help="label project (.gpkg)")
-    propose.add_argument("--box", type=int, default=128, metavar="PX", help="box edge (128)")
-    propose.add_argument("--count", type=int, default=20, help="how many boxes (20)")
-    propose.add_argument(
-        "--scene",
-        help="with an uncertainty raster: the scene it was made from (default: the scene "
-        "the raster records)",
-    )
-    add_run_flags(propose)
-    add_output_flags(propose)
-    propose.set_defaults(handler=_cmd_propose)
-    to_store = sub.add_parser(
-        "labels-to-store",
-        help="a label project's labeled boxes into a store, for fine-tuning",
-        description="For every proposal marked labeled in the label project, store the "
-        "scene's window and the labels layer's polygons rasterized on its grid (pixels "
-        "under no polygon are clear) as one scene of a Zarr + STAC store (folder or S3), "
-        "as 'cloudseg ingest' does.",
-    )
-    to_store.add_argument("project", metavar="PROJECT", help="label project (.gpkg)")
-    to_store.add_argument("scene", metavar="SCENE", help="the scene the boxes are on")
-    to_store.add_argument("store", metavar="STORE", help="a folder or s3://bucket/prefix")
-    to_store.add_argument("--model", help="the model whose bands and classes apply")
-    to_store.add_argument("--endpoint-url", help="S3 endpoint, e.g. http://127.0.0.1:9000")
-    to_store.add_argument(
-        "--context",
-        type=int,
-        metavar="PX",
-        help="pixels of image stored around each box, unlabeled (default: a quarter of "
-        "the box edge; see docs/active-learning.md)",
-    )
-    to_store.add_argument("--json", action="store_true", help="print the result as JSON")
-    to_store.set_defaults(handler=_cmd_labels_to_store)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with all subcommands.
 
@@ -476,7 +360,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ingest_parser(sub)
     _add_report_parser(sub)
     _add_batch_parser(sub)
-    _add_propose_parser(sub)
     _add_explain_parser(sub)
     _add_serve_parser(sub)
     _add_plugin_parsers(sub)

@@ -1,6 +1,6 @@
 """The label round: one active-learning round of a label project, start to end.
 
-:class:`LabelRound` is the round; the command line (:mod:`.cli`), the QGIS label
+:class:`LabelRound` is the round; the command line (:mod:`.label_cli`), the QGIS label
 dock (``LabelDock``) and the Processing algorithms call it, and it calls each step's
 owner, which keeps its own rules:
 

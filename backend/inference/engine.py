@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -299,11 +299,13 @@ def scene_rows(
     progress: ProgressCallback = no_progress,
     cancelled: CancelCallback = never_cancelled,
     meter: RunMeter | None = None,
+    *,
+    tiling: tuple[int, int],
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Stream a scene through the model, in row order.
 
     ``meter`` (optional) gets the seconds spent reading (``read``) and in the model
-    (``infer``).
+    (``infer``); ``tiling`` is the run plan's tile size and overlap (:class:`RunPlan`).
 
     Yields:
         ``(row, probabilities, nodata)``: input-grid rows ``row..row + n`` as
@@ -313,7 +315,7 @@ def scene_rows(
     Raises:
         CancelledError: When ``cancelled()`` returns True (polled once per batch).
     """
-    tile, overlap = options.tiling(card)
+    tile, overlap = tiling
     stage = meter.stage if meter is not None else _no_stage
     layout = TileLayout(grid.height, grid.width, tile, overlap)
     blender = RowBlender(layout.grid, len(card.classes))
@@ -517,12 +519,15 @@ class RunPlan:
         grid: The model's grid over the input.
         blocks: ``(c0, c1, b0, b1)`` column blocks (see :func:`memory_plan`); one block
             spanning the input when it fits in memory, or when no budget was given.
+        tiling: The tile size and overlap, resolved once from the options and the card
+            (:meth:`RunOptions.tiling`): what the runner, the tiles and the tags use.
     """
 
     model: Model
     reason: str
     grid: ModelGrid
     blocks: list[tuple[int, int, int, int]]
+    tiling: tuple[int, int]
 
     @property
     def card(self) -> ModelCard:
@@ -533,12 +538,12 @@ class RunPlan:
         """The runner :func:`.runners.plan_runner` chooses for the options.
 
         Args:
-            options: ``device``, ``precision``, ``runtime`` and the tile size apply.
+            options: ``device``, ``precision`` and ``runtime`` apply (the tile size is the
+                plan's).
             keep: Keep it loaded for the next run in this thread (a batch worker).
         """
-        tile, _ = options.tiling(self.card)
         make = shared_runner if keep else create_runner
-        return make(self.model, options.device, options.precision, options.runtime, tile)
+        return make(self.model, options.device, options.precision, options.runtime, self.tiling[0])
 
 
 def plan_run(
@@ -571,7 +576,7 @@ def plan_run(
     height, width = shape
     model, reason = resolve_model(bands, product_level, options, Path(where).name)
     card = model.card
-    options.tiling(card)  # checks the tiling before anything loads
+    tiling = options.tiling(card)  # resolved, and checked, before anything loads
     grid = ModelGrid.choose(height, width, pixel_m, card.resolution_m, options.resolution, where)
     blocks = [(0, width, 0, width)]
     if budget_mib is not None:
@@ -589,7 +594,7 @@ def plan_run(
                 memory.budget_mib / 1024,
                 len(blocks),
             )
-    return RunPlan(model, reason, grid, blocks)
+    return RunPlan(model, reason, grid, blocks, tiling)
 
 
 def plan_reader(
@@ -646,7 +651,10 @@ def reader_rows(
         scene = ReaderScene(reader, b0, b1 - b0)
         grid = plan.grid if count == 1 else plan.grid.of_width(b1 - b0)
         block_progress = _block_progress(progress, index, count)
-        rows = scene_rows(scene, grid, plan.card, runner, options, block_progress, cancelled, meter)
+        rows = scene_rows(
+            scene, grid, plan.card, runner, options, block_progress, cancelled, meter,
+            tiling=plan.tiling,
+        )  # fmt: skip
         for row, probs, nodata in rows:
             yield row, c0, probs[:, :, c0 - b0 : c1 - b0], nodata[:, c0 - b0 : c1 - b0]
 
@@ -729,7 +737,7 @@ def predict(
             options.max_memory_mib,  # refuses tiles that cannot fit at all
         )
         # The image is in memory already: its streaming buffers are smaller than it.
-        plan = RunPlan(plan.model, plan.reason, plan.grid, [(0, scene.width, 0, scene.width)])
+        plan = replace(plan, blocks=[(0, scene.width, 0, scene.width)])
     else:
         raise InputError(f"cannot predict on a {type(scene).__name__}; give an ArrayScene")
     card = plan.card
@@ -743,7 +751,7 @@ def predict(
         rows = (
             (row, 0, probs, missing)
             for row, probs, missing in scene_rows(
-                scene, plan.grid, card, runner, options, progress, cancelled
+                scene, plan.grid, card, runner, options, progress, cancelled, tiling=plan.tiling
             )
         )
     geometry = shadow_geometry(scene, card, options)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,21 +25,23 @@ from .._version import __version__
 from ..callbacks import CancelCallback, ProgressCallback
 from ..errors import CancelledError
 from ..models.cards import ModelCard
-from ..models.registry import Model
 from ..raster.cog import BlockRowWriter, block_profile, to_cog
 from ..raster.reader import SceneReader, scene_key
 from .decision import NODATA, decide
 from .options import SegmentOptions
-from .resample import ModelGrid, normalized_entropy
+from .resample import normalized_entropy
 from .runners import Runner
+
+if TYPE_CHECKING:
+    from .engine import RunPlan
 
 
 def provenance_tags(
-    model: Model, reader: SceneReader, runner: Runner, options: SegmentOptions, grid: ModelGrid
+    plan: RunPlan, reader: SceneReader, runner: Runner, options: SegmentOptions
 ) -> dict[str, str]:
     """The ``CLOUDSEG_*`` tags every output carries: what made it, from what, and how."""
-    card = model.card
-    tile, overlap = options.tiling(card)
+    model, card, grid = plan.model, plan.card, plan.grid
+    tile, overlap = plan.tiling
     return {
         "CLOUDSEG_VERSION": __version__,
         "CLOUDSEG_SCENE": scene_key(reader.path),

@@ -244,7 +244,7 @@ def segment(
             "crs": reader.crs,
             "transform": reader.transform,
         }
-        tags = provenance_tags(plan.model, reader, runner, options, plan.grid)
+        tags = provenance_tags(plan, reader, runner, options)
         with SegmentOutputs(output, options, profile, plan.card, tags) as outputs:
             rows = reader_rows(reader, plan, runner, options, progress, cancelled, meter)
             geometry = shadow_geometry(reader, plan.card, options, item, output.parent)

@@ -1,7 +1,8 @@
 """The steps of an active-learning round that segment: propose, and re-run.
 
-One module for the CLI (``cloudseg propose SCENE``), the Processing algorithms, the
-label dock and the simulated-analyst benchmark:
+The round (``cloudseg.training.label_round.LabelRound``, which the commands, the
+Processing algorithms and the label dock call) runs these steps; the simulated-analyst
+benchmark calls them directly:
 
 - :func:`propose_on_scene`: segment the scene with an uncertainty raster into the
   project's runs folder (or reuse the newest run of the same model), rank boxes by doubt
@@ -10,7 +11,7 @@ label dock and the simulated-analyst benchmark:
   beside the earlier runs.
 
 Storing the done boxes (:func:`.labels.labels_to_store`) and fine-tuning
-(``cloudseg.training.finetune.fine_tune``) are the round's other steps.
+(``LabelRound.fine_tune``) are the round's other steps.
 """
 
 from __future__ import annotations

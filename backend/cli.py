@@ -17,9 +17,9 @@ from typing import Any
 
 from ._version import __version__
 from .atomic import published_count, write_fault, write_fault_count
-from .choices import DEFAULT_BUFFER_CLOUD_M, DEFAULT_BUFFER_SHADOW_M, EXPLAIN_METHODS
+from .choices import EXPLAIN_METHODS
 from .errors import CloudsegError, InputError
-from .inference.options import add_run_flags, run_options
+from .inference.options import SEGMENT_FLAGS, add_run_flags, run_options
 
 logger = logging.getLogger("cloudseg")
 
@@ -100,11 +100,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         bounds=tuple(args.extent) if args.extent else None,
         polygons=args.polygons,
         uncertainty=args.uncertainty,
-        min_polygon_area_m2=args.min_area,
-        check_reflectance=args.check_reflectance,
         valid=args.valid,
-        buffer_cloud_m=args.buffer_cloud,
-        buffer_shadow_m=args.buffer_shadow,
         stac_item=args.stac_item,
     )
     with percent_bar(args.quiet) as bar:
@@ -307,25 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--polygons", metavar="PATH", help="also write cloud and shadow polygons (GeoPackage)"
     )
     seg.add_argument(
-        "--min-area",
-        type=float,
-        default=0.0,
-        metavar="M2",
-        help="leave out polygons smaller than this, in m2 (default 0)",
-    )
-    seg.add_argument(
         "--extent",
         nargs=4,
         type=float,
         metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
         help="segment only this extent (in the input's CRS)",
-    )
-    seg.add_argument(
-        "--no-reflectance-check",
-        dest="check_reflectance",
-        action="store_false",
-        help="run even when the scaled values are not plausible reflectance (by default "
-        "such input is refused: a wrong --scale gives a confident wrong mask)",
     )
     seg.add_argument(
         "--valid",
@@ -334,27 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
         "255 no data) here",
     )
     seg.add_argument(
-        "--buffer-cloud",
-        type=float,
-        default=DEFAULT_BUFFER_CLOUD_M,
-        metavar="M",
-        help=f"buffer around cloud in the valid mask, metres (default {DEFAULT_BUFFER_CLOUD_M:g}: "
-        "Fmask's 3 pixels of 30 m)",
-    )
-    seg.add_argument(
-        "--buffer-shadow",
-        type=float,
-        default=DEFAULT_BUFFER_SHADOW_M,
-        metavar="M",
-        help=f"buffer around cloud shadow, metres (default {DEFAULT_BUFFER_SHADOW_M:g})",
-    )
-    seg.add_argument(
         "--stac-item",
         metavar="PATH",
         help="also write a STAC Item (.json) of the outputs: geometry, datetime, "
         "eo:cloud_cover, classes, checksums, model and its accuracy",
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    add_run_flags(seg, flags=SEGMENT_FLAGS, title="what the outputs keep")
     add_output_flags(seg)
     seg.set_defaults(handler=_cmd_segment)
     _add_ingest_parser(sub)

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import re
 
-from ..backend.inference.options import RUN_FLAGS
+from ..backend.inference.options import RUN_FLAGS, SEGMENT_FLAGS
 
-#: The Processing dialog's names for the command line's flags: each run option's
-#: parameter, by its declared label, and the segment algorithm's own.
+#: The Processing dialog's names for the command line's flags: each declared option's
+#: parameter by its label (a flag that turns one off: the parameter unticked), and the
+#: segment algorithm's own.
 DIALOG = {
     f.flag: f"the {'advanced ' if f.advanced else ''}{f.label} parameter"
-    for f in RUN_FLAGS
+    + (" (unticked)" if f.flag.startswith("--no-") else "")
+    for f in (*RUN_FLAGS, *SEGMENT_FLAGS)
     if f.offered("processing")
 } | {
     "--extent": "the Extent parameter",
-    "--no-reflectance-check": "the advanced parameter 'Refuse implausible reflectance' (off)",
     "--overwrite": "another output file",
 }
 #: The dock's names for the same flags (what the dock lacks, the dialog has).

@@ -110,7 +110,13 @@ class RunFlag:
 
     @property
     def key(self) -> str:
-        """The Processing parameter's name, e.g. ``PRODUCT_LEVEL`` (``MAX_MEMORY``)."""
+        """The Processing parameter's name, e.g. ``PRODUCT_LEVEL`` (``MAX_MEMORY``).
+
+        A flag that turns an option off (``--no-reflectance-check``) names the option's
+        own parameter (``CHECK_REFLECTANCE``, ticked by default).
+        """
+        if self.flag.startswith("--no-"):
+            return self.field.upper()
         return self.flag.lstrip("-").replace("-", "_").upper()
 
     def offered(self, surface: str) -> bool:
@@ -328,16 +334,16 @@ class SegmentOptions(RunOptions):
         polygons: Also write the cloud and shadow polygons (GeoPackage) here.
         uncertainty: Also write the model's doubt per pixel here (normalized entropy of
             the blended probabilities, uint8 percent): where labels teach it most.
-        min_polygon_area_m2: Polygons smaller than this are left out.
-        check_reflectance: Refuse values that are not reflectance after scaling (values
-            no real scene has; see ``raster.reader.check_reflectance``). False makes
-            that a warning.
+        min_polygon_area_m2: Polygons smaller than this are left out (declared with
+            :func:`option`, as are ``check_reflectance`` and the buffers: their help is
+            the declaration's).
+        check_reflectance: See ``raster.reader.check_reflectance``.
         keep_runner: Keep the loaded model for the next run in this process (a batch
             worker segments many scenes with one model).
         valid: Also write the valid-pixel mask here (1 usable, 0 cloud, shadow or their
             buffer, 255 no data; see ``inference.valid``).
-        buffer_cloud_m: Buffer grown around cloud in the valid mask, metres.
-        buffer_shadow_m: Buffer grown around cloud shadow in the valid mask, metres.
+        buffer_cloud_m: See ``inference.valid``.
+        buffer_shadow_m: See ``inference.valid``.
         stac_item: Also write the outputs' STAC Item here (see ``inference.stac_item``),
             published with them.
         stac_item_id: The Item's id (default: the mask's file name without its suffix);
@@ -350,12 +356,45 @@ class SegmentOptions(RunOptions):
     bounds: tuple[float, float, float, float] | None = None
     polygons: Path | None = None
     uncertainty: Path | None = None
-    min_polygon_area_m2: float = 0.0
-    check_reflectance: bool = True
+    min_polygon_area_m2: float = option(
+        0.0,
+        "leave out cloud and shadow polygons smaller than this, m²",
+        "Smallest polygon kept (m²)",
+        minimum=0.0,
+        name="--min-area",
+        cli_note="default 0",
+        settings={"metavar": "M2"},
+    )
+    check_reflectance: bool = option(
+        True,
+        "refuse values that are not plausible reflectance after scaling (values no real "
+        "scene has, e.g. a scale 10x off): a wrong scale gives a confident wrong mask; off "
+        "makes it a warning",
+        "Refuse implausible reflectance",
+        advanced=True,
+        name="--no-reflectance-check",
+        cli_note="this flag turns the check off",
+    )
     keep_runner: bool = False
     valid: Path | None = None
-    buffer_cloud_m: float = choices.DEFAULT_BUFFER_CLOUD_M
-    buffer_shadow_m: float = choices.DEFAULT_BUFFER_SHADOW_M
+    buffer_cloud_m: float = option(
+        choices.DEFAULT_BUFFER_CLOUD_M,
+        f"buffer grown around cloud in the valid mask, metres (default "
+        f"{choices.DEFAULT_BUFFER_CLOUD_M:g}: Fmask's 3 pixels of 30 m)",
+        "Cloud buffer (m)",
+        minimum=0.0,
+        name="--buffer-cloud",
+        settings={"metavar": "M"},
+    )
+    buffer_shadow_m: float = option(
+        choices.DEFAULT_BUFFER_SHADOW_M,
+        f"buffer grown around cloud shadow in the valid mask, metres (default "
+        f"{choices.DEFAULT_BUFFER_SHADOW_M:g})",
+        "Shadow buffer (m)",
+        minimum=0.0,
+        name="--buffer-shadow",
+        settings={"metavar": "M"},
+    )
     stac_item: Path | None = None
     stac_item_id: str | None = None
 
@@ -389,13 +428,17 @@ def _value_type(hint: Any) -> type:
     return hint
 
 
-def declared_options(kind: type[RunOptions] | None = None) -> tuple[RunFlag, ...]:
+def declared_options(
+    kind: type[RunOptions] | None = None, own: bool = False
+) -> tuple[RunFlag, ...]:
     """The declarations of ``kind``'s run options (default :class:`RunOptions`), in order.
 
     ``kind`` may be a subclass that declares more options with :func:`option`: each
-    surface's generator takes such a tuple (how a test adds an option).
+    surface's generator takes such a tuple (how a test adds an option). ``own``: only
+    those the subclass adds (:data:`SEGMENT_FLAGS`).
     """
     kind = kind or RunOptions
+    inherited = {f.name for f in dataclasses.fields(RunOptions)} if own else set()
     hints = typing.get_type_hints(kind)
     return tuple(
         dataclasses.replace(
@@ -405,12 +448,14 @@ def declared_options(kind: type[RunOptions] | None = None) -> tuple[RunFlag, ...
             default=f.default,
         )
         for f in dataclasses.fields(kind)
-        if _DECLARATION in f.metadata
+        if _DECLARATION in f.metadata and f.name not in inherited
     )
 
 
 #: Every run option's declaration, in the order ``--help`` and the dialogs list them.
 RUN_FLAGS = declared_options()
+#: The declarations of what ``cloudseg segment`` adds to a run: its outputs' settings.
+SEGMENT_FLAGS = declared_options(SegmentOptions, own=True)
 
 
 def declaration(field: str) -> RunFlag:
@@ -433,6 +478,7 @@ def add_run_flags(
     defaults: dict[str, Any] | None = None,
     only: tuple[str, ...] | None = None,
     flags: tuple[RunFlag, ...] | None = None,
+    title: str = "how the model runs",
 ) -> None:
     """Add the run flags (:data:`RUN_FLAGS`) to a command that runs a model.
 
@@ -442,11 +488,13 @@ def add_run_flags(
         defaults: Field defaults other than the declared ones for this command (e.g.
             ``{"precision": "fp32"}`` to measure the model itself).
         only: Add just these fields' flags (a command that runs a fixed setup).
-        flags: The declarations (default :data:`RUN_FLAGS`).
+        flags: The declarations (default :data:`RUN_FLAGS`; :data:`SEGMENT_FLAGS` for
+            ``cloudseg segment``'s output settings).
+        title: The help's heading for these flags.
     """
     from ..models.registry import preview_cost
 
-    group = parser.add_argument_group("how the model runs")
+    group = parser.add_argument_group(title)
     for run_flag in flags or RUN_FLAGS:
         if (only is not None and run_flag.field not in only) or not run_flag.offered("cli"):
             continue
@@ -454,8 +502,8 @@ def add_run_flags(
         if run_flag.field == "resolution" and (cost := preview_cost()):
             text += f"; {cost}"
         settings: dict[str, Any] = {}
-        if run_flag.kind is bool:
-            settings["action"] = "store_true"
+        if run_flag.kind is bool:  # a flag turns an option on, or one that is on off
+            settings["action"] = "store_false" if run_flag.default else "store_true"
         else:
             settings["type"] = run_flag.kind
         if run_flag.choices is not None:

@@ -41,7 +41,7 @@ from pydantic import (
 
 from .. import choices
 from ..errors import CloudsegError, InputError
-from ..inference.options import RUN_FLAGS, RunFlag, RunOptions, SegmentOptions
+from ..inference.options import RUN_FLAGS, SEGMENT_FLAGS, RunFlag, RunOptions, SegmentOptions
 from .jobs import Job, JobOutcome
 
 #: Names under which each process's result files appear (OGC outputs, downloads).
@@ -188,49 +188,10 @@ EXTENT = Input(
     Annotated[list[number(float)], Field(min_length=4, max_length=4), AfterValidator(tuple)],
 )
 RUN_INPUTS = run_inputs()
-SEGMENT_INPUTS = (
-    SOURCE,
-    *RUN_INPUTS,
-    EXTENT,
-    Input(
-        "check_reflectance",
-        "Check reflectance",
-        "refuse values that are not plausible reflectance after scaling (a wrong scale "
-        "gives a confident wrong mask); false makes it a warning",
-        bool,
-        True,
-    ),
-    Input(
-        "buffer_cloud_m",
-        "Cloud buffer (m)",
-        f"buffer around cloud in the valid mask, metres (default "
-        f"{choices.DEFAULT_BUFFER_CLOUD_M:g})",
-        number(float, 0),
-        choices.DEFAULT_BUFFER_CLOUD_M,
-    ),
-    Input(
-        "buffer_shadow_m",
-        "Shadow buffer (m)",
-        f"buffer around cloud shadow in the valid mask, metres (default "
-        f"{choices.DEFAULT_BUFFER_SHADOW_M:g})",
-        number(float, 0),
-        choices.DEFAULT_BUFFER_SHADOW_M,
-    ),
-    Input(
-        "min_polygon_area_m2",
-        "Smallest polygon (m²)",
-        "leave out polygons smaller than this, m² (default 0)",
-        number(float, 0),
-        0,
-    ),
-)
-#: Run inputs ``explain`` does not take: a class activation map explains the network
-#: itself, before the shadow geometry step (the page's explain job of a segment job
-#: with the step explains the same network).
-NOT_EXPLAINED = ("shadow_geometry",)
+SEGMENT_INPUTS = (SOURCE, *RUN_INPUTS, EXTENT, *run_inputs(SEGMENT_FLAGS))
 EXPLAIN_INPUTS = (
     SOURCE,
-    *(i for i in RUN_INPUTS if i.name not in NOT_EXPLAINED),
+    *(i for i in RUN_INPUTS if i.name not in choices.NOT_EXPLAINED),
     EXTENT,
     Input(
         "classes",

@@ -36,7 +36,7 @@ from typing import Any
 import gradio as gr
 
 from ..errors import CloudsegError
-from ..inference.options import RUN_FLAGS, RunFlag
+from ..inference.options import RUN_FLAGS, SEGMENT_FLAGS, RunFlag
 from . import processes
 from .config import ServeConfig
 from .jobs import (
@@ -177,14 +177,7 @@ class PublishedOnly:
 
 
 # -- the page's words ------------------------------------------------------------------------
-#: ``cloudseg segment``'s own flags (not run options) by the input they set.
-_SEGMENT_FLAGS = {
-    "--no-reflectance-check": "check_reflectance",
-    "--min-area": "min_polygon_area_m2",
-    "--buffer-cloud": "buffer_cloud_m",
-    "--buffer-shadow": "buffer_shadow_m",
-    "--extent": "extent",
-}
+#: A command-line flag in a message.
 _FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 
 
@@ -197,7 +190,8 @@ def _labels() -> dict[str, str]:
 @functools.cache
 def _flag_words() -> dict[str, str]:
     """How the page says each command-line flag a message may name."""
-    flags = {flag.flag: flag.field for flag in RUN_FLAGS} | _SEGMENT_FLAGS
+    declared = (*RUN_FLAGS, *SEGMENT_FLAGS)
+    flags = {flag.flag: flag.field for flag in declared} | {"--extent": "extent"}
     labels, inputs = _labels(), {spec.name for spec in processes.SEGMENT_INPUTS}
     words = {}
     for flag, field in flags.items():

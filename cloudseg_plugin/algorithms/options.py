@@ -10,6 +10,7 @@ reads them back as the options' values. A new run option needs nothing here.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from qgis.core import (
@@ -87,8 +88,13 @@ def processing_flags(
     )
 
 
-def run_parameter(flag: RunFlag) -> QgsProcessingParameterDefinition:
-    """The Processing parameter of one run option, from its declaration."""
+def run_parameter(flag: RunFlag, default: Any = None) -> QgsProcessingParameterDefinition:
+    """The Processing parameter of one run option, from its declaration.
+
+    ``default``: the dialog's own default where it differs from the declared one.
+    """
+    if default is not None:
+        flag = dataclasses.replace(flag, default=default)
     if flag.choices is not None:
         options = list(flag.choices) if flag.default is not None else [AUTO, *flag.choices]
         parameter = choice(flag.key, flag.label, options, flag.default or AUTO)
@@ -119,10 +125,15 @@ def add_run_parameters(
     algorithm: QgsProcessingAlgorithm,
     skip: tuple[str, ...] = (),
     flags: tuple[RunFlag, ...] = RUN_FLAGS,
+    defaults: dict[str, Any] | None = None,
 ) -> None:
-    """Add the run options' parameters to ``algorithm`` (all but ``skip`` and the model)."""
+    """Add the run options' parameters to ``algorithm`` (all but ``skip`` and the model).
+
+    ``flags``: :data:`RUN_FLAGS`, or :data:`SEGMENT_FLAGS` for what segment writes;
+    ``defaults``: the dialog's own defaults by field, where they differ.
+    """
     for flag in processing_flags(skip, flags):
-        algorithm.addParameter(run_parameter(flag))
+        algorithm.addParameter(run_parameter(flag, (defaults or {}).get(flag.field)))
 
 
 def run_values(

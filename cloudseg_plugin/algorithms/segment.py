@@ -15,10 +15,7 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
-    QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterExtent,
-    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorDestination,
@@ -26,10 +23,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from ...backend.choices import (
-    DEFAULT_BUFFER_CLOUD_M,
-    DEFAULT_BUFFER_SHADOW_M,
-)
+from ...backend.inference.options import SEGMENT_FLAGS
 from .. import styling
 from ..messages import for_qgis
 from .base import CloudsegAlgorithm, add_cost_outputs, cost_outputs
@@ -119,15 +113,11 @@ class SegmentAlgorithm(CloudsegAlgorithm):
     MODEL_FILE = "MODEL_FILE"
     BANDS = "BANDS"
     EXTENT = "EXTENT"
-    CHECK_REFLECTANCE = "CHECK_REFLECTANCE"
     OUTPUT = "OUTPUT"
     PROBABILITIES = "PROBABILITIES"
     UNCERTAINTY = "UNCERTAINTY"
     VECTOR = "VECTOR"
-    MIN_AREA = "MIN_AREA"
     VALID = "VALID"
-    BUFFER_CLOUD = "BUFFER_CLOUD"
-    BUFFER_SHADOW = "BUFFER_SHADOW"
     USABLE_PERCENT = "USABLE_PERCENT"
     CLOUD_PERCENT = "CLOUD_PERCENT"
     SHADOW_PERCENT = "SHADOW_PERCENT"
@@ -148,14 +138,8 @@ class SegmentAlgorithm(CloudsegAlgorithm):
     #: their declared help (:mod:`.options`).
     PARAMETER_HELP: ClassVar[dict[str, str]] = {
         "EXTENT": "Segment only this part of the layer",
-        "CHECK_REFLECTANCE": "Values that no real scene has after scaling (e.g. a scale 10x "
-        "off) stop the run: a wrong scale gives a confident wrong mask. Untick to run anyway",
-        "MIN_AREA": "Polygons smaller than this are left out",
         "VALID": "A mask to use directly: 1 where the pixel is usable, 0 where it is cloud or "
         "cloud shadow or within their buffers, no data kept",
-        "BUFFER_CLOUD": "Grown around cloud in the valid mask, metres; default Fmask's 3 pixels "
-        "of 30 m",
-        "BUFFER_SHADOW": "Grown around cloud shadow in the valid mask, metres; default 90 m",
     }
 
     def initAlgorithm(self, configuration: dict[str, Any] | None = None) -> None:
@@ -167,32 +151,8 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         bands = self.parameterDefinition(self.BANDS)
         bands.setMetadata({"widget_wrapper": {"class": WIDGETS + ".BandsWidgetWrapper"}})
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent", optional=True))
-        check = QgsProcessingParameterBoolean(
-            self.CHECK_REFLECTANCE,
-            "Refuse implausible reflectance",
-            True,
-        )
-        check.setFlags(check.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(check)
-        min_area = QgsProcessingParameterNumber(
-            self.MIN_AREA,
-            "Smallest polygon kept (m²)",
-            QgsProcessingParameterNumber.Double,
-            defaultValue=1000.0,
-            minValue=0.0,
-        )
-        self.addParameter(min_area)
-        for key, label, default in (
-            (self.BUFFER_CLOUD, "Cloud buffer (m)",
-             DEFAULT_BUFFER_CLOUD_M),
-            (self.BUFFER_SHADOW, "Shadow buffer (m)",
-             DEFAULT_BUFFER_SHADOW_M),
-        ):  # fmt: skip
-            self.addParameter(
-                QgsProcessingParameterNumber(
-                    key, label, QgsProcessingParameterNumber.Double, default, minValue=0.0
-                )
-            )
+        # What the outputs keep; the dialog leaves out polygons under 1000 m² by default.
+        add_run_parameters(self, flags=SEGMENT_FLAGS, defaults={"min_polygon_area_m2": 1000.0})
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Cloud mask"))
         self.addParameter(
             QgsProcessingParameterRasterDestination(
@@ -269,11 +229,8 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             overwrite=True,  # the destination widget has already asked
             bounds=bounds,
             polygons=Path(vector) if vector else None,
-            min_polygon_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
-            check_reflectance=self.parameterAsBool(parameters, self.CHECK_REFLECTANCE, context),
             valid=Path(valid) if valid else None,
-            buffer_cloud_m=self.parameterAsDouble(parameters, self.BUFFER_CLOUD, context),
-            buffer_shadow_m=self.parameterAsDouble(parameters, self.BUFFER_SHADOW, context),
+            **run_values(self, parameters, context, flags=SEGMENT_FLAGS),
         )
         feedback.pushInfo(f"Input: {source}")
         result = segment(

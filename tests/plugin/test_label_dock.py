@@ -72,6 +72,7 @@ def label_shapes(project):
     return LabelProject(project).read(labels=True).labels
 
 
+@pytest.mark.slow
 def test_the_analyst_loop_from_proposals_to_a_better_model(dock, session, plugin, wait_for):
     project_path = session["project"]
     transform = session["transform"]
@@ -179,7 +180,7 @@ def test_the_analyst_loop_from_proposals_to_a_better_model(dock, session, plugin
     assert dock.model_combo.currentData() == current
     assert dock.model_combo.findData("coast-r1") >= 0  # choosable even when kept aside
     assert plugin.dock.model_combo.findData("coast-r1") >= 0
-    from cloudseg.cloudseg_plugin.algorithms.segment import builtin_model_names
+    from cloudseg.cloudseg_plugin.algorithms.options import builtin_model_names
 
     assert "coast-r1" in builtin_model_names()
     said = dock.status_label.text()
@@ -257,6 +258,7 @@ def _offered(combo):
     return sorted(combo.layer(index).name() for index in range(combo.count()))
 
 
+@pytest.mark.slow
 def test_the_scene_list_offers_scenes_not_results(dock, session, tmp_path):
     """Issue 39, item 16: masks, probabilities, uncertainty are no scenes to label."""
     from cloudseg.backend.inference.segment import SegmentOptions, segment
@@ -280,6 +282,7 @@ def test_the_scene_list_offers_scenes_not_results(dock, session, tmp_path):
     assert _offered(dock.scene_combo) == ["chip"]
 
 
+@pytest.mark.slow
 def test_next_after_propose_shows_box_1_and_the_outline_hides_with_the_dock(
     dock, session, plugin, wait_for
 ):

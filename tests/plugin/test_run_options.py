@@ -15,6 +15,7 @@ from qgis.core import QgsProcessingAlgorithm, QgsProcessingContext
 
 from cloudseg.backend.inference.options import (
     RUN_FLAGS,
+    SEGMENT_FLAGS,
     RunOptions,
     add_run_flags,
     declared_options,
@@ -77,7 +78,7 @@ def test_every_run_option_says_the_same_on_all_four_surfaces(plugin):
     dialog = QgsApplication.processingRegistry().algorithmById("cloudseg:segment")
     assert dialog is not None
     shown = {"cli": 0, "server": 0, "web": 0, "processing": 0}
-    for flag in RUN_FLAGS:
+    for flag in (*RUN_FLAGS, *SEGMENT_FLAGS):  # how a run goes, and what segment keeps
         if flag.offered("cli"):
             assert flag.help in cli[flag.field].help, flag.field
             assert cli[flag.field].option_strings == [flag.flag]

@@ -24,8 +24,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Tags that differ between any two runs by design.
-VOLATILE_TAGS = {"CLOUDSEG_CREATED", "CLOUDSEG_VERSION"}
+#: Tags that differ between any two runs by design (the accounting holds the run's seconds).
+VOLATILE_TAGS = {"CLOUDSEG_CREATED", "CLOUDSEG_VERSION", "CLOUDSEG_ACCOUNTING"}
 VARIANTS = {"default": {}, "fp32": {"precision": "fp32"}}
 
 # The child imports whichever cloudseg comes first on its path (the worktree for the

@@ -1,16 +1,21 @@
-"""The STAC Item of a mask: what a run wrote, where, from what, and how cloudy it is.
+"""cloudseg's STAC: the Items and Collections of masks and of an ingested store (pystac).
 
 The one owner of a mask's Item (``cloudseg segment --stac-item``, every scene of
 ``segment-batch``, every job of the server): :func:`mask_item` builds it from the class
 raster as written (geometry, bbox and the ``proj``/``raster`` fields through rio-stac;
 classes, model and its accuracy from the raster's ``CLOUDSEG_*`` tags) and the run's
-statistics; :func:`item_bytes` and :func:`write_item` give its JSON. It builds cloudseg's
-STAC Collections as well: :func:`collection_dict` is the one builder (extent from the
-Items' bboxes and datetimes, item links, summaries), used for a batch's masks
-(:func:`mask_collection`) and for an ingested store
+statistics; :func:`item_bytes` and :func:`write_item` give its JSON. It builds the Item
+of each scene of an ingested store too: :func:`store_item` (geometry, bbox and the
+``proj`` fields from the scene's grid, the ``eo`` bands, the Zarr ``image`` and ``mask``
+assets, an open time span for a scene of unknown date) from what
+:mod:`cloudseg.backend.store.ingest` records of the scene (checksum, class pixels, band
+statistics, its Zarr keys as hrefs), which it passes in: this module imports nothing of
+the store. And cloudseg's STAC Collections: :func:`collection_dict` is the one builder
+(extent from the Items' bboxes and datetimes, item links, summaries), used for a batch's
+masks (:func:`mask_collection`) and for an ingested store
 (:func:`cloudseg.backend.store.ingest.write_collection`).
 
-What the Item says:
+What a mask's Item says:
 
 - ``datetime``: when the scene was acquired (:func:`scene_time`: the source STAC Item,
   SAFE metadata, a Sentinel-2 file name, the raster's ``TIFFTAG_DATETIME``), else the
@@ -397,6 +402,123 @@ def write_item(item: pystac.Item, path: Path) -> None:
     write_bytes(Path(path).expanduser(), item_bytes(item))
 
 
+# -- An ingested store's scene Items ----------------------------------------------------------
+ZARR = "application/vnd+zarr"
+#: The first Sentinel-2 acquisition: where the time of a scene of unknown date starts.
+SENTINEL2_START = dt.datetime(2015, 6, 23, tzinfo=dt.timezone.utc)
+#: Where the time of a scene of unknown date ends.
+OPEN_END = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _footprint(
+    crs_wkt: str, transform: Sequence[float], shape: tuple[int, int]
+) -> tuple[dict[str, Any], list[float]]:
+    """A grid's footprint in WGS 84: the rectangle of its bounds, and its bbox (7 decimals).
+
+    Args:
+        crs_wkt: The grid's CRS as WKT.
+        transform: Its affine transform (``a, b, c, d, e, f``).
+        shape: Its ``(rows, cols)``.
+    """
+    from affine import Affine
+    from rasterio.crs import CRS
+    from rasterio.warp import transform_bounds
+
+    rows, cols = shape
+    grid = Affine(*transform)
+    left, top = grid * (0, 0)
+    right, bottom = grid * (cols, rows)
+    west, south, east, north = transform_bounds(
+        CRS.from_wkt(crs_wkt), "EPSG:4326",
+        min(left, right), min(top, bottom), max(left, right), max(top, bottom),
+    )  # fmt: skip
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    return {"type": "Polygon", "coordinates": [ring]}, [
+        round(v, 7) for v in (west, south, east, north)
+    ]
+
+
+def store_item(
+    scene_id: str,
+    *,
+    shape: tuple[int, int],
+    crs_wkt: str | None,
+    transform: Sequence[float] | None,
+    datetime: dt.datetime | None,
+    properties: Mapping[str, Any],
+    bands: Sequence[str],
+    image_href: str,
+    mask_href: str,
+    image_dtype: str,
+    image_chunks: Sequence[int],
+) -> dict[str, Any]:
+    """The STAC Item of a scene of an ingested store, as a JSON object (pystac).
+
+    Geometry and bbox (the rectangle of the grid's bounds in WGS 84: not rio-stac's
+    reprojected corners, which a mask's Item has) and the ``projection`` extension from
+    the scene's grid, the ``eo`` bands of its imagery, and two Zarr assets: ``image``
+    (``data``) and ``mask`` (``labels``). A scene of unknown date spans
+    :data:`SENTINEL2_START` to :data:`OPEN_END` (``cloudseg:datetime_unknown``).
+
+    Args:
+        scene_id: The Item's id.
+        shape: The scene's ``(rows, cols)``.
+        crs_wkt: Its CRS as WKT; None when it is not georeferenced (no geometry).
+        transform: Its affine transform (``a, b, c, d, e, f``), or None.
+        datetime: When it was acquired, or None if unknown.
+        properties: What the store records of it (checksum, class pixels, band
+            statistics, the source's own properties).
+        bands: The imagery's band names, in order.
+        image_href: The imagery array's href, relative to the Item.
+        mask_href: The class array's href, relative to the Item.
+        image_dtype: The imagery's data type (``cloudseg:dtype``).
+        image_chunks: Its Zarr chunks (``cloudseg:chunks``).
+    """
+    import pystac
+    from pystac.extensions.eo import Band, EOExtension
+    from pystac.extensions.projection import ProjectionExtension
+
+    geometry, bbox = None, None
+    if crs_wkt and transform:
+        geometry, bbox = _footprint(crs_wkt, transform, shape)
+    fields = dict(properties)
+    if datetime is None:
+        fields |= {
+            "start_datetime": SENTINEL2_START.isoformat(),
+            "end_datetime": OPEN_END.isoformat(),
+            "cloudseg:datetime_unknown": True,
+        }
+    item = pystac.Item(
+        id=scene_id, geometry=geometry, bbox=bbox, datetime=datetime, properties=fields
+    )
+    projection = ProjectionExtension.ext(item, add_if_missing=True)
+    projection.shape = list(shape)
+    if crs_wkt:
+        from rasterio.crs import CRS
+
+        projection.epsg = CRS.from_wkt(crs_wkt).to_epsg()
+        if projection.epsg is None:
+            projection.wkt2 = crs_wkt
+    if transform is not None:
+        projection.transform = [float(v) for v in transform]
+    image = pystac.Asset(
+        href=image_href, media_type=ZARR, roles=["data"], title="imagery (bands, rows, cols)",
+        extra_fields={"cloudseg:dtype": image_dtype, "cloudseg:chunks": list(image_chunks)},
+    )  # fmt: skip
+    item.add_asset("image", image)
+    EOExtension.ext(item, add_if_missing=True)
+    EOExtension.ext(image).bands = [Band.create(name=b) for b in bands]
+    item.add_asset(
+        "mask",
+        pystac.Asset(
+            href=mask_href, media_type=ZARR, roles=["labels"],
+            title="class values (rows, cols), 255 = ignore",
+        ),
+    )  # fmt: skip
+    item.set_self_href(None)
+    return item.to_dict(include_self_link=False, transform_hrefs=False)
+
+
 # -- Collections -------------------------------------------------------------------------------
 #: A Collection's extent where it has no Item with a bbox.
 WHOLE_EARTH = (-180.0, -90.0, 180.0, 90.0)
@@ -499,5 +621,6 @@ __all__ = [
     "parse_time",
     "scene_time",
     "stac_id",
+    "store_item",
     "write_item",
 ]

@@ -40,9 +40,6 @@ from .storage import Storage, open_storage
 logger = logging.getLogger(__name__)
 
 CHUNK = 256
-ZARR_MEDIA_TYPE = "application/vnd+zarr"
-SENTINEL2_START = dt.datetime(2015, 6, 23, tzinfo=dt.timezone.utc)
-OPEN_END = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc)
 
 
 @dataclass
@@ -103,36 +100,9 @@ def _band_stats(image: np.ndarray) -> list[dict[str, float]]:
 def _make_item(
     scene: SourceScene, loaded: LoadedScene, scheme: Scheme, checksum: str
 ) -> dict[str, Any]:
-    """The scene's STAC Item, built with pystac (projection and eo extensions)."""
-    import pystac
-    from pystac.extensions.eo import Band, EOExtension
-    from pystac.extensions.projection import ProjectionExtension
+    """The scene's STAC Item: what the store records of it, built by the STAC module."""
+    from ..inference.stac_item import store_item
 
-    geometry, bbox = None, None
-    rows, cols = loaded.mask.shape
-    if loaded.crs and loaded.transform:
-        from affine import Affine
-        from rasterio.crs import CRS
-        from rasterio.warp import transform_bounds
-
-        transform = Affine(*loaded.transform)
-        left, top = transform * (0, 0)
-        right, bottom = transform * (cols, rows)
-        west, south, east, north = transform_bounds(
-            CRS.from_wkt(loaded.crs),
-            "EPSG:4326",
-            min(left, right),
-            min(top, bottom),
-            max(left, right),
-            max(top, bottom),
-        )
-        bbox = [round(v, 7) for v in (west, south, east, north)]
-        geometry = {
-            "type": "Polygon",
-            "coordinates": [
-                [[west, south], [east, south], [east, north], [west, north], [west, south]]
-            ],
-        }
     counts = np.bincount(loaded.mask.ravel(), minlength=256)
     properties: dict[str, Any] = {
         "cloudseg:source_sha256": checksum,
@@ -141,53 +111,19 @@ def _make_item(
         "cloudseg:band_stats": dict(zip(scheme.bands, _band_stats(loaded.image), strict=True)),
         **loaded.properties,
     }
-    if loaded.datetime is None:
-        properties |= {
-            "start_datetime": SENTINEL2_START.isoformat(),
-            "end_datetime": OPEN_END.isoformat(),
-            "cloudseg:datetime_unknown": True,
-        }
-    item = pystac.Item(
-        id=scene.scene_id,
-        geometry=geometry,
-        bbox=bbox,
+    return store_item(
+        scene.scene_id,
+        shape=loaded.mask.shape,
+        crs_wkt=loaded.crs,
+        transform=loaded.transform,
         datetime=loaded.datetime,
         properties=properties,
+        bands=scheme.bands,
+        image_href=f"../../{image_key(scene.scene_id)}",
+        mask_href=f"../../{mask_key(scene.scene_id)}",
+        image_dtype=str(loaded.image.dtype),
+        image_chunks=[len(scheme.bands), CHUNK, CHUNK],
     )
-    projection = ProjectionExtension.ext(item, add_if_missing=True)
-    projection.shape = [rows, cols]
-    if loaded.crs:
-        from rasterio.crs import CRS
-
-        crs = CRS.from_wkt(loaded.crs)
-        projection.epsg = crs.to_epsg()
-        if projection.epsg is None:
-            projection.wkt2 = loaded.crs
-        projection.transform = [float(v) for v in loaded.transform]
-    image_asset = pystac.Asset(
-        href=f"../../{image_key(scene.scene_id)}",
-        media_type=ZARR_MEDIA_TYPE,
-        roles=["data"],
-        title="imagery (bands, rows, cols)",
-        extra_fields={
-            "cloudseg:dtype": str(loaded.image.dtype),
-            "cloudseg:chunks": [len(scheme.bands), CHUNK, CHUNK],
-        },
-    )
-    item.add_asset("image", image_asset)
-    EOExtension.ext(item, add_if_missing=True)
-    EOExtension.ext(image_asset).bands = [Band.create(name=b) for b in scheme.bands]
-    item.add_asset(
-        "mask",
-        pystac.Asset(
-            href=f"../../{mask_key(scene.scene_id)}",
-            media_type=ZARR_MEDIA_TYPE,
-            roles=["labels"],
-            title="class values (rows, cols), 255 = ignore",
-        ),
-    )
-    item.set_self_href(None)
-    return item.to_dict(include_self_link=False, transform_hrefs=False)
 
 
 def write_collection(
@@ -197,7 +133,7 @@ def write_collection(
 
     Built by the one Collection builder, :func:`~..inference.stac_item.collection_dict`.
     """
-    from ..inference.stac_item import collection_dict
+    from ..inference.stac_item import SENTINEL2_START, collection_dict
 
     links = [{"rel": "item", "href": f"items/{i['id']}.json", "type": "application/json"}
              for i in items]  # fmt: skip

@@ -335,3 +335,55 @@ def test_unknown_layout_and_missing_scheme_are_clear(tmp_path):
     with pytest.raises(InputError, match=r"no data\.json"):
         ingest(tmp_path / "pairs", tmp_path / "store", env_file=None)
     assert not (tmp_path / "store").exists()
+
+
+def test_store_items_of_any_grid_and_date_come_from_the_stac_module():
+    """``store_item``: footprint and ``proj`` from the grid, an open span for no date."""
+    import datetime as dt
+
+    import pystac
+    from rasterio.crs import CRS
+
+    from cloudseg.backend.inference.stac_item import OPEN_END, SENTINEL2_START, store_item
+
+    lcc = CRS.from_proj4(
+        "+proj=lcc +lat_1=33 +lat_2=45 +lat_0=39 +lon_0=-96.5 +ellps=GRS80 +units=m +no_defs"
+    ).to_wkt()
+    common = {
+        "bands": ["B02", "B03"], "image_href": "../../zarr/s/image", "image_dtype": "uint16",
+        "mask_href": "../../zarr/s/mask", "image_chunks": [2, 256, 256],
+    }  # fmt: skip
+    when = dt.datetime(2020, 4, 29, 8, 20, 47, tzinfo=dt.timezone.utc)
+    utm = store_item(
+        "utm", shape=(100, 200), crs_wkt=CRS.from_epsg(32643).to_wkt(),
+        transform=(10, 0, 300000, 0, -10, 4000000), datetime=when,
+        properties={"sensor": "MSI"}, **common,
+    )  # fmt: skip
+    west, south, east, north = utm["bbox"]
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    np.testing.assert_allclose(utm["geometry"]["coordinates"][0], ring, atol=1e-7)
+    assert utm["properties"]["proj:code"] == "EPSG:32643"
+    assert utm["properties"]["proj:shape"] == [100, 200]
+    assert utm["properties"]["datetime"] == "2020-04-29T08:20:47Z"
+    assert "start_datetime" not in utm["properties"] and utm["properties"]["sensor"] == "MSI"
+    assert utm["assets"]["image"]["type"] == "application/vnd+zarr"
+    assert [b["name"] for b in utm["assets"]["image"]["eo:bands"]] == ["B02", "B03"]
+    assert utm["assets"]["mask"]["roles"] == ["labels"]
+
+    custom = store_item(
+        "lcc", shape=(100, 200), crs_wkt=lcc, transform=(20, 0, 5e5, 0, -20, 3e5),
+        datetime=None, properties={}, **common,
+    )  # fmt: skip
+    assert custom["properties"]["proj:wkt2"] == lcc and custom["properties"]["proj:code"] is None
+    assert custom["properties"]["start_datetime"] == SENTINEL2_START.isoformat()
+    assert custom["properties"]["end_datetime"] == OPEN_END.isoformat()
+    assert custom["properties"]["cloudseg:datetime_unknown"] is True
+
+    plain = store_item(
+        "plain", shape=(100, 200), crs_wkt=None, transform=None, datetime=None,
+        properties={}, **common,
+    )  # fmt: skip
+    assert plain["geometry"] is None and "bbox" not in plain
+    assert "proj:transform" not in plain["properties"]
+    for data in (utm, custom, plain):
+        assert pystac.Item.from_dict(data).id == data["id"]

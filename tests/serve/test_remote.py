@@ -1,0 +1,124 @@
+"""The client QGIS uses to run on a cloudseg server: a real server with a token, on loopback.
+
+``backend/remote.py`` (the standard library only) against ``cloudseg serve --token``:
+the mask a job gives is the CLI's, Cancel dismisses the server's job, and a wrong
+token, a closed port and a silent server are each one line within the timeout.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from cloudseg.backend.errors import CancelledError
+from cloudseg.backend.remote import RemoteError, ServerClient
+
+from ..serving import Server, start_server
+from .conftest import cli_segment, same_mask
+
+pytestmark = [pytest.mark.real_data, pytest.mark.slow]
+
+TOKEN = "a-long-token-for-the-remote-client-test"
+
+
+@pytest.fixture(scope="module")
+def token_server(venv_env, serve_files, tmp_path_factory) -> Iterator[Server]:
+    """A loopback server that needs a token, reading ``serve_files``."""
+    env = dict(venv_env)
+    env.pop("CLOUDSEG_SERVE_TOKEN", None)
+    work = tmp_path_factory.mktemp("remote-work")
+    proc = start_server(env, work, "--root", str(serve_files), "--token", TOKEN, token=TOKEN)
+    yield proc
+    proc.stop()
+
+
+def _mosaic(chip: Path, target: Path) -> Path:
+    """The chip tiled 3 x 3: a scene that runs long enough to cancel mid-run."""
+    with rasterio.open(chip) as src:
+        data, profile, names = src.read(), src.profile, src.descriptions
+    profile.update(width=data.shape[2] * 3, height=data.shape[1] * 3)
+    with rasterio.open(target, "w", **profile) as dst:
+        dst.write(np.tile(data, (1, 3, 3)))
+        for i, name in enumerate(names, start=1):
+            dst.set_band_description(i, name)
+    return target
+
+
+def test_a_job_on_the_server_gives_the_clis_mask(token_server, serve_files, venv_env, tmp_path):
+    client = ServerClient(token_server.url, TOKEN)
+    seen: list[tuple[float, str]] = []
+    job = client.run(
+        "segment", {"input": str(serve_files / "chip.tif"), "product_level": "L2A"},
+        progress=lambda p, m: seen.append((p, m)),
+    )  # fmt: skip
+    served = client.download(job.results["mask"]["href"], tmp_path / "served.tif")
+    cli = cli_segment(venv_env, serve_files / "chip.tif", tmp_path / "cli.tif",
+                      "--product-level", "L2A")  # fmt: skip
+    same_mask(served, cli)
+    assert seen and seen[-1][0] == 100
+    assert job.summary["runner"] and job.summary["model"] == "ukis-csmask-4b-l2a"
+    assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_cancel_dismisses_the_servers_job(token_server, serve_files):
+    client = ServerClient(token_server.url, TOKEN)
+    mosaic = _mosaic(serve_files / "chip.tif", serve_files / "remote-mosaic.tif")
+    job_id = client.submit("segment", {"input": str(mosaic), "tta": True})
+    started = time.monotonic()
+    with pytest.raises(CancelledError, match="dismissed"):
+        client.wait(job_id, cancelled=lambda: time.monotonic() - started > 1.0)
+    with pytest.raises(RemoteError, match="no such job"):  # dismissed: gone with its files
+        client.status(job_id)
+
+
+def test_a_wrong_token_and_a_refused_request_are_one_line(token_server, serve_files):
+    with pytest.raises(RemoteError) as wrong:
+        ServerClient(token_server.url, "not-the-token").describe()
+    message = str(wrong.value)
+    assert "token" in message and "\n" not in message and "not-the-token" not in message
+    client = ServerClient(token_server.url, TOKEN)
+    with pytest.raises(RemoteError) as outside:
+        client.submit("segment", {"input": "/etc/passwd"})
+    assert "refused" in str(outside.value) and "\n" not in str(outside.value)
+    assert client.describe()["id"] == "segment"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_or_silent_server_is_one_line_within_the_timeout():
+    closed = ServerClient(f"http://127.0.0.1:{_free_port()}", TOKEN, timeout=2)
+    with pytest.raises(RemoteError, match="cannot reach the cloudseg server") as refused:
+        closed.describe()
+    assert "\n" not in str(refused.value) and TOKEN not in str(refused.value)
+
+    silent = socket.socket()  # accepts connections and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True).start()
+    try:
+        client = ServerClient(f"http://127.0.0.1:{silent.getsockname()[1]}", TOKEN, timeout=2)
+        started = time.monotonic()
+        with pytest.raises(RemoteError, match="no answer within 2 s"):
+            client.submit("segment", {"input": "chip.tif"})
+        assert time.monotonic() - started < 10
+    finally:
+        for connection in held:
+            connection.close()
+        silent.close()
+
+
+def test_a_url_that_is_not_a_server_is_refused_at_once():
+    with pytest.raises(RemoteError, match="http"):
+        ServerClient("file:///etc/passwd")

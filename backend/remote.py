@@ -71,7 +71,7 @@ class ServerClient:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RemoteError(f"the server's URL must be http(s)://host:port, not {url!r}")
         self.url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-        self.url = self.url.rstrip("/")
+        self.url = self.url.rstrip("/")  # paths are appended: /ogc/...
         self.token = token or None
         limits = timeouts("http")
         self.timeout = timeout or max(limits.connect, limits.read)
@@ -86,12 +86,10 @@ class ServerClient:
             RemoteError: When the server cannot be reached or does not answer in time.
         """
         data = None
-        sent = {"Accept": "application/json", **headers}
+        sent = {"Accept": "application/json", **self._auth(), **headers}
         if body is not None:
             data = json.dumps(body).encode()
             sent["Content-Type"] = "application/json"
-        if self.token:
-            sent["Authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(url, data=data, method=method, headers=sent)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as answer:
@@ -100,6 +98,10 @@ class ServerClient:
             return exc.code, dict(exc.headers or {}), exc.read()
         except (TimeoutError, urllib.error.URLError, OSError) as exc:
             raise RemoteError(self._unreachable(exc)) from None
+
+    def _auth(self) -> dict[str, str]:
+        """The token's header (never part of a URL or a message)."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def _unreachable(self, exc: BaseException) -> str:
         reason = getattr(exc, "reason", exc)
@@ -119,7 +121,7 @@ class ServerClient:
         Raises:
             RemoteError: For an unreachable server, a refused token or request.
         """
-        url = path if path.startswith(("http://", "https://")) else f"{self.url}{path}"
+        url = f"{self.url}{path}"
         status, headers_, raw = self._request(method, url, body, **headers)
         try:
             document = json.loads(raw or b"null")
@@ -232,8 +234,7 @@ class ServerClient:
         """
         target = Path(target)
         partial = target.with_name(f".{target.name}.partial")
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        request = urllib.request.Request(href, headers=headers)
+        request = urllib.request.Request(href, headers=self._auth())
         try:
             with (
                 urllib.request.urlopen(request, timeout=self.timeout) as answer,

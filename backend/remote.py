@@ -6,6 +6,12 @@ its OGC API - Processes endpoint: :class:`ServerClient` submits a job asynchrono
 downloads its result files. The standard library only (``urllib``): it runs in
 QGIS's own Python with none of cloudseg's runtime packages installed.
 
+:func:`run_on_server` is a whole run as the plugin makes it: the scene sent (its path
+when the server reads the same folder under a ``--root``, else streamed to
+``PUT /uploads`` after the server's upload limit is read), the job followed with
+progress and cancel, and the wanted result files downloaded together, published only
+when all of them arrived.
+
 Every request has the network policy's timeout (:mod:`.network`:
 ``CLOUDSEG_CONNECT_TIMEOUT``, ``CLOUDSEG_READ_TIMEOUT``), so an unreachable or silent
 server is one line, never a hang. The token goes in the ``Authorization`` header only
@@ -17,11 +23,13 @@ server's own words, a failed or dismissed job, a lost connection).
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +43,19 @@ POLL_SECONDS = 0.5
 ENDED = ("successful", "failed", "dismissed")
 
 
+#: Bytes sent or received at a time (progress and cancel are checked between them).
+CHUNK = 1 << 20
+
+Progress = Callable[[float, str], None]
+Cancelled = Callable[[], bool]
+
+
 class RemoteError(CloudsegError):
     """A server could not run what was asked: one line saying why and what to do."""
+
+
+class UnreachableError(RemoteError):
+    """The server did not answer (refused connection, timeout, lost connection)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +116,7 @@ class ServerClient:
         except urllib.error.HTTPError as exc:
             return exc.code, dict(exc.headers or {}), exc.read()
         except (TimeoutError, urllib.error.URLError, OSError) as exc:
-            raise RemoteError(self._unreachable(exc)) from None
+            raise UnreachableError(self._unreachable(exc)) from None
 
     def _auth(self) -> dict[str, str]:
         """The token's header (never part of a URL or a message)."""
@@ -200,7 +219,10 @@ class ServerClient:
             if cancelled is not None and cancelled():
                 self.dismiss(job_id)
                 raise CancelledError("cancelled; the server's job was dismissed")
-            state = self.status(job_id)
+            try:
+                state = self.status(job_id)
+            except UnreachableError as exc:
+                raise UnreachableError(f"lost the connection during the job: {exc}") from None
             if progress is not None:
                 progress(float(state.get("progress") or 0), str(state.get("message") or ""))
             if state.get("status") == "successful":
@@ -234,15 +256,37 @@ class ServerClient:
         """
         target = Path(target)
         partial = target.with_name(f".{target.name}.partial")
-        request = urllib.request.Request(href, headers=self._auth())
+        self._fetch(href, partial)
+        partial.replace(target)
+        return target
+
+    def _own(self, href: str) -> str:
+        """A result's href on this client's own server address (the token goes nowhere else).
+
+        A server names its files by the address it believes it has (its host name, a
+        proxy's ``--url``); the client reaches it by the URL it was given.
+        """
+        parts = urllib.parse.urlsplit(href)
+        if not parts.path.startswith("/files/"):
+            raise RemoteError(
+                f"the server's result {redact(href, query=False)} is not one of its files"
+            )
+        return f"{self.url}{parts.path}"
+
+    def _fetch(
+        self, href: str, partial: Path, progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Stream one result file into ``partial`` (removed again when it fails)."""
+        request = urllib.request.Request(self._own(href), headers=self._auth())
         try:
             with (
                 urllib.request.urlopen(request, timeout=self.timeout) as answer,
                 partial.open("wb") as handle,
             ):
-                while chunk := answer.read(1 << 20):
+                while chunk := answer.read(CHUNK):
                     handle.write(chunk)
-            partial.replace(target)
+                    if progress is not None:
+                        progress(len(chunk))
         except urllib.error.HTTPError as exc:
             partial.unlink(missing_ok=True)
             raise RemoteError(
@@ -250,5 +294,296 @@ class ServerClient:
             ) from None
         except (TimeoutError, urllib.error.URLError, OSError) as exc:
             partial.unlink(missing_ok=True)
-            raise RemoteError(self._unreachable(exc)) from None
-        return target
+            raise UnreachableError(self._unreachable(exc)) from None
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
+    def fetch(
+        self,
+        results: Mapping[str, Any],
+        wanted: Mapping[str, Path | None],
+        progress: Progress | None = None,
+        cancelled: Cancelled | None = None,
+    ) -> dict[str, Path]:
+        """Download the wanted result files together: all of them, or none.
+
+        Each file is streamed beside its target first; the targets are replaced only
+        when every file has arrived, so a lost connection or a cancel leaves what was
+        there before untouched.
+
+        Args:
+            results: The job's results document (:attr:`RemoteJob.results`).
+            wanted: Result name (``mask``, ``polygons``...) -> where it goes (None: not
+                wanted).
+            progress: ``progress(percent, message)`` over all the files.
+            cancelled: Polled between chunks.
+
+        Raises:
+            RemoteError: For a result the job does not have, or a lost connection.
+            CancelledError: After a cancel (nothing replaced).
+        """
+        wanted = {k: Path(v) for k, v in wanted.items() if v is not None}
+        missing = [k for k in wanted if not isinstance(results.get(k), dict)]
+        if missing:
+            raise RemoteError(f"the server's job has no {', '.join(missing)} to download")
+        partials = {k: v.with_name(f".{v.name}.partial") for k, v in wanted.items()}
+        done = {"bytes": 0, "files": 0}
+
+        def received(count: int) -> None:
+            if cancelled is not None and cancelled():
+                raise CancelledError("cancelled; nothing was downloaded")
+            done["bytes"] += count
+            if progress is not None:
+                mib = done["bytes"] / 2**20
+                percent = 100.0 * done["files"] / max(len(partials), 1)
+                progress(percent, f"downloading the results ({mib:.1f} MiB)")
+
+        try:
+            for name, partial in partials.items():
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                self._fetch(results[name]["href"], partial, received)
+                done["files"] += 1
+        except BaseException:
+            for partial in partials.values():
+                partial.unlink(missing_ok=True)
+            raise
+        for name, partial in partials.items():
+            partial.replace(wanted[name])
+        return dict(wanted)
+
+    # -- sending a scene --------------------------------------------------------------------
+    def capabilities(self) -> dict[str, Any]:
+        """What the server says of itself: its upload limit, the folders jobs may read.
+
+        Raises:
+            RemoteError: For an unreachable server or a refused token.
+        """
+        _, _, document = self._json("GET", "/health")
+        if not isinstance(document, dict) or "max_upload_bytes" not in document:
+            raise RemoteError(
+                f"{redact(self.url)} is not a cloudseg server that takes uploads "
+                "(update it to this cloudseg's version)"
+            )
+        return document
+
+    def upload(
+        self,
+        path: Path,
+        progress: Progress | None = None,
+        cancelled: Cancelled | None = None,
+        limit: int | None = None,
+    ) -> str:
+        """Stream a file to the server (never whole in memory); what a job names it by.
+
+        Args:
+            path: The file.
+            progress: ``progress(percent, message)`` as the bytes go.
+            cancelled: Polled between chunks; the server drops a partial upload.
+            limit: The server's upload limit, bytes, when already read
+                (:meth:`capabilities`); checked before a byte is sent.
+
+        Raises:
+            RemoteError: For a file over the server's limit (said before sending) or
+                one the server refuses.
+            CancelledError: After a cancel.
+        """
+        path = Path(path)
+        size = path.stat().st_size
+        limit = self.capabilities()["max_upload_bytes"] if limit is None else limit
+        if size > limit:
+            raise RemoteError(
+                f"{path.name} is {size / 2**20:.0f} MiB; the server at {redact(self.url)} "
+                f"accepts uploads up to {limit / 2**20:.0f} MiB: segment a smaller extent, "
+                "or put the scene in a folder the server reads (its --root)"
+            )
+
+        def chunks() -> Iterator[bytes]:
+            sent = 0
+            with path.open("rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    if cancelled is not None and cancelled():
+                        raise CancelledError("cancelled; the upload was stopped")
+                    yield chunk
+                    sent += len(chunk)
+                    if progress is not None:
+                        mib = f"{sent / 2**20:.0f} of {size / 2**20:.0f} MiB"
+                        progress(100.0 * sent / max(size, 1), f"uploading {path.name} ({mib})")
+
+        url = f"{self.url}/uploads/{urllib.parse.quote(path.name)}"
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(size),
+            "Accept": "application/json",
+            **self._auth(),
+        }
+        request = urllib.request.Request(url, data=chunks(), method="PUT", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+                document = json.loads(answer.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            try:
+                said = self._said(json.loads(exc.read() or b"null"))
+            except ValueError:
+                said = ""
+            if exc.code in (401, 403) and not said:
+                raise RemoteError(
+                    "the server refused the token: check the token it was given"
+                ) from None
+            raise RemoteError(
+                f"the cloudseg server refused the upload: {said or f'HTTP {exc.code}'}"
+            ) from None
+        except (TimeoutError, urllib.error.URLError, OSError) as exc:
+            raise UnreachableError(self._unreachable(exc)) from None
+        if not isinstance(document, dict) or not isinstance(document.get("input"), str):
+            raise RemoteError("the cloudseg server did not say where it stored the upload")
+        return document["input"]
+
+    def scene_input(
+        self,
+        scene: Path,
+        progress: Progress | None = None,
+        cancelled: Cancelled | None = None,
+    ) -> str:
+        """What a job names ``scene`` by: its path when the server reads it, else an upload.
+
+        A path under one of the server's ``--root`` folders is sent as it is (the
+        server reads the same folder, a shared drive). Otherwise the file is uploaded;
+        a SAFE folder is zipped first (stored, not compressed: its JPEG 2000 bands
+        are compressed already).
+
+        Raises:
+            RemoteError: For a folder of band files the server cannot read by path,
+                or an upload the server refuses.
+        """
+        scene = Path(scene)
+        capabilities = self.capabilities()
+        resolved = scene.resolve()
+        for root in capabilities.get("roots") or []:
+            if resolved == Path(root) or Path(root) in resolved.parents:
+                return str(resolved)
+        limit = int(capabilities["max_upload_bytes"])
+        if scene.is_file():
+            return self.upload(scene, progress, cancelled, limit)
+        if scene.is_dir() and scene.suffix.upper() == ".SAFE":
+            with tempfile.TemporaryDirectory(prefix="cloudseg-upload-") as folder:
+                zipped = Path(folder) / f"{scene.name}.zip"
+                if progress is not None:
+                    progress(0.0, f"zipping {scene.name} to upload it")
+                shutil.make_archive(str(zipped.with_suffix("")), "zip", scene.parent, scene.name)
+                return self.upload(zipped, progress, cancelled, limit)
+        raise RemoteError(
+            f"{scene.name} is a folder of band files, which the server reads by path only: "
+            "put it in a folder the server reads (its --root), or save the bands as one "
+            "multi-band GeoTIFF"
+        )
+
+
+def server_inputs(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's options (field -> value, as ``RunOptions`` takes them) as a job's inputs.
+
+    Unset options are left out (the server's defaults are the same declarations). A
+    band list becomes ``"B04,B03,B02"``; an extent a list of four numbers.
+
+    Raises:
+        RemoteError: For an option a server run cannot take: a model file on this
+            computer (the server runs its own models, by name).
+    """
+    from .inference.options import RUN_FLAGS, SEGMENT_FLAGS
+
+    offered = {f.field for f in (*RUN_FLAGS, *SEGMENT_FLAGS) if f.offered("server")}
+    declared = {f.field for f in (*RUN_FLAGS, *SEGMENT_FLAGS)}
+    inputs: dict[str, Any] = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name == "model" and (
+            isinstance(value, Path) or str(value).lower().endswith(MODEL_FILES)
+        ):
+            raise RemoteError(
+                f"a model file on this computer ({Path(str(value)).name}) cannot run on the "
+                "server: choose one of the server's models by name"
+            )
+        if name == "extent":
+            inputs[name] = [float(v) for v in value]
+            continue
+        if name in declared and name not in offered:
+            continue  # this computer's own limits (memory) are not the server's
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        inputs[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return inputs
+
+
+#: Suffixes of model files (a model given by file, not by name).
+MODEL_FILES = (".onnx", ".pt", ".pth", ".ckpt")
+
+
+@dataclass(frozen=True)
+class RemoteRun:
+    """A run made on a server, its files downloaded here.
+
+    Attributes:
+        server: The server's address (no token).
+        job_id: The server's id of the job.
+        summary: The run's summary (model, runner, seconds, class percentages...).
+        files: Result name -> the downloaded file.
+    """
+
+    server: str
+    job_id: str
+    summary: dict[str, Any]
+    files: dict[str, Path]
+
+    @property
+    def where(self) -> str:
+        """Where it ran, for the log and the recent runs: ``server host:port (runner)``."""
+        host = urllib.parse.urlsplit(self.server).netloc
+        runner = self.summary.get("runner") or "its runtime"
+        return f"server {host} ({runner})"
+
+
+def run_on_server(
+    client: ServerClient,
+    process: str,
+    scene: Path,
+    options: Mapping[str, Any],
+    outputs: Mapping[str, Path | None],
+    progress: Progress | None = None,
+    cancelled: Cancelled | None = None,
+) -> RemoteRun:
+    """Run ``process`` on the server for a scene here; its result files downloaded.
+
+    The scene is sent (:meth:`ServerClient.scene_input`: its path under a ``--root``,
+    else uploaded), the job followed and dismissed on cancel, and the ``outputs``
+    downloaded together (:meth:`ServerClient.fetch`): the targets are written only
+    when the run succeeded and every file arrived.
+
+    Args:
+        client: The server.
+        process: ``segment`` or ``explain``.
+        scene: The scene on this computer (a file, or a folder the server reads).
+        options: Run options by field (:func:`server_inputs`).
+        outputs: Result name -> target path (None: not wanted).
+        progress: ``progress(percent, message)``: sending 0-20, the job 20-95,
+            downloading 95-100.
+        cancelled: Polled throughout.
+
+    Raises:
+        RemoteError: One line: unreachable, refused token or request, failed job,
+            lost connection.
+        CancelledError: After a cancel (the server's job dismissed, nothing written).
+    """
+    inputs = server_inputs(options)
+
+    def part(low: float, high: float) -> Progress:
+        def report(percent: float, message: str) -> None:
+            if progress is not None:
+                progress(low + (high - low) * max(0.0, min(100.0, percent)) / 100.0, message)
+
+        return report
+
+    inputs["input"] = client.scene_input(scene, part(0, 20), cancelled)
+    job = client.run(process, inputs, part(20, 95), cancelled)
+    files = client.fetch(job.results, outputs, part(95, 100), cancelled)
+    return RemoteRun(redact(client.url), job.job_id, job.summary, files)

@@ -284,7 +284,7 @@ class CloudSegDock(QDockWidget):
         folder or the scene cannot be used.
         """
         from ..backend.raster.bands import parse_band_list
-        from ..backend.raster.reader import scene_path_from_gdal_source
+        from ..backend.raster.sources import scene_path_from_gdal_source
 
         if not self.runner.ready():
             return None

@@ -37,7 +37,8 @@ from ..backend.active.loop import latest_run
 from ..backend.active.project import LabelProject, ProjectContents
 from ..backend.dependencies import TRAINING
 from ..backend.errors import CloudsegError
-from ..backend.raster.reader import scene_key, scene_path_from_gdal_source
+from ..backend.raster.reader import scene_key
+from ..backend.raster.sources import scene_path_from_gdal_source
 from ..training.label_round import LabelRound
 from . import logbridge, packages, styling
 from .labellayers import STATUS_COLORS, ProjectLayers

@@ -64,7 +64,7 @@ def input_name(layer: QgsMapLayer, scene: Path | None = None) -> str:
         scene: What cloudseg reads for it (``scene_path_from_gdal_source``), if known.
     """
     from ..backend.errors import CloudsegError
-    from ..backend.raster.reader import scene_path_from_gdal_source
+    from ..backend.raster.sources import scene_path_from_gdal_source
 
     name = layer.name()
     if scene is None:

@@ -2,7 +2,9 @@
 
 Routes: ``/`` the web page (Gradio), ``/ogc`` OGC API - Processes (pygeoapi),
 ``/files/{job}/{name}`` a successful job's result files (names from its result
-document only), ``/health`` the queue and the runtime. Every request passes
+document only), ``PUT /uploads/{name}`` a scene streamed to the server for a job
+(``upload:<id>/<name>``), ``/health`` the queue and what a client needs to know first
+(the upload limit, the folders jobs may read by path). Every request passes
 :class:`Guard` first: the token when the server has one, the ``Host`` header on a
 loopback server (so a web page elsewhere cannot reach it by DNS rebinding), and the
 upload limit.
@@ -21,6 +23,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from starlette.requests import Request  # FastAPI reads the upload route's annotation
+
 from .config import ServeConfig, is_loopback, refuse
 
 logger = logging.getLogger(__name__)
@@ -29,6 +33,8 @@ logger = logging.getLogger(__name__)
 FORM_SLACK = 2**20
 #: The cookie the page keeps the token in after ``?token=``.
 TOKEN_COOKIE = "cloudseg_token"
+#: Where scripts (the QGIS plugin) stream scenes for their jobs.
+UPLOADS_PREFIX = "/uploads"
 
 
 class Guard:
@@ -215,14 +221,67 @@ def _setting_cookie(send: Any, token: str) -> Any:
     return wrapped
 
 
-def _housekeeping(queue: Any, every: float) -> None:
-    """Remove expired jobs now and then (a daemon thread)."""
+def _housekeeping(queue: Any, every: float, uploads: Path) -> None:
+    """Remove expired jobs and uploads now and then (a daemon thread)."""
     stop = threading.Event()
     while not stop.wait(every):
         try:
             queue.remove_expired()
+            remove_old_uploads(uploads, queue.keep_seconds)
         except Exception:  # housekeeping must never stop the server
             logger.exception("removing expired jobs failed")
+
+
+def remove_old_uploads(uploads: Path, keep_seconds: float) -> int:
+    """Remove the uploads (one folder each) older than ``keep_seconds``; how many."""
+    import shutil
+    import time
+
+    removed = 0
+    with contextlib.suppress(OSError):
+        for folder in uploads.iterdir():
+            if time.time() - folder.stat().st_mtime > keep_seconds:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+    return removed
+
+
+async def receive_upload(request: Request, name: str, uploads: Path, config: ServeConfig) -> dict:
+    """Stream a request's body into a new upload folder; what a job names it by.
+
+    The file is written beside its name and renamed when whole: a dropped connection
+    or a body over the limit leaves nothing behind.
+
+    Raises:
+        InputError: For a name that cannot be stored, or a body over the upload limit.
+    """
+    import secrets
+    import shutil
+
+    from ..errors import InputError
+    from .config import UPLOAD_PREFIX, upload_name
+
+    stored = upload_name(name)
+    announced = _announced_length(request.headers)
+    config.check_upload_size(announced)
+    key = secrets.token_hex(16)
+    folder = uploads / key
+    folder.mkdir(parents=True)
+    partial, size = folder / f".{stored}.partial", 0
+    try:
+        with partial.open("wb") as handle:
+            async for chunk in request.stream():
+                size += len(chunk)
+                config.check_upload_size(size)
+                handle.write(chunk)
+        if size == 0:
+            raise InputError("the upload is empty: send the scene's bytes as the request body")
+        partial.rename(folder / stored)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    logger.info("upload %s: %s, %d bytes", key, stored, size)
+    return {"input": f"{UPLOAD_PREFIX}{key}/{stored}", "bytes": size}
 
 
 def _share_proj_data() -> None:
@@ -301,7 +360,9 @@ def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
         max_input_bytes=int(config.max_upload_mib * 2**20),
     )
     base = config.base_url(port)
-    attach(queue, config, base)
+    uploads = work / "uploads" / "api"
+    uploads.mkdir(parents=True, exist_ok=True)
+    attach(queue, config, base, uploads)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan(queue))
 
     @app.delete(PREFIX + "/jobs/{job_id}")
@@ -329,9 +390,31 @@ def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
         key = next(k for k, p in job.files.items() if p == path)
         return FileResponse(path, media_type=media_type(job.process, key), filename=path.name)
 
+    @app.put(UPLOADS_PREFIX + "/{name}", status_code=201)
+    async def upload(name: str, request: Request) -> JSONResponse:
+        from ..errors import CloudsegError
+
+        try:
+            stored = await receive_upload(request, name, uploads, config)
+        except CloudsegError as exc:
+            too_large = "--max-upload" in str(exc)
+            code = "PayloadTooLarge" if too_large else "InvalidParameterValue"
+            body = {"type": code, "code": code, "description": str(exc)}
+            return JSONResponse(body, 413 if too_large else 400)
+        return JSONResponse(stored, 201)
+
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "concurrency": config.concurrency}
+        from .._version import __version__
+
+        return {
+            "status": "ok",
+            "version": __version__,
+            "concurrency": config.concurrency,
+            "max_upload_bytes": config.max_upload_bytes,
+            "uploads": UPLOADS_PREFIX,
+            "roots": [str(r) for r in config.roots],
+        }
 
     keep = config.keep_seconds
     page = build_page(queue, config)
@@ -346,7 +429,8 @@ def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
         root_path=config.url and config.url.rstrip("/"),
     )
     app = PublishedOnly(app)  # Gradio's file route: published results only
-    threading.Thread(target=_housekeeping, args=(queue, min(keep / 4, 600.0)), daemon=True).start()
+    every = min(keep / 4, 600.0)
+    threading.Thread(target=_housekeeping, args=(queue, every, uploads), daemon=True).start()
     hosts = config.allowed_hosts(port) if is_loopback(config.host) else None
     limit = int(config.max_upload_mib * 2**20) + FORM_SLACK
     origins = {_origin_of(base)} - {None}

@@ -13,12 +13,16 @@ Processes) go through them:
   URLs within the network timeouts (:mod:`cloudseg.backend.network`).
 - **What it keeps**: uploads and each job's folder (random 128-bit ids) are removed
   ``keep_hours`` after the job ends; uploads larger than ``max_upload_mib`` are refused.
+- **Uploads by script** (``PUT /uploads/{name}``, what the QGIS plugin sends): each goes
+  into a folder of its own with a random 128-bit name; a job names it
+  ``upload:<id>/<name>`` (:data:`UPLOAD_PREFIX`), never by a path on the server.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +39,29 @@ DEFAULT_MAX_UPLOAD_MIB = 2048.0
 DEFAULT_KEEP_HOURS = 24.0
 #: Input schemes read over the network (GDAL's /vsicurl/ and /vsis3/, with timeouts).
 URL_SCHEMES = ("https://", "http://", "s3://")
+#: How a job names a file uploaded by ``PUT /uploads/{name}``: ``upload:<id>/<name>``.
+UPLOAD_PREFIX = "upload:"
+#: An upload's reference: 32 hex digits (its folder) and the file's sanitised name.
+_UPLOAD_REFERENCE = re.compile(
+    r"^upload:([0-9a-f]{32})/([A-Za-z0-9_-]{1,60}(\.[A-Za-z0-9]{1,8}){0,2})$"
+)
+
+
+def upload_name(name: str) -> str:
+    """An uploaded file's name as the server stores it: letters, digits, ``-_``, its suffix.
+
+    The suffix (``.tif``, ``.SAFE.zip``) is kept, for it says what the file is.
+
+    Raises:
+        InputError: For a name with nothing usable in it.
+    """
+    base = Path(name.replace("\\", "/")).name
+    suffixes = [s for s in Path(base).suffixes[-2:] if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", s)]
+    stem = base[: len(base) - len("".join(suffixes))] if suffixes else base
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:60].strip("_")
+    if not safe:
+        raise InputError(f"cannot store an upload named {name!r}: name it like scene.tif")
+    return safe + "".join(suffixes)
 
 
 def is_loopback(host: str) -> bool:
@@ -118,18 +145,25 @@ class ServeConfig:
         names = {"localhost", "127.0.0.1", "[::1]", self.host}
         return {n for name in names for n in (name, f"{name}:{port}")}
 
-    def resolve_input(self, text: str) -> str:
-        """The input a job reads: a URL as given, or a path checked against the roots.
+    def resolve_input(self, text: str, uploads: Path | None = None) -> str:
+        """The input a job reads: a URL as given, an upload, or a path under the roots.
+
+        Args:
+            text: What the request names.
+            uploads: The folder of uploads made by ``PUT /uploads`` (None: none taken).
 
         Raises:
-            InputError: For an empty input, or a path outside every root (after ``..``
-                and symbolic links are resolved), or a path when no root is configured.
+            InputError: For an empty input, an upload that is not there, a path outside
+                every root (after ``..`` and symbolic links are resolved), or a path when
+                no root is configured.
         """
         text = text.strip()
         if not text:
             raise InputError("no input: upload a scene or give a path or URL")
         if text.startswith(URL_SCHEMES):
             return text
+        if text.startswith(UPLOAD_PREFIX) and uploads is not None:
+            return self.resolve_upload(text, uploads)
         if "://" in text:
             raise InputError(
                 f"{text.split('://')[0]}:// inputs are not read; use https:// or s3://"
@@ -152,14 +186,47 @@ class ServeConfig:
             raise InputError(f"{text}: no such file or folder on the server")
         return str(resolved)
 
+    def resolve_upload(self, text: str, uploads: Path) -> str:
+        """The file an ``upload:<id>/<name>`` reference names, in ``uploads``.
+
+        Raises:
+            InputError: For a malformed reference, or an upload that is not (or no
+                longer) there.
+        """
+        match = _UPLOAD_REFERENCE.match(text)
+        if match is None:
+            raise InputError(
+                "the input names no upload of this server: give the upload:<id>/<name> "
+                "that PUT /uploads answered"
+            )
+        path = uploads / match.group(1) / match.group(2)
+        if not path.is_file():
+            raise InputError(
+                f"the upload {match.group(2)} is not on the server (uploads are kept "
+                f"{self.keep_hours:g} hours): upload the scene again"
+            )
+        return str(path)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """The largest upload accepted, bytes."""
+        return int(self.max_upload_mib * 2**20)
+
     def check_upload(self, path: Path) -> None:
         """Refuse an upload larger than the limit.
 
         Raises:
             InputError: When ``path`` is larger than ``max_upload_mib``.
         """
-        size = path.stat().st_size
-        if size > self.max_upload_mib * 2**20:
+        self.check_upload_size(path.stat().st_size)
+
+    def check_upload_size(self, size: int) -> None:
+        """Refuse an upload of ``size`` bytes when it is larger than the limit.
+
+        Raises:
+            InputError: When ``size`` is larger than ``max_upload_mib``.
+        """
+        if size > self.max_upload_bytes:
             raise InputError(
                 f"the upload is {size / 2**20:.0f} MiB; this server accepts up to "
                 f"{self.max_upload_mib:g} MiB (--max-upload)"

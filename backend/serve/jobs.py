@@ -294,7 +294,7 @@ class JobQueue:
         if job is not None:
             for inner in (job.folder / "input", job.folder):
                 message = message.replace(f"{inner}/", "")
-        message = re.sub(re.escape(f"{work}/uploads/") + r"[^/\s]+/", "", message)
+        message = re.sub(re.escape(f"{work}/uploads/") + r"(api/)?[^/\s]+/", "", message)
         return message.replace(work, "<server>")
 
     def _end(self, job: Job, status: str, message: str) -> None:

@@ -66,9 +66,9 @@ class BusyError(ProcessorExecuteError):
     ogc_exception_code = "ServerBusy"
 
 
-def attach(queue: JobQueue, config: Any, base_url: str) -> None:
-    """Give the OGC face the server's queue, configuration and address."""
-    _SERVER.update(queue=queue, config=config, base_url=base_url)
+def attach(queue: JobQueue, config: Any, base_url: str, uploads: Path | None = None) -> None:
+    """Give the OGC face the server's queue, configuration, address and uploads folder."""
+    _SERVER.update(queue=queue, config=config, base_url=base_url, uploads=uploads)
 
 
 def _metadata(process: str) -> dict[str, Any]:
@@ -176,7 +176,9 @@ class QueueManager(BaseManager):
         """
         try:
             values = processes.parse_inputs(process_id, data)
-            values["input"] = _SERVER["config"].resolve_input(values["input"])
+            values["input"] = _SERVER["config"].resolve_input(
+                values["input"], _SERVER.get("uploads")
+            )
         except CloudsegError as exc:
             raise BadInputError(user_msg=str(exc)) from None
         try:

@@ -400,6 +400,7 @@ def run_segment(job: Job, progress: Any, cancelled: Any) -> JobOutcome:
         "product_level": result.product_level,
         "classes": load_classes(mask),
         "shadow_geometry": result.shadow_geometry,
+        "accounting": result.accounting,
     }
     return JobOutcome(files, summary)
 

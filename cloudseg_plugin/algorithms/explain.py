@@ -130,7 +130,7 @@ trained with cloudseg."""
         """Explain, and style the layer Processing loads."""
         from ...backend.inference.explain import explain
         from ...backend.inference.options import RunOptions
-        from ...backend.raster.reader import scene_path_from_gdal_source
+        from ...backend.raster.sources import scene_path_from_gdal_source
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:

@@ -90,7 +90,7 @@ proposals of an earlier round are replaced.
     ) -> dict[str, Any]:
         """Propose, and load the proposals layer when run from the toolbox."""
         from ...backend.active.project import PROPOSALS_LAYER
-        from ...backend.raster.reader import scene_path_from_gdal_source
+        from ...backend.raster.sources import scene_path_from_gdal_source
         from ...training.label_round import LabelRound
 
         doubt = self.parameterAsRasterLayer(parameters, self.UNCERTAINTY, context)
@@ -180,7 +180,7 @@ edge, which fine-tuned better than no context in every measured round."""
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
         """Rasterize the labeled boxes and ingest them."""
-        from ...backend.raster.reader import scene_path_from_gdal_source
+        from ...backend.raster.sources import scene_path_from_gdal_source
         from ...training.label_round import LabelRound
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)

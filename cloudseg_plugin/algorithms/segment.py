@@ -209,7 +209,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         """Run the backend engine with Processing's progress and cancel."""
         from ...backend.inference.segment import SegmentOptions, segment
         from ...backend.inference.shadow import describe as describe_geometry
-        from ...backend.raster.reader import scene_path_from_gdal_source
+        from ...backend.raster.sources import scene_path_from_gdal_source
 
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         if layer is None:

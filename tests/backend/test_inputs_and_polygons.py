@@ -6,7 +6,7 @@ import rasterio
 
 from cloudseg.backend.errors import InputError
 from cloudseg.backend.inference.segment import SegmentOptions, segment
-from cloudseg.backend.raster.reader import scene_path_from_gdal_source
+from cloudseg.backend.raster.sources import scene_path_from_gdal_source
 from cloudseg.backend.raster.vectorize import polygonize
 
 

@@ -4,13 +4,43 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
 def test_the_server_client_imports_nothing_beyond_the_standard_library():
     code = (
-        "import sys, cloudseg.backend.remote\n"
+        "import sys, cloudseg.backend.remote, cloudseg.backend.raster.sources\n"
+        "cloudseg.backend.remote.server_inputs({'bands': ['B02'], 'tta': True})\n"
         "heavy = {'numpy', 'rasterio', 'requests', 'onnxruntime', 'torch', 'pydantic'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_runs_options_become_a_jobs_inputs():
+    from cloudseg.backend.remote import server_inputs
+
+    inputs = server_inputs({
+        "model": None, "bands": ["B02", "B03", "B04", "B08"], "product_level": "L2A",
+        "tta": True, "tile_size": 512, "max_memory_mib": 512.0, "min_polygon_area_m2": 1000.0,
+        "extent": (1.0, 2.0, 3.0, 4.0),
+    })  # fmt: skip
+    assert inputs == {
+        "bands": "B02,B03,B04,B08",
+        "product_level": "L2A",
+        "tta": True,
+        "tile_size": 512,
+        "min_polygon_area_m2": 1000.0,
+        "extent": [1.0, 2.0, 3.0, 4.0],
+    }  # fmt: skip  (memory: this computer's)
+
+
+@pytest.mark.parametrize("model", [Path("/models/mine.onnx"), "mine.pt"])
+def test_a_model_file_here_cannot_run_on_a_server(model):
+    from cloudseg.backend.remote import RemoteError, server_inputs
+
+    with pytest.raises(RemoteError, match=r"model file on this computer \(mine\.(onnx|pt)\)"):
+        server_inputs({"model": model})

@@ -112,14 +112,16 @@ def _peak_rss_mib(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
-def _chunked_post(url: str, path: str, total_mib: int) -> tuple[int, str, int]:
-    """POST ``total_mib`` MiB with chunked transfer encoding (no Content-Length).
+def _chunked_post(
+    url: str, path: str, total_mib: int, method: str = "POST"
+) -> tuple[int, str, int]:
+    """POST (or PUT) ``total_mib`` MiB with chunked transfer encoding (no Content-Length).
 
     Returns the status, the body and how many MiB were sent before the server answered.
     """
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-    connection.putrequest("POST", path)
+    connection.putrequest(method, path)
     connection.putheader("Content-Type", "application/json")
     connection.putheader("Transfer-Encoding", "chunked")
     connection.endheaders()
@@ -145,6 +147,45 @@ def test_a_chunked_body_is_counted_as_it_arrives(small_server):
     assert grown < 64, f"the server's peak memory grew by {grown:.0f} MiB"
     print(f"chunked 150 MiB against --max-upload 1: peak RSS +{grown:.1f} MiB, "
           f"{sent} MiB sent before the answer")  # fmt: skip
+
+
+def test_an_upload_by_script_over_the_limit_leaves_nothing(small_server):
+    """``PUT /uploads``: an unannounced body past --max-upload is 413, and nothing is kept."""
+    api = small_server.work / "uploads" / "api"
+    status, body, _ = _chunked_post(small_server.url, "/uploads/scene.tif", 20, method="PUT")
+    assert status == 413, body
+    assert "1 MiB" in json.loads(body)["description"]
+    deadline = time.monotonic() + 10
+    while any(api.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(api.iterdir())
+    # An announced length over the limit is refused before a byte is read.
+    announced = requests.put(f"{small_server.url}/uploads/scene.tif", data=b"x" * (2 * 2**20),
+                             timeout=60)  # fmt: skip
+    _one_line(announced, 413, "--max-upload")
+    assert not any(api.iterdir())
+
+
+@pytest.mark.parametrize(
+    "reference", ["upload:../../../../etc/passwd", "upload:" + "0" * 32 + "/../../x.tif",
+                  "upload:" + "0" * 32 + "/scene.tif"],
+)  # fmt: skip
+def test_a_job_names_only_uploads_that_exist(small_server, reference):
+    response = requests.post(f"{small_server.url}{EXECUTE}",
+                             json={"inputs": {"input": reference}}, timeout=60)  # fmt: skip
+    description = _one_line(response, 400, "upload")
+    assert "/etc" not in description and str(small_server.work) not in description
+
+
+def test_an_upload_name_is_made_safe(small_server):
+    stored = requests.put(f"{small_server.url}/uploads/..%5C..%5Cmy%20scene;rm.tif",
+                          data=b"II*\0", timeout=60)  # fmt: skip
+    assert stored.status_code == 201, stored.text
+    reference = stored.json()["input"]
+    assert reference.startswith("upload:") and reference.endswith("/my_scene_rm.tif")
+    assert [p.name for p in (small_server.work / "uploads" / "api").glob("*/*")] == [
+        "my_scene_rm.tif"
+    ]
 
 
 class _Unannounced(http.server.SimpleHTTPRequestHandler):

@@ -36,3 +36,44 @@ def plugin(qgis_iface: Any, qgis_processing: None) -> Iterator[Any]:
     instance.initGui()
     yield instance
     instance.unload()
+
+
+#: The token of the plugin tests' server, and the master password of the tests' auth DB.
+SERVER_TOKEN = "a-long-token-for-the-plugin-server-tests"
+MASTER_PASSWORD = "master-password-of-the-plugin-tests"
+
+
+@pytest.fixture(scope="session")
+def token_server(tmp_path_factory: Any) -> Iterator[Any]:
+    """A real ``cloudseg serve --token`` on a free loopback port, reading no folder.
+
+    Scenes reach it as uploads, as they do from an analyst's laptop. Its ``work``
+    folder is where the uploads and jobs lie.
+    """
+    import os
+    import sys
+    from pathlib import Path
+
+    from serving import start_server
+
+    env = dict(os.environ)
+    env.pop("CLOUDSEG_SERVE_TOKEN", None)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    server = start_server(env, tmp_path_factory.mktemp("plugin-server"),
+                          "--token", SERVER_TOKEN, token=SERVER_TOKEN)  # fmt: skip
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server_auth(qgis_app: Any) -> Iterator[str]:
+    """The server's token stored in QGIS's authentication manager; the configuration id."""
+    from qgis.core import QgsApplication
+
+    from cloudseg.cloudseg_plugin.servers import store_token
+
+    manager = QgsApplication.authManager()
+    assert manager.setMasterPassword(MASTER_PASSWORD, True), "the auth DB has another password"
+    authcfg = store_token("http://127.0.0.1", SERVER_TOKEN)
+    yield authcfg
+    manager.removeAuthenticationConfig(authcfg)

@@ -13,6 +13,7 @@ upload limit.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import logging
 import os
@@ -232,6 +233,16 @@ def _housekeeping(queue: Any, every: float, uploads: Path) -> None:
             logger.exception("removing expired jobs failed")
 
 
+@functools.cache
+def server_device() -> dict[str, Any]:
+    """What runs the models here, as a client shows it: device, GPU, runtime (read once)."""
+    from ..environment import environment_report
+
+    report = environment_report()
+    gpu = report.gpus[0].name if report.device == "cuda" and report.gpus else None
+    return {"device": report.device, "gpu": gpu, "runner": report.builtin_runner}
+
+
 def remove_old_uploads(uploads: Path, keep_seconds: float) -> int:
     """Remove the uploads (one folder each) older than ``keep_seconds``; how many."""
     import shutil
@@ -414,6 +425,7 @@ def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
             "max_upload_bytes": config.max_upload_bytes,
             "uploads": UPLOADS_PREFIX,
             "roots": [str(r) for r in config.roots],
+            "device": server_device(),
         }
 
     keep = config.keep_seconds

@@ -110,7 +110,11 @@ def test_a_scene_under_a_root_is_sent_by_its_path(token_server, serve_files):
     client = ServerClient(token_server.url, TOKEN)
     before = _uploads(token_server)
     assert client.scene_input(serve_files / "chip.tif") == str((serve_files / "chip.tif").resolve())
-    assert client.capabilities()["roots"] == [str(serve_files.resolve())]
+    capabilities = client.capabilities()
+    assert capabilities["roots"] == [str(serve_files.resolve())]
+    # What runs the models there, for the dock's device line before a run.
+    assert capabilities["device"]["device"] in ("cpu", "cuda")
+    assert capabilities["device"]["runner"].split()[0] in ("onnxruntime", "openvino", "torch")
     assert _uploads(token_server) == before
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from qgis.core import (
     QgsProcessingAlgorithm,
@@ -26,6 +27,10 @@ from ...backend.dependencies import (
 from ...backend.errors import CloudsegError
 from ..messages import for_qgis
 from ..resources import icon
+
+if TYPE_CHECKING:
+    from ...backend.remote import RemoteRun
+    from ..servers import ServerChoice
 
 
 def choice(
@@ -63,6 +68,12 @@ class CloudsegAlgorithm(QgsProcessingAlgorithm):
     :meth:`run_backend` (the subclass's adapter: parameters -> backend call ->
     outputs), and turn the backend's one-line errors into ``QgsProcessingException``
     with the same text. Subclasses implement only :meth:`run_backend`.
+
+    An algorithm that offers *Run on* (the ``SERVER`` parameter,
+    :func:`.options.add_server_parameters`) implements :meth:`run_on_server` too: with a
+    server chosen it runs instead of :meth:`run_backend`, and the local runtime
+    packages are not required (it imports QGIS, the standard library and cloudseg's
+    light modules only).
     """
 
     #: The package groups the algorithm needs at run time (checked before running).
@@ -107,10 +118,77 @@ class CloudsegAlgorithm(QgsProcessingAlgorithm):
         context: QgsProcessingContext,
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
-        """Check dependencies, run the backend, translate its errors; return the outputs."""
+        """Run here (dependencies checked) or on the chosen server; the outputs.
+
+        The backend's one-line errors become ``QgsProcessingException``.
+        """
+        from .options import server_choice
+
+        server = server_choice(self, parameters, context)
+        if server.remote:  # the server has the packages; this QGIS needs none of them
+            with backend_errors():
+                return self.run_on_server(server, parameters, context, feedback)
         self.require_dependencies()
         with backend_errors():
             return self.run_backend(parameters, context, feedback)
+
+    def run_on_server(
+        self,
+        server: ServerChoice,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
+        """Run on a cloudseg server; the same outputs as :meth:`run_backend` (subclasses)."""
+        raise QgsProcessingException(f"{self.displayName()} runs on this computer only")
+
+    def remote_run(
+        self,
+        server: ServerChoice,
+        process: str,
+        scene: Path,
+        options: Mapping[str, Any],
+        outputs: Mapping[str, Path | None],
+        feedback: QgsProcessingFeedback,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> RemoteRun:
+        """One run of ``process`` on the server, with Processing's progress and Cancel.
+
+        The scene is sent, the job followed (Cancel dismisses it) and the ``outputs``
+        (result name -> path) downloaded together: written only when all arrived.
+        ``inputs``: job inputs that are not run options (explain's classes, method),
+        passed as they are. Logs ``Ran on <where>``.
+
+        Raises:
+            CloudsegError: One line: unreachable, refused token or request, a failed or
+                dismissed job, a lost connection; ``CancelledError`` after Cancel.
+        """
+        from ...backend.network import redact
+        from ...backend.remote import RemoteRun, run_on_server, server_inputs
+        from ..servers import client_for
+
+        client = client_for(server)
+        feedback.pushInfo(f"Input: {scene}")
+        feedback.pushInfo(f"Sending it to the cloudseg server {redact(client.url)}")
+
+        def progress(percent: float, message: str) -> None:
+            self.report_progress(feedback, percent, message)
+
+        if not inputs:
+            run = run_on_server(client, process, scene, options, outputs, progress,
+                                feedback.isCanceled)  # fmt: skip
+        else:  # run_on_server's steps, with inputs server_inputs would flatten (lists)
+            sent = server_inputs(options) | dict(inputs)
+            sent["input"] = client.scene_input(
+                scene, lambda p, m: progress(0.2 * p, m), feedback.isCanceled
+            )
+            job = client.run(process, sent, lambda p, m: progress(20 + 0.75 * p, m),
+                             feedback.isCanceled)  # fmt: skip
+            files = client.fetch(job.results, outputs, lambda p, m: progress(95 + 0.05 * p, m),
+                                 feedback.isCanceled)  # fmt: skip
+            run = RemoteRun(redact(client.url), job.job_id, job.summary, files)
+        feedback.pushInfo(f"Ran on {run.where}")
+        return run
 
     def run_backend(
         self,

@@ -16,6 +16,7 @@ from typing import Any
 from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingContext,
+    QgsProcessingParameterAuthConfig,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
@@ -26,6 +27,7 @@ from qgis.core import (
 
 from ...backend.errors import CloudsegError
 from ...backend.inference.options import RUN_FLAGS, RunFlag
+from ..servers import ServerChoice
 from .base import choice
 
 #: The value of an enum parameter that leaves the option to the data (product level).
@@ -42,6 +44,55 @@ MODEL_AUTO = (
     "auto: the built-in model made for the layer's product level that uses the most of its "
     "bands (the log says which and why)"
 )
+
+
+SERVER = "SERVER"
+SERVER_AUTH = "SERVER_AUTH"
+#: What the help panels say of *Run on* (the same words for every algorithm that offers it).
+SERVER_HELP = (
+    "<b>Run on</b>: this computer (Server empty), or a cloudseg server: its URL "
+    "(http://host:8000) and the QGIS authentication configuration holding its token. "
+    "The scene is sent to the server (uploaded unless it reads the same folder) and the "
+    "results come back here as the same files and styled layers as a local run; the "
+    "server needs none of the model packages on this computer."
+)
+
+
+def add_server_parameters(algorithm: QgsProcessingAlgorithm) -> None:
+    """*Run on*: SERVER (a cloudseg server's URL; empty: this computer) and SERVER_AUTH.
+
+    ``qgis_process`` takes them as ``SERVER=http://host:8000 SERVER_AUTH=<authcfg id>``;
+    the token stays in QGIS's authentication manager (:mod:`..servers`).
+    """
+    server = QgsProcessingParameterString(
+        SERVER, "Run on a cloudseg server (URL; empty: this computer)", optional=True
+    )
+    server.setHelp(
+        "The URL of a cloudseg server (http://host:8000) to run on; empty: run on this "
+        "computer. The results come back as the same files and layers"
+    )
+    algorithm.addParameter(server)
+    auth = QgsProcessingParameterAuthConfig(
+        SERVER_AUTH, "Server token (QGIS authentication configuration)", optional=True
+    )
+    auth.setHelp(
+        "The authentication configuration holding the server's token (Basic: the token "
+        "as its password); empty for a server that needs none"
+    )
+    algorithm.addParameter(auth)
+
+
+def server_choice(
+    algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], context: QgsProcessingContext
+) -> ServerChoice:
+    """Where the parameters ask the run to go: a server, or this computer (url "")."""
+    if algorithm.parameterDefinition(SERVER) is None:
+        return ServerChoice()
+    url = algorithm.parameterAsString(parameters, SERVER, context).strip()
+    authcfg = ""
+    if url and algorithm.parameterDefinition(SERVER_AUTH) is not None:
+        authcfg = algorithm.parameterAsString(parameters, SERVER_AUTH, context).strip()
+    return ServerChoice(url, authcfg)
 
 
 def builtin_model_names() -> list[str]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 from qgis.core import (
     QgsMapLayer,
@@ -20,6 +23,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterVectorDestination,
     QgsRasterLayer,
+    QgsVectorFileWriter,
     QgsVectorLayer,
 )
 
@@ -28,12 +32,17 @@ from .. import styling
 from ..messages import for_qgis
 from .base import CloudsegAlgorithm, add_cost_outputs, cost_outputs
 from .options import (
+    SERVER_HELP,
     add_model_parameters,
     add_run_parameters,
+    add_server_parameters,
     model_value,
     run_help,
     run_values,
 )
+
+if TYPE_CHECKING:
+    from ..servers import ServerChoice
 
 WIDGETS = __name__.rsplit(".", 2)[0] + ".widgets"
 # Processing keeps only a C++ pointer to a post-processor and runs each algorithm on a
@@ -63,6 +72,23 @@ or a torch checkpoint with its card) overrides it.
 Outputs: the class raster (styled with the model's class colours; clear is \
 transparent), optionally the cloud probability (percent) and polygons of clouds and \
 shadows larger than the minimum area, and the cloud, shadow and clear percentages."""
+
+
+#: What a run's summary holds, here or on a server (the server's job summary has them).
+SUMMARY_KEYS = (
+    "model", "runner", "seconds", "class_percent", "usable_percent", "polygon_counts",
+    "warnings", "product_level", "shadow_geometry", "accounting",
+)  # fmt: skip
+
+
+class Destinations(NamedTuple):
+    """Where each result of a run goes ("" : not wanted)."""
+
+    output: str
+    probabilities: str
+    uncertainty: str
+    valid: str
+    vector: str
 
 
 class ResultStyler(QgsProcessingLayerPostProcessorInterface):
@@ -131,7 +157,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
 
     def shortHelpString(self) -> str:
         """Return the help shown beside the dialog."""
-        return HELP + "\n\n" + run_help(self)
+        return HELP + "\n\n" + SERVER_HELP + "\n\n" + run_help(self)
 
     #: What each of the algorithm's own parameters does, shown as its tooltip (the labels
     #: stay short so the dialog fits at its default size). The run options' tooltips are
@@ -153,6 +179,7 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent", optional=True))
         # What the outputs keep; the dialog leaves out polygons under 1000 m² by default.
         add_run_parameters(self, flags=SEGMENT_FLAGS, defaults={"min_polygon_area_m2": 1000.0})
+        add_server_parameters(self)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Cloud mask"))
         self.addParameter(
             QgsProcessingParameterRasterDestination(
@@ -200,6 +227,34 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         for name, text in self.PARAMETER_HELP.items():  # the tooltips: labels stay short
             self.parameterDefinition(name).setHelp(text)
 
+    def destinations(
+        self, parameters: dict[str, Any], context: QgsProcessingContext
+    ) -> Destinations:
+        """Where the parameters ask each result to go ("" : not wanted)."""
+        return Destinations(
+            *(
+                self.parameterAsOutputLayer(parameters, name, context)
+                for name in (
+                    self.OUTPUT,
+                    self.PROBABILITIES,
+                    self.UNCERTAINTY,
+                    self.VALID,
+                    self.VECTOR,
+                )
+            )
+        )
+
+    def input_layer(self, parameters: dict[str, Any], context: QgsProcessingContext) -> Any:
+        """The input raster layer.
+
+        Raises:
+            QgsProcessingException: When none is given.
+        """
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None:
+            raise QgsProcessingException("no input raster layer given")
+        return layer
+
     def run_backend(
         self,
         parameters: dict[str, Any],
@@ -207,98 +262,147 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
         """Run the backend engine with Processing's progress and cancel."""
-        from ...backend.inference.segment import SegmentOptions, segment
-        from ...backend.inference.shadow import describe as describe_geometry
+        from ...backend.inference.segment import SegmentOptions, load_classes, segment
         from ...backend.raster.sources import scene_path_from_gdal_source
 
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None:
-            raise QgsProcessingException("no input raster layer given")
-        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
-        probabilities = self.parameterAsOutputLayer(parameters, self.PROBABILITIES, context)
-        uncertainty = self.parameterAsOutputLayer(parameters, self.UNCERTAINTY, context)
-        valid = self.parameterAsOutputLayer(parameters, self.VALID, context)
-        vector = self.parameterAsOutputLayer(parameters, self.VECTOR, context)
+        layer = self.input_layer(parameters, context)
+        to = self.destinations(parameters, context)
         bounds = self.extent_bounds(parameters, self.EXTENT, context, layer)
         source = scene_path_from_gdal_source(layer.source())
+
+        def path(destination: str) -> Path | None:
+            return Path(destination) if destination else None
+
         options = SegmentOptions(
             model=model_value(self, parameters, context),
             **run_values(self, parameters, context),
-            probabilities=Path(probabilities) if probabilities else None,
-            uncertainty=Path(uncertainty) if uncertainty else None,
+            probabilities=path(to.probabilities),
+            uncertainty=path(to.uncertainty),
             overwrite=True,  # the destination widget has already asked
             bounds=bounds,
-            polygons=Path(vector) if vector else None,
-            valid=Path(valid) if valid else None,
+            polygons=path(to.vector),
+            valid=path(to.valid),
             **run_values(self, parameters, context, flags=SEGMENT_FLAGS),
         )
         feedback.pushInfo(f"Input: {source}")
         result = segment(
             source,
-            output,
+            to.output,
             options,
             progress=lambda percent, message: self.report_progress(feedback, percent, message),
             cancelled=feedback.isCanceled,
         )
-        feedback.pushInfo(f"Product level: {result.product_level}")
-        feedback.pushInfo(f"{result.model_reason}; ran on {result.runner}")
-        if result.shadow_geometry is not None:
-            feedback.pushInfo(describe_geometry(result.shadow_geometry))
-        for warning in result.warnings:
-            feedback.reportError(for_qgis(warning), fatalError=False)
-        if vector:
-            feedback.pushInfo(f"Polygons: {result.polygon_counts}")
+        summary = {key: getattr(result, key) for key in SUMMARY_KEYS}
+        summary["classes"] = load_classes(to.output)
+        return self.finish(summary, f"{result.model_reason}; ran on {result.runner}",
+                           result.runner, to, layer, context, feedback)  # fmt: skip
 
-        self._style_on_load(
-            context, output, probabilities, vector, styling.input_name(layer), uncertainty, valid
-        )
-        percent = result.class_percent
+    def run_on_server(
+        self,
+        server: ServerChoice,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
+        """Run on a cloudseg server: the same files, layers, log and outputs as here."""
+        from ...backend.raster.sources import scene_path_from_gdal_source
+
+        layer = self.input_layer(parameters, context)
+        to = self.destinations(parameters, context)
+        options = {
+            "model": model_value(self, parameters, context),
+            **run_values(self, parameters, context),
+            **run_values(self, parameters, context, flags=SEGMENT_FLAGS),
+        }
+        bounds = self.extent_bounds(parameters, self.EXTENT, context, layer)
+        if bounds is not None:
+            options["extent"] = list(bounds)
+        scene = scene_path_from_gdal_source(layer.source())
+        with polygons_as(to.vector) as polygons:
+            outputs = {
+                "mask": to.output,
+                "probabilities": to.probabilities,
+                "uncertainty": to.uncertainty,
+                "valid": to.valid,
+                "polygons": polygons.download,
+            }
+            run = self.remote_run(
+                server, "segment", scene, options,
+                {k: Path(v) if v else None for k, v in outputs.items()}, feedback,
+            )  # fmt: skip
+            polygons.publish(list(run.files.values()))
+        summary = run.summary
+        reason = f"model {summary.get('model')}; ran on {run.where}"
+        return self.finish(summary, reason, run.where, to, layer, context, feedback)
+
+    def finish(
+        self,
+        summary: dict[str, Any],
+        reason: str,
+        runner: str,
+        to: Destinations,
+        layer: Any,
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
+        """Log a finished run, have its results styled on load; the algorithm's outputs.
+
+        The same for a run here and one on a server: ``summary`` holds
+        :data:`SUMMARY_KEYS` and ``classes`` (the mask's class list), as the server's
+        job summary does; ``runner`` is what ran where (RUNNER).
+        """
+        feedback.pushInfo(f"Product level: {summary.get('product_level')}")
+        feedback.pushInfo(reason)
+        if summary.get("shadow_geometry") is not None:
+            feedback.pushInfo(describe_geometry(summary["shadow_geometry"]))
+        for warning in summary.get("warnings") or []:
+            feedback.reportError(for_qgis(warning), fatalError=False)
+        if to.vector:
+            feedback.pushInfo(f"Polygons: {summary.get('polygon_counts')}")
+
+        self._style_on_load(context, to, styling.input_name(layer), summary.get("classes") or [])
+        percent = summary["class_percent"]
         feedback.pushInfo(
             f"Cloud {percent.get('cloud', 0):.2f} %, "
             f"shadow {percent.get('cloud shadow', 0):.2f} %, "
-            f"clear {percent.get('clear', 0):.2f} % in {result.seconds:.1f} s"
+            f"clear {percent.get('clear', 0):.2f} % in {summary['seconds']:.1f} s"
         )
+        accounting = summary["accounting"]
         results: dict[str, Any] = {
-            self.OUTPUT: output,
+            self.OUTPUT: to.output,
             self.CLOUD_PERCENT: percent.get("cloud", 0.0),
             self.SHADOW_PERCENT: percent.get("cloud shadow", 0.0),
             self.CLEAR_PERCENT: percent.get("clear", 0.0),
-            self.MODEL_USED: result.model,
-            self.RUNNER: result.runner,
-        } | cost_outputs(result.accounting)
-        feedback.pushInfo(f"Cost: {result.accounting['summary']}")
-        if probabilities:
-            results[self.PROBABILITIES] = probabilities
-        if vector:
-            results[self.VECTOR] = vector
-        if uncertainty:
-            results[self.UNCERTAINTY] = uncertainty
-        if valid:
-            results[self.VALID] = valid
-            results[self.USABLE_PERCENT] = result.usable_percent
-            feedback.pushInfo(f"Usable: {result.usable_percent:.2f} % of the data pixels")
+            self.MODEL_USED: summary["model"],
+            self.RUNNER: runner,
+        } | cost_outputs(accounting)
+        feedback.pushInfo(f"Cost: {accounting['summary']}")
+        if to.probabilities:
+            results[self.PROBABILITIES] = to.probabilities
+        if to.vector:
+            results[self.VECTOR] = to.vector
+        if to.uncertainty:
+            results[self.UNCERTAINTY] = to.uncertainty
+        if to.valid:
+            results[self.VALID] = to.valid
+            results[self.USABLE_PERCENT] = summary["usable_percent"]
+            feedback.pushInfo(f"Usable: {summary['usable_percent']:.2f} % of the data pixels")
         return results
 
     def _style_on_load(
         self,
         context: QgsProcessingContext,
-        output: str,
-        probabilities: str,
-        vector: str,
+        to: Destinations,
         input_name: str,
-        uncertainty: str = "",
-        valid: str = "",
+        classes: list[dict[str, Any]],
     ) -> None:
         """Have Processing name (input first) and style each result it loads."""
-        from ...backend.inference.segment import load_classes
-
-        classes = load_classes(output)
         for path, kind in (
-            (output, "classes"),
-            (probabilities, "probabilities"),
-            (uncertainty, "uncertainty"),
-            (valid, "valid"),
-            (vector, ""),
+            (to.output, "classes"),
+            (to.probabilities, "probabilities"),
+            (to.uncertainty, "uncertainty"),
+            (to.valid, "valid"),
+            (to.vector, ""),
         ):
             if path and context.willLoadLayerOnCompletion(path):
                 name = styling.result_name(input_name, kind or "polygons")
@@ -308,3 +412,72 @@ class SegmentAlgorithm(CloudsegAlgorithm):
                 details.name = name
                 details.forceName = True  # not the file's name, whatever Processing prefers
                 details.setPostProcessor(styler)
+
+
+def describe_geometry(report: dict[str, Any]) -> str:
+    """The shadow-geometry report in one line (the engine's words where it is installed)."""
+    try:
+        from ...backend.inference.shadow import describe
+    except ImportError:  # a QGIS that runs on a server only: numpy missing
+        return f"shadow geometry: {report}"
+    return describe(report)
+
+
+class PolygonsDownload:
+    """The polygons of a server run: downloaded as a GeoPackage, published in any format.
+
+    The server sends a GeoPackage. For a GeoPackage destination it is downloaded there
+    directly; for another (a shapefile, Processing's temporary output) it is downloaded
+    to a temporary GeoPackage and converted with QGIS's GDAL. If the conversion fails,
+    the run's other downloaded files are removed too: a result appears only whole.
+    """
+
+    def __init__(self, destination: str, folder: Path | None) -> None:
+        self.destination = destination
+        self.download = ""
+        if destination:
+            same = Path(destination).suffix.lower() == ".gpkg"
+            self.download = destination if same else str(folder / "polygons.gpkg")
+
+    def publish(self, downloaded: list[Path]) -> None:
+        """Convert the GeoPackage to the destination's format (when it is another).
+
+        Raises:
+            CloudsegError: When GDAL cannot write the destination (nothing left).
+        """
+        if not self.destination or self.download == self.destination:
+            return
+        from osgeo import gdal
+
+        from ...backend.errors import CloudsegError
+
+        target = Path(self.destination)
+        driver = QgsVectorFileWriter.driverForExtension(target.suffix) or "GPKG"
+        gdal.ErrorReset()
+        try:  # GDAL raises or returns None, as osgeo.gdal.UseExceptions was set or not
+            done = gdal.VectorTranslate(str(target), self.download, format=driver)
+            ok, why = done is not None, gdal.GetLastErrorMsg()
+            done = None  # closed: written
+        except RuntimeError as exc:
+            ok, why = False, str(exc).splitlines()[0] if str(exc) else ""
+        if not ok:
+            for path in downloaded:
+                Path(path).unlink(missing_ok=True)
+            for sibling in target.parent.glob(f"{target.stem}.*"):
+                if sibling.suffix.lower() in SHAPEFILE_PARTS:
+                    sibling.unlink(missing_ok=True)
+            raise CloudsegError(f"cannot write the polygons to {target.name} ({why})")
+
+
+#: The files of a shapefile (removed together when one cannot be written whole).
+SHAPEFILE_PARTS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix")
+
+
+@contextmanager
+def polygons_as(destination: str) -> Iterator[PolygonsDownload]:
+    """A :class:`PolygonsDownload` for ``destination``, its temporary folder removed after."""
+    if not destination or Path(destination).suffix.lower() == ".gpkg":
+        yield PolygonsDownload(destination, None)
+        return
+    with tempfile.TemporaryDirectory(prefix="cloudseg-polygons-") as folder:
+        yield PolygonsDownload(destination, Path(folder))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from qgis.core import (
     QgsMapLayer,
@@ -24,12 +25,17 @@ from ...backend.dependencies import SEGMENT, TRAINING
 from .. import styling
 from .base import CloudsegAlgorithm, add_cost_outputs, cost_outputs
 from .options import (
+    SERVER_HELP,
     add_model_parameters,
     add_run_parameters,
+    add_server_parameters,
     model_value,
     run_help,
     run_values,
 )
+
+if TYPE_CHECKING:
+    from ..servers import ServerChoice
 
 _STYLERS: list[Any] = []  # Processing keeps a pointer only; keep the Python objects alive
 
@@ -100,6 +106,8 @@ class and tile, several times a segmentation.
 Needs the model's torch form: the built-in models (imported from ONNX) and models \
 trained with cloudseg."""
             + "\n\n"
+            + SERVER_HELP
+            + "\n\n"
             + run_help(self)
         )
 
@@ -117,9 +125,30 @@ trained with cloudseg."""
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, "Extent", optional=True))
         add_model_parameters(self)
         add_run_parameters(self, skip=NOT_EXPLAINED)
+        add_server_parameters(self)
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, "Explanation"))
         self.addOutput(QgsProcessingOutputString("MODEL_USED", "Model used"))
         add_cost_outputs(self)
+
+    def request(
+        self, parameters: dict[str, Any], context: QgsProcessingContext
+    ) -> tuple[Any, list[str], str, str]:
+        """The input layer, the classes (None: the default), the method and the output.
+
+        Raises:
+            QgsProcessingException: When no input layer is given.
+        """
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        if layer is None:
+            raise QgsProcessingException("no input raster layer given")
+        classes = [
+            c.strip()
+            for c in self.parameterAsString(parameters, self.CLASSES, context).split(",")
+            if c.strip()
+        ]
+        method = EXPLAIN_METHODS[self.parameterAsEnum(parameters, self.METHOD, context)]
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        return layer, classes, method, output
 
     def run_backend(
         self,
@@ -132,16 +161,8 @@ trained with cloudseg."""
         from ...backend.inference.options import RunOptions
         from ...backend.raster.sources import scene_path_from_gdal_source
 
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        if layer is None:
-            raise QgsProcessingException("no input raster layer given")
+        layer, classes, method, output = self.request(parameters, context)
         bounds = self.extent_bounds(parameters, self.EXTENT, context, layer)
-        classes = [
-            c.strip()
-            for c in self.parameterAsString(parameters, self.CLASSES, context).split(",")
-            if c.strip()
-        ]
-        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         options = RunOptions(
             model=model_value(self, parameters, context),
             **run_values(self, parameters, context, skip=NOT_EXPLAINED),
@@ -150,24 +171,70 @@ trained with cloudseg."""
             scene_path_from_gdal_source(layer.source()),
             output,
             classes or None,
-            EXPLAIN_METHODS[self.parameterAsEnum(parameters, self.METHOD, context)],
+            method,
             bounds=bounds,
             options=options,
             overwrite=True,  # Processing asked for this destination
             progress=lambda p, m: self.report_progress(feedback, p, m),
             cancelled=feedback.isCanceled,
         )
+        summary = {k: v for k, v in result.to_dict().items() if k != "output"}
+        return self.finish(summary, output, layer, context, feedback)
+
+    def run_on_server(
+        self,
+        server: ServerChoice,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
+        """Explain on a cloudseg server: the same file, layers and outputs as here."""
+        from ...backend.raster.sources import scene_path_from_gdal_source
+
+        layer, classes, method, output = self.request(parameters, context)
+        options: dict[str, Any] = {
+            "model": model_value(self, parameters, context),
+            **run_values(self, parameters, context, skip=NOT_EXPLAINED),
+        }
+        bounds = self.extent_bounds(parameters, self.EXTENT, context, layer)
+        if bounds is not None:
+            options["extent"] = list(bounds)
+        run = self.remote_run(
+            server,
+            "explain",
+            scene_path_from_gdal_source(layer.source()),
+            options,
+            {"cam": Path(output)},
+            feedback,
+            inputs={"classes": classes or ["cloud"], "method": method},
+        )
+        return self.finish(run.summary, output, layer, context, feedback)
+
+    def finish(
+        self,
+        summary: dict[str, Any],
+        output: str,
+        layer: Any,
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
+        """Log an explanation made here or on a server, style it on load; the outputs.
+
+        ``summary``: :meth:`ExplainResult.to_dict` without ``output`` (a server job's
+        summary is that).
+        """
         feedback.pushInfo(
-            f"{result.method} of {', '.join(result.classes)} by {result.model} on layer "
-            f"{result.layer}, {result.seconds:.1f} s"
+            f"{summary['method']} of {', '.join(summary['classes'])} by {summary['model']} "
+            f"on layer {summary['layer']}, {summary['seconds']:.1f} s"
         )
         if context.willLoadLayerOnCompletion(output):
             name = styling.input_name(layer)  # "adwp B04" for a band file of a band folder
-            styler = ExplanationStyler(name, result.classes, result.method)
+            styler = ExplanationStyler(name, summary["classes"], summary["method"])
             _STYLERS.append(styler)
             details = context.layerToLoadOnCompletionDetails(output)
-            details.name = styling.explanation_name(name, result.classes[0], result.method)
+            details.name = styling.explanation_name(name, summary["classes"][0], summary["method"])
             details.forceName = True  # not the file's name, whatever Processing prefers
             details.setPostProcessor(styler)
-        feedback.pushInfo(f"Cost: {result.accounting['summary']}")
-        return {self.OUTPUT: output, "MODEL_USED": result.model} | cost_outputs(result.accounting)
+        accounting = summary["accounting"]
+        feedback.pushInfo(f"Cost: {accounting['summary']}")
+        return {self.OUTPUT: output, "MODEL_USED": summary["model"]} | cost_outputs(accounting)

@@ -260,3 +260,47 @@ def test_an_unreachable_server_is_one_line_within_the_timeout(
     finally:
         listener.close()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.real_data
+def test_explain_on_the_server_gives_the_local_maps_and_layers(
+    plugin, chip_layer, token_server, server_auth, tmp_path
+):
+    from qgis.core import QgsRectangle
+
+    full = chip_layer.extent()
+    view = QgsRectangle(
+        full.xMinimum(), full.yMaximum() - 960, full.xMinimum() + 960, full.yMaximum()
+    )  # 96 x 96 px at 10 m
+    parameters = {"INPUT": chip_layer, "CLASSES": "cloud,cloud shadow", "METHOD": 1,
+                  "MODEL": "ukis-csmask-4b-l2a", "EXTENT": view}  # fmt: skip
+    results, layers = {}, {}
+    for where, extra in (("here", {}), ("there", _on(token_server, server_auth))):
+        results[where] = processing.runAndLoadResults(
+            "cloudseg:explain", parameters | extra | {"OUTPUT": str(tmp_path / f"{where}.tif")}
+        )
+        layers[where] = {
+            name: (renderer, layer_band(name)) for name, (renderer, _) in _loaded().items()
+        }
+        _clear_results()
+    with rasterio.open(tmp_path / "here.tif") as want, rasterio.open(tmp_path / "there.tif") as got:
+        assert got.count == want.count == 2
+        np.testing.assert_allclose(got.read(), want.read(), atol=1e-4)
+        assert got.transform == want.transform
+    assert set(results["there"]) == set(results["here"])
+    assert results["there"]["MODEL_USED"] == results["here"]["MODEL_USED"]
+    assert results["there"]["KM2"] == pytest.approx(results["here"]["KM2"])
+    assert (
+        layers["there"]
+        == layers["here"]
+        == {
+            "chip - why cloud (hirescam)": ("QgsSingleBandPseudoColorRenderer", 1),
+            "chip - why cloud shadow (hirescam)": ("QgsSingleBandPseudoColorRenderer", 2),
+        }
+    )
+
+
+def layer_band(name: str) -> int:
+    """The band a loaded result layer draws."""
+    layer = QgsProject.instance().mapLayersByName(name)[0]
+    return layer.renderer().band()

@@ -3,6 +3,11 @@
 The run happens in a :class:`SegmentTask` (a QgsTask) so QGIS stays responsive; the
 task reports progress and can be cancelled, and a cancelled or failed run leaves no
 file and no layer behind.
+
+*Run on* sends the run to a cloudseg server instead (its URL, and its token from
+QGIS's authentication manager): the results come back as the same files, loaded as
+the same styled layers. A run on a server needs none of cloudseg's runtime packages
+here: nothing on its path imports more than QGIS, its numpy and the standard library.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from qgis.core import (
     QgsRasterLayer,
     QgsTask,
 )
-from qgis.gui import QgsFileWidget
+from qgis.gui import QgsAuthConfigSelect, QgsFileWidget
 from qgis.PyQt.QtCore import QSettings, Qt
 from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
@@ -48,12 +53,17 @@ from ..backend.inference.options import declaration
 from . import logbridge, packages, styling
 from .messages import DOCK, for_qgis
 from .modelcard import card_html, device_line, preview_tooltip
-from .runs import RunRecord, RunRequest, SegmentTask
+from .runs import LOCAL, RunOutcome, RunRecord, RunRequest, SegmentTask
+from .servers import ServerChoice, client_for, save_server, saved_server
 from .tasks import BackendTask, TaskRunner
 from .widgets import fill_model_combo
 
 AUTO_LABEL = "auto (best for the layer's bands and level)"
 SETTINGS_OUTPUT_DIR = "cloudseg/output_dir"
+#: The server URL last typed, kept while the dock runs on this computer.
+SETTINGS_LAST_URL = "cloudseg/dock/server_url"
+#: *Run on* choices: (label, data).
+RUN_ON = (("This computer", "local"), ("cloudseg server", "server"))
 
 
 class CloudSegDock(QDockWidget):
@@ -69,6 +79,29 @@ class CloudSegDock(QDockWidget):
         body = QWidget()
         layout = QVBoxLayout(body)
         form = QFormLayout()
+        self.form = form
+        self.run_on_combo = QComboBox()
+        for label, data in RUN_ON:
+            self.run_on_combo.addItem(label, data)
+        self.run_on_combo.setToolTip(
+            "Where runs go: this computer's engine, or a cloudseg server (cloudseg serve), "
+            "which needs none of cloudseg's packages here. Either way the results are the "
+            "same files, loaded as the same layers."
+        )
+        form.addRow("Run on", self.run_on_combo)
+        self.server_edit = QLineEdit()
+        self.server_edit.setPlaceholderText("http://server:8000")
+        self.server_edit.setToolTip("The cloudseg server's address (cloudseg serve)")
+        form.addRow("Server", self.server_edit)
+        self.token_select = QgsAuthConfigSelect()
+        self.token_select.setToolTip(
+            "The server's token, kept encrypted by QGIS's authentication manager: add a "
+            "configuration of the Basic method with the token as its password (the user "
+            "name is not used). Only the configuration's id is remembered, never the token."
+        )
+        form.addRow("Token", self.token_select)
+        self._server_runners: dict[str, str] = {}  # URL -> where its last run ran
+        self._local_device: tuple[str, str] = ("checking the device...", "")
         self.model_combo = QComboBox()
         fill_model_combo(self.model_combo, AUTO_LABEL, self._models, None)
         self.model_combo.currentIndexChanged.connect(self._show_card)
@@ -163,19 +196,25 @@ class CloudSegDock(QDockWidget):
         self.runner.guard(self.explain_button)
 
         layout.addWidget(QLabel("Recent runs"))
-        self.runs_table = QTableWidget(0, 5)
-        self.runs_table.setHorizontalHeaderLabels(["Layer", "Status", "Model", "Cloud %", "s"])
+        self.runs_table = QTableWidget(0, 6)
+        self.runs_table.setHorizontalHeaderLabels(
+            ["Layer", "Status", "Model", "Cloud %", "s", "Ran on"]
+        )
         header = self.runs_table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeToContents)
         # Long layer and model names give way (elided, whole in the tooltip); the
         # figures stay visible at the dock's default width.
-        for column in (0, 2):
+        for column in (0, 2, 5):
             header.setSectionResizeMode(column, QHeaderView.Stretch)
         self.runs_table.setTextElideMode(Qt.ElideMiddle)
         self.runs_table.verticalHeader().setVisible(False)
         self.runs_table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         layout.addWidget(self.runs_table, 1)
         self.setWidget(body)
+        self._load_server()
+        self.run_on_combo.currentIndexChanged.connect(self._run_on_changed)
+        self.server_edit.editingFinished.connect(self._server_changed)
+        self.token_select.selectedConfigIdChanged.connect(lambda _id: self._server_changed())
         self._show_card()
         self._check_device()
         iface.currentLayerChanged.connect(self.describe_layer)
@@ -196,7 +235,68 @@ class CloudSegDock(QDockWidget):
         """Say next to the Bands field how the active layer's bands will be known."""
         from .widgets import bands_note
 
-        self.bands_note.setText(bands_note(layer, "the Bands field above"))
+        try:
+            note = bands_note(layer, "the Bands field above")
+        except ImportError:  # rasterio is not here: runs go to a server
+            note = ""
+        self.bands_note.setText(note)
+
+    # -- where runs go ----------------------------------------------------------------------
+    @property
+    def on_server(self) -> bool:
+        """Whether *Run on* is a cloudseg server."""
+        return self.run_on_combo.currentData() == "server"
+
+    def server_choice(self) -> ServerChoice:
+        """The server as the dock shows it (URL "" when runs stay on this computer)."""
+        url = self.server_edit.text().strip() if self.on_server else ""
+        return ServerChoice(url, self.token_select.configId())
+
+    def _load_server(self) -> None:
+        """Show the server used last (``servers.saved_server``), or this computer."""
+        choice = saved_server()
+        self.server_edit.setText(choice.url or QSettings().value(SETTINGS_LAST_URL, "", type=str))
+        if choice.authcfg:
+            self.token_select.setConfigId(choice.authcfg)
+        self.run_on_combo.setCurrentIndex(1 if choice.remote else 0)
+        self._show_run_on()
+
+    def _run_on_changed(self) -> None:
+        self._show_run_on()
+        self._server_changed()
+
+    def _server_changed(self) -> None:
+        """Remember the choice: the URL and the auth configuration's id, never the token."""
+        QSettings().setValue(SETTINGS_LAST_URL, self.server_edit.text().strip())
+        save_server(self.server_choice())
+        self._show_device()
+
+    def _show_run_on(self) -> None:
+        """Show the server's URL and token rows only when runs go to a server."""
+        for field in (self.server_edit, self.token_select):
+            field.setVisible(self.on_server)
+            label = self.form.labelForField(field)
+            if label is not None:
+                label.setVisible(self.on_server)
+        self._show_device()
+
+    def _show_device(self) -> None:
+        """The device line: this computer's device, or the server runs go to."""
+        if not self.on_server:
+            text, tip = self._local_device
+            self.device_label.setText(text)
+            self.device_label.setToolTip(tip)
+            return
+        url = self.server_edit.text().strip()
+        ran = self._server_runners.get(url)
+        where = url or "(no URL yet)"
+        self.device_label.setText(
+            f"runs go to the server: {ran}" if ran else f"runs go to the server {where}"
+        )
+        self.device_label.setToolTip(
+            "The server runs the models on its own device; once a run came back this line "
+            f"says its runner.\nThis computer: {self._local_device[0]}"
+        )
 
     # -- models and device --------------------------------------------------------------
     @staticmethod
@@ -205,7 +305,7 @@ class CloudSegDock(QDockWidget):
             from ..backend.models.registry import available_models
 
             return {m.card.name: m.card for m in available_models()}
-        except CloudsegError:
+        except (CloudsegError, ImportError):  # none here: runs may still go to a server
             return {}
 
     def reload_models(self, select: str | None = None) -> None:
@@ -235,22 +335,30 @@ class CloudSegDock(QDockWidget):
 
         def done(exception: Exception | None, result: Any = None) -> None:
             if exception is not None or result is None:
-                self.device_label.setText(f"unknown ({exception})")
-                return
-            self.device_label.setText(device_line(result))
-            # The details (why no GPU, what runs ONNX models) behind the one plain line.
-            self.device_label.setToolTip(
-                f"{result.device_reason}\nBuilt-in models run with: {result.builtin_runner}"
-                f"\nONNX models on the CPU: {result.cpu_inference}"
-            )
+                self._local_device = (f"unknown ({exception})", "")
+            else:
+                # The details (why no GPU, what runs ONNX models) behind the one plain line.
+                self._local_device = (
+                    device_line(result),
+                    f"{result.device_reason}\nBuilt-in models run with: {result.builtin_runner}"
+                    f"\nONNX models on the CPU: {result.cpu_inference}",
+                )
+            self._show_device()
 
         self._device_task = QgsTask.fromFunction("cloudseg: check device", report, on_finished=done)
         QgsApplication.taskManager().addTask(self._device_task)
 
     # -- running --------------------------------------------------------------------------
     def run_active_layer(self) -> SegmentTask | None:
-        """Start a run on the active raster layer; returns its task (None if refused)."""
-        if not packages.ensure(SEGMENT, self):
+        """Start a run on the active raster layer; returns its task (None if refused).
+
+        On a server, no package is needed here; on this computer, the segment packages
+        (the install dialog is offered when they are missing).
+        """
+        client = self._server_client()
+        if client is False:
+            return None
+        if client is None and not packages.ensure(SEGMENT, self):
             self._say("segmenting needs its packages: install them first", Qgis.Info)
             return None
         layer = self.iface.activeLayer()
@@ -275,7 +383,31 @@ class CloudSegDock(QDockWidget):
             polygons=self.polygons_check.isChecked(),
             valid=self.valid_check.isChecked(),
         )
-        return self.runner.start(SegmentTask(request, self._task_done), self._run_failed)
+        task = SegmentTask(request, self._task_done, client or None)
+        return self.runner.start(task, self._run_failed)
+
+    def _server_client(self) -> Any:
+        """The server's client when runs go to one; None for this computer.
+
+        False (said) when the server cannot be used: no URL, a token that cannot be read.
+
+        Read here, on the UI thread: QGIS may ask for its master password.
+        """
+        if not self.on_server:
+            return None
+        if not self.runner.ready():
+            return False
+        choice = self.server_choice()
+        if not choice.remote:
+            self._say("Run on a cloudseg server: enter its URL first", Qgis.Warning)
+            return False
+        try:
+            client = client_for(choice)
+        except CloudsegError as exc:
+            self._say(for_qgis(str(exc), DOCK), Qgis.Critical)
+            return False
+        save_server(choice)
+        return client
 
     def _active_scene(self, layer: Any) -> tuple[Path, Path, list[str] | None] | None:
         """What a run on ``layer`` needs: the output folder, the scene, its bands.
@@ -311,11 +443,12 @@ class CloudSegDock(QDockWidget):
         """Explain the active layer over the map's extent (a task); its task, or None."""
         from qgis.core import QgsCoordinateTransform
 
-        if not packages.ensure(TRAINING, self):
+        client = self._server_client()
+        if client is False:
+            return None
+        if client is None and not packages.ensure(TRAINING, self):
             self._say("explain needs PyTorch and friends: install them first", Qgis.Info)
             return None
-
-        from ..backend.inference.explain import explain
 
         layer = self.iface.activeLayer()
         found = self._active_scene(layer)
@@ -338,6 +471,12 @@ class CloudSegDock(QDockWidget):
         model, level = self.model_combo.currentData(), self.level_combo.currentData()
 
         def work(progress: Callable[[float, str], None], cancelled: Callable[[], bool]) -> Any:
+            if client:
+                return self._explain_on_server(
+                    client, source, output, wanted, model, level, bands, bounds, progress, cancelled
+                )
+            from ..backend.inference.explain import explain
+
             return explain(
                 source,
                 output,
@@ -359,6 +498,43 @@ class CloudSegDock(QDockWidget):
 
         return self.runner.start(BackendTask(f"Explain {name}", work, explained), failed)
 
+    @staticmethod
+    def _explain_on_server(
+        client: Any,
+        source: Path,
+        output: Path,
+        classes: list[str],
+        model: str | None,
+        level: str | None,
+        bands: list[str] | None,
+        bounds: tuple[float, float, float, float],
+        progress: Callable[[float, str], None],
+        cancelled: Callable[[], bool],
+    ) -> Any:
+        """Explain on the server, its map downloaded to ``output``.
+
+        Returns what ``_explained`` reads of a local ``ExplainResult`` (output, model,
+        classes, method, seconds), and where it ran.
+        """
+        from types import SimpleNamespace
+
+        from ..backend.remote import run_on_server
+
+        options = {"model": model, "product_level": level, "bands": bands, "extent": bounds}
+        options["classes"] = classes
+        run = run_on_server(
+            client, "explain", source, options, {"cam": output}, progress, cancelled
+        )
+        summary = run.summary
+        return SimpleNamespace(
+            output=run.files["cam"],
+            model=str(summary.get("model", "")),
+            classes=list(summary.get("classes") or classes),
+            method=str(summary.get("method", "gradcam")),
+            seconds=float(summary.get("seconds") or 0.0),
+            where=run.where,
+        )
+
     def _explained(self, task: BackendTask, name: str, layer_id: str) -> None:
         """Add the map as a heat map over the image, one layer per class explained."""
         result = task.result
@@ -367,7 +543,8 @@ class CloudSegDock(QDockWidget):
         self._keep_active(layer_id)
         self._say(
             f"{name}: where {result.model} looked for {', '.join(result.classes)} "
-            f"({result.method}, {result.seconds:.1f} s)",
+            f"({result.method}, {result.seconds:.1f} s"
+            + (f" on {result.where})" if getattr(result, "where", "") else ")"),
             Qgis.Info,
         )
 
@@ -376,8 +553,13 @@ class CloudSegDock(QDockWidget):
         self.runner.cancel()
 
     def _task_done(self, task: SegmentTask) -> None:
-        """Load the run's results (styled, grouped), record the run and say what it found."""
+        """Load the run's results (styled, grouped), record the run and say what it found.
+
+        The same for a run here and one on a server: ``task.result`` is a
+        :class:`RunOutcome`, the files are the request's paths either way.
+        """
         name, result = task.request.layer_name, task.result
+        assert isinstance(result, RunOutcome)
         styling.add_results(
             QgsProject.instance(),
             task.outputs["mask"],
@@ -389,13 +571,18 @@ class CloudSegDock(QDockWidget):
         )
         self._keep_active(task.request.layer_id)
         cloud = result.class_percent.get("cloud", 0.0)
-        cost = result.accounting.get("summary", "")
+        cost = result.cost
         self._record(RunRecord(
             name, "done", result.model, result.seconds, cloud, task.outputs,
-            f"{result.runner}\n{cost}" if cost else result.runner,
+            f"{result.runner}\n{cost}" if cost else result.runner, result.where,
         ))  # fmt: skip
+        if task.client is not None:
+            self._server_runners[task.client.url] = result.where
+            self._server_runners[self.server_edit.text().strip()] = result.where
+            self._show_device()
+        where = result.runner if task.client is None else result.where
         done = (
-            f"{name}: {cloud:.1f} % cloud in {result.seconds:.1f} s on {result.runner}; "
+            f"{name}: {cloud:.1f} % cloud in {result.seconds:.1f} s on {where}; "
             f"product level {result.product_level}"
         )
         if result.usable_percent is not None:
@@ -414,17 +601,28 @@ class CloudSegDock(QDockWidget):
         """Record a failed or cancelled run (the runner has said why); remove its files."""
         if task.error:
             record = RunRecord(
-                task.request.layer_name, "failed", message=for_qgis(task.error, DOCK)
-            )
+                task.request.layer_name, "failed", message=for_qgis(task.error, DOCK),
+                where=self._where_asked(task),
+            )  # fmt: skip
         else:
             if task.result is not None:  # the cancel came after the engine had finished
                 for path in task.outputs.values():
                     if path:
                         Path(path).unlink(missing_ok=True)
             record = RunRecord(
-                task.request.layer_name, "cancelled", message="cancelled; nothing was written"
-            )
+                task.request.layer_name, "cancelled", message="cancelled; nothing was written",
+                where=self._where_asked(task),
+            )  # fmt: skip
         self._record(record)
+
+    @staticmethod
+    def _where_asked(task: SegmentTask) -> str:
+        """Where a run that did not finish was sent: ``server host:port`` or this computer."""
+        if task.client is None:
+            return LOCAL
+        from urllib.parse import urlsplit
+
+        return f"server {urlsplit(task.client.url).netloc}"
 
     def _keep_active(self, layer_id: str) -> None:
         """Keep the layer the run was made on active: the next run or explain uses it."""
@@ -439,11 +637,18 @@ class CloudSegDock(QDockWidget):
     def _add_run_row(self, record: RunRecord) -> None:
         self.runs_table.insertRow(0)
         cloud = "" if record.cloud_percent is None else f"{record.cloud_percent:.1f}"
+        where = record.where
+        if where.startswith(f"{LOCAL} ("):
+            where = LOCAL  # the runner is in the tooltip
         values = [record.layer_name, record.status, record.model, cloud, f"{record.seconds:.1f}"]
+        values.append(where)
         tip = "\n".join([*(str(p) for p in record.outputs.values() if p), record.message])
         for column, value in enumerate(values):
             item = QTableWidgetItem(value)
-            item.setToolTip(f"{value}\n{tip}" if column in (0, 2) else tip)
+            if column == 5:
+                item.setToolTip(f"ran on {record.where}" if record.where else tip)
+            else:
+                item.setToolTip(f"{value}\n{tip}" if column in (0, 2) else tip)
             if column >= 3:
                 item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
             self.runs_table.setItem(0, column, item)

@@ -10,7 +10,11 @@ output left; and qgis_process runs on the server in a QGIS without onnxruntime/t
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -304,3 +308,81 @@ def layer_band(name: str) -> int:
     """The band a loaded result layer draws."""
     layer = QgsProject.instance().mapLayersByName(name)[0]
     return layer.renderer().band()
+
+
+QGIS_PROCESS = shutil.which("qgis_process.bin") or "/usr/bin/qgis_process.bin"
+
+
+@pytest.fixture
+def qgis_without_runtime(server_auth: str, tmp_path: Path) -> dict[str, str]:
+    """qgis_process's environment in a QGIS whose Python has no onnxruntime, no torch.
+
+    Without this venv (QGIS's Python sees it only through the python3 on PATH), an
+    empty profile, the plugin linked in, and the tests' auth DB (holding the server's
+    token) with its master password in a file.
+    """
+    venv_bin = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
+    env["PATH"] = os.pathsep.join(
+        p for p in env.get("PATH", "").split(os.pathsep) if p and Path(p) != Path(venv_bin)
+    )
+    env.setdefault("QT_QPA_PLATFORM", "offscreen")
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "cloudseg").symlink_to(ROOT, target_is_directory=True)
+    env["QGIS_PLUGINPATH"] = str(plugins)
+    env["QGIS_CUSTOM_CONFIG_PATH"] = str(tmp_path / "profile")
+    auth = tmp_path / "auth"
+    auth.mkdir()
+    shutil.copy(QgsApplication.qgisAuthDatabaseFilePath(), auth / "qgis-auth.db")
+    password = tmp_path / "master-password"
+    from .conftest import MASTER_PASSWORD
+
+    password.write_text(MASTER_PASSWORD)
+    env["QGIS_AUTH_DB_DIR_PATH"] = str(auth)
+    env["QGIS_AUTH_PASSWORD_FILE"] = str(password)
+    return env
+
+
+def _qgis_process(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([QGIS_PROCESS, *args], capture_output=True, text=True, env=env,
+                          timeout=300)  # fmt: skip
+
+
+def test_qgis_process_runs_on_the_server_in_a_qgis_without_the_runtime(
+    qgis_without_runtime, server_auth, token_server, multiband, tmp_path
+):
+    from cloudseg.backend.inference.segment import SegmentOptions, segment
+
+    env = qgis_without_runtime
+    for module in ("onnxruntime", "torch"):
+        probe = subprocess.run(["python3", "-c", f"import {module}"], env=env,
+                               capture_output=True, text=True)  # fmt: skip
+        assert probe.returncode != 0 and "No module named" in probe.stderr, module
+    assert _qgis_process("plugins", "enable", "cloudseg", env=env).returncode == 0
+    report = _qgis_process("--json", "run", "cloudseg:environment", "--",
+                           f"OUTPUT={tmp_path / 'env.json'}", env=env)  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    missing = json.loads(report.stdout)["results"]["MISSING"]
+    assert "onnxruntime" in missing and "torch" in missing
+
+    here = tmp_path / "here.tif"
+    segment(multiband, here, SegmentOptions(product_level="L2A"))
+    out = tmp_path / "there.tif"
+    run = _qgis_process(
+        "--json", "run", "cloudseg:segment", "--", f"INPUT={multiband}", "PRODUCT_LEVEL=L2A",
+        f"SERVER={token_server.url}", f"SERVER_AUTH={server_auth}", f"OUTPUT={out}", env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    results = json.loads(run.stdout)["results"]
+    assert results["OUTPUT"] == str(out)
+    assert results["RUNNER"].startswith("server 127.0.0.1:")
+    assert results["MODEL_USED"] == "ukis-csmask-4b-l2a"
+    with rasterio.open(out) as got, rasterio.open(here) as want:
+        np.testing.assert_array_equal(got.read(1), want.read(1))
+    assert token_server.token not in run.stdout + run.stderr
+
+    local = _qgis_process("run", "cloudseg:segment", "--", f"INPUT={multiband}",
+                          f"OUTPUT={tmp_path / 'local.tif'}", env=env)  # fmt: skip
+    assert local.returncode != 0 and "onnxruntime" in local.stdout + local.stderr
+    assert not (tmp_path / "local.tif").exists()

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -151,20 +152,35 @@ def test_polygons_in_another_format_are_converted(
 
 
 class LogFeedback(QgsProcessingFeedback):
-    """Keeps what an algorithm writes to the log; cancels once the server has the job."""
+    """Keeps what an algorithm writes to the log; cancels once the server has the job.
 
-    def __init__(self, cancel_at: float | None = None) -> None:
+    ``cancel_at``: cancel at the first progress report from a job on the server (not
+    the upload's) at or past this percentage, noting the server's job folders then.
+    """
+
+    def __init__(self, cancel_at: float | None = None, server: Any = None) -> None:
         super().__init__()
         self.infos: list[str] = []
         self.cancel_at = cancel_at
-        self.progressChanged.connect(self._progress)
+        self.server = server
+        self.jobs_at_cancel: set[str] = set()
 
     def pushInfo(self, info: str) -> None:
         self.infos.append(info)
 
-    def _progress(self, percent: float) -> None:
-        if self.cancel_at is not None and percent >= self.cancel_at and not self.isCanceled():
-            self.cancel()
+    def setProgressText(self, text: str) -> None:
+        super().setProgressText(text)
+        if self.cancel_at is None or self.isCanceled() or self.progress() < self.cancel_at:
+            return
+        if "uploading" in text or "zipping" in text:  # (a batch's have the scene first)
+            return
+        self.jobs_at_cancel = _job_folders(self.server)
+        self.cancel()
+
+
+def _job_folders(server: Any) -> set[str]:
+    """The server's job folders (a job's is made when it is accepted)."""
+    return {p.name for p in (server.work / "jobs").iterdir()} if server is not None else set()
 
 
 def _mosaic(chip: Path, target: Path) -> Path:
@@ -179,10 +195,16 @@ def _mosaic(chip: Path, target: Path) -> Path:
     return target
 
 
-def _jobs(server: Any) -> list[dict[str, Any]]:
-    request = urllib.request.Request(f"{server.url}/ogc/jobs?f=json", headers=server.headers())
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        return json.loads(answer.read())["jobs"]
+def _status(server: Any, job: str) -> str:
+    """A job's status on the server; "gone" when it has none (dismissed: 404)."""
+    request = urllib.request.Request(f"{server.url}/ogc/jobs/{job}?f=json",
+                                     headers=server.headers())  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read())["status"]
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404, exc
+        return "gone"
 
 
 def test_cancel_dismisses_the_servers_job_and_leaves_no_output(
@@ -190,10 +212,10 @@ def test_cancel_dismisses_the_servers_job_and_leaves_no_output(
 ):
     scene = _mosaic(multiband, tmp_path / "mosaic.tif")
     layer = QgsRasterLayer(str(scene), "mosaic")
-    before = {job["jobID"] for job in _jobs(token_server)}
+    before = _job_folders(token_server)
     out = tmp_path / "out"
     out.mkdir()
-    feedback = LogFeedback(cancel_at=20.0)  # 20 %: the scene is on the server, the job started
+    feedback = LogFeedback(cancel_at=20.0, server=token_server)  # the job's first report
     with pytest.raises(QgsProcessingException, match="cancelled") as failed:
         processing.run(
             "cloudseg:segment",
@@ -203,10 +225,11 @@ def test_cancel_dismisses_the_servers_job_and_leaves_no_output(
         )  # fmt: skip
     assert "\n" not in str(failed.value)
     assert list(out.iterdir()) == []
-    new = [job for job in _jobs(token_server) if job["jobID"] not in before]
-    assert all(job["status"] == "dismissed" for job in new), new
-    for job in new:  # dismissed: its folder is gone with its files
-        assert not any(token_server.work.rglob(job["jobID"])), job
+    cancelled = feedback.jobs_at_cancel - before
+    assert len(cancelled) == 1  # the job was on the server when Cancel was pressed
+    job = cancelled.pop()
+    assert _status(token_server, job) == "gone"  # dismissed, its folder with it
+    assert not (token_server.work / "jobs" / job).exists()
 
 
 def _free_port() -> int:
@@ -386,3 +409,78 @@ def test_qgis_process_runs_on_the_server_in_a_qgis_without_the_runtime(
                           f"OUTPUT={tmp_path / 'local.tif'}", env=env)  # fmt: skip
     assert local.returncode != 0 and "onnxruntime" in local.stdout + local.stderr
     assert not (tmp_path / "local.tif").exists()
+
+
+@pytest.mark.real_data
+def test_segment_batch_on_the_server_writes_the_local_masks_and_records(
+    plugin, batch_scenes, token_server, server_auth, tmp_path
+):
+    scenes = tmp_path / "in"
+    scenes.mkdir()
+    for name in ("adwp-top", "adwu-bottom", "broken"):
+        shutil.copy(batch_scenes / f"{name}.tif", scenes / f"{name}.tif")
+    parameters = {"INPUT": str(scenes), "PRODUCT_LEVEL": "L2A"}
+    here = processing.run(
+        "cloudseg:segment_batch", parameters | {"OUTPUT_FOLDER": str(tmp_path / "here")}
+    )
+    feedback = LogFeedback()
+    there = processing.run(
+        "cloudseg:segment_batch",
+        parameters | _on(token_server, server_auth) | {"OUTPUT_FOLDER": str(tmp_path / "there")},
+        feedback=feedback,
+    )
+    assert (there["DONE"], there["SKIPPED"], there["FAILED"]) == (2, 0, 1)
+    assert (here["DONE"], here["FAILED"]) == (2, 1)
+    for scene in ("adwp-top", "adwu-bottom"):
+        with rasterio.open(tmp_path / "here" / f"{scene}.tif") as want, \
+                rasterio.open(tmp_path / "there" / f"{scene}.tif") as got:  # fmt: skip
+            np.testing.assert_array_equal(got.read(1), want.read(1))
+        record = json.loads((tmp_path / "there" / f"{scene}.json").read_text())
+        local = json.loads((tmp_path / "here" / f"{scene}.json").read_text())
+        assert record["status"] == "done" and record["runner"].startswith("server 127.0.0.1:")
+        assert record["cloud_percent"] == pytest.approx(local["cloud_percent"])
+        item = json.loads((tmp_path / "there" / f"{scene}.stac.json").read_text())
+        assert item["id"] == scene and item["assets"]["mask"]["href"] == f"./{scene}.tif"
+        assert item["bbox"] == pytest.approx(local["bbox"])
+    broken = json.loads((tmp_path / "there" / "broken.json").read_text())
+    assert broken["status"] == "failed" and "\n" not in broken["error"]
+    assert not (tmp_path / "there" / "broken.tif").exists()
+    manifest = json.loads(Path(there["MANIFEST"]).read_text())
+    assert manifest["complete"] and [r["scene"] for r in manifest["records"]] == [
+        "adwp-top", "adwu-bottom", "broken"]  # fmt: skip
+    assert sum(line.endswith(": done") for line in feedback.infos) == 2
+    assert not [p for p in (tmp_path / "there").iterdir() if p.name.startswith(".")]
+    again = processing.run(
+        "cloudseg:segment_batch",
+        parameters | _on(token_server, server_auth) | {"OUTPUT_FOLDER": str(tmp_path / "there")},
+    )
+    assert (again["DONE"], again["SKIPPED"], again["FAILED"]) == (0, 2, 1)
+
+
+@pytest.mark.real_data
+def test_cancel_stops_a_server_batch_dismissing_its_job(
+    plugin, batch_scenes, token_server, server_auth, tmp_path
+):
+    scenes = tmp_path / "in"
+    scenes.mkdir()
+    for name in ("adwp-top", "adwu-bottom"):
+        shutil.copy(batch_scenes / f"{name}.tif", scenes / f"{name}.tif")
+    before = _job_folders(token_server)
+    out = tmp_path / "out"
+    feedback = LogFeedback(cancel_at=55.0, server=token_server)  # the second scene's job
+    with pytest.raises(QgsProcessingException, match="batch cancelled after 1 of 2") as failed:
+        processing.run(
+            "cloudseg:segment_batch",
+            {"INPUT": str(scenes), "PRODUCT_LEVEL": "L2A", "OUTPUT_FOLDER": str(out)}
+            | _on(token_server, server_auth),
+            feedback=feedback,
+        )
+    assert "\n" not in str(failed.value)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not manifest["complete"] and [r["scene"] for r in manifest["records"]] == ["adwp-top"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adwp-top.json", "adwp-top.stac.json", "adwp-top.tif", "manifest.json"]  # fmt: skip
+    jobs = feedback.jobs_at_cancel - before
+    assert sorted(_status(token_server, job) for job in jobs) == ["gone", "successful"]
+    assert _job_folders(token_server) - before == {
+        job for job in jobs if _status(token_server, job) == "successful"}  # fmt: skip

@@ -66,7 +66,7 @@ a server: cloudseg segment-batch (docs/batch.md).
 
 On a cloudseg server (<b>Server</b>), the scenes run there one after the other, each \
 as a job of its own (Workers and Scheduler do not apply); the output folder is written \
-by the same rules."""
+by the same rules (the STAC collection.json where QGIS's Python has pystac)."""
             + "\n\n"
             + SERVER_HELP
             + "\n\n"
@@ -169,7 +169,12 @@ by the same rules."""
         the scenes finished. The server must answer (and take the token) first.
         """
         from ...backend.batch import _Output, settings_key
-        from ...backend.batch_records import check_ownership, earlier_done
+        from ...backend.batch_records import (
+            check_ownership,
+            earlier_done,
+            kept_records,
+            write_manifest,
+        )
         from ...backend.batch_scenes import (
             MANIFEST,
             check_not_input,
@@ -195,8 +200,17 @@ by the same rules."""
         Path(output).mkdir(parents=True, exist_ok=True)
         destination = _Output(output, None)
         records: list[dict[str, Any]] = []
+        kept: list[dict[str, Any]] = []
 
         def save(complete: bool) -> str:
+            """The manifest; first the STAC collection, where this QGIS has pystac."""
+            try:
+                import pystac  # noqa: F401 (the collection's writer needs it)
+            except ImportError:
+                pass
+            else:
+                return write_manifest(destination, records, scenes, options | {"server": where},
+                                      key, started, complete, kept)  # fmt: skip
             data = {
                 "cloudseg": cloudseg_version(), "complete": complete, "scenes": len(scenes),
                 "key": key, "options": options | {"server": where},
@@ -209,6 +223,7 @@ by the same rules."""
 
         with destination.hold(MANIFEST):
             check_ownership(destination, scenes, overwrite=False)
+            kept = kept_records(destination, scenes)
             for number, found in enumerate(scenes):
                 scene = dataclasses.replace(
                     found, identity=found.identity or local_identity(found.source)

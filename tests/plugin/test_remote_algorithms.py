@@ -449,6 +449,9 @@ def test_segment_batch_on_the_server_writes_the_local_masks_and_records(
     assert manifest["complete"] and [r["scene"] for r in manifest["records"]] == [
         "adwp-top", "adwu-bottom", "broken"]  # fmt: skip
     assert sum(line.endswith(": done") for line in feedback.infos) == 2
+    collection = json.loads((tmp_path / "there" / "collection.json").read_text())
+    items = sorted(link["href"] for link in collection["links"] if link["rel"] == "item")
+    assert items == ["./adwp-top.stac.json", "./adwu-bottom.stac.json"]
     assert not [p for p in (tmp_path / "there").iterdir() if p.name.startswith(".")]
     again = processing.run(
         "cloudseg:segment_batch",
@@ -479,7 +482,8 @@ def test_cancel_stops_a_server_batch_dismissing_its_job(
     manifest = json.loads((out / "manifest.json").read_text())
     assert not manifest["complete"] and [r["scene"] for r in manifest["records"]] == ["adwp-top"]
     assert sorted(p.name for p in out.iterdir()) == [
-        "adwp-top.json", "adwp-top.stac.json", "adwp-top.tif", "manifest.json"]  # fmt: skip
+        "adwp-top.json", "adwp-top.stac.json", "adwp-top.tif",
+        "collection.json", "manifest.json"]  # fmt: skip
     jobs = feedback.jobs_at_cancel - before
     assert sorted(_status(token_server, job) for job in jobs) == ["gone", "successful"]
     assert _job_folders(token_server) - before == {

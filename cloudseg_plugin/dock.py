@@ -290,9 +290,7 @@ class CloudSegDock(QDockWidget):
         url = self.server_edit.text().strip()
         ran = self._server_runners.get(url)
         where = url or "(no URL yet)"
-        self.device_label.setText(
-            f"runs go to the server: {ran}" if ran else f"runs go to the server {where}"
-        )
+        self.device_label.setText(f"runs go to {ran}" if ran else f"runs go to the server {where}")
         self.device_label.setToolTip(
             "The server runs the models on its own device; once a run came back this line "
             f"says its runner.\nThis computer: {self._local_device[0]}"
@@ -637,9 +635,8 @@ class CloudSegDock(QDockWidget):
     def _add_run_row(self, record: RunRecord) -> None:
         self.runs_table.insertRow(0)
         cloud = "" if record.cloud_percent is None else f"{record.cloud_percent:.1f}"
-        where = record.where
-        if where.startswith(f"{LOCAL} ("):
-            where = LOCAL  # the runner is in the tooltip
+        # "this computer" or the server's host:port; the runner in the tooltip
+        where = record.where.split(" (")[0].removeprefix("server ")
         values = [record.layer_name, record.status, record.model, cloud, f"{record.seconds:.1f}"]
         values.append(where)
         tip = "\n".join([*(str(p) for p in record.outputs.values() if p), record.message])
@@ -649,7 +646,7 @@ class CloudSegDock(QDockWidget):
                 item.setToolTip(f"ran on {record.where}" if record.where else tip)
             else:
                 item.setToolTip(f"{value}\n{tip}" if column in (0, 2) else tip)
-            if column >= 3:
+            if column in (3, 4):
                 item.setTextAlignment(int(Qt.AlignRight | Qt.AlignVCenter))
             self.runs_table.setItem(0, column, item)
 

@@ -37,9 +37,10 @@ def chip(multiband, qgis_iface):
 @pytest.fixture
 def dock(plugin, tmp_path):
     """The plugin's dock writing to ``tmp_path/runs``; runs go back to this computer after."""
+    save_server(ServerChoice())  # whatever an earlier test chose: start on this computer
     plugin.panel_action.setChecked(True)
     widget = plugin.dock
-    assert isinstance(widget, QDockWidget)
+    assert isinstance(widget, QDockWidget) and not widget.on_server
     widget.output_dir.setFilePath(str(tmp_path / "runs"))
     yield widget
     save_server(ServerChoice())  # the next dock opens on this computer
@@ -123,13 +124,16 @@ def test_a_server_run_loads_what_a_local_run_loads(
 
     server_host = token_server.url.split("://")[1]
     ran_on = dock.runs_table.item(0, 5)
-    assert ran_on.text() == dock.runs[0].where == remote.result.where
-    assert ran_on.text().startswith(f"server {server_host} (")
-    assert "this computer" not in ran_on.text()
+    assert ran_on.text() == server_host
+    assert ran_on.toolTip() == f"ran on {remote.result.where}"
+    assert dock.runs[0].where == remote.result.where
+    assert remote.result.where.startswith(f"server {server_host} (")
+    assert "this computer" not in ran_on.toolTip()
     assert dock.runs_table.item(1, 5).text() == "this computer"
+    assert dock.runs_table.item(1, 5).toolTip().startswith("ran on this computer (")
     assert dock.runs[1].where.startswith("this computer (")
     assert f"server {server_host}" in dock.status_label.text()
-    assert dock.device_label.text() == f"runs go to the server: {remote.result.where}"
+    assert dock.device_label.text() == f"runs go to {remote.result.where}"
     assert dock.runs[0].model == dock.runs[1].model == "ukis-csmask-4b-l2a"
 
     settings = QgsSettings()
@@ -171,6 +175,33 @@ def test_cancel_dismisses_the_server_job_and_leaves_nothing(
     assert dock.run_button.isEnabled()
 
 
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_explain_view_on_the_server_loads_the_heat_map(
+    dock, chip, qgis_iface, token_server, server_auth, tmp_path, wait_for
+):
+    from qgis.core import QgsRectangle, QgsSingleBandPseudoColorRenderer
+
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("ukis-csmask-4b-l2a"))
+    canvas = qgis_iface.mapCanvas()
+    canvas.setDestinationCrs(chip.crs())
+    full = chip.extent()
+    canvas.setExtent(
+        QgsRectangle(full.xMinimum(), full.yMaximum() - 960, full.xMinimum() + 960, full.yMaximum())
+    )  # 96 x 96 px at 10 m
+    on_server(dock, token_server.url, server_auth)
+    task = dock.explain_view()
+    assert task is not None, dock.status_label.text()
+    wait_for(task)
+    assert task.error == "", task.error
+    group = QgsProject.instance().layerTreeRoot().findGroup("Cloud segmentation")
+    (layer,) = [node.layer() for node in group.findLayers()]
+    assert layer.name() == "chip - why cloud (gradcam)"
+    assert isinstance(layer.renderer(), QgsSingleBandPseudoColorRenderer)
+    assert Path(layer.source()).parent == tmp_path / "runs" and layer.width() < 512
+    assert f"on server {token_server.url.split('://')[1]} (" in dock.status_label.text()
+
+
 def assert_failed_in_one_line(dock, task, tmp_path, wait_for, said: str) -> None:
     started = time.monotonic()
     wait_for(task)
@@ -205,7 +236,7 @@ def test_an_unreachable_server_is_one_line_and_nothing_loaded(dock, chip, tmp_pa
     task = dock.run_active_layer()
     assert task is not None
     assert_failed_in_one_line(dock, task, tmp_path, wait_for, "cannot reach the cloudseg server")
-    assert dock.runs_table.item(0, 5).text() == f"server {url.split('://')[1]}"
+    assert dock.runs_table.item(0, 5).text() == url.split("://")[1]
 
 
 def test_run_on_a_server_without_a_url_is_refused(dock, chip):

@@ -17,7 +17,11 @@ segments the chip there (a QgsTask, as a user would), and saves:
   from a raw source with ``mask_values`` (the labeled Sentinel-2 scene, clouds missed
   in three windows; tests/review_store.py), checked with a relative ``--out``: the
   worst window open, its label polygons of cloud and shadow in the classes' colours
-  and the missed cloud's flagged pixels (the label and model rasters listed, hidden).
+  and the missed cloud's flagged pixels (the label and model rasters listed, hidden);
+- ``qgis-server.png``: the Cloud segmentation dock with *Run on: cloudseg server*
+  after the same chip ran on a ``cloudseg serve`` started for it (on this machine's
+  loopback, reading the chip's folder by path as from a shared drive): the server's
+  URL and token rows, the device line and the recent runs saying where each run ran.
 
 Environment: CLOUDSEG_REAL_DATA (the real data folder), CLOUDSEG_SCREENSHOT (PNG path).
 """
@@ -25,8 +29,12 @@ Environment: CLOUDSEG_REAL_DATA (the real data folder), CLOUDSEG_SCREENSHOT (PNG
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import sys
 import tempfile
+import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -289,16 +297,94 @@ def grab_review(panel: object) -> None:
 
 
 def finish() -> None:
-    """Save the review picture and quit."""
+    """Save the review picture, then run the chip on a server from the dock."""
     try:
         if save(iface.mainWindow(), OUT.with_name("qgis-review.png"), 1000):
+            QgsProject.instance().clear()
+            QTimer.singleShot(500, start_server_run)
+    except Exception:
+        fail("failed while grabbing the review:\n" + traceback.format_exc())
+
+
+SERVER: list[subprocess.Popen] = []
+
+
+def start_server() -> str:
+    """Start ``cloudseg serve`` on a free loopback port, reading the chip's folder; its URL."""
+    command = OUT.parents[1] / ".venv" / "bin" / "cloudseg"
+    shared = ("--root", str(CHIP.parent))  # the chip's folder, as on a shared drive
+    server = subprocess.Popen(
+        [str(command), "serve", "--port", "0", "--work", str(WORK / "serve"), *shared],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    SERVER.append(server)
+    end = time.monotonic() + 120
+    for line in server.stdout:  # type: ignore[union-attr]
+        found = re.search(r"listening on (\S+)", line)
+        if found:
+            threading.Thread(target=server.stdout.read, daemon=True).start()  # drain it
+            return found[1]
+        if time.monotonic() > end:
+            break
+    raise RuntimeError("cloudseg serve did not start")
+
+
+def start_server_run() -> None:
+    """Run on a cloudseg server: the chip's band, from the dock, as an analyst would."""
+    say("starting cloudseg serve")
+    try:
+        url = start_server()
+        QgsProject.instance().addMapLayer(true_colour_layer())
+        band = QgsRasterLayer(str(CHIP / "B04.tif"), "adwp B04")
+        QgsProject.instance().addMapLayer(band)
+        QgsProject.instance().layerTreeRoot().findLayer(band.id()).setItemVisibilityChecked(False)
+        plugins["cloudseg"].label_dock.setVisible(False)  # the dock gets the full height
+        dock = plugins["cloudseg"].dock
+        dock.raise_()
+        dock.run_on_combo.setCurrentIndex(dock.run_on_combo.findData("server"))
+        dock.server_edit.setText(url)
+        dock.server_edit.editingFinished.emit()
+        dock.probabilities_check.setChecked(False)
+        iface.setActiveLayer(band)
+        if dock.run_active_layer() is None:
+            fail(dock.status_label.text())
+            return
+        say(f"run started on {url}")
+        server_wait(dock)
+    except Exception:
+        fail("could not run on the server:\n" + traceback.format_exc())
+
+
+def server_wait(dock: object) -> None:
+    """When the server's run is back, save the dock and quit."""
+    if dock.task is not None:
+        QTimer.singleShot(500, lambda: server_wait(dock))
+        return
+    try:
+        if dock.runs[0].status != "done":
+            fail(f"the server run ended as {dock.runs[0].status}: {dock.runs[0].message}")
+            return
+        iface.messageBar().clearWidgets()
+        QTimer.singleShot(2000, grab_server)
+    except Exception:
+        fail("failed after the server run:\n" + traceback.format_exc())
+
+
+def grab_server() -> None:
+    """Save the dock with Run on: cloudseg server, stop the server and quit."""
+    try:
+        if save(plugins["cloudseg"].dock, OUT.with_name("qgis-server.png")):
+            for server in SERVER:
+                server.terminate()
             # Close the project first, as QGIS does when its window is closed: QGIS
             # 3.22 crashes when it is told to exit with layers still loaded (in its
             # layer styling dock, while the layer tree is torn down).
             QgsProject.instance().clear()
             QTimer.singleShot(500, lambda: QgsApplication.exit(0))
     except Exception:
-        fail("failed while grabbing the review:\n" + traceback.format_exc())
+        fail("failed while grabbing the server run:\n" + traceback.format_exc())
 
 
 import faulthandler  # noqa: E402

@@ -27,10 +27,29 @@ from ...backend.dependencies import (
 from ...backend.errors import CloudsegError
 from ..messages import for_qgis
 from ..resources import icon
+from ..servers import ServerChoice
 
 if TYPE_CHECKING:
     from ...backend.remote import RemoteRun
-    from ..servers import ServerChoice
+
+
+#: *Run on*: a cloudseg server's URL (empty: this computer), and the QGIS authentication
+#: configuration holding its token (declared by :func:`.options.add_server_parameters`).
+SERVER = "SERVER"
+SERVER_AUTH = "SERVER_AUTH"
+
+
+def server_choice(
+    algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], context: QgsProcessingContext
+) -> ServerChoice:
+    """Where the parameters ask the run to go: a server, or this computer (url "")."""
+    if algorithm.parameterDefinition(SERVER) is None:
+        return ServerChoice()
+    url = algorithm.parameterAsString(parameters, SERVER, context).strip()
+    authcfg = ""
+    if url and algorithm.parameterDefinition(SERVER_AUTH) is not None:
+        authcfg = algorithm.parameterAsString(parameters, SERVER_AUTH, context).strip()
+    return ServerChoice(url, authcfg)
 
 
 def choice(
@@ -122,8 +141,6 @@ class CloudsegAlgorithm(QgsProcessingAlgorithm):
 
         The backend's one-line errors become ``QgsProcessingException``.
         """
-        from .options import server_choice
-
         server = server_choice(self, parameters, context)
         if server.remote:  # the server has the packages; this QGIS needs none of them
             with backend_errors():

@@ -27,8 +27,7 @@ from qgis.core import (
 
 from ...backend.errors import CloudsegError
 from ...backend.inference.options import RUN_FLAGS, RunFlag
-from ..servers import ServerChoice
-from .base import choice
+from .base import SERVER, SERVER_AUTH, choice
 
 #: The value of an enum parameter that leaves the option to the data (product level).
 AUTO = "auto"
@@ -46,8 +45,6 @@ MODEL_AUTO = (
 )
 
 
-SERVER = "SERVER"
-SERVER_AUTH = "SERVER_AUTH"
 #: What the help panels say of *Run on* (the same words for every algorithm that offers it).
 SERVER_HELP = (
     "<b>Run on</b>: this computer (Server empty), or a cloudseg server: its URL "
@@ -80,19 +77,6 @@ def add_server_parameters(algorithm: QgsProcessingAlgorithm) -> None:
         "as its password); empty for a server that needs none"
     )
     algorithm.addParameter(auth)
-
-
-def server_choice(
-    algorithm: QgsProcessingAlgorithm, parameters: dict[str, Any], context: QgsProcessingContext
-) -> ServerChoice:
-    """Where the parameters ask the run to go: a server, or this computer (url "")."""
-    if algorithm.parameterDefinition(SERVER) is None:
-        return ServerChoice()
-    url = algorithm.parameterAsString(parameters, SERVER, context).strip()
-    authcfg = ""
-    if url and algorithm.parameterDefinition(SERVER_AUTH) is not None:
-        authcfg = algorithm.parameterAsString(parameters, SERVER_AUTH, context).strip()
-    return ServerChoice(url, authcfg)
 
 
 def builtin_model_names() -> list[str]:

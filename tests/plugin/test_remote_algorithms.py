@@ -488,3 +488,31 @@ def test_cancel_stops_a_server_batch_dismissing_its_job(
     assert sorted(_status(token_server, job) for job in jobs) == ["gone", "successful"]
     assert _job_folders(token_server) - before == {
         job for job in jobs if _status(token_server, job) == "successful"}  # fmt: skip
+
+
+def test_a_refused_request_and_a_failed_job_are_one_line_with_no_output(
+    plugin, multiband, token_server, server_auth, tmp_path
+):
+    unnamed = tmp_path / "unnamed.tif"  # the chip's bands without their names
+    with rasterio.open(multiband) as src:
+        profile, data = src.profile, src.read()
+    with rasterio.open(unnamed, "w", **profile) as dst:
+        dst.write(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    layer = QgsRasterLayer(str(unnamed), "unnamed")
+    model = tmp_path / "mine.onnx"
+    model.write_bytes(b"not a model")
+    cases = [  # a model file here: refused before anything is sent; unnamed bands: the job fails
+        ({"MODEL_FILE": str(model)}, r"model file on this computer \(mine\.onnx\) cannot run"),
+        ({}, r"the job failed on the server: .*band"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(QgsProcessingException, match=message) as failed:
+            processing.run(
+                "cloudseg:segment",
+                {"INPUT": layer, "OUTPUT": str(out / "mask.tif"),
+                 "VECTOR": str(out / "polygons.shp")} | extra | _on(token_server, server_auth),
+            )  # fmt: skip
+        assert "\n" not in str(failed.value)
+        assert list(out.iterdir()) == []

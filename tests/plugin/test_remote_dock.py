@@ -230,6 +230,26 @@ def test_a_wrong_token_is_one_line_and_nothing_loaded(
         QgsApplication.authManager().removeAuthenticationConfig(wrong)
 
 
+@pytest.mark.slow
+def test_a_scene_the_server_cannot_take_is_one_line_and_nothing_loaded(
+    dock, chip, band_folder, qgis_iface, token_server, server_auth, tmp_path, wait_for
+):
+    band = QgsRasterLayer(str(band_folder / "B04.tif"), "B04")
+    QgsProject.instance().addMapLayer(band)
+    qgis_iface.setActiveLayer(band)  # a folder of band files: the server reads no folder
+    on_server(dock, token_server.url, server_auth)
+    task = dock.run_active_layer()
+    started = time.monotonic()
+    wait_for(task)
+    assert time.monotonic() - started < task.client.timeout
+    assert dock.runs[0].status == "failed"
+    text = dock.status_label.text()
+    assert "is a folder of band files, which the server reads by path only" in text, text
+    assert "\n" not in text and text.startswith("Segment clouds in ")
+    assert list((tmp_path / "runs").iterdir()) == []
+    assert QgsProject.instance().layerTreeRoot().findGroup("Cloud segmentation") is None
+
+
 def test_an_unreachable_server_is_one_line_and_nothing_loaded(dock, chip, tmp_path, wait_for):
     url = f"http://127.0.0.1:{free_port()}"
     on_server(dock, url)

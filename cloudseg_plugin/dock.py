@@ -262,6 +262,7 @@ class CloudSegDock(QDockWidget):
         self._show_run_on()
 
     def _run_on_changed(self) -> None:
+        """*Run on* changed: show or hide the server's rows and remember the choice."""
         self._show_run_on()
         self._server_changed()
 

@@ -509,9 +509,11 @@ def server_inputs(options: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if name in declared and name not in offered:
             continue  # this computer's own limits (memory) are not the server's
-        if isinstance(value, (list, tuple)):
-            value = ",".join(str(v) for v in value)
-        inputs[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
+        if name == "bands" and isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)  # the server's input is "B02,B03,..."
+        elif isinstance(value, (list, tuple)):
+            value = [str(v) for v in value]  # a list input (explain's classes)
+        inputs[name] = value if isinstance(value, (bool, int, float, str, list)) else str(value)
     return inputs
 
 

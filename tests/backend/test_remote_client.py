@@ -26,7 +26,7 @@ def test_a_runs_options_become_a_jobs_inputs():
     inputs = server_inputs({
         "model": None, "bands": ["B02", "B03", "B04", "B08"], "product_level": "L2A",
         "tta": True, "tile_size": 512, "max_memory_mib": 512.0, "min_polygon_area_m2": 1000.0,
-        "extent": (1.0, 2.0, 3.0, 4.0),
+        "extent": (1.0, 2.0, 3.0, 4.0), "classes": ["cloud", "cloud shadow"],
     })  # fmt: skip
     assert inputs == {
         "bands": "B02,B03,B04,B08",
@@ -35,7 +35,8 @@ def test_a_runs_options_become_a_jobs_inputs():
         "tile_size": 512,
         "min_polygon_area_m2": 1000.0,
         "extent": [1.0, 2.0, 3.0, 4.0],
-    }  # fmt: skip  (memory: this computer's)
+        "classes": ["cloud", "cloud shadow"],  # a list input stays a list
+    }  # max_memory_mib is this computer's own limit: not sent
 
 
 @pytest.mark.parametrize("model", [Path("/models/mine.onnx"), "mine.pt"])

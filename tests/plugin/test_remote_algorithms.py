@@ -211,7 +211,6 @@ def test_cancel_dismisses_the_servers_job_and_leaves_no_output(
     plugin, multiband, token_server, server_auth, tmp_path
 ):
     scene = _mosaic(multiband, tmp_path / "mosaic.tif")
-    layer = QgsRasterLayer(str(scene), "mosaic")
     before = _job_folders(token_server)
     out = tmp_path / "out"
     out.mkdir()
@@ -219,7 +218,7 @@ def test_cancel_dismisses_the_servers_job_and_leaves_no_output(
     with pytest.raises(QgsProcessingException, match="cancelled") as failed:
         processing.run(
             "cloudseg:segment",
-            {"INPUT": layer, "PRODUCT_LEVEL": "L2A", "OUTPUT": str(out / "mask.tif"),
+            {"INPUT": str(scene), "PRODUCT_LEVEL": "L2A", "OUTPUT": str(out / "mask.tif"),
              "VECTOR": str(out / "polygons.gpkg")} | _on(token_server, server_auth),
             feedback=feedback,
         )  # fmt: skip
@@ -500,7 +499,6 @@ def test_a_refused_request_and_a_failed_job_are_one_line_with_no_output(
         dst.write(data)
     out = tmp_path / "out"
     out.mkdir()
-    layer = QgsRasterLayer(str(unnamed), "unnamed")
     model = tmp_path / "mine.onnx"
     model.write_bytes(b"not a model")
     cases = [  # a model file here: refused before anything is sent; unnamed bands: the job fails
@@ -511,7 +509,7 @@ def test_a_refused_request_and_a_failed_job_are_one_line_with_no_output(
         with pytest.raises(QgsProcessingException, match=message) as failed:
             processing.run(
                 "cloudseg:segment",
-                {"INPUT": layer, "OUTPUT": str(out / "mask.tif"),
+                {"INPUT": str(unnamed), "OUTPUT": str(out / "mask.tif"),
                  "VECTOR": str(out / "polygons.shp")} | extra | _on(token_server, server_auth),
             )  # fmt: skip
         assert "\n" not in str(failed.value)

@@ -514,3 +514,48 @@ def test_a_refused_request_and_a_failed_job_are_one_line_with_no_output(
             )  # fmt: skip
         assert "\n" not in str(failed.value)
         assert list(out.iterdir()) == []
+
+
+class StopServerFeedback(QgsProcessingFeedback):
+    """Stops the server at the job's first progress report: a connection lost mid-job."""
+
+    def __init__(self, server: Any) -> None:
+        super().__init__()
+        self.server = server
+        self.stopped = False
+
+    def setProgressText(self, text: str) -> None:
+        super().setProgressText(text)
+        if not self.stopped and self.progress() >= 20 and "uploading" not in text:
+            self.stopped = True
+            self.server.proc.kill()
+            self.server.proc.wait()
+
+
+def test_a_connection_lost_during_the_job_is_one_line_with_no_output(
+    plugin, multiband, tmp_path, monkeypatch
+):
+    from serving import start_server
+
+    monkeypatch.setenv("CLOUDSEG_CONNECT_TIMEOUT", "2")
+    monkeypatch.setenv("CLOUDSEG_READ_TIMEOUT", "2")
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    server = start_server(env, tmp_path / "work")  # no token: a loopback server of one's own
+    scene = _mosaic(multiband, tmp_path / "mosaic.tif")
+    out = tmp_path / "out"
+    out.mkdir()
+    feedback = StopServerFeedback(server)
+    try:
+        started = time.monotonic()
+        with pytest.raises(QgsProcessingException, match="lost the connection during the job"):
+            processing.run(
+                "cloudseg:segment",
+                {"INPUT": str(scene), "PRODUCT_LEVEL": "L2A", "OUTPUT": str(out / "mask.tif"),
+                 "SERVER": server.url},
+                feedback=feedback,
+            )  # fmt: skip
+        assert feedback.stopped and time.monotonic() - started < 30
+    finally:
+        server.stop()
+    assert list(out.iterdir()) == []

@@ -361,6 +361,15 @@ def qgis_without_runtime(server_auth: str, tmp_path: Path) -> dict[str, str]:
     from .conftest import MASTER_PASSWORD
 
     password.write_text(MASTER_PASSWORD)
+    # rasterio and pystac are Debian packages of QGIS's Python here; a server run must not
+    # need them either (nor scipy), so they fail to import as onnxruntime and torch do.
+    blocked = tmp_path / "blocked"
+    for module in ("rasterio", "pystac", "scipy"):
+        (blocked / module).mkdir(parents=True)
+        (blocked / module / "__init__.py").write_text(
+            f"raise ModuleNotFoundError(\"No module named '{module}'\", name={module!r})"
+        )
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(blocked), env.get("PYTHONPATH")]))
     env["QGIS_AUTH_DB_DIR_PATH"] = str(auth)
     env["QGIS_AUTH_PASSWORD_FILE"] = str(password)
     return env
@@ -377,13 +386,20 @@ def test_qgis_process_runs_on_the_server_in_a_qgis_without_the_runtime(
     from cloudseg.backend.inference.segment import SegmentOptions, segment
 
     env = qgis_without_runtime
-    for module in ("onnxruntime", "torch"):
+    for module in ("onnxruntime", "torch", "rasterio", "pystac"):
         probe = subprocess.run(["python3", "-c", f"import {module}"], env=env,
                                capture_output=True, text=True)  # fmt: skip
-        assert probe.returncode != 0 and "No module named" in probe.stderr, module
+        assert probe.returncode != 0, module
+        assert f"No module named '{module}'" in probe.stderr
     assert _qgis_process("plugins", "enable", "cloudseg", env=env).returncode == 0
+    # Its environment report says what a local run lacks (with rasterio there: the
+    # report itself needs it).
+    unblocked = dict(env)
+    unblocked["PYTHONPATH"] = os.pathsep.join(
+        p for p in env["PYTHONPATH"].split(os.pathsep) if Path(p).name != "blocked"
+    )
     report = _qgis_process("--json", "run", "cloudseg:environment", "--",
-                           f"OUTPUT={tmp_path / 'env.json'}", env=env)  # fmt: skip
+                           f"OUTPUT={tmp_path / 'env.json'}", env=unblocked)  # fmt: skip
     assert report.returncode == 0, report.stderr
     missing = json.loads(report.stdout)["results"]["MISSING"]
     assert "onnxruntime" in missing and "torch" in missing

@@ -420,6 +420,21 @@ def test_qgis_process_runs_on_the_server_in_a_qgis_without_the_runtime(
         np.testing.assert_array_equal(got.read(1), want.read(1))
     assert token_server.token not in run.stdout + run.stderr
 
+    scenes = tmp_path / "scenes"  # the batch on the server, in the same QGIS
+    scenes.mkdir()
+    shutil.copy(multiband, scenes / "chip.tif")
+    batch = _qgis_process(
+        "--json", "run", "cloudseg:segment_batch", "--", f"INPUT={scenes}", "PRODUCT_LEVEL=L2A",
+        f"SERVER={token_server.url}", f"SERVER_AUTH={server_auth}",
+        f"OUTPUT_FOLDER={tmp_path / 'masks'}", env=env,
+    )  # fmt: skip
+    assert batch.returncode == 0, batch.stdout + batch.stderr
+    assert json.loads(batch.stdout)["results"]["DONE"] == 1
+    with rasterio.open(tmp_path / "masks" / "chip.tif") as got, rasterio.open(here) as want:
+        np.testing.assert_array_equal(got.read(1), want.read(1))
+    written = sorted(p.name for p in (tmp_path / "masks").iterdir())
+    assert written == ["chip.json", "chip.stac.json", "chip.tif", "manifest.json"]  # no pystac
+
     local = _qgis_process("run", "cloudseg:segment", "--", f"INPUT={multiband}",
                           f"OUTPUT={tmp_path / 'local.tif'}", env=env)  # fmt: skip
     assert local.returncode != 0 and "onnxruntime" in local.stdout + local.stderr

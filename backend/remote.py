@@ -586,6 +586,12 @@ def run_on_server(
         return report
 
     inputs["input"] = client.scene_input(scene, part(0, 20), cancelled)
-    job = client.run(process, inputs, part(20, 95), cancelled)
-    files = client.fetch(job.results, outputs, part(95, 100), cancelled)
+    try:
+        job = client.run(process, inputs, part(20, 95), cancelled)
+        files = client.fetch(job.results, outputs, part(95, 100), cancelled)
+    except UnreachableError as exc:  # the server answered before: it went away
+        said = str(exc)
+        if not said.startswith("lost the connection"):
+            said = f"lost the connection during the job: {said}"
+        raise UnreachableError(said) from None
     return RemoteRun(redact(client.url), job.job_id, job.summary, files)

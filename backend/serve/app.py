@@ -13,7 +13,6 @@ upload limit.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hmac
 import logging
 import os
@@ -233,14 +232,29 @@ def _housekeeping(queue: Any, every: float, uploads: Path) -> None:
             logger.exception("removing expired jobs failed")
 
 
-@functools.cache
-def server_device() -> dict[str, Any]:
-    """What runs the models here, as a client shows it: device, GPU, runtime (read once)."""
-    from ..environment import environment_report
+#: What runs the models here (read once, in the background, from the server's start).
+_DEVICE: dict[str, Any] = {}
 
-    report = environment_report()
-    gpu = report.gpus[0].name if report.device == "cuda" and report.gpus else None
-    return {"device": report.device, "gpu": gpu, "runner": report.builtin_runner}
+
+def server_device() -> dict[str, Any] | None:
+    """What runs the models here, as a client shows it: device, GPU, runtime.
+
+    None until it has been read (a second or two after the start: torch and onnxruntime
+    are imported), so that ``/health`` always answers at once.
+    """
+    return dict(_DEVICE) or None
+
+
+def _read_device() -> None:
+    """Read what runs the models (the environment report) into :data:`_DEVICE`."""
+    try:
+        from ..environment import environment_report
+
+        report = environment_report()
+        gpu = report.gpus[0].name if report.device == "cuda" and report.gpus else None
+        _DEVICE.update(device=report.device, gpu=gpu, runner=report.builtin_runner)
+    except Exception:  # the server runs without it; clients show the runner of each job
+        logger.exception("reading what runs the models failed")
 
 
 def remove_old_uploads(uploads: Path, keep_seconds: float) -> int:
@@ -441,6 +455,7 @@ def build_app(config: ServeConfig, port: int) -> tuple[Any, Any]:
         root_path=config.url and config.url.rstrip("/"),
     )
     app = PublishedOnly(app)  # Gradio's file route: published results only
+    threading.Thread(target=_read_device, daemon=True).start()
     every = min(keep / 4, 600.0)
     threading.Thread(target=_housekeeping, args=(queue, every, uploads), daemon=True).start()
     hosts = config.allowed_hosts(port) if is_loopback(config.host) else None

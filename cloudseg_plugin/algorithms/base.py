@@ -181,7 +181,7 @@ class CloudsegAlgorithm(QgsProcessingAlgorithm):
                 dismissed job, a lost connection; ``CancelledError`` after Cancel.
         """
         from ...backend.network import redact
-        from ...backend.remote import RemoteRun, run_on_server, server_inputs
+        from ...backend.remote import run_on_server
         from ..servers import client_for
 
         client = client_for(server)
@@ -191,19 +191,8 @@ class CloudsegAlgorithm(QgsProcessingAlgorithm):
         def progress(percent: float, message: str) -> None:
             self.report_progress(feedback, percent, message)
 
-        if not inputs:
-            run = run_on_server(client, process, scene, options, outputs, progress,
-                                feedback.isCanceled)  # fmt: skip
-        else:  # run_on_server's steps, with inputs server_inputs would flatten (lists)
-            sent = server_inputs(options) | dict(inputs)
-            sent["input"] = client.scene_input(
-                scene, lambda p, m: progress(0.2 * p, m), feedback.isCanceled
-            )
-            job = client.run(process, sent, lambda p, m: progress(20 + 0.75 * p, m),
-                             feedback.isCanceled)  # fmt: skip
-            files = client.fetch(job.results, outputs, lambda p, m: progress(95 + 0.05 * p, m),
-                                 feedback.isCanceled)  # fmt: skip
-            run = RemoteRun(redact(client.url), job.job_id, job.summary, files)
+        run = run_on_server(client, process, scene, {**options, **(inputs or {})}, outputs,
+                            progress, feedback.isCanceled)  # fmt: skip
         feedback.pushInfo(f"Ran on {run.where}")
         return run
 

@@ -61,20 +61,16 @@ def add_server_parameters(algorithm: QgsProcessingAlgorithm) -> None:
     ``qgis_process`` takes them as ``SERVER=http://host:8000 SERVER_AUTH=<authcfg id>``;
     the token stays in QGIS's authentication manager (:mod:`..servers`).
     """
-    server = QgsProcessingParameterString(
-        SERVER, "Run on a cloudseg server (URL; empty: this computer)", optional=True
-    )
+    server = QgsProcessingParameterString(SERVER, "Run on server (URL; empty: here)", optional=True)
     server.setHelp(
         "The URL of a cloudseg server (http://host:8000) to run on; empty: run on this "
         "computer. The results come back as the same files and layers"
     )
     algorithm.addParameter(server)
-    auth = QgsProcessingParameterAuthConfig(
-        SERVER_AUTH, "Server token (QGIS authentication configuration)", optional=True
-    )
+    auth = QgsProcessingParameterAuthConfig(SERVER_AUTH, "Server token", optional=True)
     auth.setHelp(
-        "The authentication configuration holding the server's token (Basic: the token "
-        "as its password); empty for a server that needs none"
+        "The QGIS authentication configuration holding the server's token (Basic: the "
+        "token as its password); empty for a server that needs none"
     )
     algorithm.addParameter(auth)
 

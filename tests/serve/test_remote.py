@@ -112,7 +112,12 @@ def test_a_scene_under_a_root_is_sent_by_its_path(token_server, serve_files):
     assert client.scene_input(serve_files / "chip.tif") == str((serve_files / "chip.tif").resolve())
     capabilities = client.capabilities()
     assert capabilities["roots"] == [str(serve_files.resolve())]
-    # What runs the models there, for the dock's device line before a run.
+    # What runs the models there, for the dock's device line before a run (read in the
+    # background after the start, so that /health always answers at once).
+    deadline = time.monotonic() + 60
+    while capabilities["device"] is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        capabilities = client.capabilities()
     assert capabilities["device"]["device"] in ("cpu", "cuda")
     assert capabilities["device"]["runner"].split()[0] in ("onnxruntime", "openvino", "torch")
     assert _uploads(token_server) == before

@@ -123,7 +123,7 @@ def settings_key(options: dict[str, Any], model_sha: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-class _Output:
+class BatchOutput:
     """The run's output store (:func:`.store.storage.open_storage`: a folder or an S3 prefix).
 
     Its methods are the storage's; every failure to reach the store is an
@@ -213,7 +213,7 @@ def _segment_scene(
     from .store.storage import fetch_scene
 
     configure_gdal()  # this worker's GDAL reads under the network timeouts
-    destination = _Output(output, endpoint_url)
+    destination = BatchOutput(output, endpoint_url)
     earlier = destination.read_json(f"{scene.scene}.json")
     done, redo = earlier_done(earlier, scene, key, destination)
     if done and earlier is not None:
@@ -259,7 +259,9 @@ def _segment_scene(
     return record
 
 
-def _scene_item(scene: BatchScene, mask: Path, result: Any, destination: _Output) -> pystac.Item:
+def _scene_item(
+    scene: BatchScene, mask: Path, result: Any, destination: BatchOutput
+) -> pystac.Item:
     """The STAC Item of a scene's mask (staged in ``mask``'s folder), in the collection."""
     import pystac
 
@@ -340,7 +342,7 @@ def segment_batch(
     check_not_input(scenes, output, inputs)
     new_folder = None if output.startswith("s3://") or Path(output).exists() else Path(output)
     # An output store that does not answer stops here, in one line.
-    destination = _Output(output, endpoint_url)
+    destination = BatchOutput(output, endpoint_url)
     # One batch at a time on a local folder (S3 has no lock); what dead ones left goes.
     with _removed_if_empty(new_folder), destination.hold(MANIFEST):
         check_ownership(destination, scenes, overwrite)
@@ -426,6 +428,7 @@ def _removed_if_empty(folder: Path | None) -> Iterator[None]:
 
 __all__ = [
     "LOOPBACK",
+    "BatchOutput",
     "BatchResult",
     "BatchScene",
     "OutputStoreError",

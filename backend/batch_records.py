@@ -148,16 +148,25 @@ def write_manifest(
 ) -> str:
     """Write the run's manifest, and first the STAC Collection of its done scenes.
 
-    ``kept``: done scenes of earlier batches whose Items stay in the collection.
+    ``kept``: done scenes of earlier batches whose Items stay in the collection. The
+    Collection is made with pystac: a batch run on a server from a QGIS without
+    cloudseg's packages writes the manifest (``"collection": null``) and each scene's
+    Item, but no Collection.
     """
     from ._version import __version__
-    from .inference.stac_item import mask_collection
 
     # First the STAC Collection: it lists only Items that are written (a scene's Item is
     # written before its record).
     items = sorted(filter(listed, [*(kept or []), *records]), key=lambda r: str(r["scene"]))
-    collection = mask_collection(collection_id(destination.url), items, ITEM_SUFFIX)
-    destination.put(COLLECTION, (json.dumps(collection, indent=2) + "\n").encode())
+    written: str | None = COLLECTION
+    try:
+        from .inference.stac_item import mask_collection
+
+        collection = mask_collection(collection_id(destination.url), items, ITEM_SUFFIX)
+    except ImportError:  # no pystac here
+        written = None
+    else:
+        destination.put(COLLECTION, (json.dumps(collection, indent=2) + "\n").encode())
     data = {
         "cloudseg": __version__,
         "complete": complete,
@@ -166,6 +175,7 @@ def write_manifest(
         "options": options,
         "seconds": round(time.perf_counter() - started, 3),
         "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "collection": written,
         "records": records,
     }
     return destination.put(MANIFEST, (json.dumps(data, indent=2, default=str) + "\n").encode())

@@ -168,7 +168,7 @@ by the same rules (the STAC collection.json where QGIS's Python has pystac)."""
         its reason while the others go on. Cancel dismisses the current job and keeps
         the scenes finished. The server must answer (and take the token) first.
         """
-        from ...backend.batch import _Output, settings_key
+        from ...backend.batch import BatchOutput, settings_key
         from ...backend.batch_records import (
             check_ownership,
             earlier_done,
@@ -198,28 +198,14 @@ by the same rules (the STAC collection.json where QGIS's Python has pystac)."""
         where = client_for(server).url
         key = settings_key(options, f"server {options.get('model') or 'auto'}")
         Path(output).mkdir(parents=True, exist_ok=True)
-        destination = _Output(output, None)
+        destination = BatchOutput(output, None)
         records: list[dict[str, Any]] = []
         kept: list[dict[str, Any]] = []
 
         def save(complete: bool) -> str:
-            """The manifest; first the STAC collection, where this QGIS has pystac."""
-            try:
-                import pystac  # noqa: F401 (the collection's writer needs it)
-            except ImportError:
-                pass
-            else:
-                return write_manifest(destination, records, scenes, options | {"server": where},
-                                      key, started, complete, kept)  # fmt: skip
-            data = {
-                "cloudseg": cloudseg_version(), "complete": complete, "scenes": len(scenes),
-                "key": key, "options": options | {"server": where},
-                "seconds": round(time.perf_counter() - started, 3),
-                "written": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-                "records": records,
-            }  # fmt: skip
-            text = json.dumps(data, indent=2, default=str) + "\n"
-            return destination.put(MANIFEST, text.encode())
+            """The manifest (and the STAC collection, where this QGIS has pystac)."""
+            return write_manifest(destination, records, scenes, options | {"server": where},
+                                  key, started, complete, kept)  # fmt: skip
 
         with destination.hold(MANIFEST):
             check_ownership(destination, scenes, overwrite=False)
@@ -330,13 +316,6 @@ by the same rules (the STAC collection.json where QGIS's Python has pystac)."""
             record["seconds"] = round(time.perf_counter() - begun, 3)
             destination.put(f"{scene.scene}.json", record_bytes(record))  # last: done
         return record
-
-
-def cloudseg_version() -> str:
-    """This cloudseg's version (what a manifest records)."""
-    from ...backend._version import __version__
-
-    return __version__
 
 
 def batch_item(item: dict[str, Any], scene: str, output: str) -> dict[str, Any]:

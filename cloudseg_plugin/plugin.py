@@ -15,6 +15,7 @@ from ..backend.dependencies import SEGMENT, TRAINING, Group, install_hint, missi
 from . import logbridge, packages
 from .provider import PROVIDER_ID, CloudSegProvider
 from .resources import icon
+from .servers import saved_server
 
 MENU = "&Cloud segmentation"
 
@@ -177,9 +178,19 @@ class CloudSegPlugin:
             step: What to check; the segmentation step by default.
 
         Returns:
-            The message shown, empty when nothing is missing.
+            The message shown, empty when nothing is missing, or when the dock's runs go
+            to a cloudseg server (then the install is only said in the log).
         """
         message = install_hint(missing_requirements(step), where="qgis")
+        server = saved_server()
+        if message and step.name == SEGMENT.name and server.remote:
+            # Runs go to a server: nothing is missing for them; no warning to dismiss.
+            QgsMessageLog.logMessage(
+                f"Runs go to the cloudseg server {server.url}; to run on this computer: {message}",
+                logbridge.LOG_TAG,
+                Qgis.Info,
+            )
+            return ""
         if message:
             QgsMessageLog.logMessage(message, logbridge.LOG_TAG, Qgis.Warning)
             bar = self.iface.messageBar()

@@ -84,6 +84,32 @@ def test_missing_packages_offer_the_installer_in_one_warning(plugin, qgis_iface)
     packages.close_dialog()
 
 
+def test_runs_on_a_server_need_no_install_warning(plugin, qgis_iface):
+    """An analyst whose runs go to the team's server is not asked to install packages."""
+    from cloudseg.cloudseg_plugin.servers import ServerChoice, save_server
+
+    bar = qgis_iface.messageBar()
+    bar.clearWidgets()
+    absent = Requirement("cloudseg-absent-dist", "", "cloudseg_absent_module", "testing")
+    step = Group("segment", SEGMENT.title, (*SEGMENT.requirements, absent), plugin_step=True)
+    logged: list[tuple[str, Qgis.MessageLevel]] = []
+
+    def on_message(text: str, tag: str, level: Qgis.MessageLevel) -> None:
+        if tag == "cloudseg":
+            logged.append((text, level))
+
+    QgsApplication.messageLog().messageReceived.connect(on_message)
+    save_server(ServerChoice("https://cloudseg.example.org"))
+    try:
+        assert plugin.report_missing_dependencies(step) == ""
+    finally:
+        save_server(ServerChoice())
+        QgsApplication.messageLog().messageReceived.disconnect(on_message)
+    assert bar.items() == []
+    said = [text for text, level in logged if level == Qgis.Info]
+    assert any("cloudseg.example.org" in t and "cloudseg_absent_module" in t for t in said)
+
+
 def test_complete_environment_shows_no_warning(plugin, qgis_iface):
     qgis_iface.messageBar().clearWidgets()
     assert plugin.report_missing_dependencies() == ""

@@ -47,26 +47,13 @@ from benchmark_common import write_results
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests")]
 
-from conftest import BANDS, CHIP, stack_bands  # noqa: E402
+from conftest import BANDS, CHIP, stack_bands, tiled_scene  # noqa: E402
 from serving import start_server  # noqa: E402
 
 TOKEN = "a-long-token-for-the-remote-benchmark"
 OPTIONS: dict[str, Any] = {"product_level": "L2A"}
 OUTPUTS = ("mask", "valid", "polygons")
 SUFFIXES = {"mask": ".tif", "valid": ".tif", "polygons": ".gpkg"}
-
-
-def tiled(chip: Path, target: Path, times: int) -> Path:
-    """The chip tiled ``times`` x ``times``: a large scene of real pixels."""
-    with rasterio.open(chip) as src:
-        data, profile, names = src.read(), src.profile, src.descriptions
-    profile.update(width=data.shape[2] * times, height=data.shape[1] * times,
-                   tiled=True, blockxsize=512, blockysize=512)  # fmt: skip
-    with rasterio.open(target, "w", **profile) as dst:
-        dst.write(np.tile(data, (1, times, times)))
-        for i, name in enumerate(names, start=1):
-            dst.set_band_description(i, name)
-    return target
 
 
 def local_run(scene: Path, folder: Path) -> dict[str, Any]:
@@ -165,7 +152,8 @@ def main() -> int:
         here.mkdir()
         root.mkdir()
         chip = stack_bands(args.data / CHIP, here / "adwp.tif", BANDS)
-        large = tiled(chip, here / f"adwp_x{args.large}.tif", args.large)
+        large = tiled_scene(chip, here / f"adwp_x{args.large}.tif", args.large, tiled=True,
+                            blockxsize=512, blockysize=512)  # fmt: skip
         for scene in (chip, large):
             shutil.copy(scene, root / scene.name)
         env = dict(os.environ)

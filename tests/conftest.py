@@ -119,6 +119,26 @@ def stack_bands(
     return target
 
 
+def tiled_scene(chip: Path, target: Path, times: int = 3, **profile_changes: Any) -> Path:
+    """The chip tiled ``times`` x ``times``: a larger scene of real pixels, bands named.
+
+    3 x 3 runs long enough to cancel mid-run; 8 x 8 of the 512 px chip is 4096 px a side.
+    An existing ``target`` is kept (several tests share one).
+    """
+    import rasterio
+
+    if target.exists():
+        return target
+    with rasterio.open(chip) as src:
+        data, profile, names = src.read(), src.profile, src.descriptions
+    profile.update(width=data.shape[2] * times, height=data.shape[1] * times, **profile_changes)
+    with rasterio.open(target, "w", **profile) as dst:
+        dst.write(np.tile(data, (1, times, times)))
+        for i, name in enumerate(names, start=1):
+            dst.set_band_description(i, name)
+    return target
+
+
 @pytest.fixture(scope="session")
 def labeled_s2(real_data, tmp_path_factory):
     """The labeled ukis Sentinel-2 scene as files (30 m, UTM) and the 4-band model's doubt.

@@ -237,22 +237,25 @@ _DEVICE: dict[str, Any] = {}
 
 
 def server_device() -> dict[str, Any] | None:
-    """What runs the models here, as a client shows it: device, GPU, runtime.
+    """What runs the built-in models here, as a client shows it (``runner``).
 
-    None until it has been read (a second or two after the start: torch and onnxruntime
-    are imported), so that ``/health`` always answers at once.
+    The runner the engine's own plan picks for the built-in models, e.g. ``openvino
+    2026.4.1 CPU (bf16)`` or ``onnxruntime 1.23 CUDA``: the device is in its words.
+    None until it has been read (the runtimes are imported in the background from the
+    start, as the first job would), so that ``/health`` always answers at once.
     """
     return dict(_DEVICE) or None
 
 
 def _read_device() -> None:
-    """Read what runs the models (the environment report) into :data:`_DEVICE`."""
+    """Read what runs the built-in models into :data:`_DEVICE` (PyTorch is not imported)."""
     try:
-        from ..environment import environment_report
+        from ..inference.runners import plan_runner
+        from ..models.registry import builtin_models
 
-        report = environment_report()
-        gpu = report.gpus[0].name if report.device == "cuda" and report.gpus else None
-        _DEVICE.update(device=report.device, gpu=gpu, runner=report.builtin_runner)
+        models = builtin_models()
+        if models:
+            _DEVICE.update(runner=plan_runner(models[0].card).summary())
     except Exception:  # the server runs without it; clients show the runner of each job
         logger.exception("reading what runs the models failed")
 

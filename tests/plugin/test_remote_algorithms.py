@@ -34,6 +34,8 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
+from ..conftest import tiled_scene
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,18 +185,6 @@ def _job_folders(server: Any) -> set[str]:
     return {p.name for p in (server.work / "jobs").iterdir()} if server is not None else set()
 
 
-def _mosaic(chip: Path, target: Path) -> Path:
-    """The chip tiled 3 x 3: a scene that runs long enough to cancel mid-run."""
-    with rasterio.open(chip) as src:
-        data, profile, names = src.read(), src.profile, src.descriptions
-    profile.update(width=data.shape[2] * 3, height=data.shape[1] * 3)
-    with rasterio.open(target, "w", **profile) as dst:
-        dst.write(np.tile(data, (1, 3, 3)))
-        for i, name in enumerate(names, start=1):
-            dst.set_band_description(i, name)
-    return target
-
-
 def _status(server: Any, job: str) -> str:
     """A job's status on the server; "gone" when it has none (dismissed: 404)."""
     request = urllib.request.Request(f"{server.url}/ogc/jobs/{job}?f=json",
@@ -210,7 +200,7 @@ def _status(server: Any, job: str) -> str:
 def test_cancel_dismisses_the_servers_job_and_leaves_no_output(
     plugin, multiband, token_server, server_auth, tmp_path
 ):
-    scene = _mosaic(multiband, tmp_path / "mosaic.tif")
+    scene = tiled_scene(multiband, tmp_path / "mosaic.tif")
     before = _job_folders(token_server)
     out = tmp_path / "out"
     out.mkdir()
@@ -573,7 +563,7 @@ def test_a_connection_lost_during_the_job_is_one_line_with_no_output(
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     server = start_server(env, tmp_path / "work")  # no token: a loopback server of one's own
-    scene = _mosaic(multiband, tmp_path / "mosaic.tif")
+    scene = tiled_scene(multiband, tmp_path / "mosaic.tif")
     out = tmp_path / "out"
     out.mkdir()
     feedback = StopServerFeedback(server)

@@ -23,9 +23,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from ..conftest import tiled_scene
 from ..serving import Server
 from .conftest import start_server
-from .test_ogc import _execute, _mosaic, _poll
+from .test_ogc import _execute, _poll
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
 
@@ -138,7 +139,18 @@ def _chunked_post(
     return response.status, response.read().decode(), sent
 
 
+def _runtimes_loaded(server: Server) -> None:
+    """Wait until the server has read what runs its models (it imports the runtimes)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if requests.get(f"{server.url}/health", timeout=30).json()["device"] is not None:
+            return
+        time.sleep(0.2)
+    raise AssertionError("the server never said what runs its models")
+
+
 def test_a_chunked_body_is_counted_as_it_arrives(small_server):
+    _runtimes_loaded(small_server)  # their import is not the body's memory
     before = _peak_rss_mib(small_server.proc.pid)
     status, body, sent = _chunked_post(small_server.url, EXECUTE, 150)
     assert status == 413, body
@@ -235,7 +247,7 @@ def test_inputs_of_unbounded_size_are_refused_at_once(server, inputs, words):
 
 @pytest.fixture(scope="module")
 def slow_scene(serve_files) -> Path:
-    return _mosaic(serve_files / "chip.tif", serve_files / "mosaic.tif")
+    return tiled_scene(serve_files / "chip.tif", serve_files / "mosaic.tif")
 
 
 def test_a_full_queue_says_when_to_come_back_and_cancel_is_prompt(server, slow_scene):

@@ -11,6 +11,7 @@ import pytest
 import rasterio
 import requests
 
+from ..conftest import tiled_scene
 from .conftest import cli_segment, same_mask, start_server
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
@@ -125,7 +126,7 @@ def test_async_execution_reports_progress_and_links_results(server, serve_files,
 
 
 def test_dismissal_cancels_running_and_queued_jobs(server, serve_files, tmp_path):
-    mosaic = _mosaic(serve_files / "chip.tif", serve_files / "mosaic.tif")
+    mosaic = tiled_scene(serve_files / "chip.tif", serve_files / "mosaic.tif")
     running = _execute(server, {"input": str(mosaic), "tta": True}, prefer="respond-async")
     queued = _execute(server, {"input": str(mosaic)}, prefer="respond-async")
     first = running.headers["Location"].rsplit("/", 1)[1]
@@ -139,21 +140,6 @@ def test_dismissal_cancels_running_and_queued_jobs(server, serve_files, tmp_path
         assert gone.json()["status"] == "dismissed"
         assert requests.get(f"{server.url}/ogc/jobs/{job_id}?f=json", timeout=30).status_code == 404
         assert requests.get(f"{server.url}/files/{job_id}/mask", timeout=30).status_code == 404
-
-
-def _mosaic(chip: Path, target: Path) -> Path:
-    """The real chip tiled 3 x 3 (a scene long enough to cancel mid-run)."""
-    if target.exists():
-        return target
-    with rasterio.open(chip) as src:
-        data, profile = src.read(), src.profile
-        names = src.descriptions
-    profile.update(width=data.shape[2] * 3, height=data.shape[1] * 3)
-    with rasterio.open(target, "w", **profile) as dst:
-        dst.write(np.tile(data, (1, 3, 3)))
-        for i, name in enumerate(names, start=1):
-            dst.set_band_description(i, name)
-    return target
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from ..browser import chromium, upload, wait_for
+from ..conftest import tiled_scene
 from .conftest import cli_segment, same_mask
 
 pytestmark = [pytest.mark.real_data, pytest.mark.slow]
@@ -82,9 +83,8 @@ def test_upload_shows_the_mask_and_downloads_the_clis_mask(server, serve_files, 
 
 
 def test_cancel_stops_the_run_and_keeps_nothing(server, serve_files):
-    from .test_ogc import _mosaic
 
-    mosaic = _mosaic(serve_files / "chip.tif", serve_files / "mosaic.tif")
+    mosaic = tiled_scene(serve_files / "chip.tif", serve_files / "mosaic.tif")
     browser = chromium(1400, 1100)
     try:
         _upload_and_run(browser, server, mosaic)
@@ -110,9 +110,9 @@ def test_a_path_outside_the_roots_is_refused_on_the_page(server):
 
 
 def test_the_page_and_the_api_share_one_queue(server, serve_files):
-    from .test_ogc import _execute, _mosaic, _poll
+    from .test_ogc import _execute, _poll
 
-    mosaic = _mosaic(serve_files / "chip.tif", serve_files / "mosaic.tif")
+    mosaic = tiled_scene(serve_files / "chip.tif", serve_files / "mosaic.tif")
     running = _execute(server, {"input": str(mosaic), "tta": True}, prefer="respond-async")
     job_id = running.headers["Location"].rsplit("/", 1)[1]
     _poll(server, job_id, until=("running",))
@@ -233,9 +233,8 @@ def _strings(data) -> Iterator[str]:
 
 def test_cancel_during_the_grad_cam_keeps_the_mask_and_its_downloads(server, serve_files):
     """Item 15: the segmentation had finished; Cancel stops only the Grad-CAM."""
-    from .test_ogc import _mosaic
 
-    mosaic = _mosaic(serve_files / "chip.tif", serve_files / "mosaic.tif")  # a Grad-CAM of 9 s+
+    mosaic = tiled_scene(serve_files / "chip.tif", serve_files / "mosaic.tif")  # a Grad-CAM of 9 s+
     browser = chromium(1400, 1100)
     try:
         browser.get(server.url + "/")
@@ -262,9 +261,8 @@ def test_cancel_during_the_grad_cam_keeps_the_mask_and_its_downloads(server, ser
 
 def test_segment_clicked_while_a_cancel_ends_runs(server, serve_files):
     """Item 15: a Segment click while the last run is still being cancelled is not lost."""
-    from .test_ogc import _mosaic
 
-    mosaic = _mosaic(serve_files / "chip.tif", serve_files / "mosaic.tif")
+    mosaic = tiled_scene(serve_files / "chip.tif", serve_files / "mosaic.tif")
     browser = chromium(1400, 1100)
     try:
         _upload_and_run(browser, server, mosaic)

@@ -101,6 +101,9 @@ class CloudSegDock(QDockWidget):
         )
         form.addRow("Token", self.token_select)
         self._server_runners: dict[str, str] = {}  # URL -> where its last run ran
+        self._server_said: dict[str, str] = {}  # URL -> what its /health said (a task asks)
+        self._probe_task: QgsTask | None = None
+        self._probes = 0  # the latest probe's number: an earlier one's answer is stale
         self._local_device: tuple[str, str] = ("checking the device...", "")
         self.model_combo = QComboBox()
         fill_model_combo(self.model_combo, AUTO_LABEL, self._models, None)
@@ -271,6 +274,49 @@ class CloudSegDock(QDockWidget):
         QSettings().setValue(SETTINGS_LAST_URL, self.server_edit.text().strip())
         save_server(self.server_choice())
         self._show_device()
+        self.probe_server()
+
+    def probe_server(self) -> QgsTask | None:
+        """Ask the chosen server what runs its models (``/health``, in a task).
+
+        The device line then says it (``server host:port (openvino ... CPU (bf16))``), or
+        why the server cannot be used (unreachable, the token refused) before a run is
+        tried. Asked when the analyst picks the server, its URL or its token; not when
+        the dock opens, so that QGIS never asks for its master password at start.
+        """
+        from ..backend.remote import RemoteError
+
+        choice = self.server_choice()
+        if not choice.remote:
+            return None
+        url = choice.url.strip()
+        try:
+            client = client_for(choice)  # on the UI thread: QGIS may ask for its password
+        except CloudsegError as exc:
+            self._server_said[url] = for_qgis(str(exc), DOCK)
+            self._show_device()
+            return None
+
+        self._probes += 1
+        number = self._probes
+
+        def ask(_task: QgsTask) -> Any:
+            return client.capabilities()
+
+        def done(exception: Exception | None, result: Any = None) -> None:
+            if number != self._probes:  # the URL or the token changed since
+                return
+            if isinstance(exception, RemoteError):
+                self._server_said[url] = for_qgis(str(exception), DOCK)
+            elif exception is None and isinstance(result, dict):
+                runner = (result.get("device") or {}).get("runner")
+                host = client.url.split("://", 1)[-1]
+                self._server_said[url] = f"server {host}" + (f" ({runner})" if runner else "")
+            self._show_device()
+
+        self._probe_task = QgsTask.fromFunction("cloudseg: ask the server", ask, on_finished=done)
+        QgsApplication.taskManager().addTask(self._probe_task)
+        return self._probe_task
 
     def _show_run_on(self) -> None:
         """Show the server's URL and token rows only when runs go to a server."""
@@ -290,8 +336,17 @@ class CloudSegDock(QDockWidget):
             return
         url = self.server_edit.text().strip()
         ran = self._server_runners.get(url)
+        said = self._server_said.get(url, "")
         where = url or "(no URL yet)"
-        self.device_label.setText(f"runs go to {ran}" if ran else f"runs go to the server {where}")
+        if ran:
+            text = f"runs go to {ran}"
+        elif said.startswith("server "):
+            text = f"runs go to {said}"
+        elif said:
+            text = f"runs go to the server {where}, which cannot be used now: {said}"
+        else:
+            text = f"runs go to the server {where}"
+        self.device_label.setText(text)
         self.device_label.setToolTip(
             "The server runs the models on its own device; once a run came back this line "
             f"says its runner.\nThis computer: {self._local_device[0]}"

@@ -343,3 +343,36 @@ def test_a_server_run_needs_no_runtime_package_here(
     finally:
         dock.detach()
         save_server(ServerChoice())
+
+
+@pytest.mark.slow
+def test_the_device_line_says_what_runs_on_the_server_before_a_run(
+    dock, token_server, server_auth, wait_for
+):
+    """Picking the server asks it what runs its models; a wrong token is said at once."""
+    from cloudseg.backend.remote import ServerClient
+
+    on_server(dock, token_server.url, server_auth)
+    probe = dock.probe_server()
+    wait_for(probe)
+    deadline = time.monotonic() + 60  # the server reads its runtime after its start
+    runner = None
+    while runner is None and time.monotonic() < deadline:
+        runner = (ServerClient(token_server.url, token_server.token).capabilities()["device"]
+                  or {}).get("runner")  # fmt: skip
+        time.sleep(0.2)
+    wait_for(dock.probe_server())
+    host = token_server.url.split("://", 1)[1]
+    assert dock.device_label.text() == f"runs go to server {host} ({runner})"
+
+    from cloudseg.cloudseg_plugin.servers import store_token
+
+    wrong = store_token("http://127.0.0.1", "not-the-token")
+    try:
+        dock.token_select.setConfigId(wrong)  # asks again, with the wrong token
+        wait_for(dock._probe_task)
+        line = dock.device_label.text()
+        assert "cannot be used now" in line and "token" in line and "\n" not in line
+        assert "not-the-token" not in line
+    finally:
+        QgsApplication.authManager().removeAuthenticationConfig(wrong)

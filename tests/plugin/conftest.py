@@ -28,6 +28,19 @@ def wait_for() -> Callable[..., None]:
 
 
 @pytest.fixture
+def chip_layer(multiband: Any) -> Iterator[Any]:
+    """The real 4-band chip as a raster layer in the project; the project emptied after."""
+    from qgis.core import QgsProject, QgsRasterLayer
+
+    layer = QgsRasterLayer(str(multiband), "chip")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer)
+    yield layer
+    QgsProject.instance().removeAllMapLayers()
+    QgsProject.instance().layerTreeRoot().removeAllChildren()
+
+
+@pytest.fixture
 def plugin(qgis_iface: Any, qgis_processing: None) -> Iterator[Any]:
     """The cloudseg plugin as QGIS starts it (classFactory + initGui), unloaded after."""
     import cloudseg

@@ -14,16 +14,6 @@ from qgis.core import (
 )
 
 
-@pytest.fixture
-def chip_layer(multiband):
-    layer = QgsRasterLayer(str(multiband), "chip")
-    assert layer.isValid()
-    QgsProject.instance().addMapLayer(layer)
-    yield layer
-    QgsProject.instance().removeAllMapLayers()
-    QgsProject.instance().layerTreeRoot().removeAllChildren()
-
-
 def _results() -> dict[str, QgsRasterLayer]:
     group = QgsProject.instance().layerTreeRoot().findGroup("Cloud segmentation")
     assert group is not None

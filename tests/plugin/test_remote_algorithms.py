@@ -30,7 +30,6 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProject,
-    QgsRasterLayer,
     QgsVectorLayer,
 )
 
@@ -39,16 +38,6 @@ from ..conftest import tiled_scene
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def chip_layer(multiband):
-    layer = QgsRasterLayer(str(multiband), "chip")
-    assert layer.isValid()
-    QgsProject.instance().addMapLayer(layer)
-    yield layer
-    QgsProject.instance().removeAllMapLayers()
-    QgsProject.instance().layerTreeRoot().removeAllChildren()
 
 
 def _on(server: Any, authcfg: str) -> dict[str, str]:

@@ -24,16 +24,6 @@ from cloudseg.backend.inference.segment import NODATA, SegmentOptions, segment
 L2A = "ukis-csmask-4b-l2a"
 
 
-@pytest.fixture
-def chip_layer(multiband):
-    layer = QgsRasterLayer(str(multiband), "chip")
-    assert layer.isValid()
-    QgsProject.instance().addMapLayer(layer)
-    yield layer
-    QgsProject.instance().removeAllMapLayers()
-    QgsProject.instance().layerTreeRoot().removeAllChildren()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["auto", "fp32"])
 def test_algorithm_writes_the_engines_mask_and_percentages(

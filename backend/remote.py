@@ -517,6 +517,26 @@ def server_inputs(options: Mapping[str, Any]) -> dict[str, Any]:
     return inputs
 
 
+def _check_targets(scene: Path, outputs: Mapping[str, Path | None]) -> None:
+    """The downloads' targets, checked before anything is sent (the engine's own rules).
+
+    No target may be the scene or one of its files, two targets one file, or a file
+    that would join a band folder's bands.
+
+    Raises:
+        OutputConflictError: One line naming the target and what to do.
+    """
+    from .atomic import check_outputs
+    from .raster.bands import band_from_filename
+
+    read = [scene, *(sorted(scene.iterdir()) if scene.is_dir() else [])]
+    check_outputs(
+        dict(outputs), read, overwrite=True,
+        input_folders=[scene] if scene.is_dir() else [],
+        input_name=lambda stem: band_from_filename(stem) is not None,
+    )  # fmt: skip
+
+
 #: Suffixes of model files (a model given by file, not by name).
 MODEL_FILES = (".onnx", ".pt", ".pth", ".ckpt")
 
@@ -572,11 +592,14 @@ def run_on_server(
         cancelled: Polled throughout.
 
     Raises:
+        OutputConflictError: A target that is the scene or another target (said
+            before anything is sent).
         RemoteError: One line: unreachable, refused token or request, failed job,
             lost connection.
         CancelledError: After a cancel (the server's job dismissed, nothing written).
     """
     inputs = server_inputs(options)
+    _check_targets(Path(scene), outputs)
 
     def part(low: float, high: float) -> Progress:
         def report(percent: float, message: str) -> None:

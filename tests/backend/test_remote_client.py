@@ -45,3 +45,24 @@ def test_a_model_file_here_cannot_run_on_a_server(model):
 
     with pytest.raises(RemoteError, match=r"model file on this computer \(mine\.(onnx|pt)\)"):
         server_inputs({"model": model})
+
+
+def test_a_target_that_is_the_scene_is_refused_before_anything_is_sent(tmp_path):
+    """A server run never overwrites its input: refused before the server is asked."""
+    from cloudseg.backend.errors import OutputConflictError
+    from cloudseg.backend.remote import ServerClient, run_on_server
+
+    scene = tmp_path / "scene.tif"
+    scene.write_bytes(b"the analyst's scene")
+    nowhere = ServerClient("http://127.0.0.1:9", timeout=1)  # never reached
+    with pytest.raises(OutputConflictError, match="is an input of this run"):
+        run_on_server(nowhere, "segment", scene, {}, {"mask": scene})
+    with pytest.raises(OutputConflictError, match="are the same file"):
+        run_on_server(nowhere, "segment", scene, {},
+                      {"mask": tmp_path / "m.tif", "valid": tmp_path / "m.tif"})  # fmt: skip
+    bands = tmp_path / "bands"
+    bands.mkdir()
+    (bands / "B04.tif").write_bytes(b"a band")
+    with pytest.raises(OutputConflictError, match="would become a band of the input folder"):
+        run_on_server(nowhere, "segment", bands, {}, {"mask": bands / "B02.tif"})
+    assert scene.read_bytes() == b"the analyst's scene"

@@ -68,6 +68,7 @@ def test_a_scene_outside_the_roots_is_uploaded_and_its_results_come_back(
     scene = shutil.copy(serve_files / "chip.tif", tmp_path / "adwp.tif")  # not under --root
     before = _uploads(token_server)
     seen: list[tuple[float, str]] = []
+    (tmp_path / "out").mkdir()  # as for a local run, the results' folder exists
     outputs = {"mask": tmp_path / "out" / "mask.tif", "valid": tmp_path / "out" / "valid.tif",
                "polygons": tmp_path / "out" / "polygons.gpkg", "probabilities": None}  # fmt: skip
     run = run_on_server(

@@ -255,6 +255,27 @@ class SegmentAlgorithm(CloudsegAlgorithm):
             raise QgsProcessingException("no input raster layer given")
         return layer
 
+    def request(
+        self, parameters: dict[str, Any], context: QgsProcessingContext
+    ) -> tuple[Any, Destinations, dict[str, Any], tuple[float, float, float, float] | None, Path]:
+        """What a run asks, here or on a server.
+
+        Returns:
+            The layer, the destinations, the options by field (model, run options, what
+            the outputs keep), the extent (None: the whole layer) and the scene.
+        """
+        from ...backend.raster.sources import scene_path_from_gdal_source
+
+        layer = self.input_layer(parameters, context)
+        values = {
+            "model": model_value(self, parameters, context),
+            **run_values(self, parameters, context),
+            **run_values(self, parameters, context, flags=SEGMENT_FLAGS),
+        }
+        bounds = self.extent_bounds(parameters, self.EXTENT, context, layer)
+        scene = scene_path_from_gdal_source(layer.source())
+        return layer, self.destinations(parameters, context), values, bounds, scene
+
     def run_backend(
         self,
         parameters: dict[str, Any],
@@ -263,26 +284,20 @@ class SegmentAlgorithm(CloudsegAlgorithm):
     ) -> dict[str, Any]:
         """Run the backend engine with Processing's progress and cancel."""
         from ...backend.inference.segment import SegmentOptions, load_classes, segment
-        from ...backend.raster.sources import scene_path_from_gdal_source
 
-        layer = self.input_layer(parameters, context)
-        to = self.destinations(parameters, context)
-        bounds = self.extent_bounds(parameters, self.EXTENT, context, layer)
-        source = scene_path_from_gdal_source(layer.source())
+        layer, to, values, bounds, source = self.request(parameters, context)
 
         def path(destination: str) -> Path | None:
             return Path(destination) if destination else None
 
         options = SegmentOptions(
-            model=model_value(self, parameters, context),
-            **run_values(self, parameters, context),
+            **values,
             probabilities=path(to.probabilities),
             uncertainty=path(to.uncertainty),
             overwrite=True,  # the destination widget has already asked
             bounds=bounds,
             polygons=path(to.vector),
             valid=path(to.valid),
-            **run_values(self, parameters, context, flags=SEGMENT_FLAGS),
         )
         feedback.pushInfo(f"Input: {source}")
         result = segment(
@@ -305,19 +320,9 @@ class SegmentAlgorithm(CloudsegAlgorithm):
         feedback: QgsProcessingFeedback,
     ) -> dict[str, Any]:
         """Run on a cloudseg server: the same files, layers, log and outputs as here."""
-        from ...backend.raster.sources import scene_path_from_gdal_source
-
-        layer = self.input_layer(parameters, context)
-        to = self.destinations(parameters, context)
-        options = {
-            "model": model_value(self, parameters, context),
-            **run_values(self, parameters, context),
-            **run_values(self, parameters, context, flags=SEGMENT_FLAGS),
-        }
-        bounds = self.extent_bounds(parameters, self.EXTENT, context, layer)
+        layer, to, options, bounds, scene = self.request(parameters, context)
         if bounds is not None:
             options["extent"] = list(bounds)
-        scene = scene_path_from_gdal_source(layer.source())
         with polygons_as(to.vector) as polygons:
             outputs = {
                 "mask": to.output,

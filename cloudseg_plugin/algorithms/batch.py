@@ -194,8 +194,9 @@ by the same rules (the STAC collection.json where QGIS's Python has pystac)."""
         scenes = find_scenes(inputs, Path())
         output = str(Path(folder).expanduser().absolute())
         check_not_input(scenes, output, inputs)
-        client_for(server).capabilities()  # unreachable, or a refused token: nothing written
-        where = client_for(server).url
+        client = client_for(server)
+        client.capabilities()  # unreachable, or a refused token: nothing written
+        where = client.url
         key = settings_key(options, f"server {options.get('model') or 'auto'}")
         Path(output).mkdir(parents=True, exist_ok=True)
         destination = BatchOutput(output, None)
